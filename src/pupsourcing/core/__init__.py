@@ -1,0 +1,24 @@
+"""Core types and errors: database-agnostic, standard library only."""
+
+from pupsourcing.core.errors import (
+    InvalidEventError,
+    NoEventsError,
+    OptimisticConcurrencyError,
+    ProjectionError,
+    PupsourcingError,
+)
+from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
+from pupsourcing.core.expected_version import ExpectedVersion
+
+__all__ = [
+    "AppendResult",
+    "Event",
+    "ExpectedVersion",
+    "InvalidEventError",
+    "NoEventsError",
+    "OptimisticConcurrencyError",
+    "PersistedEvent",
+    "ProjectionError",
+    "PupsourcingError",
+    "Stream",
+]

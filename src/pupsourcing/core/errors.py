@@ -1,0 +1,77 @@
+"""The exceptions pupsourcing raises. All derive from :class:`PupsourcingError`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pupsourcing.core.expected_version import ExpectedVersion
+
+
+class PupsourcingError(Exception):
+    """Base class of every error raised by pupsourcing."""
+
+
+class OptimisticConcurrencyError(PupsourcingError):
+    """The expected version was not met, or a concurrent writer won the race.
+
+    The aggregate's key, ``expected`` and ``actual`` are filled in where the
+    store knows them; ``actual`` is the aggregate's version when the conflict
+    was detected.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        bounded_context: str | None = None,
+        aggregate_type: str | None = None,
+        aggregate_id: str | None = None,
+        expected: ExpectedVersion | None = None,
+        actual: int | None = None,
+    ) -> None:
+        self.bounded_context = bounded_context
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+        self.expected = expected
+        self.actual = actual
+        if message is None:
+            stream = "/".join(str(p) for p in (bounded_context, aggregate_type, aggregate_id) if p)
+            message = f"optimistic concurrency conflict on {stream}"
+            if expected is not None:
+                message += f": expected version {expected}"
+                if actual is not None:
+                    message += f", actual {actual}"
+        super().__init__(message)
+
+
+class NoEventsError(PupsourcingError, ValueError):
+    """``append`` was called with no events."""
+
+    def __init__(self, message: str = "append needs at least one event") -> None:
+        super().__init__(message)
+
+
+class InvalidEventError(PupsourcingError, ValueError):
+    """An event cannot be stored as given. Nothing was written.
+
+    ``index`` is the position of the offending event in the appended sequence
+    and ``field`` the name of the offending field.
+    """
+
+    def __init__(self, index: int, field: str, problem: str) -> None:
+        self.index = index
+        self.field = field
+        self.problem = problem
+        super().__init__(f"event {index}: {field}: {problem}")
+
+
+class ProjectionError(PupsourcingError):
+    """A projection's handler raised; the original exception is ``__cause__``."""
+
+    def __init__(self, projection: str, global_position: int, message: str | None = None) -> None:
+        self.projection = projection
+        self.global_position = global_position
+        super().__init__(
+            message or f"projection {projection!r} failed at global position {global_position}"
+        )

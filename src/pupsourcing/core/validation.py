@@ -1,0 +1,133 @@
+"""Input checks every store runs before it sends anything to the database.
+
+Each problem is reported as :class:`InvalidEventError` naming the index of the
+offending event and the field. Adapters add their database's own limits on
+top of these (see ``Dialect.check_event``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import NoReturn
+
+from pupsourcing.core.errors import InvalidEventError, NoEventsError
+from pupsourcing.core.events import Event
+
+MAX_EVENT_VERSION = 2**31 - 1
+"""event_version is an INT column in every schema."""
+
+AGGREGATE_FIELDS = ("bounded_context", "aggregate_type", "aggregate_id")
+_REQUIRED_TEXT = (*AGGREGATE_FIELDS, "event_type")
+_OPTIONAL_TEXT = ("causation_id", "correlation_id", "trace_id")
+
+
+def check_text(index: int, name: str, value: object, *, required: bool) -> None:
+    """A text field: ``str``, valid UTF-8, no NUL, non-empty when required."""
+    if value is None and not required:
+        return
+    if not isinstance(value, str):
+        expected = "str" if required else "str or None"
+        raise InvalidEventError(index, name, f"must be {expected}, got {type(value).__name__}")
+    if required and not value:
+        raise InvalidEventError(index, name, "must not be empty")
+    if "\x00" in value:
+        raise InvalidEventError(index, name, "must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidEventError(
+                index, name, f"is not valid UTF-8 text ({exc.reason} at {exc.start})"
+            ) from None
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def check_metadata(index: int, value: object) -> None:
+    """Metadata is ``None`` or UTF-8 JSON text as bytes."""
+    if value is None or value == b"{}":
+        return
+    if not isinstance(value, bytes):
+        raise InvalidEventError(
+            index, "metadata", f"must be bytes or None, got {type(value).__name__}"
+        )
+    try:
+        json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise InvalidEventError(
+            index, "metadata", f"is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
+    except ValueError as exc:
+        raise InvalidEventError(index, "metadata", f"is not valid JSON ({exc})") from None
+
+
+def check_event(index: int, event: object) -> Event:
+    """Check one event's fields on their own; return it typed."""
+    if not isinstance(event, Event):
+        raise InvalidEventError(index, "event", f"must be an Event, got {type(event).__name__}")
+    for name in _REQUIRED_TEXT:
+        check_text(index, name, getattr(event, name), required=True)
+    for name in _OPTIONAL_TEXT:
+        check_text(index, name, getattr(event, name), required=False)
+    if not isinstance(event.payload, bytes):
+        raise InvalidEventError(
+            index, "payload", f"must be bytes, got {type(event.payload).__name__}"
+        )
+    check_metadata(index, event.metadata)
+    version = event.event_version
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InvalidEventError(
+            index, "event_version", f"must be an int, got {type(version).__name__}"
+        )
+    if not 1 <= version <= MAX_EVENT_VERSION:
+        raise InvalidEventError(
+            index,
+            "event_version",
+            f"must be between 1 and {MAX_EVENT_VERSION}, got {version}",
+        )
+    if not isinstance(event.event_id, uuid.UUID):
+        raise InvalidEventError(
+            index,
+            "event_id",
+            f"must be a uuid.UUID, got {type(event.event_id).__name__}",
+        )
+    created_at = event.created_at
+    if not isinstance(created_at, datetime):
+        raise InvalidEventError(
+            index, "created_at", f"must be a datetime, got {type(created_at).__name__}"
+        )
+    if created_at.utcoffset() is None:
+        raise InvalidEventError(index, "created_at", "must be timezone-aware")
+    return event
+
+
+def check_append(events: Iterable[Event]) -> Sequence[Event]:
+    """Check a whole append: non-empty, valid events, one aggregate, unique ids.
+
+    Returns the events as a sequence (a generator argument is consumed once).
+    """
+    batch = events if isinstance(events, Sequence) else tuple(events)
+    if not batch:
+        raise NoEventsError()
+    first = check_event(0, batch[0])
+    key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
+    seen_ids = {first.event_id}
+    for index in range(1, len(batch)):
+        event = check_event(index, batch[index])
+        for name, expected in zip(AGGREGATE_FIELDS, key, strict=True):
+            if getattr(event, name) != expected:
+                raise InvalidEventError(
+                    index,
+                    name,
+                    f"all events of one append must belong to one aggregate: "
+                    f"got {getattr(event, name)!r}, event 0 has {expected!r}",
+                )
+        if event.event_id in seen_ids:
+            raise InvalidEventError(index, "event_id", f"{event.event_id} appears twice")
+        seen_ids.add(event.event_id)
+    return batch

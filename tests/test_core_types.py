@@ -1,0 +1,126 @@
+"""Core value objects and errors (API.md section 1)."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from pupsourcing import (
+    AppendResult,
+    Event,
+    ExpectedVersion,
+    InvalidEventError,
+    NoEventsError,
+    OptimisticConcurrencyError,
+    PersistedEvent,
+    ProjectionError,
+    PupsourcingError,
+    Stream,
+)
+
+
+def persisted(version: int, position: int) -> PersistedEvent:
+    return PersistedEvent(
+        "Shop", "Order", "o-1", "Placed", b"{}", global_position=position, aggregate_version=version
+    )
+
+
+def test_event_defaults() -> None:
+    before = datetime.now(UTC)
+    e = Event("Shop", "Order", "o-1", "Placed", b"{}")
+    assert e.event_version == 1
+    assert isinstance(e.event_id, uuid.UUID)
+    assert e.metadata == b"{}"
+    assert (e.causation_id, e.correlation_id, e.trace_id) == (None, None, None)
+    assert e.created_at.tzinfo is not None
+    assert before <= e.created_at <= datetime.now(UTC)
+    assert Event("Shop", "Order", "o-1", "Placed", b"{}").event_id != e.event_id
+
+
+def test_event_is_frozen_and_slotted() -> None:
+    e = Event("Shop", "Order", "o-1", "Placed", b"{}")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.payload = b"x"  # type: ignore[misc]
+    assert not hasattr(e, "__dict__")
+
+
+def test_event_options_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        Event("Shop", "Order", "o-1", "Placed", b"{}", 2)  # type: ignore[misc]
+
+
+def test_persisted_event_has_positions_and_event_fields() -> None:
+    pe = persisted(3, 17)
+    assert (pe.aggregate_version, pe.global_position) == (3, 17)
+    assert pe.bounded_context == "Shop"
+    with pytest.raises(TypeError):
+        PersistedEvent("Shop", "Order", "o-1", "Placed", b"{}")  # type: ignore[call-arg]
+
+
+def test_stream() -> None:
+    empty = Stream("Shop", "Order", "o-1")
+    assert empty.version == 0
+    assert empty.is_empty
+    assert len(empty) == 0
+    events = (persisted(1, 4), persisted(2, 9))
+    s = Stream("Shop", "Order", "o-1", events)
+    assert s.version == 2
+    assert not s.is_empty
+    assert len(s) == 2
+    assert list(s) == list(events)
+
+
+def test_append_result_versions() -> None:
+    assert AppendResult().from_version == 0
+    assert AppendResult().to_version == 0
+    r = AppendResult((persisted(4, 10), persisted(5, 11)), (10, 11))
+    assert (r.from_version, r.to_version) == (3, 5)
+
+
+def test_expected_version() -> None:
+    any_, none, five = ExpectedVersion.any(), ExpectedVersion.no_stream(), ExpectedVersion.exact(5)
+    assert (any_.is_any, any_.is_no_stream, any_.is_exact, any_.value) == (True, False, False, 0)
+    assert (none.is_any, none.is_no_stream, none.is_exact, none.value) == (False, True, False, 0)
+    assert (five.is_any, five.is_no_stream, five.is_exact, five.value) == (False, False, True, 5)
+    assert [str(v) for v in (any_, none, five)] == ["Any", "NoStream", "Exact(5)"]
+    assert ExpectedVersion.exact(0) == ExpectedVersion.no_stream()
+    assert hash(ExpectedVersion.exact(0)) == hash(ExpectedVersion.no_stream())
+    assert ExpectedVersion.exact(5) == five
+    assert five != ExpectedVersion.exact(6)
+    assert any_ != none
+    assert ExpectedVersion.any() == any_
+    with pytest.raises(ValueError, match="non-negative"):
+        ExpectedVersion.exact(-1)
+    with pytest.raises(AttributeError):
+        five._value = 3  # type: ignore[misc]
+
+
+def test_error_hierarchy() -> None:
+    for error in (OptimisticConcurrencyError, NoEventsError, InvalidEventError, ProjectionError):
+        assert issubclass(error, PupsourcingError)
+    assert issubclass(NoEventsError, ValueError)
+    assert issubclass(InvalidEventError, ValueError)
+    e = InvalidEventError(3, "payload", "must be bytes")
+    assert (e.index, e.field) == (3, "payload")
+    assert "event 3" in str(e)
+    assert "payload" in str(e)
+
+
+def test_optimistic_concurrency_error_fields() -> None:
+    e = OptimisticConcurrencyError(
+        aggregate_type="Order", aggregate_id="o-1", expected=ExpectedVersion.exact(2), actual=3
+    )
+    assert (e.aggregate_type, e.aggregate_id, e.actual) == ("Order", "o-1", 3)
+    assert e.expected == ExpectedVersion.exact(2)
+    assert "Exact(2)" in str(e)
+    assert "3" in str(e)
+
+
+def test_projection_error_fields() -> None:
+    e = ProjectionError("read_model", 42)
+    assert (e.projection, e.global_position) == ("read_model", 42)
+    assert "read_model" in str(e)
+    assert "42" in str(e)
