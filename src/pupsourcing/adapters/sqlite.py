@@ -1,0 +1,266 @@
+"""SQLite adapter on the standard library's :mod:`sqlite3`.
+
+SQLite has one writer at a time. ``append`` takes the write lock before it
+reads the aggregate's version: if no transaction is open it issues
+``BEGIN IMMEDIATE`` (which the caller then commits or rolls back), so two
+connections appending to the same aggregate are serialised and the loser sees
+:class:`~pupsourcing.OptimisticConcurrencyError`, never a duplicate version.
+Use WAL mode (:func:`connect` sets it) so readers never block the writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from pupsourcing.core.errors import InvalidEventError
+from pupsourcing.core.events import AppendResult, Event, PersistedEvent
+from pupsourcing.core.expected_version import ExpectedVersion
+from pupsourcing.store.base import SQLStore
+from pupsourcing.store.config import StoreConfig
+from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
+from pupsourcing.store.plan import Plan, Row, Statement
+from pupsourcing.store.schema import SchemaDialect
+
+if TYPE_CHECKING:
+    from os import PathLike
+
+__all__ = ["SQLiteDialect", "SQLiteStore", "connect"]
+
+MAX_VALUE_BYTES = 1_000_000_000
+"""SQLite's default SQLITE_MAX_LENGTH: the largest string or blob it stores."""
+
+_INSERT_CHUNK = 500
+"""Rows per INSERT statement; keeps 13 parameters per row well under SQLite's
+limit of 32,766 host parameters."""
+
+_SAVEPOINT = "pupsourcing_append"
+_UNIQUE_ERRORS = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+def _timestamp(value: datetime) -> str:
+    """UTC, microseconds, the text format the Go library writes and reads."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _parse_timestamp(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+class SQLiteDialect(Dialect):
+    name = "sqlite"
+    placeholder = "?"
+    schema_dialect = SchemaDialect(
+        global_position="INTEGER PRIMARY KEY AUTOINCREMENT",
+        key_text="TEXT",
+        text="TEXT",
+        bigint="INTEGER",
+        int="INTEGER",
+        uuid="TEXT",
+        payload="BLOB",
+        metadata="TEXT",
+        timestamp="TEXT NOT NULL DEFAULT (datetime('now'))",
+        updated_timestamp="TEXT NOT NULL DEFAULT (datetime('now'))",
+    )
+
+    def __init__(self, config: StoreConfig | None = None) -> None:
+        super().__init__(config)
+        key = "bounded_context = ? AND aggregate_type = ? AND aggregate_id = ?"
+        heads = self.heads_table
+        insert_head = (
+            f"INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, "
+            f"aggregate_version, updated_at) VALUES (?, ?, ?, ?, {_NOW})"
+        )
+        self.claim_any_sql = (
+            f"{insert_head} ON CONFLICT (bounded_context, aggregate_type, aggregate_id) "
+            "DO UPDATE SET aggregate_version = aggregate_version + excluded.aggregate_version, "
+            "updated_at = excluded.updated_at RETURNING aggregate_version"
+        )
+        self.claim_new_sql = f"{insert_head} ON CONFLICT DO NOTHING RETURNING aggregate_version"
+        self.claim_exact_sql = (
+            f"UPDATE {heads} SET aggregate_version = aggregate_version + ?, updated_at = {_NOW} "
+            f"WHERE {key} AND aggregate_version = ? RETURNING aggregate_version"
+        )
+        self.update_checkpoint_sql = (
+            f"INSERT INTO {self.checkpoints_table} "
+            f"(projection_name, last_global_position, updated_at) VALUES (?, ?, {_NOW}) "
+            "ON CONFLICT (projection_name) DO UPDATE SET "
+            "last_global_position = excluded.last_global_position, "
+            "updated_at = excluded.updated_at"
+        )
+        self._insert_prefix = (
+            f"INSERT INTO {self.events_table} ({', '.join(EVENT_COLUMNS)}) VALUES "
+        )
+
+    @staticmethod
+    def quote(identifier: str) -> str:
+        return f'"{identifier}"'
+
+    def check_event(self, index: int, event: Event) -> None:
+        if len(event.payload) > MAX_VALUE_BYTES:
+            raise InvalidEventError(
+                index,
+                "payload",
+                f"is larger than SQLite's limit of {MAX_VALUE_BYTES} bytes",
+            )
+        if event.metadata is not None and len(event.metadata) > MAX_VALUE_BYTES:
+            raise InvalidEventError(
+                index,
+                "metadata",
+                f"is larger than SQLite's limit of {MAX_VALUE_BYTES} bytes",
+            )
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlite_errorname", None) in _UNIQUE_ERRORS
+
+    def conflict_reason(self, exc: BaseException) -> str | None:
+        if getattr(exc, "sqlite_errorname", None) == "SQLITE_BUSY_SNAPSHOT":
+            # WAL mode: this transaction read before another connection
+            # committed a write, so it may not write now.
+            return "another connection wrote after this transaction began reading; retry"
+        return super().conflict_reason(exc)
+
+    def update_checkpoint_statement(self, projection_name: str, position: int) -> Statement:
+        return Statement(self.update_checkpoint_sql, (projection_name, position))
+
+    def claim_statement(
+        self, expected: ExpectedVersion, key: tuple[str, str, str], count: int
+    ) -> Statement:
+        """Bump the aggregate head by ``count`` if ``expected`` holds; returns the
+        new version as its only row, or no row on a conflict."""
+        if expected.is_any:
+            return Statement(self.claim_any_sql, (*key, count), fetch=True)
+        if expected.value == 0:
+            return Statement(self.claim_new_sql, (*key, count), fetch=True)
+        return Statement(self.claim_exact_sql, (count, *key, expected.value), fetch=True)
+
+    @staticmethod
+    @lru_cache(maxsize=64)
+    def _values(rows: int) -> str:
+        row = f"({', '.join('?' * len(EVENT_COLUMNS))})"
+        return ", ".join([row] * rows)
+
+    def insert_statement(self, events: Sequence[Event], first_version: int) -> Statement:
+        params: list[object] = []
+        for offset, e in enumerate(events):
+            params += (
+                e.bounded_context,
+                e.aggregate_type,
+                e.aggregate_id,
+                first_version + offset,
+                str(e.event_id),
+                e.event_type,
+                e.event_version,
+                e.payload,
+                e.trace_id,
+                e.correlation_id,
+                e.causation_id,
+                None if e.metadata is None else e.metadata.decode("utf-8"),
+                _timestamp(e.created_at),
+            )
+        sql = (
+            f"{self._insert_prefix}{self._values(len(events))} "
+            "RETURNING global_position, aggregate_version"
+        )
+        return Statement(sql, params, fetch=True)
+
+    def append(self, expected: ExpectedVersion, events: Sequence[Event]) -> Plan[AppendResult]:
+        batch = self.check_append(events)
+        first = batch[0]
+        key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
+        yield Statement("BEGIN IMMEDIATE", begin=True)
+        yield Statement(f"SAVEPOINT {_SAVEPOINT}")
+        try:
+            rows = yield self.claim_statement(expected, key, len(batch))
+            if not rows:
+                actual = yield from self.head_version(batch)
+                raise self.conflict(batch, expected, actual)
+            start = int(rows[0][0]) - len(batch) + 1
+            stored: list[Row] = []
+            for offset in range(0, len(batch), _INSERT_CHUNK):
+                chunk = batch[offset : offset + _INSERT_CHUNK]
+                stored += yield self.insert_statement(chunk, start + offset)
+        except Exception as exc:
+            yield Statement(f"ROLLBACK TO {_SAVEPOINT}")
+            yield Statement(f"RELEASE {_SAVEPOINT}")
+            mapped = self.as_conflict(exc, batch, expected)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        yield Statement(f"RELEASE {_SAVEPOINT}")
+        stored.sort(key=lambda row: row[1])
+        return build_result(
+            batch, range(start, start + len(batch)), [int(row[0]) for row in stored]
+        )
+
+    def decode_event(self, row: Row) -> PersistedEvent:
+        (
+            position,
+            bounded_context,
+            aggregate_type,
+            aggregate_id,
+            version,
+            event_id,
+            event_type,
+            event_version,
+            payload,
+            trace_id,
+            correlation_id,
+            causation_id,
+            metadata,
+            created_at,
+        ) = row
+        return PersistedEvent(
+            bounded_context,
+            aggregate_type,
+            aggregate_id,
+            event_type,
+            bytes(payload),
+            global_position=position,
+            aggregate_version=version,
+            event_version=event_version,
+            event_id=uuid.UUID(event_id),
+            metadata=metadata.encode("utf-8") if isinstance(metadata, str) else metadata,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+            trace_id=trace_id,
+            created_at=_parse_timestamp(created_at),
+        )
+
+
+class SQLiteStore(SQLStore[sqlite3.Connection]):
+    """Event store on a :class:`sqlite3.Connection` passed to each call."""
+
+    dialect_class = SQLiteDialect
+
+    def _execute(self, tx: sqlite3.Connection, statement: Statement) -> list[Row]:
+        if statement.begin and tx.in_transaction:
+            return []
+        cursor = tx.execute(statement.sql, statement.params)
+        try:
+            return cursor.fetchall() if statement.fetch else []
+        finally:
+            cursor.close()
+
+
+def connect(
+    path: str | PathLike[str], *, timeout: float = 5.0, wal: bool = True
+) -> sqlite3.Connection:
+    """Open a SQLite database the way the store works best with it.
+
+    WAL journal mode (readers never block the writer) and a busy timeout of
+    ``timeout`` seconds for the write lock. Transactions are the caller's:
+    commit or roll back as usual.
+    """
+    connection = sqlite3.connect(path, timeout=timeout)
+    if wal:
+        connection.execute("PRAGMA journal_mode=WAL")
+    return connection

@@ -1,0 +1,97 @@
+"""The blocking store: the public store API on top of a dialect's plans."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import ClassVar, Generic, TypeVar
+
+from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
+from pupsourcing.core.expected_version import ExpectedVersion
+from pupsourcing.store.config import StoreConfig
+from pupsourcing.store.dialect import Dialect
+from pupsourcing.store.plan import Plan, Row, Statement, drive
+
+ConnT = TypeVar("ConnT")
+T = TypeVar("T")
+
+
+class SQLStore(abc.ABC, Generic[ConnT]):
+    """An event store over a DB-API connection supplied per call as ``tx``.
+
+    Every method runs inside the caller's transaction and never commits,
+    rolls back or closes ``tx``. Subclasses name their dialect and say how
+    their driver executes one statement.
+    """
+
+    dialect_class: ClassVar[type[Dialect]]
+
+    def __init__(self, config: StoreConfig | None = None) -> None:
+        self.dialect = self.dialect_class(config)
+
+    @property
+    def config(self) -> StoreConfig:
+        return self.dialect.config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+    @abc.abstractmethod
+    def _execute(self, tx: ConnT, statement: Statement) -> list[Row]:
+        """Execute one statement on ``tx``; return its rows when asked to fetch."""
+
+    def _run(self, tx: ConnT, plan: Plan[T]) -> T:
+        return drive(plan, lambda statement: self._execute(tx, statement))
+
+    def append(
+        self, tx: ConnT, expected_version: ExpectedVersion, events: Sequence[Event]
+    ) -> AppendResult:
+        """Append events of one aggregate, enforcing ``expected_version``.
+
+        Raises :class:`~pupsourcing.NoEventsError`,
+        :class:`~pupsourcing.InvalidEventError` (nothing is sent) or
+        :class:`~pupsourcing.OptimisticConcurrencyError`.
+        """
+        if not isinstance(expected_version, ExpectedVersion):
+            raise TypeError(
+                f"expected_version must be an ExpectedVersion, "
+                f"got {type(expected_version).__name__}"
+            )
+        return self._run(tx, self.dialect.append(expected_version, events))
+
+    def read_events(self, tx: ConnT, from_position: int, limit: int) -> list[PersistedEvent]:
+        """Events with ``global_position > from_position``, ascending, at most ``limit``."""
+        return self._run(tx, self.dialect.read_events(from_position, limit))
+
+    def read_aggregate_stream(
+        self,
+        tx: ConnT,
+        bounded_context: str,
+        aggregate_type: str,
+        aggregate_id: str,
+        from_version: int | None = None,
+        to_version: int | None = None,
+    ) -> Stream:
+        """One aggregate's events in version order, within inclusive bounds."""
+        return self._run(
+            tx,
+            self.dialect.read_stream(
+                bounded_context, aggregate_type, aggregate_id, from_version, to_version
+            ),
+        )
+
+    def get_checkpoint(self, tx: ConnT, projection_name: str) -> int:
+        """The last global position the projection handled; 0 when none."""
+        return self._run(tx, self.dialect.get_checkpoint(projection_name))
+
+    def update_checkpoint(self, tx: ConnT, projection_name: str, position: int) -> None:
+        """Set the projection's checkpoint (insert or update)."""
+        self._run(tx, self.dialect.update_checkpoint(projection_name, position))
+
+    def schema_sql(self) -> str:
+        """The DDL for this adapter and config (the text ``migrate-gen`` writes)."""
+        return self.dialect.schema_sql()
+
+    def create_schema(self, tx: ConnT) -> None:
+        """Create the tables and indexes if they do not exist."""
+        self._run(tx, self.dialect.create_schema())

@@ -1,0 +1,77 @@
+"""Sans-I/O plumbing shared by every adapter, sync and async.
+
+A store operation is written once as a *plan*: a generator that yields the
+:class:`Statement` objects it needs run and receives each one's rows back
+(or has the driver's exception thrown in). Drivers only execute statements,
+so the SQL, validation and row mapping exist in one place whatever the
+database driver or I/O model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+Row = tuple[Any, ...]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One SQL statement for a driver to execute.
+
+    ``fetch``: return the result rows. ``begin``: this is a ``BEGIN`` to run
+    only when the connection has no transaction open.
+    """
+
+    sql: str
+    params: Sequence[Any] | Mapping[str, Any] = ()
+    fetch: bool = False
+    begin: bool = False
+
+
+Plan = Generator[Statement, list[Row], T]
+"""A store operation: yields statements, receives their rows, returns ``T``."""
+
+
+def drive(plan: Plan[T], execute: Callable[[Statement], list[Row]]) -> T:
+    """Run ``plan`` to completion with a blocking ``execute``."""
+    try:
+        statement = next(plan)
+        while True:
+            try:
+                rows = execute(statement)
+            except Exception as exc:  # handed to the plan, which maps or re-raises
+                statement = plan.throw(exc)
+            else:
+                statement = plan.send(rows)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    finally:
+        plan.close()
+
+
+async def drive_async(plan: Plan[T], execute: Callable[[Statement], Awaitable[list[Row]]]) -> T:
+    """Run ``plan`` to completion with an awaitable ``execute``."""
+    try:
+        statement = next(plan)
+        while True:
+            try:
+                rows = await execute(statement)
+            except Exception as exc:
+                statement = plan.throw(exc)
+            else:
+                statement = plan.send(rows)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    finally:
+        plan.close()
+
+
+def run_statements(statements: Sequence[Statement]) -> Plan[None]:
+    """A plan that runs ``statements`` in order and returns nothing."""
+    for statement in statements:  # noqa: UP028 - a plan is sent rows; a list iterator is not
+        yield statement

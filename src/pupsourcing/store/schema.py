@@ -1,0 +1,160 @@
+"""The event store schema, written once for every database.
+
+The tables, columns, constraints and indexes are the Go library's, so a Go
+service and a Python service can share one store; only the column types and a
+few syntax details differ per database (:class:`SchemaDialect`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pupsourcing.store.config import StoreConfig
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaDialect:
+    """Column types and DDL syntax of one database."""
+
+    global_position: str
+    """Auto-incrementing primary key, e.g. ``BIGSERIAL PRIMARY KEY``."""
+    key_text: str
+    """Contexts, types, ids and names that are part of a key."""
+    text: str
+    """Other text: event_type and the trace/correlation/causation ids."""
+    bigint: str
+    int: str
+    uuid: str
+    payload: str
+    metadata: str
+    timestamp: str
+    """Creation time, defaulting to now."""
+    updated_timestamp: str
+    """Last-change time, defaulting to now."""
+    table_options: str = ""
+    inline_indexes: bool = False
+    """Declare indexes inside CREATE TABLE (MySQL has no CREATE INDEX IF NOT EXISTS)."""
+    partial_indexes: bool = True
+    extra_event_columns: tuple[tuple[str, str, str], ...] = ()
+    """Columns pupsourcing adds to the Go schema, as (name, type, purpose). Each is
+    nullable, so Go services keep working, and is added to existing tables too."""
+
+
+Index = tuple[str, str, str, str]
+"""(name suffix, column list, WHERE clause or "", purpose)."""
+
+
+def schema_statements(
+    config: StoreConfig, quote: Callable[[str], str], d: SchemaDialect
+) -> list[tuple[str, str]]:
+    """The DDL as ``(comment, statement)`` pairs; every statement is idempotent."""
+    events_columns = [
+        f"global_position {d.global_position}",
+        f"bounded_context {d.key_text} NOT NULL",
+        f"aggregate_type {d.key_text} NOT NULL",
+        f"aggregate_id {d.key_text} NOT NULL",
+        f"aggregate_version {d.bigint} NOT NULL",
+        f"event_id {d.uuid} NOT NULL UNIQUE",
+        f"event_type {d.text} NOT NULL",
+        f"event_version {d.int} NOT NULL DEFAULT 1",
+        f"payload {d.payload} NOT NULL",
+        f"trace_id {d.text}",
+        f"correlation_id {d.text}",
+        f"causation_id {d.text}",
+        f"metadata {d.metadata}",
+        f"created_at {d.timestamp}",
+        *(f"{column} {sql_type}" for column, sql_type, _ in d.extra_event_columns),
+    ]
+    version_key = "bounded_context, aggregate_type, aggregate_id, aggregate_version"
+    events_unique = (
+        f"UNIQUE KEY unique_aggregate_version ({version_key})"
+        if d.inline_indexes
+        else f"UNIQUE ({version_key})"
+    )
+    events_indexes: list[Index] = [
+        ("aggregate", version_key, "", "Reading one aggregate's stream."),
+        (
+            "event_type",
+            "event_type, global_position",
+            "",
+            "Reading events of one type in order.",
+        ),
+        (
+            "correlation",
+            "correlation_id",
+            "correlation_id IS NOT NULL",
+            "Following a correlation id.",
+        ),
+    ]
+    heads_columns = [
+        f"bounded_context {d.key_text} NOT NULL",
+        f"aggregate_type {d.key_text} NOT NULL",
+        f"aggregate_id {d.key_text} NOT NULL",
+        f"aggregate_version {d.bigint} NOT NULL",
+        f"updated_at {d.updated_timestamp}",
+        "PRIMARY KEY (bounded_context, aggregate_type, aggregate_id)",
+    ]
+    checkpoints_columns = [
+        f"projection_name {d.key_text} PRIMARY KEY",
+        f"last_global_position {d.bigint} NOT NULL DEFAULT 0",
+        f"updated_at {d.updated_timestamp}",
+    ]
+    updated: list[Index] = [("updated", "updated_at", "", "Finding rows by last change.")]
+
+    statements: list[tuple[str, str]] = []
+
+    def table(comment: str, name: str, columns: list[str], indexes: list[Index]) -> None:
+        named = [
+            (quote(f"idx_{name}_{suffix}"), cols, where, why)
+            for suffix, cols, where, why in indexes
+        ]
+        if d.inline_indexes:
+            columns = columns + [f"INDEX {index} ({cols})" for index, cols, _, _ in named]
+        body = ",\n".join(f"    {column}" for column in columns)
+        statements.append(
+            (
+                comment,
+                f"CREATE TABLE IF NOT EXISTS {quote(name)} (\n{body}\n){d.table_options}",
+            )
+        )
+        if d.inline_indexes:
+            return
+        for index, cols, where, why in named:
+            condition = f" WHERE {where}" if where and d.partial_indexes else ""
+            statements.append(
+                (
+                    why,
+                    f"CREATE INDEX IF NOT EXISTS {index}\n    ON {quote(name)} ({cols}){condition}",
+                )
+            )
+
+    table(
+        "Events: the append-only log. global_position orders all events; the unique "
+        "key allows one event per aggregate version (optimistic concurrency).",
+        config.events_table,
+        [*events_columns, events_unique],
+        events_indexes,
+    )
+    for column, sql_type, why in d.extra_event_columns:
+        statements.append(
+            (
+                f"{why} (Added for tables created before this column existed.)",
+                f"ALTER TABLE {quote(config.events_table)} ADD COLUMN IF NOT EXISTS "
+                f"{column} {sql_type}",
+            )
+        )
+    table(
+        "Aggregate heads: the current version of each aggregate, checked and bumped "
+        "by every append.",
+        config.aggregate_heads_table,
+        heads_columns,
+        updated,
+    )
+    table(
+        "Projection checkpoints: the last global position each projection handled.",
+        config.checkpoints_table,
+        checkpoints_columns,
+        updated,
+    )
+    return statements

@@ -1,0 +1,147 @@
+"""Fixtures for tests against real databases.
+
+Every backend test gets its own empty store: a SQLite file in a temporary
+directory, a fresh PostgreSQL schema, or a fresh MariaDB database. When a
+server cannot be reached the test is skipped locally, but fails under
+``CI=true`` so CI never passes without having run it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pupsourcing.store.base import SQLStore
+from pupsourcing.store.config import StoreConfig
+
+PG_DSN = os.environ.get("PUPSOURCING_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+MYSQL_HOST = os.environ.get("PUPSOURCING_TEST_MYSQL_HOST", "127.0.0.1")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+def unavailable(what: str, exc: BaseException) -> None:
+    message = f"{what} is not reachable: {exc}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: database tests must run)", pytrace=False)
+    pytest.skip(message)
+
+
+@dataclass
+class Backend:
+    """One empty store on one real database, and a way to open connections to it."""
+
+    name: str
+    store: SQLStore[Any]
+    connect: Callable[[], Any]
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def connection(self) -> Any:
+        conn = self.connect()
+        self.cleanups.append(conn.close)
+        return conn
+
+    def scalar(self, sql: str) -> Any:
+        """Run a query on a fresh connection and return the first column of the first row."""
+        conn = self.connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(sql)
+            row = cursor.fetchone()
+            return None if row is None else row[0]
+        finally:
+            conn.close()
+
+    def count_events(self) -> int:
+        return int(self.scalar(f"SELECT count(*) FROM {self.store.config.events_table}"))
+
+
+def sqlite_backend(tmp_path: Path, config: StoreConfig) -> Backend:
+    from pupsourcing.adapters.sqlite import SQLiteStore, connect
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "store.db"
+    store = SQLiteStore(config)
+    backend = Backend("sqlite", store, lambda: connect(path))
+    conn = backend.connection()
+    store.create_schema(conn)
+    conn.commit()
+    return backend
+
+
+def postgres_backend(config: StoreConfig) -> Backend:
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - dev extra missing
+        unavailable("psycopg", exc)
+        raise
+    from pupsourcing.adapters.postgres import PostgresStore
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        unavailable("PostgreSQL", exc)
+        raise
+    admin.execute(f"CREATE SCHEMA {schema}")
+    dsn = f"{PG_DSN} options='-c search_path={schema}'"
+    store = PostgresStore(config)
+    backend = Backend("postgres", store, lambda: psycopg.connect(dsn))
+
+    def drop() -> None:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+
+    backend.cleanups.append(drop)
+    conn = backend.connection()
+    store.create_schema(conn)
+    conn.commit()
+    return backend
+
+
+def make_backend(name: str, tmp_path: Path, config: StoreConfig | None = None) -> Backend:
+    config = config or StoreConfig()
+    if name == "sqlite":
+        return sqlite_backend(tmp_path, config)
+    if name == "postgres":
+        return postgres_backend(config)
+    raise ValueError(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    b = make_backend(request.param, tmp_path)
+    yield b
+    for cleanup in reversed(b.cleanups):
+        cleanup()
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Backend]:
+    b = make_backend("sqlite", tmp_path)
+    yield b
+    for cleanup in reversed(b.cleanups):
+        cleanup()
+
+
+@pytest.fixture
+def make_store_backend(tmp_path: Path) -> Iterator[Callable[..., Backend]]:
+    """Build a backend by name with a custom config."""
+    made: list[Backend] = []
+
+    def make(name: str, config: StoreConfig | None = None) -> Backend:
+        b = make_backend(name, tmp_path / f"{name}-{len(made)}", config)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        for cleanup in reversed(b.cleanups):
+            cleanup()

@@ -1,0 +1,179 @@
+"""SQLite specifics: two connections on one file, transaction handling."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from helpers import events
+from pupsourcing import ExpectedVersion, OptimisticConcurrencyError
+from pupsourcing.adapters.sqlite import SQLiteStore, connect
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    path = tmp_path / "race.db"
+    with connect(path) as conn:
+        SQLiteStore().create_schema(conn)
+    return path
+
+
+def race(path: Path, rounds: int, expected: ExpectedVersion | None, wal: bool) -> list[list[str]]:
+    """Two threads, each with its own connection, append to the same aggregates
+    in lockstep. Returns each thread's outcomes."""
+    store = SQLiteStore()
+    barrier = threading.Barrier(2)
+    outcomes: list[list[str]] = [[], []]
+
+    def worker(slot: int) -> None:
+        conn = connect(path, timeout=30, wal=wal)
+        try:
+            for i in range(rounds):
+                barrier.wait()
+                try:
+                    store.append(conn, expected or ExpectedVersion.no_stream(), events(2, f"r{i}"))
+                    conn.commit()
+                    outcomes[slot].append("won")
+                except OptimisticConcurrencyError:
+                    conn.rollback()
+                    outcomes[slot].append("conflict")
+                except Exception as exc:  # anything else fails the test below
+                    conn.rollback()
+                    outcomes[slot].append(f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(slot,)) for slot in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
+
+
+@pytest.mark.parametrize("wal", [True, False], ids=["wal", "rollback-journal"])
+def test_two_connections_race_for_a_new_aggregate(db_path: Path, wal: bool) -> None:
+    rounds = 40
+    a, b = race(db_path, rounds, ExpectedVersion.no_stream(), wal)
+    for i in range(rounds):
+        assert sorted([a[i], b[i]]) == ["conflict", "won"], (i, a[i], b[i])
+    conn = sqlite3.connect(db_path)
+    duplicates = conn.execute(
+        "SELECT count(*) FROM (SELECT aggregate_id, aggregate_version FROM events "
+        "GROUP BY 1, 2 HAVING count(*) > 1)"
+    ).fetchone()[0]
+    assert duplicates == 0
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == rounds * 2
+    versions = conn.execute("SELECT DISTINCT aggregate_version FROM events ORDER BY 1").fetchall()
+    assert versions == [(1,), (2,)]
+
+
+def test_two_connections_appending_with_any_never_lose_or_duplicate(db_path: Path) -> None:
+    store = SQLiteStore()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        conn = connect(db_path, timeout=30)
+        try:
+            for _ in range(60):
+                store.append(conn, ExpectedVersion.any(), events(3, "shared"))
+                conn.commit()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    conn = connect(db_path)
+    stream = store.read_aggregate_stream(conn, "Shop", "Order", "shared")
+    assert [e.aggregate_version for e in stream] == list(range(1, 361))
+
+
+def test_stale_read_snapshot_is_a_conflict_not_a_driver_error(db_path: Path) -> None:
+    store = SQLiteStore()
+    writer = connect(db_path)
+    reader = connect(db_path, timeout=0.2)
+    store.append(writer, ExpectedVersion.no_stream(), events(1, "a"))
+    writer.commit()
+
+    reader.execute("BEGIN")
+    version = store.read_aggregate_stream(reader, "Shop", "Order", "a").version
+    store.append(writer, ExpectedVersion.exact(1), events(1, "a"))
+    writer.commit()
+    with pytest.raises(OptimisticConcurrencyError):
+        store.append(reader, ExpectedVersion.exact(version), events(1, "a"))
+    reader.rollback()
+    assert store.read_aggregate_stream(reader, "Shop", "Order", "a").version == 2
+
+
+def test_autocommit_connection_gets_a_transaction_the_caller_commits(db_path: Path) -> None:
+    store = SQLiteStore()
+    conn = connect(db_path)
+    conn.isolation_level = None
+    assert not conn.in_transaction
+    store.append(conn, ExpectedVersion.any(), events(2, "a"))
+    assert conn.in_transaction
+    conn.rollback()
+    assert store.read_aggregate_stream(conn, "Shop", "Order", "a").is_empty
+    store.append(conn, ExpectedVersion.any(), events(2, "a"))
+    conn.commit()
+    assert store.read_aggregate_stream(conn, "Shop", "Order", "a").version == 2
+
+
+def test_append_joins_an_open_transaction(db_path: Path) -> None:
+    store = SQLiteStore()
+    conn = connect(db_path)
+    conn.execute("CREATE TABLE notes (note TEXT)")
+    conn.commit()
+    conn.execute("INSERT INTO notes VALUES ('first')")
+    assert conn.in_transaction
+    store.append(conn, ExpectedVersion.any(), events(1, "a"))
+    store.append(conn, ExpectedVersion.exact(1), events(1, "a"))
+    conn.rollback()
+    assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 0
+    assert store.read_aggregate_stream(conn, "Shop", "Order", "a").is_empty
+
+
+def test_failed_append_keeps_the_callers_earlier_writes(db_path: Path) -> None:
+    store = SQLiteStore()
+    conn = connect(db_path)
+    conn.execute("CREATE TABLE notes (note TEXT)")
+    conn.commit()
+    conn.execute("INSERT INTO notes VALUES ('kept')")
+    stored = store.append(conn, ExpectedVersion.any(), events(1, "a"))
+    dup = events(1, "b")[0]
+    dup = type(dup)(
+        *(
+            getattr(dup, f)
+            for f in ("bounded_context", "aggregate_type", "aggregate_id", "event_type", "payload")
+        ),
+        event_id=stored.events[0].event_id,
+    )
+    with pytest.raises(OptimisticConcurrencyError):
+        store.append(conn, ExpectedVersion.any(), [dup])
+    conn.commit()
+    assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 1
+    assert store.read_aggregate_stream(conn, "Shop", "Order", "a").version == 1
+    assert store.read_aggregate_stream(conn, "Shop", "Order", "b").is_empty
+    assert (
+        conn.execute("SELECT count(*) FROM aggregate_heads WHERE aggregate_id = 'b'").fetchone()[0]
+        == 0
+    )
+
+
+def test_lock_timeout_surfaces_as_the_drivers_error(db_path: Path) -> None:
+    store = SQLiteStore()
+    holder = connect(db_path)
+    holder.execute("BEGIN IMMEDIATE")
+    waiter = connect(db_path, timeout=0.1)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.append(waiter, ExpectedVersion.any(), events(1, "a"))
+    holder.rollback()
