@@ -1,0 +1,7 @@
+"""``python -m pupsourcing``: the command line."""
+
+import sys
+
+from pupsourcing.cli import main
+
+sys.exit(main())

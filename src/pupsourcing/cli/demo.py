@@ -1,0 +1,198 @@
+"""``pupsourcing demo``: the whole idea in one screen, on a local SQLite file.
+
+Appends events for a few orders, provokes and catches an optimistic
+concurrency conflict, reads a stream back and projects everything into a
+small read model. Running it again continues: new orders are appended and
+the projection resumes from its checkpoint. ``--fresh`` starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, TextIO
+
+from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
+from pupsourcing.adapters.sqlite import SQLiteStore, connect
+
+DEFAULT_PATH = "pupsourcing-demo.db"
+CONTEXT = "Sales"
+READ_MODEL = "demo_orders"
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "demo",
+        help="a one-screen tour on a local SQLite file",
+        description="Append events, provoke a concurrency conflict, read a stream and "
+        "project a read model, on a SQLite file in the current directory.",
+    )
+    parser.add_argument(
+        "--db", default=DEFAULT_PATH, metavar="PATH", help=f"SQLite file (default {DEFAULT_PATH})"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="delete the demo's tables and start over"
+    )
+    parser.set_defaults(handler=lambda args: run(Path(args.db), fresh=args.fresh))
+
+
+def _event(order_id: str, event_type: str, **data: Any) -> Event:
+    payload = json.dumps(data, separators=(",", ":")).encode()
+    return Event(CONTEXT, "Order", order_id, event_type, payload)
+
+
+def _apply(tx: sqlite3.Connection, event: PersistedEvent) -> None:
+    """The read model: one row per order with status, item count and total."""
+    data = json.loads(event.payload)
+    if event.event_type == "OrderPlaced":
+        tx.execute(
+            f"INSERT INTO {READ_MODEL} (order_id, customer, status, items, total_cents) "
+            "VALUES (?, ?, 'open', 0, 0)",
+            (event.aggregate_id, data["customer"]),
+        )
+    elif event.event_type == "ItemAdded":
+        tx.execute(
+            f"UPDATE {READ_MODEL} SET items = items + 1, total_cents = total_cents + ? "
+            "WHERE order_id = ?",
+            (data["price_cents"], event.aggregate_id),
+        )
+    elif event.event_type == "OrderCancelled":
+        tx.execute(
+            f"UPDATE {READ_MODEL} SET status = 'cancelled' WHERE order_id = ?",
+            (event.aggregate_id,),
+        )
+
+
+def _drop_demo_tables(db: sqlite3.Connection, store: SQLiteStore) -> None:
+    config = store.config
+    for table in (
+        READ_MODEL,
+        config.events_table,
+        config.aggregate_heads_table,
+        config.checkpoints_table,
+    ):
+        db.execute(f'DROP TABLE IF EXISTS "{table}"')
+    db.commit()
+
+
+def run(path: Path, *, fresh: bool = False, out: TextIO | None = None) -> int:
+    def say(line: str = "") -> None:
+        print(line, file=out)
+
+    store = SQLiteStore()
+    db = connect(path)
+    rival = connect(path)
+    try:
+        if fresh:
+            _drop_demo_tables(db, store)
+        store.create_schema(db)
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {READ_MODEL} (order_id TEXT PRIMARY KEY, "
+            "customer TEXT NOT NULL, status TEXT NOT NULL, items INTEGER NOT NULL, "
+            "total_cents INTEGER NOT NULL)"
+        )
+        db.commit()
+        run_no = (
+            1
+            + db.execute(
+                f"SELECT count(DISTINCT aggregate_id) FROM {store.config.events_table}"
+            ).fetchone()[0]
+            // 3
+        )
+        say(f"pupsourcing demo, run {run_no}: event store in {path} (SQLite)")
+        if run_no > 1:
+            say("  (continuing the previous runs; `pupsourcing demo --fresh` starts over)")
+
+        say()
+        say("1. Append events: one append = one aggregate, inside your transaction")
+        orders = {
+            f"order-{run_no}-a": [
+                _event(f"order-{run_no}-a", "OrderPlaced", customer="ada"),
+                _event(f"order-{run_no}-a", "ItemAdded", sku="book", price_cents=1250),
+                _event(f"order-{run_no}-a", "ItemAdded", sku="lamp", price_cents=3900),
+            ],
+            f"order-{run_no}-b": [
+                _event(f"order-{run_no}-b", "OrderPlaced", customer="grace"),
+                _event(f"order-{run_no}-b", "ItemAdded", sku="pen", price_cents=300),
+            ],
+            f"order-{run_no}-c": [
+                _event(f"order-{run_no}-c", "OrderPlaced", customer="linus"),
+                _event(f"order-{run_no}-c", "OrderCancelled", reason="changed mind"),
+            ],
+        }
+        for order_id, events in orders.items():
+            result = store.append(db, ExpectedVersion.no_stream(), events)
+            db.commit()
+            types = ", ".join(e.event_type for e in events)
+            positions = result.global_positions
+            say(
+                f"   {order_id}: {types:<36} -> versions {result.from_version + 1}.."
+                f"{result.to_version}, positions {positions[0]}..{positions[-1]}"
+            )
+
+        say()
+        say("2. Optimistic concurrency: two clients both read order-a at version 3")
+        target = f"order-{run_no}-a"
+        seen = store.read_aggregate_stream(rival, CONTEXT, "Order", target).version
+        store.append(
+            db,
+            ExpectedVersion.exact(3),
+            [_event(target, "ItemAdded", sku="mug", price_cents=800)],
+        )
+        db.commit()
+        say("   client A appends ItemAdded with ExpectedVersion.exact(3): ok, now version 4")
+        try:
+            store.append(
+                rival,
+                ExpectedVersion.exact(seen),
+                [_event(target, "OrderCancelled", reason="too slow")],
+            )
+            rival.commit()
+            say("   client B was not stopped: this should not happen")
+            return 1
+        except OptimisticConcurrencyError as conflict:
+            rival.rollback()
+            say(f"   client B appends with ExpectedVersion.exact({seen}): rejected")
+            say(
+                "     OptimisticConcurrencyError: "
+                f"expected {conflict.expected}, actual {conflict.actual}"
+            )
+
+        say()
+        say(f"3. Read the stream of {target} back")
+        for event in store.read_aggregate_stream(db, CONTEXT, "Order", target):
+            say(
+                f"   v{event.aggregate_version} @{event.global_position:<3} "
+                f"{event.event_type:<14} {event.payload.decode()}"
+            )
+
+        say()
+        say(f"4. Project every event into the read model table {READ_MODEL!r}")
+        name = READ_MODEL
+        checkpoint = store.get_checkpoint(db, name)
+        handled = 0
+        while batch := store.read_events(db, checkpoint, 100):
+            for event in batch:
+                _apply(db, event)
+            checkpoint = batch[-1].global_position
+            store.update_checkpoint(db, name, checkpoint)
+            db.commit()  # read model rows and checkpoint commit together
+            handled += len(batch)
+        say(f"   handled {handled} new events; checkpoint of {name!r} is now {checkpoint}")
+        say(f"   {'order':<12} {'customer':<9} {'status':<10} {'items':>5} {'total':>9}")
+        for order_id, customer, status, items, cents in db.execute(
+            f"SELECT order_id, customer, status, items, total_cents FROM {READ_MODEL} "
+            "ORDER BY rowid DESC LIMIT 3"
+        ).fetchall()[::-1]:
+            say(f"   {order_id:<12} {customer:<9} {status:<10} {items:>5} {cents / 100:>9.2f}")
+        total = db.execute(f"SELECT count(*) FROM {READ_MODEL}").fetchone()[0]
+        if total > 3:
+            say(f"   ... and {total - 3} orders from earlier runs")
+        say()
+        say("Run it again: new orders are appended and the projection resumes at its checkpoint.")
+        return 0
+    finally:
+        rival.close()
+        db.close()

@@ -1,0 +1,72 @@
+"""SQL migration generation: the event store schema for each database.
+
+>>> from pupsourcing.migrations import generate_sql
+>>> "CREATE TABLE IF NOT EXISTS" in generate_sql("sqlite")
+True
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from pupsourcing.store.config import StoreConfig
+from pupsourcing.store.dialect import Dialect
+
+__all__ = ["ADAPTERS", "default_filename", "dialect_class", "generate_sql", "write_migration"]
+
+ADAPTERS = ("postgres", "mysql", "sqlite")
+
+
+def dialect_class(adapter: str) -> type[Dialect]:
+    """The dialect of ``adapter`` (one of :data:`ADAPTERS`)."""
+    if adapter == "postgres":
+        from pupsourcing.adapters.postgres import PostgresDialect
+
+        return PostgresDialect
+    if adapter == "mysql":
+        from pupsourcing.adapters.mysql import MySQLDialect
+
+        return MySQLDialect
+    if adapter == "sqlite":
+        from pupsourcing.adapters.sqlite import SQLiteDialect
+
+        return SQLiteDialect
+    raise ValueError(f"adapter: unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
+
+
+def generate_sql(adapter: str, config: StoreConfig | None = None) -> str:
+    """The schema script for ``adapter`` and ``config``: the same text the
+    store's ``schema_sql()`` returns. Every statement is idempotent."""
+    return dialect_class(adapter).render_schema(config or StoreConfig())
+
+
+def default_filename(now: datetime | None = None) -> str:
+    """``<YYYYmmddHHMMSS>_init_event_sourcing.sql``, as the Go library names it."""
+    return f"{(now or datetime.now()):%Y%m%d%H%M%S}_init_event_sourcing.sql"
+
+
+def write_migration(
+    adapter: str,
+    output_dir: str | Path,
+    *,
+    filename: str | None = None,
+    config: StoreConfig | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the schema script into ``output_dir`` (created if missing).
+
+    Refuses to replace an existing file with different content unless
+    ``overwrite`` is set.
+    """
+    sql = generate_sql(adapter, config)
+    name = filename or default_filename()
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"filename: {name!r} must be a plain file name, not a path")
+    directory = Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    if target.exists() and not overwrite and target.read_text(encoding="utf-8") != sql:
+        raise FileExistsError(f"{target} already exists with different content")
+    target.write_text(sql, encoding="utf-8")
+    return target

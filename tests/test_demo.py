@@ -1,0 +1,62 @@
+"""The demo a newcomer runs first: readable, short, and rerunnable."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+
+def demo(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pupsourcing", "demo", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def test_demo_runs_on_a_sqlite_file_in_the_current_directory(tmp_path: Path) -> None:
+    first = demo(tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr == ""
+    out = first.stdout
+    assert (tmp_path / "pupsourcing-demo.db").exists()
+    assert len(out.splitlines()) <= 30, "must fit on one screen"
+    assert "OptimisticConcurrencyError" in out
+    assert "expected Exact(3), actual 4" in out
+    assert "handled 8 new events" in out
+    assert "order-1-a" in out
+    assert "59.50" in out  # the read model: 12.50 + 39.00 + 8.00
+
+    conn = sqlite3.connect(tmp_path / "pupsourcing-demo.db")
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 8
+    assert conn.execute("SELECT count(*) FROM demo_orders").fetchone()[0] == 3
+    conn.close()
+
+
+def test_demo_continues_on_rerun_and_resets_with_fresh(tmp_path: Path) -> None:
+    assert demo(tmp_path).returncode == 0
+    second = demo(tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "run 2" in second.stdout
+    assert "continuing" in second.stdout
+    assert "handled 8 new events; checkpoint of 'demo_orders' is now 16" in second.stdout
+    conn = sqlite3.connect(tmp_path / "pupsourcing-demo.db")
+    assert conn.execute("SELECT count(*) FROM demo_orders").fetchone()[0] == 6
+    conn.close()
+
+    fresh = demo(tmp_path, "--fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "run 1" in fresh.stdout
+    assert "positions 1..3" in fresh.stdout
+
+
+def test_demo_db_option(tmp_path: Path) -> None:
+    result = demo(tmp_path, "--db", str(tmp_path / "elsewhere.db"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "elsewhere.db").exists()

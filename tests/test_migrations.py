@@ -1,0 +1,312 @@
+"""Migration generation: the Go library's schema, applied to each real database."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import IN_CI, MYSQL_HOST, PG_DSN, unavailable
+from pupsourcing.migrations import ADAPTERS, generate_sql, write_migration
+from pupsourcing.store import StoreConfig
+
+EVENT_COLUMNS = {
+    "global_position",
+    "bounded_context",
+    "aggregate_type",
+    "aggregate_id",
+    "aggregate_version",
+    "event_id",
+    "event_type",
+    "event_version",
+    "payload",
+    "trace_id",
+    "correlation_id",
+    "causation_id",
+    "metadata",
+    "created_at",
+}
+HEAD_COLUMNS = {
+    "bounded_context",
+    "aggregate_type",
+    "aggregate_id",
+    "aggregate_version",
+    "updated_at",
+}
+CHECKPOINT_COLUMNS = {"projection_name", "last_global_position", "updated_at"}
+INDEXES = {
+    "idx_events_aggregate",
+    "idx_events_event_type",
+    "idx_events_correlation",
+    "idx_aggregate_heads_updated",
+    "idx_projection_checkpoints_updated",
+}
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_generated_sql_has_the_go_schema(adapter: str) -> None:
+    sql = generate_sql(adapter)
+    for table in ("events", "aggregate_heads", "projection_checkpoints"):
+        assert re.search(rf"CREATE TABLE IF NOT EXISTS [`\"]?{table}[`\"]? \(", sql)
+    for column in EVENT_COLUMNS | CHECKPOINT_COLUMNS:
+        assert re.search(rf"\b{column}\b", sql), column
+    for index in INDEXES:
+        assert index in sql
+    assert "aggregate_id, aggregate_version" in sql
+    assert sql == generate_sql(adapter), "output must be deterministic"
+
+
+def test_expected_types_per_database() -> None:
+    pg = generate_sql("postgres")
+    for fragment in (
+        "global_position BIGSERIAL PRIMARY KEY",
+        "event_id UUID NOT NULL UNIQUE",
+        "payload BYTEA NOT NULL",
+        "metadata JSONB",
+        "created_at TIMESTAMPTZ NOT NULL DEFAULT NOW()",
+    ):
+        assert fragment in pg
+    my = generate_sql("mysql")
+    for fragment in (
+        "global_position BIGINT AUTO_INCREMENT PRIMARY KEY",
+        "event_id BINARY(16) NOT NULL UNIQUE",
+        "payload BLOB NOT NULL",
+        "metadata JSON",
+        "created_at TIMESTAMP(6)",
+        "ENGINE=InnoDB",
+        "utf8mb4",
+    ):
+        assert fragment in my
+    lite = generate_sql("sqlite")
+    assert "global_position INTEGER PRIMARY KEY AUTOINCREMENT" in lite
+
+
+def test_custom_table_names_everywhere() -> None:
+    config = StoreConfig("ev", "cp", "hd")
+    for adapter in ADAPTERS:
+        sql = generate_sql(adapter, config)
+        assert "events" not in sql.replace("events of", "").replace("all events", "")
+        for name in ("idx_ev_aggregate", "idx_hd_updated", "idx_cp_updated"):
+            assert name in sql
+
+
+def test_unknown_adapter() -> None:
+    with pytest.raises(ValueError, match="adapter"):
+        generate_sql("oracle")
+
+
+def sqlite_columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def test_applies_to_sqlite_twice(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "m.db")
+    conn.executescript(generate_sql("sqlite"))
+    conn.executescript(generate_sql("sqlite"))
+    assert sqlite_columns(conn, "events") == EVENT_COLUMNS
+    assert sqlite_columns(conn, "aggregate_heads") == HEAD_COLUMNS
+    assert sqlite_columns(conn, "projection_checkpoints") == CHECKPOINT_COLUMNS
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert indexes >= INDEXES
+
+
+def test_applies_to_postgres_twice() -> None:
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        unavailable("PostgreSQL", exc)
+    conn.execute("DROP SCHEMA IF EXISTS migration_test CASCADE")
+    conn.execute("CREATE SCHEMA migration_test")
+    conn.execute("SET search_path TO migration_test")
+    try:
+        conn.execute(generate_sql("postgres"))
+        conn.execute(generate_sql("postgres"))
+
+        def columns(table: str) -> set[str]:
+            rows = conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = 'migration_test' AND table_name = %s",
+                (table,),
+            ).fetchall()
+            return {r[0] for r in rows}
+
+        assert columns("events") == EVENT_COLUMNS | {"metadata_raw"}
+        assert columns("aggregate_heads") == HEAD_COLUMNS
+        assert columns("projection_checkpoints") == CHECKPOINT_COLUMNS
+        indexes = {
+            r[0]
+            for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'migration_test'"
+            )
+        }
+        assert indexes >= INDEXES
+        types = dict(
+            conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = 'migration_test' AND table_name = 'events'"
+            ).fetchall()
+        )
+        assert types["event_id"] == "uuid"
+        assert types["payload"] == "bytea"
+        assert types["metadata"] == "jsonb"
+        assert types["created_at"] == "timestamp with time zone"
+    finally:
+        conn.execute("DROP SCHEMA migration_test CASCADE")
+        conn.close()
+
+
+def test_applies_to_mariadb_twice() -> None:
+    pymysql = pytest.importorskip("pymysql")
+    from pymysql.constants import CLIENT
+
+    try:
+        conn = pymysql.connect(
+            host=MYSQL_HOST,
+            user="root",
+            password="",
+            database="test",
+            client_flag=CLIENT.MULTI_STATEMENTS,
+            autocommit=True,
+            connect_timeout=5,
+        )
+    except pymysql.err.OperationalError as exc:
+        unavailable("MariaDB", exc)
+    cursor = conn.cursor()
+    cursor.execute("DROP DATABASE IF EXISTS migration_test")
+    cursor.execute("CREATE DATABASE migration_test")
+    cursor.execute("USE migration_test")
+    try:
+        for _ in range(2):
+            cursor.execute(generate_sql("mysql"))
+            while cursor.nextset():
+                pass
+
+        def columns(table: str) -> dict[str, str]:
+            cursor.execute(
+                "SELECT column_name, column_type FROM information_schema.columns "
+                "WHERE table_schema = 'migration_test' AND table_name = %s",
+                (table,),
+            )
+            return {r[0]: r[1] for r in cursor.fetchall()}
+
+        events = columns("events")
+        assert set(events) == EVENT_COLUMNS
+        assert events["event_id"] == "binary(16)"
+        assert events["created_at"] == "timestamp(6)"
+        assert set(columns("aggregate_heads")) == HEAD_COLUMNS
+        assert set(columns("projection_checkpoints")) == CHECKPOINT_COLUMNS
+        cursor.execute(
+            "SELECT DISTINCT index_name FROM information_schema.statistics "
+            "WHERE table_schema = 'migration_test'"
+        )
+        assert {r[0] for r in cursor.fetchall()} >= INDEXES
+    finally:
+        cursor.execute("DROP DATABASE migration_test")
+        conn.close()
+
+
+def test_write_migration(tmp_path: Path) -> None:
+    path = write_migration("postgres", tmp_path / "out")
+    assert re.fullmatch(r"\d{14}_init_event_sourcing\.sql", path.name)
+    assert path.read_text() == generate_sql("postgres")
+    named = write_migration("sqlite", tmp_path / "out", filename="001_init.sql")
+    assert named.name == "001_init.sql"
+    assert write_migration("sqlite", tmp_path / "out", filename="001_init.sql") == named
+    with pytest.raises(FileExistsError):
+        write_migration("mysql", tmp_path / "out", filename="001_init.sql")
+    with pytest.raises(ValueError, match="filename"):
+        write_migration("mysql", tmp_path / "out", filename="../escape.sql")
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pupsourcing", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def test_cli_migrate_gen(tmp_path: Path) -> None:
+    result = run_cli("migrate-gen", "--adapter", "mysql", "--output", str(tmp_path / "m"))
+    assert result.returncode == 0, result.stderr
+    files = list((tmp_path / "m").iterdir())
+    assert len(files) == 1
+    assert re.fullmatch(r"\d{14}_init_event_sourcing\.sql", files[0].name)
+    assert files[0].read_text() == generate_sql("mysql")
+    assert str(files[0]) in result.stdout
+
+    result = run_cli(
+        "migrate-gen",
+        "--adapter",
+        "postgres",
+        "--output",
+        str(tmp_path / "n"),
+        "--filename",
+        "init.sql",
+        "--events-table",
+        "ev",
+        "--checkpoints-table",
+        "cp",
+        "--aggregate-heads-table",
+        "hd",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "n" / "init.sql").read_text() == generate_sql(
+        "postgres", StoreConfig("ev", "cp", "hd")
+    )
+
+
+def test_cli_migrate_gen_errors(tmp_path: Path) -> None:
+    bad_table = run_cli(
+        "migrate-gen",
+        "--adapter",
+        "sqlite",
+        "--output",
+        str(tmp_path / "x"),
+        "--events-table",
+        "events; DROP TABLE users",
+    )
+    assert bad_table.returncode == 1
+    assert "events_table" in bad_table.stderr
+    assert len(bad_table.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+    bad_adapter = run_cli("migrate-gen", "--adapter", "oracle", "--output", str(tmp_path))
+    assert bad_adapter.returncode == 2
+    assert "invalid choice" in bad_adapter.stderr
+
+    missing = run_cli("migrate-gen", "--adapter", "sqlite")
+    assert missing.returncode == 2
+
+
+@pytest.mark.skipif(
+    shutil.which("pupsourcing") is None and not IN_CI, reason="package not installed"
+)
+def test_console_script(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            "pupsourcing",
+            "migrate-gen",
+            "--adapter",
+            "sqlite",
+            "--output",
+            str(tmp_path),
+            "--filename",
+            "a.sql",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "a.sql").read_text() == generate_sql("sqlite")
