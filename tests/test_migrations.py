@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -122,9 +123,9 @@ def test_applies_to_postgres_twice() -> None:
         conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         unavailable("PostgreSQL", exc)
-    conn.execute("DROP SCHEMA IF EXISTS migration_test CASCADE")
-    conn.execute("CREATE SCHEMA migration_test")
-    conn.execute("SET search_path TO migration_test")
+    schema = f"migration_{uuid.uuid4().hex[:10]}"
+    conn.execute(f"CREATE SCHEMA {schema}")
+    conn.execute(f"SET search_path TO {schema}")
     try:
         conn.execute(generate_sql("postgres"))
         conn.execute(generate_sql("postgres"))
@@ -132,8 +133,8 @@ def test_applies_to_postgres_twice() -> None:
         def columns(table: str) -> set[str]:
             rows = conn.execute(
                 "SELECT column_name FROM information_schema.columns "
-                "WHERE table_schema = 'migration_test' AND table_name = %s",
-                (table,),
+                "WHERE table_schema = %s AND table_name = %s",
+                (schema, table),
             ).fetchall()
             return {r[0] for r in rows}
 
@@ -158,7 +159,7 @@ def test_applies_to_postgres_twice() -> None:
         assert types["metadata"] == "jsonb"
         assert types["created_at"] == "timestamp with time zone"
     finally:
-        conn.execute("DROP SCHEMA migration_test CASCADE")
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
         conn.close()
 
 
@@ -179,9 +180,9 @@ def test_applies_to_mariadb_twice() -> None:
     except pymysql.err.OperationalError as exc:
         unavailable("MariaDB", exc)
     cursor = conn.cursor()
-    cursor.execute("DROP DATABASE IF EXISTS migration_test")
-    cursor.execute("CREATE DATABASE migration_test")
-    cursor.execute("USE migration_test")
+    database = f"migration_{uuid.uuid4().hex[:10]}"
+    cursor.execute(f"CREATE DATABASE {database}")
+    cursor.execute(f"USE {database}")
     try:
         for _ in range(2):
             cursor.execute(generate_sql("mysql"))
@@ -191,8 +192,8 @@ def test_applies_to_mariadb_twice() -> None:
         def columns(table: str) -> dict[str, str]:
             cursor.execute(
                 "SELECT column_name, column_type FROM information_schema.columns "
-                "WHERE table_schema = 'migration_test' AND table_name = %s",
-                (table,),
+                "WHERE table_schema = %s AND table_name = %s",
+                (schema, table),
             )
             return {r[0]: r[1] for r in cursor.fetchall()}
 
@@ -208,7 +209,7 @@ def test_applies_to_mariadb_twice() -> None:
         )
         assert {r[0] for r in cursor.fetchall()} >= INDEXES
     finally:
-        cursor.execute("DROP DATABASE migration_test")
+        cursor.execute(f"DROP DATABASE {database}")
         conn.close()
 
 
