@@ -144,14 +144,15 @@ def test_applies_to_postgres_twice() -> None:
         indexes = {
             r[0]
             for r in conn.execute(
-                "SELECT indexname FROM pg_indexes WHERE schemaname = 'migration_test'"
+                "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
             )
         }
         assert indexes >= INDEXES
         types = dict(
             conn.execute(
                 "SELECT column_name, data_type FROM information_schema.columns "
-                "WHERE table_schema = 'migration_test' AND table_name = 'events'"
+                "WHERE table_schema = %s AND table_name = 'events'",
+                (schema,),
             ).fetchall()
         )
         assert types["event_id"] == "uuid"
@@ -193,7 +194,7 @@ def test_applies_to_mariadb_twice() -> None:
             cursor.execute(
                 "SELECT column_name, column_type FROM information_schema.columns "
                 "WHERE table_schema = %s AND table_name = %s",
-                (schema, table),
+                (database, table),
             )
             return {r[0]: r[1] for r in cursor.fetchall()}
 
@@ -204,8 +205,8 @@ def test_applies_to_mariadb_twice() -> None:
         assert set(columns("aggregate_heads")) == HEAD_COLUMNS
         assert set(columns("projection_checkpoints")) == CHECKPOINT_COLUMNS
         cursor.execute(
-            "SELECT DISTINCT index_name FROM information_schema.statistics "
-            "WHERE table_schema = 'migration_test'"
+            "SELECT DISTINCT index_name FROM information_schema.statistics WHERE table_schema = %s",
+            (database,),
         )
         assert {r[0] for r in cursor.fetchall()} >= INDEXES
     finally:
