@@ -260,6 +260,10 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
 
     dialect_class = PostgresDialect
 
-    def _execute(self, tx: psycopg.Connection[Any], statement: Statement) -> list[Row]:
-        cursor = tx.execute(statement.sql, statement.params)
-        return cursor.fetchall() if statement.fetch else []
+    def _cursor(self, tx: psycopg.Connection[Any], sql: str, params: Any) -> psycopg.Cursor[Any]:
+        return tx.execute(sql, params)
+
+    def _in_transaction(self, tx: psycopg.Connection[Any]) -> bool:
+        # Appends are single statements, so autocommit needs no BEGIN; this
+        # answers for plans that ask anyway.
+        return not tx.autocommit or tx.info.transaction_status != 0  # 0: IDLE

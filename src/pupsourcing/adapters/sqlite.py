@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent
@@ -241,14 +241,13 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
 
     dialect_class = SQLiteDialect
 
-    def _execute(self, tx: sqlite3.Connection, statement: Statement) -> list[Row]:
-        if statement.begin and tx.in_transaction:
-            return []
-        cursor = tx.execute(statement.sql, statement.params)
-        try:
-            return cursor.fetchall() if statement.fetch else []
-        finally:
-            cursor.close()
+    def _cursor(self, tx: sqlite3.Connection, sql: str, params: Any) -> sqlite3.Cursor:
+        return tx.execute(sql, params)
+
+    def _in_transaction(self, tx: sqlite3.Connection) -> bool:
+        # sqlite3 opens implicit transactions only before DML, never before
+        # our BEGIN IMMEDIATE, so the connection's own flag is the truth.
+        return tx.in_transaction
 
 
 def connect(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
@@ -13,6 +13,19 @@ from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.plan import Plan, Row, Statement, drive
 
 ConnT = TypeVar("ConnT")
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the stores use."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchall(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
 T = TypeVar("T")
 
 
@@ -37,8 +50,27 @@ class SQLStore(abc.ABC, Generic[ConnT]):
         return f"{type(self).__name__}({self.config!r})"
 
     @abc.abstractmethod
+    def _cursor(self, tx: ConnT, sql: str, params: Any) -> Cursor:
+        """Execute ``sql`` on ``tx`` and return the DB-API cursor."""
+
+    @abc.abstractmethod
+    def _in_transaction(self, tx: ConnT) -> bool:
+        """Whether ``tx`` has a transaction open (or will open one implicitly
+        for the next statement, as non-autocommit DB-API connections do)."""
+
     def _execute(self, tx: ConnT, statement: Statement) -> list[Row]:
-        """Execute one statement on ``tx``; return its rows when asked to fetch."""
+        """Execute one statement of a plan; see :class:`Statement` for the answer."""
+        if statement.begin and self._in_transaction(tx):
+            return []
+        cursor = self._cursor(tx, statement.sql, statement.params)
+        try:
+            if statement.fetch:
+                return list(cursor.fetchall())
+            if statement.rowcount:
+                return [(cursor.rowcount,)]
+            return [(True,)] if statement.begin else []
+        finally:
+            cursor.close()
 
     def _run(self, tx: ConnT, plan: Plan[T]) -> T:
         return drive(plan, lambda statement: self._execute(tx, statement))

@@ -21,13 +21,16 @@ T = TypeVar("T")
 class Statement:
     """One SQL statement for a driver to execute.
 
-    ``fetch``: return the result rows. ``begin``: this is a ``BEGIN`` to run
-    only when the connection has no transaction open.
+    What the plan receives back: the result rows when ``fetch``; a single row
+    ``(rowcount,)`` when ``rowcount``; otherwise an empty list. A ``begin``
+    statement is executed only when the connection has no transaction open,
+    and answers ``[(True,)]`` when it started one, ``[]`` when it did not.
     """
 
     sql: str
     params: Sequence[Any] | Mapping[str, Any] = ()
     fetch: bool = False
+    rowcount: bool = False
     begin: bool = False
 
 
