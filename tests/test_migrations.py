@@ -110,7 +110,7 @@ def test_applies_to_sqlite_twice(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "m.db")
     conn.executescript(generate_sql("sqlite"))
     conn.executescript(generate_sql("sqlite"))
-    assert sqlite_columns(conn, "events") == EVENT_COLUMNS
+    assert sqlite_columns(conn, "events") == EVENT_COLUMNS | {"partition_hash"}
     assert sqlite_columns(conn, "aggregate_heads") == HEAD_COLUMNS
     assert sqlite_columns(conn, "projection_checkpoints") == CHECKPOINT_COLUMNS
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
@@ -138,7 +138,7 @@ def test_applies_to_postgres_twice() -> None:
             ).fetchall()
             return {r[0] for r in rows}
 
-        assert columns("events") == EVENT_COLUMNS | {"metadata_raw"}
+        assert columns("events") == EVENT_COLUMNS | {"metadata_raw", "partition_hash"}
         assert columns("aggregate_heads") == HEAD_COLUMNS
         assert columns("projection_checkpoints") == CHECKPOINT_COLUMNS
         indexes = {
@@ -199,7 +199,7 @@ def test_applies_to_mariadb_twice() -> None:
             return {r[0]: r[1] for r in cursor.fetchall()}
 
         events = columns("events")
-        assert set(events) == EVENT_COLUMNS
+        assert set(events) == EVENT_COLUMNS | {"partition_hash"}
         assert events["event_id"] == "binary(16)"
         assert events["created_at"] == "timestamp(6)"
         assert set(columns("aggregate_heads")) == HEAD_COLUMNS
@@ -312,3 +312,45 @@ def test_console_script(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "a.sql").read_text() == generate_sql("sqlite")
+
+
+GO_SQLITE_EVENTS = """
+CREATE TABLE events (
+    global_position INTEGER PRIMARY KEY AUTOINCREMENT,
+    bounded_context TEXT NOT NULL, aggregate_type TEXT NOT NULL, aggregate_id TEXT NOT NULL,
+    aggregate_version INTEGER NOT NULL, event_id TEXT NOT NULL UNIQUE,
+    event_type TEXT NOT NULL, event_version INTEGER NOT NULL DEFAULT 1,
+    payload BLOB NOT NULL, trace_id TEXT, correlation_id TEXT, causation_id TEXT,
+    metadata TEXT, created_at TEXT NOT NULL DEFAULT (datetime('now')),
+    UNIQUE (bounded_context, aggregate_type, aggregate_id, aggregate_version)
+);
+INSERT INTO events (bounded_context, aggregate_type, aggregate_id, aggregate_version,
+    event_id, event_type, payload, metadata, created_at)
+VALUES ('Shop', 'Order', 'o-1', 1, '1b4e28ba-2fa1-11d2-883f-0016d3cca427', 'Placed',
+    x'7b7d', '{}', '2024-05-01 10:00:00.5');
+"""
+
+
+def test_create_schema_upgrades_a_go_sqlite_store(tmp_path: Path) -> None:
+    from pupsourcing import ExpectedVersion
+    from pupsourcing.adapters.sqlite import SQLiteStore
+
+    conn = sqlite3.connect(tmp_path / "go.db")
+    conn.executescript(GO_SQLITE_EVENTS)
+    store = SQLiteStore()
+    store.create_schema(conn)
+    store.create_schema(conn)
+    conn.commit()
+    assert "partition_hash" in sqlite_columns(conn, "events")
+    [old] = store.read_events(conn, 0, 10)
+    assert old.aggregate_id == "o-1"
+    assert old.created_at.isoformat() == "2024-05-01T10:00:00.500000+00:00"
+    # the Go library wrote no head row; heads start empty, as the Go schema has them
+    from helpers import event
+
+    store.append(conn, ExpectedVersion.any(), [event("o-2")])
+    conn.commit()
+    assert (
+        conn.execute("SELECT partition_hash FROM events WHERE aggregate_id = 'o-2'").fetchone()[0]
+        is not None
+    )

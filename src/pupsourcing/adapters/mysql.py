@@ -31,6 +31,7 @@ class MySQLDialect(Dialect):
         table_options=" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
         inline_indexes=True,
         partial_indexes=False,
+        add_column_if_not_exists=False,
     )
 
     @staticmethod

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent
 from pupsourcing.core.expected_version import ExpectedVersion
+from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store.base import SQLStore
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
@@ -75,14 +76,7 @@ class PostgresDialect(Dialect):
         metadata="JSONB",
         timestamp="TIMESTAMPTZ NOT NULL DEFAULT NOW()",
         updated_timestamp="TIMESTAMPTZ NOT NULL DEFAULT NOW()",
-        extra_event_columns=(
-            (
-                "metadata_raw",
-                "TEXT",
-                "The metadata exactly as appended, kept only when JSONB reformats it "
-                "(key order, spacing), so reads return the caller's bytes.",
-            ),
-        ),
+        metadata_raw=True,
     )
 
     def __init__(self, config: StoreConfig | None = None) -> None:
@@ -114,11 +108,13 @@ class PostgresDialect(Dialect):
         )
         values += (
             ", CASE WHEN e.metadata::jsonb::text IS DISTINCT FROM e.metadata THEN e.metadata END"
+            ", %(hash)s"
         )
         self.append_sql = {
             kind: (
                 f"WITH head AS ({claim}), stored AS ("
-                f"INSERT INTO {self.events_table} ({', '.join(EVENT_COLUMNS)}, metadata_raw) "
+                f"INSERT INTO {self.events_table} "
+                f"({', '.join(EVENT_COLUMNS)}, metadata_raw, partition_hash) "
                 "SELECT %(bc)s, %(at)s, %(id)s, head.aggregate_version - %(n)s + e.ord, "
                 f"{values} FROM head, unnest({arrays}) WITH ORDINALITY "
                 f"AS e({', '.join(payload_columns)}, ord) ORDER BY e.ord "
@@ -195,6 +191,7 @@ class PostgresDialect(Dialect):
             "at": first.aggregate_type,
             "id": first.aggregate_id,
             "n": len(batch),
+            "hash": partition_hash(first.aggregate_id),
             "expected": expected.value,
             "event_id": [e.event_id for e in batch],
             "event_type": [e.event_type for e in batch],

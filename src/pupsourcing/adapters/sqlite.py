@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent
 from pupsourcing.core.expected_version import ExpectedVersion
+from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store.base import SQLStore
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
@@ -69,6 +70,7 @@ class SQLiteDialect(Dialect):
         metadata="TEXT",
         timestamp="TEXT NOT NULL DEFAULT (datetime('now'))",
         updated_timestamp="TEXT NOT NULL DEFAULT (datetime('now'))",
+        add_column_if_not_exists=False,
     )
 
     def __init__(self, config: StoreConfig | None = None) -> None:
@@ -97,7 +99,7 @@ class SQLiteDialect(Dialect):
             "updated_at = excluded.updated_at"
         )
         self._insert_prefix = (
-            f"INSERT INTO {self.events_table} ({', '.join(EVENT_COLUMNS)}) VALUES "
+            f"INSERT INTO {self.events_table} ({', '.join(EVENT_COLUMNS)}, partition_hash) VALUES "
         )
 
     @staticmethod
@@ -120,6 +122,10 @@ class SQLiteDialect(Dialect):
 
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlite_errorname", None) in _UNIQUE_ERRORS
+
+    def existing_event_columns(self) -> Plan[set[str]]:
+        rows = yield Statement(f"PRAGMA table_info({self.events_table})", fetch=True)
+        return {row[1] for row in rows}
 
     def conflict_reason(self, exc: BaseException) -> str | None:
         if getattr(exc, "sqlite_errorname", None) == "SQLITE_BUSY_SNAPSHOT":
@@ -145,10 +151,11 @@ class SQLiteDialect(Dialect):
     @staticmethod
     @lru_cache(maxsize=64)
     def _values(rows: int) -> str:
-        row = f"({', '.join('?' * len(EVENT_COLUMNS))})"
+        row = f"({', '.join('?' * (len(EVENT_COLUMNS) + 1))})"
         return ", ".join([row] * rows)
 
     def insert_statement(self, events: Sequence[Event], first_version: int) -> Statement:
+        hashed = partition_hash(events[0].aggregate_id)
         params: list[object] = []
         for offset, e in enumerate(events):
             params += (
@@ -165,6 +172,7 @@ class SQLiteDialect(Dialect):
                 e.causation_id,
                 None if e.metadata is None else e.metadata.decode("utf-8"),
                 _timestamp(e.created_at),
+                hashed,
             )
         sql = (
             f"{self._insert_prefix}{self._values(len(events))} "

@@ -12,7 +12,16 @@ from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.plan import Plan, Row, Statement, drive
 
-ConnT = TypeVar("ConnT")
+
+class Connection(Protocol):
+    """The part of a DB-API connection the stores use."""
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+ConnT = TypeVar("ConnT", bound=Connection)
 
 
 class Cursor(Protocol):
@@ -60,6 +69,12 @@ class SQLStore(abc.ABC, Generic[ConnT]):
 
     def _execute(self, tx: ConnT, statement: Statement) -> list[Row]:
         """Execute one statement of a plan; see :class:`Statement` for the answer."""
+        if statement.control is not None:
+            if statement.control == "commit":
+                tx.commit()
+            else:
+                tx.rollback()
+            return []
         if statement.begin and self._in_transaction(tx):
             return []
         cursor = self._cursor(tx, statement.sql, statement.params)

@@ -18,8 +18,13 @@ from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.validation import check_append
 from pupsourcing.store.config import StoreConfig
-from pupsourcing.store.plan import Plan, Row, Statement, run_statements
-from pupsourcing.store.schema import SchemaDialect, schema_statements
+from pupsourcing.store.plan import Plan, Row, Statement
+from pupsourcing.store.schema import (
+    SchemaDialect,
+    add_column_sql,
+    added_columns,
+    schema_statements,
+)
 
 EVENT_COLUMNS = (
     "bounded_context",
@@ -172,24 +177,43 @@ class Dialect(abc.ABC):
     @classmethod
     def render_schema(cls, config: StoreConfig) -> str:
         """The DDL as one SQL script (what ``migrate-gen`` writes)."""
+        d = cls.schema_dialect
+        added = added_columns(d)
         header = (
             f"-- pupsourcing event store schema for {cls.name}.\n"
-            "-- Same tables, columns and indexes as the Go library pupsourcing, so Go and\n"
-            "-- Python services can share one store"
-            + (
-                " (plus the nullable columns noted below).\n"
-                if cls.schema_dialect.extra_event_columns
-                else ".\n"
-            )
+            "-- The Go library pupsourcing's tables, columns and indexes, so Go and Python\n"
+            "-- services can share one store, plus nullable columns the Go library ignores:\n"
+            + "".join(f"--   {column.name}: {column.purpose}\n" for column in added)
         )
+        if not d.add_column_if_not_exists:
+            header += (
+                "-- Tables created by the Go library lack them; pupsourcing's create_schema()\n"
+                "-- adds them, or run once:\n"
+                + "".join(
+                    f"--   {add_column_sql(config, cls.quote, d, column)};\n" for column in added
+                )
+            )
         body = "\n\n".join(f"-- {why}\n{sql};" for why, sql in cls.schema(config))
         return f"{header}\n{body}\n"
 
     def schema_sql(self) -> str:
         return self.render_schema(self.config)
 
+    def existing_event_columns(self) -> Plan[set[str]]:
+        """The events table's column names (only needed where columns cannot be
+        added idempotently)."""
+        raise NotImplementedError(f"{self.name} adds columns with IF NOT EXISTS")
+        yield  # pragma: no cover - makes this a generator
+
     def create_schema(self) -> Plan[None]:
-        return run_statements([Statement(sql) for _, sql in self.schema(self.config)])
+        for _, sql in self.schema(self.config):
+            yield Statement(sql)
+        d = self.schema_dialect
+        if not d.add_column_if_not_exists:
+            existing = yield from self.existing_event_columns()
+            for column in added_columns(d):
+                if column.name not in existing:
+                    yield Statement(add_column_sql(self.config, self.quote, d, column))
 
     def conflict(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 Row = tuple[Any, ...]
 T = TypeVar("T")
@@ -25,6 +25,8 @@ class Statement:
     ``(rowcount,)`` when ``rowcount``; otherwise an empty list. A ``begin``
     statement is executed only when the connection has no transaction open,
     and answers ``[(True,)]`` when it started one, ``[]`` when it did not.
+    A ``control`` statement is not SQL: the driver commits or rolls back the
+    connection's transaction (``sql`` is then only a label).
     """
 
     sql: str
@@ -32,6 +34,11 @@ class Statement:
     fetch: bool = False
     rowcount: bool = False
     begin: bool = False
+    control: Literal["commit", "rollback"] | None = None
+
+
+COMMIT = Statement("COMMIT", control="commit")
+ROLLBACK = Statement("ROLLBACK", control="rollback")
 
 
 Plan = Generator[Statement, list[Row], T]

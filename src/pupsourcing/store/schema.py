@@ -2,7 +2,9 @@
 
 The tables, columns, constraints and indexes are the Go library's, so a Go
 service and a Python service can share one store; only the column types and a
-few syntax details differ per database (:class:`SchemaDialect`).
+few syntax details differ per database (:class:`SchemaDialect`). pupsourcing
+adds a few nullable columns (:func:`added_columns`) that the Go library
+neither reads nor needs to write.
 """
 
 from __future__ import annotations
@@ -36,19 +38,64 @@ class SchemaDialect:
     inline_indexes: bool = False
     """Declare indexes inside CREATE TABLE (MySQL has no CREATE INDEX IF NOT EXISTS)."""
     partial_indexes: bool = True
-    extra_event_columns: tuple[tuple[str, str, str], ...] = ()
-    """Columns pupsourcing adds to the Go schema, as (name, type, purpose). Each is
-    nullable, so Go services keep working, and is added to existing tables too."""
+    add_column_if_not_exists: bool = True
+    """Whether ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` exists (not in SQLite
+    or MySQL 8); without it ``create_schema`` checks the columns first."""
+    metadata_raw: bool = False
+    """Keep metadata bytes in ``metadata_raw`` when the JSON column reformats them."""
+
+
+@dataclass(frozen=True, slots=True)
+class AddedColumn:
+    """A nullable column pupsourcing adds to the Go library's events table."""
+
+    name: str
+    type: str
+    purpose: str
+
+
+def added_columns(d: SchemaDialect) -> list[AddedColumn]:
+    columns = [
+        AddedColumn(
+            "partition_hash",
+            d.bigint,
+            "FNV-1a 32-bit hash of aggregate_id, so partitioned projections filter "
+            "in SQL (NULL in rows the Go library wrote; those are filtered in Python).",
+        )
+    ]
+    if d.metadata_raw:
+        columns.append(
+            AddedColumn(
+                "metadata_raw",
+                "TEXT",
+                "The metadata exactly as appended, kept only when the JSON column "
+                "reformats it (key order, spacing), so reads return the caller's bytes.",
+            )
+        )
+    return columns
 
 
 Index = tuple[str, str, str, str]
 """(name suffix, column list, WHERE clause or "", purpose)."""
 
 
+def add_column_sql(
+    config: StoreConfig, quote: Callable[[str], str], d: SchemaDialect, column: AddedColumn
+) -> str:
+    guard = " IF NOT EXISTS" if d.add_column_if_not_exists else ""
+    return f"ALTER TABLE {quote(config.events_table)} ADD COLUMN{guard} {column.name} {column.type}"
+
+
 def schema_statements(
     config: StoreConfig, quote: Callable[[str], str], d: SchemaDialect
 ) -> list[tuple[str, str]]:
-    """The DDL as ``(comment, statement)`` pairs; every statement is idempotent."""
+    """The DDL as ``(comment, statement)`` pairs; every statement is idempotent.
+
+    Where the database cannot add a column idempotently, the statements that
+    upgrade tables created by the Go library are left out (see
+    :func:`add_column_sql`).
+    """
+    extra = added_columns(d)
     events_columns = [
         f"global_position {d.global_position}",
         f"bounded_context {d.key_text} NOT NULL",
@@ -64,7 +111,7 @@ def schema_statements(
         f"causation_id {d.text}",
         f"metadata {d.metadata}",
         f"created_at {d.timestamp}",
-        *(f"{column} {sql_type}" for column, sql_type, _ in d.extra_event_columns),
+        *(f"{column.name} {column.type}" for column in extra),
     ]
     version_key = "bounded_context, aggregate_type, aggregate_id, aggregate_version"
     events_unique = (
@@ -74,12 +121,7 @@ def schema_statements(
     )
     events_indexes: list[Index] = [
         ("aggregate", version_key, "", "Reading one aggregate's stream."),
-        (
-            "event_type",
-            "event_type, global_position",
-            "",
-            "Reading events of one type in order.",
-        ),
+        ("event_type", "event_type, global_position", "", "Reading events of one type in order."),
         (
             "correlation",
             "correlation_id",
@@ -113,10 +155,7 @@ def schema_statements(
             columns = columns + [f"INDEX {index} ({cols})" for index, cols, _, _ in named]
         body = ",\n".join(f"    {column}" for column in columns)
         statements.append(
-            (
-                comment,
-                f"CREATE TABLE IF NOT EXISTS {quote(name)} (\n{body}\n){d.table_options}",
-            )
+            (comment, f"CREATE TABLE IF NOT EXISTS {quote(name)} (\n{body}\n){d.table_options}")
         )
         if d.inline_indexes:
             return
@@ -136,14 +175,14 @@ def schema_statements(
         [*events_columns, events_unique],
         events_indexes,
     )
-    for column, sql_type, why in d.extra_event_columns:
-        statements.append(
-            (
-                f"{why} (Added for tables created before this column existed.)",
-                f"ALTER TABLE {quote(config.events_table)} ADD COLUMN IF NOT EXISTS "
-                f"{column} {sql_type}",
+    if d.add_column_if_not_exists:
+        for column in extra:
+            statements.append(
+                (
+                    f"{column.purpose} Added here to tables created by the Go library.",
+                    add_column_sql(config, quote, d, column),
+                )
             )
-        )
     table(
         "Aggregate heads: the current version of each aggregate, checked and bumped "
         "by every append.",
