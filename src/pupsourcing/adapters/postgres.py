@@ -27,6 +27,7 @@ from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store.base import SQLStore
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
+from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
 
@@ -124,11 +125,17 @@ class PostgresDialect(Dialect):
             )
             for kind, claim in claims.items()
         }
-        self.update_checkpoint_sql = (
-            f"INSERT INTO {self.checkpoints_table} "
-            "(projection_name, last_global_position, updated_at) VALUES (%s, %s, now()) "
-            "ON CONFLICT (projection_name) DO UPDATE SET "
-            "last_global_position = EXCLUDED.last_global_position, updated_at = now()"
+        self.horizon_probe_sql = (
+            "WITH visible AS MATERIALIZED ("
+            f"SELECT COALESCE(max(global_position), 0) AS position FROM {self.events_table}) "
+            "SELECT visible.position, ARRAY(SELECT DISTINCT l.virtualtransaction "
+            "FROM pg_locks l WHERE l.locktype = 'relation' AND l.relation = %s::regclass "
+            "AND l.mode = 'RowExclusiveLock' AND l.pid IS DISTINCT FROM pg_backend_pid() "
+            "AND visible.position IS NOT NULL) FROM visible"
+        )
+        self.sequence_cache_sql = (
+            "SELECT s.seqcache FROM pg_sequence s "
+            "WHERE s.seqrelid = pg_get_serial_sequence(%s, 'global_position')::regclass"
         )
 
     @staticmethod
@@ -172,6 +179,31 @@ class PostgresDialect(Dialect):
             if problem is not None:
                 raise InvalidEventError(index, "metadata", problem)
 
+    def horizon_probe(self) -> Plan[Probe]:
+        # Every writer holds ROW EXCLUSIVE on the events table from before its
+        # INSERT takes a position until it ends. The CTE reads the highest
+        # visible position before pg_locks is read.
+        rows = yield Statement(self.horizon_probe_sql, (self.events_table,), fetch=True)
+        visible, writers = rows[0]
+        return Probe(int(visible), frozenset(writers))
+
+    def prepare_processor(self) -> Plan[None]:
+        rows = yield Statement(self.sequence_cache_sql, (self.events_table,), fetch=True)
+        if rows and rows[0][0] is not None and int(rows[0][0]) > 1:
+            raise ValueError(
+                f"the global_position sequence of {self.config.events_table} caches "
+                f"{rows[0][0]} values per session; projections need CACHE 1 (the default) "
+                "to prove that no event can still appear below a position"
+            )
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        sqlstate = getattr(exc, "sqlstate", None)
+        name = type(exc).__name__
+        if sqlstate is not None:
+            # class 08: connection exception; 57P01..57P03: server shutting down
+            return sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03"}
+        return name in {"OperationalError", "InterfaceError"}
+
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION
 
@@ -179,9 +211,6 @@ class PostgresDialect(Dialect):
         if getattr(exc, "sqlstate", None) == _SERIALIZATION_FAILURE:
             return f"a concurrent transaction changed this aggregate first ({exc})"
         return super().conflict_reason(exc)
-
-    def update_checkpoint_statement(self, projection_name: str, position: int) -> Statement:
-        return Statement(self.update_checkpoint_sql, (projection_name, position))
 
     def append(self, expected: ExpectedVersion, events: Sequence[Event]) -> Plan[AppendResult]:
         batch = self.check_append(events)

@@ -24,6 +24,7 @@ from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store.base import SQLStore
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
+from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
 
@@ -59,6 +60,8 @@ def _parse_timestamp(text: str) -> datetime:
 class SQLiteDialect(Dialect):
     name = "sqlite"
     placeholder = "?"
+    now_sql = _NOW
+    begin_sql = "BEGIN IMMEDIATE"
     schema_dialect = SchemaDialect(
         global_position="INTEGER PRIMARY KEY AUTOINCREMENT",
         key_text="TEXT",
@@ -91,13 +94,6 @@ class SQLiteDialect(Dialect):
             f"UPDATE {heads} SET aggregate_version = aggregate_version + ?, updated_at = {_NOW} "
             f"WHERE {key} AND aggregate_version = ? RETURNING aggregate_version"
         )
-        self.update_checkpoint_sql = (
-            f"INSERT INTO {self.checkpoints_table} "
-            f"(projection_name, last_global_position, updated_at) VALUES (?, ?, {_NOW}) "
-            "ON CONFLICT (projection_name) DO UPDATE SET "
-            "last_global_position = excluded.last_global_position, "
-            "updated_at = excluded.updated_at"
-        )
         self._insert_prefix = (
             f"INSERT INTO {self.events_table} ({', '.join(EVENT_COLUMNS)}, partition_hash) VALUES "
         )
@@ -123,6 +119,14 @@ class SQLiteDialect(Dialect):
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlite_errorname", None) in _UNIQUE_ERRORS
 
+    def horizon_probe(self) -> Plan[Probe]:
+        # One writer at a time: a transaction holding positions holds the write
+        # lock, so every committed position is below every uncommitted one.
+        rows = yield Statement(
+            f"SELECT COALESCE(max(global_position), 0) FROM {self.events_table}", fetch=True
+        )
+        return Probe(int(rows[0][0]), frozenset())
+
     def existing_event_columns(self) -> Plan[set[str]]:
         rows = yield Statement(f"PRAGMA table_info({self.events_table})", fetch=True)
         return {row[1] for row in rows}
@@ -133,9 +137,6 @@ class SQLiteDialect(Dialect):
             # committed a write, so it may not write now.
             return "another connection wrote after this transaction began reading; retry"
         return super().conflict_reason(exc)
-
-    def update_checkpoint_statement(self, projection_name: str, position: int) -> Statement:
-        return Statement(self.update_checkpoint_sql, (projection_name, position))
 
     def claim_statement(
         self, expected: ExpectedVersion, key: tuple[str, str, str], count: int

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
 from pupsourcing.adapters.sqlite import SQLiteStore, connect
+from pupsourcing.projection import Processor
 
 DEFAULT_PATH = "pupsourcing-demo.db"
 CONTEXT = "Sales"
@@ -43,8 +44,21 @@ def _event(order_id: str, event_type: str, **data: Any) -> Event:
     return Event(CONTEXT, "Order", order_id, event_type, payload)
 
 
+class OrdersReadModel:
+    """The read model: one row per order with status, item count and total.
+
+    The processor calls ``handle`` inside the transaction that also moves the
+    projection's checkpoint, so each event is applied exactly once.
+    """
+
+    name = READ_MODEL
+    aggregate_types = ("Order",)
+
+    def handle(self, event: PersistedEvent, tx: sqlite3.Connection) -> None:
+        _apply(tx, event)
+
+
 def _apply(tx: sqlite3.Connection, event: PersistedEvent) -> None:
-    """The read model: one row per order with status, item count and total."""
     data = json.loads(event.payload)
     if event.event_type == "OrderPlaced":
         tx.execute(
@@ -170,16 +184,11 @@ def run(path: Path, *, fresh: bool = False, out: TextIO | None = None) -> int:
 
         say()
         say(f"4. Project every event into the read model table {READ_MODEL!r}")
-        name = READ_MODEL
-        checkpoint = store.get_checkpoint(db, name)
-        handled = 0
-        while batch := store.read_events(db, checkpoint, 100):
-            for event in batch:
-                _apply(db, event)
-            checkpoint = batch[-1].global_position
-            store.update_checkpoint(db, name, checkpoint)
-            db.commit()  # read model rows and checkpoint commit together
-            handled += len(batch)
+        projection = OrdersReadModel()
+        with Processor(db, store) as processor:
+            handled = processor.catch_up(projection)
+        checkpoint = store.get_checkpoint(db, projection.name)
+        name = projection.name
         say(f"   handled {handled} new events; checkpoint of {name!r} is now {checkpoint}")
         say(f"   {'order':<12} {'customer':<9} {'status':<10} {'items':>5} {'total':>9}")
         for order_id, customer, status, items, cents in db.execute(

@@ -18,6 +18,7 @@ from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.validation import check_append
 from pupsourcing.store.config import StoreConfig
+from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement
 from pupsourcing.store.schema import (
     SchemaDialect,
@@ -106,6 +107,12 @@ class Dialect(abc.ABC):
     schema_dialect: ClassVar[SchemaDialect]
     """Column types and DDL syntax."""
 
+    now_sql: ClassVar[str] = "now()"
+    """The current time, for the ``updated_at`` columns."""
+
+    begin_sql: ClassVar[str] = "BEGIN"
+    """Starts the transaction of a projection batch."""
+
     def __init__(self, config: StoreConfig | None = None) -> None:
         self.config = config = config or StoreConfig()
         self.events_table = self.quote(config.events_table)
@@ -128,6 +135,19 @@ class Dialect(abc.ABC):
         self.get_checkpoint_sql = (
             f"SELECT last_global_position FROM {self.checkpoints_table} WHERE projection_name = {p}"
         )
+        upsert = (
+            f"INSERT INTO {self.checkpoints_table} AS c "
+            "(projection_name, last_global_position, updated_at) "
+            f"VALUES ({p}, {p}, {self.now_sql}) "
+            "ON CONFLICT (projection_name) DO UPDATE SET "
+            "last_global_position = excluded.last_global_position, updated_at = excluded.updated_at"
+        )
+        self.update_checkpoint_sql = upsert
+        self.advance_checkpoint_sql = f"{upsert} WHERE c.last_global_position = {p} RETURNING 1"
+        self.fetch_sql_prefix = (
+            f"SELECT {', '.join(self.select_columns())}, partition_hash FROM {self.events_table} "
+            f"WHERE global_position > {p} AND global_position <= {p}"
+        )
 
     # -- what each database provides ---------------------------------------
 
@@ -144,9 +164,25 @@ class Dialect(abc.ABC):
     def decode_event(self, row: Row) -> PersistedEvent:
         """A row of :meth:`select_columns` as a :class:`PersistedEvent`."""
 
-    @abc.abstractmethod
     def update_checkpoint_statement(self, projection_name: str, position: int) -> Statement:
         """An upsert of one checkpoint row."""
+        return Statement(self.update_checkpoint_sql, (projection_name, position))
+
+    @abc.abstractmethod
+    def horizon_probe(self) -> Plan[Probe]:
+        """Look at the events table for the safe horizon (see
+        :mod:`pupsourcing.store.horizon`): first the highest committed
+        position, then the transactions that may still be writing events."""
+
+    def prepare_processor(self) -> Plan[None]:
+        """Checks a projection processor runs once on its connection, e.g. that
+        the horizon probe has what it needs."""
+        return
+        yield  # pragma: no cover - makes this a generator
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the connection is unusable (reconnect)."""
+        return False
 
     @abc.abstractmethod
     def is_unique_violation(self, exc: BaseException) -> bool:
@@ -301,3 +337,44 @@ class Dialect(abc.ABC):
         check_name("projection_name", projection_name, MAX_PROJECTION_NAME_LENGTH)
         check_position("position", position)
         yield self.update_checkpoint_statement(projection_name, position)
+
+    # -- projections ---------------------------------------------------------
+
+    def fetch_statement(
+        self,
+        after: int,
+        upto: int,
+        limit: int,
+        aggregate_types: Sequence[str],
+        bounded_contexts: Sequence[str],
+        partition: tuple[int, int] | None,
+    ) -> Statement:
+        """Events in ``(after, upto]`` in scope, ascending, at most ``limit``;
+        with ``partition=(key, total)`` only that partition's aggregates (and
+        rows without a hash, which the caller filters). Rows are
+        :meth:`select_columns` followed by ``partition_hash``."""
+        p = self.placeholder
+        sql = [self.fetch_sql_prefix]
+        params: list[object] = [after, upto]
+        if aggregate_types:
+            sql.append(f"AND aggregate_type IN ({', '.join([p] * len(aggregate_types))})")
+            params += aggregate_types
+        if bounded_contexts:
+            sql.append(f"AND bounded_context IN ({', '.join([p] * len(bounded_contexts))})")
+            params += bounded_contexts
+        if partition is not None:
+            modulo = "%%" if p == "%s" else "%"  # a literal % must be doubled for pyformat
+            sql.append(f"AND (partition_hash {modulo} {p} = {p} OR partition_hash IS NULL)")
+            params += (partition[1], partition[0])
+        sql.append(f"ORDER BY global_position LIMIT {p}")
+        params.append(limit)
+        return Statement(" ".join(sql), params, fetch=True)
+
+    def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
+        """Move a checkpoint from ``expected`` to ``position``; ``False`` (and no
+        change) if it is no longer at ``expected``, i.e. another processor
+        moved it."""
+        rows = yield Statement(
+            self.advance_checkpoint_sql, (projection_name, position, expected), fetch=True
+        )
+        return bool(rows)

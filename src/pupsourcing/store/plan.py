@@ -15,6 +15,8 @@ from typing import Any, Literal, TypeVar
 
 Row = tuple[Any, ...]
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - an instruction a plan yields
+A = TypeVar("A")  # the answer the plan receives for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,17 +47,18 @@ Plan = Generator[Statement, list[Row], T]
 """A store operation: yields statements, receives their rows, returns ``T``."""
 
 
-def drive(plan: Plan[T], execute: Callable[[Statement], list[Row]]) -> T:
-    """Run ``plan`` to completion with a blocking ``execute``."""
+def drive(plan: Generator[I, A, T], execute: Callable[[I], A]) -> T:
+    """Run ``plan`` to completion, answering each instruction with a blocking
+    ``execute`` (and throwing its exceptions into the plan)."""
     try:
-        statement = next(plan)
+        instruction = next(plan)
         while True:
             try:
-                rows = execute(statement)
+                answer = execute(instruction)
             except Exception as exc:  # handed to the plan, which maps or re-raises
-                statement = plan.throw(exc)
+                instruction = plan.throw(exc)
             else:
-                statement = plan.send(rows)
+                instruction = plan.send(answer)
     except StopIteration as stop:
         result: T = stop.value
         return result
@@ -63,17 +66,17 @@ def drive(plan: Plan[T], execute: Callable[[Statement], list[Row]]) -> T:
         plan.close()
 
 
-async def drive_async(plan: Plan[T], execute: Callable[[Statement], Awaitable[list[Row]]]) -> T:
+async def drive_async(plan: Generator[I, A, T], execute: Callable[[I], Awaitable[A]]) -> T:
     """Run ``plan`` to completion with an awaitable ``execute``."""
     try:
-        statement = next(plan)
+        instruction = next(plan)
         while True:
             try:
-                rows = await execute(statement)
+                answer = await execute(instruction)
             except Exception as exc:
-                statement = plan.throw(exc)
+                instruction = plan.throw(exc)
             else:
-                statement = plan.send(rows)
+                instruction = plan.send(answer)
     except StopIteration as stop:
         result: T = stop.value
         return result

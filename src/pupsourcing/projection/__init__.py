@@ -1,0 +1,20 @@
+"""Projections: pull-based, checkpointed, partitioned, exactly-once, gap-safe.
+
+>>> from pupsourcing.projection import HashPartitionStrategy
+>>> HashPartitionStrategy().should_process("order-1", 0, 1)
+True
+"""
+
+from pupsourcing.projection.config import ProcessorConfig
+from pupsourcing.projection.partition import HashPartitionStrategy
+from pupsourcing.projection.processor import Processor
+from pupsourcing.projection.protocols import PartitionStrategy, Projection, ScopedProjection
+
+__all__ = [
+    "HashPartitionStrategy",
+    "PartitionStrategy",
+    "Processor",
+    "ProcessorConfig",
+    "Projection",
+    "ScopedProjection",
+]

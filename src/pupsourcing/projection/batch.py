@@ -1,0 +1,207 @@
+"""One projection batch as a sans-I/O plan, shared by every database and by the
+blocking and asyncio processors.
+
+A step reads events up to the safe horizon (see
+:mod:`pupsourcing.store.horizon`), hands them to the projection (the
+:class:`Handle` instruction: the driver calls ``handle`` or awaits it), and
+advances the checkpoint in the same transaction with a compare-and-set, so
+read-model writes made through ``tx`` are applied exactly once even if two
+processors run the same projection by mistake.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pupsourcing.core.errors import ProjectionError
+from pupsourcing.core.events import PersistedEvent
+from pupsourcing.projection.config import ProcessorConfig
+from pupsourcing.projection.partition import HashPartitionStrategy
+from pupsourcing.projection.protocols import PartitionStrategy
+from pupsourcing.store.dialect import Dialect
+from pupsourcing.store.horizon import Horizon
+from pupsourcing.store.plan import COMMIT, ROLLBACK, Statement
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """Instruction to the driver: call the projection's ``handle`` for each
+    event with the processor's connection. On failure the driver throws a
+    :class:`ProjectionError` (original exception chained) into the plan."""
+
+    events: list[PersistedEvent]
+
+
+StepPlan = Generator[Statement | Handle, Any, "StepOutcome"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    handled: int
+    """Events handed to the projection."""
+    idle: bool
+    """Nothing to read below the safe horizon right now."""
+    waiting: bool = False
+    """Committed events exist beyond the horizon, held back by transactions
+    that may still commit lower positions."""
+
+
+def _names(projection: object, attribute: str) -> tuple[str, ...]:
+    value = getattr(projection, attribute, None)
+    if not value:
+        return ()
+    if isinstance(value, str):
+        raise TypeError(f"{attribute} must be a sequence of names, not a single str")
+    names = tuple(value)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{attribute} must contain non-empty str, got {name!r}")
+    return names
+
+
+def projection_name(projection: object) -> str:
+    name = getattr(projection, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a projection needs a non-empty str name, got {name!r}")
+    if not callable(getattr(projection, "handle", None)):
+        raise TypeError(f"projection {name!r} has no handle(event, tx) method")
+    return name
+
+
+@dataclass(slots=True)
+class Subscription:
+    """A projection resolved against a processor config: what to read, where
+    its checkpoint is, and how far it got."""
+
+    name: str
+    checkpoint_name: str
+    aggregate_types: tuple[str, ...]
+    bounded_contexts: tuple[str, ...]
+    partition_key: int
+    total_partitions: int
+    strategy: PartitionStrategy
+    batch_size: int
+    checkpoint: int | None = None
+    """Last handled position, ``None`` until loaded from the database."""
+    in_sql: bool = field(init=False)
+    """Whether the partition filter runs in SQL (the hash strategy)."""
+
+    def __post_init__(self) -> None:
+        self.in_sql = type(self.strategy) is HashPartitionStrategy
+
+    @classmethod
+    def of(cls, projection: object, config: ProcessorConfig) -> Subscription:
+        name = projection_name(projection)
+        return cls(
+            name=name,
+            checkpoint_name=config.checkpoint_name(name),
+            aggregate_types=_names(projection, "aggregate_types"),
+            bounded_contexts=_names(projection, "bounded_contexts"),
+            partition_key=config.partition_key,
+            total_partitions=config.total_partitions,
+            strategy=config.partition_strategy,
+            batch_size=config.batch_size,
+        )
+
+    def select(self, rows: Sequence[tuple[Any, ...]], dialect: Dialect) -> list[PersistedEvent]:
+        """Decode fetched rows (``select_columns`` + ``partition_hash``) and keep
+        this partition's events."""
+        decode = dialect.decode_event
+        if self.total_partitions <= 1:
+            return [decode(row[:-1]) for row in rows]
+        key, total, strategy = self.partition_key, self.total_partitions, self.strategy
+        events = []
+        for row in rows:
+            event = decode(row[:-1])
+            hashed = row[-1]
+            if (
+                (hashed % total == key)
+                if self.in_sql and hashed is not None
+                else strategy.should_process(event.aggregate_id, key, total)
+            ):
+                events.append(event)
+        return events
+
+
+def step(
+    dialect: Dialect,
+    horizon: Horizon,
+    sub: Subscription,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> StepPlan:
+    """Handle at most one batch; see the module docstring."""
+    if sub.checkpoint is None:
+        rows = yield Statement(dialect.get_checkpoint_sql, (sub.checkpoint_name,), fetch=True)
+        yield COMMIT
+        sub.checkpoint = int(rows[0][0]) if rows else 0
+    checkpoint = sub.checkpoint
+    if horizon.safe <= checkpoint:
+        probe = yield from dialect.horizon_probe()
+        yield COMMIT  # the batch below must see everything the probe proved final
+        horizon.observe(probe)
+        if horizon.safe <= checkpoint:
+            return StepOutcome(0, idle=True, waiting=horizon.visible > checkpoint)
+    upto = horizon.safe
+    rows = yield dialect.fetch_statement(
+        checkpoint,
+        upto,
+        sub.batch_size,
+        sub.aggregate_types,
+        sub.bounded_contexts,
+        (sub.partition_key, sub.total_partitions)
+        if sub.total_partitions > 1 and sub.in_sql
+        else None,
+    )
+    events = sub.select(rows, dialect)
+    # A short page means nothing else in scope lies at or below the horizon.
+    position = int(rows[-1][0]) if len(rows) == sub.batch_size else upto
+    yield Statement(dialect.begin_sql, begin=True)
+    try:
+        if events:
+            yield Handle(events)
+        advanced = yield from dialect.advance_checkpoint(sub.checkpoint_name, checkpoint, position)
+    except ProjectionError as failure:
+        logger.error(
+            "projection %s failed at global position %d; batch rolled back, checkpoint stays at %d",
+            sub.name,
+            failure.global_position,
+            checkpoint,
+            exc_info=failure.__cause__,
+        )
+        yield ROLLBACK
+        raise
+    except Exception:
+        yield ROLLBACK
+        raise
+    if not advanced:
+        yield ROLLBACK
+        sub.checkpoint = None
+        logger.warning(
+            "projection %s: checkpoint %s moved away from %d (another processor runs it?); "
+            "batch rolled back, reloading",
+            sub.name,
+            sub.checkpoint_name,
+            checkpoint,
+        )
+        return StepOutcome(0, idle=False)
+    yield COMMIT
+    sub.checkpoint = position
+    if events:
+        logger.info(
+            "projection %s handled %d events, checkpoint %d",
+            sub.name,
+            len(events),
+            position,
+            extra={
+                "projection": sub.name,
+                "handled": len(events),
+                "checkpoint": position,
+                "fetched": len(rows),
+            },
+        )
+    else:
+        logger.debug("projection %s: checkpoint %d (no events in scope)", sub.name, position)
+    return StepOutcome(len(events), idle=False)

@@ -1,0 +1,70 @@
+"""Processor configuration."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from pupsourcing.projection.partition import HashPartitionStrategy
+from pupsourcing.projection.protocols import PartitionStrategy
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorConfig:
+    """How a :class:`~pupsourcing.projection.Processor` reads and partitions.
+
+    ``batch_size`` events are handled per transaction. With
+    ``total_partitions > 1`` this processor handles only the aggregates that
+    ``partition_strategy`` assigns to ``partition_key`` (0-based) and keeps its
+    checkpoint under ``"<name>_p<partition_key>"``, as the Go library does.
+    ``poll_interval`` is the pause in seconds when there is nothing to do.
+    ``logger`` defaults to the ``pupsourcing`` logger.
+    """
+
+    batch_size: int = 100
+    partition_key: int = 0
+    total_partitions: int = 1
+    partition_strategy: PartitionStrategy = field(default_factory=HashPartitionStrategy)
+    poll_interval: float = 0.1
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if not _is_int(self.total_partitions) or self.total_partitions < 1:
+            raise ValueError(
+                f"total_partitions must be a positive int, got {self.total_partitions!r}"
+            )
+        if not _is_int(self.partition_key) or not 0 <= self.partition_key < self.total_partitions:
+            raise ValueError(
+                f"partition_key must be an int in [0, {self.total_partitions}), "
+                f"got {self.partition_key!r}"
+            )
+        if not callable(getattr(self.partition_strategy, "should_process", None)):
+            raise ValueError("partition_strategy must have a should_process method")
+        interval = self.poll_interval
+        if (
+            isinstance(interval, bool)
+            or not isinstance(interval, int | float)
+            or not math.isfinite(interval)
+            or interval < 0
+        ):
+            raise ValueError(f"poll_interval must be a non-negative number, got {interval!r}")
+        if self.logger is not None and not isinstance(
+            self.logger, logging.Logger | logging.LoggerAdapter
+        ):
+            raise ValueError("logger must be a logging.Logger or LoggerAdapter")
+
+    def checkpoint_name(self, projection_name: str) -> str:
+        """The checkpoint key of ``projection_name`` under this config."""
+        if self.total_partitions > 1:
+            return f"{projection_name}_p{self.partition_key}"
+        return projection_name
+
+    def get_logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+        return self.logger if self.logger is not None else logging.getLogger("pupsourcing")

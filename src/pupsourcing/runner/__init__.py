@@ -1,0 +1,94 @@
+"""Run several projections at once, each on its own processor and thread."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pupsourcing.core.errors import PupsourcingError
+from pupsourcing.projection.processor import Processor
+from pupsourcing.projection.protocols import Projection
+
+__all__ = ["NoProjectionsError", "ProjectionRunner", "Runner"]
+
+
+class NoProjectionsError(PupsourcingError, ValueError):
+    """``Runner.run`` was given no projections."""
+
+    def __init__(self, message: str = "the runner needs at least one projection") -> None:
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionRunner:
+    """A projection and the processor that feeds it."""
+
+    projection: Projection
+    processor: Processor[Any]
+
+
+class Runner:
+    """Runs projections concurrently (one thread each) until ``stop`` is set.
+
+    The first failure stops the others and is raised once they have finished
+    their current batch.
+    """
+
+    def __init__(self, *, poll_interval: float = 0.05) -> None:
+        self.poll_interval = poll_interval
+
+    def run(
+        self, runners: Sequence[ProjectionRunner], *, stop: threading.Event | None = None
+    ) -> None:
+        runners = list(runners)
+        if not runners:
+            raise NoProjectionsError()
+        processors = [id(r.processor) for r in runners]
+        if len(set(processors)) != len(processors):
+            raise ValueError("each projection needs its own Processor (they are not shared)")
+        halt = threading.Event()
+        finished: queue.Queue[tuple[ProjectionRunner, BaseException | None]] = queue.Queue()
+
+        def work(runner: ProjectionRunner) -> None:
+            error: BaseException | None = None
+            try:
+                runner.processor.run(runner.projection, stop=halt)
+            except BaseException as exc:  # reported to the caller's thread
+                error = exc
+            finally:
+                halt.set()
+                finished.put((runner, error))
+
+        threads = [
+            threading.Thread(
+                target=work, args=(r,), name=f"pupsourcing-{getattr(r.projection, 'name', '?')}"
+            )
+            for r in runners
+        ]
+        for thread in threads:
+            thread.start()
+        first_error: BaseException | None = None
+        done = 0
+        try:
+            while done < len(threads):
+                if stop is not None and stop.is_set():
+                    halt.set()
+                try:
+                    _, error = finished.get(timeout=self.poll_interval)
+                except queue.Empty:
+                    continue
+                done += 1
+                if error is not None and first_error is None:
+                    first_error = error
+        except BaseException:
+            halt.set()
+            raise
+        finally:
+            halt.set()
+            for thread in threads:
+                thread.join()
+        if first_error is not None:
+            raise first_error

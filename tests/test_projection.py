@@ -1,0 +1,498 @@
+"""Projections (API.md sections 3 and 4) against every real database."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from conftest import Backend
+from helpers import event, events
+from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
+from pupsourcing.core.hashing import fnv1a_32
+from pupsourcing.projection import HashPartitionStrategy, Processor, ProcessorConfig
+from pupsourcing.runner import NoProjectionsError, ProjectionRunner, Runner
+
+
+class ReadModel:
+    """Writes one row per event through ``tx``: a duplicate would violate the key."""
+
+    def __init__(self, backend: Backend, name: str = "read_model", table: str = "rm") -> None:
+        self.name = name
+        self.table = table
+        self.mark = "?" if backend.name == "sqlite" else "%s"
+        self.calls: list[int] = []
+        self.fail_at: int | None = None
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        self.calls.append(event.global_position)
+        cursor = tx.cursor()
+        cursor.execute(
+            f"INSERT INTO {self.table} (position, aggregate_id) VALUES ({self.mark}, {self.mark})",
+            (event.global_position, event.aggregate_id),
+        )
+        if self.fail_at is not None and event.global_position == self.fail_at:
+            raise RuntimeError(f"boom at {event.global_position}")
+
+
+def create_read_model(backend: Backend, table: str = "rm") -> None:
+    conn = backend.connect()
+    conn.cursor().execute(
+        f"CREATE TABLE {table} (position BIGINT PRIMARY KEY, aggregate_id VARCHAR(255))"
+    )
+    conn.commit()
+    conn.close()
+
+
+def read_model_positions(backend: Backend, table: str = "rm") -> list[int]:
+    conn = backend.connect()
+    cursor = conn.cursor()
+    cursor.execute(f"SELECT position FROM {table} ORDER BY position")
+    rows = [int(r[0]) for r in cursor.fetchall()]
+    conn.close()
+    return rows
+
+
+def append_many(backend: Backend, aggregates: int, per_aggregate: int, **fields: Any) -> list[int]:
+    conn = backend.connection()
+    positions: list[int] = []
+    for a in range(aggregates):
+        result = backend.store.append(
+            conn, ExpectedVersion.any(), events(per_aggregate, f"agg-{a}", **fields)
+        )
+        positions += result.global_positions
+    conn.commit()
+    return positions
+
+
+# -- partitioning -------------------------------------------------------------
+
+
+def test_fnv1a_matches_the_reference_vectors() -> None:
+    assert fnv1a_32(b"") == 0x811C9DC5
+    assert fnv1a_32(b"a") == 0xE40C292C
+    assert fnv1a_32(b"foobar") == 0xBF9CF968
+
+
+def test_hash_partition_strategy() -> None:
+    strategy = HashPartitionStrategy()
+    assert strategy.should_process("anything", 0, 1)
+    assert strategy.should_process("anything", 5, 0)
+    for aggregate_id in ("order-1", "ü-ñ-😀", "", "1b4e28ba-2fa1-11d2-883f-0016d3cca427"):
+        owners = [k for k in range(4) if strategy.should_process(aggregate_id, k, 4)]
+        assert owners == [fnv1a_32(aggregate_id.encode()) % 4]
+
+
+def test_stored_partition_hash_is_fnv1a_of_the_aggregate_id(backend: Backend) -> None:
+    conn = backend.connection()
+    backend.store.append(conn, ExpectedVersion.any(), events(2, "ü-order-😀"))
+    conn.commit()
+    stored = backend.scalar("SELECT DISTINCT partition_hash FROM events")
+    assert int(stored) == fnv1a_32("ü-order-😀".encode())
+
+
+def test_processor_config_validation() -> None:
+    for bad, field in (
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": True}, "batch_size"),
+        ({"total_partitions": 0}, "total_partitions"),
+        ({"partition_key": 4, "total_partitions": 4}, "partition_key"),
+        ({"partition_key": -1}, "partition_key"),
+        ({"poll_interval": -1}, "poll_interval"),
+        ({"poll_interval": float("nan")}, "poll_interval"),
+        ({"partition_strategy": object()}, "partition_strategy"),
+        ({"logger": "pupsourcing"}, "logger"),
+    ):
+        with pytest.raises(ValueError, match=field):
+            ProcessorConfig(**bad)
+    config = ProcessorConfig(partition_key=2, total_partitions=4)
+    assert config.checkpoint_name("p") == "p_p2"
+    assert ProcessorConfig().checkpoint_name("p") == "p"
+
+
+# -- exactly once, checkpoints, failures -----------------------------------------
+
+
+def test_catch_up_builds_the_read_model_exactly_once(backend: Backend) -> None:
+    create_read_model(backend)
+    positions = append_many(backend, aggregates=5, per_aggregate=7)
+    projection = ReadModel(backend)
+    with Processor(backend.connect, backend.store, ProcessorConfig(batch_size=10)) as processor:
+        assert processor.catch_up(projection) == 35
+        assert processor.catch_up(projection) == 0
+    assert projection.calls == positions
+    assert read_model_positions(backend) == positions
+    conn = backend.connection()
+    assert backend.store.get_checkpoint(conn, "read_model") == positions[-1]
+
+    more = append_many(backend, aggregates=1, per_aggregate=3)
+    resumed = ReadModel(backend)
+    with Processor(backend.connect, backend.store) as processor:
+        assert processor.catch_up(resumed) == 3
+    assert resumed.calls == more
+    assert read_model_positions(backend) == positions + more
+
+
+def test_handler_failure_rolls_back_the_batch(backend: Backend) -> None:
+    create_read_model(backend)
+    positions = append_many(backend, aggregates=3, per_aggregate=4)
+    projection = ReadModel(backend)
+    projection.fail_at = positions[6]
+    processor = Processor(backend.connect, backend.store, ProcessorConfig(batch_size=5))
+    with pytest.raises(ProjectionError) as caught:
+        processor.catch_up(projection)
+    error = caught.value
+    assert error.projection == "read_model"
+    assert error.global_position == positions[6]
+    assert isinstance(error.__cause__, RuntimeError)
+    assert "boom" in str(error.__cause__)
+    # the first batch (5 events) committed; the failed one left nothing behind
+    assert read_model_positions(backend) == positions[:5]
+    assert backend.store.get_checkpoint(backend.connection(), "read_model") == positions[4]
+    processor.close()
+
+    projection.fail_at = None
+    with Processor(backend.connect, backend.store, ProcessorConfig(batch_size=5)) as processor:
+        assert processor.catch_up(projection) == 7
+    assert read_model_positions(backend) == positions
+
+
+def test_processor_on_the_callers_connection_leaves_it_open(backend: Backend) -> None:
+    create_read_model(backend)
+    append_many(backend, aggregates=1, per_aggregate=2)
+    conn = backend.connect()
+    with Processor(conn, backend.store) as processor:
+        assert processor.catch_up(ReadModel(backend)) == 2
+    cursor = conn.cursor()
+    cursor.execute("SELECT count(*) FROM rm")
+    assert cursor.fetchone()[0] == 2
+    conn.close()
+
+
+def test_projection_needs_a_name_and_handle(backend: Backend) -> None:
+    processor = Processor(backend.connect, backend.store)
+
+    class Nameless:
+        def handle(self, event: PersistedEvent, tx: Any) -> None: ...
+
+    class NoHandle:
+        name = "x"
+
+    with pytest.raises(TypeError, match="name"):
+        processor.catch_up(Nameless())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="handle"):
+        processor.catch_up(NoHandle())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="store"):
+        Processor(backend.connect, object())  # type: ignore[arg-type]
+    processor.close()
+
+
+# -- scopes and partitions ----------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self, name: str, **scope: Any) -> None:
+        self.name = name
+        for key, value in scope.items():
+            setattr(self, key, value)
+        self.seen: list[PersistedEvent] = []
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        self.seen.append(event)
+
+
+class FetchCounter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.fetched = 0
+        self.handled = 0
+        self.messages: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record)
+        self.fetched += getattr(record, "fetched", 0)
+        self.handled += getattr(record, "handled", 0)
+
+
+def counting_logger(name: str) -> tuple[logging.Logger, FetchCounter]:
+    logger = logging.getLogger(f"pupsourcing.test.{name}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    counter = FetchCounter()
+    logger.handlers[:] = [counter]
+    return logger, counter
+
+
+def test_scoped_projection_fetches_only_its_scope(backend: Backend) -> None:
+    conn = backend.connection()
+    store = backend.store
+    for i in range(30):
+        store.append(conn, ExpectedVersion.any(), [event(f"o{i}", aggregate_type="Order")])
+        store.append(conn, ExpectedVersion.any(), [event(f"u{i}", aggregate_type="User")])
+        store.append(
+            conn,
+            ExpectedVersion.any(),
+            [event(f"i{i}", aggregate_type="Order", bounded_context="Billing")],
+        )
+    conn.commit()
+    last = store.read_events(conn, 0, 1000)[-1].global_position
+
+    logger, counter = counting_logger("scope")
+    orders = Recorder("orders", aggregate_types=["Order"], bounded_contexts=("Shop",))
+    with Processor(
+        backend.connect, store, ProcessorConfig(batch_size=7, logger=logger)
+    ) as processor:
+        assert processor.catch_up(orders) == 30
+    assert {(e.bounded_context, e.aggregate_type) for e in orders.seen} == {("Shop", "Order")}
+    assert counter.fetched == counter.handled == 30
+    assert store.get_checkpoint(conn, "orders") == last
+
+    billing_or_users = Recorder("mixed", aggregate_types=["User", "Order"], bounded_contexts=[])
+    with Processor(backend.connect, store) as processor:
+        assert processor.catch_up(billing_or_users) == 90
+    everything = Recorder("all", aggregate_types=(), bounded_contexts=None)
+    with Processor(backend.connect, store) as processor:
+        assert processor.catch_up(everything) == 90
+
+    with pytest.raises(TypeError, match="aggregate_types"):
+        Processor(backend.connect, store).catch_up(Recorder("bad", aggregate_types="Order"))
+
+
+def test_scoped_checkpoint_moves_through_other_events(backend: Backend) -> None:
+    store, conn = backend.store, backend.connection()
+    store.append(conn, ExpectedVersion.any(), [event("o1", aggregate_type="Order")])
+    for i in range(50):
+        store.append(conn, ExpectedVersion.any(), [event(f"u{i}", aggregate_type="User")])
+    conn.commit()
+    last = store.read_events(conn, 0, 100)[-1].global_position
+    orders = Recorder("orders", aggregate_types=["Order"])
+    with Processor(backend.connect, store, ProcessorConfig(batch_size=5)) as processor:
+        assert processor.catch_up(orders) == 1
+    assert store.get_checkpoint(conn, "orders") == last
+
+
+def test_four_partitions_handle_every_event_exactly_once(backend: Backend) -> None:
+    positions = append_many(backend, aggregates=40, per_aggregate=3)
+    seen: Counter[int] = Counter()
+    owners: dict[str, set[int]] = {}
+    fetched = handled = 0
+    for key in range(4):
+        logger, counter = counting_logger(f"p{key}")
+        projection = Recorder("partitioned")
+        config = ProcessorConfig(
+            batch_size=10, partition_key=key, total_partitions=4, logger=logger
+        )
+        with Processor(backend.connect, backend.store, config) as processor:
+            processor.catch_up(projection)
+        for e in projection.seen:
+            seen[e.global_position] += 1
+            owners.setdefault(e.aggregate_id, set()).add(key)
+            assert fnv1a_32(e.aggregate_id.encode()) % 4 == key
+        fetched += counter.fetched
+        handled += counter.handled
+        assert (
+            backend.store.get_checkpoint(backend.connection(), f"partitioned_p{key}")
+            == (positions[-1])
+        )
+    assert sorted(seen) == positions
+    assert set(seen.values()) == {1}
+    assert all(len(keys) == 1 for keys in owners.values())
+    assert fetched == handled == len(positions)  # no partition fetched another's rows
+
+
+def test_custom_partition_strategy_is_applied(backend: Backend) -> None:
+    append_many(backend, aggregates=6, per_aggregate=2)
+
+    class ByLastDigit:
+        def should_process(self, aggregate_id: str, partition_key: int, total: int) -> bool:
+            return int(aggregate_id[-1]) % total == partition_key
+
+    seen: list[str] = []
+    for key in range(2):
+        projection = Recorder("custom")
+        config = ProcessorConfig(
+            partition_key=key, total_partitions=2, partition_strategy=ByLastDigit()
+        )
+        with Processor(backend.connect, backend.store, config) as processor:
+            processor.catch_up(projection)
+        assert {int(e.aggregate_id[-1]) % 2 for e in projection.seen} <= {key}
+        seen += [e.aggregate_id for e in projection.seen]
+    assert len(seen) == 12
+
+
+def test_rows_written_without_partition_hash_are_partitioned_in_python(backend: Backend) -> None:
+    positions = append_many(backend, aggregates=12, per_aggregate=2)
+    conn = backend.connection()
+    conn.cursor().execute("UPDATE events SET partition_hash = NULL")  # as the Go library writes
+    conn.commit()
+    seen: Counter[int] = Counter()
+    for key in range(3):
+        projection = Recorder("legacy")
+        config = ProcessorConfig(partition_key=key, total_partitions=3)
+        with Processor(backend.connect, backend.store, config) as processor:
+            processor.catch_up(projection)
+        assert all(fnv1a_32(e.aggregate_id.encode()) % 3 == key for e in projection.seen)
+        seen.update(e.global_position for e in projection.seen)
+    assert sorted(seen) == positions
+    assert set(seen.values()) == {1}
+
+
+# -- running, stopping, logging -----------------------------------------------------
+
+
+def test_run_follows_new_events_and_stops_promptly(backend: Backend) -> None:
+    create_read_model(backend)
+    projection = ReadModel(backend)
+    stop = threading.Event()
+    processor = Processor(backend.connect, backend.store, ProcessorConfig(poll_interval=0.02))
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            processor.run(projection, stop=stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    positions = append_many(backend, aggregates=2, per_aggregate=3)
+    deadline = time.monotonic() + 10
+    while len(projection.calls) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert projection.calls == positions
+    started = time.monotonic()
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 1.0
+    assert errors == []
+    processor.close()
+
+
+def test_logging(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    create_read_model(backend)
+    positions = append_many(backend, aggregates=1, per_aggregate=3)
+    projection = ReadModel(backend)
+    with (
+        caplog.at_level(logging.DEBUG, logger="pupsourcing"),
+        Processor(backend.connect, backend.store) as processor,
+    ):
+        processor.catch_up(projection)
+    infos = [r for r in caplog.records if r.levelno == logging.INFO and r.name == "pupsourcing"]
+    assert len(infos) == 1
+    assert "handled 3 events" in infos[0].getMessage()
+    assert str(positions[-1]) in infos[0].getMessage()
+    assert not any(
+        r.levelno > logging.DEBUG
+        and "global position" in r.getMessage()
+        and r.levelno != logging.ERROR
+        for r in caplog.records
+    )
+
+    caplog.clear()
+    more = append_many(backend, aggregates=1, per_aggregate=1)
+    projection.fail_at = more[0]
+    with (
+        caplog.at_level(logging.INFO, logger="pupsourcing"),
+        Processor(backend.connect, backend.store) as processor,
+        pytest.raises(ProjectionError),
+    ):
+        processor.catch_up(projection)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert str(more[0]) in errors[0].getMessage()
+
+
+# -- runner ---------------------------------------------------------------------
+
+
+def test_runner_runs_projections_concurrently(backend: Backend) -> None:
+    positions = append_many(backend, aggregates=3, per_aggregate=5)
+    first, second = Recorder("first"), Recorder("second")
+    stop = threading.Event()
+    processors = [
+        Processor(backend.connect, backend.store, ProcessorConfig(poll_interval=0.01))
+        for _ in range(2)
+    ]
+    runner_thread = threading.Thread(
+        target=Runner().run,
+        args=([ProjectionRunner(first, processors[0]), ProjectionRunner(second, processors[1])],),
+        kwargs={"stop": stop},
+    )
+    runner_thread.start()
+    deadline = time.monotonic() + 10
+    while (len(first.seen) < 15 or len(second.seen) < 15) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    runner_thread.join(5)
+    assert not runner_thread.is_alive()
+    assert [e.global_position for e in first.seen] == positions
+    assert [e.global_position for e in second.seen] == positions
+    for processor in processors:
+        processor.close()
+
+
+def test_runner_stops_everything_on_the_first_failure(backend: Backend) -> None:
+    append_many(backend, aggregates=1, per_aggregate=3)
+
+    class Failing(Recorder):
+        def handle(self, event: PersistedEvent, tx: Any) -> None:
+            raise ValueError("cannot")
+
+    healthy = Recorder("healthy")
+    processors = [
+        Processor(backend.connect, backend.store, ProcessorConfig(poll_interval=0.01))
+        for _ in range(2)
+    ]
+    with pytest.raises(ProjectionError) as caught:
+        Runner().run(
+            [
+                ProjectionRunner(healthy, processors[0]),
+                ProjectionRunner(Failing("failing"), processors[1]),
+            ]
+        )
+    assert caught.value.projection == "failing"
+    assert isinstance(caught.value.__cause__, ValueError)
+    for processor in processors:
+        processor.close()
+
+
+def test_runner_needs_projections_and_distinct_processors(backend: Backend) -> None:
+    with pytest.raises(NoProjectionsError):
+        Runner().run([])
+    assert issubclass(NoProjectionsError, ValueError)
+    processor = Processor(backend.connect, backend.store)
+    with pytest.raises(ValueError, match="own Processor"):
+        Runner().run(
+            [ProjectionRunner(Recorder("a"), processor), ProjectionRunner(Recorder("b"), processor)]
+        )
+
+
+# -- concurrent processors of one projection -----------------------------------------
+
+
+def test_two_processors_of_one_projection_still_apply_each_event_once(backend: Backend) -> None:
+    create_read_model(backend)
+    positions = append_many(backend, aggregates=10, per_aggregate=10)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with Processor(backend.connect, backend.store, ProcessorConfig(batch_size=7)) as p:
+                p.catch_up(ReadModel(backend))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # A processor that loses the checkpoint race rolls back; it must never
+    # leave a duplicate row (the primary key would raise inside the batch).
+    assert all(isinstance(e, ProjectionError) for e in errors), errors
+    assert read_model_positions(backend) == positions
