@@ -937,3 +937,68 @@ def test_mysqlclient_connections_work(db: Backend) -> None:
         assert db.count_events() == len(INSTANTS) + 2
     finally:
         conn.close()
+
+
+# -- projection hooks ---------------------------------------------------------
+
+
+def test_checkpoint_compare_and_set(db: Backend) -> None:
+    store, conn = db.store, db.connection()
+    dialect = store.dialect
+    assert store._run(conn, dialect.advance_checkpoint("p", 0, 5)) is True  # inserted
+    assert store._run(conn, dialect.advance_checkpoint("p", 5, 9)) is True
+    assert store._run(conn, dialect.advance_checkpoint("p", 5, 12)) is False  # moved away
+    conn.commit()
+    assert store.get_checkpoint(db.connection(), "p") == 9
+
+
+def transaction_of(conn: Any, thread_id: int) -> int | None:
+    """The active InnoDB transaction of connection ``thread_id``, from the status."""
+    status = execute(conn, "SHOW ENGINE INNODB STATUS")[0][2]
+    for block in status.split("---TRANSACTION ")[1:]:
+        first_line = block.split("\n")[0]
+        if f"thread id {thread_id}," in block and ", ACTIVE" in first_line:
+            trx = first_line.split(",")[0]
+            return int(trx) if trx.isdigit() else None  # no id yet: nothing written
+    return None
+
+
+def test_horizon_probe_sees_open_writers_and_only_them(db: Backend) -> None:
+    store = db.store
+    writer, prober = db.connection(), db.connection()
+    store.append(writer, ExpectedVersion.any(), events(1, "a"))
+    writer.commit()
+    idle = store._run(prober, store.dialect.horizon_probe())
+    prober.commit()
+    store.append(writer, ExpectedVersion.any(), events(1, "a"))  # left open
+    busy = store._run(prober, store.dialect.horizon_probe())
+    prober.commit()
+    open_trx = transaction_of(db.connection(), writer.thread_id())
+    writer.commit()
+    after = store._run(prober, store.dialect.horizon_probe())
+    assert (idle.visible, busy.visible, after.visible) == (1, 1, 2)
+    assert idle.writers is not None
+    assert busy.writers is not None
+    assert after.writers is not None
+    assert open_trx is not None
+    assert open_trx in busy.writers
+    assert open_trx not in idle.writers
+    assert open_trx not in after.writers
+    # the prober's own transaction, even when it has written, is not a writer
+    store.append(prober, ExpectedVersion.any(), events(1, "b"))
+    own = store._run(prober, store.dialect.horizon_probe())
+    own_trx = transaction_of(db.connection(), prober.thread_id())
+    prober.rollback()
+    assert own_trx is not None
+    assert own.writers is not None
+    assert own_trx not in own.writers
+
+
+def test_a_killed_connection_is_a_connection_error(db: Backend) -> None:
+    conn = db.connection()
+    thread_id = conn.thread_id()
+    execute(db.connection(), f"KILL {thread_id}")
+    with pytest.raises(pymysql.err.OperationalError) as caught:
+        db.store.read_events(conn, 0, 1)
+    assert db.store.dialect.is_connection_error(caught.value)
+    assert not db.store.dialect.is_connection_error(ValueError("x"))

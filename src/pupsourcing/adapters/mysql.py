@@ -71,6 +71,16 @@ Go library keep the case-insensitive collation: the store warns
 (:class:`CollationWarning`) and the generated migration shows the ``ALTER
 TABLE`` that fixes them.
 
+Projections
+-----------
+A projection processor must never read past a position that a still-open
+transaction may commit later. The store's horizon probe reads the highest
+committed position, then the InnoDB transactions still active, from ``SHOW
+ENGINE INNODB STATUS`` (live; ``information_schema.INNODB_TRX`` is a cache and
+can be stale), so the processor's user needs the ``PROCESS`` privilege. Under
+``REPEATABLE READ`` (the default) a connection keeps reading its snapshot until
+it commits or rolls back; the processor commits after every step.
+
 The driver is never imported by this module: errors are recognised by their
 MySQL error number (``exc.args[0]``).
 """
@@ -79,6 +89,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -94,6 +105,7 @@ from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store.base import Cursor, SQLStore
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
+from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
 
@@ -118,6 +130,22 @@ ER_SP_DOES_NOT_EXIST = 1305  # also "SAVEPOINT ... does not exist"
 ER_CONSTRAINT_FAILED = 4025  # MariaDB: JSON_VALID check on the metadata column
 ER_INVALID_JSON_TEXT = 3140  # MySQL: invalid JSON for a JSON column
 
+ER_SPECIFIC_ACCESS_DENIED = 1227
+CONNECTION_ERRORS = frozenset(
+    {
+        1053,  # server shutdown in progress
+        1927,  # MariaDB: connection killed
+        2002,  # cannot connect (socket)
+        2003,  # cannot connect (TCP)
+        2006,  # server has gone away
+        2013,  # lost connection during query
+        2055,  # lost connection (system error)
+        4031,  # MySQL: disconnected by the server (inactivity)
+    }
+)
+
+_TRANSACTION = re.compile(r"^---TRANSACTION (\d+), ACTIVE", re.MULTILINE)
+_THREAD = re.compile(r"thread id (\d+)")
 _SAVEPOINT = "pupsourcing_append"
 _PROBE = "pupsourcing_probe"
 _SERVER_STATUS_IN_TRANS = 1
@@ -169,6 +197,31 @@ def _metadata_problem(metadata: bytes) -> str | None:
     if nested and _json_depth(parsed) > MARIADB_MAX_JSON_DEPTH:
         return f"is nested deeper than {MARIADB_MAX_JSON_DEPTH} levels, which MariaDB rejects"
     return None
+
+
+def active_transactions(status: str, own_thread: int) -> frozenset[int] | None:
+    """The InnoDB transactions ``SHOW ENGINE INNODB STATUS`` lists as active,
+    except the one of connection ``own_thread``; ``None`` if the list may be
+    incomplete."""
+    if "END OF INNODB MONITOR OUTPUT" not in status or "not shown" in status:
+        return None
+    start = status.find("LIST OF TRANSACTIONS FOR EACH SESSION:")
+    if start < 0:
+        return None
+    section = status[start:]
+    end = section.find("\n--------\n")
+    section = section if end < 0 else section[:end]
+    active: set[int] = set()
+    blocks = section.split("\n---TRANSACTION ")
+    for block in blocks[1:]:
+        match = _TRANSACTION.match("---TRANSACTION " + block)
+        if match is None:
+            continue
+        thread = _THREAD.search(block)
+        if thread is not None and int(thread.group(1)) == own_thread:
+            continue
+        active.add(int(match.group(1)))
+    return frozenset(active)
 
 
 def _timestamp_text(value: datetime) -> str:
@@ -249,6 +302,8 @@ class MySQLDialect(Dialect):
         add_column_if_not_exists=False,
     )
 
+    now_sql = _NOW
+
     prefer_returning = True
     """Use ``INSERT ... RETURNING`` where the server has it (MariaDB). Tests turn
     it off to run the MySQL code path on MariaDB."""
@@ -290,6 +345,17 @@ class MySQLDialect(Dialect):
             f"INSERT INTO {self.checkpoints_table} "
             f"(projection_name, last_global_position, updated_at) VALUES (%s, %s, {_NOW}) "
             f"ON DUPLICATE KEY UPDATE last_global_position = %s, updated_at = {_NOW}"
+        )
+        self.advance_checkpoint_sql = (
+            f"UPDATE {self.checkpoints_table} SET last_global_position = %s, "
+            f"updated_at = {_NOW} WHERE projection_name = %s AND last_global_position = %s"
+        )
+        self.insert_checkpoint_sql = (
+            f"INSERT INTO {self.checkpoints_table} "
+            f"(projection_name, last_global_position, updated_at) VALUES (%s, %s, {_NOW})"
+        )
+        self.visible_sql = (
+            f"SELECT COALESCE(MAX(global_position), 0), CONNECTION_ID() FROM {events}"
         )
         config = self.config
         key_columns = {(config.events_table, column) for column in _KEY_FIELDS} | {
@@ -427,6 +493,61 @@ class MySQLDialect(Dialect):
             fetch=True,
         )
         return {str(row[0]).lower() for row in rows}
+
+    # -- projections ---------------------------------------------------------
+
+    def horizon_probe(self) -> Plan[Probe]:
+        # A pupsourcing append claims its heads row before its INSERT takes a
+        # position, so its InnoDB transaction has an id, and SHOW ENGINE
+        # INNODB STATUS lists it, from before it holds a position until it
+        # ends. The status is read live (information_schema's INNODB_TRX is a
+        # cache that may be 0.1 s stale, or older while it is read
+        # continuously, so it cannot prove anything). The highest committed
+        # position is read first. Limit: a transaction whose first write is a
+        # plain INSERT into the events table (the Go library's append) gets
+        # its id a few microseconds after its position, and is not seen if the
+        # whole probe falls into that window.
+        rows = yield Statement(self.visible_sql, fetch=True)
+        visible, own_thread = int(rows[0][0]), int(rows[0][1])
+        rows = yield Statement("SHOW ENGINE INNODB STATUS", fetch=True)
+        status = rows[0][-1]
+        text = status.decode() if isinstance(status, bytes) else str(status)
+        return Probe(visible, active_transactions(text, own_thread))
+
+    def prepare_processor(self) -> Plan[None]:
+        try:
+            yield Statement("SHOW ENGINE INNODB STATUS", fetch=True)
+        except Exception as exc:
+            if errno(exc) == ER_SPECIFIC_ACCESS_DENIED:
+                raise PermissionError(
+                    "projections on MySQL/MariaDB read SHOW ENGINE INNODB STATUS to know "
+                    "which transactions may still commit events; grant the processor's "
+                    f"user the PROCESS privilege ({exc})"
+                ) from exc
+            raise
+
+    def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
+        rows = yield Statement(
+            self.advance_checkpoint_sql, (position, projection_name, expected), rowcount=True
+        )
+        if int(rows[0][0]) > 0:
+            return True
+        # No row at ``expected``: none yet (insert it), or another processor
+        # moved it (the insert finds its row).
+        try:
+            yield Statement(self.insert_checkpoint_sql, (projection_name, position))
+        except Exception as exc:
+            if errno(exc) in (ER_DUP_ENTRY, ER_LOCK_DEADLOCK):
+                return False
+            raise
+        return True
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        number = errno(exc)
+        if number in CONNECTION_ERRORS:
+            return True
+        # PyMySQL raises InterfaceError(0, "") on a closed connection.
+        return type(exc).__name__ == "InterfaceError"
 
     # -- checks --------------------------------------------------------------
 
