@@ -780,8 +780,9 @@ def assert_consistent(db: Backend) -> None:
         assert heads[aggregate_id] == high
 
 
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "READ COMMITTED"])
 @pytest.mark.parametrize("returning", [True, False], ids=["returning", "select-back"])
-def test_eight_threads_on_one_aggregate(db: Backend, returning: bool) -> None:
+def test_eight_threads_on_one_aggregate(db: Backend, returning: bool, isolation: str) -> None:
     db.store.dialect.prefer_returning = returning  # type: ignore[attr-defined]
     store, rounds = db.store, 40
     outcomes: list[list[str]] = [[] for _ in range(8)]
@@ -789,6 +790,7 @@ def test_eight_threads_on_one_aggregate(db: Backend, returning: bool) -> None:
 
     def worker(slot: int) -> None:
         conn = db.connect()
+        execute(conn, f"SET SESSION TRANSACTION ISOLATION LEVEL {isolation}")
         try:
             for i in range(rounds):
                 try:
