@@ -93,7 +93,7 @@ import re
 import uuid
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -228,10 +228,14 @@ def _timestamp_text(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _from_unix(value: object) -> datetime:
-    """``UNIX_TIMESTAMP(created_at)`` (a DECIMAL with 6 digits) as an aware datetime."""
-    seconds = value if isinstance(value, Decimal | int) else Decimal(str(value))
-    return _EPOCH + timedelta(microseconds=int(seconds * 1_000_000))
+_CREATED_AT_MICROS = "CAST(UNIX_TIMESTAMP(created_at) * 1000000 AS SIGNED)"
+"""``created_at`` as integer microseconds since the epoch: UNIX_TIMESTAMP of a
+TIMESTAMP column is its stored value, whatever the session time zone."""
+
+
+def _from_micros(value: object) -> datetime:
+    micros = value if type(value) is int else int(Decimal(str(value)))
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def _sent_size(value: bytes | str | None) -> int:
@@ -262,22 +266,19 @@ class ServerInfo:
     metadata_capacity: int | None = None
     loose_keys: tuple[str, ...] = ()
     """Key columns whose collation is not binary, as ``table.column``."""
+    mariadb: bool = field(init=False)
+    returning: bool = field(init=False)
+    """MariaDB 10.5 added ``INSERT ... RETURNING``; MySQL has none."""
 
-    @property
-    def mariadb(self) -> bool:
-        return "mariadb" in self.version.lower()
-
-    @property
-    def returning(self) -> bool:
-        """MariaDB 10.5 added ``INSERT ... RETURNING``; MySQL has none."""
-        if not self.mariadb:
-            return False
-        numbers = self.version.split("-")[0].split(".")
+    def __post_init__(self) -> None:
+        version = self.version.removeprefix("5.5.5-")  # how MariaDB announces itself
+        mariadb = "mariadb" in version.lower()
         try:
-            major, minor = int(numbers[0]), int(numbers[1])
-        except (IndexError, ValueError):
-            return False
-        return (major, minor) >= (10, 5)
+            major, minor = (int(n) for n in version.split("-")[0].split(".")[:2])
+        except ValueError:
+            major = minor = 0
+        object.__setattr__(self, "mariadb", mariadb)
+        object.__setattr__(self, "returning", mariadb and (major, minor) >= (10, 5))
 
 
 class MySQLDialect(Dialect):
@@ -407,7 +408,7 @@ class MySQLDialect(Dialect):
     def select_columns(self) -> list[str]:
         return [
             "global_position",
-            *("UNIX_TIMESTAMP(created_at)" if c == "created_at" else c for c in EVENT_COLUMNS),
+            *(_CREATED_AT_MICROS if c == "created_at" else c for c in EVENT_COLUMNS),
         ]
 
     def decode_event(self, row: Row) -> PersistedEvent:
@@ -432,7 +433,7 @@ class MySQLDialect(Dialect):
             aggregate_type,
             aggregate_id,
             event_type,
-            bytes(payload),
+            payload if type(payload) is bytes else bytes(payload),
             global_position=int(position),
             aggregate_version=int(version),
             event_version=int(event_version),
@@ -441,7 +442,7 @@ class MySQLDialect(Dialect):
             causation_id=causation_id,
             correlation_id=correlation_id,
             trace_id=trace_id,
-            created_at=_from_unix(created_at),
+            created_at=_from_micros(created_at),
         )
 
     def read_stream(
@@ -614,8 +615,12 @@ class MySQLDialect(Dialect):
         self.server = info
         return info
 
-    def _limit_problem(self, info: ServerInfo, batch: Sequence[Event]) -> InvalidEventError | None:
+    def _limit_problem(
+        self, info: ServerInfo, batch: Sequence[Event], sizes: Sequence[int] | None = None
+    ) -> InvalidEventError | None:
         budget = info.max_packet - _STATEMENT_SLACK - len(self.insert_prefix)
+        if sizes is None:
+            sizes = [_row_size(event) for event in batch]
         for index, event in enumerate(batch):
             capacity = info.payload_capacity
             if capacity is not None and len(event.payload) > capacity:
@@ -639,7 +644,7 @@ class MySQLDialect(Dialect):
                     f"is {len(event.metadata)} bytes; the metadata column holds at most "
                     f"{capacity} bytes",
                 )
-            if _row_size(event) > budget:
+            if sizes[index] > budget:
                 field = (
                     "metadata"
                     if event.metadata is not None and len(event.metadata) > len(event.payload)
@@ -648,40 +653,39 @@ class MySQLDialect(Dialect):
                 return InvalidEventError(
                     index,
                     field,
-                    f"is too large to send: the event needs up to {_row_size(event)} bytes of "
+                    f"is too large to send: the event needs up to {sizes[index]} bytes of "
                     f"SQL (binary data may be sent as hex) and the server's "
                     f"max_allowed_packet is {info.max_packet} bytes",
                 )
         return None
 
-    def check_limits(self, batch: Sequence[Event]) -> Plan[ServerInfo]:
+    def check_limits(self, batch: Sequence[Event], sizes: Sequence[int]) -> Plan[ServerInfo]:
         """Reject what the server cannot store before anything is sent. The
         cached limits are refreshed before an event is rejected (a column may
         have been widened since)."""
         fresh = self.server is None
         info = yield from self.server_info()
-        problem = self._limit_problem(info, batch)
+        problem = self._limit_problem(info, batch, sizes)
         if problem is not None and not fresh:
             info = yield from self.server_info(refresh=True)
-            problem = self._limit_problem(info, batch)
+            problem = self._limit_problem(info, batch, sizes)
         if problem is not None:
             raise problem
         return info
 
     # -- appending -----------------------------------------------------------
 
-    def chunks(self, info: ServerInfo, batch: Sequence[Event]) -> list[range]:
+    def chunks(self, info: ServerInfo, sizes: Sequence[int]) -> list[range]:
         """Split the events into INSERT statements that fit in max_allowed_packet."""
         budget = info.max_packet - _STATEMENT_SLACK - len(self.insert_prefix)
         chunks: list[range] = []
         start, used = 0, 0
-        for index, event in enumerate(batch):
-            size = _row_size(event)
+        for index, size in enumerate(sizes):
             if index > start and used + size > budget:
                 chunks.append(range(start, index))
                 start, used = index, 0
             used += size
-        chunks.append(range(start, len(batch)))
+        chunks.append(range(start, len(sizes)))
         return chunks
 
     def insert_statement(
@@ -756,7 +760,8 @@ class MySQLDialect(Dialect):
 
     def append(self, expected: ExpectedVersion, events: Sequence[Event]) -> Plan[AppendResult]:
         batch = self.check_append(events)
-        info = yield from self.check_limits(batch)
+        sizes = [_row_size(event) for event in batch]
+        info = yield from self.check_limits(batch, sizes)
         first = batch[0]
         key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
         count = len(batch)
@@ -769,7 +774,7 @@ class MySQLDialect(Dialect):
                 rows = yield Statement(self.current_version_sql, key, fetch=True)
                 raise self.conflict(batch, expected, int(rows[0][0]) if rows else 0)
             stored: list[Row] = []
-            for rows_of_chunk in self.chunks(info, batch):
+            for rows_of_chunk in self.chunks(info, sizes):
                 answer = yield self.insert_statement(
                     info, batch, rows_of_chunk, expected, returning
                 )
