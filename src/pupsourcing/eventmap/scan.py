@@ -535,7 +535,11 @@ class Scanner:
     def _is_special(self, module: _Module, annotation: ast.expr, name: str, home: str) -> bool:
         target = annotation.value if isinstance(annotation, ast.Subscript) else annotation
         if isinstance(target, ast.Constant) and isinstance(target.value, str):
-            return self._is_special(module, _parse_annotation(target.value), name, home)
+            try:
+                parsed = _parse_annotation(target.value)
+            except SyntaxError:
+                return False  # reported as a field type error
+            return self._is_special(module, parsed, name, home)
         sym = self.resolve(module, target)
         homes = _TYPING_MODULES if home == "typing" else frozenset({home})
         return self.is_external(sym, homes, frozenset({name}))
