@@ -147,16 +147,22 @@ class PayloadError(EventMappingError):
         event_version: int | None = None,
     ) -> None:
         super().__init__(reason, event_type=event_type, event_version=event_version)
-        self.field = field
+        self.field = field or None
 
-    def prefix_field(self, key: str) -> None:
-        """Put ``key`` (a field name or ``[index]``) in front of the field path."""
-        if self.field is None:
-            self.field = key
-        elif self.field.startswith("["):
-            self.field = key + self.field
-        else:
-            self.field = f"{key}.{self.field}"
+    def prefix_field(self, *keys: str) -> None:
+        """Put ``keys`` (field names, ``[index]`` or ``["key"]``) in front of the path.
+
+        An empty key stands for the value itself and adds nothing.
+        """
+        for key in reversed(keys):
+            if not key:
+                continue
+            if self.field is None:
+                self.field = key
+            elif self.field.startswith("["):
+                self.field = key + self.field
+            else:
+                self.field = f"{key}.{self.field}"
 
     def set_event(self, event_type: str, event_version: int) -> None:
         """Name the event whose payload this is."""

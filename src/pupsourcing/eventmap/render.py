@@ -356,18 +356,25 @@ class Renderer:
             Group("from pupsourcing.eventmap import (", tuple(("", e) for e in errors), ")"), 0
         )
         lines += ["", "# isort: split", "# The domain event classes and the types of their fields:"]
-        user_imports = sorted(
-            ((ref.module, ref.name, alias) for ref, alias in self.aliases.items()),
-            key=lambda entry: (_natural(entry[0]), _member_key(entry[1])),
-        )
-        for module, name, alias in user_imports:
-            if name == alias:
-                stmt = f"from {module} import {name}"
+        # Classes outside the version folders are imported under their own names, in one
+        # statement per module; versioned ones under an alias, one statement each (the
+        # layout ruff's isort gives them).
+        plain: dict[str, list[str]] = {}
+        statements: list[tuple[str, list[str]]] = []
+        for ref, alias in self.aliases.items():
+            if ref.name == alias:
+                plain.setdefault(ref.module, []).append(ref.name)
             else:
-                stmt = f"from {module} import {name} as {alias}"
+                statements.append((ref.module, [f"{ref.name} as {alias}"]))
+        statements.extend(
+            (module, sorted(names, key=_member_key)) for module, names in plain.items()
+        )
+        statements.sort(key=lambda s: (_natural(s[0]), _member_key(s[1][0])))
+        for module, names in statements:
+            stmt = f"from {module} import {', '.join(names)}"
             if len(stmt) > WIDTH:
-                target = name if name == alias else f"{name} as {alias}"
-                lines += [f"from {module} import (", f"    {target},", ")"]
+                group = Group(f"from {module} import (", tuple(("", n) for n in names), ")")
+                lines += lay_out(group, 0)
             else:
                 lines.append(stmt)
         return lines
@@ -711,9 +718,9 @@ class Renderer:
                 "        if not isinstance(name, str):",
                 '            raise _type_error(key, "str keys", name)',
                 "        try:",
-                *lay_out(call(inner(t.value), "item", 'f"[{name!r}]"'), 3, "result[name] = "),
+                *lay_out(call(inner(t.value), "item", '""'), 3, "result[name] = "),
                 "        except PayloadError as exc:",
-                "            exc.prefix_field(key)",
+                '            exc.prefix_field(key, f"[{json.dumps(name, ensure_ascii=False)}]")',
                 "            raise",
                 "    return result",
             ]
@@ -721,17 +728,17 @@ class Renderer:
         assert isinstance(t, ListType | TupleType)
         expected = "tuple" if isinstance(t, TupleType) and direction == "to" else "list"
         item_type = "object" if direction == "to" else self.pytype(t.item)
-        append = call("result.append", call(inner(t.item), "item", 'f"[{index}]"'))
+        append = call("result.append", call(inner(t.item), "item", '""'))
         lines += [
             f"    if not isinstance(value, {expected}):",
             f'        raise _type_error(key, "{expected}", value)',
             f"    result: list[{item_type}] = []",
-            "    try:",
-            "        for index, item in enumerate(value):",
+            "    for index, item in enumerate(value):",
+            "        try:",
             *lay_out(append, 3),
-            "    except PayloadError as exc:",
-            "        exc.prefix_field(key)",
-            "        raise",
+            "        except PayloadError as exc:",
+            '            exc.prefix_field(key, f"[{index}]")',
+            "            raise",
             "    return tuple(result)" if returns.startswith("tuple") else "    return result",
         ]
         return lines

@@ -57,8 +57,12 @@ SCALAR_CODECS: dict[str, str] = {
         def _datetime_to_json(value: object, key: str) -> str:
             if not isinstance(value, datetime):
                 raise _type_error(key, "datetime", value)
-            if value.utcoffset() is None:
+            offset = value.utcoffset()
+            if offset is None:
                 raise PayloadError("naive datetime: give it a timezone", field=key)
+            if offset.microseconds:
+                # Never a real time zone's; and fromisoformat() loses some of them.
+                raise PayloadError(f"UTC offset {offset} is not whole seconds", field=key)
             return value.isoformat()
 
 

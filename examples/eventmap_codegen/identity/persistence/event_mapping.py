@@ -457,12 +457,12 @@ def _list_of_address_v2_to_json(value: object, key: str) -> list[object]:
     if not isinstance(value, list):
         raise _type_error(key, "list", value)
     result: list[object] = []
-    try:
-        for index, item in enumerate(value):
-            result.append(_address_v2_to_json(item, f"[{index}]"))
-    except PayloadError as exc:
-        exc.prefix_field(key)
-        raise
+    for index, item in enumerate(value):
+        try:
+            result.append(_address_v2_to_json(item, ""))
+        except PayloadError as exc:
+            exc.prefix_field(key, f"[{index}]")
+            raise
     return result
 
 
@@ -470,12 +470,12 @@ def _list_of_address_v2_from_json(value: object, key: str) -> list[AddressV2]:
     if not isinstance(value, list):
         raise _type_error(key, "list", value)
     result: list[AddressV2] = []
-    try:
-        for index, item in enumerate(value):
-            result.append(_address_v2_from_json(item, f"[{index}]"))
-    except PayloadError as exc:
-        exc.prefix_field(key)
-        raise
+    for index, item in enumerate(value):
+        try:
+            result.append(_address_v2_from_json(item, ""))
+        except PayloadError as exc:
+            exc.prefix_field(key, f"[{index}]")
+            raise
     return result
 
 
@@ -503,12 +503,12 @@ def _tuple_of_str_to_json(value: object, key: str) -> list[object]:
     if not isinstance(value, tuple):
         raise _type_error(key, "tuple", value)
     result: list[object] = []
-    try:
-        for index, item in enumerate(value):
-            result.append(_str(item, f"[{index}]"))
-    except PayloadError as exc:
-        exc.prefix_field(key)
-        raise
+    for index, item in enumerate(value):
+        try:
+            result.append(_str(item, ""))
+        except PayloadError as exc:
+            exc.prefix_field(key, f"[{index}]")
+            raise
     return result
 
 
@@ -516,12 +516,12 @@ def _tuple_of_str_from_json(value: object, key: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise _type_error(key, "list", value)
     result: list[str] = []
-    try:
-        for index, item in enumerate(value):
-            result.append(_str(item, f"[{index}]"))
-    except PayloadError as exc:
-        exc.prefix_field(key)
-        raise
+    for index, item in enumerate(value):
+        try:
+            result.append(_str(item, ""))
+        except PayloadError as exc:
+            exc.prefix_field(key, f"[{index}]")
+            raise
     return tuple(result)
 
 
@@ -537,8 +537,12 @@ def _str(value: object, key: str) -> str:
 def _datetime_to_json(value: object, key: str) -> str:
     if not isinstance(value, datetime):
         raise _type_error(key, "datetime", value)
-    if value.utcoffset() is None:
+    offset = value.utcoffset()
+    if offset is None:
         raise PayloadError("naive datetime: give it a timezone", field=key)
+    if offset.microseconds:
+        # Never a real time zone's; and fromisoformat() loses some of them.
+        raise PayloadError(f"UTC offset {offset} is not whole seconds", field=key)
     return value.isoformat()
 
 
