@@ -412,6 +412,35 @@ def test_names_the_mapping_uses_itself_are_refused(workspace: Workspace) -> None
         generate_mapping(pkg)
 
 
+def test_lower_case_class_names_cannot_shadow_local_names(workspace: Workspace) -> None:
+    pkg = workspace.package(
+        {
+            "common.py": HEAD + "@dataclass\nclass data:  # noqa: N801\n    x: int\n",
+            "v1/events.py": HEAD + "from ..common import data\n\n\n"
+            "@dataclass\nclass Happened:\n    inner: data\n",
+        }
+    )
+    with pytest.raises(GenerationError, match="would be imported as data, a name the mapping"):
+        generate_mapping(pkg)
+
+
+def test_a_plain_import_of_the_input_package_resolves(workspace: Workspace) -> None:
+    pkg = workspace.package(
+        {
+            "shared/money.py": HEAD + "@dataclass\nclass Money:\n    cents: int\n",
+            "v1/events.py": HEAD + "import evpkg_plain_import.shared.money\n\n\n"
+            "@dataclass\nclass Paid:\n    amount: evpkg_plain_import.shared.money.Money\n",
+        },
+        name="evpkg_plain_import",
+    )
+    (pkg / "__init__.py").unlink()  # a namespace package, named with --package
+    model = scan(pkg, "evpkg_plain_import")
+    (paid,) = model.events
+    assert model.dataclasses[paid.ref].fields[0].type == DataType(
+        ClassRef("evpkg_plain_import.shared.money", "Money", None)
+    )
+
+
 def test_internal_function_names_cannot_clash(workspace: Workspace) -> None:
     pkg = workspace.package(
         {

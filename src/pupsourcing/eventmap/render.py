@@ -86,6 +86,27 @@ _RESERVED = frozenset(
         "str",
         "tuple",
         "type",
+        # local names of its functions
+        "data",
+        "decode",
+        "encoder",
+        "event",
+        "exc",
+        "extra",
+        "got",
+        "index",
+        "item",
+        "key",
+        "listed",
+        "missing",
+        "name",
+        "number",
+        "offset",
+        "raw",
+        "result",
+        "text",
+        "value",
+        "versions",
     }
 )
 

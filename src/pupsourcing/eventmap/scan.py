@@ -278,7 +278,11 @@ class Scanner:
         self.input_dir = input_dir
         self.package = package
         self.modules = _load_modules(input_dir, package)
-        self.packages = {m.rsplit(".", i)[0] for m in self.modules for i in range(m.count("."))}
+        # Every package of the input, including namespace packages without __init__.py.
+        self.packages = {package} | {
+            m.rsplit(".", i)[0] for m in self.modules for i in range(1, m.count(".") + 1)
+        }
+        self.packages = {p for p in self.packages if p == package or p.startswith(f"{package}.")}
         self.dataclasses: dict[ClassRef, DataClassInfo] = {}
         self.enums: dict[ClassRef, EnumInfo] = {}
         self._in_progress: set[ClassRef] = set()
