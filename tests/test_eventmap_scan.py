@@ -441,6 +441,22 @@ def test_a_plain_import_of_the_input_package_resolves(workspace: Workspace) -> N
     )
 
 
+def test_imports_in_conditional_blocks_and_attribute_assignments(workspace: Workspace) -> None:
+    pkg = workspace.package(
+        event_module(
+            "@dataclass\nclass Happened:\n    at: datetime\n    when: dt.date\n",
+            "import datetime as dt\n"
+            "try:\n    from datetime import datetime\nexcept ImportError:\n    raise\n"
+            "dt.MAXYEAR_COPY = dt.MAXYEAR  # assigns an attribute, does not rebind dt\n",
+        )
+    )
+    (happened,) = scan(pkg).events
+    assert [f.type for f in scan(pkg).dataclasses[happened.ref].fields] == [
+        Scalar("datetime"),
+        Scalar("date"),
+    ]
+
+
 def test_internal_function_names_cannot_clash(workspace: Workspace) -> None:
     pkg = workspace.package(
         {

@@ -209,10 +209,15 @@ def _load_modules(input_dir: Path, package: str) -> dict[str, _Module]:
     return modules
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
+def _bound_names(target: ast.expr) -> Iterator[str]:
+    """The names an assignment target binds (``x``, ``a, *b``; not ``x.y`` or ``x[0]``)."""
+    if isinstance(target, ast.Name):
+        yield target.id
+    elif isinstance(target, ast.Tuple | ast.List):
+        for element in target.elts:
+            yield from _bound_names(element)
+    elif isinstance(target, ast.Starred):
+        yield from _bound_names(target.value)
 
 
 def _resolve_relative(module: _Module, level: int, target: str | None) -> str | None:
@@ -252,16 +257,22 @@ def _collect_bindings(module: _Module) -> None:
                     if source is None:  # above the top-level package: never in the input
                         source = "." * node.level + (node.module or "")
                     module.bindings[local] = _Import(source, alias.name)
-            elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            elif isinstance(node, ast.If):  # TYPE_CHECKING, version checks: both branches
                 visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):  # try: import ... except ImportError: ...
+                visit(node.body)
+                for handler in node.handlers:
+                    visit(handler.body)
+                visit(node.orelse)
+                visit(node.finalbody)
             elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 module.bindings[node.name] = node.lineno
             elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 for target in targets:
-                    for name in ast.walk(target):
-                        if isinstance(name, ast.Name):
-                            module.bindings[name.id] = node.lineno
+                    for name in _bound_names(target):
+                        module.bindings[name] = node.lineno
             elif type(node).__name__ == "TypeAlias":  # ``type X = ...`` (Python 3.12+)
                 alias_name = getattr(node, "name", None)
                 if isinstance(alias_name, ast.Name):
