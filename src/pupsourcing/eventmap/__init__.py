@@ -2,25 +2,38 @@
 
 Domain events are plain dataclasses in version folders of one input package::
 
-    myapp/events/            # package myapp.events (found from the __init__.py files,
-        __init__.py          # or given with --package)
+    myapp/events/            # package myapp.events: found from the __init__.py
+        __init__.py          # files, or given with --package
+        common.py            # optional: shared value types and enums
         v1/users.py          # UserRegistered, UserDeleted, ... -> event_version 1
         v2/users.py          # UserRegistered (new shape)        -> event_version 2
 
-Every public dataclass defined in a module under ``vN/`` is an event whose
-``event_type`` is its class name and whose ``event_version`` is N, except the
-dataclasses used as field types of other dataclasses: those are value types
-(nested objects in the payload). Modules outside the version folders may hold
-shared value types and enums.
+Every public dataclass defined (not imported) in a module under ``vN/`` is an
+event whose ``event_type`` is its class name and whose ``event_version`` is N,
+except the dataclasses used as field types of other dataclasses: those are
+value types, nested objects in the payload. Supported field types: ``str``,
+``int``, ``float``, ``bool``, ``bytes``, ``datetime``, ``date``, ``UUID``,
+``Decimal``, enums with str or int values, such dataclasses, ``X | None``,
+``list[X]``, ``tuple[X, ...]`` and ``dict[str, X]``; anything else is refused
+at generation time with the file, class and field.
 
-:func:`generate_mapping` reads the source with :mod:`ast` (nothing is imported
-or executed) and returns one Python module that imports the event classes by
-their absolute module names (``myapp.events.v1.users``), so it works wherever
-it is placed as long as the input package is importable there. The module
-offers ``event_type_of``, ``event_version_of``, ``to_es_event``,
+:func:`generate_mapping` reads the source with :mod:`ast`: nothing is imported
+or executed, so generation has no side effects and needs none of the user's
+dependencies. The generated module imports the event classes by absolute
+module name (the package plus the path under the input directory, e.g.
+``myapp.events.v1.users``) under versioned aliases (``UserRegisteredV1``), so
+it can be written anywhere the input package is importable from; it does not
+depend on where it sits relative to the input directory.
+
+The module offers ``event_type_of``, ``event_version_of``, ``to_es_event``,
 ``to_es_events``, ``from_es_event``, ``from_es_events`` and per-type helpers
-``to_<event>_v<N>`` / ``from_<event>_v<N>``; it encodes and decodes every field
-explicitly (no reflection at run time) and raises the errors defined here.
+``to_<event>_v<N>`` / ``from_<event>_v<N>``. It encodes and decodes every
+field explicitly (no reflection at run time) as UTF-8 JSON, and round-trips
+exactly: datetimes (which must be timezone-aware) as ISO 8601 with their UTC
+offset, Decimals and UUIDs as strings, bytes as base64, enums by value. The
+payload must match the class exactly (a field with a default must be present
+too: change a shape by adding a version folder). Its errors are the classes
+defined here, all :class:`EventMappingError` (a ``ValueError``).
 """
 
 from __future__ import annotations
