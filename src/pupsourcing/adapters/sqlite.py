@@ -51,10 +51,26 @@ def _timestamp(value: datetime) -> str:
 
 
 def _parse_timestamp(text: str) -> datetime:
-    parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    """Stored text is UTC without an offset (ours and the Go library's); parse
+    it with one appended, which is several times faster than ``replace``."""
+    if "+" in text[10:] or text.endswith("Z") or text.count("-") > 2:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    return datetime.fromisoformat(text + "+00:00")
+
+
+_new_uuid = object.__new__
+_set = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def _parse_uuid(text: str) -> uuid.UUID:
+    """``uuid.UUID(text)`` for canonical text, without its generic parsing."""
+    if len(text) != 36:
+        return uuid.UUID(text)
+    value: uuid.UUID = _new_uuid(uuid.UUID)
+    _set(value, "int", int(text.replace("-", ""), 16))
+    _set(value, "is_safe", _UNKNOWN)
+    return value
 
 
 class SQLiteDialect(Dialect):
@@ -218,7 +234,7 @@ class SQLiteDialect(Dialect):
             row[2],
             row[3],
             row[4],
-            uuid.UUID(row[5]),
+            _parse_uuid(row[5]),
             row[6],
             row[7],
             bytes(row[8]),
