@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from pupsourcing import __version__
-from pupsourcing.cli import demo, migrate_gen
+from pupsourcing.cli import demo, eventmap_gen, migrate_gen
 
 
 class CommandError(Exception):
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pupsourcing {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, migrate_gen):
+    for module in (demo, migrate_gen, eventmap_gen):
         module.register(commands)
     return parser
 
