@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,8 @@ from pupsourcing import (
     OptimisticConcurrencyError,
     PersistedEvent,
 )
+from pupsourcing.store import dialect
+from pupsourcing.store.dialect import persisted_event
 
 
 def test_append_assigns_versions_and_positions(backend: Backend) -> None:
@@ -328,3 +331,30 @@ def test_large_append_and_many_aggregates(backend: Backend) -> None:
     stream = store.read_aggregate_stream(conn, "Shop", "Order", "big")
     assert [e.aggregate_version for e in stream] == list(range(1, 1201))
     assert [e.global_position for e in stream] == list(result.global_positions)
+
+
+def test_fast_event_construction_equals_the_constructor() -> None:
+    values: dict[str, Any] = {
+        "bounded_context": "b",
+        "aggregate_type": "t",
+        "aggregate_id": "i",
+        "event_type": "e",
+        "payload": b"p",
+        "event_version": 3,
+        "event_id": uuid.uuid4(),
+        "metadata": None,
+        "causation_id": "c",
+        "correlation_id": None,
+        "trace_id": "",
+        "created_at": datetime(2024, 1, 1, tzinfo=UTC),
+        "global_position": 9,
+        "aggregate_version": 4,
+    }
+    fast = persisted_event(*values.values())
+    assert fast == PersistedEvent(**values)
+    assert hash(fast) == hash(PersistedEvent(**values))
+    assert repr(fast) == repr(PersistedEvent(**values))
+    with pytest.raises(AttributeError):
+        fast.payload = b"x"  # type: ignore[misc]
+    # The fast path is in use (it falls back to the constructor if the class changes).
+    assert dialect._SETTERS is not None
