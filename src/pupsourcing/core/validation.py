@@ -135,18 +135,20 @@ def check_append(events: Iterable[Event]) -> Sequence[Event]:
         raise NoEventsError()
     first = check_event(0, batch[0])
     key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
-    seen_ids = {first.event_id}
+    seen_ids = {first.event_id.int}  # UUIDs are equal when their ints are; ints hash in C
     for index in range(1, len(batch)):
         event = check_event(index, batch[index])
-        for name, expected in zip(AGGREGATE_FIELDS, key, strict=True):
-            if getattr(event, name) != expected:
-                raise InvalidEventError(
-                    index,
-                    name,
-                    f"all events of one append must belong to one aggregate: "
-                    f"got {getattr(event, name)!r}, event 0 has {expected!r}",
-                )
-        if event.event_id in seen_ids:
+        if (event.bounded_context, event.aggregate_type, event.aggregate_id) != key:
+            for name, expected in zip(AGGREGATE_FIELDS, key, strict=True):
+                if getattr(event, name) != expected:
+                    raise InvalidEventError(
+                        index,
+                        name,
+                        f"all events of one append must belong to one aggregate: "
+                        f"got {getattr(event, name)!r}, event 0 has {expected!r}",
+                    )
+        event_id = event.event_id.int
+        if event_id in seen_ids:
             raise InvalidEventError(index, "event_id", f"{event.event_id} appears twice")
-        seen_ids.add(event.event_id)
+        seen_ids.add(event_id)
     return batch
