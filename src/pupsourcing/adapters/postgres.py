@@ -194,8 +194,10 @@ def _check_indexed(index: int, event: Event) -> None:
     """Index entries are stored uncompressed only up to a point; this check
     counts them uncompressed, so it is exact for keys that do not compress
     (random ids) and refuses long, highly repetitive keys a little early."""
-    key = (event.bounded_context, event.aggregate_type, event.aggregate_id)
-    if sum(map(len, key)) > _SHORT_KEY:
+    if len(event.bounded_context) + len(event.aggregate_type) + len(event.aggregate_id) > (
+        _SHORT_KEY
+    ):
+        key = (event.bounded_context, event.aggregate_type, event.aggregate_id)
         size = _index_entry_size(key, 1)  # UNIQUE (..., aggregate_version) and its index
         if size > BTREE_MAX_ENTRY:
             raise InvalidEventError(
@@ -204,16 +206,36 @@ def _check_indexed(index: int, event: Event) -> None:
                 f"bounded_context, aggregate_type and aggregate_id together need a "
                 f"{size}-byte index entry; PostgreSQL allows at most {BTREE_MAX_ENTRY}",
             )
-    for name, bigints in (("event_type", 1), ("correlation_id", 0)):
-        value = getattr(event, name)
-        if value is not None and len(value) > _SHORT_KEY:
-            size = _index_entry_size((value,), bigints)
-            if size > BTREE_MAX_ENTRY:
+    if len(event.event_type) > _SHORT_KEY:
+        _check_indexed_field(index, "event_type", event.event_type, 1)  # (event_type, position)
+    if event.correlation_id is not None and len(event.correlation_id) > _SHORT_KEY:
+        _check_indexed_field(index, "correlation_id", event.correlation_id, 0)
+
+
+def _check_indexed_field(index: int, name: str, value: str, bigints: int) -> None:
+    size = _index_entry_size((value,), bigints)
+    if size > BTREE_MAX_ENTRY:
+        raise InvalidEventError(
+            index,
+            name,
+            f"is indexed and needs a {size}-byte index entry; PostgreSQL allows at most "
+            f"{BTREE_MAX_ENTRY}",
+        )
+
+
+def _refuse_oversized(batch: Sequence[Event]) -> None:
+    """Name the event whose payload or metadata takes the append past
+    :data:`MAX_APPEND_BYTES`."""
+    total = 0
+    for index, event in enumerate(batch):
+        for field, value in (("payload", event.payload), ("metadata", event.metadata)):
+            total += 0 if value is None else len(value)
+            if total > MAX_APPEND_BYTES:
                 raise InvalidEventError(
                     index,
-                    name,
-                    f"is indexed and needs a {size}-byte index entry; PostgreSQL "
-                    f"allows at most {BTREE_MAX_ENTRY}",
+                    field,
+                    f"brings the append's payloads and metadata to more than "
+                    f"{MAX_APPEND_BYTES:,} bytes, the most PostgreSQL accepts in one statement",
                 )
 
 
@@ -278,12 +300,14 @@ class PostgresDialect(Dialect):
         per_event = ", ".join(
             "e.metadata::jsonb" if column == "metadata" else f"e.{column}" for column in _PER_EVENT
         )
-        # metadata_raw: NULL unless JSONB would hand back other text.
+        # metadata_raw: NULL unless JSONB would hand back other text (the
+        # default '{}' is answered without parsing it once more).
         self._insert = (
             f"INSERT INTO {self.events_table} ({', '.join(EVENT_COLUMNS)}, metadata_raw) "
             "SELECT head.bounded_context, head.aggregate_type, head.aggregate_id, "
             f"head.aggregate_version - {{n}} + e.ord, {per_event}, "
-            "CASE WHEN e.metadata::jsonb::text IS DISTINCT FROM e.metadata THEN e.metadata END "
+            "CASE WHEN e.metadata = '{{}}' THEN NULL "
+            "WHEN e.metadata::jsonb::text <> e.metadata THEN e.metadata END "
             "FROM head, {rows} ORDER BY e.ord RETURNING global_position, aggregate_version"
         )
         arrays = ", ".join(f"%b::{sql_type}[]" for sql_type in _TYPES)
@@ -341,18 +365,10 @@ class PostgresDialect(Dialect):
 
     def check_append(self, events: Sequence[Event]) -> Sequence[Event]:
         batch = super().check_append(events)
-        total = 0
-        for index, event in enumerate(batch):
-            for field, value in (("payload", event.payload), ("metadata", event.metadata)):
-                total += 0 if value is None else len(value)
-                if total > MAX_APPEND_BYTES:
-                    raise InvalidEventError(
-                        index,
-                        field,
-                        f"brings the append's payloads and metadata to more than "
-                        f"{MAX_APPEND_BYTES:,} bytes, the most PostgreSQL accepts in one "
-                        "statement",
-                    )
+        total = sum(len(e.payload) for e in batch)
+        total += sum(len(e.metadata) for e in batch if e.metadata is not None)
+        if total > MAX_APPEND_BYTES:
+            _refuse_oversized(batch)
         return batch
 
     def is_unique_violation(self, exc: BaseException) -> bool:
