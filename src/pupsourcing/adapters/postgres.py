@@ -446,8 +446,34 @@ class PostgresDialect(Dialect):
         rows.sort(key=_version)
         return build_result(batch, [row[1] for row in rows], [row[0] for row in rows])
 
+    def decode_events(self, rows: Sequence[Row]) -> list[PersistedEvent]:
+        return _decode_events(rows)
+
     def decode_event(self, row: Row) -> PersistedEvent:
-        (
+        return _decode_events((row,))[0]
+
+
+def _decode_events(rows: Sequence[Row]) -> list[PersistedEvent]:
+    """:meth:`PostgresDialect.decode_event` for many rows, without a call per row."""
+    make, utc = persisted_event, UTC
+    return [
+        make(
+            bounded_context,
+            aggregate_type,
+            aggregate_id,
+            event_type,
+            payload,
+            event_version,
+            event_id,
+            metadata,
+            causation_id,
+            correlation_id,
+            trace_id,
+            created_at.replace(tzinfo=utc),
+            position,
+            version,
+        )
+        for (
             position,
             bounded_context,
             aggregate_type,
@@ -462,23 +488,8 @@ class PostgresDialect(Dialect):
             causation_id,
             metadata,
             created_at,
-        ) = row
-        return persisted_event(
-            bounded_context,
-            aggregate_type,
-            aggregate_id,
-            event_type,
-            payload,
-            event_version,
-            event_id,
-            metadata,
-            causation_id,
-            correlation_id,
-            trace_id,
-            created_at.replace(tzinfo=UTC),
-            position,
-            version,
-        )
+        ) in rows
+    ]
 
 
 def _version(row: Row) -> int:
