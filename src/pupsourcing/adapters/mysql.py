@@ -310,6 +310,7 @@ class MySQLDialect(Dialect):
     )
 
     now_sql = _NOW
+    on_duplicate_checkpoint = "ON DUPLICATE KEY UPDATE projection_name = projection_name"
 
     prefer_returning = True
     """Use ``INSERT ... RETURNING`` where the server has it (MariaDB). Tests turn
@@ -352,14 +353,6 @@ class MySQLDialect(Dialect):
             f"INSERT INTO {self.checkpoints_table} "
             f"(projection_name, last_global_position, updated_at) VALUES (%s, %s, {_NOW}) "
             f"ON DUPLICATE KEY UPDATE last_global_position = %s, updated_at = {_NOW}"
-        )
-        self.advance_checkpoint_sql = (
-            f"UPDATE {self.checkpoints_table} SET last_global_position = %s, "
-            f"updated_at = {_NOW} WHERE projection_name = %s AND last_global_position = %s"
-        )
-        self.insert_checkpoint_sql = (
-            f"INSERT INTO {self.checkpoints_table} "
-            f"(projection_name, last_global_position, updated_at) VALUES (%s, %s, {_NOW})"
         )
         self.visible_sql = (
             f"SELECT COALESCE(MAX(global_position), 0), CONNECTION_ID() FROM {events}"
@@ -532,22 +525,6 @@ class MySQLDialect(Dialect):
                     f"user the PROCESS privilege ({exc})"
                 ) from exc
             raise
-
-    def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
-        rows = yield Statement(
-            self.advance_checkpoint_sql, (position, projection_name, expected), rowcount=True
-        )
-        if int(rows[0][0]) > 0:
-            return True
-        # No row at ``expected``: none yet (insert it), or another processor
-        # moved it (the insert finds its row).
-        try:
-            yield Statement(self.insert_checkpoint_sql, (projection_name, position))
-        except Exception as exc:
-            if errno(exc) in (ER_DUP_ENTRY, ER_LOCK_DEADLOCK):
-                return False
-            raise
-        return True
 
     def is_connection_error(self, exc: BaseException) -> bool:
         number = errno(exc)

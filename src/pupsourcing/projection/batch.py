@@ -126,6 +126,16 @@ class Subscription:
         return events
 
 
+def _at_or_below(rows: list[tuple[Any, ...]], position: int) -> list[tuple[Any, ...]]:
+    """The leading rows (ascending by position) at or below ``position``."""
+    if not rows or int(rows[-1][0]) <= position:
+        return rows
+    end = 0
+    while end < len(rows) and int(rows[end][0]) <= position:
+        end += 1
+    return rows[:end]
+
+
 def step(
     dialect: Dialect,
     horizon: Horizon,
@@ -134,9 +144,8 @@ def step(
 ) -> StepPlan:
     """Handle at most one batch; see the module docstring."""
     if sub.checkpoint is None:
-        rows = yield Statement(dialect.get_checkpoint_sql, (sub.checkpoint_name,), fetch=True)
+        sub.checkpoint = yield from dialect.load_checkpoint(sub.checkpoint_name)
         yield COMMIT
-        sub.checkpoint = int(rows[0][0]) if rows else 0
     checkpoint = sub.checkpoint
     if horizon.safe <= checkpoint:
         probe = yield from dialect.horizon_probe()
@@ -147,7 +156,6 @@ def step(
     upto = horizon.safe
     rows = yield dialect.fetch_statement(
         checkpoint,
-        upto,
         sub.batch_size,
         sub.aggregate_types,
         sub.bounded_contexts,
@@ -155,9 +163,11 @@ def step(
         if sub.total_partitions > 1 and sub.in_sql
         else None,
     )
-    events = sub.select(rows, dialect)
-    # A short page means nothing else in scope lies at or below the horizon.
-    position = int(rows[-1][0]) if len(rows) == sub.batch_size else upto
+    within = _at_or_below(rows, upto)
+    events = sub.select(within, dialect)
+    # A short page, or one reaching past the horizon, holds everything in
+    # scope at or below the horizon; a full page ends at its last row.
+    position = int(rows[-1][0]) if len(within) == len(rows) == sub.batch_size else upto
     yield Statement(dialect.begin_sql, begin=True)
     try:
         if events:

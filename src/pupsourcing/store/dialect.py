@@ -113,6 +113,9 @@ class Dialect(abc.ABC):
     begin_sql: ClassVar[str] = "BEGIN"
     """Starts the transaction of a projection batch."""
 
+    on_duplicate_checkpoint: ClassVar[str] = "ON CONFLICT (projection_name) DO NOTHING"
+    """Makes inserting an existing checkpoint row a no-op."""
+
     def __init__(self, config: StoreConfig | None = None) -> None:
         self.config = config = config or StoreConfig()
         self.events_table = self.quote(config.events_table)
@@ -143,10 +146,19 @@ class Dialect(abc.ABC):
             "last_global_position = excluded.last_global_position, updated_at = excluded.updated_at"
         )
         self.update_checkpoint_sql = upsert
-        self.advance_checkpoint_sql = f"{upsert} WHERE c.last_global_position = {p} RETURNING 1"
+        self.ensure_checkpoint_sql = (
+            f"INSERT INTO {self.checkpoints_table} "
+            "(projection_name, last_global_position, updated_at) "
+            f"VALUES ({p}, 0, {self.now_sql}) {self.on_duplicate_checkpoint}"
+        )
+        self.advance_checkpoint_sql = (
+            f"UPDATE {self.checkpoints_table} SET last_global_position = {p}, "
+            f"updated_at = {self.now_sql} WHERE projection_name = {p} "
+            f"AND last_global_position = {p}"
+        )
         self.fetch_sql_prefix = (
             f"SELECT {', '.join(self.select_columns())}, partition_hash FROM {self.events_table} "
-            f"WHERE global_position > {p} AND global_position <= {p}"
+            f"WHERE global_position > {p}"
         )
 
     # -- what each database provides ---------------------------------------
@@ -347,19 +359,23 @@ class Dialect(abc.ABC):
     def fetch_statement(
         self,
         after: int,
-        upto: int,
         limit: int,
         aggregate_types: Sequence[str],
         bounded_contexts: Sequence[str],
         partition: tuple[int, int] | None,
     ) -> Statement:
-        """Events in ``(after, upto]`` in scope, ascending, at most ``limit``;
-        with ``partition=(key, total)`` only that partition's aggregates (and
-        rows without a hash, which the caller filters). Rows are
-        :meth:`select_columns` followed by ``partition_hash``."""
+        """Events after ``after`` in scope, ascending, at most ``limit``; with
+        ``partition=(key, total)`` only that partition's aggregates (and rows
+        without a hash, which the caller filters). Rows are
+        :meth:`select_columns` followed by ``partition_hash``.
+
+        There is deliberately no upper bound: ``global_position <= horizon``
+        next to ``ORDER BY ... LIMIT`` lets PostgreSQL's planner, on fresh
+        statistics, sort the whole range instead of walking the primary key.
+        The caller drops rows beyond the safe horizon."""
         p = self.placeholder
         sql = [self.fetch_sql_prefix]
-        params: list[object] = [after, upto]
+        params: list[object] = [after]
         if aggregate_types:
             sql.append(f"AND aggregate_type IN ({', '.join([p] * len(aggregate_types))})")
             params += aggregate_types
@@ -374,11 +390,19 @@ class Dialect(abc.ABC):
         params.append(limit)
         return Statement(" ".join(sql), params, fetch=True)
 
+    def load_checkpoint(self, projection_name: str) -> Plan[int]:
+        """A processor's checkpoint, creating its row (at 0) if missing, so that
+        :meth:`advance_checkpoint` only ever updates an existing row (row locks
+        only: processors of different projections never deadlock)."""
+        yield Statement(self.ensure_checkpoint_sql, (projection_name,))
+        position = yield from self.get_checkpoint(projection_name)
+        return position
+
     def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
         """Move a checkpoint from ``expected`` to ``position``; ``False`` (and no
         change) if it is no longer at ``expected``, i.e. another processor
-        moved it."""
+        moved it or it was reset."""
         rows = yield Statement(
-            self.advance_checkpoint_sql, (projection_name, position, expected), fetch=True
+            self.advance_checkpoint_sql, (position, projection_name, expected), rowcount=True
         )
-        return bool(rows)
+        return int(rows[0][0]) == 1
