@@ -35,6 +35,9 @@ class Handle:
     events: list[PersistedEvent]
 
 
+MAX_SPAN = 1_000_000
+"""The widest window of positions one filtered read scans."""
+
 StepPlan = Generator[Statement | Handle, Any, "StepOutcome"]
 
 
@@ -86,11 +89,15 @@ class Subscription:
     batch_size: int
     checkpoint: int | None = None
     """Last handled position, ``None`` until loaded from the database."""
+    span: int = 0
+    """Positions a filtered read covers at once; grows while reads come back
+    sparse (see ``step``)."""
     in_sql: bool = field(init=False)
     """Whether the partition filter runs in SQL (the hash strategy)."""
 
     def __post_init__(self) -> None:
         self.in_sql = type(self.strategy) is HashPartitionStrategy
+        self.span = self.span or 2 * self.batch_size * self.total_partitions
 
     @classmethod
     def of(cls, projection: object, config: ProcessorConfig) -> Subscription:
@@ -154,8 +161,15 @@ def step(
         if horizon.safe <= checkpoint:
             return StepOutcome(0, idle=True, waiting=horizon.visible > checkpoint)
     upto = horizon.safe
+    filtered = bool(sub.aggregate_types or sub.bounded_contexts or sub.total_partitions > 1)
+    if filtered:
+        # Read a window of positions: a bounded range keeps every query plan
+        # cheap (an open range with a selective filter and ORDER BY ... LIMIT
+        # tempts PostgreSQL into sorting everything after the checkpoint).
+        high = min(upto, checkpoint + sub.span)
     rows = yield dialect.fetch_statement(
         checkpoint,
+        high if filtered else None,
         sub.batch_size,
         sub.aggregate_types,
         sub.bounded_contexts,
@@ -163,11 +177,19 @@ def step(
         if sub.total_partitions > 1 and sub.in_sql
         else None,
     )
-    within = _at_or_below(rows, upto)
+    if filtered:
+        within = rows
+        full = len(rows) == sub.batch_size
+        position = int(rows[-1][0]) if full else high
+        if len(rows) < sub.batch_size // 2:
+            sub.span = min(sub.span * 2, MAX_SPAN)
+    else:
+        # Unfiltered: no upper bound in SQL (the primary key walk is always
+        # the plan); rows beyond the safe horizon are dropped here.
+        within = _at_or_below(rows, upto)
+        full = len(within) == len(rows) == sub.batch_size
+        position = int(rows[-1][0]) if full else upto
     events = sub.select(within, dialect)
-    # A short page, or one reaching past the horizon, holds everything in
-    # scope at or below the horizon; a full page ends at its last row.
-    position = int(rows[-1][0]) if len(within) == len(rows) == sub.batch_size else upto
     yield Statement(dialect.begin_sql, begin=True)
     try:
         if events:

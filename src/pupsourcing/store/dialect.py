@@ -359,23 +359,23 @@ class Dialect(abc.ABC):
     def fetch_statement(
         self,
         after: int,
+        upto: int | None,
         limit: int,
         aggregate_types: Sequence[str],
         bounded_contexts: Sequence[str],
         partition: tuple[int, int] | None,
     ) -> Statement:
-        """Events after ``after`` in scope, ascending, at most ``limit``; with
-        ``partition=(key, total)`` only that partition's aggregates (and rows
-        without a hash, which the caller filters). Rows are
-        :meth:`select_columns` followed by ``partition_hash``.
-
-        There is deliberately no upper bound: ``global_position <= horizon``
-        next to ``ORDER BY ... LIMIT`` lets PostgreSQL's planner, on fresh
-        statistics, sort the whole range instead of walking the primary key.
-        The caller drops rows beyond the safe horizon."""
+        """Events in ``(after, upto]`` (no upper bound when ``upto`` is None) in
+        scope, ascending, at most ``limit``; with ``partition=(key, total)``
+        only that partition's aggregates (and rows without a hash, which the
+        caller filters). Rows are :meth:`select_columns` followed by
+        ``partition_hash``."""
         p = self.placeholder
         sql = [self.fetch_sql_prefix]
         params: list[object] = [after]
+        if upto is not None:
+            sql.append(f"AND global_position <= {p}")
+            params.append(upto)
         if aggregate_types:
             sql.append(f"AND aggregate_type IN ({', '.join([p] * len(aggregate_types))})")
             params += aggregate_types
