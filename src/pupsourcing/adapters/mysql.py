@@ -90,7 +90,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -99,7 +98,14 @@ from decimal import Decimal
 from typing import Any
 
 from pupsourcing.core.errors import InvalidEventError
-from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
+from pupsourcing.core.events import (
+    AppendResult,
+    Event,
+    PersistedEvent,
+    Stream,
+    stored_event,
+    uuid_from_bytes,
+)
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store.base import Cursor, SQLStore
@@ -428,21 +434,21 @@ class MySQLDialect(Dialect):
             metadata,
             created_at,
         ) = row
-        return PersistedEvent(
+        return stored_event(
+            int(position),
             bounded_context,
             aggregate_type,
             aggregate_id,
+            int(version),
+            uuid_from_bytes(event_id),
             event_type,
+            int(event_version),
             payload if type(payload) is bytes else bytes(payload),
-            global_position=int(position),
-            aggregate_version=int(version),
-            event_version=int(event_version),
-            event_id=uuid.UUID(bytes=bytes(event_id)),
-            metadata=metadata.encode("utf-8") if isinstance(metadata, str) else metadata,
-            causation_id=causation_id,
-            correlation_id=correlation_id,
-            trace_id=trace_id,
-            created_at=_from_micros(created_at),
+            trace_id,
+            correlation_id,
+            causation_id,
+            metadata.encode("utf-8") if isinstance(metadata, str) else metadata,
+            _from_micros(created_at),
         )
 
     def read_stream(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from pupsourcing.core.errors import OptimisticConcurrencyError
-from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
+from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream, stored_event
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.validation import check_append
 from pupsourcing.store.config import StoreConfig
@@ -74,21 +74,21 @@ def build_result(
 ) -> AppendResult:
     """The :class:`AppendResult` for ``events`` stored at ``versions``/``positions``."""
     persisted = tuple(
-        PersistedEvent(
+        stored_event(
+            position,
             e.bounded_context,
             e.aggregate_type,
             e.aggregate_id,
+            version,
+            e.event_id,
             e.event_type,
+            e.event_version,
             e.payload,
-            global_position=position,
-            aggregate_version=version,
-            event_version=e.event_version,
-            event_id=e.event_id,
-            metadata=e.metadata,
-            causation_id=e.causation_id,
-            correlation_id=e.correlation_id,
-            trace_id=e.trace_id,
-            created_at=e.created_at,
+            e.trace_id,
+            e.correlation_id,
+            e.causation_id,
+            e.metadata,
+            e.created_at,
         )
         for e, version, position in zip(events, versions, positions, strict=True)
     )
@@ -163,6 +163,12 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def decode_event(self, row: Row) -> PersistedEvent:
         """A row of :meth:`select_columns` as a :class:`PersistedEvent`."""
+
+    def decode_events(self, rows: Sequence[Row]) -> list[PersistedEvent]:
+        """Rows of :meth:`select_columns` as events, in order. Reads return
+        thousands of rows; a dialect may decode them in one tighter loop."""
+        decode = self.decode_event
+        return [decode(row) for row in rows]
 
     def update_checkpoint_statement(self, projection_name: str, position: int) -> Statement:
         """An upsert of one checkpoint row."""
@@ -303,8 +309,7 @@ class Dialect(abc.ABC):
         if limit == 0:
             return []
         rows = yield Statement(self.read_events_sql, (from_position, limit), fetch=True)
-        decode = self.decode_event
-        return [decode(row) for row in rows]
+        return self.decode_events(rows)
 
     def read_stream(
         self,
@@ -324,8 +329,7 @@ class Dialect(abc.ABC):
         events: tuple[PersistedEvent, ...] = ()
         if low <= high:
             rows = yield Statement(self.read_stream_sql, (*key, low, high), fetch=True)
-            decode = self.decode_event
-            events = tuple(decode(row) for row in rows)
+            events = tuple(self.decode_events(rows))
         return Stream(*key, events)
 
     def get_checkpoint(self, projection_name: str) -> Plan[int]:
