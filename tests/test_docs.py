@@ -8,8 +8,10 @@ command line.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -49,6 +51,23 @@ def test_docs_site_builds_strictly(tmp_path: Path) -> None:
     warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
     assert warnings == []
     assert (tmp_path / "index.html").exists()
+
+
+MEMBERS_DIRECTIVE = re.compile(
+    r"^::: ([\w.]+)\n(?:    .*\n)*?      members: \[([^\]]*)\]", re.MULTILINE
+)
+
+
+def test_reference_pages_name_only_what_exists() -> None:
+    """mkdocstrings silently leaves out a listed member that does not exist."""
+    listed = 0
+    for page in sorted((DOCS / "reference").glob("*.md")):
+        for module, members in MEMBERS_DIRECTIVE.findall(page.read_text(encoding="utf-8")):
+            imported = importlib.import_module(module)
+            for member in (name.strip() for name in members.split(",")):
+                assert hasattr(imported, member), f"{page.name}: {module}.{member} does not exist"
+                listed += 1
+    assert listed > 0
 
 
 def test_there_are_pages_with_code() -> None:
