@@ -503,3 +503,17 @@ def test_two_processors_of_one_projection_still_apply_each_event_once(backend: B
     # leave a duplicate row (the primary key would raise inside the batch).
     assert all(isinstance(e, ProjectionError) for e in errors), errors
     assert read_model_positions(backend) == positions
+
+
+def test_checkpoint_compare_and_set(backend: Backend) -> None:
+    store, conn = backend.store, backend.connection()
+    dialect = store.dialect
+    assert store._run(conn, dialect.load_checkpoint("p")) == 0  # creates the row at 0
+    assert store._run(conn, dialect.load_checkpoint("p")) == 0  # and leaves it alone
+    assert store._run(conn, dialect.advance_checkpoint("p", 0, 5)) is True
+    assert store._run(conn, dialect.advance_checkpoint("p", 5, 9)) is True
+    assert store._run(conn, dialect.advance_checkpoint("p", 5, 12)) is False  # moved away
+    assert store._run(conn, dialect.advance_checkpoint("gone", 0, 3)) is False  # no row
+    conn.commit()
+    assert store.get_checkpoint(backend.connection(), "p") == 9
+    assert store.get_checkpoint(backend.connection(), "gone") == 0
