@@ -131,6 +131,7 @@ KEY_COLLATION = "utf8mb4_bin"
 
 ER_DUP_ENTRY = 1062
 ER_LOCK_DEADLOCK = 1213
+ER_LOCK_WAIT_TIMEOUT = 1205
 ER_DATA_TOO_LONG = 1406
 ER_SP_DOES_NOT_EXIST = 1305  # also "SAVEPOINT ... does not exist"
 ER_CONSTRAINT_FAILED = 4025  # MariaDB: JSON_VALID check on the metadata column
@@ -525,6 +526,9 @@ class MySQLDialect(Dialect):
                     f"user the PROCESS privilege ({exc})"
                 ) from exc
             raise
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return errno(exc) in (ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK)
 
     def is_connection_error(self, exc: BaseException) -> bool:
         number = errno(exc)

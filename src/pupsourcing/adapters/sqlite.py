@@ -122,6 +122,10 @@ class SQLiteDialect(Dialect):
                 f"is larger than SQLite's limit of {MAX_VALUE_BYTES} bytes",
             )
 
+    def is_transient(self, exc: BaseException) -> bool:
+        name = getattr(exc, "sqlite_errorname", None) or ""
+        return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlite_errorname", None) in _UNIQUE_ERRORS
 

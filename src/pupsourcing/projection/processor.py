@@ -61,6 +61,7 @@ class Processor(Generic[ConnT]):
         self._conn: ConnT | None = cast(ConnT, db) if is_connection else None
         self._prepared = False
         self._horizon = Horizon()
+        self._transient_failures = 0
         self._subscriptions: dict[str, Subscription] = {}
 
     # -- lifecycle -------------------------------------------------------------
@@ -136,23 +137,46 @@ class Processor(Generic[ConnT]):
     def _step(
         self, projection: Projection, sub: Subscription, stop: threading.Event | None
     ) -> StepOutcome | None:
-        """One batch; ``None`` when the connection was lost and re-opened."""
+        """One batch; ``None`` when it did not run (transient failure, or the
+        connection was lost and re-opened)."""
         try:
             conn = self.connection
             if not self._prepared:
                 self._drive(conn, projection, self.store.dialect.prepare_processor())
                 self._prepared = True
-            return self._drive(
+            outcome = self._drive(
                 conn, projection, step(self.store.dialect, self._horizon, sub, self._logger)
             )
         except ProjectionError:
             raise
         except Exception as exc:
-            if self._factory is None or not self.store.dialect.is_connection_error(exc):
-                raise
+            dialect = self.store.dialect
             sub.checkpoint = None  # the last commit may or may not have happened
+            if dialect.is_transient(exc):
+                self._back_off(exc, stop)
+                return None
+            if self._factory is None or not dialect.is_connection_error(exc):
+                raise
             self._reconnect(exc, stop)
             return None
+        self._transient_failures = 0
+        return outcome
+
+    def _back_off(self, cause: BaseException, stop: threading.Event | None) -> None:
+        """A lock wait, deadlock or busy database: roll back, wait, retry."""
+        self._transient_failures += 1
+        delay = min(
+            RECONNECT_INITIAL_DELAY * 2 ** (self._transient_failures - 1), RECONNECT_MAX_DELAY
+        )
+        self._logger.warning("projection batch could not run (%s); retrying in %.1fs", cause, delay)
+        try:
+            self.connection.rollback()
+        except Exception:  # the retry will tell whether the connection is still usable
+            self._logger.debug("rollback after a transient failure failed", exc_info=True)
+        if stop is not None:
+            stop.wait(delay)
+        else:
+            time.sleep(delay)
 
     def _reconnect(self, cause: BaseException, stop: threading.Event | None) -> None:
         delay = RECONNECT_INITIAL_DELAY

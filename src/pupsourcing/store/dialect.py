@@ -202,6 +202,11 @@ class Dialect(abc.ABC):
         """Whether ``exc`` means the connection is unusable (reconnect)."""
         return False
 
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is worth retrying as is: a lock wait time-out, a
+        deadlock, a busy database."""
+        return False
+
     @abc.abstractmethod
     def is_unique_violation(self, exc: BaseException) -> bool:
         """Whether ``exc`` is the driver's unique-constraint violation."""
