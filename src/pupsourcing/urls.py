@@ -260,7 +260,8 @@ def parse_url(url: str) -> DatabaseURL:
         path = unquote(parts.path[1:])  # sqlite:///a.db -> a.db; sqlite:////a.db -> /a.db
         if not path:
             raise DatabaseURLError(
-                "a SQLite URL needs a file: sqlite:///relative/path.db or sqlite:////absolute/path.db"
+                "a SQLite URL needs a file: sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db"
             )
         return DatabaseURL(adapter, url, path=path, params=params)
     name = unquote(parts.path[1:]) if parts.path else ""
