@@ -399,6 +399,7 @@ COMMANDS = [
     ("migrate",),
     ("projections", "status"),
     ("projections", "reset", "x", "--yes"),
+    ("projections", "run", "cli_projections:Recorder"),
     ("events", "tail"),
     ("stream", "show", "A", "B", "C"),
 ]

@@ -9,9 +9,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from pupsourcing.cli import supervisor, worker
 from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._text import clean, duration
 from pupsourcing.cli.errors import CommandError
+from pupsourcing.projection import ProcessorConfig
 from pupsourcing.store.checkpoint import Checkpoint
 
 _PARTITION = re.compile(r"(?P<name>.+)_p(?P<key>0|[1-9][0-9]*)\Z")
@@ -27,6 +29,13 @@ def split_checkpoint_name(checkpoint: str) -> tuple[str, int | None]:
     return match["name"], int(match["key"])
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -34,11 +43,19 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number of seconds, got {text}")
+    return value
+
+
 def register(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "projections",
-        help="see and reset projections",
-        description="See where projections are and reset them for a rebuild.",
+        help="see, run and reset projections",
+        description="See where projections are, run them as long-lived workers, "
+        "and reset them for a rebuild.",
     )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -52,6 +69,68 @@ def register(commands: Any) -> None:
     add_database_options(status)
     status.add_argument("--json", action="store_true", help="print JSON for machines")
     status.set_defaults(handler=run_status)
+
+    run = sub.add_parser(
+        "run",
+        help="run projections until SIGINT/SIGTERM",
+        description="Run projections in the foreground until SIGINT or SIGTERM, which "
+        "finish the current batch and exit 0 (a second signal stops at once). Each "
+        "PROJECTION is module:attribute naming a projection object, or a class or "
+        "zero-argument factory making one.",
+    )
+    run.add_argument("projections", nargs="+", metavar="PROJECTION", help="module:attribute")
+    add_database_options(run)
+    scaling = run.add_argument_group("partitions")
+    scaling.add_argument(
+        "--partitions",
+        type=_positive_int,
+        metavar="N",
+        help="start N worker processes, one per partition key 0..N-1, and restart crashed ones",
+    )
+    scaling.add_argument(
+        "--partition-key",
+        type=_non_negative_int,
+        metavar="K",
+        help="run only partition K of --total-partitions (one worker per machine)",
+    )
+    scaling.add_argument("--total-partitions", type=_positive_int, metavar="N")
+    defaults = ProcessorConfig()
+    run.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=defaults.batch_size,
+        metavar="N",
+        help=f"events per transaction (default {defaults.batch_size})",
+    )
+    run.add_argument(
+        "--poll-interval",
+        type=_seconds,
+        default=defaults.poll_interval,
+        metavar="SECONDS",
+        help=f"pause when there is nothing to do (default {defaults.poll_interval})",
+    )
+    run.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar or progress log lines",
+    )
+    run.add_argument(
+        "--progress-interval",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between progress log lines when not on a terminal (default 10)",
+    )
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log every batch (-vv: debug)",
+    )
+    run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    run.set_defaults(handler=run_projections, parser=run)
 
     reset = sub.add_parser(
         "reset",
@@ -72,6 +151,27 @@ def register(commands: Any) -> None:
     reset.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     add_database_options(reset)
     reset.set_defaults(handler=run_reset)
+
+
+# -- run ---------------------------------------------------------------------------
+
+
+def run_projections(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    if args.partitions is not None and (
+        args.partition_key is not None or args.total_partitions is not None
+    ):
+        parser.error("--partitions starts every partition; do not combine it with --partition-key")
+    if (args.partition_key is None) != (args.total_partitions is None):
+        parser.error("--partition-key and --total-partitions go together")
+    if args.partition_key is not None and args.partition_key >= args.total_partitions:
+        parser.error(
+            f"--partition-key must be below --total-partitions ({args.total_partitions}), "
+            f"got {args.partition_key}"
+        )
+    if args.partitions is not None and args.partitions > 1:
+        return supervisor.run(args)
+    return worker.run(args)
 
 
 # -- status ------------------------------------------------------------------------
