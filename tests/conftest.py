@@ -25,7 +25,7 @@ PG_DSN = os.environ.get("PUPSOURCING_TEST_PG", "host=127.0.0.1 port=5432 user=po
 MYSQL_HOST = os.environ.get("PUPSOURCING_TEST_MYSQL_HOST", "127.0.0.1")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
-BACKENDS = ["sqlite", "postgres"]
+BACKENDS = ["sqlite", "postgres", "mysql"]
 
 
 def unavailable(what: str, exc: BaseException) -> None:
@@ -43,6 +43,8 @@ class Backend:
     store: SQLStore[Any]
     connect: Callable[[], Any]
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+    database: str = ""
+    """The database (MySQL) holding this backend's tables, if it has its own."""
     url: str = ""
     """The database URL naming this store (``pupsourcing.urls``)."""
 
@@ -64,6 +66,15 @@ class Backend:
 
     def count_events(self) -> int:
         return int(self.scalar(f"SELECT count(*) FROM {self.store.config.events_table}"))
+
+    def set_autocommit(self, conn: Any, on: bool = True) -> None:
+        """Switch a connection of this backend to (or from) autocommit mode."""
+        if self.name == "sqlite":
+            conn.isolation_level = None if on else ""
+        elif self.name == "mysql":
+            conn.autocommit(on)  # PyMySQL: a method
+        else:
+            conn.autocommit = on
 
 
 def sqlite_backend(tmp_path: Path, config: StoreConfig) -> Backend:
@@ -123,12 +134,61 @@ def postgres_backend(config: StoreConfig) -> Backend:
     return backend
 
 
+def mysql_admin() -> Any:
+    """An autocommit PyMySQL connection to the test server (no database selected)."""
+    try:
+        import pymysql
+    except ImportError as exc:  # pragma: no cover - dev extra missing
+        unavailable("PyMySQL", exc)
+        raise
+    try:
+        return pymysql.connect(
+            host=MYSQL_HOST, user="root", password="", autocommit=True, connect_timeout=5
+        )
+    except pymysql.err.OperationalError as exc:
+        unavailable("MariaDB/MySQL", exc)
+        raise
+
+
+def mysql_backend(config: StoreConfig) -> Backend:
+    """A fresh database with a random name on the MariaDB/MySQL test server,
+    dropped afterwards."""
+    import pymysql
+
+    from pupsourcing.adapters.mysql import MySQLStore
+
+    admin = mysql_admin()
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    admin.cursor().execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+
+    def connect() -> Any:
+        return pymysql.connect(
+            host=MYSQL_HOST, user="root", password="", database=database, charset="utf8mb4"
+        )
+
+    store = MySQLStore(config)
+    backend = Backend("mysql", store, connect, url=f"mysql://root@{MYSQL_HOST}/{database}")
+    backend.database = database
+
+    def drop() -> None:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {database}")
+        admin.close()
+
+    backend.cleanups.append(drop)
+    conn = backend.connection()
+    store.create_schema(conn)
+    conn.commit()
+    return backend
+
+
 def make_backend(name: str, tmp_path: Path, config: StoreConfig | None = None) -> Backend:
     config = config or StoreConfig()
     if name == "sqlite":
         return sqlite_backend(tmp_path, config)
     if name == "postgres":
         return postgres_backend(config)
+    if name == "mysql":
+        return mysql_backend(config)
     raise ValueError(name)
 
 

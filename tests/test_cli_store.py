@@ -439,6 +439,24 @@ def test_unknown_postgres_role_and_database(make_store_backend: Any) -> None:
     )
 
 
+def test_mysql_wrong_password_unknown_database_and_unreachable_server(
+    make_store_backend: Any,
+) -> None:
+    backend = make_store_backend("mysql")
+    wrong = backend.url.replace("mysql://root@", "mysql://root:hunter2@", 1)
+    assert wrong != backend.url
+    result = cli("projections", "status", "--db", wrong)
+    assert_one_line_error(
+        result, "cannot connect to mysql://root:***@", "Access denied for user 'root'"
+    )
+    assert "hunter2" not in result.stderr
+    unknown = re.sub(r"/t_[0-9a-f]+$", "/no_such_db_7", backend.url)
+    assert unknown != backend.url
+    assert_one_line_error(cli("events", "tail", "--db", unknown), "Unknown database 'no_such_db_7'")
+    unreachable = cli("stream", "show", "A", "B", "C", "--db", "mysql://root@127.0.0.1:1/test")
+    assert_one_line_error(unreachable, "Can't connect to MySQL server", "Connection refused")
+
+
 def test_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
     for command in COMMANDS[1:]:
         result = cli(*command, "--db", "sqlite:///absent.db", cwd=tmp_path)

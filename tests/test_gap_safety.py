@@ -19,7 +19,7 @@ from helpers import event
 from pupsourcing import ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
 from pupsourcing.projection import Processor, ProcessorConfig
 
-CONCURRENT = ["postgres"]
+CONCURRENT = ["postgres", "mysql"]
 
 
 @pytest.fixture(params=CONCURRENT)
@@ -107,7 +107,7 @@ def test_raw_inserts_by_other_writers_are_covered_too(server: Backend) -> None:
         "INSERT INTO events (bounded_context, aggregate_type, aggregate_id, aggregate_version, "
         "event_id, event_type, payload, metadata) "
         "VALUES ('Shop', 'Order', 'go-1', 1, %s, 'FromGo', %s, '{}') RETURNING global_position",
-        (uuid.uuid4(), b"{}"),
+        (uuid.uuid4().bytes if server.name == "mysql" else uuid.uuid4(), b"{}"),
     )
     low = cursor.fetchone()[0]
     other = server.connection()
@@ -123,7 +123,7 @@ def test_raw_inserts_by_other_writers_are_covered_too(server: Backend) -> None:
     processor.close()
 
 
-@pytest.mark.parametrize("backend_name", ["postgres", "sqlite"])
+@pytest.mark.parametrize("backend_name", ["postgres", "sqlite", "mysql"])
 def test_randomized_writers_with_rollbacks(backend_name: str, tmp_path: Path) -> None:
     backend = make_backend(backend_name, tmp_path)
     try:

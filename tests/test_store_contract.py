@@ -310,10 +310,7 @@ def test_reads_work_on_an_autocommit_connection(backend: Backend) -> None:
     store.append(conn, ExpectedVersion.any(), events(2))
     conn.commit()
     reader = backend.connection()
-    if backend.name == "sqlite":
-        reader.isolation_level = None
-    else:
-        reader.autocommit = True
+    backend.set_autocommit(reader)
     assert len(store.read_events(reader, 0, 10)) == 2
     assert store.read_aggregate_stream(reader, "Shop", "Order", "agg-1").version == 2
     assert store.get_checkpoint(reader, "x") == 0

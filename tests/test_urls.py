@@ -11,6 +11,7 @@ import pytest
 from conftest import Backend
 from helpers import event
 from pupsourcing import ExpectedVersion
+from pupsourcing.adapters.mysql import MySQLStore
 from pupsourcing.adapters.postgres import PostgresStore
 from pupsourcing.adapters.sqlite import SQLiteStore
 from pupsourcing.projection import Processor
@@ -100,6 +101,7 @@ def test_database_picks_the_store_and_table_names(tmp_path: Path) -> None:
     pg = database("postgresql://nobody@127.0.0.1:1/none")  # nothing is connected yet
     assert isinstance(pg.store, PostgresStore)
     assert pg.store.config == StoreConfig()
+    assert isinstance(database("mysql://nobody@127.0.0.1:1/none").store, MySQLStore)
 
 
 def test_sqlite_create_flag(tmp_path: Path) -> None:

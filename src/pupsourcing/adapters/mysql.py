@@ -1,15 +1,284 @@
-"""MySQL / MariaDB adapter (any DB-API MySQL driver; tested with PyMySQL).
+"""MySQL / MariaDB adapter on any DB-API MySQL driver (tested with PyMySQL and mysqlclient).
 
-Work in progress (issue 4): only the schema is defined so far, so that
-``migrate-gen --adapter mysql`` can write it.
+Supported servers: MariaDB 10.5 or newer (tested on 10.11) and MySQL 8.0.19 or
+newer (not tested here: no MySQL server was available; the MySQL-only code
+paths are marked below). Connections must use the ``utf8mb4`` character set
+(PyMySQL's and mysqlclient's default).
+
+Append
+------
+``append`` takes a constant number of round trips whatever the number of
+events: it bumps the aggregate's row in the heads table (that row lock is what
+serialises writers of one aggregate; writers of different aggregates never
+wait for each other), inserts every event with one multi-row ``INSERT`` and
+reads the stored rows back (``INSERT ... RETURNING`` on MariaDB, a ``SELECT``
+of the aggregate's new version range on MySQL), so global positions are what
+the server assigned, whatever ``auto_increment_increment`` or concurrent
+inserts did. The claim is conditional for ``ExpectedVersion.exact(n)``
+(``UPDATE ... WHERE aggregate_version = n``), an insert that fails on a
+duplicate key for ``no_stream()``, and an upsert for ``any()``.
+
+Failures write nothing: inside the caller's transaction the append sets a
+savepoint and rolls back to it, so the caller's earlier writes survive an
+:class:`~pupsourcing.OptimisticConcurrencyError`. On an autocommit connection
+with no transaction open the append begins one itself and commits it (or rolls
+it back) before returning, so it is atomic there too. A duplicate key (errno
+1062) and a deadlock (errno 1213) are optimistic concurrency conflicts; after a
+deadlock the server has rolled back the caller's whole transaction, as it
+always does, and the error says so.
+
+Limits
+------
+- ``payload`` is ``BLOB`` in the Go schema, which holds at most 65,535 bytes.
+  The store reads the column's real capacity from ``information_schema`` once
+  (and again before rejecting anything) and rejects larger payloads with
+  :class:`~pupsourcing.InvalidEventError` instead of letting a non-strict
+  ``sql_mode`` truncate them; it also compares the stored lengths after every
+  insert. To store larger payloads, widen the column (the Go library keeps
+  working)::
+
+      ALTER TABLE events MODIFY payload LONGBLOB NOT NULL;
+
+- One statement must fit in the server's ``max_allowed_packet``. Larger
+  appends are split into several ``INSERT`` statements; an event that cannot
+  fit on its own (PyMySQL sends binary data as hex, twice its size) is
+  rejected before anything is sent, because the server drops the connection
+  on an oversized packet.
+- ``created_at`` is a ``TIMESTAMP(6)``: between 1970-01-01 00:00:01 and
+  2038-01-19 03:14:07.999999 UTC. It is written with the session time zone
+  set to UTC for the one statement (``SET STATEMENT`` on MariaDB, a ``+00:00``
+  literal on MySQL) and read as ``UNIX_TIMESTAMP(created_at)``, so it is exact
+  to the microsecond whatever ``@@session.time_zone`` is, including named
+  zones during a daylight-saving fold.
+- Text columns are ``VARCHAR(255)``: at most 255 characters each.
+- Metadata: MariaDB's ``JSON`` is ``LONGTEXT`` with a ``JSON_VALID`` check, so
+  the bytes are kept exactly; MariaDB rejects lone surrogate escapes and
+  nesting deeper than 31 levels, which are refused up front. MySQL 8's native
+  ``JSON`` type stores a parsed document and returns it re-serialised (keys
+  sorted by length, normalised spacing), so there metadata reads back as
+  equivalent JSON but not the same bytes; its nesting limit is 100.
+
+Aggregate keys
+--------------
+The Go schema gives every text column ``utf8mb4_unicode_ci``, under which
+distinct ids compare equal (``"a"``/``"A"``, ``"e"``/``"é"``, and all emoji
+and other characters outside the Basic Multilingual Plane), so two aggregates
+would share one version sequence. The generated schema therefore gives the key
+columns (context, type, id, projection name) ``utf8mb4_bin``; the Go library
+works unchanged with it. Binary collations still ignore trailing spaces (``PAD
+SPACE``), so key values ending in a space are rejected. Tables created by the
+Go library keep the case-insensitive collation: the store warns
+(:class:`CollationWarning`) and the generated migration shows the ``ALTER
+TABLE`` that fixes them.
+
+Projections
+-----------
+A projection processor must never read past a position that a still-open
+transaction may commit later. The store's horizon probe reads the highest
+committed position, then the InnoDB transactions still active, from ``SHOW
+ENGINE INNODB STATUS`` (live; ``information_schema.INNODB_TRX`` is a cache and
+can be stale), so the processor's user needs the ``PROCESS`` privilege. Under
+``REPEATABLE READ`` (the default) a connection keeps reading its snapshot until
+it commits or rolls back; the processor commits after every step.
+
+The driver is never imported by this module: errors are recognised by their
+MySQL error number (``exc.args[0]``).
 """
 
 from __future__ import annotations
 
-from pupsourcing.store.dialect import Dialect
+import contextlib
+import json
+import re
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from pupsourcing.core.errors import InvalidEventError
+from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
+from pupsourcing.core.expected_version import ExpectedVersion
+from pupsourcing.core.hashing import partition_hash
+from pupsourcing.store.base import Cursor, SQLStore
+from pupsourcing.store.config import StoreConfig
+from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
+from pupsourcing.store.horizon import Probe
+from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
 
-__all__ = ["MySQLDialect"]
+__all__ = ["CollationWarning", "MySQLDialect", "MySQLStore"]
+
+MAX_TEXT_CHARS = 255
+"""Every text column is VARCHAR(255)."""
+
+MIN_CREATED_AT = datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC)
+MAX_CREATED_AT = datetime(2038, 1, 19, 3, 14, 7, 999999, tzinfo=UTC)
+"""The range of a TIMESTAMP column."""
+
+MARIADB_MAX_JSON_DEPTH = 31
+"""MariaDB's JSON_VALID rejects documents nested 32 levels deep or more."""
+
+KEY_COLLATION = "utf8mb4_bin"
+
+ER_DUP_ENTRY = 1062
+ER_LOCK_DEADLOCK = 1213
+ER_DATA_TOO_LONG = 1406
+ER_SP_DOES_NOT_EXIST = 1305  # also "SAVEPOINT ... does not exist"
+ER_CONSTRAINT_FAILED = 4025  # MariaDB: JSON_VALID check on the metadata column
+ER_INVALID_JSON_TEXT = 3140  # MySQL: invalid JSON for a JSON column
+
+ER_SPECIFIC_ACCESS_DENIED = 1227
+CONNECTION_ERRORS = frozenset(
+    {
+        1053,  # server shutdown in progress
+        1927,  # MariaDB: connection killed
+        2002,  # cannot connect (socket)
+        2003,  # cannot connect (TCP)
+        2006,  # server has gone away
+        2013,  # lost connection during query
+        2055,  # lost connection (system error)
+        4031,  # MySQL: disconnected by the server (inactivity)
+    }
+)
+
+_TRANSACTION = re.compile(r"^---TRANSACTION (\d+), ACTIVE", re.MULTILINE)
+_THREAD = re.compile(r"thread id (\d+)")
+_SAVEPOINT = "pupsourcing_append"
+_PROBE = "pupsourcing_probe"
+_SERVER_STATUS_IN_TRANS = 1
+_NOW = "CURRENT_TIMESTAMP(6)"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_STATEMENT_SLACK = 4096
+"""Bytes kept free in every statement for the SQL around the values."""
+_ROW_OVERHEAD = 256
+"""Generous size of one row's SQL apart from its text and binary values."""
+
+_KEY_FIELDS = ("bounded_context", "aggregate_type", "aggregate_id")
+_TEXT_FIELDS = (*_KEY_FIELDS, "event_type", "trace_id", "correlation_id", "causation_id")
+
+
+class CollationWarning(UserWarning):
+    """The store's key columns compare distinct ids as equal (a case- or
+    accent-insensitive collation, as in schemas created by the Go library)."""
+
+
+def errno(exc: BaseException) -> int | None:
+    """The MySQL error number of a driver exception (PyMySQL, mysqlclient, ...)."""
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0]
+    number = getattr(exc, "errno", None)
+    return number if isinstance(number, int) else None
+
+
+def _json_depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_json_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_json_depth(v) for v in value), default=0)
+    return 0
+
+
+def _metadata_problem(metadata: bytes) -> str | None:
+    """Why MariaDB's JSON column would refuse metadata the core checks accepted."""
+    escapes = b"\\u" in metadata
+    nested = metadata.count(b"[") + metadata.count(b"{") > MARIADB_MAX_JSON_DEPTH
+    if not (escapes or nested):
+        return None
+    parsed = json.loads(metadata.decode("utf-8"))
+    if escapes:
+        try:
+            json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains an unpaired surrogate escape (\\ud800-\\udfff), which MySQL rejects"
+    if nested and _json_depth(parsed) > MARIADB_MAX_JSON_DEPTH:
+        return f"is nested deeper than {MARIADB_MAX_JSON_DEPTH} levels, which MariaDB rejects"
+    return None
+
+
+def active_transactions(status: str, own_thread: int) -> frozenset[int] | None:
+    """The InnoDB transactions ``SHOW ENGINE INNODB STATUS`` lists as active,
+    except the one of connection ``own_thread``; ``None`` if the list may be
+    incomplete."""
+    if "END OF INNODB MONITOR OUTPUT" not in status or "not shown" in status:
+        return None
+    start = status.find("LIST OF TRANSACTIONS FOR EACH SESSION:")
+    if start < 0:
+        return None
+    section = status[start:]
+    end = section.find("\n--------\n")
+    section = section if end < 0 else section[:end]
+    active: set[int] = set()
+    blocks = section.split("\n---TRANSACTION ")
+    for block in blocks[1:]:
+        match = _TRANSACTION.match("---TRANSACTION " + block)
+        if match is None:
+            continue
+        thread = _THREAD.search(block)
+        if thread is not None and int(thread.group(1)) == own_thread:
+            continue
+        active.add(int(match.group(1)))
+    return frozenset(active)
+
+
+def _timestamp_text(value: datetime) -> str:
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+_CREATED_AT_MICROS = "CAST(UNIX_TIMESTAMP(created_at) * 1000000 AS SIGNED)"
+"""``created_at`` as integer microseconds since the epoch: UNIX_TIMESTAMP of a
+TIMESTAMP column is its stored value, whatever the session time zone."""
+
+
+def _from_micros(value: object) -> datetime:
+    micros = value if type(value) is int else int(Decimal(str(value)))
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _sent_size(value: bytes | str | None) -> int:
+    """An upper bound of a value's size in the SQL text: escaped text and hex
+    binary are at most twice the raw bytes."""
+    if value is None:
+        return 4
+    if isinstance(value, str):
+        return 2 * len(value.encode("utf-8")) + 8
+    return 2 * len(value) + 16
+
+
+def _row_size(event: Event) -> int:
+    size = _ROW_OVERHEAD + _sent_size(event.payload) + _sent_size(event.metadata)
+    for name in _TEXT_FIELDS:
+        size += _sent_size(getattr(event, name))
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the store learns about its server and tables once, with one query."""
+
+    version: str
+    max_packet: int
+    payload_type: str | None = None
+    payload_capacity: int | None = None
+    metadata_capacity: int | None = None
+    loose_keys: tuple[str, ...] = ()
+    """Key columns whose collation is not binary, as ``table.column``."""
+    mariadb: bool = field(init=False)
+    returning: bool = field(init=False)
+    """MariaDB 10.5 added ``INSERT ... RETURNING``; MySQL has none."""
+
+    def __post_init__(self) -> None:
+        version = self.version.removeprefix("5.5.5-")  # how MariaDB announces itself
+        mariadb = "mariadb" in version.lower()
+        try:
+            major, minor = (int(n) for n in version.split("-")[0].split(".")[:2])
+        except ValueError:
+            major = minor = 0
+        object.__setattr__(self, "mariadb", mariadb)
+        object.__setattr__(self, "returning", mariadb and (major, minor) >= (10, 5))
 
 
 class MySQLDialect(Dialect):
@@ -17,7 +286,7 @@ class MySQLDialect(Dialect):
     placeholder = "%s"
     schema_dialect = SchemaDialect(
         global_position="BIGINT AUTO_INCREMENT PRIMARY KEY",
-        key_text="VARCHAR(255)",
+        key_text=f"VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {KEY_COLLATION}",
         text="VARCHAR(255)",
         bigint="BIGINT",
         int="INT",
@@ -34,6 +303,609 @@ class MySQLDialect(Dialect):
         add_column_if_not_exists=False,
     )
 
+    now_sql = _NOW
+
+    prefer_returning = True
+    """Use ``INSERT ... RETURNING`` where the server has it (MariaDB). Tests turn
+    it off to run the MySQL code path on MariaDB."""
+
+    def __init__(self, config: StoreConfig | None = None) -> None:
+        super().__init__(config)
+        self.server: ServerInfo | None = None
+        events, heads = self.events_table, self.heads_table
+        key = "bounded_context = %s AND aggregate_type = %s AND aggregate_id = %s"
+        insert_head = (
+            f"INSERT INTO {heads} (bounded_context, aggregate_type, aggregate_id, "
+            f"aggregate_version, updated_at) VALUES (%s, %s, %s, %s, {_NOW})"
+        )
+        self.claim_any_sql = (
+            f"{insert_head} ON DUPLICATE KEY UPDATE "
+            f"aggregate_version = aggregate_version + %s, updated_at = {_NOW}"
+        )
+        self.claim_new_sql = insert_head
+        self.claim_exact_sql = (
+            f"UPDATE {heads} SET aggregate_version = aggregate_version + %s, "
+            f"updated_at = {_NOW} WHERE {key} AND aggregate_version = %s"
+        )
+        self.current_version_sql = f"{self.head_version_sql} LOCK IN SHARE MODE"
+        self.head_subquery = f"(SELECT aggregate_version FROM {heads} WHERE {key})"
+        self.insert_prefix = (
+            f"INSERT INTO {events} ({', '.join(EVENT_COLUMNS)}, partition_hash) VALUES "
+        )
+        self.returning_suffix = " RETURNING global_position, aggregate_version, LENGTH(payload)"
+        self.stored_sql = (
+            "SELECT e.global_position, e.aggregate_version, LENGTH(e.payload) "
+            f"FROM {heads} h JOIN {events} e ON e.bounded_context = h.bounded_context "
+            "AND e.aggregate_type = h.aggregate_type AND e.aggregate_id = h.aggregate_id "
+            "AND e.aggregate_version > h.aggregate_version - %s "
+            "AND e.aggregate_version <= h.aggregate_version "
+            "WHERE h.bounded_context = %s AND h.aggregate_type = %s AND h.aggregate_id = %s "
+            "ORDER BY e.aggregate_version"
+        )
+        self.update_checkpoint_sql = (
+            f"INSERT INTO {self.checkpoints_table} "
+            f"(projection_name, last_global_position, updated_at) VALUES (%s, %s, {_NOW}) "
+            f"ON DUPLICATE KEY UPDATE last_global_position = %s, updated_at = {_NOW}"
+        )
+        self.advance_checkpoint_sql = (
+            f"UPDATE {self.checkpoints_table} SET last_global_position = %s, "
+            f"updated_at = {_NOW} WHERE projection_name = %s AND last_global_position = %s"
+        )
+        self.insert_checkpoint_sql = (
+            f"INSERT INTO {self.checkpoints_table} "
+            f"(projection_name, last_global_position, updated_at) VALUES (%s, %s, {_NOW})"
+        )
+        self.visible_sql = (
+            f"SELECT COALESCE(MAX(global_position), 0), CONNECTION_ID() FROM {events}"
+        )
+        config = self.config
+        key_columns = {(config.events_table, column) for column in _KEY_FIELDS} | {
+            (config.aggregate_heads_table, column) for column in _KEY_FIELDS
+        }
+        key_columns.add((config.checkpoints_table, "projection_name"))
+        self._key_columns = frozenset(key_columns)
+        self.server_info_sql = (
+            "SELECT VERSION(), @@max_allowed_packet, c.TABLE_NAME, c.COLUMN_NAME, "
+            "c.DATA_TYPE, c.CHARACTER_OCTET_LENGTH, c.COLLATION_NAME "
+            "FROM (SELECT 1) AS one LEFT JOIN information_schema.COLUMNS AS c "
+            "ON c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME IN (%s, %s, %s) "
+            "AND c.COLUMN_NAME IN ('payload', 'metadata', 'bounded_context', "
+            "'aggregate_type', 'aggregate_id', 'projection_name')"
+        )
+        self.server_info_params = (
+            config.events_table,
+            config.aggregate_heads_table,
+            config.checkpoints_table,
+        )
+
     @staticmethod
     def quote(identifier: str) -> str:
         return f"`{identifier}`"
+
+    @classmethod
+    def render_schema(cls, config: StoreConfig) -> str:
+        q = cls.quote
+        fixes = [
+            f"--   ALTER TABLE {q(table)} MODIFY {column} {cls.schema_dialect.key_text} NOT NULL;"
+            for table, columns in (
+                (config.events_table, _KEY_FIELDS),
+                (config.aggregate_heads_table, _KEY_FIELDS),
+                (config.checkpoints_table, ("projection_name",)),
+            )
+            for column in columns
+        ]
+        note = (
+            f"-- Key columns use {KEY_COLLATION}: the Go library's utf8mb4_unicode_ci treats\n"
+            "-- distinct ids as equal (case, accents, all emoji), so two aggregates would\n"
+            "-- share one version sequence. The Go library works unchanged with it. To fix\n"
+            "-- tables the Go library created, run once:\n" + "\n".join(fixes) + "\n"
+        )
+        header, _, body = super().render_schema(config).partition("\n\n")
+        return f"{header}\n{note}\n{body}"
+
+    # -- reading -------------------------------------------------------------
+
+    def timestamp_sql(self, column: str) -> str:
+        return _CREATED_AT_MICROS.replace("created_at", column)
+
+    def age_sql(self, column: str) -> str:
+        # Both sides in epoch seconds: right whatever the session time zone.
+        return f"UNIX_TIMESTAMP({_NOW}) - UNIX_TIMESTAMP({column})"
+
+    def decode_timestamp(self, value: object) -> datetime | None:
+        return None if value is None else _from_micros(value)
+
+    def select_columns(self) -> list[str]:
+        return [
+            "global_position",
+            *(_CREATED_AT_MICROS if c == "created_at" else c for c in EVENT_COLUMNS),
+        ]
+
+    def decode_event(self, row: Row) -> PersistedEvent:
+        (
+            position,
+            bounded_context,
+            aggregate_type,
+            aggregate_id,
+            version,
+            event_id,
+            event_type,
+            event_version,
+            payload,
+            trace_id,
+            correlation_id,
+            causation_id,
+            metadata,
+            created_at,
+        ) = row
+        return PersistedEvent(
+            bounded_context,
+            aggregate_type,
+            aggregate_id,
+            event_type,
+            payload if type(payload) is bytes else bytes(payload),
+            global_position=int(position),
+            aggregate_version=int(version),
+            event_version=int(event_version),
+            event_id=uuid.UUID(bytes=bytes(event_id)),
+            metadata=metadata.encode("utf-8") if isinstance(metadata, str) else metadata,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+            trace_id=trace_id,
+            created_at=_from_micros(created_at),
+        )
+
+    def read_stream(
+        self,
+        bounded_context: str,
+        aggregate_type: str,
+        aggregate_id: str,
+        from_version: int | None,
+        to_version: int | None,
+    ) -> Plan[Stream]:
+        stream = yield from super().read_stream(
+            bounded_context, aggregate_type, aggregate_id, from_version, to_version
+        )
+        # A padding or case-insensitive collation also matches ids that differ
+        # (trailing spaces; case in tables the Go library created): keep only
+        # the exact aggregate.
+        key = (bounded_context, aggregate_type, aggregate_id)
+        exact = tuple(
+            e for e in stream if (e.bounded_context, e.aggregate_type, e.aggregate_id) == key
+        )
+        if len(exact) == len(stream):
+            return stream
+        return Stream(*key, exact)
+
+    def get_checkpoint(self, projection_name: str) -> Plan[int]:
+        self._check_projection_name(projection_name)
+        return (yield from super().get_checkpoint(projection_name))
+
+    def update_checkpoint(self, projection_name: str, position: int) -> Plan[None]:
+        self._check_projection_name(projection_name)
+        yield from super().update_checkpoint(projection_name, position)
+
+    @staticmethod
+    def _check_projection_name(name: object) -> None:
+        if isinstance(name, str) and name.endswith(" "):
+            raise ValueError(
+                "projection_name must not end with a space: MySQL ignores trailing spaces "
+                "in key comparisons, so it would share another projection's checkpoint"
+            )
+
+    def update_checkpoint_statement(self, projection_name: str, position: int) -> Statement:
+        return Statement(self.update_checkpoint_sql, (projection_name, position, position))
+
+    def existing_event_columns(self) -> Plan[set[str]]:
+        rows = yield Statement(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+            (self.config.events_table,),
+            fetch=True,
+        )
+        return {str(row[0]).lower() for row in rows}
+
+    # -- projections ---------------------------------------------------------
+
+    def horizon_probe(self) -> Plan[Probe]:
+        # A pupsourcing append claims its heads row before its INSERT takes a
+        # position, so its InnoDB transaction has an id, and SHOW ENGINE
+        # INNODB STATUS lists it, from before it holds a position until it
+        # ends. The status is read live (information_schema's INNODB_TRX is a
+        # cache that may be 0.1 s stale, or older while it is read
+        # continuously, so it cannot prove anything). The highest committed
+        # position is read first. Limit: a transaction whose first write is a
+        # plain INSERT into the events table (the Go library's append) gets
+        # its id a few microseconds after its position, and is not seen if the
+        # whole probe falls into that window.
+        rows = yield Statement(self.visible_sql, fetch=True)
+        visible, own_thread = int(rows[0][0]), int(rows[0][1])
+        rows = yield Statement("SHOW ENGINE INNODB STATUS", fetch=True)
+        status = rows[0][-1]
+        text = status.decode() if isinstance(status, bytes) else str(status)
+        return Probe(visible, active_transactions(text, own_thread))
+
+    def prepare_processor(self) -> Plan[None]:
+        try:
+            yield Statement("SHOW ENGINE INNODB STATUS", fetch=True)
+        except Exception as exc:
+            if errno(exc) == ER_SPECIFIC_ACCESS_DENIED:
+                raise PermissionError(
+                    "projections on MySQL/MariaDB read SHOW ENGINE INNODB STATUS to know "
+                    "which transactions may still commit events; grant the processor's "
+                    f"user the PROCESS privilege ({exc})"
+                ) from exc
+            raise
+
+    def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
+        rows = yield Statement(
+            self.advance_checkpoint_sql, (position, projection_name, expected), rowcount=True
+        )
+        if int(rows[0][0]) > 0:
+            return True
+        # No row at ``expected``: none yet (insert it), or another processor
+        # moved it (the insert finds its row).
+        try:
+            yield Statement(self.insert_checkpoint_sql, (projection_name, position))
+        except Exception as exc:
+            if errno(exc) in (ER_DUP_ENTRY, ER_LOCK_DEADLOCK):
+                return False
+            raise
+        return True
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        number = errno(exc)
+        if number in CONNECTION_ERRORS:
+            return True
+        # PyMySQL raises InterfaceError(0, "") on a closed connection.
+        return type(exc).__name__ == "InterfaceError"
+
+    # -- checks --------------------------------------------------------------
+
+    def check_event(self, index: int, event: Event) -> None:
+        for name in _TEXT_FIELDS:
+            value = getattr(event, name)
+            if value is not None and len(value) > MAX_TEXT_CHARS:
+                raise InvalidEventError(
+                    index,
+                    name,
+                    f"is {len(value)} characters; the column is VARCHAR({MAX_TEXT_CHARS})",
+                )
+        for name in _KEY_FIELDS:
+            if getattr(event, name).endswith(" "):
+                raise InvalidEventError(
+                    index,
+                    name,
+                    "must not end with a space: MySQL ignores trailing spaces in key "
+                    "comparisons, so it would be the same aggregate as the id without them",
+                )
+        if not MIN_CREATED_AT <= event.created_at <= MAX_CREATED_AT:
+            raise InvalidEventError(
+                index,
+                "created_at",
+                f"{event.created_at.isoformat()} is outside the range of a MySQL TIMESTAMP "
+                "(1970-01-01 00:00:01 to 2038-01-19 03:14:07.999999 UTC)",
+            )
+        if event.metadata is not None:
+            problem = _metadata_problem(event.metadata)
+            if problem is not None:
+                raise InvalidEventError(index, "metadata", problem)
+
+    def server_info(self, refresh: bool = False) -> Plan[ServerInfo]:
+        """The server's limits and the tables' column types, learned once."""
+        if self.server is not None and not refresh:
+            return self.server
+        rows = yield Statement(self.server_info_sql, self.server_info_params, fetch=True)
+        version, max_packet = str(rows[0][0]), int(rows[0][1])
+        payload_type = payload_capacity = metadata_capacity = None
+        loose: list[str] = []
+        for _, _, table, column, data_type, capacity, collation in rows:
+            if table is None:
+                continue
+            table, column = str(table), str(column).lower()
+            if table == self.config.events_table and column == "payload":
+                payload_type = str(data_type)
+                payload_capacity = None if capacity is None else int(capacity)
+            elif table == self.config.events_table and column == "metadata":
+                metadata_capacity = None if capacity is None else int(capacity)
+            elif (table, column) in self._key_columns and not str(collation).endswith("_bin"):
+                loose.append(f"{table}.{column} ({collation})")
+        info = ServerInfo(
+            version, max_packet, payload_type, payload_capacity, metadata_capacity, tuple(loose)
+        )
+        if loose and (self.server is None or self.server.loose_keys != info.loose_keys):
+            warnings.warn(
+                f"key columns {', '.join(loose)} do not use a binary collation: distinct "
+                "aggregate ids (case, accents, emoji) are treated as one aggregate. "
+                f"Run the ALTER TABLE statements in {type(self).__name__}.render_schema()'s "
+                "header to fix them.",
+                CollationWarning,
+                stacklevel=1,
+            )
+        self.server = info
+        return info
+
+    def _limit_problem(
+        self, info: ServerInfo, batch: Sequence[Event], sizes: Sequence[int] | None = None
+    ) -> InvalidEventError | None:
+        budget = info.max_packet - _STATEMENT_SLACK - len(self.insert_prefix)
+        if sizes is None:
+            sizes = [_row_size(event) for event in batch]
+        for index, event in enumerate(batch):
+            capacity = info.payload_capacity
+            if capacity is not None and len(event.payload) > capacity:
+                return InvalidEventError(
+                    index,
+                    "payload",
+                    f"is {len(event.payload)} bytes; the {self.config.events_table}.payload "
+                    f"column ({info.payload_type}) holds at most {capacity} bytes. "
+                    f"Widen it with: ALTER TABLE {self.events_table} MODIFY payload "
+                    "LONGBLOB NOT NULL",
+                )
+            capacity = info.metadata_capacity
+            if (
+                capacity is not None
+                and event.metadata is not None
+                and len(event.metadata) > capacity
+            ):
+                return InvalidEventError(
+                    index,
+                    "metadata",
+                    f"is {len(event.metadata)} bytes; the metadata column holds at most "
+                    f"{capacity} bytes",
+                )
+            if sizes[index] > budget:
+                field = (
+                    "metadata"
+                    if event.metadata is not None and len(event.metadata) > len(event.payload)
+                    else "payload"
+                )
+                return InvalidEventError(
+                    index,
+                    field,
+                    f"is too large to send: the event needs up to {sizes[index]} bytes of "
+                    f"SQL (binary data may be sent as hex) and the server's "
+                    f"max_allowed_packet is {info.max_packet} bytes",
+                )
+        return None
+
+    def check_limits(self, batch: Sequence[Event], sizes: Sequence[int]) -> Plan[ServerInfo]:
+        """Reject what the server cannot store before anything is sent. The
+        cached limits are refreshed before an event is rejected (a column may
+        have been widened since)."""
+        fresh = self.server is None
+        info = yield from self.server_info()
+        problem = self._limit_problem(info, batch, sizes)
+        if problem is not None and not fresh:
+            info = yield from self.server_info(refresh=True)
+            problem = self._limit_problem(info, batch, sizes)
+        if problem is not None:
+            raise problem
+        return info
+
+    # -- appending -----------------------------------------------------------
+
+    def chunks(self, info: ServerInfo, sizes: Sequence[int]) -> list[range]:
+        """Split the events into INSERT statements that fit in max_allowed_packet."""
+        budget = info.max_packet - _STATEMENT_SLACK - len(self.insert_prefix)
+        chunks: list[range] = []
+        start, used = 0, 0
+        for index, size in enumerate(sizes):
+            if index > start and used + size > budget:
+                chunks.append(range(start, index))
+                start, used = index, 0
+            used += size
+        chunks.append(range(start, len(sizes)))
+        return chunks
+
+    def insert_statement(
+        self,
+        info: ServerInfo,
+        batch: Sequence[Event],
+        rows: range,
+        expected: ExpectedVersion,
+        returning: bool,
+    ) -> Statement:
+        first = batch[0]
+        key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
+        count = len(batch)
+        hashed = partition_hash(first.aggregate_id)
+        # For any() the head was bumped by ``count`` in this transaction: the
+        # versions are the ``count`` values up to it.
+        version_sql = f"{self.head_subquery} - %s" if expected.is_any else "%s"
+        row_sql = f"(%s, %s, %s, {version_sql}, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        mariadb = info.mariadb
+        params: list[object] = []
+        for index in rows:
+            e = batch[index]
+            if expected.is_any:
+                version: tuple[object, ...] = (*key, count - 1 - index)
+            else:
+                version = (expected.value + 1 + index,)
+            created_at = _timestamp_text(e.created_at)
+            params += (
+                *key,
+                *version,
+                e.event_id.bytes,
+                e.event_type,
+                e.event_version,
+                e.payload,
+                e.trace_id,
+                e.correlation_id,
+                e.causation_id,
+                None if e.metadata is None else e.metadata.decode("utf-8"),
+                # MySQL 8.0.19+: a literal with an offset is stored as that
+                # instant whatever the session time zone (MySQL only path).
+                created_at if mariadb else f"{created_at}+00:00",
+                hashed,
+            )
+        sql = self.insert_prefix + ", ".join([row_sql] * len(rows))
+        if mariadb:
+            # The session time zone is UTC for this statement only, so the
+            # UTC literals are stored exactly (no daylight-saving ambiguity).
+            sql = f"SET STATEMENT time_zone = '+00:00' FOR {sql}"
+        if returning:
+            return Statement(sql + self.returning_suffix, params, fetch=True)
+        return Statement(sql, params)
+
+    def claim(self, expected: ExpectedVersion, batch: Sequence[Event]) -> Plan[bool]:
+        """Bump the aggregate's head by the number of events if ``expected``
+        holds; whether it did."""
+        first = batch[0]
+        key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
+        count = len(batch)
+        if expected.is_any:
+            yield Statement(self.claim_any_sql, (*key, count, count))
+            return True
+        if expected.value == 0:
+            try:
+                yield Statement(self.claim_new_sql, (*key, count))
+            except Exception as exc:
+                if errno(exc) == ER_DUP_ENTRY:
+                    return False
+                raise
+            return True
+        rows = yield Statement(self.claim_exact_sql, (count, *key, expected.value), rowcount=True)
+        return int(rows[0][0]) > 0
+
+    def append(self, expected: ExpectedVersion, events: Sequence[Event]) -> Plan[AppendResult]:
+        batch = self.check_append(events)
+        sizes = [_row_size(event) for event in batch]
+        info = yield from self.check_limits(batch, sizes)
+        first = batch[0]
+        key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
+        count = len(batch)
+        returning = info.returning and self.prefer_returning
+        began = bool((yield Statement("START TRANSACTION", begin=True)))
+        if not began:
+            yield Statement(f"SAVEPOINT {_SAVEPOINT}")
+        try:
+            if not (yield from self.claim(expected, batch)):
+                rows = yield Statement(self.current_version_sql, key, fetch=True)
+                raise self.conflict(batch, expected, int(rows[0][0]) if rows else 0)
+            stored: list[Row] = []
+            for rows_of_chunk in self.chunks(info, sizes):
+                answer = yield self.insert_statement(
+                    info, batch, rows_of_chunk, expected, returning
+                )
+                stored += answer
+            if not returning:
+                stored = yield Statement(self.stored_sql, (count, *key), fetch=True)
+            yield from self.check_stored(batch, stored)
+        except Exception as exc:
+            # If the undo fails the transaction is already gone; exc says why.
+            with contextlib.suppress(Exception):
+                if began:
+                    yield ROLLBACK
+                elif errno(exc) != ER_LOCK_DEADLOCK:  # a deadlock ended the transaction
+                    yield Statement(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            mapped = yield from self.map_error(exc, batch, expected)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        if began:
+            yield COMMIT
+        versions = [int(row[1]) for row in stored]
+        return build_result(batch, versions, [int(row[0]) for row in stored])
+
+    def check_stored(self, batch: Sequence[Event], stored: list[Row]) -> Plan[None]:
+        """The rows read back are this append's, complete and untruncated."""
+        stored.sort(key=lambda row: int(row[1]))
+        versions = [int(row[1]) for row in stored]
+        if len(stored) != len(batch) or versions != list(
+            range(versions[0], versions[0] + len(batch))
+        ):
+            raise RuntimeError(
+                f"append stored {len(stored)} rows with versions {versions[:3]}..., "
+                f"expected {len(batch)} consecutive versions"
+            )
+        for index, (event, row) in enumerate(zip(batch, stored, strict=True)):
+            if row[2] is not None and int(row[2]) != len(event.payload):
+                # A non-strict sql_mode truncated the payload: the column is
+                # narrower than the cached limits said.
+                info = yield from self.server_info(refresh=True)
+                problem = self._limit_problem(info, batch)
+                raise problem or InvalidEventError(
+                    index,
+                    "payload",
+                    f"was truncated by the server to {row[2]} of {len(event.payload)} bytes",
+                )
+
+    def map_error(
+        self, exc: Exception, batch: Sequence[Event], expected: ExpectedVersion
+    ) -> Plan[Exception]:
+        """The exception to raise for ``exc`` caught during an append."""
+        number = errno(exc)
+        if number == ER_DATA_TOO_LONG:
+            info = yield from self.server_info(refresh=True)
+            return self._limit_problem(info, batch) or exc
+        if number in (ER_CONSTRAINT_FAILED, ER_INVALID_JSON_TEXT):
+            documents = [(i, e.metadata) for i, e in enumerate(batch) if e.metadata is not None]
+            if documents:
+                checks = ", ".join(["JSON_VALID(%s)"] * len(documents))
+                rows = yield Statement(
+                    f"SELECT {checks}", [m.decode("utf-8") for _, m in documents], fetch=True
+                )
+                for (index, _), valid in zip(documents, rows[0], strict=True):
+                    if not valid:
+                        return InvalidEventError(
+                            index, "metadata", f"is not JSON the server accepts ({exc})"
+                        )
+            return exc
+        return self.as_conflict(exc, batch, expected)
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return errno(exc) == ER_DUP_ENTRY
+
+    def conflict_reason(self, exc: BaseException) -> str | None:
+        if errno(exc) == ER_LOCK_DEADLOCK:
+            return (
+                "a concurrent transaction locked this aggregate first and the server "
+                f"rolled back this whole transaction to resolve the deadlock ({exc})"
+            )
+        return super().conflict_reason(exc)
+
+
+class MySQLStore(SQLStore[Any]):
+    """Event store on a DB-API MySQL connection (PyMySQL, mysqlclient, ...)
+    passed to each call."""
+
+    dialect_class = MySQLDialect
+
+    def _cursor(self, tx: Any, sql: str, params: Any) -> Cursor:
+        cursor = tx.cursor()
+        # PyMySQL and mysqlclient only %-format when given parameters.
+        cursor.execute(sql, params if params else None)
+        return cursor  # type: ignore[no-any-return]
+
+    def _execute(self, tx: Any, statement: Statement) -> list[Row]:
+        rows = super()._execute(tx, statement)
+        if rows and isinstance(rows[0], dict):  # a DictCursor connection
+            return [tuple(row.values()) for row in rows]
+        return rows
+
+    def _in_transaction(self, tx: Any) -> bool:
+        get_autocommit = getattr(tx, "get_autocommit", None)
+        autocommit = get_autocommit() if callable(get_autocommit) else tx.autocommit
+        if not autocommit:
+            return True  # the next statement opens a transaction implicitly
+        status = getattr(tx, "server_status", None)  # PyMySQL
+        if isinstance(status, int):
+            return bool(status & _SERVER_STATUS_IN_TRANS)
+        in_transaction = getattr(tx, "in_transaction", None)  # mysql-connector
+        if isinstance(in_transaction, bool):
+            return in_transaction
+        # mysqlclient and others do not expose the server status: a savepoint
+        # only survives inside a transaction.
+        cursor = tx.cursor()
+        try:
+            cursor.execute(f"SAVEPOINT {_PROBE}")
+            try:
+                cursor.execute(f"RELEASE SAVEPOINT {_PROBE}")
+            except Exception as exc:
+                if errno(exc) == ER_SP_DOES_NOT_EXIST:
+                    return False
+                raise
+            return True
+        finally:
+            cursor.close()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pupsourcing.core.errors import InvalidEventError
-from pupsourcing.core.events import AppendResult, Event, PersistedEvent
+from pupsourcing.core.events import AppendResult, Event, PersistedEvent, stored_event
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store.base import SQLStore
@@ -53,10 +53,26 @@ def _timestamp(value: datetime) -> str:
 
 
 def _parse_timestamp(text: str) -> datetime:
-    parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    """Stored text is UTC without an offset (ours and the Go library's); parse
+    it with one appended, which is several times faster than ``replace``."""
+    if "+" in text[10:] or text.endswith("Z") or text.count("-") > 2:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    return datetime.fromisoformat(text + "+00:00")
+
+
+_new_uuid = object.__new__
+_set = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def _parse_uuid(text: str) -> uuid.UUID:
+    """``uuid.UUID(text)`` for canonical text, without its generic parsing."""
+    if len(text) != 36:
+        return uuid.UUID(text)
+    value: uuid.UUID = _new_uuid(uuid.UUID)
+    _set(value, "int", int(text.replace("-", ""), 16))
+    _set(value, "is_safe", _UNKNOWN)
+    return value
 
 
 class SQLiteDialect(Dialect):
@@ -216,37 +232,22 @@ class SQLiteDialect(Dialect):
         )
 
     def decode_event(self, row: Row) -> PersistedEvent:
-        (
-            position,
-            bounded_context,
-            aggregate_type,
-            aggregate_id,
-            version,
-            event_id,
-            event_type,
-            event_version,
-            payload,
-            trace_id,
-            correlation_id,
-            causation_id,
-            metadata,
-            created_at,
-        ) = row
-        return PersistedEvent(
-            bounded_context,
-            aggregate_type,
-            aggregate_id,
-            event_type,
-            bytes(payload),
-            global_position=position,
-            aggregate_version=version,
-            event_version=event_version,
-            event_id=uuid.UUID(event_id),
-            metadata=metadata.encode("utf-8") if isinstance(metadata, str) else metadata,
-            causation_id=causation_id,
-            correlation_id=correlation_id,
-            trace_id=trace_id,
-            created_at=_parse_timestamp(created_at),
+        metadata = row[12]
+        return stored_event(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            _parse_uuid(row[5]),
+            row[6],
+            row[7],
+            bytes(row[8]),
+            row[9],
+            row[10],
+            row[11],
+            metadata.encode("utf-8") if isinstance(metadata, str) else metadata,
+            _parse_timestamp(row[13]),
         )
 
 

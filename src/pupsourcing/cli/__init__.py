@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from pupsourcing import __version__
-from pupsourcing.cli import demo, events, migrate, migrate_gen, projections
+from pupsourcing.cli import demo, eventmap_gen, events, migrate, migrate_gen, projections
 from pupsourcing.cli._db import driver_error_message, one_line
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.core.errors import ProjectionError
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pupsourcing {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, migrate_gen, migrate, projections, events):
+    for module in (demo, migrate_gen, eventmap_gen, migrate, projections, events):
         module.register(commands)
     return parser
 

@@ -122,6 +122,9 @@ def is_driver_error(exc: BaseException) -> bool:
 def one_line(exc: BaseException) -> str:
     """A driver's message on one line, without PostgreSQL's quoted SQL
     (``LINE 1: ...`` and its ``^`` marker)."""
+    args = exc.args
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        return f"{args[1]} (MySQL error {args[0]})"  # PyMySQL: (errno, message)
     lines = [line.strip() for line in str(exc).splitlines()]
     kept = [line for line in lines if line and not line.startswith("LINE ") and set(line) != {"^"}]
     return " ".join(kept) or type(exc).__name__

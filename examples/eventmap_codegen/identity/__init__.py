@@ -1,0 +1,1 @@
+"""The Identity bounded context of the eventmap-gen example."""

@@ -1,0 +1,1 @@
+"""Domain events of the Identity context, one folder per event version."""

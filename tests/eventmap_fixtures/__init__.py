@@ -1,0 +1,1 @@
+"""Input packages for the eventmap-gen tests (read by the generator, imported by tests)."""

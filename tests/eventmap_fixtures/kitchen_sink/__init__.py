@@ -1,0 +1,1 @@
+"""Every field type and import style eventmap-gen supports."""
