@@ -28,7 +28,7 @@ HEX_PREVIEW = 32
 FOLLOW_BATCH = 500
 
 
-def _positive_int(text: str) -> int:
+def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
@@ -57,7 +57,7 @@ def register(commands: Any) -> None:
     tail.add_argument(
         "-n",
         "--limit",
-        type=_positive_int,
+        type=_non_negative_int,
         default=10,
         metavar="N",
         help="how many of the latest events (default 10)",
@@ -89,8 +89,8 @@ def register(commands: Any) -> None:
     show.add_argument("bounded_context", metavar="BOUNDED_CONTEXT")
     show.add_argument("aggregate_type", metavar="AGGREGATE_TYPE")
     show.add_argument("aggregate_id", metavar="AGGREGATE_ID")
-    show.add_argument("--from-version", type=_positive_int, metavar="N", help="first version")
-    show.add_argument("--to-version", type=_positive_int, metavar="N", help="last version")
+    show.add_argument("--from-version", type=_non_negative_int, metavar="N", help="first version")
+    show.add_argument("--to-version", type=_non_negative_int, metavar="N", help="last version")
     show.add_argument("--json", action="store_true", help="print the stream as JSON")
     add_database_options(show)
     show.set_defaults(handler=run_show)

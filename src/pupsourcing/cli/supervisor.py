@@ -121,7 +121,6 @@ def worker_argv(args: argparse.Namespace, key: int) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     total = args.partitions
     projections = load_projections(args.projections)  # fail here, not in N restart loops
-    ProcessorConfig(batch_size=args.batch_size, poll_interval=args.poll_interval)
     db = open_database(args)
     check_store(db)
     console = Console(sys.stderr)
@@ -130,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     workers = [Worker(key, total, worker_argv(args, key), env) for key in range(total)]
     monitor = None
     if args.progress:
-        tracked = {p.name: [f"{p.name}_p{k}" for k in range(total)] for p in projections}
+        configs = [ProcessorConfig(partition_key=k, total_partitions=total) for k in range(total)]
+        tracked = {p.name: [c.checkpoint_name(p.name) for c in configs] for p in projections}
         monitor = ProgressMonitor(db, tracked, console, interval=args.progress_interval)
 
     stop = threading.Event()
