@@ -944,16 +944,6 @@ def test_mysqlclient_connections_work(db: Backend) -> None:
 # -- projection hooks ---------------------------------------------------------
 
 
-def test_checkpoint_compare_and_set(db: Backend) -> None:
-    store, conn = db.store, db.connection()
-    dialect = store.dialect
-    assert store._run(conn, dialect.advance_checkpoint("p", 0, 5)) is True  # inserted
-    assert store._run(conn, dialect.advance_checkpoint("p", 5, 9)) is True
-    assert store._run(conn, dialect.advance_checkpoint("p", 5, 12)) is False  # moved away
-    conn.commit()
-    assert store.get_checkpoint(db.connection(), "p") == 9
-
-
 def transaction_of(conn: Any, thread_id: int) -> int | None:
     """The active InnoDB transaction of connection ``thread_id``, from the status."""
     status = execute(conn, "SHOW ENGINE INNODB STATUS")[0][2]
