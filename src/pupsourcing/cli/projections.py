@@ -137,8 +137,8 @@ def register(commands: Any) -> None:
         help="move a projection's checkpoints back so its read model can be rebuilt",
         description="Set the checkpoint of projection NAME (all of its partitions' "
         "checkpoints if it is partitioned) to POSITION, 0 by default: its events after "
-        "POSITION are handled again. Clear the read model first. Running workers "
-        "notice and continue from there.",
+        "POSITION are handled again. To rebuild a read model: stop the projection's "
+        "workers, clear the read model, reset, start the workers again.",
     )
     reset.add_argument("name", metavar="NAME", help="the projection's name")
     reset.add_argument(
@@ -319,7 +319,7 @@ def run_reset(args: argparse.Namespace) -> int:
         summary = ", ".join(f"{c.name} at {c.position:,}" for c in chosen)
         question = (
             f"Reset {summary} to position {target:,}? Events after {target:,} will be "
-            "handled again, so clear the read model first."
+            "handled again: stop the projection's workers and clear its read model first."
         )
         if not args.yes and not _confirm(clean(question)):
             raise CommandError("not confirmed; nothing changed (--yes skips the question)")
