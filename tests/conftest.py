@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -44,6 +45,8 @@ class Backend:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     database: str = ""
     """The database (MySQL) holding this backend's tables, if it has its own."""
+    url: str = ""
+    """The database URL naming this store (``pupsourcing.urls``)."""
 
     def connection(self) -> Any:
         conn = self.connect()
@@ -80,11 +83,25 @@ def sqlite_backend(tmp_path: Path, config: StoreConfig) -> Backend:
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "store.db"
     store = SQLiteStore(config)
-    backend = Backend("sqlite", store, lambda: connect(path))
+    backend = Backend("sqlite", store, lambda: connect(path), url=f"sqlite:///{quote(str(path))}")
     conn = backend.connection()
     store.create_schema(conn)
     conn.commit()
     return backend
+
+
+def pg_url(schema: str) -> str:
+    """A postgresql:// URL for the test server whose search path is ``schema``."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(PG_DSN)
+    userinfo = quote(str(info.get("user", "")), safe="")
+    if info.get("password"):
+        userinfo += ":" + quote(str(info["password"]), safe="")
+    host = info.get("host", "127.0.0.1")
+    port = info.get("port", 5432)
+    options = quote(f"-csearch_path={schema}", safe="")
+    return f"postgresql://{userinfo}@{host}:{port}/{info.get('dbname', '')}?options={options}"
 
 
 def postgres_backend(config: StoreConfig) -> Backend:
@@ -104,7 +121,7 @@ def postgres_backend(config: StoreConfig) -> Backend:
     admin.execute(f"CREATE SCHEMA {schema}")
     dsn = f"{PG_DSN} options='-c search_path={schema}'"
     store = PostgresStore(config)
-    backend = Backend("postgres", store, lambda: psycopg.connect(dsn))
+    backend = Backend("postgres", store, lambda: psycopg.connect(dsn), url=pg_url(schema))
 
     def drop() -> None:
         admin.execute(f"DROP SCHEMA {schema} CASCADE")
@@ -150,7 +167,7 @@ def mysql_backend(config: StoreConfig) -> Backend:
         )
 
     store = MySQLStore(config)
-    backend = Backend("mysql", store, connect)
+    backend = Backend("mysql", store, connect, url=f"mysql://root@{MYSQL_HOST}/{database}")
     backend.database = database
 
     def drop() -> None:

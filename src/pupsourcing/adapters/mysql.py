@@ -405,6 +405,16 @@ class MySQLDialect(Dialect):
 
     # -- reading -------------------------------------------------------------
 
+    def timestamp_sql(self, column: str) -> str:
+        return _CREATED_AT_MICROS.replace("created_at", column)
+
+    def age_sql(self, column: str) -> str:
+        # Both sides in epoch seconds: right whatever the session time zone.
+        return f"UNIX_TIMESTAMP({_NOW}) - UNIX_TIMESTAMP({column})"
+
+    def decode_timestamp(self, value: object) -> datetime | None:
+        return None if value is None else _from_micros(value)
+
     def select_columns(self) -> list[str]:
         return [
             "global_position",
