@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from pupsourcing.store.base import SQLStore
 from pupsourcing.store.config import StoreConfig
@@ -26,6 +27,26 @@ MYSQL_HOST = os.environ.get("PUPSOURCING_TEST_MYSQL_HOST", "127.0.0.1")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 BACKENDS = ["sqlite", "postgres", "mysql"]
+
+# Profiles for the property-based tests of the store against real databases
+# (each example costs round trips). "ci" keeps the whole suite within CI's
+# budget; PUPSOURCING_HYPOTHESIS=thorough runs many more examples, e.g.
+# before a release. Tests opt in with @settings(STORE_PROPERTIES).
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile(
+    "thorough",
+    settings.get_profile("ci"),
+    max_examples=500,
+    stateful_step_count=50,
+)
+STORE_PROPERTIES = settings.get_profile(os.environ.get("PUPSOURCING_HYPOTHESIS", "ci"))
 
 
 def unavailable(what: str, exc: BaseException) -> None:
