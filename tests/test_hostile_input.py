@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import traceback
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -468,3 +469,66 @@ def test_reserved_words_as_table_names_work_everywhere(
         conn.commit()
     finally:
         close_backend(backend)
+
+
+# -- the other methods' arguments ----------------------------------------------
+
+hostile_int = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([2**63 - 1, 2**63, 2**64, -1, 0]),
+    wrong_types,
+)
+hostile_name = st.one_of(hostile_text, wrong_types)
+
+
+@STORE_PROPERTIES
+@given(
+    method=st.sampled_from(
+        [
+            "read_events",
+            "read_latest_events",
+            "read_aggregate_stream",
+            "get_checkpoint",
+            "update_checkpoint",
+        ]
+    ),
+    ints=st.tuples(hostile_int, hostile_int),
+    names=st.tuples(hostile_name, hostile_name),
+)
+def test_read_and_checkpoint_arguments_are_checked_before_the_driver_sees_them(
+    store_backend: Backend, method: str, ints: tuple[Any, Any], names: tuple[Any, Any]
+) -> None:
+    """Whatever the arguments: a result, or TypeError/ValueError raised by the
+    store's own checks (never a driver's overflow, encoding or SQL syntax
+    error), and the connection stays usable."""
+    store = store_backend.store
+    conn = store_backend.connect()
+    calls = {
+        "read_events": lambda: store.read_events(conn, *ints),
+        "read_latest_events": lambda: store.read_latest_events(conn, ints[0]),
+        "read_aggregate_stream": lambda: store.read_aggregate_stream(
+            conn, names[0], "Order", names[1], *ints
+        ),
+        "get_checkpoint": lambda: store.get_checkpoint(conn, names[0]),
+        "update_checkpoint": lambda: store.update_checkpoint(conn, names[0], ints[0]),
+    }
+    try:
+        try:
+            calls[method]()
+        except (TypeError, ValueError) as exc:
+            frames = traceback.extract_tb(exc.__traceback__)
+            assert "pupsourcing" in frames[-1].filename, frames[-1]  # raised by the store
+        cursor = conn.cursor()
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone()[0] == 1
+        cursor.close()
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+@pytest.mark.parametrize("version", [2**63, 2**64])
+def test_an_exact_version_no_store_can_hold_is_refused(version: int) -> None:
+    with pytest.raises(ValueError, match="at most"):
+        ExpectedVersion.exact(version)
+    assert ExpectedVersion.exact(2**63 - 1).value == 2**63 - 1
