@@ -276,6 +276,17 @@ def lag_values(conn: Any, appends: list[tuple[int, float, float]]) -> list[float
     ]
 
 
+def differences(name: str, found: list[int], other: str, expected: list[int]) -> list[str]:
+    """What is wrong with the positions ``found`` where ``expected`` were due."""
+    if found == expected:
+        return []
+    missing, extra = len(set(expected) - set(found)), len(set(found) - set(expected))
+    return [
+        f"{name} holds {len(found)} events ({len(set(found))} distinct), {other} "
+        f"{len(expected)}: {missing} missing, {extra} extra"
+    ]
+
+
 def verify(
     conn: Any,
     appends: list[tuple[int, float, float]],
@@ -292,11 +303,7 @@ def verify(
     if len(set(committed)) != len(committed):
         problems.append("two appends reported the same position")
     stored = [int(row[0]) for row in conn.execute("SELECT global_position FROM events ORDER BY 1")]
-    if stored != committed:
-        problems.append(
-            f"events table holds {len(stored)} events, writers committed {len(committed)} "
-            f"({len(set(committed) - set(stored))} lost, {len(set(stored) - set(committed))} extra)"
-        )
+    problems += differences("the events table", stored, "the writers committed", committed)
     gaps = conn.execute(
         "SELECT count(*) FROM (SELECT aggregate_id, count(*) AS n, max(aggregate_version) AS v "
         "FROM events GROUP BY aggregate_id) s "
@@ -305,11 +312,7 @@ def verify(
     if gaps:
         problems.append(f"{gaps} aggregates whose versions are not 1..n or disagree with the head")
     projected = [int(row[0]) for row in conn.execute("SELECT position FROM projected ORDER BY 1")]
-    if projected != stored:
-        problems.append(
-            f"read model holds {len(projected)} events, the store {len(stored)} "
-            f"({len(set(stored) - set(projected))} never projected)"
-        )
+    problems += differences("the read model", projected, "the store", stored)
     misplaced = conn.execute(
         "SELECT count(*) FROM projected p JOIN events e ON e.global_position = p.position "
         "WHERE e.partition_hash %% %s <> p.partition_key",

@@ -88,6 +88,27 @@ class Backend:
     def count_events(self) -> int:
         return int(self.scalar(f"SELECT count(*) FROM {self.store.config.events_table}"))
 
+    def snapshot(self) -> tuple[Any, ...]:
+        """Everything an append can change: the events' count and highest
+        position, and every aggregate head."""
+        config = self.store.config
+        conn = self.connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(
+                f"SELECT count(*), COALESCE(max(global_position), 0) FROM {config.events_table}"
+            )
+            events = tuple(cursor.fetchone())
+            cursor.execute(
+                "SELECT bounded_context, aggregate_type, aggregate_id, aggregate_version "
+                f"FROM {config.aggregate_heads_table} ORDER BY 1, 2, 3"
+            )
+            heads = tuple(tuple(row) for row in cursor.fetchall())
+            cursor.close()
+            return events, heads
+        finally:
+            conn.close()
+
     def set_autocommit(self, conn: Any, on: bool = True) -> None:
         """Switch a connection of this backend to (or from) autocommit mode."""
         if self.name == "sqlite":

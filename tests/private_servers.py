@@ -25,7 +25,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PG_BIN = Path(os.environ.get("PUPSOURCING_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _pg_bin() -> Path:
+    """Debian's newest /usr/lib/postgresql/<major>/bin, unless named."""
+    if "PUPSOURCING_TEST_PG_BIN" in os.environ:
+        return Path(os.environ["PUPSOURCING_TEST_PG_BIN"])
+    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()]
+    found.sort(key=lambda p: int(p.parent.name))
+    return found[-1] if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 MARIADBD = os.environ.get("PUPSOURCING_TEST_MARIADBD", "/usr/sbin/mariadbd")
 START_TIMEOUT = 60.0
 
@@ -51,6 +61,19 @@ def _run(command: list[str], what: str, timeout: float = START_TIMEOUT) -> None:
         raise ServerUnavailable(f"{what} failed ({result.returncode}): {result.stderr.strip()}")
 
 
+def _cleaned_up_on_failure(init: Callable[..., None]) -> Callable[..., None]:
+    """A server whose set-up fails removes what it made so far."""
+
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except BaseException:
+            self.destroy()
+            raise
+
+    return wrapped
+
+
 def _wait_until(ready: Callable[[], bool], what: str, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
@@ -64,6 +87,7 @@ class PrivatePostgres:
 
     kind = "postgres"
 
+    @_cleaned_up_on_failure
     def __init__(self) -> None:
         self.port = free_port()
         self.datadir = Path(tempfile.mkdtemp(prefix="pupsourcing-pg-"))
@@ -142,6 +166,7 @@ class PrivateMariaDB:
 
     kind = "mysql"
 
+    @_cleaned_up_on_failure
     def __init__(self, max_allowed_packet: str = "64M") -> None:
         self.port = free_port()
         self.datadir = Path(tempfile.mkdtemp(prefix="pupsourcing-mariadb-"))

@@ -20,11 +20,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from conftest import Backend
 from crash_worker import Ledger
-from helpers import event
+from helpers import event, query
 from pupsourcing import ExpectedVersion, PersistedEvent
 from pupsourcing.projection import Processor
 
@@ -34,28 +33,19 @@ EVENTS = 150
 NAME = "ledger"
 
 
-def execute(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    cursor = conn.cursor()
-    try:
-        cursor.execute(sql, params)
-        return list(cursor.fetchall()) if cursor.description else []
-    finally:
-        cursor.close()
-
-
 def mark(backend: Backend) -> str:
     return "?" if backend.name == "sqlite" else "%s"
 
 
 def create_read_model(backend: Backend, suffix: str) -> None:
     conn = backend.connect()
-    execute(conn, f"CREATE TABLE applied{suffix} (position BIGINT PRIMARY KEY, aggregate_id TEXT)")
-    execute(
+    query(conn, f"CREATE TABLE applied{suffix} (position BIGINT PRIMARY KEY, aggregate_id TEXT)")
+    query(
         conn,
         f"CREATE TABLE balances{suffix} (account VARCHAR(64) PRIMARY KEY, total BIGINT NOT NULL)",
     )
     for account in ACCOUNTS:
-        execute(
+        query(
             conn,
             f"INSERT INTO balances{suffix} (account, total) VALUES ({mark(backend)}, 0)",
             (account,),
@@ -67,8 +57,8 @@ def create_read_model(backend: Backend, suffix: str) -> None:
 def read_model(backend: Backend, suffix: str) -> tuple[list[tuple[int, str]], dict[str, int]]:
     conn = backend.connect()
     try:
-        applied = execute(conn, f"SELECT position, aggregate_id FROM applied{suffix} ORDER BY 1")
-        balances = execute(conn, f"SELECT account, total FROM balances{suffix}")
+        applied = query(conn, f"SELECT position, aggregate_id FROM applied{suffix} ORDER BY 1")
+        balances = query(conn, f"SELECT account, total FROM balances{suffix}")
     finally:
         conn.close()
     return [(int(p), str(a)) for p, a in applied], {str(a): int(t) for a, t in balances}

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from conftest import Backend, close_backend, private_backend
-from helpers import event
+from helpers import LogRecords, event, query
 from pupsourcing import ExpectedVersion, PersistedEvent, PupsourcingError
 from pupsourcing.projection import Processor, ProcessorConfig
 from pupsourcing.projection.processor import RECONNECT_INITIAL_DELAY, RECONNECT_MAX_DELAY
@@ -53,15 +53,6 @@ def connection_errors(backend: Backend) -> tuple[type[BaseException], ...]:
     return (pymysql.err.OperationalError, pymysql.err.InterfaceError)
 
 
-def execute(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    cursor = conn.cursor()
-    try:
-        cursor.execute(sql, params or None)
-        return list(cursor.fetchall()) if cursor.description else []
-    finally:
-        cursor.close()
-
-
 class Ledger:
     """A read model in the store's database, written through ``tx``: one row
     per event (a second application would violate the key) and running
@@ -74,12 +65,12 @@ class Ledger:
 
     def handle(self, event: PersistedEvent, tx: Any) -> None:
         amount = json.loads(event.payload)["amount"]
-        execute(
+        query(
             tx,
             "INSERT INTO applied (position, aggregate_id) VALUES (%s, %s)",
             (event.global_position, event.aggregate_id),
         )
-        execute(
+        query(
             tx,
             "UPDATE balances SET total = total + %s WHERE account = %s",
             (amount, event.aggregate_id),
@@ -89,10 +80,10 @@ class Ledger:
 
 def create_read_model(backend: Backend) -> None:
     conn = backend.connect()
-    execute(conn, "CREATE TABLE applied (position BIGINT PRIMARY KEY, aggregate_id VARCHAR(64))")
-    execute(conn, "CREATE TABLE balances (account VARCHAR(64) PRIMARY KEY, total BIGINT NOT NULL)")
+    query(conn, "CREATE TABLE applied (position BIGINT PRIMARY KEY, aggregate_id VARCHAR(64))")
+    query(conn, "CREATE TABLE balances (account VARCHAR(64) PRIMARY KEY, total BIGINT NOT NULL)")
     for account in ACCOUNTS:
-        execute(conn, "INSERT INTO balances (account, total) VALUES (%s, 0)", (account,))
+        query(conn, "INSERT INTO balances (account, total) VALUES (%s, 0)", (account,))
     conn.commit()
     conn.close()
 
@@ -125,18 +116,6 @@ def checkpoint(backend: Backend) -> int:
         conn.close()
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def messages(self, level: int) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno == level]
-
-
 def assert_consistent(backend: Backend) -> list[PersistedEvent]:
     """Every aggregate's versions run 1..n without a hole, its head says n,
     and positions are unique and ascending; returns every event."""
@@ -145,7 +124,7 @@ def assert_consistent(backend: Backend) -> list[PersistedEvent]:
         every = backend.store.read_events(conn, 0, 1_000_000)
         heads = {
             row[0]: int(row[1])
-            for row in execute(conn, "SELECT aggregate_id, aggregate_version FROM aggregate_heads")
+            for row in query(conn, "SELECT aggregate_id, aggregate_version FROM aggregate_heads")
         }
     finally:
         conn.close()
@@ -167,15 +146,15 @@ def assert_read_model_exact(backend: Backend, every: list[PersistedEvent]) -> No
         expected[e.aggregate_id] += json.loads(e.payload)["amount"]
     conn = backend.connect()
     try:
-        applied = execute(conn, "SELECT position, aggregate_id FROM applied ORDER BY position")
-        balances = dict(execute(conn, "SELECT account, total FROM balances"))
+        applied = query(conn, "SELECT position, aggregate_id FROM applied ORDER BY position")
+        balances = dict(query(conn, "SELECT account, total FROM balances"))
     finally:
         conn.close()
     assert [(int(p), a) for p, a in applied] == [(e.global_position, e.aggregate_id) for e in every]
     assert {a: int(t) for a, t in balances.items()} == expected
 
 
-def reconnect_delays(records: Records) -> list[float]:
+def reconnect_delays(records: LogRecords) -> list[float]:
     return [
         float(m.group(1))
         for message in records.messages(logging.ERROR)
@@ -189,15 +168,11 @@ def test_processor_rides_out_a_database_restart(private: tuple[Any, Backend]) ->
     create_read_model(backend)
     append_amounts(backend, 0, 200)
 
-    records = Records()
-    logger = logging.getLogger(f"pupsourcing.test.restart.{backend.name}")
-    logger.addHandler(records)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
+    records = LogRecords(f"pupsourcing.test.restart.{backend.name}")
     processor = Processor(
         backend.connect,
         store,
-        ProcessorConfig(batch_size=20, poll_interval=0.02, logger=logger),
+        ProcessorConfig(batch_size=20, poll_interval=0.02, logger=records.logger),
     )
     stop = threading.Event()
     failures: list[BaseException] = []

@@ -195,24 +195,6 @@ def _refuse(name: str) -> None:
     raise ValueError(name)
 
 
-def fingerprint(backend: Backend) -> tuple[Any, ...]:
-    """Everything an append could have changed."""
-    conn = backend.connect()
-    try:
-        cursor = conn.cursor()
-        cursor.execute("SELECT count(*), COALESCE(max(global_position), 0) FROM events")
-        events = tuple(cursor.fetchone())
-        cursor.execute(
-            "SELECT bounded_context, aggregate_type, aggregate_id, aggregate_version "
-            "FROM aggregate_heads ORDER BY 1, 2, 3"
-        )
-        heads = tuple(tuple(row) for row in cursor.fetchall())
-        cursor.close()
-        return events, heads
-    finally:
-        conn.close()
-
-
 def same_event(stored: PersistedEvent, given_event: Event) -> bool:
     fields = [f.name for f in dataclasses.fields(Event)]
     return all(getattr(stored, name) == getattr(given_event, name) for name in fields)
@@ -228,7 +210,7 @@ def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ba
 def attempt(backend: Backend, conn: Any, batch: list[Event]) -> None:
     """Append ``batch`` and commit; check it round-trips, or that a rejection
     changed nothing (even though the caller commits after it)."""
-    before = fingerprint(backend)
+    before = backend.snapshot()
     rejection: ValueError | None = None
     try:
         result = backend.store.append(conn, ExpectedVersion.any(), batch)
@@ -236,7 +218,7 @@ def attempt(backend: Backend, conn: Any, batch: list[Event]) -> None:
         rejection = exc
     if rejection is not None:
         conn.commit()
-        assert fingerprint(backend) == before, rejection
+        assert backend.snapshot() == before, rejection
         if isinstance(rejection, InvalidEventError):
             assert 0 <= rejection.index < len(batch)
             assert rejection.field in {f.name for f in dataclasses.fields(Event)} | {"event"}
@@ -254,7 +236,7 @@ def attempt(backend: Backend, conn: Any, batch: list[Event]) -> None:
         assert same_event(stored_event, given_event), (stored_event, given_event)
     assert [e.global_position for e in stored] == list(result.global_positions)
     events_before, _ = before
-    events_after, _ = fingerprint(backend)
+    events_after, _ = backend.snapshot()
     assert events_after[0] == events_before[0] + len(batch)
 
 
@@ -313,7 +295,7 @@ def test_sql_metacharacters_in_every_text_field_round_trip(store_backend: Backen
             metadata=json.dumps({value: value}).encode(),
         )
         attempt(store_backend, conn, [event])
-    assert fingerprint(store_backend)[0][0] == len(METACHARACTERS)
+    assert store_backend.snapshot()[0][0] == len(METACHARACTERS)
 
 
 TEN_MB = 10 * 1024 * 1024
@@ -352,12 +334,12 @@ def test_ten_megabytes_on_mysql_blob_are_rejected(tmp_path: Path) -> None:
     backend = make_backend("mysql", tmp_path)
     try:
         conn = backend.connection()
-        before = fingerprint(backend)
+        before = backend.snapshot()
         with pytest.raises(InvalidEventError, match="LONGBLOB") as refused:
             backend.store.append(conn, ExpectedVersion.any(), [big_event(b"\xab" * TEN_MB)])
         assert refused.value.field == "payload"
         conn.commit()
-        assert fingerprint(backend) == before
+        assert backend.snapshot() == before
     finally:
         close_backend(backend)
 
@@ -373,11 +355,11 @@ def test_ten_megabytes_on_mysql_longblob_need_a_large_enough_packet(tmp_path: Pa
         if packet >= 2 * TEN_MB + 64 * 1024:  # pragma: no cover - a server configured larger
             pytest.skip(f"max_allowed_packet is {packet}: large enough for 10 MB")
         conn = backend.connection()
-        before = fingerprint(backend)
+        before = backend.snapshot()
         with pytest.raises(InvalidEventError, match="max_allowed_packet"):
             backend.store.append(conn, ExpectedVersion.any(), [big_event(b"\xab" * TEN_MB)])
         conn.commit()
-        assert fingerprint(backend) == before
+        assert backend.snapshot() == before
         attempt(backend, conn, [big_event(b"\xab" * (TEN_MB // 4))])  # still usable
     finally:
         close_backend(backend)

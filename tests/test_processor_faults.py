@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import Backend, close_backend, make_backend
-from helpers import events
+from helpers import LogRecords, events, query
 from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
 from pupsourcing.projection import Processor, ProcessorConfig
 
@@ -36,27 +36,18 @@ LOCK_TIMEOUT = {
 }
 
 
-def execute(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    cursor = conn.cursor()
-    try:
-        cursor.execute(sql, params or None)
-        return list(cursor.fetchall()) if cursor.description else []
-    finally:
-        cursor.close()
-
-
 def own_session(backend: Backend, conn: Any) -> int:
     sql = "SELECT pg_backend_pid()" if backend.name == "postgres" else "SELECT CONNECTION_ID()"
-    return int(execute(conn, sql)[0][0])
+    return int(query(conn, sql)[0][0])
 
 
 def kill_session(backend: Backend, session: int) -> None:
     admin = backend.connect()
     try:
         if backend.name == "postgres":
-            execute(admin, "SELECT pg_terminate_backend(%s)", (session,))
+            query(admin, "SELECT pg_terminate_backend(%s)", (session,))
         else:
-            execute(admin, f"KILL {session}")
+            query(admin, f"KILL {session}")
         admin.commit()
     finally:
         admin.close()
@@ -83,17 +74,17 @@ class Counting:
             # than the processor's lock time-out. (Taken here, not before the
             # run: on MySQL an open writer would hold the safe horizon back.)
             self.block_at = None
-            execute(self.blocker, "UPDATE totals SET n = n WHERE id = 1")
+            query(self.blocker, "UPDATE totals SET n = n WHERE id = 1")
             threading.Timer(1.5, self.blocker.rollback).start()
-        execute(tx, "UPDATE totals SET n = n + 1 WHERE id = 1")
-        execute(tx, "INSERT INTO applied (position) VALUES (%s)", (event.global_position,))
+        query(tx, "UPDATE totals SET n = n + 1 WHERE id = 1")
+        query(tx, "INSERT INTO applied (position) VALUES (%s)", (event.global_position,))
 
 
 def setup(backend: Backend, count: int) -> list[int]:
     conn = backend.connect()
-    execute(conn, "CREATE TABLE applied (position BIGINT PRIMARY KEY)")
-    execute(conn, "CREATE TABLE totals (id INT PRIMARY KEY, n BIGINT NOT NULL)")
-    execute(conn, "INSERT INTO totals (id, n) VALUES (1, 0)")
+    query(conn, "CREATE TABLE applied (position BIGINT PRIMARY KEY)")
+    query(conn, "CREATE TABLE totals (id INT PRIMARY KEY, n BIGINT NOT NULL)")
+    query(conn, "INSERT INTO totals (id, n) VALUES (1, 0)")
     positions = []
     for a in range(count // 10):
         result = backend.store.append(conn, ExpectedVersion.any(), events(10, f"agg-{a}"))
@@ -106,39 +97,27 @@ def setup(backend: Backend, count: int) -> list[int]:
 def read_model(backend: Backend) -> tuple[list[int], int]:
     conn = backend.connect()
     try:
-        applied = [int(r[0]) for r in execute(conn, "SELECT position FROM applied ORDER BY 1")]
-        return applied, int(execute(conn, "SELECT n FROM totals WHERE id = 1")[0][0])
+        applied = [int(r[0]) for r in query(conn, "SELECT position FROM applied ORDER BY 1")]
+        return applied, int(query(conn, "SELECT n FROM totals WHERE id = 1")[0][0])
     finally:
         conn.close()
 
 
-class Records(logging.Handler):
-    def __init__(self, name: str) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.logger = logging.getLogger(name)
-        self.logger.addHandler(self)
-        self.logger.setLevel(logging.DEBUG)
-        self.logger.propagate = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def messages(self, level: int) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno == level]
+def assert_retried_not_failed(log: LogRecords, level: int, says: str) -> None:
+    assert any(says in m for m in log.messages(level)), log.messages(level)
+    assert not any("failed at global position" in m for m in log.messages(logging.ERROR))
 
 
 def test_a_connection_lost_inside_the_handler_is_a_reconnect(server: Backend) -> None:
     positions = setup(server, 60)
     projection = Counting(server)
     projection.kill_at = positions[25]  # in the middle of the second batch
-    log = Records(f"pupsourcing.test.handler_lost.{server.name}")
+    log = LogRecords(f"pupsourcing.test.handler_lost.{server.name}")
     with Processor(server.connect, server.store, ProcessorConfig(20, logger=log.logger)) as p:
         assert p.catch_up(projection) >= 60
     assert projection.kill_at is None  # the connection really was killed
     assert read_model(server) == (positions, 60)
-    assert any("lost its connection" in m for m in log.messages(logging.ERROR))
-    assert not any("failed at global position" in m for m in log.messages(logging.ERROR))
+    assert_retried_not_failed(log, logging.ERROR, "lost its connection")
 
 
 def test_a_lock_wait_timeout_inside_the_handler_is_retried(server: Backend) -> None:
@@ -146,22 +125,21 @@ def test_a_lock_wait_timeout_inside_the_handler_is_retried(server: Backend) -> N
     projection = Counting(server)
     projection.blocker = server.connection()
     # Never wait for the processor (whose batch has not touched the row yet).
-    execute(projection.blocker, LOCK_TIMEOUT[server.name].format(seconds=5))
+    query(projection.blocker, LOCK_TIMEOUT[server.name].format(seconds=5))
     projection.block_at = positions[0]  # first of the batch: the row is still free
 
     def connect() -> Any:
         conn = server.connect()
-        execute(conn, LOCK_TIMEOUT[server.name].format(seconds=1))
+        query(conn, LOCK_TIMEOUT[server.name].format(seconds=1))
         conn.commit()
         return conn
 
-    log = Records(f"pupsourcing.test.handler_lock.{server.name}")
+    log = LogRecords(f"pupsourcing.test.handler_lock.{server.name}")
     with Processor(connect, server.store, ProcessorConfig(logger=log.logger)) as processor:
         assert processor.catch_up(projection) >= 30
     assert projection.block_at is None  # the row really was locked
     assert read_model(server) == (positions, 30)
-    assert any("retrying" in m for m in log.messages(logging.WARNING))
-    assert not any("failed at global position" in m for m in log.messages(logging.ERROR))
+    assert_retried_not_failed(log, logging.WARNING, "retrying")
 
 
 def test_a_handler_that_fails_by_itself_still_stops_the_processor(server: Backend) -> None:
@@ -172,7 +150,7 @@ def test_a_handler_that_fails_by_itself_still_stops_the_processor(server: Backen
         name = "broken"
 
         def handle(self, event: PersistedEvent, tx: Any) -> None:
-            execute(tx, "INSERT INTO no_such_table (x) VALUES (1)")
+            query(tx, "INSERT INTO no_such_table (x) VALUES (1)")
 
     with Processor(server.connect, server.store) as processor, pytest.raises(ProjectionError):
         processor.catch_up(Broken())
