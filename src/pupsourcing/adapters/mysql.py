@@ -528,17 +528,40 @@ class MySQLDialect(Dialect):
             raise
 
     def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
-        rows = yield Statement(
-            self.advance_checkpoint_sql, (position, projection_name, expected), rowcount=True
-        )
+        if expected == 0:
+            # A projection's first batch, whose checkpoint row usually does
+            # not exist yet: insert it. An UPDATE that finds no row would
+            # gap-lock where the row goes, and would make another new
+            # projection's INSERT wait (or two of them deadlock).
+            inserted = yield from self._insert_checkpoint(projection_name, position)
+            if inserted is not None:
+                return inserted
+        try:
+            rows = yield Statement(
+                self.advance_checkpoint_sql, (position, projection_name, expected), rowcount=True
+            )
+        except Exception as exc:
+            if errno(exc) == ER_LOCK_DEADLOCK:  # with another processor of this projection
+                return False
+            raise
         if int(rows[0][0]) > 0:
             return True
-        # No row at ``expected``: none yet (insert it), or another processor
+        if expected == 0:
+            return False  # the row exists at another position: another processor moved it
+        # No row at ``expected``: none (it was deleted), or another processor
         # moved it (the insert finds its row).
+        return bool((yield from self._insert_checkpoint(projection_name, position)))
+
+    def _insert_checkpoint(self, projection_name: str, position: int) -> Plan[bool | None]:
+        """Insert a checkpoint row: ``True`` if inserted, ``None`` if it exists,
+        ``False`` if a deadlock rolled the transaction back."""
         try:
             yield Statement(self.insert_checkpoint_sql, (projection_name, position))
         except Exception as exc:
-            if errno(exc) in (ER_DUP_ENTRY, ER_LOCK_DEADLOCK):
+            number = errno(exc)
+            if number == ER_DUP_ENTRY:
+                return None
+            if number == ER_LOCK_DEADLOCK:
                 return False
             raise
         return True
