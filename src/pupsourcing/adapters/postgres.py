@@ -6,8 +6,11 @@ event from parameter arrays in a single round trip. Concurrent appends to the
 same aggregate queue on the head row; appends to different aggregates do not
 block each other.
 
-Works with plain connections, pooled connections (``psycopg_pool``) and inside
-``with conn.transaction():``; in autocommit mode each append is still atomic
+:class:`PostgresStore` works on ``psycopg.Connection``;
+:class:`pupsourcing.aio.AsyncPostgresStore` runs the same
+:class:`PostgresDialect` plans on ``psycopg.AsyncConnection``. Works with
+plain connections, pooled connections (``psycopg_pool``) and inside ``with
+conn.transaction():``; in autocommit mode each append is still atomic
 because it is a single statement. psycopg is imported only for type checking,
 so this module loads without the ``postgres`` extra installed.
 """
@@ -34,7 +37,7 @@ from pupsourcing.store.schema import SchemaDialect
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["PostgresDialect", "PostgresStore"]
+__all__ = ["PostgresDialect", "PostgresStore", "in_transaction"]
 
 MAX_KEY_BYTES = 2000
 """Aggregate keys, event types and correlation ids are indexed; a B-tree entry
@@ -281,15 +284,22 @@ class PostgresDialect(Dialect):
         )
 
 
+def in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether a psycopg connection has a transaction open or will open one
+    for the next statement. Appends are single statements, so autocommit
+    needs no BEGIN; this answers for plans that ask anyway."""
+    return not conn.autocommit or conn.info.transaction_status != 0  # 0: IDLE
+
+
 class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
     """Event store on a psycopg 3 connection passed to each call."""
 
     dialect_class = PostgresDialect
 
     def _cursor(self, tx: psycopg.Connection[Any], sql: str, params: Any) -> psycopg.Cursor[Any]:
+        # AsyncPostgresStore._query (pupsourcing.aio.stores) runs statements
+        # the same way on an AsyncConnection: keep the two in step.
         return tx.execute(sql, params)
 
     def _in_transaction(self, tx: psycopg.Connection[Any]) -> bool:
-        # Appends are single statements, so autocommit needs no BEGIN; this
-        # answers for plans that ask anyway.
-        return not tx.autocommit or tx.info.transaction_status != 0  # 0: IDLE
+        return in_transaction(tx)
