@@ -18,12 +18,18 @@ Importing this module imports no database driver; install the one you use
 (``pupsourcing[postgres]``, ``pupsourcing[asyncmy]``, ``pupsourcing[aiosqlite]``).
 """
 
+from pupsourcing.aio.processor import AsyncProcessor
+from pupsourcing.aio.runner import AsyncRunner
 from pupsourcing.aio.store import AsyncSQLStore
 from pupsourcing.aio.stores import AsyncMySQLStore, AsyncPostgresStore, AsyncSQLiteStore
+from pupsourcing.runner import ProjectionRunner
 
 __all__ = [
     "AsyncMySQLStore",
     "AsyncPostgresStore",
+    "AsyncProcessor",
+    "AsyncRunner",
     "AsyncSQLStore",
     "AsyncSQLiteStore",
+    "ProjectionRunner",
 ]
