@@ -29,7 +29,7 @@ from pupsourcing.runner import ProjectionRunner
 T = TypeVar("T")
 
 
-async def _maybe(value: Any) -> Any:
+async def maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
@@ -80,13 +80,13 @@ class Cursor:
         raw = self._connection.raw
 
         async def run() -> None:
-            cursor = await _maybe(raw.cursor())
+            cursor = await maybe_await(raw.cursor())
             try:
                 await cursor.execute(sql, params if params is not None else ())
                 self.rowcount = cursor.rowcount
                 self._rows = list(await cursor.fetchall()) if cursor.description else []
             finally:
-                await _maybe(cursor.close())
+                await maybe_await(cursor.close())
 
         self._connection.loop.call(run())
         return self
@@ -113,13 +113,13 @@ class Connection:
         return Cursor(self)
 
     def commit(self) -> None:
-        self.loop.call(_maybe(self.raw.commit()))
+        self.loop.call(maybe_await(self.raw.commit()))
 
     def rollback(self) -> None:
-        self.loop.call(_maybe(self.raw.rollback()))
+        self.loop.call(maybe_await(self.raw.rollback()))
 
     def close(self) -> None:
-        self.loop.call(_maybe(self.raw.close()))
+        self.loop.call(maybe_await(self.raw.close()))
 
 
 def unwrap(value: Any) -> Any:
@@ -239,7 +239,7 @@ class AsyncAPI:
         async def close_all() -> None:
             for raw in self._opened:
                 with contextlib.suppress(Exception):  # already broken: it is gone either way
-                    await _maybe(raw.close())
+                    await maybe_await(raw.close())
 
         self.loop.call(close_all())
         self.loop.close()
