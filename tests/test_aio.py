@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -279,3 +282,100 @@ def test_runners_refuse_the_other_apis_processors() -> None:
         Runner().run([ProjectionRunner(AsyncRecorder(), asyncio_processor)])
     with pytest.raises(TypeError, match="Runner takes Processor"):
         asyncio.run(AsyncRunner().run([ProjectionRunner(AsyncRecorder(), blocking)]))
+
+
+# -- typing: what mypy --strict accepts and refuses -----------------------------
+
+REPO = Path(__file__).parent.parent
+
+TYPED_USE = """
+from typing import Any
+
+import aiosqlite
+import psycopg
+
+from pupsourcing import PersistedEvent
+from pupsourcing.adapters.sqlite import connect_async
+from pupsourcing.aio import AsyncPostgresStore, AsyncProcessor, AsyncSQLiteStore
+
+
+class Balances:
+    name = "balances"
+
+    async def handle(self, event: PersistedEvent, tx: aiosqlite.Connection) -> None:
+        await tx.execute("SELECT 1")
+
+
+class Plain:
+    name = "plain"
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None: ...
+
+
+async def main(conn: psycopg.AsyncConnection[Any]) -> None:
+    on_conn = AsyncProcessor(conn, AsyncPostgresStore())
+    on_factory = AsyncProcessor(lambda: connect_async("x.db"), AsyncSQLiteStore())
+    reveal_type(on_conn)
+    reveal_type(on_factory)
+    await on_factory.catch_up(Balances())
+    await on_conn.run(Plain())
+"""
+
+MISUSE = """
+from typing import Any
+
+from pupsourcing import PersistedEvent
+from pupsourcing.adapters.sqlite import SQLiteStore, connect
+from pupsourcing.aio import AsyncProcessor
+
+
+class Balances:
+    name = "balances"
+
+    async def handle(self, event: PersistedEvent, tx: Any) -> None: ...
+
+
+async def main() -> None:
+    AsyncProcessor(connect("x.db"), SQLiteStore())
+
+
+def blocking() -> None:
+    from pupsourcing.projection import Processor
+
+    Processor(connect("x.db"), SQLiteStore()).catch_up(Balances())
+"""
+
+
+def mypy_strict(tmp_path: Path, *files: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache")]
+        + [str(f) for f in files],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "MYPYPATH": str(REPO / "src")},
+    )
+
+
+def test_mypy_strict_accepts_the_asyncio_api_as_documented(tmp_path: Path) -> None:
+    """The example service and typed uses: handlers async or plain, connections
+    or factories, with the connection type inferred."""
+    use = tmp_path / "typed_use.py"
+    use.write_text(TYPED_USE)
+    result = mypy_strict(tmp_path, REPO / "examples" / "async_service" / "main.py", use)
+    assert result.returncode == 0, result.stdout
+    assert 'Revealed type is "pupsourcing.aio.processor.AsyncProcessor[psycopg.' in result.stdout
+    assert "AsyncProcessor[aiosqlite.core.Connection]" in result.stdout
+
+
+def test_mypy_strict_refuses_mixing_the_apis(tmp_path: Path) -> None:
+    misuse = tmp_path / "misuse.py"
+    misuse.write_text(MISUSE)
+    result = mypy_strict(tmp_path, misuse)
+    assert result.returncode == 1
+    assert 'No overload variant of "AsyncProcessor" matches argument types' in result.stdout
+    assert '"SQLiteStore"' in result.stdout
+    assert 'Argument 1 to "catch_up" of "Processor" has incompatible type "Balances"' in (
+        result.stdout
+    )

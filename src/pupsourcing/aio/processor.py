@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from pupsourcing.aio.store import AsyncSQLStore
 from pupsourcing.core.errors import ProjectionError
 from pupsourcing.projection.batch import Handle, Subscription
+from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.core import (
     Connect,
     Disconnect,
@@ -27,7 +29,7 @@ from pupsourcing.projection.core import (
     ProcessorBase,
     ProcessorPlan,
 )
-from pupsourcing.projection.protocols import Projection
+from pupsourcing.projection.protocols import AsyncProjection
 from pupsourcing.store.plan import Statement, drive_async
 
 __all__ = ["AsyncProcessor"]
@@ -63,6 +65,24 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
         "an asyncio pupsourcing store (AsyncPostgresStore, AsyncMySQLStore, "
         "AsyncSQLiteStore; the blocking stores go with pupsourcing.projection.Processor)"
     )
+
+    @overload
+    def __init__(
+        self,
+        db: Callable[[], Awaitable[ConnT]],
+        store: AsyncSQLStore[Any],
+        config: ProcessorConfig | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self, db: ConnT, store: AsyncSQLStore[Any], config: ProcessorConfig | None = None
+    ) -> None: ...
+
+    def __init__(
+        self, db: Any, store: AsyncSQLStore[Any], config: ProcessorConfig | None = None
+    ) -> None:
+        super().__init__(db, store, config)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -102,7 +122,7 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
 
     # -- processing ------------------------------------------------------------
 
-    async def run(self, projection: Projection, *, stop: asyncio.Event | None = None) -> None:
+    async def run(self, projection: AsyncProjection, *, stop: asyncio.Event | None = None) -> None:
         """Process batches until ``stop`` is set, pausing ``poll_interval`` when
         idle. Raises :class:`ProjectionError` when the handler fails (the
         failed batch is rolled back, the checkpoint stays before it)."""
@@ -110,7 +130,7 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
         sub = self._core.subscription(projection)
         await self._drive(projection, sub, self._core.run(sub), stop)
 
-    async def catch_up(self, projection: Projection) -> int:
+    async def catch_up(self, projection: AsyncProjection) -> int:
         """Process until no committed event is left for the projection; return
         how many events were handed to ``handle``. Waits for transactions
         that hold earlier positions to finish rather than skip their events."""
@@ -119,7 +139,7 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
 
     async def _drive(
         self,
-        projection: Projection,
+        projection: AsyncProjection,
         sub: Subscription,
         plan: ProcessorPlan[T],
         stop: asyncio.Event | None,

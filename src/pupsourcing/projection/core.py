@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 from pupsourcing.core.errors import ProjectionError
 from pupsourcing.projection.batch import Handle, StepOutcome, Subscription, step
 from pupsourcing.projection.config import ProcessorConfig
-from pupsourcing.projection.protocols import Projection
+from pupsourcing.projection.protocols import AsyncProjection, Projection
 from pupsourcing.store.base import StoreBase
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.horizon import Horizon
@@ -85,7 +85,7 @@ class ProcessorCore:
         self.horizon = Horizon()
         self._subscriptions: dict[str, Subscription] = {}
 
-    def subscription(self, projection: Projection) -> Subscription:
+    def subscription(self, projection: Projection | AsyncProjection) -> Subscription:
         """The projection's subscription, kept across calls so its checkpoint
         stays cached (renewed when its scope changed)."""
         fresh = Subscription.of(projection, self.config)
@@ -172,7 +172,7 @@ class ProcessorBase(Generic[ConnT, StoreT]):
 
     def __init__(
         self,
-        db: ConnT | Callable[[], Any],
+        db: object,
         store: StoreT,
         config: ProcessorConfig | None = None,
     ) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import inspect
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from pupsourcing.core.errors import ProjectionError
 from pupsourcing.projection.batch import Handle, Subscription
+from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.core import (
     RECONNECT_INITIAL_DELAY,
     RECONNECT_MAX_DELAY,
@@ -54,6 +56,24 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
         "a pupsourcing store (PostgresStore, MySQLStore, SQLiteStore; the asyncio "
         "stores go with pupsourcing.aio.AsyncProcessor)"
     )
+
+    @overload
+    def __init__(
+        self,
+        db: Callable[[], ConnT],
+        store: SQLStore[Any],
+        config: ProcessorConfig | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self, db: ConnT, store: SQLStore[Any], config: ProcessorConfig | None = None
+    ) -> None: ...
+
+    def __init__(
+        self, db: Any, store: SQLStore[Any], config: ProcessorConfig | None = None
+    ) -> None:
+        super().__init__(db, store, config)
 
     # -- lifecycle -------------------------------------------------------------
 
