@@ -20,6 +20,7 @@ from pupsourcing import (
     PupsourcingError,
     Stream,
 )
+from pupsourcing.core.events import stored_event
 
 
 def persisted(version: int, position: int) -> PersistedEvent:
@@ -124,3 +125,31 @@ def test_projection_error_fields() -> None:
     assert (e.projection, e.global_position) == ("read_model", 42)
     assert "read_model" in str(e)
     assert "42" in str(e)
+
+
+def test_stored_event_equals_the_constructor() -> None:
+    values: dict[str, object] = {
+        "global_position": 9,
+        "bounded_context": "b",
+        "aggregate_type": "t",
+        "aggregate_id": "i",
+        "aggregate_version": 4,
+        "event_id": uuid.uuid4(),
+        "event_type": "e",
+        "event_version": 3,
+        "payload": b"p",
+        "trace_id": "",
+        "correlation_id": None,
+        "causation_id": "c",
+        "metadata": None,
+        "created_at": datetime(2024, 1, 1, tzinfo=UTC),
+    }
+    # stored_event must set every field the dataclass has
+    assert set(values) == {f.name for f in dataclasses.fields(PersistedEvent)}
+    fast = stored_event(*values.values())  # type: ignore[arg-type]
+    slow = PersistedEvent(**values)  # type: ignore[arg-type]
+    assert fast == slow
+    assert hash(fast) == hash(slow)
+    assert repr(fast) == repr(slow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.payload = b"x"  # type: ignore[misc]

@@ -944,32 +944,21 @@ def test_mysqlclient_connections_work(db: Backend) -> None:
 # -- projection hooks ---------------------------------------------------------
 
 
-def test_checkpoint_compare_and_set(db: Backend) -> None:
-    store, conn = db.store, db.connection()
-    dialect = store.dialect
-    assert store._run(conn, dialect.advance_checkpoint("p", 0, 5)) is True  # inserted
-    assert store._run(conn, dialect.advance_checkpoint("p", 5, 9)) is True
-    assert store._run(conn, dialect.advance_checkpoint("p", 5, 12)) is False  # moved away
-    conn.commit()
-    assert store.get_checkpoint(db.connection(), "p") == 9
-    assert store._run(conn, dialect.advance_checkpoint("p", 0, 12)) is False  # the row exists
-    conn.commit()
-    assert store.get_checkpoint(db.connection(), "p") == 9
-
-
 def test_first_checkpoints_of_two_projections_do_not_lock_each_other(db: Backend) -> None:
-    """Two projections starting together both store their first checkpoint.
-    An UPDATE that finds no row gap-locks where the row would go, so two such
-    UPDATEs followed by their INSERTs deadlock (one batch is rolled back and
-    handled again); the first checkpoint must not take that lock."""
+    """Two projections starting together both store their first checkpoint
+    without waiting for each other: an UPDATE that finds no row would gap-lock
+    where the row goes, so that one INSERT waits or two deadlock (and a batch
+    is rolled back and handed to its handler again)."""
     store, dialect = db.store, db.store.dialect
     first, second = db.connection(), db.connection()
     execute(second, "SET SESSION innodb_lock_wait_timeout = 3")
+    assert store._run(first, dialect.load_checkpoint("alpha")) == 0
     assert store._run(first, dialect.advance_checkpoint("alpha", 0, 5)) is True  # left open
     outcome: list[Any] = []
 
     def advance_second() -> None:
         try:
+            outcome.append(store._run(second, dialect.load_checkpoint("beta")))
             outcome.append(store._run(second, dialect.advance_checkpoint("beta", 0, 7)))
         except Exception as exc:
             outcome.append(exc)
@@ -978,7 +967,7 @@ def test_first_checkpoints_of_two_projections_do_not_lock_each_other(db: Backend
     started = time.monotonic()
     thread.start()
     thread.join(10)
-    assert outcome == [True]
+    assert outcome == [0, True]
     assert time.monotonic() - started < 1.0, "waited for the other projection's transaction"
     first.commit()
     second.commit()

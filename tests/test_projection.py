@@ -455,7 +455,10 @@ def test_logging(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
 # -- runner ---------------------------------------------------------------------
 
 
-def test_runner_runs_projections_concurrently(backend: Backend) -> None:
+def test_runner_runs_projections_concurrently(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pupsourcing")
     positions = append_many(backend, aggregates=3, per_aggregate=5)
     first, second = Recorder("first"), Recorder("second")
     stop = threading.Event()
@@ -477,6 +480,8 @@ def test_runner_runs_projections_concurrently(backend: Backend) -> None:
     assert not runner_thread.is_alive()
     assert [e.global_position for e in first.seen] == positions
     assert [e.global_position for e in second.seen] == positions
+    # Different projections never contend for a checkpoint (no retried batches).
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     for processor in processors:
         processor.close()
 
@@ -543,3 +548,17 @@ def test_two_processors_of_one_projection_still_apply_each_event_once(backend: B
     # leave a duplicate row (the primary key would raise inside the batch).
     assert all(isinstance(e, ProjectionError) for e in errors), errors
     assert read_model_positions(backend) == positions
+
+
+def test_checkpoint_compare_and_set(backend: Backend) -> None:
+    store, conn = backend.store, backend.connection()
+    dialect = store.dialect
+    assert store._run(conn, dialect.load_checkpoint("p")) == 0  # creates the row at 0
+    assert store._run(conn, dialect.load_checkpoint("p")) == 0  # and leaves it alone
+    assert store._run(conn, dialect.advance_checkpoint("p", 0, 5)) is True
+    assert store._run(conn, dialect.advance_checkpoint("p", 5, 9)) is True
+    assert store._run(conn, dialect.advance_checkpoint("p", 5, 12)) is False  # moved away
+    assert store._run(conn, dialect.advance_checkpoint("gone", 0, 3)) is False  # no row
+    conn.commit()
+    assert store.get_checkpoint(backend.connection(), "p") == 9
+    assert store.get_checkpoint(backend.connection(), "gone") == 0

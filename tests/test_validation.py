@@ -137,3 +137,22 @@ def test_table_names_must_be_distinct() -> None:
 
     with pytest.raises(ValueError, match="distinct"):
         StoreConfig(events_table="t", checkpoints_table="t")
+
+
+def test_metadata_numbers_of_any_length_are_valid_json(backend: Backend) -> None:
+    # Python's int() refuses more than 4,300 digits; JSON has no such limit.
+    conn = backend.connection()
+    metadata = b'{"n": ' + b"7" * 5000 + b"}"
+    backend.store.append(conn, ExpectedVersion.any(), [event("a", metadata=metadata)])
+    conn.commit()
+    assert backend.store.read_events(conn, 0, 1)[0].metadata == metadata
+
+
+def test_metadata_too_deep_to_parse_is_refused_not_crashing(backend: Backend) -> None:
+    conn = backend.connection()
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(InvalidEventError, match="nested too deeply") as caught:
+        backend.store.append(conn, ExpectedVersion.any(), [event("a"), event("a", metadata=deep)])
+    assert (caught.value.index, caught.value.field) == (1, "metadata")
+    conn.commit()
+    assert backend.count_events() == 0

@@ -10,6 +10,7 @@ a few lines of asyncio, so the interesting part stays in view.
     GET  /accounts/<id>                              -> 200 {"balance": 15, "version": 2}
 
 Run:  python main.py [--db sqlite:bank.db | --db 'postgresql://user@host/db'] [--port 8080]
+      python main.py --quick   # serve, call itself a few times, show the answers, stop
 """
 
 from __future__ import annotations
@@ -201,7 +202,41 @@ async def serve_http(db: Database, reader: Any, writer: Any) -> None:
     writer.close()
 
 
-async def main(url: str, host: str, port: int) -> None:
+async def call(host: str, port: int, method: str, path: str, body: object = None) -> Any:
+    """A minimal HTTP client for ``--quick``: the status and the JSON answer."""
+    reader, writer = await asyncio.open_connection(host, port)
+    data = b"" if body is None else json.dumps(body).encode()
+    writer.write(
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(data)}\r\n"
+        "Connection: close\r\n\r\n".encode()
+        + data
+    )
+    response = await reader.read()
+    writer.close()
+    head, _, payload = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
+async def show_itself(host: str, port: int, stop: asyncio.Event) -> None:
+    """``--quick``: a few requests, the read model catching up, then stop."""
+    account = f"/accounts/acct-{random.randrange(16**6):06x}"
+    for method, path, body in [
+        ("POST", f"{account}/deposits", {"amount": 100}),
+        ("POST", f"{account}/withdrawals", {"amount": 30}),
+        ("POST", f"{account}/withdrawals", {"amount": 500}),
+    ]:
+        status, answer = await call(host, port, method, path, body)
+        print(f"{method} {path} {json.dumps(body)} -> {status} {json.dumps(answer)}")
+    while (answer := await call(host, port, "GET", account)) != (
+        200,
+        {"balance": 70, "version": 2},
+    ):
+        await asyncio.sleep(0.05)  # the projection runs alongside; it catches up
+    print(f"GET {account} -> {answer[0]} {json.dumps(answer[1])}")
+    stop.set()
+
+
+async def main(url: str, host: str, port: int, quick: bool = False) -> None:
     db = Database(url)
     await db.open()
     stop = asyncio.Event()
@@ -215,9 +250,13 @@ async def main(url: str, host: str, port: int) -> None:
     projection.add_done_callback(lambda _: stop.set())  # a failed projection stops the service
 
     server = await asyncio.start_server(lambda r, w: serve_http(db, r, w), host, port)
-    print(f"listening on http://{host}:{server.sockets[0].getsockname()[1]}", flush=True)
+    port = server.sockets[0].getsockname()[1]
+    print(f"listening on http://{host}:{port}", flush=True)
+    demo = asyncio.create_task(show_itself(host, port, stop)) if quick else None
     async with server:
         await stop.wait()
+    if demo is not None:
+        await demo
     try:
         await projection  # finishes its batch and returns, or raises what failed
     finally:
@@ -231,5 +270,6 @@ if __name__ == "__main__":
     parser.add_argument("--db", default="sqlite:bank.db", help="sqlite:PATH or a PostgreSQL URL")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    parser.add_argument("--quick", action="store_true", help="call itself a few times and stop")
     args = parser.parse_args()
-    asyncio.run(main(args.db, args.host, args.port))
+    asyncio.run(main(args.db, args.host, 0 if args.quick else args.port, args.quick))

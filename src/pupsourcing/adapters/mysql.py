@@ -96,7 +96,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,7 +104,14 @@ from decimal import Decimal
 from typing import Any
 
 from pupsourcing.core.errors import InvalidEventError
-from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
+from pupsourcing.core.events import (
+    AppendResult,
+    Event,
+    PersistedEvent,
+    Stream,
+    stored_event,
+    uuid_from_bytes,
+)
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store.base import Cursor, SQLStore
@@ -316,6 +322,7 @@ class MySQLDialect(Dialect):
     )
 
     now_sql = _NOW
+    on_duplicate_checkpoint = "ON DUPLICATE KEY UPDATE projection_name = projection_name"
 
     prefer_returning = True
     """Use ``INSERT ... RETURNING`` where the server has it (MariaDB). Tests turn
@@ -358,14 +365,6 @@ class MySQLDialect(Dialect):
             f"INSERT INTO {self.checkpoints_table} "
             f"(projection_name, last_global_position, updated_at) VALUES (%s, %s, {_NOW}) "
             f"ON DUPLICATE KEY UPDATE last_global_position = %s, updated_at = {_NOW}"
-        )
-        self.advance_checkpoint_sql = (
-            f"UPDATE {self.checkpoints_table} SET last_global_position = %s, "
-            f"updated_at = {_NOW} WHERE projection_name = %s AND last_global_position = %s"
-        )
-        self.insert_checkpoint_sql = (
-            f"INSERT INTO {self.checkpoints_table} "
-            f"(projection_name, last_global_position, updated_at) VALUES (%s, %s, {_NOW})"
         )
         self.visible_sql = (
             f"SELECT COALESCE(MAX(global_position), 0), CONNECTION_ID() FROM {events}"
@@ -440,21 +439,21 @@ class MySQLDialect(Dialect):
             metadata,
             created_at,
         ) = row
-        return PersistedEvent(
+        return stored_event(
+            int(position),
             bounded_context,
             aggregate_type,
             aggregate_id,
+            int(version),
+            uuid_from_bytes(event_id),
             event_type,
+            int(event_version),
             payload if type(payload) is bytes else bytes(payload),
-            global_position=int(position),
-            aggregate_version=int(version),
-            event_version=int(event_version),
-            event_id=uuid.UUID(bytes=bytes(event_id)),
-            metadata=metadata.encode("utf-8") if isinstance(metadata, str) else metadata,
-            causation_id=causation_id,
-            correlation_id=correlation_id,
-            trace_id=trace_id,
-            created_at=_from_micros(created_at),
+            trace_id,
+            correlation_id,
+            causation_id,
+            metadata.encode("utf-8") if isinstance(metadata, str) else metadata,
+            _from_micros(created_at),
         )
 
     def read_stream(
@@ -538,45 +537,6 @@ class MySQLDialect(Dialect):
                     f"user the PROCESS privilege ({exc})"
                 ) from exc
             raise
-
-    def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
-        if expected == 0:
-            # A projection's first batch, whose checkpoint row usually does
-            # not exist yet: insert it. An UPDATE that finds no row would
-            # gap-lock where the row goes, and would make another new
-            # projection's INSERT wait (or two of them deadlock).
-            inserted = yield from self._insert_checkpoint(projection_name, position)
-            if inserted is not None:
-                return inserted
-        try:
-            rows = yield Statement(
-                self.advance_checkpoint_sql, (position, projection_name, expected), rowcount=True
-            )
-        except Exception as exc:
-            if errno(exc) == ER_LOCK_DEADLOCK:  # with another processor of this projection
-                return False
-            raise
-        if int(rows[0][0]) > 0:
-            return True
-        if expected == 0:
-            return False  # the row exists at another position: another processor moved it
-        # No row at ``expected``: none (it was deleted), or another processor
-        # moved it (the insert finds its row).
-        return bool((yield from self._insert_checkpoint(projection_name, position)))
-
-    def _insert_checkpoint(self, projection_name: str, position: int) -> Plan[bool | None]:
-        """Insert a checkpoint row: ``True`` if inserted, ``None`` if it exists,
-        ``False`` if a deadlock rolled the transaction back."""
-        try:
-            yield Statement(self.insert_checkpoint_sql, (projection_name, position))
-        except Exception as exc:
-            number = errno(exc)
-            if number == ER_DUP_ENTRY:
-                return None
-            if number == ER_LOCK_DEADLOCK:
-                return False
-            raise
-        return True
 
     def is_connection_error(self, exc: BaseException) -> bool:
         number = errno(exc)

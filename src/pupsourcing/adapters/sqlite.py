@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing.core.errors import InvalidEventError
-from pupsourcing.core.events import AppendResult, Event, PersistedEvent, stored_event
+from pupsourcing.core.events import (
+    AppendResult,
+    Event,
+    PersistedEvent,
+    stored_event,
+    uuid_from_text,
+)
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store.base import SQLStore
@@ -63,21 +68,6 @@ def _parse_timestamp(text: str) -> datetime:
     if "+" in text[10:] or text.endswith("Z") or text.count("-") > 2:
         return datetime.fromisoformat(text).astimezone(UTC)
     return datetime.fromisoformat(text + "+00:00")
-
-
-_new_uuid = object.__new__
-_set = object.__setattr__
-_UNKNOWN = uuid.SafeUUID.unknown
-
-
-def _parse_uuid(text: str) -> uuid.UUID:
-    """``uuid.UUID(text)`` for canonical text, without its generic parsing."""
-    if len(text) != 36:
-        return uuid.UUID(text)
-    value: uuid.UUID = _new_uuid(uuid.UUID)
-    _set(value, "int", int(text.replace("-", ""), 16))
-    _set(value, "is_safe", _UNKNOWN)
-    return value
 
 
 class SQLiteDialect(Dialect):
@@ -241,7 +231,7 @@ class SQLiteDialect(Dialect):
             row[2],
             row[3],
             row[4],
-            _parse_uuid(row[5]),
+            uuid_from_text(row[5]),
             row[6],
             row[7],
             bytes(row[8]),

@@ -33,9 +33,12 @@ class AsyncPostgresStore(AsyncSQLStore["psycopg.AsyncConnection[Any]"]):
     dialect_class = PostgresDialect
 
     async def _query(self, tx: psycopg.AsyncConnection[Any], statement: Statement) -> list[Row]:
-        # As PostgresStore._cursor runs statements on a blocking connection.
-        cursor = await tx.execute(statement.sql, statement.params)
+        # As PostgresStore._cursor runs statements on a blocking connection:
+        # server-side binding, tuple rows and binary results, whatever the
+        # connection's own cursor and row factories.
+        cursor = postgres.new_async_cursor()(tx)
         try:
+            await cursor.execute(statement.sql, statement.params, binary=True)
             rows = await cursor.fetchall() if statement.fetch else None
             return statement.answer(rows, cursor.rowcount)
         finally:

@@ -128,3 +128,28 @@ def stored_event(
     _set(event, "metadata", metadata)
     _set(event, "created_at", created_at)
     return event
+
+
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown
+
+
+def _uuid(value: int) -> uuid.UUID:
+    result: uuid.UUID = _new(uuid.UUID)
+    _set(result, "int", value)
+    _set(result, "is_safe", _UNKNOWN_SAFETY)
+    return result
+
+
+def uuid_from_text(text: str) -> uuid.UUID:
+    """``uuid.UUID(text)`` for the canonical 36-character form, several times
+    faster (adapters decode event ids by the thousand)."""
+    if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-" or text[23] != "-":
+        return uuid.UUID(text)
+    return _uuid(int(text.replace("-", ""), 16))
+
+
+def uuid_from_bytes(value: bytes | bytearray) -> uuid.UUID:
+    """``uuid.UUID(bytes=value)`` without its argument parsing."""
+    if len(value) != 16:
+        return uuid.UUID(bytes=bytes(value))
+    return _uuid(int.from_bytes(value, "big"))

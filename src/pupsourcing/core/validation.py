@@ -8,6 +8,7 @@ top of these (see ``Dialect.check_event``).
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -48,6 +49,12 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _number_text(literal: str) -> str:
+    # Numbers are checked as text: JSON allows any number of digits, but
+    # int() refuses more than sys.get_int_max_str_digits() (4,300) of them.
+    return literal
+
+
 def check_metadata(index: int, value: object) -> None:
     """Metadata is ``None`` or UTF-8 JSON text as bytes."""
     if value is None or value == b"{}":
@@ -57,13 +64,25 @@ def check_metadata(index: int, value: object) -> None:
             index, "metadata", f"must be bytes or None, got {type(value).__name__}"
         )
     try:
-        json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
+        json.loads(
+            value.decode("utf-8"),
+            parse_constant=_reject_constant,
+            parse_int=_number_text,
+            parse_float=_number_text,
+        )
     except UnicodeDecodeError as exc:
         raise InvalidEventError(
             index, "metadata", f"is not valid UTF-8 ({exc.reason} at byte {exc.start})"
         ) from None
     except ValueError as exc:
         raise InvalidEventError(index, "metadata", f"is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidEventError(
+            index,
+            "metadata",
+            "is nested too deeply to check: Python's JSON parser stops at about "
+            f"{sys.getrecursionlimit()} levels",
+        ) from None
 
 
 def check_event(index: int, event: object) -> Event:
@@ -116,18 +135,20 @@ def check_append(events: Iterable[Event]) -> Sequence[Event]:
         raise NoEventsError()
     first = check_event(0, batch[0])
     key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
-    seen_ids = {first.event_id}
+    seen_ids = {first.event_id.int}  # UUIDs are equal when their ints are; ints hash in C
     for index in range(1, len(batch)):
         event = check_event(index, batch[index])
-        for name, expected in zip(AGGREGATE_FIELDS, key, strict=True):
-            if getattr(event, name) != expected:
-                raise InvalidEventError(
-                    index,
-                    name,
-                    f"all events of one append must belong to one aggregate: "
-                    f"got {getattr(event, name)!r}, event 0 has {expected!r}",
-                )
-        if event.event_id in seen_ids:
+        if (event.bounded_context, event.aggregate_type, event.aggregate_id) != key:
+            for name, expected in zip(AGGREGATE_FIELDS, key, strict=True):
+                if getattr(event, name) != expected:
+                    raise InvalidEventError(
+                        index,
+                        name,
+                        f"all events of one append must belong to one aggregate: "
+                        f"got {getattr(event, name)!r}, event 0 has {expected!r}",
+                    )
+        event_id = event.event_id.int
+        if event_id in seen_ids:
             raise InvalidEventError(index, "event_id", f"{event.event_id} appears twice")
-        seen_ids.add(event.event_id)
+        seen_ids.add(event_id)
     return batch

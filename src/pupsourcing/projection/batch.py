@@ -35,6 +35,9 @@ class Handle:
     events: list[PersistedEvent]
 
 
+MAX_SPAN = 1_000_000
+"""The widest window of positions one filtered read scans."""
+
 StepPlan = Generator[Statement | Handle, Any, "StepOutcome"]
 
 
@@ -86,11 +89,15 @@ class Subscription:
     batch_size: int
     checkpoint: int | None = None
     """Last handled position, ``None`` until loaded from the database."""
+    span: int = 0
+    """Positions a filtered read covers at once; grows while reads come back
+    sparse (see ``step``)."""
     in_sql: bool = field(init=False)
     """Whether the partition filter runs in SQL (the hash strategy)."""
 
     def __post_init__(self) -> None:
         self.in_sql = type(self.strategy) is HashPartitionStrategy
+        self.span = self.span or 2 * self.batch_size * self.total_partitions
 
     @classmethod
     def of(cls, projection: object, config: ProcessorConfig) -> Subscription:
@@ -126,6 +133,16 @@ class Subscription:
         return events
 
 
+def _at_or_below(rows: list[tuple[Any, ...]], position: int) -> list[tuple[Any, ...]]:
+    """The leading rows (ascending by position) at or below ``position``."""
+    if not rows or int(rows[-1][0]) <= position:
+        return rows
+    end = 0
+    while end < len(rows) and int(rows[end][0]) <= position:
+        end += 1
+    return rows[:end]
+
+
 def step(
     dialect: Dialect,
     horizon: Horizon,
@@ -134,9 +151,8 @@ def step(
 ) -> StepPlan:
     """Handle at most one batch; see the module docstring."""
     if sub.checkpoint is None:
-        rows = yield Statement(dialect.get_checkpoint_sql, (sub.checkpoint_name,), fetch=True)
+        sub.checkpoint = yield from dialect.load_checkpoint(sub.checkpoint_name)
         yield COMMIT
-        sub.checkpoint = int(rows[0][0]) if rows else 0
     checkpoint = sub.checkpoint
     if horizon.safe <= checkpoint:
         probe = yield from dialect.horizon_probe()
@@ -145,9 +161,15 @@ def step(
         if horizon.safe <= checkpoint:
             return StepOutcome(0, idle=True, waiting=horizon.visible > checkpoint)
     upto = horizon.safe
+    filtered = bool(sub.aggregate_types or sub.bounded_contexts or sub.total_partitions > 1)
+    if filtered:
+        # Read a window of positions: a bounded range keeps every query plan
+        # cheap (an open range with a selective filter and ORDER BY ... LIMIT
+        # tempts PostgreSQL into sorting everything after the checkpoint).
+        high = min(upto, checkpoint + sub.span)
     rows = yield dialect.fetch_statement(
         checkpoint,
-        upto,
+        high if filtered else None,
         sub.batch_size,
         sub.aggregate_types,
         sub.bounded_contexts,
@@ -155,9 +177,19 @@ def step(
         if sub.total_partitions > 1 and sub.in_sql
         else None,
     )
-    events = sub.select(rows, dialect)
-    # A short page means nothing else in scope lies at or below the horizon.
-    position = int(rows[-1][0]) if len(rows) == sub.batch_size else upto
+    if filtered:
+        within = rows
+        full = len(rows) == sub.batch_size
+        position = int(rows[-1][0]) if full else high
+        if len(rows) < sub.batch_size // 2:
+            sub.span = min(sub.span * 2, MAX_SPAN)
+    else:
+        # Unfiltered: no upper bound in SQL (the primary key walk is always
+        # the plan); rows beyond the safe horizon are dropped here.
+        within = _at_or_below(rows, upto)
+        full = len(within) == len(rows) == sub.batch_size
+        position = int(rows[-1][0]) if full else upto
+    events = sub.select(within, dialect)
     yield Statement(dialect.begin_sql, begin=True)
     try:
         if events:

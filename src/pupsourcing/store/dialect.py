@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from pupsourcing.core.errors import OptimisticConcurrencyError
-from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
+from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream, stored_event
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.validation import check_append
 from pupsourcing.store.config import StoreConfig
@@ -74,21 +74,21 @@ def build_result(
 ) -> AppendResult:
     """The :class:`AppendResult` for ``events`` stored at ``versions``/``positions``."""
     persisted = tuple(
-        PersistedEvent(
+        stored_event(
+            position,
             e.bounded_context,
             e.aggregate_type,
             e.aggregate_id,
+            version,
+            e.event_id,
             e.event_type,
+            e.event_version,
             e.payload,
-            global_position=position,
-            aggregate_version=version,
-            event_version=e.event_version,
-            event_id=e.event_id,
-            metadata=e.metadata,
-            causation_id=e.causation_id,
-            correlation_id=e.correlation_id,
-            trace_id=e.trace_id,
-            created_at=e.created_at,
+            e.trace_id,
+            e.correlation_id,
+            e.causation_id,
+            e.metadata,
+            e.created_at,
         )
         for e, version, position in zip(events, versions, positions, strict=True)
     )
@@ -112,6 +112,9 @@ class Dialect(abc.ABC):
 
     begin_sql: ClassVar[str] = "BEGIN"
     """Starts the transaction of a projection batch."""
+
+    on_duplicate_checkpoint: ClassVar[str] = "ON CONFLICT (projection_name) DO NOTHING"
+    """Makes inserting an existing checkpoint row a no-op."""
 
     def __init__(self, config: StoreConfig | None = None) -> None:
         self.config = config = config or StoreConfig()
@@ -143,10 +146,19 @@ class Dialect(abc.ABC):
             "last_global_position = excluded.last_global_position, updated_at = excluded.updated_at"
         )
         self.update_checkpoint_sql = upsert
-        self.advance_checkpoint_sql = f"{upsert} WHERE c.last_global_position = {p} RETURNING 1"
+        self.ensure_checkpoint_sql = (
+            f"INSERT INTO {self.checkpoints_table} "
+            "(projection_name, last_global_position, updated_at) "
+            f"VALUES ({p}, 0, {self.now_sql}) {self.on_duplicate_checkpoint}"
+        )
+        self.advance_checkpoint_sql = (
+            f"UPDATE {self.checkpoints_table} SET last_global_position = {p}, "
+            f"updated_at = {self.now_sql} WHERE projection_name = {p} "
+            f"AND last_global_position = {p}"
+        )
         self.fetch_sql_prefix = (
             f"SELECT {', '.join(self.select_columns())}, partition_hash FROM {self.events_table} "
-            f"WHERE global_position > {p} AND global_position <= {p}"
+            f"WHERE global_position > {p}"
         )
 
     # -- what each database provides ---------------------------------------
@@ -163,6 +175,12 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def decode_event(self, row: Row) -> PersistedEvent:
         """A row of :meth:`select_columns` as a :class:`PersistedEvent`."""
+
+    def decode_events(self, rows: Sequence[Row]) -> list[PersistedEvent]:
+        """Rows of :meth:`select_columns` as events, in order. Reads return
+        thousands of rows; a dialect may decode them in one tighter loop."""
+        decode = self.decode_event
+        return [decode(row) for row in rows]
 
     def update_checkpoint_statement(self, projection_name: str, position: int) -> Statement:
         """An upsert of one checkpoint row."""
@@ -303,8 +321,7 @@ class Dialect(abc.ABC):
         if limit == 0:
             return []
         rows = yield Statement(self.read_events_sql, (from_position, limit), fetch=True)
-        decode = self.decode_event
-        return [decode(row) for row in rows]
+        return self.decode_events(rows)
 
     def read_stream(
         self,
@@ -324,8 +341,7 @@ class Dialect(abc.ABC):
         events: tuple[PersistedEvent, ...] = ()
         if low <= high:
             rows = yield Statement(self.read_stream_sql, (*key, low, high), fetch=True)
-            decode = self.decode_event
-            events = tuple(decode(row) for row in rows)
+            events = tuple(self.decode_events(rows))
         return Stream(*key, events)
 
     def get_checkpoint(self, projection_name: str) -> Plan[int]:
@@ -343,19 +359,23 @@ class Dialect(abc.ABC):
     def fetch_statement(
         self,
         after: int,
-        upto: int,
+        upto: int | None,
         limit: int,
         aggregate_types: Sequence[str],
         bounded_contexts: Sequence[str],
         partition: tuple[int, int] | None,
     ) -> Statement:
-        """Events in ``(after, upto]`` in scope, ascending, at most ``limit``;
-        with ``partition=(key, total)`` only that partition's aggregates (and
-        rows without a hash, which the caller filters). Rows are
-        :meth:`select_columns` followed by ``partition_hash``."""
+        """Events in ``(after, upto]`` (no upper bound when ``upto`` is None) in
+        scope, ascending, at most ``limit``; with ``partition=(key, total)``
+        only that partition's aggregates (and rows without a hash, which the
+        caller filters). Rows are :meth:`select_columns` followed by
+        ``partition_hash``."""
         p = self.placeholder
         sql = [self.fetch_sql_prefix]
-        params: list[object] = [after, upto]
+        params: list[object] = [after]
+        if upto is not None:
+            sql.append(f"AND global_position <= {p}")
+            params.append(upto)
         if aggregate_types:
             sql.append(f"AND aggregate_type IN ({', '.join([p] * len(aggregate_types))})")
             params += aggregate_types
@@ -370,11 +390,19 @@ class Dialect(abc.ABC):
         params.append(limit)
         return Statement(" ".join(sql), params, fetch=True)
 
+    def load_checkpoint(self, projection_name: str) -> Plan[int]:
+        """A processor's checkpoint, creating its row (at 0) if missing, so that
+        :meth:`advance_checkpoint` only ever updates an existing row (row locks
+        only: processors of different projections never deadlock)."""
+        yield Statement(self.ensure_checkpoint_sql, (projection_name,))
+        position = yield from self.get_checkpoint(projection_name)
+        return position
+
     def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
         """Move a checkpoint from ``expected`` to ``position``; ``False`` (and no
         change) if it is no longer at ``expected``, i.e. another processor
-        moved it."""
+        moved it or it was reset."""
         rows = yield Statement(
-            self.advance_checkpoint_sql, (projection_name, position, expected), fetch=True
+            self.advance_checkpoint_sql, (position, projection_name, expected), rowcount=True
         )
-        return bool(rows)
+        return int(rows[0][0]) == 1

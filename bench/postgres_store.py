@@ -1,0 +1,190 @@
+"""PostgresStore against raw psycopg 3 doing the same SQL work by hand.
+
+Runs W1 (batch append), W2 (single-event append), W2c (8 threads appending)
+and W4 (full stream read) on both and prints events/s or reads/s and the
+ratio store/raw. Uses its own schema (dropped at the end) on the server named
+by ``PUPSOURCING_BENCH_PG`` (default: the test server on 127.0.0.1:5432).
+
+    python bench/postgres_store.py [--quick] [--rounds N] [--only W1,W4]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from common import Side, Target, Unavailable, main
+
+from pupsourcing import Event
+from pupsourcing.adapters.postgres import PostgresStore
+
+DSN = os.environ.get(
+    "PUPSOURCING_BENCH_PG",
+    os.environ.get("PUPSOURCING_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test"),
+)
+
+HEAD_UPSERT = (
+    "INSERT INTO aggregate_heads AS h "
+    "(bounded_context, aggregate_type, aggregate_id, aggregate_version, updated_at) "
+    "VALUES (%s, %s, %s, %s, now()) "
+    "ON CONFLICT (bounded_context, aggregate_type, aggregate_id) DO UPDATE SET "
+    "aggregate_version = h.aggregate_version + EXCLUDED.aggregate_version, updated_at = now() "
+    "RETURNING aggregate_version"
+)
+
+
+EVENT_COLUMNS = (
+    "bounded_context, aggregate_type, aggregate_id, aggregate_version, event_id, event_type, "
+    "event_version, payload, trace_id, correlation_id, causation_id, metadata, created_at"
+)
+ROW_COLUMNS = (
+    "event_id, event_type, event_version, payload, trace_id, correlation_id, causation_id, "
+    "metadata, created_at"
+)
+FEW_EVENTS = 5
+"""Up to this many events the raw baseline sends a multi-row VALUES list, beyond
+it one binary array per column (each is the faster of the two there)."""
+
+
+@lru_cache(maxsize=16)
+def raw_values_sql(rows: int) -> str:
+    """Head upsert and a multi-row INSERT ... VALUES of the events, in one statement."""
+    values = ", ".join(f"({i}, %s, %s, %s, %s, %s, %s, %s, %s, %s)" for i in range(1, rows + 1))
+    return (
+        f"WITH head AS ({HEAD_UPSERT}) INSERT INTO events ({EVENT_COLUMNS}) "
+        f"SELECT %s, %s, %s, head.aggregate_version - {rows} + v.ord, v.event_id, v.event_type, "
+        "v.event_version, v.payload, v.trace_id, v.correlation_id, v.causation_id, "
+        "v.metadata::jsonb, v.created_at "
+        f"FROM head, (VALUES {values}) AS v(ord, {ROW_COLUMNS}) "
+        "RETURNING global_position"
+    )
+
+
+RAW_ARRAYS_SQL = (
+    f"WITH head AS ({HEAD_UPSERT}) INSERT INTO events ({EVENT_COLUMNS}) "
+    "SELECT %s, %s, %s, head.aggregate_version - %s + v.ord, v.event_id, v.event_type, "
+    "v.event_version, v.payload, v.trace_id, v.correlation_id, v.causation_id, "
+    "v.metadata::jsonb, v.created_at "
+    "FROM head, unnest(%b::uuid[], %b::text[], %b::int[], %b::bytea[], %b::text[], %b::text[], "
+    "%b::text[], %b::text[], %b::timestamptz[]) WITH ORDINALITY "
+    f"AS v({ROW_COLUMNS}, ord) "
+    "RETURNING global_position"
+)
+
+
+def raw_append(conn: Any, events: Sequence[Event]) -> object:
+    first = events[0]
+    key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
+    if len(events) > FEW_EVENTS:
+        columns: list[list[Any]] = [[] for _ in range(9)]
+        for e in events:
+            for column, value in zip(
+                columns,
+                (
+                    e.event_id,
+                    e.event_type,
+                    e.event_version,
+                    e.payload,
+                    e.trace_id,
+                    e.correlation_id,
+                    e.causation_id,
+                    None if e.metadata is None else e.metadata.decode(),
+                    e.created_at,
+                ),
+                strict=True,
+            ):
+                column.append(value)
+        params = [*key, len(events), *key, len(events), *columns]
+        return conn.execute(RAW_ARRAYS_SQL, params).fetchall()
+    values: list[Any] = [*key, len(events), *key]
+    for e in events:
+        values += (
+            e.event_id,
+            e.event_type,
+            e.event_version,
+            e.payload,
+            e.trace_id,
+            e.correlation_id,
+            e.causation_id,
+            None if e.metadata is None else e.metadata.decode(),
+            e.created_at,
+        )
+    return conn.execute(raw_values_sql(len(events)), values).fetchall()
+
+
+RAW_READ_SQL = (
+    "SELECT global_position, bounded_context, aggregate_type, aggregate_id, aggregate_version, "
+    "event_id, event_type, event_version, payload, trace_id, correlation_id, causation_id, "
+    "convert_to(COALESCE(metadata_raw, metadata::text), 'UTF8'), created_at AT TIME ZONE 'UTC' "
+    "FROM events WHERE bounded_context = %s AND aggregate_type = %s AND aggregate_id = %s "
+    "ORDER BY aggregate_version"
+)
+
+
+def raw_read_stream(
+    conn: Any, bounded_context: str, aggregate_type: str, aggregate_id: str
+) -> list[Any]:
+    cursor = conn.execute(
+        RAW_READ_SQL, (bounded_context, aggregate_type, aggregate_id), binary=True
+    )
+    rows: list[Any] = cursor.fetchall()
+    return rows
+
+
+def build() -> Target:
+    import psycopg
+
+    try:
+        admin = psycopg.connect(DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        raise Unavailable(str(exc).strip()) from exc
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    admin.execute(f"CREATE SCHEMA {schema}")
+    dsn = f"{DSN} options='-c search_path={schema}'"
+    store = PostgresStore()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            store.create_schema(conn)
+    except BaseException:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        raise
+    server = admin.execute("SHOW server_version").fetchone()
+    sync = admin.execute("SHOW synchronous_commit").fetchone()
+
+    def connect(autocommit: bool) -> Any:
+        return psycopg.connect(dsn, autocommit=autocommit)
+
+    def reset(conn: Any) -> None:
+        conn.execute("TRUNCATE events, aggregate_heads, projection_checkpoints RESTART IDENTITY")
+
+    def close() -> None:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+
+    return Target(
+        database=(
+            f"PostgreSQL {server[0] if server else '?'} "
+            f"(psycopg {psycopg.__version__}, {psycopg.pq.__impl__} libpq)"
+        ),
+        connect=connect,
+        store=store,
+        raw=Side(raw_append, raw_read_stream),
+        reset=reset,
+        close=close,
+        notes=[
+            "raw append: one statement per transaction, head upsert + INSERT of the same "
+            f"rows RETURNING global_position; up to {FEW_EVENTS} events as a multi-row VALUES "
+            "list, more as binary arrays unnested on the server (the faster way for each)",
+            "raw read: the same SELECT (same columns and order), binary results, fetchall; "
+            "rows stay tuples",
+            f"synchronous_commit={sync[0] if sync else '?'}; schema {schema} (dropped)",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main(build))

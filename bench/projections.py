@@ -1,0 +1,324 @@
+"""Projection catch-up against a raw driver paging through the events table.
+
+    W3   catch-up of N events by a no-op projection (one Processor), at batch
+         100 and batch 1,000; baseline: the bare driver reading the table in
+         pages of the same size (same SELECT columns, ORDER BY global_position
+         LIMIT), rows left as tuples.
+    W5   the same N events caught up by 4 partitions in 4 processes at batch
+         1,000; reported as total events/s, its ratio to W3 at batch 1,000 (the
+         single-process catch-up) and rows fetched per row handled by each
+         partition (1.00 means no partition read another's events).
+
+Every run is checked: each event handled exactly once. Databases: ``--db
+postgres,mysql,sqlite`` (default: all three), each in a private schema,
+database or file that is dropped at the end.
+
+    python bench/projections.py [--quick] [--events N] [--db postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, make_events
+
+from pupsourcing import ExpectedVersion, PersistedEvent
+from pupsourcing.projection import Processor, ProcessorConfig
+
+PARTITIONS = 4
+EVENTS_PER_AGGREGATE = 10
+APPEND_BATCH = 100
+"""Events are loaded 100 at a time (10 aggregates x 10 events) per transaction."""
+
+
+def builders() -> dict[str, Callable[[], Target]]:
+    import mysql_store
+    import postgres_store
+    import sqlite_store
+
+    return {
+        "postgres": postgres_store.build,
+        "mysql": mysql_store.build,
+        "sqlite": sqlite_store.build,
+    }
+
+
+class Noop:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.handled = 0
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        self.handled += 1
+
+
+class Tally(logging.Handler):
+    """Adds up the ``fetched``/``handled`` fields of the processor's batch records."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.fetched = 0
+        self.handled = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.fetched += getattr(record, "fetched", 0)
+        self.handled += getattr(record, "handled", 0)
+
+
+def quiet_logger(name: str) -> tuple[logging.Logger, Tally]:
+    logger = logging.getLogger(f"bench.{name}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    tally = Tally()
+    logger.handlers[:] = [tally]
+    return logger, tally
+
+
+def load(target: Target, events: int) -> None:
+    conn = target.connect(False)
+    try:
+        aggregates = events // EVENTS_PER_AGGREGATE
+        per_tx = APPEND_BATCH // EVENTS_PER_AGGREGATE
+        for first in range(0, aggregates, per_tx):
+            for a in range(first, min(first + per_tx, aggregates)):
+                target.store.append(
+                    conn,
+                    ExpectedVersion.any(),
+                    make_events(f"acct-{a}", EVENTS_PER_AGGREGATE),
+                )
+            conn.commit()
+    finally:
+        conn.close()
+
+
+def raw_paging(target: Target, batch: int) -> tuple[int, float]:
+    dialect = target.store.dialect
+    p = dialect.placeholder
+    sql = (
+        f"SELECT {', '.join(dialect.select_columns())} FROM {dialect.events_table} "
+        f"WHERE global_position > {p} ORDER BY global_position LIMIT {p}"
+    )
+    conn = target.connect(True)
+    try:
+        cursor = conn.cursor()
+        rows = 0
+        position = 0
+        start = time.perf_counter()
+        while True:
+            cursor.execute(sql, (position, batch))
+            page = cursor.fetchall()
+            if not page:
+                break
+            rows += len(page)
+            position = page[-1][0]
+        return rows, time.perf_counter() - start
+    finally:
+        conn.close()
+
+
+def catch_up(target: Target, name: str, config: ProcessorConfig) -> tuple[int, float]:
+    projection = Noop(name)
+    with Processor(lambda: target.connect(False), target.store, config) as processor:
+        start = time.perf_counter()
+        handled = processor.catch_up(projection)
+        elapsed = time.perf_counter() - start
+    if handled != projection.handled:
+        raise AssertionError("catch_up miscounted")
+    return handled, elapsed
+
+
+@dataclass
+class PartitionJob:
+    database: str
+    key: int
+    name: str
+
+
+def _partition_worker(job: PartitionJob, location: Any, ready: Any, go: Any, out: Any) -> None:
+    """Runs in a child process: catch up one partition and report."""
+    target = LOCATIONS[job.database](location)
+    logger, tally = quiet_logger(f"p{job.key}")
+    config = ProcessorConfig(
+        batch_size=1000, partition_key=job.key, total_partitions=PARTITIONS, logger=logger
+    )
+    projection = Noop(job.name)
+    with Processor(lambda: target.connect(False), target.store, config) as processor:
+        ready.set()
+        go.wait()
+        handled = processor.catch_up(projection)
+    out.put((job.key, handled, tally.fetched, tally.handled, time.perf_counter()))
+
+
+def partitions(database: str, location: Any, name: str) -> tuple[int, float, list[float]]:
+    context = multiprocessing.get_context("spawn")
+    go = context.Event()
+    out = context.Queue()
+    workers = []
+    readies = []
+    for key in range(PARTITIONS):
+        ready = context.Event()
+        readies.append(ready)
+        workers.append(
+            context.Process(
+                target=_partition_worker,
+                args=(PartitionJob(database, key, name), location, ready, go, out),
+            )
+        )
+    for worker in workers:
+        worker.start()
+    for ready in readies:
+        if not ready.wait(120):
+            raise RuntimeError("a partition worker did not start")
+    start = time.perf_counter()
+    go.set()
+    results = [out.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join(60)
+        if worker.exitcode != 0:
+            raise RuntimeError(f"partition worker exited with {worker.exitcode}")
+    elapsed = max(r[4] for r in results) - start
+    handled = sum(r[1] for r in results)
+    fetched_per_handled = [r[2] / r[3] if r[3] else 0.0 for r in results]
+    return handled, elapsed, fetched_per_handled
+
+
+# Child processes rebuild a Target from a picklable location.
+LOCATIONS: dict[str, Callable[[Any], Target]] = {}
+
+
+def _locate_postgres(location: Any) -> Target:
+    import psycopg
+
+    from pupsourcing.adapters.postgres import PostgresStore
+
+    return Target(
+        database="postgres",
+        connect=lambda autocommit: psycopg.connect(location, autocommit=autocommit),
+        store=PostgresStore(),
+        raw=None,  # type: ignore[arg-type]
+        reset=lambda conn: None,
+    )
+
+
+def _locate_mysql(location: Any) -> Target:
+    import pymysql
+
+    from pupsourcing.adapters.mysql import MySQLStore
+
+    return Target(
+        database="mysql",
+        connect=lambda autocommit: pymysql.connect(autocommit=autocommit, **location),
+        store=MySQLStore(),
+        raw=None,  # type: ignore[arg-type]
+        reset=lambda conn: None,
+    )
+
+
+def _locate_sqlite(location: Any) -> Target:
+    import sqlite3
+
+    from pupsourcing.adapters.sqlite import SQLiteStore
+
+    def connect(autocommit: bool) -> Any:
+        conn = sqlite3.connect(location, timeout=60)
+        if autocommit:
+            conn.isolation_level = None
+        return conn
+
+    return Target("sqlite", connect, SQLiteStore(), None, lambda conn: None)  # type: ignore[arg-type]
+
+
+LOCATIONS.update(postgres=_locate_postgres, mysql=_locate_mysql, sqlite=_locate_sqlite)
+
+
+def location_of(database: str, target: Target) -> Any:
+    """What a child process needs to connect to ``target``'s private store."""
+    conn = target.connect(True)
+    try:
+        if database == "postgres":
+            return conn.info.dsn + " options='-c search_path=" + _pg_schema(conn) + "'"
+        if database == "mysql":
+            cursor = conn.cursor()
+            cursor.execute("SELECT DATABASE()")
+            return {
+                "host": conn.host,
+                "port": conn.port,
+                "user": conn.user.decode() if isinstance(conn.user, bytes) else conn.user,
+                "password": "",
+                "database": cursor.fetchone()[0],
+            }
+        return conn.execute("PRAGMA database_list").fetchone()[2]
+    finally:
+        conn.close()
+
+
+def _pg_schema(conn: Any) -> str:
+    schema: str = conn.execute("SELECT current_schema()").fetchone()[0]
+    return schema
+
+
+def run(database: str, build: Callable[[], Target], events: int) -> list[str]:
+    target = build()
+    lines = []
+    try:
+        load(target, events)
+        w3 = {}
+        for batch in (100, 1000):
+            raw_rows, raw_seconds = raw_paging(target, batch)
+            handled, seconds = catch_up(target, f"w3_{batch}", ProcessorConfig(batch_size=batch))
+            if handled != events or raw_rows != events:
+                raise AssertionError(f"W3 handled {handled}, raw read {raw_rows} of {events}")
+            ours, raw = handled / seconds, raw_rows / raw_seconds
+            w3[batch] = ours
+            lines.append(
+                f"W3   catch-up, batch {batch:<5} {ours:>12,.0f} {raw:>12,.0f} events/s  "
+                f"{ours / raw:>6.2f}x raw paging"
+            )
+        handled, seconds, ratios = partitions(database, location_of(database, target), "w5")
+        if handled != events:
+            raise AssertionError(f"W5 handled {handled} of {events}")
+        total = handled / seconds
+        lines.append(
+            f"W5   {PARTITIONS} partitions, 4 processes {total:>12,.0f} {w3[1000]:>12,.0f} "
+            f"events/s  {total / w3[1000]:>6.2f}x one process; fetched per handled "
+            + " ".join(f"{r:.2f}" for r in ratios)
+        )
+    finally:
+        target.close()
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="2,000 events (smoke test)")
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--db", default="postgres,mysql,sqlite")
+    args = parser.parse_args(argv)
+    events = 2000 if args.quick else args.events
+    events -= events % APPEND_BATCH
+    available = builders()
+    status = 0
+    print(f"Projection catch-up of {events:,} events (no-op projection)")
+    print(f"{'':4} {'workload':27} {'pupsourcing':>12} {'baseline':>12}")
+    for database in [d.strip() for d in args.db.split(",") if d.strip()]:
+        try:
+            lines = run(database, available[database], events)
+        except Unavailable as exc:
+            print(f"{database}: database unavailable: {exc}", file=sys.stderr)
+            status = UNAVAILABLE_EXIT_CODE
+            continue
+        print(f"-- {database}")
+        for line in lines:
+            print(line)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""What projection processors log, and how to route it into structured logs.
+
+Run: ``python main.py`` (uses ``with_logging.db`` in the current directory,
+fresh on every run). Processors log on the ``pupsourcing`` logger (or the one
+in ``ProcessorConfig.logger``); each batch that handled events is one INFO
+record whose ``projection``, ``handled``, ``checkpoint`` and ``fetched``
+attributes a formatter can pick up. Here they become JSON lines on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import sys
+from pathlib import Path
+
+from pupsourcing import Event, ExpectedVersion, PersistedEvent, ProjectionError
+from pupsourcing.adapters.sqlite import SQLiteStore, connect
+from pupsourcing.projection import Processor, ProcessorConfig
+
+DB = Path("with_logging.db")
+
+
+class JsonLines(logging.Formatter):
+    BATCH_FIELDS = ("projection", "handled", "checkpoint", "fetched")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update({f: getattr(record, f) for f in self.BATCH_FIELDS if hasattr(record, f)})
+        if record.exc_info and record.exc_info[1] is not None:
+            line["error"] = repr(record.exc_info[1])
+        return json.dumps(line)
+
+
+class Invoices:
+    name = "invoices"
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def handle(self, event: PersistedEvent, tx: sqlite3.Connection) -> None:
+        if self.broken and event.global_position == 7:
+            raise ConnectionError("the PDF renderer is down")
+
+
+def main() -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonLines())
+    logging.getLogger("pupsourcing").addHandler(handler)
+    logging.getLogger("pupsourcing").setLevel(logging.DEBUG)
+
+    for stale in (DB, Path(f"{DB}-wal"), Path(f"{DB}-shm")):
+        stale.unlink(missing_ok=True)
+    store = SQLiteStore()
+    db = connect(DB)
+    store.create_schema(db)
+    for n in range(5):
+        store.append(
+            db,
+            ExpectedVersion.no_stream(),
+            [Event("Billing", "Invoice", f"inv-{n}", "InvoiceIssued", b"{}")],
+        )
+    db.commit()
+
+    print("-- one INFO record per batch that handled events (batch_size=3):")
+    with Processor(lambda: connect(DB), store, ProcessorConfig(batch_size=3)) as processor:
+        processor.catch_up(Invoices())
+
+    print("-- a handler error: ERROR with the exception, then ProjectionError is raised:")
+    for n in range(5, 8):
+        store.append(
+            db,
+            ExpectedVersion.no_stream(),
+            [Event("Billing", "Invoice", f"inv-{n}", "InvoiceIssued", b"{}")],
+        )
+    db.commit()
+    invoices = Invoices()
+    invoices.broken = True
+    try:
+        with Processor(lambda: connect(DB), store) as processor:
+            processor.catch_up(invoices)
+    except ProjectionError as error:
+        print(f"   (raised {type(error).__name__}: {error})")
+
+    print("-- one child logger per partition tells the processors apart:")
+    invoices.broken = False
+    for key in range(2):
+        config = ProcessorConfig(
+            partition_key=key,
+            total_partitions=2,
+            logger=logging.getLogger(f"pupsourcing.invoices.p{key}"),
+        )
+        with Processor(lambda: connect(DB), store, config) as processor:
+            processor.catch_up(invoices)
+    db.close()
+
+
+if __name__ == "__main__":
+    main()

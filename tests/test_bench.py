@@ -1,0 +1,79 @@
+"""Every benchmark script runs end to end in ``--quick`` mode, so none can rot.
+
+Each script in bench/ (except the shared ``common.py``) is run as a user would
+run it; a script whose database is unreachable exits with status 3, which is
+a skip locally and a failure under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import unavailable
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SCRIPTS = sorted(path for path in BENCH.glob("*.py") if path.name != "common.py")
+STORE_SCRIPTS = [path for path in SCRIPTS if path.name.endswith("_store.py")]
+UNAVAILABLE_EXIT_CODE = 3  # bench/common.py UNAVAILABLE_EXIT_CODE
+
+
+def test_there_are_benchmarks() -> None:
+    assert SCRIPTS
+
+
+def run_quick(script: Path) -> str:
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    if result.returncode == UNAVAILABLE_EXIT_CODE:
+        unavailable(f"the database of {script.name}", RuntimeError(result.stderr.strip()))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_every_benchmark_is_tested() -> None:
+    assert {p.name for p in SCRIPTS} == {p.name for p in STORE_SCRIPTS} | {"projections.py"}
+
+
+def test_projection_benchmark_runs_in_quick_mode() -> None:
+    out = run_quick(BENCH / "projections.py")
+    sections = re.split(r"^-- (\w+)$", out, flags=re.MULTILINE)[1:]
+    assert sections[::2] == ["postgres", "mysql", "sqlite"], out
+    for body in sections[1::2]:
+        rates = re.findall(r"^(W3|W5) .*?([\d,]+)\s+([\d,]+) events/s\s+(\d+\.\d+)x", body, re.M)
+        assert [r[0] for r in rates] == ["W3", "W3", "W5"], body
+        for _, ours, base, ratio in rates:
+            ours_rate, base_rate = (float(x.replace(",", "")) for x in (ours, base))
+            assert ours_rate > 0
+            assert float(ratio) == pytest.approx(ours_rate / base_rate, rel=0.05, abs=0.01)
+        fetched = [
+            float(x) for x in re.findall(r"fetched per handled ((?:[\d.]+ ?)+)", body)[0].split()
+        ]
+        assert len(fetched) == 4
+        assert all(ratio <= 1.05 for ratio in fetched), body
+
+
+@pytest.mark.parametrize("script", STORE_SCRIPTS, ids=lambda path: path.name)
+def test_benchmark_runs_in_quick_mode(script: Path) -> None:
+    stdout = run_quick(script)
+    rows = re.findall(
+        r"^(W1|W2|W2c|W4)\s.*?([\d,]+)\s+([\d,]+)\s+\S+/s\s+(\d+\.\d+)x$",
+        stdout,
+        re.MULTILINE,
+    )
+    assert [row[0] for row in rows] == ["W1", "W2", "W2c", "W4"], stdout
+    for _, store, raw, ratio in rows:
+        store_rate, raw_rate = (float(x.replace(",", "")) for x in (store, raw))
+        assert store_rate > 0
+        assert raw_rate > 0
+        assert float(ratio) == pytest.approx(store_rate / raw_rate, rel=0.05, abs=0.01)

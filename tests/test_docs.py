@@ -1,0 +1,145 @@
+"""The documentation site builds without warnings, and its code is true.
+
+Every Python block of every page runs (see ``doc_blocks.py`` for the
+conventions), each page in its own process and temporary directory, and every
+``pupsourcing ...`` command shown in a shell block parses with the real
+command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import IN_CI, mysql_admin, unavailable
+from doc_blocks import blocks, python_blocks
+from pupsourcing.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.rglob("*.md"))
+CODE_PAGES = [page for page in PAGES if python_blocks(page)]
+SHELL_LANGUAGES = {"bash", "sh", "console", "shell"}
+
+
+def page_id(page: Path) -> str:
+    return page.relative_to(DOCS).as_posix()
+
+
+def test_docs_site_builds_strictly(tmp_path: Path) -> None:
+    if importlib.util.find_spec("mkdocs") is None:
+        if IN_CI:
+            pytest.fail("mkdocs is not installed (install the docs extra)", pytrace=False)
+        pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert warnings == []
+    assert (tmp_path / "index.html").exists()
+
+
+MEMBERS_DIRECTIVE = re.compile(
+    r"^::: ([\w.]+)\n(?:    .*\n)*?      members: \[([^\]]*)\]", re.MULTILINE
+)
+
+
+def test_reference_pages_name_only_what_exists() -> None:
+    """mkdocstrings silently leaves out a listed member that does not exist."""
+    listed = 0
+    for page in sorted((DOCS / "reference").glob("*.md")):
+        for module, members in MEMBERS_DIRECTIVE.findall(page.read_text(encoding="utf-8")):
+            imported = importlib.import_module(module)
+            for member in (name.strip() for name in members.split(",")):
+                assert hasattr(imported, member), f"{page.name}: {module}.{member} does not exist"
+                listed += 1
+    assert listed > 0
+
+
+def test_there_are_pages_with_code() -> None:
+    assert len(CODE_PAGES) >= 8
+
+
+def require_servers(text: str) -> None:
+    """Skip (or fail under CI) when a page needs a server that is not reachable."""
+    if "import psycopg" in text:
+        import psycopg
+
+        try:
+            psycopg.connect(
+                "host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=5
+            ).close()
+        except psycopg.OperationalError as exc:
+            unavailable("PostgreSQL", exc)
+    if "import pymysql" in text:
+        mysql_admin().close()
+
+
+@pytest.mark.parametrize("page", CODE_PAGES, ids=page_id)
+def test_page_code_runs(page: Path, tmp_path: Path) -> None:
+    require_servers(page.read_text(encoding="utf-8"))
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("doc_blocks.py")), str(page)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        },
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def shell_commands(path: Path) -> list[str]:
+    """The ``pupsourcing ...`` command lines of a Markdown file's shell blocks."""
+    commands = []
+    for block in blocks(path.read_text(encoding="utf-8")):
+        if block.language not in SHELL_LANGUAGES:
+            continue
+        for line in block.code.replace("\\\n", " ").splitlines():
+            line = line.strip().removeprefix("$ ")
+            if line.startswith("pupsourcing "):
+                commands.append(line)
+    return commands
+
+
+DOCUMENTED = [
+    (path, command)
+    for path in [ROOT / "README.md", *PAGES, *sorted((ROOT / "examples").glob("*/README.md"))]
+    for command in shell_commands(path)
+]
+
+
+def test_commands_are_documented() -> None:
+    assert any("migrate-gen" in command for _, command in DOCUMENTED)
+
+
+@pytest.mark.parametrize(
+    ("path", "command"),
+    DOCUMENTED,
+    ids=[f"{path.relative_to(ROOT)}:{command}" for path, command in DOCUMENTED],
+)
+def test_documented_command_parses(path: Path, command: str) -> None:
+    args = shlex.split(command, comments=True)[1:]
+    if {"-h", "--help", "--version"} & set(args):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(args)
+        assert exit_.value.code == 0
+    else:
+        build_parser().parse_args(args)  # a bad command line raises SystemExit(2)

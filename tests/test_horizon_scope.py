@@ -1,0 +1,102 @@
+"""Which open transactions hold a projection back, as the adapter pages say.
+
+PostgreSQL: only transactions that wrote to the events table. MySQL/MariaDB:
+any transaction that has written anything, in any database of the server;
+read-only transactions do not.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Backend, make_backend, mysql_admin
+from helpers import event
+from pupsourcing import ExpectedVersion, PersistedEvent
+from pupsourcing.projection import Processor
+
+
+class Count:
+    name = "count"
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        self.seen += 1
+
+
+def catch_up_waits(backend: Backend, blocker: Any) -> bool:
+    """Whether catch_up is still waiting after a while with ``blocker`` open;
+    it must finish once ``blocker`` rolls back."""
+    conn = backend.connection()
+    backend.store.append(conn, ExpectedVersion.any(), [event(f"a-{uuid.uuid4().hex}")])
+    conn.commit()
+    projection = Count()
+    processor = Processor(backend.connect, backend.store)
+    thread = threading.Thread(target=processor.catch_up, args=(projection,))
+    thread.start()
+    thread.join(1.5)
+    waited = thread.is_alive()
+    blocker.rollback()
+    thread.join(10)
+    processor.close()
+    assert not thread.is_alive()
+    assert projection.seen >= 1
+    return waited
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[Backend]:
+    backend = make_backend("postgres", tmp_path)
+    yield backend
+    for cleanup in reversed(backend.cleanups):
+        cleanup()
+
+
+@pytest.fixture
+def mysql(tmp_path: Path) -> Iterator[Backend]:
+    backend = make_backend("mysql", tmp_path)
+    yield backend
+    for cleanup in reversed(backend.cleanups):
+        cleanup()
+
+
+def test_postgres_waits_only_for_writers_of_the_events_table(postgres: Backend) -> None:
+    setup = postgres.connection()
+    setup.execute("CREATE TABLE other (x INT)")
+    setup.commit()
+    elsewhere = postgres.connection()
+    elsewhere.execute("INSERT INTO other VALUES (1)")
+    assert not catch_up_waits(postgres, elsewhere)
+
+    appender = postgres.connection()
+    postgres.store.append(appender, ExpectedVersion.any(), [event("open")])
+    assert catch_up_waits(postgres, appender)
+
+
+def test_mysql_waits_for_any_writer_on_the_server(mysql: Backend) -> None:
+    import pymysql
+
+    from conftest import MYSQL_HOST
+
+    admin = mysql_admin()
+    other = f"t_{uuid.uuid4().hex[:12]}"
+    admin.cursor().execute(f"CREATE DATABASE {other}")
+    try:
+        conn = pymysql.connect(host=MYSQL_HOST, user="root", password="", database=other)
+        conn.cursor().execute("CREATE TABLE t (x INT)")
+        conn.commit()
+        conn.cursor().execute("SELECT * FROM t")  # a read-only transaction
+        assert not catch_up_waits(mysql, conn)
+        conn.cursor().execute("INSERT INTO t VALUES (1)")  # a writer in another database
+        assert catch_up_waits(mysql, conn)
+        conn.close()
+    finally:
+        admin.cursor().execute(f"DROP DATABASE {other}")
+        admin.close()
