@@ -99,15 +99,12 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
 
     async def close(self) -> None:
         """Close the connection if the processor opened it; never the caller's."""
-        if self._factory is not None and self._conn is not None:
-            conn, self._conn = self._conn, None
-            self._core.prepared = False
-            try:
-                closed = conn.close()
+        conn = self._release()
+        if conn is not None:
+            with self._closing():
+                closed = conn.close()  # a coroutine for psycopg and aiosqlite, not asyncmy
                 if inspect.isawaitable(closed):
                     await closed
-            except Exception:  # closing a broken connection may fail; it is gone either way
-                self._logger.debug("closing the processor's connection failed", exc_info=True)
 
     async def __aenter__(self) -> AsyncProcessor[ConnT]:
         return self

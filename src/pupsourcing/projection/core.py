@@ -12,7 +12,8 @@ them out, blocking or awaiting.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+import contextlib
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
@@ -184,3 +185,20 @@ class ProcessorBase(Generic[ConnT, StoreT]):
         conn, self._factory = split_db(db)
         self._conn: ConnT | None = conn
         self._core = ProcessorCore(store.dialect, self.config, reconnects=self._factory is not None)
+
+    def _release(self) -> Any:
+        """Forget the connection if the processor opened it, and return it for
+        closing; ``None`` when there is nothing of its own to close."""
+        if self._factory is None or self._conn is None:
+            return None
+        conn, self._conn = self._conn, None
+        self._core.prepared = False
+        return conn
+
+    @contextlib.contextmanager
+    def _closing(self) -> Iterator[None]:
+        """Closing a broken connection may fail; it is gone either way."""
+        try:
+            yield
+        except Exception:
+            self._logger.debug("closing the processor's connection failed", exc_info=True)

@@ -88,13 +88,10 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
 
     def close(self) -> None:
         """Close the connection if the processor opened it; never the caller's."""
-        if self._factory is not None and self._conn is not None:
-            conn, self._conn = self._conn, None
-            self._core.prepared = False
-            try:
+        conn = self._release()
+        if conn is not None:
+            with self._closing():
                 conn.close()
-            except Exception:  # closing a broken connection may fail; it is gone either way
-                self._logger.debug("closing the processor's connection failed", exc_info=True)
 
     def __enter__(self) -> Processor[ConnT]:
         return self
