@@ -155,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     k, t = scale.w2c_threads, scale.w2c_per_thread
     print(
-        f"{target.database}: asyncio vs blocking, {k} concurrent writers x {t:,} "
+        f"{target.database}: asyncio vs blocking, {k} concurrent writer{'s' if k != 1 else ''} "
+        f"x {t:,} "
         f"single-event transactions (best of {scale.rounds}; Python {platform.python_version()})"
     )
     print()
