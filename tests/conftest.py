@@ -5,11 +5,13 @@ directory, a fresh PostgreSQL schema, or a fresh MariaDB database. When a
 server cannot be reached the test is skipped locally, but fails under
 ``CI=true`` so CI never passes without having run it.
 
-The ``backend`` fixture runs each test against both APIs: ``sync`` (the
-blocking stores, ``Processor`` and ``Runner``) and ``async`` (the asyncio
-stores, ``AsyncProcessor`` and ``AsyncRunner`` on asyncio drivers, behind the
-blocking facade of ``aio_facade``). Tests reach the processor and runner
-classes through ``backend.Processor`` and ``backend.Runner``.
+In modules marked ``pytestmark = pytest.mark.both_apis`` (the store and
+projection acceptance suites), the ``backend`` and ``server`` fixtures run
+each test against both APIs: ``sync`` (the blocking stores, ``Processor`` and
+``Runner``) and ``async`` (the asyncio stores, ``AsyncProcessor`` and
+``AsyncRunner`` on asyncio drivers, behind the blocking facade of
+``aio_facade``). Those tests reach the processor and runner classes through
+``backend.Processor`` and ``backend.Runner``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -71,6 +74,8 @@ class Backend:
     api: str = "sync"
     Processor: Callable[..., Any] = Processor
     Runner: Callable[[], Any] = Runner
+    url: str = ""
+    """The database URL naming this store (``pupsourcing.urls``)."""
 
     def connection(self) -> Any:
         conn = self.connect()
@@ -159,11 +164,31 @@ def sqlite_backend(tmp_path: Path, config: StoreConfig) -> Backend:
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "store.db"
     store = SQLiteStore(config)
-    backend = Backend("sqlite", store, lambda: connect(path), lambda: connect_async(path))
+    backend = Backend(
+        "sqlite",
+        store,
+        lambda: connect(path),
+        lambda: connect_async(path),
+        url=f"sqlite:///{quote(str(path))}",
+    )
     conn = backend.connection()
     store.create_schema(conn)
     conn.commit()
     return backend
+
+
+def pg_url(schema: str) -> str:
+    """A postgresql:// URL for the test server whose search path is ``schema``."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(PG_DSN)
+    userinfo = quote(str(info.get("user", "")), safe="")
+    if info.get("password"):
+        userinfo += ":" + quote(str(info["password"]), safe="")
+    host = info.get("host", "127.0.0.1")
+    port = info.get("port", 5432)
+    options = quote(f"-csearch_path={schema}", safe="")
+    return f"postgresql://{userinfo}@{host}:{port}/{info.get('dbname', '')}?options={options}"
 
 
 def postgres_backend(config: StoreConfig) -> Backend:
@@ -188,6 +213,7 @@ def postgres_backend(config: StoreConfig) -> Backend:
         store,
         lambda: psycopg.connect(dsn),
         lambda: psycopg.AsyncConnection.connect(dsn),
+        url=pg_url(schema),
     )
 
     def drop() -> None:
@@ -241,7 +267,9 @@ def mysql_backend(config: StoreConfig) -> Backend:
         )
 
     store = MySQLStore(config)
-    backend = Backend("mysql", store, connect, open_async)
+    backend = Backend(
+        "mysql", store, connect, open_async, url=f"mysql://root@{MYSQL_HOST}/{database}"
+    )
     backend.database = database
 
     def drop() -> None:
@@ -277,12 +305,33 @@ def make_backend(
     return backend
 
 
-def backends_and_apis(names: list[str]) -> list[Any]:
-    """``(name, api)`` parameters for the given databases and both APIs."""
-    return [pytest.param((name, api), id=f"{name}-{api}") for name in names for api in APIS]
+SERVERS = ["postgres", "mysql"]
 
 
-@pytest.fixture(params=backends_and_apis(BACKENDS))
+def backends_and_apis(names: list[str], apis: list[str] = APIS) -> list[Any]:
+    """``(name, api)`` parameters for the given databases and APIs (the id is
+    the database's name alone when only the blocking API runs)."""
+    return [
+        pytest.param((name, api), id=name if apis == ["sync"] else f"{name}-{api}")
+        for name in names
+        for api in apis
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``backend`` is every database, ``server`` the databases with a server;
+    in modules marked ``both_apis`` each with the blocking and the asyncio API."""
+    apis = APIS if metafunc.definition.get_closest_marker("both_apis") else ["sync"]
+    direct = set()  # names a test parametrizes itself (a plain "server" argument, say)
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        direct.update(n.strip() for n in (names.split(",") if isinstance(names, str) else names))
+    for fixture, databases in (("backend", BACKENDS), ("server", SERVERS)):
+        if fixture in metafunc.fixturenames and fixture not in direct:
+            metafunc.parametrize(fixture, backends_and_apis(databases, apis), indirect=True)
+
+
+@pytest.fixture
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     name, api = request.param
     b = make_backend(name, tmp_path, api=api)
@@ -291,7 +340,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         cleanup()
 
 
-@pytest.fixture(params=backends_and_apis(["postgres", "mysql"]))
+@pytest.fixture
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """A backend on a database server (several connections write at once)."""
     name, api = request.param

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -17,10 +19,10 @@ from typing import Any
 import pytest
 
 from aio_facade import maybe_await
-from conftest import BACKENDS, Backend, make_backend
+from conftest import BACKENDS, Backend, make_backend, require
 from helpers import events
 from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
-from pupsourcing.adapters.sqlite import SQLiteStore
+from pupsourcing.adapters.sqlite import SQLiteStore, connect, connect_async
 from pupsourcing.aio import AsyncProcessor, AsyncRunner, AsyncSQLiteStore
 from pupsourcing.projection import Processor, ProcessorConfig
 from pupsourcing.runner import ProjectionRunner, Runner
@@ -249,6 +251,44 @@ def test_waiting_for_a_lock_does_not_block_the_event_loop(db: Backend) -> None:
     finally:
         holder.rollback()
     assert db.count_events() == 2
+
+
+def test_async_processor_waits_out_a_writer_holding_the_lock(tmp_path: Path) -> None:
+    """As the blocking processor does: a batch that cannot get SQLite's write
+    lock within the busy timeout is rolled back and retried, not fatal."""
+    require("aiosqlite")
+    path = tmp_path / "busy.db"
+    writer = connect(path)
+    SQLiteStore().create_schema(writer)
+    SQLiteStore().append(writer, ExpectedVersion.any(), events(2, "a"))
+    writer.commit()
+    holder = sqlite3.connect(path, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    seen: list[int] = []
+
+    class Seen:
+        name = "seen"
+
+        async def handle(self, event: PersistedEvent, tx: Any) -> None:
+            seen.append(event.global_position)
+
+    logger, records = logging.getLogger("pupsourcing.test.async_busy"), []
+    logger.addHandler(type("H", (logging.Handler,), {"emit": lambda s, r: records.append(r)})())
+
+    async def scenario() -> None:
+        config = ProcessorConfig(logger=logger)
+        opener = lambda: connect_async(path, timeout=0.05)  # noqa: E731
+        async with AsyncProcessor(opener, AsyncSQLiteStore(), config) as processor:
+            asyncio.get_running_loop().call_later(0.4, holder.rollback)
+            assert await processor.catch_up(Seen()) == 2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        holder.close()
+        writer.close()
+    assert seen == [1, 2]
+    assert any("retrying" in r.getMessage() for r in records if r.levelno == logging.WARNING)
 
 
 # -- the two APIs refuse each other's objects ------------------------------------

@@ -19,6 +19,8 @@ from helpers import event
 from pupsourcing import ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
 from pupsourcing.projection import ProcessorConfig
 
+pytestmark = pytest.mark.both_apis  # the blocking and the asyncio API, see conftest
+
 
 class Recorder:
     def __init__(self, name: str = "gaps") -> None:

@@ -17,6 +17,8 @@ from pupsourcing.core.hashing import fnv1a_32
 from pupsourcing.projection import HashPartitionStrategy, ProcessorConfig
 from pupsourcing.runner import NoProjectionsError, ProjectionRunner
 
+pytestmark = pytest.mark.both_apis  # the blocking and the asyncio API, see conftest
+
 
 class ReadModel:
     """Writes one row per event through ``tx``: a duplicate would violate the key."""

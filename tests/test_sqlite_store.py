@@ -177,3 +177,44 @@ def test_lock_timeout_surfaces_as_the_drivers_error(db_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         store.append(waiter, ExpectedVersion.any(), events(1, "a"))
     holder.rollback()
+
+
+def test_processor_waits_out_a_writer_holding_the_lock(db_path: Path) -> None:
+    """The processor's batch needs the write lock; a writer holding it longer
+    than the busy timeout is a retry, not a crash."""
+    import logging
+
+    from pupsourcing.projection import Processor, ProcessorConfig
+
+    store = SQLiteStore()
+    writer = connect(db_path)
+    store.append(writer, ExpectedVersion.any(), events(2, "a"))
+    writer.commit()
+    holder = sqlite3.connect(db_path, check_same_thread=False)  # released by a timer thread
+    holder.execute("BEGIN IMMEDIATE")
+
+    class Seen:
+        name = "seen"
+
+        def __init__(self) -> None:
+            self.positions: list[int] = []
+
+        def handle(self, event: object, tx: object) -> None:
+            self.positions.append(event.global_position)  # type: ignore[attr-defined]
+
+    records: list[logging.LogRecord] = []
+    logger = logging.getLogger("pupsourcing.test.busy")
+    logger.addHandler(type("H", (logging.Handler,), {"emit": lambda s, r: records.append(r)})())
+    projection = Seen()
+    processor = Processor(
+        lambda: connect(db_path, timeout=0.05), store, ProcessorConfig(logger=logger)
+    )
+    released = threading.Timer(0.4, holder.rollback)
+    released.start()
+    try:
+        assert processor.catch_up(projection) == 2
+    finally:
+        released.join()
+        processor.close()
+    assert projection.positions == [1, 2]
+    assert any("retrying" in r.getMessage() for r in records if r.levelno == logging.WARNING)

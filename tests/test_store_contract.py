@@ -17,6 +17,8 @@ from pupsourcing import (
     PersistedEvent,
 )
 
+pytestmark = pytest.mark.both_apis  # the blocking and the asyncio API, see conftest
+
 
 def test_append_assigns_versions_and_positions(backend: Backend) -> None:
     conn = backend.connection()

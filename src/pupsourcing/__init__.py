@@ -4,6 +4,8 @@ The core types live here; stores are in :mod:`pupsourcing.adapters`,
 projections in :mod:`pupsourcing.projection`.
 """
 
+import logging
+
 from pupsourcing.core import (
     AppendResult,
     Event,
@@ -18,6 +20,9 @@ from pupsourcing.core import (
 )
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where logs go.
+logging.getLogger("pupsourcing").addHandler(logging.NullHandler())
 
 __all__ = [
     "AppendResult",

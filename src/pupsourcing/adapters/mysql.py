@@ -143,6 +143,7 @@ KEY_COLLATION = "utf8mb4_bin"
 
 ER_DUP_ENTRY = 1062
 ER_LOCK_DEADLOCK = 1213
+ER_LOCK_WAIT_TIMEOUT = 1205
 ER_DATA_TOO_LONG = 1406
 ER_SP_DOES_NOT_EXIST = 1305  # also "SAVEPOINT ... does not exist"
 ER_CONSTRAINT_FAILED = 4025  # MariaDB: JSON_VALID check on the metadata column
@@ -416,6 +417,16 @@ class MySQLDialect(Dialect):
 
     # -- reading -------------------------------------------------------------
 
+    def timestamp_sql(self, column: str) -> str:
+        return _CREATED_AT_MICROS.replace("created_at", column)
+
+    def age_sql(self, column: str) -> str:
+        # Both sides in epoch seconds: right whatever the session time zone.
+        return f"UNIX_TIMESTAMP({_NOW}) - UNIX_TIMESTAMP({column})"
+
+    def decode_timestamp(self, value: object) -> datetime | None:
+        return None if value is None else _from_micros(value)
+
     def select_columns(self) -> list[str]:
         return [
             "global_position",
@@ -537,6 +548,9 @@ class MySQLDialect(Dialect):
                     f"user the PROCESS privilege ({exc})"
                 ) from exc
             raise
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return errno(exc) in (ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK)
 
     def is_connection_error(self, exc: BaseException) -> bool:
         number = errno(exc)

@@ -377,6 +377,10 @@ class PostgresDialect(Dialect):
             _refuse_oversized(batch)
         return batch
 
+    def is_transient(self, exc: BaseException) -> bool:
+        # serialization failure, deadlock, lock not available (lock_timeout)
+        return getattr(exc, "sqlstate", None) in {"40001", "40P01", "55P03"}
+
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION
 

@@ -19,7 +19,9 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import (
@@ -115,6 +117,9 @@ class SQLiteDialect(Dialect):
     def quote(identifier: str) -> str:
         return f'"{identifier}"'
 
+    def age_sql(self, column: str) -> str:
+        return f"(julianday('now') - julianday({column})) * 86400.0"
+
     def check_event(self, index: int, event: Event) -> None:
         if len(event.payload) > MAX_VALUE_BYTES:
             raise InvalidEventError(
@@ -128,6 +133,10 @@ class SQLiteDialect(Dialect):
                 "metadata",
                 f"is larger than SQLite's limit of {MAX_VALUE_BYTES} bytes",
             )
+
+    def is_transient(self, exc: BaseException) -> bool:
+        name = getattr(exc, "sqlite_errorname", None) or ""
+        return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlite_errorname", None) in _UNIQUE_ERRORS
@@ -258,15 +267,23 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
 
 
 def connect(
-    path: str | PathLike[str], *, timeout: float = 5.0, wal: bool = True
+    path: str | PathLike[str], *, timeout: float = 5.0, wal: bool = True, create: bool = True
 ) -> sqlite3.Connection:
     """Open a SQLite database the way the store works best with it.
 
     WAL journal mode (readers never block the writer) and a busy timeout of
     ``timeout`` seconds for the write lock. Transactions are the caller's:
-    commit or roll back as usual.
+    commit or roll back as usual. With ``create=False`` a missing database
+    file raises :class:`FileNotFoundError` instead of being created.
     """
-    connection = sqlite3.connect(path, timeout=timeout)
+    if create or str(path) == ":memory:":
+        connection = sqlite3.connect(path, timeout=timeout)
+    else:
+        file = Path(path).absolute()
+        if not file.is_file():
+            raise FileNotFoundError(f"no SQLite database at {path}")
+        uri = f"file:{quote(str(file))}?mode=rw"
+        connection = sqlite3.connect(uri, timeout=timeout, uri=True)
     if wal:
         connection.execute("PRAGMA journal_mode=WAL")
     return connection

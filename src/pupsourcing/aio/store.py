@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.store.base import StoreBase
+from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.plan import Plan, Row, Statement, drive_async
 
 ConnT = TypeVar("ConnT")
@@ -67,6 +68,14 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         """Events with ``global_position > from_position``, ascending, at most ``limit``."""
         return await self._run(tx, self.dialect.read_events(from_position, limit))
 
+    async def read_latest_events(self, tx: ConnT, limit: int) -> list[PersistedEvent]:
+        """The last ``limit`` events of the store, ascending."""
+        return await self._run(tx, self.dialect.read_latest_events(limit))
+
+    async def head_position(self, tx: ConnT) -> int:
+        """The highest global position stored (0 when the store is empty)."""
+        return await self._run(tx, self.dialect.head_position())
+
     async def read_aggregate_stream(
         self,
         tx: ConnT,
@@ -91,6 +100,10 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
     async def update_checkpoint(self, tx: ConnT, projection_name: str, position: int) -> None:
         """Set the projection's checkpoint (insert or update)."""
         await self._run(tx, self.dialect.update_checkpoint(projection_name, position))
+
+    async def list_checkpoints(self, tx: ConnT) -> list[Checkpoint]:
+        """Every checkpoint, by name."""
+        return await self._run(tx, self.dialect.list_checkpoints())
 
     async def create_schema(self, tx: ConnT) -> None:
         """Create the tables and indexes if they do not exist."""

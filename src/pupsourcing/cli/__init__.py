@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from pupsourcing import __version__
-from pupsourcing.cli import demo, eventmap_gen, migrate_gen
+from pupsourcing.cli import demo, eventmap_gen, events, migrate, migrate_gen, projections
+from pupsourcing.cli._db import driver_error_message, one_line
+from pupsourcing.cli.errors import CommandError
+from pupsourcing.core.errors import ProjectionError
+from pupsourcing.urls import DriverNotInstalledError
 
-
-class CommandError(Exception):
-    """A failure to report as one line on stderr with a non-zero exit."""
+__all__ = ["CommandError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,9 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pupsourcing {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, migrate_gen, eventmap_gen):
+    for module in (demo, migrate_gen, eventmap_gen, migrate, projections, events):
         module.register(commands)
     return parser
+
+
+def _error_line(exc: BaseException) -> str | None:
+    """The one line to report for ``exc``, or ``None`` to let it propagate."""
+    if isinstance(exc, CommandError | ValueError | OSError | DriverNotInstalledError):
+        return str(exc)
+    if isinstance(exc, ProjectionError):
+        cause = exc.__cause__
+        return f"{exc}: {type(cause).__name__}: {one_line(cause)}" if cause else str(exc)
+    return driver_error_message(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,9 +45,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.handler(args)
-    except (CommandError, ValueError, OSError) as exc:
-        print(f"pupsourcing {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``... | head``): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except Exception as exc:
+        line = _error_line(exc)
+        if line is None:
+            raise
+        command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+        print(f"pupsourcing {command}: error: {line}", file=sys.stderr)
+        return 1
     return status

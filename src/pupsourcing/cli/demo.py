@@ -16,7 +16,9 @@ from typing import Any, TextIO
 
 from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
 from pupsourcing.adapters.sqlite import SQLiteStore, connect
+from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import Processor
+from pupsourcing.urls import parse_url
 
 DEFAULT_PATH = "pupsourcing-demo.db"
 CONTEXT = "Sales"
@@ -31,12 +33,28 @@ def register(commands: Any) -> None:
         "project a read model, on a SQLite file in the current directory.",
     )
     parser.add_argument(
-        "--db", default=DEFAULT_PATH, metavar="PATH", help=f"SQLite file (default {DEFAULT_PATH})"
+        "--db",
+        default=DEFAULT_PATH,
+        metavar="PATH",
+        help=f"SQLite file or sqlite:/// URL (default {DEFAULT_PATH})",
     )
     parser.add_argument(
         "--fresh", action="store_true", help="delete the demo's tables and start over"
     )
-    parser.set_defaults(handler=lambda args: run(Path(args.db), fresh=args.fresh))
+    parser.set_defaults(handler=lambda args: run(sqlite_path(args.db), fresh=args.fresh))
+
+
+def sqlite_path(db: str) -> Path:
+    """The demo's file from a path or a ``sqlite:///`` URL; the demo's read
+    model is written in SQLite's dialect, so other databases are refused."""
+    if "://" not in db:
+        return Path(db)
+    url = parse_url(db)
+    if url.adapter != "sqlite" or url.path is None:
+        raise CommandError(
+            f"the demo runs on SQLite only, not on {url}; other commands take any database"
+        )
+    return Path(url.path)
 
 
 def _event(order_id: str, event_type: str, **data: Any) -> Event:

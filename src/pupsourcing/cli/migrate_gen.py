@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pupsourcing.cli._db import add_table_options, store_config
 from pupsourcing.migrations import ADAPTERS, write_migration
-from pupsourcing.store.config import StoreConfig
 
 
 def register(commands: Any) -> None:
@@ -19,12 +19,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--adapter", required=True, choices=ADAPTERS)
     parser.add_argument("--output", required=True, metavar="DIR", help="directory to write into")
     parser.add_argument("--filename", metavar="NAME", help="file name instead of the default")
-    defaults = StoreConfig()
-    parser.add_argument("--events-table", default=defaults.events_table, metavar="T")
-    parser.add_argument("--checkpoints-table", default=defaults.checkpoints_table, metavar="T")
-    parser.add_argument(
-        "--aggregate-heads-table", default=defaults.aggregate_heads_table, metavar="T"
-    )
+    add_table_options(parser)
     parser.add_argument(
         "--force", action="store_true", help="replace an existing file of the same name"
     )
@@ -32,13 +27,12 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = StoreConfig(
-        events_table=args.events_table,
-        checkpoints_table=args.checkpoints_table,
-        aggregate_heads_table=args.aggregate_heads_table,
-    )
     path = write_migration(
-        args.adapter, args.output, filename=args.filename, config=config, overwrite=args.force
+        args.adapter,
+        args.output,
+        filename=args.filename,
+        config=store_config(args),
+        overwrite=args.force,
     )
     print(f"wrote {path}")
     return 0

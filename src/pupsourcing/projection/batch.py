@@ -229,6 +229,7 @@ def step(
             position,
             extra={
                 "projection": sub.name,
+                "checkpoint_name": sub.checkpoint_name,
                 "handled": len(events),
                 "checkpoint": position,
                 "fetched": len(rows),

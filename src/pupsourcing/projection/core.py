@@ -6,7 +6,8 @@ blocking :class:`~pupsourcing.projection.Processor` and the asyncio
 yield the statements and :class:`~pupsourcing.projection.batch.Handle`
 instructions of each batch (:func:`~pupsourcing.projection.batch.step`) and
 the processor's own instructions (:data:`CONNECT`, :data:`DISCONNECT`,
-:class:`Pause`), including the reconnect back-off. A processor only carries
+:class:`Pause`), including the retry of batches that a lock wait, deadlock
+or busy database stopped, and the reconnect back-off. A processor only carries
 them out, blocking or awaiting.
 """
 
@@ -24,7 +25,7 @@ from pupsourcing.projection.protocols import AsyncProjection, Projection
 from pupsourcing.store.base import StoreBase
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.horizon import Horizon
-from pupsourcing.store.plan import Statement
+from pupsourcing.store.plan import ROLLBACK, Statement
 
 T = TypeVar("T")
 ConnT = TypeVar("ConnT")
@@ -83,6 +84,8 @@ class ProcessorCore:
         self.reconnects = reconnects
         self.prepared = False
         """Whether ``dialect.prepare_processor()`` ran on the current connection."""
+        self.transient_failures = 0
+        """Batches in a row that a lock wait, deadlock or busy database stopped."""
         self.horizon = Horizon()
         self._subscriptions: dict[str, Subscription] = {}
 
@@ -121,21 +124,41 @@ class ProcessorCore:
                 yield Pause(max(self.config.poll_interval, 0.001))
 
     def attempt(self, sub: Subscription) -> ProcessorPlan[StepOutcome | None]:
-        """One batch; ``None`` when the connection was lost and re-opened."""
+        """One batch; ``None`` when it did not run (a transient failure, or the
+        connection was lost and re-opened)."""
         try:
             yield CONNECT
             if not self.prepared:
                 yield from self.dialect.prepare_processor()
                 self.prepared = True
-            return (yield from step(self.dialect, self.horizon, sub, self.logger))
+            outcome = yield from step(self.dialect, self.horizon, sub, self.logger)
         except ProjectionError:
             raise
         except Exception as exc:
+            sub.checkpoint = None  # the last commit may or may not have happened
+            if self.dialect.is_transient(exc):
+                yield from self.back_off(exc)
+                return None
             if not self.reconnects or not self.dialect.is_connection_error(exc):
                 raise
-            sub.checkpoint = None  # the last commit may or may not have happened
             yield from self.reconnect(exc)
             return None
+        self.transient_failures = 0
+        return outcome
+
+    def back_off(self, cause: BaseException) -> ProcessorPlan[None]:
+        """A lock wait, deadlock or busy database: roll back, wait, retry;
+        the wait doubles (up to ``RECONNECT_MAX_DELAY``) while it keeps failing."""
+        self.transient_failures += 1
+        delay = min(
+            RECONNECT_INITIAL_DELAY * 2 ** (self.transient_failures - 1), RECONNECT_MAX_DELAY
+        )
+        self.logger.warning("projection batch could not run (%s); retrying in %.1fs", cause, delay)
+        try:
+            yield ROLLBACK
+        except Exception:  # the retry will tell whether the connection is still usable
+            self.logger.debug("rollback after a transient failure failed", exc_info=True)
+        yield Pause(delay)
 
     def reconnect(self, cause: BaseException) -> ProcessorPlan[None]:
         """Close, wait, open again; double the wait (up to

@@ -1,5 +1,6 @@
 """Store configuration and the protocols every adapter's store satisfies."""
 
+from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.protocols import (
     AggregateStreamReader,
@@ -11,6 +12,7 @@ from pupsourcing.store.protocols import (
 
 __all__ = [
     "AggregateStreamReader",
+    "Checkpoint",
     "CheckpointStore",
     "EventAppender",
     "EventReader",

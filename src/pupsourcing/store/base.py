@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
+from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.plan import Plan, Row, Statement, drive
@@ -121,6 +122,14 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         """Events with ``global_position > from_position``, ascending, at most ``limit``."""
         return self._run(tx, self.dialect.read_events(from_position, limit))
 
+    def read_latest_events(self, tx: ConnT, limit: int) -> list[PersistedEvent]:
+        """The last ``limit`` events of the store, ascending."""
+        return self._run(tx, self.dialect.read_latest_events(limit))
+
+    def head_position(self, tx: ConnT) -> int:
+        """The highest global position stored (0 when the store is empty)."""
+        return self._run(tx, self.dialect.head_position())
+
     def read_aggregate_stream(
         self,
         tx: ConnT,
@@ -145,6 +154,10 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
     def update_checkpoint(self, tx: ConnT, projection_name: str, position: int) -> None:
         """Set the projection's checkpoint (insert or update)."""
         self._run(tx, self.dialect.update_checkpoint(projection_name, position))
+
+    def list_checkpoints(self, tx: ConnT) -> list[Checkpoint]:
+        """Every checkpoint, by name."""
+        return self._run(tx, self.dialect.list_checkpoints())
 
     def create_schema(self, tx: ConnT) -> None:
         """Create the tables and indexes if they do not exist."""

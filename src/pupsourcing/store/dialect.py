@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import ClassVar
 
 from pupsourcing.core.errors import OptimisticConcurrencyError
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream, stored_event
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.validation import check_append
+from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement
@@ -156,6 +158,14 @@ class Dialect(abc.ABC):
             f"updated_at = {self.now_sql} WHERE projection_name = {p} "
             f"AND last_global_position = {p}"
         )
+        self.latest_events_sql = f"{select} ORDER BY global_position DESC LIMIT {p}"
+        self.head_position_sql = (
+            f"SELECT COALESCE(max(global_position), 0) FROM {self.events_table}"
+        )
+        self.list_checkpoints_sql = (
+            f"SELECT projection_name, last_global_position, {self.timestamp_sql('updated_at')}, "
+            f"{self.age_sql('updated_at')} FROM {self.checkpoints_table} ORDER BY projection_name"
+        )
         self.fetch_sql_prefix = (
             f"SELECT {', '.join(self.select_columns())}, partition_hash FROM {self.events_table} "
             f"WHERE global_position > {p}"
@@ -202,9 +212,36 @@ class Dialect(abc.ABC):
         """Whether ``exc`` means the connection is unusable (reconnect)."""
         return False
 
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is worth retrying as is: a lock wait time-out, a
+        deadlock, a busy database."""
+        return False
+
     @abc.abstractmethod
     def is_unique_violation(self, exc: BaseException) -> bool:
         """Whether ``exc`` is the driver's unique-constraint violation."""
+
+    def timestamp_sql(self, column: str) -> str:
+        """An expression reading the timestamp ``column`` for :meth:`decode_timestamp`."""
+        return column
+
+    def age_sql(self, column: str) -> str:
+        """Seconds from the timestamp ``column`` to now, by the database's clock."""
+        return f"EXTRACT(EPOCH FROM (now() - {column}))"
+
+    def decode_timestamp(self, value: object) -> datetime | None:
+        """A value read with :meth:`timestamp_sql` as an aware UTC datetime;
+        ``None`` when it is missing or unreadable."""
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                return None
+        if not isinstance(value, datetime):
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
     def select_columns(self) -> list[str]:
         """The expressions that read an event row: position first, then
@@ -343,6 +380,29 @@ class Dialect(abc.ABC):
             rows = yield Statement(self.read_stream_sql, (*key, low, high), fetch=True)
             events = tuple(self.decode_events(rows))
         return Stream(*key, events)
+
+    def read_latest_events(self, limit: int) -> Plan[list[PersistedEvent]]:
+        check_position("limit", limit)
+        if limit == 0:
+            return []
+        rows = yield Statement(self.latest_events_sql, (limit,), fetch=True)
+        return self.decode_events(rows[::-1])
+
+    def head_position(self) -> Plan[int]:
+        rows = yield Statement(self.head_position_sql, fetch=True)
+        return int(rows[0][0])
+
+    def list_checkpoints(self) -> Plan[list[Checkpoint]]:
+        rows = yield Statement(self.list_checkpoints_sql, fetch=True)
+        return [
+            Checkpoint(
+                name,
+                int(position),
+                self.decode_timestamp(updated_at),
+                None if age is None else float(age),
+            )
+            for name, position, updated_at, age in rows
+        ]
 
     def get_checkpoint(self, projection_name: str) -> Plan[int]:
         check_name("projection_name", projection_name, MAX_PROJECTION_NAME_LENGTH)

@@ -1,0 +1,150 @@
+"""What every command that opens the store shares: ``--db`` and the table
+names, opening connections, and driver errors as one line."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from pupsourcing.cli.errors import CommandError
+from pupsourcing.store.config import StoreConfig
+from pupsourcing.urls import (
+    DEFAULT_URL,
+    ENV_VAR,
+    Database,
+    DatabaseURL,
+    DatabaseURLError,
+    database,
+    parse_url,
+)
+
+_DRIVER_MODULES = frozenset({"sqlite3", "psycopg", "psycopg2", "pymysql", "MySQLdb"})
+
+MIGRATE_HINT = "run `pupsourcing migrate` to create the store's tables"
+
+
+def add_table_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--events-table`` and friends, as ``migrate-gen`` spells them."""
+    defaults = StoreConfig()
+    parser.add_argument("--events-table", default=defaults.events_table, metavar="T")
+    parser.add_argument("--checkpoints-table", default=defaults.checkpoints_table, metavar="T")
+    parser.add_argument(
+        "--aggregate-heads-table", default=defaults.aggregate_heads_table, metavar="T"
+    )
+
+
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    """``--db URL`` and the table names."""
+    group = parser.add_argument_group("database")
+    group.add_argument(
+        "--db",
+        metavar="URL",
+        help=f"postgresql://..., mysql://... or sqlite:///path (default: ${ENV_VAR}, "
+        f"else {DEFAULT_URL})",
+    )
+    add_table_options(group)
+
+
+def store_config(args: argparse.Namespace) -> StoreConfig:
+    return StoreConfig(
+        events_table=args.events_table,
+        checkpoints_table=args.checkpoints_table,
+        aggregate_heads_table=args.aggregate_heads_table,
+    )
+
+
+def database_url(args: argparse.Namespace) -> str:
+    """``--db``, else ``$PUPSOURCING_DB``, else the demo's file."""
+    return str(args.db or os.environ.get(ENV_VAR) or DEFAULT_URL)
+
+
+def parsed_url(args: argparse.Namespace) -> DatabaseURL:
+    try:
+        return parse_url(database_url(args))
+    except DatabaseURLError as exc:
+        raise CommandError(f"bad database URL: {exc}") from None
+
+
+def open_database(args: argparse.Namespace, *, create: bool = False) -> Database:
+    """The store and connection factory ``args`` name; nothing connected yet.
+
+    A SQLite file is created only with ``create`` (``migrate``): every other
+    command reports a missing file instead of leaving an empty one behind.
+    """
+    url = parsed_url(args)
+    return database(url, store_config(args), create=create)
+
+
+def connect(db: Database) -> Any:
+    """A new connection, or a one-line :class:`CommandError` saying why not."""
+    try:
+        return db.connect()
+    except FileNotFoundError as exc:
+        raise CommandError(f"cannot open {db.url}: {exc}; {MIGRATE_HINT}") from None
+    except Exception as exc:
+        if not is_driver_error(exc):
+            raise
+        raise CommandError(f"cannot connect to {db.url}: {one_line(exc)}") from None
+
+
+def close_quietly(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+@contextlib.contextmanager
+def connection(db: Database) -> Iterator[Any]:
+    """A connection for the duration of a command; closed afterwards."""
+    conn = connect(db)
+    try:
+        yield conn
+    finally:
+        close_quietly(conn)
+
+
+def check_store(db: Database) -> int:
+    """Connect once and read the store head: fails early, with one line, on a
+    bad URL, an unreachable server or missing tables. Returns the head."""
+    with connection(db) as conn:
+        head = db.store.head_position(conn)
+        conn.rollback()
+    return head
+
+
+def is_driver_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from a database driver (a DB-API error)."""
+    return type(exc).__module__.partition(".")[0] in _DRIVER_MODULES
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver's message on one line, without PostgreSQL's quoted SQL
+    (``LINE 1: ...`` and its ``^`` marker)."""
+    args = exc.args
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        return f"{args[1]} (MySQL error {args[0]})"  # PyMySQL: (errno, message)
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [line for line in lines if line and not line.startswith("LINE ") and set(line) != {"^"}]
+    return " ".join(kept) or type(exc).__name__
+
+
+def _missing_table(exc: BaseException) -> bool:
+    if getattr(exc, "sqlstate", None) == "42P01":  # PostgreSQL: undefined_table
+        return True
+    args = getattr(exc, "args", ())
+    if args and args[0] == 1146:  # MySQL: ER_NO_SUCH_TABLE
+        return True
+    return str(exc).startswith("no such table")  # SQLite
+
+
+def driver_error_message(exc: BaseException) -> str | None:
+    """One line for a driver error raised while a command ran, or ``None``
+    when ``exc`` is not a driver error."""
+    if not is_driver_error(exc):
+        return None
+    message = f"database error: {one_line(exc)}"
+    if _missing_table(exc):
+        message += f"; {MIGRATE_HINT}"
+    return message

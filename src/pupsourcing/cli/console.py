@@ -1,0 +1,92 @@
+"""stderr for long-running commands: log lines, and on a terminal a few status
+lines kept at the bottom and redrawn in place."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from typing import TextIO
+
+_CLEAR_LINE = "\r\x1b[2K"
+_UP = "\x1b[1A"
+
+
+class Console:
+    """Writes log lines to ``stream``; on a terminal also keeps ``status``
+    lines (progress bars) below them, redrawn by :meth:`show`."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        try:
+            self.tty = stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+        self._lock = threading.RLock()  # reentrant: signal handlers log too
+        self._status: list[str] = []
+
+    def _clear(self) -> None:
+        if self._status:
+            self.stream.write(_CLEAR_LINE + (_UP + _CLEAR_LINE) * (len(self._status) - 1))
+
+    def _draw(self) -> None:
+        if self._status:
+            width = max(shutil.get_terminal_size().columns - 1, 20)
+            self.stream.write("\n".join(line[:width] for line in self._status))
+
+    def write(self, line: str) -> None:
+        """One log line, above the status lines."""
+        with self._lock:
+            self._clear()
+            self.stream.write(line + "\n")
+            self._draw()
+            self.stream.flush()
+
+    def show(self, lines: list[str]) -> None:
+        """Replace the status lines (only on a terminal)."""
+        if not self.tty:
+            return
+        with self._lock:
+            self._clear()
+            self._status = list(lines)
+            self._draw()
+            self.stream.flush()
+
+    def finish(self) -> None:
+        """Leave the status lines on screen and move below them."""
+        with self._lock:
+            if self._status:
+                self.stream.write("\n")
+                self._status = []
+                self.stream.flush()
+
+
+class ConsoleHandler(logging.Handler):
+    """A logging handler writing through a :class:`Console`."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.write(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(console: Console, verbosity: int, tag: str = "") -> None:
+    """Log to ``console``: warnings from the processors, the command's own
+    progress lines, and with ``-v`` every batch (``-vv``: debug)."""
+    handler = ConsoleHandler(console)
+    label = f" [{tag}]" if tag else ""
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s{label} %(name)s: %(message)s")
+    )
+    root = logging.getLogger("pupsourcing")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(
+        logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    )
+    logging.getLogger("pupsourcing.cli").setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)

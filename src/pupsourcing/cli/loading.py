@@ -1,0 +1,67 @@
+"""Load projections named ``module:attribute`` on the command line."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from pupsourcing.cli.errors import CommandError
+from pupsourcing.projection.batch import projection_name
+from pupsourcing.projection.protocols import Projection
+
+
+def _looks_like_projection(obj: object) -> bool:
+    return not isinstance(obj, type) and callable(getattr(obj, "handle", None))
+
+
+def load_projection(spec: str) -> Projection:
+    """The projection ``spec`` names: ``package.module:attribute`` (dots in
+    the attribute reach into it). The attribute may be a projection object,
+    or a class or zero-argument factory returning one. The current directory
+    is searched first, as ``python -m`` does."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise CommandError(
+            f"{spec!r}: name a projection as module:attribute, "
+            "e.g. myapp.projections:OrdersReadModel"
+        )
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CommandError(f"{spec}: cannot import {module_name}: {exc}") from None
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CommandError(f"{spec}: {module_name} has no attribute {attribute!r}") from None
+    if not _looks_like_projection(obj) and callable(obj):
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise CommandError(
+                f"{spec}: cannot create the projection without arguments: {exc}"
+            ) from None
+    try:
+        projection_name(obj)
+    except TypeError as exc:
+        raise CommandError(
+            f"{spec} is not a projection (it needs a name and handle(event, tx)): {exc}"
+        ) from None
+    assert isinstance(obj, Projection)
+    return obj
+
+
+def load_projections(specs: Sequence[str]) -> list[Projection]:
+    """Every projection in ``specs``; their names must differ."""
+    projections = [load_projection(spec) for spec in specs]
+    names = [p.name for p in projections]
+    for name in names:
+        if names.count(name) > 1:
+            raise CommandError(
+                f"two projections are named {name!r}; checkpoints need distinct names"
+            )
+    return projections

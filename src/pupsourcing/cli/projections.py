@@ -1,0 +1,330 @@
+"""``pupsourcing projections status|run|reset``: see and steer projections."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from pupsourcing.cli import supervisor, worker
+from pupsourcing.cli._db import add_database_options, connection, open_database
+from pupsourcing.cli._text import clean, duration
+from pupsourcing.cli.errors import CommandError
+from pupsourcing.projection import ProcessorConfig
+from pupsourcing.store.checkpoint import Checkpoint
+
+_PARTITION = re.compile(r"(?P<name>.+)_p(?P<key>0|[1-9][0-9]*)\Z")
+
+
+def split_checkpoint_name(checkpoint: str) -> tuple[str, int | None]:
+    """``("orders", 2)`` for ``"orders_p2"`` (partition 2 of a partitioned
+    projection, as :meth:`ProcessorConfig.checkpoint_name` names it);
+    ``("orders", None)`` for ``"orders"``."""
+    match = _PARTITION.match(checkpoint)
+    if match is None:
+        return checkpoint, None
+    return match["name"], int(match["key"])
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number of seconds, got {text}")
+    return value
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "projections",
+        help="see, run and reset projections",
+        description="See where projections are, run them as long-lived workers, "
+        "and reset them for a rebuild.",
+    )
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    status = sub.add_parser(
+        "status",
+        help="every checkpoint with its position, lag and last update",
+        description="One row per projection checkpoint, partitions (<name>_p<k>) grouped "
+        "under their projection: the position it handled up to, its lag behind the "
+        "store head (the highest global position) and when it last moved.",
+    )
+    add_database_options(status)
+    status.add_argument("--json", action="store_true", help="print JSON for machines")
+    status.set_defaults(handler=run_status)
+
+    run = sub.add_parser(
+        "run",
+        help="run projections until SIGINT/SIGTERM",
+        description="Run projections in the foreground until SIGINT or SIGTERM, which "
+        "finish the current batch and exit 0 (a second signal stops at once). Each "
+        "PROJECTION is module:attribute naming a projection object, or a class or "
+        "zero-argument factory making one.",
+    )
+    run.add_argument("projections", nargs="+", metavar="PROJECTION", help="module:attribute")
+    add_database_options(run)
+    scaling = run.add_argument_group("partitions")
+    scaling.add_argument(
+        "--partitions",
+        type=_positive_int,
+        metavar="N",
+        help="start N worker processes, one per partition key 0..N-1, and restart crashed ones",
+    )
+    scaling.add_argument(
+        "--partition-key",
+        type=_non_negative_int,
+        metavar="K",
+        help="run only partition K of --total-partitions (one worker per machine)",
+    )
+    scaling.add_argument("--total-partitions", type=_positive_int, metavar="N")
+    defaults = ProcessorConfig()
+    run.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=defaults.batch_size,
+        metavar="N",
+        help=f"events per transaction (default {defaults.batch_size})",
+    )
+    run.add_argument(
+        "--poll-interval",
+        type=_seconds,
+        default=defaults.poll_interval,
+        metavar="SECONDS",
+        help=f"pause when there is nothing to do (default {defaults.poll_interval})",
+    )
+    run.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar or progress log lines",
+    )
+    run.add_argument(
+        "--progress-interval",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between progress log lines when not on a terminal (default 10)",
+    )
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log every batch (-vv: debug)",
+    )
+    run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    run.set_defaults(handler=run_projections, parser=run)
+
+    reset = sub.add_parser(
+        "reset",
+        help="move a projection's checkpoints back so its read model can be rebuilt",
+        description="Set the checkpoint of projection NAME (all of its partitions' "
+        "checkpoints if it is partitioned) to POSITION, 0 by default: its events after "
+        "POSITION are handled again. To rebuild a read model: stop the projection's "
+        "workers, clear the read model, reset, start the workers again.",
+    )
+    reset.add_argument("name", metavar="NAME", help="the projection's name")
+    reset.add_argument(
+        "--to",
+        type=_non_negative_int,
+        default=0,
+        metavar="POSITION",
+        help="the global position to continue after (default 0: from the start)",
+    )
+    reset.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    add_database_options(reset)
+    reset.set_defaults(handler=run_reset)
+
+
+# -- run ---------------------------------------------------------------------------
+
+
+def run_projections(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    if args.partitions is not None and (
+        args.partition_key is not None or args.total_partitions is not None
+    ):
+        parser.error("--partitions starts every partition; do not combine it with --partition-key")
+    if (args.partition_key is None) != (args.total_partitions is None):
+        parser.error("--partition-key and --total-partitions go together")
+    if args.partition_key is not None and args.partition_key >= args.total_partitions:
+        parser.error(
+            f"--partition-key must be below --total-partitions ({args.total_partitions}), "
+            f"got {args.partition_key}"
+        )
+    if args.partitions is not None and args.partitions > 1:
+        return supervisor.run(args)
+    return worker.run(args)
+
+
+# -- status ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A projection and its checkpoints (one, or one per partition)."""
+
+    name: str
+    checkpoints: list[Checkpoint]
+
+    @property
+    def position(self) -> int:
+        return min(c.position for c in self.checkpoints)
+
+    @property
+    def age(self) -> float | None:
+        ages = [c.age for c in self.checkpoints if c.age is not None]
+        return min(ages) if ages else None
+
+    @property
+    def partitioned(self) -> bool:
+        return any(split_checkpoint_name(c.name)[1] is not None for c in self.checkpoints)
+
+
+def group_checkpoints(checkpoints: list[Checkpoint]) -> list[Group]:
+    groups: dict[str, list[Checkpoint]] = {}
+    for checkpoint in checkpoints:
+        groups.setdefault(split_checkpoint_name(checkpoint.name)[0], []).append(checkpoint)
+    return [
+        Group(name, sorted(members, key=lambda c: _partition_order(c.name)))
+        for name, members in sorted(groups.items())
+    ]
+
+
+def _partition_order(name: str) -> tuple[int, int]:
+    key = split_checkpoint_name(name)[1]
+    return (0, 0) if key is None else (1, key)
+
+
+def _age(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{duration(max(seconds, 0))} ago"
+
+
+def _checkpoint_json(c: Checkpoint, head: int) -> dict[str, Any]:
+    return {
+        "checkpoint": c.name,
+        "partition_key": split_checkpoint_name(c.name)[1],
+        "position": c.position,
+        "lag": max(head - c.position, 0),
+        "updated_at": None if c.updated_at is None else c.updated_at.isoformat(),
+        "age_seconds": None if c.age is None else round(max(c.age, 0.0), 3),
+    }
+
+
+def run_status(args: argparse.Namespace) -> int:
+    db = open_database(args)
+    with connection(db) as conn:
+        head = db.store.head_position(conn)
+        groups = group_checkpoints(db.store.list_checkpoints(conn))
+        conn.rollback()
+    if args.json:
+        report = {
+            "database": str(db.url),
+            "head": head,
+            "projections": [
+                {
+                    "name": g.name,
+                    "position": g.position,
+                    "lag": max(head - g.position, 0),
+                    "age_seconds": None if g.age is None else round(max(g.age, 0.0), 3),
+                    "partitioned": g.partitioned,
+                    "checkpoints": [_checkpoint_json(c, head) for c in g.checkpoints],
+                }
+                for g in groups
+            ],
+        }
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"store head: {head:,} in {db.url}")
+    if not groups:
+        print("no projection checkpoints yet")
+        return 0
+    rows = [("PROJECTION", "POSITION", "LAG", "LAST UPDATE")]
+    for g in groups:
+        if g.partitioned or len(g.checkpoints) > 1:
+            parts = len(g.checkpoints)
+            rows.append(
+                (
+                    f"{g.name} ({parts} checkpoint{'s' if parts != 1 else ''})",
+                    f"{g.position:,}",
+                    f"{max(head - g.position, 0):,}",
+                    _age(g.age),
+                )
+            )
+            rows += [
+                (f"  {c.name}", f"{c.position:,}", f"{max(head - c.position, 0):,}", _age(c.age))
+                for c in g.checkpoints
+            ]
+        else:
+            [c] = g.checkpoints
+            rows.append((c.name, f"{c.position:,}", f"{max(head - c.position, 0):,}", _age(c.age)))
+    rows = [(clean(name), position, lag, age) for name, position, lag, age in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    print()
+    for name, position, lag, age in rows:
+        print(f"{name:<{widths[0]}}  {position:>{widths[1]}}  {lag:>{widths[2]}}  {age}".rstrip())
+    return 0
+
+
+# -- reset -------------------------------------------------------------------------
+
+
+def _confirm(question: str) -> bool:
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    if not sys.stdin.isatty():  # the answer was not echoed: end the question's line
+        print(file=sys.stderr)
+    return answer.strip().lower() in {"y", "yes"}
+
+
+def run_reset(args: argparse.Namespace) -> int:
+    db = open_database(args)
+    name, target = args.name, args.to
+    with connection(db) as conn:
+        head = db.store.head_position(conn)
+        checkpoints = db.store.list_checkpoints(conn)
+        conn.rollback()
+        chosen = [
+            c for c in checkpoints if c.name == name or split_checkpoint_name(c.name)[0] == name
+        ]
+        if not chosen:
+            known = sorted({split_checkpoint_name(c.name)[0] for c in checkpoints})
+            raise CommandError(
+                f"no checkpoint for projection {name!r}"
+                + (f"; known projections: {', '.join(known)}" if known else "")
+            )
+        if target > head:
+            raise CommandError(
+                f"--to {target} is beyond the store head {head}: events up to there would be "
+                "skipped"
+            )
+        summary = ", ".join(f"{c.name} at {c.position:,}" for c in chosen)
+        question = (
+            f"Reset {summary} to position {target:,}? Events after {target:,} will be "
+            "handled again: stop the projection's workers and clear its read model first."
+        )
+        if not args.yes and not _confirm(clean(question)):
+            raise CommandError("not confirmed; nothing changed (--yes skips the question)")
+        for checkpoint in chosen:
+            db.store.update_checkpoint(conn, checkpoint.name, target)
+        conn.commit()
+    print(clean(f"reset {', '.join(c.name for c in chosen)} to position {target:,}"))
+    return 0

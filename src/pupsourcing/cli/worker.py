@@ -1,0 +1,89 @@
+"""``pupsourcing projections run`` in this process: every projection on its
+own :class:`~pupsourcing.projection.Processor` thread, until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import threading
+
+from pupsourcing.cli._db import check_store, open_database
+from pupsourcing.cli.console import Console, setup_logging
+from pupsourcing.cli.loading import load_projections
+from pupsourcing.cli.progress import ProgressMonitor
+from pupsourcing.cli.signals import stop_on_signals
+from pupsourcing.projection import Processor, ProcessorConfig
+from pupsourcing.runner import ProjectionRunner, Runner
+
+logger = logging.getLogger("pupsourcing.cli")
+
+
+def watch_supervisor(stop: threading.Event) -> None:
+    """Stop when stdin closes: a supervised worker's stdin is a pipe from its
+    supervisor, closed by the system if the supervisor dies, so a worker is
+    never left running on its own."""
+
+    def wait() -> None:
+        # os.read, not sys.stdin: a thread blocked inside a buffered reader
+        # would hold its lock and abort the interpreter's shutdown.
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):
+                pass
+        if not stop.is_set():
+            logger.warning("the supervisor went away: stopping after the current batch")
+            stop.set()
+
+    threading.Thread(target=wait, name="pupsourcing-supervisor-watch", daemon=True).start()
+
+
+def run(args: argparse.Namespace) -> int:
+    projections = load_projections(args.projections)
+    config = ProcessorConfig(
+        batch_size=args.batch_size,
+        partition_key=args.partition_key or 0,
+        total_partitions=args.total_partitions or 1,
+        poll_interval=args.poll_interval,
+    )
+    db = open_database(args)
+    head = check_store(db)
+    console = Console(sys.stderr)
+    partitioned = config.total_partitions > 1
+    tag = f"p{config.partition_key}/{config.total_partitions}" if partitioned else ""
+    setup_logging(console, args.verbose, tag)
+    names = ", ".join(p.name for p in projections)
+    logger.info(
+        "running %s on %s%s; store head %d",
+        names,
+        db.url,
+        f" (partition {config.partition_key} of {config.total_partitions})" if partitioned else "",
+        head,
+    )
+    processors = [Processor(db.connect, db.store, config) for _ in projections]
+    monitor = None
+    if args.progress and not args.supervised:
+        tracked = {p.name: [config.checkpoint_name(p.name)] for p in projections}
+        monitor = ProgressMonitor(db, tracked, console, interval=args.progress_interval)
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        if args.supervised:
+            watch_supervisor(stop)
+        if monitor is not None:
+            monitor.start()
+        try:
+            Runner().run(
+                [
+                    ProjectionRunner(p, processor)
+                    for p, processor in zip(projections, processors, strict=True)
+                ],
+                stop=stop,
+            )
+        finally:
+            if monitor is not None:
+                monitor.close()
+            for processor in processors:
+                processor.close()
+    logger.info("stopped %s", names)
+    return 0

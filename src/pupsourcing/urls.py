@@ -1,0 +1,315 @@
+"""Name a database with one URL; get the right store and a connection factory.
+
+==================================================  =====================================
+``postgresql://user:password@host:5432/dbname``     PostgreSQL on psycopg 3 (also
+                                                    ``postgres://``); any libpq URI, query
+                                                    parameters included
+``mysql://user:password@host:3306/dbname``          MySQL or MariaDB on PyMySQL (also
+                                                    ``mariadb://``)
+``sqlite:///relative/path.db``                      SQLite (standard library); four
+``sqlite:////absolute/path.db``                     slashes for an absolute path
+==================================================  =====================================
+
+Percent-encode special characters in user names and passwords
+(``p@ss`` is ``p%40ss``). Drivers are imported only when a connection is
+opened, so this module loads with the standard library alone.
+
+>>> from pupsourcing.urls import parse_url
+>>> parse_url("sqlite:///shop.db").path
+'shop.db'
+>>> parse_url("mysql://app:s%40cret@db:3306/shop").redacted()
+'mysql://app:***@db:3306/shop'
+
+Typical use::
+
+    from pupsourcing.urls import database
+
+    db = database(os.environ["PUPSOURCING_DB"])
+    conn = db.connect()                 # a new DB-API connection per call
+    db.store.append(conn, ExpectedVersion.any(), events)
+    conn.commit()
+    with Processor(db.connect, db.store) as processor:  # reconnects as needed
+        processor.run(projection, stop=stop)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+from pupsourcing.core.errors import PupsourcingError
+from pupsourcing.store.base import SQLStore
+from pupsourcing.store.config import StoreConfig
+
+__all__ = [
+    "DEFAULT_URL",
+    "ENV_VAR",
+    "Database",
+    "DatabaseURL",
+    "DatabaseURLError",
+    "DriverNotInstalledError",
+    "database",
+    "parse_url",
+]
+
+DEFAULT_URL = "sqlite:///pupsourcing-demo.db"
+"""The demo's SQLite file in the current directory."""
+
+ENV_VAR = "PUPSOURCING_DB"
+"""The environment variable the command line reads the database URL from."""
+
+CONNECT_TIMEOUT = 10
+"""Seconds to wait for a server unless the URL says otherwise."""
+
+EXAMPLES = (
+    "postgresql://user:password@host/dbname, mysql://user:password@host/dbname or sqlite:///path.db"
+)
+
+
+class DatabaseURLError(PupsourcingError, ValueError):
+    """A database URL that cannot be used; the message says why."""
+
+
+class DriverNotInstalledError(PupsourcingError, ImportError):
+    """The URL names a database whose driver is not installed."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseURL:
+    """A parsed database URL. ``adapter`` is ``"postgres"``, ``"mysql"`` or
+    ``"sqlite"``; ``path`` is the SQLite file; ``params`` the query parameters.
+    Its ``repr`` hides the password."""
+
+    adapter: str
+    raw: str = field(repr=False)
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    database: str | None = None
+    path: str | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def redacted(self) -> str:
+        """The URL with its password (in the user info or a ``password``
+        query parameter) replaced by ``***``: safe to print."""
+        scheme, _, rest = self.raw.partition("://")
+        authority, slash, tail = rest.partition("/")
+        userinfo, at, hostport = authority.rpartition("@")
+        if at and ":" in userinfo:
+            authority = f"{userinfo.partition(':')[0]}:***@{hostport}"
+        if "password" in self.params:
+            before, _, query = tail.partition("?")
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+            tail = f"{before}?{query}"
+        return f"{scheme}://{authority}{slash}{tail}"
+
+    def __str__(self) -> str:
+        return self.redacted()
+
+    def __repr__(self) -> str:
+        return f"DatabaseURL({self.redacted()!r})"
+
+
+# -- one row per database: store class, accepted query parameters, connector --
+
+
+def _connect_sqlite(url: DatabaseURL, create: bool) -> Callable[[], Any]:
+    from pupsourcing.adapters.sqlite import connect
+
+    assert url.path is not None
+    timeout = float(url.params.get("timeout", 5.0))
+    return functools.partial(connect, url.path, timeout=timeout, create=create)
+
+
+def _connect_postgres(url: DatabaseURL, create: bool) -> Callable[[], Any]:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise DriverNotInstalledError(
+            "PostgreSQL URLs need psycopg 3: pip install 'pupsourcing[postgres]'"
+        ) from exc
+    # libpq parses the URI itself, query parameters (sslmode, options, ...) included.
+    kwargs: dict[str, Any] = {}
+    if "connect_timeout" not in url.params:
+        kwargs["connect_timeout"] = CONNECT_TIMEOUT
+    return functools.partial(psycopg.connect, url.raw, **kwargs)
+
+
+_MYSQL_PARAMS: dict[str, type] = {
+    "unix_socket": str,
+    "charset": str,
+    "connect_timeout": int,
+    "read_timeout": int,
+    "write_timeout": int,
+    "ssl_ca": str,
+    "ssl_cert": str,
+    "ssl_key": str,
+}
+
+
+def _connect_mysql(url: DatabaseURL, create: bool) -> Callable[[], Any]:
+    try:
+        pymysql = importlib.import_module("pymysql")  # untyped: no stubs needed this way
+    except ImportError as exc:
+        raise DriverNotInstalledError(
+            "MySQL URLs need PyMySQL: pip install 'pupsourcing[mysql]'"
+        ) from exc
+    kwargs: dict[str, Any] = {
+        "host": url.host or "localhost",
+        "port": url.port or 3306,
+        "database": url.database,
+        "charset": "utf8mb4",
+        "connect_timeout": CONNECT_TIMEOUT,
+    }
+    if url.user is not None:
+        kwargs["user"] = url.user
+    if url.password is not None:
+        kwargs["password"] = url.password
+    for name, value in url.params.items():
+        kwargs[name] = _MYSQL_PARAMS[name](value)
+    return functools.partial(pymysql.connect, **kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Adapter:
+    store: str
+    """``module:Class`` of the store, imported on use."""
+    params: Mapping[str, type] | None
+    """Accepted query parameters and their types; ``None``: the driver checks."""
+    connector: Callable[[DatabaseURL, bool], Callable[[], Any]]
+
+
+_ADAPTERS: dict[str, _Adapter] = {
+    "postgres": _Adapter("pupsourcing.adapters.postgres:PostgresStore", None, _connect_postgres),
+    "mysql": _Adapter("pupsourcing.adapters.mysql:MySQLStore", _MYSQL_PARAMS, _connect_mysql),
+    "sqlite": _Adapter(
+        "pupsourcing.adapters.sqlite:SQLiteStore", {"timeout": float}, _connect_sqlite
+    ),
+}
+
+_SCHEMES = {
+    "postgresql": "postgres",
+    "postgres": "postgres",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "sqlite": "sqlite",
+}
+
+
+def _params(adapter: str, query: str) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError as exc:
+        raise DatabaseURLError(f"malformed query string {query!r}") from exc
+    params: dict[str, str] = {}
+    accepted = _ADAPTERS[adapter].params
+    for name, value in pairs:
+        if name in params:
+            raise DatabaseURLError(f"query parameter {name!r} is given twice")
+        if accepted is not None:
+            if name not in accepted:
+                known = ", ".join(sorted(accepted))
+                raise DatabaseURLError(
+                    f"unknown query parameter {name!r} for {adapter}; known: {known}"
+                )
+            try:
+                accepted[name](value)
+            except ValueError:
+                kind = accepted[name].__name__
+                raise DatabaseURLError(
+                    f"query parameter {name!r} must be {'an' if kind == 'int' else 'a'} "
+                    f"{kind}, got {value!r}"
+                ) from None
+        params[name] = value
+    return params
+
+
+def parse_url(url: str) -> DatabaseURL:
+    """Parse and check a database URL; raises :class:`DatabaseURLError`."""
+    if not isinstance(url, str):
+        raise DatabaseURLError(f"a database URL must be a str, got {type(url).__name__}")
+    scheme, sep, _ = url.partition("://")
+    if not sep or not scheme:
+        # Not echoed: without its scheme the text may still hold a password.
+        raise DatabaseURLError(f"not a database URL (no scheme://); use {EXAMPLES}")
+    adapter = _SCHEMES.get(scheme.lower())
+    if adapter is None:
+        raise DatabaseURLError(
+            f"unknown database URL scheme {scheme!r}; use one of {', '.join(_SCHEMES)}"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a port that is not a number, a bad IPv6 literal, ...
+        raise DatabaseURLError(f"malformed {scheme} URL: {exc}") from None
+    if parts.fragment:
+        raise DatabaseURLError(f"a database URL has no #fragment, got #{parts.fragment}")
+    params = _params(adapter, parts.query)
+    if adapter == "sqlite":
+        if parts.netloc:
+            raise DatabaseURLError(
+                f"SQLite URLs name a file, not a host ({parts.netloc!r}): use "
+                "sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            )
+        path = unquote(parts.path[1:])  # sqlite:///a.db -> a.db; sqlite:////a.db -> /a.db
+        if not path:
+            raise DatabaseURLError(
+                "a SQLite URL needs a file: sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db"
+            )
+        return DatabaseURL(adapter, url, path=path, params=params)
+    name = unquote(parts.path[1:]) if parts.path else ""
+    if "/" in name:
+        raise DatabaseURLError(f"the database name {name!r} must not contain '/'")
+    if adapter == "mysql" and not name:
+        raise DatabaseURLError(
+            "a MySQL URL needs a database name: mysql://user:password@host:3306/DBNAME"
+        )
+    return DatabaseURL(
+        adapter,
+        url,
+        host=parts.hostname,
+        port=port,
+        user=None if parts.username is None else unquote(parts.username),
+        password=None if parts.password is None else unquote(parts.password),
+        database=name or None,
+        params=params,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """A database named by a URL: its ``store`` and ``connect``, a
+    zero-argument callable opening a new DB-API connection (what
+    :class:`~pupsourcing.projection.Processor` accepts as ``db``)."""
+
+    url: DatabaseURL
+    store: SQLStore[Any]
+    connect: Callable[[], Any] = field(repr=False)
+
+
+def database(
+    url: str | DatabaseURL, config: StoreConfig | None = None, *, create: bool = True
+) -> Database:
+    """The store and connection factory for ``url``, with ``config``'s table names.
+
+    Nothing is connected yet. Raises :class:`DatabaseURLError` for a bad URL
+    and :class:`DriverNotInstalledError` when the driver is missing. With
+    ``create=False`` a SQLite file that does not exist is an error
+    (:class:`FileNotFoundError` on connecting) instead of being created.
+    """
+    parsed = url if isinstance(url, DatabaseURL) else parse_url(url)
+    adapter = _ADAPTERS[parsed.adapter]
+    connect = adapter.connector(parsed, create)
+    module, _, name = adapter.store.partition(":")
+    store_class = getattr(importlib.import_module(module), name, None)
+    if store_class is None:
+        raise DriverNotInstalledError(f"this version of pupsourcing has no {name}")
+    store: SQLStore[Any] = store_class(config)
+    return Database(parsed, store, connect)

@@ -1,0 +1,487 @@
+"""The command line against real databases: migrate, projections status and
+reset, events tail, stream show, and every way of naming a database wrongly."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli_helpers import assert_one_line_error, cli, cli_argv, cli_env, execute
+from conftest import BACKENDS, Backend
+from helpers import event, events
+from pupsourcing import Event, ExpectedVersion
+from pupsourcing.migrations import generate_sql
+from pupsourcing.store import StoreConfig
+
+SERVERS = [name for name in BACKENDS if name != "sqlite"]
+
+OLD_CHECKPOINT = {
+    "sqlite": "UPDATE projection_checkpoints SET updated_at = "
+    "strftime('%Y-%m-%d %H:%M:%f', 'now', '-2 hours') WHERE projection_name = 'orders'",
+    "postgres": "UPDATE projection_checkpoints SET updated_at = now() - interval '2 hours' "
+    "WHERE projection_name = 'orders'",
+    "mysql": "UPDATE projection_checkpoints SET updated_at = NOW(6) - INTERVAL 2 HOUR "
+    "WHERE projection_name = 'orders'",
+}
+
+
+def append(backend: Backend, batch: list[Event], expected: ExpectedVersion | None = None) -> None:
+    conn = backend.connect()
+    try:
+        backend.store.append(conn, expected or ExpectedVersion.any(), batch)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def set_checkpoints(backend: Backend, **positions: int) -> None:
+    conn = backend.connect()
+    try:
+        for name, position in positions.items():
+            backend.store.update_checkpoint(conn, name, position)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def checkpoints(backend: Backend) -> dict[str, int]:
+    conn = backend.connect()
+    try:
+        return {c.name: c.position for c in backend.store.list_checkpoints(conn)}
+    finally:
+        conn.close()
+
+
+# -- migrate -------------------------------------------------------------------------
+
+
+def test_migrate_applies_the_schema_idempotently_with_custom_tables(backend: Backend) -> None:
+    tables = ["--events-table", "ev", "--checkpoints-table", "cp", "--aggregate-heads-table", "hd"]
+    first = cli("migrate", "--db", backend.url, *tables)
+    assert first.returncode == 0, first.stderr
+    assert "tables ev, hd, cp" in first.stdout
+    again = cli("migrate", "--db", backend.url, *tables)
+    assert again.returncode == 0, again.stderr
+    assert backend.scalar("SELECT count(*) FROM ev") == 0
+    assert backend.scalar("SELECT count(*) FROM cp") == 0
+    status = cli("projections", "status", "--db", backend.url, *tables)
+    assert status.returncode == 0, status.stderr
+    assert "store head: 0" in status.stdout
+
+
+def test_migrate_creates_the_default_sqlite_file_and_reads_the_environment(
+    tmp_path: Path,
+) -> None:
+    default = cli("migrate", cwd=tmp_path)
+    assert default.returncode == 0, default.stderr
+    assert (tmp_path / "pupsourcing-demo.db").exists()
+    assert "sqlite:///pupsourcing-demo.db" in default.stdout
+
+    from_env = cli("migrate", cwd=tmp_path, PUPSOURCING_DB="sqlite:///from-env.db")
+    assert from_env.returncode == 0, from_env.stderr
+    assert (tmp_path / "from-env.db").exists()
+
+    flag_wins = cli(
+        "migrate", "--db", "sqlite:///flag.db", cwd=tmp_path, PUPSOURCING_DB="sqlite:///no.db"
+    )
+    assert flag_wins.returncode == 0, flag_wins.stderr
+    assert (tmp_path / "flag.db").exists()
+    assert not (tmp_path / "no.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "adapter"),
+    [
+        ("postgresql://nobody:hunter2@127.0.0.1:1/nowhere", "postgres"),
+        ("mysql://nobody:hunter2@127.0.0.1:1/nowhere", "mysql"),
+        ("sqlite:///missing/dir/x.db", "sqlite"),
+    ],
+)
+def test_migrate_dry_run_prints_the_schema_without_connecting(
+    url: str, adapter: str, tmp_path: Path
+) -> None:
+    result = cli("migrate", "--dry-run", "--db", url, "--events-table", "ev", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == generate_sql(adapter, StoreConfig(events_table="ev"))
+    assert not (tmp_path / "missing").exists()
+
+
+# -- projections status ------------------------------------------------------------------
+
+
+def test_status_table_groups_partitions_with_lag_and_age(backend: Backend) -> None:
+    append(backend, events(10))
+    set_checkpoints(backend, orders=10, search_p0=4, search_p1=7, billing=3)
+    conn = backend.connect()
+    execute(conn, OLD_CHECKPOINT[backend.name])
+    conn.commit()
+    conn.close()
+
+    result = cli("projections", "status", "--db", backend.url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("store head: 10 in ")
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[2:]]
+    assert rows[0] == ["PROJECTION", "POSITION", "LAG", "LAST UPDATE"]
+    by_name = {row[0]: row[1:] for row in rows[1:]}
+    assert by_name["billing"][:2] == ["3", "7"]
+    assert by_name["orders"][:2] == ["10", "0"]
+    assert re.fullmatch(r"(1h59m|2h00m) ago", by_name["orders"][2]), by_name["orders"]
+    assert re.fullmatch(r"\d+s ago", by_name["billing"][2])
+    assert by_name["search (2 checkpoints)"][:2] == ["4", "6"]
+    assert by_name["search_p0"][:2] == ["4", "6"]
+    assert by_name["search_p1"][:2] == ["7", "3"]
+    # partitions are listed right under their projection, indented
+    index = lines.index(next(line for line in lines if line.startswith("search (2")))
+    assert lines[index + 1].startswith("  search_p0")
+    assert lines[index + 2].startswith("  search_p1")
+
+
+def test_status_json(backend: Backend) -> None:
+    append(backend, events(5))
+    set_checkpoints(backend, orders=5, search_p1=2, search_p0=1)
+    result = cli("projections", "status", "--json", "--db", backend.url)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["head"] == 5
+    projections = {p["name"]: p for p in report["projections"]}
+    assert list(projections) == ["orders", "search"]
+    search = projections["search"]
+    assert (search["position"], search["lag"], search["partitioned"]) == (1, 4, True)
+    assert [
+        (c["checkpoint"], c["partition_key"], c["position"], c["lag"])
+        for c in search["checkpoints"]
+    ] == [("search_p0", 0, 1, 4), ("search_p1", 1, 2, 3)]
+    orders = projections["orders"]["checkpoints"][0]
+    assert (orders["partition_key"], orders["lag"]) == (None, 0)
+    assert 0 <= orders["age_seconds"] < 60
+    assert orders["updated_at"].endswith("+00:00")
+
+
+def test_status_of_a_store_without_checkpoints(backend: Backend) -> None:
+    result = cli("projections", "status", "--db", backend.url)
+    assert result.returncode == 0, result.stderr
+    assert "store head: 0" in result.stdout
+    assert "no projection checkpoints yet" in result.stdout
+    as_json = json.loads(cli("projections", "status", "--json", "--db", backend.url).stdout)
+    assert as_json["head"] == 0
+    assert as_json["projections"] == []
+
+
+# -- projections reset -------------------------------------------------------------------
+
+
+def test_reset_asks_and_resets_every_partition(backend: Backend) -> None:
+    append(backend, events(8))
+    set_checkpoints(backend, search_p0=8, search_p1=6, searching=5, orders=8)
+
+    for answer in ("n\n", "", "yes please\n"):
+        declined = cli("projections", "reset", "search", "--db", backend.url, input=answer)
+        assert declined.returncode == 1
+        question, error = declined.stderr.splitlines()
+        assert question.startswith("Reset search_p0 at 8, search_p1 at 6 to position 0? ")
+        assert question.rstrip().endswith("[y/N]")
+        assert error.endswith("error: not confirmed; nothing changed (--yes skips the question)")
+    assert checkpoints(backend)["search_p0"] == 8
+
+    confirmed = cli("projections", "reset", "search", "--to", "2", "--db", backend.url, input="y\n")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert "reset search_p0, search_p1 to position 2" in confirmed.stdout
+    assert checkpoints(backend) == {"search_p0": 2, "search_p1": 2, "searching": 5, "orders": 8}
+
+    skipped = cli("projections", "reset", "orders", "--yes", "--db", backend.url)
+    assert skipped.returncode == 0, skipped.stderr
+    assert checkpoints(backend)["orders"] == 0
+
+
+def test_reset_refuses_unknown_names_and_positions_beyond_the_head(backend: Backend) -> None:
+    append(backend, events(3))
+    set_checkpoints(backend, orders=3, search_p0=1)
+    unknown = cli("projections", "reset", "order", "--yes", "--db", backend.url)
+    assert_one_line_error(unknown, "no checkpoint for projection 'order'", "orders, search")
+    beyond = cli("projections", "reset", "orders", "--to", "4", "--yes", "--db", backend.url)
+    assert_one_line_error(beyond, "beyond the store head 3")
+    negative = cli("projections", "reset", "orders", "--to", "-1", "--yes", "--db", backend.url)
+    assert negative.returncode == 2
+    assert checkpoints(backend) == {"orders": 3, "search_p0": 1}
+
+
+# -- events tail / stream show -------------------------------------------------------------
+
+
+def _mixed_events() -> list[Event]:
+    return [
+        event("agg-1", "Placed", data={"customer": "ada", "items": [1, 2]}),
+        Event(
+            "Shop",
+            "Order",
+            "agg-1",
+            "Noted",
+            b"plain words",
+            metadata=b'{"user":"grace"}',
+            correlation_id="corr-7",
+        ),
+        Event("Shop", "Order", "agg-1", "Scanned", bytes(range(250, 256)) + b"\x00" * 40),
+    ]
+
+
+def test_events_tail_renders_json_text_and_binary(backend: Backend) -> None:
+    append(backend, events(3, "other"))
+    append(backend, _mixed_events())
+    result = cli("events", "tail", "-n", "3", "--db", backend.url)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Shop/Order/other" not in out
+    headers = [line for line in out.splitlines() if line.startswith("#")]
+    assert [h.split()[0] for h in headers] == ["#4", "#5", "#6"]
+    assert "Shop/Order/agg-1  v1  Placed (event version 1)" in headers[0]
+    assert '    {\n      "customer": "ada",\n      "items": [\n        1,' in out
+    assert "  payload (text): plain words" in out
+    assert '  metadata:\n    {\n      "user": "grace"\n    }' in out
+    assert out.count("metadata") == 1  # the default {} is not shown
+    assert "correlation_id corr-7" in out
+    assert "  payload (binary, 46 bytes): fa fb fc fd fe ff 00 00" in out
+    assert out.rstrip().endswith("...")
+
+
+def test_events_tail_json_lines(backend: Backend) -> None:
+    append(backend, _mixed_events())
+    result = cli("events", "tail", "--json", "--db", backend.url)
+    assert result.returncode == 0, result.stderr
+    placed, noted, scanned = (json.loads(line) for line in result.stdout.splitlines())
+    assert placed["payload"] == {"customer": "ada", "items": [1, 2]}
+    assert placed["metadata"] == {}
+    assert (placed["global_position"], placed["aggregate_version"]) == (1, 1)
+    assert noted["payload_base64"] == "cGxhaW4gd29yZHM="
+    assert noted["metadata"] == {"user": "grace"}
+    assert noted["correlation_id"] == "corr-7"
+    assert scanned["payload_base64"].startswith("+vv8/f7/AAAA")
+    assert "payload" not in scanned
+
+
+def test_events_are_escaped_for_the_terminal(backend: Backend) -> None:
+    append(backend, [event("evil\x1b]0;pwned\x07", "Red\x1b[31m", data={"x": "\x1b[2J"})])
+    result = cli("events", "tail", "--db", backend.url)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout
+    assert "\x07" not in result.stdout
+    assert "evil\\x1b]0;pwned\\x07" in result.stdout
+    assert '"\\u001b[2J"' in result.stdout
+
+
+def test_events_tail_of_an_empty_store(backend: Backend) -> None:
+    result = cli("events", "tail", "--db", backend.url)
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert "no events yet" in result.stderr
+
+
+def test_stream_show(backend: Backend) -> None:
+    append(backend, events(3, "agg-1"))
+    append(backend, events(2, "agg-2"))
+    result = cli("stream", "show", "Shop", "Order", "agg-1", "--db", backend.url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Shop/Order/agg-1: 3 events, versions 1..3\n")
+    assert [line.split()[2] for line in result.stdout.splitlines() if line.startswith("#")] == [
+        "v1",
+        "v2",
+        "v3",
+    ]
+    assert '    {\n      "i": 2\n    }' in result.stdout
+
+    ranged = cli(
+        "stream", "show", "Shop", "Order", "agg-1", "--from-version", "2", "--json",
+        "--db", backend.url,
+    )  # fmt: skip
+    assert ranged.returncode == 0, ranged.stderr
+    document = json.loads(ranged.stdout)
+    assert document["aggregate_id"] == "agg-1"
+    assert [e["aggregate_version"] for e in document["events"]] == [2, 3]
+    assert [e["payload"] for e in document["events"]] == [{"i": 1}, {"i": 2}]
+
+    missing = cli("stream", "show", "Shop", "Order", "agg-9", "--db", backend.url)
+    assert_one_line_error(missing, "no events in stream Shop/Order/agg-9")
+    assert missing.stdout == ""
+
+
+def _read_lines(process: subprocess.Popen[str], into: list[str]) -> threading.Thread:
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            into.append(line)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for(condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_events_tail_follow_prints_new_events_until_a_signal(backend: Backend) -> None:
+    append(backend, events(2, "old"))
+    process = subprocess.Popen(
+        cli_argv("events", "tail", "-n", "1", "-f", "--json", "--interval", "0.05"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(PUPSOURCING_DB=backend.url),
+    )
+    lines: list[str] = []
+    reader = _read_lines(process, lines)
+    try:
+        wait_for(lambda: len(lines) == 1, what="the latest event")
+        append(backend, events(3, "new"))
+        wait_for(lambda: len(lines) == 4, what="the new events")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    reader.join(timeout=5)
+    assert [json.loads(line)["global_position"] for line in lines] == [2, 3, 4, 5]
+    assert [json.loads(line)["aggregate_id"] for line in lines[1:]] == ["new"] * 3
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_events_tail_follow_waits_for_earlier_open_transactions(
+    server: str, make_store_backend: Any
+) -> None:
+    """A writer holding a lower position commits after a higher one: --follow
+    must print both, in position order, never skipping the late one. (SQLite
+    has one writer at a time, so its positions always commit in order.)"""
+    backend = make_store_backend(server)
+    append(backend, events(1, "first"))
+    process = subprocess.Popen(
+        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(PUPSOURCING_DB=backend.url),
+    )
+    lines: list[str] = []
+    reader = _read_lines(process, lines)
+    slow = backend.connect()
+    try:
+        wait_for(lambda: len(lines) == 1, what="the first event")
+        backend.store.append(slow, ExpectedVersion.any(), [event("slow")])  # position 2, open
+        append(backend, [event("fast")])  # position 3, committed
+        time.sleep(1.0)
+        assert len(lines) == 1, "printed past an open transaction's position"
+        slow.commit()
+        wait_for(lambda: len(lines) == 3, what="both events")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        slow.close()
+        if process.poll() is None:
+            process.kill()
+    reader.join(timeout=5)
+    assert [json.loads(line)["aggregate_id"] for line in lines] == ["first", "slow", "fast"]
+
+
+# -- naming a database wrongly ---------------------------------------------------------------
+
+COMMANDS = [
+    ("migrate",),
+    ("projections", "status"),
+    ("projections", "reset", "x", "--yes"),
+    ("projections", "run", "cli_projections:Recorder"),
+    ("events", "tail"),
+    ("stream", "show", "A", "B", "C"),
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_every_command_reports_a_bad_url_in_one_line(command: tuple[str, ...]) -> None:
+    result = cli(*command, "--db", "user:hunter2@db/shop")
+    line = assert_one_line_error(result, "bad database URL", "not a database URL")
+    assert "hunter2" not in line
+    from_env = cli(*command, PUPSOURCING_DB="oracle://db/x")
+    assert_one_line_error(from_env, "unknown database URL scheme 'oracle'")
+
+
+@pytest.mark.parametrize("command", COMMANDS[1:], ids=lambda c: " ".join(c[:2]))
+def test_every_command_reports_an_unreachable_server_in_one_line(
+    command: tuple[str, ...],
+) -> None:
+    result = cli(*command, "--db", "postgresql://postgres:hunter2@127.0.0.1:1/test")
+    line = assert_one_line_error(
+        result, "cannot connect to postgresql://postgres:***@127.0.0.1:1/test", "refused"
+    )
+    assert "hunter2" not in result.stderr
+    assert line.startswith(f"pupsourcing {' '.join(command[:2])}: error:")
+
+
+def test_unknown_postgres_role_and_database(make_store_backend: Any) -> None:
+    backend = make_store_backend("postgres")
+    role = backend.url.replace("postgresql://postgres", "postgresql://no_such_role_7", 1)
+    assert_one_line_error(
+        cli("projections", "status", "--db", role), 'role "no_such_role_7" does not exist'
+    )
+    database = re.sub(r"/test\?", "/no_such_db_7?", backend.url)
+    assert database != backend.url
+    assert_one_line_error(
+        cli("events", "tail", "--db", database), 'database "no_such_db_7" does not exist'
+    )
+
+
+def test_mysql_wrong_password_unknown_database_and_unreachable_server(
+    make_store_backend: Any,
+) -> None:
+    backend = make_store_backend("mysql")
+    wrong = backend.url.replace("mysql://root@", "mysql://root:hunter2@", 1)
+    assert wrong != backend.url
+    result = cli("projections", "status", "--db", wrong)
+    assert_one_line_error(
+        result, "cannot connect to mysql://root:***@", "Access denied for user 'root'"
+    )
+    assert "hunter2" not in result.stderr
+    unknown = re.sub(r"/t_[0-9a-f]+$", "/no_such_db_7", backend.url)
+    assert unknown != backend.url
+    assert_one_line_error(cli("events", "tail", "--db", unknown), "Unknown database 'no_such_db_7'")
+    unreachable = cli("stream", "show", "A", "B", "C", "--db", "mysql://root@127.0.0.1:1/test")
+    assert_one_line_error(unreachable, "Can't connect to MySQL server", "Connection refused")
+
+
+def test_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
+    for command in COMMANDS[1:]:
+        result = cli(*command, "--db", "sqlite:///absent.db", cwd=tmp_path)
+        assert_one_line_error(result, "no SQLite database at absent.db", "pupsourcing migrate")
+    assert not (tmp_path / "absent.db").exists()
+    default = cli("projections", "status", cwd=tmp_path)
+    assert_one_line_error(default, "sqlite:///pupsourcing-demo.db")
+
+
+def test_missing_tables_point_to_migrate(backend: Backend) -> None:
+    for command in COMMANDS[1:]:
+        result = cli(*command, "--db", backend.url, "--events-table", "not_migrated")
+        assert_one_line_error(result, "run `pupsourcing migrate`")
+
+
+def test_bad_table_names(backend: Backend) -> None:
+    result = cli("projections", "status", "--db", backend.url, "--events-table", "ev; DROP")
+    assert_one_line_error(result, "events_table", "not a valid table name")
+
+
+def test_demo_accepts_a_sqlite_url_and_refuses_servers(tmp_path: Path) -> None:
+    ok = cli("demo", "--db", "sqlite:///via-url.db", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "via-url.db").exists()
+    status = cli("projections", "status", "--db", "sqlite:///via-url.db", cwd=tmp_path)
+    assert "demo_orders" in status.stdout
+    server = cli("demo", "--db", "postgresql://postgres@127.0.0.1/test", cwd=tmp_path)
+    assert_one_line_error(server, "SQLite")
