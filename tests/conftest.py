@@ -16,6 +16,7 @@ each test against both APIs: ``sync`` (the blocking stores, ``Processor`` and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -331,23 +332,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             metafunc.parametrize(fixture, backends_and_apis(databases, apis), indirect=True)
 
 
+@contextlib.contextmanager
+def made_backend(
+    name: str, tmp_path: Path, config: StoreConfig | None = None, api: str = "sync"
+) -> Iterator[Backend]:
+    """:func:`make_backend`, dropped again on exit."""
+    b = make_backend(name, tmp_path, config, api)
+    try:
+        yield b
+    finally:
+        for cleanup in reversed(b.cleanups):
+            cleanup()
+
+
 @pytest.fixture
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     name, api = request.param
-    b = make_backend(name, tmp_path, api=api)
-    yield b
-    for cleanup in reversed(b.cleanups):
-        cleanup()
+    with made_backend(name, tmp_path, api=api) as b:
+        yield b
 
 
 @pytest.fixture
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """A backend on a database server (several connections write at once)."""
     name, api = request.param
-    b = make_backend(name, tmp_path, api=api)
-    yield b
-    for cleanup in reversed(b.cleanups):
-        cleanup()
+    with made_backend(name, tmp_path, api=api) as b:
+        yield b
 
 
 @pytest.fixture

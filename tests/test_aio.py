@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from aio_facade import maybe_await
-from conftest import BACKENDS, Backend, make_backend, require
+from conftest import ASYNC_DRIVERS, BACKENDS, Backend, made_backend, require
 from helpers import events
 from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
 from pupsourcing.adapters.sqlite import SQLiteStore, connect, connect_async
@@ -34,11 +34,9 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """A backend of the blocking API, to set up and check; the tests open
     asyncio connections with :func:`connections` and stores with
     ``db.async_store()``."""
-    b = make_backend(request.param, tmp_path)
-    b.async_store()  # skips (fails in CI) without the asyncio driver
-    yield b
-    for cleanup in reversed(b.cleanups):
-        cleanup()
+    require(ASYNC_DRIVERS[request.param])  # skipped (failed in CI) without the driver
+    with made_backend(request.param, tmp_path) as b:
+        yield b
 
 
 @contextlib.asynccontextmanager

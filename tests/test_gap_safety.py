@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Backend, backends_and_apis, make_backend
+from conftest import Backend, backends_and_apis, made_backend
 from helpers import event
 from pupsourcing import ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
 from pupsourcing.projection import ProcessorConfig
@@ -118,12 +118,8 @@ def test_raw_inserts_by_other_writers_are_covered_too(server: Backend) -> None:
 @pytest.mark.parametrize("backend_api", backends_and_apis(["postgres", "sqlite", "mysql"]))
 def test_randomized_writers_with_rollbacks(backend_api: tuple[str, str], tmp_path: Path) -> None:
     name, api = backend_api
-    backend = make_backend(name, tmp_path, api=api)
-    try:
+    with made_backend(name, tmp_path, api=api) as backend:
         stress(backend)
-    finally:
-        for cleanup in reversed(backend.cleanups):
-            cleanup()
 
 
 def stress(backend: Backend, writers: int = 6, rounds: int = 60) -> None:
