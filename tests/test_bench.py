@@ -42,8 +42,29 @@ def run_quick(script: Path, *args: str) -> str:
 
 
 def test_every_benchmark_is_tested() -> None:
-    others = {"projections.py", "scale.py", "run_all.py"}
+    others = {"projections.py", "scale.py", "run_all.py", "async_vs_sync.py"}
     assert {p.name for p in SCRIPTS} == {p.name for p in STORE_SCRIPTS} | others
+
+
+def test_async_vs_sync_benchmark_runs_in_quick_mode() -> None:
+    out = run_quick(BENCH / "async_vs_sync.py")
+    assert "8 concurrent writers" in out, out
+    rows = re.findall(
+        r"^(store|raw psycopg)\s+([\d,]+)\s+([\d,]+) events/s\s+(\d+\.\d+)x$", out, re.M
+    )
+    assert [row[0] for row in rows] == ["store", "raw psycopg"], out
+    rates = {}
+    for name, sync, async_, ratio in rows:
+        sync_rate, async_rate = (float(x.replace(",", "")) for x in (sync, async_))
+        assert sync_rate > 0
+        assert async_rate > 0
+        assert float(ratio) == pytest.approx(async_rate / sync_rate, rel=0.05, abs=0.01)
+        rates[name] = (sync_rate, async_rate)
+    store_raw = re.findall(r"^store/raw\s+(\d+\.\d+)x\s+(\d+\.\d+)x$", out, re.M)
+    assert len(store_raw) == 1, out
+    for column, ratio in enumerate(store_raw[0]):
+        expected = rates["store"][column] / rates["raw psycopg"][column]
+        assert float(ratio) == pytest.approx(expected, rel=0.05, abs=0.01)
 
 
 def test_projection_benchmark_runs_in_quick_mode() -> None:
