@@ -14,6 +14,7 @@ import os
 import sys
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -76,7 +77,9 @@ RAW_ARRAYS_SQL = (
 )
 
 
-def raw_append(conn: Any, events: Sequence[Event]) -> object:
+def raw_append_statement(events: Sequence[Event]) -> tuple[str, list[Any]]:
+    """The raw baseline's one statement for an append, and its parameters
+    (also sent by the asyncio baseline of ``async_vs_sync.py``)."""
     first = events[0]
     key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
     if len(events) > FEW_EVENTS:
@@ -98,8 +101,7 @@ def raw_append(conn: Any, events: Sequence[Event]) -> object:
                 strict=True,
             ):
                 column.append(value)
-        params = [*key, len(events), *key, len(events), *columns]
-        return conn.execute(RAW_ARRAYS_SQL, params).fetchall()
+        return RAW_ARRAYS_SQL, [*key, len(events), *key, len(events), *columns]
     values: list[Any] = [*key, len(events), *key]
     for e in events:
         values += (
@@ -113,7 +115,12 @@ def raw_append(conn: Any, events: Sequence[Event]) -> object:
             None if e.metadata is None else e.metadata.decode(),
             e.created_at,
         )
-    return conn.execute(raw_values_sql(len(events)), values).fetchall()
+    return raw_values_sql(len(events)), values
+
+
+def raw_append(conn: Any, events: Sequence[Event]) -> object:
+    sql, params = raw_append_statement(events)
+    return conn.execute(sql, params).fetchall()
 
 
 RAW_READ_SQL = (
@@ -135,53 +142,77 @@ def raw_read_stream(
     return rows
 
 
-def build() -> Target:
+@dataclass
+class PrivateSchema:
+    """A schema with a random name holding the store's tables, on the server."""
+
+    admin: Any
+    """An autocommit connection outside the schema."""
+    name: str
+    dsn: str
+    """Connects into the schema."""
+
+    def close(self) -> None:
+        self.admin.execute(f"DROP SCHEMA {self.name} CASCADE")
+        self.admin.close()
+
+
+def private_schema() -> PrivateSchema:
     import psycopg
 
     try:
         admin = psycopg.connect(DSN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         raise Unavailable(str(exc).strip()) from exc
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin.execute(f"CREATE SCHEMA {schema}")
-    dsn = f"{DSN} options='-c search_path={schema}'"
-    store = PostgresStore()
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    admin.execute(f"CREATE SCHEMA {name}")
+    schema = PrivateSchema(admin, name, f"{DSN} options='-c search_path={name}'")
     try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            store.create_schema(conn)
+        with psycopg.connect(schema.dsn, autocommit=True) as conn:
+            PostgresStore().create_schema(conn)
     except BaseException:
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        schema.close()
         raise
+    return schema
+
+
+def reset(conn: Any) -> None:
+    conn.execute("TRUNCATE events, aggregate_heads, projection_checkpoints RESTART IDENTITY")
+
+
+def describe(admin: Any) -> str:
+    import psycopg
+
     server = admin.execute("SHOW server_version").fetchone()
-    sync = admin.execute("SHOW synchronous_commit").fetchone()
+    return (
+        f"PostgreSQL {server[0] if server else '?'} "
+        f"(psycopg {psycopg.__version__}, {psycopg.pq.__impl__} libpq)"
+    )
+
+
+def build() -> Target:
+    import psycopg
+
+    schema = private_schema()
+    sync = schema.admin.execute("SHOW synchronous_commit").fetchone()
 
     def connect(autocommit: bool) -> Any:
-        return psycopg.connect(dsn, autocommit=autocommit)
-
-    def reset(conn: Any) -> None:
-        conn.execute("TRUNCATE events, aggregate_heads, projection_checkpoints RESTART IDENTITY")
-
-    def close() -> None:
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        admin.close()
+        return psycopg.connect(schema.dsn, autocommit=autocommit)
 
     return Target(
-        database=(
-            f"PostgreSQL {server[0] if server else '?'} "
-            f"(psycopg {psycopg.__version__}, {psycopg.pq.__impl__} libpq)"
-        ),
+        database=describe(schema.admin),
         connect=connect,
-        store=store,
+        store=PostgresStore(),
         raw=Side(raw_append, raw_read_stream),
         reset=reset,
-        close=close,
+        close=schema.close,
         notes=[
             "raw append: one statement per transaction, head upsert + INSERT of the same "
             f"rows RETURNING global_position; up to {FEW_EVENTS} events as a multi-row VALUES "
             "list, more as binary arrays unnested on the server (the faster way for each)",
             "raw read: the same SELECT (same columns and order), binary results, fetchall; "
             "rows stay tuples",
-            f"synchronous_commit={sync[0] if sync else '?'}; schema {schema} (dropped)",
+            f"synchronous_commit={sync[0] if sync else '?'}; schema {schema.name} (dropped)",
         ],
     )
 

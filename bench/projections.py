@@ -264,34 +264,49 @@ def _pg_schema(conn: Any) -> str:
     return schema
 
 
-def run(database: str, build: Callable[[], Target], events: int) -> list[str]:
+@dataclass
+class CatchUpResult:
+    database: str
+    events: int
+    batch_rates: dict[int, tuple[float, float]]
+    """batch size -> (pupsourcing events/s, raw paging rows/s)"""
+    partitioned: float
+    """W5: total events/s of 4 partitions in 4 processes (batch 1,000)"""
+    fetched_per_handled: list[float]
+
+
+def measure(database: str, build: Callable[[], Target], events: int) -> CatchUpResult:
     target = build()
-    lines = []
     try:
         load(target, events)
-        w3 = {}
+        rates: dict[int, tuple[float, float]] = {}
         for batch in (100, 1000):
             raw_rows, raw_seconds = raw_paging(target, batch)
             handled, seconds = catch_up(target, f"w3_{batch}", ProcessorConfig(batch_size=batch))
             if handled != events or raw_rows != events:
                 raise AssertionError(f"W3 handled {handled}, raw read {raw_rows} of {events}")
-            ours, raw = handled / seconds, raw_rows / raw_seconds
-            w3[batch] = ours
-            lines.append(
-                f"W3   catch-up, batch {batch:<5} {ours:>12,.0f} {raw:>12,.0f} events/s  "
-                f"{ours / raw:>6.2f}x raw paging"
-            )
+            rates[batch] = (handled / seconds, raw_rows / raw_seconds)
         handled, seconds, ratios = partitions(database, location_of(database, target), "w5")
         if handled != events:
             raise AssertionError(f"W5 handled {handled} of {events}")
-        total = handled / seconds
-        lines.append(
-            f"W5   {PARTITIONS} partitions, 4 processes {total:>12,.0f} {w3[1000]:>12,.0f} "
-            f"events/s  {total / w3[1000]:>6.2f}x one process; fetched per handled "
-            + " ".join(f"{r:.2f}" for r in ratios)
-        )
     finally:
         target.close()
+    return CatchUpResult(database, events, rates, handled / seconds, ratios)
+
+
+def format_result(result: CatchUpResult) -> list[str]:
+    lines = []
+    for batch, (ours, raw) in result.batch_rates.items():
+        lines.append(
+            f"W3   catch-up, batch {batch:<5} {ours:>12,.0f} {raw:>12,.0f} events/s  "
+            f"{ours / raw:>6.2f}x raw paging"
+        )
+    single = result.batch_rates[1000][0]
+    lines.append(
+        f"W5   {PARTITIONS} partitions, 4 processes {result.partitioned:>12,.0f} {single:>12,.0f} "
+        f"events/s  {result.partitioned / single:>6.2f}x one process; fetched per handled "
+        + " ".join(f"{r:.2f}" for r in result.fetched_per_handled)
+    )
     return lines
 
 
@@ -309,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'':4} {'workload':27} {'pupsourcing':>12} {'baseline':>12}")
     for database in [d.strip() for d in args.db.split(",") if d.strip()]:
         try:
-            lines = run(database, available[database], events)
+            lines = format_result(measure(database, available[database], events))
         except Unavailable as exc:
             print(f"{database}: database unavailable: {exc}", file=sys.stderr)
             status = UNAVAILABLE_EXIT_CODE

@@ -4,13 +4,25 @@ Every backend test gets its own empty store: a SQLite file in a temporary
 directory, a fresh PostgreSQL schema, or a fresh MariaDB database. When a
 server cannot be reached the test is skipped locally, but fails under
 ``CI=true`` so CI never passes without having run it.
+
+In modules marked ``pytestmark = pytest.mark.both_apis`` (the store and
+projection acceptance suites), the ``backend`` and ``server`` fixtures run
+each test against both APIs: ``sync`` (the blocking stores, ``Processor`` and
+``Runner``) and ``async`` (the asyncio stores, ``AsyncProcessor`` and
+``AsyncRunner`` on asyncio drivers, behind the blocking facade of
+``aio_facade``). Those tests reach the processor and runner classes through
+``backend.Processor`` and ``backend.Runner``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import os
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +31,8 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, settings
 
-from pupsourcing.store.base import SQLStore
+from pupsourcing.projection import Processor
+from pupsourcing.runner import Runner
 from pupsourcing.store.config import StoreConfig
 
 PG_DSN = os.environ.get("PUPSOURCING_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
@@ -27,6 +40,18 @@ MYSQL_HOST = os.environ.get("PUPSOURCING_TEST_MYSQL_HOST", "127.0.0.1")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 BACKENDS = ["sqlite", "postgres", "mysql"]
+APIS = ["sync", "async"]
+ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgres": "psycopg", "mysql": "asyncmy"}
+
+
+def require(module: str) -> Any:
+    """Import a driver of the dev extra (skipped locally, failed under CI if missing)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        unavailable(module, exc)
+        raise
+
 
 # Profiles for the property-based tests of the store against real databases
 # (each example costs round trips). "ci" keeps the whole suite within CI's
@@ -61,11 +86,17 @@ class Backend:
     """One empty store on one real database, and a way to open connections to it."""
 
     name: str
-    store: SQLStore[Any]
+    store: Any
+    """A blocking store (``SQLStore``), or the facade of an asyncio one."""
     connect: Callable[[], Any]
+    open_async: Callable[[], Awaitable[Any]]
+    """Opens an asyncio connection to the same database."""
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     database: str = ""
     """The database (MySQL) holding this backend's tables, if it has its own."""
+    api: str = "sync"
+    Processor: Callable[..., Any] = Processor
+    Runner: Callable[[], Any] = Runner
     url: str = ""
     """The database URL naming this store (``pupsourcing.urls``)."""
 
@@ -111,21 +142,79 @@ class Backend:
 
     def set_autocommit(self, conn: Any, on: bool = True) -> None:
         """Switch a connection of this backend to (or from) autocommit mode."""
-        if self.name == "sqlite":
+        if self.api == "async":
+            raw = conn.raw
+            if self.name == "sqlite":
+                raw.isolation_level = None if on else ""
+            elif self.name == "mysql":
+                conn.loop.call(raw.autocommit(on))  # asyncmy
+            else:
+                conn.loop.call(raw.set_autocommit(on))  # psycopg AsyncConnection
+        elif self.name == "sqlite":
             conn.isolation_level = None if on else ""
         elif self.name == "mysql":
             conn.autocommit(on)  # PyMySQL: a method
         else:
             conn.autocommit = on
 
+    def session_sql(self) -> str:
+        """A query for the server's id of the connection it runs on."""
+        return "SELECT pg_backend_pid()" if self.name == "postgres" else "SELECT CONNECTION_ID()"
+
+    def kill_session(self, session: int) -> None:
+        """End a server connection (PostgreSQL, MySQL) and wait until it is gone."""
+        if self.name == "postgres":
+            self.scalar(f"SELECT pg_terminate_backend({int(session)})")
+            alive = f"SELECT count(*) FROM pg_stat_activity WHERE pid = {int(session)}"
+        else:
+            self.scalar(f"KILL {int(session)}")
+            alive = f"SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID = {int(session)}"
+        deadline = time.monotonic() + 5
+        while int(self.scalar(alive)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not int(self.scalar(alive)), f"session {session} is still alive"
+
+    def async_store(self) -> Any:
+        """An asyncio store of this backend's adapter and config."""
+        from pupsourcing import aio
+
+        require(ASYNC_DRIVERS[self.name])
+        stores = {
+            "sqlite": aio.AsyncSQLiteStore,
+            "postgres": aio.AsyncPostgresStore,
+            "mysql": aio.AsyncMySQLStore,
+        }
+        return stores[self.name](self.store.config)
+
+    def use_async(self) -> None:
+        """Switch this backend to the asyncio API behind the blocking facade."""
+        from aio_facade import AsyncAPI, Store
+        from aio_facade import Processor as FacadeProcessor
+        from aio_facade import Runner as FacadeRunner
+
+        store = self.async_store()
+        api = AsyncAPI(self.open_async)
+        self.cleanups.append(api.close)
+        self.api = "async"
+        self.store = Store(api.loop, store)
+        self.connect = api.connect
+        self.Processor = functools.partial(FacadeProcessor, api)
+        self.Runner = functools.partial(FacadeRunner, api)
+
 
 def sqlite_backend(tmp_path: Path, config: StoreConfig) -> Backend:
-    from pupsourcing.adapters.sqlite import SQLiteStore, connect
+    from pupsourcing.adapters.sqlite import SQLiteStore, connect, connect_async
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "store.db"
     store = SQLiteStore(config)
-    backend = Backend("sqlite", store, lambda: connect(path), url=f"sqlite:///{quote(str(path))}")
+    backend = Backend(
+        "sqlite",
+        store,
+        lambda: connect(path),
+        lambda: connect_async(path),
+        url=f"sqlite:///{quote(str(path))}",
+    )
     conn = backend.connection()
     store.create_schema(conn)
     conn.commit()
@@ -165,7 +254,11 @@ def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
     dsn = f"{server_dsn} options='-c search_path={schema}'"
     store = PostgresStore(config)
     backend = Backend(
-        "postgres", store, lambda: psycopg.connect(dsn), url=pg_url(schema, server_dsn)
+        "postgres",
+        store,
+        lambda: psycopg.connect(dsn),
+        lambda: psycopg.AsyncConnection.connect(dsn),
+        url=pg_url(schema, server_dsn),
     )
 
     def drop() -> None:
@@ -218,8 +311,17 @@ def mysql_backend(config: StoreConfig, host: str = MYSQL_HOST, port: int = 3306)
             charset="utf8mb4",
         )
 
+    def open_async() -> Awaitable[Any]:
+        import asyncmy
+
+        return asyncmy.connect(  # type: ignore[no-any-return]
+            host=host, port=port, user="root", password="", database=database, charset="utf8mb4"
+        )
+
     store = MySQLStore(config)
-    backend = Backend("mysql", store, connect, url=f"mysql://root@{host}:{port}/{database}")
+    backend = Backend(
+        "mysql", store, connect, open_async, url=f"mysql://root@{host}:{port}/{database}"
+    )
     backend.database = database
 
     def drop() -> None:
@@ -237,23 +339,79 @@ def mysql_backend(config: StoreConfig, host: str = MYSQL_HOST, port: int = 3306)
     return backend
 
 
-def make_backend(name: str, tmp_path: Path, config: StoreConfig | None = None) -> Backend:
+def make_backend(
+    name: str, tmp_path: Path, config: StoreConfig | None = None, api: str = "sync"
+) -> Backend:
+    """A backend with an empty store (schema created with the blocking API)."""
     config = config or StoreConfig()
+    if api == "async":
+        require(ASYNC_DRIVERS[name])  # before anything is created
     if name == "sqlite":
-        return sqlite_backend(tmp_path, config)
-    if name == "postgres":
-        return postgres_backend(config)
-    if name == "mysql":
-        return mysql_backend(config)
-    raise ValueError(name)
+        backend = sqlite_backend(tmp_path, config)
+    elif name == "postgres":
+        backend = postgres_backend(config)
+    elif name == "mysql":
+        backend = mysql_backend(config)
+    else:
+        raise ValueError(name)
+    if api == "async":
+        backend.use_async()
+    elif api != "sync":
+        raise ValueError(api)
+    return backend
 
 
-@pytest.fixture(params=BACKENDS)
+SERVERS = ["postgres", "mysql"]
+
+
+def backends_and_apis(names: list[str], apis: list[str] = APIS) -> list[Any]:
+    """``(name, api)`` parameters for the given databases and APIs (the id is
+    the database's name alone when only the blocking API runs)."""
+    return [
+        pytest.param((name, api), id=name if apis == ["sync"] else f"{name}-{api}")
+        for name in names
+        for api in apis
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``backend`` is every database, ``server`` the databases with a server;
+    in modules marked ``both_apis`` each with the blocking and the asyncio API."""
+    apis = APIS if metafunc.definition.get_closest_marker("both_apis") else ["sync"]
+    direct = set()  # names a test parametrizes itself (a plain "server" argument, say)
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        direct.update(n.strip() for n in (names.split(",") if isinstance(names, str) else names))
+    for fixture, databases in (("backend", BACKENDS), ("server", SERVERS)):
+        if fixture in metafunc.fixturenames and fixture not in direct:
+            metafunc.parametrize(fixture, backends_and_apis(databases, apis), indirect=True)
+
+
+@contextlib.contextmanager
+def made_backend(
+    name: str, tmp_path: Path, config: StoreConfig | None = None, api: str = "sync"
+) -> Iterator[Backend]:
+    """:func:`make_backend`, dropped again on exit."""
+    b = make_backend(name, tmp_path, config, api)
+    try:
+        yield b
+    finally:
+        close_backend(b)
+
+
+@pytest.fixture
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = make_backend(request.param, tmp_path)
-    yield b
-    for cleanup in reversed(b.cleanups):
-        cleanup()
+    name, api = request.param
+    with made_backend(name, tmp_path, api=api) as b:
+        yield b
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A backend on a database server (several connections write at once)."""
+    name, api = request.param
+    with made_backend(name, tmp_path, api=api) as b:
+        yield b
 
 
 @pytest.fixture
@@ -314,8 +472,8 @@ def make_store_backend(tmp_path: Path) -> Iterator[Callable[..., Backend]]:
     """Build a backend by name with a custom config."""
     made: list[Backend] = []
 
-    def make(name: str, config: StoreConfig | None = None) -> Backend:
-        b = make_backend(name, tmp_path / f"{name}-{len(made)}", config)
+    def make(name: str, config: StoreConfig | None = None, api: str = "sync") -> Backend:
+        b = make_backend(name, tmp_path / f"{name}-{len(made)}", config, api)
         made.append(b)
         return b
 

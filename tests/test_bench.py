@@ -27,9 +27,9 @@ def test_there_are_benchmarks() -> None:
     assert SCRIPTS
 
 
-def run_quick(script: Path) -> str:
+def run_quick(script: Path, *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, str(script), "--quick"],
+        [sys.executable, str(script), "--quick", *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -42,10 +42,29 @@ def run_quick(script: Path) -> str:
 
 
 def test_every_benchmark_is_tested() -> None:
-    assert {p.name for p in SCRIPTS} == {p.name for p in STORE_SCRIPTS} | {
-        "projections.py",
-        "load_test.py",
-    }
+    others = {"projections.py", "scale.py", "run_all.py", "async_vs_sync.py", "load_test.py"}
+    assert {p.name for p in SCRIPTS} == {p.name for p in STORE_SCRIPTS} | others
+
+
+def test_async_vs_sync_benchmark_runs_in_quick_mode() -> None:
+    out = run_quick(BENCH / "async_vs_sync.py")
+    assert "8 concurrent writers" in out, out
+    rows = re.findall(
+        r"^(store|raw psycopg)\s+([\d,]+)\s+([\d,]+) events/s\s+(\d+\.\d+)x$", out, re.M
+    )
+    assert [row[0] for row in rows] == ["store", "raw psycopg"], out
+    rates = {}
+    for name, sync, async_, ratio in rows:
+        sync_rate, async_rate = (float(x.replace(",", "")) for x in (sync, async_))
+        assert sync_rate > 0
+        assert async_rate > 0
+        assert float(ratio) == pytest.approx(async_rate / sync_rate, rel=0.05, abs=0.01)
+        rates[name] = (sync_rate, async_rate)
+    store_raw = re.findall(r"^store/raw\s+(\d+\.\d+)x\s+(\d+\.\d+)x$", out, re.M)
+    assert len(store_raw) == 1, out
+    for column, ratio in enumerate(store_raw[0]):
+        expected = rates["store"][column] / rates["raw psycopg"][column]
+        assert float(ratio) == pytest.approx(expected, rel=0.05, abs=0.01)
 
 
 def test_load_test_runs_in_quick_mode() -> None:
@@ -100,3 +119,19 @@ def test_benchmark_runs_in_quick_mode(script: Path) -> None:
         assert store_rate > 0
         assert raw_rate > 0
         assert float(ratio) == pytest.approx(store_rate / raw_rate, rel=0.05, abs=0.01)
+
+
+def test_scale_benchmark_runs_in_quick_mode() -> None:
+    out = run_quick(BENCH / "scale.py")
+    rows = re.findall(r"^(postgres|mysql|sqlite)\s+(S2|S4|SM) ", out, re.MULTILINE)
+    assert len(rows) == 9, out
+
+
+def test_run_all_writes_the_table_and_chart(tmp_path: Path) -> None:
+    out = run_quick(BENCH / "run_all.py", "--output", str(tmp_path))
+    for key in ("W1", "W2", "W2c", "W4", "W3/100", "W3/1000", "W5", "S2", "S4", "SM"):
+        assert re.search(rf"^postgres\s+{re.escape(key)}\s", out, re.MULTILINE), key
+    page = (tmp_path / "index.md").read_text()
+    assert "| db | key | workload |" in page
+    assert "![ratios to baselines](latest.png)" in page
+    assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

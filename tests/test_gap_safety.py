@@ -14,20 +14,12 @@ from typing import Any
 
 import pytest
 
-from conftest import Backend, make_backend
+from conftest import Backend, backends_and_apis, made_backend
 from helpers import event
 from pupsourcing import ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
-from pupsourcing.projection import Processor, ProcessorConfig
+from pupsourcing.projection import ProcessorConfig
 
-CONCURRENT = ["postgres", "mysql"]
-
-
-@pytest.fixture(params=CONCURRENT)
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    b = make_backend(request.param, tmp_path)
-    yield b
-    for cleanup in reversed(b.cleanups):
-        cleanup()
+pytestmark = pytest.mark.both_apis  # the blocking and the asyncio API, see conftest
 
 
 class Recorder:
@@ -45,7 +37,7 @@ class Recorder:
             return Counter(e.event_id for e in self.seen)
 
 
-def run_for(processor: Processor[Any], projection: Recorder, seconds: float) -> None:
+def run_for(processor: Any, projection: Recorder, seconds: float) -> None:
     stop = threading.Event()
     thread = threading.Thread(target=processor.run, args=(projection,), kwargs={"stop": stop})
     thread.start()
@@ -65,7 +57,7 @@ def test_a_lower_position_committed_late_is_delivered(server: Backend) -> None:
     assert low < high
 
     projection = Recorder()
-    processor = Processor(server.connect, store, ProcessorConfig(poll_interval=0.01))
+    processor = server.Processor(server.connect, store, ProcessorConfig(poll_interval=0.01))
     run_for(processor, projection, 0.3)
     # B is committed but lies beyond a position A may still commit: held back.
     assert projection.seen == []
@@ -85,7 +77,7 @@ def test_a_rolled_back_position_does_not_stall(server: Backend) -> None:
     done = store.append(writer_b, ExpectedVersion.any(), [event("B")])
     writer_b.commit()
     projection = Recorder()
-    processor = Processor(server.connect, store, ProcessorConfig(poll_interval=0.01))
+    processor = server.Processor(server.connect, store, ProcessorConfig(poll_interval=0.01))
     run_for(processor, projection, 0.2)
     assert projection.seen == []
 
@@ -114,7 +106,7 @@ def test_raw_inserts_by_other_writers_are_covered_too(server: Backend) -> None:
     high = store.append(other, ExpectedVersion.any(), [event("py-1")]).global_positions[0]
     other.commit()
     projection = Recorder()
-    processor = Processor(server.connect, store, ProcessorConfig(poll_interval=0.01))
+    processor = server.Processor(server.connect, store, ProcessorConfig(poll_interval=0.01))
     run_for(processor, projection, 0.2)
     assert projection.seen == []
     raw.commit()
@@ -123,14 +115,11 @@ def test_raw_inserts_by_other_writers_are_covered_too(server: Backend) -> None:
     processor.close()
 
 
-@pytest.mark.parametrize("backend_name", ["postgres", "sqlite", "mysql"])
-def test_randomized_writers_with_rollbacks(backend_name: str, tmp_path: Path) -> None:
-    backend = make_backend(backend_name, tmp_path)
-    try:
+@pytest.mark.parametrize("backend_api", backends_and_apis(["postgres", "sqlite", "mysql"]))
+def test_randomized_writers_with_rollbacks(backend_api: tuple[str, str], tmp_path: Path) -> None:
+    name, api = backend_api
+    with made_backend(name, tmp_path, api=api) as backend:
         stress(backend)
-    finally:
-        for cleanup in reversed(backend.cleanups):
-            cleanup()
 
 
 def stress(backend: Backend, writers: int = 6, rounds: int = 60) -> None:
@@ -173,7 +162,7 @@ def stress(backend: Backend, writers: int = 6, rounds: int = 60) -> None:
             conn.close()
 
     projection = Recorder("stress")
-    processor = Processor(
+    processor = backend.Processor(
         backend.connect, store, ProcessorConfig(batch_size=20, poll_interval=0.005)
     )
     stop = threading.Event()

@@ -944,6 +944,37 @@ def test_mysqlclient_connections_work(db: Backend) -> None:
 # -- projection hooks ---------------------------------------------------------
 
 
+def test_first_checkpoints_of_two_projections_do_not_lock_each_other(db: Backend) -> None:
+    """Two projections starting together both store their first checkpoint
+    without waiting for each other: an UPDATE that finds no row would gap-lock
+    where the row goes, so that one INSERT waits or two deadlock (and a batch
+    is rolled back and handed to its handler again)."""
+    store, dialect = db.store, db.store.dialect
+    first, second = db.connection(), db.connection()
+    execute(second, "SET SESSION innodb_lock_wait_timeout = 3")
+    assert store._run(first, dialect.load_checkpoint("alpha")) == 0
+    assert store._run(first, dialect.advance_checkpoint("alpha", 0, 5)) is True  # left open
+    outcome: list[Any] = []
+
+    def advance_second() -> None:
+        try:
+            outcome.append(store._run(second, dialect.load_checkpoint("beta")))
+            outcome.append(store._run(second, dialect.advance_checkpoint("beta", 0, 7)))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=advance_second)
+    started = time.monotonic()
+    thread.start()
+    thread.join(10)
+    assert outcome == [0, True]
+    assert time.monotonic() - started < 1.0, "waited for the other projection's transaction"
+    first.commit()
+    second.commit()
+    reader = db.connection()
+    assert (store.get_checkpoint(reader, "alpha"), store.get_checkpoint(reader, "beta")) == (5, 7)
+
+
 def transaction_of(conn: Any, thread_id: int) -> int | None:
     """The active InnoDB transaction of connection ``thread_id``, from the status."""
     status = execute(conn, "SHOW ENGINE INNODB STATUS")[0][2]

@@ -22,6 +22,7 @@ import sys
 before = set(sys.modules)
 import pupsourcing, pupsourcing.store, pupsourcing.migrations, pupsourcing.cli
 import pupsourcing.adapters.sqlite, pupsourcing.adapters.postgres, pupsourcing.adapters.mysql
+import pupsourcing.aio, pupsourcing.runner
 loaded = {name.split(".")[0] for name in set(sys.modules) - before}
 foreign = sorted(loaded - set(sys.stdlib_module_names) - {"pupsourcing"})
 print(",".join(foreign))
@@ -35,6 +36,24 @@ print(",".join(foreign))
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"non-stdlib imports: {result.stdout}"
+
+
+def test_the_asyncio_api_is_importable_from_one_place() -> None:
+    from pupsourcing import aio
+    from pupsourcing.runner import ProjectionRunner
+
+    for name in (
+        "AsyncPostgresStore",
+        "AsyncMySQLStore",
+        "AsyncSQLiteStore",
+        "AsyncProcessor",
+        "AsyncRunner",
+        "ProjectionRunner",
+    ):
+        assert name in aio.__all__
+        assert hasattr(aio, name)
+    assert aio.ProjectionRunner is ProjectionRunner
+    assert aio.AsyncPostgresStore().config == aio.AsyncSQLiteStore().config
 
 
 def test_public_names() -> None:

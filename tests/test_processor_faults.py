@@ -11,24 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Backend, close_backend, make_backend
+from conftest import Backend
 from helpers import LogRecords, events, query
 from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
 from pupsourcing.projection import Processor, ProcessorConfig
-
-
-@pytest.fixture(params=["postgres", "mysql"])
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    backend = make_backend(request.param, tmp_path)
-    yield backend
-    close_backend(backend)
-
 
 LOCK_TIMEOUT = {
     "postgres": "SET lock_timeout = '{seconds}s'",

@@ -14,8 +14,10 @@ from conftest import Backend
 from helpers import event, events
 from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
 from pupsourcing.core.hashing import fnv1a_32
-from pupsourcing.projection import HashPartitionStrategy, Processor, ProcessorConfig
-from pupsourcing.runner import NoProjectionsError, ProjectionRunner, Runner
+from pupsourcing.projection import HashPartitionStrategy, ProcessorConfig
+from pupsourcing.runner import NoProjectionsError, ProjectionRunner
+
+pytestmark = pytest.mark.both_apis  # the blocking and the asyncio API, see conftest
 
 
 class ReadModel:
@@ -121,7 +123,9 @@ def test_catch_up_builds_the_read_model_exactly_once(backend: Backend) -> None:
     create_read_model(backend)
     positions = append_many(backend, aggregates=5, per_aggregate=7)
     projection = ReadModel(backend)
-    with Processor(backend.connect, backend.store, ProcessorConfig(batch_size=10)) as processor:
+    with backend.Processor(
+        backend.connect, backend.store, ProcessorConfig(batch_size=10)
+    ) as processor:
         assert processor.catch_up(projection) == 35
         assert processor.catch_up(projection) == 0
     assert projection.calls == positions
@@ -131,7 +135,7 @@ def test_catch_up_builds_the_read_model_exactly_once(backend: Backend) -> None:
 
     more = append_many(backend, aggregates=1, per_aggregate=3)
     resumed = ReadModel(backend)
-    with Processor(backend.connect, backend.store) as processor:
+    with backend.Processor(backend.connect, backend.store) as processor:
         assert processor.catch_up(resumed) == 3
     assert resumed.calls == more
     assert read_model_positions(backend) == positions + more
@@ -142,7 +146,7 @@ def test_handler_failure_rolls_back_the_batch(backend: Backend) -> None:
     positions = append_many(backend, aggregates=3, per_aggregate=4)
     projection = ReadModel(backend)
     projection.fail_at = positions[6]
-    processor = Processor(backend.connect, backend.store, ProcessorConfig(batch_size=5))
+    processor = backend.Processor(backend.connect, backend.store, ProcessorConfig(batch_size=5))
     with pytest.raises(ProjectionError) as caught:
         processor.catch_up(projection)
     error = caught.value
@@ -156,16 +160,55 @@ def test_handler_failure_rolls_back_the_batch(backend: Backend) -> None:
     processor.close()
 
     projection.fail_at = None
-    with Processor(backend.connect, backend.store, ProcessorConfig(batch_size=5)) as processor:
+    with backend.Processor(
+        backend.connect, backend.store, ProcessorConfig(batch_size=5)
+    ) as processor:
         assert processor.catch_up(projection) == 7
     assert read_model_positions(backend) == positions
+
+
+class SessionReadModel(ReadModel):
+    """A read model that also notes which server connection handled each event."""
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(backend)
+        self.session_sql = backend.session_sql()
+        self.sessions: list[int] = []
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        cursor = tx.cursor()
+        cursor.execute(self.session_sql)
+        self.sessions.append(int(cursor.fetchone()[0]))
+        super().handle(event, tx)
+
+
+def test_processor_reconnects_when_its_connection_is_lost(
+    server: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    create_read_model(server)
+    positions = append_many(server, aggregates=1, per_aggregate=3)
+    projection = SessionReadModel(server)
+    config = ProcessorConfig(poll_interval=0.01)
+    with server.Processor(server.connect, server.store, config) as processor:
+        assert processor.catch_up(projection) == 3
+        lost = projection.sessions[-1]
+        server.kill_session(lost)
+        more = append_many(server, aggregates=2, per_aggregate=2)
+        with caplog.at_level(logging.INFO, logger="pupsourcing"):
+            assert processor.catch_up(projection) == 4
+    assert any("lost its connection" in r.getMessage() for r in caplog.records)
+    assert any("reconnected" in r.getMessage() for r in caplog.records)
+    assert set(projection.sessions[:3]) == {lost}
+    assert lost not in projection.sessions[3:]
+    assert projection.calls == positions + more
+    assert read_model_positions(server) == positions + more
 
 
 def test_processor_on_the_callers_connection_leaves_it_open(backend: Backend) -> None:
     create_read_model(backend)
     append_many(backend, aggregates=1, per_aggregate=2)
     conn = backend.connect()
-    with Processor(conn, backend.store) as processor:
+    with backend.Processor(conn, backend.store) as processor:
         assert processor.catch_up(ReadModel(backend)) == 2
     cursor = conn.cursor()
     cursor.execute("SELECT count(*) FROM rm")
@@ -174,7 +217,7 @@ def test_processor_on_the_callers_connection_leaves_it_open(backend: Backend) ->
 
 
 def test_projection_needs_a_name_and_handle(backend: Backend) -> None:
-    processor = Processor(backend.connect, backend.store)
+    processor = backend.Processor(backend.connect, backend.store)
 
     class Nameless:
         def handle(self, event: PersistedEvent, tx: Any) -> None: ...
@@ -187,7 +230,7 @@ def test_projection_needs_a_name_and_handle(backend: Backend) -> None:
     with pytest.raises(TypeError, match="handle"):
         processor.catch_up(NoHandle())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="store"):
-        Processor(backend.connect, object())  # type: ignore[arg-type]
+        backend.Processor(backend.connect, object())  # type: ignore[arg-type]
     processor.close()
 
 
@@ -243,7 +286,7 @@ def test_scoped_projection_fetches_only_its_scope(backend: Backend) -> None:
 
     logger, counter = counting_logger("scope")
     orders = Recorder("orders", aggregate_types=["Order"], bounded_contexts=("Shop",))
-    with Processor(
+    with backend.Processor(
         backend.connect, store, ProcessorConfig(batch_size=7, logger=logger)
     ) as processor:
         assert processor.catch_up(orders) == 30
@@ -253,14 +296,14 @@ def test_scoped_projection_fetches_only_its_scope(backend: Backend) -> None:
     assert store.get_checkpoint(backend.connection(), "orders") == last
 
     billing_or_users = Recorder("mixed", aggregate_types=["User", "Order"], bounded_contexts=[])
-    with Processor(backend.connect, store) as processor:
+    with backend.Processor(backend.connect, store) as processor:
         assert processor.catch_up(billing_or_users) == 90
     everything = Recorder("all", aggregate_types=(), bounded_contexts=None)
-    with Processor(backend.connect, store) as processor:
+    with backend.Processor(backend.connect, store) as processor:
         assert processor.catch_up(everything) == 90
 
     with pytest.raises(TypeError, match="aggregate_types"):
-        Processor(backend.connect, store).catch_up(Recorder("bad", aggregate_types="Order"))
+        backend.Processor(backend.connect, store).catch_up(Recorder("bad", aggregate_types="Order"))
 
 
 def test_scoped_checkpoint_moves_through_other_events(backend: Backend) -> None:
@@ -271,7 +314,7 @@ def test_scoped_checkpoint_moves_through_other_events(backend: Backend) -> None:
     conn.commit()
     last = store.read_events(conn, 0, 100)[-1].global_position
     orders = Recorder("orders", aggregate_types=["Order"])
-    with Processor(backend.connect, store, ProcessorConfig(batch_size=5)) as processor:
+    with backend.Processor(backend.connect, store, ProcessorConfig(batch_size=5)) as processor:
         assert processor.catch_up(orders) == 1
     # a fresh connection: on MySQL (REPEATABLE READ) conn still reads its old snapshot
     assert store.get_checkpoint(backend.connection(), "orders") == last
@@ -288,7 +331,7 @@ def test_four_partitions_handle_every_event_exactly_once(backend: Backend) -> No
         config = ProcessorConfig(
             batch_size=10, partition_key=key, total_partitions=4, logger=logger
         )
-        with Processor(backend.connect, backend.store, config) as processor:
+        with backend.Processor(backend.connect, backend.store, config) as processor:
             processor.catch_up(projection)
         for e in projection.seen:
             seen[e.global_position] += 1
@@ -319,7 +362,7 @@ def test_custom_partition_strategy_is_applied(backend: Backend) -> None:
         config = ProcessorConfig(
             partition_key=key, total_partitions=2, partition_strategy=ByLastDigit()
         )
-        with Processor(backend.connect, backend.store, config) as processor:
+        with backend.Processor(backend.connect, backend.store, config) as processor:
             processor.catch_up(projection)
         assert {int(e.aggregate_id[-1]) % 2 for e in projection.seen} <= {key}
         seen += [e.aggregate_id for e in projection.seen]
@@ -335,7 +378,7 @@ def test_rows_written_without_partition_hash_are_partitioned_in_python(backend: 
     for key in range(3):
         projection = Recorder("legacy")
         config = ProcessorConfig(partition_key=key, total_partitions=3)
-        with Processor(backend.connect, backend.store, config) as processor:
+        with backend.Processor(backend.connect, backend.store, config) as processor:
             processor.catch_up(projection)
         assert all(fnv1a_32(e.aggregate_id.encode()) % 3 == key for e in projection.seen)
         seen.update(e.global_position for e in projection.seen)
@@ -350,7 +393,9 @@ def test_run_follows_new_events_and_stops_promptly(backend: Backend) -> None:
     create_read_model(backend)
     projection = ReadModel(backend)
     stop = threading.Event()
-    processor = Processor(backend.connect, backend.store, ProcessorConfig(poll_interval=0.02))
+    processor = backend.Processor(
+        backend.connect, backend.store, ProcessorConfig(poll_interval=0.02)
+    )
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -381,7 +426,7 @@ def test_logging(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
     projection = ReadModel(backend)
     with (
         caplog.at_level(logging.DEBUG, logger="pupsourcing"),
-        Processor(backend.connect, backend.store) as processor,
+        backend.Processor(backend.connect, backend.store) as processor,
     ):
         processor.catch_up(projection)
     infos = [r for r in caplog.records if r.levelno == logging.INFO and r.name == "pupsourcing"]
@@ -400,7 +445,7 @@ def test_logging(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
     projection.fail_at = more[0]
     with (
         caplog.at_level(logging.INFO, logger="pupsourcing"),
-        Processor(backend.connect, backend.store) as processor,
+        backend.Processor(backend.connect, backend.store) as processor,
         pytest.raises(ProjectionError),
     ):
         processor.catch_up(projection)
@@ -420,11 +465,11 @@ def test_runner_runs_projections_concurrently(
     first, second = Recorder("first"), Recorder("second")
     stop = threading.Event()
     processors = [
-        Processor(backend.connect, backend.store, ProcessorConfig(poll_interval=0.01))
+        backend.Processor(backend.connect, backend.store, ProcessorConfig(poll_interval=0.01))
         for _ in range(2)
     ]
     runner_thread = threading.Thread(
-        target=Runner().run,
+        target=backend.Runner().run,
         args=([ProjectionRunner(first, processors[0]), ProjectionRunner(second, processors[1])],),
         kwargs={"stop": stop},
     )
@@ -452,11 +497,11 @@ def test_runner_stops_everything_on_the_first_failure(backend: Backend) -> None:
 
     healthy = Recorder("healthy")
     processors = [
-        Processor(backend.connect, backend.store, ProcessorConfig(poll_interval=0.01))
+        backend.Processor(backend.connect, backend.store, ProcessorConfig(poll_interval=0.01))
         for _ in range(2)
     ]
     with pytest.raises(ProjectionError) as caught:
-        Runner().run(
+        backend.Runner().run(
             [
                 ProjectionRunner(healthy, processors[0]),
                 ProjectionRunner(Failing("failing"), processors[1]),
@@ -470,11 +515,11 @@ def test_runner_stops_everything_on_the_first_failure(backend: Backend) -> None:
 
 def test_runner_needs_projections_and_distinct_processors(backend: Backend) -> None:
     with pytest.raises(NoProjectionsError):
-        Runner().run([])
+        backend.Runner().run([])
     assert issubclass(NoProjectionsError, ValueError)
-    processor = Processor(backend.connect, backend.store)
+    processor = backend.Processor(backend.connect, backend.store)
     with pytest.raises(ValueError, match="own Processor"):
-        Runner().run(
+        backend.Runner().run(
             [ProjectionRunner(Recorder("a"), processor), ProjectionRunner(Recorder("b"), processor)]
         )
 
@@ -489,7 +534,9 @@ def test_two_processors_of_one_projection_still_apply_each_event_once(backend: B
 
     def work() -> None:
         try:
-            with Processor(backend.connect, backend.store, ProcessorConfig(batch_size=7)) as p:
+            with backend.Processor(
+                backend.connect, backend.store, ProcessorConfig(batch_size=7)
+            ) as p:
                 p.catch_up(ReadModel(backend))
         except BaseException as exc:
             errors.append(exc)

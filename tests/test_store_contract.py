@@ -17,6 +17,8 @@ from pupsourcing import (
     PersistedEvent,
 )
 
+pytestmark = pytest.mark.both_apis  # the blocking and the asyncio API, see conftest
+
 
 def test_append_assigns_versions_and_positions(backend: Backend) -> None:
     conn = backend.connection()
@@ -295,7 +297,7 @@ def test_custom_table_names(make_store_backend: object, backend: Backend) -> Non
     from pupsourcing.store import StoreConfig
 
     config = StoreConfig("es_events", "es_checkpoints", "es_heads")
-    custom = make_store_backend(backend.name, config)  # type: ignore[operator]
+    custom = make_store_backend(backend.name, config, backend.api)  # type: ignore[operator]
     conn = custom.connection()
     custom.store.append(conn, ExpectedVersion.any(), events(2))
     custom.store.update_checkpoint(conn, "p", 2)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from conftest import Backend
 from helpers import events
 from pupsourcing import ExpectedVersion
+
+pytestmark = pytest.mark.both_apis  # the blocking and the asyncio API, see conftest
 
 
 def test_head_latest_events_and_checkpoints(backend: Backend) -> None:

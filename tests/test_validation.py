@@ -12,6 +12,8 @@ from conftest import Backend
 from helpers import event, events
 from pupsourcing import Event, ExpectedVersion, InvalidEventError
 
+pytestmark = pytest.mark.both_apis  # the blocking and the asyncio API, see conftest
+
 BAD_FIELDS: list[tuple[str, Any, str]] = [
     ("bounded_context", "", "must not be empty"),
     ("aggregate_type", "", "must not be empty"),

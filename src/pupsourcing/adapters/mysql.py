@@ -1,5 +1,11 @@
 """MySQL / MariaDB adapter on any DB-API MySQL driver (tested with PyMySQL and mysqlclient).
 
+:class:`MySQLStore` works on blocking DB-API connections;
+:class:`pupsourcing.aio.AsyncMySQLStore` runs the same :class:`MySQLDialect`
+plans on asyncio connections of ``asyncmy`` (the ``asyncmy`` extra). aiomysql
+offers the same interface, but cannot send ``bytes`` parameters with PyMySQL
+1.2.3 or newer (aio-libs/aiomysql#1080), and every payload is ``bytes``.
+
 Supported servers: MariaDB 10.5 or newer (tested on 10.11) and MySQL 8.0.19 or
 newer (not tested here: no MySQL server was available; the MySQL-only code
 paths are marked below). Connections must use the ``utf8mb4`` character set
@@ -115,7 +121,13 @@ from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
 
-__all__ = ["CollationWarning", "MySQLDialect", "MySQLStore"]
+__all__ = [
+    "CollationWarning",
+    "MySQLDialect",
+    "MySQLStore",
+    "known_transaction_state",
+    "tuple_rows",
+]
 
 MAX_TEXT_CHARS = 255
 """Every text column is VARCHAR(255)."""
@@ -547,6 +559,19 @@ class MySQLDialect(Dialect):
         # PyMySQL raises InterfaceError(0, "") on a closed connection.
         return type(exc).__name__ == "InterfaceError"
 
+    def transaction_probe(self) -> Plan[bool]:
+        """Whether the connection has a transaction open, for drivers that do
+        not report the server status (mysqlclient): a savepoint only survives
+        inside a transaction."""
+        yield Statement(f"SAVEPOINT {_PROBE}")
+        try:
+            yield Statement(f"RELEASE SAVEPOINT {_PROBE}")
+        except Exception as exc:
+            if errno(exc) == ER_SP_DOES_NOT_EXIST:
+                return False
+            raise
+        return True
+
     # -- checks --------------------------------------------------------------
 
     def check_event(self, index: int, event: Event) -> None:
@@ -853,11 +878,36 @@ class MySQLDialect(Dialect):
         return super().conflict_reason(exc)
 
 
+def tuple_rows(rows: list[Any]) -> list[Row]:
+    """Rows as tuples, also from a connection whose default cursor returns dicts."""
+    if rows and isinstance(rows[0], dict):
+        return [tuple(row.values()) for row in rows]
+    return rows
+
+
+def known_transaction_state(tx: Any) -> bool | None:
+    """Whether a MySQL connection has a transaction open, as far as the driver
+    tells without a round trip (PyMySQL, asyncmy and aiomysql report the
+    server status, mysql-connector a flag); ``None`` when it cannot tell."""
+    get_autocommit = getattr(tx, "get_autocommit", None)
+    autocommit = get_autocommit() if callable(get_autocommit) else tx.autocommit
+    if not autocommit:
+        return True  # the next statement opens a transaction implicitly
+    status = getattr(tx, "server_status", None)
+    if isinstance(status, int):
+        return bool(status & _SERVER_STATUS_IN_TRANS)
+    in_transaction = getattr(tx, "in_transaction", None)
+    if isinstance(in_transaction, bool):
+        return in_transaction
+    return None
+
+
 class MySQLStore(SQLStore[Any]):
     """Event store on a DB-API MySQL connection (PyMySQL, mysqlclient, ...)
     passed to each call."""
 
     dialect_class = MySQLDialect
+    dialect: MySQLDialect
 
     def _cursor(self, tx: Any, sql: str, params: Any) -> Cursor:
         cursor = tx.cursor()
@@ -866,33 +916,10 @@ class MySQLStore(SQLStore[Any]):
         return cursor  # type: ignore[no-any-return]
 
     def _execute(self, tx: Any, statement: Statement) -> list[Row]:
-        rows = super()._execute(tx, statement)
-        if rows and isinstance(rows[0], dict):  # a DictCursor connection
-            return [tuple(row.values()) for row in rows]
-        return rows
+        return tuple_rows(super()._execute(tx, statement))
 
     def _in_transaction(self, tx: Any) -> bool:
-        get_autocommit = getattr(tx, "get_autocommit", None)
-        autocommit = get_autocommit() if callable(get_autocommit) else tx.autocommit
-        if not autocommit:
-            return True  # the next statement opens a transaction implicitly
-        status = getattr(tx, "server_status", None)  # PyMySQL
-        if isinstance(status, int):
-            return bool(status & _SERVER_STATUS_IN_TRANS)
-        in_transaction = getattr(tx, "in_transaction", None)  # mysql-connector
-        if isinstance(in_transaction, bool):
-            return in_transaction
-        # mysqlclient and others do not expose the server status: a savepoint
-        # only survives inside a transaction.
-        cursor = tx.cursor()
-        try:
-            cursor.execute(f"SAVEPOINT {_PROBE}")
-            try:
-                cursor.execute(f"RELEASE SAVEPOINT {_PROBE}")
-            except Exception as exc:
-                if errno(exc) == ER_SP_DOES_NOT_EXIST:
-                    return False
-                raise
-            return True
-        finally:
-            cursor.close()
+        known = known_transaction_state(tx)
+        if known is not None:
+            return known
+        return self._run(tx, self.dialect.transaction_probe())

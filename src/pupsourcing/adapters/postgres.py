@@ -23,6 +23,10 @@ still atomic because it is a single statement. The store runs its statements
 on its own server-side-binding cursor with tuple rows and binary results,
 whatever ``cursor_factory`` or ``row_factory`` the connection has.
 
+:class:`pupsourcing.aio.AsyncPostgresStore` runs the same
+:class:`PostgresDialect` plans on a psycopg ``AsyncConnection``, on the same
+kind of cursor.
+
 psycopg is imported on first use only, so this module (and ``migrate-gen``)
 loads without the ``postgres`` extra installed.
 """
@@ -50,7 +54,7 @@ from pupsourcing.store.schema import SchemaDialect
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["PostgresDialect", "PostgresStore"]
+__all__ = ["PostgresDialect", "PostgresStore", "in_transaction", "new_async_cursor"]
 
 VALUES_LIMIT = 5
 """Largest batch sent as a ``VALUES`` list of plain parameters. Larger batches
@@ -539,18 +543,25 @@ def _version(row: Row) -> int:
     return int(row[1])
 
 
+def in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether a psycopg connection has a transaction open or will open one
+    for the next statement. Appends are single statements, so autocommit
+    needs no BEGIN; this answers for plans that ask anyway."""
+    return not conn.autocommit or conn.info.transaction_status != 0  # 0: IDLE
+
+
 class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
     """Event store on a psycopg 3 connection passed to each call."""
 
     dialect_class = PostgresDialect
 
     def _cursor(self, tx: psycopg.Connection[Any], sql: str, params: Any) -> psycopg.Cursor[Any]:
+        # AsyncPostgresStore._query (pupsourcing.aio.stores) runs statements
+        # the same way on an AsyncConnection: keep the two in step.
         return _new_cursor()(tx).execute(sql, params, binary=True)
 
     def _in_transaction(self, tx: psycopg.Connection[Any]) -> bool:
-        # Appends are single statements, so autocommit needs no BEGIN; this
-        # answers for plans that ask anyway.
-        return not tx.autocommit or tx.info.transaction_status != 0  # 0: IDLE
+        return in_transaction(tx)
 
 
 @lru_cache(maxsize=1)
@@ -562,5 +573,17 @@ def _new_cursor() -> Callable[[psycopg.Connection[Any]], psycopg.Cursor[Any]]:
 
     def new_cursor(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
         return psycopg.Cursor(conn, row_factory=tuple_row)
+
+    return new_cursor
+
+
+@lru_cache(maxsize=1)
+def new_async_cursor() -> Callable[[psycopg.AsyncConnection[Any]], psycopg.AsyncCursor[Any]]:
+    """The cursors of :func:`_new_cursor` for an ``AsyncConnection``."""
+    import psycopg
+    from psycopg.rows import tuple_row
+
+    def new_cursor(conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Any]:
+        return psycopg.AsyncCursor(conn, row_factory=tuple_row)
 
     return new_cursor

@@ -1,5 +1,9 @@
 """SQLite adapter on the standard library's :mod:`sqlite3`.
 
+:class:`SQLiteStore` works on :mod:`sqlite3` connections;
+:class:`pupsourcing.aio.AsyncSQLiteStore` runs the same :class:`SQLiteDialect`
+plans on ``aiosqlite`` connections (see :func:`connect_async`).
+
 SQLite has one writer at a time. ``append`` takes the write lock before it
 reads the aggregate's version: if no transaction is open it issues
 ``BEGIN IMMEDIATE`` (which the caller then commits or rolls back), so two
@@ -10,6 +14,7 @@ Use WAL mode (:func:`connect` sets it) so readers never block the writer.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -38,7 +43,9 @@ from pupsourcing.store.schema import SchemaDialect
 if TYPE_CHECKING:
     from os import PathLike
 
-__all__ = ["SQLiteDialect", "SQLiteStore", "connect"]
+    import aiosqlite
+
+__all__ = ["SQLiteDialect", "SQLiteStore", "connect", "connect_async"]
 
 MAX_VALUE_BYTES = 1_000_000_000
 """SQLite's default SQLITE_MAX_LENGTH: the largest string or blob it stores."""
@@ -279,4 +286,22 @@ def connect(
         connection = sqlite3.connect(uri, timeout=timeout, uri=True)
     if wal:
         connection.execute("PRAGMA journal_mode=WAL")
+    return connection
+
+
+async def connect_async(
+    path: str | PathLike[str], *, timeout: float = 5.0, wal: bool = True
+) -> aiosqlite.Connection:
+    """:func:`connect` for asyncio: an ``aiosqlite`` connection in WAL mode with
+    a busy timeout of ``timeout`` seconds.
+
+    aiosqlite runs every call on the connection's own thread; the connection
+    is opened with ``check_same_thread=False`` so that its properties (such
+    as ``isolation_level``) can also be set from the event loop's thread.
+    """
+    import aiosqlite
+
+    connection = await aiosqlite.connect(os.fspath(path), timeout=timeout, check_same_thread=False)
+    if wal:
+        await connection.execute("PRAGMA journal_mode=WAL")
     return connection

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 
 def _utc_now() -> datetime:
@@ -93,6 +94,53 @@ _new = object.__new__
 _set = object.__setattr__
 
 
+def _slot_setter(name: str) -> Callable[[Any, Any], None]:
+    """The ``__set__`` of a field's slot: assigning through it skips the
+    attribute lookup ``object.__setattr__`` does on every call."""
+    for cls in PersistedEvent.__mro__:
+        slot = cls.__dict__.get(name)
+        if slot is not None:
+            setter: Callable[[Any, Any], None] = slot.__set__
+            return setter
+    raise AttributeError(name)  # pragma: no cover - every field has a slot
+
+
+(
+    _set_global_position,
+    _set_bounded_context,
+    _set_aggregate_type,
+    _set_aggregate_id,
+    _set_aggregate_version,
+    _set_event_id,
+    _set_event_type,
+    _set_event_version,
+    _set_payload,
+    _set_trace_id,
+    _set_correlation_id,
+    _set_causation_id,
+    _set_metadata,
+    _set_created_at,
+) = (
+    _slot_setter(name)
+    for name in (
+        "global_position",
+        "bounded_context",
+        "aggregate_type",
+        "aggregate_id",
+        "aggregate_version",
+        "event_id",
+        "event_type",
+        "event_version",
+        "payload",
+        "trace_id",
+        "correlation_id",
+        "causation_id",
+        "metadata",
+        "created_at",
+    )
+)
+
+
 def stored_event(
     global_position: int,
     bounded_context: str,
@@ -110,23 +158,24 @@ def stored_event(
     created_at: datetime,
 ) -> PersistedEvent:
     """Build a :class:`PersistedEvent` from already-typed column values, in the
-    stores' column order. Twice as fast as the keyword constructor, which
-    matters when a projection catches up on millions of rows."""
+    stores' column order. Equal to the keyword constructor and several times
+    faster (it fills the frozen slots directly), which matters when a
+    projection catches up on millions of rows."""
     event: PersistedEvent = _new(PersistedEvent)
-    _set(event, "global_position", global_position)
-    _set(event, "bounded_context", bounded_context)
-    _set(event, "aggregate_type", aggregate_type)
-    _set(event, "aggregate_id", aggregate_id)
-    _set(event, "aggregate_version", aggregate_version)
-    _set(event, "event_id", event_id)
-    _set(event, "event_type", event_type)
-    _set(event, "event_version", event_version)
-    _set(event, "payload", payload)
-    _set(event, "trace_id", trace_id)
-    _set(event, "correlation_id", correlation_id)
-    _set(event, "causation_id", causation_id)
-    _set(event, "metadata", metadata)
-    _set(event, "created_at", created_at)
+    _set_global_position(event, global_position)
+    _set_bounded_context(event, bounded_context)
+    _set_aggregate_type(event, aggregate_type)
+    _set_aggregate_id(event, aggregate_id)
+    _set_aggregate_version(event, aggregate_version)
+    _set_event_id(event, event_id)
+    _set_event_type(event, event_type)
+    _set_event_version(event, event_version)
+    _set_payload(event, payload)
+    _set_trace_id(event, trace_id)
+    _set_correlation_id(event, correlation_id)
+    _set_causation_id(event, causation_id)
+    _set_metadata(event, metadata)
+    _set_created_at(event, created_at)
     return event
 
 

@@ -8,9 +8,15 @@ True
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.partition import HashPartitionStrategy
 from pupsourcing.projection.processor import Processor
-from pupsourcing.projection.protocols import PartitionStrategy, Projection, ScopedProjection
+from pupsourcing.projection.protocols import (
+    AsyncProjection,
+    PartitionStrategy,
+    Projection,
+    ScopedProjection,
+)
 
 __all__ = [
+    "AsyncProjection",
     "HashPartitionStrategy",
     "PartitionStrategy",
     "Processor",

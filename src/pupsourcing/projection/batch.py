@@ -114,23 +114,22 @@ class Subscription:
         )
 
     def select(self, rows: Sequence[tuple[Any, ...]], dialect: Dialect) -> list[PersistedEvent]:
-        """Decode fetched rows (``select_columns`` + ``partition_hash``) and keep
-        this partition's events."""
-        decode = dialect.decode_event
+        """Decode fetched rows and keep this partition's events. Rows of a
+        partitioned read end with ``partition_hash``."""
         if self.total_partitions <= 1:
-            return [decode(row[:-1]) for row in rows]
+            return dialect.decode_events(rows)
         key, total, strategy = self.partition_key, self.total_partitions, self.strategy
-        events = []
-        for row in rows:
-            event = decode(row[:-1])
-            hashed = row[-1]
-            if (
-                (hashed % total == key)
-                if self.in_sql and hashed is not None
-                else strategy.should_process(event.aggregate_id, key, total)
-            ):
-                events.append(event)
-        return events
+        # Column 3 is aggregate_id. With the hash strategy, SQL already kept
+        # only this partition's hashed rows; rows the Go library wrote have
+        # no hash and are decided here.
+        in_sql = self.in_sql
+        return dialect.decode_events(
+            [
+                row[:-1]
+                for row in rows
+                if (in_sql and row[-1] is not None) or strategy.should_process(row[3], key, total)
+            ]
+        )
 
 
 def _at_or_below(rows: list[tuple[Any, ...]], position: int) -> list[tuple[Any, ...]]:
@@ -176,6 +175,7 @@ def step(
         (sub.partition_key, sub.total_partitions)
         if sub.total_partitions > 1 and sub.in_sql
         else None,
+        with_hash=sub.total_partitions > 1,
     )
     if filtered:
         within = rows

@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, TypeVar, overload
 
 from pupsourcing.core.errors import ProjectionError
-from pupsourcing.projection.batch import Handle, StepOutcome, Subscription, step
+from pupsourcing.projection.batch import Handle, Subscription
 from pupsourcing.projection.config import ProcessorConfig
+from pupsourcing.projection.core import (
+    RECONNECT_INITIAL_DELAY,
+    RECONNECT_MAX_DELAY,
+    Connect,
+    Disconnect,
+    Instruction,
+    Pause,
+    ProcessorBase,
+    ProcessorPlan,
+)
 from pupsourcing.projection.protocols import Projection
 from pupsourcing.store.base import SQLStore
-from pupsourcing.store.horizon import Horizon
 from pupsourcing.store.plan import Statement, drive
+
+__all__ = ["RECONNECT_INITIAL_DELAY", "RECONNECT_MAX_DELAY", "Processor"]
 
 ConnT = TypeVar("ConnT", bound=Any)
 T = TypeVar("T")
 
-RECONNECT_INITIAL_DELAY = 0.1
-RECONNECT_MAX_DELAY = 10.0
 
-
-class Processor(Generic[ConnT]):
+class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
     """Feeds a projection the store's events in global-position order.
 
     ``db`` is a DB-API connection the processor may use exclusively, or a
@@ -37,32 +46,34 @@ class Processor(Generic[ConnT]):
     exactly once. A projection never skips a committed event, even when
     concurrent writers commit out of position order: it reads only up to the
     safe horizon (:mod:`pupsourcing.store.horizon`).
+
+    For asyncio, :class:`pupsourcing.aio.AsyncProcessor` does the same with
+    the same plans (:mod:`pupsourcing.projection.core`).
     """
 
+    _store_type = SQLStore
+    _store_kind = (
+        "a pupsourcing store (PostgresStore, MySQLStore, SQLiteStore; the asyncio "
+        "stores go with pupsourcing.aio.AsyncProcessor)"
+    )
+
+    @overload
     def __init__(
         self,
-        db: ConnT | Callable[[], ConnT],
+        db: Callable[[], ConnT],
         store: SQLStore[Any],
         config: ProcessorConfig | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self, db: ConnT, store: SQLStore[Any], config: ProcessorConfig | None = None
+    ) -> None: ...
+
+    def __init__(
+        self, db: Any, store: SQLStore[Any], config: ProcessorConfig | None = None
     ) -> None:
-        if not isinstance(store, SQLStore):
-            raise TypeError(f"store must be a pupsourcing store, got {type(store).__name__}")
-        self.store = store
-        self.config = config or ProcessorConfig()
-        self._logger = self.config.get_logger()
-        # A connection has cursor() and commit(); anything else callable is a
-        # factory (sqlite3 connections are callable themselves).
-        is_connection = hasattr(db, "cursor") and hasattr(db, "commit")
-        if not is_connection and not callable(db):
-            raise TypeError("db must be a DB-API connection or a callable returning one")
-        self._factory: Callable[[], ConnT] | None = (
-            None if is_connection else cast("Callable[[], ConnT]", db)
-        )
-        self._conn: ConnT | None = cast(ConnT, db) if is_connection else None
-        self._prepared = False
-        self._horizon = Horizon()
-        self._transient_failures = 0
-        self._subscriptions: dict[str, Subscription] = {}
+        super().__init__(db, store, config)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -72,17 +83,15 @@ class Processor(Generic[ConnT]):
         if self._conn is None:
             assert self._factory is not None
             self._conn = self._factory()
-        return self._conn
+        conn: ConnT = self._conn
+        return conn
 
     def close(self) -> None:
         """Close the connection if the processor opened it; never the caller's."""
-        if self._factory is not None and self._conn is not None:
-            conn, self._conn = self._conn, None
-            self._prepared = False
-            try:
+        conn = self._release()
+        if conn is not None:
+            with self._closing():
                 conn.close()
-            except Exception:  # closing a broken connection may fail; it is gone either way
-                self._logger.debug("closing the processor's connection failed", exc_info=True)
 
     def __enter__(self) -> Processor[ConnT]:
         return self
@@ -105,116 +114,34 @@ class Processor(Generic[ConnT]):
         connection, is retried instead, whether it hits the processor's
         statements or the handler's writes through ``tx``."""
         stop = stop or threading.Event()
-        sub = self._subscription(projection)
-        while not stop.is_set():
-            outcome = self._step(projection, sub, stop)
-            if outcome is not None and outcome.idle:
-                stop.wait(self.config.poll_interval)
+        self._drive(projection, self._core.run(self._subscription(projection)), stop)
 
     def catch_up(self, projection: Projection) -> int:
         """Process until no committed event is left for the projection; return
         how many events were handed to ``handle``. Waits for transactions
         that hold earlier positions to finish rather than skip their events."""
-        sub = self._subscription(projection)
-        handled = 0
-        while True:
-            outcome = self._step(projection, sub, None)
-            if outcome is None:
-                continue
-            handled += outcome.handled
-            if outcome.idle:
-                if not outcome.waiting:
-                    return handled
-                time.sleep(max(self.config.poll_interval, 0.001))
+        return self._drive(projection, self._core.catch_up(self._subscription(projection)), None)
 
     def _subscription(self, projection: Projection) -> Subscription:
-        fresh = Subscription.of(projection, self.config)
-        known = self._subscriptions.get(fresh.checkpoint_name)
-        if known is None or (known.aggregate_types, known.bounded_contexts) != (
-            fresh.aggregate_types,
-            fresh.bounded_contexts,
-        ):
-            self._subscriptions[fresh.checkpoint_name] = known = fresh
-        return known
-
-    def _step(
-        self, projection: Projection, sub: Subscription, stop: threading.Event | None
-    ) -> StepOutcome | None:
-        """One batch; ``None`` when it did not run (transient failure, or the
-        connection was lost and re-opened)."""
-        try:
-            conn = self.connection
-            if not self._prepared:
-                self._drive(conn, projection, self.store.dialect.prepare_processor())
-                self._prepared = True
-            outcome = self._drive(
-                conn, projection, step(self.store.dialect, self._horizon, sub, self._logger)
+        sub = self._core.subscription(projection)
+        if inspect.iscoroutinefunction(projection.handle):
+            raise TypeError(
+                f"projection {sub.name!r} has an async handle(); run it with "
+                "pupsourcing.aio.AsyncProcessor"
             )
-        except ProjectionError:
-            raise
-        except Exception as exc:
-            dialect = self.store.dialect
-            sub.checkpoint = None  # the last commit may or may not have happened
-            if dialect.is_transient(exc):
-                self._back_off(exc, stop)
-                return None
-            if self._factory is None or not dialect.is_connection_error(exc):
-                raise
-            self._reconnect(exc, stop)
-            return None
-        self._transient_failures = 0
-        return outcome
-
-    def _back_off(self, cause: BaseException, stop: threading.Event | None) -> None:
-        """A lock wait, deadlock or busy database: roll back, wait, retry."""
-        self._transient_failures += 1
-        delay = min(
-            RECONNECT_INITIAL_DELAY * 2 ** (self._transient_failures - 1), RECONNECT_MAX_DELAY
-        )
-        self._logger.warning("projection batch could not run (%s); retrying in %.1fs", cause, delay)
-        try:
-            self.connection.rollback()
-        except Exception:  # the retry will tell whether the connection is still usable
-            self._logger.debug("rollback after a transient failure failed", exc_info=True)
-        if stop is not None:
-            stop.wait(delay)
-        else:
-            time.sleep(delay)
-
-    def _reconnect(self, cause: BaseException, stop: threading.Event | None) -> None:
-        delay = RECONNECT_INITIAL_DELAY
-        error: BaseException = cause
-        while True:
-            self._logger.error(
-                "projection processor lost its connection (%s); reconnecting in %.1fs",
-                error,
-                delay,
-            )
-            self.close()
-            if stop is not None:
-                if stop.wait(delay):
-                    return
-            else:
-                time.sleep(delay)
-            try:
-                _ = self.connection
-            except Exception as exc:
-                if not self.store.dialect.is_connection_error(exc):
-                    raise
-                error = exc
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
-                continue
-            self._logger.info("projection processor reconnected")
-            return
+        return sub
 
     def _drive(
-        self, conn: ConnT, projection: Projection, plan: Generator[Statement | Handle, Any, T]
+        self, projection: Projection, plan: ProcessorPlan[T], stop: threading.Event | None
     ) -> T:
         execute = self.store._execute
         handle = projection.handle
 
-        def perform(instruction: Statement | Handle) -> Any:
-            if isinstance(instruction, Handle):
+        def perform(instruction: Instruction) -> Any:
+            if type(instruction) is Statement:
+                return execute(self._conn, instruction)
+            if type(instruction) is Handle:
+                conn = self._conn
                 event = None
                 try:
                     for event in instruction.events:
@@ -223,6 +150,15 @@ class Processor(Generic[ConnT]):
                     assert event is not None
                     raise ProjectionError(projection.name, event.global_position) from exc
                 return None
-            return execute(conn, instruction)
+            if type(instruction) is Pause:
+                if stop is not None:
+                    return stop.wait(instruction.seconds) if instruction.seconds else stop.is_set()
+                time.sleep(instruction.seconds)
+                return False
+            if type(instruction) is Connect:
+                return self.connection
+            if type(instruction) is Disconnect:
+                return self.close()
+            raise TypeError(f"unknown instruction {instruction!r}")
 
         return drive(plan, perform)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from pupsourcing.core.events import PersistedEvent
@@ -22,6 +22,20 @@ class Projection(Protocol):
     def name(self) -> str: ...
 
     def handle(self, event: PersistedEvent, tx: Any) -> None: ...
+
+
+@runtime_checkable
+class AsyncProjection(Protocol):
+    """A projection for :class:`pupsourcing.aio.AsyncProcessor`: as
+    :class:`Projection`, but ``handle`` may also be ``async def`` (it is
+    awaited); ``tx`` is then the processor's asyncio connection. Scopes
+    (``aggregate_types``, ``bounded_contexts``) work as for
+    :class:`ScopedProjection`."""
+
+    @property
+    def name(self) -> str: ...
+
+    def handle(self, event: PersistedEvent, tx: Any) -> Awaitable[None] | None: ...
 
 
 @runtime_checkable

@@ -6,13 +6,16 @@ import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pupsourcing.core.errors import PupsourcingError
 from pupsourcing.projection.processor import Processor
 from pupsourcing.projection.protocols import Projection
 
-__all__ = ["NoProjectionsError", "ProjectionRunner", "Runner"]
+if TYPE_CHECKING:
+    from pupsourcing.aio.processor import AsyncProcessor
+
+__all__ = ["NoProjectionsError", "ProjectionRunner", "Runner", "check_runners"]
 
 
 class NoProjectionsError(PupsourcingError, ValueError):
@@ -24,10 +27,32 @@ class NoProjectionsError(PupsourcingError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ProjectionRunner:
-    """A projection and the processor that feeds it."""
+    """A projection and the processor that feeds it: a :class:`Processor`
+    for :class:`Runner`, an :class:`~pupsourcing.aio.AsyncProcessor` for
+    :class:`~pupsourcing.aio.AsyncRunner`."""
 
     projection: Projection
-    processor: Processor[Any]
+    processor: Processor[Any] | AsyncProcessor[Any]
+
+
+def check_runners(
+    runners: Sequence[ProjectionRunner], processor_type: type, runner_type: str
+) -> list[ProjectionRunner]:
+    """The runners as a list, after the checks both runners make."""
+    runners = list(runners)
+    if not runners:
+        raise NoProjectionsError()
+    for runner in runners:
+        if not isinstance(runner.processor, processor_type):
+            raise TypeError(
+                f"{runner_type} runs projections on {processor_type.__name__}s, got a "
+                f"{type(runner.processor).__name__} (Runner takes Processor, "
+                "pupsourcing.aio.AsyncRunner takes AsyncProcessor)"
+            )
+    processors = [id(r.processor) for r in runners]
+    if len(set(processors)) != len(processors):
+        raise ValueError("each projection needs its own Processor (they are not shared)")
+    return runners
 
 
 class Runner:
@@ -43,19 +68,16 @@ class Runner:
     def run(
         self, runners: Sequence[ProjectionRunner], *, stop: threading.Event | None = None
     ) -> None:
-        runners = list(runners)
-        if not runners:
-            raise NoProjectionsError()
-        processors = [id(r.processor) for r in runners]
-        if len(set(processors)) != len(processors):
-            raise ValueError("each projection needs its own Processor (they are not shared)")
+        runners = check_runners(runners, Processor, "Runner")
         halt = threading.Event()
         finished: queue.Queue[tuple[ProjectionRunner, BaseException | None]] = queue.Queue()
 
         def work(runner: ProjectionRunner) -> None:
             error: BaseException | None = None
+            processor = runner.processor
+            assert isinstance(processor, Processor)  # check_runners made sure
             try:
-                runner.processor.run(runner.projection, stop=halt)
+                processor.run(runner.projection, stop=halt)
             except BaseException as exc:  # reported to the caller's thread
                 error = exc
             finally:

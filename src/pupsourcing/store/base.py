@@ -39,13 +39,10 @@ class Cursor(Protocol):
 T = TypeVar("T")
 
 
-class SQLStore(abc.ABC, Generic[ConnT]):
-    """An event store over a DB-API connection supplied per call as ``tx``.
-
-    Every method runs inside the caller's transaction and never commits,
-    rolls back or closes ``tx``. Subclasses name their dialect and say how
-    their driver executes one statement.
-    """
+class StoreBase:
+    """What the blocking and the asyncio stores share: the dialect (all SQL,
+    validation and row mapping, as plans) and everything that needs no I/O.
+    The two differ only in how they wait for the driver."""
 
     dialect_class: ClassVar[type[Dialect]]
 
@@ -58,6 +55,29 @@ class SQLStore(abc.ABC, Generic[ConnT]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+    def schema_sql(self) -> str:
+        """The DDL for this adapter and config (the text ``migrate-gen`` writes)."""
+        return self.dialect.schema_sql()
+
+    def _append_plan(
+        self, expected_version: ExpectedVersion, events: Sequence[Event]
+    ) -> Plan[AppendResult]:
+        if not isinstance(expected_version, ExpectedVersion):
+            raise TypeError(
+                f"expected_version must be an ExpectedVersion, "
+                f"got {type(expected_version).__name__}"
+            )
+        return self.dialect.append(expected_version, events)
+
+
+class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
+    """An event store over a DB-API connection supplied per call as ``tx``.
+
+    Every method runs inside the caller's transaction and never commits,
+    rolls back or closes ``tx``. Subclasses name their dialect and say how
+    their driver executes one statement.
+    """
 
     @abc.abstractmethod
     def _cursor(self, tx: ConnT, sql: str, params: Any) -> Cursor:
@@ -80,11 +100,7 @@ class SQLStore(abc.ABC, Generic[ConnT]):
             return []
         cursor = self._cursor(tx, statement.sql, statement.params)
         try:
-            if statement.fetch:
-                return list(cursor.fetchall())
-            if statement.rowcount:
-                return [(cursor.rowcount,)]
-            return [(True,)] if statement.begin else []
+            return statement.answer(cursor.fetchall() if statement.fetch else None, cursor.rowcount)
         finally:
             cursor.close()
 
@@ -100,12 +116,7 @@ class SQLStore(abc.ABC, Generic[ConnT]):
         :class:`~pupsourcing.InvalidEventError` (nothing is sent) or
         :class:`~pupsourcing.OptimisticConcurrencyError`.
         """
-        if not isinstance(expected_version, ExpectedVersion):
-            raise TypeError(
-                f"expected_version must be an ExpectedVersion, "
-                f"got {type(expected_version).__name__}"
-            )
-        return self._run(tx, self.dialect.append(expected_version, events))
+        return self._run(tx, self._append_plan(expected_version, events))
 
     def read_events(self, tx: ConnT, from_position: int, limit: int) -> list[PersistedEvent]:
         """Events with ``global_position > from_position``, ascending, at most ``limit``."""
@@ -147,10 +158,6 @@ class SQLStore(abc.ABC, Generic[ConnT]):
     def list_checkpoints(self, tx: ConnT) -> list[Checkpoint]:
         """Every checkpoint, by name."""
         return self._run(tx, self.dialect.list_checkpoints())
-
-    def schema_sql(self) -> str:
-        """The DDL for this adapter and config (the text ``migrate-gen`` writes)."""
-        return self.dialect.schema_sql()
 
     def create_schema(self, tx: ConnT) -> None:
         """Create the tables and indexes if they do not exist."""

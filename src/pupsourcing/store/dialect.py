@@ -179,10 +179,12 @@ class Dialect(abc.ABC):
             f"SELECT projection_name, last_global_position, {self.timestamp_sql('updated_at')}, "
             f"{self.age_sql('updated_at')} FROM {self.checkpoints_table} ORDER BY projection_name"
         )
-        self.fetch_sql_prefix = (
-            f"SELECT {', '.join(self.select_columns())}, partition_hash FROM {self.events_table} "
-            f"WHERE global_position > {p}"
-        )
+        columns = ", ".join(self.select_columns())
+        self.fetch_sql_prefix = {
+            hashed: f"SELECT {columns}{', partition_hash' if hashed else ''} "
+            f"FROM {self.events_table} WHERE global_position > {p}"
+            for hashed in (False, True)
+        }
 
     # -- what each database provides ---------------------------------------
 
@@ -437,14 +439,15 @@ class Dialect(abc.ABC):
         aggregate_types: Sequence[str],
         bounded_contexts: Sequence[str],
         partition: tuple[int, int] | None,
+        with_hash: bool = False,
     ) -> Statement:
         """Events in ``(after, upto]`` (no upper bound when ``upto`` is None) in
         scope, ascending, at most ``limit``; with ``partition=(key, total)``
         only that partition's aggregates (and rows without a hash, which the
-        caller filters). Rows are :meth:`select_columns` followed by
-        ``partition_hash``."""
+        caller filters). Rows are :meth:`select_columns`, followed by
+        ``partition_hash`` when ``with_hash``."""
         p = self.placeholder
-        sql = [self.fetch_sql_prefix]
+        sql = [self.fetch_sql_prefix[with_hash]]
         params: list[object] = [after]
         if upto is not None:
             sql.append(f"AND global_position <= {p}")

@@ -9,7 +9,7 @@ database driver or I/O model.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -37,6 +37,18 @@ class Statement:
     rowcount: bool = False
     begin: bool = False
     control: Literal["commit", "rollback"] | None = None
+
+    def answer(self, rows: Iterable[Any] | None, rowcount: int) -> list[Row]:
+        """What the plan receives once the driver ran this statement: ``rows``
+        are the fetched rows (``None`` unless :attr:`fetch`), ``rowcount`` the
+        cursor's row count. Every store, blocking or asyncio, answers through
+        this, so the plans see one behaviour whatever the driver."""
+        if self.fetch:
+            assert rows is not None
+            return list(rows)
+        if self.rowcount:
+            return [(rowcount,)]
+        return [(True,)] if self.begin else []
 
 
 COMMIT = Statement("COMMIT", control="commit")

@@ -1,0 +1,329 @@
+"""Every benchmark on every database, one table, written to the docs.
+
+Runs the store workloads (W1, W2, W2c, W4: ``*_store.py``), projection
+catch-up (W3, W5: ``projections.py``) and store growth (S2, S4, SM:
+``scale.py``) on PostgreSQL, MySQL/MariaDB and SQLite, each against its raw
+driver baseline measured in the same run, then prints one table (figure,
+baseline, ratio, target, pass/fail) and writes it as Markdown with a bar
+chart (PNG) to ``docs/benchmarks/``.
+
+The targets apply to PostgreSQL; MySQL and SQLite are reported alongside.
+
+    python bench/run_all.py                 # about 8 minutes on 2 cores
+    python bench/run_all.py --quick --output /tmp/bench   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import common
+import projections
+import scale
+
+import pupsourcing
+
+DATABASES = ("postgres", "mysql", "sqlite")
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+
+GO_ORIGINAL = {
+    "W1": "3,600 events/s",
+    "W2": "800 events/s",
+    "W2c": "2,600 events/s",
+    "W3/100": "67,000 events/s",
+    "W3/1000": "190,000 events/s",
+    "W4": "270 reads/s (3.7 ms)",
+    "W5": "29,000 events/s",
+}
+"""The Go original on the same kind of machine and PostgreSQL 15 (issue 11)."""
+
+
+@dataclass
+class Row:
+    database: str
+    key: str
+    workload: str
+    figure: float
+    baseline: float
+    unit: str
+    baseline_name: str
+    target: float | None = None
+    """Minimum ratio figure/baseline (None: reported only)."""
+    note: str = ""
+    max_growth: float | None = None
+    """For memory: the most ``figure`` may exceed ``baseline`` by (instead of a ratio)."""
+    judged: bool = True
+    """Whether the target decides pass/fail (else the figures are reported only)."""
+
+    @property
+    def ratio(self) -> float:
+        return self.figure / self.baseline if self.baseline else float("nan")
+
+    @property
+    def passed(self) -> bool | None:
+        if not self.judged:
+            return None
+        if self.max_growth is not None:
+            return self.figure - self.baseline <= self.max_growth
+        if self.target is None:
+            return None
+        return self.ratio >= self.target
+
+    @property
+    def verdict(self) -> str:
+        return {None: "", True: "pass", False: "FAIL"}[self.passed]
+
+
+def store_rows(database: str, scale_: common.Scale) -> list[Row]:
+    target = projections.builders()[database]()
+    try:
+        results = common.run_workloads(target, scale_)
+    finally:
+        target.close()
+    by_key = {r.workload.key: r for r in results}
+    rows = [
+        Row(
+            database,
+            key,
+            by_key[key].workload.describe(scale_),
+            by_key[key].store_rate,
+            by_key[key].raw_rate,
+            by_key[key].workload.unit,
+            "raw driver",
+            target,
+        )
+        for key, target in (("W1", 0.8), ("W2", 0.6), ("W4", 0.8))
+    ]
+    w2c, w2 = by_key["W2c"], by_key["W2"]
+    rows.insert(
+        2,
+        Row(
+            database,
+            "W2c",
+            w2c.workload.describe(scale_),
+            w2c.store_rate,
+            w2.store_rate,
+            "events/s",
+            "store W2 (1 writer)",
+            1.5,
+            note=f"raw driver: {w2c.raw_rate:,.0f} events/s ({w2c.ratio:.2f}x)",
+        ),
+    )
+    return rows
+
+
+def projection_rows(database: str, events: int) -> list[Row]:
+    result = projections.measure(database, projections.builders()[database], events)
+    rows = [
+        Row(
+            database,
+            f"W3/{batch}",
+            f"catch-up of {events:,} events, batch {batch}",
+            ours,
+            raw,
+            "events/s",
+            "raw ordered paging",
+            0.2 if batch == 100 else 0.55,
+        )
+        for batch, (ours, raw) in result.batch_rates.items()
+    ]
+    worst = max(result.fetched_per_handled)
+    rows.append(
+        Row(
+            database,
+            "W5",
+            f"{projections.PARTITIONS} partitions in 4 processes",
+            result.partitioned,
+            result.batch_rates[1000][0],
+            "events/s",
+            "one process (W3/1000)",
+            1.6,
+            note=f"rows fetched per row handled: at most {worst:.2f} (target 1.05)"
+            + ("" if worst <= 1.05 else " FAIL"),
+        )
+    )
+    return rows
+
+
+def scale_rows(database: str, small: int, large: int, quick: bool) -> list[Row]:
+    results = scale.run(database, projections.builders()[database], small, large, quick)
+    rows = []
+    for r in results:
+        if r.unit == "MiB":
+            rows.append(
+                Row(
+                    database,
+                    r.metric.split()[0],
+                    f"catch-up peak RSS, store of {large:,} vs {small:,} events",
+                    r.large,
+                    r.small,
+                    "MiB",
+                    f"same on {small:,} events",
+                    max_growth=50,
+                )
+            )
+        else:
+            rows.append(
+                Row(
+                    database,
+                    r.metric.split()[0],
+                    f"{r.metric[3:]}, store of {large:,} vs {small:,} events",
+                    r.large,
+                    r.small,
+                    r.unit,
+                    f"same on {small:,} events",
+                    0.8,
+                )
+            )
+    return rows
+
+
+def table(rows: Sequence[Row], markdown: bool) -> str:
+    header = ["db", "key", "workload", "figure", "baseline", "ratio", "target", "", "Go original"]
+    lines = []
+    body = []
+    for r in rows:
+        target = "" if r.target is None or not r.judged else f">= {r.target:g}x"
+        if r.max_growth is not None:
+            figure = f"{r.figure:,.1f} {r.unit}"
+            base = f"{r.baseline:,.1f} ({r.baseline_name})"
+            ratio = f"{r.figure - r.baseline:+.1f} {r.unit}"
+            target = f"<= +{r.max_growth:g} {r.unit}" if r.judged else ""
+        else:
+            figure = f"{r.figure:,.0f} {r.unit}"
+            base = f"{r.baseline:,.0f} ({r.baseline_name})"
+            ratio = f"{r.ratio:.2f}x"
+        go = GO_ORIGINAL.get(r.key, "") if r.database == "postgres" else ""
+        body.append([r.database, r.key, r.workload, figure, base, ratio, target, r.verdict, go])
+        if r.note:
+            body.append(["", "", f"  {r.note}", "", "", "", "", "", ""])
+    if markdown:
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        lines.extend("| " + " | ".join(cells) + " |" for cells in body)
+        return "\n".join(lines)
+    widths = [max(len(str(c[i])) for c in [header, *body]) for i in range(len(header))]
+    for cells in [header, *body]:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def chart(rows: Sequence[Row], path: Path) -> None:
+    """Ratios against targets, one group of bars per workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys(r.key for r in rows if r.max_growth is None))
+    databases = list(dict.fromkeys(r.database for r in rows))
+    width = 0.8 / max(len(databases), 1)
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for i, database in enumerate(databases):
+        ratios = []
+        for key in keys:
+            match = [r for r in rows if r.database == database and r.key == key]
+            ratios.append(match[0].ratio if match else 0.0)
+        positions = [k + (i - (len(databases) - 1) / 2) * width for k in range(len(keys))]
+        ax.bar(positions, ratios, width, label=database)
+    for k, key in enumerate(keys):
+        targets = [r.target for r in rows if r.key == key and r.database == "postgres"]
+        if targets and targets[0] is not None:
+            ax.hlines(targets[0], k - 0.45, k + 0.45, colors="black", linestyles="dashed")
+    ax.set_xticks(range(len(keys)), keys)
+    ax.set_ylabel("ratio to baseline (dashed: PostgreSQL target)")
+    ax.set_title("pupsourcing vs its baselines, measured in one run")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+PAGE = """# Benchmarks
+
+Measured with `python bench/run_all.py` on {when} ({machine}; Python {python};
+pupsourcing {version}). Every figure is compared with a baseline measured in the
+same run, because absolute numbers drift on a shared machine and ratios do not.
+The targets apply to PostgreSQL; MySQL/MariaDB and SQLite are reported alongside.
+
+![ratios to baselines](latest.png)
+
+{table}
+
+**Workloads.** W1: 200 transactions of 100 events (about 200-byte JSON
+payloads). W2: 5,000 single-event transactions on one connection. W2c: 8
+threads with their own connections, 1,000 single-event transactions each,
+compared with W2 (gap safety on, no table lock). W4: reading a 1,000-event
+stream 200 times. The raw baselines send the same SQL by hand with the bare
+driver (psycopg 3, PyMySQL, sqlite3) and keep rows as tuples. W3: catching up
+on {events} events with a no-op projection, against the driver paging through
+the table in order with the same SELECT. W5: the same events caught up by 4
+partitions in 4 processes, against one process. S2/S4/SM: append and read
+speed and catch-up memory on a store of {large} events against the same on
+{small} events. "Go original" is the Go library on the same kind of machine
+(figures from its benchmarks).
+
+**Reproduce.** Start PostgreSQL and MariaDB on their default local ports (see
+the README), install with `pip install -e '.[dev]'`, then run
+`python bench/run_all.py`. Each script in `bench/` also runs on its own, for
+example `python bench/postgres_store.py --rounds 5` or
+`python bench/projections.py --db postgres`.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--output", type=Path, default=DOCS, help=f"default {DOCS}")
+    parser.add_argument("--db", default=",".join(DATABASES))
+    args = parser.parse_args(argv)
+    databases = [d.strip() for d in args.db.split(",") if d.strip()]
+    store_scale = common.QUICK if args.quick else replace(common.FULL, rounds=2)
+    events = 2_000 if args.quick else 100_000
+    small, large = (2_000, 6_000) if args.quick else (scale.SMALL, scale.LARGE)
+    rows: list[Row] = []
+    for database in databases:
+        try:
+            rows += store_rows(database, store_scale)
+            rows += projection_rows(database, events)
+            rows += scale_rows(database, small, large, args.quick)
+        except common.Unavailable as exc:
+            print(f"{database}: database unavailable: {exc}", file=sys.stderr)
+            return common.UNAVAILABLE_EXIT_CODE
+        print(f"{database}: done", file=sys.stderr)
+    for row in rows:  # the targets are PostgreSQL's; the others are reported alongside
+        row.judged = row.database == "postgres"
+    print(table(rows, markdown=False))
+    args.output.mkdir(parents=True, exist_ok=True)
+    chart(rows, args.output / "latest.png")
+    page = PAGE.format(
+        when=datetime.date.today().isoformat(),
+        machine=f"{platform.machine()}, {_cpus()} CPUs",
+        python=platform.python_version(),
+        version=pupsourcing.__version__,
+        table=table(rows, markdown=True),
+        events=f"{events:,}",
+        small=f"{small:,}",
+        large=f"{large:,}",
+    )
+    (args.output / "index.md").write_text(page, encoding="utf-8")
+    print(f"\nwrote {args.output / 'index.md'} and {args.output / 'latest.png'}")
+    failed = [r for r in rows if r.verdict == "FAIL"]
+    return 0 if not failed or args.quick else 1
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

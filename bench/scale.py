@@ -1,0 +1,272 @@
+"""Cost does not grow with the store.
+
+For each database, on a store holding SMALL events and then the same store
+grown to LARGE events (filler rows generated on the server, as another
+service's history would be):
+
+    S2   single-event append (W2): store.append + commit, one connection
+    S4   full read of a 1,000-event stream (W4)
+    SM   peak memory (RSS) of a process catching up on the whole store with a
+         no-op projection, batch 1,000
+
+The report gives each figure on the small and the large store and their
+ratio: appends and reads must stay within 20% (ratio >= 0.8); catch-up memory
+on the large store must stay within 50 MB of the small one.
+
+    python bench/scale.py [--quick] [--db postgres,mysql,sqlite] [--large N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, make_events
+from projections import LOCATIONS, Noop, builders, location_of
+
+from pupsourcing import ExpectedVersion
+from pupsourcing.projection import Processor, ProcessorConfig
+
+SMALL = 10_000
+LARGE = 1_000_000
+STREAM = 1_000
+
+
+@dataclass
+class ScaleResult:
+    database: str
+    metric: str
+    small: float
+    large: float
+    unit: str
+
+    @property
+    def ratio(self) -> float:
+        return self.large / self.small if self.small else float("nan")
+
+
+# -- filling the store on the server ------------------------------------------
+
+FILL_CHUNK = 100_000
+
+
+def fill_postgres(conn: Any, first: int, last: int) -> None:
+    conn.execute(
+        "INSERT INTO events (bounded_context, aggregate_type, aggregate_id, aggregate_version, "
+        "event_id, event_type, event_version, payload, metadata, created_at) "
+        "SELECT 'Bench', 'Filler', 'filler-' || (g / 10), g %% 10 + 1, gen_random_uuid(), "
+        "'Filled', 1, convert_to(repeat('x', 200), 'UTF8'), '{}'::jsonb, now() "
+        "FROM generate_series(%s::bigint, %s::bigint) AS g",
+        (first, last),
+    )
+
+
+_DIGITS = (
+    "(SELECT 0 AS d UNION ALL " + " UNION ALL ".join(f"SELECT {i}" for i in range(1, 10)) + ")"
+)
+
+
+def fill_mysql(conn: Any, first: int, last: int) -> None:
+    numbers = (
+        f"SELECT %s + a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d AS g "
+        f"FROM {_DIGITS} a, {_DIGITS} b, {_DIGITS} c, {_DIGITS} e, {_DIGITS} f"
+    )
+    cursor = conn.cursor()
+    cursor.execute(
+        "INSERT INTO events (bounded_context, aggregate_type, aggregate_id, aggregate_version, "
+        "event_id, event_type, event_version, payload, metadata, created_at) "
+        "SELECT 'Bench', 'Filler', CONCAT('filler-', g DIV 10), g %% 10 + 1, "
+        "UNHEX(REPLACE(UUID(), '-', '')), 'Filled', 1, REPEAT('x', 200), '{}', "
+        f"CURRENT_TIMESTAMP(6) FROM ({numbers}) AS n WHERE g <= %s",
+        (first, last),
+    )
+
+
+def fill_sqlite(conn: Any, first: int, last: int) -> None:
+    conn.execute(
+        "WITH RECURSIVE seq(g) AS (SELECT ? UNION ALL SELECT g + 1 FROM seq WHERE g < ?) "
+        "INSERT INTO events (bounded_context, aggregate_type, aggregate_id, aggregate_version, "
+        "event_id, event_type, event_version, payload, metadata, created_at) "
+        "SELECT 'Bench', 'Filler', 'filler-' || (g / 10), g % 10 + 1, "
+        "printf('%08x-0000-4000-8000-%012x', g, g), 'Filled', 1, "
+        "CAST(printf('%.200c', 'x') AS BLOB), '{}', "
+        "strftime('%Y-%m-%d %H:%M:%f', 'now') FROM seq",
+        (first, last),
+    )
+
+
+ANALYZE = {"postgres": "ANALYZE events", "mysql": "ANALYZE TABLE events", "sqlite": "ANALYZE"}
+
+FILLERS: dict[str, Callable[[Any, int, int], None]] = {
+    "postgres": fill_postgres,
+    "mysql": fill_mysql,
+    "sqlite": fill_sqlite,
+}
+
+
+def fill(database: str, target: Target, count: int, start: int) -> None:
+    """Add ``count`` filler events (sequence numbers from ``start``)."""
+    conn = target.connect(False)
+    try:
+        for first in range(start, start + count, FILL_CHUNK):
+            last = min(first + FILL_CHUNK, start + count) - 1
+            FILLERS[database](conn, first, last)
+            conn.commit()
+        cursor = conn.cursor()
+        cursor.execute(ANALYZE[database])
+        if database == "mysql":
+            cursor.fetchall()
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def count(target: Target) -> int:
+    conn = target.connect(True)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT count(*) FROM events")
+        return int(cursor.fetchone()[0])
+    finally:
+        conn.close()
+
+
+# -- measurements -------------------------------------------------------------
+
+
+def appends_per_second(target: Target, transactions: int, tag: str) -> float:
+    batches = [make_events(f"s2-{tag}-{i % 50}", 1, i) for i in range(transactions)]
+    conn = target.connect(False)
+    try:
+        start = time.perf_counter()
+        for batch in batches:
+            target.store.append(conn, ExpectedVersion.any(), batch)
+            conn.commit()
+        return transactions / (time.perf_counter() - start)
+    finally:
+        conn.close()
+
+
+def reads_per_second(target: Target, reads: int, aggregate_id: str) -> float:
+    conn = target.connect(True)
+    try:
+        start = time.perf_counter()
+        for _ in range(reads):
+            stream = target.store.read_aggregate_stream(conn, "Bench", "Account", aggregate_id)
+            if len(stream) != STREAM:
+                raise AssertionError(f"read {len(stream)} events, expected {STREAM}")
+        return reads / (time.perf_counter() - start)
+    finally:
+        conn.close()
+
+
+def _catch_up_child(database: str, location: Any, name: str, out: Any) -> None:
+    target = LOCATIONS[database](location)
+    projection = Noop(name)
+    with Processor(
+        lambda: target.connect(False), target.store, ProcessorConfig(batch_size=1000)
+    ) as processor:
+        handled = processor.catch_up(projection)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out.put((handled, peak_kib / 1024))
+
+
+def catch_up_peak_mib(database: str, target: Target, name: str, expected: int) -> float:
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    child = context.Process(
+        target=_catch_up_child, args=(database, location_of(database, target), name, out)
+    )
+    child.start()
+    handled, peak = out.get(timeout=1800)
+    child.join(60)
+    if handled != expected:
+        raise AssertionError(f"catch-up handled {handled} events, expected {expected}")
+    return float(peak)
+
+
+def best(measure: Callable[[], float], rounds: int) -> float:
+    return max(measure() for _ in range(rounds))
+
+
+def run(
+    database: str, build: Callable[[], Target], small: int, large: int, quick: bool
+) -> list[ScaleResult]:
+    target = build()
+    rounds = 1 if quick else 3
+    transactions = 50 if quick else 1000
+    reads = 5 if quick else 50
+    try:
+        conn = target.connect(False)
+        target.store.append(conn, ExpectedVersion.any(), make_events("s4", 500))
+        target.store.append(conn, ExpectedVersion.any(), make_events("s4", 500, 500))
+        conn.commit()
+        conn.close()
+        fill(database, target, small - STREAM, 0)
+        before = (
+            best(lambda: appends_per_second(target, transactions, "small"), rounds),
+            best(lambda: reads_per_second(target, reads, "s4"), rounds),
+            catch_up_peak_mib(database, target, "scale_small", count(target)),
+        )
+        fill(database, target, large - small, small)
+        after = (
+            best(lambda: appends_per_second(target, transactions, "large"), rounds),
+            best(lambda: reads_per_second(target, reads, "s4"), rounds),
+            catch_up_peak_mib(database, target, "scale_large", count(target)),
+        )
+    finally:
+        target.close()
+    return [
+        ScaleResult(database, "S2 single-event append", before[0], after[0], "events/s"),
+        ScaleResult(database, "S4 read 1,000-event stream", before[1], after[1], "reads/s"),
+        ScaleResult(database, "SM catch-up peak RSS", before[2], after[2], "MiB"),
+    ]
+
+
+def passes(result: ScaleResult) -> bool:
+    if result.unit == "MiB":
+        return result.large - result.small <= 50
+    return result.ratio >= 0.8
+
+
+def format_rows(results: Sequence[ScaleResult], small: int, large: int) -> list[str]:
+    lines = [
+        f"Store growth: {small:,} -> {large:,} events",
+        f"{'database':9} {'metric':28} {'small':>10} {'large':>10} {'unit':9} {'large/small':>11}",
+    ]
+    for r in results:
+        lines.append(
+            f"{r.database:9} {r.metric:28} {r.small:>10,.1f} {r.large:>10,.1f} {r.unit:9} "
+            f"{r.ratio:>10.2f}x {'pass' if passes(r) else 'FAIL'}"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="2,000 -> 6,000 events")
+    parser.add_argument("--db", default="postgres,mysql,sqlite")
+    parser.add_argument("--large", type=int, default=LARGE)
+    args = parser.parse_args(argv)
+    small, large = (2_000, 6_000) if args.quick else (SMALL, args.large)
+    available = builders()
+    results: list[ScaleResult] = []
+    status = 0
+    for database in [d.strip() for d in args.db.split(",") if d.strip()]:
+        try:
+            results += run(database, available[database], small, large, args.quick)
+        except Unavailable as exc:
+            print(f"{database}: database unavailable: {exc}", file=sys.stderr)
+            status = UNAVAILABLE_EXIT_CODE
+    print("\n".join(format_rows(results, small, large)))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

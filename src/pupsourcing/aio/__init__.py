@@ -1,0 +1,35 @@
+"""The asyncio API: the same event store and projections, awaited.
+
+>>> from pupsourcing.aio import AsyncPostgresStore, AsyncProcessor, AsyncRunner
+
+Every class here is the twin of a blocking one, with the same constructor,
+methods (as coroutines), errors and guarantees:
+
+- :class:`AsyncPostgresStore` (psycopg 3 ``AsyncConnection``): ``PostgresStore``
+- :class:`AsyncMySQLStore` (``asyncmy``): ``MySQLStore``
+- :class:`AsyncSQLiteStore` (``aiosqlite``): ``SQLiteStore``
+- :class:`AsyncProcessor`: :class:`pupsourcing.projection.Processor`
+- :class:`AsyncRunner` with :class:`ProjectionRunner`: :class:`pupsourcing.runner.Runner`
+
+Both APIs run the same sans-I/O plans (:mod:`pupsourcing.store.plan`): the
+SQL, validation, row mapping, batches, safe horizon and reconnect policy are
+written once, and the asyncio classes differ only in awaiting the driver.
+Importing this module imports no database driver; install the one you use
+(``pupsourcing[postgres]``, ``pupsourcing[asyncmy]``, ``pupsourcing[aiosqlite]``).
+"""
+
+from pupsourcing.aio.processor import AsyncProcessor
+from pupsourcing.aio.runner import AsyncRunner
+from pupsourcing.aio.store import AsyncSQLStore
+from pupsourcing.aio.stores import AsyncMySQLStore, AsyncPostgresStore, AsyncSQLiteStore
+from pupsourcing.runner import ProjectionRunner
+
+__all__ = [
+    "AsyncMySQLStore",
+    "AsyncPostgresStore",
+    "AsyncProcessor",
+    "AsyncRunner",
+    "AsyncSQLStore",
+    "AsyncSQLiteStore",
+    "ProjectionRunner",
+]

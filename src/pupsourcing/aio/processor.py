@@ -1,0 +1,198 @@
+"""The asyncio projection processor: the async counterpart of
+:class:`pupsourcing.projection.Processor`.
+
+Both carry out the same plans (:mod:`pupsourcing.projection.core` around
+:func:`pupsourcing.projection.batch.step`): the same batches, checkpoint
+compare-and-set, safe horizon, scopes, partitions, logging and reconnect
+back-off. Here each statement is awaited, and so is the projection's handler
+when it is a coroutine function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+from pupsourcing.aio.store import AsyncSQLStore
+from pupsourcing.core.errors import ProjectionError
+from pupsourcing.projection.batch import Handle, Subscription
+from pupsourcing.projection.config import ProcessorConfig
+from pupsourcing.projection.core import (
+    Connect,
+    Disconnect,
+    Instruction,
+    Pause,
+    ProcessorBase,
+    ProcessorPlan,
+)
+from pupsourcing.projection.protocols import AsyncProjection
+from pupsourcing.store.plan import Statement, drive_async
+
+__all__ = ["AsyncProcessor"]
+
+ConnT = TypeVar("ConnT", bound=Any)
+T = TypeVar("T")
+
+
+class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
+    """Feeds a projection the store's events in global-position order, on
+    asyncio.
+
+    ``db`` is an asyncio connection the processor may use exclusively, or a
+    zero-argument callable returning one (or an awaitable of one, such as
+    ``lambda: psycopg.AsyncConnection.connect(dsn)`` or ``lambda:
+    connect_async(path)``); then the processor opens its connection lazily,
+    closes it on :meth:`close`, and reconnects with bounded exponential
+    back-off when the connection is lost.
+
+    The projection's ``handle(event, tx)`` may be ``async def`` (awaited) or a
+    plain ``def``; ``tx`` is the processor's asyncio connection, inside the
+    transaction that advances the checkpoint, so read-model writes made
+    through it are applied exactly once. A handler that raises rolls the
+    batch back and :class:`~pupsourcing.ProjectionError` is raised.
+
+    Cancelling :meth:`run` or :meth:`catch_up` mid-batch leaves the checkpoint
+    where the last committed batch put it: the open transaction is rolled
+    back (a connection the processor opened is closed instead).
+    """
+
+    _store_type = AsyncSQLStore
+    _store_kind = (
+        "an asyncio pupsourcing store (AsyncPostgresStore, AsyncMySQLStore, "
+        "AsyncSQLiteStore; the blocking stores go with pupsourcing.projection.Processor)"
+    )
+
+    @overload
+    def __init__(
+        self,
+        db: Callable[[], Awaitable[ConnT]],
+        store: AsyncSQLStore[Any],
+        config: ProcessorConfig | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self, db: ConnT, store: AsyncSQLStore[Any], config: ProcessorConfig | None = None
+    ) -> None: ...
+
+    def __init__(
+        self, db: Any, store: AsyncSQLStore[Any], config: ProcessorConfig | None = None
+    ) -> None:
+        super().__init__(db, store, config)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def connection(self) -> ConnT:
+        """The connection batches run on (opened from the factory if needed)."""
+        if self._conn is None:
+            assert self._factory is not None
+            opened = self._factory()
+            if inspect.isawaitable(opened):
+                opened = await opened
+            self._conn = opened
+        conn: ConnT = self._conn
+        return conn
+
+    async def close(self) -> None:
+        """Close the connection if the processor opened it; never the caller's."""
+        conn = self._release()
+        if conn is not None:
+            with self._closing():
+                closed = conn.close()  # a coroutine for psycopg and aiosqlite, not asyncmy
+                if inspect.isawaitable(closed):
+                    await closed
+
+    async def __aenter__(self) -> AsyncProcessor[ConnT]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- processing ------------------------------------------------------------
+
+    async def run(self, projection: AsyncProjection, *, stop: asyncio.Event | None = None) -> None:
+        """Process batches until ``stop`` is set, pausing ``poll_interval`` when
+        idle. Raises :class:`ProjectionError` when the handler fails (the
+        failed batch is rolled back, the checkpoint stays before it)."""
+        stop = stop or asyncio.Event()
+        sub = self._core.subscription(projection)
+        await self._drive(projection, sub, self._core.run(sub), stop)
+
+    async def catch_up(self, projection: AsyncProjection) -> int:
+        """Process until no committed event is left for the projection; return
+        how many events were handed to ``handle``. Waits for transactions
+        that hold earlier positions to finish rather than skip their events."""
+        sub = self._core.subscription(projection)
+        return await self._drive(projection, sub, self._core.catch_up(sub), None)
+
+    async def _drive(
+        self,
+        projection: AsyncProjection,
+        sub: Subscription,
+        plan: ProcessorPlan[T],
+        stop: asyncio.Event | None,
+    ) -> T:
+        execute = self.store._execute
+        handle = projection.handle
+
+        async def perform(instruction: Instruction) -> Any:
+            if type(instruction) is Statement:
+                return await execute(self._conn, instruction)
+            if type(instruction) is Handle:
+                conn = self._conn
+                event = None
+                try:
+                    for event in instruction.events:
+                        result = handle(event, conn)
+                        if result is not None and inspect.isawaitable(result):
+                            await result
+                except Exception as exc:
+                    assert event is not None
+                    raise ProjectionError(projection.name, event.global_position) from exc
+                return None
+            if type(instruction) is Pause:
+                return await _pause(instruction.seconds, stop)
+            if type(instruction) is Connect:
+                return await self.connection()
+            if type(instruction) is Disconnect:
+                return await self.close()
+            raise TypeError(f"unknown instruction {instruction!r}")
+
+        try:
+            return await drive_async(plan, perform)
+        except asyncio.CancelledError:
+            sub.checkpoint = None  # a commit may have been cut short
+            await self._abandon_transaction()
+            raise
+
+    async def _abandon_transaction(self) -> None:
+        """After a cancellation: a connection the processor opened is closed
+        (its driver may be midway through a reply), the caller's is rolled back."""
+        if self._conn is None:
+            return
+        if self._factory is not None:
+            await self.close()
+            return
+        with contextlib.suppress(Exception):
+            await self._conn.rollback()
+
+
+async def _pause(seconds: float, stop: asyncio.Event | None) -> bool:
+    """Wait ``seconds`` or until ``stop`` is set; whether it is."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return False
+    if seconds > 0 and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await stop.wait()
+    return stop.is_set()

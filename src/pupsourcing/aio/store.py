@@ -1,0 +1,110 @@
+"""The asyncio store: the async counterpart of :mod:`pupsourcing.store.base`.
+
+It drives the same dialect plans as the blocking store, with
+:func:`~pupsourcing.store.plan.drive_async`; SQL, validation, row mapping and
+error classification are the dialect's, so both APIs behave the same. An
+adapter says only how its asyncio driver runs one statement.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
+from pupsourcing.core.expected_version import ExpectedVersion
+from pupsourcing.store.base import StoreBase
+from pupsourcing.store.checkpoint import Checkpoint
+from pupsourcing.store.plan import Plan, Row, Statement, drive_async
+
+ConnT = TypeVar("ConnT")
+T = TypeVar("T")
+
+
+class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
+    """An event store over an asyncio connection supplied per call as ``tx``.
+
+    The same contract as the blocking stores, awaited: every method runs
+    inside the caller's transaction and never commits, rolls back or closes
+    ``tx``. One connection runs one statement at a time; do not share ``tx``
+    between tasks that use it concurrently.
+    """
+
+    @abc.abstractmethod
+    async def _query(self, tx: ConnT, statement: Statement) -> list[Row]:
+        """Run one SQL statement; answer with ``statement.answer(rows, rowcount)``."""
+
+    @abc.abstractmethod
+    async def _in_transaction(self, tx: ConnT) -> bool:
+        """Whether ``tx`` has a transaction open (or will open one implicitly
+        for the next statement)."""
+
+    async def _execute(self, tx: ConnT, statement: Statement) -> list[Row]:
+        """Execute one statement of a plan; see :class:`Statement` for the answer."""
+        if statement.control is not None:
+            conn: Any = tx
+            await (conn.commit() if statement.control == "commit" else conn.rollback())
+            return []
+        if statement.begin and await self._in_transaction(tx):
+            return []
+        return await self._query(tx, statement)
+
+    async def _run(self, tx: ConnT, plan: Plan[T]) -> T:
+        return await drive_async(plan, lambda statement: self._execute(tx, statement))
+
+    async def append(
+        self, tx: ConnT, expected_version: ExpectedVersion, events: Sequence[Event]
+    ) -> AppendResult:
+        """Append events of one aggregate, enforcing ``expected_version``.
+
+        Raises :class:`~pupsourcing.NoEventsError`,
+        :class:`~pupsourcing.InvalidEventError` (nothing is sent) or
+        :class:`~pupsourcing.OptimisticConcurrencyError`.
+        """
+        return await self._run(tx, self._append_plan(expected_version, events))
+
+    async def read_events(self, tx: ConnT, from_position: int, limit: int) -> list[PersistedEvent]:
+        """Events with ``global_position > from_position``, ascending, at most ``limit``."""
+        return await self._run(tx, self.dialect.read_events(from_position, limit))
+
+    async def read_latest_events(self, tx: ConnT, limit: int) -> list[PersistedEvent]:
+        """The last ``limit`` events of the store, ascending."""
+        return await self._run(tx, self.dialect.read_latest_events(limit))
+
+    async def head_position(self, tx: ConnT) -> int:
+        """The highest global position stored (0 when the store is empty)."""
+        return await self._run(tx, self.dialect.head_position())
+
+    async def read_aggregate_stream(
+        self,
+        tx: ConnT,
+        bounded_context: str,
+        aggregate_type: str,
+        aggregate_id: str,
+        from_version: int | None = None,
+        to_version: int | None = None,
+    ) -> Stream:
+        """One aggregate's events in version order, within inclusive bounds."""
+        return await self._run(
+            tx,
+            self.dialect.read_stream(
+                bounded_context, aggregate_type, aggregate_id, from_version, to_version
+            ),
+        )
+
+    async def get_checkpoint(self, tx: ConnT, projection_name: str) -> int:
+        """The last global position the projection handled; 0 when none."""
+        return await self._run(tx, self.dialect.get_checkpoint(projection_name))
+
+    async def update_checkpoint(self, tx: ConnT, projection_name: str, position: int) -> None:
+        """Set the projection's checkpoint (insert or update)."""
+        await self._run(tx, self.dialect.update_checkpoint(projection_name, position))
+
+    async def list_checkpoints(self, tx: ConnT) -> list[Checkpoint]:
+        """Every checkpoint, by name."""
+        return await self._run(tx, self.dialect.list_checkpoints())
+
+    async def create_schema(self, tx: ConnT) -> None:
+        """Create the tables and indexes if they do not exist."""
+        await self._run(tx, self.dialect.create_schema())

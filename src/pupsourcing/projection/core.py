@@ -1,0 +1,227 @@
+"""Everything a projection processor decides, without I/O, shared by the
+blocking :class:`~pupsourcing.projection.Processor` and the asyncio
+:class:`~pupsourcing.aio.AsyncProcessor`.
+
+``run`` and ``catch_up`` are plans (see :mod:`pupsourcing.store.plan`): they
+yield the statements and :class:`~pupsourcing.projection.batch.Handle`
+instructions of each batch (:func:`~pupsourcing.projection.batch.step`) and
+the processor's own instructions (:data:`CONNECT`, :data:`DISCONNECT`,
+:class:`Pause`), including the retry of batches that a lock wait, deadlock
+or busy database stopped, and the reconnect back-off. A processor only carries
+them out, blocking or awaiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar, cast
+
+from pupsourcing.core.errors import ProjectionError
+from pupsourcing.projection.batch import Handle, StepOutcome, Subscription, step
+from pupsourcing.projection.config import ProcessorConfig
+from pupsourcing.projection.protocols import AsyncProjection, Projection
+from pupsourcing.store.base import StoreBase
+from pupsourcing.store.dialect import Dialect
+from pupsourcing.store.horizon import Horizon
+from pupsourcing.store.plan import ROLLBACK, Statement
+
+T = TypeVar("T")
+ConnT = TypeVar("ConnT")
+StoreT = TypeVar("StoreT", bound=StoreBase)
+
+RECONNECT_INITIAL_DELAY = 0.1
+RECONNECT_MAX_DELAY = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open the processor's connection from its factory if it has none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Close the connection the processor opened (never the caller's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait ``seconds``, or less if the processor is asked to stop. Answered
+    with whether it is (``Pause(0)`` only asks)."""
+
+    seconds: float
+
+
+CONNECT = Connect()
+DISCONNECT = Disconnect()
+
+Instruction = Statement | Handle | Connect | Disconnect | Pause
+ProcessorPlan = Generator[Instruction, Any, T]
+
+
+def split_db(db: object) -> tuple[Any, Callable[[], Any] | None]:
+    """A processor's ``db`` argument as ``(connection, None)`` or ``(None,
+    factory)``. A connection has ``cursor`` and ``commit``; anything else
+    callable is a factory (sqlite3 connections are callable themselves)."""
+    if hasattr(db, "cursor") and hasattr(db, "commit"):
+        return db, None
+    if not callable(db):
+        raise TypeError("db must be a database connection or a callable returning one")
+    return None, cast("Callable[[], Any]", db)
+
+
+class ProcessorCore:
+    """A processor's state and control flow: its subscriptions, the safe
+    horizon, whether its connection is prepared, and the plans that run
+    batches, wait when idle and reconnect with bounded exponential back-off
+    (only when the processor opens its own connections: ``reconnects``)."""
+
+    def __init__(self, dialect: Dialect, config: ProcessorConfig, *, reconnects: bool) -> None:
+        self.dialect = dialect
+        self.config = config
+        self.logger = config.get_logger()
+        self.reconnects = reconnects
+        self.prepared = False
+        """Whether ``dialect.prepare_processor()`` ran on the current connection."""
+        self.transient_failures = 0
+        """Batches in a row that a lock wait, deadlock or busy database stopped."""
+        self.horizon = Horizon()
+        self._subscriptions: dict[str, Subscription] = {}
+
+    def subscription(self, projection: Projection | AsyncProjection) -> Subscription:
+        """The projection's subscription, kept across calls so its checkpoint
+        stays cached (renewed when its scope changed)."""
+        fresh = Subscription.of(projection, self.config)
+        known = self._subscriptions.get(fresh.checkpoint_name)
+        if known is None or (known.aggregate_types, known.bounded_contexts) != (
+            fresh.aggregate_types,
+            fresh.bounded_contexts,
+        ):
+            self._subscriptions[fresh.checkpoint_name] = known = fresh
+        return known
+
+    def run(self, sub: Subscription) -> ProcessorPlan[None]:
+        """Process batches until asked to stop, pausing ``poll_interval`` when idle."""
+        while not (yield Pause(0)):
+            outcome = yield from self.attempt(sub)
+            if outcome is not None and outcome.idle:
+                yield Pause(self.config.poll_interval)
+
+    def catch_up(self, sub: Subscription) -> ProcessorPlan[int]:
+        """Process until no committed event is left; return how many were
+        handled. Waits for transactions holding earlier positions to finish
+        rather than skip their events."""
+        handled = 0
+        while True:
+            outcome = yield from self.attempt(sub)
+            if outcome is None:
+                continue
+            handled += outcome.handled
+            if outcome.idle:
+                if not outcome.waiting:
+                    return handled
+                yield Pause(max(self.config.poll_interval, 0.001))
+
+    def attempt(self, sub: Subscription) -> ProcessorPlan[StepOutcome | None]:
+        """One batch; ``None`` when it did not run (a transient failure, or the
+        connection was lost and re-opened)."""
+        try:
+            yield CONNECT
+            if not self.prepared:
+                yield from self.dialect.prepare_processor()
+                self.prepared = True
+            outcome = yield from step(self.dialect, self.horizon, sub, self.logger)
+        except ProjectionError:
+            raise
+        except Exception as exc:
+            sub.checkpoint = None  # the last commit may or may not have happened
+            if self.dialect.is_transient(exc):
+                yield from self.back_off(exc)
+                return None
+            if not self.reconnects or not self.dialect.is_connection_error(exc):
+                raise
+            yield from self.reconnect(exc)
+            return None
+        self.transient_failures = 0
+        return outcome
+
+    def back_off(self, cause: BaseException) -> ProcessorPlan[None]:
+        """A lock wait, deadlock or busy database: roll back, wait, retry;
+        the wait doubles (up to ``RECONNECT_MAX_DELAY``) while it keeps failing."""
+        self.transient_failures += 1
+        delay = min(
+            RECONNECT_INITIAL_DELAY * 2 ** (self.transient_failures - 1), RECONNECT_MAX_DELAY
+        )
+        self.logger.warning("projection batch could not run (%s); retrying in %.1fs", cause, delay)
+        try:
+            yield ROLLBACK
+        except Exception:  # the retry will tell whether the connection is still usable
+            self.logger.debug("rollback after a transient failure failed", exc_info=True)
+        yield Pause(delay)
+
+    def reconnect(self, cause: BaseException) -> ProcessorPlan[None]:
+        """Close, wait, open again; double the wait (up to
+        ``RECONNECT_MAX_DELAY``) while the database stays unreachable."""
+        delay = RECONNECT_INITIAL_DELAY
+        error = cause
+        while True:
+            self.logger.error(
+                "projection processor lost its connection (%s); reconnecting in %.1fs",
+                error,
+                delay,
+            )
+            yield DISCONNECT
+            if (yield Pause(delay)):
+                return
+            try:
+                yield CONNECT
+            except Exception as exc:
+                if not self.dialect.is_connection_error(exc):
+                    raise
+                error = exc
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                continue
+            self.logger.info("projection processor reconnected")
+            return
+
+
+class ProcessorBase(Generic[ConnT, StoreT]):
+    """What the blocking and asyncio processors share apart from I/O: their
+    arguments and their :class:`ProcessorCore`."""
+
+    _store_type: ClassVar[type[StoreBase]]
+    _store_kind: ClassVar[str]
+    """What ``store`` must be, for the error message."""
+
+    def __init__(
+        self,
+        db: object,
+        store: StoreT,
+        config: ProcessorConfig | None = None,
+    ) -> None:
+        if not isinstance(store, self._store_type):
+            raise TypeError(f"store must be {self._store_kind}, got {type(store).__name__}")
+        self.store = store
+        self.config = config or ProcessorConfig()
+        self._logger = self.config.get_logger()
+        conn, self._factory = split_db(db)
+        self._conn: ConnT | None = conn
+        self._core = ProcessorCore(store.dialect, self.config, reconnects=self._factory is not None)
+
+    def _release(self) -> Any:
+        """Forget the connection if the processor opened it, and return it for
+        closing; ``None`` when there is nothing of its own to close."""
+        if self._factory is None or self._conn is None:
+            return None
+        conn, self._conn = self._conn, None
+        self._core.prepared = False
+        return conn
+
+    @contextlib.contextmanager
+    def _closing(self) -> Iterator[None]:
+        """Closing a broken connection may fail; it is gone either way."""
+        try:
+            yield
+        except Exception:
+            self._logger.debug("closing the processor's connection failed", exc_info=True)
