@@ -98,12 +98,14 @@ def assert_retried_not_failed(log: LogRecords, level: int, says: str) -> None:
     assert not any("failed at global position" in m for m in log.messages(logging.ERROR))
 
 
+@pytest.mark.both_apis  # the blocking and the asyncio processor, see conftest
 def test_a_connection_lost_inside_the_handler_is_a_reconnect(server: Backend) -> None:
     positions = setup(server, 60)
     projection = Counting(server)
     projection.kill_at = positions[25]  # in the middle of the second batch
-    log = LogRecords(f"pupsourcing.test.handler_lost.{server.name}")
-    with Processor(server.connect, server.store, ProcessorConfig(20, logger=log.logger)) as p:
+    log = LogRecords(f"pupsourcing.test.handler_lost.{server.name}.{server.api}")
+    config = ProcessorConfig(20, logger=log.logger)
+    with server.Processor(server.connect, server.store, config) as p:
         assert p.catch_up(projection) >= 60
     assert projection.kill_at is None  # the connection really was killed
     assert read_model(server) == (positions, 60)
