@@ -75,6 +75,7 @@ class Cursor:
         self._connection = connection
         self._rows: list[Any] = []
         self.rowcount = -1
+        self.description: Any = None
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Cursor:
         raw = self._connection.raw
@@ -84,6 +85,7 @@ class Cursor:
             try:
                 await cursor.execute(sql, params if params is not None else ())
                 self.rowcount = cursor.rowcount
+                self.description = cursor.description
                 self._rows = list(await cursor.fetchall()) if cursor.description else []
             finally:
                 await maybe_await(cursor.close())

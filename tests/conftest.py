@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from pupsourcing.projection import Processor
 from pupsourcing.runner import Runner
@@ -50,6 +51,27 @@ def require(module: str) -> Any:
     except ImportError as exc:
         unavailable(module, exc)
         raise
+
+
+# Profiles for the property-based tests of the store against real databases
+# (each example costs round trips). "ci" keeps the whole suite within CI's
+# budget; PUPSOURCING_HYPOTHESIS=thorough runs many more examples, e.g.
+# before a release. Tests opt in with @settings(STORE_PROPERTIES).
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile(
+    "thorough",
+    settings.get_profile("ci"),
+    max_examples=500,
+    stateful_step_count=50,
+)
+STORE_PROPERTIES = settings.get_profile(os.environ.get("PUPSOURCING_HYPOTHESIS", "ci"))
 
 
 def unavailable(what: str, exc: BaseException) -> None:
@@ -96,6 +118,27 @@ class Backend:
 
     def count_events(self) -> int:
         return int(self.scalar(f"SELECT count(*) FROM {self.store.config.events_table}"))
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """Everything an append can change: the events' count and highest
+        position, and every aggregate head."""
+        config = self.store.config
+        conn = self.connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(
+                f"SELECT count(*), COALESCE(max(global_position), 0) FROM {config.events_table}"
+            )
+            events = tuple(cursor.fetchone())
+            cursor.execute(
+                "SELECT bounded_context, aggregate_type, aggregate_id, aggregate_version "
+                f"FROM {config.aggregate_heads_table} ORDER BY 1, 2, 3"
+            )
+            heads = tuple(tuple(row) for row in cursor.fetchall())
+            cursor.close()
+            return events, heads
+        finally:
+            conn.close()
 
     def set_autocommit(self, conn: Any, on: bool = True) -> None:
         """Switch a connection of this backend to (or from) autocommit mode."""
@@ -178,11 +221,11 @@ def sqlite_backend(tmp_path: Path, config: StoreConfig) -> Backend:
     return backend
 
 
-def pg_url(schema: str) -> str:
-    """A postgresql:// URL for the test server whose search path is ``schema``."""
+def pg_url(schema: str, dsn: str = PG_DSN) -> str:
+    """A postgresql:// URL for the server of ``dsn`` whose search path is ``schema``."""
     from psycopg.conninfo import conninfo_to_dict
 
-    info = conninfo_to_dict(PG_DSN)
+    info = conninfo_to_dict(dsn)
     userinfo = quote(str(info.get("user", "")), safe="")
     if info.get("password"):
         userinfo += ":" + quote(str(info["password"]), safe="")
@@ -192,7 +235,7 @@ def pg_url(schema: str) -> str:
     return f"postgresql://{userinfo}@{host}:{port}/{info.get('dbname', '')}?options={options}"
 
 
-def postgres_backend(config: StoreConfig) -> Backend:
+def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
     try:
         import psycopg
     except ImportError as exc:  # pragma: no cover - dev extra missing
@@ -202,24 +245,26 @@ def postgres_backend(config: StoreConfig) -> Backend:
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
     try:
-        admin = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
+        admin = psycopg.connect(server_dsn, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         unavailable("PostgreSQL", exc)
         raise
     admin.execute(f"CREATE SCHEMA {schema}")
-    dsn = f"{PG_DSN} options='-c search_path={schema}'"
+    admin.close()
+    dsn = f"{server_dsn} options='-c search_path={schema}'"
     store = PostgresStore(config)
     backend = Backend(
         "postgres",
         store,
         lambda: psycopg.connect(dsn),
         lambda: psycopg.AsyncConnection.connect(dsn),
-        url=pg_url(schema),
+        url=pg_url(schema, server_dsn),
     )
 
     def drop() -> None:
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        admin.close()
+        # A fresh connection: the server may have been restarted since.
+        with psycopg.connect(server_dsn, autocommit=True, connect_timeout=5) as dropper:
+            dropper.execute(f"DROP SCHEMA {schema} CASCADE")
 
     backend.cleanups.append(drop)
     conn = backend.connection()
@@ -228,7 +273,7 @@ def postgres_backend(config: StoreConfig) -> Backend:
     return backend
 
 
-def mysql_admin() -> Any:
+def mysql_admin(host: str = MYSQL_HOST, port: int = 3306) -> Any:
     """An autocommit PyMySQL connection to the test server (no database selected)."""
     try:
         import pymysql
@@ -237,45 +282,55 @@ def mysql_admin() -> Any:
         raise
     try:
         return pymysql.connect(
-            host=MYSQL_HOST, user="root", password="", autocommit=True, connect_timeout=5
+            host=host, port=port, user="root", password="", autocommit=True, connect_timeout=5
         )
     except pymysql.err.OperationalError as exc:
         unavailable("MariaDB/MySQL", exc)
         raise
 
 
-def mysql_backend(config: StoreConfig) -> Backend:
-    """A fresh database with a random name on the MariaDB/MySQL test server,
-    dropped afterwards."""
+def mysql_backend(config: StoreConfig, host: str = MYSQL_HOST, port: int = 3306) -> Backend:
+    """A fresh database with a random name on the MariaDB/MySQL test server
+    (or the one at ``host``:``port``), dropped afterwards."""
     import pymysql
 
     from pupsourcing.adapters.mysql import MySQLStore
 
-    admin = mysql_admin()
+    admin = mysql_admin(host, port)
     database = f"t_{uuid.uuid4().hex[:12]}"
     admin.cursor().execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+    admin.close()
 
     def connect() -> Any:
         return pymysql.connect(
-            host=MYSQL_HOST, user="root", password="", database=database, charset="utf8mb4"
+            host=host,
+            port=port,
+            user="root",
+            password="",
+            database=database,
+            charset="utf8mb4",
         )
 
     def open_async() -> Awaitable[Any]:
         import asyncmy
 
         return asyncmy.connect(  # type: ignore[no-any-return]
-            host=MYSQL_HOST, user="root", password="", database=database, charset="utf8mb4"
+            host=host, port=port, user="root", password="", database=database, charset="utf8mb4"
         )
 
     store = MySQLStore(config)
     backend = Backend(
-        "mysql", store, connect, open_async, url=f"mysql://root@{MYSQL_HOST}/{database}"
+        "mysql", store, connect, open_async, url=f"mysql://root@{host}:{port}/{database}"
     )
     backend.database = database
 
     def drop() -> None:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {database}")
-        admin.close()
+        # A fresh connection: the server may have been restarted since.
+        dropper = mysql_admin(host, port)
+        try:
+            dropper.cursor().execute(f"DROP DATABASE IF EXISTS {database}")
+        finally:
+            dropper.close()
 
     backend.cleanups.append(drop)
     conn = backend.connection()
@@ -341,8 +396,7 @@ def made_backend(
     try:
         yield b
     finally:
-        for cleanup in reversed(b.cleanups):
-            cleanup()
+        close_backend(b)
 
 
 @pytest.fixture
@@ -365,6 +419,51 @@ def sqlite_db(tmp_path: Path) -> Iterator[Backend]:
     b = make_backend("sqlite", tmp_path)
     yield b
     for cleanup in reversed(b.cleanups):
+        cleanup()
+
+
+def _private_server(factory: Callable[[], Any], what: str) -> Iterator[Any]:
+    from private_servers import ServerUnavailable
+
+    try:
+        server = factory()
+    except ServerUnavailable as exc:
+        unavailable(f"a private {what} server", exc)
+        raise
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[Any]:
+    """A PostgreSQL server of this test session's own, which tests may
+    restart (never the shared one); see ``private_servers``."""
+    from private_servers import PrivatePostgres
+
+    yield from _private_server(PrivatePostgres, "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def private_mariadb() -> Iterator[Any]:
+    """A MariaDB server of this test session's own, with a 64 MB
+    max_allowed_packet; see ``private_servers``."""
+    from private_servers import PrivateMariaDB
+
+    yield from _private_server(PrivateMariaDB, "MariaDB")
+
+
+def private_backend(server: Any, config: StoreConfig | None = None) -> Backend:
+    """An empty store on a private server (a fresh schema or database)."""
+    config = config or StoreConfig()
+    if server.kind == "postgres":
+        return postgres_backend(config, server.dsn)
+    return mysql_backend(config, "127.0.0.1", server.port)
+
+
+def close_backend(backend: Backend) -> None:
+    for cleanup in reversed(backend.cleanups):
         cleanup()
 
 

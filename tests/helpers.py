@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from pupsourcing import Event
@@ -23,3 +24,35 @@ def event(
 
 def events(count: int, aggregate_id: str = "agg-1", **fields: Any) -> list[Event]:
     return [event(aggregate_id, f"E{i}", data={"i": i}, **fields) for i in range(count)]
+
+
+def query(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Run one statement on any DB-API connection; its rows (none for DML)."""
+    cursor = conn.cursor()
+    try:
+        if params:
+            cursor.execute(sql, params)
+        else:  # no parameters: no %-formatting (PyMySQL, psycopg)
+            cursor.execute(sql)
+        return list(cursor.fetchall()) if cursor.description else []
+    finally:
+        cursor.close()
+
+
+class LogRecords(logging.Handler):
+    """Collects the records of a fresh logger of its own, to hand to a
+    processor as ``ProcessorConfig(logger=...)``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger(name)
+        self.logger.addHandler(self)
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.propagate = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, level: int) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno == level]

@@ -42,7 +42,7 @@ def run_quick(script: Path, *args: str) -> str:
 
 
 def test_every_benchmark_is_tested() -> None:
-    others = {"projections.py", "scale.py", "run_all.py", "async_vs_sync.py"}
+    others = {"projections.py", "scale.py", "run_all.py", "async_vs_sync.py", "load_test.py"}
     assert {p.name for p in SCRIPTS} == {p.name for p in STORE_SCRIPTS} | others
 
 
@@ -65,6 +65,26 @@ def test_async_vs_sync_benchmark_runs_in_quick_mode() -> None:
     for column, ratio in enumerate(store_raw[0]):
         expected = rates["store"][column] / rates["raw psycopg"][column]
         assert float(ratio) == pytest.approx(expected, rel=0.05, abs=0.01)
+
+
+def test_load_test_runs_in_quick_mode() -> None:
+    """16 writers and a 4-partition projection for a few seconds: figures
+    reported, every committed event projected exactly once."""
+    out = run_quick(BENCH / "load_test.py")
+    assert re.search(r"16 writers .* projection in 4 partitions", out), out
+    appends = re.search(r"^appends\s+([\d,]+)\s+([\d,.]+) appends/s$", out, re.M)
+    assert appends, out
+    count = int(appends.group(1).replace(",", ""))
+    assert count > 0
+    assert float(appends.group(2).replace(",", "")) > 0
+    for line in ("append latency", "projection lag"):
+        figures = re.search(
+            rf"^{line}\s+p50\s+([\d.]+) ms\s+p99\s+([\d.]+) ms\s+max\s+([\d.]+) ms$", out, re.M
+        )
+        assert figures, out
+        p50, p99, most = (float(x) for x in figures.groups())
+        assert 0 <= p50 <= p99 <= most
+    assert f"exactly once: ok ({count:,} committed events, each projected once)" in out
 
 
 def test_projection_benchmark_runs_in_quick_mode() -> None:

@@ -7,6 +7,9 @@ from typing import Final, final
 _ANY: Final = -1
 _NO_STREAM: Final = -2
 
+MAX_VERSION: Final = 2**63 - 1
+"""The largest aggregate version: a BIGINT in every schema."""
+
 
 @final
 class ExpectedVersion:
@@ -41,6 +44,10 @@ class ExpectedVersion:
             raise TypeError(f"exact version must be an int, got {type(version).__name__}")
         if version < 0:
             raise ValueError(f"exact version must be non-negative, got {version}")
+        if version > MAX_VERSION:
+            # No store holds it (aggregate_version is a BIGINT); drivers would
+            # each fail differently.
+            raise ValueError(f"exact version must be at most {MAX_VERSION}, got {version}")
         return cls(version)
 
     @property

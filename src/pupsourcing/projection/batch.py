@@ -196,6 +196,16 @@ def step(
             yield Handle(events)
         advanced = yield from dialect.advance_checkpoint(sub.checkpoint_name, checkpoint, position)
     except ProjectionError as failure:
+        cause = failure.__cause__
+        if cause is not None and (
+            dialect.is_connection_error(cause) or dialect.is_transient(cause)
+        ):
+            # The handler's own write through ``tx`` met a lost connection, a
+            # lock time-out or a deadlock: the database failed, not the
+            # projection. The driver error goes to the processor, which
+            # reconnects or retries as for its own statements.
+            yield ROLLBACK
+            raise cause from None
         logger.error(
             "projection %s failed at global position %d; batch rolled back, checkpoint stays at %d",
             sub.name,

@@ -109,7 +109,10 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
     def run(self, projection: Projection, *, stop: threading.Event | None = None) -> None:
         """Process batches until ``stop`` is set, sleeping ``poll_interval`` when
         idle. Raises :class:`ProjectionError` when the handler fails (the
-        failed batch is rolled back, the checkpoint stays before it)."""
+        failed batch is rolled back, the checkpoint stays before it). A lock
+        time-out or deadlock, and with a connection factory a lost
+        connection, is retried instead, whether it hits the processor's
+        statements or the handler's writes through ``tx``."""
         stop = stop or threading.Event()
         self._drive(projection, self._core.run(self._subscription(projection)), stop)
 

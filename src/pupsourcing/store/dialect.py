@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from pupsourcing.core.errors import OptimisticConcurrencyError
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream, stored_event
-from pupsourcing.core.expected_version import ExpectedVersion
+from pupsourcing.core.expected_version import MAX_VERSION, ExpectedVersion
 from pupsourcing.core.validation import check_append
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
@@ -48,13 +48,19 @@ EVENT_COLUMNS = (
 
 MAX_PROJECTION_NAME_LENGTH = 255
 
+MAX_BIGINT = MAX_VERSION
+"""Positions, versions and limits are BIGINTs (SQLite's INTEGER) everywhere."""
+
 
 def check_position(name: str, value: object) -> int:
-    """A global position or version argument: a non-negative ``int``."""
+    """A global position, version or limit argument: an ``int`` that a BIGINT
+    holds and not negative (each driver fails differently beyond that)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")
+    if value > MAX_BIGINT:
+        raise ValueError(f"{name} must be at most {MAX_BIGINT} (a BIGINT), got {value}")
     return value
 
 
@@ -68,6 +74,13 @@ def check_name(name: str, value: object, max_length: int | None = None) -> str:
         raise ValueError(f"{name} must not contain NUL characters")
     if max_length is not None and len(value) > max_length:
         raise ValueError(f"{name} must be at most {max_length} characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{name} is not valid UTF-8 text ({exc.reason} at {exc.start})"
+            ) from None
     return value
 
 
@@ -376,7 +389,7 @@ class Dialect(abc.ABC):
             check_name("aggregate_id", aggregate_id),
         )
         low = 1 if from_version is None else check_position("from_version", from_version)
-        high = 2**63 - 1 if to_version is None else check_position("to_version", to_version)
+        high = MAX_BIGINT if to_version is None else check_position("to_version", to_version)
         events: tuple[PersistedEvent, ...] = ()
         if low <= high:
             rows = yield Statement(self.read_stream_sql, (*key, low, high), fetch=True)

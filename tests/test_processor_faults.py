@@ -1,0 +1,153 @@
+"""A projection's own writes through ``tx`` meet a database fault.
+
+When the handler's read-model write fails because the connection was lost, a
+lock wait timed out or a deadlock was chosen, the database failed, not the
+projection: the processor rolls the batch back and retries (or reconnects),
+exactly as for its own statements, instead of stopping with
+:class:`ProjectionError`. The read model ends up exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+from conftest import Backend
+from helpers import LogRecords, events, query
+from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
+from pupsourcing.projection import Processor, ProcessorConfig
+
+LOCK_TIMEOUT = {
+    "postgres": "SET lock_timeout = '{seconds}s'",
+    "mysql": "SET SESSION innodb_lock_wait_timeout = {seconds}",
+}
+
+
+def own_session(backend: Backend, conn: Any) -> int:
+    sql = "SELECT pg_backend_pid()" if backend.name == "postgres" else "SELECT CONNECTION_ID()"
+    return int(query(conn, sql)[0][0])
+
+
+def kill_session(backend: Backend, session: int) -> None:
+    admin = backend.connect()
+    try:
+        if backend.name == "postgres":
+            query(admin, "SELECT pg_terminate_backend(%s)", (session,))
+        else:
+            query(admin, f"KILL {session}")
+        admin.commit()
+    finally:
+        admin.close()
+
+
+class Counting:
+    """One row per event and a running count: a second application of an
+    event breaks the key, a lost one shows in the count."""
+
+    name = "counting"
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.kill_at: int | None = None
+        self.block_at: int | None = None
+        self.blocker: Any = None
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        if event.global_position == self.kill_at:
+            self.kill_at = None
+            kill_session(self.backend, own_session(self.backend, tx))
+        if event.global_position == self.block_at:
+            # Another transaction takes the row this write needs, for longer
+            # than the processor's lock time-out. (Taken here, not before the
+            # run: on MySQL an open writer would hold the safe horizon back.)
+            self.block_at = None
+            query(self.blocker, "UPDATE totals SET n = n WHERE id = 1")
+            threading.Timer(1.5, self.blocker.rollback).start()
+        query(tx, "UPDATE totals SET n = n + 1 WHERE id = 1")
+        query(tx, "INSERT INTO applied (position) VALUES (%s)", (event.global_position,))
+
+
+def setup(backend: Backend, count: int) -> list[int]:
+    conn = backend.connect()
+    query(conn, "CREATE TABLE applied (position BIGINT PRIMARY KEY)")
+    query(conn, "CREATE TABLE totals (id INT PRIMARY KEY, n BIGINT NOT NULL)")
+    query(conn, "INSERT INTO totals (id, n) VALUES (1, 0)")
+    positions = []
+    for a in range(count // 10):
+        result = backend.store.append(conn, ExpectedVersion.any(), events(10, f"agg-{a}"))
+        positions += result.global_positions
+    conn.commit()
+    conn.close()
+    return positions
+
+
+def read_model(backend: Backend) -> tuple[list[int], int]:
+    conn = backend.connect()
+    try:
+        applied = [int(r[0]) for r in query(conn, "SELECT position FROM applied ORDER BY 1")]
+        return applied, int(query(conn, "SELECT n FROM totals WHERE id = 1")[0][0])
+    finally:
+        conn.close()
+
+
+def assert_retried_not_failed(log: LogRecords, level: int, says: str) -> None:
+    assert any(says in m for m in log.messages(level)), log.messages(level)
+    assert not any("failed at global position" in m for m in log.messages(logging.ERROR))
+
+
+@pytest.mark.both_apis  # the blocking and the asyncio processor, see conftest
+def test_a_connection_lost_inside_the_handler_is_a_reconnect(server: Backend) -> None:
+    positions = setup(server, 60)
+    projection = Counting(server)
+    projection.kill_at = positions[25]  # in the middle of the second batch
+    log = LogRecords(f"pupsourcing.test.handler_lost.{server.name}.{server.api}")
+    config = ProcessorConfig(20, logger=log.logger)
+    with server.Processor(server.connect, server.store, config) as p:
+        assert p.catch_up(projection) >= 60
+    assert projection.kill_at is None  # the connection really was killed
+    assert read_model(server) == (positions, 60)
+    assert_retried_not_failed(log, logging.ERROR, "lost its connection")
+
+
+def test_a_lock_wait_timeout_inside_the_handler_is_retried(server: Backend) -> None:
+    positions = setup(server, 30)
+    projection = Counting(server)
+    projection.blocker = server.connection()
+    # Never wait for the processor (whose batch has not touched the row yet).
+    query(projection.blocker, LOCK_TIMEOUT[server.name].format(seconds=5))
+    projection.block_at = positions[0]  # first of the batch: the row is still free
+
+    def connect() -> Any:
+        conn = server.connect()
+        query(conn, LOCK_TIMEOUT[server.name].format(seconds=1))
+        conn.commit()
+        return conn
+
+    log = LogRecords(f"pupsourcing.test.handler_lock.{server.name}")
+    with Processor(connect, server.store, ProcessorConfig(logger=log.logger)) as processor:
+        assert processor.catch_up(projection) >= 30
+    assert projection.block_at is None  # the row really was locked
+    assert read_model(server) == (positions, 30)
+    assert_retried_not_failed(log, logging.WARNING, "retrying")
+
+
+def test_a_handler_that_fails_by_itself_still_stops_the_processor(server: Backend) -> None:
+    """The other side: a handler's own SQL error is a projection failure."""
+    setup(server, 10)
+
+    class Broken:
+        name = "broken"
+
+        def handle(self, event: PersistedEvent, tx: Any) -> None:
+            query(tx, "INSERT INTO no_such_table (x) VALUES (1)")
+
+    with Processor(server.connect, server.store) as processor, pytest.raises(ProjectionError):
+        processor.catch_up(Broken())
+    conn = server.connect()
+    try:
+        assert server.store.get_checkpoint(conn, "broken") == 0
+    finally:
+        conn.close()
