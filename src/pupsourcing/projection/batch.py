@@ -181,7 +181,11 @@ def step(
         within = rows
         full = len(rows) == sub.batch_size
         position = int(rows[-1][0]) if full else high
-        if len(rows) < sub.batch_size // 2:
+        # Fit the window to how dense the scope is: the database reads the
+        # whole window, so a window much wider than a batch needs is wasted.
+        if full:
+            sub.span = max(sub.batch_size, (position - checkpoint) * 5 // 4)
+        elif len(rows) < sub.batch_size // 2:
             sub.span = min(sub.span * 2, MAX_SPAN)
     else:
         # Unfiltered: no upper bound in SQL (the primary key walk is always
