@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import uuid
 from datetime import UTC, datetime
 
@@ -153,3 +154,10 @@ def test_stored_event_equals_the_constructor() -> None:
     assert repr(fast) == repr(slow)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.payload = b"x"  # type: ignore[misc]
+    # It is a PersistedEvent, not a subclass that would break equality,
+    # pickling or ``dataclasses.replace`` elsewhere.
+    assert type(fast) is PersistedEvent
+    assert pickle.loads(pickle.dumps(fast)) == slow
+    assert dataclasses.replace(fast, payload=b"q") == dataclasses.replace(slow, payload=b"q")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del fast.payload  # type: ignore[misc]

@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 
 def _utc_now() -> datetime:
@@ -94,89 +93,80 @@ _new = object.__new__
 _set = object.__setattr__
 
 
-def _slot_setter(name: str) -> Callable[[Any, Any], None]:
-    """The ``__set__`` of a field's slot: assigning through it skips the
-    attribute lookup ``object.__setattr__`` does on every call."""
-    for cls in PersistedEvent.__mro__:
-        slot = cls.__dict__.get(name)
-        if slot is not None:
-            setter: Callable[[Any, Any], None] = slot.__set__
-            return setter
-    raise AttributeError(name)  # pragma: no cover - every field has a slot
+class _StoredEventBuilder(PersistedEvent):
+    """Builds :class:`PersistedEvent` instances quickly.
+
+    A subclass that adds no slots has the same memory layout, so an instance
+    may become a ``PersistedEvent`` by assigning ``__class__``. Until then it
+    is not frozen: plain attribute stores fill the slots, several times faster
+    than going through the frozen dataclass's ``__setattr__`` (or
+    ``object.__setattr__``), which matters when a projection catches up on
+    millions of rows. Never seen outside :func:`stored_event`.
+    """
+
+    __slots__ = ()
+    # Both: a class that overrides only one keeps the slow attribute path.
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+
+    def __init__(
+        self,
+        global_position: int,
+        bounded_context: str,
+        aggregate_type: str,
+        aggregate_id: str,
+        aggregate_version: int,
+        event_id: uuid.UUID,
+        event_type: str,
+        event_version: int,
+        payload: bytes,
+        trace_id: str | None,
+        correlation_id: str | None,
+        causation_id: str | None,
+        metadata: bytes | None,
+        created_at: datetime,
+    ) -> None:
+        self.global_position = global_position  # type: ignore[misc]
+        self.bounded_context = bounded_context  # type: ignore[misc]
+        self.aggregate_type = aggregate_type  # type: ignore[misc]
+        self.aggregate_id = aggregate_id  # type: ignore[misc]
+        self.aggregate_version = aggregate_version  # type: ignore[misc]
+        self.event_id = event_id  # type: ignore[misc]
+        self.event_type = event_type  # type: ignore[misc]
+        self.event_version = event_version  # type: ignore[misc]
+        self.payload = payload  # type: ignore[misc]
+        self.trace_id = trace_id  # type: ignore[misc]
+        self.correlation_id = correlation_id  # type: ignore[misc]
+        self.causation_id = causation_id  # type: ignore[misc]
+        self.metadata = metadata  # type: ignore[misc]
+        self.created_at = created_at  # type: ignore[misc]
+        self.__class__ = PersistedEvent  # type: ignore[assignment]
 
 
-(
-    _set_global_position,
-    _set_bounded_context,
-    _set_aggregate_type,
-    _set_aggregate_id,
-    _set_aggregate_version,
-    _set_event_id,
-    _set_event_type,
-    _set_event_version,
-    _set_payload,
-    _set_trace_id,
-    _set_correlation_id,
-    _set_causation_id,
-    _set_metadata,
-    _set_created_at,
-) = (
-    _slot_setter(name)
-    for name in (
-        "global_position",
-        "bounded_context",
-        "aggregate_type",
-        "aggregate_id",
-        "aggregate_version",
-        "event_id",
-        "event_type",
-        "event_version",
-        "payload",
-        "trace_id",
-        "correlation_id",
-        "causation_id",
-        "metadata",
-        "created_at",
-    )
-)
-
-
-def stored_event(
-    global_position: int,
-    bounded_context: str,
-    aggregate_type: str,
-    aggregate_id: str,
-    aggregate_version: int,
-    event_id: uuid.UUID,
-    event_type: str,
-    event_version: int,
-    payload: bytes,
-    trace_id: str | None,
-    correlation_id: str | None,
-    causation_id: str | None,
-    metadata: bytes | None,
-    created_at: datetime,
-) -> PersistedEvent:
-    """Build a :class:`PersistedEvent` from already-typed column values, in the
-    stores' column order. Equal to the keyword constructor and several times
-    faster (it fills the frozen slots directly), which matters when a
-    projection catches up on millions of rows."""
-    event: PersistedEvent = _new(PersistedEvent)
-    _set_global_position(event, global_position)
-    _set_bounded_context(event, bounded_context)
-    _set_aggregate_type(event, aggregate_type)
-    _set_aggregate_id(event, aggregate_id)
-    _set_aggregate_version(event, aggregate_version)
-    _set_event_id(event, event_id)
-    _set_event_type(event, event_type)
-    _set_event_version(event, event_version)
-    _set_payload(event, payload)
-    _set_trace_id(event, trace_id)
-    _set_correlation_id(event, correlation_id)
-    _set_causation_id(event, causation_id)
-    _set_metadata(event, metadata)
-    _set_created_at(event, created_at)
-    return event
+stored_event: Callable[
+    [
+        int,
+        str,
+        str,
+        str,
+        int,
+        uuid.UUID,
+        str,
+        int,
+        bytes,
+        str | None,
+        str | None,
+        str | None,
+        bytes | None,
+        datetime,
+    ],
+    PersistedEvent,
+] = _StoredEventBuilder
+"""Build a :class:`PersistedEvent` from already-typed column values, in the
+stores' column order (``global_position, bounded_context, aggregate_type,
+aggregate_id, aggregate_version, event_id, event_type, event_version, payload,
+trace_id, correlation_id, causation_id, metadata, created_at``). Equal to the
+keyword constructor and about five times faster."""
 
 
 _UNKNOWN_SAFETY = uuid.SafeUUID.unknown
