@@ -446,3 +446,21 @@ def main(build: Callable[[], Target], argv: Sequence[str] | None = None) -> int:
         target.close()
     print(format_table(target, results))
     return 0
+
+
+ANALYZE = {"postgres": "ANALYZE events", "mysql": "ANALYZE TABLE events", "sqlite": "ANALYZE"}
+
+
+def analyze(database: str, target: Target) -> None:
+    """Refresh the planner's statistics after a bulk load, as autovacuum (or
+    its equivalent) would shortly do on its own: without them PostgreSQL
+    plans filtered reads of a freshly filled table for far fewer rows than
+    there are (a bitmap scan and a sort instead of an ordered index scan)."""
+    conn = target.connect(True)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(ANALYZE[database])
+        if database == "mysql":
+            cursor.fetchall()
+    finally:
+        conn.close()

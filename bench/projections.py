@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, make_events
+from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, analyze, make_events
 
 from pupsourcing import ExpectedVersion, PersistedEvent
 from pupsourcing.projection import Processor, ProcessorConfig
@@ -279,6 +279,7 @@ def measure(database: str, build: Callable[[], Target], events: int) -> CatchUpR
     target = build()
     try:
         load(target, events)
+        analyze(database, target)
         rates: dict[int, tuple[float, float]] = {}
         for batch in (100, 1000):
             raw_rows, raw_seconds = raw_paging(target, batch)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, make_events
+from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, analyze, make_events
 from projections import LOCATIONS, Noop, builders, location_of
 
 from pupsourcing import ExpectedVersion
@@ -101,8 +101,6 @@ def fill_sqlite(conn: Any, first: int, last: int) -> None:
     )
 
 
-ANALYZE = {"postgres": "ANALYZE events", "mysql": "ANALYZE TABLE events", "sqlite": "ANALYZE"}
-
 FILLERS: dict[str, Callable[[Any, int, int], None]] = {
     "postgres": fill_postgres,
     "mysql": fill_mysql,
@@ -118,13 +116,9 @@ def fill(database: str, target: Target, count: int, start: int) -> None:
             last = min(first + FILL_CHUNK, start + count) - 1
             FILLERS[database](conn, first, last)
             conn.commit()
-        cursor = conn.cursor()
-        cursor.execute(ANALYZE[database])
-        if database == "mysql":
-            cursor.fetchall()
-        conn.commit()
     finally:
         conn.close()
+    analyze(database, target)
 
 
 def count(target: Target) -> int:
