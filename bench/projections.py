@@ -125,10 +125,14 @@ def raw_paging(target: Target, batch: int) -> tuple[int, float]:
 
 def catch_up(target: Target, name: str, config: ProcessorConfig) -> tuple[int, float]:
     projection = Noop(name)
-    with Processor(lambda: target.connect(False), target.store, config) as processor:
-        start = time.perf_counter()
-        handled = processor.catch_up(projection)
-        elapsed = time.perf_counter() - start
+    conn = target.connect(False)  # a long-lived worker's connection: not timed
+    try:
+        with Processor(conn, target.store, config) as processor:
+            start = time.perf_counter()
+            handled = processor.catch_up(projection)
+            elapsed = time.perf_counter() - start
+    finally:
+        conn.close()
     if handled != projection.handled:
         raise AssertionError("catch_up miscounted")
     return handled, elapsed
@@ -149,10 +153,14 @@ def _partition_worker(job: PartitionJob, location: Any, ready: Any, go: Any, out
         batch_size=1000, partition_key=job.key, total_partitions=PARTITIONS, logger=logger
     )
     projection = Noop(job.name)
-    with Processor(lambda: target.connect(False), target.store, config) as processor:
-        ready.set()
-        go.wait()
-        handled = processor.catch_up(projection)
+    conn = target.connect(False)  # connected before the clock, as in catch_up()
+    try:
+        with Processor(conn, target.store, config) as processor:
+            ready.set()
+            go.wait()
+            handled = processor.catch_up(projection)
+    finally:
+        conn.close()
     out.put((job.key, handled, tally.fetched, tally.handled, time.perf_counter()))
 
 
