@@ -118,8 +118,8 @@ def store_rows(database: str, scale_: common.Scale) -> list[Row]:
     return rows
 
 
-def projection_rows(database: str, events: int) -> list[Row]:
-    result = projections.measure(database, projections.builders()[database], events)
+def projection_rows(database: str, events: int, rounds: int) -> list[Row]:
+    result = projections.measure(database, projections.builders()[database], events, rounds)
     rows = [
         Row(
             database,
@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for database in databases:
         try:
             rows += store_rows(database, store_scale)
-            rows += projection_rows(database, events)
+            rows += projection_rows(database, events, 1 if args.quick else 2)
             rows += scale_rows(database, small, large, args.quick)
         except common.Unavailable as exc:
             print(f"{database}: database unavailable: {exc}", file=sys.stderr)
