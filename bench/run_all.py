@@ -9,7 +9,7 @@ chart (PNG) to ``docs/benchmarks/``.
 
 The targets apply to PostgreSQL; MySQL and SQLite are reported alongside.
 
-    python bench/run_all.py                 # about 8 minutes on 2 cores
+    python bench/run_all.py                 # 6 to 9 minutes on 2 cores
     python bench/run_all.py --quick --output /tmp/bench   # a smoke run
 """
 
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db", default=",".join(DATABASES))
     args = parser.parse_args(argv)
     databases = [d.strip() for d in args.db.split(",") if d.strip()]
-    store_scale = common.QUICK if args.quick else replace(common.FULL, rounds=2)
+    store_scale = common.QUICK if args.quick else replace(common.FULL, rounds=3)
     events = 2_000 if args.quick else 100_000
     small, large = (2_000, 6_000) if args.quick else (scale.SMALL, scale.LARGE)
     rows: list[Row] = []
