@@ -265,7 +265,9 @@ stream 200 times. The raw baselines send the same SQL by hand with the bare
 driver (psycopg 3, PyMySQL, sqlite3) and keep rows as tuples. W3: catching up
 on {events} events with a no-op projection, against the driver paging through
 the table in order with the same SELECT. W5: the same events caught up by 4
-partitions in 4 processes, against one process. S2/S4/SM: append and read
+partitions in 4 processes, against one process
+(statistics refreshed after loading, as autovacuum would; every worker
+connects before the clock starts). S2/S4/SM: append and read
 speed and catch-up memory on a store of {large} events against the same on
 {small} events. "Go original" is the Go library on the same kind of machine
 (figures from its benchmarks).
