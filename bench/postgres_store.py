@@ -77,44 +77,32 @@ RAW_ARRAYS_SQL = (
 )
 
 
+def _raw_row(e: Event) -> tuple[Any, ...]:
+    """One event's values for ``ROW_COLUMNS``, in that order."""
+    return (
+        e.event_id,
+        e.event_type,
+        e.event_version,
+        e.payload,
+        e.trace_id,
+        e.correlation_id,
+        e.causation_id,
+        None if e.metadata is None else e.metadata.decode(),
+        e.created_at,
+    )
+
+
 def raw_append_statement(events: Sequence[Event]) -> tuple[str, list[Any]]:
     """The raw baseline's one statement for an append, and its parameters
     (also sent by the asyncio baseline of ``async_vs_sync.py``)."""
     first = events[0]
     key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
     if len(events) > FEW_EVENTS:
-        columns: list[list[Any]] = [[] for _ in range(9)]
-        for e in events:
-            for column, value in zip(
-                columns,
-                (
-                    e.event_id,
-                    e.event_type,
-                    e.event_version,
-                    e.payload,
-                    e.trace_id,
-                    e.correlation_id,
-                    e.causation_id,
-                    None if e.metadata is None else e.metadata.decode(),
-                    e.created_at,
-                ),
-                strict=True,
-            ):
-                column.append(value)
+        columns = [list(column) for column in zip(*map(_raw_row, events), strict=True)]
         return RAW_ARRAYS_SQL, [*key, len(events), *key, len(events), *columns]
     values: list[Any] = [*key, len(events), *key]
     for e in events:
-        values += (
-            e.event_id,
-            e.event_type,
-            e.event_version,
-            e.payload,
-            e.trace_id,
-            e.correlation_id,
-            e.causation_id,
-            None if e.metadata is None else e.metadata.decode(),
-            e.created_at,
-        )
+        values += _raw_row(e)
     return raw_values_sql(len(events)), values
 
 

@@ -252,6 +252,21 @@ _PER_EVENT = EVENT_COLUMNS[4:]
 _TYPES = ("uuid", "text", "int", "bytea", "text", "text", "text", "text", "timestamptz")
 
 
+def _per_event(e: Event) -> tuple[Any, ...]:
+    """An event's values for the :data:`_PER_EVENT` columns, in that order."""
+    return (
+        e.event_id,
+        e.event_type,
+        e.event_version,
+        e.payload,
+        e.trace_id,
+        e.correlation_id,
+        e.causation_id,
+        None if e.metadata is None else e.metadata.decode("utf-8"),
+        e.created_at,
+    )
+
+
 def _values_rows(rows: int) -> str:
     """``(1, %s::uuid, ...), (2, %s, ...), ...``: the first row carries the types."""
     typed = ", ".join(f"%s::{t}" for t in _TYPES)
@@ -422,48 +437,17 @@ class PostgresDialect(Dialect):
         key = [first.bounded_context, first.aggregate_type, first.aggregate_id]
         kind = "any" if expected.is_any else "new" if expected.value == 0 else "exact"
         n = len(batch)
+        hashed = _hash_param(first.aggregate_id)
         if n <= VALUES_LIMIT:  # the count is part of the SQL text
-            hashed = _hash_param(first.aggregate_id)
             params: list[Any] = (
                 [*key, expected.value, hashed] if kind == "exact" else [*key, hashed]
             )
             for e in batch:
-                params += (
-                    e.event_id,
-                    e.event_type,
-                    e.event_version,
-                    e.payload,
-                    e.trace_id,
-                    e.correlation_id,
-                    e.causation_id,
-                    None if e.metadata is None else e.metadata.decode("utf-8"),
-                    e.created_at,
-                )
+                params += _per_event(e)
             return Statement(self._append_sql[kind, n], params, fetch=True)
         claim = [n, *key, expected.value] if kind == "exact" else [*key, n]
-        columns: list[list[Any]] = [[] for _ in _TYPES]
-        (
-            event_ids,
-            types_,
-            versions,
-            payloads,
-            traces,
-            correlations,
-            causations,
-            metadata,
-            times,
-        ) = columns
-        for e in batch:
-            event_ids.append(e.event_id)
-            types_.append(e.event_type)
-            versions.append(e.event_version)
-            payloads.append(e.payload)
-            traces.append(e.trace_id)
-            correlations.append(e.correlation_id)
-            causations.append(e.causation_id)
-            metadata.append(None if e.metadata is None else e.metadata.decode("utf-8"))
-            times.append(e.created_at)
-        hashed = _hash_param(first.aggregate_id)
+        # One list per column: psycopg sends a list as an array.
+        columns = [list(column) for column in zip(*map(_per_event, batch), strict=True)]
         return Statement(self._append_sql[kind, 0], [*claim, n, hashed, *columns], fetch=True)
 
     def append(self, expected: ExpectedVersion, events: Sequence[Event]) -> Plan[AppendResult]:
