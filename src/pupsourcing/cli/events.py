@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from pupsourcing.cli._args import interval, non_negative_int
 from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._text import clean
 from pupsourcing.cli.errors import CommandError
@@ -26,20 +27,6 @@ from pupsourcing.store.horizon import Horizon
 HEX_PREVIEW = 32
 """Leading bytes of a binary payload shown in hex."""
 FOLLOW_BATCH = 500
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _interval(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
 
 
 def register(commands: Any) -> None:
@@ -57,7 +44,7 @@ def register(commands: Any) -> None:
     tail.add_argument(
         "-n",
         "--limit",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=10,
         metavar="N",
         help="how many of the latest events (default 10)",
@@ -65,7 +52,7 @@ def register(commands: Any) -> None:
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     tail.add_argument(
         "--interval",
-        type=_interval,
+        type=interval,
         default=0.5,
         metavar="SECONDS",
         help="how often --follow looks for new events (default 0.5)",
@@ -89,8 +76,8 @@ def register(commands: Any) -> None:
     show.add_argument("bounded_context", metavar="BOUNDED_CONTEXT")
     show.add_argument("aggregate_type", metavar="AGGREGATE_TYPE")
     show.add_argument("aggregate_id", metavar="AGGREGATE_ID")
-    show.add_argument("--from-version", type=_non_negative_int, metavar="N", help="first version")
-    show.add_argument("--to-version", type=_non_negative_int, metavar="N", help="last version")
+    show.add_argument("--from-version", type=non_negative_int, metavar="N", help="first version")
+    show.add_argument("--to-version", type=non_negative_int, metavar="N", help="last version")
     show.add_argument("--json", action="store_true", help="print the stream as JSON")
     add_database_options(show)
     show.set_defaults(handler=run_show)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pupsourcing.cli import supervisor, worker
+from pupsourcing.cli._args import non_negative_int, positive_int, seconds
 from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._text import clean, duration
 from pupsourcing.cli.errors import CommandError
@@ -27,27 +28,6 @@ def split_checkpoint_name(checkpoint: str) -> tuple[str, int | None]:
     if match is None:
         return checkpoint, None
     return match["name"], int(match["key"])
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a non-negative number of seconds, got {text}")
-    return value
 
 
 def register(commands: Any) -> None:
@@ -83,28 +63,28 @@ def register(commands: Any) -> None:
     scaling = run.add_argument_group("partitions")
     scaling.add_argument(
         "--partitions",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="start N worker processes, one per partition key 0..N-1, and restart crashed ones",
     )
     scaling.add_argument(
         "--partition-key",
-        type=_non_negative_int,
+        type=non_negative_int,
         metavar="K",
         help="run only partition K of --total-partitions (one worker per machine)",
     )
-    scaling.add_argument("--total-partitions", type=_positive_int, metavar="N")
+    scaling.add_argument("--total-partitions", type=positive_int, metavar="N")
     defaults = ProcessorConfig()
     run.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.batch_size,
         metavar="N",
         help=f"events per transaction (default {defaults.batch_size})",
     )
     run.add_argument(
         "--poll-interval",
-        type=_seconds,
+        type=seconds,
         default=defaults.poll_interval,
         metavar="SECONDS",
         help=f"pause when there is nothing to do (default {defaults.poll_interval})",
@@ -117,7 +97,7 @@ def register(commands: Any) -> None:
     )
     run.add_argument(
         "--progress-interval",
-        type=_seconds,
+        type=seconds,
         default=10.0,
         metavar="SECONDS",
         help="seconds between progress log lines when not on a terminal (default 10)",
@@ -143,7 +123,7 @@ def register(commands: Any) -> None:
     reset.add_argument("name", metavar="NAME", help="the projection's name")
     reset.add_argument(
         "--to",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         metavar="POSITION",
         help="the global position to continue after (default 0: from the start)",
