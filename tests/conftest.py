@@ -119,6 +119,14 @@ class Backend:
     def count_events(self) -> int:
         return int(self.scalar(f"SELECT count(*) FROM {self.store.config.events_table}"))
 
+    def checkpoints(self) -> dict[str, int]:
+        """Every checkpoint's position, by name."""
+        conn = self.connect()
+        try:
+            return {c.name: c.position for c in self.store.list_checkpoints(conn)}
+        finally:
+            conn.close()
+
     def snapshot(self) -> tuple[Any, ...]:
         """Everything an append can change: the events' count and highest
         position, and every aggregate head."""

@@ -56,3 +56,15 @@ class LogRecords(logging.Handler):
 
     def messages(self, level: int) -> list[str]:
         return [r.getMessage() for r in self.records if r.levelno == level]
+
+
+class Count:
+    """A projection that counts the events it is handed."""
+
+    name = "count"
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def handle(self, event: Any, tx: Any) -> None:
+        self.seen += 1

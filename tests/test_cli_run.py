@@ -154,14 +154,6 @@ def all_events(backend: Backend) -> dict[int, str]:
         conn.close()
 
 
-def checkpoints(backend: Backend) -> dict[str, int]:
-    conn = backend.connect()
-    try:
-        return {c.name: c.position for c in backend.store.list_checkpoints(conn)}
-    finally:
-        conn.close()
-
-
 def count(backend: Backend) -> int:
     return int(backend.scalar(f"SELECT count(*) FROM {cli_projections.TABLE}"))
 
@@ -177,7 +169,7 @@ def assert_exactly_once_up_to_checkpoints(backend: Backend, total: int | None = 
     twice, nothing skipped, no batch half-applied."""
     rows = handled(backend)
     events_ = all_events(backend)
-    marks = checkpoints(backend)
+    marks = backend.checkpoints()
     assert len({r[0] for r in rows}) == len(rows)
     expected = {
         position
@@ -211,7 +203,7 @@ def test_run_until_sigterm_then_resume(backend: Backend, running: list[Running])
     assert "SIGTERM: stopping after the current batch" in first.stderr
     assert "stopped recorder" in first.stderr
     assert "Traceback" not in first.stderr
-    stopped_at = checkpoints(backend)["recorder"]
+    stopped_at = backend.checkpoints()["recorder"]
     assert 10 <= stopped_at < 60, "stopped mid-way, after a whole batch"
     assert_exactly_once_up_to_checkpoints(backend)
 
@@ -241,7 +233,7 @@ def test_run_several_projections_from_classes_and_factories(
     )  # fmt: skip
     running.append(run)
     wait_for(
-        lambda: checkpoints(sqlite_db) == {"counter": 11, "recorder": 11},
+        lambda: sqlite_db.checkpoints() == {"counter": 11, "recorder": 11},
         what="both checkpoints at the head",
         run=run,
     )
@@ -266,7 +258,7 @@ def test_a_failing_handler_exits_1_with_the_cause(sqlite_db: Backend) -> None:
         "position 2: RuntimeError: cannot handle poison"
     )
     assert "projection failing failed at global position 2; batch rolled back" in result.stderr
-    assert checkpoints(sqlite_db).get("failing", 0) == 0  # the batch held both events
+    assert sqlite_db.checkpoints().get("failing", 0) == 0  # the batch held both events
 
 
 def test_one_partition_of_several(backend: Backend, running: list[Running]) -> None:
@@ -279,7 +271,7 @@ def test_one_partition_of_several(backend: Backend, running: list[Running]) -> N
     run.wait_for_line(r"\[p1/2\] .*recorder: caught up at position 24")
     run.signal(signal.SIGTERM)
     assert run.wait() == 0, run.stderr
-    assert checkpoints(backend) == {"recorder_p1": 24}
+    assert backend.checkpoints() == {"recorder_p1": 24}
     rows = handled(backend)
     assert rows, "partition 1 has aggregates"
     assert {aggregate for _, aggregate, _ in rows} == {
@@ -379,7 +371,7 @@ def test_partitions_restart_crashed_workers_and_handle_every_event_once(
     assert "all workers stopped" in supervisor.stderr
     assert supervisor.stderr.count("SIGTERM: stopping after the current batch") == 2
     assert not any(alive(pid) for pid in (*workers.values(), int(restarted[1])))
-    assert checkpoints(backend) == {"recorder_p0": 140, "recorder_p1": 140}
+    assert backend.checkpoints() == {"recorder_p0": 140, "recorder_p1": 140}
     rows = handled(backend)
     assert [r[0] for r in rows] == sorted(all_events(backend))
     assert_exactly_once_up_to_checkpoints(backend, total=2)
@@ -406,7 +398,7 @@ def test_partitions_stop_mid_way_and_resume(backend: Backend, running: list[Runn
     running.append(second)
     wait_for(lambda: count(backend) == 80, what="the rest", run=second)
     wait_for(
-        lambda: checkpoints(backend) == {"recorder_p0": 80, "recorder_p1": 80},
+        lambda: backend.checkpoints() == {"recorder_p0": 80, "recorder_p1": 80},
         what="checkpoints at the head",
         run=second,
     )

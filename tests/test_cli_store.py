@@ -52,14 +52,6 @@ def set_checkpoints(backend: Backend, **positions: int) -> None:
         conn.close()
 
 
-def checkpoints(backend: Backend) -> dict[str, int]:
-    conn = backend.connect()
-    try:
-        return {c.name: c.position for c in backend.store.list_checkpoints(conn)}
-    finally:
-        conn.close()
-
-
 # -- migrate -------------------------------------------------------------------------
 
 
@@ -190,16 +182,16 @@ def test_reset_asks_and_resets_every_partition(backend: Backend) -> None:
         assert question.startswith("Reset search_p0 at 8, search_p1 at 6 to position 0? ")
         assert question.rstrip().endswith("[y/N]")
         assert error.endswith("error: not confirmed; nothing changed (--yes skips the question)")
-    assert checkpoints(backend)["search_p0"] == 8
+    assert backend.checkpoints()["search_p0"] == 8
 
     confirmed = cli("projections", "reset", "search", "--to", "2", "--db", backend.url, input="y\n")
     assert confirmed.returncode == 0, confirmed.stderr
     assert "reset search_p0, search_p1 to position 2" in confirmed.stdout
-    assert checkpoints(backend) == {"search_p0": 2, "search_p1": 2, "searching": 5, "orders": 8}
+    assert backend.checkpoints() == {"search_p0": 2, "search_p1": 2, "searching": 5, "orders": 8}
 
     skipped = cli("projections", "reset", "orders", "--yes", "--db", backend.url)
     assert skipped.returncode == 0, skipped.stderr
-    assert checkpoints(backend)["orders"] == 0
+    assert backend.checkpoints()["orders"] == 0
 
 
 def test_reset_refuses_unknown_names_and_positions_beyond_the_head(backend: Backend) -> None:
@@ -211,7 +203,7 @@ def test_reset_refuses_unknown_names_and_positions_beyond_the_head(backend: Back
     assert_one_line_error(beyond, "beyond the store head 3")
     negative = cli("projections", "reset", "orders", "--to", "-1", "--yes", "--db", backend.url)
     assert negative.returncode == 2
-    assert checkpoints(backend) == {"orders": 3, "search_p0": 1}
+    assert backend.checkpoints() == {"orders": 3, "search_p0": 1}
 
 
 # -- events tail / stream show -------------------------------------------------------------

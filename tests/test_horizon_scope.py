@@ -16,19 +16,9 @@ from typing import Any
 import pytest
 
 from conftest import Backend, make_backend, mysql_admin
-from helpers import event
-from pupsourcing import ExpectedVersion, PersistedEvent
+from helpers import Count, event
+from pupsourcing import ExpectedVersion
 from pupsourcing.projection import Processor
-
-
-class Count:
-    name = "count"
-
-    def __init__(self) -> None:
-        self.seen = 0
-
-    def handle(self, event: PersistedEvent, tx: Any) -> None:
-        self.seen += 1
 
 
 def catch_up_waits(backend: Backend, blocker: Any) -> bool:
