@@ -306,10 +306,9 @@ def measure(
                 ours, raw = max(ours, handled / seconds), max(raw, raw_rows / raw_seconds)
             rates[batch] = (ours, raw)
         partitioned, ratios = 0.0, []
+        location = location_of(database, target)
         for r in range(rounds):
-            handled, seconds, fetched = partitions(
-                database, location_of(database, target), f"w5_{r}"
-            )
+            handled, seconds, fetched = partitions(database, location, f"w5_{r}")
             if handled != events:
                 raise AssertionError(f"W5 handled {handled} of {events}")
             partitioned = max(partitioned, handled / seconds)
