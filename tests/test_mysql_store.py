@@ -34,6 +34,7 @@ from pupsourcing.adapters.mysql import (
     CollationWarning,
     MySQLDialect,
     MySQLStore,
+    active_transactions,
 )
 from pupsourcing.store import StoreConfig
 from pupsourcing.store.plan import Row
@@ -1015,6 +1016,43 @@ def test_horizon_probe_sees_open_writers_and_only_them(db: Backend) -> None:
     assert own_trx is not None
     assert own.writers is not None
     assert own_trx not in own.writers
+
+
+def test_horizon_probe_reads_a_status_quoting_undecodable_sql(db: Backend) -> None:
+    """The status quotes what other sessions run: a binary literal's raw bytes
+    (or SQL cut inside a character) are not UTF-8, and a driver decoding the
+    status as text fails. The probe still sees that writer, and the
+    connection's own results stay text."""
+    store = db.store
+    writer, prober = db.connection(), db.connection()
+    store.append(writer, ExpectedVersion.any(), events(1, "a"))  # left open
+    open_trx = transaction_of(db.connection(), writer.thread_id())
+    running = threading.Thread(
+        target=writer.query, args=(b"SELECT SLEEP(1), _binary'\xed\xa0\x80\xff'",)
+    )
+    before = execute(prober, "SELECT @@character_set_results, 'text'")
+    prober.commit()
+    running.start()
+    try:
+        time.sleep(0.3)
+        with pytest.raises(UnicodeDecodeError):  # what a plain read of it does
+            execute(db.connection(), "SHOW ENGINE INNODB STATUS")
+        probe = store._run(prober, store.dialect.horizon_probe())
+        after = execute(prober, "SELECT @@character_set_results, 'text'")
+    finally:
+        running.join()
+        writer.rollback()
+    assert probe.writers is not None
+    assert open_trx in probe.writers
+    assert after == before
+    assert isinstance(after[0][1], str)
+
+
+def test_a_truncated_status_cannot_tell_the_writers() -> None:
+    head = "LIST OF TRANSACTIONS FOR EACH SESSION:\n---TRANSACTION 7, ACTIVE 1 sec\n"
+    tail = "--------\nFILE I/O\n--------\nEND OF INNODB MONITOR OUTPUT\n"
+    assert active_transactions(head + tail, own_thread=1) == frozenset({7})
+    assert active_transactions(head + "... truncated...\n" + tail, own_thread=1) is None
 
 
 def test_a_killed_connection_is_a_connection_error(db: Backend) -> None:

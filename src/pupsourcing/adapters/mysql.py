@@ -222,7 +222,11 @@ def active_transactions(status: str, own_thread: int) -> frozenset[int] | None:
     """The InnoDB transactions ``SHOW ENGINE INNODB STATUS`` lists as active,
     except the one of connection ``own_thread``; ``None`` if the list may be
     incomplete."""
-    if "END OF INNODB MONITOR OUTPUT" not in status or "not shown" in status:
+    if (
+        "END OF INNODB MONITOR OUTPUT" not in status
+        or "not shown" in status
+        or "\n... truncated...\n" in status  # past 1 MB the server drops part of the list
+    ):
         return None
     start = status.find("LIST OF TRANSACTIONS FOR EACH SESSION:")
     if start < 0:
@@ -368,7 +372,8 @@ class MySQLDialect(Dialect):
             f"ON DUPLICATE KEY UPDATE last_global_position = %s, updated_at = {_NOW}"
         )
         self.visible_sql = (
-            f"SELECT COALESCE(MAX(global_position), 0), CONNECTION_ID() FROM {events}"
+            f"SELECT COALESCE(MAX(global_position), 0), CONNECTION_ID(), "
+            f"@@character_set_results FROM {events}"
         )
         config = self.config
         key_columns = {(config.events_table, column) for column in _KEY_FIELDS} | {
@@ -531,10 +536,24 @@ class MySQLDialect(Dialect):
         # its id a few microseconds after its position, and is not seen if the
         # whole probe falls into that window.
         rows = yield Statement(self.visible_sql, fetch=True)
-        visible, own_thread = int(rows[0][0]), int(rows[0][1])
-        rows = yield Statement("SHOW ENGINE INNODB STATUS", fetch=True)
+        visible, own_thread, results_charset = int(rows[0][0]), int(rows[0][1]), rows[0][2]
+        # The status quotes other sessions' SQL: raw bytes of binary literals,
+        # or text cut inside a character. Asked for as binary, it reaches us
+        # undecoded (drivers would fail on it), and the parser needs ASCII only.
+        restore = Statement("SET character_set_results = %s", (results_charset,))
+        yield Statement("SET character_set_results = binary")
+        try:
+            rows = yield Statement("SHOW ENGINE INNODB STATUS", fetch=True)
+        except Exception:
+            yield restore
+            raise
+        yield restore
         status = rows[0][-1]
-        text = status.decode() if isinstance(status, bytes) else str(status)
+        text = (
+            status.decode("utf-8", "replace")
+            if isinstance(status, bytes | bytearray)
+            else str(status)
+        )
         return Probe(visible, active_transactions(text, own_thread))
 
     def prepare_processor(self) -> Plan[None]:
