@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import IN_CI, MYSQL_HOST, PG_DSN, unavailable
-from pupsourcing.migrations import ADAPTERS, generate_sql, write_migration
+from pupsourcing.migrations import (
+    ADAPTERS,
+    generate_sql,
+    partition_indexes_sql,
+    write_migration,
+)
 from pupsourcing.store import StoreConfig
 
 EVENT_COLUMNS = {
@@ -289,6 +294,49 @@ def test_cli_migrate_gen_errors(tmp_path: Path) -> None:
 
     missing = run_cli("migrate-gen", "--adapter", "sqlite")
     assert missing.returncode == 2
+
+
+def test_cli_migrate_gen_with_partition_indexes(tmp_path: Path) -> None:
+    result = run_cli(
+        "migrate-gen",
+        "--adapter",
+        "sqlite",
+        "--output",
+        str(tmp_path / "m"),
+        "--filename",
+        "init.sql",
+        "--partition-indexes",
+        "4",
+    )
+    assert result.returncode == 0, result.stderr
+    written = (tmp_path / "m" / "init.sql").read_text()
+    assert written == generate_sql("sqlite") + "\n" + partition_indexes_sql("sqlite", 4)
+
+    refused = run_cli(
+        "migrate-gen",
+        "--adapter",
+        "mysql",
+        "--output",
+        str(tmp_path / "x"),
+        "--partition-indexes",
+        "4",
+    )
+    assert refused.returncode == 1
+    assert "partial indexes" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+    too_few = run_cli(
+        "migrate-gen",
+        "--adapter",
+        "sqlite",
+        "--output",
+        str(tmp_path / "y"),
+        "--partition-indexes",
+        "0",
+    )
+    assert too_few.returncode == 2
+    assert not (tmp_path / "y").exists()
 
 
 @pytest.mark.skipif(

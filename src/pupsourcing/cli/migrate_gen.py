@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pupsourcing.cli._args import positive_int
 from pupsourcing.cli._db import add_table_options, store_config
 from pupsourcing.migrations import ADAPTERS, write_migration
 
@@ -21,6 +22,13 @@ def register(commands: Any) -> None:
     parser.add_argument("--filename", metavar="NAME", help="file name instead of the default")
     add_table_options(parser)
     parser.add_argument(
+        "--partition-indexes",
+        type=positive_int,
+        metavar="N",
+        help="also create one partial index per partition for processors run with "
+        "total_partitions=N (postgres and sqlite)",
+    )
+    parser.add_argument(
         "--force", action="store_true", help="replace an existing file of the same name"
     )
     parser.set_defaults(handler=run)
@@ -33,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         filename=args.filename,
         config=store_config(args),
         overwrite=args.force,
+        partition_indexes=args.partition_indexes,
     )
     print(f"wrote {path}")
     return 0

@@ -13,7 +13,14 @@ from pathlib import Path
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect
 
-__all__ = ["ADAPTERS", "default_filename", "dialect_class", "generate_sql", "write_migration"]
+__all__ = [
+    "ADAPTERS",
+    "default_filename",
+    "dialect_class",
+    "generate_sql",
+    "partition_indexes_sql",
+    "write_migration",
+]
 
 ADAPTERS = ("postgres", "mysql", "sqlite")
 
@@ -41,6 +48,19 @@ def generate_sql(adapter: str, config: StoreConfig | None = None) -> str:
     return dialect_class(adapter).render_schema(config or StoreConfig())
 
 
+def partition_indexes_sql(
+    adapter: str, total_partitions: int, config: StoreConfig | None = None
+) -> str:
+    """Partial indexes that let each of ``total_partitions`` partitioned
+    processors read only its own partition's events (PostgreSQL and SQLite;
+    MySQL has no partial indexes and gets ``ValueError``). Every statement is
+    idempotent. Without them partitioning still works, but each processor's
+    query steps over the other partitions' rows."""
+    return dialect_class(adapter).render_partition_indexes(
+        config or StoreConfig(), total_partitions
+    )
+
+
 def default_filename(now: datetime | None = None) -> str:
     """``<YYYYmmddHHMMSS>_init_event_sourcing.sql``, as the Go library names it."""
     return f"{(now or datetime.now()):%Y%m%d%H%M%S}_init_event_sourcing.sql"
@@ -53,13 +73,18 @@ def write_migration(
     filename: str | None = None,
     config: StoreConfig | None = None,
     overwrite: bool = False,
+    partition_indexes: int | None = None,
 ) -> Path:
-    """Write the schema script into ``output_dir`` (created if missing).
+    """Write the schema script into ``output_dir`` (created if missing), with
+    the :func:`partition_indexes_sql` for ``partition_indexes`` partitions
+    appended when given.
 
     Refuses to replace an existing file with different content unless
     ``overwrite`` is set.
     """
     sql = generate_sql(adapter, config)
+    if partition_indexes is not None:
+        sql += "\n" + partition_indexes_sql(adapter, partition_indexes, config)
     name = filename or default_filename()
     if not name or Path(name).name != name or name in (".", ".."):
         raise ValueError(f"filename: {name!r} must be a plain file name, not a path")

@@ -26,6 +26,8 @@ from pupsourcing.store.schema import (
     SchemaDialect,
     add_column_sql,
     added_columns,
+    partition_index_statements,
+    partition_predicate,
     schema_statements,
 )
 
@@ -302,6 +304,14 @@ class Dialect(abc.ABC):
         body = "\n\n".join(f"-- {why}\n{sql};" for why, sql in cls.schema(config))
         return f"{header}\n{body}\n"
 
+    @classmethod
+    def render_partition_indexes(cls, config: StoreConfig, total_partitions: int) -> str:
+        """The partition indexes for ``total_partitions`` as one SQL script."""
+        statements = partition_index_statements(
+            config, cls.quote, cls.schema_dialect, total_partitions
+        )
+        return "\n\n".join(f"-- {why}\n{sql};" for why, sql in statements) + "\n"
+
     def schema_sql(self) -> str:
         return self.render_schema(self.config)
 
@@ -460,8 +470,7 @@ class Dialect(abc.ABC):
             params += bounded_contexts
         if partition is not None:
             modulo = "%%" if p == "%s" else "%"  # a literal % must be doubled for pyformat
-            sql.append(f"AND (partition_hash {modulo} {p} = {p} OR partition_hash IS NULL)")
-            params += (partition[1], partition[0])
+            sql.append(f"AND {partition_predicate(partition[1], partition[0], modulo)}")
         sql.append(f"ORDER BY global_position LIMIT {p}")
         params.append(limit)
         return Statement(" ".join(sql), params, fetch=True)

@@ -197,3 +197,53 @@ def schema_statements(
         updated,
     )
     return statements
+
+
+MAX_PARTITION_INDEXES = 256
+"""More partitions than this would make every append update too many indexes."""
+
+
+def partition_predicate(total_partitions: int, partition_key: int, modulo: str = "%") -> str:
+    """The rows of one partition, as SQL: its hashed aggregates, and rows the
+    Go library wrote without a hash (the processor decides those itself).
+
+    The processor's fetch and the partition indexes spell it the same way,
+    numbers inline: PostgreSQL and SQLite use a partial index only for a query
+    that repeats the index's condition (``modulo`` is ``%%`` where the driver
+    takes ``%`` for a placeholder)."""
+    total, key = int(total_partitions), int(partition_key)
+    return f"(partition_hash {modulo} {total} = {key} OR partition_hash IS NULL)"
+
+
+def partition_index_statements(
+    config: StoreConfig, quote: Callable[[str], str], d: SchemaDialect, total_partitions: int
+) -> list[tuple[str, str]]:
+    """One partial index on ``global_position`` per partition of
+    ``total_partitions``: a partitioned processor then reads only its own
+    partition's index entries instead of stepping over every other
+    partition's rows."""
+    if not d.partial_indexes:
+        raise ValueError(
+            "total_partitions: partition indexes are partial indexes, which this "
+            "database does not have; partitioned projections filter without them"
+        )
+    if (
+        isinstance(total_partitions, bool)
+        or not isinstance(total_partitions, int)
+        or not 2 <= total_partitions <= MAX_PARTITION_INDEXES
+    ):
+        raise ValueError(
+            f"total_partitions: must be an int from 2 to {MAX_PARTITION_INDEXES}, "
+            f"got {total_partitions!r}"
+        )
+    table = config.events_table
+    return [
+        (
+            f"Partition {key} of {total_partitions}: the processor with partition_key={key}, "
+            f"total_partitions={total_partitions} reads its events through this index.",
+            f"CREATE INDEX IF NOT EXISTS {quote(f'idx_{table}_part{total_partitions}_{key}')}"
+            f"\n    ON {quote(table)} (global_position)"
+            f" WHERE {partition_predicate(total_partitions, key)}",
+        )
+        for key in range(total_partitions)
+    ]
