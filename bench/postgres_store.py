@@ -111,13 +111,9 @@ def raw_append(conn: Any, events: Sequence[Event]) -> object:
     return conn.execute(sql, params).fetchall()
 
 
-RAW_READ_SQL = (
-    "SELECT global_position, bounded_context, aggregate_type, aggregate_id, aggregate_version, "
-    "event_id, event_type, event_version, payload, trace_id, correlation_id, causation_id, "
-    "convert_to(COALESCE(metadata_raw, metadata::text), 'UTF8'), created_at AT TIME ZONE 'UTC' "
-    "FROM events WHERE bounded_context = %s AND aggregate_type = %s AND aggregate_id = %s "
-    "ORDER BY aggregate_version"
-)
+RAW_READ_SQL = PostgresStore().dialect.read_stream_sql
+"""The store's own SELECT of a whole stream (the key columns are left out:
+the caller knows them), so both sides ask the server for the same rows."""
 
 
 def raw_read_stream(

@@ -41,12 +41,8 @@ CLAIM = (
     "aggregate_version = aggregate_version + excluded.aggregate_version, "
     "updated_at = excluded.updated_at RETURNING aggregate_version"
 )
-READ = (
-    "SELECT global_position, bounded_context, aggregate_type, aggregate_id, aggregate_version, "
-    "event_id, event_type, event_version, payload, trace_id, correlation_id, causation_id, "
-    "metadata, created_at FROM events WHERE bounded_context = ? AND aggregate_type = ? "
-    "AND aggregate_id = ? ORDER BY aggregate_version"
-)
+READ = SQLiteStore().dialect.read_stream_sql
+"""The store's own SELECT of a whole stream, so both sides read the same."""
 
 
 @lru_cache(maxsize=16)

@@ -472,6 +472,13 @@ class MySQLDialect(Dialect):
             _from_micros(created_at),
         )
 
+    def stream_columns(self) -> list[str]:
+        # The keys are read back: the collation may match keys that differ.
+        return self.select_columns()
+
+    def decode_stream(self, key: tuple[str, str, str], rows: Sequence[Row]) -> list[PersistedEvent]:
+        return self.decode_events(rows)
+
     def read_stream(
         self,
         bounded_context: str,

@@ -471,6 +471,41 @@ class PostgresDialect(Dialect):
     def decode_event(self, row: Row) -> PersistedEvent:
         return _decode_events((row,))[0]
 
+    def decode_stream(self, key: tuple[str, str, str], rows: Sequence[Row]) -> list[PersistedEvent]:
+        make, naive_epoch, utc_epoch = stored_event, _NAIVE_EPOCH, _UTC_EPOCH
+        context, kind, ident = key
+        return [
+            make(
+                position,
+                context,
+                kind,
+                ident,
+                version,
+                event_id,
+                event_type,
+                event_version,
+                payload,
+                trace_id,
+                correlation_id,
+                causation_id,
+                metadata,
+                utc_epoch + (created_at - naive_epoch),
+            )
+            for (
+                position,
+                version,
+                event_id,
+                event_type,
+                event_version,
+                payload,
+                trace_id,
+                correlation_id,
+                causation_id,
+                metadata,
+                created_at,
+            ) in rows
+        ]
+
 
 _NAIVE_EPOCH = datetime(2000, 1, 1)
 _UTC_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)

@@ -143,9 +143,13 @@ class Dialect(abc.ABC):
         self.read_events_sql = (
             f"{select} WHERE global_position > {p} ORDER BY global_position LIMIT {p}"
         )
-        self.read_stream_sql = (
-            f"{select} WHERE bounded_context = {p} AND aggregate_type = {p} "
-            f"AND aggregate_id = {p} AND aggregate_version >= {p} AND aggregate_version <= {p} "
+        stream = (
+            f"SELECT {', '.join(self.stream_columns())} FROM {self.events_table} "
+            f"WHERE bounded_context = {p} AND aggregate_type = {p} AND aggregate_id = {p}"
+        )
+        self.read_stream_sql = f"{stream} ORDER BY aggregate_version"
+        self.read_stream_range_sql = (
+            f"{stream} AND aggregate_version >= {p} AND aggregate_version <= {p} "
             "ORDER BY aggregate_version"
         )
         self.head_version_sql = (
@@ -209,6 +213,12 @@ class Dialect(abc.ABC):
         decode = self.decode_event
         return [decode(row) for row in rows]
 
+    def decode_stream(self, key: tuple[str, str, str], rows: Sequence[Row]) -> list[PersistedEvent]:
+        """Rows of :meth:`stream_columns` of the aggregate ``key``
+        (bounded_context, aggregate_type, aggregate_id) as events, in order."""
+        context, kind, ident = key
+        return self.decode_events([(row[0], context, kind, ident, *row[1:]) for row in rows])
+
     def update_checkpoint_statement(self, projection_name: str, position: int) -> Statement:
         """An upsert of one checkpoint row."""
         return Statement(self.update_checkpoint_sql, (projection_name, position))
@@ -264,6 +274,12 @@ class Dialect(abc.ABC):
         """The expressions that read an event row: position first, then
         :data:`EVENT_COLUMNS`."""
         return ["global_position", *EVENT_COLUMNS]
+
+    def stream_columns(self) -> list[str]:
+        """:meth:`select_columns` without the three key columns, which a
+        stream read knows already: less to send and to decode per row."""
+        columns = self.select_columns()
+        return [columns[0], *columns[4:]]
 
     def check_event(self, index: int, event: Event) -> None:  # noqa: B027 - optional hook
         """Limits this database adds to the core rules (lengths, sizes, ...)."""
@@ -401,9 +417,12 @@ class Dialect(abc.ABC):
         low = 1 if from_version is None else check_position("from_version", from_version)
         high = MAX_BIGINT if to_version is None else check_position("to_version", to_version)
         events: tuple[PersistedEvent, ...] = ()
-        if low <= high:
-            rows = yield Statement(self.read_stream_sql, (*key, low, high), fetch=True)
-            events = tuple(self.decode_events(rows))
+        if from_version is None and to_version is None:
+            rows = yield Statement(self.read_stream_sql, key, fetch=True)
+            events = tuple(self.decode_stream(key, rows))
+        elif low <= high:
+            rows = yield Statement(self.read_stream_range_sql, (*key, low, high), fetch=True)
+            events = tuple(self.decode_stream(key, rows))
         return Stream(*key, events)
 
     def read_latest_events(self, limit: int) -> Plan[list[PersistedEvent]]:
