@@ -19,7 +19,8 @@ import argparse
 import datetime
 import platform
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -313,15 +314,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = 2_000 if args.quick else 100_000
     small, large = (2_000, 6_000) if args.quick else (scale.SMALL, scale.LARGE)
     rows: list[Row] = []
+    started = time.monotonic()
     for database in databases:
+        parts: dict[str, Callable[[str], list[Row]]] = {
+            "stores": lambda db: store_rows(db, store_scale),
+            "projections": lambda db: projection_rows(db, events, 1 if args.quick else 2),
+            "scale": lambda db: scale_rows(db, small, large, args.quick),
+        }
+        spent = []
         try:
-            rows += store_rows(database, store_scale)
-            rows += projection_rows(database, events, 1 if args.quick else 2)
-            rows += scale_rows(database, small, large, args.quick)
+            for part, measure in parts.items():
+                begun = time.monotonic()
+                rows += measure(database)
+                spent.append(f"{part} {time.monotonic() - begun:.0f} s")
         except common.Unavailable as exc:
             print(f"{database}: database unavailable: {exc}", file=sys.stderr)
             return common.UNAVAILABLE_EXIT_CODE
-        print(f"{database}: done", file=sys.stderr)
+        print(f"{database}: done ({', '.join(spent)})", file=sys.stderr)
+    print(f"all databases: {time.monotonic() - started:.0f} s", file=sys.stderr)
     for row in rows:  # the targets are PostgreSQL's; the others are reported alongside
         row.judged = row.database == "postgres"
     print(table(rows, markdown=False))
