@@ -1038,6 +1038,7 @@ def test_horizon_probe_reads_a_status_quoting_undecodable_sql(db: Backend) -> No
         with pytest.raises(UnicodeDecodeError):  # what a plain read of it does
             execute(db.connection(), "SHOW ENGINE INNODB STATUS")
         probe = store._run(prober, store.dialect.horizon_probe())
+        store._run(prober, store.dialect.prepare_processor())  # reads the status too
         after = execute(prober, "SELECT @@character_set_results, 'text'")
     finally:
         running.join()

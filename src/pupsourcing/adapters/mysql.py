@@ -247,6 +247,28 @@ def active_transactions(status: str, own_thread: int) -> frozenset[int] | None:
     return frozenset(active)
 
 
+def _innodb_status(results_charset: object) -> Plan[str]:
+    """``SHOW ENGINE INNODB STATUS`` as text, whatever it quotes.
+
+    The status quotes other sessions' SQL: raw bytes of binary literals, or
+    text cut inside a character, on which a driver decoding the result would
+    fail. Asked for as binary it arrives undecoded, and the parser needs ASCII
+    only. ``results_charset`` is the session's ``character_set_results``, set
+    back afterwards."""
+    restore = Statement("SET character_set_results = %s", (results_charset,))
+    yield Statement("SET character_set_results = binary")
+    try:
+        rows = yield Statement("SHOW ENGINE INNODB STATUS", fetch=True)
+    except Exception:
+        yield restore
+        raise
+    yield restore
+    status = rows[0][-1]
+    if isinstance(status, bytes | bytearray):
+        return status.decode("utf-8", "replace")
+    return str(status)
+
+
 def _timestamp_text(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
@@ -544,28 +566,13 @@ class MySQLDialect(Dialect):
         # whole probe falls into that window.
         rows = yield Statement(self.visible_sql, fetch=True)
         visible, own_thread, results_charset = int(rows[0][0]), int(rows[0][1]), rows[0][2]
-        # The status quotes other sessions' SQL: raw bytes of binary literals,
-        # or text cut inside a character. Asked for as binary, it reaches us
-        # undecoded (drivers would fail on it), and the parser needs ASCII only.
-        restore = Statement("SET character_set_results = %s", (results_charset,))
-        yield Statement("SET character_set_results = binary")
-        try:
-            rows = yield Statement("SHOW ENGINE INNODB STATUS", fetch=True)
-        except Exception:
-            yield restore
-            raise
-        yield restore
-        status = rows[0][-1]
-        text = (
-            status.decode("utf-8", "replace")
-            if isinstance(status, bytes | bytearray)
-            else str(status)
-        )
+        text = yield from _innodb_status(results_charset)
         return Probe(visible, active_transactions(text, own_thread))
 
     def prepare_processor(self) -> Plan[None]:
+        rows = yield Statement("SELECT @@character_set_results", fetch=True)
         try:
-            yield Statement("SHOW ENGINE INNODB STATUS", fetch=True)
+            yield from _innodb_status(rows[0][0])
         except Exception as exc:
             if errno(exc) == ER_SPECIFIC_ACCESS_DENIED:
                 raise PermissionError(
