@@ -31,6 +31,8 @@ import scale
 import pupsourcing
 
 DATABASES = ("postgres", "mysql", "sqlite")
+JUDGED = "postgres"
+"""The database the targets apply to; the others are reported alongside."""
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
 GO_ORIGINAL = {
@@ -310,14 +312,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db", default=",".join(DATABASES))
     args = parser.parse_args(argv)
     databases = [d.strip() for d in args.db.split(",") if d.strip()]
-    store_scale = common.QUICK if args.quick else replace(common.FULL, rounds=3)
+
+    # Three rounds where the targets are judged, two for the databases reported
+    # alongside: the whole run stays within its 10 minutes.
+    def store_scale(database: str) -> common.Scale:
+        if args.quick:
+            return common.QUICK
+        return replace(common.FULL, rounds=3 if database == JUDGED else 2)
+
     events = 2_000 if args.quick else 100_000
     small, large = (2_000, 6_000) if args.quick else (scale.SMALL, scale.LARGE)
     rows: list[Row] = []
     started = time.monotonic()
     for database in databases:
         parts: dict[str, Callable[[str], list[Row]]] = {
-            "stores": lambda db: store_rows(db, store_scale),
+            "stores": lambda db: store_rows(db, store_scale(db)),
             "projections": lambda db: projection_rows(db, events, 1 if args.quick else 2),
             "scale": lambda db: scale_rows(db, small, large, args.quick),
         }
@@ -333,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{database}: done ({', '.join(spent)})", file=sys.stderr)
     print(f"all databases: {time.monotonic() - started:.0f} s", file=sys.stderr)
     for row in rows:  # the targets are PostgreSQL's; the others are reported alongside
-        row.judged = row.database == "postgres"
+        row.judged = row.database == JUDGED
     print(table(rows, markdown=False))
     args.output.mkdir(parents=True, exist_ok=True)
     chart(rows, args.output / "latest.png")
