@@ -317,16 +317,14 @@ class Dialect(abc.ABC):
                     f"--   {add_column_sql(config, cls.quote, d, column)};\n" for column in added
                 )
             )
-        body = "\n\n".join(f"-- {why}\n{sql};" for why, sql in cls.schema(config))
-        return f"{header}\n{body}\n"
+        return f"{header}\n{_script(cls.schema(config))}"
 
     @classmethod
     def render_partition_indexes(cls, config: StoreConfig, total_partitions: int) -> str:
         """The partition indexes for ``total_partitions`` as one SQL script."""
-        statements = partition_index_statements(
-            config, cls.quote, cls.schema_dialect, total_partitions
+        return _script(
+            partition_index_statements(config, cls.quote, cls.schema_dialect, total_partitions)
         )
-        return "\n\n".join(f"-- {why}\n{sql};" for why, sql in statements) + "\n"
 
     def schema_sql(self) -> str:
         return self.render_schema(self.config)
@@ -416,14 +414,14 @@ class Dialect(abc.ABC):
         )
         low = 1 if from_version is None else check_position("from_version", from_version)
         high = MAX_BIGINT if to_version is None else check_position("to_version", to_version)
-        events: tuple[PersistedEvent, ...] = ()
         if from_version is None and to_version is None:
-            rows = yield Statement(self.read_stream_sql, key, fetch=True)
-            events = tuple(self.decode_stream(key, rows))
+            statement = Statement(self.read_stream_sql, key, fetch=True)
         elif low <= high:
-            rows = yield Statement(self.read_stream_range_sql, (*key, low, high), fetch=True)
-            events = tuple(self.decode_stream(key, rows))
-        return Stream(*key, events)
+            statement = Statement(self.read_stream_range_sql, (*key, low, high), fetch=True)
+        else:
+            return Stream(*key, ())
+        rows = yield statement
+        return Stream(*key, tuple(self.decode_stream(key, rows)))
 
     def read_latest_events(self, limit: int) -> Plan[list[PersistedEvent]]:
         check_position("limit", limit)
@@ -510,3 +508,9 @@ class Dialect(abc.ABC):
             self.advance_checkpoint_sql, (position, projection_name, expected), rowcount=True
         )
         return int(rows[0][0]) == 1
+
+
+def _script(statements: list[tuple[str, str]]) -> str:
+    """``(comment, statement)`` pairs as one SQL script, each statement under
+    its comment."""
+    return "\n\n".join(f"-- {why}\n{sql};" for why, sql in statements) + "\n"
