@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from conftest import Backend
+from conftest import Backend, backends_and_apis
 from helpers import event, events
 from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
 from pupsourcing.core.hashing import fnv1a_32
 from pupsourcing.projection import HashPartitionStrategy, ProcessorConfig
+from pupsourcing.projection.batch import DECODE_CHUNK, Handle
 from pupsourcing.runner import NoProjectionsError, ProjectionRunner
 
 pytestmark = pytest.mark.both_apis  # the blocking and the asyncio API, see conftest
@@ -165,6 +166,44 @@ def test_handler_failure_rolls_back_the_batch(backend: Backend) -> None:
     ) as processor:
         assert processor.catch_up(projection) == 7
     assert read_model_positions(backend) == positions
+
+
+def test_a_batch_is_decoded_a_few_rows_at_a_time() -> None:
+    # A thousand events alive at once outlive the garbage collector's young
+    # generation; decoding as the handler goes lets each event die young.
+    calls: list[int] = []
+
+    def decode(rows: Any) -> Any:
+        calls.append(len(rows))
+        return [row[0] for row in rows]
+
+    batch = Handle([(i,) for i in range(2 * DECODE_CHUNK + 5)], decode)
+    assert len(batch) == 2 * DECODE_CHUNK + 5
+    events = iter(batch)
+    assert next(events) == 0
+    assert calls == [DECODE_CHUNK]
+    assert list(events) == list(range(1, 2 * DECODE_CHUNK + 5))
+    assert calls == [DECODE_CHUNK, DECODE_CHUNK, 5]
+
+
+@pytest.mark.parametrize("backend", backends_and_apis(["sqlite"]), indirect=True)
+def test_a_row_that_cannot_be_decoded_is_not_blamed_on_the_handler(backend: Backend) -> None:
+    # Events are decoded while the batch is handled; a corrupt row must still
+    # surface as the decoding error it is, with the batch rolled back.
+    positions = append_many(backend, aggregates=1, per_aggregate=3)
+    conn = backend.connection()
+    conn.cursor().execute(
+        "UPDATE events SET event_id = 'not-a-uuid' WHERE global_position = ?", (positions[1],)
+    )
+    conn.commit()
+    projection = Recorder("corrupt")
+    with (
+        backend.Processor(backend.connect, backend.store) as processor,
+        pytest.raises(ValueError, match="UUID") as caught,
+    ):
+        processor.catch_up(projection)
+    assert not isinstance(caught.value, ProjectionError)
+    assert backend.store.get_checkpoint(backend.connection(), "corrupt") == 0
 
 
 class SessionReadModel(ReadModel):

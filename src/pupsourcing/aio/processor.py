@@ -149,15 +149,13 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
                 return await execute(self._conn, instruction)
             if type(instruction) is Handle:
                 conn = self._conn
-                event = None
-                try:
-                    for event in instruction.events:
+                for event in instruction:  # a row that fails to decode is no handler failure
+                    try:
                         result = handle(event, conn)
                         if result is not None and inspect.isawaitable(result):
                             await result
-                except Exception as exc:
-                    assert event is not None
-                    raise ProjectionError(projection.name, event.global_position) from exc
+                    except Exception as exc:
+                        raise ProjectionError(projection.name, event.global_position) from exc
                 return None
             if type(instruction) is Pause:
                 return await _pause(instruction.seconds, stop)

@@ -12,7 +12,7 @@ processors run the same projection by mistake.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,16 +23,33 @@ from pupsourcing.projection.partition import HashPartitionStrategy
 from pupsourcing.projection.protocols import PartitionStrategy
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.horizon import Horizon
-from pupsourcing.store.plan import COMMIT, ROLLBACK, Statement
+from pupsourcing.store.plan import COMMIT, ROLLBACK, Row, Statement
+
+DECODE_CHUNK = 64
+"""Rows decoded into events at a time while a batch is handled."""
 
 
 @dataclass(frozen=True, slots=True)
 class Handle:
     """Instruction to the driver: call the projection's ``handle`` for each
     event with the processor's connection. On failure the driver throws a
-    :class:`ProjectionError` (original exception chained) into the plan."""
+    :class:`ProjectionError` (original exception chained) into the plan.
 
-    events: list[PersistedEvent]
+    Iterating decodes the fetched rows a few at a time, so a batch's events
+    die young: a thousand events alive at once would outlive the garbage
+    collector's young generation and make every process pay for full
+    collections of its heap."""
+
+    rows: Sequence[Row]
+    decode: Callable[[Sequence[Row]], list[PersistedEvent]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[PersistedEvent]:
+        rows, decode = self.rows, self.decode
+        for start in range(0, len(rows), DECODE_CHUNK):
+            yield from decode(rows[start : start + DECODE_CHUNK])
 
 
 MAX_SPAN = 1_000_000
@@ -113,23 +130,21 @@ class Subscription:
             batch_size=config.batch_size,
         )
 
-    def select(self, rows: Sequence[tuple[Any, ...]], dialect: Dialect) -> list[PersistedEvent]:
-        """Decode fetched rows and keep this partition's events. Rows of a
-        partitioned read end with ``partition_hash``."""
+    def select(self, rows: Sequence[Row]) -> Sequence[Row]:
+        """The fetched rows of this partition's events, without the
+        ``partition_hash`` that ends the rows of a partitioned read."""
         if self.total_partitions <= 1:
-            return dialect.decode_events(rows)
+            return rows
         key, total, strategy = self.partition_key, self.total_partitions, self.strategy
         # Column 3 is aggregate_id. With the hash strategy, SQL already kept
         # only this partition's hashed rows; rows the Go library wrote have
         # no hash and are decided here.
         in_sql = self.in_sql
-        return dialect.decode_events(
-            [
-                row[:-1]
-                for row in rows
-                if (in_sql and row[-1] is not None) or strategy.should_process(row[3], key, total)
-            ]
-        )
+        return [
+            row[:-1]
+            for row in rows
+            if (in_sql and row[-1] is not None) or strategy.should_process(row[3], key, total)
+        ]
 
 
 def _at_or_below(rows: list[tuple[Any, ...]], position: int) -> list[tuple[Any, ...]]:
@@ -193,11 +208,11 @@ def step(
         within = _at_or_below(rows, upto)
         full = len(within) == len(rows) == sub.batch_size
         position = int(rows[-1][0]) if full else upto
-    events = sub.select(within, dialect)
+    events = Handle(sub.select(within), dialect.decode_events)
     yield Statement(dialect.begin_sql, begin=True)
     try:
         if events:
-            yield Handle(events)
+            yield events
         advanced = yield from dialect.advance_checkpoint(sub.checkpoint_name, checkpoint, position)
     except ProjectionError as failure:
         cause = failure.__cause__

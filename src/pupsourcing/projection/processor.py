@@ -142,13 +142,11 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
                 return execute(self._conn, instruction)
             if type(instruction) is Handle:
                 conn = self._conn
-                event = None
-                try:
-                    for event in instruction.events:
+                for event in instruction:  # a row that fails to decode is no handler failure
+                    try:
                         handle(event, conn)
-                except Exception as exc:
-                    assert event is not None
-                    raise ProjectionError(projection.name, event.global_position) from exc
+                    except Exception as exc:
+                        raise ProjectionError(projection.name, event.global_position) from exc
                 return None
             if type(instruction) is Pause:
                 if stop is not None:
