@@ -21,7 +21,7 @@ from pupsourcing import (
     PupsourcingError,
     Stream,
 )
-from pupsourcing.core.events import stored_event
+from pupsourcing.core.events import STORED_FIELDS, event_decoder, stored_event
 
 
 def persisted(version: int, position: int) -> PersistedEvent:
@@ -128,8 +128,9 @@ def test_projection_error_fields() -> None:
     assert "42" in str(e)
 
 
-def test_stored_event_equals_the_constructor() -> None:
-    values: dict[str, object] = {
+def stored_values() -> dict[str, object]:
+    """A value for every field of a PersistedEvent, in the stores' order."""
+    return {
         "global_position": 9,
         "bounded_context": "b",
         "aggregate_type": "t",
@@ -145,6 +146,10 @@ def test_stored_event_equals_the_constructor() -> None:
         "metadata": None,
         "created_at": datetime(2024, 1, 1, tzinfo=UTC),
     }
+
+
+def test_stored_event_equals_the_constructor() -> None:
+    values = stored_values()
     # stored_event must set every field the dataclass has
     assert set(values) == {f.name for f in dataclasses.fields(PersistedEvent)}
     fast = stored_event(*values.values())  # type: ignore[arg-type]
@@ -161,3 +166,38 @@ def test_stored_event_equals_the_constructor() -> None:
     assert dataclasses.replace(fast, payload=b"q") == dataclasses.replace(slow, payload=b"q")
     with pytest.raises(dataclasses.FrozenInstanceError):
         del fast.payload  # type: ignore[misc]
+
+
+def test_event_decoder_reads_any_row_layout() -> None:
+    fields = [f.name for f in dataclasses.fields(PersistedEvent)]
+    assert sorted(STORED_FIELDS) == sorted(fields)
+    values = stored_values()
+    created = values["created_at"]
+    assert isinstance(created, datetime)
+    expected = PersistedEvent(**values)  # type: ignore[arg-type]
+    key = ("bounded_context", "aggregate_type", "aggregate_id")
+    # the key given once, a trailing column skipped, created_at converted
+    columns = [f for f in STORED_FIELDS if f not in key] + ["_"]
+    decode = event_decoder(
+        columns,
+        given=key,
+        convert={"created_at": "from_text(created_at)"},
+        names={"from_text": datetime.fromisoformat},
+    )
+    row = tuple(
+        created.isoformat() if c == "created_at" else "ignored" if c == "_" else values[c]
+        for c in columns
+    )
+    decoded = decode([row, row], "b", "t", "i")
+    assert decoded == [expected, expected]
+    assert all(type(e) is PersistedEvent for e in decoded)
+    assert decode([], "b", "t", "i") == []
+
+
+def test_event_decoder_needs_every_field_exactly_once() -> None:
+    with pytest.raises(ValueError, match="exactly once"):
+        event_decoder(STORED_FIELDS[:-1])
+    with pytest.raises(ValueError, match="exactly once"):
+        event_decoder(STORED_FIELDS, given=["aggregate_id"])
+    with pytest.raises(ValueError, match="no field"):
+        event_decoder(STORED_FIELDS, convert={"created": "x"})

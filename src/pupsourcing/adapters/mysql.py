@@ -97,11 +97,11 @@ import contextlib
 import json
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import (
@@ -109,7 +109,6 @@ from pupsourcing.core.events import (
     Event,
     PersistedEvent,
     Stream,
-    stored_event,
     uuid_from_bytes,
 )
 from pupsourcing.core.expected_version import ExpectedVersion
@@ -329,6 +328,19 @@ class ServerInfo:
 class MySQLDialect(Dialect):
     name = "mysql"
     placeholder = "%s"
+    conversions: ClassVar[Mapping[str, str]] = {
+        "global_position": "int(global_position)",
+        "aggregate_version": "int(aggregate_version)",
+        "event_id": "uuid_from_bytes(event_id)",
+        "event_version": "int(event_version)",
+        "payload": "payload if type(payload) is bytes else bytes(payload)",
+        "metadata": "metadata.encode('utf-8') if isinstance(metadata, str) else metadata",
+        "created_at": "from_micros(created_at)",
+    }
+    conversion_names: ClassVar[Mapping[str, object]] = {
+        "uuid_from_bytes": uuid_from_bytes,
+        "from_micros": _from_micros,
+    }
     schema_dialect = SchemaDialect(
         global_position="BIGINT AUTO_INCREMENT PRIMARY KEY",
         key_text=f"VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {KEY_COLLATION}",
@@ -459,40 +471,6 @@ class MySQLDialect(Dialect):
             "global_position",
             *(_CREATED_AT_MICROS if c == "created_at" else c for c in EVENT_COLUMNS),
         ]
-
-    def decode_event(self, row: Row) -> PersistedEvent:
-        (
-            position,
-            bounded_context,
-            aggregate_type,
-            aggregate_id,
-            version,
-            event_id,
-            event_type,
-            event_version,
-            payload,
-            trace_id,
-            correlation_id,
-            causation_id,
-            metadata,
-            created_at,
-        ) = row
-        return stored_event(
-            int(position),
-            bounded_context,
-            aggregate_type,
-            aggregate_id,
-            int(version),
-            uuid_from_bytes(event_id),
-            event_type,
-            int(event_version),
-            payload if type(payload) is bytes else bytes(payload),
-            trace_id,
-            correlation_id,
-            causation_id,
-            metadata.encode("utf-8") if isinstance(metadata, str) else metadata,
-            _from_micros(created_at),
-        )
 
     def stream_columns(self) -> list[str]:
         # The keys are read back: the collation may match keys that differ.

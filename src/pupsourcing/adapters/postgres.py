@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pupsourcing.core.errors import InvalidEventError
-from pupsourcing.core.events import AppendResult, Event, PersistedEvent, stored_event
+from pupsourcing.core.events import (
+    AppendResult,
+    Event,
+)
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store.base import SQLStore
@@ -274,9 +277,23 @@ def _values_rows(rows: int) -> str:
     return ", ".join([f"(1, {typed})", *(f"({i}, {plain})" for i in range(2, rows + 1))])
 
 
+_NAIVE_EPOCH = datetime(2000, 1, 1)
+_UTC_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+"""``_UTC_EPOCH + (naive - _NAIVE_EPOCH)`` is ``naive.replace(tzinfo=UTC)``, about
+eight times faster: ``replace`` parses its keyword argument on every call."""
+
+
 class PostgresDialect(Dialect):
     name = "postgres"
     placeholder = "%s"
+    # created_at is read as naive UTC (see select_columns)
+    conversions: ClassVar[Mapping[str, str]] = {
+        "created_at": "utc_epoch + (created_at - naive_epoch)"
+    }
+    conversion_names: ClassVar[Mapping[str, object]] = {
+        "utc_epoch": _UTC_EPOCH,
+        "naive_epoch": _NAIVE_EPOCH,
+    }
     schema_dialect = SchemaDialect(
         global_position="BIGSERIAL PRIMARY KEY",
         key_text="TEXT",
@@ -464,92 +481,6 @@ class PostgresDialect(Dialect):
             raise self.conflict(batch, expected, actual)
         rows.sort(key=_version)
         return build_result(batch, [row[1] for row in rows], [row[0] for row in rows])
-
-    def decode_events(self, rows: Sequence[Row]) -> list[PersistedEvent]:
-        return _decode_events(rows)
-
-    def decode_event(self, row: Row) -> PersistedEvent:
-        return _decode_events((row,))[0]
-
-    def decode_stream(self, key: tuple[str, str, str], rows: Sequence[Row]) -> list[PersistedEvent]:
-        make, naive_epoch, utc_epoch = stored_event, _NAIVE_EPOCH, _UTC_EPOCH
-        context, kind, ident = key
-        return [
-            make(
-                position,
-                context,
-                kind,
-                ident,
-                version,
-                event_id,
-                event_type,
-                event_version,
-                payload,
-                trace_id,
-                correlation_id,
-                causation_id,
-                metadata,
-                utc_epoch + (created_at - naive_epoch),
-            )
-            for (
-                position,
-                version,
-                event_id,
-                event_type,
-                event_version,
-                payload,
-                trace_id,
-                correlation_id,
-                causation_id,
-                metadata,
-                created_at,
-            ) in rows
-        ]
-
-
-_NAIVE_EPOCH = datetime(2000, 1, 1)
-_UTC_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-"""``_UTC_EPOCH + (naive - _NAIVE_EPOCH)`` is ``naive.replace(tzinfo=UTC)``, about
-eight times faster: ``replace`` parses its keyword argument on every call."""
-
-
-def _decode_events(rows: Sequence[Row]) -> list[PersistedEvent]:
-    """:meth:`PostgresDialect.decode_event` for many rows, without a call per row."""
-    make, naive_epoch, utc_epoch = stored_event, _NAIVE_EPOCH, _UTC_EPOCH
-    return [
-        make(
-            position,
-            bounded_context,
-            aggregate_type,
-            aggregate_id,
-            version,
-            event_id,
-            event_type,
-            event_version,
-            payload,
-            trace_id,
-            correlation_id,
-            causation_id,
-            metadata,
-            utc_epoch + (created_at - naive_epoch),
-        )
-        for (
-            position,
-            bounded_context,
-            aggregate_type,
-            aggregate_id,
-            version,
-            event_id,
-            event_type,
-            event_version,
-            payload,
-            trace_id,
-            correlation_id,
-            causation_id,
-            metadata,
-            created_at,
-        ) in rows
-    ]
 
 
 def _hash_param(aggregate_id: str) -> str:

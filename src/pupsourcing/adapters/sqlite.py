@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import (
     AppendResult,
     Event,
-    PersistedEvent,
-    stored_event,
     uuid_from_text,
 )
 from pupsourcing.core.expected_version import ExpectedVersion
@@ -75,6 +73,16 @@ def _parse_timestamp(text: str) -> datetime:
 class SQLiteDialect(Dialect):
     name = "sqlite"
     placeholder = "?"
+    conversions: ClassVar[Mapping[str, str]] = {
+        "event_id": "uuid_from_text(event_id)",
+        "payload": "bytes(payload)",
+        "metadata": "metadata.encode('utf-8') if isinstance(metadata, str) else metadata",
+        "created_at": "parse_timestamp(created_at)",
+    }
+    conversion_names: ClassVar[Mapping[str, object]] = {
+        "uuid_from_text": uuid_from_text,
+        "parse_timestamp": _parse_timestamp,
+    }
     now_sql = _NOW
     begin_sql = "BEGIN IMMEDIATE"
     schema_dialect = SchemaDialect(
@@ -230,25 +238,6 @@ class SQLiteDialect(Dialect):
         stored.sort(key=lambda row: row[1])
         return build_result(
             batch, range(start, start + len(batch)), [int(row[0]) for row in stored]
-        )
-
-    def decode_event(self, row: Row) -> PersistedEvent:
-        metadata = row[12]
-        return stored_event(
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            uuid_from_text(row[5]),
-            row[6],
-            row[7],
-            bytes(row[8]),
-            row[9],
-            row[10],
-            row[11],
-            metadata.encode("utf-8") if isinstance(metadata, str) else metadata,
-            _parse_timestamp(row[13]),
         )
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 
 def _utc_now() -> datetime:
@@ -94,14 +95,14 @@ _set = object.__setattr__
 
 
 class _StoredEventBuilder(PersistedEvent):
-    """Builds :class:`PersistedEvent` instances quickly.
+    """An unfrozen twin of :class:`PersistedEvent`, for building instances fast.
 
     A subclass that adds no slots has the same memory layout, so an instance
-    may become a ``PersistedEvent`` by assigning ``__class__``. Until then it
-    is not frozen: plain attribute stores fill the slots, several times faster
-    than going through the frozen dataclass's ``__setattr__`` (or
-    ``object.__setattr__``), which matters when a projection catches up on
-    millions of rows. Never seen outside :func:`stored_event`.
+    may become a ``PersistedEvent`` by assigning ``__class__``. Until then
+    plain attribute stores fill the slots, several times faster than the
+    frozen dataclass's ``__setattr__`` (or ``object.__setattr__``), which
+    matters when a projection catches up on millions of rows. Never seen
+    outside :func:`stored_event` and the decoders of :func:`event_decoder`.
     """
 
     __slots__ = ()
@@ -109,38 +110,92 @@ class _StoredEventBuilder(PersistedEvent):
     __setattr__ = object.__setattr__
     __delattr__ = object.__delattr__
 
-    def __init__(
-        self,
-        global_position: int,
-        bounded_context: str,
-        aggregate_type: str,
-        aggregate_id: str,
-        aggregate_version: int,
-        event_id: uuid.UUID,
-        event_type: str,
-        event_version: int,
-        payload: bytes,
-        trace_id: str | None,
-        correlation_id: str | None,
-        causation_id: str | None,
-        metadata: bytes | None,
-        created_at: datetime,
-    ) -> None:
-        self.global_position = global_position  # type: ignore[misc]
-        self.bounded_context = bounded_context  # type: ignore[misc]
-        self.aggregate_type = aggregate_type  # type: ignore[misc]
-        self.aggregate_id = aggregate_id  # type: ignore[misc]
-        self.aggregate_version = aggregate_version  # type: ignore[misc]
-        self.event_id = event_id  # type: ignore[misc]
-        self.event_type = event_type  # type: ignore[misc]
-        self.event_version = event_version  # type: ignore[misc]
-        self.payload = payload  # type: ignore[misc]
-        self.trace_id = trace_id  # type: ignore[misc]
-        self.correlation_id = correlation_id  # type: ignore[misc]
-        self.causation_id = causation_id  # type: ignore[misc]
-        self.metadata = metadata  # type: ignore[misc]
-        self.created_at = created_at  # type: ignore[misc]
-        self.__class__ = PersistedEvent  # type: ignore[assignment]
+
+STORED_FIELDS = (
+    "global_position",
+    "bounded_context",
+    "aggregate_type",
+    "aggregate_id",
+    "aggregate_version",
+    "event_id",
+    "event_type",
+    "event_version",
+    "payload",
+    "trace_id",
+    "correlation_id",
+    "causation_id",
+    "metadata",
+    "created_at",
+)
+"""The fields of :class:`PersistedEvent` in the stores' column order."""
+
+EventDecoder = Callable[..., list[PersistedEvent]]
+
+
+def _compile(lines: list[str], name: str, names: Mapping[str, object] | None = None) -> Any:
+    """Define the function ``name`` from source ``lines`` (as ``dataclasses``
+    writes ``__init__``), with ``names`` as its globals."""
+    namespace: dict[str, object] = {
+        **(names or {}),
+        "_new": _new,
+        "_Builder": _StoredEventBuilder,
+        "_PersistedEvent": PersistedEvent,
+    }
+    exec(compile("\n".join(lines), f"<pupsourcing {name}>", "exec"), namespace)
+    return namespace[name]
+
+
+def _build(indent: str, convert: dict[str, str]) -> list[str]:
+    """Source lines that leave a new ``event`` with every field set, each from
+    the variable of its name or from its ``convert`` expression."""
+    return [
+        f"{indent}event = _new(_Builder)",
+        *(f"{indent}event.{f} = {convert.pop(f, f)}" for f in STORED_FIELDS),
+        f"{indent}event.__class__ = _PersistedEvent",
+    ]
+
+
+def event_decoder(
+    columns: Sequence[str],
+    *,
+    given: Sequence[str] = (),
+    convert: Mapping[str, str] | None = None,
+    names: Mapping[str, object] | None = None,
+) -> EventDecoder:
+    """Compile ``decode(rows, *given) -> list[PersistedEvent]``.
+
+    Rows hold the fields named by ``columns``, in that order; a column named
+    ``_`` is skipped. The fields in ``given`` are the same for every row and
+    passed after ``rows``. ``convert`` maps a field to the Python expression
+    that computes it from its column (the column's name is the variable),
+    with ``names`` as the expression's globals.
+
+    The decoder fills the slots in one loop, with no call per row: about 30%
+    faster than a constructor per row, and decoding is a good part of
+    reading a stream or catching up.
+    """
+    fields = [c for c in columns if c != "_"]
+    if not all(name.isidentifier() for name in [*columns, *given]):
+        raise ValueError(f"columns and given must be field names: {[*columns, *given]}")
+    if sorted([*fields, *given]) != sorted(STORED_FIELDS):
+        raise ValueError(
+            f"columns {list(columns)} and given {list(given)} must name every field of "
+            f"PersistedEvent exactly once: {list(STORED_FIELDS)}"
+        )
+    unknown = set(convert or ()) - set(STORED_FIELDS)
+    if unknown:
+        raise ValueError(f"convert names no field of PersistedEvent: {sorted(unknown)}")
+    lines = [
+        f"def decode(rows, {''.join(f'{g}, ' for g in given)}):",
+        "    decoded = []",
+        "    keep = decoded.append",
+        f"    for ({', '.join(columns)},) in rows:",
+        *_build("        ", dict(convert or {})),
+        "        keep(event)",
+        "    return decoded",
+    ]
+    decode: EventDecoder = _compile(lines, "decode", names)
+    return decode
 
 
 stored_event: Callable[
@@ -161,12 +216,14 @@ stored_event: Callable[
         datetime,
     ],
     PersistedEvent,
-] = _StoredEventBuilder
+] = _compile(
+    [f"def stored_event({', '.join(STORED_FIELDS)}):", *_build("    ", {}), "    return event"],
+    "stored_event",
+)
 """Build a :class:`PersistedEvent` from already-typed column values, in the
-stores' column order (``global_position, bounded_context, aggregate_type,
-aggregate_id, aggregate_version, event_id, event_type, event_version, payload,
-trace_id, correlation_id, causation_id, metadata, created_at``). Equal to the
-keyword constructor and about five times faster."""
+stores' column order (:data:`STORED_FIELDS`). Equal to the keyword
+constructor and several times faster; for many rows, :func:`event_decoder`
+is faster still."""
 
 
 _UNKNOWN_SAFETY = uuid.SafeUUID.unknown

@@ -131,8 +131,8 @@ class Subscription:
         )
 
     def select(self, rows: Sequence[Row]) -> Sequence[Row]:
-        """The fetched rows of this partition's events, without the
-        ``partition_hash`` that ends the rows of a partitioned read."""
+        """The fetched rows of this partition's events. Rows of a partitioned
+        read end with ``partition_hash`` (see :meth:`decoder`)."""
         if self.total_partitions <= 1:
             return rows
         key, total, strategy = self.partition_key, self.total_partitions, self.strategy
@@ -141,10 +141,16 @@ class Subscription:
         # no hash and are decided here.
         in_sql = self.in_sql
         return [
-            row[:-1]
+            row
             for row in rows
             if (in_sql and row[-1] is not None) or strategy.should_process(row[3], key, total)
         ]
+
+    def decoder(self, dialect: Dialect) -> Callable[[Sequence[Row]], list[PersistedEvent]]:
+        """How :meth:`select`'s rows become events."""
+        if self.total_partitions <= 1:
+            return dialect.decode_events
+        return dialect.decode_hashed_events
 
 
 def _at_or_below(rows: list[tuple[Any, ...]], position: int) -> list[tuple[Any, ...]]:
@@ -208,7 +214,7 @@ def step(
         within = _at_or_below(rows, upto)
         full = len(within) == len(rows) == sub.batch_size
         position = int(rows[-1][0]) if full else upto
-    events = Handle(sub.select(within), dialect.decode_events)
+    events = Handle(sub.select(within), sub.decoder(dialect))
     yield Statement(dialect.begin_sql, begin=True)
     try:
         if events:

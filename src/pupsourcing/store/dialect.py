@@ -10,12 +10,21 @@ value conversions, error classification and its ``append``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pupsourcing.core.errors import OptimisticConcurrencyError
-from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream, stored_event
+from pupsourcing.core.events import (
+    STORED_FIELDS,
+    AppendResult,
+    Event,
+    EventDecoder,
+    PersistedEvent,
+    Stream,
+    event_decoder,
+    stored_event,
+)
 from pupsourcing.core.expected_version import MAX_VERSION, ExpectedVersion
 from pupsourcing.core.validation import check_append
 from pupsourcing.store.checkpoint import Checkpoint
@@ -31,21 +40,7 @@ from pupsourcing.store.schema import (
     schema_statements,
 )
 
-EVENT_COLUMNS = (
-    "bounded_context",
-    "aggregate_type",
-    "aggregate_id",
-    "aggregate_version",
-    "event_id",
-    "event_type",
-    "event_version",
-    "payload",
-    "trace_id",
-    "correlation_id",
-    "causation_id",
-    "metadata",
-    "created_at",
-)
+EVENT_COLUMNS = STORED_FIELDS[1:]
 """The columns an append writes, in the order :meth:`Dialect.encode_event` fills them."""
 
 MAX_PROJECTION_NAME_LENGTH = 255
@@ -133,6 +128,27 @@ class Dialect(abc.ABC):
     on_duplicate_checkpoint: ClassVar[str] = "ON CONFLICT (projection_name) DO NOTHING"
     """Makes inserting an existing checkpoint row a no-op."""
 
+    conversions: ClassVar[Mapping[str, str]] = {}
+    """How a column of :meth:`select_columns` becomes its event field where the
+    driver's value is not already it: a Python expression of the column's
+    name (see :func:`~pupsourcing.core.events.event_decoder`)."""
+
+    conversion_names: ClassVar[Mapping[str, object]] = {}
+    """The helpers those expressions call."""
+
+    _decode_rows: ClassVar[EventDecoder]
+    _decode_hashed: ClassVar[EventDecoder]
+    _decode_stream: ClassVar[EventDecoder]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # One loop per row layout, compiled once per dialect class.
+        spec: dict[str, Any] = {"convert": cls.conversions, "names": cls.conversion_names}
+        key, rest = list(STORED_FIELDS[1:4]), [STORED_FIELDS[0], *STORED_FIELDS[4:]]
+        cls._decode_rows = staticmethod(event_decoder(STORED_FIELDS, **spec))
+        cls._decode_hashed = staticmethod(event_decoder([*STORED_FIELDS, "_"], **spec))
+        cls._decode_stream = staticmethod(event_decoder(rest, given=key, **spec))
+
     def __init__(self, config: StoreConfig | None = None) -> None:
         self.config = config = config or StoreConfig()
         self.events_table = self.quote(config.events_table)
@@ -203,21 +219,23 @@ class Dialect(abc.ABC):
     def append(self, expected: ExpectedVersion, events: Sequence[Event]) -> Plan[AppendResult]:
         """The plan for one append."""
 
-    @abc.abstractmethod
     def decode_event(self, row: Row) -> PersistedEvent:
         """A row of :meth:`select_columns` as a :class:`PersistedEvent`."""
+        return self._decode_rows((row,))[0]
 
     def decode_events(self, rows: Sequence[Row]) -> list[PersistedEvent]:
-        """Rows of :meth:`select_columns` as events, in order. Reads return
-        thousands of rows; a dialect may decode them in one tighter loop."""
-        decode = self.decode_event
-        return [decode(row) for row in rows]
+        """Rows of :meth:`select_columns` as events, in order."""
+        return self._decode_rows(rows)
+
+    def decode_hashed_events(self, rows: Sequence[Row]) -> list[PersistedEvent]:
+        """Rows of :meth:`select_columns` followed by ``partition_hash`` (a
+        partitioned fetch) as events, in order."""
+        return self._decode_hashed(rows)
 
     def decode_stream(self, key: tuple[str, str, str], rows: Sequence[Row]) -> list[PersistedEvent]:
         """Rows of :meth:`stream_columns` of the aggregate ``key``
         (bounded_context, aggregate_type, aggregate_id) as events, in order."""
-        context, kind, ident = key
-        return self.decode_events([(row[0], context, kind, ident, *row[1:]) for row in rows])
+        return self._decode_stream(rows, *key)
 
     def update_checkpoint_statement(self, projection_name: str, position: int) -> Statement:
         """An upsert of one checkpoint row."""
