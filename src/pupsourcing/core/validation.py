@@ -85,14 +85,40 @@ def check_metadata(index: int, value: object) -> None:
         ) from None
 
 
+def _plain_text(event: Event) -> bool:
+    """Whether every text field passes :func:`check_text` for the common reason:
+    ``str``, ASCII (so valid UTF-8), no NUL, the required ones non-empty. One
+    test over the joined fields instead of seven calls: appends check
+    thousands of events a second."""
+    b, t, i, e = event.bounded_context, event.aggregate_type, event.aggregate_id, event.event_type
+    c, r, x = event.causation_id, event.correlation_id, event.trace_id
+    if not (
+        type(b) is str
+        and type(t) is str
+        and type(i) is str
+        and type(e) is str
+        and b
+        and t
+        and i
+        and e
+        and (c is None or type(c) is str)
+        and (r is None or type(r) is str)
+        and (x is None or type(x) is str)
+    ):
+        return False
+    joined = "".join((b, t, i, e, c or "", r or "", x or ""))
+    return joined.isascii() and "\x00" not in joined
+
+
 def check_event(index: int, event: object) -> Event:
     """Check one event's fields on their own; return it typed."""
     if not isinstance(event, Event):
         raise InvalidEventError(index, "event", f"must be an Event, got {type(event).__name__}")
-    for name in _REQUIRED_TEXT:
-        check_text(index, name, getattr(event, name), required=True)
-    for name in _OPTIONAL_TEXT:
-        check_text(index, name, getattr(event, name), required=False)
+    if not _plain_text(event):  # then find the field at fault and say what is wrong
+        for name in _REQUIRED_TEXT:
+            check_text(index, name, getattr(event, name), required=True)
+        for name in _OPTIONAL_TEXT:
+            check_text(index, name, getattr(event, name), required=False)
     if not isinstance(event.payload, bytes):
         raise InvalidEventError(
             index, "payload", f"must be bytes, got {type(event.payload).__name__}"
