@@ -280,22 +280,29 @@ bound by round trips: one statement per append whatever its size (head upsert
 and multi-row INSERT ... RETURNING together; binary arrays unnested on the
 server above a few events), prepared by psycopg after a few runs. Reads and
 catch-up pay first for the driver's own row loading (psycopg's C loaders, a
-few µs a row for these 14 columns), then for building `PersistedEvent`s: a
-frozen dataclass fills its slots through `object.__setattr__` (about 1.3 µs a
-row), so the stores fill a slot-compatible unfrozen subclass and then switch
-the instance's class (about 0.3 µs), plus a UTC conversion of `created_at`
-(0.17 µs). That decoding, and the garbage collector walking the new objects
-(about 0.5 ms of a 1,000-event read), is most of what separates W4 and W3
-from their raw baselines. A stream read leaves out the three key columns the
+few µs a row for these 14 columns), then for building `PersistedEvent`s. A
+frozen dataclass fills its slots through `object.__setattr__` (about 1.3 µs
+a row); instead each adapter's decoder is one loop compiled from its column
+conversions (as `dataclasses` writes `__init__`) that fills a slot-compatible
+unfrozen subclass and then switches the instance's class: about 0.4 µs a row
+with the UTC conversion of `created_at`, a third less than a constructor
+call per row. The processor decodes a batch 64 rows at a time while the
+projection handles it, so events die young: holding a whole batch made the
+garbage collector promote every event and run full collections of each
+process's heap (half the gen-0 runs, and no full collection in a W5 worker,
+since). What remains between W4 and its raw baseline is building and freeing
+the events and the collector walking them. Appends check every event before
+sending anything; plain ASCII text fields are checked in one pass (about
+1.3 µs an event for all checks). A stream read leaves out the three key columns the
 caller already knows (the raw baseline runs the same SELECT). Filtered reads
 (scopes, partitions) read a window of positions sized to the scope's
 density: an open range with a selective filter and `ORDER BY ... LIMIT` made
 PostgreSQL sort the whole tail. W5 runs with the partition indexes of
 `migrate-gen --partition-indexes 4` (one partial index per partition, on
 PostgreSQL and SQLite): without them each partition's query steps over the
-other partitions' rows, and W5 reached 1.06 to 1.12x. On 2 cores one
-catch-up already keeps more than one core busy (client plus server backend),
-which bounds W5 here.
+other partitions' rows, and W5 reached 1.06 to 1.12x. One catch-up keeps
+about one core busy (client and server backend take turns); 4 partitions
+can only add the second core of this machine.
 
 **Reproduce.** Start PostgreSQL and MariaDB on their default local ports (see
 the README), install with `pip install -e '.[dev]'`, then run
