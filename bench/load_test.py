@@ -214,12 +214,12 @@ def measure(args: argparse.Namespace, dsn: str, admin: Any) -> int:
     caught_up_by = writers_done + 120
     with psycopg.connect(dsn, autocommit=True) as conn:
         while time.time() < caught_up_by and failed.empty():
-            rows = conn.execute(
+            row = conn.execute(
                 "SELECT count(*) FROM projection_checkpoints "
                 "WHERE projection_name LIKE %s AND last_global_position >= %s",
                 (f"{PROJECTION}_p%", high),
             ).fetchone()
-            if rows[0] == args.partitions:
+            if row is not None and row[0] == args.partitions:
                 break
             time.sleep(0.01)
         drained = time.time() - writers_done

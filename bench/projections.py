@@ -328,7 +328,7 @@ def measure(
                     raise AssertionError(f"W3 handled {handled}, raw read {raw_rows} of {events}")
                 ours, raw = max(ours, handled / seconds), max(raw, raw_rows / raw_seconds)
             rates[batch] = (ours, raw)
-        partitioned, ratios = 0.0, []
+        partitioned, ratios = 0.0, list[float]()
         location = location_of(database, target)
         for r in range(rounds):
             handled, seconds, fetched = partitions(database, location, f"w5_{r}")
