@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,26 @@ def test_processor_waits_out_a_writer_holding_the_lock(db_path: Path) -> None:
         processor.close()
     assert projection.positions == [1, 2]
     assert any("retrying" in r.getMessage() for r in records if r.levelno == logging.WARNING)
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        ("2026-11-28 15:01:58.123456", datetime(2026, 11, 28, 15, 1, 58, 123456, tzinfo=UTC)),
+        ("2026-11-28 15:01:58", datetime(2026, 11, 28, 15, 1, 58, tzinfo=UTC)),
+        ("2026-11-28T15:01:58Z", datetime(2026, 11, 28, 15, 1, 58, tzinfo=UTC)),
+        ("2026-11-28 15:01:58+01:00", datetime(2026, 11, 28, 14, 1, 58, tzinfo=UTC)),
+        ("2026-11-28 10:01:58.5-05:00", datetime(2026, 11, 28, 15, 1, 58, 500000, tzinfo=UTC)),
+        ("2026-11-28", datetime(2026, 11, 28, tzinfo=UTC)),
+    ],
+)
+def test_created_at_text_reads_back_as_utc(db_path: Path, stored: str, expected: datetime) -> None:
+    # What we write has no offset and is UTC; text written by other tools may
+    # carry one. Either way the event's created_at is the same instant, in UTC.
+    store = SQLiteStore()
+    with connect(db_path) as conn:
+        store.append(conn, ExpectedVersion.any(), events(1, "t"))
+        conn.execute("UPDATE events SET created_at = ?", (stored,))
+        [event] = store.read_events(conn, 0, 10)
+    assert event.created_at == expected
+    assert event.created_at.utcoffset() == timedelta(0)

@@ -279,7 +279,7 @@ TIMESTAMP column is its stored value, whatever the session time zone."""
 
 def _from_micros(value: object) -> datetime:
     micros = value if type(value) is int else int(Decimal(str(value)))
-    return _EPOCH + timedelta(microseconds=micros)
+    return _EPOCH + timedelta(0, 0, micros)  # positional: keywords are parsed per call
 
 
 def _sent_size(value: bytes | str | None) -> int:

@@ -64,10 +64,16 @@ def _timestamp(value: datetime) -> str:
 
 def _parse_timestamp(text: str) -> datetime:
     """Stored text is UTC without an offset (ours and the Go library's); parse
-    it with one appended, which is several times faster than ``replace``."""
-    if "+" in text[10:] or text.endswith("Z") or text.count("-") > 2:
-        return datetime.fromisoformat(text).astimezone(UTC)
-    return datetime.fromisoformat(text + "+00:00")
+    it with one appended, several times faster than ``replace`` or looking
+    for an offset first. Text that has one fails that and is converted."""
+    try:
+        parsed = datetime.fromisoformat(text + "+00:00")
+        if parsed.tzinfo is not None:  # a date alone takes the offset for a time
+            return parsed
+    except ValueError:
+        pass
+    parsed = datetime.fromisoformat(text)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 class SQLiteDialect(Dialect):
