@@ -4,6 +4,7 @@ than it takes to see the transaction ended."""
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -17,7 +18,7 @@ import pytest
 from conftest import Backend, backends_and_apis, made_backend
 from helpers import event
 from pupsourcing import ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
-from pupsourcing.projection import ProcessorConfig
+from pupsourcing.projection import ProcessorConfig, core
 
 pytestmark = pytest.mark.both_apis  # the blocking and the asyncio API, see conftest
 
@@ -86,6 +87,33 @@ def test_a_rolled_back_position_does_not_stall(server: Backend) -> None:
     assert processor.catch_up(projection) == 1
     assert time.monotonic() - started < 1.0
     assert [e.global_position for e in projection.seen] == list(done.global_positions)
+    processor.close()
+
+
+def test_a_long_wait_behind_an_open_writer_is_logged(
+    server: Backend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The processor waits without a time-out; an operator must still learn why
+    # a projection stopped moving.
+    monkeypatch.setattr(core, "HELD_BACK_WARNING", 0.05)
+    store = server.store
+    writer_a, writer_b = server.connection(), server.connection()
+    store.append(writer_a, ExpectedVersion.any(), [event("A")])  # left open
+    done = store.append(writer_b, ExpectedVersion.any(), [event("B")])
+    writer_b.commit()
+    processor = server.Processor(server.connect, store, ProcessorConfig(poll_interval=0.01))
+    with caplog.at_level(logging.WARNING):
+        run_for(processor, Recorder("held"), 0.4)
+    warnings = [r.getMessage() for r in caplog.records if "has waited" in r.getMessage()]
+    assert warnings, caplog.text
+    assert "projection held " in warnings[0]
+    assert f"up to position {done.global_positions[0]} " in warnings[0]
+
+    writer_a.rollback()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert processor.catch_up(Recorder("held")) == 1
+    assert not [r for r in caplog.records if "has waited" in r.getMessage()]
     processor.close()
 
 

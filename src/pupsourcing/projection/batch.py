@@ -111,6 +111,11 @@ class Subscription:
     sparse (see ``step``)."""
     in_sql: bool = field(init=False)
     """Whether the partition filter runs in SQL (the hash strategy)."""
+    held_since: float | None = None
+    """When open write transactions began holding committed events back
+    from this projection (``time.monotonic()``); ``None`` while it is not held."""
+    warned_at: float = 0.0
+    """When the processor last warned that it is held back."""
 
     def __post_init__(self) -> None:
         self.in_sql = type(self.strategy) is HashPartitionStrategy

@@ -14,6 +14,7 @@ them out, blocking or awaiting.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
@@ -33,6 +34,9 @@ StoreT = TypeVar("StoreT", bound=StoreBase)
 
 RECONNECT_INITIAL_DELAY = 0.1
 RECONNECT_MAX_DELAY = 10.0
+HELD_BACK_WARNING = 30.0
+"""Seconds a projection may wait behind open write transactions before the
+processor logs a warning, and again every as many seconds while it waits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +109,10 @@ class ProcessorCore:
         """Process batches until asked to stop, pausing ``poll_interval`` when idle."""
         while not (yield Pause(0)):
             outcome = yield from self.attempt(sub)
-            if outcome is not None and outcome.idle:
-                yield Pause(self.config.poll_interval)
+            if outcome is not None:
+                self.watch_held_back(sub, outcome)
+                if outcome.idle:
+                    yield Pause(self.config.poll_interval)
 
     def catch_up(self, sub: Subscription) -> ProcessorPlan[int]:
         """Process until no committed event is left; return how many were
@@ -117,11 +123,36 @@ class ProcessorCore:
             outcome = yield from self.attempt(sub)
             if outcome is None:
                 continue
+            self.watch_held_back(sub, outcome)
             handled += outcome.handled
             if outcome.idle:
                 if not outcome.waiting:
                     return handled
                 yield Pause(max(self.config.poll_interval, 0.001))
+
+    def watch_held_back(self, sub: Subscription, outcome: StepOutcome) -> None:
+        """Warn when open write transactions have held committed events back
+        from the projection for :data:`HELD_BACK_WARNING` seconds: the
+        processor waits for them without a time-out (see the module
+        :mod:`pupsourcing.store.horizon`), so a session left idle in a
+        transaction would otherwise stall it silently."""
+        if outcome.handled or not outcome.waiting:
+            sub.held_since = None
+            return
+        now = time.monotonic()
+        if sub.held_since is None:
+            sub.held_since = sub.warned_at = now
+        elif now - sub.warned_at >= HELD_BACK_WARNING:
+            sub.warned_at = now
+            self.logger.warning(
+                "projection %s has waited %.0f s at checkpoint %s: committed events up to "
+                "position %d wait behind write transactions that may still commit lower "
+                "positions; a transaction left open after appending holds back every projection",
+                sub.name,
+                now - sub.held_since,
+                sub.checkpoint,
+                self.horizon.visible,
+            )
 
     def attempt(self, sub: Subscription) -> ProcessorPlan[StepOutcome | None]:
         """One batch; ``None`` when it did not run (a transient failure, or the
