@@ -38,7 +38,6 @@ from pupsourcing.migrations import partition_indexes_sql
 from pupsourcing.projection import Processor, ProcessorConfig
 
 PARTITIONS = 4
-PARTIAL_INDEXES = ("postgres", "sqlite")
 EVENTS_PER_AGGREGATE = 10
 APPEND_BATCH = 100
 """Events are loaded 100 at a time (10 aggregates x 10 events) per transaction."""
@@ -108,7 +107,7 @@ def partition_indexes(database: str, target: Target) -> None:
     """The partial indexes ``migrate-gen --partition-indexes 4`` adds, which
     docs/projections.md recommends for partitioned processors (PostgreSQL and
     SQLite; MySQL has no partial indexes)."""
-    if database not in PARTIAL_INDEXES:
+    if not target.store.dialect.schema_dialect.partial_indexes:
         return
     script = partition_indexes_sql(database, PARTITIONS, target.store.config)
     conn = target.connect(True)

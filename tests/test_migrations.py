@@ -273,6 +273,14 @@ def test_cli_migrate_gen(tmp_path: Path) -> None:
     )
 
 
+def assert_refused(result: subprocess.CompletedProcess[str], reason: str, output: Path) -> None:
+    """migrate-gen failed with a one-line error saying ``reason`` and wrote nothing."""
+    assert result.returncode == 1
+    assert reason in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not output.exists()
+
+
 def test_cli_migrate_gen_errors(tmp_path: Path) -> None:
     bad_table = run_cli(
         "migrate-gen",
@@ -283,10 +291,7 @@ def test_cli_migrate_gen_errors(tmp_path: Path) -> None:
         "--events-table",
         "events; DROP TABLE users",
     )
-    assert bad_table.returncode == 1
-    assert "events_table" in bad_table.stderr
-    assert len(bad_table.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "x").exists()
+    assert_refused(bad_table, "events_table", tmp_path / "x")
 
     bad_adapter = run_cli("migrate-gen", "--adapter", "oracle", "--output", str(tmp_path))
     assert bad_adapter.returncode == 2
@@ -321,10 +326,7 @@ def test_cli_migrate_gen_with_partition_indexes(tmp_path: Path) -> None:
         "--partition-indexes",
         "4",
     )
-    assert refused.returncode == 1
-    assert "partial indexes" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "x").exists()
+    assert_refused(refused, "partial indexes", tmp_path / "x")
 
     too_few = run_cli(
         "migrate-gen",

@@ -41,10 +41,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pupsourcing.core.errors import InvalidEventError
-from pupsourcing.core.events import (
-    AppendResult,
-    Event,
-)
+from pupsourcing.core.events import AppendResult, Event
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store.base import SQLStore

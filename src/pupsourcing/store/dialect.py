@@ -41,7 +41,8 @@ from pupsourcing.store.schema import (
 )
 
 EVENT_COLUMNS = STORED_FIELDS[1:]
-"""The columns an append writes, in the order :meth:`Dialect.encode_event` fills them."""
+"""The columns an append writes: every stored field but ``global_position``,
+in the stores' column order."""
 
 MAX_PROJECTION_NAME_LENGTH = 255
 
