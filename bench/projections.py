@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, analyze, make_events
+from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, make_events, settle
 
 from pupsourcing import ExpectedVersion, PersistedEvent
 from pupsourcing.migrations import partition_indexes_sql
@@ -314,7 +314,7 @@ def measure(
     try:
         partition_indexes(database, target)
         load(target, events)
-        analyze(database, target)
+        settle(database, target)
         rates: dict[int, tuple[float, float]] = {}
         for batch in (100, 1000):
             ours = raw = 0.0

@@ -1,7 +1,7 @@
 """Every benchmark on every database, one table, written to the docs.
 
 Runs the store workloads (W1, W2, W2c, W4: ``*_store.py``), projection
-catch-up (W3, W5: ``projections.py``) and store growth (S2, S4, SM:
+catch-up (W3, W5: ``projections.py``) and store growth (S2, S2t, S4, SM:
 ``scale.py``) on PostgreSQL, MySQL/MariaDB and SQLite, each against its raw
 driver baseline measured in the same run, then prints one table (figure,
 baseline, ratio, target, pass/fail) and writes it as Markdown with a bar
@@ -176,7 +176,7 @@ def scale_rows(database: str, small: int, large: int, quick: bool) -> list[Row]:
                 Row(
                     database,
                     r.metric.split()[0],
-                    f"{r.metric[3:]}, store of {large:,} vs {small:,} events",
+                    f"{r.metric.split(' ', 1)[1]}, store of {large:,} vs {small:,} events",
                     r.large,
                     r.small,
                     r.unit,
@@ -269,10 +269,17 @@ driver (psycopg 3, PyMySQL, sqlite3) and keep rows as tuples. W3: catching up
 on {events} events with a no-op projection, against the driver paging through
 the table in order with the same SELECT. W5: the same events caught up by 4
 partitions in 4 processes, against one process
-(statistics refreshed after loading, as autovacuum would; every worker
+(statistics refreshed and the load checkpointed first, as autovacuum and the
+checkpointer would do shortly; every worker
 connects before the clock starts). S2/S4/SM: append and read
 speed and catch-up memory on a store of {large} events against the same on
-{small} events. "Go original" is the Go library on the same kind of machine
+{small} events, each measured right after its rows were loaded, analyzed and
+checkpointed. S2 appends events with the default random ids (`uuid4`), S2t
+with time-ordered ones (`pupsourcing.uuid7()`): after a checkpoint,
+PostgreSQL writes a full-page image of each page of the unique `event_id`
+index an append first touches, and on a large store nearly every random id
+lands on a page of its own (about 4x the WAL per append); time-ordered ids
+share the index's last page. "Go original" is the Go library on the same kind of machine
 (figures from its benchmarks).
 
 **Where the time goes** (profiled with py-spy and cProfile). Appends are

@@ -17,6 +17,7 @@ from pupsourcing.core import (
     ProjectionError,
     PupsourcingError,
     Stream,
+    uuid7,
 )
 
 __version__ = "0.1.0"
@@ -36,4 +37,5 @@ __all__ = [
     "PupsourcingError",
     "Stream",
     "__version__",
+    "uuid7",
 ]

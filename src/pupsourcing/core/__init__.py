@@ -9,6 +9,7 @@ from pupsourcing.core.errors import (
 )
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
+from pupsourcing.core.ids import uuid7
 
 __all__ = [
     "AppendResult",
@@ -21,4 +22,5 @@ __all__ = [
     "ProjectionError",
     "PupsourcingError",
     "Stream",
+    "uuid7",
 ]
