@@ -6,6 +6,7 @@ import dataclasses
 import pickle
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,12 @@ from pupsourcing import (
     PupsourcingError,
     Stream,
 )
-from pupsourcing.core.events import STORED_FIELDS, event_decoder, stored_event
+from pupsourcing.core.events import (
+    STORED_FIELDS,
+    event_decoder,
+    event_row_decoder,
+    stored_event,
+)
 
 
 def persisted(version: int, position: int) -> PersistedEvent:
@@ -192,12 +198,27 @@ def test_event_decoder_reads_any_row_layout() -> None:
     assert decoded == [expected, expected]
     assert all(type(e) is PersistedEvent for e in decoded)
     assert decode([], "b", "t", "i") == []
+    # The one-row form (a psycopg row factory) builds the same events.
+    decode_row = event_row_decoder(
+        columns,
+        given=key,
+        convert={"created_at": "from_text(created_at)"},
+        names={"from_text": datetime.fromisoformat},
+    )("b", "t", "i")
+    one = decode_row(row)
+    assert one == expected
+    assert type(one) is PersistedEvent
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        one.payload = b"x"  # type: ignore[misc]
 
 
-def test_event_decoder_needs_every_field_exactly_once() -> None:
+@pytest.mark.parametrize("compile_", [event_decoder, event_row_decoder])
+def test_event_decoder_needs_every_field_exactly_once(compile_: Any) -> None:
     with pytest.raises(ValueError, match="exactly once"):
-        event_decoder(STORED_FIELDS[:-1])
+        compile_(STORED_FIELDS[:-1])
     with pytest.raises(ValueError, match="exactly once"):
-        event_decoder(STORED_FIELDS, given=["aggregate_id"])
+        compile_(STORED_FIELDS, given=["aggregate_id"])
     with pytest.raises(ValueError, match="no field"):
-        event_decoder(STORED_FIELDS, convert={"created": "x"})
+        compile_(STORED_FIELDS, convert={"created": "x"})
+    with pytest.raises(ValueError, match="field names"):
+        compile_([*STORED_FIELDS[:-1], "created_at)"])

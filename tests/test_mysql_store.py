@@ -37,7 +37,7 @@ from pupsourcing.adapters.mysql import (
     active_transactions,
 )
 from pupsourcing.store import StoreConfig
-from pupsourcing.store.plan import Row
+from pupsourcing.store.plan import Row, Statement
 
 pymysql = pytest.importorskip("pymysql")
 
@@ -102,9 +102,9 @@ class CountingStore(MySQLStore):
         super().__init__(config)
         self.statements: list[str] = []
 
-    def _cursor(self, tx: Any, sql: str, params: Any) -> Any:
-        self.statements.append(sql[:60])
-        return super()._cursor(tx, sql, params)
+    def _cursor(self, tx: Any, statement: Statement) -> Any:
+        self.statements.append(statement.sql[:60])
+        return super()._cursor(tx, statement)
 
 
 # -- round trips and positions ---------------------------------------------

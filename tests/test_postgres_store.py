@@ -835,6 +835,9 @@ def test_connection_factories_and_row_factories_do_not_matter(pg: PG) -> None:
     conn.commit()
     assert result.to_version == VALUES_LIMIT + 2
     assert len(pg.store.read_events(conn, 0, 100)) == VALUES_LIMIT + 2
+    assert len(pg.store.read_latest_events(conn, 3)) == 3
+    stream = pg.store.read_aggregate_stream(conn, "Shop", "Order", "a", 2, 3)
+    assert [e.aggregate_version for e in stream] == [2, 3]
     assert pg.store.get_checkpoint(conn, "p") == 0
     with pytest.raises(OptimisticConcurrencyError) as caught:
         pg.store.append(conn, ExpectedVersion.exact(1), events(1, "a"))

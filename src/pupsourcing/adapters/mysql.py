@@ -107,7 +107,6 @@ from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import (
     AppendResult,
     Event,
-    PersistedEvent,
     Stream,
     uuid_from_bytes,
 )
@@ -117,7 +116,7 @@ from pupsourcing.store.base import Cursor, SQLStore
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
 from pupsourcing.store.horizon import Probe
-from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, Statement
+from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, RowDecoder, Statement
 from pupsourcing.store.schema import SchemaDialect
 
 __all__ = [
@@ -476,8 +475,8 @@ class MySQLDialect(Dialect):
         # The keys are read back: the collation may match keys that differ.
         return self.select_columns()
 
-    def decode_stream(self, key: tuple[str, str, str], rows: Sequence[Row]) -> list[PersistedEvent]:
-        return self.decode_events(rows)
+    def stream_decoder(self, key: tuple[str, str, str]) -> RowDecoder:
+        return self.events_decoder
 
     def read_stream(
         self,
@@ -920,14 +919,14 @@ class MySQLStore(SQLStore[Any]):
     dialect_class = MySQLDialect
     dialect: MySQLDialect
 
-    def _cursor(self, tx: Any, sql: str, params: Any) -> Cursor:
+    def _cursor(self, tx: Any, statement: Statement) -> Cursor:
         cursor = tx.cursor()
         # PyMySQL and mysqlclient only %-format when given parameters.
-        cursor.execute(sql, params if params else None)
+        cursor.execute(statement.sql, statement.params if statement.params else None)
         return cursor  # type: ignore[no-any-return]
 
-    def _execute(self, tx: Any, statement: Statement) -> list[Row]:
-        return tuple_rows(super()._execute(tx, statement))
+    def _fetch(self, cursor: Cursor) -> list[Any]:
+        return tuple_rows(list(cursor.fetchall()))
 
     def _in_transaction(self, tx: Any) -> bool:
         known = known_transaction_state(tx)

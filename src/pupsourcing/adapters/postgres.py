@@ -20,8 +20,10 @@ block, or of a nested savepoint block) cleans up as usual.
 Works with plain connections, pooled connections (``psycopg_pool``), inside
 ``with conn.transaction():`` and in autocommit mode, where each append is
 still atomic because it is a single statement. The store runs its statements
-on its own server-side-binding cursor with tuple rows and binary results,
-whatever ``cursor_factory`` or ``row_factory`` the connection has.
+on its own server-side-binding cursor with binary results, whatever
+``cursor_factory`` or ``row_factory`` the connection has; its row factory
+decodes each event as psycopg reads the row (see
+:class:`~pupsourcing.store.plan.RowDecoder`), other results come as tuples.
 
 :class:`pupsourcing.aio.AsyncPostgresStore` runs the same
 :class:`PostgresDialect` plans on a psycopg ``AsyncConnection``, on the same
@@ -38,7 +40,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import AppendResult, Event
@@ -53,6 +55,7 @@ from pupsourcing.store.schema import SchemaDialect
 
 if TYPE_CHECKING:
     import psycopg
+    from psycopg.rows import RowMaker
 
 __all__ = ["PostgresDialect", "PostgresStore", "in_transaction", "new_async_cursor"]
 
@@ -274,23 +277,19 @@ def _values_rows(rows: int) -> str:
     return ", ".join([f"(1, {typed})", *(f"({i}, {plain})" for i in range(2, rows + 1))])
 
 
-_NAIVE_EPOCH = datetime(2000, 1, 1)
-_UTC_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-"""``_UTC_EPOCH + (naive - _NAIVE_EPOCH)`` is ``naive.replace(tzinfo=UTC)``, about
-eight times faster: ``replace`` parses its keyword argument on every call."""
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+"""PostgreSQL's own epoch. ``created_at`` is read as the interval since it
+(see :meth:`PostgresDialect.select_columns`), and ``_EPOCH + interval`` is
+the aware UTC datetime in one step: psycopg loads an interval with less work
+than a timestamp, and turning a naive UTC timestamp into an aware one costs
+two datetime operations (``replace(tzinfo=...)`` is slower still)."""
 
 
 class PostgresDialect(Dialect):
     name = "postgres"
     placeholder = "%s"
-    # created_at is read as naive UTC (see select_columns)
-    conversions: ClassVar[Mapping[str, str]] = {
-        "created_at": "utc_epoch + (created_at - naive_epoch)"
-    }
-    conversion_names: ClassVar[Mapping[str, object]] = {
-        "utc_epoch": _UTC_EPOCH,
-        "naive_epoch": _NAIVE_EPOCH,
-    }
+    conversions: ClassVar[Mapping[str, str]] = {"created_at": "epoch + created_at"}
+    conversion_names: ClassVar[Mapping[str, object]] = {"epoch": _EPOCH}
     schema_dialect = SchemaDialect(
         global_position="BIGSERIAL PRIMARY KEY",
         key_text="TEXT",
@@ -375,15 +374,15 @@ class PostgresDialect(Dialect):
         return f'"{identifier}"'
 
     def select_columns(self) -> list[str]:
-        # Metadata comes back as the appended bytes; created_at as UTC without
-        # a zone, so that no session TimeZone can shift it out of Python's
-        # datetime range (year 1 to 9999).
+        # Metadata comes back as the appended bytes; created_at as the interval
+        # since _EPOCH, which no session TimeZone affects (nor shifts out of
+        # Python's datetime range, year 1 to 9999).
         return [
             "global_position",
             *(
                 "convert_to(COALESCE(metadata_raw, metadata::text), 'UTF8')"
                 if c == "metadata"
-                else "created_at AT TIME ZONE 'UTC'"
+                else "created_at - TIMESTAMPTZ '2000-01-01 00:00:00+00'"
                 if c == "created_at"
                 else c
                 for c in EVENT_COLUMNS
@@ -501,36 +500,48 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
     """Event store on a psycopg 3 connection passed to each call."""
 
     dialect_class = PostgresDialect
+    decodes_rows = True
 
-    def _cursor(self, tx: psycopg.Connection[Any], sql: str, params: Any) -> psycopg.Cursor[Any]:
+    def _cursor(self, tx: psycopg.Connection[Any], statement: Statement) -> psycopg.Cursor[Any]:
         # AsyncPostgresStore._query (pupsourcing.aio.stores) runs statements
         # the same way on an AsyncConnection: keep the two in step.
-        return _new_cursor()(tx).execute(sql, params, binary=True)
+        cursor = _psycopg().Cursor(tx, row_factory=row_factory(statement))
+        return cursor.execute(statement.sql, statement.params, binary=True)
 
     def _in_transaction(self, tx: psycopg.Connection[Any]) -> bool:
         return in_transaction(tx)
 
 
+def row_factory(statement: Statement) -> Callable[[Any], RowMaker[Any]]:
+    """The psycopg row factory for ``statement``'s results: its decoder's
+    ``one`` when it has one (called as each row is read), else tuples,
+    whatever the connection's own ``row_factory``."""
+    decode = statement.decode
+    if decode is None:
+        return _psycopg().tuple_row
+    one = decode.one
+    return lambda cursor: one
+
+
+class _Psycopg(NamedTuple):
+    Cursor: type[psycopg.Cursor[Any]]
+    AsyncCursor: type[psycopg.AsyncCursor[Any]]
+    tuple_row: Callable[[Any], RowMaker[Any]]
+
+
 @lru_cache(maxsize=1)
-def _new_cursor() -> Callable[[psycopg.Connection[Any]], psycopg.Cursor[Any]]:
-    """A factory of server-side-binding cursors that return tuples, whatever
-    the connection's own ``cursor_factory`` and ``row_factory``."""
+def _psycopg() -> _Psycopg:
+    """psycopg's server-side-binding cursor classes (whatever the
+    connection's own ``cursor_factory``) and its tuple row factory,
+    imported on first use."""
     import psycopg
     from psycopg.rows import tuple_row
 
-    def new_cursor(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
-        return psycopg.Cursor(conn, row_factory=tuple_row)
-
-    return new_cursor
+    return _Psycopg(psycopg.Cursor, psycopg.AsyncCursor, tuple_row)
 
 
-@lru_cache(maxsize=1)
-def new_async_cursor() -> Callable[[psycopg.AsyncConnection[Any]], psycopg.AsyncCursor[Any]]:
-    """The cursors of :func:`_new_cursor` for an ``AsyncConnection``."""
-    import psycopg
-    from psycopg.rows import tuple_row
-
-    def new_cursor(conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Any]:
-        return psycopg.AsyncCursor(conn, row_factory=tuple_row)
-
-    return new_cursor
+def new_async_cursor(
+    conn: psycopg.AsyncConnection[Any], statement: Statement
+) -> psycopg.AsyncCursor[Any]:
+    """A cursor of ``conn`` for ``statement``, as :class:`PostgresStore` uses."""
+    return _psycopg().AsyncCursor(conn, row_factory=row_factory(statement))

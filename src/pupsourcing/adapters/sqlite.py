@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import quote
 
 from pupsourcing.core.errors import InvalidEventError
@@ -252,8 +252,8 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
 
     dialect_class = SQLiteDialect
 
-    def _cursor(self, tx: sqlite3.Connection, sql: str, params: Any) -> sqlite3.Cursor:
-        return tx.execute(sql, params)
+    def _cursor(self, tx: sqlite3.Connection, statement: Statement) -> sqlite3.Cursor:
+        return tx.execute(statement.sql, statement.params)
 
     def _in_transaction(self, tx: sqlite3.Connection) -> bool:
         # sqlite3 opens implicit transactions only before DML, never before

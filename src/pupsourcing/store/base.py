@@ -11,7 +11,7 @@ from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect
-from pupsourcing.store.plan import Plan, Row, Statement, drive
+from pupsourcing.store.plan import Plan, Statement, drive
 
 
 class Connection(Protocol):
@@ -79,16 +79,25 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
     their driver executes one statement.
     """
 
+    decodes_rows: ClassVar[bool] = False
+    """Whether :meth:`_cursor` has the driver decode each row of a statement
+    with a ``decode`` as it reads it (with ``decode.one``)."""
+
     @abc.abstractmethod
-    def _cursor(self, tx: ConnT, sql: str, params: Any) -> Cursor:
-        """Execute ``sql`` on ``tx`` and return the DB-API cursor."""
+    def _cursor(self, tx: ConnT, statement: Statement) -> Cursor:
+        """Execute ``statement`` on ``tx`` and return the DB-API cursor."""
+
+    def _fetch(self, cursor: Cursor) -> list[Any]:
+        """Every row of the executed statement's result, as tuples."""
+        rows: list[Any] = cursor.fetchall()
+        return rows
 
     @abc.abstractmethod
     def _in_transaction(self, tx: ConnT) -> bool:
         """Whether ``tx`` has a transaction open (or will open one implicitly
         for the next statement, as non-autocommit DB-API connections do)."""
 
-    def _execute(self, tx: ConnT, statement: Statement) -> list[Row]:
+    def _execute(self, tx: ConnT, statement: Statement) -> list[Any]:
         """Execute one statement of a plan; see :class:`Statement` for the answer."""
         if statement.control is not None:
             if statement.control == "commit":
@@ -98,9 +107,10 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
             return []
         if statement.begin and self._in_transaction(tx):
             return []
-        cursor = self._cursor(tx, statement.sql, statement.params)
+        cursor = self._cursor(tx, statement)
         try:
-            return statement.answer(cursor.fetchall() if statement.fetch else None, cursor.rowcount)
+            rows = self._fetch(cursor) if statement.fetch else None
+            return statement.answer(rows, cursor.rowcount, self.decodes_rows)
         finally:
             cursor.close()
 

@@ -10,7 +10,8 @@ value conversions, error classification and its ``append``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -23,6 +24,7 @@ from pupsourcing.core.events import (
     PersistedEvent,
     Stream,
     event_decoder,
+    event_row_decoder,
     stored_event,
 )
 from pupsourcing.core.expected_version import MAX_VERSION, ExpectedVersion
@@ -30,7 +32,7 @@ from pupsourcing.core.validation import check_append
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.horizon import Probe
-from pupsourcing.store.plan import Plan, Row, Statement
+from pupsourcing.store.plan import Plan, Row, RowDecoder, Statement
 from pupsourcing.store.schema import (
     SchemaDialect,
     add_column_sql,
@@ -140,6 +142,8 @@ class Dialect(abc.ABC):
     _decode_rows: ClassVar[EventDecoder]
     _decode_hashed: ClassVar[EventDecoder]
     _decode_stream: ClassVar[EventDecoder]
+    _row_decoder: ClassVar[Callable[..., Callable[[Sequence[Any]], PersistedEvent]]]
+    _stream_row_decoder: ClassVar[Callable[..., Callable[[Sequence[Any]], PersistedEvent]]]
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -149,6 +153,8 @@ class Dialect(abc.ABC):
         cls._decode_rows = staticmethod(event_decoder(STORED_FIELDS, **spec))
         cls._decode_hashed = staticmethod(event_decoder([*STORED_FIELDS, "_"], **spec))
         cls._decode_stream = staticmethod(event_decoder(rest, given=key, **spec))
+        cls._row_decoder = staticmethod(event_row_decoder(STORED_FIELDS, **spec))
+        cls._stream_row_decoder = staticmethod(event_row_decoder(rest, given=key, **spec))
 
     def __init__(self, config: StoreConfig | None = None) -> None:
         self.config = config = config or StoreConfig()
@@ -220,10 +226,6 @@ class Dialect(abc.ABC):
     def append(self, expected: ExpectedVersion, events: Sequence[Event]) -> Plan[AppendResult]:
         """The plan for one append."""
 
-    def decode_event(self, row: Row) -> PersistedEvent:
-        """A row of :meth:`select_columns` as a :class:`PersistedEvent`."""
-        return self._decode_rows((row,))[0]
-
     def decode_events(self, rows: Sequence[Row]) -> list[PersistedEvent]:
         """Rows of :meth:`select_columns` as events, in order."""
         return self._decode_rows(rows)
@@ -233,10 +235,17 @@ class Dialect(abc.ABC):
         partitioned fetch) as events, in order."""
         return self._decode_hashed(rows)
 
-    def decode_stream(self, key: tuple[str, str, str], rows: Sequence[Row]) -> list[PersistedEvent]:
-        """Rows of :meth:`stream_columns` of the aggregate ``key``
-        (bounded_context, aggregate_type, aggregate_id) as events, in order."""
-        return self._decode_stream(rows, *key)
+    @functools.cached_property
+    def events_decoder(self) -> RowDecoder:
+        """Decodes rows of :meth:`select_columns` as events (see
+        :class:`~pupsourcing.store.plan.RowDecoder`)."""
+        return RowDecoder(self._row_decoder(), self._decode_rows)
+
+    def stream_decoder(self, key: tuple[str, str, str]) -> RowDecoder:
+        """Decodes rows of :meth:`stream_columns` of the aggregate ``key``
+        (bounded_context, aggregate_type, aggregate_id)."""
+        decode = self._decode_stream
+        return RowDecoder(self._stream_row_decoder(*key), lambda rows: decode(rows, *key))
 
     def update_checkpoint_statement(self, projection_name: str, position: int) -> Statement:
         """An upsert of one checkpoint row."""
@@ -415,8 +424,11 @@ class Dialect(abc.ABC):
         check_position("limit", limit)
         if limit == 0:
             return []
-        rows = yield Statement(self.read_events_sql, (from_position, limit), fetch=True)
-        return self.decode_events(rows)
+        return (
+            yield Statement(
+                self.read_events_sql, (from_position, limit), fetch=True, decode=self.events_decoder
+            )
+        )
 
     def read_stream(
         self,
@@ -433,21 +445,26 @@ class Dialect(abc.ABC):
         )
         low = 1 if from_version is None else check_position("from_version", from_version)
         high = MAX_BIGINT if to_version is None else check_position("to_version", to_version)
+        decode = self.stream_decoder(key)
         if from_version is None and to_version is None:
-            statement = Statement(self.read_stream_sql, key, fetch=True)
+            statement = Statement(self.read_stream_sql, key, fetch=True, decode=decode)
         elif low <= high:
-            statement = Statement(self.read_stream_range_sql, (*key, low, high), fetch=True)
+            statement = Statement(
+                self.read_stream_range_sql, (*key, low, high), fetch=True, decode=decode
+            )
         else:
             return Stream(*key, ())
-        rows = yield statement
-        return Stream(*key, tuple(self.decode_stream(key, rows)))
+        events = yield statement
+        return Stream(*key, tuple(events))
 
     def read_latest_events(self, limit: int) -> Plan[list[PersistedEvent]]:
         check_position("limit", limit)
         if limit == 0:
             return []
-        rows = yield Statement(self.latest_events_sql, (limit,), fetch=True)
-        return self.decode_events(rows[::-1])
+        events = yield Statement(
+            self.latest_events_sql, (limit,), fetch=True, decode=self.events_decoder
+        )
+        return events[::-1]
 
     def head_position(self) -> Plan[int]:
         rows = yield Statement(self.head_position_sql, fetch=True)

@@ -20,15 +20,29 @@ A = TypeVar("A")  # the answer the plan receives for it
 
 
 @dataclass(frozen=True, slots=True)
+class RowDecoder:
+    """How the rows of a result become values: ``many`` decodes a fetched
+    list of tuples in one go (one compiled loop), ``one`` a single row. A
+    driver that can call ``one`` as it reads each row (psycopg's row
+    factories) drops every raw row at once instead of holding them all until
+    the whole result is decoded: a smaller working set, and fewer objects
+    for the garbage collector to walk."""
+
+    one: Callable[[Sequence[Any]], Any]
+    many: Callable[[Sequence[Row]], list[Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class Statement:
     """One SQL statement for a driver to execute.
 
-    What the plan receives back: the result rows when ``fetch``; a single row
-    ``(rowcount,)`` when ``rowcount``; otherwise an empty list. A ``begin``
-    statement is executed only when the connection has no transaction open,
-    and answers ``[(True,)]`` when it started one, ``[]`` when it did not.
-    A ``control`` statement is not SQL: the driver commits or rolls back the
-    connection's transaction (``sql`` is then only a label).
+    What the plan receives back: the result rows when ``fetch`` (decoded by
+    ``decode`` when given); a single row ``(rowcount,)`` when ``rowcount``;
+    otherwise an empty list. A ``begin`` statement is executed only when the
+    connection has no transaction open, and answers ``[(True,)]`` when it
+    started one, ``[]`` when it did not. A ``control`` statement is not SQL:
+    the driver commits or rolls back the connection's transaction (``sql``
+    is then only a label).
     """
 
     sql: str
@@ -37,14 +51,18 @@ class Statement:
     rowcount: bool = False
     begin: bool = False
     control: Literal["commit", "rollback"] | None = None
+    decode: RowDecoder | None = None
 
-    def answer(self, rows: Iterable[Any] | None, rowcount: int) -> list[Row]:
+    def answer(self, rows: Iterable[Any] | None, rowcount: int, decoded: bool = False) -> list[Any]:
         """What the plan receives once the driver ran this statement: ``rows``
-        are the fetched rows (``None`` unless :attr:`fetch`), ``rowcount`` the
+        are the fetched rows as tuples (``None`` unless :attr:`fetch`), or
+        already decoded by ``decode.one`` when ``decoded``; ``rowcount`` is the
         cursor's row count. Every store, blocking or asyncio, answers through
         this, so the plans see one behaviour whatever the driver."""
         if self.fetch:
             assert rows is not None
+            if self.decode is not None and not decoded:
+                return self.decode.many(rows if isinstance(rows, list) else list(rows))
             return list(rows)
         if self.rowcount:
             return [(rowcount,)]
@@ -55,8 +73,9 @@ COMMIT = Statement("COMMIT", control="commit")
 ROLLBACK = Statement("ROLLBACK", control="rollback")
 
 
-Plan = Generator[Statement, list[Row], T]
-"""A store operation: yields statements, receives their rows, returns ``T``."""
+Plan = Generator[Statement, list[Any], T]
+"""A store operation: yields statements, receives their rows (or what a
+statement's ``decode`` made of them), returns ``T``."""
 
 
 def drive(plan: Generator[I, A, T], execute: Callable[[I], A]) -> T:
