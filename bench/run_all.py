@@ -272,9 +272,10 @@ partitions in 4 processes, against one process
 (statistics refreshed and the load checkpointed first, as autovacuum and the
 checkpointer would do shortly; every worker
 connects before the clock starts). S2/S4/SM: append and read
-speed and catch-up memory on a store of {large} events against the same on
-{small} events, each measured right after its rows were loaded, analyzed and
-checkpointed. S2 appends events with the default random ids (`uuid4`), S2t
+speed and catch-up memory on a store of {large} events against one of
+{small} events, both loaded, analyzed and checkpointed first, then measured
+in alternation round by round (commit latency on this machine's disk drifts
+by 2x within a minute). S2 appends events with the default random ids (`uuid4`), S2t
 with time-ordered ones (`pupsourcing.uuid7()`): after a checkpoint,
 PostgreSQL writes a full-page image of each page of the unique `event_id`
 index an append first touches, and on a large store nearly every random id
