@@ -27,6 +27,8 @@ from pupsourcing.core.events import (
     event_decoder,
     event_row_decoder,
     stored_event,
+    uuid_from_bytes,
+    uuid_from_text,
 )
 
 
@@ -222,3 +224,24 @@ def test_event_decoder_needs_every_field_exactly_once(compile_: Any) -> None:
         compile_(STORED_FIELDS, convert={"created": "x"})
     with pytest.raises(ValueError, match="field names"):
         compile_([*STORED_FIELDS[:-1], "created_at)"])
+
+
+def test_fast_uuids_are_plain_immutable_uuids() -> None:
+    for expected in [uuid.uuid4(), uuid.UUID(int=0), uuid.UUID(int=(1 << 128) - 1)]:
+        for made in [uuid_from_text(str(expected)), uuid_from_bytes(expected.bytes)]:
+            assert type(made) is uuid.UUID
+            assert made == expected
+            assert hash(made) == hash(expected)
+            assert str(made) == str(expected)
+            assert made.is_safe is uuid.SafeUUID.unknown
+            assert pickle.loads(pickle.dumps(made)) == expected
+            with pytest.raises(TypeError, match="immutable"):
+                made.int = 1  # type: ignore[misc]
+    # Anything but the canonical forms goes through uuid.UUID (and its errors).
+    assert uuid_from_text("{12345678123456781234567812345678}") == uuid.UUID(
+        "12345678-1234-5678-1234-567812345678"
+    )
+    with pytest.raises(ValueError, match="badly formed"):
+        uuid_from_text("not-a-uuid")
+    with pytest.raises(ValueError, match="16-char"):
+        uuid_from_bytes(b"short")

@@ -90,10 +90,6 @@ class AppendResult:
         return self.events[-1].aggregate_version if self.events else 0
 
 
-_new = object.__new__
-_set = object.__setattr__
-
-
 class _StoredEventBuilder(PersistedEvent):
     """An unfrozen twin of :class:`PersistedEvent`, for building instances fast.
 
@@ -261,13 +257,28 @@ is faster still."""
 
 
 _UNKNOWN_SAFETY = uuid.SafeUUID.unknown
+_UUID = uuid.UUID
+
+
+class _UUIDBuilder(uuid.UUID):
+    """An unfrozen twin of :class:`uuid.UUID`, as :class:`_StoredEventBuilder`
+    is of :class:`PersistedEvent`: allocated without running ``__init__`` and
+    filled with plain attribute stores, then switched to ``uuid.UUID``. About
+    twice as fast as ``object.__new__`` and two ``object.__setattr__`` calls."""
+
+    __slots__ = ()
+    __setattr__ = object.__setattr__  # type: ignore[assignment]
+    __delattr__ = object.__delattr__
+    __init__ = object.__init__
 
 
 def _uuid(value: int) -> uuid.UUID:
-    result: uuid.UUID = _new(uuid.UUID)
-    _set(result, "int", value)
-    _set(result, "is_safe", _UNKNOWN_SAFETY)
-    return result
+    result: Any = _UUIDBuilder()
+    result.int = value
+    result.is_safe = _UNKNOWN_SAFETY
+    result.__class__ = _UUID
+    built: uuid.UUID = result
+    return built
 
 
 def uuid_from_text(text: str) -> uuid.UUID:
