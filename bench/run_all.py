@@ -154,8 +154,8 @@ def projection_rows(database: str, events: int, rounds: int) -> list[Row]:
     return rows
 
 
-def scale_rows(database: str, small: int, large: int, quick: bool) -> list[Row]:
-    results = scale.run(database, projections.builders()[database], small, large, quick)
+def scale_rows(database: str, small: int, large: int, quick: bool, rounds: int) -> list[Row]:
+    results = scale.run(database, projections.builders()[database], small, large, quick, rounds)
     rows = []
     for r in results:
         if r.unit == "MiB":
@@ -255,6 +255,8 @@ Measured with `python bench/run_all.py` on {when} ({machine}; Python {python};
 pupsourcing {version}). Every figure is compared with a baseline measured in the
 same run, because absolute numbers drift on a shared machine and ratios do not.
 The targets apply to PostgreSQL; MySQL/MariaDB and SQLite are reported alongside.
+Each figure is the best of three rounds on PostgreSQL and of two on the others
+(sides or store sizes alternating), the least disturbed on a shared machine.
 
 ![ratios to baselines](latest.png)
 
@@ -351,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts: dict[str, Callable[[str], list[Row]]] = {
             "stores": lambda db: store_rows(db, store_scale(db)),
             "projections": lambda db: projection_rows(db, events, rounds(db)),
-            "scale": lambda db: scale_rows(db, small, large, args.quick),
+            "scale": lambda db: scale_rows(db, small, large, args.quick, rounds(db)),
         }
         spent = []
         try:
