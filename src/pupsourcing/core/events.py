@@ -98,7 +98,8 @@ class _StoredEventBuilder(PersistedEvent):
     plain attribute stores fill the slots, several times faster than the
     frozen dataclass's ``__setattr__`` (or ``object.__setattr__``), which
     matters when a projection catches up on millions of rows. Never seen
-    outside :func:`stored_event` and the decoders of :func:`event_decoder`.
+    outside :func:`stored_event` and the decoders :func:`event_decoder` and
+    :func:`event_row_decoder` compile.
     """
 
     __slots__ = ()

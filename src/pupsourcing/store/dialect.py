@@ -445,16 +445,14 @@ class Dialect(abc.ABC):
         )
         low = 1 if from_version is None else check_position("from_version", from_version)
         high = MAX_BIGINT if to_version is None else check_position("to_version", to_version)
-        decode = self.stream_decoder(key)
+        params: tuple[object, ...] = key
         if from_version is None and to_version is None:
-            statement = Statement(self.read_stream_sql, key, fetch=True, decode=decode)
+            sql = self.read_stream_sql
         elif low <= high:
-            statement = Statement(
-                self.read_stream_range_sql, (*key, low, high), fetch=True, decode=decode
-            )
+            sql, params = self.read_stream_range_sql, (*key, low, high)
         else:
             return Stream(*key, ())
-        events = yield statement
+        events = yield Statement(sql, params, fetch=True, decode=self.stream_decoder(key))
         return Stream(*key, tuple(events))
 
     def read_latest_events(self, limit: int) -> Plan[list[PersistedEvent]]:
