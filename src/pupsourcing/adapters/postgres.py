@@ -57,7 +57,9 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg.rows import RowMaker
 
-__all__ = ["PostgresDialect", "PostgresStore", "in_transaction", "new_async_cursor"]
+    from pupsourcing.adapters.postgres_reads import AsyncReadCursor, ReadCursor
+
+__all__ = ["PostgresDialect", "PostgresStore", "execute_async", "in_transaction"]
 
 VALUES_LIMIT = 5
 """Largest batch sent as a ``VALUES`` list of plain parameters. Larger batches
@@ -503,10 +505,15 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
     decodes_rows = True
 
     def _cursor(self, tx: psycopg.Connection[Any], statement: Statement) -> psycopg.Cursor[Any]:
-        # AsyncPostgresStore._query (pupsourcing.aio.stores) runs statements
-        # the same way on an AsyncConnection: keep the two in step.
-        cursor = _psycopg().Cursor(tx, row_factory=row_factory(statement))
-        return cursor.execute(statement.sql, statement.params, binary=True)
+        # execute_async (used by pupsourcing.aio.AsyncPostgresStore) runs
+        # statements the same way on an AsyncConnection: keep the two in step.
+        driver = _psycopg()
+        if statement.decode is None:
+            cursor = driver.Cursor(tx, row_factory=driver.tuple_row)
+            return cursor.execute(statement.sql, statement.params, binary=True)
+        return driver.ReadCursor(tx, row_factory=row_factory(statement)).read(
+            statement.sql, statement.params
+        )
 
     def _in_transaction(self, tx: psycopg.Connection[Any]) -> bool:
         return in_transaction(tx)
@@ -526,22 +533,46 @@ def row_factory(statement: Statement) -> Callable[[Any], RowMaker[Any]]:
 class _Psycopg(NamedTuple):
     Cursor: type[psycopg.Cursor[Any]]
     AsyncCursor: type[psycopg.AsyncCursor[Any]]
+    ReadCursor: type[ReadCursor]
+    AsyncReadCursor: type[AsyncReadCursor]
     tuple_row: Callable[[Any], RowMaker[Any]]
 
 
 @lru_cache(maxsize=1)
 def _psycopg() -> _Psycopg:
     """psycopg's server-side-binding cursor classes (whatever the
-    connection's own ``cursor_factory``) and its tuple row factory,
-    imported on first use."""
+    connection's own ``cursor_factory``), the cursors for event reads of
+    :mod:`~pupsourcing.adapters.postgres_reads` and psycopg's tuple row
+    factory, imported on first use."""
     import psycopg
     from psycopg.rows import tuple_row
 
-    return _Psycopg(psycopg.Cursor, psycopg.AsyncCursor, tuple_row)
+    from pupsourcing.adapters import postgres_reads
+
+    return _Psycopg(
+        psycopg.Cursor,
+        psycopg.AsyncCursor,
+        postgres_reads.ReadCursor,
+        postgres_reads.AsyncReadCursor,
+        tuple_row,
+    )
 
 
-def new_async_cursor(
+async def execute_async(
     conn: psycopg.AsyncConnection[Any], statement: Statement
 ) -> psycopg.AsyncCursor[Any]:
-    """A cursor of ``conn`` for ``statement``, as :class:`PostgresStore` uses."""
-    return _psycopg().AsyncCursor(conn, row_factory=row_factory(statement))
+    """Run ``statement`` on ``conn`` as :class:`PostgresStore` runs it on a
+    blocking connection, and return the cursor to fetch from and close."""
+    driver = _psycopg()
+    if statement.decode is None:
+        cursor = driver.AsyncCursor(conn, row_factory=driver.tuple_row)
+        run = cursor.execute(statement.sql, statement.params, binary=True)
+    else:
+        cursor = driver.AsyncReadCursor(conn, row_factory=row_factory(statement))
+        run = cursor.read(statement.sql, statement.params)
+    try:
+        await run
+    except BaseException:
+        await cursor.close()
+        raise
+    return cursor

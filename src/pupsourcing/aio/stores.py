@@ -36,9 +36,8 @@ class AsyncPostgresStore(AsyncSQLStore["psycopg.AsyncConnection[Any]"]):
         # As PostgresStore._cursor runs statements on a blocking connection:
         # server-side binding, tuple rows and binary results, whatever the
         # connection's own cursor and row factories.
-        cursor = postgres.new_async_cursor(tx, statement)
+        cursor = await postgres.execute_async(tx, statement)
         try:
-            await cursor.execute(statement.sql, statement.params, binary=True)
             rows = await cursor.fetchall() if statement.fetch else None
             return statement.answer(rows, cursor.rowcount, decoded=True)
         finally:

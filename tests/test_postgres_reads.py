@@ -1,0 +1,229 @@
+"""Event reads chunk by chunk on PostgreSQL (pupsourcing.adapters.postgres_reads).
+
+Every read the store decodes goes through these cursors: chunk by chunk
+through psycopg's prepared statements when psycopg and libpq allow it, as a
+plain ``execute()`` otherwise. Both ways must read the same events, leave the
+connection usable after any failure and keep psycopg's prepared-statement
+cache coherent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from helpers import event
+from pupsourcing import ExpectedVersion, PersistedEvent
+
+psycopg = pytest.importorskip("psycopg")
+
+from psycopg.pq import TransactionStatus  # noqa: E402 - after the importorskip
+
+from pupsourcing.adapters import postgres_reads  # noqa: E402
+from pupsourcing.aio import AsyncPostgresStore  # noqa: E402
+from test_postgres_store import PG, make_pg  # noqa: E402, F401 - make_pg: a fixture
+
+pytestmark = pytest.mark.postgres
+
+CHUNK = postgres_reads.CHUNK_ROWS
+SIZES = (0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7)
+
+
+def test_chunked_reads_are_on_where_libpq_has_the_mode() -> None:
+    version = postgres_reads._release(psycopg.__version__)
+    expected = (
+        version in postgres_reads.TESTED_VERSIONS and psycopg.capabilities.has_stream_chunked()
+    )
+    assert expected == postgres_reads.SUPPORTED
+    if psycopg.capabilities.has_stream_chunked():
+        assert postgres_reads.SUPPORTED, (
+            f"psycopg {psycopg.__version__} is not in TESTED_VERSIONS: run these tests "
+            "with it and add it there, or reads stay unchunked"
+        )
+
+
+@pytest.fixture
+def pg(make_pg: Any) -> PG:  # noqa: F811 - the fixture imported above
+    made: PG = make_pg()
+    return made
+
+
+@dataclass
+class Mode:
+    chunked: bool
+    reads: list[int] = field(default_factory=list)
+    """The row counts of the reads that went chunk by chunk."""
+
+
+@pytest.fixture(params=[True, False], ids=["chunked", "whole"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Mode:
+    """Read chunk by chunk (where libpq can) or whole."""
+    mode = Mode(request.param)
+    if not mode.chunked:
+        monkeypatch.setattr(postgres_reads, "SUPPORTED", False)
+    elif not postgres_reads.SUPPORTED:
+        pytest.skip(f"libpq {psycopg.pq.version()} has no chunked rows mode")
+    read_gen = postgres_reads._read_gen
+
+    def counted(*args: Any) -> Any:
+        rows = yield from read_gen(*args)
+        mode.reads.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(postgres_reads, "_read_gen", counted)
+    return mode
+
+
+def append_streams(pg: PG) -> dict[str, tuple[PersistedEvent, ...]]:
+    stored = {}
+    with pg.connect() as conn:
+        for size in SIZES:
+            if size:
+                batch = [
+                    event(f"s{size}", f"E{i}", data={"i": i, "pad": "x" * i}) for i in range(size)
+                ]
+                stored[f"s{size}"] = pg.store.append(conn, ExpectedVersion.any(), batch).events
+            else:
+                stored["s0"] = ()
+    return stored
+
+
+def test_every_read_returns_the_stored_events(pg: PG, mode: Mode) -> None:
+    stored = append_streams(pg)
+    everything = sorted((e for s in stored.values() for e in s), key=lambda e: e.global_position)
+    conn = pg.connect(autocommit=True)
+    for _ in range(7):  # past psycopg's prepare_threshold: prepared from the sixth
+        for name, expected in stored.items():
+            stream = pg.store.read_aggregate_stream(conn, "Shop", "Order", name)
+            assert stream.events == expected
+            assert (
+                pg.store.read_aggregate_stream(conn, "Shop", "Order", name, 2, CHUNK + 1).events
+                == (expected[1 : CHUNK + 1])
+            )
+    assert pg.store.read_events(conn, 0, 10_000) == everything
+    assert pg.store.read_events(conn, 5, CHUNK + 1) == everything[5 : CHUNK + 6]
+    assert pg.store.read_latest_events(conn, 2 * CHUNK) == everything[-2 * CHUNK :]
+    if mode.chunked:
+        assert max(mode.reads) == len(everything)
+    else:
+        assert mode.reads == []
+
+
+def test_reads_prepare_through_psycopgs_cache(pg: PG, mode: Mode) -> None:
+    (name, expected), *_ = ((k, v) for k, v in append_streams(pg).items() if len(v) > CHUNK)
+    conn = pg.connect(autocommit=True)
+
+    def prepared() -> list[str]:
+        rows = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+        return [r[0] for r in rows if "ORDER BY aggregate_version" in r[0]]
+
+    for _ in range(7):
+        assert pg.store.read_aggregate_stream(conn, "Shop", "Order", name).events == expected
+    assert len(prepared()) == 1
+    # On ROLLBACK psycopg forgets its prepared statements and has the server
+    # drop them all before the next query (psycopg 3.3 also on DEALLOCATE ALL).
+    conn.execute("ROLLBACK")  # the server only warns: no transaction in progress
+    assert prepared() == []
+    for _ in range(7):
+        assert pg.store.read_aggregate_stream(conn, "Shop", "Order", name).events == expected
+    assert len(prepared()) == 1
+
+    unprepared = pg.connect(autocommit=True, prepare_threshold=None)
+    for _ in range(7):
+        assert pg.store.read_aggregate_stream(unprepared, "Shop", "Order", name).events == expected
+    rows = unprepared.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+    assert rows == (0,)
+
+
+FAILS_HALFWAY = "SELECT n, 1 / (150 - n) FROM generate_series(1, 200) AS n"
+"""A query whose server fails after sending more than two chunks."""
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_a_server_error_halfway_leaves_the_connection_usable(
+    pg: PG, mode: Mode, autocommit: bool
+) -> None:
+    conn = pg.connect(autocommit=autocommit)
+    for _ in range(2):  # once unprepared, once prepared
+        cursor = postgres_reads.ReadCursor(conn)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            cursor.read(FAILS_HALFWAY, ())
+        if autocommit:
+            assert conn.info.transaction_status == TransactionStatus.IDLE
+        else:
+            assert conn.info.transaction_status == TransactionStatus.INERROR
+            conn.rollback()
+        conn.prepare_threshold = 0
+    assert conn.execute("SELECT 42").fetchone() == (42,)
+
+
+class Boom(Exception):
+    pass
+
+
+def exploding_rows(at: int) -> Any:
+    def factory(cursor: Any) -> Any:
+        seen = []
+
+        def make_row(row: Any) -> Any:
+            seen.append(row)
+            if len(seen) == at:
+                raise Boom(at)
+            return row
+
+        return make_row
+
+    return factory
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_a_row_that_fails_to_decode_stops_the_read_cleanly(
+    pg: PG, mode: Mode, autocommit: bool
+) -> None:
+    conn = pg.connect(autocommit=autocommit)
+    cursor = postgres_reads.ReadCursor(conn, row_factory=exploding_rows(CHUNK + 3))
+    with pytest.raises(Boom):  # from read() or, reading whole, from fetchall()
+        cursor.read("SELECT n FROM generate_series(1, 200000) AS n", ()).fetchall()
+    # The rest of the result was read and dropped; the transaction goes on.
+    idle = TransactionStatus.IDLE if autocommit else TransactionStatus.INTRANS
+    assert conn.info.transaction_status == idle
+    assert conn.execute("SELECT 42").fetchone() == (42,)
+
+
+def test_pipeline_mode_reads_whole(pg: PG) -> None:
+    stored = append_streams(pg)
+    conn = pg.connect(autocommit=True)
+    with conn.pipeline():
+        for name, expected in stored.items():
+            assert pg.store.read_aggregate_stream(conn, "Shop", "Order", name).events == expected
+
+
+def test_asyncio_reads_and_failures(pg: PG, mode: Mode) -> None:
+    stored = append_streams(pg)
+    store = AsyncPostgresStore()
+
+    async def scenario() -> None:
+        conn = await psycopg.AsyncConnection.connect(pg.dsn, autocommit=True)
+        try:
+            for _ in range(7):
+                for name, expected in stored.items():
+                    stream = await store.read_aggregate_stream(conn, "Shop", "Order", name)
+                    assert stream.events == expected
+            for factory, error in (
+                (None, psycopg.errors.DivisionByZero),
+                (exploding_rows(70), Boom),
+            ):
+                cursor = postgres_reads.AsyncReadCursor(conn, row_factory=factory)
+                sql = FAILS_HALFWAY if factory is None else "SELECT generate_series(1, 200000)"
+                with pytest.raises(error):
+                    await (await cursor.read(sql, ())).fetchall()
+                assert conn.info.transaction_status == TransactionStatus.IDLE
+            cursor = await conn.execute("SELECT 42")
+            assert await cursor.fetchone() == (42,)
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
