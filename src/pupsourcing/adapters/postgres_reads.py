@@ -29,10 +29,16 @@ from typing import Any
 
 import psycopg
 from psycopg import errors
-from psycopg._preparing import Prepare
-from psycopg.abc import PQGen
-from psycopg.generators import execute, fetch, send
 from psycopg.pq import ExecStatus, TransactionStatus
+
+try:
+    from psycopg._preparing import Prepare
+    from psycopg.abc import PQGen
+    from psycopg.generators import execute, fetch, send
+except ImportError:  # laid out otherwise: not a tested release, reads go whole
+    _INTERNALS = False
+else:
+    _INTERNALS = True
 
 CHUNK_ROWS = 64
 """Rows per chunk: fewer chunks cost more wake-ups, larger ones leave the
@@ -50,7 +56,9 @@ def _release(version: str) -> tuple[int, int] | None:
 
 
 SUPPORTED = (
-    _release(psycopg.__version__) in TESTED_VERSIONS and psycopg.capabilities.has_stream_chunked()
+    _INTERNALS
+    and _release(psycopg.__version__) in TESTED_VERSIONS
+    and psycopg.capabilities.has_stream_chunked()  # psycopg 3.2+, as tested above
 )
 """Whether reads may go chunk by chunk with this psycopg and libpq."""
 
