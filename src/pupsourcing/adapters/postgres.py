@@ -50,7 +50,7 @@ from pupsourcing.store.base import SQLStore
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
 from pupsourcing.store.horizon import Probe
-from pupsourcing.store.plan import Plan, Row, Statement
+from pupsourcing.store.plan import Plan, Row, RowDecoder, Statement
 from pupsourcing.store.schema import SchemaDialect
 
 if TYPE_CHECKING:
@@ -511,7 +511,7 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
         if statement.decode is None:
             cursor = driver.Cursor(tx, row_factory=driver.tuple_row)
             return cursor.execute(statement.sql, statement.params, binary=True)
-        return driver.ReadCursor(tx, row_factory=row_factory(statement)).read(
+        return driver.ReadCursor(tx, row_factory=_decoding_rows(statement.decode)).read(
             statement.sql, statement.params
         )
 
@@ -519,13 +519,9 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
         return in_transaction(tx)
 
 
-def row_factory(statement: Statement) -> Callable[[Any], RowMaker[Any]]:
-    """The psycopg row factory for ``statement``'s results: its decoder's
-    ``one`` when it has one (called as each row is read), else tuples,
-    whatever the connection's own ``row_factory``."""
-    decode = statement.decode
-    if decode is None:
-        return _psycopg().tuple_row
+def _decoding_rows(decode: RowDecoder) -> Callable[[Any], RowMaker[Any]]:
+    """The psycopg row factory that decodes each row with ``decode.one`` as
+    psycopg reads it, whatever the connection's own ``row_factory``."""
     one = decode.one
     return lambda cursor: one
 
@@ -568,7 +564,7 @@ async def execute_async(
         cursor = driver.AsyncCursor(conn, row_factory=driver.tuple_row)
         run = cursor.execute(statement.sql, statement.params, binary=True)
     else:
-        cursor = driver.AsyncReadCursor(conn, row_factory=row_factory(statement))
+        cursor = driver.AsyncReadCursor(conn, row_factory=_decoding_rows(statement.decode))
         run = cursor.read(statement.sql, statement.params)
     try:
         await run

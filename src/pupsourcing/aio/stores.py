@@ -34,8 +34,9 @@ class AsyncPostgresStore(AsyncSQLStore["psycopg.AsyncConnection[Any]"]):
 
     async def _query(self, tx: psycopg.AsyncConnection[Any], statement: Statement) -> list[Row]:
         # As PostgresStore._cursor runs statements on a blocking connection:
-        # server-side binding, tuple rows and binary results, whatever the
-        # connection's own cursor and row factories.
+        # server-side binding and binary results, events decoded as each
+        # chunk of rows arrives, whatever the connection's own cursor and row
+        # factories.
         cursor = await postgres.execute_async(tx, statement)
         try:
             rows = await cursor.fetchall() if statement.fetch else None
