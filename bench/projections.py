@@ -10,7 +10,9 @@
          partition (1.00 means no partition read another's events). The
          store has the partition indexes of ``migrate-gen
          --partition-indexes 4`` where the database has partial indexes
-         (PostgreSQL, SQLite).
+         (PostgreSQL, SQLite). Beside it, the bare driver paging through the
+         4 partitions in 4 processes against one bare process paging through
+         everything: how far the machine lets partitioned reading scale.
 
 Each figure is the best of ``--rounds`` runs (default 2). Every run is
 checked: each event handled exactly once. Databases: ``--db
@@ -36,6 +38,7 @@ from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, make_events, sett
 from pupsourcing import ExpectedVersion, PersistedEvent
 from pupsourcing.migrations import partition_indexes_sql
 from pupsourcing.projection import Processor, ProcessorConfig
+from pupsourcing.store.schema import partition_predicate
 
 PARTITIONS = 4
 EVENTS_PER_AGGREGATE = 10
@@ -120,26 +123,43 @@ def partition_indexes(database: str, target: Target) -> None:
         conn.close()
 
 
-def raw_paging(target: Target, batch: int) -> tuple[int, float]:
+def raw_paging_sql(target: Target, partition: int | None = None) -> str:
+    """The baseline's page query: the processor's SELECT, ordered by position;
+    for one partition also its hash column and the partition indexes'
+    condition (so PostgreSQL and SQLite read through the partition's index)."""
     dialect = target.store.dialect
     p = dialect.placeholder
-    sql = (
-        f"SELECT {', '.join(dialect.select_columns())} FROM {dialect.events_table} "
-        f"WHERE global_position > {p} ORDER BY global_position LIMIT {p}"
+    columns = ", ".join(dialect.select_columns())
+    where = f"global_position > {p}"
+    if partition is not None:
+        columns += ", partition_hash"
+        modulo = "%%" if p == "%s" else "%"
+        where += f" AND {partition_predicate(PARTITIONS, partition, modulo)}"
+    return (
+        f"SELECT {columns} FROM {dialect.events_table} "
+        f"WHERE {where} ORDER BY global_position LIMIT {p}"
     )
+
+
+def page_through(conn: Any, sql: str, batch: int) -> int:
+    """Rows read by paging through ``sql`` with the bare driver, rows left as tuples."""
+    cursor = conn.cursor()
+    rows = 0
+    position = 0
+    while True:
+        cursor.execute(sql, (position, batch))
+        page = cursor.fetchall()
+        if not page:
+            return rows
+        rows += len(page)
+        position = page[-1][0]
+
+
+def raw_paging(target: Target, batch: int) -> tuple[int, float]:
     conn = target.connect(True)
     try:
-        cursor = conn.cursor()
-        rows = 0
-        position = 0
         start = time.perf_counter()
-        while True:
-            cursor.execute(sql, (position, batch))
-            page = cursor.fetchall()
-            if not page:
-                break
-            rows += len(page)
-            position = page[-1][0]
+        rows = page_through(conn, raw_paging_sql(target), batch)
         return rows, time.perf_counter() - start
     finally:
         conn.close()
@@ -165,11 +185,16 @@ class PartitionJob:
     database: str
     key: int
     name: str
+    raw: bool = False
+    """Page through the partition with the bare driver instead of a processor."""
 
 
 def _partition_worker(job: PartitionJob, location: Any, ready: Any, go: Any, out: Any) -> None:
     """Runs in a child process: catch up one partition and report."""
     target = LOCATIONS[job.database](location)
+    if job.raw:
+        _raw_partition(job, target, ready, go, out)
+        return
     logger, tally = quiet_logger(f"p{job.key}")
     config = ProcessorConfig(
         batch_size=1000, partition_key=job.key, total_partitions=PARTITIONS, logger=logger
@@ -186,7 +211,22 @@ def _partition_worker(job: PartitionJob, location: Any, ready: Any, go: Any, out
     out.put((job.key, handled, tally.fetched, tally.handled, time.perf_counter()))
 
 
-def partitions(database: str, location: Any, name: str) -> tuple[int, float, list[float]]:
+def _raw_partition(job: PartitionJob, target: Target, ready: Any, go: Any, out: Any) -> None:
+    """The bare driver paging through one partition's rows at batch 1,000."""
+    sql = raw_paging_sql(target, job.key)
+    conn = target.connect(True)
+    try:
+        ready.set()
+        go.wait()
+        rows = page_through(conn, sql, 1000)
+    finally:
+        conn.close()
+    out.put((job.key, rows, rows, rows, time.perf_counter()))
+
+
+def partitions(
+    database: str, location: Any, name: str, raw: bool = False
+) -> tuple[int, float, list[float]]:
     context = multiprocessing.get_context("spawn")
     go = context.Event()
     out = context.Queue()
@@ -198,7 +238,7 @@ def partitions(database: str, location: Any, name: str) -> tuple[int, float, lis
         workers.append(
             context.Process(
                 target=_partition_worker,
-                args=(PartitionJob(database, key, name), location, ready, go, out),
+                args=(PartitionJob(database, key, name, raw), location, ready, go, out),
             )
         )
     for worker in workers:
@@ -303,6 +343,10 @@ class CatchUpResult:
     partitioned: float
     """W5: total events/s of 4 partitions in 4 processes (batch 1,000)"""
     fetched_per_handled: list[float]
+    raw_partitioned: float
+    """The bare driver paging through the 4 partitions in 4 processes: total
+    rows/s, to set against one bare process (``batch_rates[1000][1]``). How
+    far that scales is what this machine allows W5."""
 
 
 def measure(
@@ -327,19 +371,21 @@ def measure(
                     raise AssertionError(f"W3 handled {handled}, raw read {raw_rows} of {events}")
                 ours, raw = max(ours, handled / seconds), max(raw, raw_rows / raw_seconds)
             rates[batch] = (ours, raw)
-        partitioned, ratios = 0.0, list[float]()
+        partitioned, raw_partitioned, ratios = 0.0, 0.0, list[float]()
         location = location_of(database, target)
         for r in range(rounds):
+            raw_rows, raw_seconds, _ = partitions(database, location, "", raw=True)
             handled, seconds, fetched = partitions(database, location, f"w5_{r}")
-            if handled != events:
-                raise AssertionError(f"W5 handled {handled} of {events}")
+            if handled != events or raw_rows != events:
+                raise AssertionError(f"W5 handled {handled}, raw read {raw_rows} of {events}")
             partitioned = max(partitioned, handled / seconds)
+            raw_partitioned = max(raw_partitioned, raw_rows / raw_seconds)
             ratios = (
                 [max(a, b) for a, b in zip(ratios, fetched, strict=True)] if ratios else fetched
             )
     finally:
         target.close()
-    return CatchUpResult(database, events, rates, partitioned, ratios)
+    return CatchUpResult(database, events, rates, partitioned, ratios, raw_partitioned)
 
 
 def format_result(result: CatchUpResult) -> list[str]:
@@ -349,11 +395,15 @@ def format_result(result: CatchUpResult) -> list[str]:
             f"W3   catch-up, batch {batch:<5} {ours:>12,.0f} {raw:>12,.0f} events/s  "
             f"{ours / raw:>6.2f}x raw paging"
         )
-    single = result.batch_rates[1000][0]
+    single, raw_single = result.batch_rates[1000]
     lines.append(
         f"W5   {PARTITIONS} partitions, 4 processes {result.partitioned:>12,.0f} {single:>12,.0f} "
         f"events/s  {result.partitioned / single:>6.2f}x one process; fetched per handled "
         + " ".join(f"{r:.2f}" for r in result.fetched_per_handled)
+    )
+    lines.append(
+        f"     raw paging, 4 processes   {result.raw_partitioned:>12,.0f} {raw_single:>12,.0f} "
+        f"rows/s    {result.raw_partitioned / raw_single:>6.2f}x one raw process"
     )
     return lines
 

@@ -103,6 +103,13 @@ def test_projection_benchmark_runs_in_quick_mode() -> None:
         ]
         assert len(fetched) == 4
         assert all(ratio <= 1.05 for ratio in fetched), body
+        raw = re.findall(
+            r"^\s+raw paging, 4 processes\s+([\d,]+)\s+([\d,]+) rows/s\s+(\d+\.\d+)x", body, re.M
+        )
+        assert len(raw) == 1, body
+        four, one = (float(x.replace(",", "")) for x in raw[0][:2])
+        assert four > 0
+        assert float(raw[0][2]) == pytest.approx(four / one, rel=0.05, abs=0.01)
 
 
 @pytest.mark.parametrize("script", STORE_SCRIPTS, ids=lambda path: path.name)
