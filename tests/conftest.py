@@ -39,9 +39,14 @@ PG_DSN = os.environ.get("PUPSOURCING_TEST_PG", "host=127.0.0.1 port=5432 user=po
 MYSQL_HOST = os.environ.get("PUPSOURCING_TEST_MYSQL_HOST", "127.0.0.1")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
-BACKENDS = ["sqlite", "postgres", "mysql"]
+BACKENDS = ["sqlite", "postgres", "mysql", "mysqlclient"]
+"""Every store test runs on each. ``mysqlclient`` is MySQL through the
+mysqlclient driver (``MySQLdb``) instead of PyMySQL: the adapter promises any
+DB-API MySQL driver. Its backend's ``name`` is ``"mysql"``."""
 APIS = ["sync", "async"]
 ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgres": "psycopg", "mysql": "asyncmy"}
+MYSQL_DRIVERS = {"mysql": "pymysql", "mysqlclient": "MySQLdb"}
+"""The blocking driver module of each MySQL backend."""
 
 
 def require(module: str) -> Any:
@@ -99,6 +104,9 @@ class Backend:
     Runner: Callable[[], Any] = Runner
     url: str = ""
     """The database URL naming this store (``pupsourcing.urls``)."""
+    driver: str = ""
+    """The module of the blocking driver: ``psycopg``, ``pymysql``, ``MySQLdb``
+    or ``sqlite3``."""
 
     def connection(self) -> Any:
         conn = self.connect()
@@ -222,6 +230,7 @@ def sqlite_backend(tmp_path: Path, config: StoreConfig) -> Backend:
         lambda: connect(path),
         lambda: connect_async(path),
         url=f"sqlite:///{quote(str(path))}",
+        driver="sqlite3",
     )
     conn = backend.connection()
     store.create_schema(conn)
@@ -267,6 +276,7 @@ def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
         lambda: psycopg.connect(dsn),
         lambda: psycopg.AsyncConnection.connect(dsn),
         url=pg_url(schema, server_dsn),
+        driver="psycopg",
     )
 
     def drop() -> None:
@@ -297,10 +307,13 @@ def mysql_admin(host: str = MYSQL_HOST, port: int = 3306) -> Any:
         raise
 
 
-def mysql_backend(config: StoreConfig, host: str = MYSQL_HOST, port: int = 3306) -> Backend:
+def mysql_backend(
+    config: StoreConfig, host: str = MYSQL_HOST, port: int = 3306, driver: str = "pymysql"
+) -> Backend:
     """A fresh database with a random name on the MariaDB/MySQL test server
-    (or the one at ``host``:``port``), dropped afterwards."""
-    import pymysql
+    (or the one at ``host``:``port``), dropped afterwards; its blocking
+    connections come from ``driver`` (``pymysql`` or ``MySQLdb``)."""
+    module = require(driver)  # before anything is created
 
     from pupsourcing.adapters.mysql import MySQLStore
 
@@ -310,7 +323,8 @@ def mysql_backend(config: StoreConfig, host: str = MYSQL_HOST, port: int = 3306)
     admin.close()
 
     def connect() -> Any:
-        return pymysql.connect(
+        # PyMySQL and mysqlclient take the same keyword arguments here.
+        return module.connect(
             host=host,
             port=port,
             user="root",
@@ -328,7 +342,12 @@ def mysql_backend(config: StoreConfig, host: str = MYSQL_HOST, port: int = 3306)
 
     store = MySQLStore(config)
     backend = Backend(
-        "mysql", store, connect, open_async, url=f"mysql://root@{host}:{port}/{database}"
+        "mysql",
+        store,
+        connect,
+        open_async,
+        url=f"mysql://root@{host}:{port}/{database}",
+        driver=driver,
     )
     backend.database = database
 
@@ -358,8 +377,8 @@ def make_backend(
         backend = sqlite_backend(tmp_path, config)
     elif name == "postgres":
         backend = postgres_backend(config)
-    elif name == "mysql":
-        backend = mysql_backend(config)
+    elif name in MYSQL_DRIVERS:
+        backend = mysql_backend(config, driver=MYSQL_DRIVERS[name])
     else:
         raise ValueError(name)
     if api == "async":
@@ -369,7 +388,7 @@ def make_backend(
     return backend
 
 
-SERVERS = ["postgres", "mysql"]
+SERVERS = ["postgres", "mysql", "mysqlclient"]
 
 
 def backends_and_apis(names: list[str], apis: list[str] = APIS) -> list[Any]:
@@ -379,6 +398,7 @@ def backends_and_apis(names: list[str], apis: list[str] = APIS) -> list[Any]:
         pytest.param((name, api), id=name if apis == ["sync"] else f"{name}-{api}")
         for name in names
         for api in apis
+        if api == "sync" or name in ASYNC_DRIVERS  # mysqlclient has no asyncio API
     ]
 
 

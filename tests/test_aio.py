@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from aio_facade import maybe_await
-from conftest import ASYNC_DRIVERS, BACKENDS, Backend, made_backend, require
+from conftest import ASYNC_DRIVERS, Backend, made_backend, require
 from helpers import events
 from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
 from pupsourcing.adapters.sqlite import SQLiteStore, connect, connect_async
@@ -29,7 +29,7 @@ from pupsourcing.runner import ProjectionRunner, Runner
 from test_projection import append_many, create_read_model, read_model_positions
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=list(ASYNC_DRIVERS))
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """A backend of the blocking API, to set up and check; the tests open
     asyncio connections with :func:`connections` and stores with

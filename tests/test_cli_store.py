@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 
 from cli_helpers import assert_one_line_error, cli, cli_argv, cli_env, execute
-from conftest import BACKENDS, Backend
+from conftest import Backend
 from helpers import event, events
 from pupsourcing import Event, ExpectedVersion
 from pupsourcing.migrations import generate_sql
 from pupsourcing.store import StoreConfig
 
-SERVERS = [name for name in BACKENDS if name != "sqlite"]
+SERVERS = ["postgres", "mysql"]
+"""The CLI opens its own connections (PyMySQL for ``mysql://``)."""
 
 OLD_CHECKPOINT = {
     "sqlite": "UPDATE projection_checkpoints SET updated_at = "

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import MYSQL_HOST, Backend, make_backend, mysql_admin
+from conftest import MYSQL_HOST, Backend, make_backend, mysql_admin, require
 from helpers import event, events
 from pupsourcing import (
     Event,
@@ -913,7 +913,7 @@ def test_dict_cursor_connections_work(db: Backend) -> None:
 
 
 def test_mysqlclient_connections_work(db: Backend) -> None:
-    mysqldb = pytest.importorskip("MySQLdb")
+    mysqldb = require("MySQLdb")  # the mysqlclient extra; skipped locally without it
     conn = mysqldb.connect(host=MYSQL_HOST, user="root", passwd="", db=db.database)
     try:
         store = db.store
