@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from conftest import Backend
+from conftest import BACKENDS, Backend, backends_and_apis
 from helpers import event, events
 from pupsourcing import (
     Event,
@@ -18,6 +18,13 @@ from pupsourcing import (
 )
 
 pytestmark = pytest.mark.both_apis  # the blocking and the asyncio API, see conftest
+
+
+@pytest.mark.parametrize("backend", backends_and_apis(BACKENDS, ["sync"]), indirect=True)
+def test_each_backend_connects_through_its_own_driver(backend: Backend) -> None:
+    """The ``mysqlclient`` backend really runs the store tests on MySQLdb."""
+    conn = backend.connection()
+    assert type(conn).__module__.partition(".")[0] == backend.driver
 
 
 def test_append_assigns_versions_and_positions(backend: Backend) -> None:
