@@ -183,6 +183,35 @@ def test_cancelling_mid_batch_commits_nothing(db: Backend, own_connection: bool)
     assert read_model_positions(db) == positions
 
 
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, SystemExit])
+def test_an_interrupted_batch_on_the_callers_connection_is_redone_once(
+    db: Backend, interruption: type[BaseException]
+) -> None:
+    """Not only cancellation: any ``BaseException`` from ``handle`` rolls the
+    batch back, so the same processor on the same connection applies every
+    event exactly once when it runs again."""
+    create_read_model(db)
+    positions = append_many(db, aggregates=2, per_aggregate=5)
+
+    class Interrupting(AsyncReadModel):
+        async def handle(self, event: PersistedEvent, tx: Any) -> None:
+            await super().handle(event, tx)
+            if event.global_position == positions[7]:
+                raise interruption("stop right now")
+
+    async def scenario() -> None:
+        async with connections(db) as connect:
+            conn = await connect()
+            async with AsyncProcessor(conn, db.async_store(), ProcessorConfig(5)) as processor:
+                with pytest.raises(interruption):
+                    await processor.catch_up(Interrupting(db))
+                assert read_model_positions(db) == positions[:5]
+                assert await processor.catch_up(AsyncReadModel(db)) == 5
+
+    asyncio.run(scenario())
+    assert read_model_positions(db) == positions
+
+
 def test_cancelling_the_runner_stops_every_projection(db: Backend) -> None:
     create_read_model(db)
     positions = append_many(db, aggregates=1, per_aggregate=4)

@@ -67,7 +67,8 @@ class Counting:
             query(self.blocker, "UPDATE totals SET n = n WHERE id = 1")
             threading.Timer(1.5, self.blocker.rollback).start()
         query(tx, "UPDATE totals SET n = n + 1 WHERE id = 1")
-        query(tx, "INSERT INTO applied (position) VALUES (%s)", (event.global_position,))
+        mark = "?" if self.backend.name == "sqlite" else "%s"
+        query(tx, f"INSERT INTO applied (position) VALUES ({mark})", (event.global_position,))
 
 
 def setup(backend: Backend, count: int) -> list[int]:
@@ -150,4 +151,43 @@ def test_a_handler_that_fails_by_itself_still_stops_the_processor(server: Backen
     try:
         assert server.store.get_checkpoint(conn, "broken") == 0
     finally:
+        conn.close()
+
+
+class Interrupted(BaseException):
+    """Stands for KeyboardInterrupt, SystemExit or a thread's asynchronous
+    exception: not an ``Exception``, so nothing on the way may swallow it."""
+
+
+@pytest.mark.parametrize("interruption", [Interrupted, KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("own_connection", [True, False], ids=["factory", "callers"])
+def test_an_interrupted_batch_is_rolled_back_and_redone_once(
+    backend: Backend, own_connection: bool, interruption: type[BaseException]
+) -> None:
+    """A ``BaseException`` from ``handle`` mid-batch leaves no open
+    transaction behind: running the same processor again applies every event
+    exactly once (one row per position; a partial batch committed along with
+    its redo would break the key or the count)."""
+    positions = setup(backend, 20)
+    projection = Counting(backend)
+    interrupt_at = positions[14]  # the middle of the second batch of ten
+
+    class Interrupting(Counting):
+        def handle(self, event: PersistedEvent, tx: Any) -> None:
+            super().handle(event, tx)
+            if event.global_position == interrupt_at:
+                raise interruption("stop right now")
+
+    conn = None if own_connection else backend.connect()
+    db: Any = backend.connect if conn is None else conn
+    with Processor(db, backend.store, ProcessorConfig(batch_size=10)) as processor:
+        with pytest.raises(interruption):
+            processor.catch_up(Interrupting(backend))
+        if conn is None:
+            assert processor._conn is None  # its own connection: closed, not reused
+        assert read_model(backend) == (positions[:10], 10)  # only the first batch
+        assert processor.catch_up(projection) == 10
+    assert read_model(backend) == (positions, 20)
+    if conn is not None:
+        assert query(conn, "SELECT 1") == [(1,)]  # rolled back, still usable
         conn.close()

@@ -167,13 +167,18 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
 
         try:
             return await drive_async(plan, perform)
-        except asyncio.CancelledError:
+        except Exception:
+            raise  # the plan has rolled back what it had to
+        except BaseException:
+            # A cancellation (or KeyboardInterrupt, SystemExit) went past the
+            # plan: the batch's transaction may still be open, and the next
+            # batch on this connection would commit its partial writes.
             sub.checkpoint = None  # a commit may have been cut short
             await self._abandon_transaction()
             raise
 
     async def _abandon_transaction(self) -> None:
-        """After a cancellation: a connection the processor opened is closed
+        """After an interruption: a connection the processor opened is closed
         (its driver may be midway through a reply), the caller's is rolled back."""
         if self._conn is None:
             return

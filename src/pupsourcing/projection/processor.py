@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import time
@@ -114,13 +115,15 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
         connection, is retried instead, whether it hits the processor's
         statements or the handler's writes through ``tx``."""
         stop = stop or threading.Event()
-        self._drive(projection, self._core.run(self._subscription(projection)), stop)
+        sub = self._subscription(projection)
+        self._drive(projection, sub, self._core.run(sub), stop)
 
     def catch_up(self, projection: Projection) -> int:
         """Process until no committed event is left for the projection; return
         how many events were handed to ``handle``. Waits for transactions
         that hold earlier positions to finish rather than skip their events."""
-        return self._drive(projection, self._core.catch_up(self._subscription(projection)), None)
+        sub = self._subscription(projection)
+        return self._drive(projection, sub, self._core.catch_up(sub), None)
 
     def _subscription(self, projection: Projection) -> Subscription:
         sub = self._core.subscription(projection)
@@ -132,7 +135,11 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
         return sub
 
     def _drive(
-        self, projection: Projection, plan: ProcessorPlan[T], stop: threading.Event | None
+        self,
+        projection: Projection,
+        sub: Subscription,
+        plan: ProcessorPlan[T],
+        stop: threading.Event | None,
     ) -> T:
         execute = self.store._execute
         handle = projection.handle
@@ -159,4 +166,25 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
                 return self.close()
             raise TypeError(f"unknown instruction {instruction!r}")
 
-        return drive(plan, perform)
+        try:
+            return drive(plan, perform)
+        except Exception:
+            raise  # the plan has rolled back what it had to
+        except BaseException:
+            # KeyboardInterrupt, SystemExit or a thread's asynchronous exception
+            # went past the plan: the batch's transaction may still be open, and
+            # the next batch on this connection would commit its partial writes.
+            sub.checkpoint = None  # a commit may have been cut short
+            self._abandon_transaction()
+            raise
+
+    def _abandon_transaction(self) -> None:
+        """After an interruption: a connection the processor opened is closed
+        (its driver may be midway through a reply), the caller's is rolled back."""
+        if self._conn is None:
+            return
+        if self._factory is not None:
+            self.close()
+            return
+        with contextlib.suppress(Exception):
+            self._conn.rollback()
