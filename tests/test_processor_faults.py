@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -191,3 +192,39 @@ def test_an_interrupted_batch_is_rolled_back_and_redone_once(
     if conn is not None:
         assert query(conn, "SELECT 1") == [(1,)]  # rolled back, still usable
         conn.close()
+
+
+def test_two_processors_on_one_projection_back_off_and_warn_once(backend: Backend) -> None:
+    """The same projection run twice by mistake: the checkpoint's
+    compare-and-set keeps the read model exact, and the processor that lost
+    a batch waits before it tries again and says so once per interval
+    (it used to retry at once and log hundreds of warnings a second)."""
+    setup(backend, 600)  # about 2 s of batches: the two run side by side
+
+    class Slow(Counting):
+        def handle(self, event: PersistedEvent, tx: Any) -> None:
+            query(tx, "UPDATE totals SET n = n + 1 WHERE id = 1")  # no key: a redo would count
+            time.sleep(0.003)  # both processors' batches overlap
+
+    log = LogRecords(f"pupsourcing.test.twice.{backend.name}")
+    config = ProcessorConfig(batch_size=10, poll_interval=0.01, logger=log.logger)
+    stop = threading.Event()
+    processors = [Processor(backend.connect, backend.store, config) for _ in range(2)]
+    threads = [
+        threading.Thread(target=p.run, args=(Slow(backend),), kwargs={"stop": stop})
+        for p in processors
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(3)
+    stop.set()
+    for thread in threads:
+        thread.join(15)
+    for p in processors:
+        p.close()
+    _, total = read_model(backend)
+    assert total == 600  # every event counted once
+    warnings = [m for m in log.messages(logging.WARNING) if "moved by another processor" in m]
+    assert len(warnings) <= 2, warnings  # one per processor that lost, per 30 s
+    if backend.name != "sqlite":  # there the loser waits for the write lock instead
+        assert warnings, "the two processors never raced"

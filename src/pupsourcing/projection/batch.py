@@ -67,6 +67,9 @@ class StepOutcome:
     waiting: bool = False
     """Committed events exist beyond the horizon, held back by transactions
     that may still commit lower positions."""
+    contended: bool = False
+    """The checkpoint had moved away from the batch (another processor runs
+    the same projection): the batch was rolled back."""
 
 
 def _names(projection: object, attribute: str) -> tuple[str, ...]:
@@ -116,6 +119,12 @@ class Subscription:
     from this projection (``time.monotonic()``); ``None`` while it is not held."""
     warned_at: float = 0.0
     """When the processor last warned that it is held back."""
+    conflicts: int = 0
+    """Batches in a row rolled back because the checkpoint had moved away."""
+    unreported_conflicts: int = 0
+    """Such batches since the processor last warned about them."""
+    conflict_warned_at: float | None = None
+    """When it last did (``time.monotonic()``)."""
 
     def __post_init__(self) -> None:
         self.in_sql = type(self.strategy) is HashPartitionStrategy
@@ -250,15 +259,8 @@ def step(
         raise
     if not advanced:
         yield ROLLBACK
-        sub.checkpoint = None
-        logger.warning(
-            "projection %s: checkpoint %s moved away from %d (another processor runs it?); "
-            "batch rolled back, reloading",
-            sub.name,
-            sub.checkpoint_name,
-            checkpoint,
-        )
-        return StepOutcome(0, idle=False)
+        sub.checkpoint = None  # reloaded by the next step
+        return StepOutcome(0, idle=False, contended=True)
     yield COMMIT
     sub.checkpoint = position
     if events:

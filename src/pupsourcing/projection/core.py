@@ -37,6 +37,9 @@ RECONNECT_MAX_DELAY = 10.0
 HELD_BACK_WARNING = 30.0
 """Seconds a projection may wait behind open write transactions before the
 processor logs a warning, and again every as many seconds while it waits."""
+CONFLICT_WARNING = 30.0
+"""Seconds between two warnings that another processor moved a projection's
+checkpoint (each says how many batches it cost since the last)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +114,9 @@ class ProcessorCore:
             outcome = yield from self.attempt(sub)
             if outcome is not None:
                 self.watch_held_back(sub, outcome)
-                if outcome.idle:
+                if outcome.contended:
+                    yield from self.yield_to_other_processor(sub)
+                elif outcome.idle:
                     yield Pause(self.config.poll_interval)
 
     def catch_up(self, sub: Subscription) -> ProcessorPlan[int]:
@@ -125,7 +130,9 @@ class ProcessorCore:
                 continue
             self.watch_held_back(sub, outcome)
             handled += outcome.handled
-            if outcome.idle:
+            if outcome.contended:
+                yield from self.yield_to_other_processor(sub)
+            elif outcome.idle:
                 if not outcome.waiting:
                     return handled
                 yield Pause(max(self.config.poll_interval, 0.001))
@@ -154,6 +161,35 @@ class ProcessorCore:
                 self.horizon.visible,
             )
 
+    def yield_to_other_processor(self, sub: Subscription) -> ProcessorPlan[None]:
+        """Another processor moved the checkpoint under this one's batch: let
+        it work for a while (the wait doubles, up to ``RECONNECT_MAX_DELAY``,
+        while the conflicts go on) instead of fetching the same events again
+        at once, and warn once per :data:`CONFLICT_WARNING` seconds with how
+        many batches it cost."""
+        sub.conflicts += 1
+        sub.unreported_conflicts += 1
+        now = time.monotonic()
+        if sub.conflict_warned_at is None or now - sub.conflict_warned_at >= CONFLICT_WARNING:
+            since = (
+                ""
+                if sub.conflict_warned_at is None
+                else f" in the last {now - sub.conflict_warned_at:.0f} s"
+            )
+            self.logger.warning(
+                "projection %s: checkpoint %s was moved by another processor %d time%s%s "
+                "(is the projection running twice?); each time the batch was rolled back "
+                "and the checkpoint reloaded",
+                sub.name,
+                sub.checkpoint_name,
+                sub.unreported_conflicts,
+                "" if sub.unreported_conflicts == 1 else "s",
+                since,
+            )
+            sub.conflict_warned_at = now
+            sub.unreported_conflicts = 0
+        yield Pause(min(RECONNECT_INITIAL_DELAY * 2 ** (sub.conflicts - 1), RECONNECT_MAX_DELAY))
+
     def attempt(self, sub: Subscription) -> ProcessorPlan[StepOutcome | None]:
         """One batch; ``None`` when it did not run (a transient failure, or the
         connection was lost and re-opened)."""
@@ -175,6 +211,8 @@ class ProcessorCore:
             yield from self.reconnect(exc)
             return None
         self.transient_failures = 0
+        if not outcome.contended:
+            sub.conflicts = 0
         return outcome
 
     def back_off(self, cause: BaseException) -> ProcessorPlan[None]:
