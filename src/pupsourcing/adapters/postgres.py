@@ -81,6 +81,7 @@ version 4 maximum 2704")."""
 _UNIQUE_VIOLATION = "23505"
 _SERIALIZATION_FAILURE = "40001"
 _DEADLOCK_DETECTED = "40P01"
+_UNDEFINED_COLUMN = "42703"
 
 # -- what JSONB refuses that Python's json module accepts --------------------
 
@@ -416,6 +417,9 @@ class PostgresDialect(Dialect):
 
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION
+
+    def is_undefined_column(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlstate", None) == _UNDEFINED_COLUMN
 
     def conflict_reason(self, exc: BaseException) -> str | None:
         sqlstate = getattr(exc, "sqlstate", None)
