@@ -14,10 +14,11 @@ when the head does not match (no row comes back), when a unique constraint is
 violated, when a REPEATABLE READ or SERIALIZABLE transaction meets a
 concurrent update (SQLSTATE 40001), and when the server breaks a deadlock with
 a writer that takes the locks in the other order (SQLSTATE 40P01: the Go
-library inserts the events first and updates the head last). After a server error the transaction is
-aborted as PostgreSQL always does; the store sends nothing more, so the
-caller's ``rollback()`` (or the end of their ``with conn.transaction():``
-block, or of a nested savepoint block) cleans up as usual.
+library inserts the events first and updates the head last). After a server
+error the transaction is aborted as PostgreSQL always does; the store sends
+nothing more, so the caller's ``rollback()`` (or the end of their
+``with conn.transaction():`` block, or of a nested savepoint block) cleans up
+as usual.
 
 Works with plain connections, pooled connections (``psycopg_pool``), inside
 ``with conn.transaction():`` and in autocommit mode, where each append is
