@@ -8,6 +8,7 @@ modes, psycopg pools and concurrent writers. Each test works in its own schema.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import string
 import tempfile
@@ -225,6 +226,12 @@ def test_schema_is_the_go_schema_plus_nullable_columns(make_pg: Callable[..., PG
 def go_append(conn: Any, key: tuple[str, str, str], rows: list[dict[str, Any]]) -> None:
     """Append the way the Go library does: read the head, INSERT the events
     (its columns only, metadata straight into JSONB), upsert the head."""
+    go_update_head(conn, key, go_insert_events(conn, key, rows))
+
+
+def go_insert_events(conn: Any, key: tuple[str, str, str], rows: list[dict[str, Any]]) -> int:
+    """The first half of :func:`go_append`: read the head and INSERT the
+    events after it; returns the aggregate's new version."""
     head = conn.execute(
         "SELECT aggregate_version FROM aggregate_heads "
         "WHERE bounded_context = %s AND aggregate_type = %s AND aggregate_id = %s",
@@ -252,6 +259,11 @@ def go_append(conn: Any, key: tuple[str, str, str], rows: list[dict[str, Any]]) 
                 row["created_at"],
             ),
         )
+    return int(version)
+
+
+def go_update_head(conn: Any, key: tuple[str, str, str], version: int) -> None:
+    """The second half of :func:`go_append`: upsert the head, last."""
     conn.execute(
         "INSERT INTO aggregate_heads (bounded_context, aggregate_type, aggregate_id, "
         "aggregate_version, updated_at) VALUES (%s, %s, %s, %s, NOW()) "
@@ -1016,3 +1028,92 @@ def test_an_open_append_blocks_only_its_own_aggregate(pg: PG) -> None:
     assert waiting[0].actual == 1
     waiter_conn.rollback()
     assert pg.count() == 8
+
+
+def wait_for_lock_wait(pg: PG, pid: int) -> None:
+    """Return once the backend ``pid`` waits for a lock (fail after 10 s)."""
+    deadline = time.monotonic() + 10
+    while pg.scalar("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)) != (
+        "Lock"
+    ):
+        assert time.monotonic() < deadline, "the append never waited for the Go writer"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_deadlock_with_a_go_writer_is_a_conflict(pg: PG, api: str) -> None:
+    """The Go library inserts the events, then updates aggregate_heads; we
+    lock the head first. Crossed, the two deadlock, and the server aborts one
+    of them: ours here (Go's session waits 10 s before it looks for deadlocks,
+    ours the default 1 s). Our side must see an OptimisticConcurrencyError."""
+    key = ("Shop", "Order", "a")
+    setup = pg.connect()
+    pg.store.append(setup, ExpectedVersion.no_stream(), events(1, "a"))
+    setup.commit()
+
+    go = pg.connect()
+    go.execute("SET deadlock_timeout = '10s'")
+    row = {
+        "event_id": uuid.uuid4(),
+        "event_type": "FromGo",
+        "payload": b"{}",
+        "metadata": "{}",
+        "created_at": datetime.now(UTC),
+    }
+    version = go_insert_events(go, key, [row])  # holds version 2's unique key, uncommitted
+
+    ours = pg.connect()
+    ours.execute("SET deadlock_timeout = '1s'")
+    ours.commit()
+    outcome: list[BaseException | None] = []
+    pid: list[int] = [] if api == "async" else [ours.info.backend_pid]
+
+    def append() -> None:
+        try:
+            if api == "sync":
+                pg.store.append(ours, ExpectedVersion.exact(1), events(1, "a"))
+            else:
+                asyncio.run(append_async())
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    async def append_async() -> None:
+        from pupsourcing.aio import AsyncPostgresStore
+
+        async with await psycopg.AsyncConnection.connect(pg.dsn) as conn:
+            await conn.execute("SET deadlock_timeout = '1s'")
+            pid.append(conn.info.backend_pid)
+            try:
+                await AsyncPostgresStore().append(conn, ExpectedVersion.exact(1), events(1, "a"))
+            finally:
+                await conn.rollback()
+
+    thread = threading.Thread(target=append)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not pid:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    wait_for_lock_wait(pg, pid[0])  # head row locked, waiting on Go's version 2
+    go_update_head(go, key, version)  # waits on our head row: the deadlock
+    go.commit()
+    thread.join(10)
+
+    [error] = outcome
+    assert isinstance(error, OptimisticConcurrencyError), error
+    assert isinstance(error.__cause__, psycopg.errors.DeadlockDetected)
+    assert (error.bounded_context, error.aggregate_type, error.aggregate_id) == key
+    assert error.expected == ExpectedVersion.exact(1)
+    assert "aborted this transaction" in str(error)
+    assert "roll it back and retry" in str(error)
+    if api == "sync":
+        assert ours.info.transaction_status == TransactionStatus.INERROR
+        ours.rollback()
+    stream = pg.store.read_aggregate_stream(ours, *key)
+    assert [(e.aggregate_version, e.event_type) for e in stream] == [(1, "E0"), (2, "FromGo")]
+    assert pg.scalar("SELECT aggregate_version FROM aggregate_heads") == 2
+    # Retried at the version it now reads, the append goes through.
+    assert pg.store.append(ours, ExpectedVersion.exact(2), events(1, "a")).to_version == 3
+    ours.commit()

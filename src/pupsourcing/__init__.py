@@ -16,6 +16,7 @@ from pupsourcing.core import (
     PersistedEvent,
     ProjectionError,
     PupsourcingError,
+    SchemaError,
     Stream,
     uuid7,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "PersistedEvent",
     "ProjectionError",
     "PupsourcingError",
+    "SchemaError",
     "Stream",
     "__version__",
     "uuid7",

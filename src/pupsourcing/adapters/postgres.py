@@ -11,11 +11,14 @@ block each other.
 
 A conflict is reported as :class:`~pupsourcing.OptimisticConcurrencyError`:
 when the head does not match (no row comes back), when a unique constraint is
-violated, and when a REPEATABLE READ or SERIALIZABLE transaction meets a
-concurrent update (SQLSTATE 40001). After a server error the transaction is
-aborted as PostgreSQL always does; the store sends nothing more, so the
-caller's ``rollback()`` (or the end of their ``with conn.transaction():``
-block, or of a nested savepoint block) cleans up as usual.
+violated, when a REPEATABLE READ or SERIALIZABLE transaction meets a
+concurrent update (SQLSTATE 40001), and when the server breaks a deadlock with
+a writer that takes the locks in the other order (SQLSTATE 40P01: the Go
+library inserts the events first and updates the head last). After a server
+error the transaction is aborted as PostgreSQL always does; the store sends
+nothing more, so the caller's ``rollback()`` (or the end of their
+``with conn.transaction():`` block, or of a nested savepoint block) cleans up
+as usual.
 
 Works with plain connections, pooled connections (``psycopg_pool``), inside
 ``with conn.transaction():`` and in autocommit mode, where each append is
@@ -78,6 +81,8 @@ version 4 maximum 2704")."""
 
 _UNIQUE_VIOLATION = "23505"
 _SERIALIZATION_FAILURE = "40001"
+_DEADLOCK_DETECTED = "40P01"
+_UNDEFINED_COLUMN = "42703"
 
 # -- what JSONB refuses that Python's json module accepts --------------------
 
@@ -414,10 +419,24 @@ class PostgresDialect(Dialect):
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION
 
+    def is_undefined_column(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlstate", None) == _UNDEFINED_COLUMN
+
     def conflict_reason(self, exc: BaseException) -> str | None:
-        if getattr(exc, "sqlstate", None) == _SERIALIZATION_FAILURE:
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate == _SERIALIZATION_FAILURE:
             detail = " ".join(str(exc).split())
             return f"a concurrent transaction changed this aggregate first ({detail})"
+        if sqlstate == _DEADLOCK_DETECTED:
+            # The Go library inserts the events before it updates the head;
+            # we lock the head first. Crossed, one of the two loses the race.
+            detail = " ".join(str(exc).split())
+            return (
+                "a concurrent writer (such as the Go library, which updates the aggregate "
+                "head after inserting its events) took this aggregate's locks in the other "
+                "order, and the server aborted this transaction to resolve the deadlock; "
+                f"roll it back and retry ({detail})"
+            )
         return super().conflict_reason(exc)
 
     def horizon_probe(self) -> Plan[Probe]:

@@ -155,6 +155,12 @@ class SQLiteDialect(Dialect):
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlite_errorname", None) in _UNIQUE_ERRORS
 
+    def is_undefined_column(self, exc: BaseException) -> bool:
+        # SELECT says "no such column: c", INSERT "table t has no column named c".
+        return getattr(exc, "sqlite_errorname", None) == "SQLITE_ERROR" and (
+            "no such column" in str(exc) or "has no column named" in str(exc)
+        )
+
     def horizon_probe(self) -> Plan[Probe]:
         # One writer at a time: a transaction holding positions holds the write
         # lock, so every committed position is below every uncommitted one.

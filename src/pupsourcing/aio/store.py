@@ -48,7 +48,13 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
             return []
         if statement.begin and await self._in_transaction(tx):
             return []
-        return await self._query(tx, statement)
+        try:
+            return await self._query(tx, statement)
+        except Exception as exc:
+            error = self.dialect.schema_error(exc)
+            if error is None:
+                raise
+            raise error from exc
 
     async def _run(self, tx: ConnT, plan: Plan[T]) -> T:
         return await drive_async(plan, lambda statement: self._execute(tx, statement))

@@ -11,7 +11,7 @@ from pupsourcing import __version__
 from pupsourcing.cli import demo, eventmap_gen, events, migrate, migrate_gen, projections
 from pupsourcing.cli._db import driver_error_message, one_line
 from pupsourcing.cli.errors import CommandError
-from pupsourcing.core.errors import ProjectionError
+from pupsourcing.core.errors import ProjectionError, SchemaError
 from pupsourcing.urls import DriverNotInstalledError
 
 __all__ = ["CommandError", "build_parser", "main"]
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _error_line(exc: BaseException) -> str | None:
     """The one line to report for ``exc``, or ``None`` to let it propagate."""
-    if isinstance(exc, CommandError | ValueError | OSError | DriverNotInstalledError):
+    if isinstance(exc, CommandError | ValueError | OSError | DriverNotInstalledError | SchemaError):
         return str(exc)
     if isinstance(exc, ProjectionError):
         cause = exc.__cause__

@@ -6,6 +6,7 @@ from pupsourcing.core.errors import (
     OptimisticConcurrencyError,
     ProjectionError,
     PupsourcingError,
+    SchemaError,
 )
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
@@ -21,6 +22,7 @@ __all__ = [
     "PersistedEvent",
     "ProjectionError",
     "PupsourcingError",
+    "SchemaError",
     "Stream",
     "uuid7",
 ]

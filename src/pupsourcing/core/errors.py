@@ -45,6 +45,23 @@ class OptimisticConcurrencyError(PupsourcingError):
         super().__init__(message)
 
 
+class SchemaError(PupsourcingError):
+    """The store's tables lack a column pupsourcing needs: typically tables the
+    Go library created, before ``pupsourcing migrate`` or
+    ``store.create_schema(tx)`` added pupsourcing's columns to them. ``table``
+    and ``column`` name what is missing; the driver's error is ``__cause__``.
+    """
+
+    def __init__(self, table: str, column: str) -> None:
+        self.table = table
+        self.column = column
+        super().__init__(
+            f"table {table!r} has no column {column!r}, which pupsourcing adds to the "
+            "Go library's schema: run `pupsourcing migrate` or store.create_schema(tx) "
+            "once to add it (the Go library keeps working)"
+        )
+
+
 class NoEventsError(PupsourcingError, ValueError):
     """``append`` was called with no events."""
 

@@ -107,7 +107,13 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
             return []
         if statement.begin and self._in_transaction(tx):
             return []
-        cursor = self._cursor(tx, statement)
+        try:
+            cursor = self._cursor(tx, statement)
+        except Exception as exc:
+            error = self.dialect.schema_error(exc)
+            if error is None:
+                raise
+            raise error from exc
         try:
             rows = self._fetch(cursor) if statement.fetch else None
             return statement.answer(rows, cursor.rowcount, self.decodes_rows)

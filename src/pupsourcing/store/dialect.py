@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import abc
 import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pupsourcing.core.errors import OptimisticConcurrencyError
+from pupsourcing.core.errors import OptimisticConcurrencyError, SchemaError
 from pupsourcing.core.events import (
     STORED_FIELDS,
     AppendResult,
@@ -275,6 +276,23 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def is_unique_violation(self, exc: BaseException) -> bool:
         """Whether ``exc`` is the driver's unique-constraint violation."""
+
+    @abc.abstractmethod
+    def is_undefined_column(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the driver's error for a column the table lacks."""
+
+    def schema_error(self, exc: BaseException) -> SchemaError | None:
+        """The :class:`~pupsourcing.SchemaError` for a failed statement's
+        ``exc`` when it names a column pupsourcing adds to the Go library's
+        events table (tables the Go library created lack them until
+        ``create_schema``); ``None`` for any other error."""
+        if not self.is_undefined_column(exc):
+            return None
+        text = str(exc)
+        for column in added_columns(self.schema_dialect):
+            if re.search(rf"\b{column.name}\b", text):
+                return SchemaError(self.config.events_table, column.name)
+        return None
 
     def timestamp_sql(self, column: str) -> str:
         """An expression reading the timestamp ``column`` for :meth:`decode_timestamp`."""
