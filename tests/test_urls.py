@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from pupsourcing import ExpectedVersion
 from pupsourcing.adapters.mysql import MySQLStore
 from pupsourcing.adapters.postgres import PostgresStore
 from pupsourcing.adapters.sqlite import SQLiteStore
+from pupsourcing.cli.console import Console, ConsoleHandler
 from pupsourcing.projection import Processor
 from pupsourcing.store import StoreConfig
 from pupsourcing.urls import (
@@ -317,3 +320,18 @@ def test_cli_refuses_ambiguous_urls_without_echo(url: str) -> None:
     result = cli("migrate", "--db", url)
     assert_one_line_error(result, "bad database URL", "percent-encode")
     assert_hidden(result.stdout + result.stderr, password)
+
+
+def test_run_logs_hide_the_urls_secrets() -> None:
+    url = parse_url("postgresql://app:Xk7%00pw@db/shop?sslpassword=Qv8ss")
+    stream = io.StringIO()
+    handler = ConsoleHandler(Console(stream), url.scrub)
+    log = logging.getLogger("pupsourcing.test_urls")
+    log.addHandler(handler)
+    try:
+        log.error("lost its connection (%s)", f'bad value "Xk7%00pw" in {url.raw}')
+    finally:
+        log.removeHandler(handler)
+    assert "lost its connection" in stream.getvalue()
+    for secret in ("Xk7", "Qv8"):
+        assert secret not in stream.getvalue()
