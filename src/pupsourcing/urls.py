@@ -309,7 +309,7 @@ def _check_unambiguous(rest: str) -> None:
     end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
     userinfo, _ = _split_userinfo(rest)
     if rest[:end].count("@") > 1 or (userinfo is not None and len(userinfo) >= end):
-        raise DatabaseURLError(f"ambiguous database URL: {_ENCODE}")
+        raise DatabaseURLError(f"ambiguous user name or password: {_ENCODE}")
     if _BAD_PERCENT.search(rest):
         raise DatabaseURLError(f"a '%' starts no %XX escape in the database URL: {_ENCODE}")
 
