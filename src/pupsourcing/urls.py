@@ -11,7 +11,10 @@
 ==================================================  =====================================
 
 Percent-encode special characters in user names and passwords
-(``p@ss`` is ``p%40ss``). Drivers are imported only when a connection is
+(``p@ss`` is ``p%40ss``): a URL whose password could be split in more than
+one way is refused. Wherever a URL is shown, its password and every
+secret-bearing query parameter (``password``, ``sslpassword``, tokens,
+keys, ...) read ``***``. Drivers are imported only when a connection is
 opened, so this module loads with the standard library alone.
 
 >>> from pupsourcing.urls import parse_url
@@ -36,10 +39,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pupsourcing.core.errors import PupsourcingError
 from pupsourcing.store.base import SQLStore
@@ -71,18 +75,44 @@ EXAMPLES = (
 
 
 class DatabaseURLError(PupsourcingError, ValueError):
-    """A database URL that cannot be used; the message says why."""
+    """A database URL that cannot be used; the message says why, without
+    quoting anything that may be part of a password."""
 
 
 class DriverNotInstalledError(PupsourcingError, ImportError):
     """The URL names a database whose driver is not installed."""
 
 
+_SECRET_WORDS = ("pass", "pwd", "secret", "token", "key", "credential")
+
+MASK = "***"
+
+
+def is_secret_param(name: str) -> bool:
+    """Whether a query parameter may carry a secret (a password, passphrase,
+    token or key, or the file holding one): shown as ``***``."""
+    lowered = unquote(name).lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _split_userinfo(rest: str) -> tuple[str | None, str]:
+    """``rest`` (after ``scheme://``) as the text before its last ``@`` when
+    that looks like ``user:password``, and what follows."""
+    userinfo, at, after = rest.rpartition("@")
+    return (userinfo, after) if at and ":" in userinfo else (None, rest)
+
+
+def _query_pairs(tail: str) -> list[tuple[str, str]]:
+    """The raw ``name=value`` pairs of the query in ``tail``, not decoded."""
+    query = tail.partition("?")[2].partition("#")[0]
+    return [(name, value) for name, _, value in (p.partition("=") for p in query.split("&"))]
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseURL:
     """A parsed database URL. ``adapter`` is ``"postgres"``, ``"mysql"`` or
     ``"sqlite"``; ``path`` is the SQLite file; ``params`` the query parameters.
-    Its ``repr`` hides the password."""
+    Its ``str`` and ``repr`` hide the password and secret parameters."""
 
     adapter: str
     raw: str = field(repr=False)
@@ -95,19 +125,50 @@ class DatabaseURL:
     params: Mapping[str, str] = field(default_factory=dict)
 
     def redacted(self) -> str:
-        """The URL with its password (in the user info or a ``password``
-        query parameter) replaced by ``***``: safe to print."""
-        scheme, _, rest = self.raw.partition("://")
-        authority, slash, tail = rest.partition("/")
-        userinfo, at, hostport = authority.rpartition("@")
-        if at and ":" in userinfo:
-            authority = f"{userinfo.partition(':')[0]}:***@{hostport}"
-        if "password" in self.params:
-            before, _, query = tail.partition("?")
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
-            tail = f"{before}?{query}"
-        return f"{scheme}://{authority}{slash}{tail}"
+        """The URL with its password and every secret-bearing query
+        parameter (see :func:`is_secret_param`) replaced by ``***``: safe
+        to print. The rest is kept as written."""
+        scheme, sep, rest = self.raw.partition("://")
+        if not sep:
+            return MASK
+        userinfo, tail = _split_userinfo(rest)
+        head = (
+            f"{scheme}://"
+            if userinfo is None
+            else f"{scheme}://{userinfo.partition(':')[0]}:{MASK}@"
+        )
+        path, question, query = tail.partition("?")
+        if question:
+            query, hash_, _ = query.partition("#")
+            pairs = [
+                f"{name}={MASK}" if is_secret_param(name) else f"{name}{'=' * bool(eq)}{value}"
+                for name, eq, value in (p.partition("=") for p in query.split("&"))
+            ]
+            tail = f"{path}?{'&'.join(pairs)}{'#' + MASK if hash_ else ''}"
+        elif "#" in tail:
+            tail = f"{tail.partition('#')[0]}#{MASK}"
+        return head + tail
+
+    def secrets(self) -> set[str]:
+        """The password and secret parameter values, decoded and as written."""
+        userinfo, tail = _split_userinfo(self.raw.partition("://")[2])
+        found = {self.password or ""}
+        if userinfo is not None:
+            found.add(userinfo.partition(":")[2])
+        for name, value in _query_pairs(tail):
+            if is_secret_param(name):
+                found |= {value, unquote(value)}
+        found.update(v for k, v in self.params.items() if is_secret_param(k))
+        found.discard("")
+        return found
+
+    def scrub(self, text: str) -> str:
+        """``text`` (a driver's message, which may quote the URL or a
+        password) with the URL redacted and every secret replaced by ``***``."""
+        text = text.replace(self.raw, self.redacted())
+        for secret in sorted(self.secrets(), key=len, reverse=True):
+            text = text.replace(secret, MASK)
+        return text
 
     def __str__(self) -> str:
         return self.redacted()
@@ -205,8 +266,10 @@ _SCHEMES = {
 def _params(adapter: str, query: str) -> dict[str, str]:
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError as exc:
-        raise DatabaseURLError(f"malformed query string {query!r}") from exc
+    except ValueError:
+        raise DatabaseURLError(
+            "malformed query string: use name=value pairs joined by '&'"
+        ) from None
     params: dict[str, str] = {}
     accepted = _ADAPTERS[adapter].params
     for name, value in pairs:
@@ -230,31 +293,61 @@ def _params(adapter: str, query: str) -> dict[str, str]:
     return params
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ENCODE = (
+    "percent-encode special characters in the user name and password "
+    "(@ is %40, / is %2F, ? is %3F, # is %23, % is %25)"
+)
+
+
+def _check_unambiguous(rest: str) -> None:
+    """Refuse a server URL (``rest`` follows ``scheme://``) whose user info
+    urllib and the drivers could split differently: more than one ``@`` in
+    the authority, or an ``@`` after a ``/``, ``?`` or ``#`` that follows a
+    ``:`` (``user:pa/ss@host``). Nothing of the URL is quoted."""
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    userinfo, _ = _split_userinfo(rest)
+    if rest[:end].count("@") > 1 or (userinfo is not None and len(userinfo) >= end):
+        raise DatabaseURLError(f"ambiguous user name or password: {_ENCODE}")
+    if _BAD_PERCENT.search(rest):
+        raise DatabaseURLError(f"a '%' starts no %XX escape in the database URL: {_ENCODE}")
+
+
 def parse_url(url: str) -> DatabaseURL:
     """Parse and check a database URL; raises :class:`DatabaseURLError`."""
     if not isinstance(url, str):
         raise DatabaseURLError(f"a database URL must be a str, got {type(url).__name__}")
-    scheme, sep, _ = url.partition("://")
-    if not sep or not scheme:
-        # Not echoed: without its scheme the text may still hold a password.
+    scheme, sep, rest = url.partition("://")
+    # Only a scheme is ever quoted: the rest of the text may hold a password.
+    if not sep or not _SCHEME.fullmatch(scheme):
         raise DatabaseURLError(f"not a database URL (no scheme://); use {EXAMPLES}")
     adapter = _SCHEMES.get(scheme.lower())
     if adapter is None:
         raise DatabaseURLError(
             f"unknown database URL scheme {scheme!r}; use one of {', '.join(_SCHEMES)}"
         )
+    if adapter != "sqlite":
+        _check_unambiguous(rest)
     try:
         parts = urlsplit(url)
+    except ValueError:  # a bad IPv6 literal, odd characters in the host
+        raise DatabaseURLError(
+            f"malformed {scheme} URL: check the host (an IPv6 one in [brackets]); {_ENCODE}"
+        ) from None
+    try:
         port = parts.port
-    except ValueError as exc:  # a port that is not a number, a bad IPv6 literal, ...
-        raise DatabaseURLError(f"malformed {scheme} URL: {exc}") from None
-    if parts.fragment:
-        raise DatabaseURLError(f"a database URL has no #fragment, got #{parts.fragment}")
+    except ValueError:
+        raise DatabaseURLError(
+            f"malformed {scheme} URL: the port must be a number from 0 to 65535; {_ENCODE}"
+        ) from None
+    if parts.fragment or url.endswith("#"):
+        raise DatabaseURLError(f"a database URL has no #fragment; {_ENCODE}")
     params = _params(adapter, parts.query)
     if adapter == "sqlite":
         if parts.netloc:
             raise DatabaseURLError(
-                f"SQLite URLs name a file, not a host ({parts.netloc!r}): use "
+                "SQLite URLs name a file, not a host: use "
                 "sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
         path = unquote(parts.path[1:])  # sqlite:///a.db -> a.db; sqlite:////a.db -> /a.db
@@ -266,7 +359,7 @@ def parse_url(url: str) -> DatabaseURL:
         return DatabaseURL(adapter, url, path=path, params=params)
     name = unquote(parts.path[1:]) if parts.path else ""
     if "/" in name:
-        raise DatabaseURLError(f"the database name {name!r} must not contain '/'")
+        raise DatabaseURLError("the database name must not contain '/' (percent-encode it: %2F)")
     if adapter == "mysql" and not name:
         raise DatabaseURLError(
             "a MySQL URL needs a database name: mysql://user:password@host:3306/DBNAME"

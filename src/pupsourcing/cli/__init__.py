@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from pupsourcing import __version__
 from pupsourcing.cli import demo, eventmap_gen, events, migrate, migrate_gen, projections
-from pupsourcing.cli._db import driver_error_message, one_line
+from pupsourcing.cli._db import driver_error_message, one_line, scrub_secrets
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.core.errors import ProjectionError, SchemaError
 from pupsourcing.urls import DriverNotInstalledError
@@ -57,6 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if line is None:
             raise
         command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
-        print(f"pupsourcing {command}: error: {line}", file=sys.stderr)
+        print(f"pupsourcing {command}: error: {scrub_secrets(line, args)}", file=sys.stderr)
         return 1
     return status

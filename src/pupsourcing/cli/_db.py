@@ -1,5 +1,6 @@
 """What every command that opens the store shares: ``--db`` and the table
-names, opening connections, and driver errors as one line."""
+names, opening connections, and driver errors as one line, never showing
+a password or other secret from the URL."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def connect(db: Database) -> Any:
     except Exception as exc:
         if not is_driver_error(exc):
             raise
-        raise CommandError(f"cannot connect to {db.url}: {one_line(exc)}") from None
+        raise CommandError(f"cannot connect to {db.url}: {db.url.scrub(one_line(exc))}") from None
 
 
 def close_quietly(conn: Any) -> None:
@@ -112,6 +113,19 @@ def check_store(db: Database) -> int:
         head = db.store.head_position(conn)
         conn.rollback()
     return head
+
+
+def scrub_secrets(text: str, args: argparse.Namespace) -> str:
+    """``text`` without the secrets of the URL ``args`` name (drivers may
+    quote them); unchanged for a command without ``--db`` or a bad URL,
+    whose errors quote nothing of it."""
+    if not hasattr(args, "db"):
+        return text
+    try:
+        url = parse_url(database_url(args))
+    except DatabaseURLError:
+        return text
+    return url.scrub(text)
 
 
 def is_driver_error(exc: BaseException) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from typing import TextIO
 
 _CLEAR_LINE = "\r\x1b[2K"
@@ -62,23 +63,29 @@ class Console:
 
 
 class ConsoleHandler(logging.Handler):
-    """A logging handler writing through a :class:`Console`."""
+    """A logging handler writing through a :class:`Console`, each line passed
+    through ``scrub`` (which hides the database URL's secrets)."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, scrub: Callable[[str], str] | None = None) -> None:
         super().__init__()
         self.console = console
+        self.scrub = scrub
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.console.write(self.format(record))
+            line = self.format(record)
+            self.console.write(self.scrub(line) if self.scrub else line)
         except Exception:
             self.handleError(record)
 
 
-def setup_logging(console: Console, verbosity: int, tag: str = "") -> None:
+def setup_logging(
+    console: Console, verbosity: int, tag: str = "", scrub: Callable[[str], str] | None = None
+) -> None:
     """Log to ``console``: warnings from the processors, the command's own
-    progress lines, and with ``-v`` every batch (``-vv``: debug)."""
-    handler = ConsoleHandler(console)
+    progress lines, and with ``-v`` every batch (``-vv``: debug). ``scrub``
+    filters each line: driver errors may quote the URL's secrets."""
+    handler = ConsoleHandler(console, scrub)
     label = f" [{tag}]" if tag else ""
     handler.setFormatter(
         logging.Formatter(f"%(asctime)s %(levelname)s{label} %(name)s: %(message)s")

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     db = open_database(args)
     check_store(db)
     console = Console(sys.stderr)
-    setup_logging(console, args.verbose, "supervisor")
+    setup_logging(console, args.verbose, "supervisor", db.url.scrub)
     env = {**os.environ, ENV_VAR: database_url(args)}
     workers = [Worker(key, total, worker_argv(args, key), env) for key in range(total)]
     monitor = None

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(sys.stderr)
     partitioned = config.total_partitions > 1
     tag = f"p{config.partition_key}/{config.total_partitions}" if partitioned else ""
-    setup_logging(console, args.verbose, tag)
+    setup_logging(console, args.verbose, tag, db.url.scrub)
     names = ", ".join(p.name for p in projections)
     logger.info(
         "running %s on %s%s; store head %d",
