@@ -31,6 +31,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, settings
 
+from pupsourcing.adapters import _registry as registry
 from pupsourcing.projection import Processor
 from pupsourcing.runner import Runner
 from pupsourcing.store.config import StoreConfig
@@ -44,7 +45,7 @@ BACKENDS = ["sqlite", "postgres", "mysql", "mysqlclient"]
 mysqlclient driver (``MySQLdb``) instead of PyMySQL: the adapter promises any
 DB-API MySQL driver. Its backend's ``name`` is ``"mysql"``."""
 APIS = ["sync", "async"]
-ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgres": "psycopg", "mysql": "asyncmy"}
+ASYNC_DRIVERS = {a.name: a.async_driver for a in registry.ADAPTERS}
 MYSQL_DRIVERS = {"mysql": "pymysql", "mysqlclient": "MySQLdb"}
 """The blocking driver module of each MySQL backend."""
 
@@ -192,15 +193,8 @@ class Backend:
 
     def async_store(self) -> Any:
         """An asyncio store of this backend's adapter and config."""
-        from pupsourcing import aio
-
         require(ASYNC_DRIVERS[self.name])
-        stores = {
-            "sqlite": aio.AsyncSQLiteStore,
-            "postgres": aio.AsyncPostgresStore,
-            "mysql": aio.AsyncMySQLStore,
-        }
-        return stores[self.name](self.store.config)
+        return registry.adapter(self.name).async_store_class(self.store.config)
 
     def use_async(self) -> None:
         """Switch this backend to the asyncio API behind the blocking facade."""

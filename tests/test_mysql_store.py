@@ -32,10 +32,9 @@ from pupsourcing.adapters.mysql import (
     MAX_CREATED_AT,
     MIN_CREATED_AT,
     CollationWarning,
-    MySQLDialect,
     MySQLStore,
-    active_transactions,
 )
+from pupsourcing.adapters.mysql._dialect import MySQLDialect, active_transactions
 from pupsourcing.store import StoreConfig
 from pupsourcing.store.plan import Row, Statement
 

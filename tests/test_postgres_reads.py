@@ -1,4 +1,4 @@
-"""Event reads chunk by chunk on PostgreSQL (pupsourcing.adapters.postgres_reads).
+"""Event reads chunk by chunk on PostgreSQL (pupsourcing.adapters.postgres._reads).
 
 Every read the store decodes goes through these cursors: chunk by chunk
 through psycopg's prepared statements when psycopg and libpq allow it, as a
@@ -22,7 +22,7 @@ psycopg = pytest.importorskip("psycopg")
 
 from psycopg.pq import TransactionStatus  # noqa: E402 - after the importorskip
 
-from pupsourcing.adapters import postgres_reads  # noqa: E402
+from pupsourcing.adapters.postgres import _reads as postgres_reads  # noqa: E402
 from pupsourcing.aio import AsyncPostgresStore  # noqa: E402
 from test_postgres_store import PG, make_pg  # noqa: E402, F401 - make_pg: a fixture
 

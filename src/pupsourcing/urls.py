@@ -37,14 +37,13 @@ Typical use::
 
 from __future__ import annotations
 
-import functools
-import importlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from pupsourcing.adapters import _registry as registry
 from pupsourcing.core.errors import PupsourcingError
 from pupsourcing.store.base import SQLStore
 from pupsourcing.store.config import StoreConfig
@@ -177,92 +176,6 @@ class DatabaseURL:
         return f"DatabaseURL({self.redacted()!r})"
 
 
-# -- one row per database: store class, accepted query parameters, connector --
-
-
-def _connect_sqlite(url: DatabaseURL, create: bool) -> Callable[[], Any]:
-    from pupsourcing.adapters.sqlite import connect
-
-    assert url.path is not None
-    timeout = float(url.params.get("timeout", 5.0))
-    return functools.partial(connect, url.path, timeout=timeout, create=create)
-
-
-def _connect_postgres(url: DatabaseURL, create: bool) -> Callable[[], Any]:
-    try:
-        import psycopg
-    except ImportError as exc:
-        raise DriverNotInstalledError(
-            "PostgreSQL URLs need psycopg 3: pip install 'pupsourcing[postgres]'"
-        ) from exc
-    # libpq parses the URI itself, query parameters (sslmode, options, ...) included.
-    kwargs: dict[str, Any] = {}
-    if "connect_timeout" not in url.params:
-        kwargs["connect_timeout"] = CONNECT_TIMEOUT
-    return functools.partial(psycopg.connect, url.raw, **kwargs)
-
-
-_MYSQL_PARAMS: dict[str, type] = {
-    "unix_socket": str,
-    "charset": str,
-    "connect_timeout": int,
-    "read_timeout": int,
-    "write_timeout": int,
-    "ssl_ca": str,
-    "ssl_cert": str,
-    "ssl_key": str,
-}
-
-
-def _connect_mysql(url: DatabaseURL, create: bool) -> Callable[[], Any]:
-    try:
-        pymysql = importlib.import_module("pymysql")  # untyped: no stubs needed this way
-    except ImportError as exc:
-        raise DriverNotInstalledError(
-            "MySQL URLs need PyMySQL: pip install 'pupsourcing[mysql]'"
-        ) from exc
-    kwargs: dict[str, Any] = {
-        "host": url.host or "localhost",
-        "port": url.port or 3306,
-        "database": url.database,
-        "charset": "utf8mb4",
-        "connect_timeout": CONNECT_TIMEOUT,
-    }
-    if url.user is not None:
-        kwargs["user"] = url.user
-    if url.password is not None:
-        kwargs["password"] = url.password
-    for name, value in url.params.items():
-        kwargs[name] = _MYSQL_PARAMS[name](value)
-    return functools.partial(pymysql.connect, **kwargs)
-
-
-@dataclass(frozen=True, slots=True)
-class _Adapter:
-    store: str
-    """``module:Class`` of the store, imported on use."""
-    params: Mapping[str, type] | None
-    """Accepted query parameters and their types; ``None``: the driver checks."""
-    connector: Callable[[DatabaseURL, bool], Callable[[], Any]]
-
-
-_ADAPTERS: dict[str, _Adapter] = {
-    "postgres": _Adapter("pupsourcing.adapters.postgres:PostgresStore", None, _connect_postgres),
-    "mysql": _Adapter("pupsourcing.adapters.mysql:MySQLStore", _MYSQL_PARAMS, _connect_mysql),
-    "sqlite": _Adapter(
-        "pupsourcing.adapters.sqlite:SQLiteStore", {"timeout": float}, _connect_sqlite
-    ),
-}
-
-_SCHEMES = {
-    "postgresql": "postgres",
-    "postgres": "postgres",
-    "mysql": "mysql",
-    "mariadb": "mysql",
-    "sqlite": "sqlite",
-}
-
-
 def _params(adapter: str, query: str) -> dict[str, str]:
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
@@ -271,7 +184,7 @@ def _params(adapter: str, query: str) -> dict[str, str]:
             "malformed query string: use name=value pairs joined by '&'"
         ) from None
     params: dict[str, str] = {}
-    accepted = _ADAPTERS[adapter].params
+    accepted = registry.adapter(adapter).url_params
     for name, value in pairs:
         if name in params:
             raise DatabaseURLError(f"query parameter {name!r} is given twice")
@@ -322,11 +235,12 @@ def parse_url(url: str) -> DatabaseURL:
     # Only a scheme is ever quoted: the rest of the text may hold a password.
     if not sep or not _SCHEME.fullmatch(scheme):
         raise DatabaseURLError(f"not a database URL (no scheme://); use {EXAMPLES}")
-    adapter = _SCHEMES.get(scheme.lower())
-    if adapter is None:
+    entry = registry.by_scheme(scheme)
+    if entry is None:
         raise DatabaseURLError(
-            f"unknown database URL scheme {scheme!r}; use one of {', '.join(_SCHEMES)}"
+            f"unknown database URL scheme {scheme!r}; use one of {', '.join(registry.schemes())}"
         )
+    adapter = entry.name
     if adapter != "sqlite":
         _check_unambiguous(rest)
     try:
@@ -398,11 +312,7 @@ def database(
     (:class:`FileNotFoundError` on connecting) instead of being created.
     """
     parsed = url if isinstance(url, DatabaseURL) else parse_url(url)
-    adapter = _ADAPTERS[parsed.adapter]
+    adapter = registry.adapter(parsed.adapter)
     connect = adapter.connector(parsed, create)
-    module, _, name = adapter.store.partition(":")
-    store_class = getattr(importlib.import_module(module), name, None)
-    if store_class is None:
-        raise DriverNotInstalledError(f"this version of pupsourcing has no {name}")
-    store: SQLStore[Any] = store_class(config)
+    store: SQLStore[Any] = adapter.store_class(config)
     return Database(parsed, store, connect)

@@ -18,11 +18,13 @@ Importing this module imports no database driver; install the one you use
 (``pupsourcing[postgres]``, ``pupsourcing[asyncmy]``, ``pupsourcing[aiosqlite]``).
 """
 
+from pupsourcing.adapters.mysql import AsyncMySQLStore
+from pupsourcing.adapters.postgres import AsyncPostgresStore
+from pupsourcing.adapters.sqlite import AsyncSQLiteStore
 from pupsourcing.aio.processor import AsyncProcessor
 from pupsourcing.aio.runner import AsyncRunner
-from pupsourcing.aio.store import AsyncSQLStore
-from pupsourcing.aio.stores import AsyncMySQLStore, AsyncPostgresStore, AsyncSQLiteStore
 from pupsourcing.runner import ProjectionRunner
+from pupsourcing.store.async_base import AsyncSQLStore
 
 __all__ = [
     "AsyncMySQLStore",

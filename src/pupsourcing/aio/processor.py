@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from pupsourcing.aio.store import AsyncSQLStore
 from pupsourcing.core.errors import ProjectionError
 from pupsourcing.projection.batch import Handle, Subscription
 from pupsourcing.projection.config import ProcessorConfig
@@ -30,6 +29,7 @@ from pupsourcing.projection.core import (
     ProcessorPlan,
 )
 from pupsourcing.projection.protocols import AsyncProjection
+from pupsourcing.store.async_base import AsyncSQLStore
 from pupsourcing.store.plan import Statement, drive_async
 
 __all__ = ["AsyncProcessor"]

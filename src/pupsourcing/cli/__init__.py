@@ -7,11 +7,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pupsourcing import __version__
+from pupsourcing import ProjectionError, SchemaError, __version__
 from pupsourcing.cli import demo, eventmap_gen, events, migrate, migrate_gen, projections
 from pupsourcing.cli._db import driver_error_message, one_line, scrub_secrets
 from pupsourcing.cli.errors import CommandError
-from pupsourcing.core.errors import ProjectionError, SchemaError
 from pupsourcing.urls import DriverNotInstalledError
 
 __all__ = ["CommandError", "build_parser", "main"]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pupsourcing.cli.errors import CommandError
-from pupsourcing.store.config import StoreConfig
+from pupsourcing.store import StoreConfig
 from pupsourcing.urls import (
     DEFAULT_URL,
     ENV_VAR,

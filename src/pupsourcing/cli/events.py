@@ -16,13 +16,13 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from pupsourcing import PersistedEvent
 from pupsourcing.cli._args import interval, non_negative_int
 from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._text import clean
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.cli.signals import stop_on_signals
-from pupsourcing.core.events import PersistedEvent
-from pupsourcing.store.horizon import Horizon
+from pupsourcing.store import Horizon
 
 HEX_PREVIEW = 32
 """Leading bytes of a binary payload shown in hex."""
@@ -209,7 +209,7 @@ def run_tail(args: argparse.Namespace) -> int:
         horizon = Horizon()
         stop = threading.Event()
         with stop_on_signals(stop, "stopping"):
-            horizon.observe(store._run(conn, store.dialect.horizon_probe()))
+            horizon.observe(store.probe_horizon(conn))
             conn.rollback()
             shown = [e for e in latest if e.global_position <= horizon.safe]
             _print_events(shown, args.json)
@@ -233,7 +233,7 @@ def run_tail(args: argparse.Namespace) -> int:
                         continue
                 if stop.wait(args.interval):
                     break
-                horizon.observe(store._run(conn, store.dialect.horizon_probe()))
+                horizon.observe(store.probe_horizon(conn))
                 conn.rollback()
     return 0
 

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from pupsourcing.cli.errors import CommandError
+from pupsourcing.projection import Projection
 from pupsourcing.projection.batch import projection_name
-from pupsourcing.projection.protocols import Projection
 
 
 def _looks_like_projection(obj: object) -> bool:

@@ -15,7 +15,7 @@ from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._text import clean, duration
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import ProcessorConfig
-from pupsourcing.store.checkpoint import Checkpoint
+from pupsourcing.store import Checkpoint
 
 _PARTITION = re.compile(r"(?P<name>.+)_p(?P<key>0|[1-9][0-9]*)\Z")
 

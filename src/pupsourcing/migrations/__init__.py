@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from pupsourcing.adapters import _registry as registry
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect
 
@@ -22,24 +23,13 @@ __all__ = [
     "write_migration",
 ]
 
-ADAPTERS = ("postgres", "mysql", "sqlite")
+ADAPTERS = registry.NAMES
+"""The adapters' names, as ``migrate-gen --adapter`` takes them."""
 
 
 def dialect_class(adapter: str) -> type[Dialect]:
     """The dialect of ``adapter`` (one of :data:`ADAPTERS`)."""
-    if adapter == "postgres":
-        from pupsourcing.adapters.postgres import PostgresDialect
-
-        return PostgresDialect
-    if adapter == "mysql":
-        from pupsourcing.adapters.mysql import MySQLDialect
-
-        return MySQLDialect
-    if adapter == "sqlite":
-        from pupsourcing.adapters.sqlite import SQLiteDialect
-
-        return SQLiteDialect
-    raise ValueError(f"adapter: unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
+    return registry.adapter(adapter).dialect_class
 
 
 def generate_sql(adapter: str, config: StoreConfig | None = None) -> str:

@@ -2,6 +2,7 @@
 
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
+from pupsourcing.store.horizon import Horizon, Probe
 from pupsourcing.store.protocols import (
     AggregateStreamReader,
     CheckpointStore,
@@ -17,5 +18,7 @@ __all__ = [
     "EventAppender",
     "EventReader",
     "EventStore",
+    "Horizon",
+    "Probe",
     "StoreConfig",
 ]

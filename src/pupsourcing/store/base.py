@@ -11,6 +11,7 @@ from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect
+from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Statement, drive
 
 
@@ -145,6 +146,13 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
     def head_position(self, tx: ConnT) -> int:
         """The highest global position stored (0 when the store is empty)."""
         return self._run(tx, self.dialect.head_position())
+
+    def probe_horizon(self, tx: ConnT) -> Probe:
+        """One look at the events table for a :class:`~pupsourcing.store.Horizon`:
+        the highest committed position and the transactions that may still
+        write lower ones. Roll back (or commit) ``tx`` afterwards, before
+        reading up to the horizon, so the reads see what the probe proved final."""
+        return self._run(tx, self.dialect.horizon_probe())
 
     def read_aggregate_stream(
         self,

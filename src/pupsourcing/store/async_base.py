@@ -16,6 +16,7 @@ from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.store.base import StoreBase
 from pupsourcing.store.checkpoint import Checkpoint
+from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement, drive_async
 
 ConnT = TypeVar("ConnT")
@@ -81,6 +82,13 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
     async def head_position(self, tx: ConnT) -> int:
         """The highest global position stored (0 when the store is empty)."""
         return await self._run(tx, self.dialect.head_position())
+
+    async def probe_horizon(self, tx: ConnT) -> Probe:
+        """One look at the events table for a :class:`~pupsourcing.store.Horizon`:
+        the highest committed position and the transactions that may still
+        write lower ones. Roll back (or commit) ``tx`` afterwards, before
+        reading up to the horizon, so the reads see what the probe proved final."""
+        return await self._run(tx, self.dialect.horizon_probe())
 
     async def read_aggregate_stream(
         self,

@@ -1,27 +1,11 @@
-"""SQLite adapter on the standard library's :mod:`sqlite3`.
-
-:class:`SQLiteStore` works on :mod:`sqlite3` connections;
-:class:`pupsourcing.aio.AsyncSQLiteStore` runs the same :class:`SQLiteDialect`
-plans on ``aiosqlite`` connections (see :func:`connect_async`).
-
-SQLite has one writer at a time. ``append`` takes the write lock before it
-reads the aggregate's version: if no transaction is open it issues
-``BEGIN IMMEDIATE`` (which the caller then commits or rolls back), so two
-connections appending to the same aggregate are serialised and the loser sees
-:class:`~pupsourcing.OptimisticConcurrencyError`, never a duplicate version.
-Use WAL mode (:func:`connect` sets it) so readers never block the writer.
-"""
+"""SQLite's dialect: its SQL, type conversions and error mapping."""
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
-from urllib.parse import quote
 
 from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import (
@@ -31,7 +15,6 @@ from pupsourcing.core.events import (
 )
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
-from pupsourcing.store.base import SQLStore
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
 from pupsourcing.store.horizon import Probe
@@ -39,11 +22,7 @@ from pupsourcing.store.plan import Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
 
 if TYPE_CHECKING:
-    from os import PathLike
-
-    import aiosqlite
-
-__all__ = ["SQLiteDialect", "SQLiteStore", "connect", "connect_async"]
+    pass
 
 MAX_VALUE_BYTES = 1_000_000_000
 """SQLite's default SQLITE_MAX_LENGTH: the largest string or blob it stores."""
@@ -251,58 +230,3 @@ class SQLiteDialect(Dialect):
         return build_result(
             batch, range(start, start + len(batch)), [int(row[0]) for row in stored]
         )
-
-
-class SQLiteStore(SQLStore[sqlite3.Connection]):
-    """Event store on a :class:`sqlite3.Connection` passed to each call."""
-
-    dialect_class = SQLiteDialect
-
-    def _cursor(self, tx: sqlite3.Connection, statement: Statement) -> sqlite3.Cursor:
-        return tx.execute(statement.sql, statement.params)
-
-    def _in_transaction(self, tx: sqlite3.Connection) -> bool:
-        # sqlite3 opens implicit transactions only before DML, never before
-        # our BEGIN IMMEDIATE, so the connection's own flag is the truth.
-        return tx.in_transaction
-
-
-def connect(
-    path: str | PathLike[str], *, timeout: float = 5.0, wal: bool = True, create: bool = True
-) -> sqlite3.Connection:
-    """Open a SQLite database the way the store works best with it.
-
-    WAL journal mode (readers never block the writer) and a busy timeout of
-    ``timeout`` seconds for the write lock. Transactions are the caller's:
-    commit or roll back as usual. With ``create=False`` a missing database
-    file raises :class:`FileNotFoundError` instead of being created.
-    """
-    if create or str(path) == ":memory:":
-        connection = sqlite3.connect(path, timeout=timeout)
-    else:
-        file = Path(path).absolute()
-        if not file.is_file():
-            raise FileNotFoundError(f"no SQLite database at {path}")
-        uri = f"file:{quote(str(file))}?mode=rw"
-        connection = sqlite3.connect(uri, timeout=timeout, uri=True)
-    if wal:
-        connection.execute("PRAGMA journal_mode=WAL")
-    return connection
-
-
-async def connect_async(
-    path: str | PathLike[str], *, timeout: float = 5.0, wal: bool = True
-) -> aiosqlite.Connection:
-    """:func:`connect` for asyncio: an ``aiosqlite`` connection in WAL mode with
-    a busy timeout of ``timeout`` seconds.
-
-    aiosqlite runs every call on the connection's own thread; the connection
-    is opened with ``check_same_thread=False`` so that its properties (such
-    as ``isolation_level``) can also be set from the event loop's thread.
-    """
-    import aiosqlite
-
-    connection = await aiosqlite.connect(os.fspath(path), timeout=timeout, check_same_thread=False)
-    if wal:
-        await connection.execute("PRAGMA journal_mode=WAL")
-    return connection

@@ -1,95 +1,5 @@
-"""MySQL / MariaDB adapter on any DB-API MySQL driver (tested with PyMySQL and mysqlclient).
-
-:class:`MySQLStore` works on blocking DB-API connections;
-:class:`pupsourcing.aio.AsyncMySQLStore` runs the same :class:`MySQLDialect`
-plans on asyncio connections of ``asyncmy`` (the ``asyncmy`` extra). aiomysql
-offers the same interface, but cannot send ``bytes`` parameters with PyMySQL
-1.2.3 or newer (aio-libs/aiomysql#1080), and every payload is ``bytes``.
-
-Supported servers: MariaDB 10.5 or newer (tested on 10.11) and MySQL 8.0.19 or
-newer (not tested here: no MySQL server was available; the MySQL-only code
-paths are marked below). Connections must use the ``utf8mb4`` character set
-(PyMySQL's and mysqlclient's default).
-
-Append
-------
-``append`` takes a constant number of round trips whatever the number of
-events: it bumps the aggregate's row in the heads table (that row lock is what
-serialises writers of one aggregate; writers of different aggregates never
-wait for each other), inserts every event with one multi-row ``INSERT`` and
-reads the stored rows back (``INSERT ... RETURNING`` on MariaDB, a ``SELECT``
-of the aggregate's new version range on MySQL), so global positions are what
-the server assigned, whatever ``auto_increment_increment`` or concurrent
-inserts did. The claim is conditional for ``ExpectedVersion.exact(n)``
-(``UPDATE ... WHERE aggregate_version = n``), an insert that fails on a
-duplicate key for ``no_stream()``, and an upsert for ``any()``.
-
-Failures write nothing: inside the caller's transaction the append sets a
-savepoint and rolls back to it, so the caller's earlier writes survive an
-:class:`~pupsourcing.OptimisticConcurrencyError`. On an autocommit connection
-with no transaction open the append begins one itself and commits it (or rolls
-it back) before returning, so it is atomic there too. A duplicate key (errno
-1062) and a deadlock (errno 1213) are optimistic concurrency conflicts; after a
-deadlock the server has rolled back the caller's whole transaction, as it
-always does, and the error says so.
-
-Limits
-------
-- ``payload`` is ``BLOB`` in the Go schema, which holds at most 65,535 bytes.
-  The store reads the column's real capacity from ``information_schema`` once
-  (and again before rejecting anything) and rejects larger payloads with
-  :class:`~pupsourcing.InvalidEventError` instead of letting a non-strict
-  ``sql_mode`` truncate them; it also compares the stored lengths after every
-  insert. To store larger payloads, widen the column (the Go library keeps
-  working)::
-
-      ALTER TABLE events MODIFY payload LONGBLOB NOT NULL;
-
-- One statement must fit in the server's ``max_allowed_packet``. Larger
-  appends are split into several ``INSERT`` statements; an event that cannot
-  fit on its own (PyMySQL sends binary data as hex, twice its size) is
-  rejected before anything is sent, because the server drops the connection
-  on an oversized packet.
-- ``created_at`` is a ``TIMESTAMP(6)``: between 1970-01-01 00:00:01 and
-  2038-01-19 03:14:07.999999 UTC. It is written with the session time zone
-  set to UTC for the one statement (``SET STATEMENT`` on MariaDB, a ``+00:00``
-  literal on MySQL) and read as ``UNIX_TIMESTAMP(created_at)``, so it is exact
-  to the microsecond whatever ``@@session.time_zone`` is, including named
-  zones during a daylight-saving fold.
-- Text columns are ``VARCHAR(255)``: at most 255 characters each.
-- Metadata: MariaDB's ``JSON`` is ``LONGTEXT`` with a ``JSON_VALID`` check, so
-  the bytes are kept exactly; MariaDB rejects lone surrogate escapes and
-  nesting deeper than 31 levels, which are refused up front. MySQL 8's native
-  ``JSON`` type stores a parsed document and returns it re-serialised (keys
-  sorted by length, normalised spacing), so there metadata reads back as
-  equivalent JSON but not the same bytes; its nesting limit is 100.
-
-Aggregate keys
---------------
-The Go schema gives every text column ``utf8mb4_unicode_ci``, under which
-distinct ids compare equal (``"a"``/``"A"``, ``"e"``/``"é"``, and all emoji
-and other characters outside the Basic Multilingual Plane), so two aggregates
-would share one version sequence. The generated schema therefore gives the key
-columns (context, type, id, projection name) ``utf8mb4_bin``; the Go library
-works unchanged with it. Binary collations still ignore trailing spaces (``PAD
-SPACE``), so key values ending in a space are rejected. Tables created by the
-Go library keep the case-insensitive collation: the store warns
-(:class:`CollationWarning`) and the generated migration shows the ``ALTER
-TABLE`` that fixes them.
-
-Projections
------------
-A projection processor must never read past a position that a still-open
-transaction may commit later. The store's horizon probe reads the highest
-committed position, then the InnoDB transactions still active, from ``SHOW
-ENGINE INNODB STATUS`` (live; ``information_schema.INNODB_TRX`` is a cache and
-can be stale), so the processor's user needs the ``PROCESS`` privilege. Under
-``REPEATABLE READ`` (the default) a connection keeps reading its snapshot until
-it commits or rolls back; the processor commits after every step.
-
-The driver is never imported by this module: errors are recognised by their
-MySQL error number (``exc.args[0]``).
-"""
+"""MySQL's and MariaDB's dialect: their SQL, input checks, horizon probe and
+error mapping."""
 
 from __future__ import annotations
 
@@ -101,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import (
@@ -112,20 +22,11 @@ from pupsourcing.core.events import (
 )
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
-from pupsourcing.store.base import Cursor, SQLStore
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, RowDecoder, Statement
 from pupsourcing.store.schema import SchemaDialect
-
-__all__ = [
-    "CollationWarning",
-    "MySQLDialect",
-    "MySQLStore",
-    "known_transaction_state",
-    "tuple_rows",
-]
 
 MAX_TEXT_CHARS = 255
 """Every text column is VARCHAR(255)."""
@@ -890,50 +791,3 @@ class MySQLDialect(Dialect):
                 f"rolled back this whole transaction to resolve the deadlock ({exc})"
             )
         return super().conflict_reason(exc)
-
-
-def tuple_rows(rows: list[Any]) -> list[Row]:
-    """Rows as tuples, also from a connection whose default cursor returns dicts."""
-    if rows and isinstance(rows[0], dict):
-        return [tuple(row.values()) for row in rows]
-    return rows
-
-
-def known_transaction_state(tx: Any) -> bool | None:
-    """Whether a MySQL connection has a transaction open, as far as the driver
-    tells without a round trip (PyMySQL, asyncmy and aiomysql report the
-    server status, mysql-connector a flag); ``None`` when it cannot tell."""
-    get_autocommit = getattr(tx, "get_autocommit", None)
-    autocommit = get_autocommit() if callable(get_autocommit) else tx.autocommit
-    if not autocommit:
-        return True  # the next statement opens a transaction implicitly
-    status = getattr(tx, "server_status", None)
-    if isinstance(status, int):
-        return bool(status & _SERVER_STATUS_IN_TRANS)
-    in_transaction = getattr(tx, "in_transaction", None)
-    if isinstance(in_transaction, bool):
-        return in_transaction
-    return None
-
-
-class MySQLStore(SQLStore[Any]):
-    """Event store on a DB-API MySQL connection (PyMySQL, mysqlclient, ...)
-    passed to each call."""
-
-    dialect_class = MySQLDialect
-    dialect: MySQLDialect
-
-    def _cursor(self, tx: Any, statement: Statement) -> Cursor:
-        cursor = tx.cursor()
-        # PyMySQL and mysqlclient only %-format when given parameters.
-        cursor.execute(statement.sql, statement.params if statement.params else None)
-        return cursor  # type: ignore[no-any-return]
-
-    def _fetch(self, cursor: Cursor) -> list[Any]:
-        return tuple_rows(list(cursor.fetchall()))
-
-    def _in_transaction(self, tx: Any) -> bool:
-        known = known_transaction_state(tx)
-        if known is not None:
-            return known
-        return self._run(tx, self.dialect.transaction_probe())

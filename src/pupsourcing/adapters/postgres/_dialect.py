@@ -1,68 +1,25 @@
-"""PostgreSQL adapter on psycopg 3.
-
-``append`` is one statement, so one round trip, whatever the number of
-events: a data-modifying CTE bumps the aggregate head (conditionally, for the
-expected version) and the INSERT that follows stores every event at the
-versions after it. A few events are sent as a ``VALUES`` list of plain
-parameters, more as one binary array parameter per column, unnested on the
-server (see :data:`VALUES_LIMIT`). Concurrent appends to the same
-aggregate queue on its head row; appends to different aggregates do not
-block each other.
-
-A conflict is reported as :class:`~pupsourcing.OptimisticConcurrencyError`:
-when the head does not match (no row comes back), when a unique constraint is
-violated, when a REPEATABLE READ or SERIALIZABLE transaction meets a
-concurrent update (SQLSTATE 40001), and when the server breaks a deadlock with
-a writer that takes the locks in the other order (SQLSTATE 40P01: the Go
-library inserts the events first and updates the head last). After a server
-error the transaction is aborted as PostgreSQL always does; the store sends
-nothing more, so the caller's ``rollback()`` (or the end of their
-``with conn.transaction():`` block, or of a nested savepoint block) cleans up
-as usual.
-
-Works with plain connections, pooled connections (``psycopg_pool``), inside
-``with conn.transaction():`` and in autocommit mode, where each append is
-still atomic because it is a single statement. The store runs its statements
-on its own server-side-binding cursor with binary results, whatever
-``cursor_factory`` or ``row_factory`` the connection has; its row factory
-decodes each event as psycopg reads the row (see
-:class:`~pupsourcing.store.plan.RowDecoder`), other results come as tuples.
-
-:class:`pupsourcing.aio.AsyncPostgresStore` runs the same
-:class:`PostgresDialect` plans on a psycopg ``AsyncConnection``, on the same
-kind of cursor.
-
-psycopg is imported on first use only, so this module (and ``migrate-gen``)
-loads without the ``postgres`` extra installed.
-"""
+"""PostgreSQL's dialect: its SQL, input checks and error mapping."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import AppendResult, Event
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
-from pupsourcing.store.base import SQLStore
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
 from pupsourcing.store.horizon import Probe
-from pupsourcing.store.plan import Plan, Row, RowDecoder, Statement
+from pupsourcing.store.plan import Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
 
 if TYPE_CHECKING:
-    import psycopg
-    from psycopg.rows import RowMaker
-
-    from pupsourcing.adapters.postgres_reads import AsyncReadCursor, ReadCursor
-
-__all__ = ["PostgresDialect", "PostgresStore", "execute_async", "in_transaction"]
+    pass
 
 VALUES_LIMIT = 5
 """Largest batch sent as a ``VALUES`` list of plain parameters. Larger batches
@@ -508,86 +465,3 @@ def _hash_param(aggregate_id: str) -> str:
 
 def _version(row: Row) -> int:
     return int(row[1])
-
-
-def in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
-    """Whether a psycopg connection has a transaction open or will open one
-    for the next statement. Appends are single statements, so autocommit
-    needs no BEGIN; this answers for plans that ask anyway."""
-    return not conn.autocommit or conn.info.transaction_status != 0  # 0: IDLE
-
-
-class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
-    """Event store on a psycopg 3 connection passed to each call."""
-
-    dialect_class = PostgresDialect
-    decodes_rows = True
-
-    def _cursor(self, tx: psycopg.Connection[Any], statement: Statement) -> psycopg.Cursor[Any]:
-        # execute_async (used by pupsourcing.aio.AsyncPostgresStore) runs
-        # statements the same way on an AsyncConnection: keep the two in step.
-        driver = _psycopg()
-        if statement.decode is None:
-            cursor = driver.Cursor(tx, row_factory=driver.tuple_row)
-            return cursor.execute(statement.sql, statement.params, binary=True)
-        return driver.ReadCursor(tx, row_factory=_decoding_rows(statement.decode)).read(
-            statement.sql, statement.params
-        )
-
-    def _in_transaction(self, tx: psycopg.Connection[Any]) -> bool:
-        return in_transaction(tx)
-
-
-def _decoding_rows(decode: RowDecoder) -> Callable[[Any], RowMaker[Any]]:
-    """The psycopg row factory that decodes each row with ``decode.one`` as
-    psycopg reads it, whatever the connection's own ``row_factory``."""
-    one = decode.one
-    return lambda cursor: one
-
-
-class _Psycopg(NamedTuple):
-    Cursor: type[psycopg.Cursor[Any]]
-    AsyncCursor: type[psycopg.AsyncCursor[Any]]
-    ReadCursor: type[ReadCursor]
-    AsyncReadCursor: type[AsyncReadCursor]
-    tuple_row: Callable[[Any], RowMaker[Any]]
-
-
-@lru_cache(maxsize=1)
-def _psycopg() -> _Psycopg:
-    """psycopg's server-side-binding cursor classes (whatever the
-    connection's own ``cursor_factory``), the cursors for event reads of
-    :mod:`~pupsourcing.adapters.postgres_reads` and psycopg's tuple row
-    factory, imported on first use."""
-    import psycopg
-    from psycopg.rows import tuple_row
-
-    from pupsourcing.adapters import postgres_reads
-
-    return _Psycopg(
-        psycopg.Cursor,
-        psycopg.AsyncCursor,
-        postgres_reads.ReadCursor,
-        postgres_reads.AsyncReadCursor,
-        tuple_row,
-    )
-
-
-async def execute_async(
-    conn: psycopg.AsyncConnection[Any], statement: Statement
-) -> psycopg.AsyncCursor[Any]:
-    """Run ``statement`` on ``conn`` as :class:`PostgresStore` runs it on a
-    blocking connection, and return the cursor to fetch from and close."""
-    driver = _psycopg()
-    if statement.decode is None:
-        cursor = driver.AsyncCursor(conn, row_factory=driver.tuple_row)
-        run = cursor.execute(statement.sql, statement.params, binary=True)
-    else:
-        cursor = driver.AsyncReadCursor(conn, row_factory=_decoding_rows(statement.decode))
-        run = cursor.read(statement.sql, statement.params)
-    try:
-        await run
-    except BaseException:
-        await cursor.close()
-        raise
-    return cursor

@@ -1,0 +1,33 @@
+"""What DB-API MySQL drivers differ in: row types and how they tell whether a
+transaction is open."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pupsourcing.adapters.mysql._dialect import _SERVER_STATUS_IN_TRANS
+from pupsourcing.store.plan import Row
+
+
+def tuple_rows(rows: list[Any]) -> list[Row]:
+    """Rows as tuples, also from a connection whose default cursor returns dicts."""
+    if rows and isinstance(rows[0], dict):
+        return [tuple(row.values()) for row in rows]
+    return rows
+
+
+def known_transaction_state(tx: Any) -> bool | None:
+    """Whether a MySQL connection has a transaction open, as far as the driver
+    tells without a round trip (PyMySQL, asyncmy and aiomysql report the
+    server status, mysql-connector a flag); ``None`` when it cannot tell."""
+    get_autocommit = getattr(tx, "get_autocommit", None)
+    autocommit = get_autocommit() if callable(get_autocommit) else tx.autocommit
+    if not autocommit:
+        return True  # the next statement opens a transaction implicitly
+    status = getattr(tx, "server_status", None)
+    if isinstance(status, int):
+        return bool(status & _SERVER_STATUS_IN_TRANS)
+    in_transaction = getattr(tx, "in_transaction", None)
+    if isinstance(in_transaction, bool):
+        return in_transaction
+    return None

@@ -1,0 +1,36 @@
+"""The asyncio PostgreSQL store, on psycopg 3's AsyncConnection."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pupsourcing.adapters.postgres._dialect import PostgresDialect
+from pupsourcing.adapters.postgres._driver import execute_async, in_transaction
+from pupsourcing.store.async_base import AsyncSQLStore
+from pupsourcing.store.plan import Row, Statement
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+class AsyncPostgresStore(AsyncSQLStore["psycopg.AsyncConnection[Any]"]):
+    """Event store on a psycopg 3 ``AsyncConnection`` passed to each call
+    (the ``postgres`` extra); the asyncio twin of
+    :class:`~pupsourcing.adapters.postgres.PostgresStore`."""
+
+    dialect_class = PostgresDialect
+
+    async def _query(self, tx: psycopg.AsyncConnection[Any], statement: Statement) -> list[Row]:
+        # As PostgresStore._cursor runs statements on a blocking connection:
+        # server-side binding and binary results, events decoded as each
+        # chunk of rows arrives, whatever the connection's own cursor and row
+        # factories.
+        cursor = await execute_async(tx, statement)
+        try:
+            rows = await cursor.fetchall() if statement.fetch else None
+            return statement.answer(rows, cursor.rowcount, decoded=True)
+        finally:
+            await cursor.close()
+
+    async def _in_transaction(self, tx: psycopg.AsyncConnection[Any]) -> bool:
+        return in_transaction(tx)

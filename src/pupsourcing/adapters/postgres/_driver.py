@@ -1,0 +1,78 @@
+"""How statements run on psycopg connections, blocking and asyncio: server-side
+binding, binary results, and event rows decoded as psycopg reads them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pupsourcing.store.plan import RowDecoder, Statement
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg.rows import RowMaker
+
+    from pupsourcing.adapters.postgres._reads import AsyncReadCursor, ReadCursor
+
+
+def in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether a psycopg connection has a transaction open or will open one
+    for the next statement. Appends are single statements, so autocommit
+    needs no BEGIN; this answers for plans that ask anyway."""
+    return not conn.autocommit or conn.info.transaction_status != 0  # 0: IDLE
+
+
+def _decoding_rows(decode: RowDecoder) -> Callable[[Any], RowMaker[Any]]:
+    """The psycopg row factory that decodes each row with ``decode.one`` as
+    psycopg reads it, whatever the connection's own ``row_factory``."""
+    one = decode.one
+    return lambda cursor: one
+
+
+class _Psycopg(NamedTuple):
+    Cursor: type[psycopg.Cursor[Any]]
+    AsyncCursor: type[psycopg.AsyncCursor[Any]]
+    ReadCursor: type[ReadCursor]
+    AsyncReadCursor: type[AsyncReadCursor]
+    tuple_row: Callable[[Any], RowMaker[Any]]
+
+
+@lru_cache(maxsize=1)
+def _psycopg() -> _Psycopg:
+    """psycopg's server-side-binding cursor classes (whatever the
+    connection's own ``cursor_factory``), the cursors for event reads of
+    :mod:`~pupsourcing.adapters.postgres._reads` and psycopg's tuple row
+    factory, imported on first use."""
+    import psycopg
+    from psycopg.rows import tuple_row
+
+    from pupsourcing.adapters.postgres import _reads as postgres_reads
+
+    return _Psycopg(
+        psycopg.Cursor,
+        psycopg.AsyncCursor,
+        postgres_reads.ReadCursor,
+        postgres_reads.AsyncReadCursor,
+        tuple_row,
+    )
+
+
+async def execute_async(
+    conn: psycopg.AsyncConnection[Any], statement: Statement
+) -> psycopg.AsyncCursor[Any]:
+    """Run ``statement`` on ``conn`` as :class:`PostgresStore` runs it on a
+    blocking connection, and return the cursor to fetch from and close."""
+    driver = _psycopg()
+    if statement.decode is None:
+        cursor = driver.AsyncCursor(conn, row_factory=driver.tuple_row)
+        run = cursor.execute(statement.sql, statement.params, binary=True)
+    else:
+        cursor = driver.AsyncReadCursor(conn, row_factory=_decoding_rows(statement.decode))
+        run = cursor.read(statement.sql, statement.params)
+    try:
+        await run
+    except BaseException:
+        await cursor.close()
+        raise
+    return cursor

@@ -1,0 +1,34 @@
+"""The blocking PostgreSQL store, on psycopg 3."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pupsourcing.adapters.postgres._dialect import PostgresDialect
+from pupsourcing.adapters.postgres._driver import _decoding_rows, _psycopg, in_transaction
+from pupsourcing.store.base import SQLStore
+from pupsourcing.store.plan import Statement
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
+    """Event store on a psycopg 3 connection passed to each call."""
+
+    dialect_class = PostgresDialect
+    decodes_rows = True
+
+    def _cursor(self, tx: psycopg.Connection[Any], statement: Statement) -> psycopg.Cursor[Any]:
+        # execute_async (used by pupsourcing.aio.AsyncPostgresStore) runs
+        # statements the same way on an AsyncConnection: keep the two in step.
+        driver = _psycopg()
+        if statement.decode is None:
+            cursor = driver.Cursor(tx, row_factory=driver.tuple_row)
+            return cursor.execute(statement.sql, statement.params, binary=True)
+        return driver.ReadCursor(tx, row_factory=_decoding_rows(statement.decode)).read(
+            statement.sql, statement.params
+        )
+
+    def _in_transaction(self, tx: psycopg.Connection[Any]) -> bool:
+        return in_transaction(tx)

@@ -1,0 +1,73 @@
+"""The blocking SQLite store and the connection helpers."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from pupsourcing.adapters.sqlite._dialect import SQLiteDialect
+from pupsourcing.store.base import SQLStore
+from pupsourcing.store.plan import Statement
+
+if TYPE_CHECKING:
+    from os import PathLike
+
+    import aiosqlite
+
+
+class SQLiteStore(SQLStore[sqlite3.Connection]):
+    """Event store on a :class:`sqlite3.Connection` passed to each call."""
+
+    dialect_class = SQLiteDialect
+
+    def _cursor(self, tx: sqlite3.Connection, statement: Statement) -> sqlite3.Cursor:
+        return tx.execute(statement.sql, statement.params)
+
+    def _in_transaction(self, tx: sqlite3.Connection) -> bool:
+        # sqlite3 opens implicit transactions only before DML, never before
+        # our BEGIN IMMEDIATE, so the connection's own flag is the truth.
+        return tx.in_transaction
+
+
+def connect(
+    path: str | PathLike[str], *, timeout: float = 5.0, wal: bool = True, create: bool = True
+) -> sqlite3.Connection:
+    """Open a SQLite database the way the store works best with it.
+
+    WAL journal mode (readers never block the writer) and a busy timeout of
+    ``timeout`` seconds for the write lock. Transactions are the caller's:
+    commit or roll back as usual. With ``create=False`` a missing database
+    file raises :class:`FileNotFoundError` instead of being created.
+    """
+    if create or str(path) == ":memory:":
+        connection = sqlite3.connect(path, timeout=timeout)
+    else:
+        file = Path(path).absolute()
+        if not file.is_file():
+            raise FileNotFoundError(f"no SQLite database at {path}")
+        uri = f"file:{quote(str(file))}?mode=rw"
+        connection = sqlite3.connect(uri, timeout=timeout, uri=True)
+    if wal:
+        connection.execute("PRAGMA journal_mode=WAL")
+    return connection
+
+
+async def connect_async(
+    path: str | PathLike[str], *, timeout: float = 5.0, wal: bool = True
+) -> aiosqlite.Connection:
+    """:func:`connect` for asyncio: an ``aiosqlite`` connection in WAL mode with
+    a busy timeout of ``timeout`` seconds.
+
+    aiosqlite runs every call on the connection's own thread; the connection
+    is opened with ``check_same_thread=False`` so that its properties (such
+    as ``isolation_level``) can also be set from the event loop's thread.
+    """
+    import aiosqlite
+
+    connection = await aiosqlite.connect(os.fspath(path), timeout=timeout, check_same_thread=False)
+    if wal:
+        await connection.execute("PRAGMA journal_mode=WAL")
+    return connection
