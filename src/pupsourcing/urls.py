@@ -49,8 +49,6 @@ from pupsourcing.store.base import SQLStore
 from pupsourcing.store.config import StoreConfig
 
 __all__ = [
-    "DEFAULT_URL",
-    "ENV_VAR",
     "Database",
     "DatabaseURL",
     "DatabaseURLError",

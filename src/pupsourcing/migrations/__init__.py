@@ -17,7 +17,6 @@ from pupsourcing.store.dialect import Dialect
 __all__ = [
     "ADAPTERS",
     "default_filename",
-    "dialect_class",
     "generate_sql",
     "partition_indexes_sql",
     "write_migration",

@@ -15,7 +15,7 @@ from pupsourcing.projection.protocols import Projection
 if TYPE_CHECKING:
     from pupsourcing.aio.processor import AsyncProcessor
 
-__all__ = ["NoProjectionsError", "ProjectionRunner", "Runner", "check_runners"]
+__all__ = ["NoProjectionsError", "ProjectionRunner", "Runner"]
 
 
 class NoProjectionsError(PupsourcingError, ValueError):
