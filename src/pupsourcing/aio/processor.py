@@ -40,7 +40,7 @@ T = TypeVar("T")
 
 class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
     """Feeds a projection the store's events in global-position order, on
-    asyncio.
+    asyncio: the counterpart of :class:`pupsourcing.projection.Processor`.
 
     ``db`` is an asyncio connection the processor may use exclusively, or a
     zero-argument callable returning one (or an awaitable of one, such as
@@ -53,7 +53,10 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
     plain ``def``; ``tx`` is the processor's asyncio connection, inside the
     transaction that advances the checkpoint, so read-model writes made
     through it are applied exactly once. A handler that raises rolls the
-    batch back and :class:`~pupsourcing.ProjectionError` is raised.
+    batch back and :class:`~pupsourcing.ProjectionError` is raised. A
+    projection never skips a committed event, even when concurrent writers
+    commit out of position order: it reads only up to the safe horizon
+    (:mod:`pupsourcing.store.horizon`).
 
     Cancelling :meth:`run` or :meth:`catch_up` mid-batch leaves the checkpoint
     where the last committed batch put it: the open transaction is rolled
@@ -120,9 +123,12 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
     # -- processing ------------------------------------------------------------
 
     async def run(self, projection: AsyncProjection, *, stop: asyncio.Event | None = None) -> None:
-        """Process batches until ``stop`` is set, pausing ``poll_interval`` when
+        """Process batches until ``stop`` is set, sleeping ``poll_interval`` when
         idle. Raises :class:`ProjectionError` when the handler fails (the
-        failed batch is rolled back, the checkpoint stays before it)."""
+        failed batch is rolled back, the checkpoint stays before it). A lock
+        time-out or deadlock, and with a connection factory a lost
+        connection, is retried instead, whether it hits the processor's
+        statements or the handler's writes through ``tx``."""
         stop = stop or asyncio.Event()
         sub = self._core.subscription(projection)
         await self._drive(projection, sub, self._core.run(sub), stop)

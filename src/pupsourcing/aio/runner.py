@@ -15,14 +15,28 @@ class AsyncRunner:
     """Runs projections concurrently (one task each) until ``stop`` is set;
     the asyncio counterpart of :class:`pupsourcing.runner.Runner`.
 
-    The first failure stops the others and is raised once they have finished
-    their current batch. Cancelling :meth:`run` cancels every projection's
-    task (each rolls back the batch it was in) and waits for them.
+    It takes no ``poll_interval``: :meth:`run` awaits ``stop`` (an
+    :class:`asyncio.Event`) instead of looking at it from time to time.
     """
 
     async def run(
         self, runners: Sequence[ProjectionRunner], *, stop: asyncio.Event | None = None
     ) -> None:
+        """Run each projection on its own processor until ``stop`` is set (or
+        until one fails, without ``stop``).
+
+        When a processor raises (a :class:`~pupsourcing.ProjectionError`, a
+        database error it does not retry, or a ``BaseException`` such as
+        ``SystemExit`` raised by a handler), the others are asked to stop,
+        each commits or rolls back the batch it is in, and then the first
+        exception is raised. An empty ``runners`` raises
+        :class:`~pupsourcing.runner.NoProjectionsError`; a processor of the
+        other API, or one given to two projections, raises :class:`TypeError`.
+
+        Cancelled (or a projection's task cancelled), it cancels every
+        projection's task (each rolls back the batch it is in), waits until
+        all have ended and raises :class:`asyncio.CancelledError`.
+        """
         runners = check_runners(runners, AsyncProcessor, "AsyncRunner")
         halt = asyncio.Event()
         failures: list[BaseException] = []
@@ -32,7 +46,9 @@ class AsyncRunner:
             assert isinstance(processor, AsyncProcessor)  # check_runners made sure
             try:
                 await processor.run(runner.projection, stop=halt)
-            except Exception as exc:
+            except asyncio.CancelledError:
+                raise  # cancels the run: see below
+            except BaseException as exc:  # reported to the caller, as Runner does
                 failures.append(exc)
             finally:
                 halt.set()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from pupsourcing.core.errors import ProjectionError
 from pupsourcing.core.events import PersistedEvent
@@ -56,6 +56,7 @@ MAX_SPAN = 1_000_000
 """The widest window of positions one filtered read scans."""
 
 StepPlan = Generator[Statement | Handle, Any, "StepOutcome"]
+Logger: TypeAlias = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,7 @@ class Subscription:
     """Last handled position, ``None`` until loaded from the database."""
     span: int = 0
     """Positions a filtered read covers at once; grows while reads come back
-    sparse (see ``step``)."""
+    sparse (see ``_fetch_window``)."""
     in_sql: bool = field(init=False)
     """Whether the partition filter runs in SQL (the hash strategy)."""
     held_since: float | None = None
@@ -181,102 +182,180 @@ def step(
     dialect: Dialect,
     horizon: Horizon,
     sub: Subscription,
-    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    logger: Logger,
 ) -> StepPlan:
     """Handle at most one batch; see the module docstring."""
+    checkpoint = yield from _ensure_checkpoint(dialect, sub)
+    upto = yield from _safe_upto(dialect, horizon, checkpoint)
+    if upto is None:
+        return StepOutcome(0, idle=True, waiting=horizon.visible > checkpoint)
+    if sub.aggregate_types or sub.bounded_contexts or sub.total_partitions > 1:
+        fetched, within, position = yield from _fetch_window(dialect, sub, checkpoint, upto)
+    else:
+        fetched, within, position = yield from _fetch_after(dialect, sub, checkpoint, upto)
+    events = Handle(sub.select(within), sub.decoder(dialect))
+    advanced = yield from _handle_and_advance(dialect, sub, events, checkpoint, position, logger)
+    if not advanced:
+        sub.checkpoint = None  # reloaded by the next step
+        return StepOutcome(0, idle=False, contended=True)
+    return _record(sub, len(events), fetched, position, logger)
+
+
+def _ensure_checkpoint(dialect: Dialect, sub: Subscription) -> Generator[Statement, Any, int]:
+    """The subscription's checkpoint, loaded (and its row created) in a
+    transaction of its own the first time and after a conflict or failure."""
     if sub.checkpoint is None:
         sub.checkpoint = yield from dialect.load_checkpoint(sub.checkpoint_name)
         yield COMMIT
-    checkpoint = sub.checkpoint
+    return sub.checkpoint
+
+
+def _safe_upto(
+    dialect: Dialect, horizon: Horizon, checkpoint: int
+) -> Generator[Statement, Any, int | None]:
+    """The position the batch may read up to: the safe horizon, probed again
+    once the checkpoint has reached it; ``None`` while it is no higher than
+    ``checkpoint`` (nothing to read yet)."""
     if horizon.safe <= checkpoint:
         probe = yield from dialect.horizon_probe()
         yield COMMIT  # the batch below must see everything the probe proved final
         horizon.observe(probe)
         if horizon.safe <= checkpoint:
-            return StepOutcome(0, idle=True, waiting=horizon.visible > checkpoint)
-    upto = horizon.safe
-    filtered = bool(sub.aggregate_types or sub.bounded_contexts or sub.total_partitions > 1)
-    if filtered:
-        # Read a window of positions: a bounded range keeps every query plan
-        # cheap (an open range with a selective filter and ORDER BY ... LIMIT
-        # tempts PostgreSQL into sorting everything after the checkpoint).
-        high = min(upto, checkpoint + sub.span)
-    rows = yield dialect.fetch_statement(
+            return None
+    return horizon.safe
+
+
+Fetched = Generator[Statement, Any, tuple[int, Sequence[Row], int]]
+"""A fetch plan: answers rows fetched, the rows at or below the batch's end,
+and the batch's end (the position the checkpoint moves to)."""
+
+
+def _fetch_window(dialect: Dialect, sub: Subscription, checkpoint: int, upto: int) -> Fetched:
+    """Fetch a filtered batch (scope or partitions) from a window of positions
+    after ``checkpoint``, and fit the window to how dense the scope is.
+
+    A bounded range keeps every query plan cheap (an open range with a
+    selective filter and ORDER BY ... LIMIT tempts PostgreSQL into sorting
+    everything after the checkpoint)."""
+    high = min(upto, checkpoint + sub.span)
+    rows = yield _fetch_statement(dialect, sub, checkpoint, high)
+    full = len(rows) == sub.batch_size
+    position = int(rows[-1][0]) if full else high
+    # The database reads the whole window, so a window much wider than a
+    # batch needs is wasted.
+    if full:
+        sub.span = max(sub.batch_size, (position - checkpoint) * 5 // 4)
+    elif len(rows) < sub.batch_size // 2:
+        sub.span = min(sub.span * 2, MAX_SPAN)
+    return len(rows), rows, position
+
+
+def _fetch_after(dialect: Dialect, sub: Subscription, checkpoint: int, upto: int) -> Fetched:
+    """Fetch an unfiltered batch after ``checkpoint``: no upper bound in SQL
+    (the primary key walk is always the plan); rows beyond the safe horizon
+    ``upto`` are dropped here."""
+    rows = yield _fetch_statement(dialect, sub, checkpoint, None)
+    within = _at_or_below(rows, upto)
+    full = len(within) == len(rows) == sub.batch_size
+    position = int(rows[-1][0]) if full else upto
+    return len(rows), within, position
+
+
+def _fetch_statement(
+    dialect: Dialect, sub: Subscription, checkpoint: int, high: int | None
+) -> Statement:
+    """The read of the subscription's next batch after ``checkpoint``, up to ``high``."""
+    partitioned = sub.total_partitions > 1
+    return dialect.fetch_statement(
         checkpoint,
-        high if filtered else None,
+        high,
         sub.batch_size,
         sub.aggregate_types,
         sub.bounded_contexts,
-        (sub.partition_key, sub.total_partitions)
-        if sub.total_partitions > 1 and sub.in_sql
-        else None,
-        with_hash=sub.total_partitions > 1,
+        (sub.partition_key, sub.total_partitions) if partitioned and sub.in_sql else None,
+        with_hash=partitioned,
     )
-    if filtered:
-        within = rows
-        full = len(rows) == sub.batch_size
-        position = int(rows[-1][0]) if full else high
-        # Fit the window to how dense the scope is: the database reads the
-        # whole window, so a window much wider than a batch needs is wasted.
-        if full:
-            sub.span = max(sub.batch_size, (position - checkpoint) * 5 // 4)
-        elif len(rows) < sub.batch_size // 2:
-            sub.span = min(sub.span * 2, MAX_SPAN)
-    else:
-        # Unfiltered: no upper bound in SQL (the primary key walk is always
-        # the plan); rows beyond the safe horizon are dropped here.
-        within = _at_or_below(rows, upto)
-        full = len(within) == len(rows) == sub.batch_size
-        position = int(rows[-1][0]) if full else upto
-    events = Handle(sub.select(within), sub.decoder(dialect))
+
+
+def _handle_and_advance(
+    dialect: Dialect,
+    sub: Subscription,
+    events: Handle,
+    checkpoint: int,
+    position: int,
+    logger: Logger,
+) -> Generator[Statement | Handle, Any, bool]:
+    """In one transaction, hand ``events`` to the projection and move the
+    checkpoint from ``checkpoint`` to ``position`` (compare-and-set). Commits
+    and answers ``True``; rolls back and answers ``False`` when the checkpoint
+    had moved away. On any failure rolls back and raises (see
+    :func:`_roll_back_failed_handler` for the handler's failures)."""
     yield Statement(dialect.begin_sql, begin=True)
     try:
         if events:
             yield events
         advanced = yield from dialect.advance_checkpoint(sub.checkpoint_name, checkpoint, position)
     except ProjectionError as failure:
-        cause = failure.__cause__
-        if cause is not None and (
-            dialect.is_connection_error(cause) or dialect.is_transient(cause)
-        ):
-            # The handler's own write through ``tx`` met a lost connection, a
-            # lock time-out or a deadlock: the database failed, not the
-            # projection. The driver error goes to the processor, which
-            # reconnects or retries as for its own statements.
-            yield ROLLBACK
-            raise cause from None
-        logger.error(
-            "projection %s failed at global position %d; batch rolled back, checkpoint stays at %d",
-            sub.name,
-            failure.global_position,
-            checkpoint,
-            exc_info=failure.__cause__,
-        )
-        yield ROLLBACK
+        yield from _roll_back_failed_handler(dialect, sub, failure, checkpoint, logger)
         raise
     except Exception:
         yield ROLLBACK
         raise
-    if not advanced:
+    yield COMMIT if advanced else ROLLBACK
+    return advanced
+
+
+def _roll_back_failed_handler(
+    dialect: Dialect,
+    sub: Subscription,
+    failure: ProjectionError,
+    checkpoint: int,
+    logger: Logger,
+) -> Generator[Statement, Any, None]:
+    """Roll back the batch whose handler raised. A database failure met by the
+    handler's own writes is raised as the driver error; a failure of the
+    projection itself is logged, and the caller raises ``failure``."""
+    cause = failure.__cause__
+    if cause is not None and (dialect.is_connection_error(cause) or dialect.is_transient(cause)):
+        # The handler's own write through ``tx`` met a lost connection, a
+        # lock time-out or a deadlock: the database failed, not the
+        # projection. The driver error goes to the processor, which
+        # reconnects or retries as for its own statements.
         yield ROLLBACK
-        sub.checkpoint = None  # reloaded by the next step
-        return StepOutcome(0, idle=False, contended=True)
-    yield COMMIT
+        raise cause from None
+    logger.error(
+        "projection %s failed at global position %d; batch rolled back, checkpoint stays at %d",
+        sub.name,
+        failure.global_position,
+        checkpoint,
+        exc_info=failure.__cause__,
+    )
+    yield ROLLBACK
+
+
+def _record(
+    sub: Subscription,
+    handled: int,
+    fetched: int,
+    position: int,
+    logger: Logger,
+) -> StepOutcome:
+    """Keep the committed checkpoint and log the batch."""
     sub.checkpoint = position
-    if events:
+    if handled:
         logger.info(
             "projection %s handled %d events, checkpoint %d",
             sub.name,
-            len(events),
+            handled,
             position,
             extra={
                 "projection": sub.name,
                 "checkpoint_name": sub.checkpoint_name,
-                "handled": len(events),
+                "handled": handled,
                 "checkpoint": position,
-                "fetched": len(rows),
+                "fetched": fetched,
             },
         )
     else:
         logger.debug("projection %s: checkpoint %d (no events in scope)", sub.name, position)
-    return StepOutcome(len(events), idle=False)
+    return StepOutcome(handled, idle=False)

@@ -48,6 +48,11 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
     concurrent writers commit out of position order: it reads only up to the
     safe horizon (:mod:`pupsourcing.store.horizon`).
 
+    Interrupting :meth:`run` or :meth:`catch_up` mid-batch (``KeyboardInterrupt``,
+    ``SystemExit``) leaves the checkpoint where the last committed batch put
+    it: the open transaction is rolled back (a connection the processor opened
+    is closed instead).
+
     For asyncio, :class:`pupsourcing.aio.AsyncProcessor` does the same with
     the same plans (:mod:`pupsourcing.projection.core`).
     """

@@ -56,10 +56,12 @@ def check_runners(
 
 
 class Runner:
-    """Runs projections concurrently (one thread each) until ``stop`` is set.
+    """Runs projections concurrently (one thread each) until ``stop`` is set;
+    the blocking counterpart of :class:`pupsourcing.aio.AsyncRunner`.
 
-    The first failure stops the others and is raised once they have finished
-    their current batch.
+    ``poll_interval`` is how often, in seconds, :meth:`run` looks at ``stop``
+    (a :class:`threading.Event` cannot wake the calling thread while it waits
+    for the projections' threads).
     """
 
     def __init__(self, *, poll_interval: float = 0.05) -> None:
@@ -68,6 +70,21 @@ class Runner:
     def run(
         self, runners: Sequence[ProjectionRunner], *, stop: threading.Event | None = None
     ) -> None:
+        """Run each projection on its own processor until ``stop`` is set (or
+        until one fails, without ``stop``).
+
+        When a processor raises (a :class:`~pupsourcing.ProjectionError`, a
+        database error it does not retry, or a ``BaseException`` such as
+        ``SystemExit`` raised by a handler), the others are asked to stop,
+        each commits or rolls back the batch it is in, and then the first
+        exception is raised. An empty ``runners`` raises
+        :class:`~pupsourcing.runner.NoProjectionsError`; a processor of the
+        other API, or one given to two projections, raises :class:`TypeError`.
+
+        Interrupted (``KeyboardInterrupt`` in the calling thread), it asks every
+        projection to stop, waits until each has finished the batch it is in
+        (a thread cannot be cut short) and raises the interruption.
+        """
         runners = check_runners(runners, Processor, "Runner")
         halt = threading.Event()
         finished: queue.Queue[tuple[ProjectionRunner, BaseException | None]] = queue.Queue()
