@@ -92,13 +92,6 @@ ACCEPTED_DOCS: dict[tuple[str, str], tuple[str, str]] = {
 cancelled. The paragraphs starting with these texts are compared for being
 there, the rest of the docstrings as usual."""
 
-CLASS_DOCS_WITHOUT_TWIN = {
-    "PostgresStore": "the adapters are being moved into packages; name the twin after",
-    "MySQLStore": "as PostgresStore",
-    "SQLiteStore": "as PostgresStore",
-}
-"""Blocking classes whose docstring does not name the asyncio twin yet."""
-
 KEY_FACTS = {
     "Processor": [
         "global-position order",
@@ -220,8 +213,7 @@ def test_class_docstrings_name_each_other_and_state_the_same_facts(
     assert b_doc
     assert a_doc
     assert blocking.__name__ in a_doc
-    if blocking.__name__ not in CLASS_DOCS_WITHOUT_TWIN:
-        assert asyncio_.__name__ in b_doc
+    assert asyncio_.__name__ in b_doc
     for fact in KEY_FACTS.get(blocking.__name__, []):
         assert fact in b_doc, f"{blocking.__name__}: {fact!r}"
         assert fact in a_doc, f"{asyncio_.__name__}: {fact!r}"

@@ -12,7 +12,8 @@ from pupsourcing.store.plan import Statement
 
 class MySQLStore(SQLStore[Any]):
     """Event store on a DB-API MySQL connection (PyMySQL, mysqlclient, ...)
-    passed to each call."""
+    passed to each call; :class:`~pupsourcing.aio.AsyncMySQLStore` is its
+    asyncio twin."""
 
     dialect_class = MySQLDialect
     dialect: MySQLDialect

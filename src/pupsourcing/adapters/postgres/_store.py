@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 
 class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
-    """Event store on a psycopg 3 connection passed to each call."""
+    """Event store on a psycopg 3 connection passed to each call;
+    :class:`~pupsourcing.aio.AsyncPostgresStore` is its asyncio twin."""
 
     dialect_class = PostgresDialect
     decodes_rows = True

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 class SQLiteStore(SQLStore[sqlite3.Connection]):
-    """Event store on a :class:`sqlite3.Connection` passed to each call."""
+    """Event store on a :class:`sqlite3.Connection` passed to each call;
+    :class:`~pupsourcing.aio.AsyncSQLiteStore` is its asyncio twin."""
 
     dialect_class = SQLiteDialect
 
