@@ -34,7 +34,7 @@ from pupsourcing.adapters.mysql import (
     CollationWarning,
     MySQLStore,
 )
-from pupsourcing.adapters.mysql._dialect import MySQLDialect, active_transactions
+from pupsourcing.adapters.mysql._dialect import MySQLDialect
 from pupsourcing.store import StoreConfig
 from pupsourcing.store.plan import Row, Statement
 
@@ -1046,13 +1046,6 @@ def test_horizon_probe_reads_a_status_quoting_undecodable_sql(db: Backend) -> No
     assert open_trx in probe.writers
     assert after == before
     assert isinstance(after[0][1], str)
-
-
-def test_a_truncated_status_cannot_tell_the_writers() -> None:
-    head = "LIST OF TRANSACTIONS FOR EACH SESSION:\n---TRANSACTION 7, ACTIVE 1 sec\n"
-    tail = "--------\nFILE I/O\n--------\nEND OF INNODB MONITOR OUTPUT\n"
-    assert active_transactions(head + tail, own_thread=1) == frozenset({7})
-    assert active_transactions(head + "... truncated...\n" + tail, own_thread=1) is None
 
 
 def test_a_killed_connection_is_a_connection_error(db: Backend) -> None:

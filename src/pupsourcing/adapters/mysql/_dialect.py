@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import ClassVar
 
+from pupsourcing.adapters.mysql._status import active_transactions, innodb_status
 from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import (
     AppendResult,
@@ -63,8 +63,6 @@ CONNECTION_ERRORS = frozenset(
     }
 )
 
-_TRANSACTION = re.compile(r"^---TRANSACTION (\d+), ACTIVE", re.MULTILINE)
-_THREAD = re.compile(r"thread id (\d+)")
 _SAVEPOINT = "pupsourcing_append"
 _PROBE = "pupsourcing_probe"
 _SERVER_STATUS_IN_TRANS = 1
@@ -116,57 +114,6 @@ def _metadata_problem(metadata: bytes) -> str | None:
     if nested and _json_depth(parsed) > MARIADB_MAX_JSON_DEPTH:
         return f"is nested deeper than {MARIADB_MAX_JSON_DEPTH} levels, which MariaDB rejects"
     return None
-
-
-def active_transactions(status: str, own_thread: int) -> frozenset[int] | None:
-    """The InnoDB transactions ``SHOW ENGINE INNODB STATUS`` lists as active,
-    except the one of connection ``own_thread``; ``None`` if the list may be
-    incomplete."""
-    if (
-        "END OF INNODB MONITOR OUTPUT" not in status
-        or "not shown" in status
-        or "\n... truncated...\n" in status  # past 1 MB the server drops part of the list
-    ):
-        return None
-    start = status.find("LIST OF TRANSACTIONS FOR EACH SESSION:")
-    if start < 0:
-        return None
-    section = status[start:]
-    end = section.find("\n--------\n")
-    section = section if end < 0 else section[:end]
-    active: set[int] = set()
-    blocks = section.split("\n---TRANSACTION ")
-    for block in blocks[1:]:
-        match = _TRANSACTION.match("---TRANSACTION " + block)
-        if match is None:
-            continue
-        thread = _THREAD.search(block)
-        if thread is not None and int(thread.group(1)) == own_thread:
-            continue
-        active.add(int(match.group(1)))
-    return frozenset(active)
-
-
-def _innodb_status(results_charset: object) -> Plan[str]:
-    """``SHOW ENGINE INNODB STATUS`` as text, whatever it quotes.
-
-    The status quotes other sessions' SQL: raw bytes of binary literals, or
-    text cut inside a character, on which a driver decoding the result would
-    fail. Asked for as binary it arrives undecoded, and the parser needs ASCII
-    only. ``results_charset`` is the session's ``character_set_results``, set
-    back afterwards."""
-    restore = Statement("SET character_set_results = %s", (results_charset,))
-    yield Statement("SET character_set_results = binary")
-    try:
-        rows = yield Statement("SHOW ENGINE INNODB STATUS", fetch=True)
-    except Exception:
-        yield restore
-        raise
-    yield restore
-    status = rows[0][-1]
-    if isinstance(status, bytes | bytearray):
-        return status.decode("utf-8", "replace")
-    return str(status)
 
 
 def _timestamp_text(value: datetime) -> str:
@@ -442,16 +389,17 @@ class MySQLDialect(Dialect):
         # position is read first. Limit: a transaction whose first write is a
         # plain INSERT into the events table (the Go library's append) gets
         # its id a few microseconds after its position, and is not seen if the
-        # whole probe falls into that window.
+        # whole probe falls into that window. The status quotes client SQL;
+        # _status parses it so that quoted text can never hide a writer.
         rows = yield Statement(self.visible_sql, fetch=True)
         visible, own_thread, results_charset = int(rows[0][0]), int(rows[0][1]), rows[0][2]
-        text = yield from _innodb_status(results_charset)
-        return Probe(visible, active_transactions(text, own_thread))
+        status = yield from innodb_status(results_charset)
+        return Probe(visible, active_transactions(status, own_thread))
 
     def prepare_processor(self) -> Plan[None]:
         rows = yield Statement("SELECT @@character_set_results", fetch=True)
         try:
-            yield from _innodb_status(rows[0][0])
+            yield from innodb_status(rows[0][0])
         except Exception as exc:
             if errno(exc) == ER_SPECIFIC_ACCESS_DENIED:
                 raise PermissionError(
