@@ -83,7 +83,11 @@ A projection processor must never read past a position that a still-open
 transaction may commit later. The store's horizon probe reads the highest
 committed position, then the InnoDB transactions still active, from ``SHOW
 ENGINE INNODB STATUS`` (live; ``information_schema.INNODB_TRX`` is a cache and
-can be stale), so the processor's user needs the ``PROCESS`` privilege. Under
+can be stale), so the processor's user needs the ``PROCESS`` privilege. The
+status quotes each transaction's running SQL, client text that may imitate
+any line of it; the parser bounds the list by its real structure and takes a
+transaction's connection from the server's own line only, so quoted text can
+add a writer to wait for but never hide one. Under
 ``REPEATABLE READ`` (the default) a connection keeps reading its snapshot until
 it commits or rolls back; the processor commits after every step.
 
