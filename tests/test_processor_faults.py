@@ -199,7 +199,7 @@ def test_two_processors_on_one_projection_back_off_and_warn_once(backend: Backen
     compare-and-set keeps the read model exact, and the processor that lost
     a batch waits before it tries again and says so once per interval
     (it used to retry at once and log hundreds of warnings a second)."""
-    setup(backend, 600)  # about 2 s of batches: the two run side by side
+    setup(backend, 600)  # about 2 s of batches when idle: the two run side by side
 
     class Slow(Counting):
         def handle(self, event: PersistedEvent, tx: Any) -> None:
@@ -216,7 +216,9 @@ def test_two_processors_on_one_projection_back_off_and_warn_once(backend: Backen
     ]
     for thread in threads:
         thread.start()
-    time.sleep(3)
+    deadline = time.monotonic() + 25  # within one 30 s warning interval
+    while read_model(backend)[1] < 600 and time.monotonic() < deadline:
+        time.sleep(0.2)
     stop.set()
     for thread in threads:
         thread.join(15)
