@@ -56,12 +56,6 @@ class Horizon:
         """The highest committed position seen so far."""
         self._fences: deque[_Fence] = deque()
 
-    @property
-    def waiting(self) -> bool:
-        """Committed events exist beyond the safe horizon (held back by
-        transactions that may still commit lower positions)."""
-        return self.visible > self.safe
-
     def observe(self, probe: Probe) -> None:
         self.visible = max(self.visible, probe.visible)
         writers = probe.writers

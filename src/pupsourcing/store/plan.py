@@ -113,9 +113,3 @@ async def drive_async(plan: Generator[I, A, T], execute: Callable[[I], Awaitable
         return result
     finally:
         plan.close()
-
-
-def run_statements(statements: Sequence[Statement]) -> Plan[None]:
-    """A plan that runs ``statements`` in order and returns nothing."""
-    for statement in statements:  # noqa: UP028 - a plan is sent rows; a list iterator is not
-        yield statement
