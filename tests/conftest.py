@@ -50,12 +50,28 @@ MYSQL_DRIVERS = {"mysql": "pymysql", "mysqlclient": "MySQLdb"}
 """The blocking driver module of each MySQL backend."""
 
 
+EXTRAS = {
+    "psycopg": "postgres",
+    "psycopg_pool": "postgres",
+    "pymysql": "mysql",
+    "MySQLdb": "mysqlclient",
+    "asyncmy": "asyncmy",
+    "aiosqlite": "aiosqlite",
+}
+"""The extra of pyproject.toml that installs each driver module tests need."""
+
+
 def require(module: str) -> Any:
-    """Import a driver of the dev extra (skipped locally, failed under CI if missing)."""
+    """Import a driver (skipped locally, failed under CI if missing); also at
+    a test module's top level, in place of ``pytest.importorskip``."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        unavailable(module, exc)
+        if isinstance(exc, ModuleNotFoundError) and exc.name in (module, module.split(".")[0]):
+            extra = EXTRAS.get(module.split(".")[0], "dev")
+            missing(f"{module} not installed (pip install -e '.[{extra}]')")
+        else:  # installed, but broken (a missing shared library, say)
+            missing(f"{module} cannot be imported: {exc}")
         raise
 
 
@@ -80,11 +96,17 @@ settings.register_profile(
 STORE_PROPERTIES = settings.get_profile(os.environ.get("PUPSOURCING_HYPOTHESIS", "ci"))
 
 
-def unavailable(what: str, exc: BaseException) -> None:
-    message = f"{what} is not reachable: {exc}"
+def missing(message: str) -> None:
+    """Skip the test (or the module, at its top level) for something missing;
+    fail instead under ``CI=true``."""
     if IN_CI:
         pytest.fail(f"{message} (CI=true: database tests must run)", pytrace=False)
-    pytest.skip(message)
+    pytest.skip(message, allow_module_level=True)
+
+
+def unavailable(what: str, exc: BaseException) -> None:
+    """A database server (or other service) cannot be reached."""
+    missing(f"{what} is not reachable: {exc}")
 
 
 @dataclass
@@ -247,11 +269,7 @@ def pg_url(schema: str, dsn: str = PG_DSN) -> str:
 
 
 def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
-    try:
-        import psycopg
-    except ImportError as exc:  # pragma: no cover - dev extra missing
-        unavailable("psycopg", exc)
-        raise
+    psycopg = require("psycopg")
     from pupsourcing.adapters.postgres import PostgresStore
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -287,11 +305,7 @@ def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
 
 def mysql_admin(host: str = MYSQL_HOST, port: int = 3306) -> Any:
     """An autocommit PyMySQL connection to the test server (no database selected)."""
-    try:
-        import pymysql
-    except ImportError as exc:  # pragma: no cover - dev extra missing
-        unavailable("PyMySQL", exc)
-        raise
+    pymysql = require("pymysql")
     try:
         return pymysql.connect(
             host=host, port=port, user="root", password="", autocommit=True, connect_timeout=5

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI, MYSQL_HOST, PG_DSN, unavailable
+from conftest import IN_CI, MYSQL_HOST, PG_DSN, require, unavailable
 from pupsourcing.migrations import (
     ADAPTERS,
     generate_sql,
@@ -123,7 +123,7 @@ def test_applies_to_sqlite_twice(tmp_path: Path) -> None:
 
 
 def test_applies_to_postgres_twice() -> None:
-    psycopg = pytest.importorskip("psycopg")
+    psycopg = require("psycopg")
     try:
         conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
@@ -170,7 +170,7 @@ def test_applies_to_postgres_twice() -> None:
 
 
 def test_applies_to_mariadb_twice() -> None:
-    pymysql = pytest.importorskip("pymysql")
+    pymysql = require("pymysql")
     from pymysql.constants import CLIENT
 
     try:

@@ -16,14 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import MYSQL_HOST, backends_and_apis, made_backend, mysql_admin
+from conftest import MYSQL_HOST, backends_and_apis, made_backend, mysql_admin, require
 from helpers import event
 from pupsourcing import ExpectedVersion, PersistedEvent
 from pupsourcing.adapters.mysql import MySQLStore
 from pupsourcing.adapters.mysql._status import MAX_STATUS_BYTES, active_transactions
 from pupsourcing.projection import ProcessorConfig
 
-pymysql = pytest.importorskip("pymysql")
+pymysql = require("pymysql")
 
 OWN = 292
 """The prober's connection in the crafted outputs."""

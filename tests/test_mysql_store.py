@@ -38,7 +38,7 @@ from pupsourcing.adapters.mysql._dialect import MySQLDialect
 from pupsourcing.store import StoreConfig
 from pupsourcing.store.plan import Row, Statement
 
-pymysql = pytest.importorskip("pymysql")
+pymysql = require("pymysql")
 
 MB = 1024 * 1024
 

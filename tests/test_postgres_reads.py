@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
+from conftest import require
 from helpers import event
 from pupsourcing import ExpectedVersion, PersistedEvent
 
-psycopg = pytest.importorskip("psycopg")
+psycopg = require("psycopg")
 
-from psycopg.pq import TransactionStatus  # noqa: E402 - after the importorskip
+from psycopg.pq import TransactionStatus  # noqa: E402 - after the require
 
 from pupsourcing.adapters.postgres import _reads as postgres_reads  # noqa: E402
 from pupsourcing.aio import AsyncPostgresStore  # noqa: E402

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PG_DSN, unavailable
+from conftest import PG_DSN, require, unavailable
 from helpers import event, events
 from pupsourcing import (
     Event,
@@ -32,9 +32,9 @@ from pupsourcing import (
     OptimisticConcurrencyError,
 )
 
-psycopg = pytest.importorskip("psycopg")
+psycopg = require("psycopg")
 
-from psycopg import IsolationLevel  # noqa: E402 - after the importorskip
+from psycopg import IsolationLevel  # noqa: E402 - after the require
 from psycopg.pq import TransactionStatus  # noqa: E402
 
 from pupsourcing.adapters.postgres import (  # noqa: E402
@@ -817,7 +817,7 @@ def test_autocommit_appends_are_atomic(pg: PG) -> None:
 
 
 def test_pooled_connections(pg: PG) -> None:
-    pool_module = pytest.importorskip("psycopg_pool")
+    pool_module = require("psycopg_pool")
     with pool_module.ConnectionPool(pg.dsn, min_size=2, max_size=4, open=True) as pool:
         with pool.connection() as conn:  # commits when the block ends
             pg.store.append(conn, ExpectedVersion.no_stream(), events(2, "a"))

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import MYSQL_HOST, PG_DSN, mysql_admin, unavailable
+from conftest import MYSQL_HOST, PG_DSN, mysql_admin, require, unavailable
 from helpers import Count, event
 from pupsourcing import ExpectedVersion
 from pupsourcing.projection import Processor
@@ -20,7 +20,7 @@ from pupsourcing.projection import Processor
 
 @pytest.fixture
 def pg_admin() -> Iterator[Any]:
-    psycopg = pytest.importorskip("psycopg")
+    psycopg = require("psycopg")
     try:
         admin = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
