@@ -20,6 +20,7 @@ import contextlib
 import functools
 import importlib
 import os
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -36,8 +37,29 @@ from pupsourcing.projection import Processor
 from pupsourcing.runner import Runner
 from pupsourcing.store.config import StoreConfig
 
-PG_DSN = os.environ.get("PUPSOURCING_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+"""This process's pytest-xdist worker (``gw0``, ``gw1``...); empty when the
+suite runs in one process (``-n 0``)."""
+
+
+def _worker_database(dsn: str) -> str:
+    """The name of this worker's database on the server of ``dsn``."""
+    match = re.search(r"(?:^|\s)dbname=(\S+)", dsn)
+    base = match.group(1) if match else "test"
+    return f"{base}_{WORKER}" if WORKER else base
+
+
+PG_SERVER_DSN = os.environ.get(
+    "PUPSOURCING_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test"
+)
+"""The PostgreSQL test server and its database."""
+PG_DATABASE = _worker_database(PG_SERVER_DSN)
+PG_DSN = f"{PG_SERVER_DSN} dbname={PG_DATABASE}" if WORKER else PG_SERVER_DSN
+"""This worker's database on the PostgreSQL test server (libpq takes the last
+``dbname``): ``test_gw0`` and so on, or the server's own when serial."""
 MYSQL_HOST = os.environ.get("PUPSOURCING_TEST_MYSQL_HOST", "127.0.0.1")
+MYSQL_DATABASE = f"test_{WORKER}" if WORKER else "test"
+"""This worker's database on the MariaDB/MySQL test server."""
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 BACKENDS = ["sqlite", "postgres", "mysql", "mysqlclient"]
@@ -517,3 +539,67 @@ def make_store_backend(tmp_path: Path) -> Iterator[Callable[..., Backend]]:
     for b in made:
         for cleanup in reversed(b.cleanups):
             cleanup()
+
+
+# -- running in parallel (pytest-xdist) ----------------------------------------
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: two workers per CPU, at most 8 (the tests mostly wait on
+    databases and subprocesses); ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    return min(8, 2 * len(os.sched_getaffinity(0)))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A worker makes its own databases (kept for the next run; another
+    run's worker of the same name may be using them) and hands them to the
+    subprocesses that tests start."""
+    if not WORKER:
+        return
+    _create_pg_database()
+    _create_mysql_database()
+    os.environ["PUPSOURCING_TEST_PG"] = PG_DSN
+
+
+def _create_pg_database() -> None:
+    """Create this worker's PostgreSQL database unless it exists. Errors are
+    left for the tests to report (``unavailable``)."""
+    try:
+        import psycopg
+        from psycopg import errors
+    except ImportError:
+        return
+    with (
+        contextlib.suppress(psycopg.Error),
+        psycopg.connect(PG_SERVER_DSN, autocommit=True, connect_timeout=5) as admin,
+    ):
+        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone():
+            return
+        for _ in range(20):  # another worker copying template1 at once can be refused
+            try:
+                admin.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+                return
+            except (errors.DuplicateDatabase, errors.UniqueViolation):
+                return
+            except errors.ObjectInUse:
+                time.sleep(0.25)
+
+
+def _create_mysql_database() -> None:
+    try:
+        import pymysql
+    except ImportError:
+        return
+    with contextlib.suppress(pymysql.Error):
+        admin = pymysql.connect(
+            host=MYSQL_HOST, user="root", password="", autocommit=True, connect_timeout=5
+        )
+        try:
+            admin.cursor().execute(
+                f"CREATE DATABASE IF NOT EXISTS {MYSQL_DATABASE} CHARACTER SET utf8mb4"
+            )
+        finally:
+            admin.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI, MYSQL_HOST, PG_DSN, require, unavailable
+from conftest import IN_CI, MYSQL_DATABASE, MYSQL_HOST, PG_DSN, require, unavailable
 from pupsourcing.migrations import (
     ADAPTERS,
     generate_sql,
@@ -178,7 +178,7 @@ def test_applies_to_mariadb_twice() -> None:
             host=MYSQL_HOST,
             user="root",
             password="",
-            database="test",
+            database=MYSQL_DATABASE,
             client_flag=CLIENT.MULTI_STATEMENTS,
             autocommit=True,
             connect_timeout=5,

@@ -271,9 +271,11 @@ def test_deadlock_between_two_appenders_is_a_conflict(db: Backend) -> None:
 def named_time_zones() -> bool:
     """Whether the server knows named time zones; loads the system's zoneinfo
     into an empty mysql.time_zone* table set (what the server's packaging
-    recommends), never touching tables that already have zones."""
+    recommends), never touching tables that already have zones. Parallel
+    workers (and other runs) load them one at a time, under a named lock."""
     admin = mysql_admin()
     try:
+        assert execute(admin, "SELECT GET_LOCK('pupsourcing_test_time_zones', 600)")[0][0] == 1
         if execute(admin, "SELECT count(*) FROM mysql.time_zone_name")[0][0]:
             return True
         tool = shutil.which("mariadb-tzinfo-to-sql") or shutil.which("mysql_tzinfo_to_sql")
@@ -288,7 +290,7 @@ def named_time_zones() -> bool:
         )
         return bool(execute(admin, "SELECT count(*) FROM mysql.time_zone_name")[0][0])
     finally:
-        admin.close()
+        admin.close()  # releases the lock
 
 
 BERLIN_FOLD = [  # 02:30 local happens twice on 2023-10-29 in Europe/Berlin
