@@ -65,7 +65,9 @@ def _writer_thread(dsn: str, seed: int, start_at: float, stop_at: float, out: Wr
     try:
         time.sleep(max(0.0, start_at - time.time()))
         n = 0
-        while time.time() < stop_at:
+        # At least one append: on a loaded machine a writer may only be ready
+        # after stop_at (children import for longer than the 2 s allowed).
+        while n == 0 or time.time() < stop_at:
             aggregate = f"acc-{rng.randrange(AGGREGATES)}"
             batch = make_events(aggregate, 1, n)
             n += 1
