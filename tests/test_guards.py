@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,3 +149,34 @@ def test_no_test_module_skips_on_its_own_for_a_missing_module() -> None:
             if isinstance(node, ast.Attribute) and node.attr == "importorskip":
                 offenders.append(f"{path.name}:{node.lineno}")
     assert not offenders, offenders
+
+
+# -- parallel workers ----------------------------------------------------------
+
+
+def test_auto_runs_two_workers_per_cpu_and_at_most_eight(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    for cpus, workers in ((1, 2), (2, 4), (4, 8), (16, 8)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+        assert conftest.pytest_xdist_auto_num_workers(None) == workers  # type: ignore[arg-type]
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "3")
+    assert conftest.pytest_xdist_auto_num_workers(None) == 3  # type: ignore[arg-type]
+
+
+def test_each_worker_has_databases_of_its_own(make_store_backend: Any) -> None:
+    """Under xdist, stores live in the worker's ``test_gwN`` databases, which
+    subprocesses find through $PUPSOURCING_TEST_PG; serially in ``test``."""
+    expected = f"test_{conftest.WORKER}" if conftest.WORKER else "test"
+    assert (conftest.PG_DATABASE, conftest.MYSQL_DATABASE) == (expected, expected)
+    backend = make_store_backend("postgres")
+    assert backend.scalar("SELECT current_database()") == expected
+    assert f"/{expected}?" in backend.url
+    if conftest.WORKER:
+        assert os.environ["PUPSOURCING_TEST_PG"].endswith(f"dbname={expected}")
+    admin = conftest.mysql_admin()
+    try:
+        cursor = admin.cursor()
+        cursor.execute("SHOW DATABASES LIKE %s", (expected,))
+        assert cursor.fetchall() == ((expected,),)
+    finally:
+        admin.close()
