@@ -167,7 +167,8 @@ def test_each_worker_has_databases_of_its_own(make_store_backend: Any) -> None:
     """Under xdist, stores live in the worker's ``test_gwN`` databases, which
     subprocesses find through $PUPSOURCING_TEST_PG; serially in ``test``."""
     expected = f"test_{conftest.WORKER}" if conftest.WORKER else "test"
-    assert (conftest.PG_DATABASE, conftest.MYSQL_DATABASE) == (expected, expected)
+    databases = conftest.PG_DATABASE, conftest.MYSQL_DATABASE
+    assert databases == (expected, expected)
     backend = make_store_backend("postgres")
     assert backend.scalar("SELECT current_database()") == expected
     assert f"/{expected}?" in backend.url
