@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +35,7 @@ BAD_FIELDS: list[tuple[str, Any, str]] = [
     ("event_version", 2**31, "between 1 and"),
     ("event_version", True, "must be an int"),
     ("event_version", "1", "must be an int"),
-    ("event_id", str(uuid.uuid4()), "uuid.UUID"),
+    ("event_id", "47e9ad02-8738-4d4e-8f1a-1cc54f4619e7", "uuid.UUID"),
     ("created_at", datetime(2024, 1, 1), "timezone-aware"),
     ("created_at", "2024-01-01", "must be a datetime"),
 ]
