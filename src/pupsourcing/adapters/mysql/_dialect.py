@@ -70,8 +70,9 @@ _STATEMENT_SLACK = 4096
 _ROW_OVERHEAD = 256
 """Generous size of one row's SQL apart from its text and binary values."""
 
-_KEY_FIELDS = ("bounded_context", "aggregate_type", "aggregate_id")
-_TEXT_FIELDS = (*_KEY_FIELDS, "event_type", "trace_id", "correlation_id", "causation_id")
+_KEY_FIELDS = tuple(columns.names(columns.KEY))
+_TEXT_FIELDS = tuple(c.name for c in columns.WRITTEN if c.type in ("key_text", "text"))
+"""The VARCHAR(255) columns."""
 
 
 class CollationWarning(UserWarning):
