@@ -22,14 +22,15 @@ from pupsourcing import (
     PupsourcingError,
     Stream,
 )
-from pupsourcing.core.events import (
-    STORED_FIELDS,
+from pupsourcing.core._fast import (
+    event_builder,
     event_decoder,
     event_row_decoder,
-    stored_event,
+    tuple_encoder,
     uuid_from_bytes,
     uuid_from_text,
 )
+from pupsourcing.store.columns import NAMES as STORED_FIELDS
 
 
 def persisted(version: int, position: int) -> PersistedEvent:
@@ -156,11 +157,14 @@ def stored_values() -> dict[str, object]:
     }
 
 
-def test_stored_event_equals_the_constructor() -> None:
+def test_built_event_equals_the_constructor() -> None:
     values = stored_values()
-    # stored_event must set every field the dataclass has
+    # the builder must set every field the dataclass has
     assert set(values) == {f.name for f in dataclasses.fields(PersistedEvent)}
-    fast = stored_event(*values.values())  # type: ignore[arg-type]
+    assigned = ("global_position", "aggregate_version")
+    appended = Event(**{k: v for k, v in values.items() if k not in assigned})  # type: ignore[arg-type]
+    build = event_builder(assigned)
+    fast = build(appended, values["global_position"], values["aggregate_version"])
     slow = PersistedEvent(**values)  # type: ignore[arg-type]
     assert fast == slow
     assert hash(fast) == hash(slow)
@@ -224,6 +228,36 @@ def test_event_decoder_needs_every_field_exactly_once(compile_: Any) -> None:
         compile_(STORED_FIELDS, convert={"created": "x"})
     with pytest.raises(ValueError, match="field names"):
         compile_([*STORED_FIELDS[:-1], "created_at)"])
+
+
+def test_tuple_encoder_equals_the_attributes() -> None:
+    values = stored_values()
+    e = Event(
+        **{k: v for k, v in values.items() if k not in ("global_position", "aggregate_version")}
+    )  # type: ignore[arg-type]
+    encode = tuple_encoder(
+        ["aggregate_id", "aggregate_version", "event_id", "metadata", "created_at"],
+        given=["aggregate_version"],
+        convert={"event_id": "str({})", "created_at": "text({})"},
+        names={"text": datetime.isoformat},
+    )
+    assert encode(e, 7) == (
+        e.aggregate_id,
+        7,
+        str(e.event_id),
+        e.metadata,
+        e.created_at.isoformat(),
+    )
+    with pytest.raises(ValueError, match="fields of Event"):
+        tuple_encoder(["global_position"])
+    with pytest.raises(ValueError, match="given"):
+        tuple_encoder(["payload"], given=["extra"])
+    with pytest.raises(ValueError, match="no field"):
+        event_builder(["position"])
+
+
+def test_the_column_description_covers_every_field_once() -> None:
+    assert sorted(STORED_FIELDS) == sorted(f.name for f in dataclasses.fields(PersistedEvent))
 
 
 def test_fast_uuids_are_plain_immutable_uuids() -> None:

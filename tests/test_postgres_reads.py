@@ -10,6 +10,10 @@ cache coherent.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,3 +233,96 @@ def test_asyncio_reads_and_failures(pg: PG, mode: Mode) -> None:
             await conn.close()
 
     asyncio.run(scenario())
+
+
+FALLBACK_CHILD = r"""
+import asyncio, json, sys
+
+import psycopg
+
+dsn, fake = sys.argv[1], sys.argv[2]
+if fake == "no-internals":
+    sys.modules["psycopg._preparing"] = None  # a psycopg laid out otherwise
+else:
+    psycopg.__version__ = fake
+
+from pupsourcing.adapters.postgres import PostgresStore, _reads
+from pupsourcing.aio import AsyncPostgresStore
+
+chunked = []
+read_gen = _reads._read_gen
+def counted(*args):
+    chunked.append(1)
+    return (yield from read_gen(*args))
+_reads._read_gen = counted
+
+store = PostgresStore()
+names = json.loads(sys.argv[3])
+conn = psycopg.connect(dsn, autocommit=True)
+reads = [repr(store.read_aggregate_stream(conn, "Shop", "Order", n).events) for n in names]
+reads.append(repr(store.read_events(conn, 0, 10_000)))
+reads.append(repr(store.read_latest_events(conn, 70)))
+
+async def read_async():
+    aconn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    try:
+        store = AsyncPostgresStore()
+        return [repr((await store.read_aggregate_stream(aconn, "Shop", "Order", n)).events)
+                for n in names]
+    finally:
+        await aconn.close()
+
+reads += asyncio.run(read_async())
+print(json.dumps({"reason": _reads.UNSUPPORTED_REASON, "chunked": len(chunked), "reads": reads}))
+"""
+
+
+@pytest.mark.parametrize("fake", ["3.1.18", "3.4.0", "no-internals"])
+def test_an_untested_psycopg_falls_back_to_the_same_reads(pg: PG, fake: str) -> None:
+    """Below, above and beside the tested releases reads go whole (a fresh
+    interpreter imports the module under the fake psycopg) and return exactly
+    what the chunked reads return."""
+    if not postgres_reads.SUPPORTED:
+        pytest.skip(f"no chunked reads to compare with: {postgres_reads.UNSUPPORTED_REASON}")
+    stored = append_streams(pg)
+    names = list(stored)
+    conn = pg.connect(autocommit=True)
+    fast = [repr(pg.store.read_aggregate_stream(conn, "Shop", "Order", n).events) for n in names]
+    fast.append(repr(pg.store.read_events(conn, 0, 10_000)))
+    fast.append(repr(pg.store.read_latest_events(conn, 70)))
+    fast += fast[: len(names)]  # the asyncio store reads the same streams
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.run(
+        [sys.executable, "-c", FALLBACK_CHILD, pg.dsn, fake, json.dumps(names)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout)
+    expected = "laid out otherwise" if fake == "no-internals" else f"psycopg {fake} is not"
+    assert expected in result["reason"]
+    assert result["chunked"] == 0
+    assert result["reads"] == fast
+
+
+@pytest.mark.parametrize(
+    ("version", "supported"),
+    [("3.1.18", False), ("3.2.0", True), ("3.3.9", True), ("3.4.0", False), ("4.0", False)],
+)
+def test_only_tested_releases_read_chunk_by_chunk(
+    monkeypatch: pytest.MonkeyPatch, version: str, supported: bool
+) -> None:
+    if not psycopg.capabilities.has_stream_chunked():
+        pytest.skip(f"libpq {psycopg.pq.version()} has no chunked rows mode")
+    monkeypatch.setattr(psycopg, "__version__", version)
+    reason = postgres_reads.unsupported_reason()
+    assert (reason is None) == supported, reason
+    # A patch release that renamed a private method the reads call.
+    internals = (*postgres_reads._CURSOR_INTERNALS, "_renamed_away")
+    monkeypatch.setattr(postgres_reads, "_CURSOR_INTERNALS", internals)
+    reason = postgres_reads.unsupported_reason()
+    assert reason is not None
+    assert ("lacks _renamed_away" in reason) == supported, reason

@@ -16,20 +16,18 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pupsourcing.core.errors import OptimisticConcurrencyError, SchemaError
-from pupsourcing.core.events import (
-    STORED_FIELDS,
-    AppendResult,
-    Event,
+from pupsourcing.core._fast import (
     EventDecoder,
-    PersistedEvent,
-    Stream,
+    event_builder,
     event_decoder,
     event_row_decoder,
-    stored_event,
+    tuple_encoder,
 )
+from pupsourcing.core.errors import OptimisticConcurrencyError, SchemaError
+from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import MAX_VERSION, ExpectedVersion
 from pupsourcing.core.validation import check_append
+from pupsourcing.store import columns
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.horizon import Probe
@@ -42,10 +40,6 @@ from pupsourcing.store.schema import (
     partition_predicate,
     schema_statements,
 )
-
-EVENT_COLUMNS = STORED_FIELDS[1:]
-"""The columns an append writes: every stored field but ``global_position``,
-in the stores' column order."""
 
 MAX_PROJECTION_NAME_LENGTH = 255
 
@@ -85,27 +79,15 @@ def check_name(name: str, value: object, max_length: int | None = None) -> str:
     return value
 
 
+_appended = event_builder(columns.ASSIGNED)
+
+
 def build_result(
     events: Sequence[Event], versions: Sequence[int], positions: Sequence[int]
 ) -> AppendResult:
     """The :class:`AppendResult` for ``events`` stored at ``versions``/``positions``."""
     persisted = tuple(
-        stored_event(
-            position,
-            e.bounded_context,
-            e.aggregate_type,
-            e.aggregate_id,
-            version,
-            e.event_id,
-            e.event_type,
-            e.event_version,
-            e.payload,
-            e.trace_id,
-            e.correlation_id,
-            e.causation_id,
-            e.metadata,
-            e.created_at,
-        )
+        _appended(e, position, version)
         for e, version, position in zip(events, versions, positions, strict=True)
     )
     return AppendResult(persisted, tuple(positions))
@@ -132,29 +114,46 @@ class Dialect(abc.ABC):
     on_duplicate_checkpoint: ClassVar[str] = "ON CONFLICT (projection_name) DO NOTHING"
     """Makes inserting an existing checkpoint row a no-op."""
 
-    conversions: ClassVar[Mapping[str, str]] = {}
-    """How a column of :meth:`select_columns` becomes its event field where the
-    driver's value is not already it: a Python expression of the column's
-    name (see :func:`~pupsourcing.core.events.event_decoder`)."""
+    # How each type key of :mod:`pupsourcing.store.columns` is read, decoded
+    # and encoded where the driver's value is not already the field: each an
+    # expression of ``{}`` (the column, or the value).
+    readers: ClassVar[Mapping[str, str]] = {}
+    """The SQL that reads a column, for :meth:`select_columns`."""
 
-    conversion_names: ClassVar[Mapping[str, object]] = {}
-    """The helpers those expressions call."""
+    decoders: ClassVar[Mapping[str, str]] = {}
+    """The Python that makes the event field from what the driver read."""
+
+    encoders: ClassVar[Mapping[str, str]] = {}
+    """The Python that makes the driver's parameter from the event field."""
+
+    codec_names: ClassVar[Mapping[str, object]] = {}
+    """The helpers the decoders and encoders call."""
 
     _decode_rows: ClassVar[EventDecoder]
     _decode_hashed: ClassVar[EventDecoder]
     _decode_stream: ClassVar[EventDecoder]
     _row_decoder: ClassVar[Callable[..., Callable[[Sequence[Any]], PersistedEvent]]]
     _stream_row_decoder: ClassVar[Callable[..., Callable[[Sequence[Any]], PersistedEvent]]]
+    _encode_event: ClassVar[Callable[..., tuple[Any, ...]]]
+    """An event's parameters for the :data:`~pupsourcing.store.columns.PER_EVENT`
+    columns, in order."""
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         # One loop per row layout, compiled once per dialect class.
-        spec: dict[str, Any] = {"convert": cls.conversions, "names": cls.conversion_names}
-        key, rest = list(STORED_FIELDS[1:4]), [STORED_FIELDS[0], *STORED_FIELDS[4:]]
-        cls._decode_rows = staticmethod(event_decoder(STORED_FIELDS, **spec))
-        cls._decode_hashed = staticmethod(event_decoder([*STORED_FIELDS, "_"], **spec))
+        convert = {
+            name: template.format(name)
+            for name, template in columns.by_type(columns.EVENTS, cls.decoders).items()
+        }
+        spec: dict[str, Any] = {"convert": convert, "names": cls.codec_names}
+        every = columns.NAMES
+        key = columns.names(columns.KEY)
+        rest = [name for name in every if name not in key]
+        cls._decode_rows = staticmethod(event_decoder(every, **spec))
+        cls._decode_hashed = staticmethod(event_decoder([*every, "_"], **spec))
         cls._decode_stream = staticmethod(event_decoder(rest, given=key, **spec))
-        cls._row_decoder = staticmethod(event_row_decoder(STORED_FIELDS, **spec))
+        cls._row_decoder = staticmethod(event_row_decoder(every, **spec))
+        cls._encode_event = staticmethod(cls.event_encoder(columns.PER_EVENT))
         cls._stream_row_decoder = staticmethod(event_row_decoder(rest, given=key, **spec))
 
     def __init__(self, config: StoreConfig | None = None) -> None:
@@ -209,9 +208,9 @@ class Dialect(abc.ABC):
             f"SELECT projection_name, last_global_position, {self.timestamp_sql('updated_at')}, "
             f"{self.age_sql('updated_at')} FROM {self.checkpoints_table} ORDER BY projection_name"
         )
-        columns = ", ".join(self.select_columns())
+        selected = ", ".join(self.select_columns())
         self.fetch_sql_prefix = {
-            hashed: f"SELECT {columns}{', partition_hash' if hashed else ''} "
+            hashed: f"SELECT {selected}{', partition_hash' if hashed else ''} "
             f"FROM {self.events_table} WHERE global_position > {p}"
             for hashed in (False, True)
         }
@@ -317,15 +316,40 @@ class Dialect(abc.ABC):
         return value.astimezone(UTC)
 
     def select_columns(self) -> list[str]:
-        """The expressions that read an event row: position first, then
-        :data:`EVENT_COLUMNS`."""
-        return ["global_position", *EVENT_COLUMNS]
+        """The expressions that read an event row, one per column of
+        :data:`~pupsourcing.store.columns.EVENTS` in order."""
+        readers = self.readers
+        return [
+            readers[c.type].format(c.name) if c.type in readers else c.name for c in columns.EVENTS
+        ]
 
     def stream_columns(self) -> list[str]:
-        """:meth:`select_columns` without the three key columns, which a
-        stream read knows already: less to send and to decode per row."""
-        columns = self.select_columns()
-        return [columns[0], *columns[4:]]
+        """:meth:`select_columns` without the key columns, which a stream read
+        knows already: less to send and to decode per row."""
+        key = set(columns.KEY)
+        return [
+            sql
+            for c, sql in zip(columns.EVENTS, self.select_columns(), strict=True)
+            if c not in key
+        ]
+
+    @classmethod
+    def event_encoder(
+        cls,
+        written: Sequence[columns.Column],
+        given: Sequence[str] = (),
+        encoders: Mapping[str, str] | None = None,
+    ) -> Callable[..., tuple[Any, ...]]:
+        """Compile ``encode(event, *given)``: the parameters for the
+        ``written`` columns (then any extra ``given`` names, e.g.
+        ``partition_hash``), encoded by :attr:`encoders` (or ``encoders``)."""
+        names = columns.names(written)
+        return tuple_encoder(
+            [*names, *(g for g in given if g not in names)],
+            given=given,
+            convert=columns.by_type(written, cls.encoders if encoders is None else encoders),
+            names=cls.codec_names,
+        )
 
     def check_event(self, index: int, event: Event) -> None:  # noqa: B027 - optional hook
         """Limits this database adds to the core rules (lengths, sizes, ...)."""

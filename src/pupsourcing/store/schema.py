@@ -9,9 +9,10 @@ neither reads nor needs to write.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from pupsourcing.store.columns import EVENTS
 from pupsourcing.store.config import StoreConfig
 
 
@@ -43,6 +44,21 @@ class SchemaDialect:
     or MySQL 8); without it ``create_schema`` checks the columns first."""
     metadata_raw: bool = False
     """Keep metadata bytes in ``metadata_raw`` when the JSON column reformats them."""
+
+    @property
+    def types(self) -> Mapping[str, str]:
+        """The SQL type of each type key of :mod:`~pupsourcing.store.columns`."""
+        return {
+            "global_position": self.global_position,
+            "key_text": self.key_text,
+            "text": self.text,
+            "bigint": self.bigint,
+            "int": self.int,
+            "uuid": self.uuid,
+            "payload": self.payload,
+            "metadata": self.metadata,
+            "timestamp": self.timestamp,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,21 +112,9 @@ def schema_statements(
     :func:`add_column_sql`).
     """
     extra = added_columns(d)
+    types = d.types
     events_columns = [
-        f"global_position {d.global_position}",
-        f"bounded_context {d.key_text} NOT NULL",
-        f"aggregate_type {d.key_text} NOT NULL",
-        f"aggregate_id {d.key_text} NOT NULL",
-        f"aggregate_version {d.bigint} NOT NULL",
-        f"event_id {d.uuid} NOT NULL UNIQUE",
-        f"event_type {d.text} NOT NULL",
-        f"event_version {d.int} NOT NULL DEFAULT 1",
-        f"payload {d.payload} NOT NULL",
-        f"trace_id {d.text}",
-        f"correlation_id {d.text}",
-        f"causation_id {d.text}",
-        f"metadata {d.metadata}",
-        f"created_at {d.timestamp}",
+        *(column.ddl(types) for column in EVENTS),
         *(f"{column.name} {column.type}" for column in extra),
     ]
     version_key = "bounded_context, aggregate_type, aggregate_id, aggregate_version"

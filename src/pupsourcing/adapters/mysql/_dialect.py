@@ -13,17 +13,14 @@ from decimal import Decimal
 from typing import ClassVar
 
 from pupsourcing.adapters.mysql._status import active_transactions, innodb_status
+from pupsourcing.core._fast import uuid_from_bytes
 from pupsourcing.core.errors import InvalidEventError
-from pupsourcing.core.events import (
-    AppendResult,
-    Event,
-    Stream,
-    uuid_from_bytes,
-)
+from pupsourcing.core.events import AppendResult, Event, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
+from pupsourcing.store import columns
 from pupsourcing.store.config import StoreConfig
-from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
+from pupsourcing.store.dialect import Dialect, build_result
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, RowDecoder, Statement
 from pupsourcing.store.schema import SchemaDialect
@@ -73,8 +70,9 @@ _STATEMENT_SLACK = 4096
 _ROW_OVERHEAD = 256
 """Generous size of one row's SQL apart from its text and binary values."""
 
-_KEY_FIELDS = ("bounded_context", "aggregate_type", "aggregate_id")
-_TEXT_FIELDS = (*_KEY_FIELDS, "event_type", "trace_id", "correlation_id", "causation_id")
+_KEY_FIELDS = tuple(columns.names(columns.KEY))
+_TEXT_FIELDS = tuple(c.name for c in columns.WRITTEN if c.type in ("key_text", "text"))
+"""The VARCHAR(255) columns."""
 
 
 class CollationWarning(UserWarning):
@@ -176,18 +174,29 @@ class ServerInfo:
 class MySQLDialect(Dialect):
     name = "mysql"
     placeholder = "%s"
-    conversions: ClassVar[Mapping[str, str]] = {
-        "global_position": "int(global_position)",
-        "aggregate_version": "int(aggregate_version)",
-        "event_id": "uuid_from_bytes(event_id)",
-        "event_version": "int(event_version)",
-        "payload": "payload if type(payload) is bytes else bytes(payload)",
-        "metadata": "metadata.encode('utf-8') if isinstance(metadata, str) else metadata",
-        "created_at": "from_micros(created_at)",
+    readers: ClassVar[Mapping[str, str]] = {
+        "timestamp": _CREATED_AT_MICROS.replace("created_at", "{}")
     }
-    conversion_names: ClassVar[Mapping[str, object]] = {
+    decoders: ClassVar[Mapping[str, str]] = {
+        "global_position": "int({})",
+        "bigint": "int({})",
+        "uuid": "uuid_from_bytes({})",
+        "int": "int({})",
+        "payload": "{0} if type({0}) is bytes else bytes({0})",
+        "metadata": "{0}.encode('utf-8') if isinstance({0}, str) else {0}",
+        "timestamp": "from_micros({})",
+    }
+    encoders: ClassVar[Mapping[str, str]] = {
+        "uuid": "{}.bytes",
+        "metadata": "None if {0} is None else {0}.decode('utf-8')",
+        # MySQL 8.0.19+: a literal with an offset is stored as that instant
+        # whatever the session time zone (see insert_statement for MariaDB).
+        "timestamp": "timestamp_text({}) + '+00:00'",
+    }
+    codec_names: ClassVar[Mapping[str, object]] = {
         "uuid_from_bytes": uuid_from_bytes,
         "from_micros": _from_micros,
+        "timestamp_text": _timestamp_text,
     }
     schema_dialect = SchemaDialect(
         global_position="BIGINT AUTO_INCREMENT PRIMARY KEY",
@@ -236,7 +245,13 @@ class MySQLDialect(Dialect):
         self.current_version_sql = f"{self.head_version_sql} LOCK IN SHARE MODE"
         self.head_subquery = f"(SELECT aggregate_version FROM {heads} WHERE {key})"
         self.insert_prefix = (
-            f"INSERT INTO {events} ({', '.join(EVENT_COLUMNS)}, partition_hash) VALUES "
+            f"INSERT INTO {events} ({', '.join(columns.names(columns.WRITTEN))}, "
+            "partition_hash) VALUES "
+        )
+        # MariaDB has no offsets in literals: it is sent UTC without one, in a
+        # statement run with the session time zone UTC.
+        self._encode_utc = self.event_encoder(
+            columns.PER_EVENT, encoders={**self.encoders, "timestamp": "timestamp_text({})"}
         )
         self.returning_suffix = " RETURNING global_position, aggregate_version, LENGTH(payload)"
         self.stored_sql = (
@@ -313,12 +328,6 @@ class MySQLDialect(Dialect):
 
     def decode_timestamp(self, value: object) -> datetime | None:
         return None if value is None else _from_micros(value)
-
-    def select_columns(self) -> list[str]:
-        return [
-            "global_position",
-            *(_CREATED_AT_MICROS if c == "created_at" else c for c in EVENT_COLUMNS),
-        ]
 
     def stream_columns(self) -> list[str]:
         # The keys are read back: the collation may match keys that differ.
@@ -585,8 +594,10 @@ class MySQLDialect(Dialect):
         # For any() the head was bumped by ``count`` in this transaction: the
         # versions are the ``count`` values up to it.
         version_sql = f"{self.head_subquery} - %s" if expected.is_any else "%s"
-        row_sql = f"(%s, %s, %s, {version_sql}, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        per_event = ", ".join(["%s"] * (len(columns.PER_EVENT) + 1))  # and partition_hash
+        row_sql = f"({', '.join(['%s'] * len(columns.KEY))}, {version_sql}, {per_event})"
         mariadb = info.mariadb
+        encode = self._encode_utc if mariadb else self._encode_event
         params: list[object] = []
         for index in rows:
             e = batch[index]
@@ -594,23 +605,7 @@ class MySQLDialect(Dialect):
                 version: tuple[object, ...] = (*key, count - 1 - index)
             else:
                 version = (expected.value + 1 + index,)
-            created_at = _timestamp_text(e.created_at)
-            params += (
-                *key,
-                *version,
-                e.event_id.bytes,
-                e.event_type,
-                e.event_version,
-                e.payload,
-                e.trace_id,
-                e.correlation_id,
-                e.causation_id,
-                None if e.metadata is None else e.metadata.decode("utf-8"),
-                # MySQL 8.0.19+: a literal with an offset is stored as that
-                # instant whatever the session time zone (MySQL only path).
-                created_at if mariadb else f"{created_at}+00:00",
-                hashed,
-            )
+            params += (*key, *version, *encode(e), hashed)
         sql = self.insert_prefix + ", ".join([row_sql] * len(rows))
         if mariadb:
             # The session time zone is UTC for this statement only, so the

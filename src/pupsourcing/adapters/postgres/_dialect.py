@@ -12,8 +12,9 @@ from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import AppendResult, Event
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
+from pupsourcing.store import columns
 from pupsourcing.store.config import StoreConfig
-from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
+from pupsourcing.store.dialect import Dialect, build_result
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
@@ -214,24 +215,18 @@ def _refuse_oversized(batch: Sequence[Event]) -> None:
 
 # -- statements --------------------------------------------------------------
 
-_PER_EVENT = EVENT_COLUMNS[4:]
+_PER_EVENT = columns.names(columns.PER_EVENT)
 """event_id .. created_at: the columns that differ from event to event."""
-_TYPES = ("uuid", "text", "int", "bytea", "text", "text", "text", "text", "timestamptz")
-
-
-def _per_event(e: Event) -> tuple[Any, ...]:
-    """An event's values for the :data:`_PER_EVENT` columns, in that order."""
-    return (
-        e.event_id,
-        e.event_type,
-        e.event_version,
-        e.payload,
-        e.trace_id,
-        e.correlation_id,
-        e.causation_id,
-        None if e.metadata is None else e.metadata.decode("utf-8"),
-        e.created_at,
-    )
+_PARAM_TYPES = {
+    "uuid": "uuid",
+    "text": "text",
+    "int": "int",
+    "payload": "bytea",
+    "metadata": "text",
+    "timestamp": "timestamptz",
+}
+"""The parameter type of each type key: metadata goes as text, cast to JSONB."""
+_TYPES = tuple(_PARAM_TYPES[c.type] for c in columns.PER_EVENT)
 
 
 def _values_rows(rows: int) -> str:
@@ -243,7 +238,7 @@ def _values_rows(rows: int) -> str:
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 """PostgreSQL's own epoch. ``created_at`` is read as the interval since it
-(see :meth:`PostgresDialect.select_columns`), and ``_EPOCH + interval`` is
+(see :attr:`PostgresDialect.readers`), and ``_EPOCH + interval`` is
 the aware UTC datetime in one step: psycopg loads an interval with less work
 than a timestamp, and turning a naive UTC timestamp into an aware one costs
 two datetime operations (``replace(tzinfo=...)`` is slower still)."""
@@ -252,8 +247,18 @@ two datetime operations (``replace(tzinfo=...)`` is slower still)."""
 class PostgresDialect(Dialect):
     name = "postgres"
     placeholder = "%s"
-    conversions: ClassVar[Mapping[str, str]] = {"created_at": "epoch + created_at"}
-    conversion_names: ClassVar[Mapping[str, object]] = {"epoch": _EPOCH}
+    # Metadata comes back as the appended bytes; created_at as the interval
+    # since _EPOCH, which no session TimeZone affects (nor shifts out of
+    # Python's datetime range, year 1 to 9999).
+    readers: ClassVar[Mapping[str, str]] = {
+        "metadata": "convert_to(COALESCE(metadata_raw, {}::text), 'UTF8')",
+        "timestamp": "{} - TIMESTAMPTZ '2000-01-01 00:00:00+00'",
+    }
+    decoders: ClassVar[Mapping[str, str]] = {"timestamp": "epoch + {}"}
+    encoders: ClassVar[Mapping[str, str]] = {
+        "metadata": "None if {0} is None else {0}.decode('utf-8')"
+    }
+    codec_names: ClassVar[Mapping[str, object]] = {"epoch": _EPOCH}
     schema_dialect = SchemaDialect(
         global_position="BIGSERIAL PRIMARY KEY",
         key_text="TEXT",
@@ -295,7 +300,7 @@ class PostgresDialect(Dialect):
         # default '{}' is answered without parsing it once more).
         self._insert = (
             f"INSERT INTO {self.events_table} "
-            f"({', '.join(EVENT_COLUMNS)}, metadata_raw, partition_hash) "
+            f"({', '.join(columns.names(columns.WRITTEN))}, metadata_raw, partition_hash) "
             "SELECT head.bounded_context, head.aggregate_type, head.aggregate_id, "
             f"head.aggregate_version - {{n}} + e.ord, {per_event}, "
             "CASE WHEN e.metadata = '{{}}' THEN NULL "
@@ -336,22 +341,6 @@ class PostgresDialect(Dialect):
     @staticmethod
     def quote(identifier: str) -> str:
         return f'"{identifier}"'
-
-    def select_columns(self) -> list[str]:
-        # Metadata comes back as the appended bytes; created_at as the interval
-        # since _EPOCH, which no session TimeZone affects (nor shifts out of
-        # Python's datetime range, year 1 to 9999).
-        return [
-            "global_position",
-            *(
-                "convert_to(COALESCE(metadata_raw, metadata::text), 'UTF8')"
-                if c == "metadata"
-                else "created_at - TIMESTAMPTZ '2000-01-01 00:00:00+00'"
-                if c == "created_at"
-                else c
-                for c in EVENT_COLUMNS
-            ),
-        ]
 
     def check_event(self, index: int, event: Event) -> None:
         _check_indexed(index, event)
@@ -433,13 +422,14 @@ class PostgresDialect(Dialect):
             params: list[Any] = (
                 [*key, expected.value, hashed] if kind == "exact" else [*key, hashed]
             )
+            encode = self._encode_event
             for e in batch:
-                params += _per_event(e)
+                params += encode(e)
             return Statement(self._append_sql[kind, n], params, fetch=True)
         claim = [n, *key, expected.value] if kind == "exact" else [*key, n]
         # One list per column: psycopg sends a list as an array.
-        columns = [list(column) for column in zip(*map(_per_event, batch), strict=True)]
-        return Statement(self._append_sql[kind, 0], [*claim, n, hashed, *columns], fetch=True)
+        arrays = [list(column) for column in zip(*map(self._encode_event, batch), strict=True)]
+        return Statement(self._append_sql[kind, 0], [*claim, n, hashed, *arrays], fetch=True)
 
     def append(self, expected: ExpectedVersion, events: Sequence[Event]) -> Plan[AppendResult]:
         batch = self.check_append(events)

@@ -16,8 +16,10 @@ documented), then read the result chunk by chunk.
 
 That takes a few of psycopg's internal methods, the ones ``execute()`` and
 ``stream()`` are built from. :data:`SUPPORTED` says whether this psycopg is
-a version they were tested with and its libpq has the mode; when it is not,
-:class:`~pupsourcing.adapters.postgres.PostgresStore` reads as before.
+a version they were tested with, has them and its libpq has the mode; when
+it is not (:data:`UNSUPPORTED_REASON` says why),
+:class:`~pupsourcing.adapters.postgres.PostgresStore` reads with a plain
+``execute()``, the same rows.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ try:
     from psycopg._preparing import Prepare
     from psycopg.abc import PQGen
     from psycopg.generators import execute, fetch, send
-except ImportError:  # laid out otherwise: not a tested release, reads go whole
-    _INTERNALS = False
+except ImportError as exc:  # laid out otherwise: not a tested release, reads go whole
+    _IMPORT_ERROR: str | None = str(exc)
 else:
-    _INTERNALS = True
+    _IMPORT_ERROR = None
 
 CHUNK_ROWS = 64
 """Rows per chunk: fewer chunks cost more wake-ups, larger ones leave the
@@ -47,7 +49,19 @@ client idle longer while the first chunk is produced (64 measured best for
 
 TESTED_VERSIONS = ((3, 2), (3, 3))
 """The psycopg releases (major, minor) whose internals this module uses as
-they are."""
+they are; the tests check that the installed one is listed (where its libpq
+has the mode), and that reads fall back outside the list."""
+
+_CURSOR_INTERNALS = (
+    "_start_query",
+    "_convert_query",
+    "_execute_send",
+    "_send_prepare",
+    "_send_query_prepared",
+    "_make_row_maker",
+    "_raise_for_result",
+)
+"""The private cursor methods :func:`_read_gen` calls."""
 
 
 def _release(version: str) -> tuple[int, int] | None:
@@ -55,11 +69,27 @@ def _release(version: str) -> tuple[int, int] | None:
     return (int(found[1]), int(found[2])) if found else None
 
 
-SUPPORTED = (
-    _INTERNALS
-    and _release(psycopg.__version__) in TESTED_VERSIONS
-    and psycopg.capabilities.has_stream_chunked()  # psycopg 3.2+, as tested above
-)
+def unsupported_reason() -> str | None:
+    """Why reads cannot go chunk by chunk with this psycopg and libpq, or
+    ``None`` when they can."""
+    if _IMPORT_ERROR is not None:
+        return f"psycopg's internals are laid out otherwise ({_IMPORT_ERROR})"
+    release = _release(psycopg.__version__)
+    if release not in TESTED_VERSIONS:
+        tested = ", ".join(f"{major}.{minor}" for major, minor in TESTED_VERSIONS)
+        return f"psycopg {psycopg.__version__} is not a tested release ({tested})"
+    missing = [name for name in _CURSOR_INTERNALS if not hasattr(psycopg.Cursor, name)]
+    if missing:
+        return f"psycopg.Cursor lacks {', '.join(missing)}"
+    if not psycopg.capabilities.has_stream_chunked():
+        return f"libpq {psycopg.pq.version()} has no chunked rows mode (libpq 17 added it)"
+    return None
+
+
+UNSUPPORTED_REASON = unsupported_reason()
+"""Why reads go whole (a plain ``execute()``), or ``None``."""
+
+SUPPORTED = UNSUPPORTED_REASON is None
 """Whether reads may go chunk by chunk with this psycopg and libpq."""
 
 

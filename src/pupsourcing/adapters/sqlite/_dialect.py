@@ -7,16 +7,14 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar
 
+from pupsourcing.core._fast import uuid_from_text
 from pupsourcing.core.errors import InvalidEventError
-from pupsourcing.core.events import (
-    AppendResult,
-    Event,
-    uuid_from_text,
-)
+from pupsourcing.core.events import AppendResult, Event
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
+from pupsourcing.store import columns
 from pupsourcing.store.config import StoreConfig
-from pupsourcing.store.dialect import EVENT_COLUMNS, Dialect, build_result
+from pupsourcing.store.dialect import Dialect, build_result
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
@@ -58,15 +56,21 @@ def _parse_timestamp(text: str) -> datetime:
 class SQLiteDialect(Dialect):
     name = "sqlite"
     placeholder = "?"
-    conversions: ClassVar[Mapping[str, str]] = {
-        "event_id": "uuid_from_text(event_id)",
-        "payload": "bytes(payload)",
-        "metadata": "metadata.encode('utf-8') if isinstance(metadata, str) else metadata",
-        "created_at": "parse_timestamp(created_at)",
+    decoders: ClassVar[Mapping[str, str]] = {
+        "uuid": "uuid_from_text({})",
+        "payload": "bytes({})",
+        "metadata": "{0}.encode('utf-8') if isinstance({0}, str) else {0}",
+        "timestamp": "parse_timestamp({})",
     }
-    conversion_names: ClassVar[Mapping[str, object]] = {
+    encoders: ClassVar[Mapping[str, str]] = {
+        "uuid": "str({})",
+        "metadata": "None if {0} is None else {0}.decode('utf-8')",
+        "timestamp": "timestamp({})",
+    }
+    codec_names: ClassVar[Mapping[str, object]] = {
         "uuid_from_text": uuid_from_text,
         "parse_timestamp": _parse_timestamp,
+        "timestamp": _timestamp,
     }
     now_sql = _NOW
     begin_sql = "BEGIN IMMEDIATE"
@@ -103,7 +107,11 @@ class SQLiteDialect(Dialect):
             f"WHERE {key} AND aggregate_version = ? RETURNING aggregate_version"
         )
         self._insert_prefix = (
-            f"INSERT INTO {self.events_table} ({', '.join(EVENT_COLUMNS)}, partition_hash) VALUES "
+            f"INSERT INTO {self.events_table} "
+            f"({', '.join(columns.names(columns.WRITTEN))}, partition_hash) VALUES "
+        )
+        self._encode_row = self.event_encoder(
+            columns.WRITTEN, given=("aggregate_version", "partition_hash")
         )
 
     @staticmethod
@@ -173,29 +181,15 @@ class SQLiteDialect(Dialect):
     @staticmethod
     @lru_cache(maxsize=64)
     def _values(rows: int) -> str:
-        row = f"({', '.join('?' * (len(EVENT_COLUMNS) + 1))})"
+        row = f"({', '.join('?' * (len(columns.WRITTEN) + 1))})"  # and partition_hash
         return ", ".join([row] * rows)
 
     def insert_statement(self, events: Sequence[Event], first_version: int) -> Statement:
         hashed = partition_hash(events[0].aggregate_id)
         params: list[object] = []
+        encode = self._encode_row
         for offset, e in enumerate(events):
-            params += (
-                e.bounded_context,
-                e.aggregate_type,
-                e.aggregate_id,
-                first_version + offset,
-                str(e.event_id),
-                e.event_type,
-                e.event_version,
-                e.payload,
-                e.trace_id,
-                e.correlation_id,
-                e.causation_id,
-                None if e.metadata is None else e.metadata.decode("utf-8"),
-                _timestamp(e.created_at),
-                hashed,
-            )
+            params += encode(e, first_version + offset, hashed)
         sql = (
             f"{self._insert_prefix}{self._values(len(events))} "
             "RETURNING global_position, aggregate_version"

@@ -1,0 +1,241 @@
+"""Speed tricks, kept out of the value objects: compiled event decoders,
+builders and encoders, and fast UUIDs.
+
+The whole interface:
+
+- :func:`event_decoder` and :func:`event_row_decoder` turn rows into
+  :class:`~pupsourcing.core.events.PersistedEvent` objects;
+- :func:`event_builder` makes one from an appended :class:`Event` and the
+  positions the store assigned;
+- :func:`tuple_encoder` turns an :class:`Event` into a row of parameters;
+- :func:`uuid_from_text` and :func:`uuid_from_bytes` make event ids.
+
+Each is equal to the plain Python it replaces (``PersistedEvent(**fields)``,
+a tuple of attributes, ``uuid.UUID(...)``; the tests compare them), only
+faster: a projection catching up decodes millions of rows. The functions
+are compiled from source, as :mod:`dataclasses` writes ``__init__``, once
+per row layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pupsourcing.core.events import Event, PersistedEvent
+
+FIELDS = tuple(f.name for f in dataclasses.fields(PersistedEvent))
+_EVENT_FIELDS = frozenset(f.name for f in dataclasses.fields(Event))
+"""Every field of :class:`PersistedEvent`; a decoder or builder sets each once."""
+
+EventDecoder = Callable[..., list[PersistedEvent]]
+
+
+class _StoredEventBuilder(PersistedEvent):
+    """An unfrozen twin of :class:`PersistedEvent`, for building instances fast.
+
+    A subclass that adds no slots has the same memory layout, so an instance
+    may become a ``PersistedEvent`` by assigning ``__class__``. Until then
+    plain attribute stores fill the slots, several times faster than the
+    frozen dataclass's ``__setattr__`` (or ``object.__setattr__``). Never
+    seen outside the functions this module compiles.
+    """
+
+    __slots__ = ()
+    # Both: a class that overrides only one keeps the slow attribute path.
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+    # ``_Builder()`` then runs no Python code and passes no argument tuple
+    # around: about twice as fast as ``object.__new__(_Builder)``.
+    __init__ = object.__init__
+
+
+def _compile(lines: list[str], name: str, names: Mapping[str, object] | None = None) -> Any:
+    """Define the function ``name`` from source ``lines``, with ``names`` as
+    its globals."""
+    namespace: dict[str, object] = {
+        **(names or {}),
+        "_Builder": _StoredEventBuilder,
+        "_PersistedEvent": PersistedEvent,
+    }
+    exec(compile("\n".join(lines), f"<pupsourcing {name}>", "exec"), namespace)
+    return namespace[name]
+
+
+def _build(indent: str, convert: Mapping[str, str]) -> list[str]:
+    """Source lines that leave a new ``event`` with every field set, each from
+    the variable of its name or from its ``convert`` expression."""
+    return [
+        f"{indent}event = _Builder()",
+        *(f"{indent}event.{f} = {convert.get(f, f)}" for f in FIELDS),
+        f"{indent}event.__class__ = _PersistedEvent",
+    ]
+
+
+def _check_names(names: Sequence[str]) -> None:
+    if not all(name.isidentifier() for name in names):
+        raise ValueError(f"columns and given must be field names: {list(names)}")
+
+
+def _check_layout(
+    columns: Sequence[str], given: Sequence[str], convert: Mapping[str, str] | None
+) -> None:
+    fields = [c for c in columns if c != "_"]
+    _check_names([*columns, *given])
+    if sorted([*fields, *given]) != sorted(FIELDS):
+        raise ValueError(
+            f"columns {list(columns)} and given {list(given)} must name every field of "
+            f"PersistedEvent exactly once: {list(FIELDS)}"
+        )
+    unknown = set(convert or ()) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"convert names no field of PersistedEvent: {sorted(unknown)}")
+
+
+def event_decoder(
+    columns: Sequence[str],
+    *,
+    given: Sequence[str] = (),
+    convert: Mapping[str, str] | None = None,
+    names: Mapping[str, object] | None = None,
+) -> EventDecoder:
+    """Compile ``decode(rows, *given) -> list[PersistedEvent]``.
+
+    Rows hold the fields named by ``columns``, in that order; a column named
+    ``_`` is skipped. The fields in ``given`` are the same for every row and
+    passed after ``rows``. ``convert`` maps a field to the Python expression
+    that computes it from its column (the column's name is the variable),
+    with ``names`` as the expression's globals.
+
+    The decoder fills the slots in one loop, with no call per row: about 30%
+    faster than a constructor per row.
+    """
+    _check_layout(columns, given, convert)
+    lines = [
+        f"def decode(rows, {''.join(f'{g}, ' for g in given)}):",
+        "    decoded = []",
+        "    keep = decoded.append",
+        f"    for ({', '.join(columns)},) in rows:",
+        *_build("        ", convert or {}),
+        "        keep(event)",
+        "    return decoded",
+    ]
+    decode: EventDecoder = _compile(lines, "decode", names)
+    return decode
+
+
+def event_row_decoder(
+    columns: Sequence[str],
+    *,
+    given: Sequence[str] = (),
+    convert: Mapping[str, str] | None = None,
+    names: Mapping[str, object] | None = None,
+) -> Callable[..., Callable[[Sequence[Any]], PersistedEvent]]:
+    """Compile ``row_decoder(*given) -> decode_row(row) -> PersistedEvent``,
+    the one-row form of :func:`event_decoder` (same arguments), for a
+    driver that calls it as it reads each row (a psycopg row factory): the
+    raw row is then dropped at once instead of being kept with all the
+    others until the whole result is decoded."""
+    _check_layout(columns, given, convert)
+    lines = [
+        f"def row_decoder({', '.join(given)}):",
+        "    def decode_row(row):",
+        f"        ({', '.join(columns)},) = row",
+        *_build("        ", convert or {}),
+        "        return event",
+        "    return decode_row",
+    ]
+    row_decoder: Callable[..., Callable[[Sequence[Any]], PersistedEvent]]
+    row_decoder = _compile(lines, "row_decoder", names)
+    return row_decoder
+
+
+def event_builder(given: Sequence[str]) -> Callable[..., PersistedEvent]:
+    """Compile ``build(event, *given) -> PersistedEvent``: the fields named in
+    ``given`` from the arguments, every other field from the :class:`Event`
+    (what an append returns). Equal to ``PersistedEvent(**fields)`` and
+    several times faster."""
+    _check_names(given)
+    unknown = set(given) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"given names no field of PersistedEvent: {sorted(unknown)}")
+    convert = {f: f"_e.{f}" for f in FIELDS if f not in given}
+    lines = [
+        f"def build(_e, {', '.join(given)}):",
+        *_build("    ", convert),
+        "    return event",
+    ]
+    build: Callable[..., PersistedEvent] = _compile(lines, "build")
+    return build
+
+
+def tuple_encoder(
+    columns: Sequence[str],
+    *,
+    given: Sequence[str] = (),
+    convert: Mapping[str, str] | None = None,
+    names: Mapping[str, object] | None = None,
+) -> Callable[..., tuple[Any, ...]]:
+    """Compile ``encode(event, *given) -> tuple``: one value per name in
+    ``columns``, the event's attribute of that name or, for a name in
+    ``given``, the argument. ``convert`` maps a column to an expression of
+    ``{}`` (its value) that makes the driver's parameter, with ``names`` as
+    its globals."""
+    _check_names([*columns, *given])
+    missing = set(given) - set(columns)
+    unknown = {c for c in columns if c not in given and c not in _EVENT_FIELDS}
+    if missing or unknown:
+        raise ValueError(
+            f"columns {list(columns)} must be fields of Event or given {list(given)}, "
+            f"and name every given one"
+        )
+    convert = convert or {}
+    values = [convert.get(c, "{}").format(c if c in given else f"_e.{c}") for c in columns]
+    lines = [
+        f"def encode(_e, {', '.join(given)}):",
+        f"    return ({', '.join(values)},)",
+    ]
+    encode: Callable[..., tuple[Any, ...]] = _compile(lines, "encode", names)
+    return encode
+
+
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown
+_UUID = uuid.UUID
+
+
+class _UUIDBuilder(uuid.UUID):
+    """An unfrozen twin of :class:`uuid.UUID`, as :class:`_StoredEventBuilder`
+    is of :class:`PersistedEvent`: allocated without running ``__init__`` and
+    filled with plain attribute stores, then switched to ``uuid.UUID``. About
+    twice as fast as ``object.__new__`` and two ``object.__setattr__`` calls."""
+
+    __slots__ = ()
+    __setattr__ = object.__setattr__  # type: ignore[assignment]
+    __delattr__ = object.__delattr__
+    __init__ = object.__init__
+
+
+def _uuid(value: int) -> uuid.UUID:
+    result: Any = _UUIDBuilder()
+    result.int = value
+    result.is_safe = _UNKNOWN_SAFETY
+    result.__class__ = _UUID
+    built: uuid.UUID = result
+    return built
+
+
+def uuid_from_text(text: str) -> uuid.UUID:
+    """``uuid.UUID(text)`` for the canonical 36-character form, several times
+    faster (adapters decode event ids by the thousand)."""
+    if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-" or text[23] != "-":
+        return uuid.UUID(text)
+    return _uuid(int(text.replace("-", ""), 16))
+
+
+def uuid_from_bytes(value: bytes | bytearray) -> uuid.UUID:
+    """``uuid.UUID(bytes=value)`` without its argument parsing."""
+    if len(value) != 16:
+        return uuid.UUID(bytes=bytes(value))
+    return _uuid(int.from_bytes(value, "big"))

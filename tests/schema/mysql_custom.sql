@@ -1,0 +1,97 @@
+-- pupsourcing event store schema for mysql.
+-- The Go library pupsourcing's tables, columns and indexes, so Go and Python
+-- services can share one store, plus nullable columns the Go library ignores:
+--   partition_hash: FNV-1a 32-bit hash of aggregate_id, so partitioned projections filter in SQL (NULL in rows the Go library wrote; those are filtered in Python).
+-- Tables created by the Go library lack them; pupsourcing's create_schema()
+-- adds them, or run once:
+--   ALTER TABLE `shop_events` ADD COLUMN partition_hash BIGINT;
+-- Key columns use utf8mb4_bin: the Go library's utf8mb4_unicode_ci treats
+-- distinct ids as equal (case, accents, all emoji), so two aggregates would
+-- share one version sequence. The Go library works unchanged with it. To fix
+-- tables the Go library created, run once:
+--   ALTER TABLE `shop_events` MODIFY bounded_context VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL;
+--   ALTER TABLE `shop_events` MODIFY aggregate_type VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL;
+--   ALTER TABLE `shop_events` MODIFY aggregate_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL;
+--   ALTER TABLE `shop_heads` MODIFY bounded_context VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL;
+--   ALTER TABLE `shop_heads` MODIFY aggregate_type VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL;
+--   ALTER TABLE `shop_heads` MODIFY aggregate_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL;
+--   ALTER TABLE `shop_checkpoints` MODIFY projection_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL;
+
+-- Events: the append-only log. global_position orders all events; the unique key allows one event per aggregate version (optimistic concurrency).
+CREATE TABLE IF NOT EXISTS `shop_events` (
+    global_position BIGINT AUTO_INCREMENT PRIMARY KEY,
+    bounded_context VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_type VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_version BIGINT NOT NULL,
+    event_id BINARY(16) NOT NULL UNIQUE,
+    event_type VARCHAR(255) NOT NULL,
+    event_version INT NOT NULL DEFAULT 1,
+    payload BLOB NOT NULL,
+    trace_id VARCHAR(255),
+    correlation_id VARCHAR(255),
+    causation_id VARCHAR(255),
+    metadata JSON,
+    created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    partition_hash BIGINT,
+    UNIQUE KEY unique_aggregate_version (bounded_context, aggregate_type, aggregate_id, aggregate_version),
+    INDEX `idx_shop_events_aggregate` (bounded_context, aggregate_type, aggregate_id, aggregate_version),
+    INDEX `idx_shop_events_event_type` (event_type, global_position),
+    INDEX `idx_shop_events_correlation` (correlation_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- Aggregate heads: the current version of each aggregate, checked and bumped by every append.
+CREATE TABLE IF NOT EXISTS `shop_heads` (
+    bounded_context VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_type VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_version BIGINT NOT NULL,
+    updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id),
+    INDEX `idx_shop_heads_updated` (updated_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- Projection checkpoints: the last global position each projection handled.
+CREATE TABLE IF NOT EXISTS `shop_checkpoints` (
+    projection_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PRIMARY KEY,
+    last_global_position BIGINT NOT NULL DEFAULT 0,
+    updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+    INDEX `idx_shop_checkpoints_updated` (updated_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+CREATE TABLE IF NOT EXISTS `shop_events` (
+    global_position BIGINT AUTO_INCREMENT PRIMARY KEY,
+    bounded_context VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_type VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_version BIGINT NOT NULL,
+    event_id BINARY(16) NOT NULL UNIQUE,
+    event_type VARCHAR(255) NOT NULL,
+    event_version INT NOT NULL DEFAULT 1,
+    payload BLOB NOT NULL,
+    trace_id VARCHAR(255),
+    correlation_id VARCHAR(255),
+    causation_id VARCHAR(255),
+    metadata JSON,
+    created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    partition_hash BIGINT,
+    UNIQUE KEY unique_aggregate_version (bounded_context, aggregate_type, aggregate_id, aggregate_version),
+    INDEX `idx_shop_events_aggregate` (bounded_context, aggregate_type, aggregate_id, aggregate_version),
+    INDEX `idx_shop_events_event_type` (event_type, global_position),
+    INDEX `idx_shop_events_correlation` (correlation_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+CREATE TABLE IF NOT EXISTS `shop_heads` (
+    bounded_context VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_type VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_version BIGINT NOT NULL,
+    updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id),
+    INDEX `idx_shop_heads_updated` (updated_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+CREATE TABLE IF NOT EXISTS `shop_checkpoints` (
+    projection_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PRIMARY KEY,
+    last_global_position BIGINT NOT NULL DEFAULT 0,
+    updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+    INDEX `idx_shop_checkpoints_updated` (updated_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

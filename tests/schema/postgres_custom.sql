@@ -1,0 +1,130 @@
+-- pupsourcing event store schema for postgres.
+-- The Go library pupsourcing's tables, columns and indexes, so Go and Python
+-- services can share one store, plus nullable columns the Go library ignores:
+--   partition_hash: FNV-1a 32-bit hash of aggregate_id, so partitioned projections filter in SQL (NULL in rows the Go library wrote; those are filtered in Python).
+--   metadata_raw: The metadata exactly as appended, kept only when the JSON column reformats it (key order, spacing), so reads return the caller's bytes.
+
+-- Events: the append-only log. global_position orders all events; the unique key allows one event per aggregate version (optimistic concurrency).
+CREATE TABLE IF NOT EXISTS "shop_events" (
+    global_position BIGSERIAL PRIMARY KEY,
+    bounded_context TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    aggregate_version BIGINT NOT NULL,
+    event_id UUID NOT NULL UNIQUE,
+    event_type TEXT NOT NULL,
+    event_version INT NOT NULL DEFAULT 1,
+    payload BYTEA NOT NULL,
+    trace_id TEXT,
+    correlation_id TEXT,
+    causation_id TEXT,
+    metadata JSONB,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    partition_hash BIGINT,
+    metadata_raw TEXT,
+    UNIQUE (bounded_context, aggregate_type, aggregate_id, aggregate_version)
+);
+
+-- Reading one aggregate's stream.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_aggregate"
+    ON "shop_events" (bounded_context, aggregate_type, aggregate_id, aggregate_version);
+
+-- Reading events of one type in order.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_event_type"
+    ON "shop_events" (event_type, global_position);
+
+-- Following a correlation id.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_correlation"
+    ON "shop_events" (correlation_id) WHERE correlation_id IS NOT NULL;
+
+-- FNV-1a 32-bit hash of aggregate_id, so partitioned projections filter in SQL (NULL in rows the Go library wrote; those are filtered in Python). Added here to tables created by the Go library.
+ALTER TABLE "shop_events" ADD COLUMN IF NOT EXISTS partition_hash BIGINT;
+
+-- The metadata exactly as appended, kept only when the JSON column reformats it (key order, spacing), so reads return the caller's bytes. Added here to tables created by the Go library.
+ALTER TABLE "shop_events" ADD COLUMN IF NOT EXISTS metadata_raw TEXT;
+
+-- Aggregate heads: the current version of each aggregate, checked and bumped by every append.
+CREATE TABLE IF NOT EXISTS "shop_heads" (
+    bounded_context TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    aggregate_version BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id)
+);
+
+-- Finding rows by last change.
+CREATE INDEX IF NOT EXISTS "idx_shop_heads_updated"
+    ON "shop_heads" (updated_at);
+
+-- Projection checkpoints: the last global position each projection handled.
+CREATE TABLE IF NOT EXISTS "shop_checkpoints" (
+    projection_name TEXT PRIMARY KEY,
+    last_global_position BIGINT NOT NULL DEFAULT 0,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+
+-- Finding rows by last change.
+CREATE INDEX IF NOT EXISTS "idx_shop_checkpoints_updated"
+    ON "shop_checkpoints" (updated_at);
+
+-- Partition 0 of 4: the processor with partition_key=0, total_partitions=4 reads its events through this index.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_part4_0"
+    ON "shop_events" (global_position) WHERE (partition_hash % 4 = 0 OR partition_hash IS NULL);
+
+-- Partition 1 of 4: the processor with partition_key=1, total_partitions=4 reads its events through this index.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_part4_1"
+    ON "shop_events" (global_position) WHERE (partition_hash % 4 = 1 OR partition_hash IS NULL);
+
+-- Partition 2 of 4: the processor with partition_key=2, total_partitions=4 reads its events through this index.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_part4_2"
+    ON "shop_events" (global_position) WHERE (partition_hash % 4 = 2 OR partition_hash IS NULL);
+
+-- Partition 3 of 4: the processor with partition_key=3, total_partitions=4 reads its events through this index.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_part4_3"
+    ON "shop_events" (global_position) WHERE (partition_hash % 4 = 3 OR partition_hash IS NULL);
+
+CREATE TABLE IF NOT EXISTS "shop_events" (
+    global_position BIGSERIAL PRIMARY KEY,
+    bounded_context TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    aggregate_version BIGINT NOT NULL,
+    event_id UUID NOT NULL UNIQUE,
+    event_type TEXT NOT NULL,
+    event_version INT NOT NULL DEFAULT 1,
+    payload BYTEA NOT NULL,
+    trace_id TEXT,
+    correlation_id TEXT,
+    causation_id TEXT,
+    metadata JSONB,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    partition_hash BIGINT,
+    metadata_raw TEXT,
+    UNIQUE (bounded_context, aggregate_type, aggregate_id, aggregate_version)
+);
+CREATE INDEX IF NOT EXISTS "idx_shop_events_aggregate"
+    ON "shop_events" (bounded_context, aggregate_type, aggregate_id, aggregate_version);
+CREATE INDEX IF NOT EXISTS "idx_shop_events_event_type"
+    ON "shop_events" (event_type, global_position);
+CREATE INDEX IF NOT EXISTS "idx_shop_events_correlation"
+    ON "shop_events" (correlation_id) WHERE correlation_id IS NOT NULL;
+ALTER TABLE "shop_events" ADD COLUMN IF NOT EXISTS partition_hash BIGINT;
+ALTER TABLE "shop_events" ADD COLUMN IF NOT EXISTS metadata_raw TEXT;
+CREATE TABLE IF NOT EXISTS "shop_heads" (
+    bounded_context TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    aggregate_version BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id)
+);
+CREATE INDEX IF NOT EXISTS "idx_shop_heads_updated"
+    ON "shop_heads" (updated_at);
+CREATE TABLE IF NOT EXISTS "shop_checkpoints" (
+    projection_name TEXT PRIMARY KEY,
+    last_global_position BIGINT NOT NULL DEFAULT 0,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+CREATE INDEX IF NOT EXISTS "idx_shop_checkpoints_updated"
+    ON "shop_checkpoints" (updated_at);

@@ -1,0 +1,122 @@
+-- pupsourcing event store schema for sqlite.
+-- The Go library pupsourcing's tables, columns and indexes, so Go and Python
+-- services can share one store, plus nullable columns the Go library ignores:
+--   partition_hash: FNV-1a 32-bit hash of aggregate_id, so partitioned projections filter in SQL (NULL in rows the Go library wrote; those are filtered in Python).
+-- Tables created by the Go library lack them; pupsourcing's create_schema()
+-- adds them, or run once:
+--   ALTER TABLE "shop_events" ADD COLUMN partition_hash INTEGER;
+
+-- Events: the append-only log. global_position orders all events; the unique key allows one event per aggregate version (optimistic concurrency).
+CREATE TABLE IF NOT EXISTS "shop_events" (
+    global_position INTEGER PRIMARY KEY AUTOINCREMENT,
+    bounded_context TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    aggregate_version INTEGER NOT NULL,
+    event_id TEXT NOT NULL UNIQUE,
+    event_type TEXT NOT NULL,
+    event_version INTEGER NOT NULL DEFAULT 1,
+    payload BLOB NOT NULL,
+    trace_id TEXT,
+    correlation_id TEXT,
+    causation_id TEXT,
+    metadata TEXT,
+    created_at TEXT NOT NULL DEFAULT (datetime('now')),
+    partition_hash INTEGER,
+    UNIQUE (bounded_context, aggregate_type, aggregate_id, aggregate_version)
+);
+
+-- Reading one aggregate's stream.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_aggregate"
+    ON "shop_events" (bounded_context, aggregate_type, aggregate_id, aggregate_version);
+
+-- Reading events of one type in order.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_event_type"
+    ON "shop_events" (event_type, global_position);
+
+-- Following a correlation id.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_correlation"
+    ON "shop_events" (correlation_id) WHERE correlation_id IS NOT NULL;
+
+-- Aggregate heads: the current version of each aggregate, checked and bumped by every append.
+CREATE TABLE IF NOT EXISTS "shop_heads" (
+    bounded_context TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    aggregate_version INTEGER NOT NULL,
+    updated_at TEXT NOT NULL DEFAULT (datetime('now')),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id)
+);
+
+-- Finding rows by last change.
+CREATE INDEX IF NOT EXISTS "idx_shop_heads_updated"
+    ON "shop_heads" (updated_at);
+
+-- Projection checkpoints: the last global position each projection handled.
+CREATE TABLE IF NOT EXISTS "shop_checkpoints" (
+    projection_name TEXT PRIMARY KEY,
+    last_global_position INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL DEFAULT (datetime('now'))
+);
+
+-- Finding rows by last change.
+CREATE INDEX IF NOT EXISTS "idx_shop_checkpoints_updated"
+    ON "shop_checkpoints" (updated_at);
+
+-- Partition 0 of 4: the processor with partition_key=0, total_partitions=4 reads its events through this index.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_part4_0"
+    ON "shop_events" (global_position) WHERE (partition_hash % 4 = 0 OR partition_hash IS NULL);
+
+-- Partition 1 of 4: the processor with partition_key=1, total_partitions=4 reads its events through this index.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_part4_1"
+    ON "shop_events" (global_position) WHERE (partition_hash % 4 = 1 OR partition_hash IS NULL);
+
+-- Partition 2 of 4: the processor with partition_key=2, total_partitions=4 reads its events through this index.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_part4_2"
+    ON "shop_events" (global_position) WHERE (partition_hash % 4 = 2 OR partition_hash IS NULL);
+
+-- Partition 3 of 4: the processor with partition_key=3, total_partitions=4 reads its events through this index.
+CREATE INDEX IF NOT EXISTS "idx_shop_events_part4_3"
+    ON "shop_events" (global_position) WHERE (partition_hash % 4 = 3 OR partition_hash IS NULL);
+
+CREATE TABLE IF NOT EXISTS "shop_events" (
+    global_position INTEGER PRIMARY KEY AUTOINCREMENT,
+    bounded_context TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    aggregate_version INTEGER NOT NULL,
+    event_id TEXT NOT NULL UNIQUE,
+    event_type TEXT NOT NULL,
+    event_version INTEGER NOT NULL DEFAULT 1,
+    payload BLOB NOT NULL,
+    trace_id TEXT,
+    correlation_id TEXT,
+    causation_id TEXT,
+    metadata TEXT,
+    created_at TEXT NOT NULL DEFAULT (datetime('now')),
+    partition_hash INTEGER,
+    UNIQUE (bounded_context, aggregate_type, aggregate_id, aggregate_version)
+);
+CREATE INDEX IF NOT EXISTS "idx_shop_events_aggregate"
+    ON "shop_events" (bounded_context, aggregate_type, aggregate_id, aggregate_version);
+CREATE INDEX IF NOT EXISTS "idx_shop_events_event_type"
+    ON "shop_events" (event_type, global_position);
+CREATE INDEX IF NOT EXISTS "idx_shop_events_correlation"
+    ON "shop_events" (correlation_id) WHERE correlation_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS "shop_heads" (
+    bounded_context TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    aggregate_version INTEGER NOT NULL,
+    updated_at TEXT NOT NULL DEFAULT (datetime('now')),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id)
+);
+CREATE INDEX IF NOT EXISTS "idx_shop_heads_updated"
+    ON "shop_heads" (updated_at);
+CREATE TABLE IF NOT EXISTS "shop_checkpoints" (
+    projection_name TEXT PRIMARY KEY,
+    last_global_position INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL DEFAULT (datetime('now'))
+);
+CREATE INDEX IF NOT EXISTS "idx_shop_checkpoints_updated"
+    ON "shop_checkpoints" (updated_at);
