@@ -57,11 +57,9 @@ __all__ = [
     "parse_url",
 ]
 
-DEFAULT_URL = "sqlite:///pupsourcing-demo.db"
-"""The demo's SQLite file in the current directory."""
-
 ENV_VAR = "PUPSOURCING_DB"
-"""The environment variable the command line reads the database URL from."""
+"""The environment variable the command line and the examples read the
+database URL from (there is no default database, except for ``demo``)."""
 
 CONNECT_TIMEOUT = 10
 """Seconds to wait for a server unless the URL says otherwise."""
