@@ -401,7 +401,8 @@ def test_every_command_but_demo_needs_a_database(command: tuple[str, ...], tmp_p
         result = cli(*command, cwd=tmp_path, **env)
         assert result.returncode == 2, (result.stdout, result.stderr)
         assert result.stdout == ""
-        assert "--db URL" in result.stderr and "PUPSOURCING_DB" in result.stderr
+        assert "--db URL" in result.stderr
+        assert "PUPSOURCING_DB" in result.stderr
         assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
 
