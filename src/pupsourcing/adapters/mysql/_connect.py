@@ -84,7 +84,11 @@ def _kwargs(url: DatabaseURL, driver: Driver) -> tuple[dict[str, Any], bool]:
     if url.user is not None:
         kwargs["user"] = url.user
     if url.password is not None:
-        kwargs["passwd" if mysqlclient else "password"] = url.password
+        # PyMySQL and asyncmy would encode a str as Latin-1; the server and
+        # mysqlclient take UTF-8, so a password with "é" works everywhere.
+        kwargs["passwd" if mysqlclient else "password"] = (
+            url.password if mysqlclient else url.password.encode()
+        )
     tls = {"ssl_mode", "ssl_ca", "ssl_cert", "ssl_key"}
     for name, value in url.params.items():
         if name not in tls:
