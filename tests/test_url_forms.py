@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -175,11 +174,11 @@ def test_the_driver_must_be_known_and_of_the_api() -> None:
     assert "hunter2" not in message
     with pytest.raises(DatabaseURLError, match="accepted: postgresql\\+psycopg"):
         parse_url("postgresql+asyncpg://db/shop")
-    with pytest.raises(DatabaseURLError, match="asyncmy is for pupsourcing.aio.database"):
+    with pytest.raises(DatabaseURLError, match=r"asyncmy is for pupsourcing\.aio\.database"):
         database("mysql+asyncmy://db/shop")
     with pytest.raises(DatabaseURLError, match="accepted: mysql\\+asyncmy"):
         async_database("mysql+mysqldb://db/shop")
-    with pytest.raises(DatabaseURLError, match="aiosqlite is for pupsourcing.aio"):
+    with pytest.raises(DatabaseURLError, match=r"aiosqlite is for pupsourcing\.aio"):
         database("sqlite+aiosqlite:///x.db")
     assert parse_url("MySQL+MySQLdb://db/shop").driver == "mysqldb"
     assert parse_url("mysql://db/shop").driver is None
@@ -215,7 +214,7 @@ def test_asyncmy_and_postgres_tls_required_is_refused(pg_base: str, mysql_base: 
         database(f"postgresql+psycopg://{pg_base}&sslmode=require").connect()
 
     async def main() -> None:
-        with pytest.raises(Exception, match="SSL|TLS") as refused:
+        with pytest.raises(Exception, match=r"SSL|TLS") as refused:
             await async_database(f"mysql+asyncmy://{mysql_base}?ssl_mode=REQUIRED").connect()
         assert type(refused.value).__module__.startswith("asyncmy")
 
