@@ -143,9 +143,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         dialect="PostgresDialect",
         store="PostgresStore",
         async_store="AsyncPostgresStore",
-        drivers=(
-            Driver("psycopg", "psycopg", blocking=True, asyncio=True, extra="postgres"),
-        ),
+        drivers=(Driver("psycopg", "psycopg", blocking=True, asyncio=True, extra="postgres"),),
     ),
     Adapter(
         name="mysql",
