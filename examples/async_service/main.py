@@ -43,7 +43,9 @@ class Database:
     def __init__(self, url: str) -> None:
         self.db = database(url)  # the asyncio store and connection factory the URL names
         if self.db.url.adapter not in ("sqlite", "postgres"):
-            sys.exit(f"this example runs on SQLite or PostgreSQL, not {self.db.url}")
+            sys.exit(
+                f"this example runs on SQLite or PostgreSQL, but PUPSOURCING_DB names {self.db.url}"
+            )
         self.sqlite = self.db.url.adapter == "sqlite"
         self.store: AsyncSQLStore[Any] = self.db.store
         self.connect = self.db.connect
