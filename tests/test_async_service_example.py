@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PG_DSN, require, unavailable
+from conftest import PG_DSN, pg_url, require, unavailable
 
 MAIN = Path(__file__).parent.parent / "examples" / "async_service" / "main.py"
 
@@ -49,7 +49,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
             finally:
                 conn.close()
 
-        yield f"sqlite:{path}", query
+        yield f"sqlite:///{path}", query
         return
     psycopg = require("psycopg")
     require("psycopg_pool")
@@ -67,7 +67,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
             return conn.execute(sql).fetchall()
 
     try:
-        yield dsn, pg_query
+        yield pg_url(schema), pg_query
     finally:
         admin.execute(f"DROP SCHEMA {schema} CASCADE")
         admin.close()
@@ -137,3 +137,33 @@ def test_the_service_appends_in_handlers_and_projects_alongside(
         "SELECT account_id, balance, version FROM account_balances ORDER BY account_id"
     ) == [("acct-1", 140, 23), ("acct-2", 7, 1)]
     assert query("SELECT last_global_position FROM projection_checkpoints") == [(24,)]
+
+
+@pytest.mark.parametrize("how", ["--db", "PUPSOURCING_DB"])
+def test_a_relative_sqlite_url_is_a_file_in_the_current_directory(how: str, tmp_path: Path) -> None:
+    """``sqlite:///bank2.db`` (the command line's form) is ./bank2.db, never
+    /bank2.db; the URL comes from --db or, as for every example, PUPSOURCING_DB."""
+    require("aiosqlite")
+    url = f"sqlite:///bank2_{uuid.uuid4().hex[:8]}.db"
+    argv = ["--db", url] if how == "--db" else []
+    env = {k: v for k, v in os.environ.items() if k != "PUPSOURCING_DB"}
+    if how == "PUPSOURCING_DB":
+        env["PUPSOURCING_DB"] = url
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    result = subprocess.run(
+        [sys.executable, str(MAIN), *argv, "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    name = url.removeprefix("sqlite:///")
+    assert (tmp_path / name).is_file()
+    assert not Path("/", name).exists()
+    conn = sqlite3.connect(tmp_path / name)
+    try:
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] > 0
+    finally:
+        conn.close()

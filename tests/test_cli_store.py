@@ -70,14 +70,7 @@ def test_migrate_applies_the_schema_idempotently_with_custom_tables(backend: Bac
     assert "store head: 0" in status.stdout
 
 
-def test_migrate_creates_the_default_sqlite_file_and_reads_the_environment(
-    tmp_path: Path,
-) -> None:
-    default = cli("migrate", cwd=tmp_path)
-    assert default.returncode == 0, default.stderr
-    assert (tmp_path / "pupsourcing-demo.db").exists()
-    assert "sqlite:///pupsourcing-demo.db" in default.stdout
-
+def test_migrate_reads_the_environment_and_the_flag_wins(tmp_path: Path) -> None:
     from_env = cli("migrate", cwd=tmp_path, PUPSOURCING_DB="sqlite:///from-env.db")
     assert from_env.returncode == 0, from_env.stderr
     assert (tmp_path / "from-env.db").exists()
@@ -398,6 +391,22 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.parametrize(
+    "command", [*COMMANDS, ("migrate", "--dry-run")], ids=lambda c: " ".join(c[:2])
+)
+def test_every_command_but_demo_needs_a_database(command: tuple[str, ...], tmp_path: Path) -> None:
+    """No silent fallback to the demo's file: a usage error (2) saying how to
+    name a database, and nothing created."""
+    for env in ({}, {"PUPSOURCING_DB": ""}):
+        result = cli(*command, cwd=tmp_path, **env)
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        assert result.stdout == ""
+        assert "--db URL" in result.stderr
+        assert "PUPSOURCING_DB" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
 def test_every_command_reports_a_bad_url_in_one_line(command: tuple[str, ...]) -> None:
     result = cli(*command, "--db", "user:hunter2@db/shop")
@@ -455,8 +464,6 @@ def test_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
         result = cli(*command, "--db", "sqlite:///absent.db", cwd=tmp_path)
         assert_one_line_error(result, "no SQLite database at absent.db", "pupsourcing migrate")
     assert not (tmp_path / "absent.db").exists()
-    default = cli("projections", "status", cwd=tmp_path)
-    assert_one_line_error(default, "sqlite:///pupsourcing-demo.db")
 
 
 def test_missing_tables_point_to_migrate(backend: Backend) -> None:

@@ -91,6 +91,24 @@ def test_append_result_versions() -> None:
     assert (r.from_version, r.to_version) == (3, 5)
 
 
+def test_exact_zero_is_no_stream() -> None:
+    """Equal values answer every question the same (as Go's ``Exact(0)``)."""
+    zero, none = ExpectedVersion.exact(0), ExpectedVersion.no_stream()
+    questions = (
+        lambda v: v.is_any,
+        lambda v: v.is_no_stream,
+        lambda v: v.is_exact,
+        lambda v: v.value,
+        str,
+        repr,
+        hash,
+        lambda v: [v.matches(n) for n in range(3)],
+    )
+    assert [q(zero) for q in questions] == [q(none) for q in questions]
+    assert (zero.is_no_stream, zero.is_exact, str(zero)) == (True, False, "NoStream")
+    assert ExpectedVersion.exact(1).is_exact
+
+
 def test_expected_version() -> None:
     any_, none, five = ExpectedVersion.any(), ExpectedVersion.no_stream(), ExpectedVersion.exact(5)
     assert (any_.is_any, any_.is_no_stream, any_.is_exact, any_.value) == (True, False, False, 0)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -34,6 +35,57 @@ def test_every_example_directory_is_runnable_or_a_note() -> None:
         assert f"[{name}]({name}/)" in index, f"examples/README.md does not list {name}"
 
 
+def server_url(source: str) -> str | None:
+    """The test servers' URL for an example written for PostgreSQL or MySQL
+    (its PUPSOURCING_DB default says which); ``None`` for a SQLite one."""
+    if '"postgresql://' in source:
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(PG_DSN)
+        password = f":{quote(str(info['password']), safe='')}" if info.get("password") else ""
+        user = quote(str(info.get("user", "postgres")), safe="")
+        host, port = info.get("host", "127.0.0.1"), info.get("port", 5432)
+        return f"postgresql://{user}{password}@{host}:{port}/{info.get('dbname', 'test')}"
+    if '"mysql://' in source:
+        return f"mysql://root@{MYSQL_HOST}:3306/test"
+    return None
+
+
+def example_env(url: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PUPSOURCING_DB"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+    if url is not None:
+        env["PUPSOURCING_DB"] = url
+    return env
+
+
+@pytest.mark.parametrize("example", RUNNABLE, ids=lambda path: path.name)
+def test_every_example_takes_its_database_from_pupsourcing_db(
+    example: Path, tmp_path: Path
+) -> None:
+    """One setting for all (examples/README.md, "Settings"); a URL naming a
+    database the example is not written for is refused in one line, before
+    anything is written."""
+    source = (example / "main.py").read_text(encoding="utf-8")
+    assert "PUPSOURCING_DB" in source
+    assert "PUPSOURCING_PG" not in source
+    assert "PUPSOURCING_MYSQL" not in source
+    wrong = "sqlite:///wrong.db" if server_url(source) else "mysql://app:hunter2@127.0.0.1:1/x"
+    result = subprocess.run(
+        [sys.executable, str(example / "main.py"), "--quick"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=example_env(wrong),
+    )
+    assert result.returncode != 0, result.stdout
+    assert "PUPSOURCING_DB names" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def require_servers(source: str) -> None:
     if "import psycopg" in source:
         import psycopg
@@ -48,19 +100,15 @@ def require_servers(source: str) -> None:
 
 @pytest.mark.parametrize("example", RUNNABLE, ids=lambda path: path.name)
 def test_example_runs(example: Path, tmp_path: Path) -> None:
-    require_servers((example / "main.py").read_text(encoding="utf-8"))
+    source = (example / "main.py").read_text(encoding="utf-8")
+    require_servers(source)
     result = subprocess.run(
         [sys.executable, str(example / "main.py"), "--quick"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=180,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-            "PUPSOURCING_PG": PG_DSN,
-            "PUPSOURCING_MYSQL_HOST": MYSQL_HOST,
-        },
+        env=example_env(server_url(source)),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr

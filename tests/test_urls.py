@@ -21,7 +21,6 @@ from pupsourcing.cli.console import Console, ConsoleHandler
 from pupsourcing.projection import Processor
 from pupsourcing.store import StoreConfig
 from pupsourcing.urls import (
-    DEFAULT_URL,
     DatabaseURLError,
     database,
     parse_url,
@@ -34,7 +33,6 @@ def test_sqlite_urls_relative_and_absolute() -> None:
     assert parse_url("sqlite:////var/lib/shop.db").path == "/var/lib/shop.db"
     assert parse_url("sqlite:///my%20shop.db").path == "my shop.db"
     assert parse_url("sqlite:///shop.db?timeout=2.5").params == {"timeout": "2.5"}
-    assert parse_url(DEFAULT_URL).path == "pupsourcing-demo.db"
     assert parse_url("sqlite:///x.db").adapter == "sqlite"
 
 

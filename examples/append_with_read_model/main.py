@@ -1,7 +1,7 @@
 """Append events and update your own table in one transaction.
 
-Run: ``python main.py``. PostgreSQL at $PUPSOURCING_PG (by default
-``host=127.0.0.1 port=5432 user=postgres dbname=test``), in a schema of its
+Run: ``python main.py``. PostgreSQL at $PUPSOURCING_DB (by default
+``postgresql://postgres@127.0.0.1:5432/test``), in a schema of its
 own that is dropped at the end.
 
 The store never commits: the events and your own writes commit or roll back
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from typing import Any
 
@@ -23,8 +24,30 @@ from psycopg import errors
 
 from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError
 from pupsourcing.adapters.postgres import PostgresStore
+from pupsourcing.urls import Database, database
 
-DSN = os.environ.get("PUPSOURCING_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+# PUPSOURCING_DB names the server (examples/README.md, "Settings"): PostgreSQL here.
+URL = os.environ.get("PUPSOURCING_DB", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def server() -> Database:
+    """The database ``URL`` names; the example works in a schema of its own there."""
+    db = database(URL)
+    if db.url.adapter != "postgres":
+        sys.exit(f"this example runs on PostgreSQL, but PUPSOURCING_DB names {db.url}")
+    return db
+
+
+def in_schema(schema: str) -> Database:
+    """The same database with ``schema`` as the search path (a libpq option)."""
+    return database(f"{URL}{'&' if '?' in URL else '?'}options=-csearch_path%3D{schema}")
+
+
+def autocommit(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    conn.autocommit = True
+    return conn
+
+
 store = PostgresStore()
 
 
@@ -94,11 +117,11 @@ def run(conn: psycopg.Connection[Any]) -> None:
 
 def main() -> None:
     schema = f"example_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(DSN, autocommit=True) as admin:
+    with autocommit(server().connect()) as admin:
         admin.execute(f"CREATE SCHEMA {schema}")
         try:
             # autocommit: each `with conn.transaction()` block is one real transaction
-            with psycopg.connect(DSN, options=f"-c search_path={schema}", autocommit=True) as conn:
+            with autocommit(in_schema(schema).connect()) as conn:
                 run(conn)
         finally:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")

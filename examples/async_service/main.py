@@ -9,8 +9,11 @@ a few lines of asyncio, so the interesting part stays in view.
     POST /accounts/<id>/withdrawals  {"amount": 10}  -> 201, or 409 if the funds are short
     GET  /accounts/<id>                              -> 200 {"balance": 15, "version": 2}
 
-Run:  python main.py [--db sqlite:bank.db | --db 'postgresql://user@host/db'] [--port 8080]
+Run:  python main.py [--db sqlite:///bank.db | --db 'postgresql://user@host/db'] [--port 8080]
       python main.py --quick   # serve, call itself a few times, show the answers, stop
+
+The database is ``--db URL``, else ``$PUPSOURCING_DB`` (examples/README.md,
+"Settings"), else ``sqlite:///bank.db`` in the current directory.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
-from pupsourcing.aio import AsyncPostgresStore, AsyncProcessor, AsyncSQLiteStore, AsyncSQLStore
+from pupsourcing.aio import AsyncProcessor, AsyncSQLStore, database
 from pupsourcing.projection import ProcessorConfig
 
 # -- the database ------------------------------------------------------------------
@@ -36,31 +41,21 @@ class Database:
     roll back on error) and for the projection processor (``connect``)."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.sqlite = url.startswith("sqlite:")
-        self.store: AsyncSQLStore[Any] = AsyncSQLiteStore() if self.sqlite else AsyncPostgresStore()
+        self.db = database(url)  # the asyncio store and connection factory the URL names
+        if self.db.url.adapter not in ("sqlite", "postgres"):
+            sys.exit(
+                f"this example runs on SQLite or PostgreSQL, but PUPSOURCING_DB names {self.db.url}"
+            )
+        self.sqlite = self.db.url.adapter == "sqlite"
+        self.store: AsyncSQLStore[Any] = self.db.store
+        self.connect = self.db.connect
         self.mark = "?" if self.sqlite else "%s"  # the driver's parameter marker
         self._lock = asyncio.Lock()  # SQLite: one writer connection, one request at a time
         self._writer: Any = None
-        self._pool: Any = None
-
-    async def connect(self) -> Any:
-        if self.sqlite:
-            from pupsourcing.adapters.sqlite import connect_async
-
-            return await connect_async(self.url.removeprefix("sqlite:"))
-        import psycopg
-
-        return await psycopg.AsyncConnection.connect(self.url)
 
     async def open(self) -> None:
         if self.sqlite:
             self._writer = await self.connect()
-        else:
-            from psycopg_pool import AsyncConnectionPool
-
-            self._pool = AsyncConnectionPool(self.url, min_size=2, max_size=8, open=False)
-            await self._pool.open()
         async with self.transaction() as conn:
             await self.store.create_schema(conn)
             await conn.execute(
@@ -70,8 +65,10 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
-        if self._pool is not None:
-            async with self._pool.connection() as conn:  # commits, or rolls back on error
+        if not self.sqlite:
+            # A connection per request (a pool, e.g. psycopg_pool, in production);
+            # psycopg commits when the block succeeds and rolls back on error.
+            async with await self.connect() as conn:
                 yield conn
             return
         async with self._lock:
@@ -83,8 +80,6 @@ class Database:
             await self._writer.commit()
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
         if self._writer is not None:
             await self._writer.close()
 
@@ -267,7 +262,11 @@ async def main(url: str, host: str, port: int, quick: bool = False) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", default="sqlite:bank.db", help="sqlite:PATH or a PostgreSQL URL")
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("PUPSOURCING_DB", "sqlite:///bank.db"),
+        help="a sqlite:/// or postgresql:// URL (default: $PUPSOURCING_DB, else sqlite:///bank.db)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--quick", action="store_true", help="call itself a few times and stop")

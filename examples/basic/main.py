@@ -1,7 +1,7 @@
 """Append, conflict, read back and rebuild an aggregate on PostgreSQL.
 
-Run: ``python main.py`` (PostgreSQL at $PUPSOURCING_PG, by default
-``host=127.0.0.1 port=5432 user=postgres dbname=test``). It works in a schema
+Run: ``python main.py`` (PostgreSQL at $PUPSOURCING_DB, by default
+``postgresql://postgres@127.0.0.1:5432/test``). It works in a schema
 of its own, dropped at the end, so it never touches your tables.
 """
 
@@ -9,15 +9,37 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
 from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
 from pupsourcing.adapters.postgres import PostgresStore
+from pupsourcing.urls import Database, database
 
-DSN = os.environ.get("PUPSOURCING_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+# PUPSOURCING_DB names the server (examples/README.md, "Settings"): PostgreSQL here.
+URL = os.environ.get("PUPSOURCING_DB", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def server() -> Database:
+    """The database ``URL`` names; the example works in a schema of its own there."""
+    db = database(URL)
+    if db.url.adapter != "postgres":
+        sys.exit(f"this example runs on PostgreSQL, but PUPSOURCING_DB names {db.url}")
+    return db
+
+
+def in_schema(schema: str) -> Database:
+    """The same database with ``schema`` as the search path (a libpq option)."""
+    return database(f"{URL}{'&' if '?' in URL else '?'}options=-csearch_path%3D{schema}")
+
+
+def autocommit(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    conn.autocommit = True
+    return conn
 
 
 def order_event(order_id: str, event_type: str, **data: object) -> Event:
@@ -102,10 +124,10 @@ def run(conn: psycopg.Connection) -> None:
 
 def main() -> None:
     schema = f"example_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(DSN, autocommit=True) as admin:
+    with autocommit(server().connect()) as admin:
         admin.execute(f"CREATE SCHEMA {schema}")
         try:
-            with psycopg.connect(DSN, options=f"-c search_path={schema}") as conn:
+            with in_schema(schema).connect() as conn:
                 run(conn)
         finally:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -1,10 +1,14 @@
 """Append mapped domain events to SQLite and read them back as domain objects.
 
-Run from this directory with pupsourcing importable: ``python main.py``.
+Run from this directory with pupsourcing importable: ``python main.py``. The
+store is an in-memory SQLite database unless ``$PUPSOURCING_DB`` names a
+SQLite file.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from uuid import UUID
@@ -20,7 +24,13 @@ from identity.persistence.event_mapping import (
 )
 
 from pupsourcing import ExpectedVersion
-from pupsourcing.adapters.sqlite import SQLiteStore, connect
+from pupsourcing.adapters.sqlite import SQLiteStore
+from pupsourcing.urls import database
+
+# PUPSOURCING_DB names the database (examples/README.md, "Settings"): SQLite here.
+DB = database(os.environ.get("PUPSOURCING_DB", "sqlite:///:memory:"))
+if DB.url.adapter != "sqlite":
+    sys.exit(f"this example runs on SQLite, but PUPSOURCING_DB names {DB.url}")
 
 CONTEXT = "Identity"
 ADA = UUID("00000000-0000-4000-8000-00000000ada0")
@@ -46,7 +56,7 @@ def describe(event: DomainEvent) -> str:
 
 def main() -> None:
     store = SQLiteStore()
-    db = connect(":memory:", wal=False)
+    db = DB.connect()
     store.create_schema(db)
 
     # Ada registered when the service still wrote version 1 events.

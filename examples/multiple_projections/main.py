@@ -1,8 +1,8 @@
 """Several projections in one process, each with its own checkpoint and batch size.
 
 Run: ``python main.py`` and stop it with Ctrl+C; ``--quick`` stops once
-everything is projected. PostgreSQL at $PUPSOURCING_PG (by default
-``host=127.0.0.1 port=5432 user=postgres dbname=test``), in a schema of its
+everything is projected. PostgreSQL at $PUPSOURCING_DB (by default
+``postgresql://postgres@127.0.0.1:5432/test``), in a schema of its
 own that is dropped at the end.
 
 The ``Runner`` runs each (projection, processor) pair in a thread. The first
@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -26,8 +27,28 @@ from pupsourcing import Event, ExpectedVersion, PersistedEvent
 from pupsourcing.adapters.postgres import PostgresStore
 from pupsourcing.projection import Processor, ProcessorConfig
 from pupsourcing.runner import ProjectionRunner, Runner
+from pupsourcing.urls import Database, database
 
-DSN = os.environ.get("PUPSOURCING_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+# PUPSOURCING_DB names the server (examples/README.md, "Settings"): PostgreSQL here.
+URL = os.environ.get("PUPSOURCING_DB", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def server() -> Database:
+    """The database ``URL`` names; the example works in a schema of its own there."""
+    db = database(URL)
+    if db.url.adapter != "postgres":
+        sys.exit(f"this example runs on PostgreSQL, but PUPSOURCING_DB names {db.url}")
+    return db
+
+
+def in_schema(schema: str) -> Database:
+    """The same database with ``schema`` as the search path (a libpq option)."""
+    return database(f"{URL}{'&' if '?' in URL else '?'}options=-csearch_path%3D{schema}")
+
+
+def autocommit(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    conn.autocommit = True
+    return conn
 
 
 class OrderTotals:
@@ -170,10 +191,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="stop once everything is projected")
     args = parser.parse_args()
     schema = f"example_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(DSN, autocommit=True) as admin:
+    with autocommit(server().connect()) as admin:
         admin.execute(f"CREATE SCHEMA {schema}")
         try:
-            run(lambda: psycopg.connect(DSN, options=f"-c search_path={schema}"), args.quick)
+            run(in_schema(schema).connect, args.quick)
         finally:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
 

@@ -1,28 +1,34 @@
 """Event sourcing on MySQL / MariaDB, and the limits of the Go library's schema.
 
-Run: ``python main.py`` (MariaDB or MySQL at $PUPSOURCING_MYSQL_HOST, by
-default 127.0.0.1:3306, user root without password). It works in a database
-of its own, dropped at the end.
+Run: ``python main.py`` (MariaDB or MySQL at $PUPSOURCING_DB, by default
+``mysql://root@127.0.0.1:3306/test``; ``mysql+mysqldb://`` picks mysqlclient).
+It works in a database of its own on that server, dropped at the end.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from typing import Any
-
-import pymysql
+from urllib.parse import urlsplit, urlunsplit
 
 from pupsourcing import Event, ExpectedVersion, InvalidEventError, OptimisticConcurrencyError
 from pupsourcing.adapters.mysql import MySQLStore
+from pupsourcing.urls import Database, database
 
-SERVER: dict[str, Any] = {
-    "host": os.environ.get("PUPSOURCING_MYSQL_HOST", "127.0.0.1"),
-    "port": 3306,
-    "user": "root",
-    "password": "",
-}
+# PUPSOURCING_DB names the server (examples/README.md, "Settings"): MySQL here.
+URL = os.environ.get("PUPSOURCING_DB", "mysql://root@127.0.0.1:3306/test")
+
+
+def server(name: str | None = None) -> Database:
+    """The server ``URL`` names; database ``name`` on it if given."""
+    url = URL if name is None else urlunsplit(urlsplit(URL)._replace(path=f"/{name}"))
+    db = database(url)
+    if db.url.adapter != "mysql":
+        sys.exit(f"this example runs on MySQL or MariaDB, but PUPSOURCING_DB names {db.url}")
+    return db
 
 
 def account_event(account_id: str, event_type: str, **data: object) -> Event:
@@ -55,7 +61,8 @@ def run(connect: Any) -> None:
     print("audit rows kept:", cursor.fetchone()[0])
 
     # On an autocommit connection the append commits by itself.
-    auto = connect(autocommit=True)
+    auto = connect()
+    auto.autocommit(True)  # PyMySQL and mysqlclient: a method
     store.append(auto, ExpectedVersion.exact(2), [account_event("acc-1", "Withdrawn", cents=100)])
     auto.close()
 
@@ -77,13 +84,14 @@ def run(connect: Any) -> None:
 
 
 def main() -> None:
-    database = f"example_{uuid.uuid4().hex[:8]}"
-    admin = pymysql.connect(**SERVER, autocommit=True)
-    admin.cursor().execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+    name = f"example_{uuid.uuid4().hex[:8]}"
+    admin = server().connect()
+    admin.autocommit(True)
+    admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
     try:
-        run(lambda **kw: pymysql.connect(**SERVER, database=database, charset="utf8mb4", **kw))
+        run(server(name).connect)
     finally:
-        admin.cursor().execute(f"DROP DATABASE {database}")
+        admin.cursor().execute(f"DROP DATABASE {name}")
         admin.close()
 
 

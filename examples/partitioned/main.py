@@ -1,8 +1,8 @@
 """One projection, N partitions, N separate processes that share only the database.
 
 Run: ``python main.py --partitions 4`` and stop it with Ctrl+C; ``--quick``
-stops once everything is projected. PostgreSQL at $PUPSOURCING_PG (by default
-``host=127.0.0.1 port=5432 user=postgres dbname=test``), in a schema of its
+stops once everything is projected. PostgreSQL at $PUPSOURCING_DB (by default
+``postgresql://postgres@127.0.0.1:5432/test``), in a schema of its
 own that is dropped at the end.
 
 The script starts N worker processes of itself, ``main.py --worker K``: the
@@ -29,8 +29,28 @@ import psycopg
 from pupsourcing import Event, ExpectedVersion, PersistedEvent
 from pupsourcing.adapters.postgres import PostgresStore
 from pupsourcing.projection import Processor, ProcessorConfig
+from pupsourcing.urls import Database, database
 
-DSN = os.environ.get("PUPSOURCING_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+# PUPSOURCING_DB names the server (examples/README.md, "Settings"): PostgreSQL here.
+URL = os.environ.get("PUPSOURCING_DB", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def server() -> Database:
+    """The database ``URL`` names; the example works in a schema of its own there."""
+    db = database(URL)
+    if db.url.adapter != "postgres":
+        sys.exit(f"this example runs on PostgreSQL, but PUPSOURCING_DB names {db.url}")
+    return db
+
+
+def in_schema(schema: str) -> Database:
+    """The same database with ``schema`` as the search path (a libpq option)."""
+    return database(f"{URL}{'&' if '?' in URL else '?'}options=-csearch_path%3D{schema}")
+
+
+def autocommit(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    conn.autocommit = True
+    return conn
 
 
 class AccountBalances:
@@ -58,7 +78,7 @@ def worker(schema: str, key: int, total: int, quick: bool) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     projection = AccountBalances(key)
     config = ProcessorConfig(partition_key=key, total_partitions=total)
-    connect = lambda: psycopg.connect(DSN, options=f"-c search_path={schema}")  # noqa: E731
+    connect = in_schema(schema).connect
     with Processor(connect, PostgresStore(), config) as processor:
         if quick:
             processor.catch_up(projection)
@@ -78,10 +98,10 @@ def deposit(store: PostgresStore, conn: psycopg.Connection[Any], accounts: int) 
 
 def coordinator(total: int, quick: bool) -> None:
     schema = f"example_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(DSN, autocommit=True) as admin:
+    with autocommit(server().connect()) as admin:
         admin.execute(f"CREATE SCHEMA {schema}")
         try:
-            conn = psycopg.connect(DSN, options=f"-c search_path={schema}")
+            conn = in_schema(schema).connect()
             store = PostgresStore()
             store.create_schema(conn)
             conn.execute(

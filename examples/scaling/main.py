@@ -1,8 +1,8 @@
 """Scale a projection from 1 to 2 to 4 processes while events keep arriving.
 
 Run: ``python main.py`` (``--quick`` for short phases). PostgreSQL at
-$PUPSOURCING_PG (by default ``host=127.0.0.1 port=5432 user=postgres
-dbname=test``), in a schema of its own that is dropped at the end.
+$PUPSOURCING_DB (by default ``postgresql://postgres@127.0.0.1:5432/test``),
+in a schema of its own that is dropped at the end.
 
 The projection has 4 partitions, fixed from the start. Scaling out never
 changes that number; it moves partitions between processes:
@@ -36,8 +36,30 @@ from pupsourcing import Event, ExpectedVersion, PersistedEvent
 from pupsourcing.adapters.postgres import PostgresStore
 from pupsourcing.projection import Processor, ProcessorConfig
 from pupsourcing.runner import ProjectionRunner, Runner
+from pupsourcing.urls import Database, database
 
-DSN = os.environ.get("PUPSOURCING_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+# PUPSOURCING_DB names the server (examples/README.md, "Settings"): PostgreSQL here.
+URL = os.environ.get("PUPSOURCING_DB", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def server() -> Database:
+    """The database ``URL`` names; the example works in a schema of its own there."""
+    db = database(URL)
+    if db.url.adapter != "postgres":
+        sys.exit(f"this example runs on PostgreSQL, but PUPSOURCING_DB names {db.url}")
+    return db
+
+
+def in_schema(schema: str) -> Database:
+    """The same database with ``schema`` as the search path (a libpq option)."""
+    return database(f"{URL}{'&' if '?' in URL else '?'}options=-csearch_path%3D{schema}")
+
+
+def autocommit(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    conn.autocommit = True
+    return conn
+
+
 TOTAL_PARTITIONS = 4
 PHASES = [[[0, 1, 2, 3]], [[0, 1], [2, 3]], [[0], [1], [2], [3]]]
 
@@ -64,7 +86,7 @@ def worker(schema: str, partitions: list[int]) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     print("ready", flush=True)  # the coordinator waits for this before it signals us
     store = PostgresStore()
-    connect = lambda: psycopg.connect(DSN, options=f"-c search_path={schema}")  # noqa: E731
+    connect = in_schema(schema).connect
     pairs = [
         ProjectionRunner(
             Statements(),
@@ -85,7 +107,7 @@ def worker(schema: str, partitions: list[int]) -> None:
 
 def coordinator(seconds_per_phase: float) -> None:
     schema = f"example_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(DSN, autocommit=True) as admin:
+    with autocommit(server().connect()) as admin:
         admin.execute(f"CREATE SCHEMA {schema}")
         try:
             run_phases(schema, seconds_per_phase)
@@ -94,7 +116,7 @@ def coordinator(seconds_per_phase: float) -> None:
 
 
 def run_phases(schema: str, seconds_per_phase: float) -> None:
-    conn = psycopg.connect(DSN, options=f"-c search_path={schema}", autocommit=True)
+    conn = autocommit(in_schema(schema).connect())
     store = PostgresStore()
     store.create_schema(conn)
     conn.execute("CREATE TABLE accounts (account_id TEXT PRIMARY KEY, version BIGINT NOT NULL)")
@@ -104,7 +126,7 @@ def run_phases(schema: str, seconds_per_phase: float) -> None:
     writing.set()
 
     def write() -> None:  # the rest of the system, appending all along
-        writer = psycopg.connect(DSN, options=f"-c search_path={schema}")
+        writer = in_schema(schema).connect()
         n = 0
         while writing.is_set():
             event = Event(

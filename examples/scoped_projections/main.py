@@ -1,6 +1,6 @@
 """Scoped projections (read models of some aggregate types) beside a global one.
 
-Run: ``python main.py`` (uses ``scoped_projections.db`` in the current
+Run: ``python main.py`` (uses ``scoped_projections.db`` (or ``$PUPSOURCING_DB``) in the current
 directory, fresh on every run).
 
 - ``UserCount`` wants only ``User`` aggregates, ``OrderRevenue`` only ``Order``
@@ -14,14 +14,21 @@ directory, fresh on every run).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import sys
 from pathlib import Path
 
 from pupsourcing import Event, ExpectedVersion, PersistedEvent
-from pupsourcing.adapters.sqlite import SQLiteStore, connect
+from pupsourcing.adapters.sqlite import SQLiteStore
 from pupsourcing.projection import Processor
+from pupsourcing.urls import database
 
-DB = Path("scoped_projections.db")
+# PUPSOURCING_DB names the database (examples/README.md, "Settings"): SQLite here.
+DB = database(os.environ.get("PUPSOURCING_DB", "sqlite:///scoped_projections.db"))
+if DB.url.adapter != "sqlite":
+    sys.exit(f"this example runs on SQLite, but PUPSOURCING_DB names {DB.url}")
+FILE = Path(DB.url.path or "")
 
 
 class UserCount:
@@ -59,10 +66,10 @@ class Outbox:
 
 
 def main() -> None:
-    for stale in (DB, Path(f"{DB}-wal"), Path(f"{DB}-shm")):
+    for stale in (FILE, Path(f"{FILE}-wal"), Path(f"{FILE}-shm")):
         stale.unlink(missing_ok=True)
     store = SQLiteStore()
-    db = connect(DB)
+    db = DB.connect()
     store.create_schema(db)
     db.execute("CREATE TABLE outbox (event_id TEXT PRIMARY KEY, topic TEXT, body BLOB)")
 
@@ -80,7 +87,7 @@ def main() -> None:
 
     users, revenue, outbox = UserCount(), OrderRevenue(), Outbox()
     for projection in (users, revenue, outbox):
-        with Processor(lambda: connect(DB), store) as processor:
+        with Processor(DB.connect, store) as processor:
             handled = processor.catch_up(projection)
         print(
             f"{projection.name:<30} handled {handled} events, "

@@ -2,24 +2,31 @@
 
 Run: ``python main.py`` and stop it with Ctrl+C (or SIGTERM); ``--quick``
 stops by itself once the first events are projected. Uses
-``single_worker.db`` in the current directory, fresh on every run.
+``single_worker.db`` (or ``$PUPSOURCING_DB``) in the current directory, fresh on every run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
 
 from pupsourcing import Event, ExpectedVersion, PersistedEvent
-from pupsourcing.adapters.sqlite import SQLiteStore, connect
+from pupsourcing.adapters.sqlite import SQLiteStore
 from pupsourcing.projection import Processor, ProcessorConfig
+from pupsourcing.urls import database
 
-DB = Path("single_worker.db")
+# PUPSOURCING_DB names the database (examples/README.md, "Settings"): SQLite here.
+DB = database(os.environ.get("PUPSOURCING_DB", "sqlite:///single_worker.db"))
+if DB.url.adapter != "sqlite":
+    sys.exit(f"this example runs on SQLite, but PUPSOURCING_DB names {DB.url}")
+FILE = Path(DB.url.path or "")
 
 
 class UserDirectory:
@@ -51,10 +58,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="stop once 5 users are projected")
     args = parser.parse_args()
 
-    for stale in (DB, Path(f"{DB}-wal"), Path(f"{DB}-shm")):
+    for stale in (FILE, Path(f"{FILE}-wal"), Path(f"{FILE}-shm")):
         stale.unlink(missing_ok=True)
     store = SQLiteStore()
-    db = connect(DB)
+    db = DB.connect()
     store.create_schema(db)
     db.execute("CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT NOT NULL)")
     db.commit()
@@ -65,7 +72,7 @@ def main() -> None:
 
     def application() -> None:
         """Stands in for the rest of the system: registers a user now and then."""
-        app_db = connect(DB)
+        app_db = DB.connect()
         n = 0
         while not stop.is_set():
             n += 1
@@ -84,7 +91,7 @@ def main() -> None:
     writer = threading.Thread(target=application)
     writer.start()
     print("projecting; press Ctrl+C to stop")
-    processor = Processor(lambda: connect(DB), store, ProcessorConfig(poll_interval=0.1))
+    processor = Processor(DB.connect, store, ProcessorConfig(poll_interval=0.1))
     with processor:
         processor.run(UserDirectory(), stop=stop)  # returns when stop is set
     writer.join()

@@ -1,19 +1,27 @@
 """Event sourcing on a SQLite file: no server, nothing to install.
 
-Run: ``python main.py`` (writes ``sqlite_basic.db`` and ``migrations/`` in the
-current directory, fresh on every run).
+Run: ``python main.py`` (writes ``sqlite_basic.db``, or the SQLite file
+``$PUPSOURCING_DB`` names, and ``migrations/`` in the current directory,
+fresh on every run).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError
-from pupsourcing.adapters.sqlite import SQLiteStore, connect
+from pupsourcing.adapters.sqlite import SQLiteStore
 from pupsourcing.migrations import write_migration
+from pupsourcing.urls import database
 
-DB = Path("sqlite_basic.db")
+# PUPSOURCING_DB names the database (examples/README.md, "Settings"): SQLite here.
+DB = database(os.environ.get("PUPSOURCING_DB", "sqlite:///sqlite_basic.db"))
+if DB.url.adapter != "sqlite":
+    sys.exit(f"this example runs on SQLite, but PUPSOURCING_DB names {DB.url}")
+FILE = Path(DB.url.path or "")
 
 
 def note_event(note_id: str, event_type: str, **data: object) -> Event:
@@ -21,7 +29,7 @@ def note_event(note_id: str, event_type: str, **data: object) -> Event:
 
 
 def main() -> None:
-    for stale in (DB, Path(f"{DB}-wal"), Path(f"{DB}-shm")):
+    for stale in (FILE, Path(f"{FILE}-wal"), Path(f"{FILE}-shm")):
         stale.unlink(missing_ok=True)
 
     # The schema as a migration file, as `pupsourcing migrate-gen --adapter sqlite`
@@ -29,7 +37,7 @@ def main() -> None:
     migration = write_migration(
         "sqlite", "migrations", filename="0001_event_store.sql", overwrite=True
     )
-    db = connect(DB)  # WAL mode, 5 s busy timeout
+    db = DB.connect()  # WAL mode, 5 s busy timeout
     db.executescript(migration.read_text())
     print(f"applied {migration}")
 
@@ -40,7 +48,7 @@ def main() -> None:
     db.commit()
 
     # A second connection is another writer; SQLite serialises them.
-    other = connect(DB)
+    other = DB.connect()
     try:
         store.append(other, ExpectedVersion.no_stream(), [note_event("n-1", "NoteWritten")])
     except OptimisticConcurrencyError as conflict:

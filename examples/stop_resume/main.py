@@ -1,7 +1,7 @@
 """Stop a projection, kill one mid-batch, resume: every event is applied exactly once.
 
 Run: ``python main.py`` (``--quick`` for fewer events). Uses
-``stop_resume.db`` in the current directory, fresh on every run.
+``stop_resume.db`` (or ``$PUPSOURCING_DB``) in the current directory, fresh on every run.
 
 1. A worker process projects events slowly and is stopped gracefully
    (SIGTERM): it finishes its batch, and the checkpoint says how far it got.
@@ -14,6 +14,7 @@ Run: ``python main.py`` (``--quick`` for fewer events). Uses
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sqlite3
 import subprocess
@@ -23,10 +24,15 @@ import time
 from pathlib import Path
 
 from pupsourcing import Event, ExpectedVersion, PersistedEvent
-from pupsourcing.adapters.sqlite import SQLiteStore, connect
+from pupsourcing.adapters.sqlite import SQLiteStore
 from pupsourcing.projection import Processor, ProcessorConfig
+from pupsourcing.urls import database
 
-DB = Path("stop_resume.db")
+# PUPSOURCING_DB names the database (examples/README.md, "Settings"): SQLite here.
+DB = database(os.environ.get("PUPSOURCING_DB", "sqlite:///stop_resume.db"))
+if DB.url.adapter != "sqlite":
+    sys.exit(f"this example runs on SQLite, but PUPSOURCING_DB names {DB.url}")
+FILE = Path(DB.url.path or "")
 NAME = "ledger"
 
 
@@ -61,7 +67,7 @@ def worker() -> None:
     """A projection process: runs until SIGTERM, like a service would."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Processor(lambda: connect(DB), SQLiteStore(), ProcessorConfig(batch_size=20)) as processor:
+    with Processor(DB.connect, SQLiteStore(), ProcessorConfig(batch_size=20)) as processor:
         processor.run(Ledger(), stop=stop)
 
 
@@ -78,10 +84,10 @@ def main() -> None:
         worker()
         return
 
-    for stale in (DB, Path(f"{DB}-wal"), Path(f"{DB}-shm")):
+    for stale in (FILE, Path(f"{FILE}-wal"), Path(f"{FILE}-shm")):
         stale.unlink(missing_ok=True)
     store = SQLiteStore()
-    db = connect(DB)
+    db = DB.connect()
     store.create_schema(db)
     db.execute("CREATE TABLE ledger (position INTEGER PRIMARY KEY, aggregate_id TEXT)")
     count = 300 if args.quick else 2000
@@ -104,7 +110,7 @@ def main() -> None:
     second.wait()
     status(store, db, "killed mid-batch")
 
-    with Processor(lambda: connect(DB), store) as processor:
+    with Processor(DB.connect, store) as processor:
         processor.catch_up(Ledger())
     status(store, db, "resumed and caught up")
     distinct = db.execute("SELECT count(DISTINCT position) FROM ledger").fetchone()[0]

@@ -1,6 +1,6 @@
 """What projection processors log, and how to route it into structured logs.
 
-Run: ``python main.py`` (uses ``with_logging.db`` in the current directory,
+Run: ``python main.py`` (uses ``with_logging.db`` (or ``$PUPSOURCING_DB``) in the current directory,
 fresh on every run). Processors log on the ``pupsourcing`` logger (or the one
 in ``ProcessorConfig.logger``); each batch that handled events is one INFO
 record whose ``projection``, ``handled``, ``checkpoint`` and ``fetched``
@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import sys
 from pathlib import Path
 
 from pupsourcing import Event, ExpectedVersion, PersistedEvent, ProjectionError
-from pupsourcing.adapters.sqlite import SQLiteStore, connect
+from pupsourcing.adapters.sqlite import SQLiteStore
 from pupsourcing.projection import Processor, ProcessorConfig
+from pupsourcing.urls import database
 
-DB = Path("with_logging.db")
+# PUPSOURCING_DB names the database (examples/README.md, "Settings"): SQLite here.
+DB = database(os.environ.get("PUPSOURCING_DB", "sqlite:///with_logging.db"))
+if DB.url.adapter != "sqlite":
+    sys.exit(f"this example runs on SQLite, but PUPSOURCING_DB names {DB.url}")
+FILE = Path(DB.url.path or "")
 
 
 class JsonLines(logging.Formatter):
@@ -54,10 +60,10 @@ def main() -> None:
     logging.getLogger("pupsourcing").addHandler(handler)
     logging.getLogger("pupsourcing").setLevel(logging.DEBUG)
 
-    for stale in (DB, Path(f"{DB}-wal"), Path(f"{DB}-shm")):
+    for stale in (FILE, Path(f"{FILE}-wal"), Path(f"{FILE}-shm")):
         stale.unlink(missing_ok=True)
     store = SQLiteStore()
-    db = connect(DB)
+    db = DB.connect()
     store.create_schema(db)
     for n in range(5):
         store.append(
@@ -68,7 +74,7 @@ def main() -> None:
     db.commit()
 
     print("-- one INFO record per batch that handled events (batch_size=3):")
-    with Processor(lambda: connect(DB), store, ProcessorConfig(batch_size=3)) as processor:
+    with Processor(DB.connect, store, ProcessorConfig(batch_size=3)) as processor:
         processor.catch_up(Invoices())
 
     print("-- a handler error: ERROR with the exception, then ProjectionError is raised:")
@@ -82,7 +88,7 @@ def main() -> None:
     invoices = Invoices()
     invoices.broken = True
     try:
-        with Processor(lambda: connect(DB), store) as processor:
+        with Processor(DB.connect, store) as processor:
             processor.catch_up(invoices)
     except ProjectionError as error:
         print(f"   (raised {type(error).__name__}: {error})")
@@ -95,7 +101,7 @@ def main() -> None:
             total_partitions=2,
             logger=logging.getLogger(f"pupsourcing.invoices.p{key}"),
         )
-        with Processor(lambda: connect(DB), store, config) as processor:
+        with Processor(DB.connect, store, config) as processor:
             processor.catch_up(invoices)
     db.close()
 

@@ -10,6 +10,13 @@
 ``sqlite:////absolute/path.db``                     slashes for an absolute path
 ==================================================  =====================================
 
+SQLAlchemy's ``dialect+driver://`` spelling picks the driver:
+``postgresql+psycopg://``, ``mysql+pymysql://``, ``mysql+mysqldb://``
+(mysqlclient), ``sqlite+pysqlite:///``; and for :func:`pupsourcing.aio.database`
+``mysql+asyncmy://`` and ``sqlite+aiosqlite:///`` (``postgresql+psycopg://``
+serves both).
+An unknown driver is refused with the list of accepted ones.
+
 Percent-encode special characters in user names and passwords
 (``p@ss`` is ``p%40ss``): a URL whose password could be split in more than
 one way is refused. Wherever a URL is shown, its password and every
@@ -37,6 +44,7 @@ Typical use::
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -57,17 +65,16 @@ __all__ = [
     "parse_url",
 ]
 
-DEFAULT_URL = "sqlite:///pupsourcing-demo.db"
-"""The demo's SQLite file in the current directory."""
-
 ENV_VAR = "PUPSOURCING_DB"
-"""The environment variable the command line reads the database URL from."""
+"""The environment variable the command line and the examples read the
+database URL from (there is no default database, except for ``demo``)."""
 
 CONNECT_TIMEOUT = 10
 """Seconds to wait for a server unless the URL says otherwise."""
 
 EXAMPLES = (
     "postgresql://user:password@host/dbname, mysql://user:password@host/dbname or sqlite:///path.db"
+    " (optionally dialect+driver://, as in mysql+mysqldb://)"
 )
 
 
@@ -113,6 +120,8 @@ class DatabaseURL:
 
     adapter: str
     raw: str = field(repr=False)
+    driver: str | None = None
+    """The driver the URL names (``mysql+mysqldb://``: ``"mysqldb"``), if any."""
     host: str | None = None
     port: int | None = None
     user: str | None = None
@@ -194,8 +203,10 @@ def _params(adapter: str, query: str) -> dict[str, str]:
                 )
             try:
                 accepted[name](value)
-            except ValueError:
+            except ValueError as exc:
                 kind = accepted[name].__name__
+                if kind not in ("int", "float"):
+                    raise DatabaseURLError(f"query parameter {name!r}: {exc}") from None
                 raise DatabaseURLError(
                     f"query parameter {name!r} must be {'an' if kind == 'int' else 'a'} "
                     f"{kind}, got {value!r}"
@@ -233,11 +244,16 @@ def parse_url(url: str) -> DatabaseURL:
     # Only a scheme is ever quoted: the rest of the text may hold a password.
     if not sep or not _SCHEME.fullmatch(scheme):
         raise DatabaseURLError(f"not a database URL (no scheme://); use {EXAMPLES}")
-    entry = registry.by_scheme(scheme)
+    dialect, plus, driver = scheme.lower().partition("+")
+    entry = registry.by_scheme(dialect)
     if entry is None:
         raise DatabaseURLError(
             f"unknown database URL scheme {scheme!r}; use one of {', '.join(registry.schemes())}"
+            " (optionally with +driver, as in mysql+pymysql://)"
         )
+    if plus and driver not in entry.driver_names():
+        accepted = ", ".join(f"{dialect}+{name}" for name in entry.driver_names())
+        raise DatabaseURLError(f"unknown driver {driver!r} for {dialect}; accepted: {accepted}")
     adapter = entry.name
     if adapter != "sqlite":
         _check_unambiguous(rest)
@@ -268,7 +284,7 @@ def parse_url(url: str) -> DatabaseURL:
                 "a SQLite URL needs a file: sqlite:///relative/path.db or "
                 "sqlite:////absolute/path.db"
             )
-        return DatabaseURL(adapter, url, path=path, params=params)
+        return DatabaseURL(adapter, url, driver or None, path=path, params=params)
     name = unquote(parts.path[1:]) if parts.path else ""
     if "/" in name:
         raise DatabaseURLError("the database name must not contain '/' (percent-encode it: %2F)")
@@ -279,6 +295,7 @@ def parse_url(url: str) -> DatabaseURL:
     return DatabaseURL(
         adapter,
         url,
+        driver or None,
         host=parts.hostname,
         port=port,
         user=None if parts.username is None else unquote(parts.username),
@@ -309,8 +326,32 @@ def database(
     ``create=False`` a SQLite file that does not exist is an error
     (:class:`FileNotFoundError` on connecting) instead of being created.
     """
-    parsed = url if isinstance(url, DatabaseURL) else parse_url(url)
-    adapter = registry.adapter(parsed.adapter)
-    connect = adapter.connector(parsed, create)
+    parsed, adapter, driver = resolve(url, asyncio=False)
+    connect = adapter.connector(parsed, create, driver)
     store: SQLStore[Any] = adapter.store_class(config)
     return Database(parsed, store, connect)
+
+
+def resolve(
+    url: str | DatabaseURL, *, asyncio: bool
+) -> tuple[DatabaseURL, registry.Adapter, registry.Driver]:
+    """``url`` parsed, its adapter and the driver it picks for the blocking or
+    asyncio API; :class:`DatabaseURLError` when it names a driver of the other."""
+    parsed = url if isinstance(url, DatabaseURL) else parse_url(url)
+    adapter = registry.adapter(parsed.adapter)
+    try:
+        driver = adapter.driver_for(parsed.driver, asyncio=asyncio)
+    except ValueError as exc:
+        raise DatabaseURLError(str(exc)) from None
+    return parsed, adapter, driver
+
+
+def import_driver(driver: registry.Driver, what: str) -> Any:
+    """``driver``'s module; :class:`DriverNotInstalledError` saying how to
+    install it when it is missing."""
+    try:
+        return importlib.import_module(driver.module)
+    except ImportError as exc:
+        raise DriverNotInstalledError(
+            f"{what} URLs with driver {driver.name} need {driver.module}: {driver.install}"
+        ) from exc

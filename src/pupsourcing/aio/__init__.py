@@ -10,6 +10,7 @@ methods (as coroutines), errors and guarantees:
 - :class:`AsyncSQLiteStore` (``aiosqlite``): ``SQLiteStore``
 - :class:`AsyncProcessor`: :class:`pupsourcing.projection.Processor`
 - :class:`AsyncRunner` with :class:`ProjectionRunner`: :class:`pupsourcing.runner.Runner`
+- :func:`database` returning an :class:`AsyncDatabase`: :func:`pupsourcing.urls.database`
 
 Both APIs run the same sans-I/O plans (:mod:`pupsourcing.store.plan`): the
 SQL, validation, row mapping, batches, safe horizon and reconnect policy are
@@ -21,12 +22,14 @@ Importing this module imports no database driver; install the one you use
 from pupsourcing.adapters.mysql import AsyncMySQLStore
 from pupsourcing.adapters.postgres import AsyncPostgresStore
 from pupsourcing.adapters.sqlite import AsyncSQLiteStore
+from pupsourcing.aio._database import AsyncDatabase, database
 from pupsourcing.aio.processor import AsyncProcessor
 from pupsourcing.aio.runner import AsyncRunner
 from pupsourcing.runner import ProjectionRunner
 from pupsourcing.store.async_base import AsyncSQLStore
 
 __all__ = [
+    "AsyncDatabase",
     "AsyncMySQLStore",
     "AsyncPostgresStore",
     "AsyncProcessor",
@@ -34,4 +37,5 @@ __all__ = [
     "AsyncSQLStore",
     "AsyncSQLiteStore",
     "ProjectionRunner",
+    "database",
 ]

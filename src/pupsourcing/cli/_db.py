@@ -13,7 +13,6 @@ from typing import Any
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.store import StoreConfig
 from pupsourcing.urls import (
-    DEFAULT_URL,
     ENV_VAR,
     Database,
     DatabaseURL,
@@ -25,6 +24,11 @@ from pupsourcing.urls import (
 _DRIVER_MODULES = frozenset({"sqlite3", "psycopg", "psycopg2", "pymysql", "MySQLdb"})
 
 MIGRATE_HINT = "run `pupsourcing migrate` to create the store's tables"
+
+NO_DATABASE = (
+    f"no database named: pass --db URL or set {ENV_VAR} "
+    "(e.g. sqlite:///shop.db, postgresql://user:password@host/dbname)"
+)
 
 
 def add_table_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -38,15 +42,18 @@ def add_table_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
-    """``--db URL`` and the table names."""
+    """``--db URL`` and the table names. There is no default database: a
+    command run without ``--db`` or ``$PUPSOURCING_DB`` exits 2 (a usage
+    error, reported by ``parser``) instead of guessing one."""
     group = parser.add_argument_group("database")
     group.add_argument(
         "--db",
         metavar="URL",
-        help=f"postgresql://..., mysql://... or sqlite:///path (default: ${ENV_VAR}, "
-        f"else {DEFAULT_URL})",
+        help=f"postgresql://..., mysql://... or sqlite:///path (default: ${ENV_VAR}; "
+        "one of the two is required)",
     )
     add_table_options(group)
+    parser.set_defaults(parser=parser)
 
 
 def store_config(args: argparse.Namespace) -> StoreConfig:
@@ -57,9 +64,19 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
     )
 
 
+def _given_url(args: argparse.Namespace) -> str | None:
+    """``--db``, else ``$PUPSOURCING_DB``, else ``None`` (empty counts as unset)."""
+    return str(args.db or os.environ.get(ENV_VAR) or "") or None
+
+
 def database_url(args: argparse.Namespace) -> str:
-    """``--db``, else ``$PUPSOURCING_DB``, else the demo's file."""
-    return str(args.db or os.environ.get(ENV_VAR) or DEFAULT_URL)
+    """``--db``, else ``$PUPSOURCING_DB``; neither is a usage error (exit 2)
+    saying how to name one. Only ``demo`` has a default database."""
+    url = _given_url(args)
+    if url is None:
+        parser: argparse.ArgumentParser = args.parser
+        parser.error(NO_DATABASE)
+    return url
 
 
 def parsed_url(args: argparse.Namespace) -> DatabaseURL:
@@ -119,10 +136,11 @@ def scrub_secrets(text: str, args: argparse.Namespace) -> str:
     """``text`` without the secrets of the URL ``args`` name (drivers may
     quote them); unchanged for a command without ``--db`` or a bad URL,
     whose errors quote nothing of it."""
-    if not hasattr(args, "db"):
+    given = _given_url(args) if hasattr(args, "db") else None
+    if given is None:
         return text
     try:
-        url = parse_url(database_url(args))
+        url = parse_url(given)
     except DatabaseURLError:
         return text
     return url.scrub(text)

@@ -17,7 +17,8 @@ class ExpectedVersion:
 
     ``ExpectedVersion.any()`` skips the check, ``no_stream()`` requires that
     the aggregate has no events yet, ``exact(n)`` requires version ``n``.
-    ``exact(0)`` means the same as ``no_stream()`` and compares equal to it.
+    ``exact(0)`` is ``no_stream()``, as in the Go library: equal, same hash,
+    same answers to ``is_no_stream``/``is_exact``, same ``str``.
     """
 
     __slots__ = ("_value",)
@@ -39,7 +40,8 @@ class ExpectedVersion:
 
     @classmethod
     def exact(cls, version: int) -> ExpectedVersion:
-        """The aggregate must be at exactly ``version`` (0: must not exist)."""
+        """The aggregate must be at exactly ``version``; ``exact(0)`` returns
+        ``no_stream()`` (the aggregate must not exist)."""
         if isinstance(version, bool) or not isinstance(version, int):
             raise TypeError(f"exact version must be an int, got {type(version).__name__}")
         if version < 0:
@@ -48,7 +50,7 @@ class ExpectedVersion:
             # No store holds it (aggregate_version is a BIGINT); drivers would
             # each fail differently.
             raise ValueError(f"exact version must be at most {MAX_VERSION}, got {version}")
-        return cls(version)
+        return cls(version or _NO_STREAM)
 
     @property
     def is_any(self) -> bool:
@@ -60,15 +62,13 @@ class ExpectedVersion:
 
     @property
     def is_exact(self) -> bool:
-        return self._value >= 0
+        """``exact(n)`` for ``n >= 1``; ``exact(0)`` is ``no_stream()``."""
+        return self._value > 0
 
     @property
     def value(self) -> int:
         """The version for ``exact(n)``; 0 for ``any()`` and ``no_stream()``."""
         return max(self._value, 0)
-
-    def _meaning(self) -> int:
-        return _NO_STREAM if self._value == 0 else self._value
 
     def matches(self, current: int) -> bool:
         """Whether an aggregate at version ``current`` (0: none) satisfies this."""
@@ -79,10 +79,10 @@ class ExpectedVersion:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ExpectedVersion):
             return NotImplemented
-        return self._meaning() == other._meaning()
+        return self._value == other._value
 
     def __hash__(self) -> int:
-        return hash((ExpectedVersion, self._meaning()))
+        return hash((ExpectedVersion, self._value))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("ExpectedVersion is immutable")
