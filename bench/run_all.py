@@ -342,7 +342,7 @@ line shows our single catch-up against one bare process: the faster one
 process already is, the less 4 can add.
 
 **Reproduce.** Start PostgreSQL and MariaDB on their default local ports (see
-the README), install with `pip install -e '.[dev]'`, then run
+the README), install with `pip install -e . --group dev`, then run
 `python bench/run_all.py`. Each script in `bench/` also runs on its own, for
 example `python bench/postgres_store.py --rounds 5` or
 `python bench/projections.py --db postgres`.

@@ -37,8 +37,8 @@ def page_id(page: Path) -> str:
 def test_docs_site_builds_strictly(tmp_path: Path) -> None:
     if importlib.util.find_spec("mkdocs") is None:
         if IN_CI:
-            pytest.fail("mkdocs is not installed (install the docs extra)", pytrace=False)
-        pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
+            pytest.fail("mkdocs is not installed (install the docs group)", pytrace=False)
+        pytest.skip("mkdocs is not installed (pip install -e . --group docs)")
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
         cwd=ROOT,
