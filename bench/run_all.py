@@ -36,17 +36,6 @@ JUDGED = "postgres"
 """The database the targets apply to; the others are reported alongside."""
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
-GO_ORIGINAL = {
-    "W1": "3,600 events/s",
-    "W2": "800 events/s",
-    "W2c": "2,600 events/s",
-    "W3/100": "67,000 events/s",
-    "W3/1000": "190,000 events/s",
-    "W4": "270 reads/s (3.7 ms)",
-    "W5": "29,000 events/s",
-}
-"""The Go original on the same kind of machine and PostgreSQL 15 (issue 11)."""
-
 
 @dataclass
 class Row:
@@ -192,7 +181,7 @@ def scale_rows(database: str, small: int, large: int, quick: bool, rounds: int) 
 
 
 def table(rows: Sequence[Row], markdown: bool) -> str:
-    header = ["db", "key", "workload", "figure", "baseline", "ratio", "target", "", "Go original"]
+    header = ["db", "key", "workload", "figure", "baseline", "ratio", "target", ""]
     lines = []
     body = []
     for r in rows:
@@ -206,10 +195,9 @@ def table(rows: Sequence[Row], markdown: bool) -> str:
             figure = f"{r.figure:,.0f} {r.unit}"
             base = f"{r.baseline:,.0f} ({r.baseline_name})"
             ratio = f"{r.ratio:.2f}x"
-        go = GO_ORIGINAL.get(r.key, "") if r.database == "postgres" else ""
-        body.append([r.database, r.key, r.workload, figure, base, ratio, target, r.verdict, go])
+        body.append([r.database, r.key, r.workload, figure, base, ratio, target, r.verdict])
         if r.note:
-            body.append(["", "", f"  {r.note}", "", "", "", "", "", ""])
+            body.append(["", "", f"  {r.note}", "", "", "", "", ""])
     if markdown:
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
@@ -286,8 +274,7 @@ with time-ordered ones (`pupsourcing.uuid7()`): after a checkpoint,
 PostgreSQL writes a full-page image of each page of the unique `event_id`
 index an append first touches, and on a large store nearly every random id
 lands on a page of its own (about 4x the WAL per append); time-ordered ids
-share the index's last page. "Go original" is the Go library on the same kind of machine
-(figures from its benchmarks).
+share the index's last page.
 
 **Where the time goes** (profiled with py-spy and cProfile). Appends are
 bound by round trips: one statement per append whatever its size (head upsert
@@ -342,7 +329,7 @@ line shows our single catch-up against one bare process: the faster one
 process already is, the less 4 can add.
 
 **Reproduce.** Start PostgreSQL and MariaDB on their default local ports (see
-the README), install with `pip install -e '.[dev]'`, then run
+the README), install with `pip install -e . --group dev`, then run
 `python bench/run_all.py`. Each script in `bench/` also runs on its own, for
 example `python bench/postgres_store.py --rounds 5` or
 `python bench/projections.py --db postgres`.

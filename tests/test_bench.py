@@ -140,5 +140,8 @@ def test_run_all_writes_the_table_and_chart(tmp_path: Path) -> None:
         assert re.search(rf"^postgres\s+{re.escape(key)}\s", out, re.MULTILINE), key
     page = (tmp_path / "index.md").read_text()
     assert "| db | key | workload |" in page
+    # Only figures measured in this run, on this machine.
+    assert "Go original" not in out
+    assert "Go original" not in page
     assert "![ratios to baselines](latest.png)" in page
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

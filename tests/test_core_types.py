@@ -63,6 +63,89 @@ def test_event_options_are_keyword_only() -> None:
         Event("Shop", "Order", "o-1", "Placed", b"{}", 2)  # type: ignore[misc]
 
 
+NOT_BYTES: list[tuple[str, Any, str]] = [
+    ("payload", {"id": 1}, "must be bytes, got dict"),
+    ("payload", '{"id": 1}', "must be bytes, got str"),
+    ("payload", bytearray(b"x"), "must be bytes, got bytearray"),
+    ("payload", memoryview(b"x"), "must be bytes, got memoryview"),
+    ("payload", None, "must be bytes, got NoneType"),
+    ("metadata", {"a": 1}, "must be bytes or None, got dict"),
+    ("metadata", "{}", "must be bytes or None, got str"),
+    ("metadata", bytearray(b"{}"), "must be bytes or None, got bytearray"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), NOT_BYTES)
+def test_event_refuses_a_payload_or_metadata_that_is_not_bytes(
+    field: str, value: Any, problem: str
+) -> None:
+    fields: dict[str, Any] = {"payload": b"{}", field: value}
+    payload = fields.pop("payload")
+    with pytest.raises(InvalidEventError) as caught:
+        Event("Shop", "Order", "o-1", "Placed", payload, **fields)
+    assert (caught.value.index, caught.value.field) == (None, field)
+    assert str(caught.value) == f"{field}: {problem}"  # append's words, with no index
+    with pytest.raises(InvalidEventError, match=f"^{field}: "):
+        PersistedEvent(
+            "Shop",
+            "Order",
+            "o-1",
+            "Placed",
+            payload,
+            **fields,
+            global_position=1,
+            aggregate_version=1,
+        )
+
+
+def test_event_json_encodes_compact_deterministic_json() -> None:
+    created = datetime(2024, 5, 1, tzinfo=UTC)
+    event_id = uuid.uuid4()
+    e = Event.json(
+        "Shop",
+        "Order",
+        "o-1",
+        "Placed",
+        {"total": 12.5, "items": ["a", "b"], "customer": "Zoë"},
+        metadata={"user": "u-1", "ip": "::1"},
+        event_version=2,
+        event_id=event_id,
+        causation_id="c",
+        correlation_id="r",
+        trace_id="t",
+        created_at=created,
+    )
+    assert type(e) is Event
+    assert e.payload == '{"customer":"Zoë","items":["a","b"],"total":12.5}'.encode()
+    assert e.metadata == b'{"ip":"::1","user":"u-1"}'
+    assert (e.event_version, e.event_id, e.created_at) == (2, event_id, created)
+    assert (e.causation_id, e.correlation_id, e.trace_id) == ("c", "r", "t")
+    # Same data in another key order: the same bytes.
+    again = Event.json(
+        "Shop", "Order", "o-1", "Placed", {"items": ["a", "b"], "total": 12.5, "customer": "Zoë"}
+    )
+    assert again.payload == e.payload
+    assert again.metadata == b"{}"  # the Event default
+
+
+@pytest.mark.parametrize(
+    ("data", "metadata", "field", "problem"),
+    [
+        ({"when": datetime(2024, 1, 1)}, None, "payload", "not JSON-serializable"),
+        ({"x": float("nan")}, None, "payload", "not JSON-serializable"),
+        ({}, {"ids": {uuid.uuid4()}}, "metadata", "not JSON-serializable"),
+        ({"s": "\ud800"}, None, "payload", "not valid UTF-8"),
+    ],
+)
+def test_event_json_names_the_field_it_cannot_encode(
+    data: Any, metadata: Any, field: str, problem: str
+) -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        Event.json("Shop", "Order", "o-1", "Placed", data, metadata=metadata)
+    assert (caught.value.index, caught.value.field) == (None, field)
+    assert problem in str(caught.value)
+
+
 def test_persisted_event_has_positions_and_event_fields() -> None:
     pe = persisted(3, 17)
     assert (pe.aggregate_version, pe.global_position) == (3, 17)
@@ -136,6 +219,7 @@ def test_error_hierarchy() -> None:
     assert (e.index, e.field) == (3, "payload")
     assert "event 3" in str(e)
     assert "payload" in str(e)
+    assert str(InvalidEventError(None, "payload", "must be bytes")) == "payload: must be bytes"
 
 
 def test_optimistic_concurrency_error_fields() -> None:

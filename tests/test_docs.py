@@ -37,8 +37,8 @@ def page_id(page: Path) -> str:
 def test_docs_site_builds_strictly(tmp_path: Path) -> None:
     if importlib.util.find_spec("mkdocs") is None:
         if IN_CI:
-            pytest.fail("mkdocs is not installed (install the docs extra)", pytrace=False)
-        pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
+            pytest.fail("mkdocs is not installed (install the docs group)", pytrace=False)
+        pytest.skip("mkdocs is not installed (pip install -e . --group docs)")
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
         cwd=ROOT,
@@ -51,6 +51,22 @@ def test_docs_site_builds_strictly(tmp_path: Path) -> None:
     warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
     assert warnings == []
     assert (tmp_path / "index.html").exists()
+    rendered = [
+        name
+        for page in (tmp_path / "reference").rglob("*.html")
+        for name in re.findall(
+            r'id="(pupsourcing\.[\w.]+)" class="doc doc-heading"', page.read_text()
+        )
+    ]
+    assert "pupsourcing.Event.json" in rendered
+    internal = [n for n in rendered if set(n.split(".")) & (INTERNAL | {"_"}) or "._" in n]
+    assert internal == [], "the API reference shows internals"
+    assert ROOT_URL in (tmp_path / "index.html").read_text()  # repo_url: a link to the source
+
+
+INTERNAL = {"dialect", "dialect_class", "decodes_rows"}
+"""Store attributes that are machinery, not API (API.md does not name them)."""
+ROOT_URL = "https://github.com/getpup/pupsourcing-python"
 
 
 MEMBERS_DIRECTIVE = re.compile(
@@ -66,8 +82,28 @@ def test_reference_pages_name_only_what_exists() -> None:
             imported = importlib.import_module(module)
             for member in (name.strip() for name in members.split(",")):
                 assert hasattr(imported, member), f"{page.name}: {module}.{member} does not exist"
+                assert member in imported.__all__, f"{page.name}: {module}.{member} is not public"
                 listed += 1
     assert listed > 0
+
+
+def test_reference_pages_document_public_names_only() -> None:
+    """A module directive without ``members`` would show every name the module
+    defines, public or not; any other directive names a public object."""
+    for page in sorted((DOCS / "reference").glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        listed = {module for module, _ in MEMBERS_DIRECTIVE.findall(text)}
+        for target in re.findall(r"^::: ([\w.]+)$", text, re.MULTILINE):
+            try:
+                module = importlib.import_module(target)
+            except ImportError:
+                parent, name = target.rsplit(".", 1)
+                module = importlib.import_module(parent)
+                public = getattr(module, "__all__", None)
+                assert not name.startswith("_"), f"{page.name}: {target}"
+                assert public is None or name in public, f"{page.name}: {target} is not public"
+            else:
+                assert target in listed, f"{page.name}: {target} needs a members list"
 
 
 def test_there_are_pages_with_code() -> None:
@@ -143,3 +179,31 @@ def test_documented_command_parses(path: Path, command: str) -> None:
         assert exit_.value.code == 0
     else:
         build_parser().parse_args(args)  # a bad command line raises SystemExit(2)
+
+
+def test_benchmarks_compare_only_figures_of_one_run() -> None:
+    """Every figure on the page was measured by ``bench/run_all.py`` in the same
+    run on the same machine; published figures from elsewhere would mislead."""
+    page = (DOCS / "benchmarks" / "index.md").read_text(encoding="utf-8")
+    [header] = [line for line in page.splitlines() if line.startswith("| db | key |")]
+    assert header == "| db | key | workload | figure | baseline | ratio | target |  |"
+    assert "Go original" not in page
+    assert "Go original" not in (ROOT / "bench" / "run_all.py").read_text(encoding="utf-8")
+
+
+def test_projections_page_opens_with_the_idea_not_its_set_up() -> None:
+    """The set-up code folds away (a collapsed admonition) yet still runs: it
+    is the page's first Python block, which ``test_page_code_runs`` executes."""
+    page = DOCS / "projections.md"
+    opening = page.read_text(encoding="utf-8").split("\n## ", 1)[0]
+    assert "\n```" not in opening  # no code at the top level before the first section
+    assert '\n??? note "Set-up' in opening  # ??? renders collapsed
+    assert "CREATE SCHEMA" in python_blocks(page)[0].code
+
+
+def test_long_code_lines_wrap() -> None:
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    [css] = re.findall(r"^extra_css:\n  - (\S+)$", config, re.MULTILINE)
+    assert "white-space: pre-wrap" in (DOCS / css).read_text(encoding="utf-8")
+    assert f"repo_url: {ROOT_URL}\n" in config
+    assert "edit_uri: edit/main/docs/\n" in config

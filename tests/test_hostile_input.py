@@ -146,13 +146,23 @@ hostile_version = st.one_of(
 )
 hostile_event_id = st.one_of(st.uuids(), st.sampled_from([str(uuid.uuid4()), None, 1, b"x" * 16]))
 
+
+def unchecked_event(*args: Any, payload: Any, metadata: Any, **options: Any) -> Event:
+    """An Event holding any payload and metadata: the constructor refuses
+    ones of the wrong type itself, but append must catch them too."""
+    built = Event(*args, b"", metadata=None, **options)
+    object.__setattr__(built, "payload", payload)
+    object.__setattr__(built, "metadata", metadata)
+    return built
+
+
 hostile_events = st.builds(
-    Event,
+    unchecked_event,
     text_field(True),
     text_field(True),
     text_field(True),
     text_field(True),
-    hostile_payload,
+    payload=hostile_payload,
     event_version=st.one_of(st.just(1), hostile_version),
     event_id=st.one_of(st.uuids(), hostile_event_id),
     metadata=hostile_metadata,
@@ -246,7 +256,7 @@ def test_any_event_round_trips_or_is_rejected_without_a_trace(
     store_backend: Backend, hostile: Event, valid_first: bool
 ) -> None:
     if isinstance(hostile.event_id, uuid.UUID):  # examples share one store: ids must differ
-        hostile = dataclasses.replace(hostile, event_id=uuid.uuid4())
+        object.__setattr__(hostile, "event_id", uuid.uuid4())  # replace() would check payload
     batch = [hostile]
     if valid_first and isinstance(hostile.bounded_context, str):
         # A valid event of the same aggregate first: all or nothing.

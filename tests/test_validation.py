@@ -45,6 +45,11 @@ def with_field(name: str, value: Any) -> Event:
     base = event("agg-1")
     fields = {f: getattr(base, f) for f in base.__dataclass_fields__ if f != "_"}
     fields[name] = value
+    if name in ("payload", "metadata") and not isinstance(value, bytes | None):
+        # Event refuses these itself (test_core_types); append must still
+        # catch one that got past it.
+        object.__setattr__(base, name, value)
+        return base
     positional = [
         fields.pop(f)
         for f in ("bounded_context", "aggregate_type", "aggregate_id", "event_type", "payload")

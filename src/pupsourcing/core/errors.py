@@ -73,14 +73,16 @@ class InvalidEventError(PupsourcingError, ValueError):
     """An event cannot be stored as given. Nothing was written.
 
     ``index`` is the position of the offending event in the appended sequence
-    and ``field`` the name of the offending field.
+    (``None`` when the :class:`~pupsourcing.Event` itself refused the value as
+    it was built) and ``field`` the name of the offending field.
     """
 
-    def __init__(self, index: int, field: str, problem: str) -> None:
+    def __init__(self, index: int | None, field: str, problem: str) -> None:
         self.index = index
         self.field = field
         self.problem = problem
-        super().__init__(f"event {index}: {field}: {problem}")
+        where = "" if index is None else f"event {index}: "
+        super().__init__(f"{where}{field}: {problem}")
 
 
 class ProjectionError(PupsourcingError):

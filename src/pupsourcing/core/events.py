@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
+from typing import Self
+
+from pupsourcing.core.errors import InvalidEventError
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def payload_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as a payload's type, or ``None``. Only
+    ``bytes``: a ``bytearray`` or ``memoryview`` could change after the check."""
+    return None if isinstance(value, bytes) else f"must be bytes, got {type(value).__name__}"
+
+
+def metadata_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as metadata's type, or ``None``."""
+    if value is None or isinstance(value, bytes):
+        return None
+    return f"must be bytes or None, got {type(value).__name__}"
+
+
+def _json_bytes(name: str, value: object) -> bytes:
+    try:
+        text = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidEventError(None, name, f"is not JSON-serializable ({exc})") from None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEventError(
+            None, name, f"is not valid UTF-8 text ({exc.reason} at {exc.start})"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +66,53 @@ class Event:
     correlation_id: str | None = None
     trace_id: str | None = None
     created_at: datetime = field(default_factory=_utc_now)
+
+    def __post_init__(self) -> None:
+        # Only the types here, so a dict or str fails where it is written;
+        # append checks everything else (and these again: see validation).
+        if not isinstance(self.payload, bytes):
+            raise InvalidEventError(None, "payload", str(payload_problem(self.payload)))
+        if self.metadata is not None and not isinstance(self.metadata, bytes):
+            raise InvalidEventError(None, "metadata", str(metadata_problem(self.metadata)))
+
+    @classmethod
+    def json(
+        cls,
+        bounded_context: str,
+        aggregate_type: str,
+        aggregate_id: str,
+        event_type: str,
+        data: object,
+        *,
+        metadata: Mapping[str, object] | None = None,
+        event_version: int = 1,
+        event_id: uuid.UUID | None = None,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+        trace_id: str | None = None,
+        created_at: datetime | None = None,
+    ) -> Self:
+        """An event whose payload is ``data`` as JSON, and whose metadata is
+        ``metadata`` as JSON (``b"{}"`` when ``None``).
+
+        The JSON is compact and deterministic (keys sorted, no spaces, UTF-8,
+        no NaN or infinity): equal data gives equal bytes. A value ``json``
+        cannot encode raises :class:`InvalidEventError` naming the field.
+        """
+        return cls(
+            bounded_context,
+            aggregate_type,
+            aggregate_id,
+            event_type,
+            _json_bytes("payload", data),
+            event_version=event_version,
+            event_id=uuid.uuid4() if event_id is None else event_id,
+            metadata=b"{}" if metadata is None else _json_bytes("metadata", metadata),
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+            trace_id=trace_id,
+            created_at=_utc_now() if created_at is None else created_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)

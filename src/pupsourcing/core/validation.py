@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import NoReturn
 
 from pupsourcing.core.errors import InvalidEventError, NoEventsError
-from pupsourcing.core.events import Event
+from pupsourcing.core.events import Event, metadata_problem, payload_problem
 
 MAX_EVENT_VERSION = 2**31 - 1
 """event_version is an INT column in every schema."""
@@ -57,12 +57,12 @@ def _number_text(literal: str) -> str:
 
 def check_metadata(index: int, value: object) -> None:
     """Metadata is ``None`` or UTF-8 JSON text as bytes."""
+    problem = metadata_problem(value)
+    if problem:
+        raise InvalidEventError(index, "metadata", problem)
     if value is None or value == b"{}":
         return
-    if not isinstance(value, bytes):
-        raise InvalidEventError(
-            index, "metadata", f"must be bytes or None, got {type(value).__name__}"
-        )
+    assert isinstance(value, bytes)
     try:
         json.loads(
             value.decode("utf-8"),
@@ -119,10 +119,9 @@ def check_event(index: int, event: object) -> Event:
             check_text(index, name, getattr(event, name), required=True)
         for name in _OPTIONAL_TEXT:
             check_text(index, name, getattr(event, name), required=False)
-    if not isinstance(event.payload, bytes):
-        raise InvalidEventError(
-            index, "payload", f"must be bytes, got {type(event.payload).__name__}"
-        )
+    problem = payload_problem(event.payload)
+    if problem:
+        raise InvalidEventError(index, "payload", problem)
     check_metadata(index, event.metadata)
     version = event.event_version
     if isinstance(version, bool) or not isinstance(version, int):
