@@ -14,6 +14,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+BAR_WIDTH = 24
+
 
 class Renderer:
     """Writes rich renderables to ``stream`` as a terminal would show them."""
@@ -47,18 +49,27 @@ class Renderer:
 
     def bars(self, rows: Sequence[tuple[str, float, str, str, bool]], width: int) -> list[str]:
         """Progress lines: ``(name, fraction, counts, rate, done)`` each, as a
-        grid fitting ``width`` columns."""
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(style="bold", no_wrap=True)
-        grid.add_column(width=24, no_wrap=True)
-        grid.add_column(justify="right", no_wrap=True)
-        grid.add_column(justify="right", no_wrap=True)
-        grid.add_column(no_wrap=True, overflow="ellipsis")
+        grid fitting ``width`` columns: the bar, percentage and counts keep
+        their width, the name and the rate are cut short when it is narrow."""
+        counts_w = max((len(row[2]) for row in rows), default=1)
+        fixed = BAR_WIDTH + 6 + counts_w + 4  # four gaps of one column
+        name_w = max((len(row[0]) for row in rows), default=1)
+        rate_w = max((len(row[3]) for row in rows), default=1)
+        room = max(width - fixed, 2)
+        if name_w + rate_w > room:
+            rate_w = max(room - name_w, min(rate_w, room // 2), 1)
+            name_w = max(room - rate_w, 1)
+        grid = Table.grid(padding=(0, 1, 0, 0), collapse_padding=True)
+        grid.add_column(width=name_w, no_wrap=True, overflow="ellipsis", style="bold")
+        grid.add_column(width=BAR_WIDTH, no_wrap=True)
+        grid.add_column(width=6, justify="right", no_wrap=True)
+        grid.add_column(width=counts_w, justify="right", no_wrap=True)
+        grid.add_column(width=rate_w, no_wrap=True, overflow="ellipsis")
         for name, fraction, counts, rate, done in rows:
             bar = ProgressBar(
                 total=1.0,
                 completed=fraction,
-                width=24,
+                width=BAR_WIDTH,
                 complete_style="green" if done else "magenta",
                 finished_style="green",
             )
