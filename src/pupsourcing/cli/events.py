@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pupsourcing import PersistedEvent
 from pupsourcing.cli._args import interval, non_negative_int
@@ -27,6 +27,9 @@ from pupsourcing.cli._text import clean
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.cli.signals import stop_on_signals
 from pupsourcing.store import Horizon
+
+if TYPE_CHECKING:
+    from pupsourcing.cli._rich import Renderer
 
 HEX_PREVIEW = 32
 """Leading bytes of a binary payload shown in hex."""
@@ -267,10 +270,9 @@ def render(event: PersistedEvent) -> str:
     return "\n".join(lines)
 
 
-def one_line(event: PersistedEvent, rich: bool = False) -> str:
+def one_line(event: PersistedEvent, renderer: Renderer | None = None) -> str:
     """``#42  2024-05-01 10:00:00+00:00  Sales/Order/o-7  v3  ItemAdded``;
-    coloured when ``rich``."""
-    renderer = rich_for(sys.stdout) if rich else None
+    coloured through ``renderer`` (see :func:`~pupsourcing.cli._output.rich_for`)."""
     key = clean(f"{event.bounded_context}/{event.aggregate_type}/{event.aggregate_id}")
     parts = (
         styled(f"#{event.global_position}", "cyan", renderer),
@@ -314,12 +316,12 @@ def as_json(event: PersistedEvent) -> dict[str, Any]:
 
 def _print_events(events: Iterable[PersistedEvent], style: str) -> None:
     """Print in ``style``: ``json``, ``line`` or ``full``."""
-    colour = style == "line" and rich_for(sys.stdout) is not None
+    renderer = rich_for(sys.stdout) if style == "line" else None
     for event in events:
         if style == "json":
             print(json.dumps(as_json(event)))
         elif style == "line":
-            print(one_line(event, colour))
+            print(one_line(event, renderer))
         else:
             print(render(event))
     sys.stdout.flush()
