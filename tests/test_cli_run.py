@@ -25,7 +25,7 @@ import pytest
 
 import cli_projections
 from cli_helpers import assert_one_line_error, cli, cli_argv, cli_env, execute
-from conftest import Backend
+from conftest import Backend, require
 from helpers import event
 from pupsourcing import ExpectedVersion
 from pupsourcing.cli.errors import CommandError
@@ -460,7 +460,8 @@ def test_supervisor_checks_the_database_before_starting_workers() -> None:
 # -- progress on a terminal ----------------------------------------------------------------
 
 
-def test_progress_bar_on_a_terminal(sqlite_db: Backend) -> None:
+def _progress_on_a_terminal(sqlite_db: Backend, **env: str) -> str:
+    """What ``projections run`` draws on a pseudo-terminal until caught up."""
     prepare(sqlite_db, aggregates=10, per_aggregate=10)
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
@@ -469,7 +470,7 @@ def test_progress_bar_on_a_terminal(sqlite_db: Backend) -> None:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=terminal,
-        env=cli_env(RECORDER_DELAY="0.01"),
+        env={**cli_env(RECORDER_DELAY="0.01", **env), "TERM": "xterm-256color"},
     )  # fmt: skip
     os.close(terminal)
     output = b""
@@ -499,7 +500,12 @@ def test_progress_bar_on_a_terminal(sqlite_db: Backend) -> None:
         os.close(controller)
         if process.poll() is None:
             process.kill()
-    text = output.decode()
+    return output.decode()
+
+
+def test_plain_progress_bar_on_a_terminal_with_no_color(sqlite_db: Backend) -> None:
+    text = _progress_on_a_terminal(sqlite_db, NO_COLOR="1")
+    assert "\x1b[3" not in text  # no colour
     bars = re.findall(r"recorder \[([#-]{24})\] +([\d.]+)% (\d+)/100 +([^\r\n\x1b]*)", text)
     assert bars, text
     assert any(re.fullmatch(r"[\d,]+ events/s, ETA \d+s", rest) for _, percent, _, rest in bars), (
@@ -508,3 +514,16 @@ def test_progress_bar_on_a_terminal(sqlite_db: Backend) -> None:
     assert bars[-1] == ("#" * 24, "100.0", "100", "caught up")
     assert "\r\x1b[2K" in text  # redrawn in place
     assert "recorder: position" not in text  # no log lines on a terminal
+
+
+def test_rich_progress_bar_on_a_terminal(sqlite_db: Backend) -> None:
+    require("rich")  # the cli extra, part of the dev extra
+    text = _progress_on_a_terminal(sqlite_db, NO_COLOR="", FORCE_COLOR="")
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    bars = re.findall(r"recorder ([━╸╺ ]{24}) +([\d.]+)% +(\d+)/100 +([^\r\n\x1b]*)", plain)
+    assert bars, plain
+    assert bars[-1][1:] == ("100.0", "100", "caught up")
+    assert bars[-1][0] == "━" * 24
+    assert "\x1b[32m" in text or "\x1b[38;" in text  # coloured
+    assert "\r\x1b[2K" in text  # redrawn in place
+    assert "#" * 24 not in text

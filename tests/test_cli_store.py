@@ -222,7 +222,7 @@ def _mixed_events() -> list[Event]:
 def test_events_tail_renders_json_text_and_binary(backend: Backend) -> None:
     append(backend, events(3, "other"))
     append(backend, _mixed_events())
-    result = cli("events", "tail", "-n", "3", "--db", backend.url)
+    result = cli("events", "tail", "-n", "3", "--format", "full", "--db", backend.url)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "Shop/Order/other" not in out
@@ -253,14 +253,137 @@ def test_events_tail_json_lines(backend: Backend) -> None:
     assert "payload" not in scanned
 
 
-def test_events_are_escaped_for_the_terminal(backend: Backend) -> None:
+@pytest.mark.parametrize("form", ["line", "full"])
+def test_events_are_escaped_for_the_terminal(backend: Backend, form: str) -> None:
     append(backend, [event("evil\x1b]0;pwned\x07", "Red\x1b[31m", data={"x": "\x1b[2J"})])
-    result = cli("events", "tail", "--db", backend.url)
+    result = cli("events", "tail", "--format", form, "--db", backend.url)
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stdout
     assert "\x07" not in result.stdout
     assert "evil\\x1b]0;pwned\\x07" in result.stdout
-    assert '"\\u001b[2J"' in result.stdout
+    assert "Red\\x1b[31m" in result.stdout
+    if form == "full":
+        assert '"\\u001b[2J"' in result.stdout
+
+
+def test_events_tail_prints_one_line_per_event(backend: Backend) -> None:
+    append(backend, _mixed_events())
+    result = cli("events", "tail", "--db", backend.url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout
+    pattern = (
+        r"#(\d+)  (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d)  Shop/Order/agg-1  v(\d)  (\w+)"
+    )
+    parsed = [re.fullmatch(pattern, line) for line in lines]
+    assert all(parsed), lines
+    assert [(m[1], m[3], m[4]) for m in parsed if m] == [
+        ("1", "1", "Placed"),
+        ("2", "2", "Noted"),
+        ("3", "3", "Scanned"),
+    ]
+    assert "\x1b" not in result.stdout  # a pipe: plain text
+
+
+def _filter_events(backend: Backend) -> None:
+    append(backend, [Event("Shop", "Order", "o-1", "Placed", b"{}")])  # 1
+    append(backend, [Event("Shop", "Cart", "c-1", "Placed", b"{}")])  # 2
+    append(backend, [Event("Billing", "Invoice", "i-1", "Issued", b"{}")])  # 3
+    append(backend, [Event("Shop", "Order", "o-1", "Paid", b"{}")])  # 4
+    append(backend, [Event("Shop", "Order", "o-2", "Placed", b"{}")])  # 5
+
+
+def _positions(result: subprocess.CompletedProcess[str]) -> list[int]:
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line)["global_position"] for line in result.stdout.splitlines()]
+
+
+def test_events_tail_filters(backend: Backend) -> None:
+    _filter_events(backend)
+
+    def tail(*args: str) -> list[int]:
+        return _positions(cli("events", "tail", "--json", *args, "--db", backend.url))
+
+    assert tail("--type", "Placed") == [1, 2, 5]
+    assert tail("--type", "Placed", "-n", "2") == [2, 5]
+    assert tail("--type", "Placed", "--type", "Issued") == [1, 2, 3, 5]
+    assert tail("--aggregate-type", "Order") == [1, 4, 5]
+    assert tail("--context", "Billing") == [3]
+    assert tail("--context", "Shop", "--aggregate-type", "Order", "--type", "Placed") == [1, 5]
+    assert tail("--since", "3") == [4, 5]  # after position 3
+    assert tail("--since", "1", "-n", "2") == [4, 5]  # the latest 2 of those
+    assert tail("--since", "2000-01-01") == [1, 2, 3, 4, 5]
+    assert tail("--since", "2000-01-01T00:00:00+01:00", "--type", "Paid") == [4]
+    assert tail("--since", "2999-01-01") == []
+    assert tail("--type", "Nothing") == []
+    none = cli("events", "tail", "--type", "Nothing", "--db", backend.url)
+    assert none.stdout == ""
+    assert "no matching events" in none.stderr
+
+
+def test_events_tail_filters_read_back_past_a_page(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The filtered look-back reads page by page; a match far behind the head
+    is still found, and with a limit only the newest matches are kept."""
+    from pupsourcing.cli import events as events_cli
+
+    append(backend, [Event("Shop", "Order", "o-1", "Placed", b"{}")])
+    append(backend, events(7, "noise"))
+    append(backend, [Event("Shop", "Order", "o-2", "Placed", b"{}")])
+    append(backend, events(3, "noise"))
+    monkeypatch.setattr(events_cli, "SCAN_PAGE", 2)
+    conn = backend.connect()
+    try:
+        reads: list[tuple[int, int]] = []
+
+        def read(after: int, count: int) -> list[Any]:
+            reads.append((after, count))
+            return list(backend.store.read_events(conn, after, count))
+
+        wanted = events_cli.Filter(types=frozenset({"Placed"}))
+        found, floor = events_cli.latest_matching(read, 12, wanted, None)
+        assert [e.global_position for e in found] == [1, 9]
+        assert floor == 0
+        reads.clear()
+        found, floor = events_cli.latest_matching(read, 12, wanted, 1)
+        assert [e.global_position for e in found] == [9]
+        assert floor == 8
+        assert len(reads) == 2  # stopped once it had one: (10, 12] and (8, 10]
+    finally:
+        conn.close()
+
+
+def test_events_tail_follow_with_a_filter(backend: Backend) -> None:
+    _filter_events(backend)
+    process = subprocess.Popen(
+        cli_argv("events", "tail", "-f", "--json", "--type", "Placed", "-n", "1",
+                 "--interval", "0.05"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(PUPSOURCING_DB=backend.url),
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = _read_lines(process, lines)
+    try:
+        wait_for(lambda: len(lines) == 1, what="the latest matching event")
+        append(backend, [Event("Shop", "Order", "o-3", "Paid", b"{}")])  # 6
+        append(backend, [Event("Shop", "Order", "o-4", "Placed", b"{}")])  # 7
+        wait_for(lambda: len(lines) == 2, what="the new matching event")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    reader.join(timeout=5)
+    assert [json.loads(line)["global_position"] for line in lines] == [5, 7]
+
+
+def test_events_tail_refuses_a_bad_since(backend: Backend) -> None:
+    result = cli("events", "tail", "--since", "yesterday", "--db", backend.url)
+    assert result.returncode == 2
+    assert "--since: must be a global position or an ISO 8601 time" in result.stderr
 
 
 def test_events_tail_of_an_empty_store(backend: Backend) -> None:
@@ -276,6 +399,8 @@ def test_stream_show(backend: Backend) -> None:
     result = cli("stream", "show", "Shop", "Order", "agg-1", "--db", backend.url)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Shop/Order/agg-1: 3 events, versions 1..3\n")
+    one = cli("stream", "show", "Shop", "Order", "agg-2", "--to-version", "1", "--db", backend.url)
+    assert one.stdout.startswith("Shop/Order/agg-2: 1 event, versions 1..1\n"), one.stdout
     assert [line.split()[2] for line in result.stdout.splitlines() if line.startswith("#")] == [
         "v1",
         "v2",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -54,6 +55,19 @@ def test_demo_continues_on_rerun_and_resets_with_fresh(tmp_path: Path) -> None:
     assert fresh.returncode == 0, fresh.stderr
     assert "run 1" in fresh.stdout
     assert "positions 1..3" in fresh.stdout
+
+
+def test_demo_text_names_the_orders_it_really_uses(tmp_path: Path) -> None:
+    """Every order id the demo prints is one it appended in this run (no
+    ``order-a`` when the aggregate is ``order-2-a``)."""
+    for run_no in (1, 2):
+        out = demo(tmp_path).stdout
+        mentioned = set(re.findall(r"\border-[\w-]+", out))
+        current = {f"order-{run_no}-{x}" for x in "abc"}
+        earlier = {f"order-{n}-{x}" for n in range(1, run_no) for x in "abc"}
+        assert mentioned <= current | earlier, out
+        assert f"two clients both read order-{run_no}-a at version 3" in out
+        assert f"Read the stream of order-{run_no}-a back" in out
 
 
 def test_demo_db_option(tmp_path: Path) -> None:

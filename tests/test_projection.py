@@ -472,6 +472,16 @@ def test_logging(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
     assert len(infos) == 1
     assert "handled 3 events" in infos[0].getMessage()
     assert str(positions[-1]) in infos[0].getMessage()
+
+    append_many(backend, aggregates=1, per_aggregate=1)
+    caplog.clear()
+    with (
+        caplog.at_level(logging.INFO, logger="pupsourcing"),
+        backend.Processor(backend.connect, backend.store) as processor,
+    ):
+        processor.catch_up(projection)
+    [one] = [r for r in caplog.records if r.levelno == logging.INFO and r.name == "pupsourcing"]
+    assert "handled 1 event," in one.getMessage(), one.getMessage()
     assert not any(
         r.levelno > logging.DEBUG
         and "global position" in r.getMessage()

@@ -25,6 +25,7 @@ class Console:
             self.tty = False
         self._lock = threading.RLock()  # reentrant: signal handlers log too
         self._status: list[str] = []
+        self._fitted = False
 
     def _clear(self) -> None:
         if self._status:
@@ -32,8 +33,9 @@ class Console:
 
     def _draw(self) -> None:
         if self._status:
-            width = max(shutil.get_terminal_size().columns - 1, 20)
-            self.stream.write("\n".join(line[:width] for line in self._status))
+            width = self.width
+            lines = self._status if self._fitted else [line[:width] for line in self._status]
+            self.stream.write("\n".join(lines))
 
     def write(self, line: str) -> None:
         """One log line, above the status lines."""
@@ -43,13 +45,20 @@ class Console:
             self._draw()
             self.stream.flush()
 
-    def show(self, lines: list[str]) -> None:
-        """Replace the status lines (only on a terminal)."""
+    @property
+    def width(self) -> int:
+        """The columns a status line may take."""
+        return max(shutil.get_terminal_size().columns - 1, 20)
+
+    def show(self, lines: list[str], *, fitted: bool = False) -> None:
+        """Replace the status lines (only on a terminal); ``fitted`` lines
+        (styled ones) are already no wider than :attr:`width`."""
         if not self.tty:
             return
         with self._lock:
             self._clear()
             self._status = list(lines)
+            self._fitted = fitted
             self._draw()
             self.stream.flush()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
+from pupsourcing._text import plural
 from pupsourcing.adapters.sqlite import SQLiteStore, connect
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import Processor
@@ -165,8 +166,8 @@ def run(path: Path, *, fresh: bool = False, out: TextIO | None = None) -> int:
             )
 
         say()
-        say("2. Optimistic concurrency: two clients both read order-a at version 3")
         target = f"order-{run_no}-a"
+        say(f"2. Optimistic concurrency: two clients both read {target} at version 3")
         seen = store.read_aggregate_stream(rival, CONTEXT, "Order", target).version
         store.append(
             db,
@@ -207,7 +208,9 @@ def run(path: Path, *, fresh: bool = False, out: TextIO | None = None) -> int:
             handled = processor.catch_up(projection)
         checkpoint = store.get_checkpoint(db, projection.name)
         name = projection.name
-        say(f"   handled {handled} new events; checkpoint of {name!r} is now {checkpoint}")
+        say(
+            f"   handled {plural(handled, 'new event')}; checkpoint of {name!r} is now {checkpoint}"
+        )
         say(f"   {'order':<12} {'customer':<9} {'status':<10} {'items':>5} {'total':>9}")
         for order_id, customer, status, items, cents in db.execute(
             f"SELECT order_id, customer, status, items, total_cents FROM {READ_MODEL} "
@@ -216,7 +219,7 @@ def run(path: Path, *, fresh: bool = False, out: TextIO | None = None) -> int:
             say(f"   {order_id:<12} {customer:<9} {status:<10} {items:>5} {cents / 100:>9.2f}")
         total = db.execute(f"SELECT count(*) FROM {READ_MODEL}").fetchone()[0]
         if total > 3:
-            say(f"   ... and {total - 3} orders from earlier runs")
+            say(f"   ... and {plural(total - 3, 'order')} from earlier runs")
         say()
         say("Run it again: new orders are appended and the projection resumes at its checkpoint.")
         return 0

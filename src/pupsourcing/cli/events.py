@@ -4,6 +4,7 @@ Payloads that are JSON are pretty-printed, other UTF-8 text is shown as
 text, anything else as binary (size and leading bytes in hex). Text from the
 database never reaches the terminal raw: control characters are escaped.
 ``--json`` prints JSON instead (payloads that are not JSON as base64).
+``events tail`` prints one line per event unless ``--format full``.
 """
 
 from __future__ import annotations
@@ -13,20 +14,28 @@ import base64
 import json
 import sys
 import threading
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from pupsourcing import PersistedEvent
 from pupsourcing.cli._args import interval, non_negative_int
 from pupsourcing.cli._db import add_database_options, connection, open_database
+from pupsourcing.cli._output import plural, rich_for, styled
 from pupsourcing.cli._text import clean
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.cli.signals import stop_on_signals
 from pupsourcing.store import Horizon
 
+if TYPE_CHECKING:
+    from pupsourcing.cli._rich import Renderer
+
 HEX_PREVIEW = 32
 """Leading bytes of a binary payload shown in hex."""
 FOLLOW_BATCH = 500
+SCAN_PAGE = 500
+"""Positions read per query when looking back for events that match filters."""
 
 
 def register(commands: Any) -> None:
@@ -45,9 +54,8 @@ def register(commands: Any) -> None:
         "-n",
         "--limit",
         type=non_negative_int,
-        default=10,
         metavar="N",
-        help="how many of the latest events (default 10)",
+        help="how many of the latest (matching) events (default 10; all of them with --since)",
     )
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     tail.add_argument(
@@ -58,6 +66,27 @@ def register(commands: Any) -> None:
         help="how often --follow looks for new events (default 0.5)",
     )
     tail.add_argument("--json", action="store_true", help="one JSON object per event and line")
+    tail.add_argument(
+        "--format",
+        choices=("line", "full"),
+        default="line",
+        help="line: one line per event (default); full: ids, payload and metadata too",
+    )
+    filters = tail.add_argument_group("filters (repeat an option to match any of its values)")
+    filters.add_argument("--type", action="append", metavar="EVENT_TYPE", help="event type")
+    filters.add_argument(
+        "--aggregate-type", action="append", metavar="AGGREGATE_TYPE", help="aggregate type"
+    )
+    filters.add_argument(
+        "--context", action="append", metavar="BOUNDED_CONTEXT", help="bounded context"
+    )
+    filters.add_argument(
+        "--since",
+        type=since,
+        metavar="POSITION|TIME",
+        help="events after this global position, or created at or after this ISO 8601 "
+        "time (UTC unless it has an offset)",
+    )
     add_database_options(tail)
     tail.set_defaults(handler=run_tail)
 
@@ -81,6 +110,96 @@ def register(commands: Any) -> None:
     show.add_argument("--json", action="store_true", help="print the stream as JSON")
     add_database_options(show)
     show.set_defaults(handler=run_show)
+
+
+# -- filters -------------------------------------------------------------------------
+
+
+def since(text: str) -> int | datetime:
+    """``--since``: a global position (digits) or an ISO 8601 time; a time
+    without an offset is UTC."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a global position or an ISO 8601 time such as 2024-05-01T10:00, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which events ``events tail`` prints."""
+
+    types: frozenset[str] | None = None
+    aggregate_types: frozenset[str] | None = None
+    contexts: frozenset[str] | None = None
+    after: int = 0
+    since_time: datetime | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Filter:
+        def values(option: list[str] | None) -> frozenset[str] | None:
+            return None if option is None else frozenset(option)
+
+        start = args.since
+        return cls(
+            values(args.type),
+            values(args.aggregate_type),
+            values(args.context),
+            start if isinstance(start, int) else 0,
+            start if isinstance(start, datetime) else None,
+        )
+
+    @property
+    def narrows(self) -> bool:
+        """Whether some events can fail the filter."""
+        return self != Filter()
+
+    def __call__(self, event: PersistedEvent) -> bool:
+        return (
+            event.global_position > self.after
+            and (self.types is None or event.event_type in self.types)
+            and (self.aggregate_types is None or event.aggregate_type in self.aggregate_types)
+            and (self.contexts is None or event.bounded_context in self.contexts)
+            and (self.since_time is None or _aware(event.created_at) >= self.since_time)
+        )
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def latest_matching(
+    read: Callable[[int, int], list[PersistedEvent]],
+    upto: int,
+    wanted: Filter,
+    limit: int | None,
+) -> tuple[list[PersistedEvent], int]:
+    """The last ``limit`` events (all with ``None``) at or below position
+    ``upto`` that pass ``wanted``, ascending, read page by page backwards
+    through ``read(after, limit)``; and the position below which it did not
+    look. A ``--since`` time stops it at the first page older than that."""
+    found: list[PersistedEvent] = []
+    high = upto
+    while high > wanted.after and (limit is None or len(found) < limit):
+        low = max(high - SCAN_PAGE, wanted.after)
+        page = [e for e in read(low, high - low) if e.global_position <= high]
+        found[:0] = [e for e in page if wanted(e)]
+        high = low
+        if (
+            wanted.since_time is not None
+            and page
+            and max(_aware(e.created_at) for e in page) < wanted.since_time
+        ):
+            break
+    if limit is not None and len(found) > limit:
+        found = found[-limit:]
+        high = found[0].global_position - 1
+    return found, high
 
 
 # -- rendering -----------------------------------------------------------------------
@@ -123,7 +242,7 @@ def describe(label: str, data: bytes | None) -> str:
         return f"  {label} (text):\n{_indent(text)}"
     preview = value[:HEX_PREVIEW].hex(" ")
     more = " ..." if len(value) > HEX_PREVIEW else ""
-    return f"  {label} (binary, {len(value):,} bytes): {preview}{more}"
+    return f"  {label} (binary, {plural(len(value), 'byte')}): {preview}{more}"
 
 
 def render(event: PersistedEvent) -> str:
@@ -149,6 +268,20 @@ def render(event: PersistedEvent) -> str:
     if event.metadata not in (None, b"{}"):
         lines.append(describe("metadata", event.metadata))
     return "\n".join(lines)
+
+
+def one_line(event: PersistedEvent, renderer: Renderer | None = None) -> str:
+    """``#42  2024-05-01 10:00:00+00:00  Sales/Order/o-7  v3  ItemAdded``;
+    coloured through ``renderer`` (see :func:`~pupsourcing.cli._output.rich_for`)."""
+    key = clean(f"{event.bounded_context}/{event.aggregate_type}/{event.aggregate_id}")
+    parts = (
+        styled(f"#{event.global_position}", "cyan", renderer),
+        styled(event.created_at.isoformat(" ", "seconds"), "dim", renderer),
+        key,
+        styled(f"v{event.aggregate_version}", "magenta", renderer),
+        styled(clean(event.event_type), "bold", renderer),
+    )
+    return "  ".join(parts)
 
 
 def _bytes_json(name: str, data: bytes | None) -> dict[str, Any]:
@@ -181,10 +314,14 @@ def as_json(event: PersistedEvent) -> dict[str, Any]:
     }
 
 
-def _print_events(events: Iterable[PersistedEvent], as_lines: bool) -> None:
+def _print_events(events: Iterable[PersistedEvent], style: str) -> None:
+    """Print in ``style``: ``json``, ``line`` or ``full``."""
+    renderer = rich_for(sys.stdout) if style == "line" else None
     for event in events:
-        if as_lines:
+        if style == "json":
             print(json.dumps(as_json(event)))
+        elif style == "line":
+            print(one_line(event, renderer))
         else:
             print(render(event))
     sys.stdout.flush()
@@ -196,13 +333,28 @@ def _print_events(events: Iterable[PersistedEvent], as_lines: bool) -> None:
 def run_tail(args: argparse.Namespace) -> int:
     db = open_database(args)
     store = db.store
+    wanted = Filter.from_args(args)
+    limit = args.limit if args.limit is not None else None if args.since is not None else 10
+    style = "json" if args.json else args.format
+
+    def read(after: int, count: int) -> list[PersistedEvent]:
+        return store.read_events(conn, after, count)
+
+    latest: list[PersistedEvent]
     with connection(db) as conn:
-        latest = store.read_latest_events(conn, args.limit) if args.limit else []
+        if limit == 0:
+            latest, floor, upto = [], 0, 0
+        elif wanted.narrows:
+            upto = store.head_position(conn)
+            latest, floor = latest_matching(read, upto, wanted, limit)
+        else:
+            latest = store.read_latest_events(conn, limit) if limit else []
+            upto, floor = 0, 0
         conn.rollback()
         if not args.follow:
             if not latest and not args.json:
-                print("no events yet", file=sys.stderr)
-            _print_events(latest, args.json)
+                print("no matching events" if wanted.narrows else "no events yet", file=sys.stderr)
+            _print_events(latest, style)
             return 0
         # Follow only up to the safe horizon: an event that commits later at a
         # lower position than one already printed would otherwise be missed.
@@ -212,11 +364,13 @@ def run_tail(args: argparse.Namespace) -> int:
             horizon.observe(store.probe_horizon(conn))
             conn.rollback()
             shown = [e for e in latest if e.global_position <= horizon.safe]
-            _print_events(shown, args.json)
+            _print_events(shown, style)
             if shown:
                 last = shown[-1].global_position
             elif latest:
                 last = latest[0].global_position - 1
+            elif wanted.narrows:
+                last = max(floor, min(upto, horizon.safe))
             else:
                 last = horizon.safe
             while not stop.is_set():
@@ -227,7 +381,7 @@ def run_tail(args: argparse.Namespace) -> int:
                         if e.global_position <= horizon.safe
                     ]
                     conn.rollback()
-                    _print_events(batch, args.json)
+                    _print_events(filter(wanted, batch), style)
                     last = batch[-1].global_position if batch else horizon.safe
                     if len(batch) == FOLLOW_BATCH:
                         continue
@@ -261,7 +415,7 @@ def run_show(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
     elif not stream.is_empty:
         first = stream.events[0].aggregate_version
-        print(clean(f"{key}: {len(stream)} events, versions {first}..{stream.version}"))
+        print(clean(f"{key}: {plural(len(stream), 'event')}, versions {first}..{stream.version}"))
         for event in stream:
             print(render(event))
     if stream.is_empty:

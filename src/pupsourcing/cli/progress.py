@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pupsourcing.cli._db import close_quietly
+from pupsourcing.cli._output import rich_for
 from pupsourcing.cli._text import duration
 from pupsourcing.cli.console import Console
 from pupsourcing.urls import Database
@@ -76,6 +77,13 @@ class Snapshot:
             return None
         return (self.head - self.position) / self.rate
 
+    def counts(self) -> str:
+        return f"{self.position:,}/{self.head:,}"
+
+    def status(self) -> str:
+        """``caught up``, or the rate and the time left."""
+        return "caught up" if self.caught_up else self._rate_and_eta()
+
     def _rate_and_eta(self) -> str:
         rate = "-" if self.rate is None else f"{self.rate:,.0f} events/s"
         eta = "unknown" if self.eta is None else duration(self.eta)
@@ -84,13 +92,8 @@ class Snapshot:
     def bar(self, name_width: int) -> str:
         filled = int(self.fraction * BAR_WIDTH)
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        line = (
-            f"{self.name:<{name_width}} [{bar}] {self.fraction:6.1%} "
-            f"{self.position:,}/{self.head:,}"
-        )
-        if self.caught_up:
-            return f"{line}  caught up"
-        return f"{line}  {self._rate_and_eta()}"
+        line = f"{self.name:<{name_width}} [{bar}] {self.fraction:6.1%} {self.counts()}"
+        return f"{line}  {self.status()}"
 
     def log_line(self) -> str:
         if self.caught_up:
@@ -122,6 +125,7 @@ class ProgressMonitor:
         self.interval = TERMINAL_REFRESH if console.tty else interval
         self._tracked = [_Tracked(name, tuple(names)) for name, names in tracked.items()]
         self._name_width = max((len(name) for name in tracked), default=0)
+        self._rich = rich_for(console.stream) if console.tty else None
         self._conn: Any = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pupsourcing-progress", daemon=True)
@@ -180,7 +184,13 @@ class ProgressMonitor:
         if snapshots is None:
             return
         if self.console.tty:
-            self.console.show([s.bar(self._name_width) for s in snapshots])
+            if self._rich is not None:
+                rows = [
+                    (s.name, s.fraction, s.counts(), s.status(), s.caught_up) for s in snapshots
+                ]
+                self.console.show(self._rich.bars(rows, self.console.width), fitted=True)
+            else:
+                self.console.show([s.bar(self._name_width) for s in snapshots])
             return
         for snapshot, tracked in zip(snapshots, self._tracked, strict=True):
             if snapshot.caught_up:

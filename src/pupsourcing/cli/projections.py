@@ -12,6 +12,7 @@ from typing import Any
 from pupsourcing.cli import supervisor, worker
 from pupsourcing.cli._args import non_negative_int, positive_int, seconds
 from pupsourcing.cli._db import add_database_options, connection, open_database
+from pupsourcing.cli._output import Table, plural
 from pupsourcing.cli._text import clean, duration
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import ProcessorConfig
@@ -237,30 +238,29 @@ def run_status(args: argparse.Namespace) -> int:
     if not groups:
         print("no projection checkpoints yet")
         return 0
-    rows = [("PROJECTION", "POSITION", "LAG", "LAST UPDATE")]
+    table = Table(("PROJECTION", "POSITION", "LAG", "LAST UPDATE"), right=(1, 2))
     for g in groups:
         if g.partitioned or len(g.checkpoints) > 1:
-            parts = len(g.checkpoints)
-            rows.append(
-                (
-                    f"{g.name} ({parts} checkpoint{'s' if parts != 1 else ''})",
-                    f"{g.position:,}",
-                    f"{max(head - g.position, 0):,}",
-                    _age(g.age),
-                )
+            table.add(
+                clean(f"{g.name} ({plural(len(g.checkpoints), 'checkpoint')})"),
+                f"{g.position:,}",
+                f"{max(head - g.position, 0):,}",
+                _age(g.age),
             )
-            rows += [
-                (f"  {c.name}", f"{c.position:,}", f"{max(head - c.position, 0):,}", _age(c.age))
-                for c in g.checkpoints
-            ]
+            for c in g.checkpoints:
+                table.add(
+                    clean(f"  {c.name}"),
+                    f"{c.position:,}",
+                    f"{max(head - c.position, 0):,}",
+                    _age(c.age),
+                )
         else:
             [c] = g.checkpoints
-            rows.append((c.name, f"{c.position:,}", f"{max(head - c.position, 0):,}", _age(c.age)))
-    rows = [(clean(name), position, lag, age) for name, position, lag, age in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+            table.add(
+                clean(c.name), f"{c.position:,}", f"{max(head - c.position, 0):,}", _age(c.age)
+            )
     print()
-    for name, position, lag, age in rows:
-        print(f"{name:<{widths[0]}}  {position:>{widths[1]}}  {lag:>{widths[2]}}  {age}".rstrip())
+    table.print(sys.stdout)
     return 0
 
 

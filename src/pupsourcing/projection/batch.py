@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from pupsourcing._text import plural
 from pupsourcing.core.errors import ProjectionError
 from pupsourcing.core.events import PersistedEvent
 from pupsourcing.projection.config import ProcessorConfig
@@ -344,9 +345,9 @@ def _record(
     sub.checkpoint = position
     if handled:
         logger.info(
-            "projection %s handled %d events, checkpoint %d",
+            "projection %s handled %s, checkpoint %d",
             sub.name,
-            handled,
+            plural(handled, "event"),
             position,
             extra={
                 "projection": sub.name,
