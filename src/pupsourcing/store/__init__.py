@@ -3,6 +3,7 @@
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.horizon import Horizon, Probe
+from pupsourcing.store.snapshots import Snapshot
 from pupsourcing.store.protocols import (
     AggregateStreamReader,
     CheckpointStore,
@@ -20,5 +21,6 @@ __all__ = [
     "EventStore",
     "Horizon",
     "Probe",
+    "Snapshot",
     "StoreConfig",
 ]

@@ -42,6 +42,7 @@ from pupsourcing.store.schema import (
     partition_predicate,
     schema_statements,
 )
+from pupsourcing.store.snapshots import SnapshotPlans, snapshot_statements
 
 EVENT_COLUMNS = STORED_FIELDS[1:]
 """The columns an append writes: every stored field but ``global_position``,
@@ -131,6 +132,15 @@ class Dialect(abc.ABC):
 
     on_duplicate_checkpoint: ClassVar[str] = "ON CONFLICT (projection_name) DO NOTHING"
     """Makes inserting an existing checkpoint row a no-op."""
+
+    snapshot_on_conflict: ClassVar[str] = (
+        "ON CONFLICT (bounded_context, aggregate_type, aggregate_id, aggregate_version) "
+        "DO UPDATE SET schema_version = excluded.schema_version, state = excluded.state"
+    )
+    """Makes saving a snapshot again at the same version replace it."""
+
+    snapshot_state_type: ClassVar[str | None] = None
+    """The snapshot state column's type (default: the payload column's)."""
 
     conversions: ClassVar[Mapping[str, str]] = {}
     """How a column of :meth:`select_columns` becomes its event field where the
@@ -341,8 +351,17 @@ class Dialect(abc.ABC):
 
     @classmethod
     def schema(cls, config: StoreConfig) -> list[tuple[str, str]]:
-        """The DDL as ``(comment, statement)`` pairs, each idempotent."""
-        return schema_statements(config, cls.quote, cls.schema_dialect)
+        """The DDL as ``(comment, statement)`` pairs, each idempotent: the Go
+        library's tables, then the snapshots table."""
+        d = cls.schema_dialect
+        return schema_statements(config, cls.quote, d) + snapshot_statements(
+            config, cls.quote, d, cls.snapshot_state_type or d.payload
+        )
+
+    @functools.cached_property
+    def snapshots(self) -> SnapshotPlans:
+        """Plans that save and read aggregate snapshots."""
+        return SnapshotPlans(self)
 
     @classmethod
     def render_schema(cls, config: StoreConfig) -> str:
@@ -363,6 +382,10 @@ class Dialect(abc.ABC):
                     f"--   {add_column_sql(config, cls.quote, d, column)};\n" for column in added
                 )
             )
+        header += (
+            f"-- The table {config.snapshots_table} (aggregate snapshots) is pupsourcing's\n"
+            "-- own; the Go library ignores it.\n"
+        )
         return f"{header}\n{_script(cls.schema(config))}"
 
     @classmethod
