@@ -10,6 +10,7 @@ methods (as coroutines), errors and guarantees:
 - :class:`AsyncSQLiteStore` (``aiosqlite``): ``SQLiteStore``
 - :class:`AsyncProcessor`: :class:`pupsourcing.projection.Processor`
 - :class:`AsyncRunner` with :class:`ProjectionRunner`: :class:`pupsourcing.runner.Runner`
+- :class:`AsyncRepository`: :class:`pupsourcing.domain.Repository`
 
 Both APIs run the same sans-I/O plans (:mod:`pupsourcing.store.plan`): the
 SQL, validation, row mapping, batches, safe horizon and reconnect policy are
@@ -23,6 +24,7 @@ from pupsourcing.adapters.postgres import AsyncPostgresStore
 from pupsourcing.adapters.sqlite import AsyncSQLiteStore
 from pupsourcing.aio.processor import AsyncProcessor
 from pupsourcing.aio.runner import AsyncRunner
+from pupsourcing.domain._repository import AsyncRepository
 from pupsourcing.runner import ProjectionRunner
 from pupsourcing.store.async_base import AsyncSQLStore
 
@@ -30,6 +32,7 @@ __all__ = [
     "AsyncMySQLStore",
     "AsyncPostgresStore",
     "AsyncProcessor",
+    "AsyncRepository",
     "AsyncRunner",
     "AsyncSQLStore",
     "AsyncSQLiteStore",

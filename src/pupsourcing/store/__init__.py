@@ -3,7 +3,6 @@
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.horizon import Horizon, Probe
-from pupsourcing.store.snapshots import Snapshot
 from pupsourcing.store.protocols import (
     AggregateStreamReader,
     CheckpointStore,
@@ -11,6 +10,7 @@ from pupsourcing.store.protocols import (
     EventReader,
     EventStore,
 )
+from pupsourcing.store.snapshots import Snapshot
 
 __all__ = [
     "AggregateStreamReader",

@@ -19,9 +19,7 @@ if TYPE_CHECKING:
     from pupsourcing.store.config import StoreConfig
     from pupsourcing.store.dialect import Dialect
 
-_COLUMNS = (
-    "bounded_context, aggregate_type, aggregate_id, aggregate_version, schema_version, state"
-)
+_COLUMNS = "bounded_context, aggregate_type, aggregate_id, aggregate_version, schema_version, state"
 
 
 @dataclass(frozen=True, slots=True)
