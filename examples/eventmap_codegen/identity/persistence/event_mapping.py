@@ -751,10 +751,14 @@ class _Codec:
         encoder = _encoder_of(event)
         return encoder[0], encoder[1], _payload(event, encoder)
 
-    def decode(self, event_type: str, event_version: int, payload: bytes) -> DomainEvent:
-        return from_es_event(
-            Event("-", "-", "-", event_type, payload, event_version=event_version)
-        )
+    def decode(
+        self,
+        event_type: str,
+        event_version: int,
+        payload: bytes,
+    ) -> DomainEvent:
+        event = Event("-", "-", "-", event_type, payload, event_version=event_version)
+        return from_es_event(event)
 
 
 # --- The mapping tables ---
