@@ -71,14 +71,13 @@ class JsonCodec:
         if cls in self._by_class:
             known, v = self._by_class[cls]
             raise ValueError(f"{cls.__qualname__} is already registered as {known} v{v}")
-        versions = self._by_type.setdefault(name, {})
+        versions = self._by_type.get(name, {})
         if version in versions:
             raise ValueError(
                 f"{name} v{version} is already registered for {versions[version].__qualname__}"
             )
-        if not isinstance(cls, type) or not _resolvable(cls):
-            raise TypeError(f"{cls.__qualname__}: its field annotations cannot be resolved")
-        versions[version] = cls
+        _check_annotations(cls)
+        self._by_type.setdefault(name, {})[version] = cls
         self._by_class[cls] = (name, version)
         return cls
 
@@ -144,12 +143,15 @@ class JsonCodec:
             ) from None
 
 
-def _resolvable(cls: type) -> bool:
+def _check_annotations(cls: type) -> None:
+    """Decoding follows the field annotations: they must resolve now."""
     try:
-        if is_record_class(cls) and hasattr(cls, "__dataclass_fields__"):
+        if hasattr(cls, "__dataclass_fields__"):
             record_fields(cls)
         else:
             typing.get_type_hints(cls)
-    except Exception:
-        return False
-    return True
+    except Exception as exc:
+        raise TypeError(
+            f"{cls.__qualname__}: its field annotations cannot be resolved ({exc}); "
+            "define the types they name at module level"
+        ) from None
