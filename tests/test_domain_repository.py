@@ -83,13 +83,15 @@ def test_save_then_load_round_trips_state_and_versions(backend: Backend) -> None
     order = Order("order-1")
     order.place("ada")
     order.add("tea", "3.10", 2)
-    assert order.version == 2 and len(order.pending_events) == 2
+    assert order.version == 2
+    assert len(order.pending_events) == 2
     result = repo.save(
         conn, order, metadata={"user": "u1"}, causation_id="cmd-1", correlation_id="req-9"
     )
     conn.commit()
     assert (result.from_version, result.to_version) == (0, 2)
-    assert order.pending_events == () and order.version == 2
+    assert order.pending_events == ()
+    assert order.version == 2
     assert repo.save(conn, order) is None  # nothing pending
 
     loaded = repo.load(conn, "order-1")
@@ -105,7 +107,8 @@ def test_save_then_load_round_trips_state_and_versions(backend: Backend) -> None
     repo.save(conn, loaded)
     conn.commit()
     again = repo.load(conn, "order-1")
-    assert again.shipped == shipped() and again.version == 3
+    assert again.shipped == shipped()
+    assert again.version == 3
     assert again.shipped.at.utcoffset() == timedelta(hours=2)
     past = repo.load(conn, "order-1", at_version=1)
     assert (past.version, past.customer, past.lines) == (1, "ada", {})
@@ -139,7 +142,8 @@ def test_a_lost_race_raises_and_keeps_the_losers_pending_events(backend: Backend
         repo.save(second, theirs)
     second.rollback()
     assert caught.value.aggregate_id == "order-2"
-    assert len(theirs.pending_events) == 1 and theirs.version == 2
+    assert len(theirs.pending_events) == 1
+    assert theirs.version == 2
     assert backend.count_events() == 2
 
     # The retry: load again, run the command again, save.
@@ -161,7 +165,8 @@ def test_two_new_aggregates_with_one_id_conflict(backend: Backend) -> None:
     with pytest.raises(OptimisticConcurrencyError):
         repo.save(conn, b)
     conn.rollback()
-    assert b.pending_events and repo.load(conn, "order-3").customer == "ada"
+    assert b.pending_events
+    assert repo.load(conn, "order-3").customer == "ada"
 
 
 def test_an_event_the_codec_does_not_know_writes_nothing(backend: Backend) -> None:
@@ -226,8 +231,10 @@ def test_snapshots_are_taken_every_n_and_loading_starts_from_them(backend: Backe
 
     loaded = repo.load(conn, "order-6")
     assert loaded._applied == 1  # only the event after the snapshot at 4
-    assert loaded.version == 5 and loaded.shipped == shipped()
-    assert loaded.lines == order.lines and loaded.customer == "ada"
+    assert loaded.version == 5
+    assert loaded.shipped == shipped()
+    assert loaded.lines == order.lines
+    assert loaded.customer == "ada"
 
     early = repo.load(conn, "order-6", at_version=3)
     assert (early._applied, early.version, set(early.lines)) == (0, 3, {"tea", "cake"})
@@ -237,7 +244,8 @@ def test_snapshots_are_taken_every_n_and_loading_starts_from_them(backend: Backe
     # A new snapshot layout ignores the old snapshots and rebuilds from events.
     newer = repository(backend, OrderV2Snapshots, snapshot_every=2)
     rebuilt = newer.load(conn, "order-6")
-    assert rebuilt._applied == 5 and rebuilt.lines == order.lines
+    assert rebuilt._applied == 5
+    assert rebuilt.lines == order.lines
 
     # Without snapshot_every the snapshots table is not used at all.
     plain = repository(backend).load(conn, "order-6")
