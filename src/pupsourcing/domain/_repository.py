@@ -208,7 +208,8 @@ class Repository(_RepositoryPlans[A]):
     ``codec`` turns the recorded events into payloads and back (the
     :class:`Codec` protocol). With ``snapshot_every=N``, ``save`` also stores
     a snapshot whenever the version crosses a multiple of N, and ``load``
-    starts from the newest one (of the class's ``snapshot_schema``).
+    starts from the newest one (of the class's ``snapshot_schema``). Its
+    asyncio twin is :class:`~pupsourcing.aio.AsyncRepository`.
     """
 
     def save(
@@ -245,7 +246,8 @@ class AsyncRepository(_RepositoryPlans[A]):
     ``codec`` turns the recorded events into payloads and back (the
     :class:`Codec` protocol). With ``snapshot_every=N``, ``save`` also stores
     a snapshot whenever the version crosses a multiple of N, and ``load``
-    starts from the newest one (of the class's ``snapshot_schema``).
+    starts from the newest one (of the class's ``snapshot_schema``). The
+    twin of :class:`~pupsourcing.domain.Repository`, awaited.
     """
 
     async def save(
