@@ -4,9 +4,11 @@ the DDL they had, on every database, and its name is configurable."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
+from cli_helpers import cli
 from conftest import Backend
 from helpers import query
 from pupsourcing.adapters import _registry as registry
@@ -60,3 +62,28 @@ def test_create_schema_makes_the_snapshots_table_idempotently(sqlite_db: Backend
         "state",
         "created_at",
     ]
+
+
+@pytest.mark.parametrize("adapter", ["postgres", "mysql", "sqlite"])
+def test_migrate_gen_takes_the_snapshots_table_name(adapter: str, tmp_path: Path) -> None:
+    result = cli(
+        "migrate-gen",
+        "--adapter",
+        adapter,
+        "--output",
+        str(tmp_path),
+        "--filename",
+        "init.sql",
+        "--snapshots-table",
+        "shop_snapshots",
+    )
+    assert result.returncode == 0, result.stderr
+    sql = (tmp_path / "init.sql").read_text()
+    assert sql == generate_sql(adapter, StoreConfig(snapshots_table="shop_snapshots"))
+    assert "shop_snapshots" in sql
+    assert "aggregate_snapshots" not in sql
+    bad = cli(
+        "migrate-gen", "--adapter", adapter, "--output", str(tmp_path), "--snapshots-table", "x;"
+    )
+    assert bad.returncode != 0
+    assert "snapshots_table" in bad.stderr
