@@ -26,6 +26,7 @@ import sys
 import textwrap
 import tokenize
 import traceback
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +130,10 @@ class BlockOutput(io.TextIOBase):
 
 def run_page(page: Path) -> int:
     """Run every Python block of ``page``; print a report and return the exit status."""
-    namespace: dict[str, object] = {"__name__": "__docs__"}
+    # A real module, so classes the page defines (dataclasses) know their module.
+    module = types.ModuleType("__docs__")
+    sys.modules["__docs__"] = module
+    namespace: dict[str, object] = module.__dict__
     sys.path.insert(0, str(Path.cwd()))
     code_blocks = python_blocks(page)
     executed = [b for b in code_blocks if b.title is None]

@@ -251,3 +251,17 @@ def test_the_example_script_round_trips_through_sqlite() -> None:
         "Arlington",
         "round trip exact: True",
     ]
+
+
+def test_the_domain_codegen_example_module_is_up_to_date(tmp_path: Path) -> None:
+    example = REPO / "examples" / "domain_codegen"
+    fresh = run_cli(
+        "eventmap-gen", "--input", str(example / "billing" / "events"), "--output", str(tmp_path)
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    checked_in = example / "billing" / "persistence" / "event_mapping.py"
+    assert (tmp_path / "event_mapping.py").read_bytes() == checked_in.read_bytes(), (
+        "examples/domain_codegen is stale: run `pupsourcing eventmap-gen --input "
+        "billing/events --output billing/persistence` in that directory"
+    )
+    assert "\nCODEC = _Codec()\n" in checked_in.read_text()

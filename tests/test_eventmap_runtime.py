@@ -29,6 +29,7 @@ from eventmap_fixtures.kitchen_sink.v1 import orders as o1
 from eventmap_fixtures.kitchen_sink.v2 import orders as o2
 from eventmap_fixtures.support import KITCHEN_SINK, assert_same
 from pupsourcing import Event, ExpectedVersion, PersistedEvent
+from pupsourcing.domain import Aggregate, Codec, CodecError, Repository
 from pupsourcing.eventmap import (
     EventMappingError,
     EventTypeMismatchError,
@@ -531,3 +532,54 @@ def test_objects_that_are_not_mapped_events(m: ModuleType) -> None:
         m.to_es_events("S", "O", "o", [object()])
     with pytest.raises(UnknownEventClassError, match=r"expected .*v2\.orders\.OrderCancelled, got"):
         m.to_order_cancelled_v2("S", "O", "o", o1.OrderCancelled(ORDER, "late"))
+
+
+# --- CODEC: the domain layer's codec protocol ---------------------------------------------------
+
+
+class KitchenOrder(Aggregate):
+    bounded_context = "Sales"
+    aggregate_type = "Order"
+
+    def __init__(self, aggregate_id: str) -> None:
+        super().__init__(aggregate_id)
+        self.history: list[object] = []
+
+    def apply(self, event: object) -> None:
+        self.history.append(event)
+
+
+@settings(max_examples=100, deadline=None)
+@given(event=domain_events)
+def test_codec_encodes_like_to_es_event_and_decodes_back(m: ModuleType, event: Any) -> None:
+    assert isinstance(m.CODEC, Codec)
+    event_type, event_version, payload = m.CODEC.encode(event)
+    es = m.to_es_event("Sales", "Order", "order-1", event)
+    assert (event_type, event_version, payload) == (es.event_type, es.event_version, es.payload)
+    assert_same(m.CODEC.decode(event_type, event_version, payload), event)
+
+
+def test_codec_errors_name_the_event(m: ModuleType) -> None:
+    with pytest.raises(UnknownEventClassError):
+        m.CODEC.encode(object())
+    with pytest.raises(UnknownEventVersionError, match=r"version 9 of event type .OrderPlaced."):
+        m.CODEC.decode("OrderPlaced", 9, b"{}")
+
+
+def test_codec_plugs_into_a_repository(m: ModuleType, backend: Backend) -> None:
+    repo = Repository(backend.store, KitchenOrder, m.CODEC)
+    conn = backend.connection()
+    order = KitchenOrder(str(ORDER))
+    history = [o1.OrderPlaced(ORDER, datetime(2023, 1, 1, tzinfo=UTC), (), EUR), placed_v2()]
+    for event in history:
+        order.record(event)
+    repo.save(conn, order)
+    conn.commit()
+    loaded = repo.load(conn, str(ORDER))
+    assert loaded.version == 2
+    assert_same(loaded.history, history)
+    order.record(object())
+    with pytest.raises(CodecError, match=r"pending event 0 \(object\)"):
+        repo.save(conn, order)
+    conn.rollback()
+    assert backend.count_events() == 2

@@ -94,10 +94,12 @@ def test_expected_types_per_database() -> None:
 
 
 def test_custom_table_names_everywhere() -> None:
-    config = StoreConfig("ev", "cp", "hd")
+    config = StoreConfig("ev", "cp", "hd", "sn")
     for adapter in ADAPTERS:
         sql = generate_sql(adapter, config)
         assert "events" not in sql.replace("events of", "").replace("all events", "")
+        assert "aggregate_snapshots" not in sql
+        assert "CREATE TABLE IF NOT EXISTS " + ("`sn`" if adapter == "mysql" else '"sn"') in sql
         for name in ("idx_ev_aggregate", "idx_hd_updated", "idx_cp_updated"):
             assert name in sql
 

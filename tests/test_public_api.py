@@ -26,6 +26,7 @@ PUBLIC_PACKAGES = [
     "pupsourcing.aio",
     "pupsourcing.migrations",
     "pupsourcing.eventmap",
+    "pupsourcing.domain",
     "pupsourcing.urls",
     *(a.package for a in registry.ADAPTERS),
 ]

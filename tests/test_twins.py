@@ -33,9 +33,11 @@ from pupsourcing.aio import (
     AsyncMySQLStore,
     AsyncPostgresStore,
     AsyncProcessor,
+    AsyncRepository,
     AsyncRunner,
     AsyncSQLiteStore,
 )
+from pupsourcing.domain import Repository
 from pupsourcing.projection import Processor, ProcessorConfig
 from pupsourcing.runner import ProjectionRunner, Runner
 
@@ -45,6 +47,7 @@ TWINS = [
     (PostgresStore, AsyncPostgresStore),
     (MySQLStore, AsyncMySQLStore),
     (SQLiteStore, AsyncSQLiteStore),
+    (Repository, AsyncRepository),
 ]
 
 DUNDERS = {"__init__": "__init__", "__enter__": "__aenter__", "__exit__": "__aexit__"}

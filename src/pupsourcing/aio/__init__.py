@@ -11,6 +11,7 @@ methods (as coroutines), errors and guarantees:
 - :class:`AsyncProcessor`: :class:`pupsourcing.projection.Processor`
 - :class:`AsyncRunner` with :class:`ProjectionRunner`: :class:`pupsourcing.runner.Runner`
 - :func:`database` returning an :class:`AsyncDatabase`: :func:`pupsourcing.urls.database`
+- :class:`AsyncRepository`: :class:`pupsourcing.domain.Repository`
 
 Both APIs run the same sans-I/O plans (:mod:`pupsourcing.store.plan`): the
 SQL, validation, row mapping, batches, safe horizon and reconnect policy are
@@ -25,6 +26,7 @@ from pupsourcing.adapters.sqlite import AsyncSQLiteStore
 from pupsourcing.aio._database import AsyncDatabase, database
 from pupsourcing.aio.processor import AsyncProcessor
 from pupsourcing.aio.runner import AsyncRunner
+from pupsourcing.domain._repository import AsyncRepository
 from pupsourcing.runner import ProjectionRunner
 from pupsourcing.store.async_base import AsyncSQLStore
 
@@ -33,6 +35,7 @@ __all__ = [
     "AsyncMySQLStore",
     "AsyncPostgresStore",
     "AsyncProcessor",
+    "AsyncRepository",
     "AsyncRunner",
     "AsyncSQLStore",
     "AsyncSQLiteStore",

@@ -39,6 +39,7 @@ def add_table_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
     parser.add_argument(
         "--aggregate-heads-table", default=defaults.aggregate_heads_table, metavar="T"
     )
+    parser.add_argument("--snapshots-table", default=defaults.snapshots_table, metavar="T")
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +62,7 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
         events_table=args.events_table,
         checkpoints_table=args.checkpoints_table,
         aggregate_heads_table=args.aggregate_heads_table,
+        snapshots_table=args.snapshots_table,
     )
 
 

@@ -113,6 +113,8 @@ def worker_argv(args: argparse.Namespace, key: int) -> list[str]:
         args.checkpoints_table,
         "--aggregate-heads-table",
         args.aggregate_heads_table,
+        "--snapshots-table",
+        args.snapshots_table,
         "--supervised",
     ]
     return argv + ["-v"] * args.verbose

@@ -48,6 +48,7 @@ _PY_SCALAR = {
 _RESERVED = frozenset(
     {
         "DomainEvent",
+        "CODEC",
         "Event",
         "PersistedEvent",
         "Callable",
@@ -807,7 +808,11 @@ class Renderer:
             [(f"{q(name)}: ", _tuple_literal(v)) for name, v in versions.items()],
             "}",
         )
-        return [lay_out(encoders, 0), lay_out(decoders, 0), lay_out(version_table, 0)]
+        codec = [
+            "CODEC = _Codec()",
+            '"""The codec (``encode``/``decode``) a ``pupsourcing.domain.Repository`` takes."""',
+        ]
+        return [lay_out(encoders, 0), lay_out(decoders, 0), lay_out(version_table, 0), codec]
 
 
 def _tuple_literal(values: Iterable[int]) -> str:

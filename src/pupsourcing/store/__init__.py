@@ -10,6 +10,7 @@ from pupsourcing.store.protocols import (
     EventReader,
     EventStore,
 )
+from pupsourcing.store.snapshots import Snapshot
 
 __all__ = [
     "AggregateStreamReader",
@@ -20,5 +21,6 @@ __all__ = [
     "EventStore",
     "Horizon",
     "Probe",
+    "Snapshot",
     "StoreConfig",
 ]

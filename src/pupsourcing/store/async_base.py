@@ -18,6 +18,7 @@ from pupsourcing.store.base import StoreBase
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement, drive_async
+from pupsourcing.store.snapshots import Snapshot
 
 ConnT = TypeVar("ConnT")
 T = TypeVar("T")
@@ -118,6 +119,28 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
     async def list_checkpoints(self, tx: ConnT) -> list[Checkpoint]:
         """Every checkpoint, by name."""
         return await self._run(tx, self.dialect.list_checkpoints())
+
+    async def save_snapshot(self, tx: ConnT, snapshot: Snapshot) -> None:
+        """Store ``snapshot`` (replacing one of the same aggregate and version)."""
+        await self._run(tx, self.dialect.snapshots.save(snapshot))
+
+    async def read_snapshot(
+        self,
+        tx: ConnT,
+        bounded_context: str,
+        aggregate_type: str,
+        aggregate_id: str,
+        schema_version: int,
+        max_version: int | None = None,
+    ) -> Snapshot | None:
+        """The aggregate's newest snapshot of ``schema_version`` at or below
+        ``max_version`` (any version when ``None``); ``None`` when there is none."""
+        return await self._run(
+            tx,
+            self.dialect.snapshots.read(
+                bounded_context, aggregate_type, aggregate_id, schema_version, max_version
+            ),
+        )
 
     async def create_schema(self, tx: ConnT) -> None:
         """Create the tables and indexes if they do not exist."""

@@ -13,6 +13,7 @@ from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Statement, drive
+from pupsourcing.store.snapshots import Snapshot
 
 
 class Connection(Protocol):
@@ -182,6 +183,28 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
     def list_checkpoints(self, tx: ConnT) -> list[Checkpoint]:
         """Every checkpoint, by name."""
         return self._run(tx, self.dialect.list_checkpoints())
+
+    def save_snapshot(self, tx: ConnT, snapshot: Snapshot) -> None:
+        """Store ``snapshot`` (replacing one of the same aggregate and version)."""
+        self._run(tx, self.dialect.snapshots.save(snapshot))
+
+    def read_snapshot(
+        self,
+        tx: ConnT,
+        bounded_context: str,
+        aggregate_type: str,
+        aggregate_id: str,
+        schema_version: int,
+        max_version: int | None = None,
+    ) -> Snapshot | None:
+        """The aggregate's newest snapshot of ``schema_version`` at or below
+        ``max_version`` (any version when ``None``); ``None`` when there is none."""
+        return self._run(
+            tx,
+            self.dialect.snapshots.read(
+                bounded_context, aggregate_type, aggregate_id, schema_version, max_version
+            ),
+        )
 
     def create_schema(self, tx: ConnT) -> None:
         """Create the tables and indexes if they do not exist."""

@@ -1,4 +1,4 @@
-"""Store configuration: the names of the three tables."""
+"""Store configuration: the names of the store's tables."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ class StoreConfig:
     events_table: str = "events"
     checkpoints_table: str = "projection_checkpoints"
     aggregate_heads_table: str = "aggregate_heads"
+    snapshots_table: str = "aggregate_snapshots"
+    """Aggregate snapshots of :class:`pupsourcing.domain.Repository` (a table the
+    Go library does not have and never touches)."""
 
     def __post_init__(self) -> None:
         names = [validate_identifier(f.name, getattr(self, f.name)) for f in fields(self)]

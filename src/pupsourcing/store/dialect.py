@@ -40,6 +40,7 @@ from pupsourcing.store.schema import (
     partition_predicate,
     schema_statements,
 )
+from pupsourcing.store.snapshots import SnapshotPlans, snapshot_statements
 
 MAX_PROJECTION_NAME_LENGTH = 255
 
@@ -119,6 +120,15 @@ class Dialect(abc.ABC):
     # expression of ``{}`` (the column, or the value).
     readers: ClassVar[Mapping[str, str]] = {}
     """The SQL that reads a column, for :meth:`select_columns`."""
+
+    snapshot_on_conflict: ClassVar[str] = (
+        "ON CONFLICT (bounded_context, aggregate_type, aggregate_id, aggregate_version) "
+        "DO UPDATE SET schema_version = excluded.schema_version, state = excluded.state"
+    )
+    """Makes saving a snapshot again at the same version replace it."""
+
+    snapshot_state_type: ClassVar[str | None] = None
+    """The snapshot state column's type (default: the payload column's)."""
 
     decoders: ClassVar[Mapping[str, str]] = {}
     """The Python that makes the event field from what the driver read."""
@@ -365,8 +375,17 @@ class Dialect(abc.ABC):
 
     @classmethod
     def schema(cls, config: StoreConfig) -> list[tuple[str, str]]:
-        """The DDL as ``(comment, statement)`` pairs, each idempotent."""
-        return schema_statements(config, cls.quote, cls.schema_dialect)
+        """The DDL as ``(comment, statement)`` pairs, each idempotent: the Go
+        library's tables, then the snapshots table."""
+        d = cls.schema_dialect
+        return schema_statements(config, cls.quote, d) + snapshot_statements(
+            config, cls.quote, d, cls.snapshot_state_type or d.payload
+        )
+
+    @functools.cached_property
+    def snapshots(self) -> SnapshotPlans:
+        """Plans that save and read aggregate snapshots."""
+        return SnapshotPlans(self)
 
     @classmethod
     def render_schema(cls, config: StoreConfig) -> str:
@@ -387,6 +406,10 @@ class Dialect(abc.ABC):
                     f"--   {add_column_sql(config, cls.quote, d, column)};\n" for column in added
                 )
             )
+        header += (
+            f"-- The table {config.snapshots_table} (aggregate snapshots) is pupsourcing's\n"
+            "-- own; the Go library ignores it.\n"
+        )
         return f"{header}\n{_script(cls.schema(config))}"
 
     @classmethod

@@ -609,6 +609,27 @@ def _encoder_of(event: object) -> _Encoder:
     return encoder
 
 
+def _payload(event: object, encoder: _Encoder) -> bytes:
+    event_type, event_version, to_json = encoder
+    try:
+        text = json.dumps(
+            to_json(event),
+            ensure_ascii=False,
+            separators=(",", ":"),
+            allow_nan=False,
+        )
+        return text.encode("utf-8")
+    except PayloadError as exc:
+        exc.set_event(event_type, event_version)
+        raise
+    except UnicodeEncodeError:
+        raise PayloadError(
+            "text with a lone surrogate cannot be encoded as UTF-8",
+            event_type=event_type,
+            event_version=event_version,
+        ) from None
+
+
 def _to_es_event(
     bounded_context: str,
     aggregate_type: str,
@@ -621,30 +642,13 @@ def _to_es_event(
     trace_id: str | None,
     metadata: bytes | None,
 ) -> Event:
-    event_type, event_version, to_json = encoder
-    try:
-        text = json.dumps(
-            to_json(event),
-            ensure_ascii=False,
-            separators=(",", ":"),
-            allow_nan=False,
-        )
-        payload = text.encode("utf-8")
-    except PayloadError as exc:
-        exc.set_event(event_type, event_version)
-        raise
-    except UnicodeEncodeError:
-        raise PayloadError(
-            "text with a lone surrogate cannot be encoded as UTF-8",
-            event_type=event_type,
-            event_version=event_version,
-        ) from None
+    event_type, event_version, _ = encoder
     return Event(
         bounded_context,
         aggregate_type,
         aggregate_id,
         event_type,
-        payload,
+        _payload(event, encoder),
         event_version=event_version,
         metadata=b"{}" if metadata is None else metadata,
         causation_id=causation_id,
@@ -739,6 +743,24 @@ def _unknown_event(event: Event) -> EventMappingError:
     return UnknownEventVersionError(event.event_type, event.event_version, versions)
 
 
+class _Codec:
+    """The codec protocol of ``pupsourcing.domain`` over this mapping: give
+    ``CODEC`` to a ``Repository`` and its aggregates record these event classes."""
+
+    def encode(self, event: object) -> tuple[str, int, bytes]:
+        encoder = _encoder_of(event)
+        return encoder[0], encoder[1], _payload(event, encoder)
+
+    def decode(
+        self,
+        event_type: str,
+        event_version: int,
+        payload: bytes,
+    ) -> DomainEvent:
+        event = Event("-", "-", "-", event_type, payload, event_version=event_version)
+        return from_es_event(event)
+
+
 # --- The mapping tables ---
 
 
@@ -763,3 +785,7 @@ _VERSIONS: dict[str, tuple[int, ...]] = {
     "UserEmailChanged": (1,),
     "UserRegistered": (1, 2),
 }
+
+
+CODEC = _Codec()
+"""The codec (``encode``/``decode``) a ``pupsourcing.domain.Repository`` takes."""

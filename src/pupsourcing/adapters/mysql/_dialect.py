@@ -219,6 +219,10 @@ class MySQLDialect(Dialect):
 
     now_sql = _NOW
     on_duplicate_checkpoint = "ON DUPLICATE KEY UPDATE projection_name = projection_name"
+    snapshot_on_conflict = (
+        "ON DUPLICATE KEY UPDATE schema_version = VALUES(schema_version), state = VALUES(state)"
+    )
+    snapshot_state_type = "LONGBLOB"
 
     prefer_returning = True
     """Use ``INSERT ... RETURNING`` where the server has it (MariaDB). Tests turn

@@ -1,0 +1,1 @@
+"""The Billing bounded context of the domain_codegen example."""

@@ -1,0 +1,1 @@
+"""Domain events of the Billing context, one folder per event version."""

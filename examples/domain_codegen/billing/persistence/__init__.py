@@ -1,0 +1,1 @@
+"""Infrastructure: the generated mapping between domain and store events."""

@@ -1,0 +1,282 @@
+"""Repositories: load an aggregate from its events, save what it recorded.
+
+``save`` and ``load`` are written once, as plans that yield store calls
+(:class:`_Call`); :class:`Repository` makes them with a blocking store and
+:class:`AsyncRepository` awaits an asyncio one, like the stores' own plans
+(see :mod:`pupsourcing.store.plan`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pupsourcing.core.events import AppendResult, Event, Stream
+from pupsourcing.core.expected_version import ExpectedVersion
+from pupsourcing.domain._aggregate import Aggregate, check_aggregate_class
+from pupsourcing.domain._codec import Codec
+from pupsourcing.domain._errors import AggregateNotFoundError, CodecError
+from pupsourcing.domain._snapshot import decode_state, encode_state
+from pupsourcing.store.plan import drive, drive_async
+from pupsourcing.store.snapshots import Snapshot
+
+A = TypeVar("A", bound=Aggregate)
+T = TypeVar("T")
+
+logger = logging.getLogger("pupsourcing.domain")
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One store method for the driver to call with ``tx`` and ``args``."""
+
+    method: str
+    args: tuple[object, ...]
+
+
+_Plan = Generator[_Call, Any, T]
+
+
+def _metadata_bytes(metadata: Mapping[str, object] | bytes | None) -> bytes | None:
+    if metadata is None or isinstance(metadata, bytes):
+        return metadata
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping or bytes, got {type(metadata).__name__}")
+    try:
+        text = json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata is not JSON-encodable: {exc}") from None
+    return text.encode("utf-8")
+
+
+class _RepositoryPlans(Generic[A]):
+    """What both repositories share: validation, and ``save``/``load`` as plans."""
+
+    def __init__(
+        self,
+        store: Any,
+        aggregate_class: type[A],
+        codec: Codec,
+        *,
+        snapshot_every: int | None = None,
+    ) -> None:
+        check_aggregate_class(aggregate_class)
+        for method in ("encode", "decode"):
+            if not callable(getattr(codec, method, None)):
+                raise TypeError(f"codec must have an {method}() method (the Codec protocol)")
+        if snapshot_every is not None and (
+            isinstance(snapshot_every, bool)
+            or not isinstance(snapshot_every, int)
+            or snapshot_every < 1
+        ):
+            raise ValueError(f"snapshot_every must be None or an int >= 1, got {snapshot_every!r}")
+        needed = ["append", "read_aggregate_stream"]
+        if snapshot_every is not None:
+            needed += ["save_snapshot", "read_snapshot"]
+        missing = [name for name in needed if not callable(getattr(store, name, None))]
+        if missing:
+            raise TypeError(f"store has no {', '.join(missing)} method(s)")
+        self.store = store
+        self.aggregate_class = aggregate_class
+        self.codec = codec
+        self.snapshot_every = snapshot_every
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.store!r}, {self.aggregate_class.__qualname__}, "
+            f"{self.codec!r}, snapshot_every={self.snapshot_every!r})"
+        )
+
+    def _save_plan(
+        self,
+        aggregate: A,
+        metadata: Mapping[str, object] | bytes | None,
+        causation_id: str | None,
+        correlation_id: str | None,
+    ) -> _Plan[AppendResult | None]:
+        cls = self.aggregate_class
+        if not isinstance(aggregate, cls):
+            raise TypeError(
+                f"aggregate must be a {cls.__qualname__}, got {type(aggregate).__qualname__}"
+            )
+        pending = aggregate.pending_events
+        if not pending:
+            return None
+        meta = _metadata_bytes(metadata)
+        events = []
+        for index, event in enumerate(pending):
+            try:
+                event_type, event_version, payload = self.codec.encode(event)
+            except (CodecError, TypeError, ValueError, LookupError) as exc:
+                raise CodecError(
+                    f"pending event {index} ({type(event).__qualname__}) of "
+                    f"{cls.__qualname__} {aggregate.id!r} cannot be encoded: {exc}"
+                ) from exc
+            events.append(
+                Event(
+                    cls.bounded_context,
+                    cls.aggregate_type,
+                    aggregate.id,
+                    event_type,
+                    payload,
+                    event_version=event_version,
+                    metadata=b"{}" if meta is None else meta,
+                    causation_id=causation_id,
+                    correlation_id=correlation_id,
+                )
+            )
+        base = aggregate.version - len(pending)
+        snapshot = None
+        every = self.snapshot_every
+        if every is not None and aggregate.version // every > base // every:
+            state = encode_state(aggregate.snapshot_state(), cls.__qualname__)
+            snapshot = Snapshot(
+                cls.bounded_context,
+                cls.aggregate_type,
+                aggregate.id,
+                aggregate.version,
+                cls.snapshot_schema,
+                state,
+            )
+        expected = ExpectedVersion.exact(base) if base else ExpectedVersion.no_stream()
+        result: AppendResult = yield _Call("append", (expected, events))
+        if snapshot is not None:
+            yield _Call("save_snapshot", (snapshot,))
+        aggregate._saved()
+        return result
+
+    def _load_plan(self, aggregate_id: str, at_version: int | None) -> _Plan[A]:
+        cls = self.aggregate_class
+        if not isinstance(aggregate_id, str) or not aggregate_id:
+            raise ValueError(f"aggregate_id must be a non-empty str, got {aggregate_id!r}")
+        if at_version is not None and (
+            isinstance(at_version, bool) or not isinstance(at_version, int) or at_version < 0
+        ):
+            raise ValueError(f"at_version must be None or an int >= 0, got {at_version!r}")
+        key = (cls.bounded_context, cls.aggregate_type, aggregate_id)
+        aggregate: A | None = None
+        if self.snapshot_every is not None:
+            snapshot: Snapshot | None = yield _Call(
+                "read_snapshot", (*key, cls.snapshot_schema, at_version)
+            )
+            if snapshot is not None:
+                aggregate = self._restore(snapshot)
+        if aggregate is None:
+            aggregate = cls(aggregate_id)
+        from_version = aggregate.version + 1 if aggregate.version else None
+        stream: Stream = yield _Call("read_aggregate_stream", (*key, from_version, at_version))
+        for persisted in stream:
+            try:
+                event = self.codec.decode(
+                    persisted.event_type, persisted.event_version, persisted.payload
+                )
+            except CodecError as exc:
+                raise CodecError(
+                    f"{'/'.join(key)} version {persisted.aggregate_version} "
+                    f"(global position {persisted.global_position}): {exc}",
+                ) from exc
+            aggregate._replay(event, persisted.aggregate_version)
+        if aggregate.version == 0:
+            raise AggregateNotFoundError(*key)
+        return aggregate
+
+    def _restore(self, snapshot: Snapshot) -> A | None:
+        try:
+            state = decode_state(snapshot.state)
+        except CodecError as exc:
+            logger.warning(
+                "ignoring the snapshot of %s/%s/%s at version %d: %s",
+                snapshot.bounded_context,
+                snapshot.aggregate_type,
+                snapshot.aggregate_id,
+                snapshot.aggregate_version,
+                exc,
+            )
+            return None
+        aggregate = self.aggregate_class(snapshot.aggregate_id)
+        aggregate.restore_snapshot(state)
+        aggregate._version = snapshot.aggregate_version
+        return aggregate
+
+
+class Repository(_RepositoryPlans[A]):
+    """Loads and saves aggregates of one class through a blocking store.
+
+    ``codec`` turns the recorded events into payloads and back (the
+    :class:`Codec` protocol). With ``snapshot_every=N``, ``save`` also stores
+    a snapshot whenever the version crosses a multiple of N, and ``load``
+    starts from the newest one (of the class's ``snapshot_schema``). Its
+    asyncio twin is :class:`~pupsourcing.aio.AsyncRepository`.
+    """
+
+    def save(
+        self,
+        tx: Any,
+        aggregate: A,
+        *,
+        metadata: Mapping[str, object] | bytes | None = None,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> AppendResult | None:
+        """Append the aggregate's pending events (and a snapshot when one is
+        due) in the caller's transaction, then clear them; ``None`` when
+        nothing was pending. The expected version is the version the
+        aggregate was loaded at (``no_stream`` for a new one), so a lost race
+        raises :class:`~pupsourcing.OptimisticConcurrencyError` and leaves the
+        pending events. Raises :class:`CodecError` before anything is written
+        when an event or the snapshot state cannot be encoded. Never commits.
+        """
+        plan = self._save_plan(aggregate, metadata, causation_id, correlation_id)
+        return drive(plan, lambda call: getattr(self.store, call.method)(tx, *call.args))
+
+    def load(self, tx: Any, aggregate_id: str, *, at_version: int | None = None) -> A:
+        """The aggregate with its stored events applied in version order (up
+        to ``at_version`` when given). Raises :class:`AggregateNotFoundError`
+        when it has no events."""
+        plan = self._load_plan(aggregate_id, at_version)
+        return drive(plan, lambda call: getattr(self.store, call.method)(tx, *call.args))
+
+
+class AsyncRepository(_RepositoryPlans[A]):
+    """Loads and saves aggregates of one class through an asyncio store.
+
+    ``codec`` turns the recorded events into payloads and back (the
+    :class:`Codec` protocol). With ``snapshot_every=N``, ``save`` also stores
+    a snapshot whenever the version crosses a multiple of N, and ``load``
+    starts from the newest one (of the class's ``snapshot_schema``). The
+    twin of :class:`~pupsourcing.domain.Repository`, awaited.
+    """
+
+    async def save(
+        self,
+        tx: Any,
+        aggregate: A,
+        *,
+        metadata: Mapping[str, object] | bytes | None = None,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> AppendResult | None:
+        """Append the aggregate's pending events (and a snapshot when one is
+        due) in the caller's transaction, then clear them; ``None`` when
+        nothing was pending. The expected version is the version the
+        aggregate was loaded at (``no_stream`` for a new one), so a lost race
+        raises :class:`~pupsourcing.OptimisticConcurrencyError` and leaves the
+        pending events. Raises :class:`CodecError` before anything is written
+        when an event or the snapshot state cannot be encoded. Never commits.
+        """
+        plan = self._save_plan(aggregate, metadata, causation_id, correlation_id)
+        return await drive_async(
+            plan, lambda call: getattr(self.store, call.method)(tx, *call.args)
+        )
+
+    async def load(self, tx: Any, aggregate_id: str, *, at_version: int | None = None) -> A:
+        """The aggregate with its stored events applied in version order (up
+        to ``at_version`` when given). Raises :class:`AggregateNotFoundError`
+        when it has no events."""
+        plan = self._load_plan(aggregate_id, at_version)
+        return await drive_async(
+            plan, lambda call: getattr(self.store, call.method)(tx, *call.args)
+        )

@@ -1,0 +1,266 @@
+"""JsonCodec: exact round trips, deterministic compact payloads, upcasting,
+and clear errors; the Aggregate base class on its own."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Literal
+from uuid import UUID
+
+import msgspec
+import pydantic
+import pytest
+
+from domain_model import Address, Channel, ItemAdded, Order, OrderPlaced, OrderShipped
+from pupsourcing import PupsourcingError
+from pupsourcing.domain import Codec, CodecError, JsonCodec
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+@dataclass(frozen=True)
+class Everything:
+    when: datetime
+    day: date
+    at: time
+    id: UUID
+    amount: Decimal
+    channel: Channel
+    level: Level
+    address: Address
+    addresses: list[Address]
+    pair: tuple[int, str]
+    many: tuple[Decimal, ...]
+    by_id: dict[UUID, Address]
+    by_level: dict[Level, list[int]]
+    by_number: dict[int, str]
+    tags: frozenset[str]
+    blob: bytes
+    ratio: float
+    maybe: Address | None = None
+    either: int | str = 0
+    kind: Literal["a", "b"] = "a"
+    plain: dict[str, Any] = field(default_factory=dict)
+
+
+def everything() -> Everything:
+    return Everything(
+        when=datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
+        day=date(1999, 12, 31),
+        at=time(8, 15, 30, 5),
+        id=UUID("12345678-1234-4234-8234-123456789abc"),
+        amount=Decimal("1.10"),
+        channel=Channel.PHONE,
+        level=Level.HIGH,
+        address=Address("1 Main St", "Zürich"),
+        addresses=[Address("a", "b"), Address("c", "d")],
+        pair=(7, "seven"),
+        many=(Decimal("0.1"), Decimal("2E+3")),
+        by_id={UUID(int=5): Address("x", "y")},
+        by_level={Level.LOW: [1, 2]},
+        by_number={10: "ten", 2: "two"},
+        tags=frozenset({"b", "a"}),
+        blob=b"\x00\xff",
+        ratio=0.1,
+        maybe=Address("m", "n"),
+        either="text",
+        kind="b",
+        plain={"nested": [1, {"x": None}]},
+    )
+
+
+def test_every_supported_type_round_trips_exactly() -> None:
+    codec = JsonCodec()
+    codec.register(Everything)
+    event_type, version, payload = codec.encode(everything())
+    assert (event_type, version) == ("Everything", 1)
+    assert isinstance(payload, bytes)
+    decoded = codec.decode(event_type, version, payload)
+    assert decoded == everything()
+    assert isinstance(decoded, Everything)
+    assert decoded.when.utcoffset() == timedelta(hours=-5)
+    assert type(decoded.pair) is tuple
+    assert type(decoded.addresses) is list
+    assert str(decoded.amount) == "1.10"
+    assert decoded.level is Level.HIGH
+
+
+def test_payloads_are_compact_and_deterministic() -> None:
+    codec = JsonCodec()
+    codec.register(Everything)
+    _, _, one = codec.encode(everything())
+    reordered = everything()
+    object.__setattr__(reordered, "by_number", {2: "two", 10: "ten"})
+    object.__setattr__(reordered, "tags", frozenset({"a", "b"}))
+    _, _, two = codec.encode(reordered)
+    assert one == two
+    assert b" " not in one.replace(b"1 Main St", b"")
+    assert "Zürich".encode() in one  # UTF-8, not \u escapes
+    assert json.loads(one)["amount"] == "1.10"
+
+
+class Line(pydantic.BaseModel):
+    sku: str
+    price: Decimal
+    at: datetime
+
+
+class Shipped(msgspec.Struct, frozen=True):
+    tracking: UUID
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    line: Line
+
+
+def test_pydantic_models_and_msgspec_structs() -> None:
+    codec = JsonCodec()
+    codec.register(Line)
+    codec.register(Shipped)
+    codec.register(Wrapped)
+    at = datetime(2024, 1, 1, 12, tzinfo=UTC)
+    for value in (
+        Line(sku="tea", price=Decimal("1.50"), at=at),
+        Shipped(UUID(int=9), at),
+        Wrapped(Line(sku="x", price=Decimal("2"), at=at)),
+    ):
+        event_type, version, payload = codec.encode(value)
+        assert codec.decode(event_type, version, payload) == value
+    with pytest.raises(CodecError, match=r"Line v1: .*does not fit Line"):
+        codec.decode("Line", 1, b'{"sku":"tea"}')
+    with pytest.raises(CodecError, match=r"Shipped v1: .*does not fit Shipped"):
+        codec.decode("Shipped", 1, b'{"tracking":"nope","at":"2024-01-01T00:00:00Z"}')
+
+
+@dataclass(frozen=True)
+class RenamedV1:
+    name: str
+
+
+@dataclass(frozen=True)
+class RenamedV2:
+    full_name: str
+
+
+@dataclass(frozen=True)
+class RenamedV3:
+    full_name: str
+    channel: str
+
+
+def test_upcasters_run_from_the_stored_version_to_the_newest() -> None:
+    codec = JsonCodec()
+    codec.register(RenamedV1, event_type="Renamed")
+    codec.register(RenamedV3, event_type="Renamed", version=3)
+    codec.upcast("Renamed", 1, lambda d: {"full_name": d["name"]})
+    codec.upcast("Renamed", 2, lambda d: {**d, "channel": "web"})
+    assert codec.encode(RenamedV3("Ada", "app")) == (
+        "Renamed",
+        3,
+        b'{"channel":"app","full_name":"Ada"}',
+    )
+    assert codec.decode("Renamed", 1, b'{"name":"Ada"}') == RenamedV3("Ada", "web")
+    assert codec.decode("Renamed", 2, b'{"full_name":"Bo"}') == RenamedV3("Bo", "web")
+    assert codec.decode("Renamed", 3, b'{"full_name":"C","channel":"x"}') == RenamedV3("C", "x")
+
+
+def test_without_an_upcaster_an_old_version_decodes_to_its_own_class() -> None:
+    codec = JsonCodec()
+    codec.register(RenamedV1, event_type="Renamed")
+    codec.register(RenamedV2, event_type="Renamed", version=2)
+    assert codec.decode("Renamed", 1, b'{"name":"Ada"}') == RenamedV1("Ada")
+
+
+def test_decode_errors_name_type_and_version() -> None:
+    codec = JsonCodec()
+    codec.register(RenamedV2, event_type="Renamed", version=2)
+    codec.upcast("Renamed", 1, lambda d: d["missing"])
+    cases = [
+        ("Nope", 1, b"{}", r"^Nope v1: unknown event type"),
+        ("Renamed", 3, b"{}", r"^Renamed v3: unknown event version \(registered: \[2\]\)"),
+        ("Renamed", 2, b"not json", r"^Renamed v2: the payload is not UTF-8 JSON"),
+        ("Renamed", 2, b'{"full_name":1}', r"^Renamed v2: .*field 'full_name': expected a str"),
+        ("Renamed", 2, b'{"full_name":"a","x":1}', r"^Renamed v2: .*unexpected field\(s\) 'x'"),
+        ("Renamed", 2, b"{}", r"^Renamed v2: .*missing field\(s\) 'full_name'"),
+        ("Renamed", 1, b"{}", r"^Renamed v1: the upcaster to v2 failed: KeyError"),
+    ]
+    for event_type, version, payload, message in cases:
+        with pytest.raises(CodecError, match=message) as caught:
+            codec.decode(event_type, version, payload)
+        assert (caught.value.event_type, caught.value.event_version) == (event_type, version)
+        assert isinstance(caught.value, ValueError | PupsourcingError)
+
+
+def test_encode_errors_and_registration_rules() -> None:
+    codec = JsonCodec()
+    codec.register(OrderPlaced)
+    with pytest.raises(CodecError, match="ItemAdded is not a registered event class"):
+        codec.encode(ItemAdded("tea", Decimal(1)))
+    with pytest.raises(CodecError, match=r"OrderPlaced v1: field 'customer': cannot encode"):
+        codec.encode(OrderPlaced(object()))  # type: ignore[arg-type]
+    codec.register(ItemAdded)
+    with pytest.raises(CodecError, match="not a finite number"):
+        codec.encode(ItemAdded("tea", Decimal(1), float("nan")))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="already registered"):
+        codec.register(OrderPlaced, event_type="Other")
+    with pytest.raises(ValueError, match="OrderPlaced v1 is already registered"):
+        codec.register(Address, event_type="OrderPlaced")
+    with pytest.raises(TypeError, match="not a dataclass"):
+        codec.register(int)
+    with pytest.raises(ValueError, match="version"):
+        codec.register(OrderShipped, version=0)
+    codec.upcast("X", 1, dict)
+    with pytest.raises(ValueError, match="already registered"):
+        codec.upcast("X", 1, dict)
+    assert isinstance(codec, Codec)
+
+
+def test_annotations_that_do_not_resolve_are_refused_at_registration() -> None:
+    @dataclass
+    class Hidden:
+        x: int
+
+    @dataclass
+    class Local:
+        hidden: Hidden  # a name only this function sees, as a string annotation
+
+    codec = JsonCodec()
+    with pytest.raises(TypeError, match=r"Local: its field annotations cannot be resolved"):
+        codec.register(Local)
+    with pytest.raises(CodecError, match="unknown event type"):
+        codec.decode("Local", 1, b"{}")
+
+
+def test_register_works_as_a_decorator() -> None:
+    codec = JsonCodec()
+
+    @codec.register
+    @dataclass(frozen=True)
+    class Decorated:
+        value: int
+
+    assert codec.encode(Decorated(3)) == ("Decorated", 1, b'{"value":3}')
+
+
+def test_aggregate_records_applies_and_queues() -> None:
+    order = Order("o-1")
+    order.place("ada")
+    assert order.version == 1
+    assert order.pending_events == (OrderPlaced("ada"),)
+    with pytest.raises(ValueError, match="already placed"):
+        order.place("bob")
+    assert order.version == 1
+    assert len(order.pending_events) == 1
+    assert order.snapshot_state() == {"customer": "ada", "lines": {}, "shipped": None}
+    assert repr(order) == "<Order 'o-1' v1, 1 pending>"
+    with pytest.raises(ValueError, match="aggregate_id"):
+        Order("")

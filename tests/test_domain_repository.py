@@ -1,0 +1,275 @@
+"""The domain layer's Repository (and AsyncRepository) on every database:
+round trips, optimistic concurrency, snapshots, and bad input that writes
+nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from conftest import Backend
+from domain_model import (
+    Address,
+    Channel,
+    NotAnEvent,
+    OddState,
+    Order,
+    OrderShipped,
+    OrderV2Snapshots,
+    RichState,
+    Unstorable,
+    codec,
+)
+from helpers import query
+from pupsourcing import OptimisticConcurrencyError
+from pupsourcing.aio import AsyncRepository
+from pupsourcing.domain import Aggregate, AggregateNotFoundError, CodecError, Repository
+
+pytestmark = pytest.mark.both_apis
+
+
+class Blocking:
+    """An AsyncRepository behind the blocking Repository's methods (run on
+    the async backend's event loop), so one test covers both APIs."""
+
+    def __init__(self, backend: Backend, repo: AsyncRepository[Any]) -> None:
+        self.loop = backend.store.loop
+        self.repo = repo
+
+    def save(self, tx: Any, aggregate: Any, **kwargs: Any) -> Any:
+        return self.loop.call(self.repo.save(tx.raw, aggregate, **kwargs))
+
+    def load(self, tx: Any, aggregate_id: str, **kwargs: Any) -> Any:
+        return self.loop.call(self.repo.load(tx.raw, aggregate_id, **kwargs))
+
+
+def repository(backend: Backend, cls: type[Any] = Order, **kwargs: Any) -> Any:
+    if backend.api == "async":
+        return Blocking(backend, AsyncRepository(backend.store.raw, cls, codec(), **kwargs))
+    return Repository(backend.store, cls, codec(), **kwargs)
+
+
+def snapshot_versions(backend: Backend, aggregate_id: str) -> list[tuple[int, int]]:
+    conn = backend.connect()
+    try:
+        rows = query(
+            conn,
+            "SELECT aggregate_version, schema_version FROM aggregate_snapshots "
+            f"WHERE aggregate_id = '{aggregate_id}' ORDER BY aggregate_version",
+        )
+        return [(int(v), int(s)) for v, s in rows]
+    finally:
+        conn.close()
+
+
+def shipped() -> OrderShipped:
+    return OrderShipped(
+        datetime(2024, 5, 1, 9, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2))),
+        uuid.UUID("00000000-0000-4000-8000-000000000042"),
+        Address("1 Main St", "Springfield"),
+        Channel.PHONE,
+        ("fragile", "gift"),
+    )
+
+
+def test_save_then_load_round_trips_state_and_versions(backend: Backend) -> None:
+    repo = repository(backend)
+    conn = backend.connection()
+    order = Order("order-1")
+    order.place("ada")
+    order.add("tea", "3.10", 2)
+    assert order.version == 2
+    assert len(order.pending_events) == 2
+    result = repo.save(
+        conn, order, metadata={"user": "u1"}, causation_id="cmd-1", correlation_id="req-9"
+    )
+    conn.commit()
+    assert (result.from_version, result.to_version) == (0, 2)
+    assert order.pending_events == ()
+    assert order.version == 2
+    assert repo.save(conn, order) is None  # nothing pending
+
+    loaded = repo.load(conn, "order-1")
+    assert (loaded.id, loaded.version, loaded.customer) == ("order-1", 2, "ada")
+    assert loaded.lines == {"tea": (Decimal("3.10"), 2)}
+    stored = backend.store.read_aggregate_stream(conn, "Sales", "Order", "order-1")
+    assert [e.event_type for e in stored] == ["OrderPlaced", "ItemAdded"]
+    assert json.loads(stored.events[0].metadata) == {"user": "u1"}
+    assert stored.events[1].causation_id == "cmd-1"
+    assert stored.events[1].correlation_id == "req-9"
+
+    loaded.record(shipped())
+    repo.save(conn, loaded)
+    conn.commit()
+    again = repo.load(conn, "order-1")
+    assert again.shipped == shipped()
+    assert again.version == 3
+    assert again.shipped.at.utcoffset() == timedelta(hours=2)
+    past = repo.load(conn, "order-1", at_version=1)
+    assert (past.version, past.customer, past.lines) == (1, "ada", {})
+
+
+def test_loading_an_aggregate_without_events_raises_not_found(backend: Backend) -> None:
+    repo = repository(backend)
+    conn = backend.connection()
+    with pytest.raises(AggregateNotFoundError, match="Sales/Order/missing") as caught:
+        repo.load(conn, "missing")
+    assert caught.value.aggregate_id == "missing"
+    assert isinstance(caught.value, LookupError)
+
+
+def test_a_lost_race_raises_and_keeps_the_losers_pending_events(backend: Backend) -> None:
+    repo = repository(backend)
+    first, second = backend.connection(), backend.connection()
+    order = Order("order-2")
+    order.place("ada")
+    repo.save(first, order)
+    first.commit()
+
+    mine, theirs = repo.load(first, "order-2"), repo.load(second, "order-2")
+    first.rollback()
+    second.rollback()
+    mine.add("tea", "1.00")
+    theirs.add("cake", "2.50")
+    repo.save(first, mine)
+    first.commit()
+    with pytest.raises(OptimisticConcurrencyError) as caught:
+        repo.save(second, theirs)
+    second.rollback()
+    assert caught.value.aggregate_id == "order-2"
+    assert len(theirs.pending_events) == 1
+    assert theirs.version == 2
+    assert backend.count_events() == 2
+
+    # The retry: load again, run the command again, save.
+    retry = repo.load(second, "order-2")
+    retry.add("cake", "2.50")
+    repo.save(second, retry)
+    second.commit()
+    assert repo.load(first, "order-2").lines.keys() == {"tea", "cake"}
+
+
+def test_two_new_aggregates_with_one_id_conflict(backend: Backend) -> None:
+    repo = repository(backend)
+    conn = backend.connection()
+    a, b = Order("order-3"), Order("order-3")
+    a.place("ada")
+    b.place("bob")
+    repo.save(conn, a)
+    conn.commit()
+    with pytest.raises(OptimisticConcurrencyError):
+        repo.save(conn, b)
+    conn.rollback()
+    assert b.pending_events
+    assert repo.load(conn, "order-3").customer == "ada"
+
+
+def test_an_event_the_codec_does_not_know_writes_nothing(backend: Backend) -> None:
+    repo = repository(backend)
+    conn = backend.connection()
+    order = Order("order-4")
+    order.place("ada")
+    order.record(NotAnEvent())
+    with pytest.raises(CodecError, match=r"pending event 1 \(NotAnEvent\).*not a registered"):
+        repo.save(conn, order)
+    order2 = Order("order-4b")
+    order2.record(Unstorable("x"))
+    with pytest.raises(CodecError, match="Unstorable"):
+        repo.save(conn, order2)
+    conn.commit()
+    assert backend.count_events() == 0
+    assert len(order.pending_events) == 2
+
+
+def test_a_snapshot_state_that_is_not_json_writes_nothing(backend: Backend) -> None:
+    repo = repository(backend, OddState, snapshot_every=1)
+    conn = backend.connection()
+    order = OddState("order-5")
+    order.place("ada")
+    with pytest.raises(CodecError, match=r"OddState.snapshot_state\(\).*'lock'.*object"):
+        repo.save(conn, order)
+    conn.commit()
+    assert backend.count_events() == 0
+    assert snapshot_versions(backend, "order-5") == []
+
+
+def test_an_aggregate_class_without_its_names_is_refused(backend: Backend) -> None:
+    class Nameless(Aggregate):
+        aggregate_type = "Thing"
+
+        def apply(self, event: object) -> None:
+            pass
+
+    with pytest.raises(TypeError, match=r"Nameless.bounded_context: .*needs the class attribute"):
+        Repository(backend.store, Nameless, codec())
+    with pytest.raises(TypeError, match="bounded_context"):
+        Nameless("x")
+    assert backend.count_events() == 0
+
+
+def test_snapshots_are_taken_every_n_and_loading_starts_from_them(backend: Backend) -> None:
+    repo = repository(backend, snapshot_every=2)
+    conn = backend.connection()
+    order = Order("order-6")
+    order.place("ada")
+    repo.save(conn, order)  # version 1: no snapshot yet
+    assert snapshot_versions(backend, "order-6") == []
+    order.add("tea", "1.00")
+    order.add("cake", "2.00")
+    repo.save(conn, order)  # 1 -> 3 crosses 2: a snapshot at 3
+    order.add("jam", "3.00")
+    repo.save(conn, order)  # 3 -> 4 crosses 4
+    order.record(shipped())
+    repo.save(conn, order)
+    conn.commit()
+    assert snapshot_versions(backend, "order-6") == [(3, 1), (4, 1)]
+
+    loaded = repo.load(conn, "order-6")
+    assert loaded._applied == 1  # only the event after the snapshot at 4
+    assert loaded.version == 5
+    assert loaded.shipped == shipped()
+    assert loaded.lines == order.lines
+    assert loaded.customer == "ada"
+
+    early = repo.load(conn, "order-6", at_version=3)
+    assert (early._applied, early.version, set(early.lines)) == (0, 3, {"tea", "cake"})
+    first = repo.load(conn, "order-6", at_version=2)
+    assert (first._applied, first.version) == (2, 2)
+
+    # A new snapshot layout ignores the old snapshots and rebuilds from events.
+    newer = repository(backend, OrderV2Snapshots, snapshot_every=2)
+    rebuilt = newer.load(conn, "order-6")
+    assert rebuilt._applied == 5
+    assert rebuilt.lines == order.lines
+
+    # Without snapshot_every the snapshots table is not used at all.
+    plain = repository(backend).load(conn, "order-6")
+    assert plain._applied == 5
+
+
+def test_snapshot_state_round_trips_rich_values(backend: Backend) -> None:
+    repo = repository(backend, snapshot_every=1)
+    conn = backend.connection()
+    order = Order("order-7")
+    order.place("ada")
+    ids = frozenset({uuid.UUID(int=1), uuid.UUID(int=2)})
+    extra = {
+        "rich": RichState(datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC), ids),
+        "counts": {1: "one", (2, 3): {"x"}},
+        "channel": Channel.WEB,
+        "money": Decimal("10.50"),
+        "$odd": ["keys", "too"],
+    }
+    order.notes = extra  # type: ignore[attr-defined]
+    repo.save(conn, order)
+    conn.commit()
+    loaded = repo.load(conn, "order-7")
+    assert loaded._applied == 0, "state came from the snapshot"
+    assert loaded.notes == extra
+    assert type(loaded.notes["rich"].ids) is frozenset
+    assert loaded.notes["rich"].when.tzinfo is not None
