@@ -5,6 +5,8 @@
 -- Tables created by the Go library lack them; pupsourcing's create_schema()
 -- adds them, or run once:
 --   ALTER TABLE `shop_events` ADD COLUMN partition_hash BIGINT;
+-- The table aggregate_snapshots (aggregate snapshots) is pupsourcing's
+-- own; the Go library ignores it.
 -- Key columns use utf8mb4_bin: the Go library's utf8mb4_unicode_ci treats
 -- distinct ids as equal (case, accents, all emoji), so two aggregates would
 -- share one version sequence. The Go library works unchanged with it. To fix
@@ -59,6 +61,18 @@ CREATE TABLE IF NOT EXISTS `shop_checkpoints` (
     INDEX `idx_shop_checkpoints_updated` (updated_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
+-- Aggregate snapshots (pupsourcing only; the Go library ignores this table): an aggregate's state at a version, so loading it replays only what came after.
+CREATE TABLE IF NOT EXISTS `aggregate_snapshots` (
+    bounded_context VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_type VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_version BIGINT NOT NULL,
+    schema_version INT NOT NULL,
+    state LONGBLOB NOT NULL,
+    created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id, aggregate_version)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
 CREATE TABLE IF NOT EXISTS `shop_events` (
     global_position BIGINT AUTO_INCREMENT PRIMARY KEY,
     bounded_context VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
@@ -94,4 +108,14 @@ CREATE TABLE IF NOT EXISTS `shop_checkpoints` (
     last_global_position BIGINT NOT NULL DEFAULT 0,
     updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
     INDEX `idx_shop_checkpoints_updated` (updated_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+CREATE TABLE IF NOT EXISTS `aggregate_snapshots` (
+    bounded_context VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_type VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    aggregate_version BIGINT NOT NULL,
+    schema_version INT NOT NULL,
+    state LONGBLOB NOT NULL,
+    created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id, aggregate_version)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

@@ -3,6 +3,8 @@
 -- services can share one store, plus nullable columns the Go library ignores:
 --   partition_hash: FNV-1a 32-bit hash of aggregate_id, so partitioned projections filter in SQL (NULL in rows the Go library wrote; those are filtered in Python).
 --   metadata_raw: The metadata exactly as appended, kept only when the JSON column reformats it (key order, spacing), so reads return the caller's bytes.
+-- The table aggregate_snapshots (aggregate snapshots) is pupsourcing's
+-- own; the Go library ignores it.
 
 -- Events: the append-only log. global_position orders all events; the unique key allows one event per aggregate version (optimistic concurrency).
 CREATE TABLE IF NOT EXISTS "events" (
@@ -67,3 +69,15 @@ CREATE TABLE IF NOT EXISTS "projection_checkpoints" (
 -- Finding rows by last change.
 CREATE INDEX IF NOT EXISTS "idx_projection_checkpoints_updated"
     ON "projection_checkpoints" (updated_at);
+
+-- Aggregate snapshots (pupsourcing only; the Go library ignores this table): an aggregate's state at a version, so loading it replays only what came after.
+CREATE TABLE IF NOT EXISTS "aggregate_snapshots" (
+    bounded_context TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    aggregate_version BIGINT NOT NULL,
+    schema_version INT NOT NULL,
+    state BYTEA NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id, aggregate_version)
+);

@@ -5,6 +5,8 @@
 -- Tables created by the Go library lack them; pupsourcing's create_schema()
 -- adds them, or run once:
 --   ALTER TABLE "events" ADD COLUMN partition_hash INTEGER;
+-- The table aggregate_snapshots (aggregate snapshots) is pupsourcing's
+-- own; the Go library ignores it.
 
 -- Events: the append-only log. global_position orders all events; the unique key allows one event per aggregate version (optimistic concurrency).
 CREATE TABLE IF NOT EXISTS "events" (
@@ -62,3 +64,15 @@ CREATE TABLE IF NOT EXISTS "projection_checkpoints" (
 -- Finding rows by last change.
 CREATE INDEX IF NOT EXISTS "idx_projection_checkpoints_updated"
     ON "projection_checkpoints" (updated_at);
+
+-- Aggregate snapshots (pupsourcing only; the Go library ignores this table): an aggregate's state at a version, so loading it replays only what came after.
+CREATE TABLE IF NOT EXISTS "aggregate_snapshots" (
+    bounded_context TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    aggregate_version INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (datetime('now')),
+    PRIMARY KEY (bounded_context, aggregate_type, aggregate_id, aggregate_version)
+);
