@@ -26,7 +26,7 @@ from domain_model import (
     codec,
 )
 from helpers import query
-from pupsourcing import OptimisticConcurrencyError
+from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError
 from pupsourcing.aio import AsyncRepository
 from pupsourcing.domain import Aggregate, AggregateNotFoundError, CodecError, Repository
 
@@ -273,3 +273,18 @@ def test_snapshot_state_round_trips_rich_values(backend: Backend) -> None:
     assert loaded.notes == extra
     assert type(loaded.notes["rich"].ids) is frozenset
     assert loaded.notes["rich"].when.tzinfo is not None
+
+
+def test_a_stored_event_the_codec_cannot_read_names_where_it_is(backend: Backend) -> None:
+    conn = backend.connection()
+    backend.store.append(
+        conn,
+        ExpectedVersion.no_stream(),
+        [
+            Event("Sales", "Order", "order-8", "OrderPlaced", b'{"customer":"ada"}'),
+            Event("Sales", "Order", "order-8", "Refunded", b"{}", event_version=3),
+        ],
+    )
+    conn.commit()
+    with pytest.raises(CodecError, match=r"Sales/Order/order-8 version 2 .*Refunded v3: unknown"):
+        repository(backend).load(conn, "order-8")

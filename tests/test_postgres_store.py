@@ -213,6 +213,12 @@ def test_schema_is_the_go_schema_plus_nullable_columns(make_pg: Callable[..., PG
     with psycopg.connect(go.dsn, autocommit=True) as conn:
         conn.execute(GO_DDL)
     mine, theirs = catalog(ours.admin, ours.schema), catalog(go.admin, go.schema)
+    # The snapshots table is pupsourcing's own, beside the Go library's tables.
+    snapshots = {
+        kind: [r for r in rows if r[0] == "aggregate_snapshots"] for kind, rows in mine.items()
+    }
+    assert snapshots["constraints"]
+    mine = {kind: [r for r in rows if r[0] != "aggregate_snapshots"] for kind, rows in mine.items()}
     assert mine["constraints"] == theirs["constraints"]
     assert mine["indexes"] == theirs["indexes"]
     extra = [c for c in mine["columns"] if c not in theirs["columns"]]

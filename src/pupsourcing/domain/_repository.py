@@ -173,7 +173,7 @@ class _RepositoryPlans(Generic[A]):
                 event = self.codec.decode(
                     persisted.event_type, persisted.event_version, persisted.payload
                 )
-            except CodecError as exc:
+            except (CodecError, ValueError, LookupError) as exc:  # any codec's errors
                 raise CodecError(
                     f"{'/'.join(key)} version {persisted.aggregate_version} "
                     f"(global position {persisted.global_position}): {exc}",
