@@ -1,4 +1,4 @@
-"""Store configuration: the names of the three tables."""
+"""Store configuration: the names of the store's tables."""
 
 from __future__ import annotations
 
@@ -27,11 +27,17 @@ def validate_identifier(field: str, name: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    """Table names used by a store. Each must be a plain lowercase identifier."""
+    """Table names used by a store. Each must be a plain lowercase identifier.
+
+    ``dead_letters_table`` holds the events projections set aside under
+    ``ProcessorConfig(on_failure="dead_letter")``; the Go library has no such
+    table and never touches it.
+    """
 
     events_table: str = "events"
     checkpoints_table: str = "projection_checkpoints"
     aggregate_heads_table: str = "aggregate_heads"
+    dead_letters_table: str = "projection_dead_letters"
 
     def __post_init__(self) -> None:
         names = [validate_identifier(f.name, getattr(self, f.name)) for f in fields(self)]
