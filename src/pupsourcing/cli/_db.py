@@ -35,6 +35,7 @@ def add_table_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
     parser.add_argument(
         "--aggregate-heads-table", default=defaults.aggregate_heads_table, metavar="T"
     )
+    parser.add_argument("--dead-letters-table", default=defaults.dead_letters_table, metavar="T")
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +55,7 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
         events_table=args.events_table,
         checkpoints_table=args.checkpoints_table,
         aggregate_heads_table=args.aggregate_heads_table,
+        dead_letters_table=args.dead_letters_table,
     )
 
 

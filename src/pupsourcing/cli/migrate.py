@@ -41,7 +41,12 @@ def run(args: argparse.Namespace) -> int:
         conn.commit()
     config = db.store.config
     tables = ", ".join(
-        (config.events_table, config.aggregate_heads_table, config.checkpoints_table)
+        (
+            config.events_table,
+            config.aggregate_heads_table,
+            config.checkpoints_table,
+            config.dead_letters_table,
+        )
     )
     print(f"schema is in place in {db.url} (tables {tables})")
     return 0

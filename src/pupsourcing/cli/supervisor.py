@@ -120,12 +120,18 @@ def worker_argv(args: argparse.Namespace, key: int) -> list[str]:
         str(args.batch_size),
         "--poll-interval",
         str(args.poll_interval),
+        "--max-attempts",
+        str(args.max_attempts),
+        "--on-failure",
+        args.on_failure,
         "--events-table",
         args.events_table,
         "--checkpoints-table",
         args.checkpoints_table,
         "--aggregate-heads-table",
         args.aggregate_heads_table,
+        "--dead-letters-table",
+        args.dead_letters_table,
         "--supervised",
     ]
     return argv + ["-v"] * args.verbose
