@@ -82,7 +82,7 @@ def test_processor_config_validates_the_failure_policy() -> None:
         with pytest.raises(ValueError, match="max_attempts"):
             ProcessorConfig(max_attempts=bad)  # type: ignore[arg-type]
     for bad in ("skip", "", None, "STOP"):
-        with pytest.raises(ValueError, match="on_failure.*'stop', 'dead_letter'"):
+        with pytest.raises(ValueError, match=r"on_failure.*'stop', 'dead_letter'"):
             ProcessorConfig(on_failure=bad)  # type: ignore[arg-type]
     assert ProcessorConfig(max_attempts=3, on_failure="dead_letter").max_attempts == 3
 
@@ -120,7 +120,8 @@ def test_poison_event_is_retried_then_dead_lettered(backend: Backend) -> None:
     assert "Traceback" in letter.traceback
     assert f"ValueError: cannot digest {poison}" in letter.traceback
     assert letter.attempts == 3
-    assert letter.failed_at is not None and letter.failed_at.tzinfo is not None
+    assert letter.failed_at is not None
+    assert letter.failed_at.tzinfo is not None
     warnings = logs.messages(30)
     assert sum("attempt 1 of 3" in m or "attempt 2 of 3" in m for m in warnings) == 2
     assert any("dead letter" in m for m in logs.messages(40))
@@ -188,9 +189,7 @@ def test_list_filters_by_projection_and_partitions(backend: Backend) -> None:
     conn.commit()
 
     for key in (0, 1):
-        config = ProcessorConfig(
-            partition_key=key, total_partitions=2, on_failure="dead_letter"
-        )
+        config = ProcessorConfig(partition_key=key, total_partitions=2, on_failure="dead_letter")
         with backend.Processor(backend.connect, backend.store, config) as processor:
             assert processor.catch_up(Poisoned(backend, "parts")) == 1
     with backend.Processor(
