@@ -220,3 +220,28 @@ def test_bad_projection_name_is_refused(backend: Backend) -> None:
     with pytest.raises(TypeError, match="projection_name"):
         backend.store.list_dead_letters(conn, 3)
     conn.rollback()
+
+
+@pytest.mark.parametrize("adapter", ["postgres", "mysql", "sqlite"])
+def test_the_schema_only_adds_the_dead_letters_table(adapter: str) -> None:
+    from pupsourcing.adapters import _registry as registry
+
+    dialect = registry.adapter(adapter).store_class.dialect_class
+    config = StoreConfig(dead_letters_table="dl_only_here")
+    statements = [sql for _, sql in dialect.schema(config)]
+    mine = [sql for sql in statements if "dl_only_here" in sql]
+    assert len(mine) == 1
+    assert mine[0].startswith(f"CREATE TABLE IF NOT EXISTS {dialect.quote('dl_only_here')} (")
+    # The Go library's tables come first and are what they were without it.
+    assert statements.index(mine[0]) > max(
+        i for i, sql in enumerate(statements) if config.checkpoints_table in sql
+    )
+
+
+def test_create_schema_is_idempotent_with_the_dead_letters_table(backend: Backend) -> None:
+    conn = backend.connection()
+    backend.store.create_schema(conn)
+    backend.store.create_schema(conn)
+    conn.commit()
+    assert backend.store.list_dead_letters(conn) == []
+    conn.rollback()

@@ -198,7 +198,7 @@ def schema_statements(
     )
     table(
         "Projection dead letters (pupsourcing only; the Go library ignores this table): "
-        "events a projection set aside after its handler failed max_attempts times, "
+        "what a projection set aside after its handler failed on it max_attempts times, "
         "with the error, under the projection's checkpoint name.",
         config.dead_letters_table,
         dead_letter_columns(d),
