@@ -178,6 +178,10 @@ class Processor:
     def catch_up(self, projection: Any) -> int:
         return self.loop.call(self.raw.catch_up(ThreadedProjection(self.loop, projection)))
 
+    def replay_dead_letters(self, projection: Any) -> int:
+        threaded = ThreadedProjection(self.loop, projection)
+        return self.loop.call(self.raw.replay_dead_letters(threaded))
+
     def run(self, projection: Any, *, stop: threading.Event | None = None) -> None:
         threaded = ThreadedProjection(self.loop, projection)
         self.loop.call_until(lambda event: self.raw.run(threaded, stop=event), stop)

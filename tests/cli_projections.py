@@ -84,3 +84,20 @@ class NeedsArguments:
 
 
 not_a_projection = 42
+
+
+class Fixable:
+    """Fails on the event whose aggregate id is ``poison`` until
+    ``$POISON_FIXED`` is set; records the events it handles like
+    :class:`Recorder`."""
+
+    name = "fixable"
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        if event.aggregate_id == "poison" and not os.environ.get("POISON_FIXED"):
+            raise RuntimeError("cannot handle poison")
+        _execute(
+            tx,
+            f"INSERT INTO {TABLE} (global_position, aggregate_id, worker_pid) VALUES (?, ?, ?)",
+            (event.global_position, event.aggregate_id, os.getpid()),
+        )

@@ -102,6 +102,9 @@ def test_custom_table_names_everywhere() -> None:
         assert "CREATE TABLE IF NOT EXISTS " + ("`sn`" if adapter == "mysql" else '"sn"') in sql
         for name in ("idx_ev_aggregate", "idx_hd_updated", "idx_cp_updated"):
             assert name in sql
+        assert "projection_dead_letters" not in generate_sql(
+            adapter, StoreConfig("ev", "cp", "hd", "dl")
+        )
 
 
 def test_unknown_adapter() -> None:

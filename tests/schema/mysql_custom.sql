@@ -61,6 +61,19 @@ CREATE TABLE IF NOT EXISTS `shop_checkpoints` (
     INDEX `idx_shop_checkpoints_updated` (updated_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
+-- Projection dead letters (pupsourcing only; the Go library ignores this table): what a projection set aside after its handler failed on it max_attempts times, with the error, under the projection's checkpoint name.
+CREATE TABLE IF NOT EXISTS `projection_dead_letters` (
+    projection_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    global_position BIGINT NOT NULL,
+    event_id BINARY(16) NOT NULL,
+    error_type VARCHAR(255) NOT NULL,
+    error_message TEXT NOT NULL,
+    traceback TEXT NOT NULL,
+    attempts INT NOT NULL,
+    failed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (projection_name, global_position)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
 -- Aggregate snapshots (pupsourcing only; the Go library ignores this table): an aggregate's state at a version, so loading it replays only what came after.
 CREATE TABLE IF NOT EXISTS `aggregate_snapshots` (
     bounded_context VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
@@ -108,6 +121,17 @@ CREATE TABLE IF NOT EXISTS `shop_checkpoints` (
     last_global_position BIGINT NOT NULL DEFAULT 0,
     updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
     INDEX `idx_shop_checkpoints_updated` (updated_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+CREATE TABLE IF NOT EXISTS `projection_dead_letters` (
+    projection_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    global_position BIGINT NOT NULL,
+    event_id BINARY(16) NOT NULL,
+    error_type VARCHAR(255) NOT NULL,
+    error_message TEXT NOT NULL,
+    traceback TEXT NOT NULL,
+    attempts INT NOT NULL,
+    failed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (projection_name, global_position)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 CREATE TABLE IF NOT EXISTS `aggregate_snapshots` (
     bounded_context VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,

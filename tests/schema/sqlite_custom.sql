@@ -65,6 +65,19 @@ CREATE TABLE IF NOT EXISTS "shop_checkpoints" (
 CREATE INDEX IF NOT EXISTS "idx_shop_checkpoints_updated"
     ON "shop_checkpoints" (updated_at);
 
+-- Projection dead letters (pupsourcing only; the Go library ignores this table): what a projection set aside after its handler failed on it max_attempts times, with the error, under the projection's checkpoint name.
+CREATE TABLE IF NOT EXISTS "projection_dead_letters" (
+    projection_name TEXT NOT NULL,
+    global_position INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    error_type TEXT NOT NULL,
+    error_message TEXT NOT NULL,
+    traceback TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_at TEXT NOT NULL DEFAULT (datetime('now')),
+    PRIMARY KEY (projection_name, global_position)
+);
+
 -- Aggregate snapshots (pupsourcing only; the Go library ignores this table): an aggregate's state at a version, so loading it replays only what came after.
 CREATE TABLE IF NOT EXISTS "aggregate_snapshots" (
     bounded_context TEXT NOT NULL,
@@ -134,6 +147,17 @@ CREATE TABLE IF NOT EXISTS "shop_checkpoints" (
 );
 CREATE INDEX IF NOT EXISTS "idx_shop_checkpoints_updated"
     ON "shop_checkpoints" (updated_at);
+CREATE TABLE IF NOT EXISTS "projection_dead_letters" (
+    projection_name TEXT NOT NULL,
+    global_position INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    error_type TEXT NOT NULL,
+    error_message TEXT NOT NULL,
+    traceback TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_at TEXT NOT NULL DEFAULT (datetime('now')),
+    PRIMARY KEY (projection_name, global_position)
+);
 CREATE TABLE IF NOT EXISTS "aggregate_snapshots" (
     bounded_context TEXT NOT NULL,
     aggregate_type TEXT NOT NULL,

@@ -140,6 +140,15 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
         sub = self._core.subscription(projection)
         return await self._drive(projection, sub, self._core.catch_up(sub), None)
 
+    async def replay_dead_letters(self, projection: AsyncProjection) -> int:
+        """Hand each event recorded as this processor's dead letter of
+        ``projection`` (under its checkpoint name, with the partition suffix)
+        to ``handle`` again, one transaction each, and delete the records that
+        succeed; a record that fails again stays, its attempts counted.
+        Returns how many succeeded."""
+        sub = self._core.subscription(projection)
+        return await self._drive(projection, sub, self._core.replay_dead_letters(sub), None)
+
     async def _drive(
         self,
         projection: AsyncProjection,

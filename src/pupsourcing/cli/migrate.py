@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
             config.aggregate_heads_table,
             config.checkpoints_table,
             config.snapshots_table,
+            config.dead_letters_table,
         )
     )
     print(f"schema is in place in {db.url} (tables {tables})")

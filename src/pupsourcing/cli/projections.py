@@ -9,13 +9,14 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from pupsourcing.cli import supervisor, worker
+from pupsourcing.cli import dead_letters, supervisor, worker
 from pupsourcing.cli._args import non_negative_int, positive_int, seconds
 from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._output import Table, plural
 from pupsourcing.cli._text import clean, duration
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import ProcessorConfig
+from pupsourcing.projection.config import ON_FAILURE
 from pupsourcing.store import Checkpoint
 
 _PARTITION = re.compile(r"(?P<name>.+)_p(?P<key>0|[1-9][0-9]*)\Z")
@@ -90,6 +91,21 @@ def register(commands: Any) -> None:
         metavar="SECONDS",
         help=f"pause when there is nothing to do (default {defaults.poll_interval})",
     )
+    failures = run.add_argument_group("failure policy")
+    failures.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=defaults.max_attempts,
+        metavar="N",
+        help=f"tries of a batch whose handler raises (default {defaults.max_attempts})",
+    )
+    failures.add_argument(
+        "--on-failure",
+        choices=ON_FAILURE,
+        default=defaults.on_failure,
+        help="then stop with the error, or set the failing event aside as a dead letter "
+        f"and go on (default {defaults.on_failure})",
+    )
     run.add_argument(
         "--no-progress",
         dest="progress",
@@ -132,6 +148,8 @@ def register(commands: Any) -> None:
     reset.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     add_database_options(reset)
     reset.set_defaults(handler=run_reset)
+
+    dead_letters.register(sub)
 
 
 # -- run ---------------------------------------------------------------------------
@@ -214,6 +232,7 @@ def run_status(args: argparse.Namespace) -> int:
     with connection(db) as conn:
         head = db.store.head_position(conn)
         groups = group_checkpoints(db.store.list_checkpoints(conn))
+        dead = dead_letters.dead_letter_counts(db, conn)
         conn.rollback()
     if args.json:
         report = {
@@ -227,6 +246,9 @@ def run_status(args: argparse.Namespace) -> int:
                     "age_seconds": None if g.age is None else round(max(g.age, 0.0), 3),
                     "partitioned": g.partitioned,
                     "checkpoints": [_checkpoint_json(c, head) for c in g.checkpoints],
+                    "dead_letters": None
+                    if dead is None
+                    else sum(dead.get(c.name, 0) for c in g.checkpoints),
                 }
                 for g in groups
             ],
@@ -261,7 +283,21 @@ def run_status(args: argparse.Namespace) -> int:
             )
     print()
     table.print(sys.stdout)
+    _print_dead_letters(groups, dead)
     return 0
+
+
+def _print_dead_letters(groups: list[Group], dead: dict[str, int] | None) -> None:
+    """Dead letters per projection, under the table (only when there are some)."""
+    counts = [(g.name, sum((dead or {}).get(c.name, 0) for c in g.checkpoints)) for g in groups]
+    counts = [(name, n) for name, n in counts if n]
+    if not counts:
+        return
+    print()
+    print("dead letters (see `pupsourcing projections dead-letters NAME`):")
+    width = max(len(clean(name)) for name, _ in counts)
+    for name, n in counts:
+        print(f"  {clean(name):<{width}}  {n:,}")
 
 
 # -- reset -------------------------------------------------------------------------

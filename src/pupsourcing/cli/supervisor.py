@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pupsourcing.cli._db import check_store, database_url, open_database
 from pupsourcing.cli.console import Console, setup_logging
@@ -38,6 +38,10 @@ RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 60.0
 """A worker that ran this long before crashing is restarted after RESTART_DELAY again."""
+CRASH_LIMIT = 5
+CRASH_WINDOW = 60.0
+"""A worker that crashed CRASH_LIMIT times in a row within this many seconds
+is not restarted: the supervisor stops the others and exits with the reason."""
 TICK = 0.1
 
 
@@ -60,6 +64,15 @@ class Worker:
     started_at: float = 0.0
     restart_at: float | None = 0.0
     delay: float = RESTART_DELAY
+    crashes: list[float] = field(default_factory=list)
+    """When it crashed, since it last ran for STABLE_AFTER seconds."""
+
+    def crash_loop(self, now: float) -> bool:
+        """Count a crash at ``now``; whether it makes CRASH_LIMIT within CRASH_WINDOW."""
+        if now - self.started_at >= STABLE_AFTER:
+            self.crashes.clear()
+        self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW] + [now]
+        return len(self.crashes) >= CRASH_LIMIT
 
     @property
     def label(self) -> str:
@@ -107,6 +120,10 @@ def worker_argv(args: argparse.Namespace, key: int) -> list[str]:
         str(args.batch_size),
         "--poll-interval",
         str(args.poll_interval),
+        "--max-attempts",
+        str(args.max_attempts),
+        "--on-failure",
+        args.on_failure,
         "--events-table",
         args.events_table,
         "--checkpoints-table",
@@ -115,6 +132,8 @@ def worker_argv(args: argparse.Namespace, key: int) -> list[str]:
         args.aggregate_heads_table,
         "--snapshots-table",
         args.snapshots_table,
+        "--dead-letters-table",
+        args.dead_letters_table,
         "--supervised",
     ]
     return argv + ["-v"] * args.verbose
@@ -155,6 +174,16 @@ def run(args: argparse.Namespace) -> int:
                             )
                             if code != 0:
                                 failures.append(f"worker {worker.label} {describe_exit(code)}")
+                        elif worker.crash_loop(now):
+                            reason = (
+                                f"worker {worker.label} {describe_exit(code)}, its "
+                                f"{len(worker.crashes)}th crash in a row within "
+                                f"{CRASH_WINDOW:.0f}s; not restarting it"
+                            )
+                            logger.error("%s: stopping the other workers", reason)
+                            failures.append(reason)
+                            worker.restart_at = None
+                            stop.set()
                         else:
                             if now - worker.started_at >= STABLE_AFTER:
                                 worker.delay = RESTART_DELAY

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         partition_key=args.partition_key or 0,
         total_partitions=args.total_partitions or 1,
         poll_interval=args.poll_interval,
+        max_attempts=args.max_attempts,
+        on_failure=args.on_failure,
     )
     db = open_database(args)
     head = check_store(db)

@@ -14,9 +14,11 @@ from pupsourcing.projection.protocols import (
     Projection,
     ScopedProjection,
 )
+from pupsourcing.store.dead_letter import DeadLetter
 
 __all__ = [
     "AsyncProjection",
+    "DeadLetter",
     "HashPartitionStrategy",
     "PartitionStrategy",
     "Processor",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pupsourcing.projection.partition import HashPartitionStrategy
 from pupsourcing.projection.protocols import PartitionStrategy
@@ -12,6 +13,10 @@ from pupsourcing.projection.protocols import PartitionStrategy
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+ON_FAILURE = ("stop", "dead_letter")
+"""What a processor does with a batch that failed ``max_attempts`` times."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +29,13 @@ class ProcessorConfig:
     checkpoint under ``"<name>_p<partition_key>"``, as the Go library does.
     ``poll_interval`` is the pause in seconds when there is nothing to do.
     ``logger`` defaults to the ``pupsourcing`` logger.
+
+    A batch whose handler raises is tried ``max_attempts`` times in all,
+    backing off between attempts; then ``on_failure="stop"`` raises
+    :class:`~pupsourcing.ProjectionError`, and ``"dead_letter"`` handles the
+    events before the failing one, records the failing event in the store's
+    dead-letters table and moves the checkpoint past it (one transaction),
+    then goes on.
     """
 
     batch_size: int = 100
@@ -32,6 +44,8 @@ class ProcessorConfig:
     partition_strategy: PartitionStrategy = field(default_factory=HashPartitionStrategy)
     poll_interval: float = 0.1
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None
+    max_attempts: int = 1
+    on_failure: Literal["stop", "dead_letter"] = "stop"
 
     def __post_init__(self) -> None:
         if not _is_int(self.batch_size) or self.batch_size < 1:
@@ -59,6 +73,13 @@ class ProcessorConfig:
             self.logger, logging.Logger | logging.LoggerAdapter
         ):
             raise ValueError("logger must be a logging.Logger or LoggerAdapter")
+        if not _is_int(self.max_attempts) or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
+        if self.on_failure not in ON_FAILURE:
+            raise ValueError(
+                f"on_failure must be one of {', '.join(map(repr, ON_FAILURE))}, "
+                f"got {self.on_failure!r}"
+            )
 
     def checkpoint_name(self, projection_name: str) -> str:
         """The checkpoint key of ``projection_name`` under this config."""

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 from pupsourcing.core.errors import ProjectionError
 from pupsourcing.projection.batch import Handle, StepOutcome, Subscription, step
 from pupsourcing.projection.config import ProcessorConfig
+from pupsourcing.projection.failures import Failing, dead_letter_step, replay
 from pupsourcing.projection.protocols import AsyncProjection, Projection
 from pupsourcing.store.base import StoreBase
 from pupsourcing.store.dialect import Dialect
@@ -95,6 +96,8 @@ class ProcessorCore:
         """Batches in a row that a lock wait, deadlock or busy database stopped."""
         self.horizon = Horizon()
         self._subscriptions: dict[str, Subscription] = {}
+        self._failing: dict[str, Failing] = {}
+        """By checkpoint name: the event the projection's handler keeps failing on."""
 
     def subscription(self, projection: Projection | AsyncProjection) -> Subscription:
         """The projection's subscription, kept across calls so its checkpoint
@@ -198,9 +201,14 @@ class ProcessorCore:
             if not self.prepared:
                 yield from self.dialect.prepare_processor()
                 self.prepared = True
-            outcome = yield from step(self.dialect, self.horizon, sub, self.logger)
-        except ProjectionError:
-            raise
+            failing = self._failing.get(sub.checkpoint_name)
+            if failing is not None and failing.due:
+                outcome = yield from dead_letter_step(self.dialect, sub, failing, self.logger)
+            else:
+                outcome = yield from step(self.dialect, self.horizon, sub, self.logger)
+        except ProjectionError as failure:
+            yield from self.handler_failed(sub, failure)
+            return None
         except Exception as exc:
             sub.checkpoint = None  # the last commit may or may not have happened
             if self.dialect.is_transient(exc):
@@ -213,7 +221,45 @@ class ProcessorCore:
         self.transient_failures = 0
         if not outcome.contended:
             sub.conflicts = 0
+            self._failing.pop(sub.checkpoint_name, None)
         return outcome
+
+    def handler_failed(self, sub: Subscription, failure: ProjectionError) -> ProcessorPlan[None]:
+        """The batch's handler raised (the batch is rolled back): wait and try
+        again until ``max_attempts`` attempts failed on the same event, then
+        raise ``failure`` (``on_failure="stop"``) or have the next attempt
+        record the event as a dead letter."""
+        error = failure.__cause__ or failure
+        failing = self._failing.get(sub.checkpoint_name)
+        if failing is None or failing.position != failure.global_position:
+            failing = Failing(failure.global_position, error)
+            self._failing[sub.checkpoint_name] = failing
+        else:
+            failing.attempts += 1
+            failing.error = error
+        limit = self.config.max_attempts
+        if failing.attempts < limit:
+            delay = failing.retry_delay()
+            self.logger.warning(
+                "projection %s failed at global position %d (attempt %d of %d); retrying in %.1fs",
+                sub.name,
+                failing.position,
+                failing.attempts,
+                limit,
+                delay,
+            )
+            yield Pause(delay)
+        elif self.config.on_failure == "dead_letter":
+            failing.due = True
+        else:
+            del self._failing[sub.checkpoint_name]
+            raise failure
+
+    def replay_dead_letters(self, sub: Subscription) -> ProcessorPlan[int]:
+        """Hand the subscription's dead letters to the projection again (see
+        :func:`~pupsourcing.projection.failures.replay`)."""
+        yield CONNECT
+        return (yield from replay(self.dialect, sub.checkpoint_name, self.logger))
 
     def back_off(self, cause: BaseException) -> ProcessorPlan[None]:
         """A lock wait, deadlock or busy database: roll back, wait, retry;

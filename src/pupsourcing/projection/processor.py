@@ -130,6 +130,15 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
         sub = self._subscription(projection)
         return self._drive(projection, sub, self._core.catch_up(sub), None)
 
+    def replay_dead_letters(self, projection: Projection) -> int:
+        """Hand each event recorded as this processor's dead letter of
+        ``projection`` (under its checkpoint name, with the partition suffix)
+        to ``handle`` again, one transaction each, and delete the records that
+        succeed; a record that fails again stays, its attempts counted.
+        Returns how many succeeded."""
+        sub = self._subscription(projection)
+        return self._drive(projection, sub, self._core.replay_dead_letters(sub), None)
+
     def _subscription(self, projection: Projection) -> Subscription:
         sub = self._core.subscription(projection)
         if inspect.iscoroutinefunction(projection.handle):

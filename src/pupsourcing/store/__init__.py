@@ -2,6 +2,7 @@
 
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
+from pupsourcing.store.dead_letter import DeadLetter
 from pupsourcing.store.horizon import Horizon, Probe
 from pupsourcing.store.protocols import (
     AggregateStreamReader,
@@ -16,6 +17,7 @@ __all__ = [
     "AggregateStreamReader",
     "Checkpoint",
     "CheckpointStore",
+    "DeadLetter",
     "EventAppender",
     "EventReader",
     "EventStore",

@@ -16,6 +16,7 @@ from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.store.base import StoreBase
 from pupsourcing.store.checkpoint import Checkpoint
+from pupsourcing.store.dead_letter import DeadLetter
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement, drive_async
 from pupsourcing.store.snapshots import Snapshot
@@ -141,6 +142,14 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
                 bounded_context, aggregate_type, aggregate_id, schema_version, max_version
             ),
         )
+
+    async def list_dead_letters(
+        self, tx: ConnT, projection_name: str | None = None
+    ) -> list[DeadLetter]:
+        """The events projections set aside (``on_failure="dead_letter"``), by
+        checkpoint name and position: every one, or ``projection_name``'s
+        (its own and its partitions', ``"<name>_p<k>"``)."""
+        return await self._run(tx, self.dialect.list_dead_letters(projection_name))
 
     async def create_schema(self, tx: ConnT) -> None:
         """Create the tables and indexes if they do not exist."""

@@ -10,6 +10,7 @@ from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
+from pupsourcing.store.dead_letter import DeadLetter
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Statement, drive
@@ -205,6 +206,12 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
                 bounded_context, aggregate_type, aggregate_id, schema_version, max_version
             ),
         )
+
+    def list_dead_letters(self, tx: ConnT, projection_name: str | None = None) -> list[DeadLetter]:
+        """The events projections set aside (``on_failure="dead_letter"``), by
+        checkpoint name and position: every one, or ``projection_name``'s
+        (its own and its partitions', ``"<name>_p<k>"``)."""
+        return self._run(tx, self.dialect.list_dead_letters(projection_name))
 
     def create_schema(self, tx: ConnT) -> None:
         """Create the tables and indexes if they do not exist."""

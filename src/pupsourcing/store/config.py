@@ -27,7 +27,12 @@ def validate_identifier(field: str, name: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    """Table names used by a store. Each must be a plain lowercase identifier."""
+    """Table names used by a store. Each must be a plain lowercase identifier.
+
+    ``dead_letters_table`` holds the events projections set aside under
+    ``ProcessorConfig(on_failure="dead_letter")``; the Go library has no such
+    table and never touches it.
+    """
 
     events_table: str = "events"
     checkpoints_table: str = "projection_checkpoints"
@@ -35,6 +40,7 @@ class StoreConfig:
     snapshots_table: str = "aggregate_snapshots"
     """Aggregate snapshots of :class:`pupsourcing.domain.Repository` (a table the
     Go library does not have and never touches)."""
+    dead_letters_table: str = "projection_dead_letters"
 
     def __post_init__(self) -> None:
         names = [validate_identifier(f.name, getattr(self, f.name)) for f in fields(self)]

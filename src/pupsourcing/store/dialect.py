@@ -12,6 +12,8 @@ from __future__ import annotations
 import abc
 import functools
 import re
+import traceback
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -30,6 +32,15 @@ from pupsourcing.core.validation import check_append
 from pupsourcing.store import columns
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
+from pupsourcing.store.dead_letter import (
+    MAX_ERROR_TYPE,
+    MAX_MESSAGE,
+    MAX_TRACEBACK,
+    DeadLetter,
+    belongs_to,
+    clip,
+    error_type_name,
+)
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, RowDecoder, Statement
 from pupsourcing.store.schema import (
@@ -607,6 +618,131 @@ class Dialect(abc.ABC):
             self.advance_checkpoint_sql, (position, projection_name, expected), rowcount=True
         )
         return int(rows[0][0]) == 1
+
+    # -- dead letters ----------------------------------------------------------
+
+    @functools.cached_property
+    def _dead_letters(self) -> _DeadLetterSQL:
+        return _DeadLetterSQL(self)
+
+    def list_dead_letters(
+        self, projection_name: str | None = None, *, exact: bool = False
+    ) -> Plan[list[DeadLetter]]:
+        """Dead letters by checkpoint name and position: all of them, or
+        ``projection_name``'s (with its partitions' unless ``exact``)."""
+        sql = self._dead_letters
+        if projection_name is None:
+            rows = yield Statement(
+                f"{sql.select} ORDER BY projection_name, global_position", fetch=True
+            )
+            return [self._dead_letter(row) for row in rows]
+        check_name("projection_name", projection_name, MAX_PROJECTION_NAME_LENGTH)
+        p = self.placeholder
+        if exact:
+            where, params = f"projection_name = {p}", [projection_name]
+        else:
+            prefix = f"{projection_name}_p"
+            where = f"(projection_name = {p} OR substr(projection_name, 1, {len(prefix)}) = {p})"
+            params = [projection_name, prefix]
+        rows = yield Statement(
+            f"{sql.select} WHERE {where} ORDER BY projection_name, global_position",
+            params,
+            fetch=True,
+        )
+        letters = [self._dead_letter(row) for row in rows]
+        return [d for d in letters if belongs_to(d.projection_name, projection_name)]
+
+    def _dead_letter(self, row: Row) -> DeadLetter:
+        name, position, event_id, error_type, message, trace, attempts, failed_at = row
+        return DeadLetter(
+            name,
+            int(position),
+            _uuid(event_id),
+            error_type,
+            message,
+            trace,
+            int(attempts),
+            self.decode_timestamp(failed_at),
+        )
+
+    def record_dead_letter(
+        self,
+        projection_name: str,
+        global_position: int,
+        error: BaseException,
+        attempts: int,
+    ) -> Plan[None]:
+        """Record the event at ``global_position`` as ``projection_name``'s dead
+        letter with ``error`` (replacing an earlier record of it), in the
+        caller's transaction."""
+        sql = self._dead_letters
+        yield Statement(sql.delete, (projection_name, global_position))
+        yield Statement(
+            sql.insert, (projection_name, *_error_fields(error), attempts, global_position)
+        )
+
+    def dead_letter_event(self, global_position: int) -> Statement:
+        """The read of the event at ``global_position`` (rows of :meth:`select_columns`)."""
+        return Statement(self._dead_letters.event, (global_position,), fetch=True)
+
+    def delete_dead_letter(self, projection_name: str, global_position: int) -> Statement:
+        return Statement(self._dead_letters.delete, (projection_name, global_position))
+
+    def dead_letter_failed_again(
+        self, projection_name: str, global_position: int, error: BaseException
+    ) -> Statement:
+        """Count one more failed attempt of a dead letter, with its new error."""
+        return Statement(
+            self._dead_letters.failed_again,
+            (*_error_fields(error), projection_name, global_position),
+        )
+
+
+class _DeadLetterSQL:
+    """The statements on a dialect's dead-letters table (built when first used)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        p, now = dialect.placeholder, dialect.now_sql
+        table = dialect.quote(dialect.config.dead_letters_table)
+        key = f"projection_name = {p} AND global_position = {p}"
+        self.select = (
+            "SELECT projection_name, global_position, event_id, error_type, error_message, "
+            f"traceback, attempts, {dialect.timestamp_sql('failed_at')} FROM {table}"
+        )
+        # Copying event_id from the event's row stores it in the column's own
+        # format, whatever the database.
+        self.insert = (
+            f"INSERT INTO {table} (projection_name, global_position, event_id, error_type, "
+            "error_message, traceback, attempts, failed_at) "
+            f"SELECT {p}, global_position, event_id, {p}, {p}, {p}, {p}, {now} "
+            f"FROM {dialect.events_table} WHERE global_position = {p}"
+        )
+        self.delete = f"DELETE FROM {table} WHERE {key}"
+        self.failed_again = (
+            f"UPDATE {table} SET error_type = {p}, error_message = {p}, traceback = {p}, "
+            f"attempts = attempts + 1, failed_at = {now} WHERE {key}"
+        )
+        columns = ", ".join(dialect.select_columns())
+        self.event = f"SELECT {columns} FROM {dialect.events_table} WHERE global_position = {p}"
+
+
+def _error_fields(error: BaseException) -> tuple[str, str, str]:
+    """A failure's type, message and traceback as a dead letter stores them."""
+    trace = "".join(traceback.format_exception(error))
+    return (
+        clip(error_type_name(error), MAX_ERROR_TYPE),
+        clip(str(error), MAX_MESSAGE),
+        clip(trace, MAX_TRACEBACK, keep_end=True),
+    )
+
+
+def _uuid(value: object) -> uuid.UUID:
+    """An ``event_id`` column's value: a UUID (PostgreSQL), 16 bytes (MySQL) or text."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return uuid.UUID(bytes=bytes(value))
+    return uuid.UUID(str(value))
 
 
 def _script(statements: list[tuple[str, str]]) -> str:

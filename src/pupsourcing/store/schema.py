@@ -200,7 +200,31 @@ def schema_statements(
         checkpoints_columns,
         updated,
     )
+    table(
+        "Projection dead letters (pupsourcing only; the Go library ignores this table): "
+        "what a projection set aside after its handler failed on it max_attempts times, "
+        "with the error, under the projection's checkpoint name.",
+        config.dead_letters_table,
+        dead_letter_columns(d),
+        [],
+    )
     return statements
+
+
+def dead_letter_columns(d: SchemaDialect) -> list[str]:
+    """The dead-letters table: one row per (checkpoint name, event). Message
+    and traceback are ``TEXT`` everywhere (the writer truncates them to fit)."""
+    return [
+        f"projection_name {d.key_text} NOT NULL",
+        f"global_position {d.bigint} NOT NULL",
+        f"event_id {d.uuid} NOT NULL",
+        f"error_type {d.text} NOT NULL",
+        "error_message TEXT NOT NULL",
+        "traceback TEXT NOT NULL",
+        f"attempts {d.int} NOT NULL",
+        f"failed_at {d.timestamp}",
+        "PRIMARY KEY (projection_name, global_position)",
+    ]
 
 
 MAX_PARTITION_INDEXES = 256

@@ -1,0 +1,247 @@
+"""The failure policy (API.md section 7): a batch whose handler raises is
+tried ``max_attempts`` times; then ``"stop"`` raises as before and
+``"dead_letter"`` sets the failing event aside in the dead-letters table and
+goes on. Every database, both APIs."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from conftest import Backend
+from helpers import LogRecords, event, query
+from pupsourcing import ExpectedVersion, ProjectionError
+from pupsourcing.projection import DeadLetter, HashPartitionStrategy, ProcessorConfig
+from pupsourcing.store import StoreConfig
+
+pytestmark = pytest.mark.both_apis  # the blocking and the asyncio API, see conftest
+
+READ_MODEL = "dl_read_model"
+
+
+class Poisoned:
+    """Writes one read-model row per event through ``tx``; events of type
+    ``Poison`` write theirs and then raise, until ``fixed``."""
+
+    def __init__(self, backend: Backend, name: str = "poisoned", **config: Any) -> None:
+        self.name = name
+        self.fixed = False
+        self.calls: dict[int, int] = {}
+        self.marker = "?" if backend.name == "sqlite" else "%s"
+
+    def handle(self, e: Any, tx: Any) -> None:
+        self.calls[e.global_position] = self.calls.get(e.global_position, 0) + 1
+        cursor = tx.cursor()
+        try:
+            cursor.execute(
+                f"INSERT INTO {READ_MODEL} (name, position) VALUES ({self.marker}, {self.marker})",
+                (self.name, e.global_position),
+            )
+        finally:
+            cursor.close()
+        if e.event_type == "Poison" and not self.fixed:
+            raise ValueError(f"cannot digest {e.global_position}")
+
+
+def setup(backend: Backend, types: list[str], aggregate: str = "a") -> list[int]:
+    """The read-model table and one event per type; their positions."""
+    conn = backend.connection()
+    query(conn, f"CREATE TABLE {READ_MODEL} (name VARCHAR(100), position BIGINT)")
+    result = backend.store.append(
+        conn,
+        ExpectedVersion.any(),
+        [event(aggregate, t, data={"i": i}) for i, t in enumerate(types)],
+    )
+    conn.commit()
+    return list(result.global_positions)
+
+
+def read_model(backend: Backend, name: str = "poisoned") -> list[int]:
+    conn = backend.connection()
+    marker = "?" if backend.name == "sqlite" else "%s"
+    rows = query(
+        conn, f"SELECT position FROM {READ_MODEL} WHERE name = {marker} ORDER BY 1", (name,)
+    )
+    conn.rollback()
+    return [int(r[0]) for r in rows]
+
+
+def dead_letters(backend: Backend, name: str | None = None) -> list[DeadLetter]:
+    conn = backend.connection()
+    letters: list[DeadLetter] = backend.store.list_dead_letters(conn, name)
+    conn.rollback()
+    return letters
+
+
+def test_processor_config_validates_the_failure_policy() -> None:
+    assert ProcessorConfig().max_attempts == 1
+    assert ProcessorConfig().on_failure == "stop"
+    for bad in (0, -1, 1.5, True, "3", None):
+        with pytest.raises(ValueError, match="max_attempts"):
+            ProcessorConfig(max_attempts=bad)  # type: ignore[arg-type]
+    for bad in ("skip", "", None, "STOP"):
+        with pytest.raises(ValueError, match=r"on_failure.*'stop', 'dead_letter'"):
+            ProcessorConfig(on_failure=bad)  # type: ignore[arg-type]
+    assert ProcessorConfig(max_attempts=3, on_failure="dead_letter").max_attempts == 3
+
+
+def test_store_config_names_the_dead_letters_table() -> None:
+    assert StoreConfig().dead_letters_table == "projection_dead_letters"
+    with pytest.raises(ValueError, match="dead_letters_table"):
+        StoreConfig(dead_letters_table="bad-name")
+    with pytest.raises(ValueError, match="distinct"):
+        StoreConfig(dead_letters_table="events")
+
+
+def test_poison_event_is_retried_then_dead_lettered(backend: Backend) -> None:
+    positions = setup(backend, ["Ok", "Ok", "Poison", "Ok", "Ok"])
+    poison = positions[2]
+    projection = Poisoned(backend)
+    logs = LogRecords(f"test.dead_letters.{uuid.uuid4().hex}")
+    config = ProcessorConfig(max_attempts=3, on_failure="dead_letter", logger=logs.logger)
+    with backend.Processor(backend.connect, backend.store, config) as processor:
+        assert processor.catch_up(projection) == 4
+
+    assert projection.calls[poison] == 3
+    # The failed attempts left nothing behind; the events around it are handled once.
+    assert read_model(backend) == [p for p in positions if p != poison]
+    assert backend.checkpoints() == {"poisoned": positions[-1]}
+    [letter] = dead_letters(backend)
+    assert letter.projection_name == "poisoned"
+    assert letter.global_position == poison
+    conn = backend.connection()
+    [stored] = backend.store.read_events(conn, poison - 1, 1)
+    conn.rollback()
+    assert letter.event_id == stored.event_id
+    assert letter.error_type == "ValueError"
+    assert letter.message == f"cannot digest {poison}"
+    assert "Traceback" in letter.traceback
+    assert f"ValueError: cannot digest {poison}" in letter.traceback
+    assert letter.attempts == 3
+    assert letter.failed_at is not None
+    assert letter.failed_at.tzinfo is not None
+    warnings = logs.messages(30)
+    assert sum("attempt 1 of 3" in m or "attempt 2 of 3" in m for m in warnings) == 2
+    assert any("dead letter" in m for m in logs.messages(40))
+
+
+def test_stop_policy_raises_after_its_attempts(backend: Backend) -> None:
+    positions = setup(backend, ["Ok", "Poison", "Ok"])
+    projection = Poisoned(backend)
+    with (
+        backend.Processor(backend.connect, backend.store) as processor,
+        pytest.raises(ProjectionError) as raised,
+    ):
+        processor.catch_up(projection)
+    assert raised.value.global_position == positions[1]
+    assert isinstance(raised.value.__cause__, ValueError)
+    assert projection.calls[positions[1]] == 1
+    assert read_model(backend) == []
+    assert backend.checkpoints() == {"poisoned": 0}
+    assert dead_letters(backend) == []
+
+    retried = Poisoned(backend)
+    config = ProcessorConfig(max_attempts=2)
+    with (
+        backend.Processor(backend.connect, backend.store, config) as processor,
+        pytest.raises(ProjectionError),
+    ):
+        processor.catch_up(retried)
+    assert retried.calls[positions[1]] == 2
+    assert read_model(backend) == []
+    assert dead_letters(backend) == []
+
+
+def test_replay_after_fixing_the_handler(backend: Backend) -> None:
+    positions = setup(backend, ["Poison", "Ok", "Poison", "Ok"])
+    projection = Poisoned(backend)
+    config = ProcessorConfig(max_attempts=1, on_failure="dead_letter", batch_size=2)
+    with backend.Processor(backend.connect, backend.store, config) as processor:
+        assert processor.catch_up(projection) == 2
+        assert [d.global_position for d in dead_letters(backend)] == [positions[0], positions[2]]
+
+        # Still broken: nothing replayed, each record counts one more attempt.
+        assert processor.replay_dead_letters(projection) == 0
+        assert [d.attempts for d in dead_letters(backend)] == [2, 2]
+        assert read_model(backend) == [positions[1], positions[3]]
+
+        projection.fixed = True
+        assert processor.replay_dead_letters(projection) == 2
+        assert processor.replay_dead_letters(projection) == 0
+    assert dead_letters(backend) == []
+    assert read_model(backend) == positions
+    assert backend.checkpoints() == {"poisoned": positions[-1]}
+
+
+def test_list_filters_by_projection_and_partitions(backend: Backend) -> None:
+    strategy = HashPartitionStrategy()
+    ids = [f"agg-{i}" for i in range(40)]
+    in_p0 = next(i for i in ids if strategy.should_process(i, 0, 2))
+    in_p1 = next(i for i in ids if strategy.should_process(i, 1, 2))
+    conn = backend.connection()
+    query(conn, f"CREATE TABLE {READ_MODEL} (name VARCHAR(100), position BIGINT)")
+    for aggregate in (in_p0, in_p1):
+        backend.store.append(
+            conn, ExpectedVersion.any(), [event(aggregate, "Poison"), event(aggregate, "Ok")]
+        )
+    conn.commit()
+
+    for key in (0, 1):
+        config = ProcessorConfig(partition_key=key, total_partitions=2, on_failure="dead_letter")
+        with backend.Processor(backend.connect, backend.store, config) as processor:
+            assert processor.catch_up(Poisoned(backend, "parts")) == 1
+    with backend.Processor(
+        backend.connect, backend.store, ProcessorConfig(on_failure="dead_letter")
+    ) as processor:
+        assert processor.catch_up(Poisoned(backend, "parts_p")) == 2  # a lookalike name
+
+    names = [d.projection_name for d in dead_letters(backend)]
+    assert names == ["parts_p", "parts_p", "parts_p0", "parts_p1"]
+    assert [d.projection_name for d in dead_letters(backend, "parts")] == ["parts_p0", "parts_p1"]
+    assert [d.projection_name for d in dead_letters(backend, "parts_p")] == ["parts_p"] * 2
+    assert dead_letters(backend, "part") == []
+    assert dead_letters(backend, "parts_p0") == [dead_letters(backend, "parts")[0]]
+
+    # A partition's processor replays its own partition's records only.
+    fixed = Poisoned(backend, "parts")
+    fixed.fixed = True
+    config = ProcessorConfig(partition_key=1, total_partitions=2)
+    with backend.Processor(backend.connect, backend.store, config) as processor:
+        assert processor.replay_dead_letters(fixed) == 1
+    assert [d.projection_name for d in dead_letters(backend, "parts")] == ["parts_p0"]
+
+
+def test_bad_projection_name_is_refused(backend: Backend) -> None:
+    conn = backend.connection()
+    with pytest.raises(ValueError, match="projection_name"):
+        backend.store.list_dead_letters(conn, "")
+    with pytest.raises(TypeError, match="projection_name"):
+        backend.store.list_dead_letters(conn, 3)
+    conn.rollback()
+
+
+@pytest.mark.parametrize("adapter", ["postgres", "mysql", "sqlite"])
+def test_the_schema_only_adds_the_dead_letters_table(adapter: str) -> None:
+    from pupsourcing.adapters import _registry as registry
+
+    dialect = registry.adapter(adapter).store_class.dialect_class
+    config = StoreConfig(dead_letters_table="dl_only_here")
+    statements = [sql for _, sql in dialect.schema(config)]
+    mine = [sql for sql in statements if "dl_only_here" in sql]
+    assert len(mine) == 1
+    assert mine[0].startswith(f"CREATE TABLE IF NOT EXISTS {dialect.quote('dl_only_here')} (")
+    # The Go library's tables come first and are what they were without it.
+    assert statements.index(mine[0]) > max(
+        i for i, sql in enumerate(statements) if config.checkpoints_table in sql
+    )
+
+
+def test_create_schema_is_idempotent_with_the_dead_letters_table(backend: Backend) -> None:
+    conn = backend.connection()
+    backend.store.create_schema(conn)
+    backend.store.create_schema(conn)
+    conn.commit()
+    assert backend.store.list_dead_letters(conn) == []
+    conn.rollback()
