@@ -107,7 +107,7 @@ def run_nats(args: argparse.Namespace) -> int:
 def _redacted(url: str) -> str:
     """``url`` without a password or token in it."""
     scheme, sep, rest = url.rpartition("://")
-    userinfo, at, host = rest.rpartition("@")
+    _userinfo, at, host = rest.rpartition("@")
     return f"{scheme}{sep}***@{host}" if at else url
 
 
