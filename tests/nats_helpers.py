@@ -103,8 +103,8 @@ async def read_stream(url: str, stream: str) -> list[Message]:
         return found
 
 
-def jetstream() -> Iterator[JetStream]:
-    """The fixture's body (see ``test_relay_nats.py``)."""
+def nats_reachable() -> None:
+    """Skip, or under ``CI=true`` fail, unless JetStream answers at ``NATS_URL``."""
     require("nats")
 
     async def ping() -> None:
@@ -115,6 +115,11 @@ def jetstream() -> Iterator[JetStream]:
         asyncio.run(ping())
     except Exception as exc:
         unavailable(f"NATS JetStream at {NATS_URL}", exc)
+
+
+def jetstream() -> Iterator[JetStream]:
+    """The fixture's body (see ``test_relay_nats.py``)."""
+    nats_reachable()
     js = JetStream(NATS_URL)
     try:
         yield js

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MYSQL_HOST, PG_DSN, mysql_admin, unavailable
+from nats_helpers import NATS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -44,6 +45,10 @@ def require_servers(source: str) -> None:
             unavailable("PostgreSQL", exc)
     if "import pymysql" in source:
         mysql_admin().close()
+    if "import nats" in source:
+        from nats_helpers import nats_reachable
+
+        nats_reachable()
 
 
 @pytest.mark.parametrize("example", RUNNABLE, ids=lambda path: path.name)
@@ -60,6 +65,7 @@ def test_example_runs(example: Path, tmp_path: Path) -> None:
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
             "PUPSOURCING_PG": PG_DSN,
             "PUPSOURCING_MYSQL_HOST": MYSQL_HOST,
+            "PUPSOURCING_NATS": NATS_URL,
         },
     )
     assert result.returncode == 0, result.stdout + result.stderr
