@@ -65,8 +65,8 @@ class NatsRelay:
     ``connect_options`` go to ``nats.connect`` (credentials, TLS, ...).
 
     Each event becomes one message on :func:`~pupsourcing.relay.subject_for`
-    with the payload as data and the headers of the
-    :doc:`relay page <../relay.md>`. Events are read like a projection's
+    with the payload as data and the headers listed on the "Publishing to
+    NATS" page of the documentation. Events are read like a projection's
     (batches of ``batch_size`` up to the safe horizon, so none is skipped when
     writers commit out of order) under the checkpoint ``relay_<name>``; a
     batch is published without waiting in between and its checkpoint moves
