@@ -71,7 +71,10 @@ class JetStream:
         import nats
 
         try:
-            nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
+            # the relay's settings: no subject checks (valid by construction)
+            nc = await nats.connect(
+                NATS_URL, connect_timeout=3, allow_reconnect=False, skip_subject_validation=True
+            )
             await nc.jetstream().account_info()
         except Exception as exc:
             raise Unavailable(f"NATS JetStream at {NATS_URL}: {exc!r}") from exc

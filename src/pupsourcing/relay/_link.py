@@ -98,6 +98,7 @@ class Link:
             "name": "pupsourcing relay",
             **self.options,
             "allow_reconnect": False,
+            "skip_subject_validation": True,  # subject_for's subjects are valid by construction
             "error_cb": on_error,
             "closed_cb": on_closed,
             "disconnected_cb": on_closed,

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import re
+
 from pupsourcing.core.events import Event
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_ALL_SAFE = re.compile(r"[A-Za-z0-9_-]+").fullmatch
 
 
+@functools.lru_cache(maxsize=8192)
 def escape_token(text: str) -> str:
     """``text`` as one subject token: every byte of its UTF-8 form outside
     ``[A-Za-z0-9_-]`` written as ``%XX`` (uppercase hex)."""
-    if text.isascii() and all(ord(c) in _SAFE for c in text):
+    if _ALL_SAFE(text):
         return text
     return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in text.encode("utf-8"))
 
