@@ -96,6 +96,8 @@ async def read_stream(url: str, stream: str) -> list[Message]:
             info = await js.stream_info(stream)
         except NotFoundError:
             return []
+        if not info.state.messages:
+            return []
         found = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             raw = await js.get_msg(stream, seq)
