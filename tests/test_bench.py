@@ -42,7 +42,14 @@ def run_quick(script: Path, *args: str) -> str:
 
 
 def test_every_benchmark_is_tested() -> None:
-    others = {"projections.py", "scale.py", "run_all.py", "async_vs_sync.py", "load_test.py"}
+    others = {
+        "projections.py",
+        "scale.py",
+        "run_all.py",
+        "async_vs_sync.py",
+        "load_test.py",
+        "relay_nats.py",
+    }
     assert {p.name for p in SCRIPTS} == {p.name for p in STORE_SCRIPTS} | others
 
 
@@ -145,3 +152,13 @@ def test_run_all_writes_the_table_and_chart(tmp_path: Path) -> None:
     assert "Go original" not in page
     assert "![ratios to baselines](latest.png)" in page
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_relay_benchmark_runs_in_quick_mode() -> None:
+    out = run_quick(BENCH / "relay_nats.py")
+    rows = re.findall(
+        r"^(relay|bare pipelined|bare sequential)\s+([\d,]+)\s+(\d+\.\d+)x$", out, re.M
+    )
+    assert [row[0] for row in rows] == ["relay", "bare pipelined", "bare sequential"], out
+    assert all(float(rate.replace(",", "")) > 0 for _, rate, _ in rows)
+    assert re.search(r"latency commit -> stored .* p50 [\d.]+ ms, p99 [\d.]+ ms", out), out

@@ -123,6 +123,10 @@ def require_servers(text: str) -> None:
             unavailable("PostgreSQL", exc)
     if "import pymysql" in text:
         mysql_admin().close()
+    if "import nats" in text or "pupsourcing.relay import" in text:
+        from nats_helpers import nats_reachable
+
+        nats_reachable()
 
 
 @pytest.mark.parametrize("page", CODE_PAGES, ids=page_id)

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import pytest
 
 from conftest import MYSQL_HOST, PG_DSN, mysql_admin, unavailable
+from nats_helpers import NATS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -96,6 +97,10 @@ def require_servers(source: str) -> None:
             unavailable("PostgreSQL", exc)
     if "import pymysql" in source:
         mysql_admin().close()
+    if "import nats" in source:
+        from nats_helpers import nats_reachable
+
+        nats_reachable()
 
 
 @pytest.mark.parametrize("example", RUNNABLE, ids=lambda path: path.name)
@@ -108,7 +113,7 @@ def test_example_runs(example: Path, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=180,
-        env=example_env(server_url(source)),
+        env={**example_env(server_url(source)), "PUPSOURCING_NATS": NATS_URL},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr

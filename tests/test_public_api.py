@@ -24,6 +24,7 @@ PUBLIC_PACKAGES = [
     "pupsourcing.projection",
     "pupsourcing.runner",
     "pupsourcing.aio",
+    "pupsourcing.relay",
     "pupsourcing.migrations",
     "pupsourcing.eventmap",
     "pupsourcing.domain",

@@ -157,21 +157,12 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
         stop: asyncio.Event | None,
     ) -> T:
         execute = self.store._execute
-        handle = projection.handle
 
         async def perform(instruction: Instruction) -> Any:
             if type(instruction) is Statement:
                 return await execute(self._conn, instruction)
             if type(instruction) is Handle:
-                conn = self._conn
-                for event in instruction:  # a row that fails to decode is no handler failure
-                    try:
-                        result = handle(event, conn)
-                        if result is not None and inspect.isawaitable(result):
-                            await result
-                    except Exception as exc:
-                        raise ProjectionError(projection.name, event.global_position) from exc
-                return None
+                return await self._handle_events(projection, instruction)
             if type(instruction) is Pause:
                 return await _pause(instruction.seconds, stop)
             if type(instruction) is Connect:
@@ -191,6 +182,20 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
             sub.checkpoint = None  # a commit may have been cut short
             await self._abandon_transaction()
             raise
+
+    async def _handle_events(self, projection: AsyncProjection, events: Handle) -> None:
+        """Hand a batch's events to ``projection`` inside the batch's
+        transaction; a failure is raised as :class:`ProjectionError`. (The
+        NATS relay overrides this to publish the batch at once.)"""
+        conn = self._conn
+        handle = projection.handle
+        for event in events:  # a row that fails to decode is no handler failure
+            try:
+                result = handle(event, conn)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                raise ProjectionError(projection.name, event.global_position) from exc
 
     async def _abandon_transaction(self) -> None:
         """After an interruption: a connection the processor opened is closed

@@ -1,0 +1,245 @@
+"""The relay: the projection engine reads the store, JetStream receives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pupsourcing.aio.processor import AsyncProcessor
+from pupsourcing.core.events import PersistedEvent
+from pupsourcing.projection.batch import Handle
+from pupsourcing.projection.config import ProcessorConfig
+from pupsourcing.projection.core import RECONNECT_INITIAL_DELAY, RECONNECT_MAX_DELAY
+from pupsourcing.projection.protocols import AsyncProjection
+from pupsourcing.relay._link import ConnectionLost, Link
+from pupsourcing.relay._subject import check_prefix
+from pupsourcing.store.async_base import AsyncSQLStore
+
+T = TypeVar("T")
+
+DEFAULT_BATCH_SIZE = 500
+
+
+class _Relayed:
+    """The projection the processor runs: its name is the checkpoint's."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:  # pragma: no cover
+        raise NotImplementedError("the relay publishes whole batches")
+
+
+class _RelayProcessor(AsyncProcessor[Any]):
+    """An :class:`AsyncProcessor` whose batches go to JetStream: the batch's
+    checkpoint moves only after every message of it is acknowledged."""
+
+    link: Link
+
+    async def _handle_events(self, projection: AsyncProjection, events: Handle) -> None:
+        if not events:
+            return
+        duplicates = await self.link.publish(events)
+        if duplicates:
+            self._logger.info(
+                "relay %s: JetStream already held %d of %d events (not stored twice)",
+                projection.name,
+                duplicates,
+                len(events),
+            )
+
+
+class NatsRelay:
+    """Publishes every event of the store, in global-position order, to the
+    JetStream stream ``stream`` (created when missing, with subjects
+    ``PREFIX.>``), on asyncio.
+
+    ``db`` and ``store`` are as for :class:`~pupsourcing.aio.AsyncProcessor`:
+    an asyncio connection the relay may use exclusively, or a zero-argument
+    callable returning one (then a lost database connection is re-opened
+    with back-off). ``servers`` is a NATS URL or a list of them;
+    ``connect_options`` go to ``nats.connect`` (credentials, TLS, ...).
+
+    Each event becomes one message on :func:`~pupsourcing.relay.subject_for`
+    with the payload as data and the headers listed on the "Publishing to
+    NATS" page of the documentation. Events are read like a projection's
+    (batches of ``batch_size`` up to the safe horizon, so none is skipped when
+    writers commit out of order) under the checkpoint ``relay_<name>``; a
+    batch is published without waiting in between and its checkpoint moves
+    only once JetStream acknowledged every message of it. Messages carry
+    ``Nats-Msg-Id`` (the event id) and on every (re)connect the relay resumes
+    after the later of its checkpoint and the last event the stream holds, so
+    a relay killed at any moment and restarted stores every event once.
+
+    A lost NATS connection is dropped and opened again with back-off
+    (``RECONNECT_INITIAL_DELAY`` doubling up to ``RECONNECT_MAX_DELAY``); so
+    is a lost database connection when ``db`` is a factory. Errors JetStream
+    returns for a message (other than "unavailable") are raised.
+    """
+
+    def __init__(
+        self,
+        db: Any,
+        store: AsyncSQLStore[Any],
+        *,
+        stream: str,
+        servers: str | Sequence[str] = "nats://127.0.0.1:4222",
+        subject_prefix: str = "events",
+        name: str = "relay",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        poll_interval: float = 0.1,
+        ack_timeout: float = 10.0,
+        connect_options: Mapping[str, Any] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not isinstance(stream, str) or not stream or any(c in stream for c in ".*> \t"):
+            raise ValueError(f"stream must be a JetStream stream name, got {stream!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        if not ack_timeout > 0:
+            raise ValueError(f"ack_timeout must be positive, got {ack_timeout!r}")
+        self.stream = stream
+        self.subject_prefix = check_prefix(subject_prefix)
+        self.name = name
+        self.logger = logger or logging.getLogger("pupsourcing.relay")
+        config = ProcessorConfig(batch_size=batch_size, poll_interval=poll_interval, logger=logger)
+        self._processor = _RelayProcessor(db, store, config)
+        self._link = self._processor.link = Link(
+            servers,
+            stream,
+            self.subject_prefix,
+            ack_timeout=ack_timeout,
+            options=connect_options or {},
+            logger=self.logger,
+        )
+        self._projection = _Relayed(self.checkpoint_name)
+        self._synced = False
+
+    @property
+    def checkpoint_name(self) -> str:
+        """``relay_<name>``: where the relay's position is kept (shown by
+        ``pupsourcing projections status``)."""
+        return f"relay_{self.name}"
+
+    async def run(self, *, stop: asyncio.Event | None = None) -> None:
+        """Relay until ``stop`` is set (checked between batches)."""
+        stop = stop or asyncio.Event()
+        projection = self._projection
+        await self._retrying(lambda: self._processor.run(projection, stop=stop), stop)
+
+    async def catch_up(self) -> int:
+        """Relay until no committed event is left; return how many events
+        were published (including any re-published after a failure)."""
+        projection = self._projection
+        result = await self._retrying(lambda: self._processor.catch_up(projection), None)
+        return result or 0
+
+    async def close(self) -> None:
+        """Close the NATS connection, and the database connection if the
+        relay opened it."""
+        await self._link.close()
+        await self._processor.close()
+
+    async def __aenter__(self) -> NatsRelay:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- failures --------------------------------------------------------------
+
+    async def _retrying(
+        self, work: Callable[[], Awaitable[T]], stop: asyncio.Event | None
+    ) -> T | None:
+        """Run ``work`` on an open, resumed link; after a NATS failure (or a
+        database connection failure outside the processor) drop the link,
+        wait, and start again. ``None`` when stopped while waiting."""
+        delay = RECONNECT_INITIAL_DELAY
+        while True:
+            batches = self._link.batches
+            try:
+                await self._link.open()
+                if not self._synced:
+                    await self._resume()
+                return await work()
+            except Exception as exc:
+                if not self._retryable(exc):
+                    raise
+                if self._link.batches != batches:
+                    delay = RECONNECT_INITIAL_DELAY  # it worked for a while
+                self.logger.warning(
+                    "relay %s: %s: %s; retrying in %.1fs",
+                    self.checkpoint_name,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                self._synced = False
+                await self._link.close()
+                if await _pause(delay, stop):
+                    return None
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+    def _retryable(self, exc: Exception) -> bool:
+        import nats.errors
+        import nats.js.errors
+
+        if isinstance(exc, nats.js.errors.APIError):
+            return isinstance(exc, nats.js.errors.ServiceUnavailableError)
+        if isinstance(exc, nats.errors.MaxPayloadError):
+            return False
+        if isinstance(exc, nats.errors.Error | ConnectionLost | OSError | TimeoutError):
+            return True
+        dialect = self._processor.store.dialect
+        owned = self._processor._factory is not None
+        return owned and (dialect.is_connection_error(exc) or dialect.is_transient(exc))
+
+    async def _resume(self) -> None:
+        """Move the checkpoint up to the last event the stream holds, when
+        that is further: a relay killed after JetStream stored a batch but
+        before its checkpoint committed then publishes none of it again,
+        however long it stayed down."""
+        published = await self._link.last_position()
+        processor, store, name = self._processor, self._processor.store, self.checkpoint_name
+        conn = await processor.connection()
+        try:
+            checkpoint = await store.get_checkpoint(conn, name)
+            if published > checkpoint:
+                await store.update_checkpoint(conn, name, published)
+                self.logger.info(
+                    "relay %s: the stream already holds events up to position %d; "
+                    "checkpoint moved from %d",
+                    name,
+                    published,
+                    checkpoint,
+                )
+            await conn.commit()
+        except BaseException:
+            if processor._factory is not None:
+                await processor.close()
+            else:
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
+            raise
+        processor._core.subscription(self._projection).checkpoint = None  # reload it
+        self._synced = True
+
+
+async def _pause(seconds: float, stop: asyncio.Event | None) -> bool:
+    """Wait ``seconds`` or until ``stop`` is set; whether it is."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return False
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    return stop.is_set()

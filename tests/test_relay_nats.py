@@ -1,0 +1,414 @@
+"""``pupsourcing.relay`` and ``pupsourcing relay nats`` against the real NATS
+JetStream server and every database: subjects, headers, the checkpoint,
+exactly once across SIGKILL and past the duplicate window, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli_helpers import cli, cli_argv, cli_env
+from conftest import Backend, made_backend
+from nats_helpers import JetStream, Message, jetstream
+from pupsourcing import Event, ExpectedVersion
+from pupsourcing.relay import NatsRelay, subject_for
+
+DATABASES = ["sqlite", "postgres", "mysql"]
+
+
+@pytest.fixture
+def js() -> Iterator[JetStream]:
+    yield from jetstream()
+
+
+@pytest.fixture(params=DATABASES)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    with made_backend(request.param, tmp_path) as backend:
+        yield backend
+
+
+def append(backend: Backend, events: list[Event]) -> None:
+    conn = backend.connect()
+    try:
+        backend.store.append(conn, ExpectedVersion.any(), events)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def relay(backend: Backend, js: JetStream, stream: str, prefix: str, **kw: Any) -> NatsRelay:
+    return NatsRelay(
+        backend.open_async,
+        backend.async_store(),
+        stream=stream,
+        servers=kw.pop("servers", js.url),
+        subject_prefix=prefix,
+        **kw,
+    )
+
+
+def catch_up(r: NatsRelay) -> int:
+    async def go() -> int:
+        async with r:
+            return await r.catch_up()
+
+    return asyncio.run(go())
+
+
+def stored_positions(backend: Backend) -> list[int]:
+    conn = backend.connect()
+    try:
+        return [e.global_position for e in backend.store.read_events(conn, 0, 1_000_000)]
+    finally:
+        conn.close()
+
+
+def assert_exactly_once_in_order(messages: list[Message], backend: Backend) -> None:
+    """Every stored event once, in global-position order (so also in order
+    within each aggregate), each message's id its event's."""
+    positions = [m.position for m in messages]
+    assert positions == stored_positions(backend)
+    ids = [m.headers["Nats-Msg-Id"] for m in messages]
+    assert len(set(ids)) == len(ids)
+    versions: dict[str, int] = {}
+    for m in messages:
+        version = int(m.headers["Pupsourcing-Aggregate-Version"])
+        assert version == versions.get(m.subject, 0) + 1, m
+        versions[m.subject] = version
+
+
+# -- subjects and headers ----------------------------------------------------------
+
+
+def test_subject_escapes_every_byte_outside_the_safe_set() -> None:
+    event = Event("Shop-1", "Order_x", "a.b c>*%é/", "Placed", b"{}")
+    assert subject_for(event, "events") == "events.Shop-1.Order_x.a%2Eb%20c%3E%2A%25%C3%A9%2F"
+    assert subject_for(event, "app.events").startswith("app.events.Shop-1.")
+    for bad in ("", "a..b", "a.>", "a *", "ev.*"):
+        with pytest.raises(ValueError, match="subject_prefix"):
+            subject_for(event, bad)
+
+
+def test_messages_carry_the_payload_and_the_specified_headers(db: Backend, js: JetStream) -> None:
+    stream, prefix = js.new_stream()
+    full = Event(
+        "Shop",
+        "Order",
+        "o.1",
+        "Placed",
+        b'{"total": 5}',
+        event_version=3,
+        metadata=b'{"user": "ann"}',
+        causation_id="cause-1",
+        correlation_id="corr-1",
+        trace_id="0af7651916cd43dd8448eb211c80319c",
+    )
+    bare = Event("Shop", "Order", "o.1", "Paid", b"\x00\xffbinary")
+    append(db, [full, bare])
+    assert catch_up(relay(db, js, stream, prefix)) == 2
+
+    messages = js.messages(stream)
+    conn = db.connect()
+    stored = db.store.read_events(conn, 0, 10)
+    conn.close()
+    assert [m.subject for m in messages] == [f"{prefix}.Shop.Order.o%2E1"] * 2
+    assert [m.data for m in messages] == [full.payload, bare.payload]
+    for message, event in zip(messages, stored, strict=True):
+        expected = {
+            "Nats-Msg-Id": str(event.event_id),
+            "Pupsourcing-Global-Position": str(event.global_position),
+            "Pupsourcing-Aggregate-Version": str(event.aggregate_version),
+            "Pupsourcing-Event-Type": event.event_type,
+            "Pupsourcing-Event-Version": str(event.event_version),
+            "Pupsourcing-Event-Id": str(event.event_id),
+            "Pupsourcing-Created-At": event.created_at.isoformat(),
+            "Pupsourcing-Metadata": (event.metadata or b"").decode(),
+        }
+        if event.event_type == "Placed":
+            expected |= {
+                "Pupsourcing-Causation-Id": "cause-1",
+                "Pupsourcing-Correlation-Id": "corr-1",
+                "Pupsourcing-Trace-Id": "0af7651916cd43dd8448eb211c80319c",
+            }
+        assert message.headers == expected
+    assert json.loads(messages[0].headers["Pupsourcing-Metadata"]) == {"user": "ann"}
+    assert messages[0].headers["Pupsourcing-Event-Version"] == "3"
+
+
+def test_checkpoint_follows_the_acknowledged_messages(db: Backend, js: JetStream) -> None:
+    stream, prefix = js.new_stream()
+    for i in range(7):
+        append(db, [Event("Shop", "Order", f"o{i % 3}", "Placed", b"{}") for _ in range(i + 1)])
+    assert catch_up(relay(db, js, stream, prefix, name="cp", batch_size=4)) == 28
+    head = stored_positions(db)[-1]
+    assert db.checkpoints()["relay_cp"] == head
+    assert_exactly_once_in_order(js.messages(stream), db)
+    # Nothing new: nothing published again.
+    assert catch_up(relay(db, js, stream, prefix, name="cp")) == 0
+    assert len(js.messages(stream)) == 28
+
+
+def test_restart_after_the_duplicate_window_publishes_nothing_twice(
+    db: Backend, js: JetStream
+) -> None:
+    """The relay died after JetStream stored a batch but before the checkpoint
+    moved, and came back after the 1 s duplicate window: de-duplication can
+    no longer help, reading where the stream ended does."""
+    stream, prefix = js.new_stream(duplicate_window=1.0)
+    append(db, [Event("Shop", "Order", "o1", "Placed", b"{}") for _ in range(5)])
+    assert catch_up(relay(db, js, stream, prefix, name="w")) == 5
+    conn = db.connect()
+    db.store.update_checkpoint(conn, "relay_w", 2)  # as if the last batch never committed
+    conn.commit()
+    conn.close()
+    time.sleep(1.5)
+    append(db, [Event("Shop", "Order", "o1", "Shipped", b"{}")])
+    assert catch_up(relay(db, js, stream, prefix, name="w")) == 1
+    messages = js.messages(stream)
+    assert len(messages) == 6
+    assert_exactly_once_in_order(messages, db)
+    assert db.checkpoints()["relay_w"] == stored_positions(db)[-1]
+
+
+def test_a_stream_without_the_subjects_is_refused(db: Backend, js: JetStream) -> None:
+    stream, _prefix = js.new_stream(duplicate_window=60)
+    append(db, [Event("Shop", "Order", "o1", "Placed", b"{}")])
+    with pytest.raises(ValueError, match=r"does not take subjects 'other\.>'"):
+        catch_up(relay(db, js, stream, "other"))
+    assert db.checkpoints().get("relay_relay", 0) == 0
+
+
+def test_bad_arguments_name_the_field() -> None:
+    from pupsourcing.adapters.sqlite import AsyncSQLiteStore
+
+    store = AsyncSQLiteStore()
+    with pytest.raises(ValueError, match="stream"):
+        NatsRelay(lambda: None, store, stream="a.b")
+    with pytest.raises(ValueError, match="subject_prefix"):
+        NatsRelay(lambda: None, store, stream="s", subject_prefix="a.>")
+    with pytest.raises(ValueError, match="batch_size"):
+        NatsRelay(lambda: None, store, stream="s", batch_size=0)
+
+
+# -- failures ---------------------------------------------------------------------
+
+
+def test_database_connection_failures_are_retried(js: JetStream, tmp_path: Path) -> None:
+    """Opening the database fails twice (a real refused connection); the relay
+    backs off and carries on."""
+    import psycopg
+
+    with made_backend("postgres", tmp_path) as backend:
+        stream, prefix = js.new_stream()
+        append(backend, [Event("Shop", "Order", "o1", "Placed", b"{}") for _ in range(3)])
+        attempts = []
+
+        async def flaky() -> Any:
+            attempts.append(time.monotonic())
+            if len(attempts) <= 2:
+                return await psycopg.AsyncConnection.connect(
+                    "host=127.0.0.1 port=1 connect_timeout=2"
+                )
+            return await backend.open_async()
+
+        r = NatsRelay(flaky, backend.async_store(), stream=stream, subject_prefix=prefix)
+        assert catch_up(r) == 3
+        assert len(attempts) >= 3
+        assert attempts[2] - attempts[1] >= 0.15  # backed off, doubling from 0.1 s
+        assert_exactly_once_in_order(js.messages(stream), backend)
+
+
+def test_a_restarted_nats_server_is_reconnected(tmp_path: Path) -> None:
+    """A private JetStream server goes away while the relay runs and events
+    are appended, and comes back on the same storage: the relay reconnects
+    and every event ends up in the stream once."""
+    from nats_helpers import read_stream
+    from private_servers import free_port
+
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    store_dir = tmp_path / "js"
+    argv = ["nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                asyncio.run(read_stream(url, "none"))
+                return proc
+            except Exception:
+                time.sleep(0.1)
+        proc.kill()
+        pytest.fail("the private nats-server did not start")
+
+    with made_backend("sqlite", tmp_path) as backend:
+        server = start()
+        try:
+            r = NatsRelay(
+                backend.open_async,
+                backend.async_store(),
+                stream="restarted",
+                servers=url,
+                subject_prefix="ev",
+                poll_interval=0.02,
+            )
+
+            async def scenario() -> list[Message]:
+                nonlocal server
+                stop = asyncio.Event()
+                task = asyncio.create_task(r.run(stop=stop))
+                for i in range(30):
+                    await asyncio.to_thread(
+                        append, backend, [Event("Shop", "Order", f"o{i % 4}", "E", b"{}")]
+                    )
+                    if i == 10:
+                        await asyncio.sleep(0.3)
+                        server.terminate()
+                        server.wait()
+                    if i == 20:
+                        server = await asyncio.to_thread(start)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    messages = await read_stream(url, "restarted")
+                    if len(messages) >= 30:
+                        break
+                    await asyncio.sleep(0.2)
+                stop.set()
+                await asyncio.wait_for(task, 15)
+                await r.close()
+                return await read_stream(url, "restarted")
+
+            messages = asyncio.run(scenario())
+            assert_exactly_once_in_order(messages, backend)
+            assert len(messages) == 30
+            assert backend.checkpoints()["relay_relay"] == 30
+        finally:
+            server.terminate()
+            server.wait()
+
+
+# -- the command --------------------------------------------------------------------
+
+
+def start_relay(backend: Backend, js: JetStream, stream: str, prefix: str, log: Path) -> Any:
+    with log.open("ab") as err:
+        return subprocess.Popen(
+            cli_argv(
+                "relay",
+                "nats",
+                "--db",
+                backend.url,
+                "--nats",
+                js.url,
+                "--stream",
+                stream,
+                "--subject-prefix",
+                prefix,
+                "--name",
+                "cli",
+                "--batch-size",
+                "20",
+                "--poll-interval",
+                "0.02",
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=cli_env(),
+        )
+
+
+def test_sigkill_at_any_moment_stores_each_event_once_in_order(
+    db: Backend, js: JetStream, tmp_path: Path
+) -> None:
+    """Writers append all along; the relay command is killed with SIGKILL at
+    random moments and restarted, sometimes only after the 1 s duplicate
+    window has passed. The stream holds every event once, in order."""
+    stream, prefix = js.new_stream(duplicate_window=1.0)
+    log = tmp_path / "relay.log"
+    stop = threading.Event()
+    rng = random.Random(24)
+
+    def write(worker: int) -> None:
+        n = 0
+        while not stop.is_set():
+            size = 1 + n % 3
+            append(
+                db,
+                [Event("Shop", "Order", f"w{worker}-{n % 5}", "E", b"{}") for _ in range(size)],
+            )
+            n += 1
+            time.sleep(0.005)
+
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+    for w in writers:
+        w.start()
+    try:
+        for round_ in range(6):
+            proc = start_relay(db, js, stream, prefix, log)
+            time.sleep(rng.uniform(0.8, 2.5))
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(10) == -signal.SIGKILL
+            if round_ % 2:
+                time.sleep(1.2)  # past the duplicate window
+    finally:
+        stop.set()
+        for w in writers:
+            w.join()
+    relayed_before = len(js.messages(stream))
+    assert relayed_before > 0, log.read_text()
+    proc = start_relay(db, js, stream, prefix, log)
+    deadline = time.monotonic() + 60
+    total = len(stored_positions(db))
+    while time.monotonic() < deadline and len(js.messages(stream)) < total:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0, log.read_text()
+    assert_exactly_once_in_order(js.messages(stream), db)
+    assert db.checkpoints()["relay_cli"] == stored_positions(db)[-1]
+
+
+def test_sigterm_stops_cleanly_and_status_shows_the_relay(js: JetStream, tmp_path: Path) -> None:
+    with made_backend("sqlite", tmp_path) as backend:
+        stream, prefix = js.new_stream()
+        append(backend, [Event("Shop", "Order", "o1", "Placed", b"{}") for _ in range(4)])
+        log = tmp_path / "relay.log"
+        proc = start_relay(backend, js, stream, prefix, log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and backend.checkpoints().get("relay_cli") != 4:
+            time.sleep(0.1)
+        append(backend, [Event("Shop", "Order", "o2", "Placed", b"{}")])  # lag 1 once stopped
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        text = log.read_text()
+        assert "SIGTERM: stopping after the current batch" in text
+        assert "stopped relay_cli" in text
+        status = cli("projections", "status", "--db", backend.url, "--json")
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        rows = {row["name"]: row for row in report["projections"]}
+        assert report["head"] == 5
+        assert rows["relay_cli"]["position"] in (4, 5)  # SIGTERM may come after the 5th
+        assert rows["relay_cli"]["position"] + rows["relay_cli"]["lag"] == 5
+        text_status = cli("projections", "status", "--db", backend.url)
+        assert "relay_cli" in text_status.stdout
+
+
+def test_the_command_needs_a_stream_and_reports_a_bad_database(tmp_path: Path) -> None:
+    result = cli("relay", "nats", "--db", f"sqlite:///{tmp_path}/none.db", "--stream", "s")
+    assert result.returncode == 1
+    assert "relay nats: error: cannot open" in result.stderr
+    result = cli("relay", "nats", "--db", f"sqlite:///{tmp_path}/none.db")
+    assert result.returncode == 2
+    assert "--stream" in result.stderr
