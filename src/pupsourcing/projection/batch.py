@@ -24,7 +24,7 @@ from pupsourcing.projection.partition import HashPartitionStrategy
 from pupsourcing.projection.protocols import PartitionStrategy
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.horizon import Horizon
-from pupsourcing.store.plan import COMMIT, ROLLBACK, Row, Statement
+from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, Statement
 
 DECODE_CHUNK = 64
 """Rows decoded into events at a time while a batch is handled."""
@@ -285,17 +285,21 @@ def _handle_and_advance(
     checkpoint: int,
     position: int,
     logger: Logger,
+    then: Callable[[], Plan[None]] | None = None,
 ) -> Generator[Statement | Handle, Any, bool]:
     """In one transaction, hand ``events`` to the projection and move the
-    checkpoint from ``checkpoint`` to ``position`` (compare-and-set). Commits
-    and answers ``True``; rolls back and answers ``False`` when the checkpoint
-    had moved away. On any failure rolls back and raises (see
-    :func:`_roll_back_failed_handler` for the handler's failures)."""
+    checkpoint from ``checkpoint`` to ``position`` (compare-and-set), then run
+    ``then()``'s statements when it moved. Commits and answers ``True``; rolls
+    back and answers ``False`` when the checkpoint had moved away. On any
+    failure rolls back and raises (see :func:`_roll_back_failed_handler` for
+    the handler's failures)."""
     yield Statement(dialect.begin_sql, begin=True)
     try:
         if events:
             yield events
         advanced = yield from dialect.advance_checkpoint(sub.checkpoint_name, checkpoint, position)
+        if advanced and then is not None:
+            yield from then()
     except ProjectionError as failure:
         yield from _roll_back_failed_handler(dialect, sub, failure, checkpoint, logger)
         raise

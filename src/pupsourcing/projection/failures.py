@@ -25,8 +25,8 @@ from pupsourcing.projection.batch import (
     Subscription,
     _ensure_checkpoint,
     _fetch_statement,
+    _handle_and_advance,
     _record,
-    _roll_back_failed_handler,
 )
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.plan import COMMIT, ROLLBACK, Statement
@@ -66,22 +66,17 @@ def dead_letter_step(
     events = Handle(
         [row for row in sub.select(rows) if int(row[0]) < position], sub.decoder(dialect)
     )
-    yield Statement(dialect.begin_sql, begin=True)
-    try:
-        if events:
-            yield events
-        advanced = yield from dialect.advance_checkpoint(sub.checkpoint_name, checkpoint, position)
-        if advanced:
-            yield from dialect.record_dead_letter(
-                sub.checkpoint_name, position, failing.error, failing.attempts
-            )
-    except ProjectionError as failure:
-        yield from _roll_back_failed_handler(dialect, sub, failure, checkpoint, logger)
-        raise
-    except Exception:
-        yield ROLLBACK
-        raise
-    yield COMMIT if advanced else ROLLBACK
+    advanced = yield from _handle_and_advance(
+        dialect,
+        sub,
+        events,
+        checkpoint,
+        position,
+        logger,
+        then=lambda: dialect.record_dead_letter(
+            sub.checkpoint_name, position, failing.error, failing.attempts
+        ),
+    )
     if not advanced:
         sub.checkpoint = None
         return StepOutcome(0, idle=False, contended=True)
