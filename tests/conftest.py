@@ -74,13 +74,21 @@ MYSQL_DRIVERS = {"mysql": "pymysql", "mysqlclient": "MySQLdb"}
 
 EXTRAS = {
     "psycopg": "postgres",
-    "psycopg_pool": "postgres",
     "pymysql": "mysql",
     "MySQLdb": "mysqlclient",
     "asyncmy": "asyncmy",
     "aiosqlite": "aiosqlite",
+    "nats": "nats",
+    "rich": "cli",
 }
-"""The extra of pyproject.toml that installs each driver module tests need."""
+"""The extra of pyproject.toml that installs each driver module tests need;
+any other module comes with the ``dev`` dependency group."""
+
+
+def install_hint(module: str) -> str:
+    """The command that installs ``module`` for the tests."""
+    extra = EXTRAS.get(module.split(".")[0])
+    return f"pip install -e '.[{extra}]'" if extra else "pip install -e . --group dev"
 
 
 def require(module: str) -> Any:
@@ -90,8 +98,7 @@ def require(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         if isinstance(exc, ModuleNotFoundError) and exc.name in (module, module.split(".")[0]):
-            extra = EXTRAS.get(module.split(".")[0], "dev")
-            missing(f"{module} not installed (pip install -e '.[{extra}]')")
+            missing(f"{module} not installed ({install_hint(module)})")
         else:  # installed, but broken (a missing shared library, say)
             missing(f"{module} cannot be imported: {exc}")
         raise

@@ -30,8 +30,14 @@ def test_the_go_tables_ddl_is_unchanged(adapter: str) -> None:
     dialect = registry.adapter(adapter).store_class.dialect_class
     config = StoreConfig()
     statements = dialect.schema(config)
-    go, added = statements[:-1], statements[-1][1]
-    assert go == schema_statements(config, dialect.quote, dialect.schema_dialect)
+    own = [dialect.quote(t) for t in ("aggregate_snapshots", "projection_dead_letters")]
+    go = [(c, sql) for c, sql in statements if not any(t in sql for t in own)]
+    [added] = [sql for _, sql in statements if own[0] in sql]
+    assert go == [
+        s
+        for s in schema_statements(config, dialect.quote, dialect.schema_dialect)
+        if own[1] not in s[1]
+    ]
     digest = hashlib.sha256(";\n".join(sql for _, sql in go).encode()).hexdigest()
     assert digest == GO_TABLES_SQL_SHA256[adapter]
     assert added.startswith(f"CREATE TABLE IF NOT EXISTS {dialect.quote('aggregate_snapshots')} (")

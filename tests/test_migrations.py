@@ -103,7 +103,7 @@ def test_custom_table_names_everywhere() -> None:
         for name in ("idx_ev_aggregate", "idx_hd_updated", "idx_cp_updated"):
             assert name in sql
         assert "projection_dead_letters" not in generate_sql(
-            adapter, StoreConfig("ev", "cp", "hd", "dl")
+            adapter, StoreConfig("ev", "cp", "hd", dead_letters_table="dl")
         )
 
 

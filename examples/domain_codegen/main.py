@@ -73,7 +73,11 @@ class Invoice(Aggregate):
 def main() -> None:
     default = f"sqlite:///{Path(tempfile.mkdtemp(prefix='domain-codegen-')) / 'billing.db'}"
     db = database(os.environ.get("PUPSOURCING_DB") or default)
-    conn = db.connect()
+    try:
+        conn = db.connect()
+    except Exception as exc:  # the server is down, or refuses us
+        message = db.url.scrub(str(exc).splitlines()[0] if str(exc) else "")
+        sys.exit(f"cannot connect to the database PUPSOURCING_DB names ({db.url}): {message}")
     db.store.create_schema(conn)
     conn.commit()
     invoice_id = f"{INVOICE}-{os.getpid()}"

@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import os
 import random
+import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -28,9 +29,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pupsourcing import OptimisticConcurrencyError
-from pupsourcing.aio import AsyncMySQLStore, AsyncPostgresStore, AsyncRepository, AsyncSQLiteStore
+from pupsourcing.aio import AsyncRepository, database
 from pupsourcing.domain import Aggregate, AggregateNotFoundError, JsonCodec
-from pupsourcing.urls import DatabaseURL, parse_url
 
 # -- the domain ----------------------------------------------------------------------
 
@@ -94,43 +94,25 @@ def default_url() -> str:
     return f"sqlite:///{Path(tempfile.mkdtemp(prefix='domain-web-')) / 'shop.db'}"
 
 
-def async_connector(url: DatabaseURL) -> Callable[[], Awaitable[Any]]:
-    """Opens a new asyncio connection to ``url``."""
-    if url.adapter == "sqlite":
-        from pupsourcing.adapters.sqlite import connect_async
-
-        assert url.path is not None
-        path = url.path
-        return lambda: connect_async(path)
-    if url.adapter == "postgres":
-        import psycopg
-
-        return lambda: psycopg.AsyncConnection.connect(url.raw)
-    import asyncmy
-
-    return lambda: asyncmy.connect(
-        host=url.host or "127.0.0.1",
-        port=url.port or 3306,
-        user=url.user or "root",
-        password=url.password or "",
-        database=url.database,
-        charset="utf8mb4",
-    )
-
-
 class Service:
     """The repository, and one connection (one transaction) per request."""
 
     def __init__(self, url: str) -> None:
-        parsed = parse_url(url)
-        self.connect = async_connector(parsed)
-        stores = {"sqlite": AsyncSQLiteStore, "postgres": AsyncPostgresStore}
-        store = stores.get(parsed.adapter, AsyncMySQLStore)()
-        self.repo: AsyncRepository[Order] = AsyncRepository(store, Order, codec, snapshot_every=20)
+        db = database(url)
+        self.url, self.connect = db.url, db.connect
+        self.repo = AsyncRepository(db.store, Order, codec, snapshot_every=20)
 
     async def create_schema(self) -> None:
-        async with self.transaction() as tx:
-            await self.repo.store.create_schema(tx)
+        try:
+            conn = await self.connect()
+        except Exception as exc:  # the server is down, or refuses us
+            message = self.url.scrub(str(exc).splitlines()[0] if str(exc) else "")
+            sys.exit(f"cannot connect to the database PUPSOURCING_DB names ({self.url}): {message}")
+        try:
+            await self.repo.store.create_schema(conn)
+            await conn.commit()
+        finally:
+            await _close(conn)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
