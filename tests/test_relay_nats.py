@@ -356,8 +356,18 @@ def test_sigkill_at_any_moment_stores_each_event_once_in_order(
         w.start()
     try:
         for round_ in range(6):
+            before = len(js.messages(stream))
             proc = start_relay(db, js, stream, prefix, log)
-            time.sleep(rng.uniform(0.8, 2.5))
+            if round_ % 2 == 0:
+                # Wait until this run has published (starting can take seconds on
+                # a loaded machine), then kill it mid-flight; odd rounds kill it
+                # at a random moment, starting up included.
+                deadline = time.monotonic() + 30
+                while len(js.messages(stream)) == before and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                time.sleep(rng.uniform(0.0, 0.5))
+            else:
+                time.sleep(rng.uniform(0.8, 2.5))
             proc.send_signal(signal.SIGKILL)
             assert proc.wait(10) == -signal.SIGKILL
             if round_ % 2:
