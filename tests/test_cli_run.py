@@ -407,6 +407,24 @@ def test_partitions_stop_mid_way_and_resume(backend: Backend, running: list[Runn
     assert_exactly_once_up_to_checkpoints(backend, total=2)
 
 
+def test_a_stop_while_the_workers_start_is_a_clean_stop(
+    sqlite_db: Backend, running: list[Running]
+) -> None:
+    """SIGINT right after the workers were spawned: the SIGTERM forwarded to a
+    worker still starting (no handler yet, no batch begun) kills it, which is
+    a clean stop, not a failure."""
+    prepare(sqlite_db, aggregates=4, per_aggregate=2)
+    supervisor = Running(
+        "projections", "run", "cli_projections:Recorder", "--partitions", "2",
+        "--db", sqlite_db.url, "--no-progress",
+    )  # fmt: skip
+    running.append(supervisor)
+    supervisor.wait_for_line(STARTED, 2)
+    supervisor.signal(signal.SIGINT)
+    assert supervisor.wait() == 0, supervisor.stderr
+    assert "was killed by SIGTERM" not in supervisor.stderr
+
+
 def test_a_second_signal_stops_everything_at_once(
     sqlite_db: Backend, running: list[Running]
 ) -> None:

@@ -168,7 +168,13 @@ def run(args: argparse.Namespace) -> int:
                     pid = worker.process.pid if worker.process else 0
                     code = worker.reap()
                     if code is not None:
-                        if stop.is_set():
+                        if stop.is_set() and forwarded and code == -signal.SIGTERM:
+                            # Our SIGTERM reached it before it had set its handler
+                            # up, so before its first batch: nothing was lost.
+                            logger.info(
+                                "worker %s (pid %d) stopped while starting", worker.label, pid
+                            )
+                        elif stop.is_set():
                             logger.info(
                                 "worker %s (pid %d) %s", worker.label, pid, describe_exit(code)
                             )
