@@ -56,9 +56,12 @@ class Disconnect:
 @dataclass(frozen=True, slots=True)
 class Pause:
     """Wait ``seconds``, or less if the processor is asked to stop. Answered
-    with whether it is (``Pause(0)`` only asks)."""
+    with whether it is (``Pause(0)`` only asks). With ``wake``, an idle
+    wait that an append may cut short (push wake-up, see
+    :mod:`pupsourcing.projection._waiter`)."""
 
     seconds: float
+    wake: bool = False
 
 
 CONNECT = Connect()
@@ -120,7 +123,7 @@ class ProcessorCore:
                 if outcome.contended:
                     yield from self.yield_to_other_processor(sub)
                 elif outcome.idle:
-                    yield Pause(self.config.poll_interval)
+                    yield Pause(self.config.poll_interval, wake=True)
 
     def catch_up(self, sub: Subscription) -> ProcessorPlan[int]:
         """Process until no committed event is left; return how many were
