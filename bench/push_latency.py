@@ -17,7 +17,7 @@ PostgreSQL wakes on the append's NOTIFY (any connection or process); SQLite
 on the in-process signal of the store's ``append`` (the processor's poll may
 come before the commit, then a quick retry finds the event).
 
-    python bench/push_latency.py [--count N] [--db postgres,sqlite] [--idle SECONDS]
+    python bench/push_latency.py [--count N] [--db postgres,sqlite] [--idle SECONDS] [--quick]
 """
 
 from __future__ import annotations
@@ -248,7 +248,10 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--count", type=int, default=1000, help="appends per run (default 1000)")
 parser.add_argument("--db", default="postgres,sqlite", help="postgres,sqlite (default both)")
 parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle measured (default 5)")
+parser.add_argument("--quick", action="store_true", help="a smoke run: 50 appends, 1 s idle")
 ARGS = parser.parse_args([] if __name__ != "__main__" else None)
+if ARGS.quick:
+    ARGS.count, ARGS.idle = 50, 1.0
 
 if __name__ == "__main__":
     sys.exit(main())
