@@ -49,6 +49,7 @@ def test_every_benchmark_is_tested() -> None:
         "async_vs_sync.py",
         "load_test.py",
         "relay_nats.py",
+        "push_latency.py",
     }
     assert {p.name for p in SCRIPTS} == {p.name for p in STORE_SCRIPTS} | others
 
@@ -72,6 +73,21 @@ def test_async_vs_sync_benchmark_runs_in_quick_mode() -> None:
     for column, ratio in enumerate(store_raw[0]):
         expected = rates["store"][column] / rates["raw psycopg"][column]
         assert float(ratio) == pytest.approx(expected, rel=0.05, abs=0.01)
+
+
+def test_push_latency_runs_in_quick_mode() -> None:
+    out = run_quick(BENCH / "push_latency.py")
+    for database in ("PostgreSQL", "SQLite"):
+        assert f"{database} " in out, out
+    rows = re.findall(
+        r"^  (with push|without push)\s+p50\s+([\d.]+) ms\s+p99\s+([\d.]+) ms", out, re.M
+    )
+    assert [row[0] for row in rows] == ["with push", "without push"] * 2, out
+    for name, p50, p99 in rows:
+        assert 0 < float(p50) <= float(p99), (name, p50, p99)
+    idle = re.findall(r"poll_interval\s+([\d.]+) s:\s+([\d.]+) statements/s", out)
+    assert len(idle) == 4, out
+    assert all(float(rate) == 0 for poll, rate in idle if poll == "5.0"), out
 
 
 def test_load_test_runs_in_quick_mode() -> None:

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from pupsourcing.core.errors import ProjectionError
+from pupsourcing.projection._waiter import AsyncWaiter
 from pupsourcing.projection.batch import Handle, Subscription
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.core import (
@@ -86,6 +87,7 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
         self, db: Any, store: AsyncSQLStore[Any], config: ProcessorConfig | None = None
     ) -> None:
         super().__init__(db, store, config)
+        self._waiter = AsyncWaiter(store.config.events_table, store._push_listener(), self._logger)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -164,6 +166,8 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
             if type(instruction) is Handle:
                 return await self._handle_events(projection, instruction)
             if type(instruction) is Pause:
+                if instruction.wake and stop is not None:
+                    return await self._waiter.wait(self._conn, instruction.seconds, stop)
                 return await _pause(instruction.seconds, stop)
             if type(instruction) is Connect:
                 return await self.connection()

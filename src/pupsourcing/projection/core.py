@@ -38,6 +38,10 @@ RECONNECT_MAX_DELAY = 10.0
 HELD_BACK_WARNING = 30.0
 """Seconds a projection may wait behind open write transactions before the
 processor logs a warning, and again every as many seconds while it waits."""
+HELD_BACK_POLL = 0.1
+"""The longest an idle processor waits while committed events are held back
+by open write transactions (with a long ``poll_interval`` and push wake-up,
+a transaction that ends without appending wakes nobody)."""
 CONFLICT_WARNING = 30.0
 """Seconds between two warnings that another processor moved a projection's
 checkpoint (each says how many batches it cost since the last)."""
@@ -56,9 +60,12 @@ class Disconnect:
 @dataclass(frozen=True, slots=True)
 class Pause:
     """Wait ``seconds``, or less if the processor is asked to stop. Answered
-    with whether it is (``Pause(0)`` only asks)."""
+    with whether it is (``Pause(0)`` only asks). With ``wake``, an idle
+    wait that an append may cut short (push wake-up, see
+    :mod:`pupsourcing.projection._waiter`)."""
 
     seconds: float
+    wake: bool = False
 
 
 CONNECT = Connect()
@@ -120,7 +127,15 @@ class ProcessorCore:
                 if outcome.contended:
                     yield from self.yield_to_other_processor(sub)
                 elif outcome.idle:
-                    yield Pause(self.config.poll_interval)
+                    yield Pause(self.idle_pause(outcome), wake=True)
+
+    def idle_pause(self, outcome: StepOutcome) -> float:
+        """How long ``run`` waits for an append to wake it: ``poll_interval``,
+        but no more than :data:`HELD_BACK_POLL` while committed events wait
+        behind open transactions (their end notifies nothing)."""
+        if outcome.waiting:
+            return min(self.config.poll_interval, HELD_BACK_POLL)
+        return self.config.poll_interval
 
     def catch_up(self, sub: Subscription) -> ProcessorPlan[int]:
         """Process until no committed event is left; return how many were

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from pupsourcing.core.errors import ProjectionError
+from pupsourcing.projection._waiter import Waiter
 from pupsourcing.projection.batch import Handle, Subscription
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.core import (
@@ -80,6 +81,7 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
         self, db: Any, store: SQLStore[Any], config: ProcessorConfig | None = None
     ) -> None:
         super().__init__(db, store, config)
+        self._waiter = Waiter(store.config.events_table, store._push_listener(), self._logger)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -170,6 +172,8 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
                         raise ProjectionError(projection.name, event.global_position) from exc
                 return None
             if type(instruction) is Pause:
+                if instruction.wake and stop is not None:
+                    return self._waiter.wait(self._conn, instruction.seconds, stop)
                 if stop is not None:
                     return stop.wait(instruction.seconds) if instruction.seconds else stop.is_set()
                 time.sleep(instruction.seconds)

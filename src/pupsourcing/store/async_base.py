@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
+from pupsourcing.store._appended import AsyncListener, appended
 from pupsourcing.store.base import StoreBase
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.dead_letter import DeadLetter
@@ -43,6 +44,10 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         """Whether ``tx`` has a transaction open (or will open one implicitly
         for the next statement)."""
 
+    def _push_listener(self) -> AsyncListener | None:
+        """As :meth:`pupsourcing.store.base.SQLStore._push_listener`, for asyncio."""
+        return None
+
     async def _execute(self, tx: ConnT, statement: Statement) -> list[Row]:
         """Execute one statement of a plan; see :class:`Statement` for the answer."""
         if statement.control is not None:
@@ -71,7 +76,9 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         :class:`~pupsourcing.InvalidEventError` (nothing is sent) or
         :class:`~pupsourcing.OptimisticConcurrencyError`.
         """
-        return await self._run(tx, self._append_plan(expected_version, events))
+        result = await self._run(tx, self._append_plan(expected_version, events))
+        appended(self.dialect.config.events_table)
+        return result
 
     async def read_events(self, tx: ConnT, from_position: int, limit: int) -> list[PersistedEvent]:
         """Events with ``global_position > from_position``, ascending, at most ``limit``."""

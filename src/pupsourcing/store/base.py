@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
+from pupsourcing.store._appended import Listener, appended
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dead_letter import DeadLetter
@@ -100,6 +101,12 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         """Whether ``tx`` has a transaction open (or will open one implicitly
         for the next statement, as non-autocommit DB-API connections do)."""
 
+    def _push_listener(self) -> Listener | None:
+        """A new listener for the database's append notifications, for one
+        processor; ``None`` where the database sends none (only in-process
+        appends wake processors then)."""
+        return None
+
     def _execute(self, tx: ConnT, statement: Statement) -> list[Any]:
         """Execute one statement of a plan; see :class:`Statement` for the answer."""
         if statement.control is not None:
@@ -135,7 +142,9 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         :class:`~pupsourcing.InvalidEventError` (nothing is sent) or
         :class:`~pupsourcing.OptimisticConcurrencyError`.
         """
-        return self._run(tx, self._append_plan(expected_version, events))
+        result = self._run(tx, self._append_plan(expected_version, events))
+        appended(self.dialect.config.events_table)
+        return result
 
     def read_events(self, tx: ConnT, from_position: int, limit: int) -> list[PersistedEvent]:
         """Events with ``global_position > from_position``, ascending, at most ``limit``."""

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.postgres._dialect import PostgresDialect
 from pupsourcing.adapters.postgres._driver import execute_async, in_transaction
+from pupsourcing.adapters.postgres._listen import AsyncPsycopgListener
 from pupsourcing.store.async_base import AsyncSQLStore
 from pupsourcing.store.plan import Row, Statement
 
@@ -34,3 +35,8 @@ class AsyncPostgresStore(AsyncSQLStore["psycopg.AsyncConnection[Any]"]):
 
     async def _in_transaction(self, tx: psycopg.AsyncConnection[Any]) -> bool:
         return in_transaction(tx)
+
+    def _push_listener(self) -> AsyncPsycopgListener:
+        dialect = self.dialect
+        assert isinstance(dialect, PostgresDialect)
+        return AsyncPsycopgListener(dialect.notify_channel)

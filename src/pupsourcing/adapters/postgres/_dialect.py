@@ -13,7 +13,7 @@ from pupsourcing.core.events import AppendResult, Event
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store import columns
-from pupsourcing.store.config import StoreConfig
+from pupsourcing.store.config import StoreConfig, validate_identifier
 from pupsourcing.store.dialect import Dialect, build_result
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement
@@ -275,6 +275,7 @@ class PostgresDialect(Dialect):
 
     def __init__(self, config: StoreConfig | None = None) -> None:
         super().__init__(config)
+        self.notify_channel = notify_channel(self.config.events_table)
         heads = self.heads_table
         returning = "RETURNING bounded_context, aggregate_type, aggregate_id, aggregate_version"
         insert_head = (
@@ -336,7 +337,13 @@ class PostgresDialect(Dialect):
             f"(VALUES {_values_rows(rows)}) AS {self._values_columns}" if rows else self._unnest
         )
         insert = self._insert.format(n=rows or "%s", rows=source, hash="%s::bigint")
-        return f"WITH head AS ({claim}) {insert}"
+        # The append notifies its channel in the same statement: delivered
+        # when (and only if) the caller commits, once per transaction.
+        return (
+            f"WITH head AS ({claim}), stored AS ({insert}) "
+            "SELECT s.global_position, s.aggregate_version FROM stored AS s, "
+            f"(SELECT pg_notify('{self.notify_channel}', '')) AS notified"
+        )
 
     @staticmethod
     def quote(identifier: str) -> str:
@@ -445,6 +452,13 @@ class PostgresDialect(Dialect):
             raise self.conflict(batch, expected, actual)
         rows.sort(key=_version)
         return build_result(batch, [row[1] for row in rows], [row[0] for row in rows])
+
+
+def notify_channel(events_table: str) -> str:
+    """The channel appends to ``events_table`` notify (``LISTEN`` takes it as
+    an identifier; table names are plain lowercase identifiers of at most 47
+    characters, so it fits PostgreSQL's 63)."""
+    return validate_identifier("events_table", events_table) + "_appended"
 
 
 def _hash_param(aggregate_id: str) -> str:

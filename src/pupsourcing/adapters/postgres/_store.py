@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.postgres._dialect import PostgresDialect
 from pupsourcing.adapters.postgres._driver import _decoding_rows, _psycopg, in_transaction
+from pupsourcing.adapters.postgres._listen import PsycopgListener
 from pupsourcing.store.base import SQLStore
 from pupsourcing.store.plan import Statement
 
@@ -33,3 +34,8 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
 
     def _in_transaction(self, tx: psycopg.Connection[Any]) -> bool:
         return in_transaction(tx)
+
+    def _push_listener(self) -> PsycopgListener:
+        dialect = self.dialect
+        assert isinstance(dialect, PostgresDialect)
+        return PsycopgListener(dialect.notify_channel)

@@ -1,0 +1,230 @@
+"""Push wake-up: how an idle processor waits for the next poll.
+
+A processor with nothing to do waits up to ``poll_interval`` (the plan's
+``Pause(..., wake=True)``), and wakes early when an append may have made
+something to do:
+
+* where the store's driver can listen for the database's own append
+  notifications (PostgreSQL; see ``store._push_listener``), on those,
+  received on the processor's own connection: they arrive when the append
+  commits, whatever process or connection made it;
+* elsewhere (or when ``LISTEN`` fails, as on a standby), on the appends
+  made through a store of this process (:mod:`pupsourcing.store._appended`).
+  These fire before the appender commits, so after such a wake a poll that
+  finds nothing is retried after the short pauses of :data:`QUICK_RETRIES`.
+
+Appends that notify nothing (the Go library's) are found by the poll every
+``poll_interval``, as without push. :class:`Waiter` serves the blocking
+processor, :class:`AsyncWaiter` the asyncio one; both share
+:class:`_Wakes`, which decides whether there is reason to poll now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import weakref
+from collections.abc import Awaitable
+from typing import Any
+
+from pupsourcing.projection.batch import Logger
+from pupsourcing.store._appended import AsyncListener, Listener, signal
+
+QUICK_RETRIES = (0.005, 0.02, 0.1)
+"""Pauses (seconds) before the polls that follow a wake by an in-process
+append, while they find nothing: the appender may not have committed yet."""
+STOP_CHECK = 0.05
+"""The longest a blocking processor waits before it looks at ``stop`` again."""
+
+
+class _Wakes:
+    """Whether anything happened since the processor last polled, and which
+    connection listens."""
+
+    def __init__(self, events_table: str, listener: object | None, logger: Logger) -> None:
+        self.signal = signal(events_table)
+        self.seen_appends = self.signal.generation
+        self.listener = listener
+        self.received = 0
+        self.listening: weakref.ref[Any] | None = None
+        self.refused: weakref.ref[Any] | None = None
+        self.retries: list[float] = []
+        self.logger = logger
+
+    def is_listening(self, conn: Any) -> bool:
+        return self.listening is not None and self.listening() is conn
+
+    def should_listen(self, conn: Any) -> bool:
+        """Whether to ``LISTEN`` on ``conn`` now (a new connection that has
+        not refused)."""
+        if self.listener is None or conn is None or self.is_listening(conn):
+            return False
+        return self.refused is None or self.refused() is not conn
+
+    def listened(self, conn: Any, error: Exception | None) -> None:
+        if error is None:
+            self.listening = weakref.ref(conn)
+            self.received = getattr(self.listener, "received", 0)
+            return
+        self.listening = None
+        self.refused = weakref.ref(conn)
+        self.logger.warning(
+            "projection processor cannot LISTEN for appends (%s); it polls and wakes "
+            "on appends made in this process only",
+            error,
+        )
+
+    def lost(self, error: Exception) -> None:
+        """Waiting on the connection failed: the next poll will tell why."""
+        self.logger.debug("waiting for append notifications failed", exc_info=error)
+        self.listening = None
+
+    def woken(self, listening: bool) -> bool:
+        """Whether to poll now, and take note that it will."""
+        if listening:
+            received: int = getattr(self.listener, "received", 0)
+            if received != self.received:
+                self.received = received
+                return True
+            return False
+        generation = self.signal.generation
+        if generation != self.seen_appends:
+            self.seen_appends = generation
+            self.retries = list(QUICK_RETRIES)
+            return True
+        return False
+
+    def deadline(self, seconds: float, listening: bool) -> float:
+        if self.retries and not listening:
+            seconds = min(seconds, self.retries.pop(0))
+        return time.monotonic() + seconds
+
+
+class Waiter:
+    """Waits for the blocking :class:`~pupsourcing.projection.Processor`.
+    ``push=False`` waits the whole ``poll_interval`` (as without push)."""
+
+    def __init__(
+        self, events_table: str, listener: Listener | None, logger: Logger, *, push: bool = True
+    ) -> None:
+        self._wakes = _Wakes(events_table, listener, logger)
+        self._listener = listener
+        self._push = push
+
+    def wait(self, conn: Any, seconds: float, stop: threading.Event) -> bool:
+        """Wait up to ``seconds``, less when woken; whether ``stop`` is set."""
+        if not self._push:
+            return stop.wait(seconds)
+        wakes = self._wakes
+        if wakes.should_listen(conn):
+            assert self._listener is not None
+            try:
+                self._listener.listen(conn)
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                wakes.listened(conn, exc)
+            else:
+                wakes.listened(conn, None)
+                return stop.is_set()  # poll once more: an append may have come before LISTEN
+        listening = wakes.is_listening(conn)
+        deadline = wakes.deadline(seconds, listening)
+        while not stop.is_set():
+            if wakes.woken(listening):
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            timeout = min(remaining, STOP_CHECK)
+            if not listening:
+                wakes.signal.wait(wakes.seen_appends, timeout)
+                continue
+            assert self._listener is not None
+            try:
+                self._listener.wait(conn, timeout)
+            except Exception as exc:
+                wakes.lost(exc)
+                return stop.is_set()
+        return True
+
+
+class AsyncWaiter:
+    """Waits for :class:`~pupsourcing.aio.AsyncProcessor` (and so the relay)."""
+
+    def __init__(
+        self,
+        events_table: str,
+        listener: AsyncListener | None,
+        logger: Logger,
+        *,
+        push: bool = True,
+    ) -> None:
+        self._wakes = _Wakes(events_table, listener, logger)
+        self._listener = listener
+        self._push = push
+        self._event: asyncio.Event | None = None
+
+    async def wait(self, conn: Any, seconds: float, stop: asyncio.Event) -> bool:
+        """Wait up to ``seconds``, less when woken; whether ``stop`` is set."""
+        if not self._push:
+            await _first([stop.wait()], seconds)
+            return stop.is_set()
+        wakes = self._wakes
+        if wakes.should_listen(conn):
+            assert self._listener is not None
+            try:
+                await self._listener.listen(conn)
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
+                wakes.listened(conn, exc)
+            else:
+                wakes.listened(conn, None)
+                return stop.is_set()
+        listening = wakes.is_listening(conn)
+        deadline = wakes.deadline(seconds, listening)
+        if not listening:
+            event = self._appends_event()
+            event.clear()
+        while not stop.is_set():
+            if wakes.woken(listening):
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if not listening:
+                await _first([stop.wait(), event.wait()], remaining)
+                event.clear()
+                continue
+            assert self._listener is not None
+            try:
+                await _first([stop.wait(), self._listener.wait(conn, remaining)], None)
+            except Exception as exc:
+                wakes.lost(exc)
+                return stop.is_set()
+        return True
+
+    def _appends_event(self) -> asyncio.Event:
+        """The event in-process appends set (from any thread)."""
+        if self._event is None:
+            self._event = asyncio.Event()
+            self._wakes.signal.register(self._event, asyncio.get_running_loop())
+        return self._event
+
+
+async def _first(waits: list[Awaitable[Any]], timeout: float | None) -> None:
+    """Wait until the first of ``waits`` is done or ``timeout`` passed; cancel
+    the rest. Raises what the first raised."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error

@@ -1,0 +1,300 @@
+"""Push wake-up: an idle processor handles a new event at once, not after
+``poll_interval`` (API.md section 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from conftest import PG_DSN, Backend, require
+from helpers import event
+from pupsourcing import ExpectedVersion, PersistedEvent
+from pupsourcing.projection import ProcessorConfig
+from pupsourcing.store import StoreConfig
+from pupsourcing.store.plan import drive
+
+pytestmark = pytest.mark.both_apis
+
+SLOW_POLL = ProcessorConfig(poll_interval=5.0)
+_SENT = re.compile(r"\t(Bind|Query)\t")
+PROMPT = 0.5
+"""Seconds within which a woken processor must have handled the event."""
+
+
+class Timed:
+    """Records when each event was handed to it."""
+
+    name = "timed"
+
+    def __init__(self) -> None:
+        self.handled: dict[int, float] = {}
+        self.arrived = threading.Condition()
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        with self.arrived:
+            self.handled[event.global_position] = time.monotonic()
+            self.arrived.notify_all()
+
+    def wait_for(self, position: int, timeout: float) -> float | None:
+        """When ``position`` was handled; ``None`` if not within ``timeout``."""
+        with self.arrived:
+            self.arrived.wait_for(lambda: position in self.handled, timeout)
+        return self.handled.get(position)
+
+
+class Running:
+    """A processor running a projection in a thread until the test ends."""
+
+    def __init__(self, backend: Backend, projection: Timed, config: ProcessorConfig) -> None:
+        self.processor = backend.Processor(backend.connect, backend.store, config)
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(projection,), daemon=True)
+        self.thread.start()
+
+    def _run(self, projection: Timed) -> None:
+        try:
+            self.processor.run(projection, stop=self.stop)
+        except BaseException as exc:  # pragma: no cover - reported by close()
+            self.failure = exc
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the processor did not stop"
+        self.processor.close()
+        assert self.failure is None, self.failure
+
+
+def append_committed(backend: Backend, aggregate_id: str) -> int:
+    conn = backend.connect()
+    try:
+        result = backend.store.append(conn, ExpectedVersion.any(), [event(aggregate_id)])
+        conn.commit()
+    finally:
+        conn.close()
+    return int(result.global_positions[0])
+
+
+def idle_processor(backend: Backend, config: ProcessorConfig) -> tuple[Running, Timed]:
+    """A running processor that has handled a first event and is now idle."""
+    projection = Timed()
+    first = append_committed(backend, "first")
+    running = Running(backend, projection, config)
+    assert projection.wait_for(first, 5.0) is not None
+    time.sleep(0.2)  # well into its idle wait
+    return running, projection
+
+
+def test_append_in_this_process_wakes_an_idle_processor(backend: Backend) -> None:
+    running, projection = idle_processor(backend, SLOW_POLL)
+    try:
+        for n in range(3):
+            started = time.monotonic()
+            position = append_committed(backend, f"agg-{n}")
+            handled = projection.wait_for(position, 5.0)
+            assert handled is not None, "the event was never handled"
+            assert handled - started < PROMPT, f"handled after {handled - started:.2f}s"
+            time.sleep(0.1)
+    finally:
+        running.close()
+
+
+def test_late_commit_is_found_by_a_quick_retry(backend: Backend) -> None:
+    """In-process wakes fire on append, before the commit; the commit that
+    follows soon after is still found quickly."""
+    running, projection = idle_processor(backend, SLOW_POLL)
+    try:
+        conn = backend.connect()
+        result = backend.store.append(conn, ExpectedVersion.any(), [event("late")])
+        time.sleep(0.01)
+        started = time.monotonic()
+        conn.commit()
+        conn.close()
+        handled = projection.wait_for(result.global_positions[0], 5.0)
+        assert handled is not None
+        assert handled - started < PROMPT
+    finally:
+        running.close()
+
+
+def test_events_that_notify_nothing_are_found_by_polling(backend: Backend) -> None:
+    """A Go-like writer inserts with plain SQL: no notification, no in-process
+    signal; the poll still finds its event."""
+    running, projection = idle_processor(backend, ProcessorConfig(poll_interval=0.3))
+    try:
+        config = backend.store.config
+        mark = backend.store.dialect.placeholder
+        event_id: Any = {"postgres": uuid.uuid4(), "sqlite": str(uuid.uuid4())}.get(
+            backend.name, uuid.uuid4().bytes
+        )
+        conn = backend.connect()
+        cursor = conn.cursor()
+        cursor.execute(
+            f"INSERT INTO {config.events_table} (bounded_context, aggregate_type, aggregate_id, "
+            "aggregate_version, event_id, event_type, payload, metadata) "
+            f"VALUES ('Shop', 'Order', 'go-1', 1, {mark}, 'FromGo', {mark}, '{{}}')",
+            (event_id, b"{}"),
+        )
+        cursor.close()
+        conn.commit()
+        conn.close()
+        deadline = time.monotonic() + 5
+        while len(projection.handled) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(projection.handled) == 2
+    finally:
+        running.close()
+
+
+# -- PostgreSQL: notifications from any connection ---------------------------
+
+
+def _pg_store(api: str, config: StoreConfig) -> Any:
+    from pupsourcing.adapters.postgres import PostgresStore
+    from pupsourcing.aio import AsyncPostgresStore
+
+    return (AsyncPostgresStore if api == "async" else PostgresStore)(config)
+
+
+@pytest.fixture
+def pg_table() -> Any:
+    """A private events table in the test database (its own notify channel)."""
+    psycopg = require("psycopg")
+    config = StoreConfig(
+        events_table=f"push_{uuid.uuid4().hex[:10]}",
+        checkpoints_table=f"push_cp_{uuid.uuid4().hex[:10]}",
+        aggregate_heads_table=f"push_h_{uuid.uuid4().hex[:10]}",
+        snapshots_table=f"push_s_{uuid.uuid4().hex[:10]}",
+        dead_letters_table=f"push_d_{uuid.uuid4().hex[:10]}",
+    )
+    from pupsourcing.adapters.postgres import PostgresStore
+
+    with psycopg.connect(PG_DSN) as conn:
+        PostgresStore(config).create_schema(conn)
+    yield config
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        for table in (
+            config.events_table,
+            config.checkpoints_table,
+            config.aggregate_heads_table,
+            config.snapshots_table,
+            config.dead_letters_table,
+        ):
+            conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+
+
+def _append_elsewhere(config: StoreConfig) -> int:
+    """An append by another connection, as another process makes it: the
+    store's append statement, with no in-process signal."""
+    import psycopg
+
+    from pupsourcing.adapters.postgres import PostgresStore
+
+    store = PostgresStore(config)
+    with psycopg.connect(PG_DSN) as conn:
+        plan = store.dialect.append(ExpectedVersion.any(), [event("elsewhere")])
+        result = drive(plan, lambda statement: store._execute(conn, statement))
+    return int(result.global_positions[0])
+
+
+def _run_idle(api: str, config: StoreConfig, seconds: float, during: Any) -> tuple[Timed, int]:
+    """Run a processor on a traced connection for ``seconds`` after it went
+    idle, calling ``during()`` then; the projection and how many queries
+    the processor sent meanwhile."""
+    import psycopg
+
+    from pupsourcing.aio import AsyncProcessor
+    from pupsourcing.projection import Processor
+
+    projection = Timed()
+    with tempfile.NamedTemporaryFile(suffix=".trace", delete=False) as trace:
+        pass
+
+    def queries() -> int:
+        """Statements the client sent (libpq trace: a Bind or a Query each)."""
+        with open(trace.name, encoding="latin-1") as lines:
+            return sum(1 for line in lines if "\tF\t" in line and _SENT.search(line))
+
+    store = _pg_store(api, config)
+    try:
+        if api == "sync":
+            conn = psycopg.connect(PG_DSN)
+            processor = Processor(conn, store, SLOW_POLL)
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=processor.run, args=(projection,), kwargs={"stop": stop}
+            )
+            thread.start()
+            time.sleep(0.3)
+            with open(trace.name, "w") as out:
+                conn.pgconn.trace(out.fileno())
+                during()
+                time.sleep(seconds)
+                conn.pgconn.untrace()
+            stop.set()
+            thread.join(10)
+            conn.close()
+        else:
+
+            async def main() -> None:
+                conn = await psycopg.AsyncConnection.connect(PG_DSN)
+                processor = AsyncProcessor(conn, store, SLOW_POLL)
+                stop = asyncio.Event()
+                task = asyncio.create_task(processor.run(projection, stop=stop))
+                await asyncio.sleep(0.3)
+                with open(trace.name, "w") as out:
+                    conn.pgconn.trace(out.fileno())
+                    await asyncio.to_thread(during)
+                    await asyncio.sleep(seconds)
+                    conn.pgconn.untrace()
+                stop.set()
+                await asyncio.wait_for(task, 10)
+                await conn.close()
+
+            asyncio.run(main())
+        return projection, queries()
+    finally:
+        os.unlink(trace.name)
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_postgres_commit_by_another_connection_wakes_the_processor(
+    api: str, pg_table: StoreConfig
+) -> None:
+    appended: list[tuple[int, float]] = []
+
+    def append() -> None:
+        time.sleep(0.2)
+        started = time.monotonic()
+        appended.append((_append_elsewhere(pg_table), started))
+
+    projection, _ = _run_idle(api, pg_table, 1.0, append)
+    ((position, started),) = appended
+    handled = projection.handled.get(position)
+    assert handled is not None, "the event was never handled"
+    assert handled - started < PROMPT, f"handled after {handled - started:.2f}s"
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_idle_postgres_processor_sends_no_queries(api: str, pg_table: StoreConfig) -> None:
+    projection, sent = _run_idle(api, pg_table, 1.5, lambda: None)
+    assert projection.handled == {}
+    assert sent == 0, f"an idle processor sent {sent} queries in 1.5 s"
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_woken_postgres_processor_sends_one_batch(api: str, pg_table: StoreConfig) -> None:
+    """The trace counts queries (the idle test's zero is no accident): a wake
+    costs the processor a few statements, not a polling loop."""
+    projection, sent = _run_idle(api, pg_table, 1.0, lambda: _append_elsewhere(pg_table))
+    assert len(projection.handled) == 1
+    assert 1 <= sent <= 12, sent
