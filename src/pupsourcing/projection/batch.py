@@ -24,6 +24,7 @@ from pupsourcing.projection.partition import HashPartitionStrategy
 from pupsourcing.projection.protocols import PartitionStrategy
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.horizon import Horizon
+from pupsourcing.store.layout import check_layout
 from pupsourcing.store.plan import COMMIT, ROLLBACK, Row, Statement
 
 DECODE_CHUNK = 64
@@ -127,6 +128,8 @@ class Subscription:
     """Such batches since the processor last warned about them."""
     conflict_warned_at: float | None = None
     """When it last did (``time.monotonic()``)."""
+    layout_checked: bool = False
+    """Whether the partition layout guard passed (see :mod:`pupsourcing.store.layout`)."""
 
     def __post_init__(self) -> None:
         self.in_sql = type(self.strategy) is HashPartitionStrategy
@@ -204,7 +207,12 @@ def step(
 
 def _ensure_checkpoint(dialect: Dialect, sub: Subscription) -> Generator[Statement, Any, int]:
     """The subscription's checkpoint, loaded (and its row created) in a
-    transaction of its own the first time and after a conflict or failure."""
+    transaction of its own the first time and after a conflict or failure.
+    The first time, the partition layout is checked before anything else
+    (raising :class:`~pupsourcing.PartitionLayoutError`)."""
+    if not sub.layout_checked:
+        yield from check_layout(dialect, sub.name, max(sub.total_partitions, 1))
+        sub.layout_checked = True
     if sub.checkpoint is None:
         sub.checkpoint = yield from dialect.load_checkpoint(sub.checkpoint_name)
         yield COMMIT
