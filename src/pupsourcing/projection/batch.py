@@ -188,7 +188,19 @@ def step(
     sub: Subscription,
     logger: Logger,
 ) -> StepPlan:
-    """Handle at most one batch; see the module docstring."""
+    """Handle at most one batch; see the module docstring. The first one
+    checks the partition layout before anything else (raising
+    :class:`~pupsourcing.PartitionLayoutError`)."""
+    if not sub.layout_checked:
+        guarded = yield from check_layout(dialect, sub.name, max(sub.total_partitions, 1))
+        if not guarded:
+            logger.warning(
+                "projection %s: the store has no %s table, so its partition layout is not "
+                "checked; run `pupsourcing migrate` (or store.create_schema) to add it",
+                sub.name,
+                dialect.config.layouts_table,
+            )
+        sub.layout_checked = True
     checkpoint = yield from _ensure_checkpoint(dialect, sub)
     upto = yield from _safe_upto(dialect, horizon, checkpoint)
     if upto is None:
@@ -207,12 +219,7 @@ def step(
 
 def _ensure_checkpoint(dialect: Dialect, sub: Subscription) -> Generator[Statement, Any, int]:
     """The subscription's checkpoint, loaded (and its row created) in a
-    transaction of its own the first time and after a conflict or failure.
-    The first time, the partition layout is checked before anything else
-    (raising :class:`~pupsourcing.PartitionLayoutError`)."""
-    if not sub.layout_checked:
-        yield from check_layout(dialect, sub.name, max(sub.total_partitions, 1))
-        sub.layout_checked = True
+    transaction of its own the first time and after a conflict or failure."""
     if sub.checkpoint is None:
         sub.checkpoint = yield from dialect.load_checkpoint(sub.checkpoint_name)
         yield COMMIT

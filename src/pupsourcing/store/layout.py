@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from pupsourcing.core.errors import PartitionLayoutError
 from pupsourcing.store.dead_letter import belongs_to
-from pupsourcing.store.plan import COMMIT, Statement
+from pupsourcing.store.plan import COMMIT, ROLLBACK, Statement
 
 if TYPE_CHECKING:
     from pupsourcing.store.dialect import Dialect
 
-LayoutPlan = Generator[Statement, Any, None]
+LayoutPlan = Generator[Statement, Any, bool]
 
 
 def _table(dialect: Dialect) -> str:
@@ -72,23 +72,42 @@ def inferred_layout(
     return None
 
 
+def missing_table(exc: BaseException) -> bool:
+    """Whether ``exc`` is the driver's error for a table that does not exist."""
+    if getattr(exc, "sqlstate", None) == "42P01":  # PostgreSQL: undefined_table
+        return True
+    args = getattr(exc, "args", ())
+    if args and args[0] == 1146:  # MySQL: ER_NO_SUCH_TABLE
+        return True
+    return str(exc).startswith("no such table")  # SQLite
+
+
 def check_layout(dialect: Dialect, name: str, total: int) -> LayoutPlan:
     """Raise :class:`PartitionLayoutError` if ``name``'s checkpoints were made
     with another partition count than ``total``; record ``total`` at the
-    first start. Ends its transaction (a commit: only the record is written)."""
+    first start. Ends its transaction (a commit: only the record is written).
+
+    Answers ``False`` when the store has no layouts table (created before
+    it existed, until ``pupsourcing migrate`` runs again): no guard then."""
     table, p = _table(dialect), dialect.placeholder
     for _ in range(2):  # a concurrent first start may record it between the two
-        rows = yield Statement(
-            f"SELECT total_partitions FROM {table} WHERE projection_name = {p}",
-            (name,),
-            fetch=True,
-        )
+        try:
+            rows = yield Statement(
+                f"SELECT total_partitions FROM {table} WHERE projection_name = {p}",
+                (name,),
+                fetch=True,
+            )
+        except Exception as exc:
+            if not missing_table(exc):
+                raise
+            yield ROLLBACK
+            return False
         if rows:
             yield COMMIT
             recorded = int(rows[0][0])
             if recorded != total:
                 raise PartitionLayoutError(name, recorded, total)
-            return
+            return True
         checkpoints = yield _prefixed(
             dialect, dialect.checkpoints_table, "projection_name, last_global_position", name
         )
@@ -105,10 +124,21 @@ def check_layout(dialect: Dialect, name: str, total: int) -> LayoutPlan:
             (name, total),
         )
         yield COMMIT  # then read back: the record is ours or a concurrent start's
+    return True
 
 
 def clear_layout(dialect: Dialect, name: str) -> LayoutPlan:
-    """Forget ``name``'s recorded layout (in the caller's transaction)."""
-    yield Statement(
-        f"DELETE FROM {_table(dialect)} WHERE projection_name = {dialect.placeholder}", (name,)
-    )
+    """Forget ``name``'s recorded layout, in a transaction of its own; ``False``
+    when the store has no layouts table."""
+    try:
+        yield Statement(
+            f"DELETE FROM {_table(dialect)} WHERE projection_name = {dialect.placeholder}",
+            (name,),
+        )
+    except Exception as exc:
+        if not missing_table(exc):
+            raise
+        yield ROLLBACK
+        return False
+    yield COMMIT
+    return True
