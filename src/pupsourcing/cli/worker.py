@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     )
     db = open_database(args)
     head = check_store(db)
-    check_layouts(db, [p.name for p in projections], config.total_partitions)
+    if not args.supervised:  # the supervisor checked before starting its workers
+        check_layouts(db, [p.name for p in projections], config.total_partitions)
     console = Console(sys.stderr)
     partitioned = config.total_partitions > 1
     tag = f"p{config.partition_key}/{config.total_partitions}" if partitioned else ""
