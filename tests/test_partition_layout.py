@@ -188,3 +188,23 @@ def test_inferred_layout() -> None:
     assert inferred_layout("o", 2, [("o", 1), ("o_p1", 1)], []) is None  # both kinds
     assert inferred_layout("o", 1, [("o_p1", 1)], ["o_p1"]) is None  # its own projection
     assert inferred_layout("o", 1, [("o_px", 1), ("or_p1", 1)], []) is None
+
+
+def test_a_store_without_the_layouts_table_runs_unguarded(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store created before the table existed keeps working until it is
+    migrated again (with a warning), and then is guarded."""
+    append(backend, 3)
+    conn = backend.connection()
+    query(conn, f"DROP TABLE {backend.store.config.layouts_table}")
+    conn.commit()
+    with caplog.at_level("WARNING", logger="pupsourcing"):
+        assert catch_up(backend, Recorder(), 1) == 3
+    assert "no projection_layouts table" in caplog.text
+    assert "pupsourcing migrate" in caplog.text
+
+    backend.store.create_schema(conn)
+    conn.commit()
+    with pytest.raises(PartitionLayoutError):  # read from the checkpoint's name
+        catch_up(backend, Recorder(), 2)
