@@ -102,9 +102,12 @@ def test_custom_table_names_everywhere() -> None:
         assert "CREATE TABLE IF NOT EXISTS " + ("`sn`" if adapter == "mysql" else '"sn"') in sql
         for name in ("idx_ev_aggregate", "idx_hd_updated", "idx_cp_updated"):
             assert name in sql
-        assert "projection_dead_letters" not in generate_sql(
-            adapter, StoreConfig("ev", "cp", "hd", dead_letters_table="dl")
+        own = generate_sql(
+            adapter, StoreConfig("ev", "cp", "hd", dead_letters_table="dl", layouts_table="ly")
         )
+        assert "projection_dead_letters" not in own
+        assert "projection_layouts" not in own
+        assert "CREATE TABLE IF NOT EXISTS " + ("`ly`" if adapter == "mysql" else '"ly"') in own
 
 
 def test_unknown_adapter() -> None:

@@ -54,6 +54,10 @@ class Invoices:
             raise ConnectionError("the PDF renderer is down")
 
 
+class InvoiceSearch(Invoices):
+    name = "invoice_search"  # partitioned, so a projection of its own
+
+
 def main() -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonLines())
@@ -94,15 +98,14 @@ def main() -> None:
         print(f"   (raised {type(error).__name__}: {error})")
 
     print("-- one child logger per partition tells the processors apart:")
-    invoices.broken = False
     for key in range(2):
         config = ProcessorConfig(
             partition_key=key,
             total_partitions=2,
-            logger=logging.getLogger(f"pupsourcing.invoices.p{key}"),
+            logger=logging.getLogger(f"pupsourcing.invoice_search.p{key}"),
         )
         with Processor(DB.connect, store, config) as processor:
-            processor.catch_up(invoices)
+            processor.catch_up(InvoiceSearch())
     db.close()
 
 

@@ -74,6 +74,13 @@ CREATE TABLE IF NOT EXISTS `projection_dead_letters` (
     PRIMARY KEY (projection_name, global_position)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
+-- Projection partition layouts (pupsourcing only; the Go library ignores this table): the total_partitions each projection's checkpoints were made with, so a processor started with another count stops before it handles anything.
+CREATE TABLE IF NOT EXISTS `projection_layouts` (
+    projection_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PRIMARY KEY,
+    total_partitions INT NOT NULL,
+    recorded_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
 -- Aggregate snapshots (pupsourcing only; the Go library ignores this table): an aggregate's state at a version, so loading it replays only what came after.
 CREATE TABLE IF NOT EXISTS `aggregate_snapshots` (
     bounded_context VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,

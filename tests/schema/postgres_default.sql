@@ -83,6 +83,13 @@ CREATE TABLE IF NOT EXISTS "projection_dead_letters" (
     PRIMARY KEY (projection_name, global_position)
 );
 
+-- Projection partition layouts (pupsourcing only; the Go library ignores this table): the total_partitions each projection's checkpoints were made with, so a processor started with another count stops before it handles anything.
+CREATE TABLE IF NOT EXISTS "projection_layouts" (
+    projection_name TEXT PRIMARY KEY,
+    total_partitions INT NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+
 -- Aggregate snapshots (pupsourcing only; the Go library ignores this table): an aggregate's state at a version, so loading it replays only what came after.
 CREATE TABLE IF NOT EXISTS "aggregate_snapshots" (
     bounded_context TEXT NOT NULL,

@@ -78,6 +78,13 @@ CREATE TABLE IF NOT EXISTS "projection_dead_letters" (
     PRIMARY KEY (projection_name, global_position)
 );
 
+-- Projection partition layouts (pupsourcing only; the Go library ignores this table): the total_partitions each projection's checkpoints were made with, so a processor started with another count stops before it handles anything.
+CREATE TABLE IF NOT EXISTS "projection_layouts" (
+    projection_name TEXT PRIMARY KEY,
+    total_partitions INTEGER NOT NULL,
+    recorded_at TEXT NOT NULL DEFAULT (datetime('now'))
+);
+
 -- Aggregate snapshots (pupsourcing only; the Go library ignores this table): an aggregate's state at a version, so loading it replays only what came after.
 CREATE TABLE IF NOT EXISTS "aggregate_snapshots" (
     bounded_context TEXT NOT NULL,
@@ -157,6 +164,11 @@ CREATE TABLE IF NOT EXISTS "projection_dead_letters" (
     attempts INTEGER NOT NULL,
     failed_at TEXT NOT NULL DEFAULT (datetime('now')),
     PRIMARY KEY (projection_name, global_position)
+);
+CREATE TABLE IF NOT EXISTS "projection_layouts" (
+    projection_name TEXT PRIMARY KEY,
+    total_partitions INTEGER NOT NULL,
+    recorded_at TEXT NOT NULL DEFAULT (datetime('now'))
 );
 CREATE TABLE IF NOT EXISTS "aggregate_snapshots" (
     bounded_context TEXT NOT NULL,

@@ -12,6 +12,7 @@ from typing import Any
 
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.store import StoreConfig
+from pupsourcing.store.layout import check_layout
 from pupsourcing.urls import (
     ENV_VAR,
     Database,
@@ -41,6 +42,7 @@ def add_table_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
     )
     parser.add_argument("--snapshots-table", default=defaults.snapshots_table, metavar="T")
     parser.add_argument("--dead-letters-table", default=defaults.dead_letters_table, metavar="T")
+    parser.add_argument("--layouts-table", default=defaults.layouts_table, metavar="T")
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +67,7 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
         aggregate_heads_table=args.aggregate_heads_table,
         snapshots_table=args.snapshots_table,
         dead_letters_table=args.dead_letters_table,
+        layouts_table=args.layouts_table,
     )
 
 
@@ -134,6 +137,15 @@ def check_store(db: Database) -> int:
         head = db.store.head_position(conn)
         conn.rollback()
     return head
+
+
+def check_layouts(db: Database, names: list[str], total_partitions: int) -> None:
+    """The partition layout guard for ``names`` run with ``total_partitions``,
+    before any worker starts: a :class:`~pupsourcing.PartitionLayoutError`
+    here stops the command at once instead of every worker in turn."""
+    with connection(db) as conn:
+        for name in names:
+            db.store._run(conn, check_layout(db.store.dialect, name, total_partitions))
 
 
 def scrub_secrets(text: str, args: argparse.Namespace) -> str:

@@ -18,6 +18,7 @@ from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import ProcessorConfig
 from pupsourcing.projection.config import ON_FAILURE
 from pupsourcing.store import Checkpoint
+from pupsourcing.store.layout import clear_layout
 
 _PARTITION = re.compile(r"(?P<name>.+)_p(?P<key>0|[1-9][0-9]*)\Z")
 
@@ -339,6 +340,8 @@ def run_reset(args: argparse.Namespace) -> int:
         )
         if not args.yes and not _confirm(clean(question)):
             raise CommandError("not confirmed; nothing changed (--yes skips the question)")
+        # First, so the next start may choose another partition count.
+        db.store._run(conn, clear_layout(db.store.dialect, name))
         for checkpoint in chosen:
             db.store.update_checkpoint(conn, checkpoint.name, target)
         conn.commit()

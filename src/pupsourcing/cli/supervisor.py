@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pupsourcing.cli._db import check_store, database_url, open_database
+from pupsourcing.cli._db import check_layouts, check_store, database_url, open_database
 from pupsourcing.cli.console import Console, setup_logging
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.cli.loading import load_projections
@@ -134,6 +134,8 @@ def worker_argv(args: argparse.Namespace, key: int) -> list[str]:
         args.snapshots_table,
         "--dead-letters-table",
         args.dead_letters_table,
+        "--layouts-table",
+        args.layouts_table,
         "--supervised",
     ]
     return argv + ["-v"] * args.verbose
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     projections = load_projections(args.projections)  # fail here, not in N restart loops
     db = open_database(args)
     check_store(db)
+    check_layouts(db, [p.name for p in projections], total)
     console = Console(sys.stderr)
     setup_logging(console, args.verbose, "supervisor", db.url.scrub)
     env = {**os.environ, ENV_VAR: database_url(args)}

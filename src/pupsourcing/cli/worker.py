@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 
-from pupsourcing.cli._db import check_store, open_database
+from pupsourcing.cli._db import check_layouts, check_store, open_database
 from pupsourcing.cli.console import Console, setup_logging
 from pupsourcing.cli.loading import load_projections
 from pupsourcing.cli.progress import ProgressMonitor
@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     )
     db = open_database(args)
     head = check_store(db)
+    if not args.supervised:  # the supervisor checked before starting its workers
+        check_layouts(db, [p.name for p in projections], config.total_partitions)
     console = Console(sys.stderr)
     partitioned = config.total_partitions > 1
     tag = f"p{config.partition_key}/{config.total_partitions}" if partitioned else ""

@@ -94,3 +94,30 @@ class ProjectionError(PupsourcingError):
         super().__init__(
             message or f"projection {projection!r} failed at global position {global_position}"
         )
+
+
+class PartitionLayoutError(ProjectionError):
+    """A processor was started for a projection whose checkpoints were made
+    with another partition count (``total_partitions``; unpartitioned counts
+    as 1). Raised before any event is handled; nothing was changed.
+
+    ``recorded`` is the count the checkpoints were made with, ``requested``
+    the processor's."""
+
+    def __init__(self, projection: str, recorded: int, requested: int) -> None:
+        self.recorded = recorded
+        self.requested = requested
+        super().__init__(
+            projection,
+            0,
+            f"projection {projection!r}: its checkpoints were made with "
+            f"{_partitions(recorded)}, this processor has total_partitions={requested}; "
+            "its partitions would skip or repeat events. Keep total_partitions="
+            f"{recorded}, or rebuild: run it under a new projection name, or stop its "
+            f"workers, clear its read model and run `pupsourcing projections reset "
+            f"{projection}` before starting it with the new count",
+        )
+
+
+def _partitions(count: int) -> str:
+    return "no partitions (total_partitions=1)" if count <= 1 else f"total_partitions={count}"

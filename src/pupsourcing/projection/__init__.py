@@ -5,6 +5,7 @@
 True
 """
 
+from pupsourcing.core.errors import PartitionLayoutError
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.partition import HashPartitionStrategy
 from pupsourcing.projection.processor import Processor
@@ -20,6 +21,7 @@ __all__ = [
     "AsyncProjection",
     "DeadLetter",
     "HashPartitionStrategy",
+    "PartitionLayoutError",
     "PartitionStrategy",
     "Processor",
     "ProcessorConfig",

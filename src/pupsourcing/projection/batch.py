@@ -24,6 +24,7 @@ from pupsourcing.projection.partition import HashPartitionStrategy
 from pupsourcing.projection.protocols import PartitionStrategy
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.horizon import Horizon
+from pupsourcing.store.layout import check_layout
 from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, Statement
 
 DECODE_CHUNK = 64
@@ -127,6 +128,8 @@ class Subscription:
     """Such batches since the processor last warned about them."""
     conflict_warned_at: float | None = None
     """When it last did (``time.monotonic()``)."""
+    layout_checked: bool = False
+    """Whether the partition layout guard passed (see :mod:`pupsourcing.store.layout`)."""
 
     def __post_init__(self) -> None:
         self.in_sql = type(self.strategy) is HashPartitionStrategy
@@ -185,7 +188,19 @@ def step(
     sub: Subscription,
     logger: Logger,
 ) -> StepPlan:
-    """Handle at most one batch; see the module docstring."""
+    """Handle at most one batch; see the module docstring. The first one
+    checks the partition layout before anything else (raising
+    :class:`~pupsourcing.PartitionLayoutError`)."""
+    if not sub.layout_checked:
+        guarded = yield from check_layout(dialect, sub.name, max(sub.total_partitions, 1))
+        if not guarded:
+            logger.warning(
+                "projection %s: the store has no %s table, so its partition layout is not "
+                "checked; run `pupsourcing migrate` (or store.create_schema) to add it",
+                sub.name,
+                dialect.config.layouts_table,
+            )
+        sub.layout_checked = True
     checkpoint = yield from _ensure_checkpoint(dialect, sub)
     upto = yield from _safe_upto(dialect, horizon, checkpoint)
     if upto is None:

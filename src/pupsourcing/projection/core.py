@@ -19,7 +19,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
-from pupsourcing.core.errors import ProjectionError
+from pupsourcing.core.errors import PartitionLayoutError, ProjectionError
 from pupsourcing.projection.batch import Handle, StepOutcome, Subscription, step
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.failures import Failing, dead_letter_step, replay
@@ -221,6 +221,8 @@ class ProcessorCore:
                 outcome = yield from dead_letter_step(self.dialect, sub, failing, self.logger)
             else:
                 outcome = yield from step(self.dialect, self.horizon, sub, self.logger)
+        except PartitionLayoutError:
+            raise  # no handler ran: nothing to retry or set aside
         except ProjectionError as failure:
             yield from self.handler_failed(sub, failure)
             return None

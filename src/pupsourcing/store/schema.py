@@ -208,6 +208,18 @@ def schema_statements(
         dead_letter_columns(d),
         [],
     )
+    table(
+        "Projection partition layouts (pupsourcing only; the Go library ignores this "
+        "table): the total_partitions each projection's checkpoints were made with, so "
+        "a processor started with another count stops before it handles anything.",
+        config.layouts_table,
+        [
+            f"projection_name {d.key_text} PRIMARY KEY",
+            f"total_partitions {d.int} NOT NULL",
+            f"recorded_at {d.timestamp}",
+        ],
+        [],
+    )
     return statements
 
 

@@ -1,0 +1,75 @@
+"""``pupsourcing projections run`` and ``reset`` with the partition layout
+guard: another partition count is one line and exit status 1, before any
+worker starts; ``reset`` clears the recorded layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cli_helpers import assert_one_line_error, cli
+from conftest import Backend
+from helpers import query
+from pupsourcing.projection import ProcessorConfig
+
+
+class Counter:
+    name = "counter"  # as cli_projections:Counter
+
+    def handle(self, event: object, tx: object) -> None:
+        pass
+
+
+def layouts(backend: Backend) -> dict[str, int]:
+    conn = backend.connection()
+    rows = query(conn, "SELECT projection_name, total_partitions FROM projection_layouts")
+    conn.rollback()
+    return {name: int(total) for name, total in rows}
+
+
+def start(backend: Backend, total: int) -> None:
+    for key in range(total):
+        config = ProcessorConfig(partition_key=key, total_partitions=total)
+        with backend.Processor(backend.connect, backend.store, config) as processor:
+            processor.catch_up(Counter())
+
+
+def test_run_refuses_another_layout_and_reset_clears_it(backend: Backend) -> None:
+    start(backend, 2)
+    assert layouts(backend) == {"counter": 2}
+    run = ("projections", "run", "cli_projections:Counter", "--db", backend.url, "--no-progress")
+    for extra, requested in (
+        ((), 1),
+        (("--partitions", "4"), 4),
+        (("--partition-key", "0", "--total-partitions", "3"), 3),
+    ):
+        result = cli(*run, *extra)
+        assert_one_line_error(
+            result,
+            "projection 'counter'",
+            "total_partitions=2",
+            f"total_partitions={requested}",
+            "pupsourcing projections reset counter",
+        )
+        assert "started" not in result.stderr  # no worker was started
+    assert backend.checkpoints() == {"counter_p0": 0, "counter_p1": 0}
+
+    reset = cli("projections", "reset", "counter", "--yes", "--db", backend.url)
+    assert reset.returncode == 0, reset.stderr
+    assert layouts(backend) == {}
+    start(backend, 4)
+    assert layouts(backend) == {"counter": 4}
+
+
+def test_migrate_creates_the_layouts_table_by_its_given_name(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    result = cli("migrate", "--db", url, "--layouts-table", "my_layouts")
+    assert result.returncode == 0, result.stderr
+    assert "my_layouts" in result.stdout
+    out = tmp_path / "generated"
+    generated = cli(
+        "migrate-gen", "--adapter", "sqlite", "--output", str(out), "--layouts-table", "gen_l"
+    )
+    assert generated.returncode == 0, generated.stderr
+    text = "".join(p.read_text() for p in out.iterdir())
+    assert 'CREATE TABLE IF NOT EXISTS "gen_l" (' in text
+    assert "projection_layouts" not in text
