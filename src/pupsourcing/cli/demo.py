@@ -107,6 +107,7 @@ def _drop_demo_tables(db: sqlite3.Connection, store: SQLiteStore) -> None:
         config.checkpoints_table,
         config.snapshots_table,
         config.dead_letters_table,
+        config.leases_table,
     ):
         db.execute(f'DROP TABLE IF EXISTS "{table}"')
     db.commit()

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             config.checkpoints_table,
             config.snapshots_table,
             config.dead_letters_table,
+            config.leases_table,
         )
     )
     print(f"schema is in place in {db.url} (tables {tables})")

@@ -134,6 +134,8 @@ def worker_argv(args: argparse.Namespace, key: int) -> list[str]:
         args.snapshots_table,
         "--dead-letters-table",
         args.dead_letters_table,
+        "--leases-table",
+        args.leases_table,
         "--supervised",
     ]
     return argv + ["-v"] * args.verbose

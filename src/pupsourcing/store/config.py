@@ -41,6 +41,9 @@ class StoreConfig:
     """Aggregate snapshots of :class:`pupsourcing.domain.Repository` (a table the
     Go library does not have and never touches)."""
     dead_letters_table: str = "projection_dead_letters"
+    leases_table: str = "projection_leases"
+    """Partition leases of ``projections run --claim`` and
+    :class:`pupsourcing.projection.ClaimingRunner` (pupsourcing only)."""
 
     def __post_init__(self) -> None:
         names = [validate_identifier(f.name, getattr(self, f.name)) for f in fields(self)]
