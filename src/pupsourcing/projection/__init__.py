@@ -5,6 +5,7 @@
 True
 """
 
+from pupsourcing.projection.claiming import ClaimingRunner
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.partition import HashPartitionStrategy
 from pupsourcing.projection.processor import Processor
@@ -18,6 +19,7 @@ from pupsourcing.store.dead_letter import DeadLetter
 
 __all__ = [
     "AsyncProjection",
+    "ClaimingRunner",
     "DeadLetter",
     "HashPartitionStrategy",
     "PartitionStrategy",
