@@ -49,7 +49,8 @@ def test_lease_plans_compare_and_set(name: str, make_store_backend: Callable[...
     assert drive(backend, conn, plans.acquire("proj", 1, "a", 30.0)) is True
     assert drive(backend, conn, plans.acquire("proj", 1, "b", 30.0)) is False
     owner, expires = leases(backend, conn, "proj")[1]
-    assert owner == "a" and 25 < expires <= 30.5
+    assert owner == "a"
+    assert 25 < expires <= 30.5
     assert drive(backend, conn, plans.renew("proj", 1, "a", 60.0)) is True
     assert 55 < leases(backend, conn, "proj")[1][1] <= 60.5
     assert drive(backend, conn, plans.renew("proj", 1, "b", 60.0)) is False
@@ -132,7 +133,8 @@ def test_two_runners_in_one_process_share_partitions(
             thread.join(timeout=10)
     counts = Counter(r[0] for r in query(conn, f"SELECT event_id FROM {claim_projections.TABLE}"))
     conn.commit()
-    assert len(counts) == 40 and set(counts.values()) == {1}
+    assert len(counts) == 40
+    assert set(counts.values()) == {1}
     assert {owner for owner, _ in leases(backend, conn, "claimed").values()} == {""}
 
 
@@ -259,7 +261,8 @@ def test_status_shows_owner_and_lease_expiry(
     )
     result = cli("projections", "status", PUPSOURCING_DB=backend.url)
     assert result.returncode == 0, result.stderr
-    assert "OWNER" in result.stdout and "LEASE" in result.stdout
+    assert "OWNER" in result.stdout
+    assert "LEASE" in result.stdout
     assert result.stdout.count("expires in") == 2
     run.signal(signal.SIGTERM)
     assert run.wait() == 0, run.stderr
