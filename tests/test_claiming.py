@@ -125,6 +125,17 @@ def test_two_runners_in_one_process_share_partitions(
         stop_b.set()
         threads[1].join(timeout=10)
         wait_for(lambda: a.held().get("claimed") == [0, 1, 2, 3], what="a takes over b's share")
+        # A lease taken over (here by hand) stops that partition in a at once.
+        plans = backend.store.dialect.leases
+        execute(
+            conn,
+            "UPDATE projection_leases SET owner = 'thief', expires_at = expires_at + 3600 "
+            "WHERE projection_name = 'claimed' AND partition_key = 3",
+        )
+        conn.commit()
+        wait_for(lambda: 3 not in a.held().get("claimed", []), timeout=3, what="a lets go of 3")
+        assert drive(backend, conn, plans.release("claimed", 3, "thief")) is True
+        wait_for(lambda: a.held().get("claimed") == [0, 1, 2, 3], what="a claims 3 again")
         wait_for(lambda: handled(backend, conn) == 40, what="every event")
     finally:
         stop_a.set()
