@@ -196,36 +196,18 @@ class ClaimingRunner:
                 part.releasing = part.lost = True
         self._drive(conn, self._plans.announce(name, me, ttl))
         leases: list[Lease] = self._drive(conn, self._plans.list(name))
-        partitions = [lease for lease in leases if 0 <= lease.partition_key < total]
-        members = {lease.owner for lease in leases if lease.live} | {me}
-        counts = dict.fromkeys(members, 0)
-        for lease in partitions:
-            if lease.live:
-                counts[lease.owner] += 1
         active = sorted(k for k, part in mine.items() if not part.releasing)
-        floor, ceil = total // len(members), -(-total // len(members))
-        needy = any(counts[o] < floor for o in members if o != me)
-        if len(active) > ceil:
-            extra = active[ceil:]
-        elif needy and len(active) > floor and _richest(counts) == me:
-            extra = active[-1:]
-        else:
-            extra = []
+        extra, more, free = share(total, me, active, leases)
         for key in extra:
             self._log.info("%s partition %d: releasing it to balance", name, key)
             mine[key].stop.set()
             mine[key].releasing = True
-        want = floor if needy else ceil
-        held = len(active) - len(extra)
-        for lease in partitions:
-            if held >= want:
+        for key in free:
+            if more <= 0:
                 break
-            key = lease.partition_key
-            if key in mine or lease.live:
-                continue
-            if self._drive(conn, self._plans.acquire(name, key, me, ttl)):
+            if key not in mine and self._drive(conn, self._plans.acquire(name, key, me, ttl)):
                 self._start(projection, key)
-                held += 1
+                more -= 1
 
     def _start(self, projection: Projection, key: int) -> None:
         config = dataclasses.replace(self.config, partition_key=key)
@@ -293,6 +275,38 @@ class ClaimingRunner:
         finally:
             self._pending_release.clear()
             _close(conn)
+
+
+def share(
+    total: int, me: str, active: list[int], leases: list[Lease]
+) -> tuple[list[int], int, list[int]]:
+    """This process's move towards its fair share of ``total`` partitions:
+    the partitions of ``active`` (held and running, ascending) to release,
+    how many more to claim, and the partitions free to claim.
+
+    The live processes are the owners of unexpired rows (partitions and
+    member rows) and ``me``. A process releases what it holds above
+    ``ceil(total / processes)``; while another holds fewer than
+    ``floor(total / processes)``, the one holding most (ties: the lowest
+    owner) gives one back and the others claim only up to the floor.
+    """
+    partitions = [lease for lease in leases if 0 <= lease.partition_key < total]
+    members = {lease.owner for lease in leases if lease.live} | {me}
+    counts = dict.fromkeys(members, 0)
+    for lease in partitions:
+        if lease.live:
+            counts[lease.owner] += 1
+    floor, ceil = total // len(members), -(-total // len(members))
+    needy = any(counts[o] < floor for o in members if o != me)
+    if len(active) > ceil:
+        extra = active[ceil:]
+    elif needy and len(active) > floor and _richest(counts) == me:
+        extra = active[-1:]
+    else:
+        extra = []
+    want = floor if needy else ceil
+    free = [lease.partition_key for lease in partitions if not lease.live]
+    return extra, want - (len(active) - len(extra)), free
 
 
 def _richest(counts: dict[str, int]) -> str:
