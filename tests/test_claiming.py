@@ -286,3 +286,58 @@ def test_claim_needs_total_partitions(make_store_backend: Callable[..., Backend]
     )
     assert result.returncode == 2
     assert "--claim needs --total-partitions" in result.stderr
+
+
+def test_async_claiming_runners_share_and_hand_over(
+    make_store_backend: Callable[..., Backend],
+) -> None:
+    import asyncio
+
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = make_store_backend("postgres")
+    conn = backend.connection()
+    execute(conn, "CREATE TABLE async_claimed (event_id TEXT NOT NULL)")
+    for i in range(30):
+        backend.store.append(conn, ExpectedVersion.any(), [event(f"agg-{i}")])
+    conn.commit()
+    store = backend.async_store()
+
+    class Tally:
+        name = "async_claimed"
+
+        async def handle(self, e: Any, tx: Any) -> None:
+            await tx.execute("INSERT INTO async_claimed VALUES (%s)", (str(e.event_id),))
+
+    async def scenario() -> None:
+        config = ProcessorConfig(total_partitions=4, poll_interval=0.05)
+        a = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=0.6, owner="a")
+        b = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=0.6, owner="b")
+        stop_a, stop_b = asyncio.Event(), asyncio.Event()
+        tasks = [
+            asyncio.create_task(a.run(Tally(), stop=stop_a)),
+            asyncio.create_task(b.run(Tally(), stop=stop_b)),
+        ]
+        deadline = time.monotonic() + 20
+        while [len(r.held().get("async_claimed", [])) for r in (a, b)] != [2, 2]:
+            assert time.monotonic() < deadline, (a.held(), b.held())
+            await asyncio.sleep(0.05)
+        stop_b.set()
+        await tasks[1]
+        while a.held().get("async_claimed") != [0, 1, 2, 3] or handled() < 30:
+            assert time.monotonic() < deadline, a.held()
+            await asyncio.sleep(0.05)
+        stop_a.set()
+        await tasks[0]
+
+    def handled() -> int:
+        rows = query(conn, "SELECT COUNT(*) FROM async_claimed")
+        conn.commit()
+        return int(rows[0][0])
+
+    asyncio.run(scenario())
+    counts = Counter(r[0] for r in query(conn, "SELECT event_id FROM async_claimed"))
+    conn.commit()
+    assert len(counts) == 30
+    assert set(counts.values()) == {1}
+    assert {owner for owner, _ in leases(backend, conn, "async_claimed").values()} == {""}

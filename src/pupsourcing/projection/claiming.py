@@ -30,6 +30,21 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def check_runner_args(db: object, lease_ttl: object, owner: object) -> tuple[float, str]:
+    """The lease TTL and owner of a claiming runner, checked (``TypeError``,
+    ``ValueError`` naming the argument)."""
+    if not callable(db):
+        raise TypeError("db: a claiming runner needs a callable returning new connections")
+    if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, int | float):
+        raise ValueError(f"lease_ttl: must be a number of seconds, got {lease_ttl!r}")
+    if not 0.3 <= lease_ttl <= 3600:
+        raise ValueError(f"lease_ttl: must be from 0.3 to 3600 seconds, got {lease_ttl!r}")
+    owner = default_owner() if owner is None else owner
+    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_LENGTH:
+        raise ValueError(f"owner: must be 1 to {MAX_OWNER_LENGTH} characters, got {owner!r}")
+    return float(lease_ttl), owner
+
+
 class _Partition:
     """One claimed partition: its processor, running on its own thread."""
 
@@ -86,20 +101,10 @@ class ClaimingRunner:
         lease_ttl: float = 10.0,
         owner: str | None = None,
     ) -> None:
-        if not callable(db):
-            raise TypeError("db: ClaimingRunner needs a callable returning new connections")
-        if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, int | float):
-            raise ValueError(f"lease_ttl: must be a number of seconds, got {lease_ttl!r}")
-        if not 0.3 <= lease_ttl <= 3600:
-            raise ValueError(f"lease_ttl: must be from 0.3 to 3600 seconds, got {lease_ttl!r}")
-        owner = default_owner() if owner is None else owner
-        if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_LENGTH:
-            raise ValueError(f"owner: must be 1 to {MAX_OWNER_LENGTH} characters, got {owner!r}")
+        self.lease_ttl, self.owner = check_runner_args(db, lease_ttl, owner)
         self._db = db
         self._store = store
         self.config = config or ProcessorConfig()
-        self.lease_ttl = float(lease_ttl)
-        self.owner = owner
         self._plans: LeasePlans = store.dialect.leases
         self._running: dict[tuple[str, int], _Partition] = {}
         self._pending_release: list[tuple[str, int]] = []
