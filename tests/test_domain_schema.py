@@ -30,13 +30,22 @@ def test_the_go_tables_ddl_is_unchanged(adapter: str) -> None:
     dialect = registry.adapter(adapter).store_class.dialect_class
     config = StoreConfig()
     statements = dialect.schema(config)
-    own = [dialect.quote(t) for t in ("aggregate_snapshots", "projection_dead_letters")]
+    own = [
+        dialect.quote(t)
+        for t in (
+            "aggregate_snapshots",
+            "projection_dead_letters",
+            "projection_leases",
+            "projection_layouts",
+        )
+    ]
     go = [(c, sql) for c, sql in statements if not any(t in sql for t in own)]
     [added] = [sql for _, sql in statements if own[0] in sql]
+    [leases] = [sql for _, sql in statements if own[2] in sql]
     assert go == [
         s
         for s in schema_statements(config, dialect.quote, dialect.schema_dialect)
-        if own[1] not in s[1]
+        if not any(t in s[1] for t in own)
     ]
     digest = hashlib.sha256(";\n".join(sql for _, sql in go).encode()).hexdigest()
     assert digest == GO_TABLES_SQL_SHA256[adapter]
@@ -44,6 +53,8 @@ def test_the_go_tables_ddl_is_unchanged(adapter: str) -> None:
     for table in ("events", "aggregate_heads", "projection_checkpoints"):
         assert table not in added.replace("aggregate_snapshots", "")
     assert added in generate_sql(adapter)
+    assert leases.startswith(f"CREATE TABLE IF NOT EXISTS {dialect.quote('projection_leases')} (")
+    assert leases in generate_sql(adapter)
 
 
 def test_the_snapshots_table_name_is_a_validated_identifier() -> None:

@@ -214,7 +214,12 @@ def test_schema_is_the_go_schema_plus_nullable_columns(make_pg: Callable[..., PG
         conn.execute(GO_DDL)
     full, theirs = catalog(ours.admin, ours.schema), catalog(go.admin, go.schema)
     # pupsourcing's own tables, beside the Go library's
-    own = {"aggregate_snapshots", "projection_dead_letters", "projection_layouts"}
+    own = {
+        "aggregate_snapshots",
+        "projection_dead_letters",
+        "projection_layouts",
+        "projection_leases",
+    }
     assert {c[0] for c in full["columns"]} - {c[0] for c in theirs["columns"]} == own
     mine = {kind: [row for row in rows if row[0] not in own] for kind, rows in full.items()}
     assert mine["constraints"] == theirs["constraints"]

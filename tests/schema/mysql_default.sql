@@ -7,6 +7,7 @@
 --   ALTER TABLE `events` ADD COLUMN partition_hash BIGINT;
 -- The table aggregate_snapshots (aggregate snapshots) is pupsourcing's
 -- own; the Go library ignores it.
+-- So is projection_leases (partition leases of `projections run --claim`).
 -- Key columns use utf8mb4_bin: the Go library's utf8mb4_unicode_ci treats
 -- distinct ids as equal (case, accents, all emoji), so two aggregates would
 -- share one version sequence. The Go library works unchanged with it. To fix
@@ -91,4 +92,14 @@ CREATE TABLE IF NOT EXISTS `aggregate_snapshots` (
     state LONGBLOB NOT NULL,
     created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (bounded_context, aggregate_type, aggregate_id, aggregate_version)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- Projection partition leases (pupsourcing only; the Go library ignores this table): which process runs which partition under `projections run --claim`, until expires_at (epoch seconds, database clock).
+CREATE TABLE IF NOT EXISTS `projection_leases` (
+    projection_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    partition_key BIGINT NOT NULL,
+    owner VARCHAR(255) NOT NULL,
+    expires_at DOUBLE NOT NULL,
+    heartbeat DOUBLE NOT NULL,
+    PRIMARY KEY (projection_name, partition_key)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

@@ -7,6 +7,7 @@
 --   ALTER TABLE "shop_events" ADD COLUMN partition_hash INTEGER;
 -- The table aggregate_snapshots (aggregate snapshots) is pupsourcing's
 -- own; the Go library ignores it.
+-- So is projection_leases (partition leases of `projections run --claim`).
 
 -- Events: the append-only log. global_position orders all events; the unique key allows one event per aggregate version (optimistic concurrency).
 CREATE TABLE IF NOT EXISTS "shop_events" (
@@ -97,6 +98,16 @@ CREATE TABLE IF NOT EXISTS "aggregate_snapshots" (
     PRIMARY KEY (bounded_context, aggregate_type, aggregate_id, aggregate_version)
 );
 
+-- Projection partition leases (pupsourcing only; the Go library ignores this table): which process runs which partition under `projections run --claim`, until expires_at (epoch seconds, database clock).
+CREATE TABLE IF NOT EXISTS "projection_leases" (
+    projection_name TEXT NOT NULL,
+    partition_key INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    PRIMARY KEY (projection_name, partition_key)
+);
+
 -- Partition 0 of 4: the processor with partition_key=0, total_partitions=4 reads its events through this index.
 CREATE INDEX IF NOT EXISTS "idx_shop_events_part4_0"
     ON "shop_events" (global_position) WHERE (partition_hash % 4 = 0 OR partition_hash IS NULL);
@@ -179,4 +190,12 @@ CREATE TABLE IF NOT EXISTS "aggregate_snapshots" (
     state BLOB NOT NULL,
     created_at TEXT NOT NULL DEFAULT (datetime('now')),
     PRIMARY KEY (bounded_context, aggregate_type, aggregate_id, aggregate_version)
+);
+CREATE TABLE IF NOT EXISTS "projection_leases" (
+    projection_name TEXT NOT NULL,
+    partition_key INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    PRIMARY KEY (projection_name, partition_key)
 );

@@ -9,6 +9,7 @@ methods (as coroutines), errors and guarantees:
 - :class:`AsyncMySQLStore` (``asyncmy``): ``MySQLStore``
 - :class:`AsyncSQLiteStore` (``aiosqlite``): ``SQLiteStore``
 - :class:`AsyncProcessor`: :class:`pupsourcing.projection.Processor`
+- :class:`AsyncClaimingRunner`: :class:`pupsourcing.projection.ClaimingRunner`
 - :class:`AsyncRunner` with :class:`ProjectionRunner`: :class:`pupsourcing.runner.Runner`
 - :func:`database` returning an :class:`AsyncDatabase`: :func:`pupsourcing.urls.database`
 - :class:`AsyncRepository`: :class:`pupsourcing.domain.Repository`
@@ -24,6 +25,7 @@ from pupsourcing.adapters.mysql import AsyncMySQLStore
 from pupsourcing.adapters.postgres import AsyncPostgresStore
 from pupsourcing.adapters.sqlite import AsyncSQLiteStore
 from pupsourcing.aio._database import AsyncDatabase, database
+from pupsourcing.aio.claiming import AsyncClaimingRunner
 from pupsourcing.aio.processor import AsyncProcessor
 from pupsourcing.aio.runner import AsyncRunner
 from pupsourcing.domain._repository import AsyncRepository
@@ -31,6 +33,7 @@ from pupsourcing.runner import ProjectionRunner
 from pupsourcing.store.async_base import AsyncSQLStore
 
 __all__ = [
+    "AsyncClaimingRunner",
     "AsyncDatabase",
     "AsyncMySQLStore",
     "AsyncPostgresStore",

@@ -43,6 +43,7 @@ def add_table_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
     parser.add_argument("--snapshots-table", default=defaults.snapshots_table, metavar="T")
     parser.add_argument("--dead-letters-table", default=defaults.dead_letters_table, metavar="T")
     parser.add_argument("--layouts-table", default=defaults.layouts_table, metavar="T")
+    parser.add_argument("--leases-table", default=defaults.leases_table, metavar="T")
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +69,7 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
         snapshots_table=args.snapshots_table,
         dead_letters_table=args.dead_letters_table,
         layouts_table=args.layouts_table,
+        leases_table=args.leases_table,
     )
 
 

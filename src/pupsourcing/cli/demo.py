@@ -108,6 +108,7 @@ def _drop_demo_tables(db: sqlite3.Connection, store: SQLiteStore) -> None:
         config.snapshots_table,
         config.dead_letters_table,
         config.layouts_table,
+        config.leases_table,
     ):
         db.execute(f'DROP TABLE IF EXISTS "{table}"')
     db.commit()

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             config.snapshots_table,
             config.dead_letters_table,
             config.layouts_table,
+            config.leases_table,
         )
     )
     print(f"schema is in place in {db.url} (tables {tables})")

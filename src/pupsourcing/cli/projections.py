@@ -11,7 +11,7 @@ from typing import Any
 
 from pupsourcing.cli import dead_letters, supervisor, worker
 from pupsourcing.cli._args import non_negative_int, positive_int, seconds
-from pupsourcing.cli._db import add_database_options, connection, open_database
+from pupsourcing.cli._db import _missing_table, add_database_options, connection, open_database
 from pupsourcing.cli._output import Table, plural
 from pupsourcing.cli._text import clean, duration
 from pupsourcing.cli.errors import CommandError
@@ -19,6 +19,7 @@ from pupsourcing.projection import ProcessorConfig
 from pupsourcing.projection.config import ON_FAILURE
 from pupsourcing.store import Checkpoint
 from pupsourcing.store.layout import clear_layout
+from pupsourcing.store.leases import Lease
 
 _PARTITION = re.compile(r"(?P<name>.+)_p(?P<key>0|[1-9][0-9]*)\Z")
 
@@ -77,6 +78,19 @@ def register(commands: Any) -> None:
         help="run only partition K of --total-partitions (one worker per machine)",
     )
     scaling.add_argument("--total-partitions", type=positive_int, metavar="N")
+    scaling.add_argument(
+        "--claim",
+        action="store_true",
+        help="with --total-partitions N: share the N partitions with every other process "
+        "run this way (any machine), through leases in the database",
+    )
+    scaling.add_argument(
+        "--lease-ttl",
+        type=seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --claim: a dead process's partitions are taken over after this (default 10)",
+    )
     defaults = ProcessorConfig()
     run.add_argument(
         "--batch-size",
@@ -162,6 +176,14 @@ def run_projections(args: argparse.Namespace) -> int:
         args.partition_key is not None or args.total_partitions is not None
     ):
         parser.error("--partitions starts every partition; do not combine it with --partition-key")
+    if args.claim:
+        if args.total_partitions is None or args.partition_key is not None:
+            parser.error("--claim needs --total-partitions N and no --partition-key")
+        if args.partitions is not None:
+            parser.error("--claim and --partitions do not go together")
+        if not 0.3 <= args.lease_ttl <= 3600:
+            parser.error(f"--lease-ttl must be from 0.3 to 3600 seconds, got {args.lease_ttl}")
+        return worker.run(args)
     if (args.partition_key is None) != (args.total_partitions is None):
         parser.error("--partition-key and --total-partitions go together")
     if args.partition_key is not None and args.partition_key >= args.total_partitions:
@@ -217,8 +239,48 @@ def _age(seconds: float | None) -> str:
     return "never" if seconds is None else f"{duration(max(seconds, 0))} ago"
 
 
-def _checkpoint_json(c: Checkpoint, head: int) -> dict[str, Any]:
+Leases = dict[tuple[str, int], Lease]
+
+
+def lease_rows(db: Any, conn: Any) -> Leases:
+    """The held partition leases by (projection, partition); empty when the
+    store has no leases table yet."""
+    try:
+        leases = db.store.list_leases(conn)
+    except Exception as exc:
+        if not _missing_table(exc):
+            raise
+        conn.rollback()
+        return {}
     return {
+        (lease.projection_name, lease.partition_key): lease
+        for lease in leases
+        if lease.partition_key >= 0 and lease.owner
+    }
+
+
+def _lease_of(c: Checkpoint, leases: Leases) -> Lease | None:
+    name, key = split_checkpoint_name(c.name)
+    return None if key is None else leases.get((name, key))
+
+
+def _lease_text(lease: Lease | None) -> tuple[str, str]:
+    if lease is None:
+        return "", ""
+    if lease.expires_in <= 0:
+        return clean(lease.owner), f"expired {duration(-lease.expires_in)} ago"
+    return clean(lease.owner), f"expires in {duration(lease.expires_in)}"
+
+
+def _lease_json(lease: Lease | None) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    return {"owner": lease.owner, "expires_in_seconds": round(lease.expires_in, 3)}
+
+
+def _checkpoint_json(c: Checkpoint, head: int, leases: Leases) -> dict[str, Any]:
+    return {
+        "lease": _lease_json(_lease_of(c, leases)),
         "checkpoint": c.name,
         "partition_key": split_checkpoint_name(c.name)[1],
         "position": c.position,
@@ -234,6 +296,7 @@ def run_status(args: argparse.Namespace) -> int:
         head = db.store.head_position(conn)
         groups = group_checkpoints(db.store.list_checkpoints(conn))
         dead = dead_letters.dead_letter_counts(db, conn)
+        leases = lease_rows(db, conn)
         conn.rollback()
     if args.json:
         report = {
@@ -246,7 +309,7 @@ def run_status(args: argparse.Namespace) -> int:
                     "lag": max(head - g.position, 0),
                     "age_seconds": None if g.age is None else round(max(g.age, 0.0), 3),
                     "partitioned": g.partitioned,
-                    "checkpoints": [_checkpoint_json(c, head) for c in g.checkpoints],
+                    "checkpoints": [_checkpoint_json(c, head, leases) for c in g.checkpoints],
                     "dead_letters": None
                     if dead is None
                     else sum(dead.get(c.name, 0) for c in g.checkpoints),
@@ -261,7 +324,11 @@ def run_status(args: argparse.Namespace) -> int:
     if not groups:
         print("no projection checkpoints yet")
         return 0
-    table = Table(("PROJECTION", "POSITION", "LAG", "LAST UPDATE"), right=(1, 2))
+    columns: tuple[str, ...] = ("PROJECTION", "POSITION", "LAG", "LAST UPDATE")
+    if leases:
+        columns += ("OWNER", "LEASE")
+    extra = ("", "") if leases else ()
+    table = Table(columns, right=(1, 2))
     for g in groups:
         if g.partitioned or len(g.checkpoints) > 1:
             table.add(
@@ -269,6 +336,7 @@ def run_status(args: argparse.Namespace) -> int:
                 f"{g.position:,}",
                 f"{max(head - g.position, 0):,}",
                 _age(g.age),
+                *extra,
             )
             for c in g.checkpoints:
                 table.add(
@@ -276,11 +344,16 @@ def run_status(args: argparse.Namespace) -> int:
                     f"{c.position:,}",
                     f"{max(head - c.position, 0):,}",
                     _age(c.age),
+                    *(_lease_text(_lease_of(c, leases)) if leases else ()),
                 )
         else:
             [c] = g.checkpoints
             table.add(
-                clean(c.name), f"{c.position:,}", f"{max(head - c.position, 0):,}", _age(c.age)
+                clean(c.name),
+                f"{c.position:,}",
+                f"{max(head - c.position, 0):,}",
+                _age(c.age),
+                *extra,
             )
     print()
     table.print(sys.stdout)

@@ -136,6 +136,8 @@ def worker_argv(args: argparse.Namespace, key: int) -> list[str]:
         args.dead_letters_table,
         "--layouts-table",
         args.layouts_table,
+        "--leases-table",
+        args.leases_table,
         "--supervised",
     ]
     return argv + ["-v"] * args.verbose

@@ -15,8 +15,9 @@ from pupsourcing.cli.console import Console, setup_logging
 from pupsourcing.cli.loading import load_projections
 from pupsourcing.cli.progress import ProgressMonitor
 from pupsourcing.cli.signals import stop_on_signals
-from pupsourcing.projection import Processor, ProcessorConfig
+from pupsourcing.projection import ClaimingRunner, Processor, ProcessorConfig, Projection
 from pupsourcing.runner import ProjectionRunner, Runner
+from pupsourcing.urls import Database
 
 logger = logging.getLogger("pupsourcing.cli")
 
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.supervised:  # the supervisor checked before starting its workers
         check_layouts(db, [p.name for p in projections], config.total_partitions)
     console = Console(sys.stderr)
-    partitioned = config.total_partitions > 1
+    partitioned = config.total_partitions > 1 and not args.claim
     tag = f"p{config.partition_key}/{config.total_partitions}" if partitioned else ""
     setup_logging(console, args.verbose, tag, db.url.scrub)
     names = ", ".join(p.name for p in projections)
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         f" (partition {config.partition_key} of {config.total_partitions})" if partitioned else "",
         head,
     )
+    if args.claim:
+        return _run_claiming(args, db, projections, config, console)
     processors = [Processor(db.connect, db.store, config) for _ in projections]
     monitor = None
     if args.progress and not args.supervised:
@@ -90,4 +93,47 @@ def run(args: argparse.Namespace) -> int:
             for processor in processors:
                 processor.close()
     logger.info("stopped %s", names)
+    return 0
+
+
+def _run_claiming(
+    args: argparse.Namespace,
+    db: Database,
+    projections: list[Projection],
+    config: ProcessorConfig,
+    console: Console,
+) -> int:
+    """``--claim``: the partitions this process gets a lease on, balanced
+    with the other processes, until a signal."""
+    runner = ClaimingRunner(db.connect, db.store, config, lease_ttl=args.lease_ttl)
+    names = ", ".join(p.name for p in projections)
+    logger.info(
+        "claiming partitions of %s (%d in all) as %s, lease %ss",
+        names,
+        config.total_partitions,
+        runner.owner,
+        args.lease_ttl,
+    )
+    monitor = None
+    if args.progress and not args.supervised:
+        tracked = {
+            p.name: [
+                config.checkpoint_name(p.name) if config.total_partitions == 1 else f"{p.name}_p{k}"
+                for k in range(config.total_partitions)
+            ]
+            for p in projections
+        }
+        monitor = ProgressMonitor(db, tracked, console, interval=args.progress_interval)
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        if args.supervised:
+            watch_supervisor(stop)
+        if monitor is not None:
+            monitor.start()
+        try:
+            runner.run(projections, stop=stop)
+        finally:
+            if monitor is not None:
+                monitor.close()
+    logger.info("stopped %s; leases released", names)
     return 0

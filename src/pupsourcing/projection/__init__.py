@@ -6,6 +6,7 @@ True
 """
 
 from pupsourcing.core.errors import PartitionLayoutError
+from pupsourcing.projection.claiming import ClaimingRunner
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.partition import HashPartitionStrategy
 from pupsourcing.projection.processor import Processor
@@ -19,6 +20,7 @@ from pupsourcing.store.dead_letter import DeadLetter
 
 __all__ = [
     "AsyncProjection",
+    "ClaimingRunner",
     "DeadLetter",
     "HashPartitionStrategy",
     "PartitionLayoutError",

@@ -19,6 +19,7 @@ from pupsourcing.store.base import StoreBase
 from pupsourcing.store.checkpoint import Checkpoint
 from pupsourcing.store.dead_letter import DeadLetter
 from pupsourcing.store.horizon import Probe
+from pupsourcing.store.leases import Lease
 from pupsourcing.store.plan import Plan, Row, Statement, drive_async
 from pupsourcing.store.snapshots import Snapshot
 
@@ -157,6 +158,11 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         checkpoint name and position: every one, or ``projection_name``'s
         (its own and its partitions', ``"<name>_p<k>"``)."""
         return await self._run(tx, self.dialect.list_dead_letters(projection_name))
+
+    async def list_leases(self, tx: ConnT, projection_name: str | None = None) -> list[Lease]:
+        """The partition leases of ``projections run --claim`` (every
+        projection's, or ``projection_name``'s), member rows included."""
+        return await self._run(tx, self.dialect.leases.list(projection_name))
 
     async def create_schema(self, tx: ConnT) -> None:
         """Create the tables and indexes if they do not exist."""

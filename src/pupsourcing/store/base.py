@@ -14,6 +14,7 @@ from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dead_letter import DeadLetter
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.horizon import Probe
+from pupsourcing.store.leases import Lease
 from pupsourcing.store.plan import Plan, Statement, drive
 from pupsourcing.store.snapshots import Snapshot
 
@@ -221,6 +222,11 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         checkpoint name and position: every one, or ``projection_name``'s
         (its own and its partitions', ``"<name>_p<k>"``)."""
         return self._run(tx, self.dialect.list_dead_letters(projection_name))
+
+    def list_leases(self, tx: ConnT, projection_name: str | None = None) -> list[Lease]:
+        """The partition leases of ``projections run --claim`` (every
+        projection's, or ``projection_name``'s), member rows included."""
+        return self._run(tx, self.dialect.leases.list(projection_name))
 
     def create_schema(self, tx: ConnT) -> None:
         """Create the tables and indexes if they do not exist."""

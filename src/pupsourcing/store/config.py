@@ -44,6 +44,9 @@ class StoreConfig:
     layouts_table: str = "projection_layouts"
     """The partition count each projection's checkpoints were made with (a
     table the Go library does not have and never touches)."""
+    leases_table: str = "projection_leases"
+    """Partition leases of ``projections run --claim`` and
+    :class:`pupsourcing.projection.ClaimingRunner` (pupsourcing only)."""
 
     def __post_init__(self) -> None:
         names = [validate_identifier(f.name, getattr(self, f.name)) for f in fields(self)]

@@ -42,6 +42,7 @@ from pupsourcing.store.dead_letter import (
     error_type_name,
 )
 from pupsourcing.store.horizon import Probe
+from pupsourcing.store.leases import LeasePlans, lease_statements
 from pupsourcing.store.plan import Plan, Row, RowDecoder, Statement
 from pupsourcing.store.schema import (
     SchemaDialect,
@@ -125,6 +126,15 @@ class Dialect(abc.ABC):
 
     on_duplicate_checkpoint: ClassVar[str] = "ON CONFLICT (projection_name) DO NOTHING"
     """Makes inserting an existing checkpoint row a no-op."""
+
+    epoch_now_sql: ClassVar[str] = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
+    """The database's current time in epoch seconds, for partition leases."""
+
+    lease_seconds_type: ClassVar[str] = "DOUBLE PRECISION"
+    """The type of the leases table's epoch-seconds columns."""
+
+    on_duplicate_lease: ClassVar[str] = "ON CONFLICT DO NOTHING"
+    """Makes inserting an existing lease row a no-op."""
 
     # How each type key of :mod:`pupsourcing.store.columns` is read, decoded
     # and encoded where the driver's value is not already the field: each an
@@ -389,9 +399,16 @@ class Dialect(abc.ABC):
         """The DDL as ``(comment, statement)`` pairs, each idempotent: the Go
         library's tables, then the snapshots table."""
         d = cls.schema_dialect
-        return schema_statements(config, cls.quote, d) + snapshot_statements(
-            config, cls.quote, d, cls.snapshot_state_type or d.payload
+        return (
+            schema_statements(config, cls.quote, d)
+            + snapshot_statements(config, cls.quote, d, cls.snapshot_state_type or d.payload)
+            + lease_statements(config, cls.quote, d, cls.lease_seconds_type)
         )
+
+    @functools.cached_property
+    def leases(self) -> LeasePlans:
+        """Plans that take, renew, release and list partition leases."""
+        return LeasePlans(self)
 
     @functools.cached_property
     def snapshots(self) -> SnapshotPlans:
@@ -420,6 +437,7 @@ class Dialect(abc.ABC):
         header += (
             f"-- The table {config.snapshots_table} (aggregate snapshots) is pupsourcing's\n"
             "-- own; the Go library ignores it.\n"
+            f"-- So is {config.leases_table} (partition leases of `projections run --claim`).\n"
         )
         return f"{header}\n{_script(cls.schema(config))}"
 

@@ -218,6 +218,9 @@ class MySQLDialect(Dialect):
     )
 
     now_sql = _NOW
+    epoch_now_sql = "UNIX_TIMESTAMP(CURRENT_TIMESTAMP(6))"
+    lease_seconds_type = "DOUBLE"
+    on_duplicate_lease = "ON DUPLICATE KEY UPDATE owner = owner"
     on_duplicate_checkpoint = "ON DUPLICATE KEY UPDATE projection_name = projection_name"
     snapshot_on_conflict = (
         "ON DUPLICATE KEY UPDATE schema_version = VALUES(schema_version), state = VALUES(state)"

@@ -73,6 +73,8 @@ class SQLiteDialect(Dialect):
         "timestamp": _timestamp,
     }
     now_sql = _NOW
+    epoch_now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
+    lease_seconds_type = "REAL"
     begin_sql = "BEGIN IMMEDIATE"
     schema_dialect = SchemaDialect(
         global_position="INTEGER PRIMARY KEY AUTOINCREMENT",

@@ -1,0 +1,196 @@
+"""The asyncio twin of :class:`pupsourcing.projection.ClaimingRunner`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from pupsourcing.aio.processor import AsyncProcessor
+from pupsourcing.projection.claiming import check_runner_args, share
+from pupsourcing.projection.config import ProcessorConfig
+from pupsourcing.projection.protocols import AsyncProjection
+from pupsourcing.store.leases import Lease, LeasePlans
+from pupsourcing.store.plan import Plan
+
+__all__ = ["AsyncClaimingRunner"]
+
+
+class _Partition:
+    def __init__(self, processor: AsyncProcessor[Any], projection: AsyncProjection) -> None:
+        self.processor = processor
+        self.stop = asyncio.Event()
+        self.releasing = False
+        self.lost = False
+        self.task = asyncio.ensure_future(self._work(projection))
+
+    async def _work(self, projection: AsyncProjection) -> None:
+        try:
+            await self.processor.run(projection, stop=self.stop)
+        finally:
+            await self.processor.close()
+
+
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+class AsyncClaimingRunner:
+    """:class:`pupsourcing.projection.ClaimingRunner` on asyncio: the same
+    leases and balancing, one :class:`AsyncProcessor` task per claimed
+    partition. ``db`` is a zero-argument coroutine function returning a new
+    connection."""
+
+    def __init__(
+        self,
+        db: Callable[[], Awaitable[Any]],
+        store: Any,
+        config: ProcessorConfig | None = None,
+        *,
+        lease_ttl: float = 10.0,
+        owner: str | None = None,
+    ) -> None:
+        self.lease_ttl, self.owner = check_runner_args(db, lease_ttl, owner)
+        self._db = db
+        self._store = store
+        self.config = config or ProcessorConfig()
+        self._plans: LeasePlans = store.dialect.leases
+        self._running: dict[tuple[str, int], _Partition] = {}
+        self._log = self.config.get_logger()
+
+    def held(self) -> dict[str, list[int]]:
+        """The partitions this process runs now, by projection name."""
+        held: dict[str, list[int]] = {}
+        for name, key in sorted(self._running):
+            held.setdefault(name, []).append(key)
+        return held
+
+    async def run(
+        self,
+        projections: AsyncProjection | Sequence[AsyncProjection],
+        *,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Claim, run and balance partitions until ``stop`` is set; see
+        :meth:`pupsourcing.projection.ClaimingRunner.run`."""
+        chosen = [projections] if not isinstance(projections, Sequence) else list(projections)
+        if not chosen:
+            raise ValueError("projections: AsyncClaimingRunner needs at least one projection")
+        stop = stop or asyncio.Event()
+        conn: Any = None
+        last_ok = time.monotonic()
+        error: BaseException | None = None
+        pending: list[tuple[str, int]] = []
+        total = self.config.total_partitions
+        try:
+            while not stop.is_set() and error is None:
+                try:
+                    if conn is None:
+                        conn = await self._db()
+                        for p in chosen:
+                            await self._drive(conn, self._plans.ensure(p.name, total))
+                    while pending:
+                        await self._drive(conn, self._plans.release(*pending[0], self.owner))
+                        pending.pop(0)
+                    for p in chosen:
+                        await self._balance(conn, p)
+                    last_ok = time.monotonic()
+                except Exception as exc:
+                    self._log.warning("partition leases: %s; retrying", exc)
+                    await _close(conn)
+                    conn = None
+                    if time.monotonic() - last_ok > self.lease_ttl * 0.8:
+                        for part in self._running.values():
+                            part.stop.set()
+                deadline = time.monotonic() + self.lease_ttl / 3
+                while time.monotonic() < deadline and not stop.is_set():
+                    error = self._reap(pending)
+                    if error is not None:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.05)
+        finally:
+            for part in self._running.values():
+                part.stop.set()
+            await asyncio.gather(*(p.task for p in self._running.values()), return_exceptions=True)
+            error = error or self._reap(pending)
+            try:
+                conn = conn or await self._db()
+                for name, key in pending:
+                    await self._drive(conn, self._plans.release(name, key, self.owner))
+                for p in chosen:
+                    await self._drive(conn, self._plans.leave(p.name, self.owner))
+            except Exception as exc:
+                self._log.warning("partition leases not released (they expire): %s", exc)
+            await _close(conn)
+        if error is not None:
+            raise error
+
+    async def _drive(self, conn: Any, plan: Plan[Any]) -> Any:
+        try:
+            result = await self._store._run(conn, plan)
+        except BaseException:
+            await _maybe_await(conn.rollback())
+            raise
+        await _maybe_await(conn.commit())
+        return result
+
+    def _reap(self, pending: list[tuple[str, int]]) -> BaseException | None:
+        error = None
+        for key, part in list(self._running.items()):
+            if not part.task.done():
+                continue
+            del self._running[key]
+            if not part.task.cancelled() and part.task.exception() is not None:
+                error = error or part.task.exception()
+            if not part.lost:
+                pending.append(key)
+        return error
+
+    async def _balance(self, conn: Any, projection: AsyncProjection) -> None:
+        name, total, me, ttl = (
+            projection.name,
+            self.config.total_partitions,
+            self.owner,
+            self.lease_ttl,
+        )
+        mine = {k: part for (n, k), part in self._running.items() if n == name}
+        for key, part in sorted(mine.items()):
+            if part.lost:
+                continue
+            if not await self._drive(conn, self._plans.renew(name, key, me, ttl)):
+                self._log.warning("%s partition %d: lease taken over; stopping it", name, key)
+                part.stop.set()
+                part.releasing = part.lost = True
+        await self._drive(conn, self._plans.announce(name, me, ttl))
+        leases: list[Lease] = await self._drive(conn, self._plans.list(name))
+        active = sorted(k for k, part in mine.items() if not part.releasing)
+        extra, more, free = share(total, me, active, leases)
+        for key in extra:
+            self._log.info("%s partition %d: releasing it to balance", name, key)
+            mine[key].stop.set()
+            mine[key].releasing = True
+        for key in free:
+            if more <= 0:
+                break
+            if key in mine:
+                continue
+            if await self._drive(conn, self._plans.acquire(name, key, me, ttl)):
+                config = dataclasses.replace(self.config, partition_key=key)
+                processor = AsyncProcessor(self._db, self._store, config)
+                self._running[(name, key)] = _Partition(processor, projection)
+                self._log.info("%s partition %d of %d: claimed by %s", name, key, total, me)
+                more -= 1
+
+
+async def _close(conn: Any) -> None:
+    if conn is not None:
+        try:
+            await _maybe_await(conn.close())
+        except Exception as exc:  # a connection that already failed
+            del exc

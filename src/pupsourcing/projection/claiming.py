@@ -1,0 +1,325 @@
+"""Self-balancing workers: processes share a projection's partitions
+through leases in the database, with no other coordinator."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pupsourcing.projection.config import ProcessorConfig
+from pupsourcing.projection.processor import Processor
+from pupsourcing.projection.protocols import Projection
+from pupsourcing.store.leases import MAX_OWNER_LENGTH, Lease, LeasePlans
+from pupsourcing.store.plan import Plan
+
+__all__ = ["ClaimingRunner"]
+
+_WAIT = 0.05
+"""How often, in seconds, the lease loop looks at ``stop`` and failures."""
+
+
+def default_owner() -> str:
+    """``host:pid:random``: unique per process, readable in ``projections status``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def check_runner_args(db: object, lease_ttl: object, owner: object) -> tuple[float, str]:
+    """The lease TTL and owner of a claiming runner, checked (``TypeError``,
+    ``ValueError`` naming the argument)."""
+    if not callable(db):
+        raise TypeError("db: a claiming runner needs a callable returning new connections")
+    if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, int | float):
+        raise ValueError(f"lease_ttl: must be a number of seconds, got {lease_ttl!r}")
+    if not 0.3 <= lease_ttl <= 3600:
+        raise ValueError(f"lease_ttl: must be from 0.3 to 3600 seconds, got {lease_ttl!r}")
+    owner = default_owner() if owner is None else owner
+    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_LENGTH:
+        raise ValueError(f"owner: must be 1 to {MAX_OWNER_LENGTH} characters, got {owner!r}")
+    return float(lease_ttl), owner
+
+
+class _Partition:
+    """One claimed partition: its processor, running on its own thread."""
+
+    def __init__(self, processor: Processor[Any], projection: Projection) -> None:
+        self.processor = processor
+        self.stop = threading.Event()
+        self.releasing = False
+        self.lost = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._work,
+            args=(projection,),
+            name=f"pupsourcing-{projection.name}-p{processor.config.partition_key}",
+            daemon=True,
+        )
+
+    def _work(self, projection: Projection) -> None:
+        try:
+            self.processor.run(projection, stop=self.stop)
+        except BaseException as exc:  # reported by the lease loop
+            self.error = exc
+        finally:
+            self.processor.close()
+
+
+class ClaimingRunner:
+    """Runs the partitions of projections that this process holds leases on,
+    sharing ``config.total_partitions`` partitions with every other process
+    that runs the same projections this way (on any machine).
+
+    ``db`` is a zero-argument callable returning a new connection (each
+    claimed partition gets its own :class:`Processor`, and the leases one
+    more connection); ``config.partition_key`` is ignored. Every
+    ``lease_ttl / 3`` seconds the runner renews its leases in
+    ``StoreConfig.leases_table`` (database clock), counts the live processes
+    and moves towards its fair share: it releases partitions above
+    ``ceil(total / processes)`` (stopping each one's processor after its
+    batch first) and claims free or expired ones below it. A process that
+    died loses its partitions within ``lease_ttl`` seconds. A partition whose
+    lease was taken over is stopped after its current batch; the checkpoint
+    compare-and-set rolls back whatever such a batch did, so every event is
+    still handled exactly once.
+
+    One projection object serves all of its claimed partitions: ``handle``
+    is called from several threads at once (one per partition).
+    """
+
+    def __init__(
+        self,
+        db: Callable[[], Any],
+        store: Any,
+        config: ProcessorConfig | None = None,
+        *,
+        lease_ttl: float = 10.0,
+        owner: str | None = None,
+    ) -> None:
+        self.lease_ttl, self.owner = check_runner_args(db, lease_ttl, owner)
+        self._db = db
+        self._store = store
+        self.config = config or ProcessorConfig()
+        self._plans: LeasePlans = store.dialect.leases
+        self._running: dict[tuple[str, int], _Partition] = {}
+        self._pending_release: list[tuple[str, int]] = []
+        self._lock = threading.Lock()
+        self._log = self.config.get_logger()
+
+    @property
+    def total_partitions(self) -> int:
+        return self.config.total_partitions
+
+    def held(self) -> dict[str, list[int]]:
+        """The partitions this process runs now, by projection name."""
+        with self._lock:
+            keys = sorted(self._running)
+        held: dict[str, list[int]] = {}
+        for name, key in keys:
+            held.setdefault(name, []).append(key)
+        return held
+
+    # -- the lease loop --------------------------------------------------------
+
+    def run(
+        self,
+        projections: Projection | Sequence[Projection],
+        *,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Claim, run and balance partitions until ``stop`` is set, then stop
+        every partition after its batch and release the leases.
+
+        A partition's processor that raises stops the others, and the error
+        is raised here (as :meth:`pupsourcing.runner.Runner.run` does).
+        """
+        chosen = [projections] if not isinstance(projections, Sequence) else list(projections)
+        if not chosen:
+            raise ValueError("projections: ClaimingRunner needs at least one projection")
+        names = [p.name for p in chosen]
+        if len(set(names)) != len(names):
+            raise ValueError(f"projections: names must be distinct, got {names}")
+        stop = stop or threading.Event()
+        conn: Any = None
+        last_ok = time.monotonic()
+        first_error: BaseException | None = None
+        try:
+            while not stop.is_set() and first_error is None:
+                try:
+                    if conn is None:
+                        conn = self._db()
+                        for p in chosen:
+                            self._drive(conn, self._plans.ensure(p.name, self.total_partitions))
+                    self._release_pending(conn)
+                    for p in chosen:
+                        self._balance(conn, p)
+                    last_ok = time.monotonic()
+                except Exception as exc:
+                    self._log.warning("partition leases: %s; retrying", exc)
+                    _close(conn)
+                    conn = None
+                    if time.monotonic() - last_ok > self.lease_ttl * 0.8:
+                        self._stop_all("its leases could not be renewed")
+                deadline = time.monotonic() + self.lease_ttl / 3
+                while time.monotonic() < deadline and not stop.is_set():
+                    first_error = self._reap()
+                    if first_error is not None:
+                        break
+                    stop.wait(_WAIT)
+        finally:
+            self._stop_all(None)
+            self._join_all()
+            self._release_all(conn, chosen)
+        error = first_error or self._reap()
+        if error is not None:
+            raise error
+
+    def _drive(self, conn: Any, plan: Plan[Any]) -> Any:
+        try:
+            result = self._store._run(conn, plan)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        return result
+
+    def _balance(self, conn: Any, projection: Projection) -> None:
+        name, total, me, ttl = projection.name, self.total_partitions, self.owner, self.lease_ttl
+        with self._lock:
+            mine = {k: part for (n, k), part in self._running.items() if n == name}
+        for key, part in sorted(mine.items()):
+            if part.lost:
+                continue
+            if not self._drive(conn, self._plans.renew(name, key, me, ttl)):
+                self._log.warning("%s partition %d: lease taken over; stopping it", name, key)
+                part.stop.set()
+                part.releasing = part.lost = True
+        self._drive(conn, self._plans.announce(name, me, ttl))
+        leases: list[Lease] = self._drive(conn, self._plans.list(name))
+        active = sorted(k for k, part in mine.items() if not part.releasing)
+        extra, more, free = share(total, me, active, leases)
+        for key in extra:
+            self._log.info("%s partition %d: releasing it to balance", name, key)
+            mine[key].stop.set()
+            mine[key].releasing = True
+        for key in free:
+            if more <= 0:
+                break
+            if key not in mine and self._drive(conn, self._plans.acquire(name, key, me, ttl)):
+                self._start(projection, key)
+                more -= 1
+
+    def _start(self, projection: Projection, key: int) -> None:
+        config = dataclasses.replace(self.config, partition_key=key)
+        part = _Partition(Processor(self._db, self._store, config), projection)
+        with self._lock:
+            self._running[(projection.name, key)] = part
+        self._log.info(
+            "%s partition %d of %d: claimed by %s",
+            projection.name,
+            key,
+            self.total_partitions,
+            self.owner,
+        )
+        part.thread.start()
+
+    def _reap(self) -> BaseException | None:
+        """Forget partitions whose processor ended (releasing their leases
+        when it is safe to); the first error of a processor, if any."""
+        with self._lock:
+            done = [(k, p) for k, p in self._running.items() if not p.thread.is_alive()]
+            for done_key, _ in done:
+                del self._running[done_key]
+        error = None
+        for (name, key), part in done:
+            if part.error is not None:
+                error = error or part.error
+            if not part.lost:
+                self._pending_release.append((name, key))
+        return error
+
+    def _release_pending(self, conn: Any) -> None:
+        """Free the leases of partitions whose processor has stopped."""
+        while self._pending_release:
+            name, key = self._pending_release[0]
+            self._drive(conn, self._plans.release(name, key, self.owner))
+            self._pending_release.pop(0)
+            self._log.info("%s partition %d: released", name, key)
+
+    def _stop_all(self, reason: str | None) -> None:
+        with self._lock:
+            parts = list(self._running.values())
+        if reason is not None and parts:
+            self._log.warning("stopping every partition: %s", reason)
+        for part in parts:
+            part.stop.set()
+            part.releasing = True
+
+    def _join_all(self) -> None:
+        with self._lock:
+            parts = list(self._running.values())
+        for part in parts:
+            part.thread.join()
+
+    def _release_all(self, conn: Any, projections: list[Projection]) -> None:
+        """Give back every lease (best effort: unreleased ones expire)."""
+        self._reap()
+        try:
+            if conn is None:
+                conn = self._db()
+            self._release_pending(conn)
+            for p in projections:
+                self._drive(conn, self._plans.leave(p.name, self.owner))
+        except Exception as exc:
+            self._log.warning("partition leases not released (they expire): %s", exc)
+        finally:
+            self._pending_release.clear()
+            _close(conn)
+
+
+def share(
+    total: int, me: str, active: list[int], leases: list[Lease]
+) -> tuple[list[int], int, list[int]]:
+    """This process's move towards its fair share of ``total`` partitions:
+    the partitions of ``active`` (held and running, ascending) to release,
+    how many more to claim, and the partitions free to claim.
+
+    The live processes are the owners of unexpired rows (partitions and
+    member rows) and ``me``. A process releases what it holds above
+    ``ceil(total / processes)``; while another holds fewer than
+    ``floor(total / processes)``, the one holding most (ties: the lowest
+    owner) gives one back and the others claim only up to the floor.
+    """
+    partitions = [lease for lease in leases if 0 <= lease.partition_key < total]
+    members = {lease.owner for lease in leases if lease.live} | {me}
+    counts = dict.fromkeys(members, 0)
+    for lease in partitions:
+        if lease.live:
+            counts[lease.owner] += 1
+    floor, ceil = total // len(members), -(-total // len(members))
+    needy = any(counts[o] < floor for o in members if o != me)
+    if len(active) > ceil:
+        extra = active[ceil:]
+    elif needy and len(active) > floor and _richest(counts) == me:
+        extra = active[-1:]
+    else:
+        extra = []
+    want = floor if needy else ceil
+    free = [lease.partition_key for lease in partitions if not lease.live]
+    return extra, want - (len(active) - len(extra)), free
+
+
+def _richest(counts: dict[str, int]) -> str:
+    """The member holding the most partitions (ties: the lowest name)."""
+    return min(counts, key=lambda owner: (-counts[owner], owner))
+
+
+def _close(conn: Any) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):  # a connection that already failed
+            conn.close()

@@ -1,0 +1,343 @@
+"""Self-balancing workers: the lease plans on every database, and
+``projections run --claim`` as real processes sharing partitions."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import claim_projections
+from cli_helpers import cli, execute
+from conftest import Backend
+from helpers import event, query
+from pupsourcing import ExpectedVersion
+from pupsourcing.projection import ClaimingRunner, ProcessorConfig
+from pupsourcing.store import StoreConfig
+from pupsourcing.store.leases import member_key
+from test_cli_run import Running, wait_for
+
+DATABASES = ["postgres", "mysql", "sqlite"]
+
+
+def drive(backend: Backend, conn: Any, plan: Any) -> Any:
+    result = backend.store._run(conn, plan)
+    conn.commit()
+    return result
+
+
+def leases(backend: Backend, conn: Any, name: str) -> dict[int, tuple[str, float]]:
+    rows = backend.store.list_leases(conn, name)
+    conn.commit()
+    return {lease.partition_key: (lease.owner, lease.expires_in) for lease in rows}
+
+
+@pytest.mark.parametrize("name", DATABASES)
+def test_lease_plans_compare_and_set(name: str, make_store_backend: Callable[..., Backend]) -> None:
+    backend = make_store_backend(name)
+    plans = backend.store.dialect.leases
+    conn = backend.connection()
+    drive(backend, conn, plans.ensure("proj", 3))
+    drive(backend, conn, plans.ensure("proj", 3))  # idempotent
+    assert {k: o for k, (o, _) in leases(backend, conn, "proj").items()} == {0: "", 1: "", 2: ""}
+    assert all(expires < 0 for _, expires in leases(backend, conn, "proj").values())
+
+    assert drive(backend, conn, plans.acquire("proj", 1, "a", 30.0)) is True
+    assert drive(backend, conn, plans.acquire("proj", 1, "b", 30.0)) is False
+    owner, expires = leases(backend, conn, "proj")[1]
+    assert owner == "a"
+    assert 25 < expires <= 30.5
+    assert drive(backend, conn, plans.renew("proj", 1, "a", 60.0)) is True
+    assert 55 < leases(backend, conn, "proj")[1][1] <= 60.5
+    assert drive(backend, conn, plans.renew("proj", 1, "b", 60.0)) is False
+    assert drive(backend, conn, plans.release("proj", 1, "b")) is False
+    assert leases(backend, conn, "proj")[1][0] == "a"
+    assert drive(backend, conn, plans.release("proj", 1, "a")) is True
+    assert leases(backend, conn, "proj")[1][0] == ""
+    assert drive(backend, conn, plans.acquire("proj", 1, "b", 30.0)) is True
+
+    # An expired lease is taken over; its old owner can no longer renew it.
+    assert drive(backend, conn, plans.acquire("proj", 2, "a", 0.3)) is True
+    assert drive(backend, conn, plans.acquire("proj", 2, "b", 30.0)) is False
+    time.sleep(0.5)
+    assert leases(backend, conn, "proj")[2][1] < 0
+    assert drive(backend, conn, plans.acquire("proj", 2, "b", 30.0)) is True
+    assert drive(backend, conn, plans.renew("proj", 2, "a", 30.0)) is False
+    assert leases(backend, conn, "proj")[2][0] == "b"
+
+    # Member rows: announced, listed under a negative key, gone on leave.
+    drive(backend, conn, plans.announce("proj", "c", 30.0))
+    assert leases(backend, conn, "proj")[member_key("c")][0] == "c"
+    assert member_key("c") < 0
+    drive(backend, conn, plans.leave("proj", "c"))
+    assert member_key("c") not in leases(backend, conn, "proj")
+    assert leases(backend, conn, "other") == {}
+
+
+def test_leases_table_is_configurable() -> None:
+    assert StoreConfig().leases_table == "projection_leases"
+    with pytest.raises(ValueError, match="leases_table"):
+        StoreConfig(leases_table="bad name")
+
+
+def test_claiming_runner_checks_its_arguments(make_store_backend: Callable[..., Backend]) -> None:
+    backend = make_store_backend("sqlite")
+    with pytest.raises(TypeError, match="callable"):
+        ClaimingRunner(object(), backend.store)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lease_ttl"):
+        ClaimingRunner(backend.connect, backend.store, lease_ttl=0)
+    with pytest.raises(ValueError, match="owner"):
+        ClaimingRunner(backend.connect, backend.store, owner="")
+
+
+def test_two_runners_in_one_process_share_partitions(
+    make_store_backend: Callable[..., Backend],
+) -> None:
+    import threading
+
+    backend = make_store_backend("postgres")
+    conn = backend.connection()
+    execute(conn, claim_projections.CREATE_TABLE)
+    for i in range(40):
+        backend.store.append(conn, ExpectedVersion.any(), [event(f"agg-{i}")])
+    conn.commit()
+    config = ProcessorConfig(total_partitions=4, poll_interval=0.05)
+    a = ClaimingRunner(backend.connect, backend.store, config, lease_ttl=0.6, owner="a")
+    b = ClaimingRunner(backend.connect, backend.store, config, lease_ttl=0.6, owner="b")
+    stop_a, stop_b = threading.Event(), threading.Event()
+    recorder = claim_projections.ClaimRecorder()
+    threads = [
+        threading.Thread(target=a.run, args=(recorder,), kwargs={"stop": stop_a}),
+        threading.Thread(target=b.run, args=(recorder,), kwargs={"stop": stop_b}),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(
+            lambda: len(a.held().get("claimed", [])) == 2 and len(b.held().get("claimed", [])) == 2,
+            what="two partitions each",
+        )
+        assert set(a.held()["claimed"]) | set(b.held()["claimed"]) == {0, 1, 2, 3}
+        stop_b.set()
+        threads[1].join(timeout=10)
+        wait_for(lambda: a.held().get("claimed") == [0, 1, 2, 3], what="a takes over b's share")
+        # A lease taken over (here by hand) stops that partition in a at once.
+        plans = backend.store.dialect.leases
+        execute(
+            conn,
+            "UPDATE projection_leases SET owner = 'thief', expires_at = expires_at + 3600 "
+            "WHERE projection_name = 'claimed' AND partition_key = 3",
+        )
+        conn.commit()
+        wait_for(lambda: 3 not in a.held().get("claimed", []), timeout=3, what="a lets go of 3")
+        assert drive(backend, conn, plans.release("claimed", 3, "thief")) is True
+        wait_for(lambda: a.held().get("claimed") == [0, 1, 2, 3], what="a claims 3 again")
+        wait_for(lambda: handled(backend, conn) == 40, what="every event")
+    finally:
+        stop_a.set()
+        stop_b.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    counts = Counter(r[0] for r in query(conn, f"SELECT event_id FROM {claim_projections.TABLE}"))
+    conn.commit()
+    assert len(counts) == 40
+    assert set(counts.values()) == {1}
+    assert {owner for owner, _ in leases(backend, conn, "claimed").values()} == {""}
+
+
+def handled(backend: Backend, conn: Any) -> int:
+    rows = query(conn, f"SELECT COUNT(*) FROM {claim_projections.TABLE}")
+    conn.commit()
+    return int(rows[0][0])
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for run in started:
+        run.kill()
+
+
+@pytest.mark.parametrize("name", ["postgres", "sqlite"])
+def test_claiming_workers_share_take_over_and_rebalance(
+    name: str, make_store_backend: Callable[..., Backend], workers: list[Running]
+) -> None:
+    backend = make_store_backend(name)
+    conn = backend.connection()
+    execute(conn, claim_projections.CREATE_TABLE)
+    conn.commit()
+    total, ttl = 6, 1.5
+
+    def append(count: int, offset: int) -> None:
+        for i in range(offset, offset + count):
+            backend.store.append(conn, ExpectedVersion.any(), [event(f"agg-{i}")])
+        conn.commit()
+
+    def shares() -> Counter[str]:
+        live = [o for k, (o, e) in leases(backend, conn, "claimed").items() if k >= 0 and e > 0]
+        return Counter(live)
+
+    def start() -> Running:
+        run = Running(
+            "projections",
+            "run",
+            "claim_projections:recorder",
+            "--total-partitions",
+            str(total),
+            "--claim",
+            "--lease-ttl",
+            str(ttl),
+            "--poll-interval",
+            "0.05",
+            "--batch-size",
+            "5",
+            "--no-progress",
+            "-v",
+            PUPSOURCING_DB=backend.url,
+            CLAIM_DELAY="0.002",
+        )
+        workers.append(run)
+        return run
+
+    append(120, 0)
+    first = [start() for _ in range(3)]
+    wait_for(lambda: sorted(shares().values()) == [2, 2, 2], timeout=30, what="2 partitions each")
+
+    first[0].process.kill()  # SIGKILL: its leases are left to expire
+    first[0].wait()
+    append(60, 120)
+    started = time.monotonic()
+    wait_for(
+        lambda: sorted(shares().values()) == [3, 3], timeout=30, what="the survivors take over"
+    )
+    assert time.monotonic() - started < ttl + 3  # within the lease period, plus a tick
+
+    joiner = start()
+    started = time.monotonic()
+    wait_for(lambda: sorted(shares().values()) == [2, 2, 2], timeout=30, what="the joiner's share")
+    assert time.monotonic() - started < 2 * ttl + 5  # process start-up included
+    append(60, 180)
+    wait_for(lambda: handled(backend, conn) >= 240, timeout=60, what="every event handled")
+    time.sleep(0.5)
+
+    for run in (first[1], first[2], joiner):
+        run.signal(signal.SIGTERM)
+    for run in (first[1], first[2], joiner):
+        assert run.wait() == 0, run.stderr
+    rows = query(conn, f"SELECT event_id, worker_pid FROM {claim_projections.TABLE}")
+    conn.commit()
+    counts = Counter(r[0] for r in rows)
+    assert len(counts) == 240
+    assert set(counts.values()) == {1}  # exactly once, through kill and rebalancing
+    assert len({r[1] for r in rows}) >= 3
+    assert shares() == Counter()  # stopped workers released their leases
+
+    status = cli("projections", "status", "--json", PUPSOURCING_DB=backend.url)
+    assert status.returncode == 0, status.stderr
+    assert '"lease": null' in status.stdout
+
+
+@pytest.mark.parametrize("name", ["sqlite"])
+def test_status_shows_owner_and_lease_expiry(
+    name: str, make_store_backend: Callable[..., Backend], workers: list[Running]
+) -> None:
+    backend = make_store_backend(name)
+    conn = backend.connection()
+    execute(conn, claim_projections.CREATE_TABLE)
+    append_one = [event("agg-1")]
+    backend.store.append(conn, ExpectedVersion.any(), append_one)
+    conn.commit()
+    run = Running(
+        "projections",
+        "run",
+        "claim_projections:recorder",
+        "--total-partitions",
+        "2",
+        "--claim",
+        "--no-progress",
+        PUPSOURCING_DB=backend.url,
+    )
+    workers.append(run)
+    wait_for(lambda: handled(backend, conn) == 1, what="the event")
+    wait_for(
+        lambda: (
+            len([o for k, (o, _) in leases(backend, conn, "claimed").items() if k >= 0 and o]) == 2
+        ),
+        what="both partitions claimed",
+    )
+    result = cli("projections", "status", PUPSOURCING_DB=backend.url)
+    assert result.returncode == 0, result.stderr
+    assert "OWNER" in result.stdout
+    assert "LEASE" in result.stdout
+    assert result.stdout.count("expires in") == 2
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0, run.stderr
+
+
+def test_claim_needs_total_partitions(make_store_backend: Callable[..., Backend]) -> None:
+    backend = make_store_backend("sqlite")
+    result = cli(
+        "projections", "run", "claim_projections:recorder", "--claim", PUPSOURCING_DB=backend.url
+    )
+    assert result.returncode == 2
+    assert "--claim needs --total-partitions" in result.stderr
+
+
+def test_async_claiming_runners_share_and_hand_over(
+    make_store_backend: Callable[..., Backend],
+) -> None:
+    import asyncio
+
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = make_store_backend("postgres")
+    conn = backend.connection()
+    execute(conn, "CREATE TABLE async_claimed (event_id TEXT NOT NULL)")
+    for i in range(30):
+        backend.store.append(conn, ExpectedVersion.any(), [event(f"agg-{i}")])
+    conn.commit()
+    store = backend.async_store()
+
+    class Tally:
+        name = "async_claimed"
+
+        async def handle(self, e: Any, tx: Any) -> None:
+            await tx.execute("INSERT INTO async_claimed VALUES (%s)", (str(e.event_id),))
+
+    async def scenario() -> None:
+        config = ProcessorConfig(total_partitions=4, poll_interval=0.05)
+        a = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=0.6, owner="a")
+        b = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=0.6, owner="b")
+        stop_a, stop_b = asyncio.Event(), asyncio.Event()
+        tasks = [
+            asyncio.create_task(a.run(Tally(), stop=stop_a)),
+            asyncio.create_task(b.run(Tally(), stop=stop_b)),
+        ]
+        deadline = time.monotonic() + 20
+        while [len(r.held().get("async_claimed", [])) for r in (a, b)] != [2, 2]:
+            assert time.monotonic() < deadline, (a.held(), b.held())
+            await asyncio.sleep(0.05)
+        stop_b.set()
+        await tasks[1]
+        while a.held().get("async_claimed") != [0, 1, 2, 3] or handled() < 30:
+            assert time.monotonic() < deadline, a.held()
+            await asyncio.sleep(0.05)
+        stop_a.set()
+        await tasks[0]
+
+    def handled() -> int:
+        rows = query(conn, "SELECT COUNT(*) FROM async_claimed")
+        conn.commit()
+        return int(rows[0][0])
+
+    asyncio.run(scenario())
+    counts = Counter(r[0] for r in query(conn, "SELECT event_id FROM async_claimed"))
+    conn.commit()
+    assert len(counts) == 30
+    assert set(counts.values()) == {1}
+    assert {owner for owner, _ in leases(backend, conn, "async_claimed").values()} == {""}
