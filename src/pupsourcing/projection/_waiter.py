@@ -32,9 +32,10 @@ from typing import Any
 from pupsourcing.projection.batch import Logger
 from pupsourcing.store._appended import AsyncListener, Listener, signal
 
-QUICK_RETRIES = (0.005, 0.02, 0.1)
+QUICK_RETRIES = (0.005, 0.02, 0.1, 0.25, 0.5)
 """Pauses (seconds) before the polls that follow a wake by an in-process
-append, while they find nothing: the appender may not have committed yet."""
+append, while they find nothing: the appender may not have committed yet
+(a busy machine may take a while; five quick polls cost little)."""
 STOP_CHECK = 0.05
 """The longest a blocking processor waits before it looks at ``stop`` again."""
 
