@@ -81,7 +81,7 @@ class OrdersService:
             while True:
                 try:
                     batch = await sub.fetch(100, timeout=idle)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own or asyncio's, by path
                     return applied
                 for msg in batch:
                     applied += self.apply(msg)
