@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
 
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.store import StoreConfig
-from pupsourcing.store.layout import check_layout
+from pupsourcing.store.layout import check_layout, missing_table
 from pupsourcing.urls import (
     ENV_VAR,
     Database,
@@ -59,6 +60,13 @@ def add_database_options(parser: argparse.ArgumentParser) -> None:
     )
     add_table_options(group)
     parser.set_defaults(parser=parser)
+
+
+def table_names(config: StoreConfig) -> tuple[str, ...]:
+    """Every table of ``config``: the Go library's three, then pupsourcing's own."""
+    go = ("events_table", "aggregate_heads_table", "checkpoints_table")
+    own = [f.name for f in dataclasses.fields(config) if f.name not in go]
+    return tuple(getattr(config, name) for name in (*go, *own))
 
 
 def store_config(args: argparse.Namespace) -> StoreConfig:
@@ -180,21 +188,12 @@ def one_line(exc: BaseException) -> str:
     return " ".join(kept) or type(exc).__name__
 
 
-def _missing_table(exc: BaseException) -> bool:
-    if getattr(exc, "sqlstate", None) == "42P01":  # PostgreSQL: undefined_table
-        return True
-    args = getattr(exc, "args", ())
-    if args and args[0] == 1146:  # MySQL: ER_NO_SUCH_TABLE
-        return True
-    return str(exc).startswith("no such table")  # SQLite
-
-
 def driver_error_message(exc: BaseException) -> str | None:
     """One line for a driver error raised while a command ran, or ``None``
     when ``exc`` is not a driver error."""
     if not is_driver_error(exc):
         return None
     message = f"database error: {one_line(exc)}"
-    if _missing_table(exc):
+    if missing_table(exc):
         message += f"; {MIGRATE_HINT}"
     return message

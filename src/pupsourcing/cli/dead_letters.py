@@ -10,11 +10,12 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from pupsourcing.cli._db import _missing_table, add_database_options, connection, open_database
+from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._text import clean, duration
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.cli.loading import load_projection
 from pupsourcing.projection import DeadLetter, Processor, ProcessorConfig
+from pupsourcing.store.layout import missing_table
 
 _PARTITION = re.compile(r"_p(?P<key>0|[1-9][0-9]*)\Z")
 
@@ -144,7 +145,7 @@ def dead_letter_counts(db: Any, conn: Any) -> dict[str, int] | None:
     try:
         letters = db.store.list_dead_letters(conn)
     except Exception as exc:
-        if not _missing_table(exc):
+        if not missing_table(exc):
             raise
         conn.rollback()
         return None

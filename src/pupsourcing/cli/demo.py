@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
 from pupsourcing._text import plural
 from pupsourcing.adapters.sqlite import SQLiteStore, connect
+from pupsourcing.cli._db import table_names
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import Processor
 from pupsourcing.urls import parse_url
@@ -100,16 +101,7 @@ def _apply(tx: sqlite3.Connection, event: PersistedEvent) -> None:
 
 def _drop_demo_tables(db: sqlite3.Connection, store: SQLiteStore) -> None:
     config = store.config
-    for table in (
-        READ_MODEL,
-        config.events_table,
-        config.aggregate_heads_table,
-        config.checkpoints_table,
-        config.snapshots_table,
-        config.dead_letters_table,
-        config.layouts_table,
-        config.leases_table,
-    ):
+    for table in (READ_MODEL, *table_names(config)):
         db.execute(f'DROP TABLE IF EXISTS "{table}"')
     db.commit()
 

@@ -11,6 +11,7 @@ from pupsourcing.cli._db import (
     open_database,
     parsed_url,
     store_config,
+    table_names,
 )
 from pupsourcing.migrations import generate_sql
 
@@ -40,16 +41,6 @@ def run(args: argparse.Namespace) -> int:
         db.store.create_schema(conn)
         conn.commit()
     config = db.store.config
-    tables = ", ".join(
-        (
-            config.events_table,
-            config.aggregate_heads_table,
-            config.checkpoints_table,
-            config.snapshots_table,
-            config.dead_letters_table,
-            config.layouts_table,
-            config.leases_table,
-        )
-    )
+    tables = ", ".join(table_names(config))
     print(f"schema is in place in {db.url} (tables {tables})")
     return 0

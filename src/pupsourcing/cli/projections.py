@@ -11,14 +11,14 @@ from typing import Any
 
 from pupsourcing.cli import dead_letters, supervisor, worker
 from pupsourcing.cli._args import non_negative_int, positive_int, seconds
-from pupsourcing.cli._db import _missing_table, add_database_options, connection, open_database
+from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._output import Table, plural
 from pupsourcing.cli._text import clean, duration
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import ProcessorConfig
 from pupsourcing.projection.config import ON_FAILURE
 from pupsourcing.store import Checkpoint
-from pupsourcing.store.layout import clear_layout
+from pupsourcing.store.layout import clear_layout, missing_table
 from pupsourcing.store.leases import Lease
 
 _PARTITION = re.compile(r"(?P<name>.+)_p(?P<key>0|[1-9][0-9]*)\Z")
@@ -248,7 +248,7 @@ def lease_rows(db: Any, conn: Any) -> Leases:
     try:
         leases = db.store.list_leases(conn)
     except Exception as exc:
-        if not _missing_table(exc):
+        if not missing_table(exc):
             raise
         conn.rollback()
         return {}
