@@ -11,6 +11,11 @@ PostgreSQL schema, then, alternating the order, ``--rounds`` times each:
   and headers built before the clock starts) with ``publish_async`` in
   windows of the relay's batch size, awaiting every ack: the client alone,
   without reading the store;
+- bare inbox: the same windows published the way the relay publishes, with
+  core-NATS ``publish`` and reply subjects on one inbox whose subscription
+  counts the acks (no future per message): the relay's own technique
+  without the store, so relay/this is what reading the store and building
+  the messages costs;
 - bare sequential: ``await js.publish(...)`` one message at a time, each
   waiting for its ack (one round trip per event).
 
@@ -141,6 +146,39 @@ async def bare_pipelined(nats: JetStream, messages: list[Message], batch: int) -
     return len(messages) / elapsed
 
 
+async def bare_inbox(nats: JetStream, messages: list[Message], batch: int) -> float:
+    stream, prefix = await nats.fresh()
+    nc = nats.nc
+    inbox = f"{nc.new_inbox()}."
+    acked = 0
+    window = asyncio.get_running_loop().create_future()
+
+    async def on_ack(msg: Any) -> None:
+        nonlocal acked
+        if window.done():
+            return
+        if not msg.data.startswith(b'{"stream":') or b'"error"' in msg.data:
+            window.set_exception(RuntimeError(f"not stored: {msg.data!r}"))
+            return
+        acked += 1
+        if acked == wanted:
+            window.set_result(None)
+
+    sub = await nc.subscribe(f"{inbox}*", cb=on_ack)
+    start = time.perf_counter()
+    for first in range(0, len(messages), batch):
+        chunk = messages[first : first + batch]
+        wanted = first + len(chunk)
+        window = asyncio.get_running_loop().create_future()
+        for index, (subject, data, hdrs) in enumerate(chunk, first):
+            await nc.publish(f"{prefix}.{subject}", data, f"{inbox}{index}", dict(hdrs))
+        await window
+    elapsed = time.perf_counter() - start
+    await sub.unsubscribe()
+    assert await nats.count(stream) == len(messages)
+    return len(messages) / elapsed
+
+
 async def bare_sequential(nats: JetStream, messages: list[Message]) -> float:
     stream, prefix = await nats.fresh()
     js = nats.js
@@ -241,6 +279,7 @@ async def run(args: argparse.Namespace) -> None:
             {
                 "relay": lambda: relay_run(schema, nats, batch, total),
                 "bare pipelined": lambda: bare_pipelined(nats, messages, batch),
+                "bare inbox": lambda: bare_inbox(nats, messages, batch),
                 "bare sequential": lambda: bare_sequential(nats, messages),
             },
         )

@@ -19,7 +19,7 @@ import pytest
 
 from cli_helpers import cli, cli_argv, cli_env
 from conftest import Backend, made_backend
-from nats_helpers import JetStream, Message, jetstream
+from nats_helpers import JetStream, Message, connected, jetstream
 from pupsourcing import Event, ExpectedVersion
 from pupsourcing.relay import NatsRelay, subject_for
 
@@ -201,6 +201,61 @@ def test_bad_arguments_name_the_field() -> None:
 
 
 # -- failures ---------------------------------------------------------------------
+
+
+def make_stream(js: JetStream, **config: Any) -> tuple[str, str]:
+    """A new stream on ``prefix.>`` and ``prefix-other.>``, with ``config``."""
+    from nats.js.api import StreamConfig
+
+    stream, prefix = js.new_stream()
+
+    async def create() -> None:
+        async with connected(js.url) as nc:
+            subjects = [f"{prefix}.>", f"{prefix}-other.>"]
+            await nc.jetstream().add_stream(StreamConfig(name=stream, subjects=subjects, **config))
+
+    asyncio.run(create())
+    return stream, prefix
+
+
+def test_events_the_stream_already_holds_are_reported_as_duplicates(
+    tmp_path: Path, js: JetStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JetStream acknowledges a message whose ``Nats-Msg-Id`` it holds
+    without storing it again; the relay counts it and moves on."""
+    stream, prefix = make_stream(js, duplicate_window=60)
+    events = [Event("Shop", "Order", "o1", "Placed", b"{}") for _ in range(3)]
+
+    async def publish_second_elsewhere() -> None:
+        async with connected(js.url) as nc:
+            headers = {"Nats-Msg-Id": str(events[1].event_id)}
+            await nc.jetstream().publish(f"{prefix}-other.x", b"", headers=headers)
+
+    asyncio.run(publish_second_elsewhere())
+    with made_backend("sqlite", tmp_path) as db:
+        append(db, events)
+        with caplog.at_level("INFO", logger="pupsourcing"):
+            assert catch_up(relay(db, js, stream, prefix, name="dup")) == 3
+        assert db.checkpoints()["relay_dup"] == stored_positions(db)[-1]
+    assert "JetStream already held 1 of 3 events" in caplog.text
+    relayed = [m for m in js.messages(stream) if m.subject.startswith(f"{prefix}.")]
+    assert [m.position for m in relayed] == [1, 3]
+
+
+def test_a_message_jetstream_refuses_fails_the_batch(tmp_path: Path, js: JetStream) -> None:
+    """An error JetStream answers for one message is raised, and the
+    checkpoint stays before the batch although others of it were stored."""
+    import nats.js.errors
+
+    stream, prefix = make_stream(js, max_msg_size=1000)
+    with made_backend("sqlite", tmp_path) as db:
+        append(db, [Event("Shop", "Order", "o1", "Placed", b"{}")])
+        append(db, [Event("Shop", "Order", "o1", "Big", b'"' + b"x" * 2000 + b'"')])
+        append(db, [Event("Shop", "Order", "o1", "Shipped", b"{}")])
+        with pytest.raises(nats.js.errors.APIError, match="exceeds maximum"):
+            catch_up(relay(db, js, stream, prefix, name="big", batch_size=10))
+        assert db.checkpoints().get("relay_big", 0) == 0
+    assert [m.position for m in js.messages(stream)] == [1, 3]
 
 
 def test_database_connection_failures_are_retried(js: JetStream, tmp_path: Path) -> None:
