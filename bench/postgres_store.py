@@ -5,7 +5,11 @@ and W4 (full stream read) on both and prints events/s or reads/s and the
 ratio store/raw. Uses its own schema (dropped at the end) on the server named
 by ``PUPSOURCING_BENCH_PG`` (default: the test server on 127.0.0.1:5432).
 
-    python bench/postgres_store.py [--quick] [--rounds N] [--only W1,W4]
+    python bench/postgres_store.py [--quick] [--rounds N] [--only W1,W4] [--against-quiet]
+
+``--against-quiet`` replaces the raw baseline by the store itself with
+``notify=False``: store/raw is then what push wake-up's ``pg_notify`` costs
+the writers (W2c shows it: NOTIFY serializes commits).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from common import Side, Target, Unavailable, main
+from common import Side, Target, Unavailable, main, store_side
 
 from pupsourcing import Event
 from pupsourcing.adapters.postgres import PostgresStore
@@ -174,7 +178,7 @@ def describe(admin: Any) -> str:
     )
 
 
-def build() -> Target:
+def build(against_quiet: bool = False) -> Target:
     import psycopg
 
     schema = private_schema()
@@ -183,6 +187,19 @@ def build() -> Target:
     def connect(autocommit: bool) -> Any:
         return psycopg.connect(schema.dsn, autocommit=autocommit)
 
+    if against_quiet:
+        return Target(
+            database=describe(schema.admin),
+            connect=connect,
+            store=PostgresStore(),
+            raw=store_side(PostgresStore(notify=False)),
+            reset=reset,
+            close=schema.close,
+            notes=[
+                "raw: PostgresStore(notify=False), the same append without pg_notify",
+                f"synchronous_commit={sync[0] if sync else '?'}; schema {schema.name} (dropped)",
+            ],
+        )
     return Target(
         database=describe(schema.admin),
         connect=connect,
@@ -202,4 +219,7 @@ def build() -> Target:
 
 
 if __name__ == "__main__":
-    sys.exit(main(build))
+    quiet = "--against-quiet" in sys.argv
+    if quiet:
+        sys.argv.remove("--against-quiet")
+    sys.exit(main(lambda: build(quiet)))

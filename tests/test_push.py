@@ -303,3 +303,38 @@ def test_woken_postgres_processor_sends_one_batch(api: str, pg_table: StoreConfi
     projection, sent = _run_idle(api, pg_table, 1.0, lambda: _append_elsewhere(pg_table))
     assert len(projection.handled) == 1
     assert 1 <= sent <= 12, sent
+
+
+def _notifications(config: StoreConfig, store: Any, transactions: list[list[str]]) -> int:
+    """Notifications a listener on the events table's channel receives while
+    ``store`` makes ``transactions`` (each a list of aggregate ids, one
+    single-event append each) on another connection."""
+    import psycopg
+
+    channel = store.dialect.notify_channel
+    with psycopg.connect(PG_DSN, autocommit=True) as listener:
+        listener.execute(f"LISTEN {channel}")
+        with psycopg.connect(PG_DSN) as conn:
+            for aggregates in transactions:
+                for aggregate_id in aggregates:
+                    store.append(conn, ExpectedVersion.any(), [event(aggregate_id)])
+                conn.commit()
+        return sum(1 for _ in listener.notifies(timeout=0.5))
+
+
+def test_postgres_notify_false_appends_without_notifying(pg_table: StoreConfig) -> None:
+    """``notify=False`` leaves the commit free of NOTIFY's database-wide lock:
+    nothing is notified; by default one notification per transaction, however
+    many appends it holds."""
+    from pupsourcing.adapters.postgres import PostgresStore
+    from pupsourcing.aio import AsyncPostgresStore
+
+    work = [["a", "b", "c"], ["a"]]
+    assert _notifications(pg_table, PostgresStore(pg_table), work) == 2
+    assert _notifications(pg_table, PostgresStore(pg_table, notify=False), work) == 0
+    quiet = AsyncPostgresStore(pg_table, notify=False)
+    assert not quiet.notify
+    assert "notify=False" in repr(quiet)
+    assert all("pg_notify" not in sql for sql in quiet.dialect._append_sql.values())
+    with pytest.raises(ValueError, match="notify"):
+        PostgresStore(pg_table, notify="no")  # type: ignore[arg-type]

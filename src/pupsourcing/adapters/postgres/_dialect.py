@@ -273,8 +273,11 @@ class PostgresDialect(Dialect):
         metadata_raw=True,
     )
 
-    def __init__(self, config: StoreConfig | None = None) -> None:
+    def __init__(self, config: StoreConfig | None = None, *, notify: bool = True) -> None:
         super().__init__(config)
+        if not isinstance(notify, bool):
+            raise ValueError(f"notify must be True or False, got {notify!r}")
+        self.notify = notify
         self.notify_channel = notify_channel(self.config.events_table)
         heads = self.heads_table
         returning = "RETURNING bounded_context, aggregate_type, aggregate_id, aggregate_version"
@@ -337,8 +340,12 @@ class PostgresDialect(Dialect):
             f"(VALUES {_values_rows(rows)}) AS {self._values_columns}" if rows else self._unnest
         )
         insert = self._insert.format(n=rows or "%s", rows=source, hash="%s::bigint")
+        if not self.notify:
+            return f"WITH head AS ({claim}), stored AS ({insert}) SELECT * FROM stored"
         # The append notifies its channel in the same statement: delivered
-        # when (and only if) the caller commits, once per transaction.
+        # when (and only if) the caller commits, once per transaction (the
+        # payload is always empty, so PostgreSQL folds a transaction's
+        # notifications into one).
         return (
             f"WITH head AS ({claim}), stored AS ({insert}) "
             "SELECT s.global_position, s.aggregate_version FROM stored AS s, "
