@@ -20,7 +20,7 @@ PostgreSQL schema, then, alternating the order, ``--rounds`` times each:
   waiting for its ack (one round trip per event).
 
 The best rate of each is kept. Then the end-to-end latency: with the relay
-running (``--poll-interval``; there is no push wake-up to the relay), one
+running (``--poll-interval``; on PostgreSQL it also wakes on NOTIFY), one
 writer commits single-event appends at ``--rate`` per second and an ordered
 JetStream consumer timestamps each message as it is delivered from the
 stream (so after it was stored): commit -> message stored, p50 and p99.
