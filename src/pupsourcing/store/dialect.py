@@ -618,7 +618,7 @@ class Dialect(abc.ABC):
             sql.append(f"AND {partition_predicate(partition[1], partition[0], modulo)}")
         sql.append(f"ORDER BY global_position LIMIT {p}")
         params.append(limit)
-        return Statement(" ".join(sql), params, fetch=True)
+        return Statement(" ".join(sql), params, fetch=True, chunked=True)
 
     def load_checkpoint(self, projection_name: str) -> Plan[int]:
         """A processor's checkpoint, creating its row (at 0) if missing, so that

@@ -3,7 +3,7 @@ binding, binary results, and event rows decoded as psycopg reads them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -28,6 +28,15 @@ def _decoding_rows(decode: RowDecoder) -> Callable[[Any], RowMaker[Any]]:
     psycopg reads it, whatever the connection's own ``row_factory``."""
     one = decode.one
     return lambda cursor: one
+
+
+def read_rows(statement: Statement) -> Callable[[Any], RowMaker[Any]]:
+    """The row factory of a read through the cursors of
+    :mod:`~pupsourcing.adapters.postgres._reads`: decoding when the statement
+    decodes, else tuples (a processor's batch, decoded as it is handled)."""
+    if statement.decode is None:
+        return _psycopg().tuple_row
+    return _decoding_rows(statement.decode)
 
 
 class _Psycopg(NamedTuple):
@@ -64,12 +73,14 @@ async def execute_async(
     """Run ``statement`` on ``conn`` as :class:`PostgresStore` runs it on a
     blocking connection, and return the cursor to fetch from and close."""
     driver = _psycopg()
-    if statement.decode is None:
+    cursor: psycopg.AsyncCursor[Any]
+    run: Awaitable[psycopg.AsyncCursor[Any]]
+    if statement.decode is not None or statement.chunked:
+        cursor = driver.AsyncReadCursor(conn, row_factory=read_rows(statement))
+        run = cursor.read(statement.sql, statement.params)
+    else:
         cursor = driver.AsyncCursor(conn, row_factory=driver.tuple_row)
         run = cursor.execute(statement.sql, statement.params, binary=True)
-    else:
-        cursor = driver.AsyncReadCursor(conn, row_factory=_decoding_rows(statement.decode))
-        run = cursor.read(statement.sql, statement.params)
     try:
         await run
     except BaseException:
