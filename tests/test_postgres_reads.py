@@ -393,3 +393,31 @@ def test_a_batch_commits_without_waiting_for_the_wal_flush(pg: PG) -> None:
     assert pg.store._run(conn, dialect.advance_checkpoint("p", 0, 9)) is False  # moved away
     conn.rollback()
     assert pg.store.get_checkpoint(conn, "p") == 5
+
+
+def test_the_next_batch_is_read_with_the_compare_and_set(pg: PG) -> None:
+    everything = sorted(
+        (e for s in append_streams(pg).values() for e in s), key=lambda e: e.global_position
+    )
+    store, dialect = pg.store, pg.store.dialect
+    conn = pg.connect()
+    store._run(conn, dialect.load_checkpoint("p"))
+    conn.commit()
+    read = dialect.fetch_statement(3, None, 5, (), (), None)
+    # No transaction open (the handler wrote nothing): the statement is the
+    # whole batch, committed on its own.
+    advanced, rows = store._run(conn, dialect.advance_and_read("p", 0, 3, read))
+    assert advanced is True
+    assert dialect.decode_events(rows) == everything[3:8]
+    assert conn.info.transaction_status == TransactionStatus.IDLE
+    assert pg.scalar("SELECT last_global_position FROM projection_checkpoints") == 3
+    # A handler's write opened the transaction: the statement joins it.
+    conn.execute("CREATE TEMP TABLE model (n int)")
+    conn.execute("INSERT INTO model VALUES (1)")
+    read = dialect.fetch_statement(everything[-1].global_position, None, 5, (), (), None)
+    assert store._run(conn, dialect.advance_and_read("p", 3, 8, read)) == (True, [])
+    assert conn.info.transaction_status == TransactionStatus.INTRANS
+    conn.rollback()
+    assert pg.scalar("SELECT last_global_position FROM projection_checkpoints") == 3
+    assert store._run(conn, dialect.advance_and_read("p", 0, 9, read)) == (False, None)
+    conn.rollback()

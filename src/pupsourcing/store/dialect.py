@@ -637,6 +637,17 @@ class Dialect(abc.ABC):
         )
         return int(rows[0][0]) == 1
 
+    def advance_and_read(
+        self, projection_name: str, expected: int, position: int, read: Statement
+    ) -> Plan[tuple[bool, list[Row] | None]]:
+        """:meth:`advance_checkpoint`, and where the database can run it in the
+        same round trip, ``read`` (the next batch's, a :meth:`fetch_statement`)
+        right after it in the same transaction: answers whether the
+        checkpoint moved and the rows read, ``None`` when not read (here:
+        never; a dialect that can combine them overrides this)."""
+        advanced = yield from self.advance_checkpoint(projection_name, expected, position)
+        return advanced, None
+
     # -- dead letters ----------------------------------------------------------
 
     @functools.cached_property

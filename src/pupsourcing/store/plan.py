@@ -55,6 +55,10 @@ class Statement:
     chunked: bool = False
     """A read of up to a batch of events: a driver that can load a result
     chunk by chunk as it arrives may do so (the rows are the same)."""
+    alone: bool = False
+    """When no transaction is open yet, the statement may run as a
+    transaction of its own (the plan's COMMIT or ROLLBACK that follows
+    then finds nothing to do): nothing else would have been in it."""
 
     def answer(self, rows: Iterable[Any] | None, rowcount: int, decoded: bool = False) -> list[Any]:
         """What the plan receives once the driver ran this statement: ``rows``

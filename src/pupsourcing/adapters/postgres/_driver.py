@@ -4,6 +4,7 @@ binding, binary results, and event rows decoded as psycopg reads them."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -21,6 +22,19 @@ def in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any])
     for the next statement. Appends are single statements, so autocommit
     needs no BEGIN; this answers for plans that ask anyway."""
     return not conn.autocommit or conn.info.transaction_status != 0  # 0: IDLE
+
+
+def may_run_alone(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether a :attr:`Statement.alone` may run as its own transaction on
+    ``conn``: no transaction is open, and psycopg's BEGIN would be a plain
+    one (no isolation level, read-only or deferrable mode of its own)."""
+    return (
+        not conn.autocommit
+        and conn.info.transaction_status == 0  # IDLE
+        and conn.isolation_level is None
+        and conn.read_only is None
+        and conn.deferrable is None
+    )
 
 
 def _decoding_rows(decode: RowDecoder) -> Callable[[Any], RowMaker[Any]]:
@@ -72,6 +86,12 @@ async def execute_async(
 ) -> psycopg.AsyncCursor[Any]:
     """Run ``statement`` on ``conn`` as :class:`PostgresStore` runs it on a
     blocking connection, and return the cursor to fetch from and close."""
+    if statement.alone and may_run_alone(conn):
+        await conn.set_autocommit(True)
+        try:
+            return await execute_async(conn, replace(statement, alone=False))
+        finally:
+            await conn.set_autocommit(False)
     driver = _psycopg()
     cursor: psycopg.AsyncCursor[Any]
     run: Awaitable[psycopg.AsyncCursor[Any]]

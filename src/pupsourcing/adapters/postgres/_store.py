@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.postgres._dialect import PostgresDialect
-from pupsourcing.adapters.postgres._driver import _psycopg, in_transaction, read_rows
+from pupsourcing.adapters.postgres._driver import _psycopg, in_transaction, may_run_alone, read_rows
 from pupsourcing.adapters.postgres._listen import PsycopgListener
 from pupsourcing.store.base import SQLStore
 from pupsourcing.store.plan import Statement
@@ -22,6 +23,13 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
     decodes_rows = True
 
     def _cursor(self, tx: psycopg.Connection[Any], statement: Statement) -> psycopg.Cursor[Any]:
+        if statement.alone and may_run_alone(tx):
+            # Without psycopg's BEGIN, and so without a COMMIT to wait for.
+            tx.autocommit = True
+            try:
+                return self._cursor(tx, replace(statement, alone=False))
+            finally:
+                tx.autocommit = False
         # execute_async (used by pupsourcing.aio.AsyncPostgresStore) runs
         # statements the same way on an AsyncConnection: keep the two in step.
         driver = _psycopg()
