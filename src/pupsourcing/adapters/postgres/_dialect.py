@@ -409,9 +409,7 @@ class PostgresDialect(Dialect):
         # Every writer holds ROW EXCLUSIVE on the events table from before its
         # INSERT takes a position until it ends. The CTE reads the highest
         # visible position before pg_locks is read.
-        rows = yield Statement(
-            self.horizon_probe_sql, (self.events_table,), fetch=True, alone=True
-        )
+        rows = yield Statement(self.horizon_probe_sql, (self.events_table,), fetch=True, alone=True)
         visible, writers = rows[0]
         return Probe(int(visible), frozenset(writers))
 
