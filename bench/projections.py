@@ -158,12 +158,15 @@ def page_through(conn: Any, sql: str, batch: int) -> int:
         position = page[-1][0]
 
 
-def raw_paging(target: Target, batch: int) -> tuple[int, float]:
+def raw_paging(target: Target, batch: int) -> tuple[int, float, float]:
+    """Rows read, seconds, and CPU seconds (client and server, see bench/cpu.py)."""
     conn = target.connect(True)
     try:
+        clock = CpuClock([conn])
+        clock.start()
         start = time.perf_counter()
         rows = page_through(conn, raw_paging_sql(target), batch)
-        return rows, time.perf_counter() - start
+        return rows, time.perf_counter() - start, clock.stop()
     finally:
         conn.close()
 
@@ -367,6 +370,10 @@ class CatchUpResult:
     cpu_partitioned: float = float("inf")
     """The same for W5 (all 4 processes and their servers' share)."""
 
+    raw_cpu_ratio: float = float("nan")
+    """The same ratio for the bare driver's 4 partition readers against its one
+    reader at batch 1,000: what running 4 processes costs on this machine."""
+
     @property
     def cpu_ratio(self) -> float:
         """CPU per event of 4 partitions against one process: the overhead of
@@ -391,11 +398,11 @@ def measure(
         load(target, events)
         settle(database, target)
         rates: dict[int, tuple[float, float]] = {}
-        cpu_single = cpu_partitioned = float("inf")
+        cpu_single = cpu_partitioned = raw_cpu_single = raw_cpu_partitioned = float("inf")
         for batch in (100, 1000):
             ours = raw = 0.0
             for r in range(rounds):
-                raw_rows, raw_seconds = raw_paging(target, batch)
+                raw_rows, raw_seconds, raw_cpu = raw_paging(target, batch)
                 handled, seconds, cpu = catch_up(
                     target, f"w3_{batch}_{r}", ProcessorConfig(batch_size=batch)
                 )
@@ -404,11 +411,13 @@ def measure(
                 ours, raw = max(ours, handled / seconds), max(raw, raw_rows / raw_seconds)
                 if batch == 1000:
                     cpu_single = min(cpu_single, cpu / handled)
+                    raw_cpu_single = min(raw_cpu_single, raw_cpu / raw_rows)
             rates[batch] = (ours, raw)
         partitioned, raw_partitioned, ratios = 0.0, 0.0, list[float]()
         location = location_of(database, target)
         for r in range(rounds):
-            raw_rows, raw_seconds, _, _ = partitions(database, location, "", raw=True)
+            raw_rows, raw_seconds, _, raw_cpu = partitions(database, location, "", raw=True)
+            raw_cpu_partitioned = min(raw_cpu_partitioned, raw_cpu / raw_rows)
             handled, seconds, fetched, cpu = partitions(database, location, f"w5_{r}")
             cpu_partitioned = min(cpu_partitioned, cpu / handled)
             if handled != events or raw_rows != events:
@@ -421,7 +430,15 @@ def measure(
     finally:
         target.close()
     return CatchUpResult(
-        database, events, rates, partitioned, ratios, raw_partitioned, cpu_single, cpu_partitioned
+        database,
+        events,
+        rates,
+        partitioned,
+        ratios,
+        raw_partitioned,
+        cpu_single,
+        cpu_partitioned,
+        raw_cpu_partitioned / raw_cpu_single,
     )
 
 
@@ -438,6 +455,7 @@ def format_result(result: CatchUpResult) -> list[str]:
         f"events/s  {result.partitioned / single:>6.2f}x one process; fetched per handled "
         + " ".join(f"{r:.2f}" for r in result.fetched_per_handled)
         + f"; CPU per event {result.cpu_ratio:.2f}x one process"
+        + f" (raw driver {result.raw_cpu_ratio:.2f}x)"
     )
     lines.append(
         f"     raw paging, 4 processes   {result.raw_partitioned:>12,.0f} {raw_single:>12,.0f} "

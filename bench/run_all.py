@@ -162,7 +162,7 @@ def projection_rows(database: str, events: int, rounds: int) -> list[Row]:
             f"rows fetched per row handled: at most {worst:.2f} (target 1.05)"
             + ("" if worst <= 1.05 else " FAIL")
             + "; "
-            + cpu_note(result.cpu_ratio, None, True),
+            + cpu_note(result.cpu_ratio, result.raw_cpu_ratio, True),
         )
     )
     return rows
