@@ -56,6 +56,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cpu import CpuClock
+
 from pupsourcing import Event, ExpectedVersion
 
 BOUNDED_CONTEXT = "Bench"
@@ -184,15 +186,24 @@ def count_events(target: Target, conn: Connection) -> int:
         cursor.close()
 
 
+_last_cpu: list[tuple[float, bool]] = []
+"""The CPU seconds (client and server, see bench/cpu.py) of the last append
+run, and whether the server's share was counted."""
+
+
 def _append_loop(target: Target, side: Side, batches: Sequence[Sequence[Event]]) -> float:
     """Append each batch in its own transaction on one connection; seconds taken."""
     conn = target.connect(False)
     try:
+        clock = CpuClock([conn])
+        clock.start()
         start = time.perf_counter()
         for batch in batches:
             side.append(conn, batch)
             conn.commit()
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        _last_cpu[:] = [(clock.stop(), clock.complete)]
+        return elapsed
     finally:
         conn.close()
 
@@ -251,14 +262,17 @@ def _w2c_run(target: Target, side: Side, scale: Scale, work: list[list[list[Even
         threading.Thread(target=worker, args=(conn, batches))
         for conn, batches in zip(connections, work, strict=True)
     ]
+    clock = CpuClock(connections)
     try:
         for thread in threads:
             thread.start()
+        clock.start()
         ready.wait()
         start = time.perf_counter()
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - start
+        _last_cpu[:] = [(clock.stop(), clock.complete)]
     finally:
         for conn in connections:
             conn.close()
@@ -341,6 +355,12 @@ class Result:
     scale: Scale
     store_rate: float = 0.0
     raw_rate: float = 0.0
+    store_cpu: float = float("inf")
+    """The store side's least CPU seconds (client and server) per event of
+    an append workload's runs; ``inf`` when not measured."""
+    raw_cpu: float = float("inf")
+    cpu_complete: bool = True
+    """Whether the server's share was counted (see bench/cpu.py)."""
 
     @property
     def ratio(self) -> float:
@@ -383,6 +403,7 @@ def run_workloads(
             for name in order:
                 _reset(target)
                 work = workload.prepare(target, scale)
+                _last_cpu.clear()
                 seconds = workload.run(target, sides[name], scale, work)
                 _check_rows(target, workload.expected_rows(scale), f"{workload.key} {name}")
                 rate = workload.amount(scale) / seconds
@@ -391,6 +412,14 @@ def run_workloads(
                     result.store_rate = max(result.store_rate, rate)
                 else:
                     result.raw_rate = max(result.raw_rate, rate)
+                if _last_cpu:
+                    cpu_seconds, complete = _last_cpu[0]
+                    per_event = cpu_seconds / workload.amount(scale)
+                    if name == "store":
+                        result.store_cpu = min(result.store_cpu, per_event)
+                    else:
+                        result.raw_cpu = min(result.raw_cpu, per_event)
+                    result.cpu_complete = result.cpu_complete and complete
         results.append(result)
     _reset(target)
     return results

@@ -12,7 +12,10 @@
          --partition-indexes 4`` where the database has partial indexes
          (PostgreSQL, SQLite). Beside it, the bare driver paging through the
          4 partitions in 4 processes against one bare process paging through
-         everything: how far the machine lets partitioned reading scale.
+         everything: how far the machine lets partitioned reading scale. And
+         the CPU time per event (client and database server, see
+         bench/cpu.py) of the 4 partitions against W3 at batch 1,000: what
+         partitioning costs whatever the machine lets run in parallel.
 
 Each figure is the best of ``--rounds`` runs (default 2). Every run is
 checked: each event handled exactly once. Databases: ``--db
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, make_events, settle
+from cpu import CpuClock
 
 from pupsourcing import ExpectedVersion, PersistedEvent
 from pupsourcing.migrations import partition_indexes_sql
@@ -154,29 +158,36 @@ def page_through(conn: Any, sql: str, batch: int) -> int:
         position = page[-1][0]
 
 
-def raw_paging(target: Target, batch: int) -> tuple[int, float]:
+def raw_paging(target: Target, batch: int) -> tuple[int, float, float]:
+    """Rows read, seconds, and CPU seconds (client and server, see bench/cpu.py)."""
     conn = target.connect(True)
     try:
+        clock = CpuClock([conn])
+        clock.start()
         start = time.perf_counter()
         rows = page_through(conn, raw_paging_sql(target), batch)
-        return rows, time.perf_counter() - start
+        return rows, time.perf_counter() - start, clock.stop()
     finally:
         conn.close()
 
 
-def catch_up(target: Target, name: str, config: ProcessorConfig) -> tuple[int, float]:
+def catch_up(target: Target, name: str, config: ProcessorConfig) -> tuple[int, float, float]:
+    """Events handled, seconds, and CPU seconds (client and server, see bench/cpu.py)."""
     projection = Noop(name)
     conn = target.connect(False)  # a long-lived worker's connection: not timed
     try:
+        clock = CpuClock([conn])
         with Processor(conn, target.store, config) as processor:
+            clock.start()
             start = time.perf_counter()
             handled = processor.catch_up(projection)
             elapsed = time.perf_counter() - start
+            cpu = clock.stop()
     finally:
         conn.close()
     if handled != projection.handled:
         raise AssertionError("catch_up miscounted")
-    return handled, elapsed
+    return handled, elapsed, cpu
 
 
 @dataclass
@@ -201,13 +212,16 @@ def _partition_worker(job: PartitionJob, location: Any, ready: Any, go: Any, out
     projection = Noop(job.name)
     conn = target.connect(False)  # connected before the clock, as in catch_up()
     try:
+        clock = CpuClock([conn])
         with Processor(conn, target.store, config) as processor:
             ready.set()
             go.wait()
+            clock.start()
             handled = processor.catch_up(projection)
+            cpu = clock.stop()
     finally:
         conn.close()
-    out.put((job.key, handled, tally.fetched, tally.handled, time.perf_counter()))
+    out.put((job.key, handled, tally.fetched, tally.handled, time.perf_counter(), cpu))
 
 
 def _raw_partition(job: PartitionJob, target: Target, ready: Any, go: Any, out: Any) -> None:
@@ -215,17 +229,22 @@ def _raw_partition(job: PartitionJob, target: Target, ready: Any, go: Any, out: 
     sql = raw_paging_sql(target, job.key)
     conn = target.connect(True)
     try:
+        clock = CpuClock([conn])
         ready.set()
         go.wait()
+        clock.start()
         rows = page_through(conn, sql, 1000)
+        cpu = clock.stop()
     finally:
         conn.close()
-    out.put((job.key, rows, rows, rows, time.perf_counter()))
+    out.put((job.key, rows, rows, rows, time.perf_counter(), cpu))
 
 
 def partitions(
     database: str, location: Any, name: str, raw: bool = False
-) -> tuple[int, float, list[float]]:
+) -> tuple[int, float, list[float], float]:
+    """Events handled, seconds, rows fetched per row handled by each partition,
+    and the CPU seconds of all (client and server, see bench/cpu.py)."""
     context = multiprocessing.get_context("spawn")
     go = context.Event()
     out = context.Queue()
@@ -255,7 +274,7 @@ def partitions(
     elapsed = max(r[4] for r in results) - start
     handled = sum(r[1] for r in results)
     fetched_per_handled = [r[2] / r[3] if r[3] else 0.0 for r in results]
-    return handled, elapsed, fetched_per_handled
+    return handled, elapsed, fetched_per_handled, sum(r[5] for r in results)
 
 
 # Child processes rebuild a Target from a picklable location.
@@ -346,6 +365,20 @@ class CatchUpResult:
     """The bare driver paging through the 4 partitions in 4 processes: total
     rows/s, to set against one bare process (``batch_rates[1000][1]``). How
     far that scales is what this machine allows W5."""
+    cpu_single: float = float("inf")
+    """CPU seconds (client and server) per event of W3 at batch 1,000, the least of its runs."""
+    cpu_partitioned: float = float("inf")
+    """The same for W5 (all 4 processes and their servers' share)."""
+
+    raw_cpu_ratio: float = float("nan")
+    """The same ratio for the bare driver's 4 partition readers against its one
+    reader at batch 1,000: what running 4 processes costs on this machine."""
+
+    @property
+    def cpu_ratio(self) -> float:
+        """CPU per event of 4 partitions against one process: the overhead of
+        partitioning, whatever the machine lets run in parallel."""
+        return self.cpu_partitioned / self.cpu_single
 
     @property
     def raw_scaling(self) -> float:
@@ -365,22 +398,28 @@ def measure(
         load(target, events)
         settle(database, target)
         rates: dict[int, tuple[float, float]] = {}
+        cpu_single = cpu_partitioned = raw_cpu_single = raw_cpu_partitioned = float("inf")
         for batch in (100, 1000):
             ours = raw = 0.0
             for r in range(rounds):
-                raw_rows, raw_seconds = raw_paging(target, batch)
-                handled, seconds = catch_up(
+                raw_rows, raw_seconds, raw_cpu = raw_paging(target, batch)
+                handled, seconds, cpu = catch_up(
                     target, f"w3_{batch}_{r}", ProcessorConfig(batch_size=batch)
                 )
                 if handled != events or raw_rows != events:
                     raise AssertionError(f"W3 handled {handled}, raw read {raw_rows} of {events}")
                 ours, raw = max(ours, handled / seconds), max(raw, raw_rows / raw_seconds)
+                if batch == 1000:
+                    cpu_single = min(cpu_single, cpu / handled)
+                    raw_cpu_single = min(raw_cpu_single, raw_cpu / raw_rows)
             rates[batch] = (ours, raw)
         partitioned, raw_partitioned, ratios = 0.0, 0.0, list[float]()
         location = location_of(database, target)
         for r in range(rounds):
-            raw_rows, raw_seconds, _ = partitions(database, location, "", raw=True)
-            handled, seconds, fetched = partitions(database, location, f"w5_{r}")
+            raw_rows, raw_seconds, _, raw_cpu = partitions(database, location, "", raw=True)
+            raw_cpu_partitioned = min(raw_cpu_partitioned, raw_cpu / raw_rows)
+            handled, seconds, fetched, cpu = partitions(database, location, f"w5_{r}")
+            cpu_partitioned = min(cpu_partitioned, cpu / handled)
             if handled != events or raw_rows != events:
                 raise AssertionError(f"W5 handled {handled}, raw read {raw_rows} of {events}")
             partitioned = max(partitioned, handled / seconds)
@@ -390,7 +429,17 @@ def measure(
             )
     finally:
         target.close()
-    return CatchUpResult(database, events, rates, partitioned, ratios, raw_partitioned)
+    return CatchUpResult(
+        database,
+        events,
+        rates,
+        partitioned,
+        ratios,
+        raw_partitioned,
+        cpu_single,
+        cpu_partitioned,
+        raw_cpu_partitioned / raw_cpu_single,
+    )
 
 
 def format_result(result: CatchUpResult) -> list[str]:
@@ -405,6 +454,8 @@ def format_result(result: CatchUpResult) -> list[str]:
         f"W5   {PARTITIONS} partitions, 4 processes {result.partitioned:>12,.0f} {single:>12,.0f} "
         f"events/s  {result.partitioned / single:>6.2f}x one process; fetched per handled "
         + " ".join(f"{r:.2f}" for r in result.fetched_per_handled)
+        + f"; CPU per event {result.cpu_ratio:.2f}x one process"
+        + f" (raw driver {result.raw_cpu_ratio:.2f}x)"
     )
     lines.append(
         f"     raw paging, 4 processes   {result.raw_partitioned:>12,.0f} {raw_single:>12,.0f} "

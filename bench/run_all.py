@@ -73,6 +73,24 @@ class Row:
         return {None: "", True: "pass", False: "FAIL"}[self.passed]
 
 
+CPU_TARGET = 1.15
+"""The most CPU time per event (client and server) that 8 writers (W2c) or 4
+partitions (W5) may cost against one: a figure the machine's speed and load
+affect far less than the rates."""
+
+
+def cpu_note(ratio: float, raw_ratio: float | None, complete: bool) -> str:
+    """The CPU time per event against one writer or process, for a row's note."""
+    if ratio != ratio or ratio in (float("inf"), 0.0):  # not measured
+        return "CPU per event: not measured"
+    text = f"CPU per event (client + server) {ratio:.2f}x one (target {CPU_TARGET:.2f})"
+    if ratio > CPU_TARGET:
+        text += " FAIL"
+    if raw_ratio is not None and raw_ratio == raw_ratio and raw_ratio != float("inf"):
+        text += f", raw driver {raw_ratio:.2f}x"
+    return text if complete else text + " (client only: the server's threads are not readable)"
+
+
 def store_rows(database: str, scale_: common.Scale) -> list[Row]:
     target = projections.builders()[database]()
     try:
@@ -106,7 +124,8 @@ def store_rows(database: str, scale_: common.Scale) -> list[Row]:
             "store W2 (1 writer)",
             1.5,
             note=f"raw driver, 8 writers: {w2c.raw_rate:,.0f} events/s "
-            f"({w2c.raw_rate / w2.raw_rate:.2f}x its 1 writer; store {w2c.ratio:.2f}x raw)",
+            f"({w2c.raw_rate / w2.raw_rate:.2f}x its 1 writer; store {w2c.ratio:.2f}x raw); "
+            + cpu_note(w2c.store_cpu / w2.store_cpu, w2c.raw_cpu / w2.raw_cpu, w2c.cpu_complete),
         ),
     )
     return rows
@@ -141,7 +160,9 @@ def projection_rows(database: str, events: int, rounds: int) -> list[Row]:
             note=f"raw driver, 4 processes: {result.raw_partitioned:,.0f} rows/s "
             f"({result.raw_scaling:.2f}x one raw process); "
             f"rows fetched per row handled: at most {worst:.2f} (target 1.05)"
-            + ("" if worst <= 1.05 else " FAIL"),
+            + ("" if worst <= 1.05 else " FAIL")
+            + "; "
+            + cpu_note(result.cpu_ratio, result.raw_cpu_ratio, True),
         )
     )
     return rows

@@ -1,7 +1,7 @@
 """Every benchmark script runs end to end in ``--quick`` mode, so none can rot.
 
-Each script in bench/ (except the shared ``common.py``) is run as a user would
-run it; a script whose database is unreachable exits with status 3, which is
+Each script in bench/ (except the shared ``common.py`` and ``cpu.py``) is run
+as a user would run it; a script whose database is unreachable exits with status 3, which is
 a skip locally and a failure under ``CI=true``.
 """
 
@@ -18,7 +18,9 @@ import pytest
 from conftest import unavailable
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-SCRIPTS = sorted(path for path in BENCH.glob("*.py") if path.name != "common.py")
+HELPERS = {"common.py", "cpu.py"}
+"""The modules the scripts share."""
+SCRIPTS = sorted(path for path in BENCH.glob("*.py") if path.name not in HELPERS)
 STORE_SCRIPTS = [path for path in SCRIPTS if path.name.endswith("_store.py")]
 UNAVAILABLE_EXIT_CODE = 3  # bench/common.py UNAVAILABLE_EXIT_CODE
 

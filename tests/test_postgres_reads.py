@@ -28,7 +28,8 @@ psycopg = require("psycopg")
 from psycopg.pq import TransactionStatus  # noqa: E402 - after the require
 
 from pupsourcing.adapters.postgres import _reads as postgres_reads  # noqa: E402
-from pupsourcing.aio import AsyncPostgresStore  # noqa: E402
+from pupsourcing.aio import AsyncPostgresStore, AsyncProcessor  # noqa: E402
+from pupsourcing.projection import Processor, ProcessorConfig  # noqa: E402
 from test_postgres_store import PG, make_pg  # noqa: E402, F401 - make_pg: a fixture
 
 pytestmark = pytest.mark.postgres
@@ -326,3 +327,97 @@ def test_only_tested_releases_read_chunk_by_chunk(
     reason = postgres_reads.unsupported_reason()
     assert reason is not None
     assert ("lacks _renamed_away" in reason) == supported, reason
+
+
+class Collect:
+    """A projection that keeps what it is handed, blocking or asyncio."""
+
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.seen: list[PersistedEvent] = []
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        self.seen.append(event)
+
+
+class AsyncCollect(Collect):
+    name = "collect_async"
+
+    async def handle(self, event: PersistedEvent, tx: Any) -> None:  # type: ignore[override]
+        self.seen.append(event)
+
+
+def test_processors_read_their_batches_chunk_by_chunk(pg: PG, mode: Mode) -> None:
+    everything = sorted(
+        (e for s in append_streams(pg).values() for e in s), key=lambda e: e.global_position
+    )
+    config = ProcessorConfig(batch_size=CHUNK + 5)
+    blocking = Collect()
+    with Processor(pg.connect(), pg.store, config) as processor:
+        assert processor.catch_up(blocking) == len(everything)
+    assert blocking.seen == everything
+    batches = len(mode.reads)
+
+    async def scenario() -> AsyncCollect:
+        collect = AsyncCollect()
+        conn = await psycopg.AsyncConnection.connect(pg.dsn)
+        try:
+            processor = AsyncProcessor(conn, AsyncPostgresStore(), config)
+            assert await processor.catch_up(collect) == len(everything)
+        finally:
+            await conn.close()
+        return collect
+
+    assert asyncio.run(scenario()).seen == everything
+    if mode.chunked:
+        full = -(-len(everything) // (CHUNK + 5))  # the reads that found events
+        assert sorted(mode.reads[:batches], reverse=True)[:full] == [
+            min(CHUNK + 5, len(everything) - i * (CHUNK + 5)) for i in range(full)
+        ]
+        assert mode.reads[batches:] == mode.reads[:batches]
+    else:
+        assert mode.reads == []
+
+
+def test_a_batch_commits_without_waiting_for_the_wal_flush(pg: PG) -> None:
+    conn = pg.connect()
+    dialect = pg.store.dialect
+    assert pg.store._run(conn, dialect.load_checkpoint("p")) == 0
+    conn.commit()
+    assert pg.store._run(conn, dialect.advance_checkpoint("p", 0, 5)) is True
+    # For the batch's transaction alone: the session's setting comes back after it.
+    assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+    conn.commit()
+    assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+    assert pg.store._run(conn, dialect.advance_checkpoint("p", 0, 9)) is False  # moved away
+    conn.rollback()
+    assert pg.store.get_checkpoint(conn, "p") == 5
+
+
+def test_the_next_batch_is_read_with_the_compare_and_set(pg: PG) -> None:
+    everything = sorted(
+        (e for s in append_streams(pg).values() for e in s), key=lambda e: e.global_position
+    )
+    store, dialect = pg.store, pg.store.dialect
+    conn = pg.connect()
+    store._run(conn, dialect.load_checkpoint("p"))
+    conn.commit()
+    read = dialect.fetch_statement(3, None, 5, (), (), None)
+    # No transaction open (the handler wrote nothing): the statement is the
+    # whole batch, committed on its own.
+    advanced, rows = store._run(conn, dialect.advance_and_read("p", 0, 3, read))
+    assert advanced is True
+    assert dialect.decode_events(rows) == everything[3:8]
+    assert conn.info.transaction_status == TransactionStatus.IDLE
+    assert pg.scalar("SELECT last_global_position FROM projection_checkpoints") == 3
+    # A handler's write opened the transaction: the statement joins it.
+    conn.execute("CREATE TEMP TABLE model (n int)")
+    conn.execute("INSERT INTO model VALUES (1)")
+    read = dialect.fetch_statement(everything[-1].global_position, None, 5, (), (), None)
+    assert store._run(conn, dialect.advance_and_read("p", 3, 8, read)) == (True, [])
+    assert conn.info.transaction_status == TransactionStatus.INTRANS
+    conn.rollback()
+    assert pg.scalar("SELECT last_global_position FROM projection_checkpoints") == 3
+    assert store._run(conn, dialect.advance_and_read("p", 0, 9, read)) == (False, None)
+    conn.rollback()

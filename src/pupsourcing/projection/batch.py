@@ -97,6 +97,20 @@ def projection_name(projection: object) -> str:
     return name
 
 
+@dataclass(frozen=True, slots=True)
+class ReadAhead:
+    """The next batch's rows, read in the transaction that committed the
+    checkpoint they follow (see :meth:`Dialect.advance_and_read`)."""
+
+    after: int
+    """The checkpoint the rows follow."""
+    high: int | None
+    """The window's upper bound in SQL (a filtered read), ``None`` for none."""
+    upto: int
+    """The safe horizon the read was made under: rows past it are not final."""
+    rows: Sequence[Row]
+
+
 @dataclass(slots=True)
 class Subscription:
     """A projection resolved against a processor config: what to read, where
@@ -114,7 +128,7 @@ class Subscription:
     """Last handled position, ``None`` until loaded from the database."""
     span: int = 0
     """Positions a filtered read covers at once; grows while reads come back
-    sparse (see ``_fetch_window``)."""
+    sparse (see ``_fit``)."""
     in_sql: bool = field(init=False)
     """Whether the partition filter runs in SQL (the hash strategy)."""
     held_since: float | None = None
@@ -130,6 +144,9 @@ class Subscription:
     """When it last did (``time.monotonic()``)."""
     layout_checked: bool = False
     """Whether the partition layout guard passed (see :mod:`pupsourcing.store.layout`)."""
+    ahead: ReadAhead | None = None
+    """The next batch, read ahead by the last one; used only from the
+    checkpoint it follows."""
 
     def __post_init__(self) -> None:
         self.in_sql = type(self.strategy) is HashPartitionStrategy
@@ -172,7 +189,7 @@ class Subscription:
         return dialect.decode_hashed_events
 
 
-def _at_or_below(rows: list[tuple[Any, ...]], position: int) -> list[tuple[Any, ...]]:
+def _at_or_below(rows: Sequence[Row], position: int) -> Sequence[Row]:
     """The leading rows (ascending by position) at or below ``position``."""
     if not rows or int(rows[-1][0]) <= position:
         return rows
@@ -202,18 +219,34 @@ def step(
             )
         sub.layout_checked = True
     checkpoint = yield from _ensure_checkpoint(dialect, sub)
-    upto = yield from _safe_upto(dialect, horizon, checkpoint)
-    if upto is None:
-        return StepOutcome(0, idle=True, waiting=horizon.visible > checkpoint)
-    if sub.aggregate_types or sub.bounded_contexts or sub.total_partitions > 1:
-        fetched, within, position = yield from _fetch_window(dialect, sub, checkpoint, upto)
-    else:
-        fetched, within, position = yield from _fetch_after(dialect, sub, checkpoint, upto)
+    ahead, sub.ahead = sub.ahead, None
+    if ahead is None or ahead.after != checkpoint:
+        upto = yield from _safe_upto(dialect, horizon, checkpoint)
+        if upto is None:
+            return StepOutcome(0, idle=True, waiting=horizon.visible > checkpoint)
+        statement, high = _next_read(dialect, sub, checkpoint, upto)
+        ahead = ReadAhead(checkpoint, high, upto, (yield statement))
+    fetched, within, position = _fit(sub, ahead)
     events = Handle(sub.select(within), sub.decoder(dialect))
-    advanced = yield from _handle_and_advance(dialect, sub, events, checkpoint, position, logger)
+    # While the horizon is past the batch, the next batch is read in this
+    # batch's transaction where the database can do it in the same round
+    # trip as the checkpoint's compare-and-set.
+    upto = horizon.safe
+    following = _next_read(dialect, sub, position, upto) if upto > position else None
+    advanced, read_ahead = yield from _handle_and_advance(
+        dialect,
+        sub,
+        events,
+        checkpoint,
+        position,
+        logger,
+        following=None if following is None else following[0],
+    )
     if not advanced:
         sub.checkpoint = None  # reloaded by the next step
         return StepOutcome(0, idle=False, contended=True)
+    if following is not None and read_ahead is not None:
+        sub.ahead = ReadAhead(position, following[1], upto, read_ahead)
     return _record(sub, len(events), fetched, position, logger)
 
 
@@ -241,22 +274,35 @@ def _safe_upto(
     return horizon.safe
 
 
-Fetched = Generator[Statement, Any, tuple[int, Sequence[Row], int]]
-"""A fetch plan: answers rows fetched, the rows at or below the batch's end,
-and the batch's end (the position the checkpoint moves to)."""
+def _next_read(
+    dialect: Dialect, sub: Subscription, checkpoint: int, upto: int
+) -> tuple[Statement, int | None]:
+    """The read of the batch after ``checkpoint`` under the safe horizon
+    ``upto``, and the upper bound it has in SQL.
 
-
-def _fetch_window(dialect: Dialect, sub: Subscription, checkpoint: int, upto: int) -> Fetched:
-    """Fetch a filtered batch (scope or partitions) from a window of positions
-    after ``checkpoint``, and fit the window to how dense the scope is.
-
-    A bounded range keeps every query plan cheap (an open range with a
+    A filtered read (scope or partitions) covers a window of positions: a
+    bounded range keeps every query plan cheap (an open range with a
     selective filter and ORDER BY ... LIMIT tempts PostgreSQL into sorting
-    everything after the checkpoint)."""
-    high = min(upto, checkpoint + sub.span)
-    rows = yield _fetch_statement(dialect, sub, checkpoint, high)
+    everything after the checkpoint). An unfiltered one has no upper bound
+    in SQL (the primary key walk is always the plan); :func:`_fit` drops its
+    rows beyond ``upto``."""
+    if sub.aggregate_types or sub.bounded_contexts or sub.total_partitions > 1:
+        high = min(upto, checkpoint + sub.span)
+        return _fetch_statement(dialect, sub, checkpoint, high), high
+    return _fetch_statement(dialect, sub, checkpoint, None), None
+
+
+def _fit(sub: Subscription, read: ReadAhead) -> tuple[int, Sequence[Row], int]:
+    """Rows fetched, the rows of the batch and its end (the position the
+    checkpoint moves to) of a read; a filtered read's window is fitted to
+    how dense the scope is."""
+    rows, checkpoint = read.rows, read.after
+    if read.high is None:
+        within = _at_or_below(rows, read.upto)
+        full = len(within) == len(rows) == sub.batch_size
+        return len(rows), within, int(rows[-1][0]) if full else read.upto
     full = len(rows) == sub.batch_size
-    position = int(rows[-1][0]) if full else high
+    position = int(rows[-1][0]) if full else read.high
     # The database reads the whole window, so a window much wider than a
     # batch needs is wasted.
     if full:
@@ -264,17 +310,6 @@ def _fetch_window(dialect: Dialect, sub: Subscription, checkpoint: int, upto: in
     elif len(rows) < sub.batch_size // 2:
         sub.span = min(sub.span * 2, MAX_SPAN)
     return len(rows), rows, position
-
-
-def _fetch_after(dialect: Dialect, sub: Subscription, checkpoint: int, upto: int) -> Fetched:
-    """Fetch an unfiltered batch after ``checkpoint``: no upper bound in SQL
-    (the primary key walk is always the plan); rows beyond the safe horizon
-    ``upto`` are dropped here."""
-    rows = yield _fetch_statement(dialect, sub, checkpoint, None)
-    within = _at_or_below(rows, upto)
-    full = len(within) == len(rows) == sub.batch_size
-    position = int(rows[-1][0]) if full else upto
-    return len(rows), within, position
 
 
 def _fetch_statement(
@@ -301,18 +336,29 @@ def _handle_and_advance(
     position: int,
     logger: Logger,
     then: Callable[[], Plan[None]] | None = None,
-) -> Generator[Statement | Handle, Any, bool]:
+    following: Statement | None = None,
+) -> Generator[Statement | Handle, Any, tuple[bool, Sequence[Row] | None]]:
     """In one transaction, hand ``events`` to the projection and move the
     checkpoint from ``checkpoint`` to ``position`` (compare-and-set), then run
     ``then()``'s statements when it moved. Commits and answers ``True``; rolls
     back and answers ``False`` when the checkpoint had moved away. On any
     failure rolls back and raises (see :func:`_roll_back_failed_handler` for
-    the handler's failures)."""
+    the handler's failures). Also answers the rows of ``following``, the read
+    of the next batch, when the database read them with the compare-and-set
+    (see :meth:`~pupsourcing.store.dialect.Dialect.advance_and_read`)."""
     yield Statement(dialect.begin_sql, begin=True)
+    ahead = None
     try:
         if events:
             yield events
-        advanced = yield from dialect.advance_checkpoint(sub.checkpoint_name, checkpoint, position)
+        if following is None:
+            advanced = yield from dialect.advance_checkpoint(
+                sub.checkpoint_name, checkpoint, position
+            )
+        else:
+            advanced, ahead = yield from dialect.advance_and_read(
+                sub.checkpoint_name, checkpoint, position, following
+            )
         if advanced and then is not None:
             yield from then()
     except ProjectionError as failure:
@@ -322,7 +368,7 @@ def _handle_and_advance(
         yield ROLLBACK
         raise
     yield COMMIT if advanced else ROLLBACK
-    return advanced
+    return advanced, ahead if advanced else None
 
 
 def _roll_back_failed_handler(

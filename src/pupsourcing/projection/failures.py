@@ -66,7 +66,7 @@ def dead_letter_step(
     events = Handle(
         [row for row in sub.select(rows) if int(row[0]) < position], sub.decoder(dialect)
     )
-    advanced = yield from _handle_and_advance(
+    advanced, _ = yield from _handle_and_advance(
         dialect,
         sub,
         events,

@@ -618,7 +618,7 @@ class Dialect(abc.ABC):
             sql.append(f"AND {partition_predicate(partition[1], partition[0], modulo)}")
         sql.append(f"ORDER BY global_position LIMIT {p}")
         params.append(limit)
-        return Statement(" ".join(sql), params, fetch=True)
+        return Statement(" ".join(sql), params, fetch=True, chunked=True)
 
     def load_checkpoint(self, projection_name: str) -> Plan[int]:
         """A processor's checkpoint, creating its row (at 0) if missing, so that
@@ -636,6 +636,17 @@ class Dialect(abc.ABC):
             self.advance_checkpoint_sql, (position, projection_name, expected), rowcount=True
         )
         return int(rows[0][0]) == 1
+
+    def advance_and_read(
+        self, projection_name: str, expected: int, position: int, read: Statement
+    ) -> Plan[tuple[bool, list[Row] | None]]:
+        """:meth:`advance_checkpoint`, and where the database can run it in the
+        same round trip, ``read`` (the next batch's, a :meth:`fetch_statement`)
+        right after it in the same transaction: answers whether the
+        checkpoint moved and the rows read, ``None`` when not read (here:
+        never; a dialect that can combine them overrides this)."""
+        advanced = yield from self.advance_checkpoint(projection_name, expected, position)
+        return advanced, None
 
     # -- dead letters ----------------------------------------------------------
 

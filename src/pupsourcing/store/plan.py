@@ -42,7 +42,7 @@ class Statement:
     connection has no transaction open, and answers ``[(True,)]`` when it
     started one, ``[]`` when it did not. A ``control`` statement is not SQL:
     the driver commits or rolls back the connection's transaction (``sql``
-    is then only a label).
+    is then only a label). A ``chunked`` read may be loaded as it arrives.
     """
 
     sql: str
@@ -52,6 +52,13 @@ class Statement:
     begin: bool = False
     control: Literal["commit", "rollback"] | None = None
     decode: RowDecoder | None = None
+    chunked: bool = False
+    """A read of up to a batch of events: a driver that can load a result
+    chunk by chunk as it arrives may do so (the rows are the same)."""
+    alone: bool = False
+    """When no transaction is open yet, the statement may run as a
+    transaction of its own (the plan's COMMIT or ROLLBACK that follows
+    then finds nothing to do): nothing else would have been in it."""
 
     def answer(self, rows: Iterable[Any] | None, rowcount: int, decoded: bool = False) -> list[Any]:
         """What the plan receives once the driver ran this statement: ``rows``

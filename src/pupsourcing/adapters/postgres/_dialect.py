@@ -322,6 +322,19 @@ class PostgresDialect(Dialect):
             "AND l.mode = 'RowExclusiveLock' AND l.pid IS DISTINCT FROM pg_backend_pid() "
             "AND visible.position IS NOT NULL) FROM visible"
         )
+        # The compare-and-set of a projection batch also lets its commit skip
+        # the wait for the WAL flush (see advance_checkpoint), and may read
+        # the next batch (advance_and_read): at least one row, the count
+        # first, then the read's columns (NULL when it found nothing).
+        moved = f"WITH moved AS ({self.advance_checkpoint_sql} RETURNING 1) "
+        advanced = (
+            "SELECT count(*) AS advanced, set_config('synchronous_commit', 'off', true) FROM moved"
+        )
+        self.advance_checkpoint_sql = moved + advanced
+        self._advance_and_read_sql = (
+            f"{moved}SELECT m.advanced, e.* FROM ({advanced}) AS m LEFT JOIN LATERAL (",
+            ") AS e ON true ORDER BY e.global_position",
+        )
         self.sequence_cache_sql = (
             "SELECT s.seqcache FROM pg_sequence s "
             "WHERE s.seqrelid = pg_get_serial_sequence(%s, 'global_position')::regclass"
@@ -403,9 +416,42 @@ class PostgresDialect(Dialect):
         # Every writer holds ROW EXCLUSIVE on the events table from before its
         # INSERT takes a position until it ends. The CTE reads the highest
         # visible position before pg_locks is read.
-        rows = yield Statement(self.horizon_probe_sql, (self.events_table,), fetch=True)
+        rows = yield Statement(self.horizon_probe_sql, (self.events_table,), fetch=True, alone=True)
         visible, writers = rows[0]
         return Probe(int(visible), frozenset(writers))
+
+    def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
+        """The batch's compare-and-set, which also makes its transaction commit
+        asynchronously (``synchronous_commit = off`` for it alone): the commit
+        returns before its WAL record is flushed, instead of waiting for a disk
+        flush per batch. A server crash may then lose the last batches a
+        projection committed, but only whole and together with the checkpoint
+        (the WAL is replayed in order, so never a checkpoint past events it has
+        not got): the processor handles them again and writes made through
+        ``tx`` stay applied exactly once. Appends keep the session's setting."""
+        rows = yield Statement(
+            self.advance_checkpoint_sql, (position, projection_name, expected), fetch=True
+        )
+        return int(rows[0][0]) == 1
+
+    def advance_and_read(
+        self, projection_name: str, expected: int, position: int, read: Statement
+    ) -> Plan[tuple[bool, list[Row] | None]]:
+        """The compare-and-set (as :meth:`advance_checkpoint`) and the next
+        batch's read in one statement, so one round trip."""
+        prefix, suffix = self._advance_and_read_sql
+        rows = yield Statement(
+            f"{prefix}{read.sql}{suffix}",
+            (position, projection_name, expected, *read.params),
+            fetch=True,
+            chunked=True,
+            alone=True,  # a handler that wrote nothing leaves it the whole batch
+        )
+        if not rows[0][0]:
+            return False, None
+        if rows[0][1] is None:  # the read found nothing
+            return True, []
+        return True, [row[1:] for row in rows]
 
     def prepare_processor(self) -> Plan[None]:
         rows = yield Statement(self.sequence_cache_sql, (self.events_table,), fetch=True)

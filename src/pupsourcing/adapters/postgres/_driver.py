@@ -3,7 +3,8 @@ binding, binary results, and event rows decoded as psycopg reads them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -23,11 +24,33 @@ def in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any])
     return not conn.autocommit or conn.info.transaction_status != 0  # 0: IDLE
 
 
+def may_run_alone(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether a :attr:`Statement.alone` may run as its own transaction on
+    ``conn``: no transaction is open, and psycopg's BEGIN would be a plain
+    one (no isolation level, read-only or deferrable mode of its own)."""
+    return (
+        not conn.autocommit
+        and conn.info.transaction_status == 0  # IDLE
+        and conn.isolation_level is None
+        and conn.read_only is None
+        and conn.deferrable is None
+    )
+
+
 def _decoding_rows(decode: RowDecoder) -> Callable[[Any], RowMaker[Any]]:
     """The psycopg row factory that decodes each row with ``decode.one`` as
     psycopg reads it, whatever the connection's own ``row_factory``."""
     one = decode.one
     return lambda cursor: one
+
+
+def read_rows(statement: Statement) -> Callable[[Any], RowMaker[Any]]:
+    """The row factory of a read through the cursors of
+    :mod:`~pupsourcing.adapters.postgres._reads`: decoding when the statement
+    decodes, else tuples (a processor's batch, decoded as it is handled)."""
+    if statement.decode is None:
+        return _psycopg().tuple_row
+    return _decoding_rows(statement.decode)
 
 
 class _Psycopg(NamedTuple):
@@ -63,13 +86,21 @@ async def execute_async(
 ) -> psycopg.AsyncCursor[Any]:
     """Run ``statement`` on ``conn`` as :class:`PostgresStore` runs it on a
     blocking connection, and return the cursor to fetch from and close."""
+    if statement.alone and may_run_alone(conn):
+        await conn.set_autocommit(True)
+        try:
+            return await execute_async(conn, replace(statement, alone=False))
+        finally:
+            await conn.set_autocommit(False)
     driver = _psycopg()
-    if statement.decode is None:
+    cursor: psycopg.AsyncCursor[Any]
+    run: Awaitable[psycopg.AsyncCursor[Any]]
+    if statement.decode is not None or statement.chunked:
+        cursor = driver.AsyncReadCursor(conn, row_factory=read_rows(statement))
+        run = cursor.read(statement.sql, statement.params)
+    else:
         cursor = driver.AsyncCursor(conn, row_factory=driver.tuple_row)
         run = cursor.execute(statement.sql, statement.params, binary=True)
-    else:
-        cursor = driver.AsyncReadCursor(conn, row_factory=_decoding_rows(statement.decode))
-        run = cursor.read(statement.sql, statement.params)
     try:
         await run
     except BaseException:

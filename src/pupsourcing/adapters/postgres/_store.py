@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.postgres._dialect import PostgresDialect
-from pupsourcing.adapters.postgres._driver import _decoding_rows, _psycopg, in_transaction
+from pupsourcing.adapters.postgres._driver import _psycopg, in_transaction, may_run_alone, read_rows
 from pupsourcing.adapters.postgres._listen import PsycopgListener
 from pupsourcing.store.base import SQLStore
 from pupsourcing.store.config import StoreConfig
@@ -39,15 +40,21 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
         return dialect.notify
 
     def _cursor(self, tx: psycopg.Connection[Any], statement: Statement) -> psycopg.Cursor[Any]:
+        if statement.alone and may_run_alone(tx):
+            # Without psycopg's BEGIN, and so without a COMMIT to wait for.
+            tx.autocommit = True
+            try:
+                return self._cursor(tx, replace(statement, alone=False))
+            finally:
+                tx.autocommit = False
         # execute_async (used by pupsourcing.aio.AsyncPostgresStore) runs
         # statements the same way on an AsyncConnection: keep the two in step.
         driver = _psycopg()
-        if statement.decode is None:
-            cursor = driver.Cursor(tx, row_factory=driver.tuple_row)
-            return cursor.execute(statement.sql, statement.params, binary=True)
-        return driver.ReadCursor(tx, row_factory=_decoding_rows(statement.decode)).read(
-            statement.sql, statement.params
-        )
+        if statement.decode is not None or statement.chunked:
+            reader = driver.ReadCursor(tx, row_factory=read_rows(statement))
+            return reader.read(statement.sql, statement.params)
+        cursor = driver.Cursor(tx, row_factory=driver.tuple_row)
+        return cursor.execute(statement.sql, statement.params, binary=True)
 
     def _in_transaction(self, tx: psycopg.Connection[Any]) -> bool:
         return in_transaction(tx)
