@@ -147,10 +147,10 @@ def connector(driver: str, database: str) -> Callable[[bool], Any]:
     """Connections to ``database`` through ``driver`` (``pymysql`` or
     ``MySQLdb``, mysqlclient), autocommit or not."""
     if driver == "MySQLdb":
-        import MySQLdb
+        mysqlclient: Any = importlib.import_module("MySQLdb")  # no type stubs
 
         def connect_mysqlclient(autocommit: bool) -> Any:
-            return MySQLdb.connect(
+            return mysqlclient.connect(
                 host=HOST,
                 user="root",
                 passwd="",
