@@ -10,7 +10,7 @@ there.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -171,3 +171,18 @@ def test_the_store_reads_through_it_on_pymysql_only(db: Backend) -> None:
         assert store.dialect.decode_events(list(rows.fetchall())) == read
     finally:
         plain.close()
+
+
+def test_created_at_decodes_exactly_across_the_timestamp_range() -> None:
+    # The decoder divides by 1e6 in floating point; every microsecond near the
+    # ends of TIMESTAMP's range, and around a present-day value, must still
+    # come back exact.
+    from pupsourcing.adapters.mysql._dialect import MySQLDialect
+
+    decode = MySQLDialect().decode_timestamp
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    first, last = 1_000_000, (2**31 - 1) * 1_000_000 + 999_999
+    for start in (first, 1_796_534_258_287_445 - 100_000, last - 200_000):
+        for micros in range(start, start + 200_000):
+            assert decode(micros) == epoch + timedelta(microseconds=micros), micros
+    assert decode(Decimal("1500000")) == epoch + timedelta(seconds=1, microseconds=500_000)
