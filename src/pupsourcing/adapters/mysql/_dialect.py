@@ -127,6 +127,7 @@ def _from_micros(value: object) -> datetime:
     return datetime.fromtimestamp(micros / 1e6, UTC)
 
 
+_INT = "{0} if type({0}) is int else int({0})"
 _FROM_MICROS = "from_timestamp({0} / 1e6, UTC) if type({0}) is int else from_micros({0})"
 """The decoder of ``created_at`` (what the drivers read: an ``int``), inline:
 about 0.2 µs a row less than the epoch plus a ``timedelta``. Exact for every
@@ -184,10 +185,11 @@ class MySQLDialect(Dialect):
         "timestamp": _CREATED_AT_MICROS.replace("created_at", "{}")
     }
     decoders: ClassVar[Mapping[str, str]] = {
-        "global_position": "int({})",
-        "bigint": "int({})",
+        # The drivers read integers as int already: a type check is cheaper than int().
+        "global_position": _INT,
+        "bigint": _INT,
         "uuid": "uuid_from_bytes({})",
-        "int": "int({})",
+        "int": _INT,
         "payload": "{0} if type({0}) is bytes else bytes({0})",
         "metadata": "{0}.encode('utf-8') if isinstance({0}, str) else {0}",
         "timestamp": _FROM_MICROS,
