@@ -480,6 +480,7 @@ def main(build: Callable[[], Target], argv: Sequence[str] | None = None) -> int:
 SETTLE = {
     "postgres": ["VACUUM (ANALYZE) events", "CHECKPOINT"],
     "mysql": ["ANALYZE TABLE events"],
+    "mysqlclient": ["ANALYZE TABLE events"],
     "sqlite": ["ANALYZE", "PRAGMA wal_checkpoint(TRUNCATE)"],
 }
 

@@ -12,15 +12,18 @@ the same SELECT for reads and the same per-row conversion of event_id and
 created_at) but builds them by hand, without validation or plans, so the
 ratio is the price of the library's Python work.
 
-    python bench/mysql_store.py [--quick] [--rounds N] [--only W1,W4]
+    python bench/mysql_store.py [--quick] [--rounds N] [--only W1,W4] [--mysqlclient]
+
+With ``--mysqlclient`` both sides use mysqlclient (MySQLdb) instead of PyMySQL.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -38,6 +41,14 @@ COLUMNS = (
     "event_version, payload, trace_id, correlation_id, causation_id, metadata, created_at, "
     "partition_hash"
 )
+
+
+DRIVER_NAMES = {"pymysql": "PyMySQL", "MySQLdb": "mysqlclient"}
+
+
+def build_mysqlclient() -> Target:
+    """:func:`build` on mysqlclient (the ``mysqlclient`` extra)."""
+    return build("MySQLdb")
 
 
 def raw_append(conn: Any, events: Sequence[Event], new: bool = False) -> list[int]:
@@ -132,9 +143,42 @@ def raw_read_stream(
     return out
 
 
-def build() -> Target:
+def connector(driver: str, database: str) -> Callable[[bool], Any]:
+    """Connections to ``database`` through ``driver`` (``pymysql`` or
+    ``MySQLdb``, mysqlclient), autocommit or not."""
+    if driver == "MySQLdb":
+        mysqlclient: Any = importlib.import_module("MySQLdb")  # no type stubs
+
+        def connect_mysqlclient(autocommit: bool) -> Any:
+            return mysqlclient.connect(
+                host=HOST,
+                user="root",
+                passwd="",
+                db=database,
+                charset="utf8mb4",
+                autocommit=autocommit,
+            )
+
+        return connect_mysqlclient
     import pymysql
 
+    def connect(autocommit: bool) -> Any:
+        return pymysql.connect(
+            host=HOST, user="root", password="", database=database, autocommit=autocommit
+        )
+
+    return connect
+
+
+def build(driver: str = "pymysql") -> Target:
+    """A private database on the server, used through ``driver`` (``pymysql``
+    or ``MySQLdb``); both sides use the same driver."""
+    import pymysql
+
+    try:
+        module = importlib.import_module(driver)
+    except ImportError as exc:
+        raise Unavailable(f"{driver} is not installed ({exc})") from exc
     try:
         admin = pymysql.connect(
             host=HOST, user="root", password="", autocommit=True, connect_timeout=5
@@ -144,11 +188,7 @@ def build() -> Target:
     name = f"bench_{uuid.uuid4().hex[:10]}"
     admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
     store = MySQLStore()
-
-    def connect(autocommit: bool) -> Any:
-        return pymysql.connect(
-            host=HOST, user="root", password="", database=name, autocommit=autocommit
-        )
+    connect = connector(driver, name)
 
     conn = connect(False)
     store.create_schema(conn)
@@ -165,8 +205,13 @@ def build() -> Target:
         admin.cursor().execute(f"DROP DATABASE {name}")
         admin.close()
 
+    version = (
+        pymysql.VERSION_STRING
+        if driver == "pymysql"
+        else ".".join(str(n) for n in module.version_info[:3])
+    )
     return Target(
-        database=f"MariaDB/MySQL {server} (PyMySQL {pymysql.VERSION_STRING})",
+        database=f"MariaDB/MySQL {server} ({DRIVER_NAMES[driver]} {version})",
         connect=connect,
         store=store,
         raw=Side(raw_append, raw_read_stream),
@@ -182,4 +227,7 @@ def build() -> Target:
 
 
 if __name__ == "__main__":
+    if "--mysqlclient" in sys.argv:
+        sys.argv.remove("--mysqlclient")
+        sys.exit(main(build_mysqlclient))
     sys.exit(main(build))

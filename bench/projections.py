@@ -58,6 +58,7 @@ def builders() -> dict[str, Callable[[], Target]]:
     return {
         "postgres": postgres_store.build,
         "mysql": mysql_store.build,
+        "mysqlclient": mysql_store.build_mysqlclient,
         "sqlite": sqlite_store.build,
     }
 
@@ -295,14 +296,14 @@ def _locate_postgres(location: Any) -> Target:
     )
 
 
-def _locate_mysql(location: Any) -> Target:
-    import pymysql
+def _locate_mysql(location: Any, driver: str = "pymysql") -> Target:
+    import mysql_store
 
     from pupsourcing.adapters.mysql import MySQLStore
 
     return Target(
         database="mysql",
-        connect=lambda autocommit: pymysql.connect(autocommit=autocommit, **location),
+        connect=mysql_store.connector(driver, location),
         store=MySQLStore(),
         raw=None,  # type: ignore[arg-type]
         reset=lambda conn: None,
@@ -323,7 +324,16 @@ def _locate_sqlite(location: Any) -> Target:
     return Target("sqlite", connect, SQLiteStore(), None, lambda conn: None)  # type: ignore[arg-type]
 
 
-LOCATIONS.update(postgres=_locate_postgres, mysql=_locate_mysql, sqlite=_locate_sqlite)
+def _locate_mysqlclient(location: Any) -> Target:
+    return _locate_mysql(location, "MySQLdb")
+
+
+LOCATIONS.update(
+    postgres=_locate_postgres,
+    mysql=_locate_mysql,
+    mysqlclient=_locate_mysqlclient,
+    sqlite=_locate_sqlite,
+)
 
 
 def location_of(database: str, target: Target) -> Any:
@@ -332,16 +342,10 @@ def location_of(database: str, target: Target) -> Any:
     try:
         if database == "postgres":
             return conn.info.dsn + " options='-c search_path=" + _pg_schema(conn) + "'"
-        if database == "mysql":
+        if database in ("mysql", "mysqlclient"):  # the database's name
             cursor = conn.cursor()
             cursor.execute("SELECT DATABASE()")
-            return {
-                "host": conn.host,
-                "port": conn.port,
-                "user": conn.user.decode() if isinstance(conn.user, bytes) else conn.user,
-                "password": "",
-                "database": cursor.fetchone()[0],
-            }
+            return cursor.fetchone()[0]
         return conn.execute("PRAGMA database_list").fetchone()[2]
     finally:
         conn.close()
@@ -468,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="2,000 events (smoke test)")
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--db", default="postgres,mysql,sqlite")
+    parser.add_argument("--db", default="postgres,mysql,sqlite", help="also mysqlclient")
     parser.add_argument("--rounds", type=int, default=2, help="runs per figure (best kept)")
     args = parser.parse_args(argv)
     events = 2000 if args.quick else args.events

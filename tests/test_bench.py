@@ -7,6 +7,7 @@ a skip locally and a failure under ``CI=true``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -163,6 +164,9 @@ def test_run_all_writes_the_table_and_chart(tmp_path: Path) -> None:
     out = run_quick(BENCH / "run_all.py", "--output", str(tmp_path))
     for key in ("W1", "W2", "W2c", "W4", "W3/100", "W3/1000", "W5", "S2", "S2t", "S4", "SM"):
         assert re.search(rf"^postgres\s+{re.escape(key)}\s", out, re.MULTILINE), key
+    if importlib.util.find_spec("MySQLdb") is not None:  # MySQL on both drivers
+        keys = re.findall(r"^mysqlclient\s+(\S+)\s", out, re.MULTILINE)
+        assert keys == ["W1", "W2", "W2c", "W4", "W3/100", "W3/1000", "W5"], out
     page = (tmp_path / "index.md").read_text()
     assert "| db | key | workload |" in page
     # Only figures measured in this run, on this machine.

@@ -91,6 +91,13 @@ add a writer to wait for but never hide one. Under
 ``REPEATABLE READ`` (the default) a connection keeps reading its snapshot until
 it commits or rolls back; the processor commits after every step.
 
+Reads
+-----
+On PyMySQL (the releases it was tested with) the store reads result rows
+through a cursor of its own that parses them with a loop compiled for the
+result's columns, about three times as fast as PyMySQL's parser, with equal
+rows; other drivers and releases read through their plain cursor.
+
 The driver is never imported by this module: errors are recognised by their
 MySQL error number (``exc.args[0]``).
 """

@@ -8,7 +8,7 @@ import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import ClassVar
 
@@ -64,7 +64,6 @@ _SAVEPOINT = "pupsourcing_append"
 _PROBE = "pupsourcing_probe"
 _SERVER_STATUS_IN_TRANS = 1
 _NOW = "CURRENT_TIMESTAMP(6)"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STATEMENT_SLACK = 4096
 """Bytes kept free in every statement for the SQL around the values."""
 _ROW_OVERHEAD = 256
@@ -125,7 +124,15 @@ TIMESTAMP column is its stored value, whatever the session time zone."""
 
 def _from_micros(value: object) -> datetime:
     micros = value if type(value) is int else int(Decimal(str(value)))
-    return _EPOCH + timedelta(0, 0, micros)  # positional: keywords are parsed per call
+    return datetime.fromtimestamp(micros / 1e6, UTC)
+
+
+_INT = "{0} if type({0}) is int else int({0})"
+_FROM_MICROS = "from_timestamp({0} / 1e6, UTC) if type({0}) is int else from_micros({0})"
+"""The decoder of ``created_at`` (what the drivers read: an ``int``), inline:
+about 0.2 µs a row less than the epoch plus a ``timedelta``. Exact for every
+TIMESTAMP: below 2**31 seconds the division is off by at most 2**-23 s, and
+``fromtimestamp`` rounds to the nearest microsecond."""
 
 
 def _sent_size(value: bytes | str | None) -> int:
@@ -178,13 +185,14 @@ class MySQLDialect(Dialect):
         "timestamp": _CREATED_AT_MICROS.replace("created_at", "{}")
     }
     decoders: ClassVar[Mapping[str, str]] = {
-        "global_position": "int({})",
-        "bigint": "int({})",
+        # The drivers read integers as int already: a type check is cheaper than int().
+        "global_position": _INT,
+        "bigint": _INT,
         "uuid": "uuid_from_bytes({})",
-        "int": "int({})",
+        "int": _INT,
         "payload": "{0} if type({0}) is bytes else bytes({0})",
         "metadata": "{0}.encode('utf-8') if isinstance({0}, str) else {0}",
-        "timestamp": "from_micros({})",
+        "timestamp": _FROM_MICROS,
     }
     encoders: ClassVar[Mapping[str, str]] = {
         "uuid": "{}.bytes",
@@ -196,6 +204,8 @@ class MySQLDialect(Dialect):
     codec_names: ClassVar[Mapping[str, object]] = {
         "uuid_from_bytes": uuid_from_bytes,
         "from_micros": _from_micros,
+        "from_timestamp": datetime.fromtimestamp,
+        "UTC": UTC,
         "timestamp_text": _timestamp_text,
     }
     schema_dialect = SchemaDialect(

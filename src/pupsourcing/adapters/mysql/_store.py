@@ -9,6 +9,25 @@ from pupsourcing.adapters.mysql._driver import known_transaction_state, tuple_ro
 from pupsourcing.store.base import Cursor, SQLStore
 from pupsourcing.store.plan import Statement
 
+_fast_cursors: dict[type, Any] = {}
+"""Connection class -> the cursor class that reads its results faster (see
+``_reads``), or ``None``."""
+
+
+def _fast_cursor(connection_class: type) -> Any:
+    try:
+        return _fast_cursors[connection_class]
+    except KeyError:
+        pass
+    cursor = None
+    if connection_class.__module__.startswith("pymysql"):  # never import a driver otherwise
+        from pupsourcing.adapters.mysql import _reads
+
+        if _reads.SUPPORTED and issubclass(connection_class, _reads.CONNECTION_CLASS):
+            cursor = _reads.FastCursor
+    _fast_cursors[connection_class] = cursor
+    return cursor
+
 
 class MySQLStore(SQLStore[Any]):
     """Event store on a DB-API MySQL connection (PyMySQL, mysqlclient, ...)
@@ -19,7 +38,8 @@ class MySQLStore(SQLStore[Any]):
     dialect: MySQLDialect
 
     def _cursor(self, tx: Any, statement: Statement) -> Cursor:
-        cursor = tx.cursor()
+        fast = _fast_cursor(type(tx)) if statement.fetch else None
+        cursor = tx.cursor() if fast is None else tx.cursor(fast)
         # PyMySQL and mysqlclient only %-format when given parameters.
         cursor.execute(statement.sql, statement.params if statement.params else None)
         return cursor  # type: ignore[no-any-return]
