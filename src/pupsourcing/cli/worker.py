@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 
+from pupsourcing.cli import _metrics
 from pupsourcing.cli._db import check_layouts, check_store, open_database
 from pupsourcing.cli.console import Console, setup_logging
 from pupsourcing.cli.loading import load_projections
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(sys.stderr)
     partitioned = config.total_partitions > 1 and not args.claim
     tag = f"p{config.partition_key}/{config.total_partitions}" if partitioned else ""
-    setup_logging(console, args.verbose, tag, db.url.scrub)
+    setup_logging(console, args.verbose, tag, db.url.scrub, args.log_format)
     names = ", ".join(p.name for p in projections)
     logger.info(
         "running %s on %s%s; store head %d",
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         tracked = {p.name: [config.checkpoint_name(p.name)] for p in projections}
         monitor = ProgressMonitor(db, tracked, console, interval=args.progress_interval)
     stop = threading.Event()
-    with stop_on_signals(stop):
+    with stop_on_signals(stop), _metrics.serving(args, db):
         if args.supervised:
             watch_supervisor(stop)
         if monitor is not None:
@@ -125,7 +126,7 @@ def _run_claiming(
         }
         monitor = ProgressMonitor(db, tracked, console, interval=args.progress_interval)
     stop = threading.Event()
-    with stop_on_signals(stop):
+    with stop_on_signals(stop), _metrics.serving(args, db):
         if args.supervised:
             watch_supervisor(stop)
         if monitor is not None:
