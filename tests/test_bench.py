@@ -50,6 +50,7 @@ def test_every_benchmark_is_tested() -> None:
         "load_test.py",
         "relay_nats.py",
         "push_latency.py",
+        "observability.py",
     }
     assert {p.name for p in SCRIPTS} == {p.name for p in STORE_SCRIPTS} | others
 
@@ -73,6 +74,16 @@ def test_async_vs_sync_benchmark_runs_in_quick_mode() -> None:
     for column, ratio in enumerate(store_raw[0]):
         expected = rates["store"][column] / rates["raw psycopg"][column]
         assert float(ratio) == pytest.approx(expected, rel=0.05, abs=0.01)
+
+
+def test_observability_benchmark_runs_in_quick_mode() -> None:
+    out = run_quick(BENCH / "observability.py", "--db", "sqlite")
+    rows = re.findall(
+        r"^(W2|W3)\s+(off|metrics|tracing|both)\s+[\d,]+ events/s\s+(\d+\.\d+)x", out, re.M
+    )
+    assert len(rows) == 8, out
+    assert {(w, m) for w, m, _ in rows if m == "off"} == {("W2", "off"), ("W3", "off")}
+    assert all(float(r) == 1.0 for _, m, r in rows if m == "off")
 
 
 def test_push_latency_runs_in_quick_mode() -> None:

@@ -1,0 +1,225 @@
+"""What metrics and tracing cost: W2 (single-event appends, one transaction
+each) and W3 (catch-up of a no-op projection at batch 100) with nothing
+installed, with ``pupsourcing.metrics``, with ``pupsourcing.tracing`` (the
+OpenTelemetry SDK recording every span into a batch processor whose exporter
+drops them; each append inside a span, so its trace id is stored) and with
+both.
+
+The modes run in interleaved rounds, in a new order each round, against the
+same database in the same run; each figure is the median of its rounds and
+the ratio compares it with nothing installed. The target: within 5%.
+
+    python bench/observability.py [--quick] [--db postgres,sqlite] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, make_events
+
+from pupsourcing import ExpectedVersion, PersistedEvent
+from pupsourcing.projection import Processor, ProcessorConfig
+
+MODES = ("off", "metrics", "tracing", "both")
+TARGET = 1.05
+"""The most a figure with instrumentation may take, relative to none."""
+W3_BATCH = 100
+
+
+def builders() -> dict[str, Callable[[], Target]]:
+    import mysql_store
+    import postgres_store
+    import sqlite_store
+
+    return {
+        "postgres": postgres_store.build,
+        "mysql": mysql_store.build,
+        "sqlite": sqlite_store.build,
+    }
+
+
+class _Dropping:
+    """A span exporter that keeps nothing (the cost measured is recording)."""
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+@contextmanager
+def instrumented(mode: str) -> Iterator[Any]:
+    """Install ``mode``'s instrumentation. Yields the application's tracer:
+    every mode has the same tracer provider and the same application spans,
+    so only what pupsourcing adds differs."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from prometheus_client import CollectorRegistry
+
+    from pupsourcing import metrics, tracing
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_Dropping()))  # type: ignore[arg-type]
+    tracing.uninstrument()
+    if mode in ("metrics", "both"):
+        metrics.enable(CollectorRegistry())
+    if mode in ("tracing", "both"):
+        tracing.instrument(provider)
+    try:
+        yield provider.get_tracer("bench")
+    finally:
+        metrics.disable()
+        tracing.uninstrument()
+        provider.shutdown()
+
+
+def w2(target: Target, mode: str, transactions: int, round_: int) -> float:
+    """Seconds for ``transactions`` single-event appends, one commit each."""
+    batches = [make_events(f"w2-{mode}-{round_}-{i % 100}", 1, i) for i in range(transactions)]
+    conn = target.connect(False)
+    try:
+        with instrumented(mode) as tracer:
+            start = time.perf_counter()
+            for batch in batches:
+                with tracer.start_as_current_span("request"):  # a traced request handler
+                    target.store.append(conn, ExpectedVersion.any(), batch)
+                conn.commit()
+            return time.perf_counter() - start
+    finally:
+        conn.close()
+
+
+class Noop:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.handled = 0
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        self.handled += 1
+
+
+def w3(target: Target, mode: str, events: int, round_: int) -> float:
+    """Seconds for a no-op projection of a new name to catch up with ``events``."""
+    logger = logging.getLogger("bench.observability")
+    logger.propagate = False
+    logger.setLevel(logging.WARNING)
+    projection = Noop(f"w3_{mode}_{round_}")
+    conn = target.connect(False)
+    try:
+        config = ProcessorConfig(batch_size=W3_BATCH, logger=logger)
+        with instrumented(mode), Processor(conn, target.store, config) as processor:
+            start = time.perf_counter()
+            handled = processor.catch_up(projection)
+            elapsed = time.perf_counter() - start
+    finally:
+        conn.close()
+    if handled != events:
+        raise AssertionError(f"W3 handled {handled} events, expected {events}")
+    return elapsed
+
+
+def load(target: Target, events: int) -> None:
+    """``events`` traced events (so batches have links to make), 100 per commit."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from pupsourcing import tracing
+
+    provider = TracerProvider()
+    tracing.instrument(provider)
+    conn = target.connect(False)
+    try:
+        with provider.get_tracer("bench").start_as_current_span("load"):
+            for first in range(0, events, 100):
+                for a in range(10):
+                    target.store.append(
+                        conn, ExpectedVersion.any(), make_events(f"w3-{first}-{a}", 10)
+                    )
+                conn.commit()
+    finally:
+        conn.close()
+        tracing.uninstrument()
+
+
+def measure(
+    build: Callable[[], Target], transactions: int, events: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Median events/s by workload and mode."""
+    target = build()
+    try:
+        load(target, events)
+        timings: dict[str, dict[str, list[float]]] = {"W2": {}, "W3": {}}
+        # W3 first: W2's appends would give later catch-ups more to do.
+        for workload, run, amount in (("W3", w3, events), ("W2", w2, transactions)):
+            for round_ in range(rounds):
+                order = list(MODES)
+                random.Random(round_).shuffle(order)
+                for mode in order:
+                    timings[workload].setdefault(mode, []).append(run(target, mode, amount, round_))
+        amounts = {"W2": transactions, "W3": events}
+        return {
+            workload: {mode: amounts[workload] / statistics.median(t) for mode, t in by.items()}
+            for workload, by in timings.items()
+        }
+    finally:
+        target.close()
+
+
+def report(database: str, rates: dict[str, dict[str, float]]) -> list[str]:
+    lines = [f"-- {database}"]
+    for workload, by_mode in rates.items():
+        base = by_mode["off"]
+        for mode in MODES:
+            slower = base / by_mode[mode]  # time with / time without
+            verdict = "" if mode == "off" else ("ok" if slower <= TARGET else "over 5%")
+            lines.append(
+                f"{workload:4} {mode:8} {by_mode[mode]:>12,.0f} events/s {slower:>6.3f}x {verdict}"
+            )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--db", default="postgres,sqlite")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of every mode (median)")
+    parser.add_argument("--transactions", type=int, default=2000, help="W2 appends per round")
+    parser.add_argument("--events", type=int, default=20_000, help="W3 events")
+    args = parser.parse_args(argv)
+    transactions, events, rounds = (
+        (20, 200, 1) if args.quick else (args.transactions, args.events, args.rounds)
+    )
+    available = builders()
+    status = 0
+    print(
+        f"Instrumentation overhead: W2 {transactions:,} appends, W3 {events:,} events, "
+        f"median of {rounds} interleaved rounds; time relative to no instrumentation"
+    )
+    for database in [d.strip() for d in args.db.split(",") if d.strip()]:
+        try:
+            rates = measure(available[database], transactions, events, rounds)
+        except Unavailable as exc:
+            print(f"{database}: database unavailable: {exc}", file=sys.stderr)
+            status = UNAVAILABLE_EXIT_CODE
+            continue
+        for line in report(database, rates):
+            print(line)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
