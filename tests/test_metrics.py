@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import signal
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,6 +127,34 @@ def test_failures_and_lag_with_the_asyncio_processor(tmp_path: Path, registry: A
     assert value(found, "pupsourcing_projection_events_handled_total", **labels) == 2
     assert value(found, "pupsourcing_projection_checkpoint", **labels) == 2
     assert value(found, "pupsourcing_projection_lag_events", **labels) == 3
+
+
+def test_a_stopped_processor_takes_its_gauges_away(sqlite_db: Backend, registry: Any) -> None:
+    """Under --claim a partition moves to another process, which reports it."""
+    conn = sqlite_db.connection()
+    sqlite_db.store.append(conn, ExpectedVersion.any(), [event("o-1")])
+    conn.commit()
+    stop = threading.Event()
+    config = ProcessorConfig(partition_key=1, total_partitions=2, poll_interval=0.01)
+    processor = Processor(sqlite_db.connect, sqlite_db.store, config)
+    worker = threading.Thread(target=processor.run, args=(Counting(),), kwargs={"stop": stop})
+    worker.start()
+    labels = {"projection": "counting", "partition": "1"}
+    try:
+        wait_for(
+            lambda: (
+                value(scrape_registry(registry), "pupsourcing_projection_checkpoint", **labels) == 1
+            ),
+            what="the checkpoint gauge",
+        )
+    finally:
+        stop.set()
+        worker.join(10)
+        processor.close()
+    found = scrape_registry(registry)
+    assert value(found, "pupsourcing_projection_checkpoint", **labels) is None
+    assert value(found, "pupsourcing_projection_lag_events", **labels) is None
+    assert value(found, "pupsourcing_projection_failures_total", **labels) == 0  # counts stay
 
 
 def test_disable_takes_the_metrics_off_the_registry() -> None:

@@ -49,6 +49,10 @@ class Observer:
         """One projection batch (``Handle`` instructions among the statements)."""
         return plan
 
+    def stopped(self, sub: Subscription) -> None:
+        """A processor stopped running ``sub`` (its partition may move to
+        another process)."""
+
 
 class _Chain(Observer):
     """Several observers, the first installed outermost."""
@@ -81,6 +85,10 @@ class _Chain(Observer):
         for o in reversed(self.observers):
             plan = o.batch(dialect, sub, horizon, plan)
         return plan
+
+    def stopped(self, sub: Subscription) -> None:
+        for o in self.observers:
+            o.stopped(sub)
 
 
 observer: Observer | None = None

@@ -9,6 +9,7 @@ listed on the Observability page of the documentation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -242,6 +243,16 @@ class _MetricsObserver(_observe.Observer):
             partition.lag.set(max(visible - checkpoint, 0))
             self._see_head(visible)
         return outcome
+
+    def stopped(self, sub: Subscription) -> None:
+        """The partition's gauges go (under ``--claim`` it may now run in
+        another process, whose gauges are the truth); counts stay."""
+        if self._partitions.pop(sub.checkpoint_name, None) is None:
+            return
+        labels = (sub.name, str(sub.partition_key))
+        for gauge in (self.metrics.projection_checkpoint, self.metrics.projection_lag_events):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
 
 _PARTITIONED = re.compile(r"(?P<name>.+)_p(?P<key>0|[1-9][0-9]*)\Z")

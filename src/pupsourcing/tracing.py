@@ -167,7 +167,9 @@ class _TracingObserver(_observe.Observer):
                         },
                     )
                     token = otel_context.attach(trace.set_span_in_context(span))
-                    instruction = Handle(instruction.rows, _collecting(instruction.decode, traces))
+                    if span.is_recording():  # links of a span sampled out go nowhere
+                        decode = _collecting(instruction.decode, traces)
+                        instruction = Handle(instruction.rows, decode)
                 try:
                     answer = yield instruction
                 except Exception as exc:
@@ -186,7 +188,7 @@ class _TracingObserver(_observe.Observer):
         finally:
             plan.close()
             if span is not None:
-                for trace_id, position in list(traces.items())[:MAX_LINKS]:
+                for trace_id, position in traces.items():
                     span.add_link(
                         trace.SpanContext(int(trace_id, 16), 0, is_remote=True),
                         {"pupsourcing.global_position": position},
@@ -198,14 +200,16 @@ class _TracingObserver(_observe.Observer):
 def _collecting(
     decode: Callable[[Sequence[Any]], list[PersistedEvent]], traces: dict[str, int]
 ) -> Callable[[Sequence[Any]], list[PersistedEvent]]:
-    """``decode``, noting each event's trace id (with its first position)."""
+    """``decode``, noting each new trace id among the events (with the
+    position of its first event)."""
 
     def decode_and_collect(rows: Sequence[Any]) -> list[PersistedEvent]:
         events = decode(rows)
-        for event in events:
-            trace_id = event.trace_id
-            if trace_id is not None and trace_id not in traces and _is_trace_id(trace_id):
-                traces[trace_id] = event.global_position
+        new = {e.trace_id for e in events}
+        new.difference_update(traces)
+        for trace_id in new:
+            if trace_id is not None and len(traces) < MAX_LINKS and _is_trace_id(trace_id):
+                traces[trace_id] = next(e.global_position for e in events if e.trace_id == trace_id)
         return events
 
     return decode_and_collect

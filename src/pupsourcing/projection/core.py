@@ -121,14 +121,19 @@ class ProcessorCore:
 
     def run(self, sub: Subscription) -> ProcessorPlan[None]:
         """Process batches until asked to stop, pausing ``poll_interval`` when idle."""
-        while not (yield Pause(0)):
-            outcome = yield from self.attempt(sub)
-            if outcome is not None:
-                self.watch_held_back(sub, outcome)
-                if outcome.contended:
-                    yield from self.yield_to_other_processor(sub)
-                elif outcome.idle:
-                    yield Pause(self.idle_pause(outcome), wake=True)
+        try:
+            while not (yield Pause(0)):
+                outcome = yield from self.attempt(sub)
+                if outcome is not None:
+                    self.watch_held_back(sub, outcome)
+                    if outcome.contended:
+                        yield from self.yield_to_other_processor(sub)
+                    elif outcome.idle:
+                        yield Pause(self.idle_pause(outcome), wake=True)
+        finally:
+            observer = _observe.observer
+            if observer is not None:
+                observer.stopped(sub)
 
     def idle_pause(self, outcome: StepOutcome) -> float:
         """How long ``run`` waits for an append to wake it: ``poll_interval``,
