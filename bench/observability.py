@@ -1,5 +1,5 @@
 """What metrics and tracing cost: W2 (single-event appends, one transaction
-each) and W3 (catch-up of a no-op projection at batch 100) with nothing
+each) and W3 (catch-up of a no-op projection at batch 100 and 1,000) with nothing
 installed, with ``pupsourcing.metrics``, with ``pupsourcing.tracing`` (the
 OpenTelemetry SDK recording every span into a batch processor whose exporter
 drops them; each append inside a span, so its trace id is stored) and with
@@ -32,7 +32,7 @@ from pupsourcing.projection import Processor, ProcessorConfig
 MODES = ("off", "metrics", "tracing", "both")
 TARGET = 1.05
 """The most a figure with instrumentation may take, relative to none."""
-W3_BATCH = 100
+W3_BATCHES = (100, 1000)
 
 
 def builders() -> dict[str, Callable[[], Target]]:
@@ -113,15 +113,15 @@ class Noop:
         self.handled += 1
 
 
-def w3(target: Target, mode: str, events: int, round_: int) -> float:
+def w3(target: Target, mode: str, events: int, round_: int, batch: int) -> float:
     """Seconds for a no-op projection of a new name to catch up with ``events``."""
     logger = logging.getLogger("bench.observability")
     logger.propagate = False
     logger.setLevel(logging.WARNING)
-    projection = Noop(f"w3_{mode}_{round_}")
+    projection = Noop(f"w3_{batch}_{mode}_{round_}")
     conn = target.connect(False)
     try:
-        config = ProcessorConfig(batch_size=W3_BATCH, logger=logger)
+        config = ProcessorConfig(batch_size=batch, logger=logger)
         with instrumented(mode), Processor(conn, target.store, config) as processor:
             start = time.perf_counter()
             handled = processor.catch_up(projection)
@@ -162,15 +162,20 @@ def measure(
     target = build()
     try:
         load(target, events)
-        timings: dict[str, dict[str, list[float]]] = {"W2": {}, "W3": {}}
-        # W3 first: W2's appends would give later catch-ups more to do.
-        for workload, run, amount in (("W3", w3, events), ("W2", w2, transactions)):
+        workloads: list[tuple[str, Callable[[str, int], float], int]] = [
+            (f"W3/{b}", lambda m, r, b=b: w3(target, m, events, r, b), events)  # type: ignore[misc]
+            for b in W3_BATCHES
+        ]
+        # W2 last: its appends would give later catch-ups more to do.
+        workloads.append(("W2", lambda m, r: w2(target, m, transactions, r), transactions))
+        timings: dict[str, dict[str, list[float]]] = {}
+        for workload, run, _ in workloads:
             for round_ in range(rounds):
                 order = list(MODES)
                 random.Random(round_).shuffle(order)
                 for mode in order:
-                    timings[workload].setdefault(mode, []).append(run(target, mode, amount, round_))
-        amounts = {"W2": transactions, "W3": events}
+                    timings.setdefault(workload, {}).setdefault(mode, []).append(run(mode, round_))
+        amounts = {workload: amount for workload, _, amount in workloads}
         return {
             workload: {mode: amounts[workload] / statistics.median(t) for mode, t in by.items()}
             for workload, by in timings.items()
@@ -187,7 +192,7 @@ def report(database: str, rates: dict[str, dict[str, float]]) -> list[str]:
             slower = base / by_mode[mode]  # time with / time without
             verdict = "" if mode == "off" else ("ok" if slower <= TARGET else "over 5%")
             lines.append(
-                f"{workload:4} {mode:8} {by_mode[mode]:>12,.0f} events/s {slower:>6.3f}x {verdict}"
+                f"{workload:7} {mode:8} {by_mode[mode]:>12,.0f} events/s {slower:>6.3f}x {verdict}"
             )
     return lines
 

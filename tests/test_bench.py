@@ -79,10 +79,12 @@ def test_async_vs_sync_benchmark_runs_in_quick_mode() -> None:
 def test_observability_benchmark_runs_in_quick_mode() -> None:
     out = run_quick(BENCH / "observability.py", "--db", "sqlite")
     rows = re.findall(
-        r"^(W2|W3)\s+(off|metrics|tracing|both)\s+[\d,]+ events/s\s+(\d+\.\d+)x", out, re.M
+        r"^(W2|W3/100|W3/1000)\s+(off|metrics|tracing|both)\s+[\d,]+ events/s\s+(\d+\.\d+)x",
+        out,
+        re.M,
     )
-    assert len(rows) == 8, out
-    assert {(w, m) for w, m, _ in rows if m == "off"} == {("W2", "off"), ("W3", "off")}
+    assert len(rows) == 12, out
+    assert {w for w, m, _ in rows if m == "off"} == {"W2", "W3/100", "W3/1000"}
     assert all(float(r) == 1.0 for _, m, r in rows if m == "off")
 
 
