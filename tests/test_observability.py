@@ -1,5 +1,5 @@
-"""Correlation ids set once per unit of work, and what the observability
-hooks cost a program that installs none of the extras."""
+"""Correlation ids set once per unit of work, JSON log lines, and what the
+observability hooks cost a program that installs none of the extras."""
 
 from __future__ import annotations
 
@@ -162,3 +162,37 @@ def test_tracing_turns_on_when_the_application_uses_opentelemetry() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+def test_long_running_commands_take_log_format_json() -> None:
+    from pupsourcing.cli import build_parser
+
+    parser = build_parser()
+    for argv in (
+        ["projections", "run", "m:p", "--log-format", "json"],
+        ["relay", "nats", "--stream", "S", "--log-format", "json"],
+    ):
+        assert parser.parse_args(argv).log_format == "json"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["projections", "run", "m:p", "--log-format", "xml"])
+
+
+def test_json_log_lines_carry_extras_and_the_traceback() -> None:
+    import json
+    import logging
+
+    from pupsourcing.cli.console import JsonFormatter
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.getLogger("pupsourcing").makeRecord(
+            "pupsourcing", logging.ERROR, __file__, 1, "failed at %d", (7,), sys.exc_info(),
+            extra={"projection": "orders", "checkpoint": 6},
+        )  # fmt: skip
+    entry = json.loads(JsonFormatter("p1/2").format(record))
+    assert entry["message"] == "failed at 7"
+    assert (entry["level"], entry["logger"], entry["tag"]) == ("ERROR", "pupsourcing", "p1/2")
+    assert (entry["projection"], entry["checkpoint"]) == ("orders", 6)
+    assert entry["exception"].endswith("ValueError: boom")
+    assert entry["time"].endswith("Z")
