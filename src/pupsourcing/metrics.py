@@ -168,11 +168,14 @@ class _MetricsObserver(_observe.Observer):
         self._partitions: dict[str, _Partition] = {}
         self._aggregates: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self._head = 0
+        self._head_lock = threading.Lock()
 
     def _see_head(self, position: int) -> None:
         if position > self._head:
-            self._head = position
-            self.metrics.store_head_position.set(position)
+            with self._head_lock:  # processors of a runner are threads
+                if position > self._head:
+                    self._head = position
+                    self.metrics.store_head_position.set(position)
 
     def _aggregate(self, events: Sequence[Event]) -> tuple[Any, Any, Any] | None:
         first = events[0] if events and isinstance(events[0], Event) else None
