@@ -183,3 +183,19 @@ def test_uninstrument_stops_the_spans(sqlite_db: Backend, spans: Any) -> None:
         result = sqlite_db.store.append(conn, ExpectedVersion.no_stream(), [event("o-1")])
     assert result.events[0].trace_id is None
     assert named(exporter, "pupsourcing.append") == []
+
+
+def test_trace_and_correlation_ids_together(sqlite_db: Backend, spans: Any) -> None:
+    from pupsourcing.correlation import correlation
+
+    tracer, _ = spans
+    conn = sqlite_db.connection()
+    with tracer.start_as_current_span("request") as request, correlation("req-9"):
+        mine = event("o-1", trace_id="a" * 32)
+        result = sqlite_db.store.append(conn, ExpectedVersion.no_stream(), [event("o-1"), mine])
+    request_trace = hex_id(request.get_span_context().trace_id)
+    assert [(e.correlation_id, e.trace_id) for e in result.events] == [
+        ("req-9", request_trace),
+        ("req-9", "a" * 32),
+    ]
+    assert mine.correlation_id is None  # the caller's events are not changed

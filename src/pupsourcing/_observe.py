@@ -9,6 +9,7 @@ the blocking and the asyncio drivers.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,15 +23,18 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 StepPlan = Generator[Any, Any, "StepOutcome"]
+Ids = tuple[str | None, str | None, str | None]
+"""Correlation id, causation id, trace id."""
 
 
 class Observer:
     """Watches store operations and projection batches; every method passes
     its plan through unchanged. Subclasses override what they observe."""
 
-    def prepare(self, events: Sequence[Event]) -> Sequence[Event]:
-        """The events to append instead of ``events`` (to fill in ids)."""
-        return events
+    def ids(self) -> Ids | None:
+        """The (correlation, causation, trace) ids an appended event that has
+        none gets (``None`` for a field: leave it); ``None``: nothing to fill."""
+        return None
 
     def append(
         self, dialect: Dialect, events: Sequence[Event], plan: Plan[AppendResult]
@@ -60,10 +64,13 @@ class _Chain(Observer):
     def __init__(self, observers: tuple[Observer, ...]) -> None:
         self.observers = observers
 
-    def prepare(self, events: Sequence[Event]) -> Sequence[Event]:
+    def ids(self) -> Ids | None:
+        found: Ids | None = None
         for o in self.observers:
-            events = o.prepare(events)
-        return events
+            mine = o.ids()
+            if mine is not None:
+                found = mine if found is None else _merge(found, mine)
+        return found
 
     def append(
         self, dialect: Dialect, events: Sequence[Event], plan: Plan[AppendResult]
@@ -89,6 +96,55 @@ class _Chain(Observer):
     def stopped(self, sub: Subscription) -> None:
         for o in self.observers:
             o.stopped(sub)
+
+
+def _merge(first: Ids, second: Ids) -> Ids:
+    return (
+        second[0] if first[0] is None else first[0],
+        second[1] if first[1] is None else first[1],
+        second[2] if first[2] is None else first[2],
+    )
+
+
+def fill(events: Sequence[Event], ids: Ids) -> Sequence[Event]:
+    """``events`` with ``ids`` where an event has none (copies; the caller's
+    events are left alone). Anything but a list or tuple of events is passed
+    on for the append's validation to name."""
+    if not isinstance(events, list | tuple):
+        return events
+    from pupsourcing.core.events import Event
+
+    correlation_id, causation_id, trace_id = ids
+    filled: list[Event] = []
+    for e in events:
+        if not isinstance(e, Event):
+            filled.append(e)
+            continue
+        c = correlation_id if e.correlation_id is None else e.correlation_id
+        k = causation_id if e.causation_id is None else e.causation_id
+        t = trace_id if e.trace_id is None else e.trace_id
+        if c is e.correlation_id and k is e.causation_id and t is e.trace_id:
+            filled.append(e)
+        elif type(e) is Event:  # faster than dataclasses.replace
+            filled.append(
+                Event(
+                    e.bounded_context,
+                    e.aggregate_type,
+                    e.aggregate_id,
+                    e.event_type,
+                    e.payload,
+                    event_version=e.event_version,
+                    event_id=e.event_id,
+                    metadata=e.metadata,
+                    causation_id=k,
+                    correlation_id=c,
+                    trace_id=t,
+                    created_at=e.created_at,
+                )
+            )
+        else:
+            filled.append(dataclasses.replace(e, correlation_id=c, causation_id=k, trace_id=t))
+    return filled
 
 
 observer: Observer | None = None

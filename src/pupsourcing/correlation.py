@@ -17,13 +17,10 @@ block's; an event that sets its own keeps it. Standard library only.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any
 
 from pupsourcing import _observe
-from pupsourcing.core.events import Event
 
 __all__ = ["correlation", "current"]
 
@@ -59,23 +56,10 @@ def current() -> tuple[str | None, str | None]:
 
 
 class _CorrelationObserver(_observe.Observer):
-    """Fills in the ids of the events an append is given."""
+    """Gives appended events the enclosing block's ids."""
 
-    def prepare(self, events: Sequence[Event]) -> Sequence[Event]:
+    def ids(self) -> _observe.Ids | None:
         correlation_id, causation_id = _ids.get()
-        if (correlation_id is None and causation_id is None) or not isinstance(
-            events, (list, tuple)
-        ):
-            return events
-        return [_with_ids(e, correlation_id, causation_id) for e in events]
-
-
-def _with_ids(event: Event, correlation_id: str | None, causation_id: str | None) -> Event:
-    if not isinstance(event, Event):
-        return event  # the append's validation names the problem
-    changes: dict[str, Any] = {}
-    if event.correlation_id is None and correlation_id is not None:
-        changes["correlation_id"] = correlation_id
-    if event.causation_id is None and causation_id is not None:
-        changes["causation_id"] = causation_id
-    return dataclasses.replace(event, **changes) if changes else event
+        if correlation_id is None and causation_id is None:
+            return None
+        return correlation_id, causation_id, None

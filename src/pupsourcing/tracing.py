@@ -18,7 +18,6 @@ tracer provider of your choice), :func:`uninstrument` off. Spans:
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -73,17 +72,11 @@ class _TracingObserver(_observe.Observer):
 
         self.tracer = trace.get_tracer("pupsourcing", __version__, tracer_provider)
 
-    def prepare(self, events: Sequence[Event]) -> Sequence[Event]:
+    def ids(self) -> _observe.Ids | None:
         span_context = trace.get_current_span().get_span_context()
-        if not span_context.is_valid or not isinstance(events, (list, tuple)):
-            return events
-        trace_id = format(span_context.trace_id, "032x")
-        return [
-            dataclasses.replace(e, trace_id=trace_id)
-            if isinstance(e, Event) and e.trace_id is None
-            else e
-            for e in events
-        ]
+        if not span_context.is_valid:
+            return None
+        return None, None, format(span_context.trace_id, "032x")
 
     def append(
         self, dialect: Dialect, events: Sequence[Event], plan: Plan[AppendResult]

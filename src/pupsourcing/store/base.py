@@ -78,7 +78,9 @@ class StoreBase:
         observer = _observe.observer
         if observer is None:
             return self.dialect.append(expected_version, events)
-        events = observer.prepare(events)
+        ids = observer.ids()
+        if ids is not None:
+            events = _observe.fill(events, ids)
         plan = self.dialect.append(expected_version, events)
         return observer.append(self.dialect, events, plan)
 
