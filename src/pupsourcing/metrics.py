@@ -151,15 +151,41 @@ def _unregister(metrics: Metrics) -> None:
             metrics.registry.unregister(value)
 
 
+def _in_process() -> bool:
+    """Whether metric values live in this process (not in prometheus-client's
+    multiprocess files, which only ``set`` reaches)."""
+    from prometheus_client import values
+
+    return values.ValueClass is values.MutexValue
+
+
 @dataclass(slots=True)
 class _Partition:
-    """One projection partition's children of the labelled metrics."""
+    """One projection partition's children of the labelled metrics, and its
+    gauges' values (read at scrape time in process: no lock per batch)."""
 
     checkpoint: Any
     lag: Any
     handled: Any
     failures: Any
     seconds: Any
+    position: float = 0.0
+    behind: float = 0.0
+    live: bool = False
+    """Whether the gauges read ``position`` and ``behind`` when scraped."""
+
+    def __post_init__(self) -> None:
+        self.live = _in_process()
+        if self.live:
+            self.checkpoint.set_function(lambda: self.position)
+            self.lag.set_function(lambda: self.behind)
+
+    def show(self, position: int, behind: int) -> None:
+        self.position = position
+        self.behind = behind
+        if not self.live:
+            self.checkpoint.set(position)
+            self.lag.set(behind)
 
 
 class _MetricsObserver(_observe.Observer):
@@ -169,13 +195,17 @@ class _MetricsObserver(_observe.Observer):
         self._aggregates: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self._head = 0
         self._head_lock = threading.Lock()
+        self._in_process = _in_process()
+        if self._in_process:
+            metrics.store_head_position.set_function(lambda: self._head)
 
     def _see_head(self, position: int) -> None:
         if position > self._head:
             with self._head_lock:  # processors of a runner are threads
                 if position > self._head:
                     self._head = position
-                    self.metrics.store_head_position.set(position)
+                    if not self._in_process:
+                        self.metrics.store_head_position.set(position)
 
     def _aggregate(self, events: Sequence[Event]) -> tuple[Any, Any, Any] | None:
         first = events[0] if events and isinstance(events[0], Event) else None
@@ -242,8 +272,7 @@ class _MetricsObserver(_observe.Observer):
         checkpoint = sub.checkpoint
         if checkpoint is not None:
             visible = horizon.visible
-            partition.checkpoint.set(checkpoint)
-            partition.lag.set(max(visible - checkpoint, 0))
+            partition.show(checkpoint, max(visible - checkpoint, 0))
             self._see_head(visible)
         return outcome
 
