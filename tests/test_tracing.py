@@ -199,3 +199,23 @@ def test_trace_and_correlation_ids_together(sqlite_db: Backend, spans: Any) -> N
         ("req-9", "a" * 32),
     ]
     assert mine.correlation_id is None  # the caller's events are not changed
+
+
+def test_inside_a_sampled_out_span_appends_make_no_span(sqlite_db: Backend) -> None:
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    exporter = InMemorySpanExporter()
+    provider = sdk_trace.TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.instrument(provider)
+    try:
+        conn = sqlite_db.connection()
+        with provider.get_tracer("test").start_as_current_span("request") as request:
+            assert not request.is_recording()
+            result = sqlite_db.store.append(conn, ExpectedVersion.no_stream(), [event("o-1")])
+            sqlite_db.store.read_aggregate_stream(conn, "Shop", "Order", "o-1")
+        conn.commit()
+    finally:
+        tracing.uninstrument()
+    assert exporter.get_finished_spans() == ()
+    assert result.events[0].trace_id == hex_id(request.get_span_context().trace_id)

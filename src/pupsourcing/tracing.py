@@ -6,10 +6,11 @@ Tracing turns itself on when a store is made in a program that has imported
 ``opentelemetry.trace``; :func:`instrument` turns it on explicitly (with a
 tracer provider of your choice), :func:`uninstrument` off. Spans:
 
-- ``pupsourcing.append``: one per ``append``. An event whose ``trace_id`` is
+- ``pupsourcing.append``: one per ``append`` (none inside a span that was
+  sampled out). An event whose ``trace_id`` is
   ``None`` appended while a span is current is stored with that span's trace
   id (32 lowercase hex digits).
-- ``pupsourcing.read_stream``: one per ``read_aggregate_stream``.
+- ``pupsourcing.read_stream``: one per ``read_aggregate_stream`` (idem).
 - ``pupsourcing.projection.batch``: one per batch that handled events,
   current while ``handle`` runs (so spans the handler makes are its
   children), linked to the trace of each distinct ``trace_id`` among the
@@ -58,6 +59,14 @@ def uninstrument() -> None:
     _observe.uninstall(_TracingObserver)
 
 
+def _sampled_out() -> bool:
+    """Whether the current span exists but records nothing (its trace was
+    sampled out): then no child span is made, as a parent-based sampler
+    would drop it anyway, and the cost stays small."""
+    current = trace.get_current_span()
+    return not current.is_recording() and current.get_span_context().is_valid
+
+
 def _fail(span: trace.Span, exc: BaseException) -> None:
     if isinstance(exc, GeneratorExit):  # the caller abandoned the operation
         return
@@ -81,6 +90,8 @@ class _TracingObserver(_observe.Observer):
     def append(
         self, dialect: Dialect, events: Sequence[Event], plan: Plan[AppendResult]
     ) -> Plan[AppendResult]:
+        if _sampled_out():
+            return (yield from plan)
         first = events[0] if events and isinstance(events[0], Event) else None
         attributes: dict[str, Any] = {
             "db.system.name": _SYSTEMS.get(dialect.name, dialect.name),
@@ -110,6 +121,8 @@ class _TracingObserver(_observe.Observer):
     def read_stream(
         self, dialect: Dialect, aggregate: tuple[str, str, str], plan: Plan[Stream]
     ) -> Plan[Stream]:
+        if _sampled_out():
+            return (yield from plan)
         bounded_context, aggregate_type, aggregate_id = aggregate
         span = self.tracer.start_span(
             "pupsourcing.read_stream",
