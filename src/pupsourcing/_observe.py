@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -151,20 +152,24 @@ observer: Observer | None = None
 """What the stores and processors call; ``None`` when nothing is installed."""
 _installed: tuple[Observer, ...] = ()
 _auto_tracing = True
-"""Whether a store or processor made while OpenTelemetry is imported turns
+"""Whether a store made while OpenTelemetry is imported turns
 tracing on (until :func:`pupsourcing.tracing.uninstrument`)."""
+
+
+_lock = threading.Lock()
 
 
 def install(new: Observer) -> None:
     """Add ``new`` (once; an observer of the same type is replaced)."""
-    global observer, _installed
-    kept = tuple(o for o in _installed if type(o) is not type(new))
-    _set((*kept, new))
+    with _lock:
+        kept = tuple(o for o in _installed if type(o) is not type(new))
+        _set((*kept, new))
 
 
 def uninstall(kind: type[Observer]) -> None:
     """Remove the observer of type ``kind``, if installed."""
-    _set(tuple(o for o in _installed if type(o) is not kind))
+    with _lock:
+        _set(tuple(o for o in _installed if type(o) is not kind))
 
 
 def installed(kind: type[Observer]) -> Observer | None:
@@ -184,7 +189,7 @@ def _set(observers: tuple[Observer, ...]) -> None:
 
 def auto_tracing() -> None:
     """Turn tracing on when the application imported OpenTelemetry's API
-    (called when a store or processor is made; imports nothing otherwise)."""
+    (called when a store is made; imports nothing otherwise)."""
     if _auto_tracing and "opentelemetry.trace" in sys.modules:
         from pupsourcing import tracing
 
