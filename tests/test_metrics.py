@@ -309,3 +309,19 @@ def test_metrics_port_without_prometheus_client_is_one_line(tmp_path: Path) -> N
         PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]),
     )  # fmt: skip
     assert_one_line_error(result, "--metrics-port needs prometheus-client", "[metrics]")
+
+
+def test_a_metrics_port_in_use_is_one_line(sqlite_db: Backend) -> None:
+    import socket
+
+    from cli_helpers import assert_one_line_error, cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = cli(
+            "projections", "run", "cli_projections:Recorder", "--db", sqlite_db.url,
+            "--metrics-port", port, "--metrics-host", "127.0.0.1",
+        )  # fmt: skip
+    assert_one_line_error(result, f"--metrics-port: cannot listen on 127.0.0.1:{port}")

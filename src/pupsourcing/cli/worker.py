@@ -59,6 +59,19 @@ def run(args: argparse.Namespace) -> int:
     partitioned = config.total_partitions > 1 and not args.claim
     tag = f"p{config.partition_key}/{config.total_partitions}" if partitioned else ""
     setup_logging(console, args.verbose, tag, db.url.scrub, args.log_format)
+    with _metrics.serving(args, db):  # before anything runs: a port in use stops here
+        return _run(args, db, projections, config, console, head)
+
+
+def _run(
+    args: argparse.Namespace,
+    db: Database,
+    projections: list[Projection],
+    config: ProcessorConfig,
+    console: Console,
+    head: int,
+) -> int:
+    partitioned = config.total_partitions > 1 and not args.claim
     names = ", ".join(p.name for p in projections)
     logger.info(
         "running %s on %s%s; store head %d",
@@ -75,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         tracked = {p.name: [config.checkpoint_name(p.name)] for p in projections}
         monitor = ProgressMonitor(db, tracked, console, interval=args.progress_interval)
     stop = threading.Event()
-    with stop_on_signals(stop), _metrics.serving(args, db):
+    with stop_on_signals(stop):
         if args.supervised:
             watch_supervisor(stop)
         if monitor is not None:
@@ -126,7 +139,7 @@ def _run_claiming(
         }
         monitor = ProgressMonitor(db, tracked, console, interval=args.progress_interval)
     stop = threading.Event()
-    with stop_on_signals(stop), _metrics.serving(args, db):
+    with stop_on_signals(stop):
         if args.supervised:
             watch_supervisor(stop)
         if monitor is not None:
