@@ -53,6 +53,7 @@ def test_every_benchmark_is_tested() -> None:
         "load_test.py",
         "relay_nats.py",
         "push_latency.py",
+        "observability.py",
     }
     assert {p.name for p in SCRIPTS} == {p.name for p in STORE_SCRIPTS} | others
 
@@ -76,6 +77,18 @@ def test_async_vs_sync_benchmark_runs_in_quick_mode() -> None:
     for column, ratio in enumerate(store_raw[0]):
         expected = rates["store"][column] / rates["raw psycopg"][column]
         assert float(ratio) == pytest.approx(expected, rel=0.05, abs=0.01)
+
+
+def test_observability_benchmark_runs_in_quick_mode() -> None:
+    out = run_quick(BENCH / "observability.py", "--db", "sqlite")
+    rows = re.findall(
+        r"^(W2|W3/100|W3/1000)\s+(off|metrics|tracing|both)\s+[\d,]+ events/s\s+(\d+\.\d+)x",
+        out,
+        re.M,
+    )
+    assert len(rows) == 12, out
+    assert {w for w, m, _ in rows if m == "off"} == {"W2", "W3/100", "W3/1000"}
+    assert all(float(r) == 1.0 for _, m, r in rows if m == "off")
 
 
 def test_push_latency_runs_in_quick_mode() -> None:

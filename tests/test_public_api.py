@@ -29,6 +29,9 @@ PUBLIC_PACKAGES = [
     "pupsourcing.eventmap",
     "pupsourcing.domain",
     "pupsourcing.urls",
+    "pupsourcing.metrics",
+    "pupsourcing.tracing",
+    "pupsourcing.correlation",
     *(a.package for a in registry.ADAPTERS),
 ]
 

@@ -3,6 +3,8 @@ lines kept at the bottom and redrawn in place."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import shutil
 import threading
@@ -88,16 +90,64 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+LOG_FORMATS = ("text", "json")
+
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+"""A log record's own attributes; any other one came as ``extra``."""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger,
+    message, ``tag`` (which worker) when given, the exception's traceback,
+    and every field the record was given as ``extra`` (the batch records'
+    projection, handled, checkpoint, fetched)."""
+
+    def __init__(self, tag: str = "") -> None:
+        super().__init__()
+        self.tag = tag
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if self.tag:
+            entry["tag"] = self.tag
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        moment = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def setup_logging(
-    console: Console, verbosity: int, tag: str = "", scrub: Callable[[str], str] | None = None
+    console: Console,
+    verbosity: int,
+    tag: str = "",
+    scrub: Callable[[str], str] | None = None,
+    log_format: str = "text",
 ) -> None:
     """Log to ``console``: warnings from the processors, the command's own
-    progress lines, and with ``-v`` every batch (``-vv``: debug). ``scrub``
-    filters each line: driver errors may quote the URL's secrets."""
+    progress lines, and with ``-v`` every batch (``-vv``: debug), as text
+    lines or (``log_format="json"``) JSON lines. ``scrub`` filters each
+    line: driver errors may quote the URL's secrets."""
     handler = ConsoleHandler(console, scrub)
     label = f" [{tag}]" if tag else ""
     handler.setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)s{label} %(name)s: %(message)s")
+        JsonFormatter(tag)
+        if log_format == "json"
+        else logging.Formatter(f"%(asctime)s %(levelname)s{label} %(name)s: %(message)s")
     )
     root = logging.getLogger("pupsourcing")
     root.handlers[:] = [handler]

@@ -9,11 +9,12 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from pupsourcing.cli import dead_letters, supervisor, worker
+from pupsourcing.cli import _metrics, dead_letters, supervisor, worker
 from pupsourcing.cli._args import non_negative_int, positive_int, seconds
 from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._output import Table, plural
 from pupsourcing.cli._text import clean, duration
+from pupsourcing.cli.console import LOG_FORMATS
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import ProcessorConfig
 from pupsourcing.projection.config import ON_FAILURE
@@ -141,6 +142,14 @@ def register(commands: Any) -> None:
         default=0,
         help="log every batch (-vv: debug)",
     )
+    run.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines as text or as JSON objects, one a line, with each batch's fields "
+        "(default text)",
+    )
+    _metrics.add_options(run)
     run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     run.set_defaults(handler=run_projections, parser=run)
 
@@ -172,6 +181,7 @@ def register(commands: Any) -> None:
 
 def run_projections(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
+    _metrics.check_available(args)
     if args.partitions is not None and (
         args.partition_key is not None or args.total_partitions is not None
     ):

@@ -11,7 +11,7 @@ from typing import Any
 
 from pupsourcing.cli._args import positive_int, seconds
 from pupsourcing.cli._db import add_database_options, check_store, open_database, store_config
-from pupsourcing.cli.console import Console, setup_logging
+from pupsourcing.cli.console import LOG_FORMATS, Console, setup_logging
 from pupsourcing.cli.signals import SIGNALS, exit_now
 
 logger = logging.getLogger("pupsourcing.cli")
@@ -64,6 +64,12 @@ def register(commands: Any) -> None:
     nats.add_argument(
         "-v", "--verbose", action="count", default=0, help="log every batch (-vv: debug)"
     )
+    nats.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines as text or as JSON objects, one a line (default text)",
+    )
     nats.set_defaults(handler=run_nats)
 
 
@@ -78,7 +84,7 @@ def run_nats(args: argparse.Namespace) -> int:
     db = open_database(args)
     target = database(db.url, store_config(args), create=False)
     head = check_store(db)
-    setup_logging(Console(sys.stderr), args.verbose, "", db.url.scrub)
+    setup_logging(Console(sys.stderr), args.verbose, "", db.url.scrub, args.log_format)
     if args.verbose < 2:
         logging.getLogger("pupsourcing.relay").setLevel(logging.INFO)
     relay = NatsRelay(

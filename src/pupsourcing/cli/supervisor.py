@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from pupsourcing.cli import _metrics
 from pupsourcing.cli._db import check_layouts, check_store, database_url, open_database
 from pupsourcing.cli.console import Console, setup_logging
 from pupsourcing.cli.errors import CommandError
@@ -138,8 +139,12 @@ def worker_argv(args: argparse.Namespace, key: int) -> list[str]:
         args.layouts_table,
         "--leases-table",
         args.leases_table,
+        "--log-format",
+        args.log_format,
         "--supervised",
     ]
+    if args.metrics_port is not None:
+        argv.append("--metrics-child")
     return argv + ["-v"] * args.verbose
 
 
@@ -150,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     check_store(db)
     check_layouts(db, [p.name for p in projections], total)
     console = Console(sys.stderr)
-    setup_logging(console, args.verbose, "supervisor", db.url.scrub)
+    setup_logging(console, args.verbose, "supervisor", db.url.scrub, args.log_format)
     env = {**os.environ, ENV_VAR: database_url(args)}
     workers = [Worker(key, total, worker_argv(args, key), env) for key in range(total)]
     monitor = None
@@ -162,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     forced: list[int] = []
     failures: list[str] = []
-    with stop_on_signals(stop, "stopping the workers after their current batch", forced.append):
+    with (
+        stop_on_signals(stop, "stopping the workers after their current batch", forced.append),
+        _metrics.supervising(args, db, env) as exited,
+    ):
         if monitor is not None:
             monitor.start()
         try:
@@ -172,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
                 for worker in workers:
                     pid = worker.process.pid if worker.process else 0
                     code = worker.reap()
+                    if code is not None and exited is not None:
+                        exited(pid)  # its gauges go; its counts stay in the sums
                     if code is not None:
                         if stop.is_set() and forwarded and code == -signal.SIGTERM:
                             # Our SIGTERM reached it before it had set its handler

@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 
+from pupsourcing.cli import _metrics
 from pupsourcing.cli._db import check_layouts, check_store, open_database
 from pupsourcing.cli.console import Console, setup_logging
 from pupsourcing.cli.loading import load_projections
@@ -57,7 +58,20 @@ def run(args: argparse.Namespace) -> int:
     console = Console(sys.stderr)
     partitioned = config.total_partitions > 1 and not args.claim
     tag = f"p{config.partition_key}/{config.total_partitions}" if partitioned else ""
-    setup_logging(console, args.verbose, tag, db.url.scrub)
+    setup_logging(console, args.verbose, tag, db.url.scrub, args.log_format)
+    with _metrics.serving(args, db):  # before anything runs: a port in use stops here
+        return _run(args, db, projections, config, console, head)
+
+
+def _run(
+    args: argparse.Namespace,
+    db: Database,
+    projections: list[Projection],
+    config: ProcessorConfig,
+    console: Console,
+    head: int,
+) -> int:
+    partitioned = config.total_partitions > 1 and not args.claim
     names = ", ".join(p.name for p in projections)
     logger.info(
         "running %s on %s%s; store head %d",

@@ -19,6 +19,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
+from pupsourcing import _observe
 from pupsourcing.core.errors import PartitionLayoutError, ProjectionError
 from pupsourcing.projection.batch import Handle, StepOutcome, Subscription, step
 from pupsourcing.projection.config import ProcessorConfig
@@ -120,14 +121,19 @@ class ProcessorCore:
 
     def run(self, sub: Subscription) -> ProcessorPlan[None]:
         """Process batches until asked to stop, pausing ``poll_interval`` when idle."""
-        while not (yield Pause(0)):
-            outcome = yield from self.attempt(sub)
-            if outcome is not None:
-                self.watch_held_back(sub, outcome)
-                if outcome.contended:
-                    yield from self.yield_to_other_processor(sub)
-                elif outcome.idle:
-                    yield Pause(self.idle_pause(outcome), wake=True)
+        try:
+            while not (yield Pause(0)):
+                outcome = yield from self.attempt(sub)
+                if outcome is not None:
+                    self.watch_held_back(sub, outcome)
+                    if outcome.contended:
+                        yield from self.yield_to_other_processor(sub)
+                    elif outcome.idle:
+                        yield Pause(self.idle_pause(outcome), wake=True)
+        finally:
+            observer = _observe.observer
+            if observer is not None:
+                observer.stopped(sub)
 
     def idle_pause(self, outcome: StepOutcome) -> float:
         """How long ``run`` waits for an append to wake it: ``poll_interval``,
@@ -218,9 +224,13 @@ class ProcessorCore:
                 self.prepared = True
             failing = self._failing.get(sub.checkpoint_name)
             if failing is not None and failing.due:
-                outcome = yield from dead_letter_step(self.dialect, sub, failing, self.logger)
+                plan = dead_letter_step(self.dialect, sub, failing, self.logger)
             else:
-                outcome = yield from step(self.dialect, self.horizon, sub, self.logger)
+                plan = step(self.dialect, self.horizon, sub, self.logger)
+            observer = _observe.observer
+            if observer is not None:
+                plan = observer.batch(self.dialect, sub, self.horizon, plan)
+            outcome = yield from plan
         except PartitionLayoutError:
             raise  # no handler ran: nothing to retry or set aside
         except ProjectionError as failure:

@@ -112,7 +112,7 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         """One aggregate's events in version order, within inclusive bounds."""
         return await self._run(
             tx,
-            self.dialect.read_stream(
+            self._read_stream_plan(
                 bounded_context, aggregate_type, aggregate_id, from_version, to_version
             ),
         )

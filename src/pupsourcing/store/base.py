@@ -6,6 +6,7 @@ import abc
 from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+from pupsourcing import _observe
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.store._appended import Listener, appended
@@ -53,6 +54,7 @@ class StoreBase:
 
     def __init__(self, config: StoreConfig | None = None) -> None:
         self.dialect = self.dialect_class(config)
+        _observe.auto_tracing()
 
     @property
     def config(self) -> StoreConfig:
@@ -73,7 +75,31 @@ class StoreBase:
                 f"expected_version must be an ExpectedVersion, "
                 f"got {type(expected_version).__name__}"
             )
-        return self.dialect.append(expected_version, events)
+        observer = _observe.observer
+        if observer is None:
+            return self.dialect.append(expected_version, events)
+        ids = observer.ids()
+        if ids is not None:
+            events = _observe.fill(events, ids)
+        plan = self.dialect.append(expected_version, events)
+        return observer.append(self.dialect, events, plan)
+
+    def _read_stream_plan(
+        self,
+        bounded_context: str,
+        aggregate_type: str,
+        aggregate_id: str,
+        from_version: int | None,
+        to_version: int | None,
+    ) -> Plan[Stream]:
+        plan = self.dialect.read_stream(
+            bounded_context, aggregate_type, aggregate_id, from_version, to_version
+        )
+        observer = _observe.observer
+        if observer is None:
+            return plan
+        aggregate = (bounded_context, aggregate_type, aggregate_id)
+        return observer.read_stream(self.dialect, aggregate, plan)
 
 
 class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
@@ -178,7 +204,7 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         """One aggregate's events in version order, within inclusive bounds."""
         return self._run(
             tx,
-            self.dialect.read_stream(
+            self._read_stream_plan(
                 bounded_context, aggregate_type, aggregate_id, from_version, to_version
             ),
         )

@@ -1,0 +1,144 @@
+"""``projections run --metrics-port PORT``: Prometheus text on ``/metrics``.
+
+One process serves every partition. A single process (and ``--claim``, whose
+partitions are threads of it) serves its own registry. With ``--partitions
+N`` the supervisor serves and its workers only write: they run in
+prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a
+directory the supervisor makes and removes), the supervisor adds up their
+files at each scrape and forgets a worker's gauges when it exits. The dead
+letters are counted in the database at each scrape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from pupsourcing.cli.errors import CommandError
+from pupsourcing.urls import Database
+
+logger = logging.getLogger("pupsourcing.cli")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("metrics")
+    group.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (needs pupsourcing[metrics])",
+    )
+    group.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        metavar="HOST",
+        help="the address --metrics-port listens on (default 0.0.0.0: every interface)",
+    )
+    # A supervised worker of a supervisor serving metrics: write them, serve nothing.
+    group.add_argument("--metrics-child", action="store_true", help=argparse.SUPPRESS)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port from 0 to 65535, got {value}")
+    return value
+
+
+def _import() -> Any:
+    try:
+        from pupsourcing import metrics
+    except ImportError as exc:
+        if exc.name != "prometheus_client":
+            raise
+        raise CommandError(
+            "--metrics-port needs prometheus-client: pip install 'pupsourcing[metrics]'"
+        ) from None
+    return metrics
+
+
+def check_available(args: argparse.Namespace) -> None:
+    """Fail before anything starts when metrics are asked for but not installed."""
+    if args.metrics_port is not None or args.metrics_child:
+        _import()
+
+
+@contextlib.contextmanager
+def serving(args: argparse.Namespace, db: Database) -> Iterator[None]:
+    """In one process: the metrics of this process's stores and processors,
+    served on ``--metrics-port`` (written only, with ``--metrics-child``)."""
+    if args.metrics_port is None and not args.metrics_child:
+        yield
+        return
+    metrics = _import()
+    if args.metrics_child:
+        metrics.enable(registry=None)  # multiprocess mode: the files are the registry
+        try:
+            yield
+        finally:
+            metrics.disable()
+        return
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    metrics.enable(registry)
+    registry.register(metrics.DeadLettersCollector(db.connect, db.store))
+    try:
+        with _http(args, registry):
+            yield
+    finally:
+        metrics.disable()
+
+
+@contextlib.contextmanager
+def supervising(args: argparse.Namespace, db: Database, env: dict[str, str]) -> Iterator[Any]:
+    """For ``--partitions``: a multiprocess directory for the workers (set in
+    ``env``), served on ``--metrics-port``. Yields what to call with a
+    worker's pid when it exits (``None`` without metrics)."""
+    if args.metrics_port is None:
+        yield None
+        return
+    metrics = _import()
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    directory = tempfile.mkdtemp(prefix="pupsourcing-metrics-")
+    env[MULTIPROC_ENV] = directory
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry.register(metrics.DeadLettersCollector(db.connect, db.store))
+
+    def exited(pid: int) -> None:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+    try:
+        with _http(args, registry):
+            yield exited
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _http(args: argparse.Namespace, registry: Any) -> Iterator[None]:
+    from prometheus_client import start_http_server
+
+    try:
+        server, thread = start_http_server(args.metrics_port, args.metrics_host, registry)
+    except OSError as exc:
+        raise CommandError(
+            f"--metrics-port: cannot listen on {args.metrics_host}:{args.metrics_port} ({exc})"
+        ) from None
+    host, port = server.server_address[:2]
+    logger.info("serving metrics on http://%s:%d/metrics", host, port)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

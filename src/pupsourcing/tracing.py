@@ -1,0 +1,231 @@
+"""OpenTelemetry spans for appends, stream reads and projection batches
+(extra ``otel``: the OpenTelemetry API only; the application configures the
+SDK and its exporters).
+
+Tracing turns itself on when a store is made in a program that has imported
+``opentelemetry.trace``; :func:`instrument` turns it on explicitly (with a
+tracer provider of your choice), :func:`uninstrument` off. Spans:
+
+- ``pupsourcing.append``: one per ``append`` (none inside a span that was
+  sampled out). An event whose ``trace_id`` is
+  ``None`` appended while a span is current is stored with that span's trace
+  id (32 lowercase hex digits).
+- ``pupsourcing.read_stream``: one per ``read_aggregate_stream`` (idem).
+- ``pupsourcing.projection.batch``: one per batch that handled events,
+  current while ``handle`` runs (so spans the handler makes are its
+  children), linked to the trace of each distinct ``trace_id`` among the
+  batch's events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from pupsourcing import _observe
+from pupsourcing.core.events import Event, PersistedEvent
+from pupsourcing.projection.batch import Handle
+
+if TYPE_CHECKING:
+    from pupsourcing.core.events import AppendResult, Stream
+    from pupsourcing.projection.batch import Subscription
+    from pupsourcing.store.dialect import Dialect
+    from pupsourcing.store.horizon import Horizon
+    from pupsourcing.store.plan import Plan
+
+__all__ = ["instrument", "uninstrument"]
+
+_SYSTEMS = {"postgres": "postgresql", "mysql": "mysql", "sqlite": "sqlite"}
+"""``db.system.name`` by dialect (MariaDB reports as ``mysql``)."""
+MAX_LINKS = 128
+"""Distinct event traces a batch span links to at most."""
+
+
+def instrument(tracer_provider: trace.TracerProvider | None = None) -> None:
+    """Make spans with ``tracer_provider`` (the global one by default) from
+    now on, in every store and processor of the process."""
+    _observe.allow_auto_tracing()
+    _observe.install(_TracingObserver(tracer_provider))
+
+
+def uninstrument() -> None:
+    """Stop making spans (and stop stores from turning tracing on again)."""
+    _observe.no_auto_tracing()
+    _observe.uninstall(_TracingObserver)
+
+
+def _sampled_out() -> bool:
+    """Whether the current span exists but records nothing (its trace was
+    sampled out): then no child span is made, as a parent-based sampler
+    would drop it anyway, and the cost stays small."""
+    current = trace.get_current_span()
+    return not current.is_recording() and current.get_span_context().is_valid
+
+
+def _fail(span: trace.Span, exc: BaseException) -> None:
+    if isinstance(exc, GeneratorExit):  # the caller abandoned the operation
+        return
+    span.record_exception(exc)
+    span.set_attribute("error.type", type(exc).__qualname__)
+    span.set_status(Status(StatusCode.ERROR, str(exc)))
+
+
+class _TracingObserver(_observe.Observer):
+    def __init__(self, tracer_provider: trace.TracerProvider | None) -> None:
+        from pupsourcing import __version__
+
+        self.tracer = trace.get_tracer("pupsourcing", __version__, tracer_provider)
+
+    def ids(self) -> _observe.Ids | None:
+        span_context = trace.get_current_span().get_span_context()
+        if not span_context.is_valid:
+            return None
+        return None, None, format(span_context.trace_id, "032x")
+
+    def append(
+        self, dialect: Dialect, events: Sequence[Event], plan: Plan[AppendResult]
+    ) -> Plan[AppendResult]:
+        if _sampled_out():
+            return (yield from plan)
+        first = events[0] if events and isinstance(events[0], Event) else None
+        attributes: dict[str, Any] = {
+            "db.system.name": _SYSTEMS.get(dialect.name, dialect.name),
+            "db.operation.name": "INSERT",
+            "db.collection.name": dialect.config.events_table,
+            "pupsourcing.event_count": len(events),
+        }
+        if first is not None:
+            attributes["pupsourcing.bounded_context"] = first.bounded_context
+            attributes["pupsourcing.aggregate_type"] = first.aggregate_type
+            attributes["pupsourcing.aggregate_id"] = first.aggregate_id
+        span = self.tracer.start_span(
+            "pupsourcing.append", kind=SpanKind.CLIENT, attributes=attributes
+        )
+        try:
+            result = yield from plan
+            if result.events:
+                span.set_attribute("pupsourcing.global_position", result.global_positions[-1])
+                span.set_attribute("pupsourcing.aggregate_version", result.to_version)
+            return result
+        except BaseException as exc:
+            _fail(span, exc)
+            raise
+        finally:
+            span.end()
+
+    def read_stream(
+        self, dialect: Dialect, aggregate: tuple[str, str, str], plan: Plan[Stream]
+    ) -> Plan[Stream]:
+        if _sampled_out():
+            return (yield from plan)
+        bounded_context, aggregate_type, aggregate_id = aggregate
+        span = self.tracer.start_span(
+            "pupsourcing.read_stream",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system.name": _SYSTEMS.get(dialect.name, dialect.name),
+                "db.operation.name": "SELECT",
+                "db.collection.name": dialect.config.events_table,
+                "pupsourcing.bounded_context": str(bounded_context),
+                "pupsourcing.aggregate_type": str(aggregate_type),
+                "pupsourcing.aggregate_id": str(aggregate_id),
+            },
+        )
+        try:
+            stream = yield from plan
+            span.set_attribute("pupsourcing.event_count", len(stream))
+            return stream
+        except BaseException as exc:
+            _fail(span, exc)
+            raise
+        finally:
+            span.end()
+
+    def batch(
+        self, dialect: Dialect, sub: Subscription, horizon: Horizon, plan: _observe.StepPlan
+    ) -> _observe.StepPlan:
+        """The span starts (back-dated to the batch's start) when the batch
+        has events to hand over: idle polls make none."""
+        started = time.time_ns()
+        span: trace.Span | None = None
+        token: object = None
+        traces: dict[str, int] = {}
+        try:
+            instruction = next(plan)
+            while True:
+                if type(instruction) is Handle and span is None:
+                    span = self.tracer.start_span(
+                        "pupsourcing.projection.batch",
+                        start_time=started,
+                        attributes={
+                            "db.system.name": _SYSTEMS.get(dialect.name, dialect.name),
+                            "db.collection.name": dialect.config.events_table,
+                            "pupsourcing.projection": sub.name,
+                            "pupsourcing.checkpoint_name": sub.checkpoint_name,
+                            "pupsourcing.partition": sub.partition_key,
+                            "pupsourcing.total_partitions": sub.total_partitions,
+                            "pupsourcing.event_count": len(instruction),
+                        },
+                    )
+                    token = otel_context.attach(trace.set_span_in_context(span))
+                    if span.is_recording():  # links of a span sampled out go nowhere
+                        decode = _collecting(instruction.decode, traces)
+                        instruction = Handle(instruction.rows, decode)
+                try:
+                    answer = yield instruction
+                except Exception as exc:
+                    instruction = plan.throw(exc)
+                else:
+                    instruction = plan.send(answer)
+        except StopIteration as stop:
+            if span is not None:
+                span.set_attribute("pupsourcing.checkpoint", sub.checkpoint or 0)
+            outcome: Any = stop.value
+            return outcome  # type: ignore[no-any-return]
+        except BaseException as exc:
+            if span is not None:
+                _fail(span, exc)
+            raise
+        finally:
+            plan.close()
+            if span is not None:
+                for trace_id, position in traces.items():
+                    span.add_link(
+                        trace.SpanContext(int(trace_id, 16), 0, is_remote=True),
+                        {"pupsourcing.global_position": position},
+                    )
+                otel_context.detach(token)  # type: ignore[arg-type]
+                span.end()
+
+
+def _collecting(
+    decode: Callable[[Sequence[Any]], list[PersistedEvent]], traces: dict[str, int]
+) -> Callable[[Sequence[Any]], list[PersistedEvent]]:
+    """``decode``, noting each new trace id among the events (with the
+    position of its first event)."""
+
+    def decode_and_collect(rows: Sequence[Any]) -> list[PersistedEvent]:
+        events = decode(rows)
+        new = {e.trace_id for e in events}
+        new.difference_update(traces)
+        for trace_id in new:
+            if trace_id is not None and len(traces) < MAX_LINKS and _is_trace_id(trace_id):
+                traces[trace_id] = next(e.global_position for e in events if e.trace_id == trace_id)
+        return events
+
+    return decode_and_collect
+
+
+def _is_trace_id(value: str) -> bool:
+    """Whether ``value`` is an OpenTelemetry trace id (32 hex digits, not all zero)."""
+    if len(value) != 32:
+        return False
+    try:
+        return int(value, 16) != 0
+    except ValueError:
+        return False

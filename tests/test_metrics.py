@@ -1,0 +1,327 @@
+"""Prometheus metrics with the real prometheus-client: in process (blocking
+and asyncio), and scraped over HTTP from ``projections run --metrics-port``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cli_projections
+from cli_helpers import execute
+from conftest import Backend, made_backend, require
+from helpers import event
+from test_cli_run import Running, append_events, count, prepare, running, wait_for
+
+prometheus_client = require("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from pupsourcing import (  # noqa: E402
+    ExpectedVersion,
+    OptimisticConcurrencyError,
+    ProjectionError,
+    metrics,
+)
+from pupsourcing.aio import AsyncProcessor  # noqa: E402
+from pupsourcing.projection import Processor, ProcessorConfig  # noqa: E402
+
+__all__ = ["running"]  # the fixture, imported for the tests below
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    """Every sample of a Prometheus text page, by name and sorted labels."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(found: Samples, name: str, **labels: str) -> float | None:
+    return found.get((name, tuple(sorted(labels.items()))))
+
+
+@pytest.fixture
+def registry() -> Iterator[Any]:
+    registry = prometheus_client.CollectorRegistry()
+    metrics.enable(registry)
+    try:
+        yield registry
+    finally:
+        metrics.disable()
+
+
+def scrape_registry(registry: Any) -> Samples:
+    return samples(prometheus_client.generate_latest(registry).decode())
+
+
+class Counting:
+    name = "counting"
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at = fail_at
+
+    def handle(self, event: Any, tx: Any) -> None:
+        if event.global_position == self.fail_at:
+            raise ValueError("boom")
+
+
+def test_appends_and_batches_in_process(backend: Backend, registry: Any) -> None:
+    conn = backend.connection()
+    for i in range(4):
+        backend.store.append(conn, ExpectedVersion.any(), [event(f"o-{i}"), event(f"o-{i}")])
+    conn.commit()
+    with pytest.raises(OptimisticConcurrencyError):
+        backend.store.append(conn, ExpectedVersion.no_stream(), [event("o-0")])
+    conn.rollback()
+    config = ProcessorConfig(batch_size=3, partition_key=1, total_partitions=2)
+    with Processor(backend.connect, backend.store, config) as processor:
+        handled = processor.catch_up(Counting())
+    found = scrape_registry(registry)
+    shop = {"bounded_context": "Shop", "aggregate_type": "Order"}
+    assert value(found, "pupsourcing_events_appended_total", **shop) == 8
+    assert value(found, "pupsourcing_append_seconds_count", **shop) == 4
+    assert value(found, "pupsourcing_append_conflicts_total", **shop) == 1
+    assert value(found, "pupsourcing_store_head_position") == 8
+    labels = {"projection": "counting", "partition": "1"}
+    assert 0 < handled < 8
+    assert value(found, "pupsourcing_projection_events_handled_total", **labels) == handled
+    assert value(found, "pupsourcing_projection_checkpoint", **labels) == 8
+    assert value(found, "pupsourcing_projection_lag_events", **labels) == 0
+    batches = value(found, "pupsourcing_projection_batch_seconds_count", **labels)
+    assert batches is not None
+    assert batches >= 1
+    assert value(found, "pupsourcing_projection_failures_total", **labels) == 0
+
+
+def test_failures_and_lag_with_the_asyncio_processor(tmp_path: Path, registry: Any) -> None:
+    with made_backend("sqlite", tmp_path) as backend:
+        store = backend.async_store()
+
+        async def scenario() -> None:
+            conn = await backend.open_async()
+            try:
+                await store.append(conn, ExpectedVersion.any(), [event("o-1") for _ in range(5)])
+                await conn.commit()
+            finally:
+                await conn.close()
+            config = ProcessorConfig(batch_size=2)
+            async with AsyncProcessor(backend.open_async, store, config) as processor:
+                with pytest.raises(ProjectionError):
+                    await processor.catch_up(Counting(fail_at=3))
+
+        asyncio.run(scenario())
+    found = scrape_registry(registry)
+    labels = {"projection": "counting", "partition": "0"}
+    assert value(found, "pupsourcing_projection_failures_total", **labels) == 1
+    assert value(found, "pupsourcing_projection_events_handled_total", **labels) == 2
+    assert value(found, "pupsourcing_projection_checkpoint", **labels) == 2
+    assert value(found, "pupsourcing_projection_lag_events", **labels) == 3
+
+
+def test_a_stopped_processor_takes_its_gauges_away(sqlite_db: Backend, registry: Any) -> None:
+    """Under --claim a partition moves to another process, which reports it."""
+    conn = sqlite_db.connection()
+    sqlite_db.store.append(conn, ExpectedVersion.any(), [event("o-1")])
+    conn.commit()
+    stop = threading.Event()
+    config = ProcessorConfig(partition_key=1, total_partitions=2, poll_interval=0.01)
+    processor = Processor(sqlite_db.connect, sqlite_db.store, config)
+    worker = threading.Thread(target=processor.run, args=(Counting(),), kwargs={"stop": stop})
+    worker.start()
+    labels = {"projection": "counting", "partition": "1"}
+    try:
+        wait_for(
+            lambda: (
+                value(scrape_registry(registry), "pupsourcing_projection_checkpoint", **labels) == 1
+            ),
+            what="the checkpoint gauge",
+        )
+    finally:
+        stop.set()
+        worker.join(10)
+        processor.close()
+    found = scrape_registry(registry)
+    assert value(found, "pupsourcing_projection_checkpoint", **labels) is None
+    assert value(found, "pupsourcing_projection_lag_events", **labels) is None
+    assert value(found, "pupsourcing_projection_failures_total", **labels) == 0  # counts stay
+
+
+def test_disable_takes_the_metrics_off_the_registry() -> None:
+    registry = prometheus_client.CollectorRegistry()
+    first = metrics.enable(registry)
+    assert metrics.enable(registry) is first
+    metrics.disable()
+    assert (
+        "pupsourcing_projection_checkpoint"
+        not in prometheus_client.generate_latest(registry).decode()
+    )
+    metrics.enable(registry)  # registers again without a duplicate error
+    metrics.disable()
+
+
+# -- projections run --metrics-port ------------------------------------------------
+
+SERVING = re.compile(r"serving metrics on http://[^:]+:(\d+)/metrics")
+SERVER_BACKENDS = [
+    pytest.param(("sqlite", "sync"), id="sqlite"),
+    pytest.param(("postgres", "sync"), id="postgres"),
+]
+
+
+def recorder(partition: str) -> dict[str, str]:
+    return {"projection": "recorder", "partition": partition}
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return samples(response.read().decode())
+
+
+def metrics_port(run: Running) -> int:
+    """The port from the JSON log line saying where metrics are served."""
+    for line in run.lines:
+        entry = json.loads(line)
+        match = SERVING.search(entry["message"])
+        if match:
+            return int(match[1])
+    raise AssertionError(run.stderr)
+
+
+def wait_for_scrape(run: Running, port: int, check: Any) -> Samples:
+    found: list[Samples] = []
+
+    def ok() -> bool:
+        found[:] = [scrape(port)]
+        return bool(check(found[0]))
+
+    wait_for(ok, what="the expected metrics", run=run)
+    return found[0]
+
+
+@pytest.mark.parametrize("backend", SERVER_BACKENDS, indirect=True)
+def test_run_serves_metrics_and_json_logs(backend: Backend, running: list[Running]) -> None:
+    prepare(backend, aggregates=6, per_aggregate=5)  # 30 events
+    run = Running(
+        "projections", "run", "cli_projections:Recorder", "--db", backend.url,
+        "--batch-size", "7", "--metrics-port", "0", "--metrics-host", "127.0.0.1",
+        "--log-format", "json", "-v",
+    )  # fmt: skip
+    running.append(run)
+    run.wait_for_line(SERVING)
+    port = metrics_port(run)
+    labels = {"projection": "recorder", "partition": "0"}
+    found = wait_for_scrape(
+        run, port, lambda f: value(f, "pupsourcing_projection_checkpoint", **labels) == 30
+    )
+    assert value(found, "pupsourcing_projection_events_handled_total", **labels) == 30
+    assert value(found, "pupsourcing_projection_lag_events", **labels) == 0
+    assert value(found, "pupsourcing_projection_batch_seconds_count", **labels) == 5  # 7*4+2
+    assert value(found, "pupsourcing_store_head_position") == 30
+
+    conn = backend.connect()
+    append_events(backend, conn, aggregates=2, per_aggregate=1, tag="late")
+    conn.close()
+    wait_for_scrape(
+        run, port, lambda f: value(f, "pupsourcing_projection_checkpoint", **labels) == 32
+    )
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0, run.stderr
+    entries = [json.loads(line) for line in run.lines]  # every line is JSON
+    batches = [e for e in entries if e.get("handled")]
+    assert sum(e["handled"] for e in batches) == 32
+    assert {e["projection"] for e in batches} == {"recorder"}
+    assert batches[-1]["checkpoint"] == 32
+    assert all(e["level"] and e["logger"].startswith("pupsourcing") for e in entries)
+
+
+@pytest.mark.parametrize("backend", SERVER_BACKENDS, indirect=True)
+@pytest.mark.parametrize("mode", ["partitions", "claim"])
+def test_one_scrape_sees_every_partition(
+    backend: Backend, running: list[Running], mode: str
+) -> None:
+    prepare(backend, aggregates=20, per_aggregate=3)  # 60 events
+    # A dead letter to count.
+    conn = backend.connect()
+    execute(conn, f"INSERT INTO {cli_projections.TABLE} VALUES (60, 'x', 0)")  # 60 fails
+    conn.commit()
+    conn.close()
+    scaling = (
+        ["--partitions", "2"] if mode == "partitions" else ["--total-partitions", "2", "--claim"]
+    )
+    run = Running(
+        "projections", "run", "cli_projections:Recorder", "--db", backend.url, *scaling,
+        "--batch-size", "5", "--metrics-port", "0", "--metrics-host", "127.0.0.1",
+        "--log-format", "json", "--on-failure", "dead_letter",
+    )  # fmt: skip
+    running.append(run)
+    run.wait_for_line(SERVING)
+    port = metrics_port(run)
+    checkpoint = "pupsourcing_projection_checkpoint"
+
+    def caught_up(found: Samples) -> bool:
+        return all(value(found, checkpoint, projection="recorder", partition=p) == 60 for p in "01")
+
+    found = wait_for_scrape(run, port, caught_up)
+    handled = [
+        value(
+            found, "pupsourcing_projection_events_handled_total", projection="recorder", partition=p
+        )
+        for p in "01"
+    ]
+    assert all(handled)
+    assert sum(h or 0 for h in handled) == 59
+    dead = [value(found, "pupsourcing_projection_dead_letters", **recorder(p)) for p in "01"]
+    assert sorted(d for d in dead if d is not None) == [1]
+    assert count(backend) == 60  # 59 handled and the row put there by hand
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0, run.stderr
+
+
+def test_metrics_port_without_prometheus_client_is_one_line(tmp_path: Path) -> None:
+    from cli_helpers import assert_one_line_error, cli
+
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'prometheus_client':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    import os
+    import sys
+
+    result = cli(
+        "projections", "run", "cli_projections:Recorder", "--db",
+        f"sqlite:///{tmp_path / 'db.sqlite'}", "--metrics-port", "0",
+        PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]),
+    )  # fmt: skip
+    assert_one_line_error(result, "--metrics-port needs prometheus-client", "[metrics]")
+
+
+def test_a_metrics_port_in_use_is_one_line(sqlite_db: Backend) -> None:
+    import socket
+
+    from cli_helpers import assert_one_line_error, cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = cli(
+            "projections", "run", "cli_projections:Recorder", "--db", sqlite_db.url,
+            "--metrics-port", port, "--metrics-host", "127.0.0.1",
+        )  # fmt: skip
+    assert_one_line_error(result, f"--metrics-port: cannot listen on 127.0.0.1:{port}")

@@ -1,0 +1,198 @@
+"""Correlation ids set once per unit of work, JSON log lines, and what the
+observability hooks cost a program that installs none of the extras."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import Backend
+from helpers import event
+from pupsourcing import ExpectedVersion
+from pupsourcing.correlation import correlation, current
+
+
+def test_appends_inside_a_block_carry_its_ids(backend: Backend) -> None:
+    conn = backend.connection()
+    with correlation("req-1", causation_id="cmd-1"):
+        result = backend.store.append(
+            conn,
+            ExpectedVersion.no_stream(),
+            [event("o-1"), event("o-1", correlation_id="own"), event("o-1", causation_id="c")],
+        )
+        with correlation("req-2"):  # the inner block wins; None leaves a field alone
+            inner = backend.store.append(conn, ExpectedVersion.any(), [event("o-1")])
+    after = backend.store.append(conn, ExpectedVersion.any(), [event("o-1")])
+    conn.commit()
+    assert [(e.correlation_id, e.causation_id) for e in result.events] == [
+        ("req-1", "cmd-1"),
+        ("own", "cmd-1"),
+        ("req-1", "c"),
+    ]
+    assert (inner.events[0].correlation_id, inner.events[0].causation_id) == ("req-2", None)
+    assert (after.events[0].correlation_id, after.events[0].causation_id) == (None, None)
+    stored = backend.store.read_aggregate_stream(conn, "Shop", "Order", "o-1")
+    conn.rollback()
+    assert [e.correlation_id for e in stored] == ["req-1", "own", "req-1", "req-2", None]
+
+
+def test_concurrent_tasks_keep_their_own_ids() -> None:
+    async def unit(name: str) -> tuple[str | None, str | None]:
+        with correlation(name, causation_id=f"{name}-cause"):
+            await asyncio.sleep(0.01)
+            return current()
+
+    async def main() -> list[tuple[str | None, str | None]]:
+        return list(await asyncio.gather(unit("a"), unit("b")))
+
+    assert asyncio.run(main()) == [("a", "a-cause"), ("b", "b-cause")]
+    assert current() == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"correlation_id": ""}, "correlation_id"),
+        ({"correlation_id": 7}, "correlation_id"),
+        ({"correlation_id": "x", "causation_id": b"y"}, "causation_id"),
+    ],
+)
+def test_bad_ids_are_refused_by_name(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(TypeError, match=field), correlation(**kwargs):  # type: ignore[arg-type]
+        pass
+    assert current() == (None, None)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pupsourcing import Event, ExpectedVersion, _observe
+    from pupsourcing.adapters.sqlite import SQLiteStore, connect
+    from pupsourcing.projection import Processor
+
+    store = SQLiteStore()
+    db = connect(":memory:")
+    store.create_schema(db)
+    store.append(db, ExpectedVersion.no_stream(), [Event("S", "A", "a", "E", b"{}")])
+    db.commit()
+    store.read_aggregate_stream(db, "S", "A", "a")
+
+    class P:
+        name = "p"
+        def handle(self, event, tx):
+            pass
+
+    with Processor(db, store) as processor:
+        assert processor.catch_up(P()) == 1
+    assert _observe.observer is None, _observe.observer
+    loaded = sorted(
+        m for m in sys.modules if m.split(".")[0] in ("prometheus_client", "opentelemetry")
+        or m in ("pupsourcing.metrics", "pupsourcing.tracing")
+    )
+    print(loaded)
+    """
+)
+
+BLOCKER = textwrap.dedent(
+    """
+    import sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("prometheus_client", "opentelemetry"):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    sys.meta_path.insert(0, Block())
+    """
+)
+
+
+@pytest.mark.parametrize("extras", ["installed", "absent"])
+def test_without_the_extras_nothing_is_imported_or_hooked(tmp_path: Path, extras: str) -> None:
+    if extras == "absent":
+        (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_extras_name_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    for module, missing in (("metrics", "prometheus_client"), ("tracing", "opentelemetry")):
+        result = subprocess.run(
+            [sys.executable, "-c", f"import pupsourcing.{module}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert f"No module named '{missing}" in result.stderr
+
+
+def test_tracing_turns_on_when_the_application_uses_opentelemetry() -> None:
+    script = textwrap.dedent(
+        """
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        trace.set_tracer_provider(TracerProvider())
+        from pupsourcing import Event, ExpectedVersion
+        from pupsourcing.adapters.sqlite import SQLiteStore, connect
+
+        store = SQLiteStore()
+        db = connect(":memory:")
+        store.create_schema(db)
+        with trace.get_tracer("app").start_as_current_span("request") as span:
+            placed = Event("S", "A", "a", "E", b"{}")
+            result = store.append(db, ExpectedVersion.no_stream(), [placed])
+        print(result.events[0].trace_id == format(span.get_span_context().trace_id, "032x"))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+
+
+def test_long_running_commands_take_log_format_json() -> None:
+    from pupsourcing.cli import build_parser
+
+    parser = build_parser()
+    for argv in (
+        ["projections", "run", "m:p", "--log-format", "json"],
+        ["relay", "nats", "--stream", "S", "--log-format", "json"],
+    ):
+        assert parser.parse_args(argv).log_format == "json"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["projections", "run", "m:p", "--log-format", "xml"])
+
+
+def test_json_log_lines_carry_extras_and_the_traceback() -> None:
+    import json
+    import logging
+
+    from pupsourcing.cli.console import JsonFormatter
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.getLogger("pupsourcing").makeRecord(
+            "pupsourcing", logging.ERROR, __file__, 1, "failed at %d", (7,), sys.exc_info(),
+            extra={"projection": "orders", "checkpoint": 6},
+        )  # fmt: skip
+    entry = json.loads(JsonFormatter("p1/2").format(record))
+    assert entry["message"] == "failed at 7"
+    assert (entry["level"], entry["logger"], entry["tag"]) == ("ERROR", "pupsourcing", "p1/2")
+    assert (entry["projection"], entry["checkpoint"]) == ("orders", 6)
+    assert entry["exception"].endswith("ValueError: boom")
+    assert entry["time"].endswith("Z")
