@@ -3,8 +3,9 @@
 Every connection is switched to read-only before its first use: on
 PostgreSQL every transaction of the session is ``READ ONLY``, on MySQL the
 session's transactions are ``READ ONLY``, and a SQLite file is opened with
-``mode=ro`` and ``PRAGMA query_only``. Each read runs in its own
-transaction, rolled back afterwards, so the next one sees new commits.
+``mode=ro`` and ``PRAGMA query_only``. The connections run in autocommit
+mode: each statement is its own read-only transaction and sees what was
+committed before it, without ``BEGIN``/``ROLLBACK`` round trips.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def open_read_only(db: Database) -> Any:
         if not file.is_file():
             raise FileNotFoundError(f"no SQLite database at {path}")
         timeout = float(db.url.params.get("timeout", 5.0))
-        conn = sqlite3.connect(f"file:{quote(str(file))}?mode=ro", timeout=timeout, uri=True)
+        conn = sqlite3.connect(
+            f"file:{quote(str(file))}?mode=ro", timeout=timeout, uri=True, isolation_level=None
+        )
         conn.execute("PRAGMA query_only = ON")
         return conn
     conn = db.connect()
@@ -50,11 +53,20 @@ def open_read_only(db: Database) -> Any:
         cursor.execute(_SESSION_SQL[adapter])
         cursor.close()
         conn.commit()
+        _autocommit(conn)
     except BaseException:
         with contextlib.suppress(Exception):
             conn.close()
         raise
     return conn
+
+
+def _autocommit(conn: Any) -> None:
+    switch = conn.autocommit
+    if callable(switch):  # PyMySQL and mysqlclient: a method
+        switch(True)
+    else:  # psycopg: an attribute
+        conn.autocommit = True
 
 
 class Reader:
@@ -89,14 +101,13 @@ class Reader:
         conn = self._connection()
         try:
             result = read(conn)
-            conn.rollback()
         except BaseException:
             self._drop(conn)  # its state is unknown: the next read reconnects
             raise
         return result
 
     async def run(self, read: Callable[[Any], T]) -> T:
-        """``read(conn)`` on a worker thread, in a read-only transaction."""
+        """``read(conn)`` on a worker thread, on a read-only connection."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, read)
 
