@@ -91,7 +91,7 @@ def test_overview_has_dead_letters_owners_and_rates(console: Server) -> None:
     assert by_name["search_p1"]["owner"] == "worker-a"
     assert by_name["search_p1"]["lease_expires_in"] > 0
     assert by_name["search_p0"]["owner"] is None
-    assert set(data["events_per_second"]) == {"10s", "1m", "5m", "series"}
+    assert set(data["events_per_second"]) == {"10s", "1m", "5m", "series", "watched_seconds"}
 
 
 def test_events_ascending_and_paged(console: Server) -> None:

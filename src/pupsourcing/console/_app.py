@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ T = TypeVar("T")
 MAX_LIMIT = 1000
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 _KEEPALIVE = 15.0
+_KINDS_TTL = 30.0
 
 
 def _int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
@@ -62,6 +64,7 @@ class Console:
         self.reader = Reader(db)
         self.watcher = HeadWatcher(self.reader, poll_interval)
         package = resources.files("pupsourcing.console") / "static"
+        self._known_kinds: tuple[float, list[tuple[str, str]]] | None = None
         self.static = {name: (package / name).read_bytes() for name in _STATIC}
 
     async def read(self, query: Callable[[Any], T]) -> T:
@@ -118,10 +121,25 @@ class Console:
         context = request.query_params.get("bounded_context") or None
         kind = request.query_params.get("aggregate_type") or None
         limit = _int(request, "limit", 50, 1, 200) or 50
-        found = await self.read(
-            lambda c: _queries.aggregates(self.db, c, prefix, context, kind, limit)
-        )
+        kinds: list[tuple[str, str]] | None
+        if context is not None and kind is not None:
+            kinds = [(context, kind)]
+        else:
+            known = await self._kinds()
+            kinds = [(bc, k) for bc, k in known if context in (None, bc) and kind in (None, k)]
+            if len(kinds) > _queries.MAX_KINDS:
+                kinds = None
+        found = await self.read(lambda c: _queries.aggregates(self.db, c, prefix, kinds, limit))
         return JSONResponse(found)
+
+    async def _kinds(self) -> list[tuple[str, str]]:
+        """The (bounded context, aggregate type) pairs, read at most every
+        ``_KINDS_TTL`` seconds."""
+        now = time.monotonic()
+        if self._known_kinds is None or now - self._known_kinds[0] > _KINDS_TTL:
+            found = await self.read(lambda c: _queries.kinds(self.db, c))
+            self._known_kinds = (now, found)
+        return self._known_kinds[1]
 
     async def api_dead_letters(self, request: Request) -> Response:
         name = request.query_params.get("projection") or None

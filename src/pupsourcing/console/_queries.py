@@ -168,38 +168,72 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
 
 
+def _next_prefix(prefix: str) -> str | None:
+    """The smallest string above every string starting with ``prefix``
+    (in code point order), or ``None`` when there is none."""
+    last = ord(prefix[-1])
+    return None if last >= 0x10FFFF else prefix[:-1] + chr(last + 1)
+
+
+MAX_KINDS = 64
+"""Above this many (bounded context, aggregate type) pairs, the prefix
+search scans the heads table instead of one key range per pair."""
+
+
+def _kinds(db: Database) -> Plan[list[tuple[str, str]]]:
+    sql = f"SELECT DISTINCT bounded_context, aggregate_type FROM {db.store.dialect.heads_table}"
+    rows = yield Statement(sql, fetch=True)
+    return sorted((str(bc), str(kind)) for bc, kind in rows)
+
+
+def kinds(db: Database, conn: Any) -> list[tuple[str, str]]:
+    """Every (bounded context, aggregate type) with an aggregate."""
+    return db.store._run(conn, _kinds(db))
+
+
 def _aggregates(
-    db: Database, prefix: str, context: str | None, kind: str | None, limit: int
+    db: Database, prefix: str, kinds: list[tuple[str, str]] | None, limit: int
 ) -> Plan[list[tuple[Any, ...]]]:
     d = db.store.dialect
     p = d.placeholder
-    where = [f"aggregate_id LIKE {p} ESCAPE '!'"]
+    where = f"aggregate_id LIKE {p} ESCAPE '!'"
     params: list[object] = [_like_prefix(prefix)]
-    for column, value in (("bounded_context", context), ("aggregate_type", kind)):
-        if value:
-            where.append(f"{column} = {p}")
-            params.append(value)
+    upper = _next_prefix(prefix)
+    if kinds is not None and upper is not None:
+        # One range of the heads table's primary key per kind: index lookups
+        # however many aggregates there are.
+        key = (
+            f"(bounded_context = {p} AND aggregate_type = {p} "
+            f"AND aggregate_id >= {p} AND aggregate_id < {p})"
+        )
+        where += f" AND ({' OR '.join([key] * len(kinds))})"
+        for bc, kind in kinds:
+            params += [bc, kind, prefix, upper]
     sql = (
         "SELECT bounded_context, aggregate_type, aggregate_id, aggregate_version "
-        f"FROM {d.heads_table} WHERE {' AND '.join(where)} LIMIT {p}"
+        f"FROM {d.heads_table} WHERE {where} LIMIT {p}"
     )
     rows: list[tuple[Any, ...]] = yield Statement(sql, (*params, limit), fetch=True)
     return rows
 
 
 def aggregates(
-    db: Database, conn: Any, prefix: str, context: str | None, kind: str | None, limit: int
+    db: Database, conn: Any, prefix: str, kinds: list[tuple[str, str]] | None, limit: int
 ) -> list[JSON]:
-    """Aggregates whose id starts with ``prefix`` (exact ids first)."""
-    rows = db.store._run(conn, _aggregates(db, prefix, context, kind, limit))
+    """Aggregates whose id starts with ``prefix``, exact ids first: within
+    the given (bounded context, aggregate type) pairs, or any (a scan)
+    when ``kinds`` is ``None``."""
+    if kinds == []:
+        return []
+    rows = db.store._run(conn, _aggregates(db, prefix, kinds, limit))
     found = [
         {
             "bounded_context": bc,
-            "aggregate_type": kind_,
+            "aggregate_type": kind,
             "aggregate_id": aid,
             "version": int(version),
         }
-        for bc, kind_, aid, version in rows
+        for bc, kind, aid, version in rows
     ]
     found.sort(key=lambda a: (a["aggregate_id"] != prefix, a["aggregate_id"], a["aggregate_type"]))
     return found

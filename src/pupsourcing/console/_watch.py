@@ -76,9 +76,10 @@ class HeadWatcher:
     def rates(self) -> dict[str, object]:
         """Events per second (by global position) over the last 10 s, 1 min
         and 5 min, and a series of 10-second points over the last 5 min
-        (oldest first; only as far back as the console has watched)."""
+        (oldest first), over as much of each window as the console has
+        watched (``watched_seconds``)."""
         if not self._samples:
-            return {"10s": None, "1m": None, "5m": None, "series": []}
+            return {"10s": None, "1m": None, "5m": None, "series": [], "watched_seconds": 0.0}
         now, head = self._samples[-1]
 
         def rate(window: float) -> float | None:
@@ -99,4 +100,10 @@ class HeadWatcher:
             elif t - previous[0] >= _BUCKET:
                 series.append(round((h - previous[1]) / (t - previous[0]), 2))
                 previous = (t, h)
-        return {"10s": rate(10.0), "1m": rate(60.0), "5m": rate(300.0), "series": series}
+        return {
+            "10s": rate(10.0),
+            "1m": rate(60.0),
+            "5m": rate(300.0),
+            "series": series,
+            "watched_seconds": round(now - self._samples[0][0], 1),
+        }

@@ -96,9 +96,15 @@ function sparkline(series) {
   return svg;
 }
 
-function card(label, value, extra) {
+function card(label, value, extra, note) {
   return el("div", { class: "card" }, el("div", { class: "label", text: label }),
-    el("div", { class: "value", text: value }), extra || null);
+    el("div", { class: "value", text: value }), note ? el("div", { class: "label", text: note }) : null,
+    extra || null);
+}
+
+function rateCard(label, rate, window, watched, extra) {
+  const note = watched < window ? `over the ${Math.round(watched)} s watched so far` : null;
+  return card(label, rate === null ? "…" : num(rate), extra, note);
 }
 
 function lagCell(lag) {
@@ -109,9 +115,9 @@ function renderOverview(data) {
   const rate = data.events_per_second;
   const cards = el("div", { class: "cards" },
     card("store head", num(data.head)),
-    card("events/s, last 10 s", rate["10s"] === null ? "…" : num(rate["10s"])),
-    card("events/s, last minute", rate["1m"] === null ? "…" : num(rate["1m"])),
-    card("events/s, last 5 min", rate["5m"] === null ? "…" : num(rate["5m"]), sparkline(rate.series)));
+    rateCard("events/s, last 10 s", rate["10s"], 10, rate.watched_seconds),
+    rateCard("events/s, last minute", rate["1m"], 60, rate.watched_seconds),
+    rateCard("events/s, last 5 min", rate["5m"], 300, rate.watched_seconds, sparkline(rate.series)));
   const table = el("table", {},
     el("caption", { class: "hint", text: `${data.projections.length} checkpoints; lag = store head − checkpoint` }),
     el("thead", {}, el("tr", {},
