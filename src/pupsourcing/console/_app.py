@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -22,7 +23,7 @@ from starlette.responses import (
     StreamingResponse,
 )
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pupsourcing.cli._db import driver_error_message, is_driver_error
 from pupsourcing.console import _pages, _queries
@@ -37,6 +38,7 @@ MAX_LIMIT = 1000
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 _KEEPALIVE = 15.0
 _KINDS_TTL = 30.0
+_LOGIN_PAUSE = 0.5
 
 
 def _int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
@@ -224,6 +226,7 @@ class Console:
         if self.token is None:
             return RedirectResponse(next_path, 303)
         if not token_matches(given, self.token):
+            await asyncio.sleep(_LOGIN_PAUSE)  # slows guessing down
             return HTMLResponse(_pages.login("That token is not right.", next_path), 401)
         response = RedirectResponse(next_path, 303)
         response.set_cookie(
@@ -267,7 +270,7 @@ async def _error(request: Request, exc: Exception) -> Response:
     return HTMLResponse(_pages.page("Not found", "none"), 404)
 
 
-def create_app(db: Database, *, token: str | None = None, poll_interval: float = 0.5) -> Any:
+def create_app(db: Database, *, token: str | None = None, poll_interval: float = 0.5) -> ASGIApp:
     """The console as an ASGI application for the store ``db``
     (:func:`pupsourcing.urls.database`). With ``token`` every request needs
     it (bearer header or login cookie); without, only loopback ``Host``

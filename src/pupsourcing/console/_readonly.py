@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from pupsourcing.cli._db import is_driver_error
 from pupsourcing.urls import Database
 
 T = TypeVar("T")
@@ -43,7 +44,11 @@ def open_read_only(db: Database) -> Any:
             raise FileNotFoundError(f"no SQLite database at {path}")
         timeout = float(db.url.params.get("timeout", 5.0))
         conn = sqlite3.connect(
-            f"file:{quote(str(file))}?mode=ro", timeout=timeout, uri=True, isolation_level=None
+            f"file:{quote(str(file))}?mode=ro",
+            timeout=timeout,
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,  # used by one thread; closed by another at shutdown
         )
         conn.execute("PRAGMA query_only = ON")
         return conn
@@ -100,11 +105,11 @@ class Reader:
     def _call(self, read: Callable[[Any], T]) -> T:
         conn = self._connection()
         try:
-            result = read(conn)
-        except BaseException:
-            self._drop(conn)  # its state is unknown: the next read reconnects
+            return read(conn)
+        except Exception as exc:
+            if is_driver_error(exc):
+                self._drop(conn)  # perhaps lost: the next read reconnects
             raise
-        return result
 
     async def run(self, read: Callable[[Any], T]) -> T:
         """``read(conn)`` on a worker thread, on a read-only connection."""

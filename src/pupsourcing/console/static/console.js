@@ -23,6 +23,13 @@ function el(tag, attrs, ...children) {
 const fmt = new Intl.NumberFormat();
 const num = (n) => (n === null || n === undefined ? "–" : fmt.format(n));
 
+function span(seconds) {
+  const s = Math.max(0, seconds);
+  if (s < 90) return `${Math.ceil(s)} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  return `${Math.round(s / 3600)} h`;
+}
+
 function ago(seconds) {
   if (seconds === null || seconds === undefined) return "never";
   const s = Math.max(0, seconds);
@@ -144,7 +151,7 @@ function renderOverview(data) {
     }
     for (const r of rows) {
       const lease = r.lease_expires_in === null ? "" :
-        r.lease_expires_in > 0 ? `expires in ${Math.ceil(r.lease_expires_in)} s` : "expired";
+        r.lease_expires_in > 0 ? `expires in ${span(r.lease_expires_in)}` : `expired ${span(-r.lease_expires_in)} ago`;
       tbody.append(el("tr", { class: partitioned ? "part" : null },
         partitioned ? el("td", { text: r.checkpoint_name }) : el("th", { scope: "row", text: name }),
         el("td", { text: r.partition === null ? "–" : `${r.partition}` }),
