@@ -91,7 +91,9 @@ def load(schema: PrivateSchema, events: int) -> int:
                     version = events // aggregates + (1 if aggregate < events % aggregates else 0)
                     copy.write_row(("Shop", "Order", f"order-{aggregate:07d}", version))
         conn.commit()
-        head = int(conn.execute("SELECT MAX(global_position) FROM events").fetchone()[0])
+        row = conn.execute("SELECT MAX(global_position) FROM events").fetchone()
+        assert row is not None
+        head = int(row[0])
         rng = random.Random(7)
         for p in range(PROJECTIONS):
             for k in range(PARTITIONS):
