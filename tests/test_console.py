@@ -212,7 +212,7 @@ def test_rebinding_host_is_refused_without_a_token(console: Server) -> None:
     assert "loopback" in response.json()["error"]
 
 
-@pytest.mark.parametrize("name", DATABASES)
+@pytest.mark.parametrize("name", [*DATABASES, "mysqlclient"])
 def test_connections_are_read_only(name: str, tmp_path: Path) -> None:
     backend = make_backend(name, tmp_path)
     try:
@@ -321,3 +321,32 @@ def test_a_missing_store_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("pupsourcing ui: error: cannot open")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.20", False),
+        ("console.example.com", False),
+    ],
+)
+def test_which_addresses_are_loopback(host: str, loopback: bool) -> None:
+    from pupsourcing.console._security import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_the_static_files_ship_in_the_package() -> None:
+    from importlib import resources
+
+    static = resources.files("pupsourcing.console") / "static"
+    script = (static / "console.js").read_text(encoding="utf-8")
+    assert "innerHTML" not in script  # every value goes in as text
+    assert (static / "console.css").read_text(encoding="utf-8").strip()

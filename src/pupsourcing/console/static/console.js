@@ -1,5 +1,5 @@
 // pupsourcing console: renders the JSON API into the page. Text only:
-// every value goes through textContent, never through innerHTML.
+// every value goes through textContent, never parsed as markup.
 "use strict";
 
 const body = document.body;
