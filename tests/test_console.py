@@ -4,7 +4,6 @@ port) on every database, read over HTTP; its security; that it never writes."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,7 +238,9 @@ def test_the_api_leaves_the_database_as_it_was(shown: Backend, console: Server) 
 
 def test_live_feed_sends_new_events(console: Server, shown: Backend) -> None:
     seen: list[dict[str, Any]] = []
-    with httpx.stream("GET", console.base + "/api/events/live", timeout=20) as response:
+    head = get(console, "/api/head").json()["head"]
+    live = f"{console.base}/api/events/live?after={head}"
+    with httpx.stream("GET", live, timeout=20) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         conn = shown.connect()
         try:
@@ -306,12 +307,22 @@ def test_the_login_page_sets_a_cookie(guarded: Server) -> None:
 def test_a_public_address_needs_a_token(tmp_path: Path) -> None:
     backend = make_backend("sqlite", tmp_path)
     try:
-        started = time.monotonic()
         result = cli("ui", "--db", backend.url, "--host", "0.0.0.0", "--port", "1", timeout=30)
         assert result.returncode == 2
         assert "--host 0.0.0.0 is not a loopback address" in result.stderr
         assert "--token" in result.stderr
-        assert time.monotonic() - started < 30
+        # With a token (here from the environment) the same address is accepted:
+        # the command gets as far as checking the store, which is missing.
+        gone = cli(
+            "ui",
+            "--db",
+            f"sqlite:///{tmp_path / 'gone.db'}",
+            "--host",
+            "0.0.0.0",
+            PUPSOURCING_UI_TOKEN="t0ken",
+        )
+        assert gone.returncode == 1, gone.stderr
+        assert "cannot open" in gone.stderr
     finally:
         close_backend(backend)
 

@@ -164,7 +164,13 @@ function renderOverview(data) {
   table.append(tbody);
   const parts = [cards, el("h2", { text: "Projections" })];
   parts.push(data.projections.length ? table : el("p", { text: "No projection checkpoints yet." }));
+  // Redrawing must not take the keyboard focus away from a link in the table.
+  const focused = content.contains(document.activeElement) ? document.activeElement.getAttribute("href") : null;
   content.replaceChildren(...parts);
+  if (focused) {
+    const again = [...content.querySelectorAll("a[href]")].find((a) => a.getAttribute("href") === focused);
+    if (again) again.focus();
+  }
 }
 
 async function overview() {
