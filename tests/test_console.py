@@ -3,7 +3,10 @@ port) on every database, read over HTTP; its security; that it never writes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -236,26 +239,98 @@ def test_the_api_leaves_the_database_as_it_was(shown: Backend, console: Server) 
     assert (shown.snapshot(), shown.checkpoints()) == before
 
 
-def test_live_feed_sends_new_events(console: Server, shown: Backend) -> None:
-    seen: list[dict[str, Any]] = []
-    head = get(console, "/api/head").json()["head"]
-    live = f"{console.base}/api/events/live?after={head}"
-    with httpx.stream("GET", live, timeout=20) as response:
-        assert response.headers["content-type"].startswith("text/event-stream")
-        conn = shown.connect()
+# -- the live feed (each test on its own store: they append) ---------------------------
+
+
+@pytest.fixture(params=DATABASES)
+def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backend, Server]]:
+    backend = make_backend(request.param, tmp_path)
+    try:
+        running = start_server(backend.url)
         try:
-            result = shown.store.append(conn, ExpectedVersion.any(), [event("live-1", "Arrived")])
+            yield backend, running
+        finally:
+            running.stop()
+    finally:
+        close_backend(backend)
+
+
+class Feed:
+    """Reads a server-sent event stream on a thread, one event at a time."""
+
+    def __init__(self, url: str) -> None:
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.opened = threading.Event()
+        self._client = httpx.Client(timeout=30)
+        self._thread = threading.Thread(target=self._read, args=(url,), daemon=True)
+        self._thread.start()
+        assert self.opened.wait(10), "the feed did not open"
+
+    def _read(self, url: str) -> None:
+        with contextlib.suppress(httpx.HTTPError), self._client.stream("GET", url) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            self.opened.set()
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    self.events.put(json.loads(line[6:]))
+
+    def next(self, timeout: float = 10) -> dict[str, Any]:
+        return self.events.get(timeout=timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def append_one(backend: Backend, conn: Any, aggregate_id: str, event_type: str) -> int:
+    result = backend.store.append(conn, ExpectedVersion.any(), [event(aggregate_id, event_type)])
+    return int(result.global_positions[0])
+
+
+def test_live_feed_sends_new_events(fresh: tuple[Backend, Server]) -> None:
+    backend, server = fresh
+    feed = Feed(f"{server.base}/api/events/live?after=0")
+    try:
+        conn = backend.connect()
+        try:
+            first = append_one(backend, conn, "live-1", "Arrived")
+            conn.commit()
+            second = append_one(backend, conn, "live-2", "Arrived")
             conn.commit()
         finally:
             conn.close()
-        [position] = result.global_positions
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                seen.append(json.loads(line[6:]))
-                break
-    assert [(e["global_position"], e["event_type"]) for e in seen] == [(position, "Arrived")]
-    resumed = httpx.get(console.base + f"/api/events?after={position - 1}", timeout=10).json()
-    assert resumed[0]["aggregate_id"] == "live-1"
+        got = [feed.next(), feed.next()]
+        assert [(e["global_position"], e["aggregate_id"]) for e in got] == [
+            (first, "live-1"),
+            (second, "live-2"),
+        ]
+        assert set(got[0]) == EVENT_FIELDS
+    finally:
+        feed.close()
+
+
+def test_live_feed_waits_for_a_slower_transaction(fresh: tuple[Backend, Server]) -> None:
+    """An event committed while a transaction holding a lower position is
+    still open is sent only after that one, in position order."""
+    backend, server = fresh
+    if backend.name == "sqlite":
+        pytest.skip("SQLite has one writer at a time: positions commit in order")
+    feed = Feed(f"{server.base}/api/events/live?after=0")
+    slow, fast = backend.connect(), backend.connect()
+    try:
+        low = append_one(backend, slow, "slow-1", "Slow")  # not committed yet
+        high = append_one(backend, fast, "fast-1", "Fast")
+        fast.commit()
+        assert high > low
+        assert get(server, f"/api/events?after={low}").json()[0]["global_position"] == high
+        with pytest.raises(queue.Empty):
+            feed.next(timeout=1.5)  # the feed holds back `high`
+        slow.commit()
+        got = [feed.next(), feed.next()]
+        assert [e["global_position"] for e in got] == [low, high]
+    finally:
+        slow.close()
+        fast.close()
+        feed.close()
 
 
 # -- a token ------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ MAX_LIMIT = 1000
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 _KEEPALIVE = 15.0
 _KINDS_TTL = 30.0
+_FEED_BATCH = 200
 _LOGIN_PAUSE = 0.5
 
 
@@ -113,6 +114,8 @@ class Console:
     async def api_log(self, request: Request) -> Response:
         before = _int(request, "before", None, 1, 2**63 - 1)
         limit = _int(request, "limit", 50, 1, MAX_LIMIT) or 50
+        if before is None:  # the newest page ends at the safe horizon, where the feed starts
+            before = self.watcher.safe + 1
         page = await self.read(lambda c: _queries.log_page(self.db, c, before, limit))
         return JSONResponse(page)
 
@@ -156,7 +159,7 @@ class Console:
             after = int(resume)
         else:
             start = _int(request, "after", None, 0, 2**63 - 1)
-            after = self.watcher.head if start is None else start
+            after = self.watcher.safe if start is None else start
         return StreamingResponse(
             self._feed(after),
             media_type="text/event-stream",
@@ -166,17 +169,23 @@ class Console:
     async def _feed(self, after: int) -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         while True:
-            batch = await self.read(functools.partial(self._after, after))
-            for event in batch:
-                after = event["global_position"]
-                yield f"id: {after}\nevent: event\ndata: {json.dumps(event)}\n\n"
-            if len(batch) == 200:
-                continue
+            safe = self.watcher.safe
+            if safe > after:
+                # Only up to the safe horizon: an event that commits later at
+                # a lower position than one already sent would be missed.
+                read = await self.read(functools.partial(self._after, after))
+                batch = [e for e in read if e["global_position"] <= safe]
+                for event in batch:
+                    position, data = event["global_position"], json.dumps(event)
+                    yield f"id: {position}\nevent: event\ndata: {data}\n\n"
+                after = batch[-1]["global_position"] if batch else safe
+                if len(read) == _FEED_BATCH:
+                    continue
             if not await self.watcher.wait_beyond(after, _KEEPALIVE):
                 yield ": keep-alive\n\n"
 
     def _after(self, after: int, conn: Any) -> list[_queries.JSON]:
-        return _queries.events_after(self.db, conn, after, 200)
+        return _queries.events_after(self.db, conn, after, _FEED_BATCH)
 
     # -- pages ------------------------------------------------------------------------
 

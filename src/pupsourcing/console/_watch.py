@@ -1,6 +1,11 @@
 """One task that polls the store head for every client: the events/s
 figures come from its samples, and live feeds wait on it instead of each
-polling the database."""
+polling the database.
+
+It probes the safe horizon (:class:`~pupsourcing.store.Horizon`) as
+projections do, so the live feed never passes a position below which a
+slower transaction could still commit an event. Where the probe is not
+allowed (MySQL without the ``PROCESS`` privilege) it follows the head."""
 
 from __future__ import annotations
 
@@ -9,9 +14,10 @@ import contextlib
 import logging
 import time
 from collections import deque
+from typing import Any
 
-from pupsourcing.console import _queries
 from pupsourcing.console._readonly import Reader
+from pupsourcing.store import Horizon, Probe
 
 logger = logging.getLogger("pupsourcing.console")
 
@@ -27,6 +33,10 @@ class HeadWatcher:
         self.reader = reader
         self.interval = interval
         self.head = 0
+        """The highest committed position seen."""
+        self.horizon = Horizon()
+        self._probing = True
+        self._notified = 0
         self._samples: deque[tuple[float, int]] = deque()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -41,18 +51,42 @@ class HeadWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    @property
+    def safe(self) -> int:
+        """No event can still appear at or below this position."""
+        return self.horizon.safe if self._probing else self.head
+
+    def _probe(self, conn: Any) -> Probe:
+        store = self.reader.db.store
+        if self._probing:
+            try:
+                return store.probe_horizon(conn)
+            except Exception as exc:
+                if store.dialect.is_connection_error(exc):
+                    raise
+                self._probing = False
+                logger.warning(
+                    "cannot probe the safe horizon (%s); the live views follow the store "
+                    "head and may miss an event committed late at a lower position",
+                    exc,
+                )
+        return Probe(store.head_position(conn), frozenset())
+
     async def _sample(self) -> None:
         try:
-            head = await self.reader.run(lambda conn: _queries.head(self.reader.db, conn))
+            probe = await self.reader.run(self._probe)
         except Exception as exc:
             logger.warning("cannot read the store head: %s", exc)
             return
+        self.horizon.observe(probe)
+        head = probe.visible
         now = time.monotonic()
         self._samples.append((now, head))
         while self._samples and self._samples[0][0] < now - _KEEP:
             self._samples.popleft()
-        if head != self.head:
+        if head != self.head or self.safe != self._notified:
             self.head = head
+            self._notified = self.safe
             async with self._changed:
                 self._changed.notify_all()
 
@@ -62,16 +96,16 @@ class HeadWatcher:
             await self._sample()
 
     async def wait_beyond(self, position: int, timeout: float) -> bool:
-        """Wait until the head passes ``position`` (at most ``timeout``
-        seconds); whether it did."""
-        if self.head > position:
+        """Wait until the safe horizon passes ``position`` (at most
+        ``timeout`` seconds); whether it did."""
+        if self.safe > position:
             return True
         async with self._changed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self.head > position), timeout
+                    self._changed.wait_for(lambda: self.safe > position), timeout
                 )
-        return self.head > position
+        return self.safe > position
 
     def rates(self) -> dict[str, object]:
         """Events per second (by global position) over the last 10 s, 1 min
