@@ -54,6 +54,7 @@ def test_every_benchmark_is_tested() -> None:
         "relay_nats.py",
         "push_latency.py",
         "observability.py",
+        "console_load.py",
     }
     assert {p.name for p in SCRIPTS} == {p.name for p in STORE_SCRIPTS} | others
 
@@ -197,3 +198,18 @@ def test_relay_benchmark_runs_in_quick_mode() -> None:
     assert [row[0] for row in rows] == ["relay", "bare pipelined", "bare sequential"], out
     assert all(float(rate.replace(",", "")) > 0 for _, rate, _ in rows)
     assert re.search(r"latency commit -> stored .* p50 [\d.]+ ms, p99 [\d.]+ ms", out), out
+
+
+def test_console_load_benchmark_runs_in_quick_mode() -> None:
+    out = run_quick(BENCH / "console_load.py")
+    assert "loaded 20,000 events, 50 projection partitions" in out, out
+    rows = re.findall(r"^(.+?)\s+(\d+\.\d)\s+(\d+\.\d)\s+(\d+\.\d)$", out, re.M)
+    assert [label for label, *_ in rows][:3] == [
+        "overview page (HTML)",
+        "GET /api/overview",
+        "GET /api/head",
+    ], out
+    assert len(rows) == 11, out
+    for _, p50, p99, top in rows:
+        assert 0 < float(p50) <= float(p99) <= float(top)
+    assert re.search(r"^worst p99 \d+\.\d ms: target p99 < 50 ms (met|NOT met)$", out, re.M)

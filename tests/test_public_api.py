@@ -25,6 +25,7 @@ PUBLIC_PACKAGES = [
     "pupsourcing.runner",
     "pupsourcing.aio",
     "pupsourcing.relay",
+    "pupsourcing.console",
     "pupsourcing.migrations",
     "pupsourcing.eventmap",
     "pupsourcing.domain",

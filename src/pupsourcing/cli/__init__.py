@@ -8,7 +8,16 @@ import sys
 from collections.abc import Sequence
 
 from pupsourcing import ProjectionError, SchemaError, __version__
-from pupsourcing.cli import demo, eventmap_gen, events, migrate, migrate_gen, projections, relay
+from pupsourcing.cli import (
+    demo,
+    eventmap_gen,
+    events,
+    migrate,
+    migrate_gen,
+    projections,
+    relay,
+    ui,
+)
 from pupsourcing.cli._db import driver_error_message, one_line, scrub_secrets
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.urls import DriverNotInstalledError
@@ -23,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pupsourcing {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, migrate_gen, eventmap_gen, migrate, projections, events, relay):
+    for module in (demo, migrate_gen, eventmap_gen, migrate, projections, events, relay, ui):
         module.register(commands)
     return parser
 

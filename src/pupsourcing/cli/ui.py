@@ -1,0 +1,101 @@
+"""``pupsourcing ui``: the read-only web console (extra ``ui``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from pupsourcing.cli._args import interval
+from pupsourcing.cli._db import (
+    MIGRATE_HINT,
+    add_database_options,
+    is_driver_error,
+    one_line,
+    open_database,
+)
+from pupsourcing.cli.errors import CommandError
+
+TOKEN_VAR = "PUPSOURCING_UI_TOKEN"
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "ui",
+        help="serve a read-only web console of the store",
+        description="Serve a web console for people: the store head, every projection "
+        "with its partitions, lag and owner, live; a stream browser; the global log, "
+        "following new events; dead letters. A JSON API beside it (/api/...). It only "
+        "reads the database. Needs pupsourcing[ui].",
+    )
+    add_database_options(parser)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--token",
+        metavar="T",
+        help=f"require this token (Authorization: Bearer T, or the login page); "
+        f"default ${TOKEN_VAR}; required on an address other than loopback",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=interval,
+        default=0.5,
+        metavar="SECONDS",
+        help="how often the store head is read for the live views (default 0.5)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    token = args.token or os.environ.get(TOKEN_VAR) or None
+    from pupsourcing.console._security import is_loopback
+
+    if token is None and not is_loopback(args.host):
+        parser.error(
+            f"--host {args.host} is not a loopback address: anyone who can reach it could "
+            f"read the store. Pass --token T (or set ${TOKEN_VAR}) to require a token, "
+            "or listen on 127.0.0.1"
+        )
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be from 0 to 65535, got {args.port}")
+    try:
+        import uvicorn
+
+        from pupsourcing.console import create_app
+        from pupsourcing.console._readonly import open_read_only
+    except ImportError as exc:
+        raise CommandError(
+            f"the console needs the ui extra ({exc.name} is missing): pip install 'pupsourcing[ui]'"
+        ) from None
+    db = open_database(args)
+    try:
+        conn = open_read_only(db)
+        try:
+            db.store.head_position(conn)
+        finally:
+            conn.close()
+    except FileNotFoundError as exc:
+        raise CommandError(f"cannot open {db.url}: {exc}; {MIGRATE_HINT}") from None
+    except Exception as exc:
+        if not is_driver_error(exc):
+            raise
+        raise CommandError(f"cannot read {db.url}: {db.url.scrub(one_line(exc))}") from None
+    app = create_app(db, token=token, poll_interval=args.poll_interval)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"pupsourcing console on http://{host}:{args.port}/ ({db.url})", file=sys.stderr)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+    return 0

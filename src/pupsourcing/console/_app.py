@@ -1,0 +1,321 @@
+"""The Starlette application: pages, the JSON API and the live feed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pupsourcing.cli._db import driver_error_message, is_driver_error
+from pupsourcing.console import _pages, _queries
+from pupsourcing.console._readonly import Reader
+from pupsourcing.console._security import COOKIE, Guard, cookie_value, token_matches
+from pupsourcing.console._watch import HeadWatcher
+from pupsourcing.urls import Database
+
+T = TypeVar("T")
+
+MAX_LIMIT = 1000
+_STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
+_KEEPALIVE = 15.0
+_KINDS_TTL = 30.0
+_FEED_BATCH = 200
+_LOGIN_PAUSE = 0.5
+
+
+def _int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """Query parameter ``name`` as an integer in ``[low, high]``; a 400
+    naming it otherwise."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise HTTPException(400, f"{name} must be an integer from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
+def _key(request: Request) -> tuple[str, str, str]:
+    p = request.path_params
+    return p["bounded_context"], p["aggregate_type"], p["aggregate_id"]
+
+
+class Console:
+    """The routes' shared state: the reader, the head watcher, the token."""
+
+    def __init__(self, db: Database, token: str | None, poll_interval: float) -> None:
+        self.db = db
+        self.token = token
+        self.reader = Reader(db)
+        self.watcher = HeadWatcher(self.reader, poll_interval)
+        package = resources.files("pupsourcing.console") / "static"
+        self._known_kinds: tuple[float, list[tuple[str, str]]] | None = None
+        self.static = {name: (package / name).read_bytes() for name in _STATIC}
+
+    async def read(self, query: Callable[[Any], T]) -> T:
+        """``query(conn)`` on a read-only connection; database errors as 503."""
+        try:
+            return await self.reader.run(query)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        except Exception as exc:
+            if not is_driver_error(exc):
+                raise
+            message = driver_error_message(exc) or str(exc)
+            raise HTTPException(503, self.db.url.scrub(message)) from None
+
+    # -- the JSON API ---------------------------------------------------------------
+
+    async def api_head(self, request: Request) -> Response:
+        head = await self.read(lambda c: _queries.head(self.db, c))
+        return JSONResponse({"head": head})
+
+    async def api_projections(self, request: Request) -> Response:
+        return JSONResponse(await self.read(lambda c: _queries.projections(self.db, c)))
+
+    async def api_overview(self, request: Request) -> Response:
+        found = await self.read(lambda c: _queries.overview(self.db, c))
+        return JSONResponse({**found, "events_per_second": self.watcher.rates()})
+
+    async def api_stream(self, request: Request) -> Response:
+        key = _key(request)
+        low = _int(request, "from_version", None, 1, 2**63 - 1)
+        high = _int(request, "to_version", None, 1, 2**63 - 1)
+        found = await self.read(lambda c: _queries.stream(self.db, c, key, low, high))
+        if found is None:
+            raise HTTPException(404, "no events for this aggregate")
+        return JSONResponse(found)
+
+    async def api_events(self, request: Request) -> Response:
+        after = _int(request, "after", 0, 0, 2**63 - 1) or 0
+        limit = _int(request, "limit", 100, 1, MAX_LIMIT) or 100
+        return JSONResponse(
+            await self.read(lambda c: _queries.events_after(self.db, c, after, limit))
+        )
+
+    async def api_log(self, request: Request) -> Response:
+        before = _int(request, "before", None, 1, 2**63 - 1)
+        limit = _int(request, "limit", 50, 1, MAX_LIMIT) or 50
+        if before is None:  # the newest page ends at the safe horizon, where the feed starts
+            before = self.watcher.safe + 1
+        page = await self.read(lambda c: _queries.log_page(self.db, c, before, limit))
+        return JSONResponse(page)
+
+    async def api_aggregates(self, request: Request) -> Response:
+        prefix = request.query_params.get("prefix", "")
+        if not prefix or len(prefix) > 255:
+            raise HTTPException(400, "prefix must be 1 to 255 characters")
+        context = request.query_params.get("bounded_context") or None
+        kind = request.query_params.get("aggregate_type") or None
+        limit = _int(request, "limit", 50, 1, 200) or 50
+        kinds: list[tuple[str, str]] | None
+        if context is not None and kind is not None:
+            kinds = [(context, kind)]
+        else:
+            known = await self._kinds()
+            kinds = [(bc, k) for bc, k in known if context in (None, bc) and kind in (None, k)]
+            if len(kinds) > _queries.MAX_KINDS:
+                kinds = None
+        found = await self.read(lambda c: _queries.aggregates(self.db, c, prefix, kinds, limit))
+        return JSONResponse(found)
+
+    async def _kinds(self) -> list[tuple[str, str]]:
+        """The (bounded context, aggregate type) pairs, read at most every
+        ``_KINDS_TTL`` seconds."""
+        now = time.monotonic()
+        if self._known_kinds is None or now - self._known_kinds[0] > _KINDS_TTL:
+            found = await self.read(lambda c: _queries.kinds(self.db, c))
+            self._known_kinds = (now, found)
+        return self._known_kinds[1]
+
+    async def api_dead_letters(self, request: Request) -> Response:
+        name = request.query_params.get("projection") or None
+        found = await self.read(lambda c: _queries.dead_letters(self.db, c, name))
+        return JSONResponse([] if found is None else found)
+
+    async def api_live(self, request: Request) -> Response:
+        """Server-sent events: every event after ``after`` (or the
+        ``Last-Event-ID``), then each new one as it is committed."""
+        resume = request.headers.get("last-event-id", "")
+        if resume.isascii() and resume.isdigit():
+            after = int(resume)
+        else:
+            start = _int(request, "after", None, 0, 2**63 - 1)
+            after = self.watcher.safe if start is None else start
+        return StreamingResponse(
+            self._feed(after),
+            media_type="text/event-stream",
+            headers={"X-Accel-Buffering": "no"},
+        )
+
+    async def _feed(self, after: int) -> AsyncIterator[str]:
+        yield "retry: 2000\n\n"
+        while True:
+            safe = self.watcher.safe
+            if safe > after:
+                # Only up to the safe horizon: an event that commits later at
+                # a lower position than one already sent would be missed.
+                read = await self.read(functools.partial(self._after, after))
+                batch = [e for e in read if e["global_position"] <= safe]
+                for event in batch:
+                    position, data = event["global_position"], json.dumps(event)
+                    yield f"id: {position}\nevent: event\ndata: {data}\n\n"
+                after = batch[-1]["global_position"] if batch else safe
+                if len(read) == _FEED_BATCH:
+                    continue
+            if not await self.watcher.wait_beyond(after, _KEEPALIVE):
+                yield ": keep-alive\n\n"
+
+    def _after(self, after: int, conn: Any) -> list[_queries.JSON]:
+        return _queries.events_after(self.db, conn, after, _FEED_BATCH)
+
+    # -- pages ------------------------------------------------------------------------
+
+    async def overview_page(self, request: Request) -> Response:
+        return HTMLResponse(_pages.page("Overview", "overview"))
+
+    async def streams_page(self, request: Request) -> Response:
+        return HTMLResponse(_pages.page("Streams", "streams", _pages.STREAM_SEARCH))
+
+    async def stream_page(self, request: Request) -> Response:
+        bc, kind, aid = _key(request)
+        return HTMLResponse(
+            _pages.page(
+                f"{kind} {aid}",
+                "stream",
+                _pages.STREAM_RANGE,
+                bounded_context=bc,
+                aggregate_type=kind,
+                aggregate_id=aid,
+            )
+        )
+
+    async def log_page(self, request: Request) -> Response:
+        return HTMLResponse(_pages.page("Global log", "log"))
+
+    async def dead_letters_page(self, request: Request) -> Response:
+        return HTMLResponse(_pages.page("Dead letters", "dead-letters"))
+
+    async def static_file(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in self.static:
+            raise HTTPException(404, "not found")
+        return Response(self.static[name], media_type=_STATIC[name])
+
+    # -- signing in ---------------------------------------------------------------
+
+    async def login_form(self, request: Request) -> Response:
+        return HTMLResponse(_pages.login(next_path=_safe_next(request.query_params.get("next"))))
+
+    async def login(self, request: Request) -> Response:
+        body = await request.body()
+        if len(body) > 4096:
+            raise HTTPException(413, "request too large")
+        form = parse_qs(body.decode("utf-8", "replace"))
+        given = (form.get("token") or [""])[0]
+        next_path = _safe_next((form.get("next") or ["/"])[0])
+        if self.token is None:
+            return RedirectResponse(next_path, 303)
+        if not token_matches(given, self.token):
+            await asyncio.sleep(_LOGIN_PAUSE)  # slows guessing down
+            return HTMLResponse(_pages.login("That token is not right.", next_path), 401)
+        response = RedirectResponse(next_path, 303)
+        response.set_cookie(
+            COOKIE,
+            cookie_value(self.token),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """What a request gets without the token (or, without a token, with
+        a ``Host`` that is not loopback)."""
+        path = scope["path"]
+        response: Response
+        if self.token is None:
+            response = JSONResponse({"error": "the Host header must name a loopback address"}, 403)
+        elif path.startswith("/api/"):
+            response = JSONResponse(
+                {"error": "authentication required: send Authorization: Bearer <token>"},
+                401,
+                headers={"WWW-Authenticate": 'Bearer realm="pupsourcing"'},
+            )
+        else:
+            response = HTMLResponse(_pages.login(next_path=_safe_next(path)), 401)
+        await response(scope, receive, send)
+
+
+def _safe_next(path: str | None) -> str:
+    """A path on this site to go to after signing in (never another site)."""
+    if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
+        return "/"
+    return path
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/api/") or exc.status_code != 404:
+        return JSONResponse({"error": exc.detail}, exc.status_code)
+    return HTMLResponse(_pages.page("Not found", "none"), 404)
+
+
+def create_app(db: Database, *, token: str | None = None, poll_interval: float = 0.5) -> ASGIApp:
+    """The console as an ASGI application for the store ``db``
+    (:func:`pupsourcing.urls.database`). With ``token`` every request needs
+    it (bearer header or login cookie); without, only loopback ``Host``
+    headers are served. ``poll_interval`` is how often the store head is
+    read for the live views."""
+    console = Console(db, token, poll_interval)
+    stream = "{bounded_context}/{aggregate_type}/{aggregate_id:path}"
+    routes = [
+        Route("/", console.overview_page),
+        Route("/streams", console.streams_page),
+        Route(f"/streams/{stream}", console.stream_page),
+        Route("/log", console.log_page),
+        Route("/dead-letters", console.dead_letters_page),
+        Route("/login", console.login_form, methods=["GET"]),
+        Route("/login", console.login, methods=["POST"]),
+        Route("/static/{name}", console.static_file),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
+        Route("/api/head", console.api_head),
+        Route("/api/projections", console.api_projections),
+        Route("/api/overview", console.api_overview),
+        Route(f"/api/streams/{stream}", console.api_stream),
+        Route("/api/events", console.api_events),
+        Route("/api/events/live", console.api_live),
+        Route("/api/log", console.api_log),
+        Route("/api/aggregates", console.api_aggregates),
+        Route("/api/dead-letters", console.api_dead_letters),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await console.watcher.start()
+        try:
+            yield
+        finally:
+            await console.watcher.stop()
+            console.reader.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _error})
+    return Guard(app, token, console.refuse)

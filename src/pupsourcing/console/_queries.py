@@ -1,0 +1,262 @@
+"""What the console reads, as blocking functions of one connection that
+return JSON values. They use the store's public read methods and the same
+grouping as ``pupsourcing projections status``; the few reads the store has
+no method for (a page of the log before a position, aggregates by id
+prefix, an aggregate's head version) are single index lookups."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from pupsourcing import PersistedEvent
+from pupsourcing.cli.projections import group_checkpoints, lease_rows, split_checkpoint_name
+from pupsourcing.store.layout import missing_table
+from pupsourcing.store.plan import Plan, Statement
+from pupsourcing.urls import Database
+
+JSON = dict[str, Any]
+
+
+def decoded(data: bytes | None) -> Any:
+    """The JSON value ``data`` holds, or ``{"base64": ...}`` when it is not
+    UTF-8 JSON; ``None`` stays ``None``."""
+    if data is None:
+        return None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {"base64": base64.b64encode(data).decode("ascii")}
+
+
+def event_json(e: PersistedEvent) -> JSON:
+    return {
+        "global_position": e.global_position,
+        "aggregate_version": e.aggregate_version,
+        "bounded_context": e.bounded_context,
+        "aggregate_type": e.aggregate_type,
+        "aggregate_id": e.aggregate_id,
+        "event_type": e.event_type,
+        "event_version": e.event_version,
+        "event_id": str(e.event_id),
+        "created_at": e.created_at.isoformat(),
+        "payload": decoded(e.payload),
+        "metadata": decoded(e.metadata),
+        "causation_id": e.causation_id,
+        "correlation_id": e.correlation_id,
+        "trace_id": e.trace_id,
+    }
+
+
+def head(db: Database, conn: Any) -> int:
+    return db.store.head_position(conn)
+
+
+def _dead_letter_counts(db: Database) -> Plan[dict[str, int]]:
+    d = db.store.dialect
+    table = d.quote(d.config.dead_letters_table)
+    sql = f"SELECT projection_name, COUNT(*) FROM {table} GROUP BY projection_name"
+    rows = yield Statement(sql, fetch=True)
+    return {str(name): int(count) for name, count in rows}
+
+
+def dead_letter_counts(db: Database, conn: Any) -> dict[str, int] | None:
+    """Dead letters per checkpoint name (the table's primary key starts with
+    it); ``None`` when the store has no dead-letters table."""
+    try:
+        return db.store._run(conn, _dead_letter_counts(db))
+    except Exception as exc:
+        if not missing_table(exc):
+            raise
+        return None
+
+
+def _checkpoint_rows(db: Database, conn: Any) -> tuple[int, list[JSON]]:
+    """The head and one row per checkpoint, partitions under their projection."""
+    store_head = db.store.head_position(conn)
+    groups = group_checkpoints(db.store.list_checkpoints(conn))
+    dead = dead_letter_counts(db, conn)
+    leases = lease_rows(db, conn)
+    rows: list[JSON] = []
+    for group in groups:
+        keys = [split_checkpoint_name(c.name)[1] for c in group.checkpoints]
+        total = max((k for k in keys if k is not None), default=0) + 1
+        for c, key in zip(group.checkpoints, keys, strict=True):
+            lease = None if key is None else leases.get((group.name, key))
+            rows.append(
+                {
+                    "name": group.name,
+                    "partition": key,
+                    "total_partitions": total if key is not None else 1,
+                    "checkpoint": c.position,
+                    "lag": max(store_head - c.position, 0),
+                    "updated_at": None if c.updated_at is None else c.updated_at.isoformat(),
+                    "age_seconds": None if c.age is None else round(max(c.age, 0.0), 3),
+                    "checkpoint_name": c.name,
+                    "dead_letters": None if dead is None else dead.get(c.name, 0),
+                    "owner": None if lease is None else lease.owner,
+                    "lease_expires_in": None if lease is None else round(lease.expires_in, 3),
+                }
+            )
+    return store_head, rows
+
+
+_SPEC_FIELDS = ("name", "partition", "total_partitions", "checkpoint", "lag", "updated_at")
+
+
+def projections(db: Database, conn: Any) -> list[JSON]:
+    """``GET /api/projections``: one row per checkpoint."""
+    _, rows = _checkpoint_rows(db, conn)
+    return [{k: row[k] for k in _SPEC_FIELDS} for row in rows]
+
+
+def overview(db: Database, conn: Any) -> JSON:
+    """The head and every checkpoint with its lag, dead letters and owner."""
+    store_head, rows = _checkpoint_rows(db, conn)
+    return {"head": store_head, "projections": rows}
+
+
+def _head_version(db: Database, key: tuple[str, str, str]) -> Plan[int]:
+    rows = yield Statement(db.store.dialect.head_version_sql, key, fetch=True)
+    return int(rows[0][0]) if rows else 0
+
+
+def stream(
+    db: Database,
+    conn: Any,
+    key: tuple[str, str, str],
+    from_version: int | None,
+    to_version: int | None,
+) -> JSON | None:
+    """The aggregate's version and its events within the bounds; ``None``
+    when it has no event at all."""
+    found = db.store.read_aggregate_stream(conn, *key, from_version, to_version)
+    if from_version is None and to_version is None:
+        if found.is_empty:
+            return None
+        version = found.version
+    else:
+        version = db.store._run(conn, _head_version(db, key))
+        if version == 0:
+            return None
+    return {"version": version, "events": [event_json(e) for e in found]}
+
+
+def events_after(db: Database, conn: Any, after: int, limit: int) -> list[JSON]:
+    return [event_json(e) for e in db.store.read_events(conn, after, limit)]
+
+
+def _before(db: Database, before: int | None, limit: int) -> Plan[list[PersistedEvent]]:
+    d = db.store.dialect
+    p = d.placeholder
+    select = f"SELECT {', '.join(d.select_columns())} FROM {d.events_table}"
+    where = "" if before is None else f" WHERE global_position < {p}"
+    params = (limit,) if before is None else (before, limit)
+    sql = f"{select}{where} ORDER BY global_position DESC LIMIT {p}"
+    events: list[PersistedEvent] = yield Statement(sql, params, fetch=True, decode=d.events_decoder)
+    return events
+
+
+def log_page(db: Database, conn: Any, before: int | None, limit: int) -> list[JSON]:
+    """Newest first: the ``limit`` events below position ``before`` (the
+    newest when ``None``)."""
+    return [event_json(e) for e in db.store._run(conn, _before(db, before, limit))]
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+
+
+def _next_prefix(prefix: str) -> str | None:
+    """The smallest string above every string starting with ``prefix``
+    (in code point order), or ``None`` when there is none."""
+    last = ord(prefix[-1])
+    return None if last >= 0x10FFFF else prefix[:-1] + chr(last + 1)
+
+
+MAX_KINDS = 64
+"""Above this many (bounded context, aggregate type) pairs, the prefix
+search scans the heads table instead of one key range per pair."""
+
+
+def _kinds(db: Database) -> Plan[list[tuple[str, str]]]:
+    sql = f"SELECT DISTINCT bounded_context, aggregate_type FROM {db.store.dialect.heads_table}"
+    rows = yield Statement(sql, fetch=True)
+    return sorted((str(bc), str(kind)) for bc, kind in rows)
+
+
+def kinds(db: Database, conn: Any) -> list[tuple[str, str]]:
+    """Every (bounded context, aggregate type) with an aggregate."""
+    return db.store._run(conn, _kinds(db))
+
+
+def _aggregates(
+    db: Database, prefix: str, kinds: list[tuple[str, str]] | None, limit: int
+) -> Plan[list[tuple[Any, ...]]]:
+    d = db.store.dialect
+    p = d.placeholder
+    where = f"aggregate_id LIKE {p} ESCAPE '!'"
+    params: list[object] = [_like_prefix(prefix)]
+    upper = _next_prefix(prefix)
+    if kinds is not None and upper is not None:
+        # One range of the heads table's primary key per kind: index lookups
+        # however many aggregates there are.
+        key = (
+            f"(bounded_context = {p} AND aggregate_type = {p} "
+            f"AND aggregate_id >= {p} AND aggregate_id < {p})"
+        )
+        where += f" AND ({' OR '.join([key] * len(kinds))})"
+        for bc, kind in kinds:
+            params += [bc, kind, prefix, upper]
+    sql = (
+        "SELECT bounded_context, aggregate_type, aggregate_id, aggregate_version "
+        f"FROM {d.heads_table} WHERE {where} LIMIT {p}"
+    )
+    rows: list[tuple[Any, ...]] = yield Statement(sql, (*params, limit), fetch=True)
+    return rows
+
+
+def aggregates(
+    db: Database, conn: Any, prefix: str, kinds: list[tuple[str, str]] | None, limit: int
+) -> list[JSON]:
+    """Aggregates whose id starts with ``prefix``, exact ids first: within
+    the given (bounded context, aggregate type) pairs, or any (a scan)
+    when ``kinds`` is ``None``."""
+    if kinds == []:
+        return []
+    rows = db.store._run(conn, _aggregates(db, prefix, kinds, limit))
+    found = [
+        {
+            "bounded_context": bc,
+            "aggregate_type": kind,
+            "aggregate_id": aid,
+            "version": int(version),
+        }
+        for bc, kind, aid, version in rows
+    ]
+    found.sort(key=lambda a: (a["aggregate_id"] != prefix, a["aggregate_id"], a["aggregate_type"]))
+    return found
+
+
+def dead_letters(db: Database, conn: Any, projection: str | None) -> list[JSON] | None:
+    """The dead letters (of ``projection``); ``None`` without the table."""
+    try:
+        letters = db.store.list_dead_letters(conn, projection)
+    except Exception as exc:
+        if not missing_table(exc):
+            raise
+        return None
+    return [
+        {
+            "projection_name": d.projection_name,
+            "global_position": d.global_position,
+            "event_id": str(d.event_id),
+            "error_type": d.error_type,
+            "message": d.message,
+            "traceback": d.traceback,
+            "attempts": d.attempts,
+            "failed_at": None if d.failed_at is None else d.failed_at.isoformat(),
+        }
+        for d in letters
+    ]

@@ -1,0 +1,115 @@
+"""Who may see the console, and the headers every response carries.
+
+Without a token the console trusts its loopback address (and accepts only
+loopback ``Host`` headers, against DNS rebinding). With one, every request
+needs ``Authorization: Bearer <token>`` or the cookie the login page sets;
+both are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from http.cookies import SimpleCookie
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+COOKIE = "pupsourcing_console"
+
+HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    ),
+    (b"cache-control", b"no-store"),
+]
+
+_OPEN_PATHS = frozenset({"/login", "/static/console.css"})
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or name) is this machine only."""
+    name = host.strip("[]").lower()
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def cookie_value(token: str) -> str:
+    """What the login cookie holds: a MAC of the token, not the token."""
+    return hmac.new(token.encode(), b"pupsourcing console session", hashlib.sha256).hexdigest()
+
+
+def token_matches(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def authorized(scope: Scope, token: str) -> bool:
+    scheme, _, given = _header(scope, b"authorization").partition(" ")
+    if scheme.lower() == "bearer" and token_matches(given.strip(), token):
+        return True
+    cookies: SimpleCookie = SimpleCookie()
+    try:
+        cookies.load(_header(scope, b"cookie"))
+    except Exception:
+        return False
+    morsel = cookies.get(COOKIE)
+    return morsel is not None and hmac.compare_digest(
+        morsel.value.encode(), cookie_value(token).encode()
+    )
+
+
+def _host_is_loopback(scope: Scope) -> bool:
+    host = _header(scope, b"host")
+    if host.startswith("["):
+        name = host[1:].partition("]")[0]
+    else:
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    return is_loopback(name)
+
+
+class Guard:
+    """ASGI middleware: the security headers on every response, and the
+    token (or loopback ``Host``) check before any route runs."""
+
+    def __init__(self, app: ASGIApp, token: str | None, unauthorized: ASGIApp) -> None:
+        self.app = app
+        self.token = token
+        self.unauthorized = unauthorized
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers: list[Any] = list(message.get("headers", []))
+                present = {key.lower() for key, _ in headers}
+                headers.extend(h for h in HEADERS if h[0] not in present)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        if self.token is None:
+            allowed = _host_is_loopback(scope)
+        else:
+            allowed = scope["path"] in _OPEN_PATHS or authorized(scope, self.token)
+        target = self.app if allowed else self.unauthorized
+        await target(scope, receive, send_with_headers)

@@ -1,0 +1,143 @@
+"""One task that polls the store head for every client: the events/s
+figures come from its samples, and live feeds wait on it instead of each
+polling the database.
+
+It probes the safe horizon (:class:`~pupsourcing.store.Horizon`) as
+projections do, so the live feed never passes a position below which a
+slower transaction could still commit an event. Where the probe is not
+allowed (MySQL without the ``PROCESS`` privilege) it follows the head."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from pupsourcing.console._readonly import Reader
+from pupsourcing.store import Horizon, Probe
+
+logger = logging.getLogger("pupsourcing.console")
+
+_KEEP = 600.0  # seconds of samples kept
+_BUCKET = 10.0  # seconds per point of the events/s series
+
+
+class HeadWatcher:
+    """Samples the head every ``interval`` seconds (``MAX(global_position)``,
+    one primary-key lookup) while running."""
+
+    def __init__(self, reader: Reader, interval: float = 0.5) -> None:
+        self.reader = reader
+        self.interval = interval
+        self.head = 0
+        """The highest committed position seen."""
+        self.horizon = Horizon()
+        self._probing = True
+        self._notified = 0
+        self._samples: deque[tuple[float, int]] = deque()
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._sample()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def safe(self) -> int:
+        """No event can still appear at or below this position."""
+        return self.horizon.safe if self._probing else self.head
+
+    def _probe(self, conn: Any) -> Probe:
+        store = self.reader.db.store
+        if self._probing:
+            try:
+                return store.probe_horizon(conn)
+            except Exception as exc:
+                if store.dialect.is_connection_error(exc):
+                    raise
+                self._probing = False
+                logger.warning(
+                    "cannot probe the safe horizon (%s); the live views follow the store "
+                    "head and may miss an event committed late at a lower position",
+                    exc,
+                )
+        return Probe(store.head_position(conn), frozenset())
+
+    async def _sample(self) -> None:
+        try:
+            probe = await self.reader.run(self._probe)
+        except Exception as exc:
+            logger.warning("cannot read the store head: %s", exc)
+            return
+        self.horizon.observe(probe)
+        head = probe.visible
+        now = time.monotonic()
+        self._samples.append((now, head))
+        while self._samples and self._samples[0][0] < now - _KEEP:
+            self._samples.popleft()
+        if head != self.head or self.safe != self._notified:
+            self.head = head
+            self._notified = self.safe
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._sample()
+
+    async def wait_beyond(self, position: int, timeout: float) -> bool:
+        """Wait until the safe horizon passes ``position`` (at most
+        ``timeout`` seconds); whether it did."""
+        if self.safe > position:
+            return True
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self.safe > position), timeout
+                )
+        return self.safe > position
+
+    def rates(self) -> dict[str, object]:
+        """Events per second (by global position) over the last 10 s, 1 min
+        and 5 min, and a series of 10-second points over the last 5 min
+        (oldest first), over as much of each window as the console has
+        watched (``watched_seconds``)."""
+        if not self._samples:
+            return {"10s": None, "1m": None, "5m": None, "series": [], "watched_seconds": 0.0}
+        now, head = self._samples[-1]
+
+        def rate(window: float) -> float | None:
+            start = next((s for s in self._samples if s[0] >= now - window), None)
+            if start is None or now - start[0] < min(window / 2, 2.0):
+                return None
+            return round((head - start[1]) / (now - start[0]), 2)
+
+        series: list[float] = []
+        edge = now - 300.0
+        previous: tuple[float, int] | None = None
+        for t, h in self._samples:
+            if t < edge:
+                previous = (t, h)
+                continue
+            if previous is None:
+                previous = (t, h)
+            elif t - previous[0] >= _BUCKET:
+                series.append(round((h - previous[1]) / (t - previous[0]), 2))
+                previous = (t, h)
+        return {
+            "10s": rate(10.0),
+            "1m": rate(60.0),
+            "5m": rate(300.0),
+            "series": series,
+            "watched_seconds": round(now - self._samples[0][0], 1),
+        }

@@ -1,0 +1,339 @@
+// pupsourcing console: renders the JSON API into the page. Text only:
+// every value goes through textContent, never parsed as markup.
+"use strict";
+
+const body = document.body;
+const content = document.getElementById("content");
+const statusLine = document.getElementById("status");
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "text") node.textContent = String(v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const fmt = new Intl.NumberFormat();
+const num = (n) => (n === null || n === undefined ? "–" : fmt.format(n));
+
+function span(seconds) {
+  const s = Math.max(0, seconds);
+  if (s < 90) return `${Math.ceil(s)} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  return `${Math.round(s / 3600)} h`;
+}
+
+function ago(seconds) {
+  if (seconds === null || seconds === undefined) return "never";
+  const s = Math.max(0, seconds);
+  if (s < 1) return "just now";
+  if (s < 90) return `${Math.round(s)} s ago`;
+  if (s < 5400) return `${Math.round(s / 60)} min ago`;
+  if (s < 129600) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} days ago`;
+}
+
+async function api(path) {
+  const response = await fetch(path, { headers: { Accept: "application/json" } });
+  if (response.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); }
+  const data = await response.json().catch(() => ({ error: response.statusText }));
+  if (!response.ok) { const e = new Error(data.error || response.statusText); e.status = response.status; throw e; }
+  return data;
+}
+
+function say(text, isError) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", Boolean(isError));
+}
+
+function streamPath(e) {
+  return ["", "streams", e.bounded_context, e.aggregate_type, e.aggregate_id]
+    .map((part, i) => (i < 2 ? part : encodeURIComponent(part))).join("/");
+}
+
+function pretty(value) {
+  return value === null || value === undefined ? "null" : JSON.stringify(value, null, 2);
+}
+
+// One event: a summary line, its fields, its payload and metadata as JSON text.
+function eventItem(e, withAggregate) {
+  const when = new Date(e.created_at);
+  const summary = el("summary", {},
+    el("span", { class: "meta", text: withAggregate ? `#${num(e.global_position)}` : `v${e.aggregate_version}` }),
+    el("span", { class: "type", text: `${e.event_type} v${e.event_version}` }),
+    withAggregate ? el("span", { text: `${e.bounded_context} / ${e.aggregate_type} / ${e.aggregate_id} v${e.aggregate_version}` }) : null,
+    el("span", { class: "meta", text: withAggregate ? "" : `#${num(e.global_position)}` }),
+    el("time", { class: "meta", datetime: e.created_at, text: when.toLocaleString() }));
+  const fields = el("dl", { class: "fields" });
+  const rows = [["event id", e.event_id], ["causation id", e.causation_id],
+    ["correlation id", e.correlation_id], ["trace id", e.trace_id]];
+  for (const [k, v] of rows) { if (v) fields.append(el("dt", { text: k }), el("dd", { text: v })); }
+  if (withAggregate) {
+    fields.append(el("dt", { text: "stream" }), el("dd", {}, el("a", { href: streamPath(e), text: "open the aggregate's stream" })));
+  }
+  const details = el("details", { open: !withAggregate }, summary, fields,
+    el("p", { class: "hint label", text: "payload" }),
+    el("pre", { class: "payload", text: pretty(e.payload) }),
+    el("p", { class: "hint label", text: "metadata" }),
+    el("pre", { class: "metadata", text: pretty(e.metadata) }));
+  return el("li", { "data-position": e.global_position }, details);
+}
+
+// -- overview ---------------------------------------------------------------------
+
+function sparkline(series) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "spark"); svg.setAttribute("width", "160"); svg.setAttribute("height", "30");
+  svg.setAttribute("role", "img"); svg.setAttribute("aria-label", "events per second, last 5 minutes");
+  if (series.length > 1) {
+    const max = Math.max(...series, 1);
+    const points = series.map((v, i) => `${(i / (series.length - 1)) * 158 + 1},${29 - (v / max) * 27}`);
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", points.join(" "));
+    svg.append(line);
+  }
+  return svg;
+}
+
+function card(label, value, extra, note) {
+  return el("div", { class: "card" }, el("div", { class: "label", text: label }),
+    el("div", { class: "value", text: value }), note ? el("div", { class: "label", text: note }) : null,
+    extra || null);
+}
+
+function rateCard(label, rate, window, watched, extra) {
+  const note = watched < window ? `over the ${Math.round(watched)} s watched so far` : null;
+  return card(label, rate === null ? "…" : num(rate), extra, note);
+}
+
+function lagCell(lag) {
+  return el("td", { class: "num " + (lag > 0 ? "lagging" : "caught-up"), text: num(lag) });
+}
+
+function renderOverview(data) {
+  const rate = data.events_per_second;
+  const cards = el("div", { class: "cards" },
+    card("store head", num(data.head)),
+    rateCard("events/s, last 10 s", rate["10s"], 10, rate.watched_seconds),
+    rateCard("events/s, last minute", rate["1m"], 60, rate.watched_seconds),
+    rateCard("events/s, last 5 min", rate["5m"], 300, rate.watched_seconds, sparkline(rate.series)));
+  const table = el("table", {},
+    el("caption", { class: "hint", text: `${data.projections.length} checkpoints; lag = store head − checkpoint` }),
+    el("thead", {}, el("tr", {},
+      ...["Projection", "Partition", "Checkpoint", "Lag", "Last update", "Dead letters", "Owner", "Lease"]
+        .map((h, i) => el("th", { scope: "col", class: [2, 3, 5].includes(i) ? "num" : null, text: h })))));
+  const tbody = el("tbody");
+  const groups = new Map();
+  for (const row of data.projections) {
+    if (!groups.has(row.name)) groups.set(row.name, []);
+    groups.get(row.name).push(row);
+  }
+  for (const [name, rows] of groups) {
+    const partitioned = rows.some((r) => r.partition !== null);
+    if (partitioned) {
+      const low = Math.min(...rows.map((r) => r.checkpoint));
+      const dead = rows.reduce((n, r) => n + (r.dead_letters || 0), 0);
+      const ages = rows.map((r) => r.age_seconds).filter((a) => a !== null);
+      tbody.append(el("tr", { class: "group" },
+        el("th", { scope: "row", text: name }), el("td", { text: `${rows.length} of ${rows[0].total_partitions}` }),
+        el("td", { class: "num", text: num(low) }), lagCell(data.head - low),
+        el("td", { text: ages.length ? ago(Math.min(...ages)) : "never" }),
+        el("td", { class: "num" }, dead ? el("a", { href: "/dead-letters?projection=" + encodeURIComponent(name), text: num(dead) }) : "0"),
+        el("td"), el("td")));
+    }
+    for (const r of rows) {
+      const lease = r.lease_expires_in === null ? "" :
+        r.lease_expires_in > 0 ? `expires in ${span(r.lease_expires_in)}` : `expired ${span(-r.lease_expires_in)} ago`;
+      tbody.append(el("tr", { class: partitioned ? "part" : null },
+        partitioned ? el("td", { text: r.checkpoint_name }) : el("th", { scope: "row", text: name }),
+        el("td", { text: r.partition === null ? "–" : `${r.partition}` }),
+        el("td", { class: "num", text: num(r.checkpoint) }), lagCell(r.lag),
+        el("td", {}, r.updated_at ? el("time", { datetime: r.updated_at, text: ago(r.age_seconds) }) : "never"),
+        el("td", { class: "num" }, r.dead_letters ? el("a", { href: "/dead-letters?projection=" + encodeURIComponent(name), text: num(r.dead_letters) }) : r.dead_letters === null ? "–" : "0"),
+        el("td", { text: r.owner || "" }), el("td", { text: lease })));
+    }
+  }
+  table.append(tbody);
+  const parts = [cards, el("h2", { text: "Projections" })];
+  parts.push(data.projections.length ? table : el("p", { text: "No projection checkpoints yet." }));
+  // Redrawing must not take the keyboard focus away from a link in the table.
+  const focused = content.contains(document.activeElement) ? document.activeElement.getAttribute("href") : null;
+  content.replaceChildren(...parts);
+  if (focused) {
+    const again = [...content.querySelectorAll("a[href]")].find((a) => a.getAttribute("href") === focused);
+    if (again) again.focus();
+  }
+}
+
+async function overview() {
+  try {
+    const data = await api("/api/overview");
+    renderOverview(data);
+    say(`Updated ${new Date().toLocaleTimeString()} · refreshes every 2 s`);
+  } catch (e) { say(`Could not load: ${e.message}`, true); }
+  setTimeout(overview, 2000);
+}
+
+// -- stream search ------------------------------------------------------------------
+
+async function streams() {
+  const form = document.getElementById("search");
+  const params = new URLSearchParams(location.search);
+  for (const name of ["q", "bounded_context", "aggregate_type"]) {
+    const input = form.elements[name]; if (params.get(name)) input.value = params.get(name);
+  }
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const q = new URLSearchParams();
+    for (const name of ["q", "bounded_context", "aggregate_type"]) {
+      if (form.elements[name].value) q.set(name, form.elements[name].value);
+    }
+    history.replaceState(null, "", "/streams?" + q.toString());
+    search();
+  });
+  async function search() {
+    const prefix = form.elements.q.value;
+    if (!prefix) { say("Type an aggregate id, or the start of one."); return; }
+    const q = new URLSearchParams({ prefix });
+    if (form.elements.bounded_context.value) q.set("bounded_context", form.elements.bounded_context.value);
+    if (form.elements.aggregate_type.value) q.set("aggregate_type", form.elements.aggregate_type.value);
+    try {
+      const found = await api("/api/aggregates?" + q.toString());
+      say(found.length ? `${found.length} aggregate${found.length === 1 ? "" : "s"} found` : "No aggregate found.");
+      const list = el("ul", { class: "results" });
+      for (const a of found) {
+        list.append(el("li", {}, el("a", { href: streamPath(a), text: `${a.bounded_context} / ${a.aggregate_type} / ${a.aggregate_id}` }),
+          el("span", { class: "hint", text: ` (version ${num(a.version)})` })));
+      }
+      content.replaceChildren(list);
+    } catch (e) { say(`Search failed: ${e.message}`, true); }
+  }
+  if (form.elements.q.value) search();
+}
+
+// -- one stream -----------------------------------------------------------------------
+
+async function stream() {
+  const base = "/api/streams/" + [body.dataset.boundedContext, body.dataset.aggregateType, body.dataset.aggregateId]
+    .map(encodeURIComponent).join("/");
+  const form = document.getElementById("range");
+  const params = new URLSearchParams(location.search);
+  form.elements.from_version.value = params.get("from_version") || "";
+  form.elements.to_version.value = params.get("to_version") || "";
+  const list = el("ol", { class: "events", "aria-label": "events" });
+  content.replaceChildren(el("p", { class: "hint", id: "version" }), list);
+  let last = 0, version = 0, timer = null;
+  const to = () => form.elements.to_version.value;
+  function showVersion() {
+    document.getElementById("version").textContent =
+      `${body.dataset.boundedContext} / ${body.dataset.aggregateType} · version ${num(version)}` +
+      (to() ? "" : " · new events appear here as they are appended");
+  }
+  async function load(fresh) {
+    const q = new URLSearchParams();
+    const from = fresh ? form.elements.from_version.value : String(last + 1);
+    if (from) q.set("from_version", from);
+    if (to()) q.set("to_version", to());
+    try {
+      const data = await api(base + (q.toString() ? "?" + q.toString() : ""));
+      version = data.version;
+      if (fresh) list.replaceChildren();
+      for (const e of data.events) {
+        const item = eventItem(e, false);
+        if (!fresh) item.classList.add("new");
+        list.append(item);
+        last = e.aggregate_version;
+      }
+      if (fresh && !data.events.length) say("No events in this range.");
+      else if (fresh) say(`${data.events.length} event${data.events.length === 1 ? "" : "s"}`);
+      else if (data.events.length) say(`${data.events.length} new event${data.events.length === 1 ? "" : "s"} at ${new Date().toLocaleTimeString()}`);
+      showVersion();
+    } catch (e) { say(e.status === 404 ? "This aggregate has no events." : `Could not load: ${e.message}`, e.status !== 404); }
+    clearTimeout(timer);
+    if (!to()) timer = setTimeout(() => load(false), 1000);
+  }
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const q = new URLSearchParams();
+    if (form.elements.from_version.value) q.set("from_version", form.elements.from_version.value);
+    if (to()) q.set("to_version", to());
+    history.replaceState(null, "", location.pathname + (q.toString() ? "?" + q.toString() : ""));
+    last = Math.max(0, Number(form.elements.from_version.value || 1) - 1);
+    load(true);
+  });
+  last = Math.max(0, Number(form.elements.from_version.value || 1) - 1);
+  load(true);
+}
+
+// -- global log -----------------------------------------------------------------------
+
+async function log() {
+  const pageSize = 50;
+  const params = new URLSearchParams(location.search);
+  const before = params.get("before");
+  const list = el("ol", { class: "events", "aria-label": "events, newest first" });
+  const pager = el("div", { class: "pager" });
+  const follow = el("input", { type: "checkbox", id: "follow", checked: !before });
+  const controls = el("p", {}, follow, " ", el("label", { for: "follow", text: "Follow new events live" }));
+  content.replaceChildren(controls, list, pager);
+  let source = null;
+  try {
+    const page = await api(`/api/log?limit=${pageSize}` + (before ? `&before=${encodeURIComponent(before)}` : ""));
+    for (const e of page) list.append(eventItem(e, true));
+    const newest = page.length ? page[0].global_position : Number(before || 1) - 1;
+    if (page.length === pageSize) {
+      pager.append(el("a", { href: `/log?before=${page[page.length - 1].global_position}`, text: "Older events →" }));
+    }
+    if (before) pager.prepend(el("a", { href: "/log", text: "← Newest" }));
+    say(page.length ? `Events ${num(page[page.length - 1].global_position)} to ${num(newest)}` : "The store has no events yet.");
+    function connect() {
+      source = new EventSource(`/api/events/live?after=${newest}`);
+      source.addEventListener("event", (message) => {
+        const e = JSON.parse(message.data);
+        const item = eventItem(e, true); item.classList.add("new");
+        list.prepend(item);
+        while (list.children.length > 500) list.lastElementChild.remove();
+        say(`Live · newest ${num(e.global_position)}`);
+      });
+      source.onerror = () => say("Live feed interrupted; reconnecting…", true);
+    }
+    follow.addEventListener("change", () => {
+      if (follow.checked) { location.assign("/log"); } else if (source) { source.close(); source = null; say("Not following."); }
+    });
+    if (follow.checked) connect();
+  } catch (e) { say(`Could not load: ${e.message}`, true); }
+}
+
+// -- dead letters -----------------------------------------------------------------------
+
+async function deadLetters() {
+  const projection = new URLSearchParams(location.search).get("projection");
+  try {
+    const letters = await api("/api/dead-letters" + (projection ? "?projection=" + encodeURIComponent(projection) : ""));
+    say(letters.length ? `${letters.length} dead letter${letters.length === 1 ? "" : "s"}` + (projection ? ` of ${projection}` : "") : "No dead letters.");
+    const table = el("table", {}, el("thead", {}, el("tr", {},
+      ...["Checkpoint", "Position", "Attempts", "Failed", "Error"].map((h, i) => el("th", { scope: "col", class: [1, 2].includes(i) ? "num" : null, text: h })))));
+    const tbody = el("tbody");
+    for (const d of letters) {
+      tbody.append(el("tr", {},
+        el("td", { text: d.projection_name }),
+        el("td", { class: "num" }, el("a", { href: `/log?before=${d.global_position + 1}`, text: num(d.global_position) })),
+        el("td", { class: "num", text: d.attempts }),
+        el("td", {}, d.failed_at ? el("time", { datetime: d.failed_at, text: new Date(d.failed_at).toLocaleString() }) : "?"),
+        el("td", {}, el("details", {}, el("summary", { text: `${d.error_type}: ${d.message.split("\n")[0]}` }), el("pre", { text: d.traceback })))));
+    }
+    table.append(tbody);
+    content.replaceChildren(letters.length ? table : el("p"));
+  } catch (e) { say(`Could not load: ${e.message}`, true); }
+}
+
+const views = { overview, streams, stream, log, "dead-letters": deadLetters };
+(views[body.dataset.view] || (() => {}))();

@@ -1,0 +1,117 @@
+"""A real ``pupsourcing ui`` server in a subprocess, and a store to show."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cli_helpers import cli_argv, cli_env
+from conftest import Backend
+from helpers import event
+from pupsourcing import Event, ExpectedVersion, PersistedEvent
+from pupsourcing.projection import ProcessorConfig
+
+XSS = "<script>window.__pwned = true; alert(1)</script>"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    base: str
+
+    def stop(self) -> str:
+        """Stop the server (SIGTERM); its stderr."""
+        self.process.terminate()
+        try:
+            _, err = self.process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, err = self.process.communicate()
+        return err
+
+
+def start_server(url: str, *args: str, token: str | None = None) -> Server:
+    port = free_port()
+    argv = cli_argv("ui", "--db", url, "--port", str(port), "--poll-interval", "0.2", *args)
+    if token is not None:
+        argv += ["--token", token]
+    process = subprocess.Popen(
+        argv, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"pupsourcing ui exited: {process.communicate()[1]}")
+        try:
+            if httpx.get(f"{base}/api/head", headers=headers, timeout=2).status_code == 200:
+                return Server(process, base)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"pupsourcing ui did not start: {process.communicate()[1]}")
+
+
+class Poisoned:
+    """A projection whose handler fails on the aggregate ``poison``."""
+
+    name = "billing"
+
+    def handle(self, e: PersistedEvent, tx: Any) -> None:
+        if e.aggregate_id == "poison":
+            raise RuntimeError("cannot bill poison")
+
+
+class Quiet:
+    name = "search"
+
+    def handle(self, e: PersistedEvent, tx: Any) -> None:
+        pass
+
+
+def seed(backend: Backend) -> None:
+    """Events on a few aggregates (one payload holding markup, one not JSON),
+    a projection with a dead letter, a partitioned one behind, and a lease."""
+    conn = backend.connect()
+    try:
+        store = backend.store
+        for i in range(12):
+            store.append(conn, ExpectedVersion.any(), [event(f"order-{i % 3}", data={"i": i})])
+        store.append(conn, ExpectedVersion.any(), [event("order-1", "Noted", data={"note": XSS})])
+        raw = Event("Shop", "Order", "blob-1", "Raw", b"\xff\x00", metadata=None)
+        store.append(conn, ExpectedVersion.any(), [raw])
+        store.append(conn, ExpectedVersion.any(), [event("poison", "Placed")])
+        conn.commit()
+    finally:
+        conn.close()
+    config = ProcessorConfig(max_attempts=1, on_failure="dead_letter")
+    with backend.Processor(backend.connect, store, config) as processor:
+        processor.catch_up(Poisoned())
+    partition = ProcessorConfig(partition_key=0, total_partitions=2)
+    with backend.Processor(backend.connect, store, partition) as processor:
+        processor.catch_up(Quiet())
+    conn = backend.connect()
+    try:
+        store.update_checkpoint(conn, "search_p1", 3)
+        cursor = conn.cursor()
+        cursor.execute(
+            f"INSERT INTO {store.config.leases_table} "
+            "(projection_name, partition_key, owner, expires_at, heartbeat) "
+            "VALUES ('search', 1, 'worker-a', 1e12, 0)"
+        )
+        cursor.close()
+        conn.commit()
+    finally:
+        conn.close()

@@ -1,0 +1,120 @@
+"""The console in a real browser (Playwright driving Debian's Chromium):
+sign in, read the overview, find a stream, and watch new events arrive
+while the page is open; markup in a payload shows as text."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Backend, close_backend, make_backend, missing, require
+from console_helpers import XSS, Server, seed, start_server
+from helpers import event
+from pupsourcing import ExpectedVersion
+
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "browser-token"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    require("playwright")
+    if shutil.which(CHROMIUM) is None:
+        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def shown(tmp_path: Path) -> Iterator[tuple[Backend, Server]]:
+    backend = make_backend("sqlite", tmp_path)
+    try:
+        seed(backend)
+        running = start_server(backend.url, token=TOKEN)
+        try:
+            yield backend, running
+        finally:
+            running.stop()
+    finally:
+        close_backend(backend)
+
+
+def append(backend: Backend, aggregate_id: str, event_type: str, data: Any) -> int:
+    conn = backend.connect()
+    try:
+        result = backend.store.append(
+            conn, ExpectedVersion.any(), [event(aggregate_id, event_type, data=data)]
+        )
+        conn.commit()
+        return int(result.global_positions[0])
+    finally:
+        conn.close()
+
+
+def test_overview_stream_and_live_events(browser: Any, shown: tuple[Backend, Server]) -> None:
+    from playwright.sync_api import expect
+
+    backend, server = shown
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on(
+        "dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"), dialog.dismiss())
+    )
+
+    # Signing in: the console asks for the token first.
+    page.goto(server.base + "/")
+    page.get_by_label("Access token").fill(TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+
+    # The overview: the head, every checkpoint, the owner and the dead letter.
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    head = page.locator(".card").filter(has_text="store head")
+    expect(head).to_contain_text("15")
+    table = page.get_by_role("table")
+    expect(table.get_by_role("row").filter(has_text="search_p1")).to_contain_text("worker-a")
+    expect(table.get_by_role("row").filter(has_text="billing")).to_contain_text("1")
+    append(backend, "order-2", "Shipped", {"n": 1})
+    expect(head).to_contain_text("16", timeout=10_000)  # live
+
+    # Find the aggregate and open its stream.
+    page.get_by_role("link", name="Streams").click()
+    page.get_by_label("Aggregate id or prefix").fill("order-1")
+    page.get_by_role("button", name="Search").click()
+    page.get_by_role("link", name="Shop / Order / order-1").click()
+    expect(page).to_have_url(re.compile(r"/streams/Shop/Order/order-1$"))
+    events = page.get_by_role("list", name="events").locator(":scope > li")
+    expect(events).to_have_count(5)
+    # The payload holding a <script> element is shown as text, pretty-printed.
+    payload = events.nth(4).locator("pre.payload")
+    expect(payload).to_have_text(json.dumps({"note": XSS}, indent=2))
+    expect(payload.locator("script")).to_have_count(0)
+    assert page.evaluate("window.__pwned") is None
+
+    # A new event of this aggregate shows up while the page is open.
+    append(backend, "order-1", "Delivered", {"to": "Ada"})
+    expect(events).to_have_count(6, timeout=10_000)
+    expect(events.nth(5)).to_contain_text("Delivered")
+    expect(events.nth(5).locator("pre.payload")).to_contain_text('"to": "Ada"')
+
+    # The global log follows new events live (server-sent events).
+    page.get_by_role("link", name="Global log").click()
+    log = page.get_by_role("list", name="events, newest first").locator(":scope > li")
+    expect(log.first).to_contain_text("Delivered")
+    position = append(backend, "order-0", "Refunded", {"n": 2})
+    expect(log.first).to_contain_text("Refunded", timeout=10_000)
+    expect(log.first).to_contain_text(f"#{position}")
+
+    assert problems == []
