@@ -380,19 +380,36 @@ def test_processors_read_their_batches_chunk_by_chunk(pg: PG, mode: Mode) -> Non
         assert mode.reads == []
 
 
-def test_a_batch_commits_without_waiting_for_the_wal_flush(pg: PG) -> None:
+def test_only_a_batch_that_wrote_nothing_skips_the_wal_flush(pg: PG) -> None:
+    """A checkpoint move alone may commit without waiting for the disk (a
+    crash loses it whole, and the events are handled again with nothing to
+    write); a batch whose handler wrote commits durably, as the session says."""
+    append_streams(pg)
+    store, dialect = pg.store, pg.store.dialect
     conn = pg.connect()
-    dialect = pg.store.dialect
-    assert pg.store._run(conn, dialect.load_checkpoint("p")) == 0
+    store._run(conn, dialect.load_checkpoint("p"))
     conn.commit()
-    assert pg.store._run(conn, dialect.advance_checkpoint("p", 0, 5)) is True
-    # For the batch's transaction alone: the session's setting comes back after it.
-    assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
-    conn.commit()
+    read = dialect.fetch_statement(3, None, 5, (), (), None)
+
+    def last_statement() -> str:
+        rows = pg.connect().execute(
+            "SELECT query FROM pg_stat_activity WHERE pid = %s", (conn.info.backend_pid,)
+        )
+        return str(rows.fetchone()[0])
+
+    assert store._run(conn, dialect.advance_and_read("p", 0, 3, read))[0] is True
+    assert "set_config('synchronous_commit', 'off', true)" in last_statement()
     assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
-    assert pg.store._run(conn, dialect.advance_checkpoint("p", 0, 9)) is False  # moved away
-    conn.rollback()
-    assert pg.store.get_checkpoint(conn, "p") == 5
+    conn.execute("CREATE TEMP TABLE model (n int)")
+    conn.execute("INSERT INTO model VALUES (1)")
+    assert store._run(conn, dialect.advance_and_read("p", 3, 8, read))[0] is True
+    assert "synchronous_commit" not in last_statement()
+    assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+    conn.commit()
+    assert store._run(conn, dialect.advance_checkpoint("p", 8, 9)) is True
+    assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+    conn.commit()
+    assert pg.store.get_checkpoint(conn, "p") == 9
 
 
 def test_the_next_batch_is_read_with_the_compare_and_set(pg: PG) -> None:

@@ -322,18 +322,16 @@ class PostgresDialect(Dialect):
             "AND l.mode = 'RowExclusiveLock' AND l.pid IS DISTINCT FROM pg_backend_pid() "
             "AND visible.position IS NOT NULL) FROM visible"
         )
-        # The compare-and-set of a projection batch also lets its commit skip
-        # the wait for the WAL flush (see advance_checkpoint), and may read
-        # the next batch (advance_and_read): at least one row, the count
-        # first, then the read's columns (NULL when it found nothing).
+        # The compare-and-set of a projection batch may read the next batch
+        # (advance_and_read): at least one row, the count first, then the
+        # read's columns (NULL when it found nothing). Run as a transaction
+        # of its own, it also skips the wait for the WAL flush.
         moved = f"WITH moved AS ({self.advance_checkpoint_sql} RETURNING 1) "
-        advanced = (
-            "SELECT count(*) AS advanced, set_config('synchronous_commit', 'off', true) FROM moved"
-        )
-        self.advance_checkpoint_sql = moved + advanced
-        self._advance_and_read_sql = (
-            f"{moved}SELECT m.advanced, e.* FROM ({advanced}) AS m LEFT JOIN LATERAL (",
-            ") AS e ON true ORDER BY e.global_position",
+        self.advance_checkpoint_sql = f"{moved}SELECT count(*) AS advanced FROM moved"
+        advanced = "SELECT count(*) AS advanced{} FROM moved"
+        self._advance_and_read_sql = tuple(
+            f"{moved}SELECT m.advanced, e.* FROM ({advanced.format(lazy)}) AS m LEFT JOIN LATERAL ("
+            for lazy in ("", ", set_config('synchronous_commit', 'off', true)")
         )
         self.sequence_cache_sql = (
             "SELECT s.seqcache FROM pg_sequence s "
@@ -421,14 +419,7 @@ class PostgresDialect(Dialect):
         return Probe(int(visible), frozenset(writers))
 
     def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
-        """The batch's compare-and-set, which also makes its transaction commit
-        asynchronously (``synchronous_commit = off`` for it alone): the commit
-        returns before its WAL record is flushed, instead of waiting for a disk
-        flush per batch. A server crash may then lose the last batches a
-        projection committed, but only whole and together with the checkpoint
-        (the WAL is replayed in order, so never a checkpoint past events it has
-        not got): the processor handles them again and writes made through
-        ``tx`` stay applied exactly once. Appends keep the session's setting."""
+        """The batch's compare-and-set."""
         rows = yield Statement(
             self.advance_checkpoint_sql, (position, projection_name, expected), fetch=True
         )
@@ -438,14 +429,24 @@ class PostgresDialect(Dialect):
         self, projection_name: str, expected: int, position: int, read: Statement
     ) -> Plan[tuple[bool, list[Row] | None]]:
         """The compare-and-set (as :meth:`advance_checkpoint`) and the next
-        batch's read in one statement, so one round trip."""
-        prefix, suffix = self._advance_and_read_sql
+        batch's read in one statement, so one round trip.
+
+        When the handler wrote nothing through ``tx`` this statement is the
+        whole transaction, and it commits without waiting for its WAL record
+        to reach the disk (``synchronous_commit = off`` for it alone): a
+        server crash may lose the last such checkpoint moves, never a write
+        (the WAL is replayed in order), and the processor then handles those
+        events again, still with nothing to write. A batch that wrote
+        commits as the session's setting says."""
+        prefix, lazy_prefix = self._advance_and_read_sql
+        suffix = ") AS e ON true ORDER BY e.global_position"
         rows = yield Statement(
             f"{prefix}{read.sql}{suffix}",
             (position, projection_name, expected, *read.params),
             fetch=True,
             chunked=True,
             alone=True,  # a handler that wrote nothing leaves it the whole batch
+            sql_alone=f"{lazy_prefix}{read.sql}{suffix}",
         )
         if not rows[0][0]:
             return False, None

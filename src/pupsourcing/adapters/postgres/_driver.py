@@ -37,6 +37,11 @@ def may_run_alone(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) 
     )
 
 
+def run_alone(statement: Statement) -> Statement:
+    """``statement`` as it runs when :func:`may_run_alone` allowed it."""
+    return replace(statement, sql=statement.sql_alone or statement.sql, alone=False)
+
+
 def _decoding_rows(decode: RowDecoder) -> Callable[[Any], RowMaker[Any]]:
     """The psycopg row factory that decodes each row with ``decode.one`` as
     psycopg reads it, whatever the connection's own ``row_factory``."""
@@ -89,7 +94,7 @@ async def execute_async(
     if statement.alone and may_run_alone(conn):
         await conn.set_autocommit(True)
         try:
-            return await execute_async(conn, replace(statement, alone=False))
+            return await execute_async(conn, run_alone(statement))
         finally:
             await conn.set_autocommit(False)
     driver = _psycopg()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.postgres._dialect import PostgresDialect
-from pupsourcing.adapters.postgres._driver import _psycopg, in_transaction, may_run_alone, read_rows
+from pupsourcing.adapters.postgres._driver import (
+    _psycopg,
+    in_transaction,
+    may_run_alone,
+    read_rows,
+    run_alone,
+)
 from pupsourcing.adapters.postgres._listen import PsycopgListener
 from pupsourcing.store.base import SQLStore
 from pupsourcing.store.config import StoreConfig
@@ -44,7 +49,7 @@ class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
             # Without psycopg's BEGIN, and so without a COMMIT to wait for.
             tx.autocommit = True
             try:
-                return self._cursor(tx, replace(statement, alone=False))
+                return self._cursor(tx, run_alone(statement))
             finally:
                 tx.autocommit = False
         # execute_async (used by pupsourcing.aio.AsyncPostgresStore) runs
