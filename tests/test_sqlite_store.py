@@ -242,3 +242,20 @@ def test_created_at_text_reads_back_as_utc(db_path: Path, stored: str, expected:
         [event] = store.read_events(conn, 0, 10)
     assert event.created_at == expected
     assert event.created_at.utcoffset() == timedelta(0)
+
+
+def test_event_ids_and_payloads_written_by_other_tools_read_back(db_path: Path) -> None:
+    # Another writer may store the id in another form uuid.UUID accepts, or
+    # the payload as TEXT: the events read back are the same.
+    store = SQLiteStore()
+    with connect(db_path) as conn:
+        [appended] = store.append(conn, ExpectedVersion.any(), events(1, "t")).events
+        conn.execute(
+            "UPDATE events SET event_id = ?, payload = CAST(payload AS TEXT)",
+            (appended.event_id.hex.upper(),),
+        )
+        assert conn.execute("SELECT typeof(payload) FROM events").fetchone() == ("text",)
+        [read] = store.read_events(conn, 0, 10)
+        [streamed] = store.read_aggregate_stream(conn, "Shop", "Order", "t").events
+    assert read == streamed == appended
+    assert type(read.payload) is bytes
