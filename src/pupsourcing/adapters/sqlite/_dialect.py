@@ -36,6 +36,8 @@ _NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
 def _timestamp(value: datetime) -> str:
     """UTC, microseconds, the text format the Go library writes and reads."""
+    if value.tzinfo is UTC:  # the default created_at: drop the "+00:00"
+        return value.isoformat(" ", "microseconds")[:26]
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
