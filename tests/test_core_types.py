@@ -360,6 +360,14 @@ def test_inline_conversions_equal_the_plain_ones(compile_: Any) -> None:
         )
         assert type(event.event_id) is uuid.UUID
         assert event.created_at.utcoffset() is not None
+    # Whatever uuid.UUID makes of odd text of the canonical length, so does
+    # the inline form (int() reads these too, with or without the dashes).
+    for odd in ["1234567_-1234-1234-1234-123456789012", "0x345678-1234-1234-1234-123456789012"]:
+        row = tuple(
+            odd if c == "event_id" else "2026-11-28" if c == "created_at" else values[c]
+            for c in STORED_FIELDS
+        )
+        assert decode([row])[0].event_id == uuid.UUID(odd)
     bad = tuple("not-a-uuid" if c == "event_id" else values[c] for c in STORED_FIELDS)
     with pytest.raises(ValueError, match="badly formed"):
         decode([bad])
