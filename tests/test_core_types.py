@@ -23,6 +23,8 @@ from pupsourcing import (
     Stream,
 )
 from pupsourcing.core._fast import (
+    TIMESTAMP_FROM_UTC_TEXT,
+    UUID_FROM_TEXT,
     event_builder,
     event_decoder,
     event_row_decoder,
@@ -318,6 +320,57 @@ def test_event_decoder_reads_any_row_layout() -> None:
     assert type(one) is PersistedEvent
     with pytest.raises(dataclasses.FrozenInstanceError):
         one.payload = b"x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("compile_", [event_decoder, event_row_decoder])
+def test_inline_conversions_equal_the_plain_ones(compile_: Any) -> None:
+    # Statements instead of an expression: the UUID and the UTC timestamp,
+    # canonical text and the forms that take the slow path.
+    values = stored_values()
+    convert = {
+        "event_id": [line.format("event_id") for line in UUID_FROM_TEXT],
+        "created_at": [line.format("created_at") for line in TIMESTAMP_FROM_UTC_TEXT],
+    }
+    decoder = compile_(STORED_FIELDS, convert=convert)
+    decode = decoder if compile_ is event_decoder else lambda rows: [decoder()(r) for r in rows]
+    ids = [uuid.uuid4(), uuid.UUID(int=(1 << 128) - 1)]
+    cases = [
+        (
+            str(ids[0]),
+            ids[0],
+            "2026-11-28 15:01:58.123456",
+            datetime(2026, 11, 28, 15, 1, 58, 123456, tzinfo=UTC),
+        ),
+        (
+            "{" + ids[1].hex.upper() + "}",
+            ids[1],
+            "2026-11-28 10:01:58.5-05:00",
+            datetime(2026, 11, 28, 15, 1, 58, 500000, tzinfo=UTC),
+        ),
+        (str(ids[1]), ids[1], "2026-11-28", datetime(2026, 11, 28, tzinfo=UTC)),
+    ]
+    for text, expected_id, stamp, expected_at in cases:
+        row = tuple(
+            text if c == "event_id" else stamp if c == "created_at" else values[c]
+            for c in STORED_FIELDS
+        )
+        [event] = decode([row])
+        assert event == PersistedEvent(
+            **{**values, "event_id": expected_id, "created_at": expected_at}  # type: ignore[arg-type]
+        )
+        assert type(event.event_id) is uuid.UUID
+        assert event.created_at.utcoffset() is not None
+    # Whatever uuid.UUID makes of odd text of the canonical length, so does
+    # the inline form (int() reads these too, with or without the dashes).
+    for odd in ["1234567_-1234-1234-1234-123456789012", "0x345678-1234-1234-1234-123456789012"]:
+        row = tuple(
+            odd if c == "event_id" else "2026-11-28" if c == "created_at" else values[c]
+            for c in STORED_FIELDS
+        )
+        assert decode([row])[0].event_id == uuid.UUID(odd)
+    bad = tuple("not-a-uuid" if c == "event_id" else values[c] for c in STORED_FIELDS)
+    with pytest.raises(ValueError, match="badly formed"):
+        decode([bad])
 
 
 @pytest.mark.parametrize("compile_", [event_decoder, event_row_decoder])

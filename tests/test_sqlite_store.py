@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -242,3 +242,39 @@ def test_created_at_text_reads_back_as_utc(db_path: Path, stored: str, expected:
         [event] = store.read_events(conn, 0, 10)
     assert event.created_at == expected
     assert event.created_at.utcoffset() == timedelta(0)
+
+
+def test_event_ids_and_payloads_written_by_other_tools_read_back(db_path: Path) -> None:
+    # Another writer may store the id in another form uuid.UUID accepts, or
+    # the payload as TEXT: the events read back are the same.
+    store = SQLiteStore()
+    with connect(db_path) as conn:
+        [appended] = store.append(conn, ExpectedVersion.any(), events(1, "t")).events
+        conn.execute(
+            "UPDATE events SET event_id = ?, payload = CAST(payload AS TEXT)",
+            (appended.event_id.hex.upper(),),
+        )
+        assert conn.execute("SELECT typeof(payload) FROM events").fetchone() == ("text",)
+        [read] = store.read_events(conn, 0, 10)
+        [streamed] = store.read_aggregate_stream(conn, "Shop", "Order", "t").events
+    assert read == streamed == appended
+    assert type(read.payload) is bytes
+
+
+@pytest.mark.parametrize(
+    "created_at",
+    [
+        datetime(2026, 11, 28, 15, 1, 58, 123456, tzinfo=UTC),
+        datetime(2026, 11, 28, 16, 1, 58, 123456, tzinfo=timezone(timedelta(hours=1))),
+        datetime(987, 1, 2, 15, 1, 58, tzinfo=UTC),
+    ],
+)
+def test_created_at_is_stored_as_utc_text(db_path: Path, created_at: datetime) -> None:
+    store = SQLiteStore()
+    with connect(db_path) as conn:
+        store.append(conn, ExpectedVersion.any(), events(1, "t", created_at=created_at))
+        [(text,)] = conn.execute("SELECT created_at FROM events").fetchall()
+        [event] = store.read_events(conn, 0, 10)
+    utc = created_at.astimezone(UTC)
+    assert text == utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+    assert event.created_at == utc

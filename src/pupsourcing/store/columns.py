@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +69,7 @@ def names(columns: Sequence[Column]) -> list[str]:
     return [c.name for c in columns]
 
 
-def by_type(columns: Sequence[Column], templates: Mapping[str, str]) -> dict[str, str]:
+def by_type(columns: Sequence[Column], templates: Mapping[str, T]) -> dict[str, T]:
     """``{column name: template}`` for the columns whose type has a template
-    (an expression of ``{}``, the value)."""
+    (an expression of ``{}``, the value, or lines of code)."""
     return {c.name: templates[c.type] for c in columns if c.type in templates}

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from pupsourcing.core._fast import (
+    Convert,
     EventDecoder,
     event_builder,
     event_decoder,
@@ -151,8 +152,10 @@ class Dialect(abc.ABC):
     snapshot_state_type: ClassVar[str | None] = None
     """The snapshot state column's type (default: the payload column's)."""
 
-    decoders: ClassVar[Mapping[str, str]] = {}
-    """The Python that makes the event field from what the driver read."""
+    decoders: ClassVar[Mapping[str, Convert]] = {}
+    """The Python that makes the event field from what the driver read: an
+    expression, or statements that replace the variable ``{0}`` with the
+    field (see :data:`pupsourcing.core._fast.Convert`)."""
 
     encoders: ClassVar[Mapping[str, str]] = {}
     """The Python that makes the driver's parameter from the event field."""
@@ -172,8 +175,10 @@ class Dialect(abc.ABC):
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         # One loop per row layout, compiled once per dialect class.
-        convert = {
+        convert: dict[str, Convert] = {
             name: template.format(name)
+            if isinstance(template, str)
+            else [line.format(name) for line in template]
             for name, template in columns.by_type(columns.EVENTS, cls.decoders).items()
         }
         spec: dict[str, Any] = {"convert": convert, "names": cls.codec_names}

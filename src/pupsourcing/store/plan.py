@@ -22,14 +22,15 @@ A = TypeVar("A")  # the answer the plan receives for it
 @dataclass(frozen=True, slots=True)
 class RowDecoder:
     """How the rows of a result become values: ``many`` decodes a fetched
-    list of tuples in one go (one compiled loop), ``one`` a single row. A
+    list of tuples, or any iterable of them such as a cursor, in one go (one
+    compiled loop), ``one`` a single row. A
     driver that can call ``one`` as it reads each row (psycopg's row
     factories) drops every raw row at once instead of holding them all until
     the whole result is decoded: a smaller working set, and fewer objects
     for the garbage collector to walk."""
 
     one: Callable[[Sequence[Any]], Any]
-    many: Callable[[Sequence[Row]], list[Any]]
+    many: Callable[[Iterable[Row]], list[Any]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pupsourcing.adapters.sqlite._dialect import SQLiteDialect
-from pupsourcing.store.base import SQLStore
-from pupsourcing.store.plan import Statement
+from pupsourcing.store.base import Cursor, SQLStore
+from pupsourcing.store.plan import Row, Statement
 
 if TYPE_CHECKING:
     from os import PathLike
@@ -18,14 +19,40 @@ if TYPE_CHECKING:
     import aiosqlite
 
 
+class _DecodingCursor:
+    """A cursor whose ``fetchall`` decodes the rows as sqlite3 reads them: each
+    raw row dies once decoded instead of all of them staying alive until the
+    whole result is (less for the garbage collector to walk)."""
+
+    __slots__ = ("_cursor", "_decode")
+
+    def __init__(self, cursor: sqlite3.Cursor, decode: Callable[[Iterable[Row]], list[Any]]):
+        self._cursor = cursor
+        self._decode = decode
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    def fetchall(self) -> list[Any]:
+        return self._decode(self._cursor)
+
+    def close(self) -> None:
+        self._cursor.close()
+
+
 class SQLiteStore(SQLStore[sqlite3.Connection]):
     """Event store on a :class:`sqlite3.Connection` passed to each call;
     :class:`~pupsourcing.aio.AsyncSQLiteStore` is its asyncio twin."""
 
     dialect_class = SQLiteDialect
+    decodes_rows = True
 
-    def _cursor(self, tx: sqlite3.Connection, statement: Statement) -> sqlite3.Cursor:
-        return tx.execute(statement.sql, statement.params)
+    def _cursor(self, tx: sqlite3.Connection, statement: Statement) -> Cursor:
+        cursor = tx.execute(statement.sql, statement.params)
+        if statement.decode is None:
+            return cursor
+        return _DecodingCursor(cursor, statement.decode.many)
 
     def _in_transaction(self, tx: sqlite3.Connection) -> bool:
         # sqlite3 opens implicit transactions only before DML, never before
