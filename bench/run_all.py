@@ -8,17 +8,21 @@ baseline, ratio, target, pass/fail) and writes it as Markdown with a bar
 chart (PNG) to ``docs/benchmarks/``.
 
 The targets apply to PostgreSQL; MySQL and SQLite are reported alongside.
+The page states the machine and database versions, read from the system at
+run time, and has a section for the 10,000,000-event scale run on PostgreSQL
+(``scale.py --big``): from ``scale-10m.json`` in the output directory, which
+``--big`` writes in the same run (it adds several minutes).
 
     python bench/run_all.py                 # 6 to 9 minutes on 2 cores
+    python bench/run_all.py --big           # and the 10M scale run
     python bench/run_all.py --quick --output /tmp/bench   # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import platform
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +39,8 @@ DATABASES = ("postgres", "mysql", "sqlite")
 JUDGED = "postgres"
 """The database the targets apply to; the others are reported alongside."""
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+BIG_RESULTS = "scale-10m.json"
+"""The 10M scale run's figures, next to the page (``scale.py --big --output``)."""
 
 
 @dataclass
@@ -73,8 +79,10 @@ class Row:
         return {None: "", True: "pass", False: "FAIL"}[self.passed]
 
 
-def store_rows(database: str, scale_: common.Scale) -> list[Row]:
+def store_rows(database: str, scale_: common.Scale, versions: dict[str, str]) -> list[Row]:
+    """W1, W2, W2c and W4; ``versions`` receives the database's description."""
     target = projections.builders()[database]()
+    versions[database] = target.database
     try:
         results = common.run_workloads(target, scale_)
     finally:
@@ -180,6 +188,39 @@ def scale_rows(database: str, small: int, large: int, quick: bool, rounds: int) 
     return rows
 
 
+def big_section(path: Path) -> str:
+    """The page's section on the 10M scale run, from its JSON record."""
+    how = (
+        "`python bench/run_all.py --big`, or `python bench/scale.py --big --output "
+        f"docs/benchmarks/{BIG_RESULTS}` before `python bench/run_all.py`"
+    )
+    if not path.exists():
+        return f"Not measured for this page: run {how}."
+    record = json.loads(path.read_text(encoding="utf-8"))
+    small, large = record["small"], record["large"]
+    rounds = record.get("rounds", 3)
+    lines = [
+        f"Measured on {record['when']} on {record['machine']}; "
+        f"{record.get('database', 'PostgreSQL')}. The large store took "
+        f"{record.get('load_seconds_large', float('nan')):,.0f} s to load by `COPY` and "
+        "settle (VACUUM ANALYZE, CHECKPOINT). Each ratio compares figures of that run: "
+        f"the store of {large:,} events against one of {small:,}, measured in alternation, "
+        f"best of {rounds} round{'s' if rounds != 1 else ''} each. Reproduce with {how}.",
+        "",
+        "| db | key | workload | figure | baseline | ratio | target |  |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["results"]:
+        key, metric = r["metric"].split(" ", 1)
+        ratio = r["large"] / r["small"] if r["small"] else float("nan")
+        lines.append(
+            f"| {r['database']} | {key} | {metric}, store of {large:,} vs {small:,} events "
+            f"| {r['large']:,.0f} {r['unit']} | {r['small']:,.0f} (same on {small:,} events) "
+            f"| {ratio:.2f}x | >= 0.8x | {'pass' if ratio >= 0.8 else 'FAIL'} |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: Sequence[Row], markdown: bool) -> str:
     header = ["db", "key", "workload", "figure", "baseline", "ratio", "target", ""]
     lines = []
@@ -243,9 +284,14 @@ def chart(rows: Sequence[Row], path: Path) -> None:
 
 PAGE = """# Benchmarks
 
-Measured with `python bench/run_all.py` on {when} ({machine}; Python {python};
-pupsourcing {version}). Every figure is compared with a baseline measured in the
-same run, because absolute numbers drift on a shared machine and ratios do not.
+Measured with `python bench/run_all.py` on {when}, pupsourcing {version}.
+
+- Machine: {machine}
+- Databases: {versions}
+
+Every figure is compared with a baseline measured in the same run on this
+machine, because absolute numbers drift on a shared machine and ratios do not;
+no figure from another machine or library is shown beside them.
 The targets apply to PostgreSQL; MySQL/MariaDB and SQLite are reported alongside.
 Each figure is the best of three rounds on PostgreSQL and of two on the others
 (sides or store sizes alternating), the least disturbed on a shared machine.
@@ -276,6 +322,17 @@ index an append first touches, and on a large store nearly every random id
 lands on a page of its own (about 4x the WAL per append); time-ordered ids
 share the index's last page.
 
+## 10,000,000 events
+
+S2 (single-event appends, random ids) and S4 (reading a 1,000-event stream)
+on PostgreSQL, with a store of 10,000,000 events loaded by `COPY`: appends
+and stream reads must stay flat as the store grows. Too slow for every run,
+so measured on its own.
+
+{big}
+
+## Notes
+
 **Where the time goes** (profiled with py-spy and cProfile). Appends are
 bound by round trips: one statement per append whatever its size (head upsert
 and multi-row INSERT ... RETURNING together; binary arrays unnested on the
@@ -301,8 +358,8 @@ stream read about 0.45 µs an event more than raw tuples; PostgreSQL reads now
 hide that behind the server: libpq 17's chunked rows mode hands over 64 rows
 at a time, decoded while the server produces the rest, through psycopg's
 prepared statements (`Cursor.stream()` plans each query again, which cost
-short streams more than chunking saved). W4 went from 0.69 to 0.75x to
-above 1x raw, a single-event stream is no slower. Appends check every event before
+short streams more than chunking saved); a single-event stream is no
+slower. Appends check every event before
 sending anything; plain ASCII text fields are checked in one pass (about
 1.3 µs an event for all checks). A stream read leaves out the three key columns the
 caller already knows (the raw baseline runs the same SELECT). Filtered reads
@@ -311,7 +368,7 @@ density: an open range with a selective filter and `ORDER BY ... LIMIT` made
 PostgreSQL sort the whole tail. W5 runs with the partition indexes of
 `migrate-gen --partition-indexes 4` (one partial index per partition, on
 PostgreSQL and SQLite): without them each partition's query steps over the
-other partitions' rows, and W5 reached 1.06 to 1.12x.
+other partitions' rows.
 
 **Where the machine sets the limit.** W2c and W5 set our concurrent runs
 against our own single one, so they measure the machine as much as the
@@ -341,6 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--output", type=Path, default=DOCS, help=f"default {DOCS}")
     parser.add_argument("--db", default=",".join(DATABASES))
+    parser.add_argument(
+        "--big",
+        action="store_true",
+        help=f"also the 10M scale run on PostgreSQL (scale.py --big), into {BIG_RESULTS}",
+    )
     args = parser.parse_args(argv)
     databases = [d.strip() for d in args.db.split(",") if d.strip()]
 
@@ -357,10 +419,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = 2_000 if args.quick else 100_000
     small, large = (2_000, 6_000) if args.quick else (scale.SMALL, scale.LARGE)
     rows: list[Row] = []
+    versions: dict[str, str] = {}
     started = time.monotonic()
     for database in databases:
         parts: dict[str, Callable[[str], list[Row]]] = {
-            "stores": lambda db: store_rows(db, store_scale(db)),
+            "stores": lambda db: store_rows(db, store_scale(db), versions),
             "projections": lambda db: projection_rows(db, events, rounds(db)),
             "scale": lambda db: scale_rows(db, small, large, args.quick, rounds(db)),
         }
@@ -374,16 +437,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{database}: database unavailable: {exc}", file=sys.stderr)
             return common.UNAVAILABLE_EXIT_CODE
         print(f"{database}: done ({', '.join(spent)})", file=sys.stderr)
+    args.output.mkdir(parents=True, exist_ok=True)
+    if args.big:
+        begun = time.monotonic()
+        try:
+            big_run(args.output / BIG_RESULTS, args.quick)
+        except common.Unavailable as exc:
+            print(f"postgres: database unavailable: {exc}", file=sys.stderr)
+            return common.UNAVAILABLE_EXIT_CODE
+        print(f"postgres 10M scale: done ({time.monotonic() - begun:.0f} s)", file=sys.stderr)
     print(f"all databases: {time.monotonic() - started:.0f} s", file=sys.stderr)
     for row in rows:  # the targets are PostgreSQL's; the others are reported alongside
         row.judged = row.database == JUDGED
     print(table(rows, markdown=False))
-    args.output.mkdir(parents=True, exist_ok=True)
     chart(rows, args.output / "latest.png")
     page = PAGE.format(
         when=datetime.date.today().isoformat(),
-        machine=_machine(),
-        python=platform.python_version(),
+        machine=common.machine(),
+        versions="; ".join(versions[db] for db in databases if db in versions),
+        big=big_section(args.output / BIG_RESULTS),
         version=pupsourcing.__version__,
         table=table(rows, markdown=True),
         events=f"{events:,}",
@@ -396,18 +468,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if not failed or args.quick else 1
 
 
-def _machine() -> str:
-    """The processor and its count: ratios between workloads that scale
-    differently (W2c, W5) depend on them."""
-    import os
-
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count() or 0} CPUs"
+def big_run(path: Path, quick: bool) -> None:
+    """S2 and S4 on 10,000,000 events (``scale.py --big``), into ``path``."""
+    small, large = (2_000, 6_000) if quick else (scale.SMALL, scale.BIG)
+    info: dict[str, object] = {}
+    results = scale.run(
+        "postgres", projections.builders()["postgres"], small, large, quick, big=True, info=info
+    )
+    print("\n".join(scale.format_rows(results, small, large)))
+    scale.write_json(path, results, small, large, info)
 
 
 if __name__ == "__main__":
