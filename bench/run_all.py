@@ -324,10 +324,10 @@ share the index's last page.
 
 ## 10,000,000 events
 
-S2 (single-event appends, random ids) and S4 (reading a 1,000-event stream)
-on PostgreSQL, with a store of 10,000,000 events loaded by `COPY`: appends
-and stream reads must stay flat as the store grows. Too slow for every run,
-so measured on its own.
+S2 (single-event appends, random ids), S2t (the same with time-ordered ids)
+and S4 (reading a 1,000-event stream) on PostgreSQL, with a store of
+10,000,000 events loaded by `COPY`: appends and stream reads must stay flat
+as the store grows. Too slow for every run, so measured on its own.
 
 {big}
 
@@ -469,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def big_run(path: Path, quick: bool) -> None:
-    """S2 and S4 on 10,000,000 events (``scale.py --big``), into ``path``."""
+    """S2, S2t and S4 on 10,000,000 events (``scale.py --big``), into ``path``."""
     small, large = (2_000, 6_000) if quick else (scale.SMALL, scale.BIG)
     info: dict[str, object] = {}
     results = scale.run(

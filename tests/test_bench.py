@@ -163,13 +163,13 @@ def test_scale_big_loads_by_copy_and_records_the_run(tmp_path: Path) -> None:
     out = run_quick(BENCH / "scale.py", "--big", "--output", str(record_path))
     assert re.search(r"^large store: 6,000 events loaded and settled in \d+ s$", out, re.M), out
     rows = re.findall(r"^(postgres|mysql|sqlite)\s+(S2|S2t|S4|SM) ", out, re.MULTILINE)
-    assert rows == [("postgres", "S2"), ("postgres", "S4")], out
+    assert rows == [("postgres", "S2"), ("postgres", "S2t"), ("postgres", "S4")], out
     record = json.loads(record_path.read_text())
     assert (record["small"], record["large"], record["rounds"]) == (2_000, 6_000, 1)
     assert record["database"].startswith("PostgreSQL ")
     assert "cores" in record["machine"]
     assert "Python " in record["machine"]
-    assert [r["metric"].split()[0] for r in record["results"]] == ["S2", "S4"]
+    assert [r["metric"].split()[0] for r in record["results"]] == ["S2", "S2t", "S4"]
     for r in record["results"]:
         assert r["small"] > 0
         assert r["large"] > 0
