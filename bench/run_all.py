@@ -201,7 +201,8 @@ def big_section(path: Path) -> str:
     rounds = record.get("rounds", 3)
     lines = [
         f"Measured on {record['when']} on {record['machine']}; "
-        f"{record.get('database', 'PostgreSQL')}. The large store took "
+        f"{record.get('database', 'PostgreSQL')}, shared_buffers "
+        f"{record.get('shared_buffers', '?')}. The large store took "
         f"{record.get('load_seconds_large', float('nan')):,.0f} s to load by `COPY` and "
         "settle (VACUUM ANALYZE, CHECKPOINT). Each ratio compares figures of that run: "
         f"the store of {large:,} events against one of {small:,}, measured in alternation, "

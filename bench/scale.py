@@ -178,6 +178,16 @@ def fill(database: str, target: Target, count: int, start: int, copy: bool = Fal
     settle(database, target)
 
 
+def setting(target: Target, name: str) -> str:
+    """A PostgreSQL server setting (the event_id index outgrows a small
+    ``shared_buffers`` long before the table matters)."""
+    conn = target.connect(True)
+    try:
+        return str(conn.execute(f"SHOW {name}").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def count(target: Target) -> int:
     conn = target.connect(True)
     try:
@@ -287,6 +297,8 @@ def run(
             took = time.perf_counter() - loaded
             if info is not None:
                 info["database"] = target.database
+                if database == "postgres":
+                    info["shared_buffers"] = setting(target, "shared_buffers")
                 info[f"load_seconds_{size}"] = round(took, 1)
             if big:
                 print(f"{size} store: {events:,} events loaded and settled in {took:.0f} s")

@@ -167,6 +167,7 @@ def test_scale_big_loads_by_copy_and_records_the_run(tmp_path: Path) -> None:
     record = json.loads(record_path.read_text())
     assert (record["small"], record["large"], record["rounds"]) == (2_000, 6_000, 1)
     assert record["database"].startswith("PostgreSQL ")
+    assert record["shared_buffers"]
     assert "cores" in record["machine"]
     assert "Python " in record["machine"]
     assert [r["metric"].split()[0] for r in record["results"]] == ["S2", "S2t", "S4"]
