@@ -47,6 +47,7 @@ tests/test_bench.py runs every ``bench/*.py`` script but this one with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -502,3 +503,29 @@ def settle(database: str, target: Target) -> None:
                 cursor.fetchall()
     finally:
         conn.close()
+
+
+def machine() -> str:
+    """This machine as the system reports it now: processor model and core
+    count, memory, operating system and Python (ratios between workloads
+    that scale differently, W2c and W5, depend on them)."""
+    import os
+    from pathlib import Path
+
+    model = platform.processor() or platform.machine()
+    memory = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f", {int(line.split()[1]) / 1024**2:.1f} GiB RAM"
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"{model}, {cores or 0} cores{memory}; {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()} ({platform.python_implementation()})"
+    )

@@ -11,18 +11,22 @@ The targets apply to PostgreSQL; MySQL and SQLite are reported alongside.
 MySQL is measured on PyMySQL (``mysql``) and, when installed, on mysqlclient
 (``mysqlclient``: the store and the bare driver both on mysqlclient; no
 store-growth figures, which are the server's).
+The page states the machine and database versions, read from the system at
+run time, and has a section for the 10,000,000-event scale run on PostgreSQL
+(``scale.py --big``): from ``scale-10m.json`` in the output directory, which
+``--big`` writes in the same run (it adds several minutes).
 
     python bench/run_all.py                 # 6 to 9 minutes on 2 cores
+    python bench/run_all.py --big           # and the 10M scale run
     python bench/run_all.py --quick --output /tmp/bench   # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import importlib.util
-import platform
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +43,8 @@ DATABASES = ("postgres", "mysql", "sqlite")
 JUDGED = "postgres"
 """The database the targets apply to; the others are reported alongside."""
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+BIG_RESULTS = "scale-10m.json"
+"""The 10M scale run's figures, next to the page (``scale.py --big --output``)."""
 
 
 @dataclass
@@ -95,8 +101,10 @@ def cpu_note(ratio: float, raw_ratio: float | None, complete: bool) -> str:
     return text if complete else text + " (client only: the server's threads are not readable)"
 
 
-def store_rows(database: str, scale_: common.Scale) -> list[Row]:
+def store_rows(database: str, scale_: common.Scale, versions: dict[str, str]) -> list[Row]:
+    """W1, W2, W2c and W4; ``versions`` receives the database's description."""
     target = projections.builders()[database]()
+    versions[database] = target.database
     try:
         results = common.run_workloads(target, scale_)
     finally:
@@ -205,6 +213,40 @@ def scale_rows(database: str, small: int, large: int, quick: bool, rounds: int) 
     return rows
 
 
+def big_section(path: Path) -> str:
+    """The page's section on the 10M scale run, from its JSON record."""
+    how = (
+        "`python bench/run_all.py --big`, or `python bench/scale.py --big --output "
+        f"docs/benchmarks/{BIG_RESULTS}` before `python bench/run_all.py`"
+    )
+    if not path.exists():
+        return f"Not measured for this page: run {how}."
+    record = json.loads(path.read_text(encoding="utf-8"))
+    small, large = record["small"], record["large"]
+    rounds = record.get("rounds", 3)
+    lines = [
+        f"Measured on {record['when']} on {record['machine']}; "
+        f"{record.get('database', 'PostgreSQL')}, shared_buffers "
+        f"{record.get('shared_buffers', '?')}. The large store took "
+        f"{record.get('load_seconds_large', float('nan')):,.0f} s to load by `COPY` and "
+        "settle (VACUUM ANALYZE, CHECKPOINT). Each ratio compares figures of that run: "
+        f"the store of {large:,} events against one of {small:,}, measured in alternation, "
+        f"best of {rounds} round{'s' if rounds != 1 else ''} each. Reproduce with {how}.",
+        "",
+        "| db | key | workload | figure | baseline | ratio | target |  |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["results"]:
+        key, metric = r["metric"].split(" ", 1)
+        ratio = r["large"] / r["small"] if r["small"] else float("nan")
+        lines.append(
+            f"| {r['database']} | {key} | {metric}, store of {large:,} vs {small:,} events "
+            f"| {r['large']:,.0f} {r['unit']} | {r['small']:,.0f} (same on {small:,} events) "
+            f"| {ratio:.2f}x | >= 0.8x | {'pass' if ratio >= 0.8 else 'FAIL'} |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: Sequence[Row], markdown: bool) -> str:
     header = ["db", "key", "workload", "figure", "baseline", "ratio", "target", ""]
     lines = []
@@ -268,9 +310,14 @@ def chart(rows: Sequence[Row], path: Path) -> None:
 
 PAGE = """# Benchmarks
 
-Measured with `python bench/run_all.py` on {when} ({machine}; Python {python};
-pupsourcing {version}). Every figure is compared with a baseline measured in the
-same run, because absolute numbers drift on a shared machine and ratios do not.
+Measured with `python bench/run_all.py` on {when}, pupsourcing {version}.
+
+- Machine: {machine}
+- Databases: {versions}
+
+Every figure is compared with a baseline measured in the same run on this
+machine, because absolute numbers drift on a shared machine and ratios do not;
+no figure from another machine or library is shown beside them.
 The targets apply to PostgreSQL; MySQL/MariaDB and SQLite are reported alongside.
 Each figure is the best of three rounds on PostgreSQL and of two on the others
 (sides or store sizes alternating), the least disturbed on a shared machine.
@@ -302,6 +349,21 @@ index an append first touches, and on a large store nearly every random id
 lands on a page of its own (about 4x the WAL per append); time-ordered ids
 share the index's last page.
 
+## 10,000,000 events
+
+S2 (single-event appends, random ids), S2t (the same with time-ordered ids)
+and S4 (reading a 1,000-event stream) on PostgreSQL, with a store of
+10,000,000 events loaded by `COPY`: appends and stream reads must stay flat
+as the store grows. Too slow for every run, so measured on its own. S2t tells
+the store's size from the random ids' `event_id` index (see S2 above): once
+that index (roughly 30 to 45 bytes an event) outgrows `shared_buffers`, each random
+id's page must also be read in and a dirty one written out, which
+time-ordered ids, all landing on the index's last page, avoid.
+
+{big}
+
+## Notes
+
 **Where the time goes** (profiled with py-spy and cProfile). Appends are
 bound by round trips: one statement per append whatever its size (head upsert
 and multi-row INSERT ... RETURNING together; binary arrays unnested on the
@@ -327,8 +389,8 @@ stream read about 0.45 µs an event more than raw tuples; PostgreSQL reads now
 hide that behind the server: libpq 17's chunked rows mode hands over 64 rows
 at a time, decoded while the server produces the rest, through psycopg's
 prepared statements (`Cursor.stream()` plans each query again, which cost
-short streams more than chunking saved). W4 went from 0.69 to 0.75x to
-above 1x raw, a single-event stream is no slower. Appends check every event before
+short streams more than chunking saved); a single-event stream is no
+slower. Appends check every event before
 sending anything; plain ASCII text fields are checked in one pass (about
 1.3 µs an event for all checks). A stream read leaves out the three key columns the
 caller already knows (the raw baseline runs the same SELECT). Filtered reads
@@ -337,7 +399,7 @@ density: an open range with a selective filter and `ORDER BY ... LIMIT` made
 PostgreSQL sort the whole tail. W5 runs with the partition indexes of
 `migrate-gen --partition-indexes 4` (one partial index per partition, on
 PostgreSQL and SQLite): without them each partition's query steps over the
-other partitions' rows, and W5 reached 1.06 to 1.12x.
+other partitions' rows.
 
 **Where the machine sets the limit.** W2c and W5 set our concurrent runs
 against our own single one, so they measure the machine as much as the
@@ -367,6 +429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--output", type=Path, default=DOCS, help=f"default {DOCS}")
     parser.add_argument("--db", default=",".join(DATABASES))
+    parser.add_argument(
+        "--big",
+        action="store_true",
+        help=f"also the 10M scale run on PostgreSQL (scale.py --big), into {BIG_RESULTS}",
+    )
     args = parser.parse_args(argv)
     databases = with_mysqlclient([d.strip() for d in args.db.split(",") if d.strip()])
 
@@ -383,10 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = 2_000 if args.quick else 100_000
     small, large = (2_000, 6_000) if args.quick else (scale.SMALL, scale.LARGE)
     rows: list[Row] = []
+    versions: dict[str, str] = {}
     started = time.monotonic()
     for database in databases:
         parts: dict[str, Callable[[str], list[Row]]] = {
-            "stores": lambda db: store_rows(db, store_scale(db)),
+            "stores": lambda db: store_rows(db, store_scale(db), versions),
             "projections": lambda db: projection_rows(db, events, rounds(db)),
         }
         if database != "mysqlclient":  # store growth is the server's, whatever the driver
@@ -401,16 +469,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{database}: database unavailable: {exc}", file=sys.stderr)
             return common.UNAVAILABLE_EXIT_CODE
         print(f"{database}: done ({', '.join(spent)})", file=sys.stderr)
+    args.output.mkdir(parents=True, exist_ok=True)
+    if args.big:
+        begun = time.monotonic()
+        try:
+            big_run(args.output / BIG_RESULTS, args.quick)
+        except common.Unavailable as exc:
+            print(f"postgres: database unavailable: {exc}", file=sys.stderr)
+            return common.UNAVAILABLE_EXIT_CODE
+        print(f"postgres 10M scale: done ({time.monotonic() - begun:.0f} s)", file=sys.stderr)
     print(f"all databases: {time.monotonic() - started:.0f} s", file=sys.stderr)
     for row in rows:  # the targets are PostgreSQL's; the others are reported alongside
         row.judged = row.database == JUDGED
     print(table(rows, markdown=False))
-    args.output.mkdir(parents=True, exist_ok=True)
     chart(rows, args.output / "latest.png")
     page = PAGE.format(
         when=datetime.date.today().isoformat(),
-        machine=_machine(),
-        python=platform.python_version(),
+        machine=common.machine(),
+        versions="; ".join(versions[db] for db in databases if db in versions),
+        big=big_section(args.output / BIG_RESULTS),
         version=pupsourcing.__version__,
         table=table(rows, markdown=True),
         events=f"{events:,}",
@@ -435,18 +512,15 @@ def with_mysqlclient(databases: list[str]) -> list[str]:
     return [*databases[: index + 1], "mysqlclient", *databases[index + 1 :]]
 
 
-def _machine() -> str:
-    """The processor and its count: ratios between workloads that scale
-    differently (W2c, W5) depend on them."""
-    import os
-
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count() or 0} CPUs"
+def big_run(path: Path, quick: bool) -> None:
+    """S2, S2t and S4 on 10,000,000 events (``scale.py --big``), into ``path``."""
+    small, large = (2_000, 6_000) if quick else (scale.SMALL, scale.BIG)
+    info: dict[str, object] = {}
+    results = scale.run(
+        "postgres", projections.builders()["postgres"], small, large, quick, big=True, info=info
+    )
+    print("\n".join(scale.format_rows(results, small, large)))
+    scale.write_json(path, results, small, large, info)
 
 
 if __name__ == "__main__":

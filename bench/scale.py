@@ -28,13 +28,26 @@ a random id lands on a page of its own (measured: 5 to 7 kB of WAL per append
 on 1,000,000 events against 1.4 kB on 10,000). Time-ordered ids all land on
 the index's last page: S2t shows the difference.
 
+With ``--big`` (PostgreSQL only, minutes rather than seconds, so not part of
+``run_all.py``'s default run): S2, S2t and S4 on 10,000 against 10,000,000 events,
+the large store loaded with ``COPY`` from this process (psycopg's
+``cursor.copy``), as a bulk import of another store's history would be.
+
     python bench/scale.py [--quick] [--db postgres,mysql,sqlite] [--large N]
+    python bench/scale.py --big [--large N] [--output FILE.json]
+
+``--output`` also writes the figures, the machine and the database version
+as JSON: ``run_all.py`` shows the file ``scale-10m.json`` next to the page as
+the page's 10M section (``run_all.py --big`` writes it in the same run).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import multiprocessing
+import random
 import resource
 import sys
 import time
@@ -42,7 +55,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, make_events, settle
+from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, machine, make_events, settle
 from projections import LOCATIONS, Noop, builders, location_of
 
 from pupsourcing import ExpectedVersion, uuid7
@@ -50,6 +63,7 @@ from pupsourcing.projection import Processor, ProcessorConfig
 
 SMALL = 10_000
 LARGE = 1_000_000
+BIG = 10_000_000
 STREAM = 1_000
 
 
@@ -123,17 +137,55 @@ FILLERS: dict[str, Callable[[Any, int, int], None]] = {
 }
 
 
-def fill(database: str, target: Target, count: int, start: int) -> None:
-    """Add ``count`` filler events (sequence numbers from ``start``)."""
+COPY_COLUMNS = (
+    "bounded_context, aggregate_type, aggregate_id, aggregate_version, event_id, "
+    "event_type, event_version, payload, metadata, created_at"
+)
+COPY_LINES = 10_000
+"""Rows formatted per write to the COPY stream."""
+
+
+def copy_postgres(conn: Any, first: int, last: int) -> None:
+    """The rows of :func:`fill_postgres`, sent with ``COPY ... FROM STDIN``
+    (text format, formatted here: random ids, a 200-byte payload)."""
+    bits = random.getrandbits
+    payload = "\\\\x" + "78" * 200  # bytea hex input, its backslash escaped for COPY
+    created = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime())
+    tail = f"\tFilled\t1\t{payload}\t{{}}\t{created}\n"
+    with conn.cursor().copy(f"COPY events ({COPY_COLUMNS}) FROM STDIN") as copy:
+        for start in range(first, last + 1, COPY_LINES):
+            copy.write(
+                "".join(
+                    f"Bench\tFiller\tfiller-{g // 10}\t{g % 10 + 1}\t{bits(128):032x}{tail}"
+                    for g in range(start, min(start + COPY_LINES, last + 1))
+                )
+            )
+
+
+def fill(database: str, target: Target, count: int, start: int, copy: bool = False) -> None:
+    """Add ``count`` filler events (sequence numbers from ``start``), generated
+    on the server, or with ``copy`` sent by COPY (PostgreSQL)."""
+    filler = copy_postgres if copy else FILLERS[database]
+    chunk = FILL_CHUNK * 10 if copy else FILL_CHUNK
     conn = target.connect(False)
     try:
-        for first in range(start, start + count, FILL_CHUNK):
-            last = min(first + FILL_CHUNK, start + count) - 1
-            FILLERS[database](conn, first, last)
+        for first in range(start, start + count, chunk):
+            last = min(first + chunk, start + count) - 1
+            filler(conn, first, last)
             conn.commit()
     finally:
         conn.close()
     settle(database, target)
+
+
+def setting(target: Target, name: str) -> str:
+    """A PostgreSQL server setting (the event_id index outgrows a small
+    ``shared_buffers`` long before the table matters)."""
+    conn = target.connect(True)
+    try:
+        return str(conn.execute(f"SHOW {name}").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def count(target: Target) -> int:
@@ -211,10 +263,19 @@ def run(
     large: int,
     quick: bool,
     rounds: int = 3,
+    big: bool = False,
+    info: dict[str, Any] | None = None,
 ) -> list[ScaleResult]:
     """S2, S2t, S4 and SM on ``database``; each figure is the best of
-    ``rounds`` rounds per store (1 when ``quick``)."""
+    ``rounds`` rounds per store (1 when ``quick``). With ``big``, no SM (a
+    catch-up of the whole store), the stores loaded by COPY (PostgreSQL).
+    ``info`` receives the database's description, the rounds and the seconds
+    each store took to load."""
+    if big and database != "postgres":
+        raise ValueError(f"--big loads by COPY, which is PostgreSQL's; got {database}")
     rounds = 1 if quick else rounds
+    if info is not None:
+        info["rounds"] = rounds
     transactions = 50 if quick else 1000
     reads = 5 if quick else 200
     measures: dict[str, Callable[[Target, str], float]] = {
@@ -231,7 +292,16 @@ def run(
             target.store.append(conn, ExpectedVersion.any(), make_events("s4", 500, 500))
             conn.commit()
             conn.close()
-            fill(database, target, events - STREAM, 0)
+            loaded = time.perf_counter()
+            fill(database, target, events - STREAM, 0, copy=big)
+            took = time.perf_counter() - loaded
+            if info is not None:
+                info["database"] = target.database
+                if database == "postgres":
+                    info["shared_buffers"] = setting(target, "shared_buffers")
+                info[f"load_seconds_{size}"] = round(took, 1)
+            if big:
+                print(f"{size} store: {events:,} events loaded and settled in {took:.0f} s")
         best: dict[tuple[str, str], float] = {}
         for key, measure in measures.items():
             for round_ in range(rounds):
@@ -239,7 +309,10 @@ def run(
                     rate = measure(stores[size], size)
                     best[key, size] = max(best.get((key, size), 0.0), rate)
         for size, target in stores.items():
-            best["SM", size] = catch_up_peak_mib(database, target, f"scale_{size}", count(target))
+            if not big:
+                best["SM", size] = catch_up_peak_mib(
+                    database, target, f"scale_{size}", count(target)
+                )
     finally:
         for target in stores.values():
             target.close()
@@ -249,12 +322,13 @@ def run(
             database, f"{key} {metric}", best[key, "small"], best[key, "large"], unit
         )
 
-    return [
-        result("S2", "single-event append", "events/s"),
-        result("S2t", "single-event append, uuid7 ids", "events/s"),
-        result("S4", "read 1,000-event stream", "reads/s"),
-        result("SM", "catch-up peak RSS", "MiB"),
+    metrics = [
+        ("S2", "single-event append", "events/s"),
+        ("S2t", "single-event append, uuid7 ids", "events/s"),
+        ("S4", "read 1,000-event stream", "reads/s"),
+        ("SM", "catch-up peak RSS", "MiB"),
     ]
+    return [result(*m) for m in metrics if (m[0], "small") in best]
 
 
 def passes(result: ScaleResult) -> bool:
@@ -276,23 +350,65 @@ def format_rows(results: Sequence[ScaleResult], small: int, large: int) -> list[
     return lines
 
 
+def write_json(
+    path: Any, results: Sequence[ScaleResult], small: int, large: int, info: dict[str, Any]
+) -> None:
+    """The figures of one run, with when and where they were measured."""
+    record = {
+        "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "small": small,
+        "large": large,
+        **info,
+        "results": [
+            {
+                "database": r.database,
+                "metric": r.metric,
+                "small": r.small,
+                "large": r.large,
+                "unit": r.unit,
+                "ratio": r.ratio,
+            }
+            for r in results
+        ],
+    }
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(record, out, indent=2)
+        out.write("\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="2,000 -> 6,000 events")
     parser.add_argument("--db", default="postgres,mysql,sqlite")
-    parser.add_argument("--large", type=int, default=LARGE)
+    parser.add_argument("--large", type=int, help=f"default {LARGE:,}; with --big {BIG:,}")
+    parser.add_argument(
+        "--big",
+        action="store_true",
+        help=f"PostgreSQL only: S2, S2t and S4 on {SMALL:,} against {BIG:,} events loaded by COPY "
+        "(takes minutes; the schemas are dropped afterwards)",
+    )
+    parser.add_argument("--output", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    small, large = (2_000, 6_000) if args.quick else (SMALL, args.large)
+    if args.big:
+        args.db = "postgres"
+    large = args.large or (BIG if args.big else LARGE)
+    small, large = (2_000, 6_000) if args.quick else (SMALL, large)
     available = builders()
     results: list[ScaleResult] = []
+    info: dict[str, Any] = {}
     status = 0
     for database in [d.strip() for d in args.db.split(",") if d.strip()]:
         try:
-            results += run(database, available[database], small, large, args.quick)
+            results += run(
+                database, available[database], small, large, args.quick, big=args.big, info=info
+            )
         except Unavailable as exc:
             print(f"{database}: database unavailable: {exc}", file=sys.stderr)
             status = UNAVAILABLE_EXIT_CODE
     print("\n".join(format_rows(results, small, large)))
+    if args.output:
+        write_json(args.output, results, small, large, info)
     return status
 
 

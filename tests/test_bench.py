@@ -8,6 +8,7 @@ a skip locally and a failure under ``CI=true``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -174,6 +175,25 @@ def test_scale_benchmark_runs_in_quick_mode() -> None:
     assert [key for _, key in rows] == ["S2", "S2t", "S4", "SM"] * 3, out
 
 
+def test_scale_big_loads_by_copy_and_records_the_run(tmp_path: Path) -> None:
+    record_path = tmp_path / "scale-10m.json"
+    out = run_quick(BENCH / "scale.py", "--big", "--output", str(record_path))
+    assert re.search(r"^large store: 6,000 events loaded and settled in \d+ s$", out, re.M), out
+    rows = re.findall(r"^(postgres|mysql|sqlite)\s+(S2|S2t|S4|SM) ", out, re.MULTILINE)
+    assert rows == [("postgres", "S2"), ("postgres", "S2t"), ("postgres", "S4")], out
+    record = json.loads(record_path.read_text())
+    assert (record["small"], record["large"], record["rounds"]) == (2_000, 6_000, 1)
+    assert record["database"].startswith("PostgreSQL ")
+    assert record["shared_buffers"]
+    assert "cores" in record["machine"]
+    assert "Python " in record["machine"]
+    assert [r["metric"].split()[0] for r in record["results"]] == ["S2", "S2t", "S4"]
+    for r in record["results"]:
+        assert r["small"] > 0
+        assert r["large"] > 0
+        assert r["ratio"] == pytest.approx(r["large"] / r["small"])
+
+
 def test_run_all_writes_the_table_and_chart(tmp_path: Path) -> None:
     out = run_quick(BENCH / "run_all.py", "--output", str(tmp_path))
     for key in ("W1", "W2", "W2c", "W4", "W3/100", "W3/1000", "W5", "S2", "S2t", "S4", "SM"):
@@ -187,6 +207,17 @@ def test_run_all_writes_the_table_and_chart(tmp_path: Path) -> None:
     assert "Go original" not in out
     assert "Go original" not in page
     assert "![ratios to baselines](latest.png)" in page
+    # The machine and the databases, as read when the page was made.
+    machine = re.search(r"^- Machine: (.+)$", page, re.M)
+    assert machine, page
+    assert re.search(r"\d+ cores, [\d.]+ GiB RAM; .*Python 3\.", machine[1]), machine[1]
+    databases = re.search(r"^- Databases: (.+)$", page, re.M)
+    assert databases, page
+    for name in ("PostgreSQL 1", "MariaDB", "SQLite 3."):
+        assert name in databases[1]
+    # No 10M run in this output directory: the section says how to make one.
+    big = page.split("## 10,000,000 events", 1)[1]
+    assert "Not measured for this page: run `python bench/run_all.py --big`" in big
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

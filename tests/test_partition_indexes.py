@@ -3,17 +3,22 @@ processor's query uses, so it no longer steps over other partitions' rows."""
 
 from __future__ import annotations
 
+import logging
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cli_helpers import cli
 from conftest import Backend, made_backend
 from helpers import event
 from pupsourcing import ExpectedVersion
 from pupsourcing.migrations import partition_indexes_sql
-from pupsourcing.projection import ProcessorConfig
+from pupsourcing.projection import HashPartitionStrategy, ProcessorConfig
 from pupsourcing.store import StoreConfig
+from test_cli_run import Running, prepare, wait_for
 
 PARTITIONS = 4
 
@@ -97,3 +102,150 @@ def test_partition_indexes_script() -> None:
     for bad in (1, 0, 257, True, 2.0, "4"):
         with pytest.raises(ValueError, match="total_partitions: must be an int from 2 to 256"):
             partition_indexes_sql("sqlite", bad)  # type: ignore[arg-type]
+
+
+# -- the processor's check at start and `projections run --create-indexes` ------------
+
+
+@pytest.fixture
+def running() -> Iterator[list[Running]]:
+    """Processes a test started; killed if the test left them running."""
+    started: list[Running] = []
+    yield started
+    for run in started:
+        run.kill()
+
+
+def index_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "partition indexes" in r.getMessage()
+    ]
+
+
+def run_every_partition(backend: Backend) -> None:
+    """Each partition's processor, twice over (a second start on the same store)."""
+    for _ in range(2):
+        for key in range(PARTITIONS):
+            config = ProcessorConfig(batch_size=50, partition_key=key, total_partitions=PARTITIONS)
+            with backend.Processor(backend.connect, backend.store, config) as processor:
+                processor.catch_up(Keys(f"k{key}"))
+
+
+def missing_indexes(backend: Backend, total: int = PARTITIONS) -> list[str]:
+    conn = backend.connection()
+    missing: list[str] = backend.store._run(
+        conn, backend.store.dialect.missing_partition_indexes(total)
+    )
+    conn.rollback()
+    return missing
+
+
+@pytest.mark.both_apis
+def test_processors_warn_once_when_partition_indexes_are_missing(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    fill(backend, aggregates=20, per_aggregate=2)
+    with caplog.at_level(logging.WARNING):
+        run_every_partition(backend)
+    warnings = index_warnings(caplog)
+    if backend.name == "mysql":  # no partial indexes: nothing to miss
+        assert warnings == []
+        assert missing_indexes(backend) == []
+        return
+    table = backend.store.config.events_table
+    names = [f"idx_{table}_part{PARTITIONS}_{key}" for key in range(PARTITIONS)]
+    assert missing_indexes(backend) == names
+    assert len(warnings) == 1, warnings
+    assert warnings[0].endswith(partition_indexes_sql(backend.name, PARTITIONS))
+    assert f"total_partitions={PARTITIONS}" in warnings[0]
+    assert "--create-indexes" in warnings[0]
+    assert all(name in warnings[0] for name in names)
+    # Fewer partitions have indexes of their own, checked on their own.
+    caplog.clear()
+    config = ProcessorConfig(partition_key=1, total_partitions=2)
+    with (
+        caplog.at_level(logging.WARNING),
+        backend.Processor(backend.connect, backend.store, config) as processor,
+    ):
+        processor.catch_up(Keys("two"))
+    assert len(index_warnings(caplog)) == 1
+    assert "total_partitions=2:" in index_warnings(caplog)[0]
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+@pytest.mark.parametrize("name", ["postgres", "sqlite"])
+def test_no_warning_when_the_partition_indexes_are_there(
+    name: str, api: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with made_backend(name, tmp_path, api=api) as backend:
+        conn = backend.connection()
+        backend.store._run(conn, backend.store.dialect.create_partition_indexes(PARTITIONS))
+        conn.commit()
+        assert missing_indexes(backend) == []
+        fill(backend, aggregates=20, per_aggregate=2)
+        with caplog.at_level(logging.WARNING):
+            run_every_partition(backend)
+        assert index_warnings(caplog) == []
+        # One index dropped: the warning names it alone.
+        dropped = f"idx_{backend.store.config.events_table}_part{PARTITIONS}_2"
+        conn.cursor().execute(f"DROP INDEX {dropped}")
+        conn.commit()
+        assert missing_indexes(backend) == [dropped]
+
+
+def test_unhashed_strategies_are_not_checked(
+    sqlite_db: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Custom(HashPartitionStrategy):
+        """Not the hash strategy itself: filters in Python, needs no index."""
+
+    fill(sqlite_db, aggregates=4, per_aggregate=1)
+    config = ProcessorConfig(partition_key=0, total_partitions=2, partition_strategy=Custom())
+    with (
+        caplog.at_level(logging.WARNING),
+        sqlite_db.Processor(sqlite_db.connect, sqlite_db.store, config) as processor,
+    ):
+        processor.catch_up(Keys("custom"))
+    assert index_warnings(caplog) == []
+
+
+@pytest.mark.parametrize(
+    "flags", [["--partitions", "2"], ["--total-partitions", "2", "--partition-key", "1"]]
+)
+def test_projections_run_creates_the_partition_indexes(
+    backend: Backend, flags: list[str], running: list[Running]
+) -> None:
+    prepare(backend, aggregates=6, per_aggregate=2)
+    run = Running(
+        "projections", "run", "cli_projections:Recorder", "--db", backend.url, *flags,
+        "--create-indexes", "--progress-interval", "0.2",
+    )  # fmt: skip
+    running.append(run)
+    run.wait_for_line(r"recorder: caught up at position 12")
+    wait_for(lambda: "partition indexes" in run.stderr, what="the index report", run=run)
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0, run.stderr
+    assert missing_indexes(backend, 2) == []
+    assert "lacks" not in run.stderr  # no warning
+    if backend.name == "mysql":
+        assert "mysql has no partial indexes: no partition indexes to create" in run.stderr
+    else:
+        table = backend.store.config.events_table
+        assert f"created the partition indexes idx_{table}_part2_0, idx_{table}_part2_1" in (
+            run.stderr
+        )
+        conn = backend.connection()
+        assert {f"idx_{table}_part2_0", f"idx_{table}_part2_1"} <= backend.store._run(
+            conn, backend.store.dialect.index_names()
+        )
+        conn.rollback()
+
+
+def test_create_indexes_needs_partitions() -> None:
+    result = cli("projections", "run", "cli_projections:Recorder", "--create-indexes")
+    assert result.returncode == 2
+    assert "--create-indexes needs --partitions N or --total-partitions N above 1" in (
+        result.stderr
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -156,6 +157,32 @@ def check_layouts(db: Database, names: list[str], total_partitions: int) -> None
     with connection(db) as conn:
         for name in names:
             db.store._run(conn, check_layout(db.store.dialect, name, total_partitions))
+
+
+def create_partition_indexes(db: Database, total_partitions: int) -> list[str]:
+    """``--create-indexes``: create the partition indexes for
+    ``total_partitions`` that are missing, before any worker starts; returns
+    their names (none on MySQL, which has no partial indexes)."""
+    dialect = db.store.dialect
+    with connection(db) as conn:
+        missing: list[str] = db.store._run(
+            conn, dialect.missing_partition_indexes(total_partitions)
+        )
+        if missing:
+            db.store._run(conn, dialect.create_partition_indexes(total_partitions))
+        conn.commit()
+    return missing
+
+
+def report_created_indexes(logger: logging.Logger, db: Database, created: list[str]) -> None:
+    """Log what :func:`create_partition_indexes` did."""
+    if created:
+        logger.info("created the partition indexes %s", ", ".join(created))
+    elif not db.store.dialect.schema_dialect.partial_indexes:
+        name = db.store.dialect.name
+        logger.info("%s has no partial indexes: no partition indexes to create", name)
+    else:
+        logger.info("the partition indexes are there already")
 
 
 def scrub_secrets(text: str, args: argparse.Namespace) -> str:

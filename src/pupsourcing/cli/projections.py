@@ -80,6 +80,13 @@ def register(commands: Any) -> None:
     )
     scaling.add_argument("--total-partitions", type=positive_int, metavar="N")
     scaling.add_argument(
+        "--create-indexes",
+        action="store_true",
+        help="with --partitions or --total-partitions N: first create the N partition "
+        "indexes if missing (what `migrate-gen --partition-indexes N` writes; PostgreSQL "
+        "and SQLite)",
+    )
+    scaling.add_argument(
         "--claim",
         action="store_true",
         help="with --total-partitions N: share the N partitions with every other process "
@@ -186,6 +193,8 @@ def run_projections(args: argparse.Namespace) -> int:
         args.partition_key is not None or args.total_partitions is not None
     ):
         parser.error("--partitions starts every partition; do not combine it with --partition-key")
+    if args.create_indexes and (args.partitions or args.total_partitions or 1) < 2:
+        parser.error("--create-indexes needs --partitions N or --total-partitions N above 1")
     if args.claim:
         if args.total_partitions is None or args.partition_key is not None:
             parser.error("--claim needs --total-partitions N and no --partition-key")

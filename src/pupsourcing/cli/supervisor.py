@@ -23,7 +23,14 @@ import time
 from dataclasses import dataclass, field
 
 from pupsourcing.cli import _metrics
-from pupsourcing.cli._db import check_layouts, check_store, database_url, open_database
+from pupsourcing.cli._db import (
+    check_layouts,
+    check_store,
+    create_partition_indexes,
+    database_url,
+    open_database,
+    report_created_indexes,
+)
 from pupsourcing.cli.console import Console, setup_logging
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.cli.loading import load_projections
@@ -154,8 +161,11 @@ def run(args: argparse.Namespace) -> int:
     db = open_database(args)
     check_store(db)
     check_layouts(db, [p.name for p in projections], total)
+    created = create_partition_indexes(db, total) if args.create_indexes else None
     console = Console(sys.stderr)
     setup_logging(console, args.verbose, "supervisor", db.url.scrub, args.log_format)
+    if created is not None:
+        report_created_indexes(logger, db, created)
     env = {**os.environ, ENV_VAR: database_url(args)}
     workers = [Worker(key, total, worker_argv(args, key), env) for key in range(total)]
     monitor = None

@@ -11,7 +11,13 @@ import sys
 import threading
 
 from pupsourcing.cli import _metrics
-from pupsourcing.cli._db import check_layouts, check_store, open_database
+from pupsourcing.cli._db import (
+    check_layouts,
+    check_store,
+    create_partition_indexes,
+    open_database,
+    report_created_indexes,
+)
 from pupsourcing.cli.console import Console, setup_logging
 from pupsourcing.cli.loading import load_projections
 from pupsourcing.cli.progress import ProgressMonitor
@@ -53,12 +59,17 @@ def run(args: argparse.Namespace) -> int:
     )
     db = open_database(args)
     head = check_store(db)
+    created = None
     if not args.supervised:  # the supervisor checked before starting its workers
         check_layouts(db, [p.name for p in projections], config.total_partitions)
+        if args.create_indexes:
+            created = create_partition_indexes(db, config.total_partitions)
     console = Console(sys.stderr)
     partitioned = config.total_partitions > 1 and not args.claim
     tag = f"p{config.partition_key}/{config.total_partitions}" if partitioned else ""
     setup_logging(console, args.verbose, tag, db.url.scrub, args.log_format)
+    if created is not None:
+        report_created_indexes(logger, db, created)
     with _metrics.serving(args, db):  # before anything runs: a port in use stops here
         return _run(args, db, projections, config, console, head)
 

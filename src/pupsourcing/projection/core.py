@@ -14,7 +14,9 @@ them out, blocking or awaiting.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
@@ -24,6 +26,7 @@ from pupsourcing.core.errors import PartitionLayoutError, ProjectionError
 from pupsourcing.projection.batch import Handle, StepOutcome, Subscription, step
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.failures import Failing, dead_letter_step, replay
+from pupsourcing.projection.partition import HashPartitionStrategy
 from pupsourcing.projection.protocols import AsyncProjection, Projection
 from pupsourcing.store.base import StoreBase
 from pupsourcing.store.dialect import Dialect
@@ -67,6 +70,22 @@ class Pause:
 
     seconds: float
     wake: bool = False
+
+
+_index_checks: weakref.WeakKeyDictionary[Dialect, set[int]] = weakref.WeakKeyDictionary()
+"""By store dialect: the partition counts whose indexes a processor checked."""
+_index_checks_lock = threading.Lock()
+
+
+def _first_index_check(dialect: Dialect, total_partitions: int) -> bool:
+    """Whether no processor of this store checked ``total_partitions``' indexes
+    yet (and now one does): processors sharing a store warn once between them."""
+    with _index_checks_lock:
+        checked = _index_checks.setdefault(dialect, set())
+        if total_partitions in checked:
+            return False
+        checked.add(total_partitions)
+        return True
 
 
 CONNECT = Connect()
@@ -221,6 +240,7 @@ class ProcessorCore:
             yield CONNECT
             if not self.prepared:
                 yield from self.dialect.prepare_processor()
+                yield from self.check_partition_indexes()
                 self.prepared = True
             failing = self._failing.get(sub.checkpoint_name)
             if failing is not None and failing.due:
@@ -250,6 +270,33 @@ class ProcessorCore:
             sub.conflicts = 0
             self._failing.pop(sub.checkpoint_name, None)
         return outcome
+
+    def check_partition_indexes(self) -> ProcessorPlan[None]:
+        """Once per store and partition count, at the first connection: warn
+        when the partition indexes a partitioned processor's reads need are
+        missing (one catalog query), with the statements that create them."""
+        total = self.config.total_partitions
+        if (
+            total < 2
+            or type(self.config.partition_strategy) is not HashPartitionStrategy
+            or not _first_index_check(self.dialect, total)
+        ):
+            return
+        missing = yield from self.dialect.missing_partition_indexes(total)
+        if missing:
+            self.logger.warning(
+                "total_partitions=%d: the events table %s lacks %d of its %d partition "
+                "indexes (%s), so each partitioned processor reads past every other "
+                "partition's rows. Create them once (`pupsourcing projections run "
+                "--partitions %d --create-indexes` does), or run:\n%s",
+                total,
+                self.dialect.config.events_table,
+                len(missing),
+                total,
+                ", ".join(missing),
+                total,
+                self.dialect.render_partition_indexes(self.dialect.config, total),
+            )
 
     def handler_failed(self, sub: Subscription, failure: ProjectionError) -> ProcessorPlan[None]:
         """The batch's handler raised (the batch is rolled back): wait and try

@@ -46,9 +46,11 @@ from pupsourcing.store.horizon import Probe
 from pupsourcing.store.leases import LeasePlans, lease_statements
 from pupsourcing.store.plan import Plan, Row, RowDecoder, Statement
 from pupsourcing.store.schema import (
+    MAX_PARTITION_INDEXES,
     SchemaDialect,
     add_column_sql,
     added_columns,
+    partition_index_name,
     partition_index_statements,
     partition_predicate,
     schema_statements,
@@ -455,6 +457,33 @@ class Dialect(abc.ABC):
 
     def schema_sql(self) -> str:
         return self.render_schema(self.config)
+
+    def index_names(self) -> Plan[set[str]]:
+        """The names of the events table's (valid) indexes, from the catalog;
+        only where the database has partial indexes."""
+        raise NotImplementedError(f"{self.name} has no partition indexes")
+        yield  # pragma: no cover - makes this a generator
+
+    def missing_partition_indexes(self, total_partitions: int) -> Plan[list[str]]:
+        """The partition indexes for ``total_partitions`` (those of
+        :meth:`render_partition_indexes`) that the events table lacks: one
+        catalog query; none where the database has no partial indexes."""
+        if not self.schema_dialect.partial_indexes or not (
+            2 <= total_partitions <= MAX_PARTITION_INDEXES
+        ):
+            return []
+        present = yield from self.index_names()
+        table = self.config.events_table
+        wanted = (partition_index_name(table, total_partitions, k) for k in range(total_partitions))
+        return [name for name in wanted if name not in present]
+
+    def create_partition_indexes(self, total_partitions: int) -> Plan[None]:
+        """Create the partition indexes for ``total_partitions`` (idempotent)."""
+        for _, sql in partition_index_statements(
+            self.config, self.quote, self.schema_dialect, total_partitions
+        ):
+            # a literal % must be doubled where it marks placeholders
+            yield Statement(sql.replace("%", "%%") if self.placeholder == "%s" else sql)
 
     def existing_event_columns(self) -> Plan[set[str]]:
         """The events table's column names (only needed where columns cannot be

@@ -255,6 +255,11 @@ def partition_predicate(total_partitions: int, partition_key: int, modulo: str =
     return f"(partition_hash {modulo} {total} = {key} OR partition_hash IS NULL)"
 
 
+def partition_index_name(events_table: str, total_partitions: int, partition_key: int) -> str:
+    """The name of one partition index (unquoted)."""
+    return f"idx_{events_table}_part{total_partitions}_{partition_key}"
+
+
 def partition_index_statements(
     config: StoreConfig, quote: Callable[[str], str], d: SchemaDialect, total_partitions: int
 ) -> list[tuple[str, str]]:
@@ -281,7 +286,8 @@ def partition_index_statements(
         (
             f"Partition {key} of {total_partitions}: the processor with partition_key={key}, "
             f"total_partitions={total_partitions} reads its events through this index.",
-            f"CREATE INDEX IF NOT EXISTS {quote(f'idx_{table}_part{total_partitions}_{key}')}"
+            "CREATE INDEX IF NOT EXISTS "
+            f"{quote(partition_index_name(table, total_partitions, key))}"
             f"\n    ON {quote(table)} (global_position)"
             f" WHERE {partition_predicate(total_partitions, key)}",
         )

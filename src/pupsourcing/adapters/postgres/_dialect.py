@@ -454,6 +454,15 @@ class PostgresDialect(Dialect):
             return True, []
         return True, [row[1:] for row in rows]
 
+    def index_names(self) -> Plan[set[str]]:
+        rows = yield Statement(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = %s::regclass AND i.indisvalid",
+            (self.events_table,),
+            fetch=True,
+        )
+        return {str(row[0]) for row in rows}
+
     def prepare_processor(self) -> Plan[None]:
         rows = yield Statement(self.sequence_cache_sql, (self.events_table,), fetch=True)
         if rows and rows[0][0] is not None and int(rows[0][0]) > 1:

@@ -187,6 +187,14 @@ class SQLiteDialect(Dialect):
         )
         return Statement(sql, params, fetch=True)
 
+    def index_names(self) -> Plan[set[str]]:
+        rows = yield Statement(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?",
+            (self.config.events_table,),
+            fetch=True,
+        )
+        return {str(row[0]) for row in rows}
+
     def append(self, expected: ExpectedVersion, events: Sequence[Event]) -> Plan[AppendResult]:
         batch = self.check_append(events)
         first = batch[0]
