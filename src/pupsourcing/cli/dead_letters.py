@@ -50,7 +50,8 @@ def register(sub: Any) -> None:
     replay.set_defaults(handler=run_replay)
 
 
-def _json(d: DeadLetter) -> dict[str, Any]:
+def dead_letter_json(d: DeadLetter) -> dict[str, Any]:
+    """A dead letter as JSON (``--json``, and the web console's API)."""
     return {
         "projection_name": d.projection_name,
         "global_position": d.global_position,
@@ -74,7 +75,7 @@ def run_list(args: argparse.Namespace) -> int:
         letters = db.store.list_dead_letters(conn, args.name)
         conn.rollback()
     if args.json:
-        json.dump([_json(d) for d in letters], sys.stdout, indent=2)
+        json.dump([dead_letter_json(d) for d in letters], sys.stdout, indent=2)
         print()
         return 0
     if not letters:

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from pupsourcing import PersistedEvent
+from pupsourcing.cli.dead_letters import dead_letter_json
 from pupsourcing.cli.projections import group_checkpoints, lease_rows, split_checkpoint_name
 from pupsourcing.store.layout import missing_table
 from pupsourcing.store.plan import Plan, Statement
@@ -247,16 +248,4 @@ def dead_letters(db: Database, conn: Any, projection: str | None) -> list[JSON] 
         if not missing_table(exc):
             raise
         return None
-    return [
-        {
-            "projection_name": d.projection_name,
-            "global_position": d.global_position,
-            "event_id": str(d.event_id),
-            "error_type": d.error_type,
-            "message": d.message,
-            "traceback": d.traceback,
-            "attempts": d.attempts,
-            "failed_at": None if d.failed_at is None else d.failed_at.isoformat(),
-        }
-        for d in letters
-    ]
+    return [dead_letter_json(d) for d in letters]

@@ -4,39 +4,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pupsourcing.adapters.postgres._dialect import PostgresDialect
+from pupsourcing.adapters.postgres._dialect import NotifyOption, PostgresDialect
 from pupsourcing.adapters.postgres._driver import execute_async, in_transaction
 from pupsourcing.adapters.postgres._listen import AsyncPsycopgListener
 from pupsourcing.store.async_base import AsyncSQLStore
-from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.plan import Row, Statement
 
 if TYPE_CHECKING:
     import psycopg
 
 
-class AsyncPostgresStore(AsyncSQLStore["psycopg.AsyncConnection[Any]"]):
+class AsyncPostgresStore(NotifyOption, AsyncSQLStore["psycopg.AsyncConnection[Any]"]):
     """Event store on a psycopg 3 ``AsyncConnection`` passed to each call
     (the ``postgres`` extra); the asyncio twin of
     :class:`~pupsourcing.adapters.postgres.PostgresStore`."""
 
     dialect_class = PostgresDialect
-
-    def __init__(self, config: StoreConfig | None = None, *, notify: bool = True) -> None:
-        """``notify=False``: appends do not ``pg_notify`` (see "Push
-        wake-up" in the projections guide for what that trades)."""
-        self.dialect = PostgresDialect(config, notify=notify)
-
-    def __repr__(self) -> str:
-        quiet = "" if self.notify else ", notify=False"
-        return f"{type(self).__name__}({self.config!r}{quiet})"
-
-    @property
-    def notify(self) -> bool:
-        """Whether appends notify (the ``notify`` argument)."""
-        dialect = self.dialect
-        assert isinstance(dialect, PostgresDialect)
-        return dialect.notify
 
     async def _query(self, tx: psycopg.AsyncConnection[Any], statement: Statement) -> list[Row]:
         # As PostgresStore._cursor runs statements on a blocking connection:

@@ -532,3 +532,26 @@ def _hash_param(aggregate_id: str) -> str:
 
 def _version(row: Row) -> int:
     return int(row[1])
+
+
+class NotifyOption:
+    """The ``notify`` argument of both PostgreSQL stores."""
+
+    dialect: Dialect
+    config: StoreConfig
+
+    def __init__(self, config: StoreConfig | None = None, *, notify: bool = True) -> None:
+        """``notify=False``: appends do not ``pg_notify`` (see "Push
+        wake-up" in the projections guide for what that trades)."""
+        self.dialect = PostgresDialect(config, notify=notify)
+
+    def __repr__(self) -> str:
+        quiet = "" if self.notify else ", notify=False"
+        return f"{type(self).__name__}({self.config!r}{quiet})"
+
+    @property
+    def notify(self) -> bool:
+        """Whether appends notify (the ``notify`` argument)."""
+        dialect = self.dialect
+        assert isinstance(dialect, PostgresDialect)
+        return dialect.notify

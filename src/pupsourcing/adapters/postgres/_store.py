@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pupsourcing.adapters.postgres._dialect import PostgresDialect
+from pupsourcing.adapters.postgres._dialect import NotifyOption, PostgresDialect
 from pupsourcing.adapters.postgres._driver import (
     _psycopg,
     in_transaction,
@@ -14,35 +14,18 @@ from pupsourcing.adapters.postgres._driver import (
 )
 from pupsourcing.adapters.postgres._listen import PsycopgListener
 from pupsourcing.store.base import SQLStore
-from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.plan import Statement
 
 if TYPE_CHECKING:
     import psycopg
 
 
-class PostgresStore(SQLStore["psycopg.Connection[Any]"]):
+class PostgresStore(NotifyOption, SQLStore["psycopg.Connection[Any]"]):
     """Event store on a psycopg 3 connection passed to each call;
     :class:`~pupsourcing.aio.AsyncPostgresStore` is its asyncio twin."""
 
     dialect_class = PostgresDialect
     decodes_rows = True
-
-    def __init__(self, config: StoreConfig | None = None, *, notify: bool = True) -> None:
-        """``notify=False``: appends do not ``pg_notify`` (see "Push
-        wake-up" in the projections guide for what that trades)."""
-        self.dialect = PostgresDialect(config, notify=notify)
-
-    def __repr__(self) -> str:
-        quiet = "" if self.notify else ", notify=False"
-        return f"{type(self).__name__}({self.config!r}{quiet})"
-
-    @property
-    def notify(self) -> bool:
-        """Whether appends notify (the ``notify`` argument)."""
-        dialect = self.dialect
-        assert isinstance(dialect, PostgresDialect)
-        return dialect.notify
 
     def _cursor(self, tx: psycopg.Connection[Any], statement: Statement) -> psycopg.Cursor[Any]:
         if statement.alone and may_run_alone(tx):
