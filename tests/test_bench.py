@@ -199,8 +199,24 @@ def test_run_all_writes_the_table_and_chart(tmp_path: Path) -> None:
     for key in ("W1", "W2", "W2c", "W4", "W3/100", "W3/1000", "W5", "S2", "S2t", "S4", "SM"):
         assert re.search(rf"^postgres\s+{re.escape(key)}\s", out, re.MULTILINE), key
     if importlib.util.find_spec("MySQLdb") is not None:  # MySQL on both drivers
-        keys = re.findall(r"^mysqlclient\s+(\S+)\s", out, re.MULTILINE)
-        assert keys == ["W1", "W2", "W2c", "W4", "W3/100", "W3/1000", "W5"], out
+        keys = re.findall(r"^mysqlclient  +(\S+(?: \S+)?)  ", out, re.MULTILINE)
+        assert keys == [
+            *("W1", "W2", "W2c", "W4", "W2c CPU"),
+            *("W3/100", "W3/1000", "W5", "W5 fetched", "W5 CPU"),
+        ], out
+    # Every database is judged, each against its own targets.
+    for database, key, target in (
+        ("postgres", "W2", ">= 0.6x"),
+        ("sqlite", "W2", ">= 0.8x"),
+        ("mysql", "W3/1000", ">= 0.8x"),
+        ("sqlite", "W3/100", ">= 0.7x"),
+        ("mysql", "W5 CPU", "<= 1.15x"),
+        ("sqlite", "W5 fetched", "<= 1.05x"),
+    ):
+        row = re.search(
+            rf"^{database}  +{re.escape(key)}  .*  {re.escape(target)}  +(pass|FAIL)$", out, re.M
+        )
+        assert row, (database, key, out)
     page = (tmp_path / "index.md").read_text()
     assert "| db | key | workload |" in page
     # Only figures measured in this run, on this machine.
