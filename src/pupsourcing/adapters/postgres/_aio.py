@@ -56,4 +56,4 @@ class AsyncPostgresStore(AsyncSQLStore["psycopg.AsyncConnection[Any]"]):
     def _push_listener(self) -> AsyncPsycopgListener:
         dialect = self.dialect
         assert isinstance(dialect, PostgresDialect)
-        return AsyncPsycopgListener(dialect.notify_channel)
+        return AsyncPsycopgListener(dialect.notify_channel, dialect.events_table)
