@@ -141,9 +141,22 @@ def idle_rate(
     conn = target.connect(False)
     processor = Processor(conn, target.store, ProcessorConfig(poll_interval=poll))
     stop = threading.Event()
+    settled = threading.Event()
+    waiter, wait = processor._waiter, processor._waiter.wait
+
+    def waiting(conn: Any, seconds: float, stop: threading.Event) -> bool:
+        # Idle from the first wait that is not the one that starts to LISTEN
+        # (a loaded machine may take more than a fixed pause to get there).
+        wakes = waiter._wakes
+        if wakes.listener is None or wakes.is_listening(conn):
+            settled.set()
+        return wait(conn, seconds, stop)
+
+    waiter.wait = waiting  # type: ignore[method-assign]
     thread = threading.Thread(target=processor.run, args=(projection,), kwargs={"stop": stop})
     thread.start()
-    time.sleep(0.5)
+    if not settled.wait(30):
+        raise RuntimeError("the processor did not go idle within 30 s")
     seconds = ARGS.idle
     counted = count_statements(conn)
     time.sleep(seconds)

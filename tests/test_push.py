@@ -297,6 +297,68 @@ def test_idle_postgres_processor_sends_no_queries(api: str, pg_table: StoreConfi
 
 
 @pytest.mark.parametrize("api", ["sync", "async"])
+def test_postgres_processor_held_back_by_an_open_writer_backs_off(
+    api: str, pg_table: StoreConfig
+) -> None:
+    """A writer left open behind a committed, notified event holds the
+    processor back; the end of a writer notifies nothing, so the processor
+    polls, but backing off towards ``poll_interval``: a few polls, not one
+    every 0.1 s (about 30 statements a second before)."""
+    import psycopg
+
+    from pupsourcing.adapters.postgres import PostgresStore
+
+    writer = psycopg.connect(PG_DSN)
+    held: list[int] = []
+
+    def hold_then_append() -> None:
+        result = PostgresStore(pg_table).append(writer, ExpectedVersion.any(), [event("held")])
+        held.append(result.global_positions[0])  # left open
+        held.append(_append_elsewhere(pg_table))
+
+    try:
+        projection, sent = _run_idle(api, pg_table, 4.0, hold_then_append)
+    finally:
+        writer.close()
+    assert len(held) == 2
+    assert projection.handled == {}, "events behind an open writer were handled"
+    # Polls (the horizon probe, one statement) about 0, 0.1, 0.2, 0.4, 0.8,
+    # 1.6 and 3.2 s after the wake; polling every 0.1 s sent about 40.
+    assert 1 <= sent <= 12, f"a held-back processor sent {sent} statements in 4 s"
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_postgres_appends_to_a_same_named_table_elsewhere_wake_nobody(
+    api: str, pg_table: StoreConfig
+) -> None:
+    """Another schema's events table of the same name notifies the same
+    channel (a channel belongs to the database): its appends must not wake
+    this table's processors."""
+    import psycopg
+
+    from pupsourcing.adapters.postgres import PostgresStore
+
+    schema = f"push_other_{uuid.uuid4().hex[:10]}"
+    elsewhere = f"{PG_DSN} options='-c search_path={schema}'"
+    with psycopg.connect(PG_DSN, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        with psycopg.connect(elsewhere) as conn:
+            PostgresStore(pg_table).create_schema(conn)
+
+        def append_elsewhere() -> None:
+            with psycopg.connect(elsewhere) as conn:
+                PostgresStore(pg_table).append(conn, ExpectedVersion.any(), [event("other")])
+
+        projection, sent = _run_idle(api, pg_table, 1.0, append_elsewhere)
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    assert projection.handled == {}
+    assert sent == 0, f"an append to another schema's table cost {sent} statements"
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
 def test_woken_postgres_processor_sends_one_batch(api: str, pg_table: StoreConfig) -> None:
     """The trace counts queries (the idle test's zero is no accident): a wake
     costs the processor a few statements, not a polling loop."""

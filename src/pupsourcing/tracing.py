@@ -80,6 +80,20 @@ class _TracingObserver(_observe.Observer):
         from pupsourcing import __version__
 
         self.tracer = trace.get_tracer("pupsourcing", __version__, tracer_provider)
+        self._constants: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def _constant(self, dialect: Dialect, operation: str) -> dict[str, Any]:
+        """The attributes every span of ``operation`` on ``dialect`` has
+        (built once: copying a dict is cheaper than building it)."""
+        key = (dialect.name, dialect.config.events_table, operation)
+        found = self._constants.get(key)
+        if found is None:
+            found = {"db.system.name": _SYSTEMS.get(key[0], key[0]), "db.collection.name": key[1]}
+            if operation:
+                found["db.operation.name"] = operation
+            if len(self._constants) < 256:  # tables are few; never grow without bound
+                self._constants[key] = found
+        return found
 
     def ids(self) -> _observe.Ids | None:
         span_context = trace.get_current_span().get_span_context()
@@ -93,12 +107,8 @@ class _TracingObserver(_observe.Observer):
         if _sampled_out():
             return (yield from plan)
         first = events[0] if events and isinstance(events[0], Event) else None
-        attributes: dict[str, Any] = {
-            "db.system.name": _SYSTEMS.get(dialect.name, dialect.name),
-            "db.operation.name": "INSERT",
-            "db.collection.name": dialect.config.events_table,
-            "pupsourcing.event_count": len(events),
-        }
+        attributes = self._constant(dialect, "INSERT").copy()
+        attributes["pupsourcing.event_count"] = len(events)
         if first is not None:
             attributes["pupsourcing.bounded_context"] = first.bounded_context
             attributes["pupsourcing.aggregate_type"] = first.aggregate_type
@@ -109,8 +119,12 @@ class _TracingObserver(_observe.Observer):
         try:
             result = yield from plan
             if result.events:
-                span.set_attribute("pupsourcing.global_position", result.global_positions[-1])
-                span.set_attribute("pupsourcing.aggregate_version", result.to_version)
+                span.set_attributes(
+                    {
+                        "pupsourcing.global_position": result.global_positions[-1],
+                        "pupsourcing.aggregate_version": result.to_version,
+                    }
+                )
             return result
         except BaseException as exc:
             _fail(span, exc)
@@ -128,9 +142,7 @@ class _TracingObserver(_observe.Observer):
             "pupsourcing.read_stream",
             kind=SpanKind.CLIENT,
             attributes={
-                "db.system.name": _SYSTEMS.get(dialect.name, dialect.name),
-                "db.operation.name": "SELECT",
-                "db.collection.name": dialect.config.events_table,
+                **self._constant(dialect, "SELECT"),
                 "pupsourcing.bounded_context": str(bounded_context),
                 "pupsourcing.aggregate_type": str(aggregate_type),
                 "pupsourcing.aggregate_id": str(aggregate_id),
@@ -163,8 +175,7 @@ class _TracingObserver(_observe.Observer):
                         "pupsourcing.projection.batch",
                         start_time=started,
                         attributes={
-                            "db.system.name": _SYSTEMS.get(dialect.name, dialect.name),
-                            "db.collection.name": dialect.config.events_table,
+                            **self._constant(dialect, ""),
                             "pupsourcing.projection": sub.name,
                             "pupsourcing.checkpoint_name": sub.checkpoint_name,
                             "pupsourcing.partition": sub.partition_key,
@@ -211,11 +222,19 @@ def _collecting(
 
     def decode_and_collect(rows: Sequence[Any]) -> list[PersistedEvent]:
         events = decode(rows)
+        if len(traces) >= MAX_LINKS:  # no more links: no more work per event
+            return events
         new = {e.trace_id for e in events}
         new.difference_update(traces)
-        for trace_id in new:
-            if trace_id is not None and len(traces) < MAX_LINKS and _is_trace_id(trace_id):
-                traces[trace_id] = next(e.global_position for e in events if e.trace_id == trace_id)
+        new.discard(None)
+        if not new:  # the usual case: the batch's traces are known already
+            return events
+        for e in events:
+            trace_id = e.trace_id
+            if trace_id is not None and trace_id in new and len(traces) < MAX_LINKS:
+                new.discard(trace_id)
+                if _is_trace_id(trace_id):
+                    traces[trace_id] = e.global_position
         return events
 
     return decode_and_collect

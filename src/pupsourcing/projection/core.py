@@ -43,9 +43,11 @@ HELD_BACK_WARNING = 30.0
 """Seconds a projection may wait behind open write transactions before the
 processor logs a warning, and again every as many seconds while it waits."""
 HELD_BACK_POLL = 0.1
-"""The longest an idle processor waits while committed events are held back
+"""The first pause of an idle processor once committed events are held back
 by open write transactions (with a long ``poll_interval`` and push wake-up,
-a transaction that ends without appending wakes nobody)."""
+a transaction that ends without appending wakes nobody). Each later pause
+lasts as long as the wait so far, up to ``poll_interval``: a writer left
+open costs a few polls, not a polling loop."""
 CONFLICT_WARNING = 30.0
 """Seconds between two warnings that another processor moved a projection's
 checkpoint (each says how many batches it cost since the last)."""
@@ -148,19 +150,23 @@ class ProcessorCore:
                     if outcome.contended:
                         yield from self.yield_to_other_processor(sub)
                     elif outcome.idle:
-                        yield Pause(self.idle_pause(outcome), wake=True)
+                        yield Pause(self.idle_pause(sub, outcome), wake=True)
         finally:
             observer = _observe.observer
             if observer is not None:
                 observer.stopped(sub)
 
-    def idle_pause(self, outcome: StepOutcome) -> float:
+    def idle_pause(self, sub: Subscription, outcome: StepOutcome) -> float:
         """How long ``run`` waits for an append to wake it: ``poll_interval``,
-        but no more than :data:`HELD_BACK_POLL` while committed events wait
-        behind open transactions (their end notifies nothing)."""
-        if outcome.waiting:
-            return min(self.config.poll_interval, HELD_BACK_POLL)
-        return self.config.poll_interval
+        less while committed events wait behind open transactions (whose end
+        notifies nothing unless they appended): :data:`HELD_BACK_POLL` at
+        first, then as long as the wait so far (so doubling), up to
+        ``poll_interval``."""
+        interval = self.config.poll_interval
+        if not outcome.waiting or sub.held_since is None:
+            return interval
+        waited = time.monotonic() - sub.held_since
+        return min(interval, max(HELD_BACK_POLL, waited))
 
     def catch_up(self, sub: Subscription) -> ProcessorPlan[int]:
         """Process until no committed event is left; return how many were

@@ -39,4 +39,4 @@ class AsyncPostgresStore(NotifyOption, AsyncSQLStore["psycopg.AsyncConnection[An
     def _push_listener(self) -> AsyncPsycopgListener:
         dialect = self.dialect
         assert isinstance(dialect, PostgresDialect)
-        return AsyncPsycopgListener(dialect.notify_channel)
+        return AsyncPsycopgListener(dialect.notify_channel, dialect.events_table)

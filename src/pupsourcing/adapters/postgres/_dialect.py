@@ -355,12 +355,15 @@ class PostgresDialect(Dialect):
             return f"WITH head AS ({claim}), stored AS ({insert}) SELECT * FROM stored"
         # The append notifies its channel in the same statement: delivered
         # when (and only if) the caller commits, once per transaction (the
-        # payload is always empty, so PostgreSQL folds a transaction's
-        # notifications into one).
+        # payload, the table's OID, is the same for every append of the
+        # transaction, so PostgreSQL folds its notifications into one). The
+        # OID tells apart same-named tables in other schemas of the database,
+        # which share the channel.
         return (
             f"WITH head AS ({claim}), stored AS ({insert}) "
             "SELECT s.global_position, s.aggregate_version FROM stored AS s, "
-            f"(SELECT pg_notify('{self.notify_channel}', '')) AS notified"
+            f"(SELECT pg_notify('{self.notify_channel}', "
+            f"'{self.events_table}'::regclass::oid::text)) AS notified"
         )
 
     @staticmethod

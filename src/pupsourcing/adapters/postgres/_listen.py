@@ -8,6 +8,11 @@ append commits. A processor's connection ``LISTEN``\\ s once (committed) and
 waits between batches, outside any transaction, for its socket to have
 input. A notify handler counts what arrives while batches run, which also
 keeps psycopg from queueing every notification of a long busy spell.
+
+Same-named events tables in other schemas of the database notify the same
+channel; the payload, the table's OID (looked up when listening), tells
+them apart, so their appends wake no processor of this table (an empty
+payload, as older versions sent, counts).
 """
 
 from __future__ import annotations
@@ -20,26 +25,38 @@ if TYPE_CHECKING:
     import psycopg
 
 
+_OID_SQL = "SELECT to_regclass(%s)::oid::text"
+
+
 class _Counting:
-    def __init__(self, channel: str) -> None:
+    def __init__(self, channel: str, events_table: str) -> None:
         self.received = 0
         self._sql = f'LISTEN "{channel}"'
+        self._table = events_table
+        self._payloads: set[str] | None = None
+        """The payloads counted; ``None``: all (the table was not found)."""
 
-    def _count(self, notify: object) -> None:
-        self.received += 1
+    def _heard(self, row: Any) -> None:
+        self._payloads = None if row is None or row[0] is None else {"", row[0]}
+
+    def _count(self, notify: Any) -> None:
+        if self._payloads is None or notify.payload in self._payloads:
+            self.received += 1
 
     def _drain(self, conn: Any) -> None:
         """Read what the socket has and count the notifications in it."""
         pgconn = conn.pgconn
         pgconn.consume_input()  # raises when the connection broke
-        while pgconn.notifies() is not None:
-            self.received += 1
+        while (notify := pgconn.notifies()) is not None:
+            if self._payloads is None or notify.extra.decode("utf-8", "replace") in self._payloads:
+                self.received += 1
 
 
 class PsycopgListener(_Counting):
     """:class:`~pupsourcing.store._appended.Listener` on a blocking psycopg connection."""
 
     def listen(self, conn: psycopg.Connection[Any]) -> None:
+        self._heard(conn.execute(_OID_SQL, (self._table,)).fetchone())
         conn.add_notify_handler(self._count)
         conn.execute(self._sql)
         if not conn.autocommit:
@@ -55,6 +72,7 @@ class AsyncPsycopgListener(_Counting):
     """:class:`~pupsourcing.store._appended.AsyncListener` on a psycopg ``AsyncConnection``."""
 
     async def listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._heard(await (await conn.execute(_OID_SQL, (self._table,))).fetchone())
         conn.add_notify_handler(self._count)
         await conn.execute(self._sql)
         if not conn.autocommit:

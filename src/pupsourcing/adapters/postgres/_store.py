@@ -50,4 +50,4 @@ class PostgresStore(NotifyOption, SQLStore["psycopg.Connection[Any]"]):
     def _push_listener(self) -> PsycopgListener:
         dialect = self.dialect
         assert isinstance(dialect, PostgresDialect)
-        return PsycopgListener(dialect.notify_channel)
+        return PsycopgListener(dialect.notify_channel, dialect.events_table)
