@@ -1,8 +1,9 @@
 """Fixtures for tests against real databases.
 
 Every backend test gets its own empty store: a SQLite file in a temporary
-directory, a fresh PostgreSQL schema, or a fresh MariaDB database. When a
-server cannot be reached the test is skipped locally, but fails under
+directory, a PostgreSQL schema, or a MariaDB database (an emptied one is
+reused by the worker's next test with the same config, see ``db_reuse``).
+When a server cannot be reached the test is skipped locally, but fails under
 ``CI=true`` so CI never passes without having run it.
 
 In modules marked ``pytestmark = pytest.mark.both_apis`` (the store and
@@ -32,6 +33,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, settings
 
+import db_reuse
 from pupsourcing.adapters import _registry as registry
 from pupsourcing.projection import Processor
 from pupsourcing.runner import Runner
@@ -301,14 +303,17 @@ def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
     psycopg = require("psycopg")
     from pupsourcing.adapters.postgres import PostgresStore
 
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(server_dsn, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        unavailable("PostgreSQL", exc)
-        raise
-    admin.execute(f"CREATE SCHEMA {schema}")
-    admin.close()
+    key = ("postgres", server_dsn, config)
+    reused = db_reuse.take(key) if server_dsn == PG_DSN else None
+    schema = reused or f"t_{uuid.uuid4().hex[:12]}"
+    if not reused:
+        try:
+            admin = psycopg.connect(server_dsn, autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            unavailable("PostgreSQL", exc)
+            raise
+        admin.execute(f"CREATE SCHEMA {schema}")
+        admin.close()
     dsn = f"{server_dsn} options='-c search_path={schema}'"
     store = PostgresStore(config)
     backend = Backend(
@@ -320,15 +325,31 @@ def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
         driver="psycopg",
     )
 
-    def drop() -> None:
+    def drop(name: str = schema) -> None:
         # A fresh connection: the server may have been restarted since.
         with psycopg.connect(server_dsn, autocommit=True, connect_timeout=5) as dropper:
-            dropper.execute(f"DROP SCHEMA {schema} CASCADE")
+            dropper.execute(f"DROP SCHEMA {name} CASCADE")
 
-    backend.cleanups.append(drop)
+    def give_back() -> None:
+        def empty() -> str | None:
+            with psycopg.connect(server_dsn, autocommit=True, connect_timeout=5) as admin:
+                return db_reuse.pg_empty(admin, schema)
+
+        db_reuse.give_back(key, schema, empty, drop)
+
+    backend.cleanups.append(give_back if server_dsn == PG_DSN else drop)
+    if reused:
+        return backend
     conn = backend.connection()
     store.create_schema(conn)
     conn.commit()
+    if server_dsn == PG_DSN:
+
+        def layout() -> str:
+            with psycopg.connect(server_dsn, autocommit=True, connect_timeout=5) as admin:
+                return db_reuse.pg_layout(admin, schema)
+
+        db_reuse.remember_layout(key, layout)
     return backend
 
 
@@ -354,10 +375,14 @@ def mysql_backend(
 
     from pupsourcing.adapters.mysql import MySQLStore
 
-    admin = mysql_admin(host, port)
-    database = f"t_{uuid.uuid4().hex[:12]}"
-    admin.cursor().execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
-    admin.close()
+    key = ("mysql", host, port, config)
+    shared = (host, port) == (MYSQL_HOST, 3306)
+    reused = db_reuse.take(key) if shared else None
+    database = reused or f"t_{uuid.uuid4().hex[:12]}"
+    if not reused:
+        admin = mysql_admin(host, port)
+        admin.cursor().execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+        admin.close()
 
     def connect() -> Any:
         # PyMySQL and mysqlclient take the same keyword arguments here.
@@ -388,18 +413,40 @@ def mysql_backend(
     )
     backend.database = database
 
-    def drop() -> None:
+    def drop(name: str = database) -> None:
         # A fresh connection: the server may have been restarted since.
         dropper = mysql_admin(host, port)
         try:
-            dropper.cursor().execute(f"DROP DATABASE IF EXISTS {database}")
+            dropper.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
         finally:
             dropper.close()
 
-    backend.cleanups.append(drop)
+    def give_back() -> None:
+        def empty() -> str | None:
+            admin = mysql_admin(host, port)
+            try:
+                return db_reuse.mysql_empty(admin, database)
+            finally:
+                admin.close()
+
+        db_reuse.give_back(key, database, empty, drop)
+
+    backend.cleanups.append(give_back if shared else drop)
+    if reused:
+        return backend
     conn = backend.connection()
     store.create_schema(conn)
     conn.commit()
+    if shared:
+
+        def layout() -> str:
+            admin = mysql_admin(host, port)
+            try:
+                return db_reuse.mysql_layout(admin, database)
+            finally:
+                admin.close()
+
+        db_reuse.remember_layout(key, layout)
     return backend
 
 
@@ -610,3 +657,8 @@ def _create_mysql_database() -> None:
             )
         finally:
             admin.close()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop the databases kept for reuse (see ``db_reuse``)."""
+    db_reuse.drop_all()
