@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import itertools
 import os
 import re
 import time
@@ -605,6 +606,58 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
     return min(8, 2 * len(os.sched_getaffinity(0)))
+
+
+SLOW_TESTS = (
+    "test_relay_nats.py::test_sigkill_at_any_moment",
+    "test_bench.py::test_run_all_writes",
+    "test_bench.py::test_projection_benchmark",
+    "test_bench.py::test_push_latency",
+    "test_cli_dead_letters.py::test_supervisor_gives_up",
+    "test_docs.py::test_docs_site_builds_strictly",
+    "test_store_model.py::test_store_behaves_like_the_model",
+    "test_bench.py::test_load_test",
+    "test_examples.py::test_example_runs[self_balancing]",
+    "test_examples.py::test_example_runs[scaling]",
+    "test_claiming.py::test_claiming_workers_share",
+    "test_cli_store.py::test_events_tail_filters",
+    "test_cli_run.py::test_partitions_restart_crashed_workers",
+    "test_eventmap_runtime.py::test_every_event_round_trips_exactly",
+    "test_bench.py::test_scale_benchmark",
+    "test_mysql_store.py::test_any_json_either_round_trips",
+    "test_aio.py::test_mypy_strict",
+    "test_db_restart.py::test_processor_rides_out",
+    "test_store_model.py::test_the_model_catches",
+    "test_cli_store.py::test_reset_asks",
+    "test_hostile_input.py::test_any_event_round_trips",
+    "test_console_browser.py::",
+    "test_guards.py::test_a_missing_driver",
+    "test_bench.py::test_console_load",
+    "test_cli_run.py::test_partitions_stop_mid_way",
+)
+"""Node id beginnings of the slowest tests (measured), slowest first."""
+
+
+def _slowness(item: pytest.Item) -> int | None:
+    nodeid = item.nodeid.removeprefix("tests/")
+    return next((i for i, p in enumerate(SLOW_TESTS) if nodeid.startswith(p)), None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the slowest tests first, spread over the workers: worksteal
+    hands each worker a contiguous share of the list first, and a long test
+    left for the end of a share would keep the run waiting on it alone."""
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    slow = sorted((i for i in items if _slowness(i) is not None), key=_slowness)
+    rest = iter([i for i in items if _slowness(i) is None])
+    shares: list[list[pytest.Item]] = [slow[w::workers] for w in range(workers)]
+    ordered: list[pytest.Item] = []
+    left = len(items)
+    for w, share in enumerate(shares):
+        size = left // (workers - w)  # as worksteal splits the list first
+        left -= size
+        ordered += share + list(itertools.islice(rest, max(0, size - len(share))))
+    items[:] = ordered + list(rest)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
