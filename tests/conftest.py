@@ -1,8 +1,9 @@
 """Fixtures for tests against real databases.
 
 Every backend test gets its own empty store: a SQLite file in a temporary
-directory, a fresh PostgreSQL schema, or a fresh MariaDB database. When a
-server cannot be reached the test is skipped locally, but fails under
+directory, a PostgreSQL schema, or a MariaDB database (an emptied one is
+reused by the worker's next test with the same config, see ``db_reuse``).
+When a server cannot be reached the test is skipped locally, but fails under
 ``CI=true`` so CI never passes without having run it.
 
 In modules marked ``pytestmark = pytest.mark.both_apis`` (the store and
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import itertools
 import os
 import re
 import time
@@ -32,6 +34,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, settings
 
+import db_reuse
 from pupsourcing.adapters import _registry as registry
 from pupsourcing.projection import Processor
 from pupsourcing.runner import Runner
@@ -301,14 +304,17 @@ def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
     psycopg = require("psycopg")
     from pupsourcing.adapters.postgres import PostgresStore
 
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(server_dsn, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        unavailable("PostgreSQL", exc)
-        raise
-    admin.execute(f"CREATE SCHEMA {schema}")
-    admin.close()
+    key = ("postgres", server_dsn, config)
+    reused = db_reuse.take(key) if server_dsn == PG_DSN else None
+    schema = reused or f"t_{uuid.uuid4().hex[:12]}"
+    if not reused:
+        try:
+            admin = psycopg.connect(server_dsn, autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            unavailable("PostgreSQL", exc)
+            raise
+        admin.execute(f"CREATE SCHEMA {schema}")
+        admin.close()
     dsn = f"{server_dsn} options='-c search_path={schema}'"
     store = PostgresStore(config)
     backend = Backend(
@@ -320,15 +326,31 @@ def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
         driver="psycopg",
     )
 
-    def drop() -> None:
+    def drop(name: str = schema) -> None:
         # A fresh connection: the server may have been restarted since.
         with psycopg.connect(server_dsn, autocommit=True, connect_timeout=5) as dropper:
-            dropper.execute(f"DROP SCHEMA {schema} CASCADE")
+            dropper.execute(f"DROP SCHEMA {name} CASCADE")
 
-    backend.cleanups.append(drop)
+    def give_back() -> None:
+        def empty() -> str | None:
+            with psycopg.connect(server_dsn, autocommit=True, connect_timeout=5) as admin:
+                return db_reuse.pg_empty(admin, schema)
+
+        db_reuse.give_back(key, schema, empty, drop)
+
+    backend.cleanups.append(give_back if server_dsn == PG_DSN else drop)
+    if reused:
+        return backend
     conn = backend.connection()
     store.create_schema(conn)
     conn.commit()
+    if server_dsn == PG_DSN:
+
+        def layout() -> str:
+            with psycopg.connect(server_dsn, autocommit=True, connect_timeout=5) as admin:
+                return db_reuse.pg_layout(admin, schema)
+
+        db_reuse.remember_layout(key, layout)
     return backend
 
 
@@ -354,10 +376,14 @@ def mysql_backend(
 
     from pupsourcing.adapters.mysql import MySQLStore
 
-    admin = mysql_admin(host, port)
-    database = f"t_{uuid.uuid4().hex[:12]}"
-    admin.cursor().execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
-    admin.close()
+    key = ("mysql", host, port, config)
+    shared = (host, port) == (MYSQL_HOST, 3306)
+    reused = db_reuse.take(key) if shared else None
+    database = reused or f"t_{uuid.uuid4().hex[:12]}"
+    if not reused:
+        admin = mysql_admin(host, port)
+        admin.cursor().execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+        admin.close()
 
     def connect() -> Any:
         # PyMySQL and mysqlclient take the same keyword arguments here.
@@ -388,18 +414,40 @@ def mysql_backend(
     )
     backend.database = database
 
-    def drop() -> None:
+    def drop(name: str = database) -> None:
         # A fresh connection: the server may have been restarted since.
         dropper = mysql_admin(host, port)
         try:
-            dropper.cursor().execute(f"DROP DATABASE IF EXISTS {database}")
+            dropper.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
         finally:
             dropper.close()
 
-    backend.cleanups.append(drop)
+    def give_back() -> None:
+        def empty() -> str | None:
+            admin = mysql_admin(host, port)
+            try:
+                return db_reuse.mysql_empty(admin, database)
+            finally:
+                admin.close()
+
+        db_reuse.give_back(key, database, empty, drop)
+
+    backend.cleanups.append(give_back if shared else drop)
+    if reused:
+        return backend
     conn = backend.connection()
     store.create_schema(conn)
     conn.commit()
+    if shared:
+
+        def layout() -> str:
+            admin = mysql_admin(host, port)
+            try:
+                return db_reuse.mysql_layout(admin, database)
+            finally:
+                admin.close()
+
+        db_reuse.remember_layout(key, layout)
     return backend
 
 
@@ -560,6 +608,58 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return min(8, 2 * len(os.sched_getaffinity(0)))
 
 
+SLOW_TESTS = (
+    "test_relay_nats.py::test_sigkill_at_any_moment",
+    "test_bench.py::test_run_all_writes",
+    "test_bench.py::test_projection_benchmark",
+    "test_bench.py::test_push_latency",
+    "test_cli_dead_letters.py::test_supervisor_gives_up",
+    "test_docs.py::test_docs_site_builds_strictly",
+    "test_store_model.py::test_store_behaves_like_the_model",
+    "test_bench.py::test_load_test",
+    "test_examples.py::test_example_runs[self_balancing]",
+    "test_examples.py::test_example_runs[scaling]",
+    "test_claiming.py::test_claiming_workers_share",
+    "test_cli_store.py::test_events_tail_filters",
+    "test_cli_run.py::test_partitions_restart_crashed_workers",
+    "test_eventmap_runtime.py::test_every_event_round_trips_exactly",
+    "test_bench.py::test_scale_benchmark",
+    "test_mysql_store.py::test_any_json_either_round_trips",
+    "test_aio.py::test_mypy_strict",
+    "test_db_restart.py::test_processor_rides_out",
+    "test_store_model.py::test_the_model_catches",
+    "test_cli_store.py::test_reset_asks",
+    "test_hostile_input.py::test_any_event_round_trips",
+    "test_console_browser.py::",
+    "test_guards.py::test_a_missing_driver",
+    "test_bench.py::test_console_load",
+    "test_cli_run.py::test_partitions_stop_mid_way",
+)
+"""Node id beginnings of the slowest tests (measured), slowest first."""
+
+
+def _slowness(item: pytest.Item) -> int | None:
+    nodeid = item.nodeid.removeprefix("tests/")
+    return next((i for i, p in enumerate(SLOW_TESTS) if nodeid.startswith(p)), None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the slowest tests first, spread over the workers: worksteal
+    hands each worker a contiguous share of the list first, and a long test
+    left for the end of a share would keep the run waiting on it alone."""
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    slow = sorted((i for i in items if _slowness(i) is not None), key=_slowness)
+    rest = iter([i for i in items if _slowness(i) is None])
+    shares: list[list[pytest.Item]] = [slow[w::workers] for w in range(workers)]
+    ordered: list[pytest.Item] = []
+    left = len(items)
+    for w, share in enumerate(shares):
+        size = left // (workers - w)  # as worksteal splits the list first
+        left -= size
+        ordered += share + list(itertools.islice(rest, max(0, size - len(share))))
+    items[:] = ordered + list(rest)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """A worker makes its own databases (kept for the next run; another
     run's worker of the same name may be using them) and hands them to the
@@ -610,3 +710,8 @@ def _create_mysql_database() -> None:
             )
         finally:
             admin.close()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop the databases kept for reuse (see ``db_reuse``)."""
+    db_reuse.drop_all()

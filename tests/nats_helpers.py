@@ -57,6 +57,11 @@ class JetStream:
     def messages(self, stream: str) -> list[Message]:
         return asyncio.run(read_stream(self.url, stream))
 
+    def count(self, stream: str) -> int:
+        """How many messages ``stream`` holds: ``len(messages(stream))`` in
+        one round trip (reading them takes one per message), for polling."""
+        return asyncio.run(count_stream(self.url, stream))
+
     def cleanup(self) -> None:
         asyncio.run(self._delete())
 
@@ -88,6 +93,7 @@ class connected:
 
 async def read_stream(url: str, stream: str) -> list[Message]:
     """Every message of ``stream``, in stream order."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
     from nats.js.errors import NotFoundError
 
     async with connected(url) as nc:
@@ -98,11 +104,40 @@ async def read_stream(url: str, stream: str) -> list[Message]:
             return []
         if not info.state.messages:
             return []
-        found = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            raw = await js.get_msg(stream, seq)
-            found.append(Message(raw.seq, raw.subject, raw.data or b"", dict(raw.headers or {})))
+        # A consumer without a filter delivers them in stream order, many per
+        # round trip (get_msg takes one each: seconds for a few thousand).
+        consumer = await js.add_consumer(
+            stream,
+            ConsumerConfig(
+                ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=60
+            ),
+        )
+        sub = await js.pull_subscribe_bind(consumer.name, stream)
+        found: list[Message] = []
+        try:
+            while len(found) < info.state.messages:
+                batch = min(1000, info.state.messages - len(found))
+                for raw in await sub.fetch(batch=batch, timeout=10):
+                    seq = raw.metadata.sequence.stream
+                    found.append(
+                        Message(seq, raw.subject, raw.data or b"", dict(raw.headers or {}))
+                    )
+        finally:
+            await sub.unsubscribe()
+            await js.delete_consumer(stream, consumer.name)
         return found
+
+
+async def count_stream(url: str, stream: str) -> int:
+    """How many messages ``stream`` holds (0 when it does not exist)."""
+    from nats.js.errors import NotFoundError
+
+    async with connected(url) as nc:
+        try:
+            info = await nc.jetstream().stream_info(stream)
+        except NotFoundError:
+            return 0
+        return int(info.state.messages)
 
 
 def nats_reachable() -> None:

@@ -411,14 +411,14 @@ def test_sigkill_at_any_moment_stores_each_event_once_in_order(
         w.start()
     try:
         for round_ in range(6):
-            before = len(js.messages(stream))
+            before = js.count(stream)
             proc = start_relay(db, js, stream, prefix, log)
             if round_ % 2 == 0:
                 # Wait until this run has published (starting can take seconds on
                 # a loaded machine), then kill it mid-flight; odd rounds kill it
                 # at a random moment, starting up included.
                 deadline = time.monotonic() + 30
-                while len(js.messages(stream)) == before and time.monotonic() < deadline:
+                while js.count(stream) == before and time.monotonic() < deadline:
                     time.sleep(0.2)
                 time.sleep(rng.uniform(0.0, 0.5))
             else:
@@ -431,12 +431,12 @@ def test_sigkill_at_any_moment_stores_each_event_once_in_order(
         stop.set()
         for w in writers:
             w.join()
-    relayed_before = len(js.messages(stream))
+    relayed_before = js.count(stream)
     assert relayed_before > 0, log.read_text()
     proc = start_relay(db, js, stream, prefix, log)
     deadline = time.monotonic() + 60
     total = len(stored_positions(db))
-    while time.monotonic() < deadline and len(js.messages(stream)) < total:
+    while time.monotonic() < deadline and js.count(stream) < total:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0, log.read_text()
