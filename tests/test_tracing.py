@@ -201,6 +201,23 @@ def test_trace_and_correlation_ids_together(sqlite_db: Backend, spans: Any) -> N
     assert mine.correlation_id is None  # the caller's events are not changed
 
 
+def test_a_generator_of_events_is_traced_like_a_list(sqlite_db: Backend, spans: Any) -> None:
+    """Any iterable is accepted without tracing; with it, a one-shot generator
+    is read once, for the span and the append alike."""
+    tracer, exporter = spans
+    conn = sqlite_db.connection()
+    with tracer.start_as_current_span("request") as request:
+        result = sqlite_db.store.append(
+            conn, ExpectedVersion.no_stream(), (event("o-1") for _ in range(2))
+        )
+    request_trace = hex_id(request.get_span_context().trace_id)
+    assert [e.trace_id for e in result.events] == [request_trace, request_trace]
+    (span,) = named(exporter, "pupsourcing.append")
+    assert span.attributes["pupsourcing.event_count"] == 2
+    with pytest.raises(ValueError, match="at least one event"):
+        sqlite_db.store.append(conn, ExpectedVersion.any(), iter([]))
+
+
 def test_inside_a_sampled_out_span_appends_make_no_span(sqlite_db: Backend) -> None:
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 

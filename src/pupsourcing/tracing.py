@@ -106,9 +106,11 @@ class _TracingObserver(_observe.Observer):
     ) -> Plan[AppendResult]:
         if _sampled_out():
             return (yield from plan)
-        first = events[0] if events and isinstance(events[0], Event) else None
+        listed = isinstance(events, (list, tuple))  # other iterables: no count, no aggregate
+        first = events[0] if listed and events and isinstance(events[0], Event) else None
         attributes = self._constant(dialect, "INSERT").copy()
-        attributes["pupsourcing.event_count"] = len(events)
+        if listed:
+            attributes["pupsourcing.event_count"] = len(events)
         if first is not None:
             attributes["pupsourcing.bounded_context"] = first.bounded_context
             attributes["pupsourcing.aggregate_type"] = first.aggregate_type

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pupsourcing import _observe
@@ -78,6 +78,8 @@ class StoreBase:
         observer = _observe.observer
         if observer is None:
             return self.dialect.append(expected_version, events)
+        if isinstance(events, Iterator):  # read once: by the observer and the plan alike
+            events = list(events)
         ids = observer.ids()
         if ids is not None:
             events = _observe.fill(events, ids)
