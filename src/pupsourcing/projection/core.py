@@ -42,6 +42,9 @@ RECONNECT_MAX_DELAY = 10.0
 HELD_BACK_WARNING = 30.0
 """Seconds a projection may wait behind open write transactions before the
 processor logs a warning, and again every as many seconds while it waits."""
+HELD_BACK_MAX = 0.5
+"""The longest pause behind open write transactions: a writer that rolls back
+holds the events behind it up for no more than about this long."""
 HELD_BACK_POLL = 0.1
 """The first pause of an idle processor once committed events are held back
 by open write transactions (with a long ``poll_interval`` and push wake-up,
@@ -161,12 +164,12 @@ class ProcessorCore:
         less while committed events wait behind open transactions (whose end
         notifies nothing unless they appended): :data:`HELD_BACK_POLL` at
         first, then as long as the wait so far (so doubling), up to
-        ``poll_interval``."""
+        :data:`HELD_BACK_MAX` or ``poll_interval``, whichever is shorter."""
         interval = self.config.poll_interval
         if not outcome.waiting or sub.held_since is None:
             return interval
         waited = time.monotonic() - sub.held_since
-        return min(interval, max(HELD_BACK_POLL, waited))
+        return min(interval, HELD_BACK_MAX, max(HELD_BACK_POLL, waited))
 
     def catch_up(self, sub: Subscription) -> ProcessorPlan[int]:
         """Process until no committed event is left; return how many were
