@@ -30,8 +30,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from common import UNAVAILABLE_EXIT_CODE, Target, Unavailable, make_events
+from projections import Noop
 
-from pupsourcing import ExpectedVersion, PersistedEvent
+from pupsourcing import ExpectedVersion
 from pupsourcing.projection import Processor, ProcessorConfig
 
 MODES = ("off", "metrics", "sampled", "tracing", "both")
@@ -113,15 +114,6 @@ def w2(target: Target, mode: str, transactions: int, round_: int) -> Timing:
             return time.perf_counter() - start, time.process_time() - cpu
     finally:
         conn.close()
-
-
-class Noop:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.handled = 0
-
-    def handle(self, event: PersistedEvent, tx: Any) -> None:
-        self.handled += 1
 
 
 def w3(target: Target, mode: str, events: int, round_: int, batch: int) -> Timing:
