@@ -42,15 +42,18 @@ RECONNECT_MAX_DELAY = 10.0
 HELD_BACK_WARNING = 30.0
 """Seconds a projection may wait behind open write transactions before the
 processor logs a warning, and again every as many seconds while it waits."""
-HELD_BACK_MAX = 0.5
-"""The longest pause behind open write transactions: a writer that rolls back
-holds the events behind it up for no more than about this long."""
 HELD_BACK_POLL = 0.1
-"""The first pause of an idle processor once committed events are held back
-by open write transactions (with a long ``poll_interval`` and push wake-up,
-a transaction that ends without appending wakes nobody). Each later pause
-lasts as long as the wait so far, up to ``poll_interval``: a writer left
-open costs a few polls, not a polling loop."""
+"""How often an idle processor polls while committed events are held back by
+open write transactions, during the first :data:`HELD_BACK_QUICK` seconds
+(with a long ``poll_interval`` and push wake-up, a transaction that ends
+without appending wakes nobody; most writers commit soon after they append)."""
+HELD_BACK_QUICK = 1.0
+"""Seconds of quick polls behind open write transactions."""
+HELD_BACK_MAX = 1.0
+"""The pause behind open write transactions after the quick polls (or
+``poll_interval`` if shorter): a writer left open costs one poll a second,
+not a polling loop, and a writer that rolls back holds the events behind it
+up for no more than about this long."""
 CONFLICT_WARNING = 30.0
 """Seconds between two warnings that another processor moved a projection's
 checkpoint (each says how many batches it cost since the last)."""
@@ -162,14 +165,14 @@ class ProcessorCore:
     def idle_pause(self, sub: Subscription, outcome: StepOutcome) -> float:
         """How long ``run`` waits for an append to wake it: ``poll_interval``,
         less while committed events wait behind open transactions (whose end
-        notifies nothing unless they appended): :data:`HELD_BACK_POLL` at
-        first, then as long as the wait so far (so doubling), up to
-        :data:`HELD_BACK_MAX` or ``poll_interval``, whichever is shorter."""
+        notifies nothing unless they appended): :data:`HELD_BACK_POLL` for
+        the first :data:`HELD_BACK_QUICK` seconds, then :data:`HELD_BACK_MAX`,
+        never longer than ``poll_interval``."""
         interval = self.config.poll_interval
         if not outcome.waiting or sub.held_since is None:
             return interval
-        waited = time.monotonic() - sub.held_since
-        return min(interval, HELD_BACK_MAX, max(HELD_BACK_POLL, waited))
+        quick = time.monotonic() - sub.held_since < HELD_BACK_QUICK
+        return min(interval, HELD_BACK_POLL if quick else HELD_BACK_MAX)
 
     def catch_up(self, sub: Subscription) -> ProcessorPlan[int]:
         """Process until no committed event is left; return how many were
