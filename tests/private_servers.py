@@ -178,6 +178,7 @@ class PrivateMariaDB:
                 "mariadb-install-db",
                 "--no-defaults",
                 f"--datadir={self.datadir / 'data'}",
+                f"--tmpdir={self.datadir}",  # see start()
                 *self._user,
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
@@ -212,6 +213,11 @@ class PrivateMariaDB:
                     f"--socket={self.datadir / 'mariadb.sock'}",
                     f"--pid-file={self.datadir / 'mariadb.pid'}",
                     f"--log-error={self.datadir / 'error.log'}",
+                    # Its own tmpdir: at start-up mariadbd deletes every #sql*
+                    # file in its tmpdir, which in the shared /tmp would pull
+                    # the temporary tables from under the shared server's
+                    # running queries ("Error on delete of '/tmp/#sql-...'").
+                    f"--tmpdir={self.datadir}",
                     f"--port={self.port}",
                     "--bind-address=127.0.0.1",
                     "--skip-name-resolve",
