@@ -341,9 +341,9 @@ def _handle_and_advance(
     """In one transaction, hand ``events`` to the projection and move the
     checkpoint from ``checkpoint`` to ``position`` (compare-and-set), then run
     ``then()``'s statements when it moved. Commits and answers ``True``; rolls
-    back and answers ``False`` when the checkpoint had moved away. On any
-    failure rolls back and raises (see :func:`_roll_back_failed_handler` for
-    the handler's failures). Also answers the rows of ``following``, the read
+    back and answers ``False`` when the checkpoint had moved away, also when
+    the handler failed after it had (see :func:`_roll_back_failed_handler`).
+    On any other failure rolls back and raises. Also answers the rows of ``following``, the read
     of the next batch, when the database read them with the compare-and-set
     (see :meth:`~pupsourcing.store.dialect.Dialect.advance_and_read`)."""
     yield Statement(dialect.begin_sql, begin=True)
@@ -362,7 +362,8 @@ def _handle_and_advance(
         if advanced and then is not None:
             yield from then()
     except ProjectionError as failure:
-        yield from _roll_back_failed_handler(dialect, sub, failure, checkpoint, logger)
+        if (yield from _roll_back_failed_handler(dialect, sub, failure, checkpoint, logger)):
+            return False, None
         raise
     except Exception:
         yield ROLLBACK
@@ -377,10 +378,15 @@ def _roll_back_failed_handler(
     failure: ProjectionError,
     checkpoint: int,
     logger: Logger,
-) -> Generator[Statement, Any, None]:
+) -> Generator[Statement, Any, bool]:
     """Roll back the batch whose handler raised. A database failure met by the
-    handler's own writes is raised as the driver error; a failure of the
-    projection itself is logged, and the caller raises ``failure``."""
+    handler's own writes is raised as the driver error. Answers ``True`` when
+    the checkpoint has meanwhile moved away from ``checkpoint``: another
+    processor handled the batch (two claiming workers overlap briefly while
+    a lease changes hands), and the failure was most likely their writes
+    clashing (a unique key of the read model), so the batch is dropped as
+    contended. Otherwise logs the failure and answers ``False``: the caller
+    raises ``failure``."""
     cause = failure.__cause__
     if cause is not None and (dialect.is_connection_error(cause) or dialect.is_transient(cause)):
         # The handler's own write through ``tx`` met a lost connection, a
@@ -389,6 +395,21 @@ def _roll_back_failed_handler(
         # reconnects or retries as for its own statements.
         yield ROLLBACK
         raise cause from None
+    yield ROLLBACK
+    current = yield from dialect.get_checkpoint(sub.checkpoint_name)
+    yield ROLLBACK  # end the read's transaction
+    if current != checkpoint:
+        logger.warning(
+            "projection %s failed at global position %d while another processor moved its "
+            "checkpoint from %d to %d; batch dropped, the other processor handled it (%s: %s)",
+            sub.name,
+            failure.global_position,
+            checkpoint,
+            current,
+            type(cause).__name__,
+            cause,
+        )
+        return True
     logger.error(
         "projection %s failed at global position %d; batch rolled back, checkpoint stays at %d",
         sub.name,
@@ -396,7 +417,7 @@ def _roll_back_failed_handler(
         checkpoint,
         exc_info=failure.__cause__,
     )
-    yield ROLLBACK
+    return False
 
 
 def _record(
