@@ -76,9 +76,12 @@ def test_list_status_and_replay(backend: Backend) -> None:
     assert none.stdout.startswith("no dead letters of other")
 
     status = cli("projections", "status", "--db", backend.url)
-    assert re.search(r"dead letters .*\n  fixable +1$", status.stdout, re.MULTILINE), status.stdout
+    header, row = status.stdout.strip().splitlines()[-2:]
+    assert header.split()[-2:] == ["DEAD", "LETTERS"], status.stdout
+    assert (row.split()[0], row.split()[-1]) == ("fixable", "1"), status.stdout
     status_json = json.loads(cli("projections", "status", "--json", "--db", backend.url).stdout)
     assert [p["dead_letters"] for p in status_json["projections"]] == [1]
+    assert [c["dead_letters"] for c in status_json["projections"][0]["checkpoints"]] == [1]
 
     failed = cli(
         "projections", "replay-dead-letters", "cli_projections:Fixable", "--db", backend.url

@@ -297,9 +297,12 @@ def _lease_json(lease: Lease | None) -> dict[str, Any] | None:
     return {"owner": lease.owner, "expires_in_seconds": round(lease.expires_in, 3)}
 
 
-def _checkpoint_json(c: Checkpoint, head: int, leases: Leases) -> dict[str, Any]:
+def _checkpoint_json(
+    c: Checkpoint, head: int, leases: Leases, dead: dict[str, int] | None
+) -> dict[str, Any]:
     return {
         "lease": _lease_json(_lease_of(c, leases)),
+        "dead_letters": None if dead is None else dead.get(c.name, 0),
         "checkpoint": c.name,
         "partition_key": split_checkpoint_name(c.name)[1],
         "position": c.position,
@@ -328,7 +331,7 @@ def run_status(args: argparse.Namespace) -> int:
                     "lag": max(head - g.position, 0),
                     "age_seconds": None if g.age is None else round(max(g.age, 0.0), 3),
                     "partitioned": g.partitioned,
-                    "checkpoints": [_checkpoint_json(c, head, leases) for c in g.checkpoints],
+                    "checkpoints": [_checkpoint_json(c, head, leases, dead) for c in g.checkpoints],
                     "dead_letters": None
                     if dead is None
                     else sum(dead.get(c.name, 0) for c in g.checkpoints),
@@ -346,8 +349,17 @@ def run_status(args: argparse.Namespace) -> int:
     columns: tuple[str, ...] = ("PROJECTION", "POSITION", "LAG", "LAST UPDATE")
     if leases:
         columns += ("OWNER", "LEASE")
+    counted = {name: n for name, n in (dead or {}).items() if n}
+    if counted:  # a column only when there are some (see `projections dead-letters`)
+        columns += ("DEAD LETTERS",)
+
+    def dead_text(checkpoints: list[Checkpoint]) -> tuple[str, ...]:
+        if not counted:
+            return ()
+        return (f"{sum(counted.get(c.name, 0) for c in checkpoints):,}",)
+
     extra = ("", "") if leases else ()
-    table = Table(columns, right=(1, 2))
+    table = Table(columns, right=(1, 2, len(columns) - 1) if counted else (1, 2))
     for g in groups:
         if g.partitioned or len(g.checkpoints) > 1:
             table.add(
@@ -356,6 +368,7 @@ def run_status(args: argparse.Namespace) -> int:
                 f"{max(head - g.position, 0):,}",
                 _age(g.age),
                 *extra,
+                *dead_text(g.checkpoints),
             )
             for c in g.checkpoints:
                 table.add(
@@ -364,6 +377,7 @@ def run_status(args: argparse.Namespace) -> int:
                     f"{max(head - c.position, 0):,}",
                     _age(c.age),
                     *(_lease_text(_lease_of(c, leases)) if leases else ()),
+                    *dead_text([c]),
                 )
         else:
             [c] = g.checkpoints
@@ -373,24 +387,11 @@ def run_status(args: argparse.Namespace) -> int:
                 f"{max(head - c.position, 0):,}",
                 _age(c.age),
                 *extra,
+                *dead_text([c]),
             )
     print()
     table.print(sys.stdout)
-    _print_dead_letters(groups, dead)
     return 0
-
-
-def _print_dead_letters(groups: list[Group], dead: dict[str, int] | None) -> None:
-    """Dead letters per projection, under the table (only when there are some)."""
-    counts = [(g.name, sum((dead or {}).get(c.name, 0) for c in g.checkpoints)) for g in groups]
-    counts = [(name, n) for name, n in counts if n]
-    if not counts:
-        return
-    print()
-    print("dead letters (see `pupsourcing projections dead-letters NAME`):")
-    width = max(len(clean(name)) for name, _ in counts)
-    for name, n in counts:
-        print(f"  {clean(name):<{width}}  {n:,}")
 
 
 # -- reset -------------------------------------------------------------------------
