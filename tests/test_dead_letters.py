@@ -203,6 +203,12 @@ def test_list_filters_by_projection_and_partitions(backend: Backend) -> None:
     assert [d.projection_name for d in dead_letters(backend, "parts_p")] == ["parts_p"] * 2
     assert dead_letters(backend, "part") == []
     assert dead_letters(backend, "parts_p0") == [dead_letters(backend, "parts")[0]]
+    counting = backend.connection()
+    assert backend.store.count_dead_letters(counting) == {
+        "parts_p": 2,
+        "parts_p0": 1,
+        "parts_p1": 1,
+    }
 
     # A partition's processor replays its own partition's records only.
     fixed = Poisoned(backend, "parts")
@@ -244,4 +250,5 @@ def test_create_schema_is_idempotent_with_the_dead_letters_table(backend: Backen
     backend.store.create_schema(conn)
     conn.commit()
     assert backend.store.list_dead_letters(conn) == []
+    assert backend.store.count_dead_letters(conn) == {}
     conn.rollback()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +25,7 @@ from prometheus_client.registry import Collector
 from pupsourcing import _observe
 from pupsourcing.core.errors import OptimisticConcurrencyError, ProjectionError
 from pupsourcing.core.events import AppendResult, Event
+from pupsourcing.projection.config import split_checkpoint_name
 from pupsourcing.store.layout import missing_table
 
 if TYPE_CHECKING:
@@ -287,9 +287,6 @@ class _MetricsObserver(_observe.Observer):
                 gauge.remove(*labels)
 
 
-_PARTITIONED = re.compile(r"(?P<name>.+)_p(?P<key>0|[1-9][0-9]*)\Z")
-
-
 class DeadLettersCollector(Collector):
     """``pupsourcing_projection_dead_letters`` (labels ``projection``,
     ``partition``): the events set aside per projection partition, counted
@@ -322,17 +319,16 @@ class DeadLettersCollector(Collector):
         conn = self._connect()
         try:
             try:
-                letters = self._store.list_dead_letters(conn)
+                by_checkpoint = self._store.count_dead_letters(conn)
             except Exception as exc:
                 if not missing_table(exc):
                     raise
-                letters = []  # a store without the table (the Go library's) has none
+                by_checkpoint = {}  # a store without the table (the Go library's) has none
             conn.rollback()
         finally:
             conn.close()
         counts: dict[tuple[str, str], int] = {}
-        for letter in letters:
-            match = _PARTITIONED.match(letter.projection_name)
-            key = (match["name"], match["key"]) if match else (letter.projection_name, "0")
-            counts[key] = counts.get(key, 0) + 1
+        for checkpoint, count in by_checkpoint.items():
+            name, key = split_checkpoint_name(checkpoint)
+            counts[(name, str(key or 0))] = count
         return counts

@@ -144,13 +144,10 @@ def dead_letter_counts(db: Any, conn: Any) -> dict[str, int] | None:
     """Dead letters per checkpoint name; ``None`` when the store has no
     dead-letters table yet (created by the Go library, say)."""
     try:
-        letters = db.store.list_dead_letters(conn)
+        counts: dict[str, int] = db.store.count_dead_letters(conn)
     except Exception as exc:
         if not missing_table(exc):
             raise
         conn.rollback()
         return None
-    counts: dict[str, int] = {}
-    for d in letters:
-        counts[d.projection_name] = counts.get(d.projection_name, 0) + 1
     return counts

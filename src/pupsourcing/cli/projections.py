@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -17,22 +16,10 @@ from pupsourcing.cli._text import clean, duration
 from pupsourcing.cli.console import LOG_FORMATS
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import ProcessorConfig
-from pupsourcing.projection.config import ON_FAILURE
+from pupsourcing.projection.config import ON_FAILURE, split_checkpoint_name
 from pupsourcing.store import Checkpoint
 from pupsourcing.store.layout import clear_layout, missing_table
 from pupsourcing.store.leases import Lease
-
-_PARTITION = re.compile(r"(?P<name>.+)_p(?P<key>0|[1-9][0-9]*)\Z")
-
-
-def split_checkpoint_name(checkpoint: str) -> tuple[str, int | None]:
-    """``("orders", 2)`` for ``"orders_p2"`` (partition 2 of a partitioned
-    projection, as :meth:`ProcessorConfig.checkpoint_name` names it);
-    ``("orders", None)`` for ``"orders"``."""
-    match = _PARTITION.match(checkpoint)
-    if match is None:
-        return checkpoint, None
-    return match["name"], int(match["key"])
 
 
 def register(commands: Any) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 from pupsourcing import PersistedEvent
 from pupsourcing.cli.dead_letters import dead_letter_json
-from pupsourcing.cli.projections import group_checkpoints, lease_rows, split_checkpoint_name
+from pupsourcing.cli.projections import group_checkpoints, lease_rows
+from pupsourcing.projection.config import split_checkpoint_name
 from pupsourcing.store.layout import missing_table
 from pupsourcing.store.plan import Plan, Statement
 from pupsourcing.urls import Database
@@ -54,23 +55,16 @@ def head(db: Database, conn: Any) -> int:
     return db.store.head_position(conn)
 
 
-def _dead_letter_counts(db: Database) -> Plan[dict[str, int]]:
-    d = db.store.dialect
-    table = d.quote(d.config.dead_letters_table)
-    sql = f"SELECT projection_name, COUNT(*) FROM {table} GROUP BY projection_name"
-    rows = yield Statement(sql, fetch=True)
-    return {str(name): int(count) for name, count in rows}
-
-
 def dead_letter_counts(db: Database, conn: Any) -> dict[str, int] | None:
-    """Dead letters per checkpoint name (the table's primary key starts with
-    it); ``None`` when the store has no dead-letters table."""
+    """Dead letters per checkpoint name; ``None`` when the store has no
+    dead-letters table."""
     try:
-        return db.store._run(conn, _dead_letter_counts(db))
+        counts: dict[str, int] = db.store.count_dead_letters(conn)
     except Exception as exc:
         if not missing_table(exc):
             raise
         return None
+    return counts
 
 
 def _checkpoint_rows(db: Database, conn: Any) -> tuple[int, list[JSON]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -89,3 +90,16 @@ class ProcessorConfig:
 
     def get_logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return self.logger if self.logger is not None else logging.getLogger("pupsourcing")
+
+
+_PARTITION_SUFFIX = re.compile(r"(?P<name>.+)_p(?P<key>0|[1-9][0-9]*)\Z")
+
+
+def split_checkpoint_name(checkpoint: str) -> tuple[str, int | None]:
+    """The inverse of :meth:`ProcessorConfig.checkpoint_name`: ``("orders",
+    2)`` for ``"orders_p2"`` (partition 2 of a partitioned projection),
+    ``("orders", None)`` for ``"orders"``."""
+    match = _PARTITION_SUFFIX.match(checkpoint)
+    if match is None:
+        return checkpoint, None
+    return match["name"], int(match["key"])

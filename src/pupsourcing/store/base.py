@@ -251,6 +251,12 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         (its own and its partitions', ``"<name>_p<k>"``)."""
         return self._run(tx, self.dialect.list_dead_letters(projection_name))
 
+    def count_dead_letters(self, tx: ConnT) -> dict[str, int]:
+        """How many dead letters each projection checkpoint has, by checkpoint
+        name (``"<name>"``, or ``"<name>_p<k>"`` for a partition); checkpoints
+        without any are absent. Counted by the database: no rows are fetched."""
+        return self._run(tx, self.dialect.count_dead_letters())
+
     def list_leases(self, tx: ConnT, projection_name: str | None = None) -> list[Lease]:
         """The partition leases of ``projections run --claim`` (every
         projection's, or ``projection_name``'s), member rows included."""

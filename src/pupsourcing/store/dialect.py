@@ -688,6 +688,11 @@ class Dialect(abc.ABC):
     def _dead_letters(self) -> _DeadLetterSQL:
         return _DeadLetterSQL(self)
 
+    def count_dead_letters(self) -> Plan[dict[str, int]]:
+        """How many dead letters each checkpoint name has (those with some)."""
+        rows = yield Statement(self._dead_letters.counts, fetch=True)
+        return {str(name): int(count) for name, count in rows}
+
     def list_dead_letters(
         self, projection_name: str | None = None, *, exact: bool = False
     ) -> Plan[list[DeadLetter]]:
@@ -780,6 +785,7 @@ class _DeadLetterSQL:
             f"SELECT {p}, global_position, event_id, {p}, {p}, {p}, {p}, {now} "
             f"FROM {dialect.events_table} WHERE global_position = {p}"
         )
+        self.counts = f"SELECT projection_name, COUNT(*) FROM {table} GROUP BY projection_name"
         self.delete = f"DELETE FROM {table} WHERE {key}"
         self.failed_again = (
             f"UPDATE {table} SET error_type = {p}, error_message = {p}, traceback = {p}, "
