@@ -29,6 +29,15 @@ PROMPT = 0.5
 """Seconds within which a woken processor must have handled the event. An
 in-process wake comes before the writer's commit; the processor held back by
 it looks again every 0.1 s (measured on MariaDB, idle: 35-90 ms)."""
+MYSQL_PROMPT = 2.5
+"""MySQL's safe horizon waits for every writer transaction open on the
+server, in any database (SHOW ENGINE INNODB STATUS does not say which table
+a transaction writes): in the parallel suite, other workers' transactions
+hold it back too (0.5-1.1 s seen under load), still well before SLOW_POLL."""
+
+
+def prompt(backend: Backend) -> float:
+    return MYSQL_PROMPT if backend.name == "mysql" else PROMPT
 
 
 class Timed:
@@ -104,7 +113,7 @@ def test_append_in_this_process_wakes_an_idle_processor(backend: Backend) -> Non
             position = append_committed(backend, f"agg-{n}")
             handled = projection.wait_for(position, 5.0)
             assert handled is not None, "the event was never handled"
-            assert handled - started < PROMPT, f"handled after {handled - started:.2f}s"
+            assert handled - started < prompt(backend), f"handled after {handled - started:.2f}s"
             time.sleep(0.1)
     finally:
         running.close()
@@ -123,7 +132,7 @@ def test_late_commit_is_found_by_a_quick_retry(backend: Backend) -> None:
         conn.close()
         handled = projection.wait_for(result.global_positions[0], 5.0)
         assert handled is not None
-        assert handled - started < PROMPT
+        assert handled - started < prompt(backend)
     finally:
         running.close()
 

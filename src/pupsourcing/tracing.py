@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["instrument", "uninstrument"]
 
-_SYSTEMS = {"postgres": "postgresql", "mysql": "mysql", "sqlite": "sqlite"}
-"""``db.system.name`` by dialect (MariaDB reports as ``mysql``)."""
 MAX_LINKS = 128
 """Distinct event traces a batch span links to at most."""
 
@@ -85,10 +83,10 @@ class _TracingObserver(_observe.Observer):
     def _constant(self, dialect: Dialect, operation: str) -> dict[str, Any]:
         """The attributes every span of ``operation`` on ``dialect`` has
         (built once: copying a dict is cheaper than building it)."""
-        key = (dialect.name, dialect.config.events_table, operation)
+        key = (dialect.system_name, dialect.config.events_table, operation)
         found = self._constants.get(key)
         if found is None:
-            found = {"db.system.name": _SYSTEMS.get(key[0], key[0]), "db.collection.name": key[1]}
+            found = {"db.system.name": key[0], "db.collection.name": key[1]}
             if operation:
                 found["db.operation.name"] = operation
             if len(self._constants) < 256:  # tables are few; never grow without bound
@@ -127,6 +125,9 @@ class _TracingObserver(_observe.Observer):
                         "pupsourcing.aggregate_version": result.to_version,
                     }
                 )
+            if dialect.system_name != attributes["db.system.name"]:
+                # A store's first append learns the server (MySQL or MariaDB).
+                span.set_attribute("db.system.name", dialect.system_name)
             return result
         except BaseException as exc:
             _fail(span, exc)

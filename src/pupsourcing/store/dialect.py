@@ -118,6 +118,11 @@ class Dialect(abc.ABC):
     placeholder: ClassVar[str] = "%s"
     """The driver's parameter marker."""
 
+    @property
+    def system_name(self) -> str:
+        """The database as OpenTelemetry's ``db.system.name`` names it."""
+        return "postgresql" if self.name == "postgres" else self.name
+
     schema_dialect: ClassVar[SchemaDialect]
     """Column types and DDL syntax."""
 

@@ -422,7 +422,13 @@ class MySQLDialect(Dialect):
         status = yield from innodb_status(results_charset)
         return Probe(visible, active_transactions(status, own_thread))
 
+    @property
+    def system_name(self) -> str:
+        """``mariadb`` once the server is known to be MariaDB, else ``mysql``."""
+        return "mariadb" if self.server is not None and self.server.mariadb else "mysql"
+
     def prepare_processor(self) -> Plan[None]:
+        yield from self.server_info()  # which server: MySQL or MariaDB
         rows = yield Statement("SELECT @@character_set_results", fetch=True)
         try:
             yield from innodb_status(rows[0][0])
