@@ -91,6 +91,15 @@ def test_observability_benchmark_runs_in_quick_mode() -> None:
     assert len(rows) == 12, out
     assert {w for w, m, _ in rows if m == "off"} == {"W2", "W3/100", "W3/1000"}
     assert all(float(r) == 1.0 for _, m, r in rows if m == "off")
+    hooks = re.findall(
+        r"^  (metrics|sampled|tracing|both)\s+append\s+(\d+\.\d) us .*batch\s+(\d+\.\d) us",
+        out,
+        re.M,
+    )
+    assert [m for m, _, _ in hooks] == ["metrics", "sampled", "tracing", "both"], out
+    # Recording spans (tens of microseconds) costs more than counting (a few).
+    cost = {m: float(a) + float(b) for m, a, b in hooks}
+    assert cost["tracing"] > cost["metrics"], out
 
 
 def test_push_latency_runs_in_quick_mode() -> None:
