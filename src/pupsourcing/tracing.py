@@ -208,6 +208,8 @@ class _TracingObserver(_observe.Observer):
         finally:
             plan.close()
             if span is not None:
+                # An event stores its trace id only (span id 0, an invalid
+                # context): OpenTelemetry keeps such a link for its attributes.
                 for trace_id, position in traces.items():
                     span.add_link(
                         trace.SpanContext(int(trace_id, 16), 0, is_remote=True),
