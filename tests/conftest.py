@@ -23,6 +23,7 @@ import importlib
 import itertools
 import os
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,6 +40,17 @@ from pupsourcing.adapters import _registry as registry
 from pupsourcing.projection import Processor
 from pupsourcing.runner import Runner
 from pupsourcing.store.config import StoreConfig
+
+if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCACHEPREFIX"):
+    # Many tests start Python processes (the CLI, bench scripts, examples,
+    # spawned workers), each importing this checkout: without bytecode
+    # written, every one compiles the same modules from source again. Keep
+    # the tree as clean as PYTHONDONTWRITEBYTECODE asks, and write the
+    # bytecode outside it instead, for the workers and every subprocess.
+    os.environ["PYTHONPYCACHEPREFIX"] = os.path.join(
+        tempfile.gettempdir(), f"pupsourcing-tests-pycache-{os.getuid()}"
+    )
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 """This process's pytest-xdist worker (``gw0``, ``gw1``...); empty when the
