@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from pupsourcing import Event
+
+MYPY_CACHE = (
+    Path(tempfile.gettempdir())
+    / f"pupsourcing-tests-mypy-cache-{os.getuid()}"
+    / (os.environ.get("PYTEST_XDIST_WORKER") or "serial")
+)
+"""The ``--cache-dir`` of the tests that run mypy, kept from run to run (one
+per pytest-xdist worker, whose tests run one at a time): only the first run
+checks the standard library and this checkout from scratch, later ones
+recheck what changed, as mypy's incremental mode always does."""
 
 
 def event(

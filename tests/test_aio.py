@@ -20,7 +20,7 @@ import pytest
 
 from aio_facade import maybe_await
 from conftest import ASYNC_DRIVERS, Backend, made_backend, require
-from helpers import events
+from helpers import MYPY_CACHE, events
 from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
 from pupsourcing.adapters.sqlite import SQLiteStore, connect, connect_async
 from pupsourcing.aio import AsyncProcessor, AsyncRunner, AsyncSQLiteStore
@@ -415,7 +415,7 @@ def blocking() -> None:
 
 def mypy_strict(tmp_path: Path, *files: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache")]
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(MYPY_CACHE)]
         + [str(f) for f in files],
         capture_output=True,
         text=True,

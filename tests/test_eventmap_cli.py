@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from eventmap_fixtures.support import EXAMPLE, KITCHEN_SINK, REPO, run, run_cli, write_files
+from helpers import MYPY_CACHE
 from pupsourcing.eventmap import generate_mapping
 
 EXAMPLE_INPUT = EXAMPLE / "identity" / "events"
@@ -161,7 +162,7 @@ def test_generated_code_passes_ruff(kitchen_sink_module: Path, which: str) -> No
         assert result.returncode == 0, f"ruff {' '.join(args)}:\n{result.stdout}{result.stderr}"
 
 
-def mypy(paths: list[str], cwd: Path, mypy_path: list[Path], cache: Path) -> None:
+def mypy(paths: list[str], cwd: Path, mypy_path: list[Path]) -> None:
     result = run(
         [
             sys.executable,
@@ -172,7 +173,7 @@ def mypy(paths: list[str], cwd: Path, mypy_path: list[Path], cache: Path) -> Non
             "--python-version",
             "3.11",
             "--cache-dir",
-            str(cache),
+            str(MYPY_CACHE),
             *paths,
         ],
         cwd=cwd,
@@ -181,19 +182,16 @@ def mypy(paths: list[str], cwd: Path, mypy_path: list[Path], cache: Path) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_generated_kitchen_sink_passes_mypy_strict(
-    kitchen_sink_module: Path, tmp_path: Path
-) -> None:
+def test_generated_kitchen_sink_passes_mypy_strict(kitchen_sink_module: Path) -> None:
     mypy(
         [str(kitchen_sink_module)],
         cwd=kitchen_sink_module.parent,
         mypy_path=[REPO / "src", REPO / "tests"],
-        cache=tmp_path,
     )
 
 
-def test_example_passes_mypy_strict(tmp_path: Path) -> None:
-    mypy(["main.py", "identity"], cwd=EXAMPLE, mypy_path=[REPO / "src"], cache=tmp_path)
+def test_example_passes_mypy_strict() -> None:
+    mypy(["main.py", "identity"], cwd=EXAMPLE, mypy_path=[REPO / "src"])
 
 
 def test_mypy_catches_misuse_of_the_generated_api(
@@ -206,7 +204,7 @@ def test_mypy_catches_misuse_of_the_generated_api(
         'to_order_cancelled_v2("S", "O", "o", OrderCancelled(None, "late"))\n'
     )
     result = run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "c"), "misuse.py"],
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(MYPY_CACHE), "misuse.py"],
         cwd=tmp_path,
         MYPYPATH=os.pathsep.join(
             [str(REPO / "src"), str(REPO / "tests"), str(kitchen_sink_module.parent)]

@@ -12,15 +12,16 @@ import argparse
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError, PersistedEvent
 from pupsourcing._text import plural
-from pupsourcing.adapters.sqlite import SQLiteStore, connect
 from pupsourcing.cli._db import table_names
 from pupsourcing.cli.errors import CommandError
-from pupsourcing.projection import Processor
 from pupsourcing.urls import parse_url
+
+if TYPE_CHECKING:
+    from pupsourcing.adapters.sqlite import SQLiteStore
 
 DEFAULT_PATH = "pupsourcing-demo.db"
 CONTEXT = "Sales"
@@ -109,6 +110,11 @@ def _drop_demo_tables(db: sqlite3.Connection, store: SQLiteStore) -> None:
 def run(path: Path, *, fresh: bool = False, out: TextIO | None = None) -> int:
     def say(line: str = "") -> None:
         print(line, file=out)
+
+    # Imported here, not at the top: every ``pupsourcing`` command imports
+    # this module to register ``demo``, and only ``demo`` needs these.
+    from pupsourcing.adapters.sqlite import SQLiteStore, connect
+    from pupsourcing.projection import Processor
 
     store = SQLiteStore()
     db = connect(path)

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from pupsourcing.cli import _metrics, dead_letters, supervisor, worker
+from pupsourcing.cli import _metrics, dead_letters
 from pupsourcing.cli._args import non_negative_int, positive_int, seconds
 from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._output import Table, plural
@@ -174,6 +174,10 @@ def register(commands: Any) -> None:
 
 
 def run_projections(args: argparse.Namespace) -> int:
+    # Imported here: every ``pupsourcing`` command registers ``projections``,
+    # and only ``projections run`` needs the worker and its supervisor.
+    from pupsourcing.cli import supervisor, worker
+
     parser: argparse.ArgumentParser = args.parser
     _metrics.check_available(args)
     if args.partitions is not None and (
