@@ -269,18 +269,23 @@ def test_one_scrape_sees_every_partition(
     port = metrics_port(run)
     checkpoint = "pupsourcing_projection_checkpoint"
 
+    def handled(found: Samples) -> list[float | None]:
+        total = "pupsourcing_projection_events_handled_total"
+        return [value(found, total, projection="recorder", partition=p) for p in "01"]
+
     def caught_up(found: Samples) -> bool:
-        return all(value(found, checkpoint, projection="recorder", partition=p) == 60 for p in "01")
+        # Each worker process writes its own metric files, and one scrape
+        # reads them one after the other: a batch's count and checkpoint
+        # may show in different scrapes. Wait until both say it is done (a
+        # wrong count still fails: it never gets there).
+        at_end = all(
+            value(found, checkpoint, projection="recorder", partition=p) == 60 for p in "01"
+        )
+        return at_end and sum(h or 0 for h in handled(found)) >= 59
 
     found = wait_for_scrape(run, port, caught_up)
-    handled = [
-        value(
-            found, "pupsourcing_projection_events_handled_total", projection="recorder", partition=p
-        )
-        for p in "01"
-    ]
-    assert all(handled)
-    assert sum(h or 0 for h in handled) == 59
+    assert all(handled(found))
+    assert sum(h or 0 for h in handled(found)) == 59
     dead = [value(found, "pupsourcing_projection_dead_letters", **recorder(p)) for p in "01"]
     assert sorted(d for d in dead if d is not None) == [1]
     assert count(backend) == 60  # 59 handled and the row put there by hand
