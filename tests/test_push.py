@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import PG_DSN, Backend, require
-from helpers import event
+from helpers import event, horizon_bound
 from pupsourcing import ExpectedVersion, PersistedEvent
 from pupsourcing.projection import ProcessorConfig
 from pupsourcing.store import StoreConfig
@@ -29,15 +29,10 @@ PROMPT = 0.5
 """Seconds within which a woken processor must have handled the event. An
 in-process wake comes before the writer's commit; the processor held back by
 it looks again every 0.1 s (measured on MariaDB, idle: 35-90 ms)."""
-MYSQL_PROMPT = 2.5
-"""MySQL's safe horizon waits for every writer transaction open on the
-server, in any database (SHOW ENGINE INNODB STATUS does not say which table
-a transaction writes): in the parallel suite, other workers' transactions
-hold it back too (0.5-1.1 s seen under load), still well before SLOW_POLL."""
 
 
 def prompt(backend: Backend) -> float:
-    return MYSQL_PROMPT if backend.name == "mysql" else PROMPT
+    return horizon_bound(backend.name, PROMPT)
 
 
 class Timed:
