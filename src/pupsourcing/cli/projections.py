@@ -340,7 +340,7 @@ def run_status(args: argparse.Namespace) -> int:
     columns: tuple[str, ...] = ("PROJECTION", "POSITION", "LAG", "LAST UPDATE")
     if leases:
         columns += ("OWNER", "LEASE")
-    counted = {name: n for name, n in (dead or {}).items() if n}
+    counted = dead or {}  # only checkpoints that have some
     if counted:  # a column only when there are some (see `projections dead-letters`)
         columns += ("DEAD LETTERS",)
 

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from pupsourcing import PersistedEvent
-from pupsourcing.cli.dead_letters import dead_letter_json
+from pupsourcing.cli.dead_letters import dead_letter_counts, dead_letter_json
 from pupsourcing.cli.projections import group_checkpoints, lease_rows
 from pupsourcing.projection.config import split_checkpoint_name
 from pupsourcing.store.layout import missing_table
@@ -53,18 +53,6 @@ def event_json(e: PersistedEvent) -> JSON:
 
 def head(db: Database, conn: Any) -> int:
     return db.store.head_position(conn)
-
-
-def dead_letter_counts(db: Database, conn: Any) -> dict[str, int] | None:
-    """Dead letters per checkpoint name; ``None`` when the store has no
-    dead-letters table."""
-    try:
-        counts: dict[str, int] = db.store.count_dead_letters(conn)
-    except Exception as exc:
-        if not missing_table(exc):
-            raise
-        return None
-    return counts
 
 
 def _checkpoint_rows(db: Database, conn: Any) -> tuple[int, list[JSON]]:
