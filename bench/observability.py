@@ -47,7 +47,7 @@ from pupsourcing.core.events import AppendResult
 from pupsourcing.projection import Processor, ProcessorConfig
 from pupsourcing.projection.batch import Handle, StepOutcome, Subscription
 from pupsourcing.store.horizon import Horizon
-from pupsourcing.store.plan import Row, Statement
+from pupsourcing.store.plan import Row, Statement, drive
 
 MODES = ("off", "metrics", "sampled", "tracing", "both")
 TARGET = 1.05
@@ -157,15 +157,14 @@ HOOK_BATCH = 100
 def _drive(plan: Any) -> Any:
     """Run a plan whose statements answer nothing; a ``Handle``'s events
     are iterated (decoded), as a processor's driver does."""
-    try:
-        instruction = next(plan)
-        while True:
-            if type(instruction) is Handle:
-                for _ in instruction:
-                    pass
-            instruction = plan.send([])
-    except StopIteration as stop:
-        return stop.value
+    return drive(plan, _answer)
+
+
+def _answer(instruction: Any) -> list[Row]:
+    if type(instruction) is Handle:
+        for _ in instruction:
+            pass
+    return []
 
 
 def _append_plan(result: AppendResult) -> Any:
@@ -240,11 +239,8 @@ def _hooked_batch(
 def _drive_hooked_append(
     observer: _observe.Observer, dialect: Any, batch: Sequence[Any], result: AppendResult
 ) -> Any:
-    """The append hooks as a store calls them: ids filled in, then the plan wrapped."""
-    ids = observer.ids()
-    if ids is not None:
-        batch = _observe.fill(batch, ids)
-    return observer.append(dialect, batch, _append_plan(result))
+    """The append hooks as a store calls them."""
+    return _observe.observed_append(observer, dialect, batch, lambda _: _append_plan(result))
 
 
 def load(target: Target, events: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -105,6 +105,23 @@ def _merge(first: Ids, second: Ids) -> Ids:
         second[1] if first[1] is None else first[1],
         second[2] if first[2] is None else first[2],
     )
+
+
+def observed_append(
+    observer: Observer,
+    dialect: Dialect,
+    events: Sequence[Event],
+    plan_for: Callable[[Sequence[Event]], Plan[AppendResult]],
+) -> Plan[AppendResult]:
+    """The append of ``events`` as ``observer`` sees it: the ids it gives
+    filled in first (a one-shot iterator read once, for the observer and the
+    plan alike), then ``plan_for(events)`` wrapped."""
+    if isinstance(events, Iterator):
+        events = list(events)
+    ids = observer.ids()
+    if ids is not None:
+        events = fill(events, ids)
+    return observer.append(dialect, events, plan_for(events))
 
 
 def fill(events: Sequence[Event], ids: Ids) -> Sequence[Event]:

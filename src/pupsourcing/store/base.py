@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pupsourcing import _observe
@@ -78,13 +79,9 @@ class StoreBase:
         observer = _observe.observer
         if observer is None:
             return self.dialect.append(expected_version, events)
-        if isinstance(events, Iterator):  # read once: by the observer and the plan alike
-            events = list(events)
-        ids = observer.ids()
-        if ids is not None:
-            events = _observe.fill(events, ids)
-        plan = self.dialect.append(expected_version, events)
-        return observer.append(self.dialect, events, plan)
+        return _observe.observed_append(
+            observer, self.dialect, events, functools.partial(self.dialect.append, expected_version)
+        )
 
     def _read_stream_plan(
         self,
