@@ -343,9 +343,10 @@ def _handle_and_advance(
     ``then()``'s statements when it moved. Commits and answers ``True``; rolls
     back and answers ``False`` when the checkpoint had moved away, also when
     the handler failed after it had (see :func:`_roll_back_failed_handler`).
-    On any other failure rolls back and raises. Also answers the rows of ``following``, the read
-    of the next batch, when the database read them with the compare-and-set
-    (see :meth:`~pupsourcing.store.dialect.Dialect.advance_and_read`)."""
+    On any other failure rolls back and raises. Also answers the rows of
+    ``following``, the read of the next batch, when the database read them
+    with the compare-and-set (see
+    :meth:`~pupsourcing.store.dialect.Dialect.advance_and_read`)."""
     yield Statement(dialect.begin_sql, begin=True)
     ahead = None
     try:
