@@ -100,6 +100,11 @@ def test_observability_benchmark_runs_in_quick_mode() -> None:
     # Recording spans (tens of microseconds) costs more than counting (a few).
     cost = {m: float(a) + float(b) for m, a, b in hooks}
     assert cost["tracing"] > cost["metrics"], out
+    # A batch of events from 100 traces makes 100 links, each paid for.
+    [spread] = re.findall(
+        r"^  tracing, 1 trace per event\s+append .*batch\s+(\d+\.\d) us", out, re.M
+    )
+    assert float(spread) > float(next(b for m, _, b in hooks if m == "tracing")), out
 
 
 def test_push_latency_runs_in_quick_mode() -> None:

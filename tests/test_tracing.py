@@ -245,3 +245,33 @@ def test_inside_a_sampled_out_span_appends_make_no_span(sqlite_db: Backend) -> N
         tracing.uninstrument()
     assert exporter.get_finished_spans() == ()
     assert result.events[0].trace_id == hex_id(request.get_span_context().trace_id)
+
+
+@pytest.mark.parametrize("max_links", [0, 2, tracing.MAX_LINKS])
+def test_a_batch_span_links_to_at_most_max_links_traces(sqlite_db: Backend, max_links: int) -> None:
+    """Each distinct trace costs the SDK a link: ``max_links`` bounds them,
+    in the order the traces first appear; 0 makes none."""
+    exporter = InMemorySpanExporter()
+    provider = sdk_trace.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.instrument(provider, max_links=max_links)
+    try:
+        conn = sqlite_db.connection()
+        traces = [format(i + 1, "032x") for i in range(5)]
+        for i, trace_id in enumerate(traces):
+            sqlite_db.store.append(
+                conn, ExpectedVersion.no_stream(), [event(f"o-{i}", trace_id=trace_id)]
+            )
+        conn.commit()
+        with Processor(sqlite_db.connect, sqlite_db.store) as processor:
+            assert processor.catch_up(Recording(provider.get_tracer("test"))) == 5
+    finally:
+        tracing.uninstrument()
+    [batch] = named(exporter, "pupsourcing.projection.batch")
+    assert [hex_id(link.context.trace_id) for link in batch.links] == traces[:max_links]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "8", True])
+def test_max_links_must_be_a_count(bad: Any) -> None:
+    with pytest.raises(ValueError, match="max_links"):
+        tracing.instrument(max_links=bad)

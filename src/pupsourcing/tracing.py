@@ -14,7 +14,8 @@ tracer provider of your choice), :func:`uninstrument` off. Spans:
 - ``pupsourcing.projection.batch``: one per batch that handled events,
   current while ``handle`` runs (so spans the handler makes are its
   children), linked to the trace of each distinct ``trace_id`` among the
-  batch's events.
+  batch's events (at most ``max_links`` of them; the OpenTelemetry SDK
+  spends several microseconds on each link).
 """
 
 from __future__ import annotations
@@ -41,14 +42,20 @@ if TYPE_CHECKING:
 __all__ = ["instrument", "uninstrument"]
 
 MAX_LINKS = 128
-"""Distinct event traces a batch span links to at most."""
+"""Distinct event traces a batch span links to at most, by default
+(OpenTelemetry's default limit of links per span)."""
 
 
-def instrument(tracer_provider: trace.TracerProvider | None = None) -> None:
+def instrument(
+    tracer_provider: trace.TracerProvider | None = None, *, max_links: int = MAX_LINKS
+) -> None:
     """Make spans with ``tracer_provider`` (the global one by default) from
-    now on, in every store and processor of the process."""
+    now on, in every store and processor of the process. A batch span links
+    to at most ``max_links`` distinct event traces (0: none)."""
+    if isinstance(max_links, bool) or not isinstance(max_links, int) or max_links < 0:
+        raise ValueError(f"max_links must be an int >= 0, got {max_links!r}")
     _observe.allow_auto_tracing()
-    _observe.install(_TracingObserver(tracer_provider))
+    _observe.install(_TracingObserver(tracer_provider, max_links))
 
 
 def uninstrument() -> None:
@@ -74,10 +81,13 @@ def _fail(span: trace.Span, exc: BaseException) -> None:
 
 
 class _TracingObserver(_observe.Observer):
-    def __init__(self, tracer_provider: trace.TracerProvider | None) -> None:
+    def __init__(
+        self, tracer_provider: trace.TracerProvider | None, max_links: int = MAX_LINKS
+    ) -> None:
         from pupsourcing import __version__
 
         self.tracer = trace.get_tracer("pupsourcing", __version__, tracer_provider)
+        self.max_links = max_links
         self._constants: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def _constant(self, dialect: Dialect, operation: str) -> dict[str, Any]:
@@ -187,8 +197,8 @@ class _TracingObserver(_observe.Observer):
                         },
                     )
                     token = otel_context.attach(trace.set_span_in_context(span))
-                    if span.is_recording():  # links of a span sampled out go nowhere
-                        decode = _collecting(instruction.decode, traces)
+                    if self.max_links and span.is_recording():  # else links go nowhere
+                        decode = _collecting(instruction.decode, traces, self.max_links)
                         instruction = Handle(instruction.rows, decode)
                 try:
                     answer = yield instruction
@@ -220,14 +230,16 @@ class _TracingObserver(_observe.Observer):
 
 
 def _collecting(
-    decode: Callable[[Sequence[Any]], list[PersistedEvent]], traces: dict[str, int]
+    decode: Callable[[Sequence[Any]], list[PersistedEvent]],
+    traces: dict[str, int],
+    most: int,
 ) -> Callable[[Sequence[Any]], list[PersistedEvent]]:
     """``decode``, noting each new trace id among the events (with the
-    position of its first event)."""
+    position of its first event), ``most`` at most."""
 
     def decode_and_collect(rows: Sequence[Any]) -> list[PersistedEvent]:
         events = decode(rows)
-        if len(traces) >= MAX_LINKS:  # no more links: no more work per event
+        if len(traces) >= most:  # no more links: no more work per event
             return events
         new = {e.trace_id for e in events}
         new.difference_update(traces)
@@ -236,7 +248,7 @@ def _collecting(
             return events
         for e in events:
             trace_id = e.trace_id
-            if trace_id is not None and trace_id in new and len(traces) < MAX_LINKS:
+            if trace_id is not None and trace_id in new and len(traces) < most:
                 new.discard(trace_id)
                 if _is_trace_id(trace_id):
                     traces[trace_id] = e.global_position
