@@ -28,6 +28,7 @@ from pupsourcing.core._fast import (
     event_builder,
     event_decoder,
     event_row_decoder,
+    event_with_ids,
     tuple_encoder,
     uuid_from_bytes,
     uuid_from_text,
@@ -434,3 +435,19 @@ def test_fast_uuids_are_plain_immutable_uuids() -> None:
         uuid_from_text("not-a-uuid")
     with pytest.raises(ValueError, match="16-char"):
         uuid_from_bytes(b"short")
+
+
+def test_event_with_ids_is_dataclasses_replace() -> None:
+    original = Event("Shop", "Order", "o-1", "Placed", b"{}", metadata=None, causation_id="c-0")
+    for ids in [("corr", "cause", "f" * 32), (None, None, None), ("corr", None, None)]:
+        made = event_with_ids(original, *ids)
+        expected = dataclasses.replace(
+            original, correlation_id=ids[0], causation_id=ids[1], trace_id=ids[2]
+        )
+        assert type(made) is Event
+        assert made == expected
+        assert hash(made) == hash(expected)
+        assert pickle.loads(pickle.dumps(made)) == expected
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made.trace_id = "x"  # type: ignore[misc]
+    assert original.causation_id == "c-0"  # the original is left alone

@@ -15,8 +15,11 @@ import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pupsourcing.core._fast import event_with_ids
+from pupsourcing.core.events import Event
+
 if TYPE_CHECKING:
-    from pupsourcing.core.events import AppendResult, Event, Stream
+    from pupsourcing.core.events import AppendResult, Stream
     from pupsourcing.projection.batch import StepOutcome, Subscription
     from pupsourcing.store.dialect import Dialect
     from pupsourcing.store.horizon import Horizon
@@ -130,8 +133,6 @@ def fill(events: Sequence[Event], ids: Ids) -> Sequence[Event]:
     on for the append's validation to name."""
     if not isinstance(events, list | tuple):
         return events
-    from pupsourcing.core.events import Event
-
     correlation_id, causation_id, trace_id = ids
     filled: list[Event] = []
     for e in events:
@@ -143,23 +144,8 @@ def fill(events: Sequence[Event], ids: Ids) -> Sequence[Event]:
         t = trace_id if e.trace_id is None else e.trace_id
         if c is e.correlation_id and k is e.causation_id and t is e.trace_id:
             filled.append(e)
-        elif type(e) is Event:  # faster than dataclasses.replace
-            filled.append(
-                Event(
-                    e.bounded_context,
-                    e.aggregate_type,
-                    e.aggregate_id,
-                    e.event_type,
-                    e.payload,
-                    event_version=e.event_version,
-                    event_id=e.event_id,
-                    metadata=e.metadata,
-                    causation_id=k,
-                    correlation_id=c,
-                    trace_id=t,
-                    created_at=e.created_at,
-                )
-            )
+        elif type(e) is Event:
+            filled.append(event_with_ids(e, c, k, t))
         else:
             filled.append(dataclasses.replace(e, correlation_id=c, causation_id=k, trace_id=t))
     return filled
