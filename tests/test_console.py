@@ -131,6 +131,53 @@ def test_bad_paging_is_a_400_naming_the_parameter(
     assert response.json()["error"].startswith(f"{parameter} must be an integer")
 
 
+HUGE = "9" * 5000  # beyond the 4300 digits Python converts to int
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        (f"/api/events?after={2**63}", "after"),
+        (f"/api/events?after={HUGE}", "after"),
+        (f"/api/events?limit={HUGE}", "limit"),
+        (f"/api/log?before={HUGE}", "before"),
+        (f"/api/log?limit={HUGE}", "limit"),
+        (f"/api/streams/Shop/Order/order-1?from_version={HUGE}", "from_version"),
+        (f"/api/streams/Shop/Order/order-1?to_version={HUGE}", "to_version"),
+        ("/api/streams/Shop/Order/order-1?to_version=two", "to_version"),
+        ("/api/streams/Shop/Order/order-1?to_version=0", "to_version"),
+        ("/api/aggregates?prefix=order-&limit=0", "limit"),
+        ("/api/aggregates?prefix=order-&limit=201", "limit"),
+        (f"/api/aggregates?prefix=order-&limit={HUGE}", "limit"),
+    ],
+)
+def test_out_of_range_integers_are_a_400_naming_the_parameter(
+    console: Server, path: str, parameter: str
+) -> None:
+    response = get(console, path)
+    assert response.status_code == 400, response.text[:200]
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error.startswith(f"{parameter} must be an integer"), error
+    assert len(error) < 200  # the value is not echoed whole
+
+
+def test_a_huge_last_event_id_is_ignored(console: Server) -> None:
+    """The feed resumes from ``after`` when Last-Event-ID is no position."""
+    headers = {"Last-Event-ID": HUGE}
+    url = console.base + "/api/events/live?after=14"
+    with httpx.stream("GET", url, headers=headers, timeout=10) as response:
+        assert response.status_code == 200
+        data = next(line for line in response.iter_lines() if line.startswith("data: "))
+    assert json.loads(data[6:])["global_position"] == 15
+
+
+def test_integers_with_leading_zeros_are_their_value(console: Server) -> None:
+    zeros = "0" * 5000
+    found = get(console, f"/api/events?after={zeros}12&limit={zeros}2").json()
+    assert [e["global_position"] for e in found] == [13, 14]
+
+
 def test_streams(console: Server) -> None:
     whole = get(console, "/api/streams/Shop/Order/order-1").json()
     assert whole["version"] == 5

@@ -42,15 +42,39 @@ _FEED_BATCH = 200
 _LOGIN_PAUSE = 0.5
 
 
+MAX_POSITION = 2**63 - 1
+
+
+def _integer(raw: str, low: int, high: int) -> int | None:
+    """``raw`` as a decimal integer in ``[low, high]``, or ``None``. The
+    length is checked before converting: Python refuses to convert more
+    than 4300 digits (a ``ValueError``)."""
+    if not (raw.isascii() and raw.isdigit()):
+        return None
+    digits = raw.lstrip("0") or "0"
+    if len(digits) > len(str(high)):
+        return None
+    value = int(digits)
+    return value if low <= value <= high else None
+
+
+def _shown(raw: str) -> str:
+    """``raw`` quoted for an error message, cut short."""
+    return repr(raw) if len(raw) <= 40 else f"{raw[:40]!r}... ({len(raw)} characters)"
+
+
 def _int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
     """Query parameter ``name`` as an integer in ``[low, high]``; a 400
     naming it otherwise."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise HTTPException(400, f"{name} must be an integer from {low} to {high}, got {raw!r}")
-    return int(raw)
+    value = _integer(raw, low, high)
+    if value is None:
+        raise HTTPException(
+            400, f"{name} must be an integer from {low} to {high}, got {_shown(raw)}"
+        )
+    return value
 
 
 def _key(request: Request) -> tuple[str, str, str]:
@@ -97,22 +121,22 @@ class Console:
 
     async def api_stream(self, request: Request) -> Response:
         key = _key(request)
-        low = _int(request, "from_version", None, 1, 2**63 - 1)
-        high = _int(request, "to_version", None, 1, 2**63 - 1)
+        low = _int(request, "from_version", None, 1, MAX_POSITION)
+        high = _int(request, "to_version", None, 1, MAX_POSITION)
         found = await self.read(lambda c: _queries.stream(self.db, c, key, low, high))
         if found is None:
             raise HTTPException(404, "no events for this aggregate")
         return JSONResponse(found)
 
     async def api_events(self, request: Request) -> Response:
-        after = _int(request, "after", 0, 0, 2**63 - 1) or 0
+        after = _int(request, "after", 0, 0, MAX_POSITION) or 0
         limit = _int(request, "limit", 100, 1, MAX_LIMIT) or 100
         return JSONResponse(
             await self.read(lambda c: _queries.events_after(self.db, c, after, limit))
         )
 
     async def api_log(self, request: Request) -> Response:
-        before = _int(request, "before", None, 1, 2**63 - 1)
+        before = _int(request, "before", None, 1, MAX_POSITION)
         limit = _int(request, "limit", 50, 1, MAX_LIMIT) or 50
         if before is None:  # the newest page ends at the safe horizon, where the feed starts
             before = self.watcher.safe + 1
@@ -154,11 +178,11 @@ class Console:
     async def api_live(self, request: Request) -> Response:
         """Server-sent events: every event after ``after`` (or the
         ``Last-Event-ID``), then each new one as it is committed."""
-        resume = request.headers.get("last-event-id", "")
-        if resume.isascii() and resume.isdigit():
-            after = int(resume)
+        resume = _integer(request.headers.get("last-event-id", ""), 0, MAX_POSITION)
+        if resume is not None:
+            after = resume
         else:
-            start = _int(request, "after", None, 0, 2**63 - 1)
+            start = _int(request, "after", None, 0, MAX_POSITION)
             after = self.watcher.safe if start is None else start
         return StreamingResponse(
             self._feed(after),
