@@ -248,11 +248,20 @@ def test_pages_and_security_headers(console: Server) -> None:
     assert unknown.headers["x-frame-options"] == "DENY"
 
 
+def allowed(response: httpx.Response) -> set[str]:
+    return {method.strip() for method in response.headers["allow"].split(",")}
+
+
 def test_no_write_endpoints(console: Server) -> None:
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         for path in ("/api/events", "/api/projections", "/api/streams/Shop/Order/order-1"):
             response = httpx.request(method, console.base + path, timeout=10)
             assert response.status_code == 405, (method, path)
+            assert allowed(response) == {"GET", "HEAD"}, (method, path)
+            assert response.json() == {"error": "Method Not Allowed"}
+    login = httpx.put(console.base + "/login", timeout=10)
+    assert login.status_code == 405
+    assert allowed(login) == {"GET", "HEAD", "POST"}
 
 
 def test_rebinding_host_is_refused_without_a_token(console: Server) -> None:

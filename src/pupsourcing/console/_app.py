@@ -246,6 +246,12 @@ class Console:
 
     # -- signing in ---------------------------------------------------------------
 
+    async def login_page(self, request: Request) -> Response:
+        """The form, and signing in with it (one route: a 405 lists both)."""
+        if request.method == "POST":
+            return await self.login(request)
+        return await self.login_form(request)
+
     async def login_form(self, request: Request) -> Response:
         return HTMLResponse(_pages.login(next_path=_safe_next(request.query_params.get("next"))))
 
@@ -299,8 +305,8 @@ def _safe_next(path: str | None) -> str:
 async def _error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if request.url.path.startswith("/api/") or exc.status_code != 404:
-        return JSONResponse({"error": exc.detail}, exc.status_code)
-    return HTMLResponse(_pages.page("Not found", "none"), 404)
+        return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+    return HTMLResponse(_pages.page("Not found", "none"), 404, headers=exc.headers)
 
 
 def create_app(db: Database, *, token: str | None = None, poll_interval: float = 0.5) -> ASGIApp:
@@ -317,8 +323,7 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
         Route(f"/streams/{stream}", console.stream_page),
         Route("/log", console.log_page),
         Route("/dead-letters", console.dead_letters_page),
-        Route("/login", console.login_form, methods=["GET"]),
-        Route("/login", console.login, methods=["POST"]),
+        Route("/login", console.login_page, methods=["GET", "POST"]),
         Route("/static/{name}", console.static_file),
         Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/api/head", console.api_head),
