@@ -3,6 +3,7 @@ port) on every database, read over HTTP; its security; that it never writes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import queue
@@ -248,6 +249,53 @@ def test_pages_and_security_headers(console: Server) -> None:
     assert unknown.headers["x-frame-options"] == "DENY"
 
 
+@pytest.mark.parametrize("path", ["/api", "/api/", "/api/head/", "/api/nothing/", "/api/log/x"])
+def test_every_api_path_answers_json(console: Server, path: str) -> None:
+    response = get(console, path)  # redirects are not followed
+    assert response.status_code == 404, response.headers
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"error": "Not Found"}
+
+
+def in_process(db: Any, path: str, *, raise_errors: bool) -> httpx.Response:
+    """GET ``path`` from the console application run in this process."""
+    from pupsourcing.console import create_app
+
+    async def answer() -> httpx.Response:
+        app = create_app(db)
+        inner = app.app  # the Starlette application inside the Guard
+        async with inner.router.lifespan_context(inner):
+            transport = httpx.ASGITransport(app, raise_app_exceptions=raise_errors)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                return await c.get(path)
+
+    return asyncio.run(answer())
+
+
+def test_an_unexpected_error_is_a_json_500_without_details(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pupsourcing.console import _queries
+
+    def broken(db: Any, conn: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    backend = make_backend("sqlite", tmp_path)
+    try:
+        db = database(backend.url, backend.store.config, create=False)
+        monkeypatch.setattr(_queries, "projections", broken)
+        response = in_process(db, "/api/projections", raise_errors=False)
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {"error": "internal error"}
+        assert response.headers["x-frame-options"] == "DENY"
+        # The error still reaches the server, which logs it with its traceback.
+        with pytest.raises(RuntimeError, match="secret internals"):
+            in_process(db, "/api/projections", raise_errors=True)
+    finally:
+        close_backend(backend)
+
+
 def allowed(response: httpx.Response) -> set[str]:
     return {method.strip() for method in response.headers["allow"].split(",")}
 
@@ -411,6 +459,9 @@ def test_a_token_is_required(guarded: Server) -> None:
     assert httpx.get(guarded.base + "/api/head", headers=wrong, timeout=10).status_code == 401
     right = {"Authorization": "Bearer s3cret-token"}
     assert httpx.get(guarded.base + "/api/head", headers=right, timeout=10).json() == {"head": 0}
+    bare = httpx.get(guarded.base + "/api", timeout=10)
+    assert bare.status_code == 401
+    assert "authentication required" in bare.json()["error"]
     page = httpx.get(guarded.base + "/log", timeout=10)
     assert page.status_code == 401
     assert 'name="token"' in page.text  # the login form

@@ -18,11 +18,12 @@ from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
     JSONResponse,
+    PlainTextResponse,
     RedirectResponse,
     Response,
     StreamingResponse,
 )
-from starlette.routing import Route
+from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pupsourcing.cli._db import driver_error_message, is_driver_error
@@ -284,7 +285,7 @@ class Console:
         response: Response
         if self.token is None:
             response = JSONResponse({"error": "the Host header must name a loopback address"}, 403)
-        elif path.startswith("/api/"):
+        elif _is_api(path):
             response = JSONResponse(
                 {"error": "authentication required: send Authorization: Bearer <token>"},
                 401,
@@ -302,11 +303,27 @@ def _safe_next(path: str | None) -> str:
     return path
 
 
+def _is_api(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
 async def _error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if request.url.path.startswith("/api/") or exc.status_code != 404:
+    if _is_api(request.url.path) or exc.status_code != 404:
         return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
     return HTMLResponse(_pages.page("Not found", "none"), 404, headers=exc.headers)
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    """A 500 for an unexpected exception: JSON under ``/api``, no details
+    (Starlette raises the exception on to the server, which logs it)."""
+    if _is_api(request.url.path):
+        return JSONResponse({"error": "internal error"}, 500)
+    return PlainTextResponse("Internal Server Error", 500)
+
+
+async def _api_not_found(request: Request) -> Response:
+    raise HTTPException(404)
 
 
 def create_app(db: Database, *, token: str | None = None, poll_interval: float = 0.5) -> ASGIApp:
@@ -317,6 +334,17 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
     read for the live views."""
     console = Console(db, token, poll_interval)
     stream = "{bounded_context}/{aggregate_type}/{aggregate_id:path}"
+    api = [
+        Route("/head", console.api_head),
+        Route("/projections", console.api_projections),
+        Route("/overview", console.api_overview),
+        Route(f"/streams/{stream}", console.api_stream),
+        Route("/events", console.api_events),
+        Route("/events/live", console.api_live),
+        Route("/log", console.api_log),
+        Route("/aggregates", console.api_aggregates),
+        Route("/dead-letters", console.api_dead_letters),
+    ]
     routes = [
         Route("/", console.overview_page),
         Route("/streams", console.streams_page),
@@ -326,15 +354,10 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
         Route("/login", console.login_page, methods=["GET", "POST"]),
         Route("/static/{name}", console.static_file),
         Route("/favicon.ico", lambda request: Response(status_code=204)),
-        Route("/api/head", console.api_head),
-        Route("/api/projections", console.api_projections),
-        Route("/api/overview", console.api_overview),
-        Route(f"/api/streams/{stream}", console.api_stream),
-        Route("/api/events", console.api_events),
-        Route("/api/events/live", console.api_live),
-        Route("/api/log", console.api_log),
-        Route("/api/aggregates", console.api_aggregates),
-        Route("/api/dead-letters", console.api_dead_letters),
+        Route("/api", _api_not_found),
+        # The API has a router of its own, without trailing-slash redirects:
+        # every path under /api answers JSON, an unknown one a 404.
+        Mount("/api", app=Router(api, redirect_slashes=False)),
     ]
 
     @contextlib.asynccontextmanager
@@ -346,5 +369,6 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
             await console.watcher.stop()
             console.reader.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _error})
+    handlers = {HTTPException: _error, Exception: _crash}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     return Guard(app, token, console.refuse)
