@@ -390,6 +390,41 @@ def append_one(backend: Backend, conn: Any, aggregate_id: str, event_type: str) 
     return int(result.global_positions[0])
 
 
+def test_keys_holding_a_slash(fresh: tuple[Backend, Server]) -> None:
+    """A bounded context or aggregate type with a ``/`` is reached with
+    ``%2F`` in its path segment; an id may hold ``/`` either way."""
+    backend, server = fresh
+    conn = backend.connect()
+    try:
+        key = {"bounded_context": "Sales/EU", "aggregate_type": "Order/Line"}
+        for aggregate_id in ("o-9", "o/10"):
+            backend.store.append(conn, ExpectedVersion.any(), [event(aggregate_id, **key)])
+        conn.commit()
+    finally:
+        conn.close()
+    for path, aggregate_id in [
+        ("Sales%2FEU/Order%2FLine/o-9", "o-9"),
+        ("Sales%2FEU/Order%2FLine/o%2F10", "o/10"),
+        ("Sales%2FEU/Order%2FLine/o/10", "o/10"),
+    ]:
+        found = get(server, f"/api/streams/{path}")
+        assert found.status_code == 200, (path, found.text)
+        [e] = found.json()["events"]
+        assert (e["bounded_context"], e["aggregate_type"], e["aggregate_id"]) == (
+            "Sales/EU",
+            "Order/Line",
+            aggregate_id,
+        )
+        page = get(server, f"/streams/{path}")
+        assert page.status_code == 200
+        assert 'data-bounded-context="Sales/EU"' in page.text
+        assert 'data-aggregate-type="Order/Line"' in page.text
+        assert f'data-aggregate-id="{aggregate_id}"' in page.text
+    # Unencoded, the slashes separate segments: another (missing) aggregate.
+    assert get(server, "/api/streams/Sales/EU/Order/Line/o-9").status_code == 404
+    assert get(server, "/api/streams/Sales%2FEU/Order/o-9").status_code == 404
+
+
 def test_live_feed_sends_new_events(fresh: tuple[Backend, Server]) -> None:
     backend, server = fresh
     feed = Feed(f"{server.base}/api/events/live?after=0")

@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,7 +23,7 @@ from starlette.responses import (
     Response,
     StreamingResponse,
 )
-from starlette.routing import Mount, Route, Router
+from starlette.routing import Match, Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pupsourcing.cli._db import driver_error_message, is_driver_error
@@ -76,6 +76,45 @@ def _int(request: Request, name: str, default: int | None, low: int, high: int) 
             400, f"{name} must be an integer from {low} to {high}, got {_shown(raw)}"
         )
     return value
+
+
+_KEY = ("bounded_context", "aggregate_type", "aggregate_id")
+
+
+def _raw_route_path(scope: Scope) -> str | None:
+    """The path below the root path as the client sent it, still
+    percent-encoded; ``None`` without a ``raw_path`` that decodes to it."""
+    raw = scope.get("raw_path")
+    if not raw:
+        return None
+    text = raw.decode("latin-1")  # ASCII on the wire
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    start = 0  # raw_path holds the root path too: skip as many segments
+    for _ in range(root.count("/")):
+        start = text.find("/", start + 1)
+        if start < 0:
+            return None
+    route = text[start:]
+    return route if unquote(route) == path else None
+
+
+class _KeyRoute(Route):
+    """A route to an aggregate, matched on the raw path and decoded segment
+    by segment: a bounded context or aggregate type holding a ``/`` is
+    reached with ``%2F``, which the decoded path would split."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        raw = _raw_route_path(scope)
+        if raw is None or scope["type"] != "http":
+            return super().matches(scope)
+        match, child = super().matches({**scope, "path": raw, "root_path": ""})
+        if match is not Match.NONE:
+            params = child["path_params"]
+            for name in _KEY:
+                params[name] = unquote(params[name])
+        return match, child
 
 
 def _key(request: Request) -> tuple[str, str, str]:
@@ -338,7 +377,7 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
         Route("/head", console.api_head),
         Route("/projections", console.api_projections),
         Route("/overview", console.api_overview),
-        Route(f"/streams/{stream}", console.api_stream),
+        _KeyRoute(f"/streams/{stream}", console.api_stream),
         Route("/events", console.api_events),
         Route("/events/live", console.api_live),
         Route("/log", console.api_log),
@@ -348,7 +387,7 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
     routes = [
         Route("/", console.overview_page),
         Route("/streams", console.streams_page),
-        Route(f"/streams/{stream}", console.stream_page),
+        _KeyRoute(f"/streams/{stream}", console.stream_page),
         Route("/log", console.log_page),
         Route("/dead-letters", console.dead_letters_page),
         Route("/login", console.login_page, methods=["GET", "POST"]),
