@@ -223,6 +223,31 @@ def test_aggregate_search(console: Server) -> None:
     assert get(console, "/api/aggregates").status_code == 400
 
 
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/api/aggregates?prefix=order%00", "prefix"),
+        ("/api/aggregates?prefix=order&bounded_context=Sh%00op", "bounded_context"),
+        ("/api/aggregates?prefix=order&aggregate_type=Or%00der", "aggregate_type"),
+        ("/api/aggregates?prefix=o&bounded_context=Shop&aggregate_type=%00", "aggregate_type"),
+        ("/api/streams/Sh%00op/Order/order-1", "bounded_context"),
+        ("/api/streams/Shop/Or%00der/order-1", "aggregate_type"),
+        ("/api/streams/Shop/Order/order-1%00", "aggregate_id"),
+        ("/api/streams/Shop/Order/order-1%00?from_version=1", "aggregate_id"),
+        ("/api/dead-letters?projection=bil%00ling", "projection"),
+    ],
+)
+def test_nul_in_text_is_a_400_naming_the_parameter(
+    console: Server, path: str, parameter: str
+) -> None:
+    """No store keeps a NUL in a key (appends refuse it), and PostgreSQL
+    text cannot hold one: the same 400 on every database."""
+    response = get(console, path)
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": f"{parameter} must not contain NUL characters"}
+    assert get(console, "/api/head").json() == {"head": 15}
+
+
 def test_dead_letters(console: Server) -> None:
     [letter] = get(console, "/api/dead-letters").json()
     assert letter["projection_name"] == "billing"

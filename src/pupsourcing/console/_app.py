@@ -117,9 +117,25 @@ class _KeyRoute(Route):
         return match, child
 
 
+def _text(name: str, value: str) -> str:
+    """``value``, given for ``name``, to compare with a stored key: a 400
+    with a NUL, which no store keeps (appends refuse it) and PostgreSQL
+    text cannot even hold."""
+    if "\x00" in value:
+        raise HTTPException(400, f"{name} must not contain NUL characters")
+    return value
+
+
+def _query_text(request: Request, name: str) -> str | None:
+    """Query parameter ``name`` (``None`` when absent or empty), checked by :func:`_text`."""
+    value = request.query_params.get(name)
+    return _text(name, value) if value else None
+
+
 def _key(request: Request) -> tuple[str, str, str]:
     p = request.path_params
-    return p["bounded_context"], p["aggregate_type"], p["aggregate_id"]
+    bc, kind, aid = (_text(name, p[name]) for name in _KEY)
+    return bc, kind, aid
 
 
 class Console:
@@ -184,11 +200,11 @@ class Console:
         return JSONResponse(page)
 
     async def api_aggregates(self, request: Request) -> Response:
-        prefix = request.query_params.get("prefix", "")
+        prefix = _query_text(request, "prefix") or ""
         if not prefix or len(prefix) > 255:
             raise HTTPException(400, "prefix must be 1 to 255 characters")
-        context = request.query_params.get("bounded_context") or None
-        kind = request.query_params.get("aggregate_type") or None
+        context = _query_text(request, "bounded_context")
+        kind = _query_text(request, "aggregate_type")
         limit = _int(request, "limit", 50, 1, 200) or 50
         kinds: list[tuple[str, str]] | None
         if context is not None and kind is not None:
@@ -211,7 +227,7 @@ class Console:
         return self._known_kinds[1]
 
     async def api_dead_letters(self, request: Request) -> Response:
-        name = request.query_params.get("projection") or None
+        name = _query_text(request, "projection")
         found = await self.read(lambda c: _queries.dead_letters(self.db, c, name))
         return JSONResponse([] if found is None else found)
 
