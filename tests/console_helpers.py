@@ -50,7 +50,7 @@ def start_server(url: str, *args: str, token: str | None = None) -> Server:
         argv, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     base = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Authorization": f"Bearer {token}".encode()} if token else {}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -546,6 +546,29 @@ def test_the_login_page_sets_a_cookie(guarded: Server) -> None:
         assert elsewhere.headers["location"] == "/"
 
 
+def test_a_token_beyond_ascii(tmp_path: Path) -> None:
+    """Header bytes are compared with the token's UTF-8 bytes."""
+    token = "tök3n-✓"
+    backend = make_backend("sqlite", tmp_path)
+    try:
+        server = start_server(backend.url, token=token)
+        try:
+            url = server.base + "/api/head"
+            right = {"Authorization": f"Bearer {token}".encode()}
+            assert httpx.get(url, headers=right, timeout=10).json() == {"head": 0}
+            for wrong in (token.upper().encode(), b"t\xf6k3n-?", token.encode()[:-1]):
+                headers = {"Authorization": b"Bearer " + wrong}
+                assert httpx.get(url, headers=headers, timeout=10).status_code == 401, wrong
+            with httpx.Client(base_url=server.base, timeout=10) as client:
+                signed_in = client.post("/login", data={"token": token, "next": "/log"})
+                assert signed_in.status_code == 303
+                assert client.get("/api/head").json() == {"head": 0}
+        finally:
+            server.stop()
+    finally:
+        close_backend(backend)
+
+
 def test_a_public_address_needs_a_token(tmp_path: Path) -> None:
     backend = make_backend("sqlite", tmp_path)
     try:

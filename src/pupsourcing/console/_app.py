@@ -320,7 +320,7 @@ class Console:
         next_path = _safe_next((form.get("next") or ["/"])[0])
         if self.token is None:
             return RedirectResponse(next_path, 303)
-        if not token_matches(given, self.token):
+        if not token_matches(given.encode("utf-8"), self.token):
             await asyncio.sleep(_LOGIN_PAUSE)  # slows guessing down
             return HTMLResponse(_pages.login("That token is not right.", next_path), 401)
         response = RedirectResponse(next_path, 303)
