@@ -18,7 +18,7 @@ import pytest
 from cli_helpers import cli
 from conftest import Backend, close_backend, make_backend
 from console_helpers import XSS, Server, seed, start_server
-from helpers import event
+from helpers import event, query
 from pupsourcing import ExpectedVersion
 from pupsourcing.console._readonly import open_read_only
 from pupsourcing.urls import database
@@ -221,6 +221,32 @@ def test_aggregate_search(console: Server) -> None:
     assert get(console, "/api/aggregates", params={"prefix": "order_"}).json() == []
     assert get(console, "/api/aggregates", params={"prefix": "%"}).json() == []
     assert get(console, "/api/aggregates").status_code == 400
+    # The range above a prefix ending in U+D7FF skips the surrogates.
+    kind = {"bounded_context": "Shop", "aggregate_type": "Order"}
+    assert get(console, "/api/aggregates", params={"prefix": "order-\ud7ff", **kind}).json() == []
+
+
+@pytest.mark.parametrize(
+    ("collation", "in_order"),
+    [
+        ({"collprovider": "c", "collcollate": "C"}, True),
+        ({"collprovider": "c", "collcollate": "POSIX"}, True),
+        ({"collprovider": "c", "collcollate": "C.utf8"}, True),
+        ({"collprovider": "c", "collcollate": "en_US.utf8"}, False),
+        ({"collprovider": "i", "collcollate": None}, False),
+        ({"collprovider": "b", "collcollate": "C.UTF-8"}, True),
+        ({"collprovider": "c", "collcollate": "C", "collisdeterministic": False}, False),
+        ({"collprovider": "d", "db": {"datlocprovider": "c", "datcollate": "C.UTF-8"}}, True),
+        ({"collprovider": "d", "db": {"datcollate": "POSIX"}}, True),  # before PostgreSQL 15
+        ({"collprovider": "d", "db": {"datcollate": "de_DE.UTF-8"}}, False),
+        ({"collprovider": "d", "db": {"datlocprovider": "i", "datcollate": "C"}}, False),
+        ({"collprovider": "d", "db": {"datlocprovider": "b", "datcollate": "C"}}, True),
+    ],
+)
+def test_which_collations_sort_by_code_point(collation: dict[str, Any], in_order: bool) -> None:
+    from pupsourcing.console._queries import _in_code_point_order
+
+    assert _in_code_point_order(collation, collation.get("db", {})) is in_order
 
 
 @pytest.mark.parametrize(
@@ -246,6 +272,56 @@ def test_nul_in_text_is_a_400_naming_the_parameter(
     assert response.status_code == 400, response.text
     assert response.json() == {"error": f"{parameter} must not contain NUL characters"}
     assert get(console, "/api/head").json() == {"head": 15}
+
+
+def test_prefix_search_under_a_collation_not_in_code_point_order(tmp_path: Path) -> None:
+    """On PostgreSQL the heads table's ids may sort by a language's rules
+    (punctuation before letters and digits): a prefix ending in z, Z or 9
+    still finds its ids."""
+    backend = make_backend("postgres", tmp_path)
+    heads = backend.store.config.aggregate_heads_table
+    conn = backend.connect()
+    try:
+        [collation] = query(
+            conn,
+            "SELECT COALESCE((SELECT collname FROM pg_collation WHERE collname = 'und-x-icu'), "
+            "(SELECT collname FROM pg_collation WHERE collprovider = 'c' "
+            "AND collcollate NOT IN ('C', 'POSIX') AND collcollate NOT LIKE 'C.%' "
+            "AND collencoding IN (-1, pg_char_to_encoding(current_setting('server_encoding'))) "
+            "ORDER BY collname LIMIT 1))",
+        )[0]
+        if collation is None:
+            pytest.skip("this PostgreSQL has neither ICU nor a libc collation other than C")
+        query(
+            conn, f'ALTER TABLE {heads} ALTER COLUMN aggregate_id TYPE TEXT COLLATE "{collation}"'
+        )
+        ids = ["order-z1", "order-Z2", "order-91", "order-9", "order-a"]
+        for aggregate_id in ids:
+            backend.store.append(conn, ExpectedVersion.any(), [event(aggregate_id)])
+        conn.commit()
+        server = start_server(backend.url)
+        try:
+            for prefix, expected in [
+                ("order-z", ["order-z1"]),
+                ("order-Z", ["order-Z2"]),
+                ("order-9", ["order-9", "order-91"]),
+                ("order-", ["order-9", "order-91", "order-Z2", "order-a", "order-z1"]),
+            ]:
+                for kind in ({}, {"bounded_context": "Shop", "aggregate_type": "Order"}):
+                    params = {"prefix": prefix, **kind}
+                    found = get(server, "/api/aggregates", params=params).json()
+                    assert [a["aggregate_id"] for a in found] == expected, (collation, params)
+        finally:
+            server.stop()
+    finally:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+            query(
+                conn, f'ALTER TABLE {heads} ALTER COLUMN aggregate_id TYPE TEXT COLLATE "default"'
+            )
+            conn.commit()
+        conn.close()
+        close_backend(backend)
 
 
 def test_dead_letters(console: Server) -> None:

@@ -148,6 +148,7 @@ class Console:
         self.watcher = HeadWatcher(self.reader, poll_interval)
         package = resources.files("pupsourcing.console") / "static"
         self._known_kinds: tuple[float, list[tuple[str, str]]] | None = None
+        self._code_points: bool | None = None
         self.static = {name: (package / name).read_bytes() for name in _STATIC}
 
     async def read(self, query: Callable[[Any], T]) -> T:
@@ -214,7 +215,12 @@ class Console:
             kinds = [(bc, k) for bc, k in known if context in (None, bc) and kind in (None, k)]
             if len(kinds) > _queries.MAX_KINDS:
                 kinds = None
-        found = await self.read(lambda c: _queries.aggregates(self.db, c, prefix, kinds, limit))
+        if self._code_points is None:  # the collation of the ids: read once
+            self._code_points = await self.read(lambda c: _queries.code_point_order(self.db, c))
+        code_points = self._code_points
+        found = await self.read(
+            lambda c: _queries.aggregates(self.db, c, prefix, kinds, limit, code_points)
+        )
         return JSONResponse(found)
 
     async def _kinds(self) -> list[tuple[str, str]]:
