@@ -17,7 +17,7 @@ import pytest
 
 from cli_helpers import cli
 from conftest import Backend, close_backend, make_backend
-from console_helpers import XSS, Server, seed, start_server
+from console_helpers import TRACED, XSS, Server, seed, start_server
 from helpers import event, query
 from pupsourcing import ExpectedVersion
 from pupsourcing.console._readonly import open_read_only
@@ -104,9 +104,14 @@ def test_events_ascending_and_paged(console: Server) -> None:
     assert first[0]["payload"] == {"i": 0}
     assert first[0]["created_at"][:2] == "20"
     assert "T" in first[0]["created_at"]
+    assert {k: first[0][k] for k in TRACED} == dict.fromkeys(TRACED)
     rest = get(console, "/api/events", params={"after": 12}).json()
     assert [e["event_type"] for e in rest] == ["Noted", "Raw", "Placed"]
     assert rest[0]["payload"] == {"note": XSS}
+    assert rest[0]["causation_id"] == "cause-7"
+    assert rest[0]["correlation_id"] == "corr-8"
+    assert rest[0]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert rest[0]["metadata"] == {}
     assert rest[1]["payload"] == {"base64": "/wA="}  # not UTF-8 JSON
     assert rest[1]["metadata"] is None
     assert get(console, "/api/events?after=15").json() == []
@@ -184,6 +189,7 @@ def test_streams(console: Server) -> None:
     assert whole["version"] == 5
     assert [e["aggregate_version"] for e in whole["events"]] == [1, 2, 3, 4, 5]
     assert whole["events"][-1]["payload"] == {"note": XSS}
+    assert {k: whole["events"][-1][k] for k in TRACED} == TRACED
     part = get(console, "/api/streams/Shop/Order/order-1?from_version=2&to_version=3").json()
     assert part["version"] == 5
     assert [e["aggregate_version"] for e in part["events"]] == [2, 3]
@@ -342,12 +348,24 @@ def test_pages_and_security_headers(console: Server) -> None:
         assert "script-src 'self'" in page.headers["content-security-policy"]
         assert page.headers["x-content-type-options"] == "nosniff"
         assert page.headers["referrer-policy"] == "no-referrer"
+        assert page.headers["cache-control"] == "no-store"
     for asset in ("/static/console.js", "/static/console.css"):
         assert get(console, asset).status_code == 200
+        assert get(console, asset).headers["cache-control"] == "no-store"
+    for path in (
+        "/api/head",
+        "/api/events",
+        "/api/streams/Shop/Order/order-1",
+        "/api/log?before=0",
+    ):
+        assert get(console, path).headers["cache-control"] == "no-store", path
     unknown = get(console, "/api/nothing")
     assert unknown.status_code == 404
     assert unknown.json() == {"error": "Not Found"}
     assert unknown.headers["x-frame-options"] == "DENY"
+    assert unknown.headers["cache-control"] == "no-store"
+    with httpx.stream("GET", console.base + "/api/events/live", timeout=10) as live:
+        assert live.headers["cache-control"] == "no-store"
 
 
 @pytest.mark.parametrize("path", ["/api", "/api/", "/api/head/", "/api/nothing/", "/api/log/x"])
@@ -597,6 +615,7 @@ def test_a_token_is_required(guarded: Server) -> None:
     assert httpx.get(guarded.base + "/api/head", headers=right, timeout=10).json() == {"head": 0}
     bare = httpx.get(guarded.base + "/api", timeout=10)
     assert bare.status_code == 401
+    assert bare.headers["cache-control"] == "no-store"
     assert "authentication required" in bare.json()["error"]
     page = httpx.get(guarded.base + "/log", timeout=10)
     assert page.status_code == 401
