@@ -1,6 +1,6 @@
 """Latency of the web console (``pupsourcing ui``) on a large PostgreSQL store.
 
-    python bench/console_load.py [--quick] [--events 1000000] [--requests 300]
+    python bench/console_load.py [--quick] [--events 1000000] [--requests 300] [--target-ms 50]
 
 Loads ``--events`` events (10 per aggregate, ~120-byte JSON payloads) with
 COPY into a private schema, with 50 projection partitions (5 projections of
@@ -11,10 +11,13 @@ endpoint over one keep-alive HTTP connection (httpx).
 
 Reported per endpoint: p50, p99 and max latency in milliseconds, measured
 from the client (HTTP, JSON encoding and the database round trips). The
-target is a p99 under 50 ms. Each response is checked (status 200 and the
-expected shape); a wrong answer exits non-zero. The schema on the server
-named by ``PUPSOURCING_BENCH_PG`` is dropped at the end. ``--quick`` loads
-20,000 events and makes 20 requests per endpoint (tests/test_bench.py).
+target is a p99 under 50 ms (``--target-ms``): a run that misses it exits 1. Each response is
+checked (status 200 and the expected shape); a wrong answer exits non-zero.
+The schema on the server named by ``PUPSOURCING_BENCH_PG`` is dropped at the
+end. ``--quick`` loads 20,000 events and makes 20 requests per endpoint
+(tests/test_bench.py): a smoke run, which reports the target without
+failing on it (its 20 requests say little of a p99, and a loaded machine
+would fail it).
 """
 
 from __future__ import annotations
@@ -260,6 +263,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--target-ms", type=float, default=TARGET_MS, help="the p99 target")
     args = parser.parse_args()
     events = 20_000 if args.quick else args.events
     requests = 20 if args.quick else args.requests
@@ -290,9 +294,10 @@ def main() -> int:
         p99 = percentile(times, 0.99)
         worst = max(worst, p99)
         print(f"{label:<38} {statistics.median(times):>8.1f} {p99:>8.1f} {max(times):>8.1f}")
-    verdict = "met" if worst < TARGET_MS else "NOT met"
-    print(f"\nworst p99 {worst:.1f} ms: target p99 < {TARGET_MS:.0f} ms {verdict}")
-    return 0
+    met = worst < args.target_ms
+    verdict = "met" if met else "NOT met"
+    print(f"\nworst p99 {worst:.1f} ms: target p99 < {args.target_ms:g} ms {verdict}")
+    return 0 if met or args.quick else 1
 
 
 if __name__ == "__main__":

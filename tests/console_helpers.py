@@ -17,6 +17,12 @@ from pupsourcing import Event, ExpectedVersion, PersistedEvent
 from pupsourcing.projection import ProcessorConfig
 
 XSS = "<script>window.__pwned = true; alert(1)</script>"
+TRACED = {
+    "causation_id": "cause-7",
+    "correlation_id": "corr-8",
+    "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+}
+"""The ids of the event at position 13 (the others have none)."""
 
 
 def free_port() -> int:
@@ -50,7 +56,7 @@ def start_server(url: str, *args: str, token: str | None = None) -> Server:
         argv, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     base = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Authorization": f"Bearer {token}".encode()} if token else {}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -82,14 +88,16 @@ class Quiet:
 
 
 def seed(backend: Backend) -> None:
-    """Events on a few aggregates (one payload holding markup, one not JSON),
+    """Events on a few aggregates (one payload holding markup and the
+    :data:`TRACED` ids, one not JSON),
     a projection with a dead letter, a partitioned one behind, and a lease."""
     conn = backend.connect()
     try:
         store = backend.store
         for i in range(12):
             store.append(conn, ExpectedVersion.any(), [event(f"order-{i % 3}", data={"i": i})])
-        store.append(conn, ExpectedVersion.any(), [event("order-1", "Noted", data={"note": XSS})])
+        noted = event("order-1", "Noted", data={"note": XSS}, **TRACED)
+        store.append(conn, ExpectedVersion.any(), [noted])
         raw = Event("Shop", "Order", "blob-1", "Raw", b"\xff\x00", metadata=None)
         store.append(conn, ExpectedVersion.any(), [raw])
         store.append(conn, ExpectedVersion.any(), [event("poison", "Placed")])

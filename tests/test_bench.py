@@ -31,9 +31,9 @@ def test_there_are_benchmarks() -> None:
     assert SCRIPTS
 
 
-def run_quick(script: Path, *args: str) -> str:
+def run_script(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, str(script), "--quick", *args],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -41,6 +41,11 @@ def run_quick(script: Path, *args: str) -> str:
     )
     if result.returncode == UNAVAILABLE_EXIT_CODE:
         unavailable(f"the database of {script.name}", RuntimeError(result.stderr.strip()))
+    return result
+
+
+def run_quick(script: Path, *args: str) -> str:
+    result = run_script(script, "--quick", *args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -274,3 +279,16 @@ def test_console_load_benchmark_runs_in_quick_mode() -> None:
     for _, p50, p99, top in rows:
         assert 0 < float(p50) <= float(p99) <= float(top)
     assert re.search(r"^worst p99 \d+\.\d ms: target p99 < 50 ms (met|NOT met)$", out, re.M)
+
+
+def test_console_load_benchmark_fails_when_the_target_is_missed() -> None:
+    """A full run exits 1 on a missed p99 target; a --quick one reports it."""
+    script = BENCH / "console_load.py"
+    missed = run_script(script, "--events", "2000", "--requests", "5", "--target-ms", "0.001")
+    assert missed.returncode == 1, missed.stderr
+    assert re.search(r"^worst p99 .*: target p99 < 0\.001 ms NOT met$", missed.stdout, re.M)
+    met = run_script(script, "--events", "2000", "--requests", "5", "--target-ms", "100000")
+    assert met.returncode == 0, met.stderr
+    assert "target p99 < 100000 ms met" in met.stdout
+    quick = run_quick(script, "--target-ms", "0.001")
+    assert "target p99 < 0.001 ms NOT met" in quick

@@ -3,6 +3,7 @@ port) on every database, read over HTTP; its security; that it never writes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import queue
@@ -16,8 +17,8 @@ import pytest
 
 from cli_helpers import cli
 from conftest import Backend, close_backend, make_backend
-from console_helpers import XSS, Server, seed, start_server
-from helpers import event
+from console_helpers import TRACED, XSS, Server, seed, start_server
+from helpers import event, query
 from pupsourcing import ExpectedVersion
 from pupsourcing.console._readonly import open_read_only
 from pupsourcing.urls import database
@@ -103,9 +104,14 @@ def test_events_ascending_and_paged(console: Server) -> None:
     assert first[0]["payload"] == {"i": 0}
     assert first[0]["created_at"][:2] == "20"
     assert "T" in first[0]["created_at"]
+    assert {k: first[0][k] for k in TRACED} == dict.fromkeys(TRACED)
     rest = get(console, "/api/events", params={"after": 12}).json()
     assert [e["event_type"] for e in rest] == ["Noted", "Raw", "Placed"]
     assert rest[0]["payload"] == {"note": XSS}
+    assert rest[0]["causation_id"] == "cause-7"
+    assert rest[0]["correlation_id"] == "corr-8"
+    assert rest[0]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert rest[0]["metadata"] == {}
     assert rest[1]["payload"] == {"base64": "/wA="}  # not UTF-8 JSON
     assert rest[1]["metadata"] is None
     assert get(console, "/api/events?after=15").json() == []
@@ -131,11 +137,59 @@ def test_bad_paging_is_a_400_naming_the_parameter(
     assert response.json()["error"].startswith(f"{parameter} must be an integer")
 
 
+HUGE = "9" * 5000  # beyond the 4300 digits Python converts to int
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        (f"/api/events?after={2**63}", "after"),
+        (f"/api/events?after={HUGE}", "after"),
+        (f"/api/events?limit={HUGE}", "limit"),
+        (f"/api/log?before={HUGE}", "before"),
+        (f"/api/log?limit={HUGE}", "limit"),
+        (f"/api/streams/Shop/Order/order-1?from_version={HUGE}", "from_version"),
+        (f"/api/streams/Shop/Order/order-1?to_version={HUGE}", "to_version"),
+        ("/api/streams/Shop/Order/order-1?to_version=two", "to_version"),
+        ("/api/streams/Shop/Order/order-1?to_version=0", "to_version"),
+        ("/api/aggregates?prefix=order-&limit=0", "limit"),
+        ("/api/aggregates?prefix=order-&limit=201", "limit"),
+        (f"/api/aggregates?prefix=order-&limit={HUGE}", "limit"),
+    ],
+)
+def test_out_of_range_integers_are_a_400_naming_the_parameter(
+    console: Server, path: str, parameter: str
+) -> None:
+    response = get(console, path)
+    assert response.status_code == 400, response.text[:200]
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error.startswith(f"{parameter} must be an integer"), error
+    assert len(error) < 200  # the value is not echoed whole
+
+
+def test_a_huge_last_event_id_is_ignored(console: Server) -> None:
+    """The feed resumes from ``after`` when Last-Event-ID is no position."""
+    headers = {"Last-Event-ID": HUGE}
+    url = console.base + "/api/events/live?after=14"
+    with httpx.stream("GET", url, headers=headers, timeout=10) as response:
+        assert response.status_code == 200
+        data = next(line for line in response.iter_lines() if line.startswith("data: "))
+    assert json.loads(data[6:])["global_position"] == 15
+
+
+def test_integers_with_leading_zeros_are_their_value(console: Server) -> None:
+    zeros = "0" * 5000
+    found = get(console, f"/api/events?after={zeros}12&limit={zeros}2").json()
+    assert [e["global_position"] for e in found] == [13, 14]
+
+
 def test_streams(console: Server) -> None:
     whole = get(console, "/api/streams/Shop/Order/order-1").json()
     assert whole["version"] == 5
     assert [e["aggregate_version"] for e in whole["events"]] == [1, 2, 3, 4, 5]
     assert whole["events"][-1]["payload"] == {"note": XSS}
+    assert {k: whole["events"][-1][k] for k in TRACED} == TRACED
     part = get(console, "/api/streams/Shop/Order/order-1?from_version=2&to_version=3").json()
     assert part["version"] == 5
     assert [e["aggregate_version"] for e in part["events"]] == [2, 3]
@@ -173,6 +227,107 @@ def test_aggregate_search(console: Server) -> None:
     assert get(console, "/api/aggregates", params={"prefix": "order_"}).json() == []
     assert get(console, "/api/aggregates", params={"prefix": "%"}).json() == []
     assert get(console, "/api/aggregates").status_code == 400
+    # The range above a prefix ending in U+D7FF skips the surrogates.
+    kind = {"bounded_context": "Shop", "aggregate_type": "Order"}
+    assert get(console, "/api/aggregates", params={"prefix": "order-\ud7ff", **kind}).json() == []
+
+
+@pytest.mark.parametrize(
+    ("collation", "in_order"),
+    [
+        ({"collprovider": "c", "collcollate": "C"}, True),
+        ({"collprovider": "c", "collcollate": "POSIX"}, True),
+        ({"collprovider": "c", "collcollate": "C.utf8"}, True),
+        ({"collprovider": "c", "collcollate": "en_US.utf8"}, False),
+        ({"collprovider": "i", "collcollate": None}, False),
+        ({"collprovider": "b", "collcollate": "C.UTF-8"}, True),
+        ({"collprovider": "c", "collcollate": "C", "collisdeterministic": False}, False),
+        ({"collprovider": "d", "db": {"datlocprovider": "c", "datcollate": "C.UTF-8"}}, True),
+        ({"collprovider": "d", "db": {"datcollate": "POSIX"}}, True),  # before PostgreSQL 15
+        ({"collprovider": "d", "db": {"datcollate": "de_DE.UTF-8"}}, False),
+        ({"collprovider": "d", "db": {"datlocprovider": "i", "datcollate": "C"}}, False),
+        ({"collprovider": "d", "db": {"datlocprovider": "b", "datcollate": "C"}}, True),
+    ],
+)
+def test_which_collations_sort_by_code_point(collation: dict[str, Any], in_order: bool) -> None:
+    from pupsourcing.console._queries import _in_code_point_order
+
+    assert _in_code_point_order(collation, collation.get("db", {})) is in_order
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/api/aggregates?prefix=order%00", "prefix"),
+        ("/api/aggregates?prefix=order&bounded_context=Sh%00op", "bounded_context"),
+        ("/api/aggregates?prefix=order&aggregate_type=Or%00der", "aggregate_type"),
+        ("/api/aggregates?prefix=o&bounded_context=Shop&aggregate_type=%00", "aggregate_type"),
+        ("/api/streams/Sh%00op/Order/order-1", "bounded_context"),
+        ("/api/streams/Shop/Or%00der/order-1", "aggregate_type"),
+        ("/api/streams/Shop/Order/order-1%00", "aggregate_id"),
+        ("/api/streams/Shop/Order/order-1%00?from_version=1", "aggregate_id"),
+        ("/api/dead-letters?projection=bil%00ling", "projection"),
+    ],
+)
+def test_nul_in_text_is_a_400_naming_the_parameter(
+    console: Server, path: str, parameter: str
+) -> None:
+    """No store keeps a NUL in a key (appends refuse it), and PostgreSQL
+    text cannot hold one: the same 400 on every database."""
+    response = get(console, path)
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": f"{parameter} must not contain NUL characters"}
+    assert get(console, "/api/head").json() == {"head": 15}
+
+
+def test_prefix_search_under_a_collation_not_in_code_point_order(tmp_path: Path) -> None:
+    """On PostgreSQL the heads table's ids may sort by a language's rules
+    (punctuation before letters and digits): a prefix ending in z, Z or 9
+    still finds its ids."""
+    backend = make_backend("postgres", tmp_path)
+    heads = backend.store.config.aggregate_heads_table
+    conn = backend.connect()
+    try:
+        [collation] = query(
+            conn,
+            "SELECT COALESCE((SELECT collname FROM pg_collation WHERE collname = 'und-x-icu'), "
+            "(SELECT collname FROM pg_collation WHERE collprovider = 'c' "
+            "AND collcollate NOT IN ('C', 'POSIX') AND collcollate NOT LIKE 'C.%' "
+            "AND collencoding IN (-1, pg_char_to_encoding(current_setting('server_encoding'))) "
+            "ORDER BY collname LIMIT 1))",
+        )[0]
+        if collation is None:
+            pytest.skip("this PostgreSQL has neither ICU nor a libc collation other than C")
+        query(
+            conn, f'ALTER TABLE {heads} ALTER COLUMN aggregate_id TYPE TEXT COLLATE "{collation}"'
+        )
+        ids = ["order-z1", "order-Z2", "order-91", "order-9", "order-a"]
+        for aggregate_id in ids:
+            backend.store.append(conn, ExpectedVersion.any(), [event(aggregate_id)])
+        conn.commit()
+        server = start_server(backend.url)
+        try:
+            for prefix, expected in [
+                ("order-z", ["order-z1"]),
+                ("order-Z", ["order-Z2"]),
+                ("order-9", ["order-9", "order-91"]),
+                ("order-", ["order-9", "order-91", "order-Z2", "order-a", "order-z1"]),
+            ]:
+                for kind in ({}, {"bounded_context": "Shop", "aggregate_type": "Order"}):
+                    params = {"prefix": prefix, **kind}
+                    found = get(server, "/api/aggregates", params=params).json()
+                    assert [a["aggregate_id"] for a in found] == expected, (collation, params)
+        finally:
+            server.stop()
+    finally:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+            query(
+                conn, f'ALTER TABLE {heads} ALTER COLUMN aggregate_id TYPE TEXT COLLATE "default"'
+            )
+            conn.commit()
+        conn.close()
+        close_backend(backend)
 
 
 def test_dead_letters(console: Server) -> None:
@@ -193,12 +348,75 @@ def test_pages_and_security_headers(console: Server) -> None:
         assert "script-src 'self'" in page.headers["content-security-policy"]
         assert page.headers["x-content-type-options"] == "nosniff"
         assert page.headers["referrer-policy"] == "no-referrer"
+        assert page.headers["cache-control"] == "no-store"
     for asset in ("/static/console.js", "/static/console.css"):
         assert get(console, asset).status_code == 200
+        assert get(console, asset).headers["cache-control"] == "no-store"
+    for path in (
+        "/api/head",
+        "/api/events",
+        "/api/streams/Shop/Order/order-1",
+        "/api/log?before=0",
+    ):
+        assert get(console, path).headers["cache-control"] == "no-store", path
     unknown = get(console, "/api/nothing")
     assert unknown.status_code == 404
     assert unknown.json() == {"error": "Not Found"}
     assert unknown.headers["x-frame-options"] == "DENY"
+    assert unknown.headers["cache-control"] == "no-store"
+    with httpx.stream("GET", console.base + "/api/events/live", timeout=10) as live:
+        assert live.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize("path", ["/api", "/api/", "/api/head/", "/api/nothing/", "/api/log/x"])
+def test_every_api_path_answers_json(console: Server, path: str) -> None:
+    response = get(console, path)  # redirects are not followed
+    assert response.status_code == 404, response.headers
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"error": "Not Found"}
+
+
+def in_process(db: Any, path: str, *, raise_errors: bool) -> httpx.Response:
+    """GET ``path`` from the console application run in this process."""
+    from pupsourcing.console import create_app
+
+    async def answer() -> httpx.Response:
+        app = create_app(db)
+        inner = app.app  # the Starlette application inside the Guard
+        async with inner.router.lifespan_context(inner):
+            transport = httpx.ASGITransport(app, raise_app_exceptions=raise_errors)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                return await c.get(path)
+
+    return asyncio.run(answer())
+
+
+def test_an_unexpected_error_is_a_json_500_without_details(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pupsourcing.console import _queries
+
+    def broken(db: Any, conn: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    backend = make_backend("sqlite", tmp_path)
+    try:
+        db = database(backend.url, backend.store.config, create=False)
+        monkeypatch.setattr(_queries, "projections", broken)
+        response = in_process(db, "/api/projections", raise_errors=False)
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {"error": "internal error"}
+        assert response.headers["x-frame-options"] == "DENY"
+        # The error still reaches the server, which logs it with its traceback.
+        with pytest.raises(RuntimeError, match="secret internals"):
+            in_process(db, "/api/projections", raise_errors=True)
+    finally:
+        close_backend(backend)
+
+
+def allowed(response: httpx.Response) -> set[str]:
+    return {method.strip() for method in response.headers["allow"].split(",")}
 
 
 def test_no_write_endpoints(console: Server) -> None:
@@ -206,6 +424,11 @@ def test_no_write_endpoints(console: Server) -> None:
         for path in ("/api/events", "/api/projections", "/api/streams/Shop/Order/order-1"):
             response = httpx.request(method, console.base + path, timeout=10)
             assert response.status_code == 405, (method, path)
+            assert allowed(response) == {"GET", "HEAD"}, (method, path)
+            assert response.json() == {"error": "Method Not Allowed"}
+    login = httpx.put(console.base + "/login", timeout=10)
+    assert login.status_code == 405
+    assert allowed(login) == {"GET", "HEAD", "POST"}
 
 
 def test_rebinding_host_is_refused_without_a_token(console: Server) -> None:
@@ -286,6 +509,41 @@ def append_one(backend: Backend, conn: Any, aggregate_id: str, event_type: str) 
     return int(result.global_positions[0])
 
 
+def test_keys_holding_a_slash(fresh: tuple[Backend, Server]) -> None:
+    """A bounded context or aggregate type with a ``/`` is reached with
+    ``%2F`` in its path segment; an id may hold ``/`` either way."""
+    backend, server = fresh
+    conn = backend.connect()
+    try:
+        key = {"bounded_context": "Sales/EU", "aggregate_type": "Order/Line"}
+        for aggregate_id in ("o-9", "o/10"):
+            backend.store.append(conn, ExpectedVersion.any(), [event(aggregate_id, **key)])
+        conn.commit()
+    finally:
+        conn.close()
+    for path, aggregate_id in [
+        ("Sales%2FEU/Order%2FLine/o-9", "o-9"),
+        ("Sales%2FEU/Order%2FLine/o%2F10", "o/10"),
+        ("Sales%2FEU/Order%2FLine/o/10", "o/10"),
+    ]:
+        found = get(server, f"/api/streams/{path}")
+        assert found.status_code == 200, (path, found.text)
+        [e] = found.json()["events"]
+        assert (e["bounded_context"], e["aggregate_type"], e["aggregate_id"]) == (
+            "Sales/EU",
+            "Order/Line",
+            aggregate_id,
+        )
+        page = get(server, f"/streams/{path}")
+        assert page.status_code == 200
+        assert 'data-bounded-context="Sales/EU"' in page.text
+        assert 'data-aggregate-type="Order/Line"' in page.text
+        assert f'data-aggregate-id="{aggregate_id}"' in page.text
+    # Unencoded, the slashes separate segments: another (missing) aggregate.
+    assert get(server, "/api/streams/Sales/EU/Order/Line/o-9").status_code == 404
+    assert get(server, "/api/streams/Sales%2FEU/Order/o-9").status_code == 404
+
+
 def test_live_feed_sends_new_events(fresh: tuple[Backend, Server]) -> None:
     backend, server = fresh
     feed = Feed(f"{server.base}/api/events/live?after=0")
@@ -355,6 +613,10 @@ def test_a_token_is_required(guarded: Server) -> None:
     assert httpx.get(guarded.base + "/api/head", headers=wrong, timeout=10).status_code == 401
     right = {"Authorization": "Bearer s3cret-token"}
     assert httpx.get(guarded.base + "/api/head", headers=right, timeout=10).json() == {"head": 0}
+    bare = httpx.get(guarded.base + "/api", timeout=10)
+    assert bare.status_code == 401
+    assert bare.headers["cache-control"] == "no-store"
+    assert "authentication required" in bare.json()["error"]
     page = httpx.get(guarded.base + "/log", timeout=10)
     assert page.status_code == 401
     assert 'name="token"' in page.text  # the login form
@@ -377,6 +639,29 @@ def test_the_login_page_sets_a_cookie(guarded: Server) -> None:
         assert client.get("/api/head").json() == {"head": 0}
         elsewhere = client.post("/login", data={"token": "s3cret-token", "next": "//evil.example"})
         assert elsewhere.headers["location"] == "/"
+
+
+def test_a_token_beyond_ascii(tmp_path: Path) -> None:
+    """Header bytes are compared with the token's UTF-8 bytes."""
+    token = "tök3n-✓"
+    backend = make_backend("sqlite", tmp_path)
+    try:
+        server = start_server(backend.url, token=token)
+        try:
+            url = server.base + "/api/head"
+            right = {"Authorization": f"Bearer {token}".encode()}
+            assert httpx.get(url, headers=right, timeout=10).json() == {"head": 0}
+            for wrong in (token.upper().encode(), b"t\xf6k3n-?", token.encode()[:-1]):
+                headers = {"Authorization": b"Bearer " + wrong}
+                assert httpx.get(url, headers=headers, timeout=10).status_code == 401, wrong
+            with httpx.Client(base_url=server.base, timeout=10) as client:
+                signed_in = client.post("/login", data={"token": token, "next": "/log"})
+                assert signed_in.status_code == 303
+                assert client.get("/api/head").json() == {"head": 0}
+        finally:
+            server.stop()
+    finally:
+        close_backend(backend)
 
 
 def test_a_public_address_needs_a_token(tmp_path: Path) -> None:

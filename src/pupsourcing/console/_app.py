@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,11 +18,12 @@ from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
     JSONResponse,
+    PlainTextResponse,
     RedirectResponse,
     Response,
     StreamingResponse,
 )
-from starlette.routing import Route
+from starlette.routing import Match, Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pupsourcing.cli._db import driver_error_message, is_driver_error
@@ -42,20 +43,99 @@ _FEED_BATCH = 200
 _LOGIN_PAUSE = 0.5
 
 
+MAX_POSITION = 2**63 - 1
+
+
+def _integer(raw: str, low: int, high: int) -> int | None:
+    """``raw`` as a decimal integer in ``[low, high]``, or ``None``. The
+    length is checked before converting: Python refuses to convert more
+    than 4300 digits (a ``ValueError``)."""
+    if not (raw.isascii() and raw.isdigit()):
+        return None
+    digits = raw.lstrip("0") or "0"
+    if len(digits) > len(str(high)):
+        return None
+    value = int(digits)
+    return value if low <= value <= high else None
+
+
+def _shown(raw: str) -> str:
+    """``raw`` quoted for an error message, cut short."""
+    return repr(raw) if len(raw) <= 40 else f"{raw[:40]!r}... ({len(raw)} characters)"
+
+
 def _int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
     """Query parameter ``name`` as an integer in ``[low, high]``; a 400
     naming it otherwise."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise HTTPException(400, f"{name} must be an integer from {low} to {high}, got {raw!r}")
-    return int(raw)
+    value = _integer(raw, low, high)
+    if value is None:
+        raise HTTPException(
+            400, f"{name} must be an integer from {low} to {high}, got {_shown(raw)}"
+        )
+    return value
+
+
+_KEY = ("bounded_context", "aggregate_type", "aggregate_id")
+
+
+def _raw_route_path(scope: Scope) -> str | None:
+    """The path below the root path as the client sent it, still
+    percent-encoded; ``None`` without a ``raw_path`` that decodes to it."""
+    raw = scope.get("raw_path")
+    if not raw:
+        return None
+    text = raw.decode("latin-1")  # ASCII on the wire
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    start = 0  # raw_path holds the root path too: skip as many segments
+    for _ in range(root.count("/")):
+        start = text.find("/", start + 1)
+        if start < 0:
+            return None
+    route = text[start:]
+    return route if unquote(route) == path else None
+
+
+class _KeyRoute(Route):
+    """A route to an aggregate, matched on the raw path and decoded segment
+    by segment: a bounded context or aggregate type holding a ``/`` is
+    reached with ``%2F``, which the decoded path would split."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        raw = _raw_route_path(scope)
+        if raw is None or scope["type"] != "http":
+            return super().matches(scope)
+        match, child = super().matches({**scope, "path": raw, "root_path": ""})
+        if match is not Match.NONE:
+            params = child["path_params"]
+            for name in _KEY:
+                params[name] = unquote(params[name])
+        return match, child
+
+
+def _text(name: str, value: str) -> str:
+    """``value``, given for ``name``, to compare with a stored key: a 400
+    with a NUL, which no store keeps (appends refuse it) and PostgreSQL
+    text cannot even hold."""
+    if "\x00" in value:
+        raise HTTPException(400, f"{name} must not contain NUL characters")
+    return value
+
+
+def _query_text(request: Request, name: str) -> str | None:
+    """Query parameter ``name`` (``None`` when absent or empty), checked by :func:`_text`."""
+    value = request.query_params.get(name)
+    return _text(name, value) if value else None
 
 
 def _key(request: Request) -> tuple[str, str, str]:
     p = request.path_params
-    return p["bounded_context"], p["aggregate_type"], p["aggregate_id"]
+    bc, kind, aid = (_text(name, p[name]) for name in _KEY)
+    return bc, kind, aid
 
 
 class Console:
@@ -68,6 +148,7 @@ class Console:
         self.watcher = HeadWatcher(self.reader, poll_interval)
         package = resources.files("pupsourcing.console") / "static"
         self._known_kinds: tuple[float, list[tuple[str, str]]] | None = None
+        self._code_points: bool | None = None
         self.static = {name: (package / name).read_bytes() for name in _STATIC}
 
     async def read(self, query: Callable[[Any], T]) -> T:
@@ -97,22 +178,22 @@ class Console:
 
     async def api_stream(self, request: Request) -> Response:
         key = _key(request)
-        low = _int(request, "from_version", None, 1, 2**63 - 1)
-        high = _int(request, "to_version", None, 1, 2**63 - 1)
+        low = _int(request, "from_version", None, 1, MAX_POSITION)
+        high = _int(request, "to_version", None, 1, MAX_POSITION)
         found = await self.read(lambda c: _queries.stream(self.db, c, key, low, high))
         if found is None:
             raise HTTPException(404, "no events for this aggregate")
         return JSONResponse(found)
 
     async def api_events(self, request: Request) -> Response:
-        after = _int(request, "after", 0, 0, 2**63 - 1) or 0
+        after = _int(request, "after", 0, 0, MAX_POSITION) or 0
         limit = _int(request, "limit", 100, 1, MAX_LIMIT) or 100
         return JSONResponse(
             await self.read(lambda c: _queries.events_after(self.db, c, after, limit))
         )
 
     async def api_log(self, request: Request) -> Response:
-        before = _int(request, "before", None, 1, 2**63 - 1)
+        before = _int(request, "before", None, 1, MAX_POSITION)
         limit = _int(request, "limit", 50, 1, MAX_LIMIT) or 50
         if before is None:  # the newest page ends at the safe horizon, where the feed starts
             before = self.watcher.safe + 1
@@ -120,11 +201,11 @@ class Console:
         return JSONResponse(page)
 
     async def api_aggregates(self, request: Request) -> Response:
-        prefix = request.query_params.get("prefix", "")
+        prefix = _query_text(request, "prefix") or ""
         if not prefix or len(prefix) > 255:
             raise HTTPException(400, "prefix must be 1 to 255 characters")
-        context = request.query_params.get("bounded_context") or None
-        kind = request.query_params.get("aggregate_type") or None
+        context = _query_text(request, "bounded_context")
+        kind = _query_text(request, "aggregate_type")
         limit = _int(request, "limit", 50, 1, 200) or 50
         kinds: list[tuple[str, str]] | None
         if context is not None and kind is not None:
@@ -134,7 +215,12 @@ class Console:
             kinds = [(bc, k) for bc, k in known if context in (None, bc) and kind in (None, k)]
             if len(kinds) > _queries.MAX_KINDS:
                 kinds = None
-        found = await self.read(lambda c: _queries.aggregates(self.db, c, prefix, kinds, limit))
+        if self._code_points is None:  # the collation of the ids: read once
+            self._code_points = await self.read(lambda c: _queries.code_point_order(self.db, c))
+        code_points = self._code_points
+        found = await self.read(
+            lambda c: _queries.aggregates(self.db, c, prefix, kinds, limit, code_points)
+        )
         return JSONResponse(found)
 
     async def _kinds(self) -> list[tuple[str, str]]:
@@ -147,18 +233,18 @@ class Console:
         return self._known_kinds[1]
 
     async def api_dead_letters(self, request: Request) -> Response:
-        name = request.query_params.get("projection") or None
+        name = _query_text(request, "projection")
         found = await self.read(lambda c: _queries.dead_letters(self.db, c, name))
         return JSONResponse([] if found is None else found)
 
     async def api_live(self, request: Request) -> Response:
         """Server-sent events: every event after ``after`` (or the
         ``Last-Event-ID``), then each new one as it is committed."""
-        resume = request.headers.get("last-event-id", "")
-        if resume.isascii() and resume.isdigit():
-            after = int(resume)
+        resume = _integer(request.headers.get("last-event-id", ""), 0, MAX_POSITION)
+        if resume is not None:
+            after = resume
         else:
-            start = _int(request, "after", None, 0, 2**63 - 1)
+            start = _int(request, "after", None, 0, MAX_POSITION)
             after = self.watcher.safe if start is None else start
         return StreamingResponse(
             self._feed(after),
@@ -222,6 +308,12 @@ class Console:
 
     # -- signing in ---------------------------------------------------------------
 
+    async def login_page(self, request: Request) -> Response:
+        """The form, and signing in with it (one route: a 405 lists both)."""
+        if request.method == "POST":
+            return await self.login(request)
+        return await self.login_form(request)
+
     async def login_form(self, request: Request) -> Response:
         return HTMLResponse(_pages.login(next_path=_safe_next(request.query_params.get("next"))))
 
@@ -234,7 +326,7 @@ class Console:
         next_path = _safe_next((form.get("next") or ["/"])[0])
         if self.token is None:
             return RedirectResponse(next_path, 303)
-        if not token_matches(given, self.token):
+        if not token_matches(given.encode("utf-8"), self.token):
             await asyncio.sleep(_LOGIN_PAUSE)  # slows guessing down
             return HTMLResponse(_pages.login("That token is not right.", next_path), 401)
         response = RedirectResponse(next_path, 303)
@@ -254,7 +346,7 @@ class Console:
         response: Response
         if self.token is None:
             response = JSONResponse({"error": "the Host header must name a loopback address"}, 403)
-        elif path.startswith("/api/"):
+        elif _is_api(path):
             response = JSONResponse(
                 {"error": "authentication required: send Authorization: Bearer <token>"},
                 401,
@@ -272,11 +364,27 @@ def _safe_next(path: str | None) -> str:
     return path
 
 
+def _is_api(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
 async def _error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if request.url.path.startswith("/api/") or exc.status_code != 404:
-        return JSONResponse({"error": exc.detail}, exc.status_code)
-    return HTMLResponse(_pages.page("Not found", "none"), 404)
+    if _is_api(request.url.path) or exc.status_code != 404:
+        return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+    return HTMLResponse(_pages.page("Not found", "none"), 404, headers=exc.headers)
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    """A 500 for an unexpected exception: JSON under ``/api``, no details
+    (Starlette raises the exception on to the server, which logs it)."""
+    if _is_api(request.url.path):
+        return JSONResponse({"error": "internal error"}, 500)
+    return PlainTextResponse("Internal Server Error", 500)
+
+
+async def _api_not_found(request: Request) -> Response:
+    raise HTTPException(404)
 
 
 def create_app(db: Database, *, token: str | None = None, poll_interval: float = 0.5) -> ASGIApp:
@@ -287,25 +395,30 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
     read for the live views."""
     console = Console(db, token, poll_interval)
     stream = "{bounded_context}/{aggregate_type}/{aggregate_id:path}"
+    api = [
+        Route("/head", console.api_head),
+        Route("/projections", console.api_projections),
+        Route("/overview", console.api_overview),
+        _KeyRoute(f"/streams/{stream}", console.api_stream),
+        Route("/events", console.api_events),
+        Route("/events/live", console.api_live),
+        Route("/log", console.api_log),
+        Route("/aggregates", console.api_aggregates),
+        Route("/dead-letters", console.api_dead_letters),
+    ]
     routes = [
         Route("/", console.overview_page),
         Route("/streams", console.streams_page),
-        Route(f"/streams/{stream}", console.stream_page),
+        _KeyRoute(f"/streams/{stream}", console.stream_page),
         Route("/log", console.log_page),
         Route("/dead-letters", console.dead_letters_page),
-        Route("/login", console.login_form, methods=["GET"]),
-        Route("/login", console.login, methods=["POST"]),
+        Route("/login", console.login_page, methods=["GET", "POST"]),
         Route("/static/{name}", console.static_file),
         Route("/favicon.ico", lambda request: Response(status_code=204)),
-        Route("/api/head", console.api_head),
-        Route("/api/projections", console.api_projections),
-        Route("/api/overview", console.api_overview),
-        Route(f"/api/streams/{stream}", console.api_stream),
-        Route("/api/events", console.api_events),
-        Route("/api/events/live", console.api_live),
-        Route("/api/log", console.api_log),
-        Route("/api/aggregates", console.api_aggregates),
-        Route("/api/dead-letters", console.api_dead_letters),
+        Route("/api", _api_not_found),
+        # The API has a router of its own, without trailing-slash redirects:
+        # every path under /api answers JSON, an unknown one a 404.
+        Mount("/api", app=Router(api, redirect_slashes=False)),
     ]
 
     @contextlib.asynccontextmanager
@@ -317,5 +430,6 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
             await console.watcher.stop()
             console.reader.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _error})
+    handlers = {HTTPException: _error, Exception: _crash}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     return Guard(app, token, console.refuse)

@@ -155,7 +155,49 @@ def _next_prefix(prefix: str) -> str | None:
     """The smallest string above every string starting with ``prefix``
     (in code point order), or ``None`` when there is none."""
     last = ord(prefix[-1])
-    return None if last >= 0x10FFFF else prefix[:-1] + chr(last + 1)
+    if last >= 0x10FFFF:
+        return None
+    following = 0xE000 if 0xD800 <= last + 1 <= 0xDFFF else last + 1  # no surrogate
+    return prefix[:-1] + chr(following)
+
+
+_PG_COLLATION_SQL = (
+    "SELECT to_jsonb(c), to_jsonb(d) FROM pg_attribute a "
+    "JOIN pg_collation c ON c.oid = a.attcollation "
+    "JOIN pg_database d ON d.datname = current_database() "
+    "WHERE a.attrelid = CAST({p} AS regclass) AND a.attname = 'aggregate_id'"
+)
+
+
+def _in_code_point_order(collation: JSON, database: JSON) -> bool:
+    """Whether a PostgreSQL collation (a ``pg_collation`` row; ``database``
+    the ``pg_database`` row for the default one) sorts by code point: C and
+    POSIX (C.UTF-8 too) of libc, and PostgreSQL 17's builtin provider."""
+    if collation.get("collisdeterministic") is False:
+        return False
+    provider, locale = collation.get("collprovider"), collation.get("collcollate")
+    if provider == "d":  # the database's default
+        provider, locale = database.get("datlocprovider", "c"), database.get("datcollate")
+    if provider == "b":
+        return True
+    return provider == "c" and (locale in ("C", "POSIX") or str(locale).startswith("C."))
+
+
+def _code_point_order(db: Database) -> Plan[bool]:
+    d = db.store.dialect
+    sql = _PG_COLLATION_SQL.format(p=d.placeholder)
+    rows = yield Statement(sql, (d.heads_table,), fetch=True)
+    return bool(rows) and _in_code_point_order(rows[0][0], rows[0][1])
+
+
+def code_point_order(db: Database, conn: Any) -> bool:
+    """Whether the heads table's ids sort in code point order, so that the
+    ids with a prefix are one range of its primary key: on SQLite (binary)
+    and MySQL (``utf8mb4_bin`` keys) always; on PostgreSQL with a C
+    collation, not with a language's (ICU, or libc's en_US.UTF-8, say)."""
+    if db.url.adapter != "postgres":
+        return True
+    return db.store._run(conn, _code_point_order(db))
 
 
 MAX_KINDS = 64
@@ -175,19 +217,27 @@ def kinds(db: Database, conn: Any) -> list[tuple[str, str]]:
 
 
 def _aggregates(
-    db: Database, prefix: str, kinds: list[tuple[str, str]] | None, limit: int
+    db: Database,
+    prefix: str,
+    kinds: list[tuple[str, str]] | None,
+    limit: int,
+    code_points: bool,
 ) -> Plan[list[tuple[Any, ...]]]:
     d = db.store.dialect
     p = d.placeholder
-    where = f"aggregate_id LIKE {p} ESCAPE '!'"
+    # The range of ids with the prefix is one in code point order; under
+    # another collation (PostgreSQL only) it is compared as "C" explicitly.
+    column = "aggregate_id" if code_points else 'aggregate_id COLLATE "C"'
+    where = f"{column} LIKE {p} ESCAPE '!'"
     params: list[object] = [_like_prefix(prefix)]
     upper = _next_prefix(prefix)
     if kinds is not None and upper is not None:
         # One range of the heads table's primary key per kind: index lookups
-        # however many aggregates there are.
+        # however many aggregates there are (in code point order; else the
+        # kind's part of the key, its ids compared one by one).
         key = (
             f"(bounded_context = {p} AND aggregate_type = {p} "
-            f"AND aggregate_id >= {p} AND aggregate_id < {p})"
+            f"AND {column} >= {p} AND {column} < {p})"
         )
         where += f" AND ({' OR '.join([key] * len(kinds))})"
         for bc, kind in kinds:
@@ -201,14 +251,20 @@ def _aggregates(
 
 
 def aggregates(
-    db: Database, conn: Any, prefix: str, kinds: list[tuple[str, str]] | None, limit: int
+    db: Database,
+    conn: Any,
+    prefix: str,
+    kinds: list[tuple[str, str]] | None,
+    limit: int,
+    code_points: bool = True,
 ) -> list[JSON]:
     """Aggregates whose id starts with ``prefix``, exact ids first: within
     the given (bounded context, aggregate type) pairs, or any (a scan)
-    when ``kinds`` is ``None``."""
+    when ``kinds`` is ``None``. ``code_points``: whether the ids sort in
+    code point order (:func:`code_point_order`)."""
     if kinds == []:
         return []
-    rows = db.store._run(conn, _aggregates(db, prefix, kinds, limit))
+    rows = db.store._run(conn, _aggregates(db, prefix, kinds, limit, code_points))
     found = [
         {
             "bounded_context": bc,

@@ -50,24 +50,27 @@ def cookie_value(token: str) -> str:
     return hmac.new(token.encode(), b"pupsourcing console session", hashlib.sha256).hexdigest()
 
 
-def token_matches(given: str, token: str) -> bool:
-    return hmac.compare_digest(given.encode(), token.encode())
+def token_matches(given: bytes, token: str) -> bool:
+    """Whether ``given`` is the token's UTF-8 bytes, in constant time."""
+    return hmac.compare_digest(given, token.encode("utf-8"))
 
 
-def _header(scope: Scope, name: bytes) -> str:
+def _header(scope: Scope, name: bytes) -> bytes:
+    """The header's bytes as received (HTTP headers are bytes: a token
+    beyond ASCII arrives as its UTF-8 bytes)."""
     for key, value in scope.get("headers", ()):
         if key == name:
-            return str(value.decode("latin-1"))
-    return ""
+            return bytes(value)
+    return b""
 
 
 def authorized(scope: Scope, token: str) -> bool:
-    scheme, _, given = _header(scope, b"authorization").partition(" ")
-    if scheme.lower() == "bearer" and token_matches(given.strip(), token):
+    scheme, _, given = _header(scope, b"authorization").partition(b" ")
+    if scheme.lower() == b"bearer" and token_matches(given.strip(), token):
         return True
     cookies: SimpleCookie = SimpleCookie()
     try:
-        cookies.load(_header(scope, b"cookie"))
+        cookies.load(_header(scope, b"cookie").decode("latin-1"))
     except Exception:
         return False
     morsel = cookies.get(COOKIE)
@@ -77,7 +80,7 @@ def authorized(scope: Scope, token: str) -> bool:
 
 
 def _host_is_loopback(scope: Scope) -> bool:
-    host = _header(scope, b"host")
+    host = _header(scope, b"host").decode("latin-1")
     if host.startswith("["):
         name = host[1:].partition("]")[0]
     else:
