@@ -11,6 +11,7 @@ processors run the same projection by mistake.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -147,6 +148,9 @@ class Subscription:
     ahead: ReadAhead | None = None
     """The next batch, read ahead by the last one; used only from the
     checkpoint it follows."""
+    lazy_commit: bool = False
+    """Whether the last batch wrote nothing but its checkpoint (see
+    :meth:`Dialect.begin_batch <pupsourcing.store.dialect.Dialect.begin_batch>`)."""
 
     def __post_init__(self) -> None:
         self.in_sql = type(self.strategy) is HashPartitionStrategy
@@ -342,12 +346,12 @@ def _handle_and_advance(
     checkpoint from ``checkpoint`` to ``position`` (compare-and-set), then run
     ``then()``'s statements when it moved. Commits and answers ``True``; rolls
     back and answers ``False`` when the checkpoint had moved away, also when
-    the handler failed after it had (see :func:`_roll_back_failed_handler`).
+    the handler failed after it had (see :func:`_after_failed_handler`).
     On any other failure rolls back and raises. Also answers the rows of
     ``following``, the read of the next batch, when the database read them
     with the compare-and-set (see
     :meth:`~pupsourcing.store.dialect.Dialect.advance_and_read`)."""
-    yield Statement(dialect.begin_sql, begin=True)
+    opened = yield from dialect.begin_batch(sub.lazy_commit)
     ahead = None
     try:
         if events:
@@ -363,26 +367,40 @@ def _handle_and_advance(
         if advanced and then is not None:
             yield from then()
     except ProjectionError as failure:
-        if (yield from _roll_back_failed_handler(dialect, sub, failure, checkpoint, logger)):
+        yield ROLLBACK
+        yield from _end_failed_batch(dialect, opened)
+        if (yield from _after_failed_handler(dialect, sub, failure, checkpoint, logger)):
             return False, None
         raise
     except Exception:
         yield ROLLBACK
+        yield from _end_failed_batch(dialect, opened)
         raise
     yield COMMIT if advanced else ROLLBACK
+    wrote = yield from dialect.end_batch(opened, advanced)
+    if advanced:
+        sub.lazy_commit = not wrote
     return advanced, ahead if advanced else None
 
 
-def _roll_back_failed_handler(
+def _end_failed_batch(dialect: Dialect, opened: object) -> Generator[Statement, Any, None]:
+    """:meth:`Dialect.end_batch` after a failure: the failure is what the
+    caller raises, even if this fails too (on a lost connection, say)."""
+    with contextlib.suppress(Exception):  # the batch's own failure is raised next
+        yield from dialect.end_batch(opened, False)
+
+
+def _after_failed_handler(
     dialect: Dialect,
     sub: Subscription,
     failure: ProjectionError,
     checkpoint: int,
     logger: Logger,
 ) -> Generator[Statement, Any, bool]:
-    """Roll back the batch whose handler raised. A database failure met by the
-    handler's own writes is raised as the driver error. Answers ``True`` when
-    the checkpoint has meanwhile moved away from ``checkpoint``: another
+    """After the batch whose handler raised was rolled back: a database
+    failure met by the handler's own writes is raised as the driver error.
+    Answers ``True`` when the checkpoint has meanwhile moved away from
+    ``checkpoint``: another
     processor handled the batch (two claiming workers overlap briefly while
     a lease changes hands), and the failure was most likely their writes
     clashing (a unique key of the read model), so the batch is dropped as
@@ -394,9 +412,7 @@ def _roll_back_failed_handler(
         # lock time-out or a deadlock: the database failed, not the
         # projection. The driver error goes to the processor, which
         # reconnects or retries as for its own statements.
-        yield ROLLBACK
         raise cause from None
-    yield ROLLBACK
     current = yield from dialect.get_checkpoint(sub.checkpoint_name)
     yield ROLLBACK  # end the read's transaction
     if current != checkpoint:

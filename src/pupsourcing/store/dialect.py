@@ -659,6 +659,22 @@ class Dialect(abc.ABC):
         params.append(limit)
         return Statement(" ".join(sql), params, fetch=True, chunked=True)
 
+    def begin_batch(self, lazy: bool) -> Plan[object]:
+        """Open the transaction of a projection batch. ``lazy``: the last
+        batch wrote nothing through ``tx``, so this one likely writes only
+        its checkpoint; a dialect may then commit it without waiting for the
+        disk (see :meth:`end_batch`). Answers what :meth:`end_batch` needs."""
+        yield Statement(self.begin_sql, begin=True)
+        return None
+
+    def end_batch(self, opened: object, committed: bool) -> Plan[bool]:
+        """After a batch's COMMIT (``committed``) or ROLLBACK: put back what
+        :meth:`begin_batch` changed, and for a committed batch answer whether
+        it wrote more than its checkpoint (here: unknown, so ``True``). A
+        write committed lazily must be made durable here."""
+        yield from ()
+        return True
+
     def load_checkpoint(self, projection_name: str) -> Plan[int]:
         """A processor's checkpoint, creating its row (at 0) if missing, so that
         :meth:`advance_checkpoint` only ever updates an existing row (row locks

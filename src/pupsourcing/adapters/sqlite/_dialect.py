@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar
@@ -16,7 +17,7 @@ from pupsourcing.store import columns
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect, build_result
 from pupsourcing.store.horizon import Probe
-from pupsourcing.store.plan import Plan, Row, Statement
+from pupsourcing.store.plan import COMMIT, Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
 
 if TYPE_CHECKING:
@@ -32,6 +33,25 @@ limit of 32,766 host parameters."""
 _SAVEPOINT = "pupsourcing_append"
 _UNIQUE_ERRORS = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
 _NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+_NORMAL = 1
+"""``PRAGMA synchronous`` NORMAL: in WAL mode, commits do not wait for the disk."""
+_SETTINGS_SQL = (
+    "SELECT s.synchronous, j.journal_mode, total_changes(), v.schema_version "
+    "FROM pragma_synchronous() AS s, pragma_journal_mode() AS j, pragma_schema_version() AS v"
+)
+_CHANGES_SQL = "SELECT total_changes(), schema_version FROM pragma_schema_version()"
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A projection batch's transaction, as :meth:`SQLiteDialect.begin_batch` opened it."""
+
+    level: int | None
+    """The connection's ``synchronous`` level, lowered for the batch; ``None``: not lowered."""
+    changes: int
+    """``total_changes()`` before the batch."""
+    schema: int
+    """The schema version before the batch."""
 
 
 def _timestamp(value: datetime) -> str:
@@ -146,6 +166,45 @@ class SQLiteDialect(Dialect):
             f"SELECT COALESCE(max(global_position), 0) FROM {self.events_table}", fetch=True
         )
         return Probe(int(rows[0][0]), frozenset())
+
+    def begin_batch(self, lazy: bool) -> Plan[object]:
+        """A batch after one that wrote nothing but its checkpoint commits
+        with ``synchronous=NORMAL`` (WAL mode only; the level must be set
+        outside a transaction): it still commits atomically, but without
+        waiting for the disk, which dominates a batch that only moves its
+        checkpoint. A power loss may undo the last such batches, and the
+        processor then handles their events again."""
+        rows = yield Statement(_SETTINGS_SQL, fetch=True)
+        level, mode, changes, schema = rows[0]
+        lowered = None
+        if lazy and str(mode).lower() == "wal" and int(level) > _NORMAL:
+            ran = yield Statement(f"PRAGMA synchronous = {_NORMAL}", begin=True)
+            if ran:  # (not inside a transaction the caller left open)
+                lowered = int(level)
+        yield Statement(self.begin_sql, begin=True)
+        return _Opened(lowered, int(changes), int(schema))
+
+    def end_batch(self, opened: object, committed: bool) -> Plan[bool]:
+        """Puts the connection's level back. A batch committed lazily that
+        wrote after all is made durable at once: a commit at the
+        connection's own level syncs the write-ahead log up to it."""
+        assert isinstance(opened, _Opened)
+        if opened.level is not None:
+            yield Statement(f"PRAGMA synchronous = {opened.level}")
+        if not committed:
+            return False
+        rows = yield Statement(_CHANGES_SQL, fetch=True)
+        changes, schema = rows[0]
+        # The checkpoint's compare-and-set is one change; a schema change
+        # counts no row.
+        wrote = int(changes) - opened.changes > 1 or int(schema) != opened.schema
+        if wrote and opened.level is not None:
+            yield Statement(self.begin_sql, begin=True)
+            rows = yield Statement("PRAGMA user_version", fetch=True)
+            # Rewriting the same value writes a page, so the commit syncs.
+            yield Statement(f"PRAGMA user_version = {int(rows[0][0])}")
+            yield COMMIT
+        return wrote
 
     def existing_event_columns(self) -> Plan[set[str]]:
         rows = yield Statement(f"PRAGMA table_info({self.events_table})", fetch=True)

@@ -1,0 +1,171 @@
+"""How a SQLite processor commits its batches: a batch after one that wrote
+nothing but its checkpoint commits without waiting for the disk
+(``synchronous=NORMAL``, WAL mode only), and the connection's own level is
+back after every batch; a lazily committed batch that wrote after all is
+made durable at once."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import event
+from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
+from pupsourcing.adapters.sqlite import AsyncSQLiteStore, SQLiteStore, connect, connect_async
+from pupsourcing.aio import AsyncProcessor
+from pupsourcing.projection import Processor, ProcessorConfig
+
+LOWER = "PRAGMA synchronous = 1"
+SYNC = "PRAGMA user_version = 0"
+
+
+class Writes:
+    """Writes a row through ``tx`` for the events at ``positions`` (every
+    event when ``None``); raises at ``fail_at``."""
+
+    name = "writes"
+
+    def __init__(self, positions: set[int] | None = None, fail_at: int | None = None) -> None:
+        self.positions = positions
+        self.fail_at = fail_at
+
+    def handle(self, e: PersistedEvent, tx: Any) -> None:
+        if e.global_position == self.fail_at:
+            raise RuntimeError("boom")
+        if self.positions is None or e.global_position in self.positions:
+            tx.execute("INSERT INTO seen (position) VALUES (?)", (e.global_position,))
+
+
+def store_with(path: Path, events: int, **options: Any) -> tuple[SQLiteStore, sqlite3.Connection]:
+    conn = connect(path, **options)
+    store = SQLiteStore()
+    store.create_schema(conn)
+    conn.execute("CREATE TABLE seen (position INTEGER PRIMARY KEY)")
+    conn.commit()
+    for i in range(events):
+        store.append(conn, ExpectedVersion.no_stream(), [event(f"o-{i}")])
+        conn.commit()
+    return store, conn
+
+
+def traced(conn: sqlite3.Connection) -> list[str]:
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    return statements
+
+
+def batches(statements: list[str]) -> list[list[str]]:
+    """The statements of each batch, from the read of the settings that
+    opens it."""
+    found: list[list[str]] = []
+    for s in statements:
+        if "pragma_synchronous()" in s:
+            found.append([])
+        if found:
+            found[-1].append(s)
+    return found
+
+
+def synchronous(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_a_batch_after_one_that_wrote_nothing_commits_lazily(tmp_path: Path) -> None:
+    store, conn = store_with(tmp_path / "s.db", 5)
+    assert synchronous(conn) == 2  # FULL, sqlite3's default
+    statements = traced(conn)
+    with Processor(conn, store, ProcessorConfig(batch_size=2)) as processor:
+        assert processor.catch_up(Writes(positions=set())) == 5
+    found = batches(statements)
+    assert len(found) == 3
+    assert LOWER not in found[0]  # nothing known yet: the connection's level
+    for batch in found[1:]:
+        assert batch.index(LOWER) < batch.index("BEGIN IMMEDIATE")
+        assert batch.index("COMMIT") < batch.index("PRAGMA synchronous = 2")
+    assert SYNC not in statements
+    assert synchronous(conn) == 2
+
+
+def test_a_projection_that_writes_keeps_the_connections_level(tmp_path: Path) -> None:
+    store, conn = store_with(tmp_path / "s.db", 6)
+    statements = traced(conn)
+    with Processor(conn, store, ProcessorConfig(batch_size=2)) as processor:
+        assert processor.catch_up(Writes()) == 6
+    assert LOWER not in statements
+    assert [r[0] for r in conn.execute("SELECT position FROM seen")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_lazy_batch_that_wrote_is_made_durable_at_once(tmp_path: Path) -> None:
+    store, conn = store_with(tmp_path / "s.db", 6)
+    statements = traced(conn)
+    with Processor(conn, store, ProcessorConfig(batch_size=2)) as processor:
+        assert processor.catch_up(Writes(positions={4})) == 6
+    first, second, third = batches(statements)
+    assert LOWER not in first
+    # Lowered (the first wrote nothing), then wrote: a commit at the
+    # connection's level, which rewrites a page, syncs the log up to it.
+    assert LOWER in second
+    after = second[second.index("COMMIT") :]
+    assert after.index("PRAGMA synchronous = 2") < after.index(SYNC)
+    assert after[after.index(SYNC) + 1] == "COMMIT"
+    assert LOWER not in third  # the last batch wrote: the next is not lazy
+    assert [r[0] for r in conn.execute("SELECT position FROM seen")] == [4]
+    assert synchronous(conn) == 2
+
+
+@pytest.mark.parametrize(
+    ("journal", "level"), [("DELETE", "FULL"), ("WAL", "NORMAL"), ("WAL", "OFF")]
+)
+def test_only_a_wal_connection_above_normal_is_lowered(
+    tmp_path: Path, journal: str, level: str
+) -> None:
+    store, conn = store_with(tmp_path / "s.db", 4, wal=journal == "WAL")
+    conn.execute(f"PRAGMA synchronous = {level}")
+    before = synchronous(conn)
+    statements = traced(conn)
+    with Processor(conn, store, ProcessorConfig(batch_size=1)) as processor:
+        assert processor.catch_up(Writes(positions=set())) == 4
+    assert not [s for s in statements if s.startswith("PRAGMA synchronous =")]
+    assert synchronous(conn) == before
+
+
+def test_a_failed_lazy_batch_puts_the_level_back(tmp_path: Path) -> None:
+    store, conn = store_with(tmp_path / "s.db", 4)
+    statements = traced(conn)
+    config = ProcessorConfig(batch_size=2, max_attempts=1)
+    with Processor(conn, store, config) as processor, pytest.raises(ProjectionError, match="3"):
+        processor.catch_up(Writes(positions=set(), fail_at=3))
+    failed = batches(statements)[-1]
+    assert LOWER in failed
+    assert failed.index("ROLLBACK") < failed.index("PRAGMA synchronous = 2")
+    assert synchronous(conn) == 2
+    assert not conn.in_transaction
+    assert store.get_checkpoint(conn, "writes") == 2
+
+
+def test_the_asyncio_processor_commits_the_same_way(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    _, setup = store_with(path, 4)
+    setup.close()
+
+    async def scenario() -> tuple[list[str], int]:
+        conn = await connect_async(path)
+        statements: list[str] = []
+        await conn.set_trace_callback(statements.append)
+        try:
+            async with AsyncProcessor(conn, AsyncSQLiteStore(), ProcessorConfig(batch_size=1)) as p:
+                assert await p.catch_up(Writes(positions=set())) == 4
+            async with conn.execute("PRAGMA synchronous") as cursor:
+                row = await cursor.fetchone()
+            assert row is not None
+            return statements, int(row[0])
+        finally:
+            await conn.close()
+
+    statements, level = asyncio.run(scenario())
+    assert statements.count(LOWER) == 3
+    assert level == 2
