@@ -94,6 +94,31 @@ def test_claiming_runner_checks_its_arguments(make_store_backend: Callable[..., 
         ClaimingRunner(backend.connect, backend.store, owner="")
 
 
+class Named:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def handle(self, e: Any, tx: Any) -> None:
+        pass
+
+
+def test_both_claiming_runners_need_projections_of_distinct_names(
+    make_store_backend: Callable[..., Backend],
+) -> None:
+    import asyncio
+
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = make_store_backend("sqlite")
+    runner = ClaimingRunner(backend.connect, backend.store)
+    twin = AsyncClaimingRunner(backend.open_async, backend.async_store())
+    for bad, message in [([], "at least one"), ([Named("a"), Named("a")], "distinct")]:
+        with pytest.raises(ValueError, match=message):
+            runner.run(bad)
+        with pytest.raises(ValueError, match=message):
+            asyncio.run(twin.run(bad))  # type: ignore[arg-type]
+
+
 def test_two_runners_in_one_process_share_partitions(
     make_store_backend: Callable[..., Backend],
 ) -> None:

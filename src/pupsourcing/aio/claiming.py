@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from pupsourcing.aio.processor import AsyncProcessor
-from pupsourcing.projection.claiming import check_runner_args, share
+from pupsourcing.projection.claiming import check_runner_args, chosen_projections, share
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.protocols import AsyncProjection
 from pupsourcing.store.leases import Lease, LeasePlans
@@ -78,9 +78,7 @@ class AsyncClaimingRunner:
     ) -> None:
         """Claim, run and balance partitions until ``stop`` is set; see
         :meth:`pupsourcing.projection.ClaimingRunner.run`."""
-        chosen = [projections] if not isinstance(projections, Sequence) else list(projections)
-        if not chosen:
-            raise ValueError("projections: AsyncClaimingRunner needs at least one projection")
+        chosen = chosen_projections(projections, "AsyncClaimingRunner")
         stop = stop or asyncio.Event()
         conn: Any = None
         last_ok = time.monotonic()

@@ -11,13 +11,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+from pupsourcing.projection.batch import projection_name
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.processor import Processor
 from pupsourcing.projection.protocols import Projection
 from pupsourcing.store.leases import MAX_OWNER_LENGTH, Lease, LeasePlans
 from pupsourcing.store.plan import Plan
+
+P = TypeVar("P")
 
 __all__ = ["ClaimingRunner"]
 
@@ -43,6 +46,18 @@ def check_runner_args(db: object, lease_ttl: object, owner: object) -> tuple[flo
     if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_LENGTH:
         raise ValueError(f"owner: must be 1 to {MAX_OWNER_LENGTH} characters, got {owner!r}")
     return float(lease_ttl), owner
+
+
+def chosen_projections(projections: P | Sequence[P], runner: str) -> list[P]:
+    """The projections a claiming runner's ``run`` was given, as a list:
+    at least one, with distinct names (they key its partitions)."""
+    chosen = [projections] if not isinstance(projections, Sequence) else list(projections)
+    if not chosen:
+        raise ValueError(f"projections: {runner} needs at least one projection")
+    names = [projection_name(p) for p in chosen]
+    if len(set(names)) != len(names):
+        raise ValueError(f"projections: names must be distinct, got {names}")
+    return chosen
 
 
 class _Partition:
@@ -138,12 +153,7 @@ class ClaimingRunner:
         A partition's processor that raises stops the others, and the error
         is raised here (as :meth:`pupsourcing.runner.Runner.run` does).
         """
-        chosen = [projections] if not isinstance(projections, Sequence) else list(projections)
-        if not chosen:
-            raise ValueError("projections: ClaimingRunner needs at least one projection")
-        names = [p.name for p in chosen]
-        if len(set(names)) != len(names):
-            raise ValueError(f"projections: names must be distinct, got {names}")
+        chosen = chosen_projections(projections, "ClaimingRunner")
         stop = stop or threading.Event()
         conn: Any = None
         last_ok = time.monotonic()
