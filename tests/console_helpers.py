@@ -35,16 +35,19 @@ def free_port() -> int:
 class Server:
     process: subprocess.Popen[str]
     base: str
+    stderr: str | None = None
+    """What the server wrote to stderr, once stopped."""
 
     def stop(self) -> str:
-        """Stop the server (SIGTERM); its stderr."""
-        self.process.terminate()
-        try:
-            _, err = self.process.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            _, err = self.process.communicate()
-        return err
+        """Stop the server (SIGTERM), unless stopped already; its stderr."""
+        if self.stderr is None:
+            self.process.terminate()
+            try:
+                _, self.stderr = self.process.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                _, self.stderr = self.process.communicate()
+        return self.stderr
 
 
 def start_server(url: str, *args: str, token: str | None = None) -> Server:

@@ -500,6 +500,11 @@ class Feed:
     def next(self, timeout: float = 10) -> dict[str, Any]:
         return self.events.get(timeout=timeout)
 
+    def ended(self, timeout: float = 10) -> bool:
+        """Whether the server ended the stream (within ``timeout`` seconds)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def close(self) -> None:
         self._client.close()
 
@@ -562,6 +567,11 @@ def test_live_feed_sends_new_events(fresh: tuple[Backend, Server]) -> None:
             (second, "live-2"),
         ]
         assert set(got[0]) == EVENT_FIELDS
+        # Stopping the server ends the open feed at once, not after the
+        # graceful shutdown's timeout has run out on it.
+        stderr = server.stop()
+        assert feed.ended(), "the feed is still open"
+        assert "graceful shutdown exceeded" not in stderr, stderr
     finally:
         feed.close()
 
