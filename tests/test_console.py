@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cli_helpers import cli
+from cli_helpers import cli_process
 from conftest import Backend, close_backend, make_backend
 from console_helpers import TRACED, XSS, Server, seed, start_server
 from helpers import event, query
@@ -677,13 +677,15 @@ def test_a_token_beyond_ascii(tmp_path: Path) -> None:
 def test_a_public_address_needs_a_token(tmp_path: Path) -> None:
     backend = make_backend("sqlite", tmp_path)
     try:
-        result = cli("ui", "--db", backend.url, "--host", "0.0.0.0", "--port", "1", timeout=30)
+        result = cli_process(
+            "ui", "--db", backend.url, "--host", "0.0.0.0", "--port", "1", timeout=30
+        )
         assert result.returncode == 2
         assert "--host 0.0.0.0 is not a loopback address" in result.stderr
         assert "--token" in result.stderr
         # With a token (here from the environment) the same address is accepted:
         # the command gets as far as checking the store, which is missing.
-        gone = cli(
+        gone = cli_process(
             "ui",
             "--db",
             f"sqlite:///{tmp_path / 'gone.db'}",
@@ -698,7 +700,7 @@ def test_a_public_address_needs_a_token(tmp_path: Path) -> None:
 
 
 def test_a_missing_store_is_one_line(tmp_path: Path) -> None:
-    result = cli("ui", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--port", "1")
+    result = cli_process("ui", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--port", "1")
     assert result.returncode == 1
     assert result.stderr.startswith("pupsourcing ui: error: cannot open")
     assert "Traceback" not in result.stderr
