@@ -52,6 +52,34 @@ if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCAC
     )
     del os.environ["PYTHONDONTWRITEBYTECODE"]
 
+
+def _one_pymysql_tls_context() -> None:
+    """PyMySQL (1.2 and later) makes a TLS context for every connection in
+    its default "preferred" mode, loading the system's CA certificates on
+    each: some 40 ms of CPU a connection, and the tests open thousands.
+    Make that context once per process; it is the same every time (no CA,
+    no verification) and a connection only wraps its socket with it."""
+    try:
+        from pymysql.connections import Connection
+    except ImportError:
+        return
+    create = getattr(Connection, "_create_ssl_ctx", None)
+    if create is None:
+        return
+    made: dict[str, Any] = {}
+
+    def once(self: Any, params: Any) -> Any:
+        if isinstance(params, dict) and not params:
+            if "default" not in made:
+                made["default"] = create(self, params)
+            return made["default"]
+        return create(self, params)
+
+    Connection._create_ssl_ctx = once
+
+
+_one_pymysql_tls_context()
+
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 """This process's pytest-xdist worker (``gw0``, ``gw1``...); empty when the
 suite runs in one process (``-n 0``)."""
