@@ -340,6 +340,28 @@ def pg_url(schema: str, dsn: str = PG_DSN) -> str:
     return f"postgresql://{userinfo}@{host}:{port}/{info.get('dbname', '')}?options={options}"
 
 
+_admins: dict[str, Any] = {}
+"""This process's admin connection to each shared test server, kept open
+for emptying a backend's tables after each test (a new PostgreSQL session
+costs the server a process and its caches; the tests open thousands)."""
+
+
+def _with_admin(kind: str, connect: Callable[[], Any], use: Callable[[Any], Any]) -> Any:
+    """``use(admin)`` on the kept admin connection of ``kind``, opened (again)
+    when there is none or it was lost."""
+    admin = _admins.get(kind)
+    if admin is not None:
+        try:
+            return use(admin)
+        except Exception:
+            alive = not (admin.closed or admin.broken) if kind == "postgres" else admin.open
+            if alive:
+                raise
+            _admins.pop(kind)
+    _admins[kind] = admin = connect()
+    return use(admin)
+
+
 def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
     psycopg = require("psycopg")
     from pupsourcing.adapters.postgres import PostgresStore
@@ -373,8 +395,11 @@ def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
 
     def give_back() -> None:
         def empty() -> str | None:
-            with psycopg.connect(server_dsn, autocommit=True, connect_timeout=5) as admin:
-                return db_reuse.pg_empty(admin, schema)
+            return _with_admin(
+                "postgres",
+                lambda: psycopg.connect(server_dsn, autocommit=True, connect_timeout=5),
+                lambda admin: db_reuse.pg_empty(admin, schema),
+            )
 
         db_reuse.give_back(key, schema, empty, drop)
 
@@ -464,11 +489,11 @@ def mysql_backend(
 
     def give_back() -> None:
         def empty() -> str | None:
-            admin = mysql_admin(host, port)
-            try:
-                return db_reuse.mysql_empty(admin, database)
-            finally:
-                admin.close()
+            return _with_admin(
+                "mysql",
+                lambda: mysql_admin(host, port),
+                lambda admin: db_reuse.mysql_empty(admin, database),
+            )
 
         db_reuse.give_back(key, database, empty, drop)
 
@@ -757,5 +782,10 @@ def _create_mysql_database() -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Drop the databases kept for reuse (see ``db_reuse``)."""
+    """Drop the databases kept for reuse (see ``db_reuse``), and close the
+    kept admin connections."""
     db_reuse.drop_all()
+    for admin in _admins.values():
+        with contextlib.suppress(Exception):
+            admin.close()
+    _admins.clear()
