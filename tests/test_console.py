@@ -17,7 +17,7 @@ import pytest
 
 from cli_helpers import cli_process
 from conftest import Backend, close_backend, make_backend
-from console_helpers import TRACED, XSS, Server, seed, start_server
+from console_helpers import TLS, TRACED, XSS, Server, seed, start_server
 from helpers import event, query
 from pupsourcing import ExpectedVersion
 from pupsourcing.console._readonly import open_read_only
@@ -64,7 +64,7 @@ def console(shown: Backend) -> Iterator[Server]:
 
 
 def get(console: Server, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.get(console.base + path, timeout=10, **kwargs)
+    return httpx.get(console.base + path, timeout=10, verify=TLS, **kwargs)
 
 
 def test_head_and_projections(console: Server) -> None:
@@ -172,7 +172,7 @@ def test_a_huge_last_event_id_is_ignored(console: Server) -> None:
     """The feed resumes from ``after`` when Last-Event-ID is no position."""
     headers = {"Last-Event-ID": HUGE}
     url = console.base + "/api/events/live?after=14"
-    with httpx.stream("GET", url, headers=headers, timeout=10) as response:
+    with httpx.stream("GET", url, headers=headers, timeout=10, verify=TLS) as response:
         assert response.status_code == 200
         data = next(line for line in response.iter_lines() if line.startswith("data: "))
     assert json.loads(data[6:])["global_position"] == 15
@@ -364,7 +364,7 @@ def test_pages_and_security_headers(console: Server) -> None:
     assert unknown.json() == {"error": "Not Found"}
     assert unknown.headers["x-frame-options"] == "DENY"
     assert unknown.headers["cache-control"] == "no-store"
-    with httpx.stream("GET", console.base + "/api/events/live", timeout=10) as live:
+    with httpx.stream("GET", console.base + "/api/events/live", timeout=10, verify=TLS) as live:
         assert live.headers["cache-control"] == "no-store"
 
 
@@ -484,7 +484,7 @@ class Feed:
     def __init__(self, url: str) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.opened = threading.Event()
-        self._client = httpx.Client(timeout=30)
+        self._client = httpx.Client(timeout=30, verify=TLS)
         self._thread = threading.Thread(target=self._read, args=(url,), daemon=True)
         self._thread.start()
         assert self.opened.wait(10), "the feed did not open"
@@ -618,23 +618,28 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_a_token_is_required(guarded: Server) -> None:
-    assert httpx.get(guarded.base + "/api/head", timeout=10).status_code == 401
+    assert httpx.get(guarded.base + "/api/head", timeout=10, verify=TLS).status_code == 401
     wrong = {"Authorization": "Bearer s3cret-tokem"}
-    assert httpx.get(guarded.base + "/api/head", headers=wrong, timeout=10).status_code == 401
+    assert (
+        httpx.get(guarded.base + "/api/head", headers=wrong, timeout=10, verify=TLS).status_code
+        == 401
+    )
     right = {"Authorization": "Bearer s3cret-token"}
-    assert httpx.get(guarded.base + "/api/head", headers=right, timeout=10).json() == {"head": 0}
-    bare = httpx.get(guarded.base + "/api", timeout=10)
+    assert httpx.get(guarded.base + "/api/head", headers=right, timeout=10, verify=TLS).json() == {
+        "head": 0
+    }
+    bare = httpx.get(guarded.base + "/api", timeout=10, verify=TLS)
     assert bare.status_code == 401
     assert bare.headers["cache-control"] == "no-store"
     assert "authentication required" in bare.json()["error"]
-    page = httpx.get(guarded.base + "/log", timeout=10)
+    page = httpx.get(guarded.base + "/log", timeout=10, verify=TLS)
     assert page.status_code == 401
     assert 'name="token"' in page.text  # the login form
-    assert httpx.get(guarded.base + "/static/console.js", timeout=10).status_code == 401
+    assert httpx.get(guarded.base + "/static/console.js", timeout=10, verify=TLS).status_code == 401
 
 
 def test_the_login_page_sets_a_cookie(guarded: Server) -> None:
-    with httpx.Client(base_url=guarded.base, timeout=10) as client:
+    with httpx.Client(base_url=guarded.base, timeout=10, verify=TLS) as client:
         refused = client.post("/login", data={"token": "nope", "next": "/log"})
         assert refused.status_code == 401
         assert "not right" in refused.text
@@ -660,11 +665,13 @@ def test_a_token_beyond_ascii(tmp_path: Path) -> None:
         try:
             url = server.base + "/api/head"
             right = {"Authorization": f"Bearer {token}".encode()}
-            assert httpx.get(url, headers=right, timeout=10).json() == {"head": 0}
+            assert httpx.get(url, headers=right, timeout=10, verify=TLS).json() == {"head": 0}
             for wrong in (token.upper().encode(), b"t\xf6k3n-?", token.encode()[:-1]):
                 headers = {"Authorization": b"Bearer " + wrong}
-                assert httpx.get(url, headers=headers, timeout=10).status_code == 401, wrong
-            with httpx.Client(base_url=server.base, timeout=10) as client:
+                assert httpx.get(url, headers=headers, timeout=10, verify=TLS).status_code == 401, (
+                    wrong
+                )
+            with httpx.Client(base_url=server.base, timeout=10, verify=TLS) as client:
                 signed_in = client.post("/login", data={"token": token, "next": "/log"})
                 assert signed_in.status_code == 303
                 assert client.get("/api/head").json() == {"head": 0}
