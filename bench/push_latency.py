@@ -263,10 +263,10 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--count", type=int, default=1000, help="appends per run (default 1000)")
 parser.add_argument("--db", default="postgres,sqlite", help="postgres,sqlite (default both)")
 parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle measured (default 5)")
-parser.add_argument("--quick", action="store_true", help="a smoke run: 50 appends, 1 s idle")
+parser.add_argument("--quick", action="store_true", help="a smoke run: 20 appends, 1 s idle")
 ARGS = parser.parse_args([] if __name__ != "__main__" else None)
 if ARGS.quick:
-    ARGS.count, ARGS.idle = 50, 1.0
+    ARGS.count, ARGS.idle = 20, 1.0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -52,6 +52,34 @@ if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCAC
     )
     del os.environ["PYTHONDONTWRITEBYTECODE"]
 
+
+def _one_pymysql_tls_context() -> None:
+    """PyMySQL (1.2 and later) makes a TLS context for every connection in
+    its default "preferred" mode, loading the system's CA certificates on
+    each: some 40 ms of CPU a connection, and the tests open thousands.
+    Make that context once per process; it is the same every time (no CA,
+    no verification) and a connection only wraps its socket with it."""
+    try:
+        from pymysql.connections import Connection
+    except ImportError:
+        return
+    create = getattr(Connection, "_create_ssl_ctx", None)
+    if create is None:
+        return
+    made: dict[str, Any] = {}
+
+    def once(self: Any, params: Any) -> Any:
+        if isinstance(params, dict) and not params:
+            if "default" not in made:
+                made["default"] = create(self, params)
+            return made["default"]
+        return create(self, params)
+
+    Connection._create_ssl_ctx = once
+
+
+_one_pymysql_tls_context()
+
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 """This process's pytest-xdist worker (``gw0``, ``gw1``...); empty when the
 suite runs in one process (``-n 0``)."""
@@ -312,6 +340,28 @@ def pg_url(schema: str, dsn: str = PG_DSN) -> str:
     return f"postgresql://{userinfo}@{host}:{port}/{info.get('dbname', '')}?options={options}"
 
 
+_admins: dict[str, Any] = {}
+"""This process's admin connection to each shared test server, kept open
+for emptying a backend's tables after each test (a new PostgreSQL session
+costs the server a process and its caches; the tests open thousands)."""
+
+
+def _with_admin(kind: str, connect: Callable[[], Any], use: Callable[[Any], Any]) -> Any:
+    """``use(admin)`` on the kept admin connection of ``kind``, opened (again)
+    when there is none or it was lost."""
+    admin = _admins.get(kind)
+    if admin is not None:
+        try:
+            return use(admin)
+        except Exception:
+            alive = not (admin.closed or admin.broken) if kind == "postgres" else admin.open
+            if alive:
+                raise
+            _admins.pop(kind)
+    _admins[kind] = admin = connect()
+    return use(admin)
+
+
 def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
     psycopg = require("psycopg")
     from pupsourcing.adapters.postgres import PostgresStore
@@ -345,8 +395,11 @@ def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
 
     def give_back() -> None:
         def empty() -> str | None:
-            with psycopg.connect(server_dsn, autocommit=True, connect_timeout=5) as admin:
-                return db_reuse.pg_empty(admin, schema)
+            return _with_admin(
+                "postgres",
+                lambda: psycopg.connect(server_dsn, autocommit=True, connect_timeout=5),
+                lambda admin: db_reuse.pg_empty(admin, schema),
+            )
 
         db_reuse.give_back(key, schema, empty, drop)
 
@@ -436,11 +489,11 @@ def mysql_backend(
 
     def give_back() -> None:
         def empty() -> str | None:
-            admin = mysql_admin(host, port)
-            try:
-                return db_reuse.mysql_empty(admin, database)
-            finally:
-                admin.close()
+            return _with_admin(
+                "mysql",
+                lambda: mysql_admin(host, port),
+                lambda admin: db_reuse.mysql_empty(admin, database),
+            )
 
         db_reuse.give_back(key, database, empty, drop)
 
@@ -623,33 +676,30 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 SLOW_TESTS = (
     "test_bench.py::test_run_all_writes",
     "test_relay_nats.py::test_sigkill_at_any_moment",
-    "test_cli_dead_letters.py::test_supervisor_gives_up",
-    "test_bench.py::test_push_latency",
-    "test_docs.py::test_docs_site_builds_strictly",
-    "test_store_model.py::test_store_behaves_like_the_model",
-    "test_bench.py::test_scale_benchmark",
-    "test_hostile_input.py::test_any_event_round_trips",
-    "test_mysql_store.py::test_any_json_either_round_trips",
-    "test_cli_dead_letters.py::test_list_status_and_replay",
-    "test_cli_store.py::test_events_tail_filters",
-    "test_cli_run.py::test_partitions_restart_crashed_workers",
     "test_eventmap_runtime.py::test_every_event_round_trips_exactly",
     "test_bench.py::test_projection_benchmark",
-    "test_cli_run.py::test_partitions_stop_mid_way",
-    "test_store_model.py::test_the_model_catches",
-    "test_console_browser.py::",
-    "test_db_restart.py::test_processor_rides_out",
-    "test_examples.py::test_example_runs[scaling]",
-    "test_bench.py::test_load_test",
-    "test_bench.py::test_scale_big",
-    "test_cli_store.py::test_reset_asks",
-    "test_claiming.py::test_claiming_workers_share",
-    "test_hostile_input.py::test_sql_metacharacters",
-    "test_examples.py::test_example_runs[self_balancing]",
+    "test_store_model.py::test_store_behaves_like_the_model",
     "test_bench.py::test_console_load",
+    "test_bench.py::test_scale_benchmark",
+    "test_bench.py::test_push_latency",
+    "test_docs.py::test_docs_site_builds_strictly",
+    "test_examples.py::test_example_runs[scaling]",
+    "test_cli_run.py::test_partitions_restart_crashed_workers",
     "test_aio.py::test_mypy_strict",
+    "test_bench.py::test_load_test",
+    "test_claiming.py::test_claiming_workers_share",
+    "test_db_restart.py::test_processor_rides_out",
+    "test_examples.py::test_example_runs[self_balancing]",
+    "test_console_browser.py::",
+    "test_relay_nats.py::test_a_restarted_nats_server",
     "test_crash_recovery.py::test_sigkill_mid_batch",
+    "test_push.py::test_postgres_processor_held_back",
+    "test_cli_run.py::test_partitions_stop_mid_way",
+    "test_push.py::test_append_in_this_process_wakes",
+    "test_cli_dead_letters.py::test_supervisor_gives_up",
+    "test_bench.py::test_relay_benchmark",
     "test_processor_faults.py::test_two_processors_on_one_projection",
+    "test_postgres_store.py::test_an_append_too_large",
 )
 """Node id beginnings of the slowest tests (measured), slowest first."""
 
@@ -729,5 +779,10 @@ def _create_mysql_database() -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Drop the databases kept for reuse (see ``db_reuse``)."""
+    """Drop the databases kept for reuse (see ``db_reuse``), and close the
+    kept admin connections."""
     db_reuse.drop_all()
+    for admin in _admins.values():
+        with contextlib.suppress(Exception):
+            admin.close()
+    _admins.clear()

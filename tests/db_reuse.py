@@ -89,9 +89,24 @@ def mysql_layout(admin: Any, database: str) -> str:
     return "\n".join(parts).replace(database, "?")
 
 
+def _holding_rows(cursor: Any, tables: list[str]) -> set[str]:
+    """Which of ``tables`` (qualified names) hold a row: one query."""
+    if not tables:
+        return set()
+    cursor.execute(
+        " UNION ALL ".join(
+            f"SELECT {i} FROM (SELECT 1 FROM {t} LIMIT 1) x" for i, t in enumerate(tables)
+        )
+    )
+    return {tables[int(row[0])] for row in cursor.fetchall()}
+
+
 def mysql_empty(admin: Any, database: str) -> str | None:
-    """Truncate every table of ``database`` and return its layout, or
-    ``None`` when a session is still connected to it."""
+    """Empty every table of ``database`` and return its layout, or ``None``
+    when a session is still connected to it. Only tables holding rows or
+    with a moved auto-increment counter are truncated (TRUNCATE recreates
+    the table: it costs more than many tests); any other change shows in
+    the layout, and the database is dropped instead of reused."""
     cursor = admin.cursor()
     cursor.execute(
         "SELECT count(*) FROM information_schema.PROCESSLIST "
@@ -100,9 +115,15 @@ def mysql_empty(admin: Any, database: str) -> str | None:
     )
     if int(cursor.fetchone()[0]):
         return None
-    cursor.execute(f"SHOW FULL TABLES FROM {database} WHERE Table_type = 'BASE TABLE'")
-    for table, _ in cursor.fetchall():
-        cursor.execute(f"TRUNCATE TABLE {database}.{table}")
+    cursor.execute(
+        "SELECT TABLE_NAME, AUTO_INCREMENT FROM information_schema.TABLES "
+        "WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'",
+        (database,),
+    )
+    tables = {f"{database}.{name}": counter for name, counter in cursor.fetchall()}
+    moved = {t for t, counter in tables.items() if counter is not None and int(counter) > 1}
+    for table in sorted(moved | _holding_rows(cursor, sorted(tables))):
+        cursor.execute(f"TRUNCATE TABLE {table}")
     cursor.close()
     return mysql_layout(admin, database)
 
@@ -154,15 +175,29 @@ def pg_layout(admin: Any, schema: str) -> str:
 
 
 def pg_empty(admin: Any, schema: str) -> str | None:
-    """Truncate every table of ``schema`` (restarting identities) and return
-    its layout."""
+    """Empty every table of ``schema``, restart its sequences, and return
+    its layout. Only tables holding rows are truncated and only sequences
+    that moved restarted (TRUNCATE gives each table and index a new file:
+    it costs more than many tests); any other change shows in the layout,
+    and the schema is dropped instead of reused."""
     admin.execute("SET lock_timeout = '5s'")
-    tables = admin.execute(
-        "SELECT quote_ident(relname) FROM pg_class "
-        "WHERE relnamespace = %s::regnamespace AND relkind IN ('r', 'p')",
+    tables = [
+        f"{schema}.{row[0]}"
+        for row in admin.execute(
+            "SELECT quote_ident(relname) FROM pg_class "
+            "WHERE relnamespace = %s::regnamespace AND relkind IN ('r', 'p')",
+            (schema,),
+        ).fetchall()
+    ]
+    with admin.cursor() as cursor:
+        full = _holding_rows(cursor, tables)
+    if full:
+        admin.execute(f"TRUNCATE {', '.join(sorted(full))}")
+    moved = admin.execute(
+        "SELECT quote_ident(sequencename) FROM pg_sequences "
+        "WHERE schemaname = %s AND last_value IS NOT NULL",
         (schema,),
     ).fetchall()
-    if tables:
-        names = ", ".join(f"{schema}.{t[0]}" for t in tables)
-        admin.execute(f"TRUNCATE {names} RESTART IDENTITY")
+    for (sequence,) in moved:
+        admin.execute(f"ALTER SEQUENCE {schema}.{sequence} RESTART")
     return pg_layout(admin, schema)

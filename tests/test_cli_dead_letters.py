@@ -152,6 +152,10 @@ def test_supervisor_gives_up_on_a_crash_looping_worker(
     ), supervisor.stderr
     starts = re.findall(r"worker (p[01])/2 started", supervisor.stderr)
     assert max(starts.count("p0"), starts.count("p1")) == 5
+    # Restarted after a doubling delay (cli_crashing starts it at 0.1 s).
+    gave_up = re.findall(r"worker (p[01])/2 exited .* not restarting it", last)[0]
+    delays = re.findall(rf"worker {gave_up}/2 .*; restarting it in ([\d.]+)s", supervisor.stderr)
+    assert delays == ["0.1", "0.2", "0.4", "0.8"], supervisor.stderr
 
 
 def test_migrate_gen_writes_the_dead_letters_table(tmp_path: Path) -> None:

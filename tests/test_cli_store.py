@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cli_helpers import assert_one_line_error, cli, cli_argv, cli_env, execute
+from cli_helpers import assert_one_line_error, cli, cli_argv, cli_env, cli_process, execute
 from conftest import Backend
 from helpers import event, events
 from pupsourcing import Event, ExpectedVersion
@@ -58,7 +58,7 @@ def set_checkpoints(backend: Backend, **positions: int) -> None:
 
 def test_migrate_applies_the_schema_idempotently_with_custom_tables(backend: Backend) -> None:
     tables = ["--events-table", "ev", "--checkpoints-table", "cp", "--aggregate-heads-table", "hd"]
-    first = cli("migrate", "--db", backend.url, *tables)
+    first = cli_process("migrate", "--db", backend.url, *tables)  # the real command, once
     assert first.returncode == 0, first.stderr
     assert "tables ev, hd, cp" in first.stdout
     again = cli("migrate", "--db", backend.url, *tables)
@@ -178,7 +178,9 @@ def test_reset_asks_and_resets_every_partition(backend: Backend) -> None:
         assert error.endswith("error: not confirmed; nothing changed (--yes skips the question)")
     assert backend.checkpoints()["search_p0"] == 8
 
-    confirmed = cli("projections", "reset", "search", "--to", "2", "--db", backend.url, input="y\n")
+    confirmed = cli_process(  # the real command, its stdin a pipe
+        "projections", "reset", "search", "--to", "2", "--db", backend.url, input="y\n"
+    )
     assert confirmed.returncode == 0, confirmed.stderr
     assert "reset search_p0, search_p1 to position 2" in confirmed.stdout
     assert backend.checkpoints() == {"search_p0": 2, "search_p1": 2, "searching": 5, "orders": 8}
@@ -537,7 +539,7 @@ def test_every_command_reports_a_bad_url_in_one_line(command: tuple[str, ...]) -
     result = cli(*command, "--db", "user:hunter2@db/shop")
     line = assert_one_line_error(result, "bad database URL", "not a database URL")
     assert "hunter2" not in line
-    from_env = cli(*command, PUPSOURCING_DB="oracle://db/x")
+    from_env = cli_process(*command, PUPSOURCING_DB="oracle://db/x")  # the real command
     assert_one_line_error(from_env, "unknown database URL scheme 'oracle'")
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cli_helpers import cli
+from cli_helpers import cli_process
 from conftest import Backend, close_backend, make_backend
-from console_helpers import TRACED, XSS, Server, seed, start_server
+from console_helpers import TLS, TRACED, XSS, Server, seed, start_server
 from helpers import event, query
 from pupsourcing import ExpectedVersion
 from pupsourcing.console._readonly import open_read_only
@@ -64,7 +64,7 @@ def console(shown: Backend) -> Iterator[Server]:
 
 
 def get(console: Server, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.get(console.base + path, timeout=10, **kwargs)
+    return httpx.get(console.base + path, timeout=10, verify=TLS, **kwargs)
 
 
 def test_head_and_projections(console: Server) -> None:
@@ -172,7 +172,7 @@ def test_a_huge_last_event_id_is_ignored(console: Server) -> None:
     """The feed resumes from ``after`` when Last-Event-ID is no position."""
     headers = {"Last-Event-ID": HUGE}
     url = console.base + "/api/events/live?after=14"
-    with httpx.stream("GET", url, headers=headers, timeout=10) as response:
+    with httpx.stream("GET", url, headers=headers, timeout=10, verify=TLS) as response:
         assert response.status_code == 200
         data = next(line for line in response.iter_lines() if line.startswith("data: "))
     assert json.loads(data[6:])["global_position"] == 15
@@ -364,7 +364,7 @@ def test_pages_and_security_headers(console: Server) -> None:
     assert unknown.json() == {"error": "Not Found"}
     assert unknown.headers["x-frame-options"] == "DENY"
     assert unknown.headers["cache-control"] == "no-store"
-    with httpx.stream("GET", console.base + "/api/events/live", timeout=10) as live:
+    with httpx.stream("GET", console.base + "/api/events/live", timeout=10, verify=TLS) as live:
         assert live.headers["cache-control"] == "no-store"
 
 
@@ -484,7 +484,7 @@ class Feed:
     def __init__(self, url: str) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.opened = threading.Event()
-        self._client = httpx.Client(timeout=30)
+        self._client = httpx.Client(timeout=30, verify=TLS)
         self._thread = threading.Thread(target=self._read, args=(url,), daemon=True)
         self._thread.start()
         assert self.opened.wait(10), "the feed did not open"
@@ -499,6 +499,11 @@ class Feed:
 
     def next(self, timeout: float = 10) -> dict[str, Any]:
         return self.events.get(timeout=timeout)
+
+    def ended(self, timeout: float = 10) -> bool:
+        """Whether the server ended the stream (within ``timeout`` seconds)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def close(self) -> None:
         self._client.close()
@@ -562,6 +567,11 @@ def test_live_feed_sends_new_events(fresh: tuple[Backend, Server]) -> None:
             (second, "live-2"),
         ]
         assert set(got[0]) == EVENT_FIELDS
+        # Stopping the server ends the open feed at once, not after the
+        # graceful shutdown's timeout has run out on it.
+        stderr = server.stop()
+        assert feed.ended(), "the feed is still open"
+        assert "graceful shutdown exceeded" not in stderr, stderr
     finally:
         feed.close()
 
@@ -608,23 +618,28 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_a_token_is_required(guarded: Server) -> None:
-    assert httpx.get(guarded.base + "/api/head", timeout=10).status_code == 401
+    assert httpx.get(guarded.base + "/api/head", timeout=10, verify=TLS).status_code == 401
     wrong = {"Authorization": "Bearer s3cret-tokem"}
-    assert httpx.get(guarded.base + "/api/head", headers=wrong, timeout=10).status_code == 401
+    assert (
+        httpx.get(guarded.base + "/api/head", headers=wrong, timeout=10, verify=TLS).status_code
+        == 401
+    )
     right = {"Authorization": "Bearer s3cret-token"}
-    assert httpx.get(guarded.base + "/api/head", headers=right, timeout=10).json() == {"head": 0}
-    bare = httpx.get(guarded.base + "/api", timeout=10)
+    assert httpx.get(guarded.base + "/api/head", headers=right, timeout=10, verify=TLS).json() == {
+        "head": 0
+    }
+    bare = httpx.get(guarded.base + "/api", timeout=10, verify=TLS)
     assert bare.status_code == 401
     assert bare.headers["cache-control"] == "no-store"
     assert "authentication required" in bare.json()["error"]
-    page = httpx.get(guarded.base + "/log", timeout=10)
+    page = httpx.get(guarded.base + "/log", timeout=10, verify=TLS)
     assert page.status_code == 401
     assert 'name="token"' in page.text  # the login form
-    assert httpx.get(guarded.base + "/static/console.js", timeout=10).status_code == 401
+    assert httpx.get(guarded.base + "/static/console.js", timeout=10, verify=TLS).status_code == 401
 
 
 def test_the_login_page_sets_a_cookie(guarded: Server) -> None:
-    with httpx.Client(base_url=guarded.base, timeout=10) as client:
+    with httpx.Client(base_url=guarded.base, timeout=10, verify=TLS) as client:
         refused = client.post("/login", data={"token": "nope", "next": "/log"})
         assert refused.status_code == 401
         assert "not right" in refused.text
@@ -650,11 +665,13 @@ def test_a_token_beyond_ascii(tmp_path: Path) -> None:
         try:
             url = server.base + "/api/head"
             right = {"Authorization": f"Bearer {token}".encode()}
-            assert httpx.get(url, headers=right, timeout=10).json() == {"head": 0}
+            assert httpx.get(url, headers=right, timeout=10, verify=TLS).json() == {"head": 0}
             for wrong in (token.upper().encode(), b"t\xf6k3n-?", token.encode()[:-1]):
                 headers = {"Authorization": b"Bearer " + wrong}
-                assert httpx.get(url, headers=headers, timeout=10).status_code == 401, wrong
-            with httpx.Client(base_url=server.base, timeout=10) as client:
+                assert httpx.get(url, headers=headers, timeout=10, verify=TLS).status_code == 401, (
+                    wrong
+                )
+            with httpx.Client(base_url=server.base, timeout=10, verify=TLS) as client:
                 signed_in = client.post("/login", data={"token": token, "next": "/log"})
                 assert signed_in.status_code == 303
                 assert client.get("/api/head").json() == {"head": 0}
@@ -667,13 +684,15 @@ def test_a_token_beyond_ascii(tmp_path: Path) -> None:
 def test_a_public_address_needs_a_token(tmp_path: Path) -> None:
     backend = make_backend("sqlite", tmp_path)
     try:
-        result = cli("ui", "--db", backend.url, "--host", "0.0.0.0", "--port", "1", timeout=30)
+        result = cli_process(
+            "ui", "--db", backend.url, "--host", "0.0.0.0", "--port", "1", timeout=30
+        )
         assert result.returncode == 2
         assert "--host 0.0.0.0 is not a loopback address" in result.stderr
         assert "--token" in result.stderr
         # With a token (here from the environment) the same address is accepted:
         # the command gets as far as checking the store, which is missing.
-        gone = cli(
+        gone = cli_process(
             "ui",
             "--db",
             f"sqlite:///{tmp_path / 'gone.db'}",
@@ -688,7 +707,7 @@ def test_a_public_address_needs_a_token(tmp_path: Path) -> None:
 
 
 def test_a_missing_store_is_one_line(tmp_path: Path) -> None:
-    result = cli("ui", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--port", "1")
+    result = cli_process("ui", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--port", "1")
     assert result.returncode == 1
     assert result.stderr.startswith("pupsourcing ui: error: cannot open")
     assert "Traceback" not in result.stderr

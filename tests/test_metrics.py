@@ -294,7 +294,7 @@ def test_one_scrape_sees_every_partition(
 
 
 def test_metrics_port_without_prometheus_client_is_one_line(tmp_path: Path) -> None:
-    from cli_helpers import assert_one_line_error, cli
+    from cli_helpers import assert_one_line_error, cli_process
 
     blocker = tmp_path / "sitecustomize.py"
     blocker.write_text(
@@ -308,7 +308,7 @@ def test_metrics_port_without_prometheus_client_is_one_line(tmp_path: Path) -> N
     import os
     import sys
 
-    result = cli(
+    result = cli_process(  # a fresh process, its sitecustomize blocking the import
         "projections", "run", "cli_projections:Recorder", "--db",
         f"sqlite:///{tmp_path / 'db.sqlite'}", "--metrics-port", "0",
         PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]),

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import cli
 from conftest import IN_CI, MYSQL_DATABASE, MYSQL_HOST, PG_DSN, require, unavailable
 from pupsourcing.migrations import (
     ADAPTERS,
@@ -241,14 +240,9 @@ def test_write_migration(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pupsourcing", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
+    """The command in this process (``cli_helpers.cli``); test_console_script
+    runs the installed one."""
+    return cli(*args, cwd=cwd)
 
 
 def test_cli_migrate_gen(tmp_path: Path) -> None:

@@ -396,15 +396,22 @@ def test_sigkill_at_any_moment_stores_each_event_once_in_order(
     rng = random.Random(24)
 
     def write(worker: int) -> None:
-        n = 0
-        while not stop.is_set():
-            size = 1 + n % 3
-            append(
-                db,
-                [Event("Shop", "Order", f"w{worker}-{n % 5}", "E", b"{}") for _ in range(size)],
-            )
-            n += 1
-            time.sleep(0.005)
+        # One connection each (a new one for every append cost more than the
+        # append), at the pace appends had with them: about 70 a second.
+        conn = db.connect()
+        try:
+            n = 0
+            while not stop.is_set():
+                size = 1 + n % 3
+                batch = [
+                    Event("Shop", "Order", f"w{worker}-{n % 5}", "E", b"{}") for _ in range(size)
+                ]
+                db.store.append(conn, ExpectedVersion.any(), batch)
+                conn.commit()
+                n += 1
+                time.sleep(0.012)
+        finally:
+            conn.close()
 
     writers = [threading.Thread(target=write, args=(w,)) for w in range(2)]
     for w in writers:

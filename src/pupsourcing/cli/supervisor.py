@@ -71,7 +71,7 @@ class Worker:
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restart_at: float | None = 0.0
-    delay: float = RESTART_DELAY
+    delay: float = field(default_factory=lambda: RESTART_DELAY)  # read when started
     crashes: list[float] = field(default_factory=list)
     """When it crashed, since it last ran for STABLE_AFTER seconds."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from typing import Any
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from pupsourcing.console import create_app
+        from pupsourcing.console._app import build
         from pupsourcing.console._readonly import open_read_only
     except ImportError as exc:
         raise CommandError(
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if not is_driver_error(exc):
             raise
         raise CommandError(f"cannot read {db.url}: {db.url.scrub(one_line(exc))}") from None
-    app = create_app(db, token=token, poll_interval=args.poll_interval)
+    app, console = build(db, token=token, poll_interval=args.poll_interval)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"pupsourcing console on http://{host}:{args.port}/ ({db.url})", file=sys.stderr)
     config = uvicorn.Config(
@@ -97,5 +98,13 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=2,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # A live feed never ends by itself: end them first, or a browser
+            # left open would hold the shutdown for timeout_graceful_shutdown.
+            await console.watcher.end_feeds()
+            await super().shutdown(sockets)
+
+    Server(config).run()
     return 0

@@ -254,7 +254,7 @@ class Console:
 
     async def _feed(self, after: int) -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
-        while True:
+        while not self.watcher.closing:
             safe = self.watcher.safe
             if safe > after:
                 # Only up to the safe horizon: an event that commits later at
@@ -267,7 +267,7 @@ class Console:
                 after = batch[-1]["global_position"] if batch else safe
                 if len(read) == _FEED_BATCH:
                     continue
-            if not await self.watcher.wait_beyond(after, _KEEPALIVE):
+            if not await self.watcher.wait_beyond(after, _KEEPALIVE) and not self.watcher.closing:
                 yield ": keep-alive\n\n"
 
     def _after(self, after: int, conn: Any) -> list[_queries.JSON]:
@@ -393,6 +393,14 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
     it (bearer header or login cookie); without, only loopback ``Host``
     headers are served. ``poll_interval`` is how often the store head is
     read for the live views."""
+    return build(db, token=token, poll_interval=poll_interval)[0]
+
+
+def build(
+    db: Database, *, token: str | None = None, poll_interval: float = 0.5
+) -> tuple[ASGIApp, Console]:
+    """:func:`create_app`, and the routes' shared state (for ``pupsourcing
+    ui``, which ends the live feeds when it shuts down)."""
     console = Console(db, token, poll_interval)
     stream = "{bounded_context}/{aggregate_type}/{aggregate_id:path}"
     api = [
@@ -432,4 +440,4 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
 
     handlers = {HTTPException: _error, Exception: _crash}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
-    return Guard(app, token, console.refuse)
+    return Guard(app, token, console.refuse), console

@@ -40,6 +40,8 @@ class HeadWatcher:
         self._samples: deque[tuple[float, int]] = deque()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self.closing = False
+        """Set by :meth:`end_feeds`: the live feeds end instead of waiting."""
 
     async def start(self) -> None:
         await self._sample()
@@ -50,6 +52,14 @@ class HeadWatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    async def end_feeds(self) -> None:
+        """End every live feed (the server is shutting down): each one
+        waiting for a new event returns at once instead of holding its
+        connection open until the server gives up waiting for it."""
+        self.closing = True
+        async with self._changed:
+            self._changed.notify_all()
 
     @property
     def safe(self) -> int:
@@ -97,13 +107,13 @@ class HeadWatcher:
 
     async def wait_beyond(self, position: int, timeout: float) -> bool:
         """Wait until the safe horizon passes ``position`` (at most
-        ``timeout`` seconds); whether it did."""
-        if self.safe > position:
-            return True
+        ``timeout`` seconds, or until :meth:`end_feeds`); whether it did."""
+        if self.safe > position or self.closing:
+            return self.safe > position
         async with self._changed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self.safe > position), timeout
+                    self._changed.wait_for(lambda: self.safe > position or self.closing), timeout
                 )
         return self.safe > position
 
