@@ -189,8 +189,10 @@ def test_benchmarks_compare_only_figures_of_one_run() -> None:
     """Every figure on the page was measured by ``bench/run_all.py`` in the same
     run on the same machine; published figures from elsewhere would mislead."""
     page = (DOCS / "benchmarks" / "index.md").read_text(encoding="utf-8")
-    [header] = [line for line in page.splitlines() if line.startswith("| db | key |")]
-    assert header == "| db | key | workload | figure | baseline | ratio | target |  |"
+    headers = [line for line in page.splitlines() if line.startswith("| db | key |")]
+    assert headers  # the main table, and the 10M run's when it was measured
+    for header in headers:
+        assert header == "| db | key | workload | figure | baseline | ratio | target |  |"
     assert "Go original" not in page
     assert "Go original" not in (ROOT / "bench" / "run_all.py").read_text(encoding="utf-8")
 
