@@ -169,3 +169,39 @@ def test_the_asyncio_processor_commits_the_same_way(tmp_path: Path) -> None:
     statements, level = asyncio.run(scenario())
     assert statements.count(LOWER) == 3
     assert level == 2
+
+
+class Orphan:
+    """Writes nothing until ``position``, then a row whose deferred foreign
+    key fails only at COMMIT."""
+
+    name = "orphan"
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+
+    def handle(self, e: PersistedEvent, tx: Any) -> None:
+        if e.global_position == self.position:
+            tx.execute("INSERT INTO child (parent) VALUES (42)")
+
+
+def test_a_failed_lazy_commit_puts_the_level_back(tmp_path: Path) -> None:
+    store, conn = store_with(tmp_path / "s.db", 4)
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    conn.execute(
+        "CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    conn.commit()
+    statements = traced(conn)
+    config = ProcessorConfig(batch_size=2)
+    with (
+        Processor(conn, store, config) as processor,
+        pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"),
+    ):
+        processor.catch_up(Orphan(position=3))
+    assert LOWER in batches(statements)[-1]  # the batch that failed to commit was lazy
+    assert synchronous(conn) == 2
+    assert not conn.in_transaction
+    assert store.get_checkpoint(conn, "orphan") == 2
+    assert conn.execute("SELECT count(*) FROM child").fetchone()[0] == 0

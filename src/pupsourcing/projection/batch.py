@@ -376,7 +376,13 @@ def _handle_and_advance(
         yield ROLLBACK
         yield from _end_failed_batch(dialect, opened)
         raise
-    yield COMMIT if advanced else ROLLBACK
+    try:
+        yield COMMIT if advanced else ROLLBACK
+    except Exception:
+        with contextlib.suppress(Exception):  # what a failed COMMIT left open
+            yield ROLLBACK
+        yield from _end_failed_batch(dialect, opened)
+        raise
     wrote = yield from dialect.end_batch(opened, advanced)
     if advanced:
         sub.lazy_commit = not wrote
