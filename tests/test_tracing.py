@@ -26,7 +26,7 @@ from pupsourcing import (  # noqa: E402
     tracing,
 )
 from pupsourcing.aio import AsyncProcessor  # noqa: E402
-from pupsourcing.projection import Processor  # noqa: E402
+from pupsourcing.projection import Processor, ProcessorConfig  # noqa: E402
 
 SYSTEMS = {
     "sqlite": "sqlite",
@@ -114,6 +114,10 @@ def test_append_read_and_batch_spans(backend: Backend, spans: Any) -> None:
     assert batch.attributes["pupsourcing.partition"] == 0
     assert batch.attributes["pupsourcing.event_count"] == 3
     assert batch.attributes["pupsourcing.checkpoint"] == 3
+    # Attributes that say nothing are left out: one partition, the
+    # projection's own checkpoint name.
+    assert "pupsourcing.total_partitions" not in batch.attributes
+    assert "pupsourcing.checkpoint_name" not in batch.attributes
     linked = {hex_id(link.context.trace_id) for link in batch.links}
     assert linked == {request_trace, "f" * 32}  # o-2 had no trace id
     # The handler's spans are the batch's children.
@@ -269,6 +273,30 @@ def test_a_batch_span_links_to_at_most_max_links_traces(sqlite_db: Backend, max_
         tracing.uninstrument()
     [batch] = named(exporter, "pupsourcing.projection.batch")
     assert [hex_id(link.context.trace_id) for link in batch.links] == traces[:max_links]
+
+
+def test_partitioned_batch_spans_name_their_partition(sqlite_db: Backend, spans: Any) -> None:
+    """Each partition's batch span says which partition of how many, and
+    under which checkpoint name (each partition keeps its own)."""
+    tracer, exporter = spans
+    conn = sqlite_db.connection()
+    for i in range(12):
+        sqlite_db.store.append(conn, ExpectedVersion.no_stream(), [event(f"o-{i}")])
+    conn.commit()
+    handled = 0
+    for key in range(2):
+        config = ProcessorConfig(partition_key=key, total_partitions=2)
+        with Processor(sqlite_db.connect, sqlite_db.store, config) as processor:
+            handled += processor.catch_up(Recording(tracer))
+    assert handled == 12
+    batches = named(exporter, "pupsourcing.projection.batch")
+    by_partition = {b.attributes["pupsourcing.partition"]: b.attributes for b in batches}
+    assert sorted(by_partition) == [0, 1]
+    for key, attributes in by_partition.items():
+        assert attributes["pupsourcing.total_partitions"] == 2
+        assert attributes["pupsourcing.projection"] == "recording"
+        assert attributes["pupsourcing.checkpoint_name"] == f"recording_p{key}"
+    assert sum(b.attributes["pupsourcing.event_count"] for b in batches) == 12
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "8", True])

@@ -89,6 +89,8 @@ class _TracingObserver(_observe.Observer):
         self.tracer = trace.get_tracer("pupsourcing", __version__, tracer_provider)
         self.max_links = max_links
         self._constants: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._subscriptions: dict[tuple[object, ...], dict[str, Any]] = {}
+        self._contexts: dict[str, trace.SpanContext] = {}
 
     def _constant(self, dialect: Dialect, operation: str) -> dict[str, Any]:
         """The attributes every span of ``operation`` on ``dialect`` has
@@ -101,6 +103,45 @@ class _TracingObserver(_observe.Observer):
                 found["db.operation.name"] = operation
             if len(self._constants) < 256:  # tables are few; never grow without bound
                 self._constants[key] = found
+        return found
+
+    def _subscription(self, dialect: Dialect, sub: Subscription) -> dict[str, Any]:
+        """The attributes every batch span of ``sub`` has. Those that say
+        nothing are left out, as each costs the SDK time per span: the
+        checkpoint name when it is the projection's, the partition count
+        when there is one partition."""
+        key = (
+            dialect.system_name,  # MySQL or MariaDB is learnt at the first batch
+            dialect.config.events_table,
+            sub.name,
+            sub.checkpoint_name,
+            sub.partition_key,
+            sub.total_partitions,
+        )
+        found = self._subscriptions.get(key)
+        if found is None:
+            found = {**self._constant(dialect, ""), "pupsourcing.projection": sub.name}
+            if sub.checkpoint_name != sub.name:
+                found["pupsourcing.checkpoint_name"] = sub.checkpoint_name
+            found["pupsourcing.partition"] = sub.partition_key
+            if sub.total_partitions != 1:
+                found["pupsourcing.total_partitions"] = sub.total_partitions
+            if len(self._subscriptions) >= 256:  # processors are few; never grow without bound
+                self._subscriptions.clear()
+            self._subscriptions[key] = found
+        return found
+
+    def _link_context(self, trace_id: str) -> trace.SpanContext:
+        """The span context a batch span links to for events of ``trace_id``
+        (kept for the next batches: a trace's events usually span several)."""
+        found = self._contexts.get(trace_id)
+        if found is None:
+            # An event stores its trace id only (span id 0, an invalid
+            # context): OpenTelemetry keeps such a link for its attributes.
+            found = trace.SpanContext(int(trace_id, 16), 0, is_remote=True)
+            if len(self._contexts) >= 1024:
+                self._contexts.clear()
+            self._contexts[trace_id] = found
         return found
 
     def ids(self) -> _observe.Ids | None:
@@ -184,17 +225,10 @@ class _TracingObserver(_observe.Observer):
             instruction = next(plan)
             while True:
                 if type(instruction) is Handle and span is None:
+                    attributes = self._subscription(dialect, sub).copy()
+                    attributes["pupsourcing.event_count"] = len(instruction)
                     span = self.tracer.start_span(
-                        "pupsourcing.projection.batch",
-                        start_time=started,
-                        attributes={
-                            **self._constant(dialect, ""),
-                            "pupsourcing.projection": sub.name,
-                            "pupsourcing.checkpoint_name": sub.checkpoint_name,
-                            "pupsourcing.partition": sub.partition_key,
-                            "pupsourcing.total_partitions": sub.total_partitions,
-                            "pupsourcing.event_count": len(instruction),
-                        },
+                        "pupsourcing.projection.batch", start_time=started, attributes=attributes
                     )
                     token = otel_context.attach(trace.set_span_in_context(span))
                     if self.max_links and span.is_recording():  # else links go nowhere
@@ -218,12 +252,9 @@ class _TracingObserver(_observe.Observer):
         finally:
             plan.close()
             if span is not None:
-                # An event stores its trace id only (span id 0, an invalid
-                # context): OpenTelemetry keeps such a link for its attributes.
                 for trace_id, position in traces.items():
                     span.add_link(
-                        trace.SpanContext(int(trace_id, 16), 0, is_remote=True),
-                        {"pupsourcing.global_position": position},
+                        self._link_context(trace_id), {"pupsourcing.global_position": position}
                     )
                 otel_context.detach(token)  # type: ignore[arg-type]
                 span.end()
