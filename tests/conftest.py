@@ -76,8 +76,12 @@ def _one_pymysql_tls_context() -> None:
         return create(self, params)
 
     Connection._create_ssl_ctx = once
+    PYMYSQL_OWN_TLS_CONTEXT.append(create)
 
 
+PYMYSQL_OWN_TLS_CONTEXT: list[Any] = []
+"""PyMySQL's own ``Connection._create_ssl_ctx``, before the patch above (for
+a test of what the product does about it)."""
 _one_pymysql_tls_context()
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")

@@ -9,6 +9,7 @@ and timeout query parameters reach the driver, and passwords never show.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,15 @@ from urllib.parse import quote
 import pytest
 
 from cli_helpers import assert_one_line_error, cli
-from conftest import MYSQL_HOST, PG_DSN, mysql_admin, pg_url, require, unavailable
+from conftest import (
+    MYSQL_HOST,
+    PG_DSN,
+    PYMYSQL_OWN_TLS_CONTEXT,
+    mysql_admin,
+    pg_url,
+    require,
+    unavailable,
+)
 from helpers import events
 from pupsourcing import ExpectedVersion
 from pupsourcing.aio import database as async_database
@@ -80,7 +89,8 @@ def appends(url: str, driver_module: str) -> None:
     conn = db.connect()
     aggregate = uuid.uuid4().hex
     try:
-        assert type(conn).__module__.partition(".")[0] == driver_module
+        drivers = {c.__module__.partition(".")[0] for c in type(conn).__mro__}
+        assert driver_module in drivers, type(conn).__mro__
         db.store.create_schema(conn)
         conn.commit()
         result = db.store.append(conn, ExpectedVersion.no_stream(), events(2, aggregate))
@@ -97,7 +107,8 @@ async def appends_async(url: str, driver_module: str) -> None:
     conn = await db.connect()
     aggregate = uuid.uuid4().hex
     try:
-        assert type(conn).__module__.partition(".")[0] == driver_module
+        drivers = {c.__module__.partition(".")[0] for c in type(conn).__mro__}
+        assert driver_module in drivers, type(conn).__mro__
         await db.store.create_schema(conn)
         await conn.commit()
         result = await db.store.append(conn, ExpectedVersion.no_stream(), events(2, aggregate))
@@ -205,6 +216,35 @@ def test_mysql_tls_required_is_refused_by_a_plain_server(driver: str, mysql_base
             db.connect()
         assert refused.value.args[0] in (2026, 2003), refused.value
     database(f"mysql+{driver}://{mysql_base}?ssl_mode=PREFERRED").connect().close()
+
+
+def test_pymysql_connections_share_their_preferred_tls_context(
+    mysql_base: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """PyMySQL would load the system's CA list into a new (non-verifying)
+    context for each connection of its default mode: one serves them all,
+    and the connections still work."""
+    pymysql = require("pymysql")
+    from pupsourcing.adapters.mysql import _connect
+
+    # The suite's own connections share one context by a patch: undo it here.
+    monkeypatch.setattr(
+        pymysql.connections.Connection, "_create_ssl_ctx", PYMYSQL_OWN_TLS_CONTEXT[0]
+    )
+    _connect._pymysql_connection.cache_clear()
+    request.addfinalizer(_connect._pymysql_connection.cache_clear)
+    db = database(f"mysql://{mysql_base}")
+    first, second = db.connect(), db.connect()
+    try:
+        assert isinstance(first, pymysql.connections.Connection)
+        assert first.ctx is second.ctx
+        assert first.ctx.verify_mode == ssl.CERT_NONE
+        with first.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone() == (1,)
+    finally:
+        first.close()
+        second.close()
 
 
 def test_asyncmy_and_postgres_tls_required_is_refused(pg_base: str, mysql_base: str) -> None:

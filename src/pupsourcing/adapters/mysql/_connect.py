@@ -117,7 +117,8 @@ _CIPHER = "SHOW SESSION STATUS LIKE 'Ssl_cipher'"
 def connect_url(url: DatabaseURL, create: bool, driver: Driver) -> Callable[[], Any]:
     module = import_driver(driver, "MySQL")
     kwargs, require_tls = _kwargs(url, driver)
-    opener = functools.partial(module.connect, **kwargs)
+    connect = _pymysql_connection() if driver.name == "pymysql" else module.connect
+    opener = functools.partial(connect, **kwargs)
     if not require_tls:
         return opener
 
@@ -137,6 +138,32 @@ def connect_url(url: DatabaseURL, create: bool, driver: Driver) -> Callable[[], 
         return conn
 
     return connect_tls
+
+
+@functools.cache
+def _pymysql_connection() -> Callable[..., Any]:
+    """PyMySQL's ``Connection``, sharing one TLS context among the
+    connections that negotiate TLS only if the server offers it (its default,
+    "preferred" mode). PyMySQL makes that context for every connection,
+    loading the system's CA certificates (some 40 ms of CPU each) into a
+    context that verifies nothing; one per process serves them all."""
+    from pymysql.connections import Connection
+
+    found = getattr(Connection, "_create_ssl_ctx", None)
+    if found is None:  # a PyMySQL that makes its context otherwise
+        return Connection
+    create: Callable[[Any, Any], Any] = found
+    shared: list[Any] = []
+
+    class SharedPreferredContext(Connection):
+        def _create_ssl_ctx(self, sslp: Any) -> Any:
+            if not (isinstance(sslp, dict) and not sslp):  # options given: theirs
+                return create(self, sslp)
+            if not shared:
+                shared.append(create(self, sslp))
+            return shared[0]
+
+    return SharedPreferredContext
 
 
 def connect_url_async(
