@@ -182,7 +182,7 @@ def _unwrap(rows: Sequence[Row]) -> list[PersistedEvent]:
 
 def _batch_plan(events: list[PersistedEvent]) -> Any:
     """A batch handing ``events`` over (as one-column rows, unwrapped)."""
-    yield Handle([(e,) for e in events], _unwrap)
+    yield Handle([(e,) for e in events], _unwrap, events[-1].global_position)
     return StepOutcome(len(events), idle=False)
 
 

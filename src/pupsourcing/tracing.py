@@ -227,13 +227,15 @@ class _TracingObserver(_observe.Observer):
                 if type(instruction) is Handle and span is None:
                     attributes = self._subscription(dialect, sub).copy()
                     attributes["pupsourcing.event_count"] = len(instruction)
+                    if instruction.checkpoint is not None:
+                        attributes["pupsourcing.checkpoint"] = instruction.checkpoint
                     span = self.tracer.start_span(
                         "pupsourcing.projection.batch", start_time=started, attributes=attributes
                     )
                     token = otel_context.attach(trace.set_span_in_context(span))
                     if self.max_links and span.is_recording():  # else links go nowhere
                         decode = _collecting(instruction.decode, traces, self.max_links)
-                        instruction = Handle(instruction.rows, decode)
+                        instruction = Handle(instruction.rows, decode, instruction.checkpoint)
                 try:
                     answer = yield instruction
                 except Exception as exc:
@@ -241,8 +243,6 @@ class _TracingObserver(_observe.Observer):
                 else:
                     instruction = plan.send(answer)
         except StopIteration as stop:
-            if span is not None:
-                span.set_attribute("pupsourcing.checkpoint", sub.checkpoint or 0)
             outcome: Any = stop.value
             return outcome  # type: ignore[no-any-return]
         except BaseException as exc:

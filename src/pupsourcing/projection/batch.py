@@ -45,6 +45,9 @@ class Handle:
 
     rows: Sequence[Row]
     decode: Callable[[Sequence[Row]], list[PersistedEvent]]
+    checkpoint: int | None = None
+    """The checkpoint the batch moves to when it commits (``None``: it moves
+    none, as a dead letter's replay)."""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -231,7 +234,7 @@ def step(
         statement, high = _next_read(dialect, sub, checkpoint, upto)
         ahead = ReadAhead(checkpoint, high, upto, (yield statement))
     fetched, within, position = _fit(sub, ahead)
-    events = Handle(sub.select(within), sub.decoder(dialect))
+    events = Handle(sub.select(within), sub.decoder(dialect), position)
     # While the horizon is past the batch, the next batch is read in this
     # batch's transaction where the database can do it in the same round
     # trip as the checkpoint's compare-and-set.

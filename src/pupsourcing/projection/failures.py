@@ -64,7 +64,9 @@ def dead_letter_step(
     # The failing event was in the batch: the events up to it fit in one.
     rows = yield _fetch_statement(dialect, sub, checkpoint, position)
     events = Handle(
-        [row for row in sub.select(rows) if int(row[0]) < position], sub.decoder(dialect)
+        [row for row in sub.select(rows) if int(row[0]) < position],
+        sub.decoder(dialect),
+        position,
     )
     advanced, _ = yield from _handle_and_advance(
         dialect,
