@@ -231,8 +231,8 @@ def test_pymysql_connections_share_their_preferred_tls_context(
     monkeypatch.setattr(
         pymysql.connections.Connection, "_create_ssl_ctx", PYMYSQL_OWN_TLS_CONTEXT[0]
     )
-    _connect._pymysql_connection.cache_clear()
-    request.addfinalizer(_connect._pymysql_connection.cache_clear)
+    _connect._shared_preferred.cache_clear()
+    request.addfinalizer(_connect._shared_preferred.cache_clear)
     db = database(f"mysql://{mysql_base}")
     first, second = db.connect(), db.connect()
     try:
@@ -245,6 +245,24 @@ def test_pymysql_connections_share_their_preferred_tls_context(
     finally:
         first.close()
         second.close()
+
+
+def test_pymysql_preferred_with_tls_options_still_connects_to_a_plain_server(
+    mysql_base: str,
+) -> None:
+    """``PREFERRED`` means TLS when the server offers it: a CA or a client
+    certificate given with it must not make PyMySQL insist on TLS."""
+    ca = ssl.get_default_verify_paths().cafile
+    assert ca is not None
+    conn = database(f"mysql+pymysql://{mysql_base}?ssl_mode=PREFERRED&ssl_ca={ca}").connect()
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone() == (1,)
+        assert conn.ctx is not None
+        assert conn.ctx.verify_mode == ssl.CERT_NONE
+    finally:
+        conn.close()
 
 
 def test_asyncmy_and_postgres_tls_required_is_refused(pg_base: str, mysql_base: str) -> None:

@@ -117,7 +117,12 @@ _CIPHER = "SHOW SESSION STATUS LIKE 'Ssl_cipher'"
 def connect_url(url: DatabaseURL, create: bool, driver: Driver) -> Callable[[], Any]:
     module = import_driver(driver, "MySQL")
     kwargs, require_tls = _kwargs(url, driver)
-    connect = _pymysql_connection() if driver.name == "pymysql" else module.connect
+    connect = module.connect
+    if driver.name == "pymysql":
+        # A context of the URL's own in "preferred" mode: PyMySQL would take
+        # it as TLS required; it has to come where its preferred mode looks.
+        preferred = kwargs.pop("ssl", None) if _mode(url.params) == "PREFERRED" else None
+        connect = _pymysql_connection(preferred) if preferred else _shared_preferred()
     opener = functools.partial(connect, **kwargs)
     if not require_tls:
         return opener
@@ -140,30 +145,33 @@ def connect_url(url: DatabaseURL, create: bool, driver: Driver) -> Callable[[], 
     return connect_tls
 
 
-@functools.cache
-def _pymysql_connection() -> Callable[..., Any]:
-    """PyMySQL's ``Connection``, sharing one TLS context among the
-    connections that negotiate TLS only if the server offers it (its default,
-    "preferred" mode). PyMySQL makes that context for every connection,
-    loading the system's CA certificates (some 40 ms of CPU each) into a
-    context that verifies nothing; one per process serves them all."""
+def _pymysql_connection(context: ssl.SSLContext | None = None) -> Callable[..., Any]:
+    """PyMySQL's ``Connection`` whose "preferred" mode (TLS only if the
+    server offers it: the default) uses ``context``; without one, the first
+    connection's context serves every later one. PyMySQL makes that context
+    for each connection, loading the system's CA certificates (some 40 ms of
+    CPU) into a context that verifies nothing."""
     from pymysql.connections import Connection
 
     found = getattr(Connection, "_create_ssl_ctx", None)
     if found is None:  # a PyMySQL that makes its context otherwise
-        return Connection
+        return Connection if context is None else functools.partial(Connection, ssl=context)
     create: Callable[[Any, Any], Any] = found
-    shared: list[Any] = []
+    made: list[Any] = [] if context is None else [context]
 
-    class SharedPreferredContext(Connection):
+    class PreferredContext(Connection):
         def _create_ssl_ctx(self, sslp: Any) -> Any:
             if not (isinstance(sslp, dict) and not sslp):  # options given: theirs
                 return create(self, sslp)
-            if not shared:
-                shared.append(create(self, sslp))
-            return shared[0]
+            if not made:
+                made.append(create(self, sslp))
+            return made[0]
 
-    return SharedPreferredContext
+    return PreferredContext
+
+
+_shared_preferred = functools.cache(_pymysql_connection)
+"""The ``Connection`` of every PyMySQL URL without TLS options of its own."""
 
 
 def connect_url_async(
