@@ -17,7 +17,16 @@ import pytest
 
 from cli_helpers import cli_process
 from conftest import Backend, close_backend, make_backend
-from console_helpers import TLS, TRACED, XSS, Server, seed, start_server
+from console_helpers import (
+    TLS,
+    TRACED,
+    XSS,
+    Server,
+    ThreadServer,
+    seed,
+    serve_mounted,
+    start_server,
+)
 from helpers import event, query
 from pupsourcing import ExpectedVersion
 from pupsourcing.console._readonly import open_read_only
@@ -481,10 +490,10 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Back
 class Feed:
     """Reads a server-sent event stream on a thread, one event at a time."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.opened = threading.Event()
-        self._client = httpx.Client(timeout=30, verify=TLS)
+        self._client = httpx.Client(timeout=30, verify=TLS, headers=headers)
         self._thread = threading.Thread(target=self._read, args=(url,), daemon=True)
         self._thread.start()
         assert self.opened.wait(10), "the feed did not open"
@@ -740,3 +749,54 @@ def test_the_static_files_ship_in_the_package() -> None:
     script = (static / "console.js").read_text(encoding="utf-8")
     assert "innerHTML" not in script  # every value goes in as text
     assert (static / "console.css").read_text(encoding="utf-8").strip()
+
+
+# -- served under a path ------------------------------------------------------------------
+
+MOUNTED_TOKEN = "m0unted-token"
+BEARER = {"Authorization": f"Bearer {MOUNTED_TOKEN}"}
+
+
+@pytest.fixture(scope="module", params=["mount", "root-path"])
+def mounted(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ThreadServer]:
+    """The console with a token under ``/console``, mounted in another
+    Starlette application or served with uvicorn's root path, on a store
+    holding the seeded events and one keyed with slashes (position 16)."""
+    backend = make_backend("sqlite", tmp_path_factory.mktemp("mounted"))
+    try:
+        seed(backend)
+        conn = backend.connect()
+        try:
+            key = {"bounded_context": "Sales/EU", "aggregate_type": "Order/Line"}
+            backend.store.append(conn, ExpectedVersion.any(), [event("o-9", **key)])
+            conn.commit()
+        finally:
+            conn.close()
+        running = serve_mounted(backend, request.param, token=MOUNTED_TOKEN)
+        try:
+            yield running
+        finally:
+            running.stop()
+    finally:
+        close_backend(backend)
+
+
+def under(server: ThreadServer, path: str, **kwargs: Any) -> httpx.Response:
+    return httpx.get(server.url(path), timeout=10, verify=TLS, **kwargs)
+
+
+def test_mounted_live_data(mounted: ThreadServer) -> None:
+    """The head watcher runs though no lifespan starts a mounted
+    application's: the log's newest page, the rates and the live feed
+    follow the safe horizon it reads."""
+    log = under(mounted, "/api/log", headers=BEARER)
+    assert [e["global_position"] for e in log.json()] == list(range(16, 0, -1))
+    rates = under(mounted, "/api/overview", headers=BEARER).json()["events_per_second"]
+    assert rates["watched_seconds"] >= 0
+    feed = Feed(mounted.url("/api/events/live?after=14"), headers=BEARER)
+    try:
+        assert [feed.next()["global_position"], feed.next()["global_position"]] == [15, 16]
+    finally:
+        feed.close()

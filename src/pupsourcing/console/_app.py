@@ -173,6 +173,7 @@ class Console:
         return JSONResponse(await self.read(lambda c: _queries.projections(self.db, c)))
 
     async def api_overview(self, request: Request) -> Response:
+        await self.watcher.start()
         found = await self.read(lambda c: _queries.overview(self.db, c))
         return JSONResponse({**found, "events_per_second": self.watcher.rates()})
 
@@ -196,6 +197,7 @@ class Console:
         before = _int(request, "before", None, 1, MAX_POSITION)
         limit = _int(request, "limit", 50, 1, MAX_LIMIT) or 50
         if before is None:  # the newest page ends at the safe horizon, where the feed starts
+            await self.watcher.start()
             before = self.watcher.safe + 1
         page = await self.read(lambda c: _queries.log_page(self.db, c, before, limit))
         return JSONResponse(page)
@@ -240,6 +242,7 @@ class Console:
     async def api_live(self, request: Request) -> Response:
         """Server-sent events: every event after ``after`` (or the
         ``Last-Event-ID``), then each new one as it is committed."""
+        await self.watcher.start()
         resume = _integer(request.headers.get("last-event-id", ""), 0, MAX_POSITION)
         if resume is not None:
             after = resume
