@@ -406,7 +406,9 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
     (:func:`pupsourcing.urls.database`). With ``token`` every request needs
     it (bearer header or login cookie); without, only loopback ``Host``
     headers are served. ``poll_interval`` is how often the store head is
-    read for the live views."""
+    read for the live views. It can be mounted under a path (Starlette's
+    ``Mount``, or a server's ``root_path``): every URL it serves and links
+    to stays under that path."""
     return build(db, token=token, poll_interval=poll_interval)[0]
 
 
