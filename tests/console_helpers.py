@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,78 @@ def start_server(url: str, *args: str, token: str | None = None) -> Server:
             time.sleep(0.1)
     process.kill()
     raise AssertionError(f"pupsourcing ui did not start: {process.communicate()[1]}")
+
+
+PREFIX = "/console"
+"""Where :func:`serve_mounted` serves the console."""
+
+
+@dataclass
+class ThreadServer:
+    """uvicorn serving an application on a thread of this process."""
+
+    server: Any
+    thread: threading.Thread
+    base: str
+    root: str
+    """What a client puts in front of the console's paths: :data:`PREFIX`
+    for a mount; nothing with a root path, where the proxy in front has
+    taken the prefix off (the console still puts it in its URLs)."""
+
+    def url(self, path: str) -> str:
+        return self.base + self.root + path
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def serve_mounted(backend: Backend, how: str, token: str | None = None) -> ThreadServer:
+    """The console for ``backend``'s store served under :data:`PREFIX`:
+    ``how`` is ``"mount"`` (a ``Mount`` in another Starlette application,
+    which runs no lifespan for it) or ``"root-path"`` (uvicorn's
+    ``--root-path``, as behind a proxy that strips the prefix)."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    from pupsourcing.console import create_app
+    from pupsourcing.urls import database
+
+    console = create_app(
+        database(backend.url, backend.store.config, create=False), token=token, poll_interval=0.2
+    )
+    root_path = ""
+    if how == "mount":
+        outer = Starlette(
+            routes=[
+                Route("/", lambda request: PlainTextResponse("the outer application")),
+                Mount(PREFIX, app=console),
+            ]
+        )
+    else:
+        outer, root_path = console, PREFIX
+    port = free_port()
+    config = uvicorn.Config(
+        outer,
+        host="127.0.0.1",
+        port=port,
+        root_path=root_path,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise AssertionError("uvicorn did not start")
+        time.sleep(0.05)
+    return ThreadServer(server, thread, f"http://127.0.0.1:{port}", "" if root_path else PREFIX)
 
 
 class Poisoned:

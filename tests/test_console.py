@@ -9,6 +9,7 @@ import json
 import queue
 import threading
 from collections.abc import Iterator
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,17 @@ import pytest
 
 from cli_helpers import cli_process
 from conftest import Backend, close_backend, make_backend
-from console_helpers import TLS, TRACED, XSS, Server, seed, start_server
+from console_helpers import (
+    PREFIX,
+    TLS,
+    TRACED,
+    XSS,
+    Server,
+    ThreadServer,
+    seed,
+    serve_mounted,
+    start_server,
+)
 from helpers import event, query
 from pupsourcing import ExpectedVersion
 from pupsourcing.console._readonly import open_read_only
@@ -376,15 +387,20 @@ def test_every_api_path_answers_json(console: Server, path: str) -> None:
     assert response.json() == {"error": "Not Found"}
 
 
-def in_process(db: Any, path: str, *, raise_errors: bool) -> httpx.Response:
-    """GET ``path`` from the console application run in this process."""
+def in_process(db: Any, path: str, *, raise_errors: bool, mount: str = "") -> httpx.Response:
+    """GET ``path`` from the console application run in this process
+    (``mount``ed at that path in another Starlette application if given)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
     from pupsourcing.console import create_app
 
     async def answer() -> httpx.Response:
         app = create_app(db)
         inner = app.app  # the Starlette application inside the Guard
+        served = Starlette(routes=[Mount(mount, app=app)]) if mount else app
         async with inner.router.lifespan_context(inner):
-            transport = httpx.ASGITransport(app, raise_app_exceptions=raise_errors)
+            transport = httpx.ASGITransport(served, raise_app_exceptions=raise_errors)
             async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
                 return await c.get(path)
 
@@ -403,11 +419,12 @@ def test_an_unexpected_error_is_a_json_500_without_details(
     try:
         db = database(backend.url, backend.store.config, create=False)
         monkeypatch.setattr(_queries, "projections", broken)
-        response = in_process(db, "/api/projections", raise_errors=False)
-        assert response.status_code == 500
-        assert response.headers["content-type"] == "application/json"
-        assert response.json() == {"error": "internal error"}
-        assert response.headers["x-frame-options"] == "DENY"
+        for path, mount in [("/api/projections", ""), (f"{PREFIX}/api/projections", PREFIX)]:
+            response = in_process(db, path, raise_errors=False, mount=mount)
+            assert response.status_code == 500, path
+            assert response.headers["content-type"] == "application/json"
+            assert response.json() == {"error": "internal error"}
+            assert response.headers["x-frame-options"] == "DENY"
         # The error still reaches the server, which logs it with its traceback.
         with pytest.raises(RuntimeError, match="secret internals"):
             in_process(db, "/api/projections", raise_errors=True)
@@ -481,10 +498,10 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Back
 class Feed:
     """Reads a server-sent event stream on a thread, one event at a time."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.opened = threading.Event()
-        self._client = httpx.Client(timeout=30, verify=TLS)
+        self._client = httpx.Client(timeout=30, verify=TLS, headers=headers)
         self._thread = threading.Thread(target=self._read, args=(url,), daemon=True)
         self._thread.start()
         assert self.opened.wait(10), "the feed did not open"
@@ -740,3 +757,140 @@ def test_the_static_files_ship_in_the_package() -> None:
     script = (static / "console.js").read_text(encoding="utf-8")
     assert "innerHTML" not in script  # every value goes in as text
     assert (static / "console.css").read_text(encoding="utf-8").strip()
+
+
+# -- served under a path ------------------------------------------------------------------
+
+MOUNTED_TOKEN = "m0unted-token"
+BEARER = {"Authorization": f"Bearer {MOUNTED_TOKEN}"}
+
+
+@pytest.fixture(scope="module", params=["mount", "root-path"])
+def mounted(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ThreadServer]:
+    """The console with a token under ``/console``, mounted in another
+    Starlette application or served with uvicorn's root path, on a store
+    holding the seeded events and one keyed with slashes (position 16)."""
+    backend = make_backend("sqlite", tmp_path_factory.mktemp("mounted"))
+    try:
+        seed(backend)
+        conn = backend.connect()
+        try:
+            key = {"bounded_context": "Sales/EU", "aggregate_type": "Order/Line"}
+            backend.store.append(conn, ExpectedVersion.any(), [event("o-9", **key)])
+            conn.commit()
+        finally:
+            conn.close()
+        running = serve_mounted(backend, request.param, token=MOUNTED_TOKEN)
+        try:
+            yield running
+        finally:
+            running.stop()
+    finally:
+        close_backend(backend)
+
+
+def under(server: ThreadServer, path: str, **kwargs: Any) -> httpx.Response:
+    return httpx.get(server.url(path), timeout=10, verify=TLS, **kwargs)
+
+
+def test_mounted_api_answers_json(mounted: ThreadServer) -> None:
+    assert under(mounted, "/api/head", headers=BEARER).json() == {"head": 16}
+    assert len(under(mounted, "/api/projections", headers=BEARER).json()) == 3
+    for path in ("/api/x", "/api/head/", "/api"):
+        unknown = under(mounted, path, headers=BEARER)
+        assert unknown.status_code == 404, path
+        assert unknown.json() == {"error": "Not Found"}, path
+    missing = under(mounted, "/api/streams/Shop/Order/nobody", headers=BEARER)
+    assert (missing.status_code, missing.headers["content-type"]) == (404, "application/json")
+    assert under(mounted, "/api/events?limit=0", headers=BEARER).status_code == 400
+
+
+def test_mounted_pages_link_under_the_path(mounted: ThreadServer) -> None:
+    for path in ("/", "/streams", "/streams/Shop/Order/order-1", "/log", "/dead-letters"):
+        page = under(mounted, path, headers=BEARER)
+        assert page.status_code == 200, path
+        assert page.headers["content-type"].startswith("text/html")
+        assert page.headers["x-frame-options"] == "DENY"
+        assert f'data-root="{PREFIX}"' in page.text
+        assert f'href="{PREFIX}/static/console.css"' in page.text
+        assert f'src="{PREFIX}/static/console.js"' in page.text
+        assert f'href="{PREFIX}/streams"' in page.text
+        assert 'href="/' not in page.text.replace(f'href="{PREFIX}/', "")
+    for asset in ("/static/console.js", "/static/console.css"):
+        assert under(mounted, asset, headers=BEARER).status_code == 200, asset
+    unknown = under(mounted, "/nothing", headers=BEARER)
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"].startswith("text/html")
+    assert f'href="{PREFIX}/static/console.css"' in unknown.text
+
+
+def test_mounted_keys_holding_a_slash(mounted: ThreadServer) -> None:
+    found = under(mounted, "/api/streams/Sales%2FEU/Order%2FLine/o-9", headers=BEARER)
+    assert found.status_code == 200, found.text
+    [e] = found.json()["events"]
+    assert (e["bounded_context"], e["aggregate_type"], e["global_position"]) == (
+        "Sales/EU",
+        "Order/Line",
+        16,
+    )
+    page = under(mounted, "/streams/Sales%2FEU/Order%2FLine/o-9", headers=BEARER)
+    assert page.status_code == 200
+    assert 'data-bounded-context="Sales/EU"' in page.text
+    assert f'data-root="{PREFIX}"' in page.text
+    assert under(mounted, "/api/streams/Sales/EU/Order/Line/o-9", headers=BEARER).status_code == 404
+
+
+def test_mounted_live_data(mounted: ThreadServer) -> None:
+    """The head watcher runs though no lifespan starts a mounted
+    application's: the log's newest page, the rates and the live feed
+    follow the safe horizon it reads."""
+    log = under(mounted, "/api/log", headers=BEARER)
+    assert [e["global_position"] for e in log.json()] == list(range(16, 0, -1))
+    rates = under(mounted, "/api/overview", headers=BEARER).json()["events_per_second"]
+    assert rates["watched_seconds"] >= 0
+    feed = Feed(mounted.url("/api/events/live?after=14"), headers=BEARER)
+    try:
+        assert [feed.next()["global_position"], feed.next()["global_position"]] == [15, 16]
+    finally:
+        feed.close()
+
+
+def test_mounted_sign_in(mounted: ThreadServer) -> None:
+    """Without the token only the login page and the stylesheet are
+    served; signing in leads back under the path, never elsewhere."""
+    form = under(mounted, "/login")
+    assert form.status_code == 200
+    assert f'action="{PREFIX}/login"' in form.text
+    assert f'href="{PREFIX}/static/console.css"' in form.text
+    assert under(mounted, "/static/console.css").status_code == 200
+    assert under(mounted, "/static/console.js").status_code == 401
+    api = under(mounted, "/api/head")
+    assert (api.status_code, api.headers["content-type"]) == (401, "application/json")
+    assert "authentication required" in api.json()["error"]
+    page = under(mounted, "/log")
+    assert (page.status_code, page.headers["content-type"]) == (401, "text/html; charset=utf-8")
+    assert 'name="next" value="/log"' in page.text
+    assert f'action="{PREFIX}/login"' in page.text
+    with httpx.Client(base_url=mounted.base, timeout=10, verify=TLS) as client:
+        refused = client.post(mounted.url("/login"), data={"token": "nope", "next": "/log"})
+        assert refused.status_code == 401
+        assert f'action="{PREFIX}/login"' in refused.text
+        signed_in = client.post(
+            mounted.url("/login"), data={"token": MOUNTED_TOKEN, "next": "/streams"}
+        )
+        assert signed_in.status_code == 303
+        assert signed_in.headers["location"] == f"{PREFIX}/streams"
+        # The cookie is for the console's paths only (as the browser sees
+        # them: behind the proxy, under the prefix too).
+        [(name, morsel)] = SimpleCookie(signed_in.headers["set-cookie"]).items()
+        assert morsel["path"] == PREFIX
+        cookie = {"Cookie": f"{name}={morsel.value}"}
+        assert under(mounted, "/api/head", headers=cookie).json() == {"head": 16}
+        assert under(mounted, "/log", headers=cookie).status_code == 200
+        for elsewhere in ("//evil.example", "https://evil.example/", "/\\evil.example"):
+            again = client.post(
+                mounted.url("/login"), data={"token": MOUNTED_TOKEN, "next": elsewhere}
+            )
+            assert again.headers["location"] == f"{PREFIX}/", elsewhere

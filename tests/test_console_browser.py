@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from conftest import Backend, close_backend, make_backend, missing, require
-from console_helpers import XSS, Server, seed, start_server
+from console_helpers import XSS, Server, ThreadServer, seed, serve_mounted, start_server
 from helpers import event
 from pupsourcing import ExpectedVersion
 
@@ -43,6 +43,21 @@ def shown(tmp_path: Path) -> Iterator[tuple[Backend, Server]]:
     try:
         seed(backend)
         running = start_server(backend.url, token=TOKEN)
+        try:
+            yield backend, running
+        finally:
+            running.stop()
+    finally:
+        close_backend(backend)
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[tuple[Backend, ThreadServer]]:
+    """The console mounted at ``/console`` in another Starlette application."""
+    backend = make_backend("sqlite", tmp_path)
+    try:
+        seed(backend)
+        running = serve_mounted(backend, "mount", token=TOKEN)
         try:
             yield backend, running
         finally:
@@ -128,5 +143,55 @@ def test_overview_stream_and_live_events(browser: Any, shown: tuple[Backend, Ser
     page.get_by_role("link", name="Sales/EU / Order / eu-1").click()
     expect(page).to_have_url(re.compile(r"/streams/Sales%2FEU/Order/eu-1$"))
     expect(page.get_by_role("list", name="events").locator(":scope > li")).to_have_count(1)
+
+    assert problems == []
+
+
+def test_mounted_under_a_path(browser: Any, mounted: tuple[Backend, ThreadServer]) -> None:
+    """Mounted at /console: signing in, the stylesheet, every page's data
+    and the live log, all fetched under the path."""
+    from playwright.sync_api import expect
+
+    backend, server = mounted
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on(
+        "response",
+        lambda r: r.status >= 400 and problems.append(f"{r.status} {r.request.method} {r.url}"),
+    )
+    page.on(  # (leaving the log aborts its live feed)
+        "requestfailed",
+        lambda r: r.failure != "net::ERR_ABORTED" and problems.append(f"{r.failure}: {r.url}"),
+    )
+
+    page.goto(server.url("/log"))  # the login page (a 401), then back to the log
+    problems.clear()
+    page.get_by_label("Access token").fill(TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(server.url("/log"))
+    log = page.get_by_role("list", name="events, newest first").locator(":scope > li")
+    expect(log).to_have_count(15)
+    position = append(backend, "order-0", "Refunded", {"n": 2})
+    expect(log.first).to_contain_text("Refunded", timeout=10_000)  # live
+    expect(log.first).to_contain_text(f"#{position}")
+    # The stylesheet applies: the skip link is moved out of sight.
+    box = page.locator("a.skip").bounding_box()
+    assert box is not None
+    assert box["x"] < 0
+
+    page.get_by_role("link", name="Overview").click()
+    expect(page).to_have_url(server.url("/"))
+    expect(page.locator(".card").filter(has_text="store head")).to_contain_text("16")
+    page.get_by_role("link", name="1", exact=True).click()  # billing's dead letter
+    expect(page).to_have_url(server.url("/dead-letters?projection=billing"))
+    expect(page.get_by_role("table")).to_contain_text("cannot bill poison")
+
+    page.get_by_role("link", name="Streams").click()
+    page.get_by_label("Aggregate id or prefix").fill("order-1")
+    page.get_by_role("button", name="Search").click()
+    page.get_by_role("link", name="Shop / Order / order-1").click()
+    expect(page).to_have_url(server.url("/streams/Shop/Order/order-1"))
+    expect(page.get_by_role("list", name="events").locator(":scope > li")).to_have_count(5)
 
     assert problems == []

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pupsourcing.cli._db import driver_error_message, is_driver_error
 from pupsourcing.console import _pages, _queries
+from pupsourcing.console._paths import below, route_path, url_root
 from pupsourcing.console._readonly import Reader
 from pupsourcing.console._security import COOKIE, Guard, cookie_value, token_matches
 from pupsourcing.console._watch import HeadWatcher
@@ -88,9 +89,8 @@ def _raw_route_path(scope: Scope) -> str | None:
     if not raw:
         return None
     text = raw.decode("latin-1")  # ASCII on the wire
-    path, root = scope["path"], scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
+    root = scope.get("root_path", "")  # this router's: under /api, the API's
+    path = below(scope["path"], root)
     start = 0  # raw_path holds the root path too: skip as many segments
     for _ in range(root.count("/")):
         start = text.find("/", start + 1)
@@ -173,6 +173,7 @@ class Console:
         return JSONResponse(await self.read(lambda c: _queries.projections(self.db, c)))
 
     async def api_overview(self, request: Request) -> Response:
+        await self.watcher.start()
         found = await self.read(lambda c: _queries.overview(self.db, c))
         return JSONResponse({**found, "events_per_second": self.watcher.rates()})
 
@@ -196,6 +197,7 @@ class Console:
         before = _int(request, "before", None, 1, MAX_POSITION)
         limit = _int(request, "limit", 50, 1, MAX_LIMIT) or 50
         if before is None:  # the newest page ends at the safe horizon, where the feed starts
+            await self.watcher.start()
             before = self.watcher.safe + 1
         page = await self.read(lambda c: _queries.log_page(self.db, c, before, limit))
         return JSONResponse(page)
@@ -240,6 +242,7 @@ class Console:
     async def api_live(self, request: Request) -> Response:
         """Server-sent events: every event after ``after`` (or the
         ``Last-Event-ID``), then each new one as it is committed."""
+        await self.watcher.start()
         resume = _integer(request.headers.get("last-event-id", ""), 0, MAX_POSITION)
         if resume is not None:
             after = resume
@@ -276,10 +279,12 @@ class Console:
     # -- pages ------------------------------------------------------------------------
 
     async def overview_page(self, request: Request) -> Response:
-        return HTMLResponse(_pages.page("Overview", "overview"))
+        return HTMLResponse(_pages.page("Overview", "overview", root=url_root(request.scope)))
 
     async def streams_page(self, request: Request) -> Response:
-        return HTMLResponse(_pages.page("Streams", "streams", _pages.STREAM_SEARCH))
+        return HTMLResponse(
+            _pages.page("Streams", "streams", _pages.STREAM_SEARCH, root=url_root(request.scope))
+        )
 
     async def stream_page(self, request: Request) -> Response:
         bc, kind, aid = _key(request)
@@ -288,6 +293,7 @@ class Console:
                 f"{kind} {aid}",
                 "stream",
                 _pages.STREAM_RANGE,
+                root=url_root(request.scope),
                 bounded_context=bc,
                 aggregate_type=kind,
                 aggregate_id=aid,
@@ -295,10 +301,12 @@ class Console:
         )
 
     async def log_page(self, request: Request) -> Response:
-        return HTMLResponse(_pages.page("Global log", "log"))
+        return HTMLResponse(_pages.page("Global log", "log", root=url_root(request.scope)))
 
     async def dead_letters_page(self, request: Request) -> Response:
-        return HTMLResponse(_pages.page("Dead letters", "dead-letters"))
+        return HTMLResponse(
+            _pages.page("Dead letters", "dead-letters", root=url_root(request.scope))
+        )
 
     async def static_file(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -315,7 +323,8 @@ class Console:
         return await self.login_form(request)
 
     async def login_form(self, request: Request) -> Response:
-        return HTMLResponse(_pages.login(next_path=_safe_next(request.query_params.get("next"))))
+        next_path = _safe_next(request.query_params.get("next"))
+        return HTMLResponse(_pages.login(next_path=next_path, root=url_root(request.scope)))
 
     async def login(self, request: Request) -> Response:
         body = await request.body()
@@ -324,15 +333,17 @@ class Console:
         form = parse_qs(body.decode("utf-8", "replace"))
         given = (form.get("token") or [""])[0]
         next_path = _safe_next((form.get("next") or ["/"])[0])
+        root = url_root(request.scope)
         if self.token is None:
-            return RedirectResponse(next_path, 303)
+            return RedirectResponse(root + next_path, 303)
         if not token_matches(given.encode("utf-8"), self.token):
             await asyncio.sleep(_LOGIN_PAUSE)  # slows guessing down
-            return HTMLResponse(_pages.login("That token is not right.", next_path), 401)
-        response = RedirectResponse(next_path, 303)
+            return HTMLResponse(_pages.login("That token is not right.", next_path, root), 401)
+        response = RedirectResponse(root + next_path, 303)
         response.set_cookie(
             COOKIE,
             cookie_value(self.token),
+            path=root or "/",  # only the console's paths: not a whole site it is mounted in
             httponly=True,
             samesite="strict",
             secure=request.url.scheme == "https",
@@ -342,7 +353,7 @@ class Console:
     async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         """What a request gets without the token (or, without a token, with
         a ``Host`` that is not loopback)."""
-        path = scope["path"]
+        path = route_path(scope)
         response: Response
         if self.token is None:
             response = JSONResponse({"error": "the Host header must name a loopback address"}, 403)
@@ -353,12 +364,14 @@ class Console:
                 headers={"WWW-Authenticate": 'Bearer realm="pupsourcing"'},
             )
         else:
-            response = HTMLResponse(_pages.login(next_path=_safe_next(path)), 401)
+            login = _pages.login(next_path=_safe_next(path), root=url_root(scope))
+            response = HTMLResponse(login, 401)
         await response(scope, receive, send)
 
 
 def _safe_next(path: str | None) -> str:
-    """A path on this site to go to after signing in (never another site)."""
+    """A path below the console's root path to go to after signing in
+    (never another site)."""
     if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
         return "/"
     return path
@@ -370,15 +383,16 @@ def _is_api(path: str) -> bool:
 
 async def _error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if _is_api(request.url.path) or exc.status_code != 404:
+    if _is_api(route_path(request.scope)) or exc.status_code != 404:
         return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
-    return HTMLResponse(_pages.page("Not found", "none"), 404, headers=exc.headers)
+    page = _pages.page("Not found", "none", root=url_root(request.scope))
+    return HTMLResponse(page, 404, headers=exc.headers)
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
     """A 500 for an unexpected exception: JSON under ``/api``, no details
     (Starlette raises the exception on to the server, which logs it)."""
-    if _is_api(request.url.path):
+    if _is_api(route_path(request.scope)):
         return JSONResponse({"error": "internal error"}, 500)
     return PlainTextResponse("Internal Server Error", 500)
 
@@ -392,7 +406,9 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
     (:func:`pupsourcing.urls.database`). With ``token`` every request needs
     it (bearer header or login cookie); without, only loopback ``Host``
     headers are served. ``poll_interval`` is how often the store head is
-    read for the live views."""
+    read for the live views. It can be mounted under a path (Starlette's
+    ``Mount``, or a server's ``root_path``): every URL it serves and links
+    to stays under that path."""
     return build(db, token=token, poll_interval=poll_interval)[0]
 
 

@@ -1,5 +1,9 @@
 """The HTML pages: a small shell each; ``console.js`` fills it from the
-JSON API (as text, never as markup)."""
+JSON API (as text, never as markup).
+
+Every URL in them starts with ``root``, the path the console is served
+under (``""`` at the root of a server, already percent-encoded); the
+script reads it from the page (``data-root``)."""
 
 from __future__ import annotations
 
@@ -15,13 +19,14 @@ _NAV = (
 _CURRENT = ' aria-current="page"'
 
 
-def page(title: str, view: str, body: str = "", **data: str) -> str:
+def page(title: str, view: str, body: str = "", *, root: str = "", **data: str) -> str:
     """A console page: the navigation, ``body`` (trusted markup) and the
     ``data-*`` attributes ``console.js`` reads (escaped here)."""
+    data = {"root": root, **data}
     attrs = "".join(f' data-{escape(k.replace("_", "-"))}="{escape(v)}"' for k, v in data.items())
     current = "streams" if view == "stream" else view
     links = "".join(
-        f'<li><a href="{href}"{_CURRENT if key == current else ""}>{label}</a></li>'
+        f'<li><a href="{escape(root + href)}"{_CURRENT if key == current else ""}>{label}</a></li>'
         for href, label, key in _NAV
     )
     return f"""<!doctype html>
@@ -30,8 +35,8 @@ def page(title: str, view: str, body: str = "", **data: str) -> str:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)} · pupsourcing</title>
-<link rel="stylesheet" href="/static/console.css">
-<script src="/static/console.js" defer></script>
+<link rel="stylesheet" href="{escape(root)}/static/console.css">
+<script src="{escape(root)}/static/console.js" defer></script>
 </head>
 <body data-view="{escape(view)}"{attrs}>
 <a class="skip" href="#main">Skip to content</a>
@@ -48,7 +53,8 @@ def page(title: str, view: str, body: str = "", **data: str) -> str:
 """
 
 
-def login(error: str | None = None, next_path: str = "/") -> str:
+def login(error: str | None = None, next_path: str = "/", root: str = "") -> str:
+    """The sign-in form; ``next_path`` (below ``root``) is where it leads."""
     message = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
     return f"""<!doctype html>
 <html lang="en">
@@ -56,13 +62,13 @@ def login(error: str | None = None, next_path: str = "/") -> str:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Sign in · pupsourcing</title>
-<link rel="stylesheet" href="/static/console.css">
+<link rel="stylesheet" href="{escape(root)}/static/console.css">
 </head>
 <body>
 <main id="main" class="login">
 <h1>pupsourcing console</h1>
 {message}
-<form method="post" action="/login">
+<form method="post" action="{escape(root)}/login">
 <input type="hidden" name="next" value="{escape(next_path)}">
 <label for="token">Access token</label>
 <input id="token" name="token" type="password" autocomplete="current-password" required>

@@ -16,6 +16,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pupsourcing.console._paths import ROOT, route_path
+
 COOKIE = "pupsourcing_console"
 
 HEADERS = [
@@ -31,6 +33,7 @@ HEADERS = [
 ]
 
 _OPEN_PATHS = frozenset({"/login", "/static/console.css"})
+"""What is served without the token (paths below the console's root path)."""
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 
@@ -90,7 +93,10 @@ def _host_is_loopback(scope: Scope) -> bool:
 
 class Guard:
     """ASGI middleware: the security headers on every response, and the
-    token (or loopback ``Host``) check before any route runs."""
+    token (or loopback ``Host``) check before any route runs. The
+    outermost layer of the console: it notes the console's root path in
+    the scope (:data:`~pupsourcing.console._paths.ROOT`) for the layers
+    within, whose ``root_path`` can be longer."""
 
     def __init__(self, app: ASGIApp, token: str | None, unauthorized: ASGIApp) -> None:
         self.app = app
@@ -101,6 +107,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = {**scope, ROOT: scope.get("root_path", "").rstrip("/")}
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -113,6 +120,6 @@ class Guard:
         if self.token is None:
             allowed = _host_is_loopback(scope)
         else:
-            allowed = scope["path"] in _OPEN_PATHS or authorized(scope, self.token)
+            allowed = route_path(scope) in _OPEN_PATHS or authorized(scope, self.token)
         target = self.app if allowed else self.unauthorized
         await target(scope, receive, send_with_headers)

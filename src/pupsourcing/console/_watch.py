@@ -40,12 +40,18 @@ class HeadWatcher:
         self._samples: deque[tuple[float, int]] = deque()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._sampled = asyncio.Event()
         self.closing = False
         """Set by :meth:`end_feeds`: the live feeds end instead of waiting."""
 
     async def start(self) -> None:
-        await self._sample()
-        self._task = asyncio.create_task(self._loop())
+        """Start sampling, unless started already; return once the head
+        has been read. The lifespan's startup calls it, and each request
+        that needs the head: a server runs no lifespan for an application
+        mounted in another (Starlette's ``Mount``)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop())
+        await self._sampled.wait()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -101,6 +107,10 @@ class HeadWatcher:
                 self._changed.notify_all()
 
     async def _loop(self) -> None:
+        try:
+            await self._sample()
+        finally:
+            self._sampled.set()
         while True:
             await asyncio.sleep(self.interval)
             await self._sample()

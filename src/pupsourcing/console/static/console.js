@@ -3,6 +3,9 @@
 "use strict";
 
 const body = document.body;
+// The path the console is served under ("" at the root of a server): every
+// URL below starts with it, so the console also works mounted at /console.
+const root = body.dataset.root || "";
 const content = document.getElementById("content");
 const statusLine = document.getElementById("status");
 
@@ -40,9 +43,15 @@ function ago(seconds) {
   return `${Math.round(s / 86400)} days ago`;
 }
 
+// This page's path below the root path.
+function here() {
+  const path = location.pathname;
+  return path.startsWith(root + "/") ? path.slice(root.length) : "/";
+}
+
 async function api(path) {
-  const response = await fetch(path, { headers: { Accept: "application/json" } });
-  if (response.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); }
+  const response = await fetch(root + path, { headers: { Accept: "application/json" } });
+  if (response.status === 401) { window.location.assign(root + "/login?next=" + encodeURIComponent(here())); }
   const data = await response.json().catch(() => ({ error: response.statusText }));
   if (!response.ok) { const e = new Error(data.error || response.statusText); e.status = response.status; throw e; }
   return data;
@@ -54,7 +63,7 @@ function say(text, isError) {
 }
 
 function streamPath(e) {
-  return ["", "streams", e.bounded_context, e.aggregate_type, e.aggregate_id]
+  return [root, "streams", e.bounded_context, e.aggregate_type, e.aggregate_id]
     .map((part, i) => (i < 2 ? part : encodeURIComponent(part))).join("/");
 }
 
@@ -146,7 +155,7 @@ function renderOverview(data) {
         el("th", { scope: "row", text: name }), el("td", { text: `${rows.length} of ${rows[0].total_partitions}` }),
         el("td", { class: "num", text: num(low) }), lagCell(data.head - low),
         el("td", { text: ages.length ? ago(Math.min(...ages)) : "never" }),
-        el("td", { class: "num" }, dead ? el("a", { href: "/dead-letters?projection=" + encodeURIComponent(name), text: num(dead) }) : "0"),
+        el("td", { class: "num" }, dead ? el("a", { href: root + "/dead-letters?projection=" + encodeURIComponent(name), text: num(dead) }) : "0"),
         el("td"), el("td")));
     }
     for (const r of rows) {
@@ -157,7 +166,7 @@ function renderOverview(data) {
         el("td", { text: r.partition === null ? "–" : `${r.partition}` }),
         el("td", { class: "num", text: num(r.checkpoint) }), lagCell(r.lag),
         el("td", {}, r.updated_at ? el("time", { datetime: r.updated_at, text: ago(r.age_seconds) }) : "never"),
-        el("td", { class: "num" }, r.dead_letters ? el("a", { href: "/dead-letters?projection=" + encodeURIComponent(name), text: num(r.dead_letters) }) : r.dead_letters === null ? "–" : "0"),
+        el("td", { class: "num" }, r.dead_letters ? el("a", { href: root + "/dead-letters?projection=" + encodeURIComponent(name), text: num(r.dead_letters) }) : r.dead_letters === null ? "–" : "0"),
         el("td", { text: r.owner || "" }), el("td", { text: lease })));
     }
   }
@@ -196,7 +205,7 @@ async function streams() {
     for (const name of ["q", "bounded_context", "aggregate_type"]) {
       if (form.elements[name].value) q.set(name, form.elements[name].value);
     }
-    history.replaceState(null, "", "/streams?" + q.toString());
+    history.replaceState(null, "", root + "/streams?" + q.toString());
     search();
   });
   async function search() {
@@ -290,12 +299,12 @@ async function log() {
     for (const e of page) list.append(eventItem(e, true));
     const newest = page.length ? page[0].global_position : Number(before || 1) - 1;
     if (page.length === pageSize) {
-      pager.append(el("a", { href: `/log?before=${page[page.length - 1].global_position}`, text: "Older events →" }));
+      pager.append(el("a", { href: `${root}/log?before=${page[page.length - 1].global_position}`, text: "Older events →" }));
     }
-    if (before) pager.prepend(el("a", { href: "/log", text: "← Newest" }));
+    if (before) pager.prepend(el("a", { href: root + "/log", text: "← Newest" }));
     say(page.length ? `Events ${num(page[page.length - 1].global_position)} to ${num(newest)}` : "The store has no events yet.");
     function connect() {
-      source = new EventSource(`/api/events/live?after=${newest}`);
+      source = new EventSource(`${root}/api/events/live?after=${newest}`);
       source.addEventListener("event", (message) => {
         const e = JSON.parse(message.data);
         const item = eventItem(e, true); item.classList.add("new");
@@ -306,7 +315,7 @@ async function log() {
       source.onerror = () => say("Live feed interrupted; reconnecting…", true);
     }
     follow.addEventListener("change", () => {
-      if (follow.checked) { location.assign("/log"); } else if (source) { source.close(); source = null; say("Not following."); }
+      if (follow.checked) { location.assign(root + "/log"); } else if (source) { source.close(); source = null; say("Not following."); }
     });
     if (follow.checked) connect();
   } catch (e) { say(`Could not load: ${e.message}`, true); }
@@ -325,7 +334,7 @@ async function deadLetters() {
     for (const d of letters) {
       tbody.append(el("tr", {},
         el("td", { text: d.projection_name }),
-        el("td", { class: "num" }, el("a", { href: `/log?before=${d.global_position + 1}`, text: num(d.global_position) })),
+        el("td", { class: "num" }, el("a", { href: `${root}/log?before=${d.global_position + 1}`, text: num(d.global_position) })),
         el("td", { class: "num", text: d.attempts }),
         el("td", {}, d.failed_at ? el("time", { datetime: d.failed_at, text: new Date(d.failed_at).toLocaleString() }) : "?"),
         el("td", {}, el("details", {}, el("summary", { text: `${d.error_type}: ${d.message.split("\n")[0]}` }), el("pre", { text: d.traceback })))));
