@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import queue
 import threading
@@ -671,6 +672,19 @@ def test_the_login_page_sets_a_cookie(guarded: Server) -> None:
         assert client.get("/api/head").json() == {"head": 0}
         elsewhere = client.post("/login", data={"token": "s3cret-token", "next": "//evil.example"})
         assert elsewhere.headers["location"] == "/"
+
+
+def test_signing_in_leads_back_to_the_page_as_it_was_asked_for(guarded: Server) -> None:
+    """The login form comes back to the refused page with its ``%2F`` kept
+    (decoded, it names another aggregate) and its query."""
+    asked = "/streams/Sales%2FEU/Order/o-1?projection=p&x=%C3%A9"
+    with httpx.Client(base_url=guarded.base, timeout=10, verify=TLS) as client:
+        page = client.get(asked)
+        assert page.status_code == 401
+        assert f'name="next" value="{html.escape(asked)}"' in page.text
+        signed_in = client.post("/login", data={"token": "s3cret-token", "next": asked})
+        assert signed_in.status_code == 303
+        assert signed_in.headers["location"] == asked
 
 
 def test_a_token_beyond_ascii(tmp_path: Path) -> None:

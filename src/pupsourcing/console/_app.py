@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -364,9 +364,17 @@ class Console:
                 headers={"WWW-Authenticate": 'Bearer realm="pupsourcing"'},
             )
         else:
-            login = _pages.login(next_path=_safe_next(path), root=url_root(scope))
+            login = _pages.login(next_path=_safe_next(_came_for(scope)), root=url_root(scope))
             response = HTMLResponse(login, 401)
         await response(scope, receive, send)
+
+
+def _came_for(scope: Scope) -> str:
+    """The refused request's path below the console's root and its query,
+    as sent (a ``%2F`` in a key stays one)."""
+    path = _raw_route_path(scope) or quote(route_path(scope))
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{path}?{query}" if query else path
 
 
 def _safe_next(path: str | None) -> str:

@@ -46,7 +46,7 @@ function ago(seconds) {
 // This page's path below the root path.
 function here() {
   const path = location.pathname;
-  return path.startsWith(root + "/") ? path.slice(root.length) : "/";
+  return path.startsWith(root + "/") ? path.slice(root.length) + location.search : "/";
 }
 
 async function api(path) {
