@@ -198,6 +198,8 @@ class Backend:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     database: str = ""
     """The database (MySQL) holding this backend's tables, if it has its own."""
+    schema: str = ""
+    """The schema (PostgreSQL) holding this backend's tables."""
     api: str = "sync"
     Processor: Callable[..., Any] = Processor
     Runner: Callable[[], Any] = Runner
@@ -390,6 +392,7 @@ def postgres_backend(config: StoreConfig, server_dsn: str = PG_DSN) -> Backend:
         lambda: psycopg.AsyncConnection.connect(dsn),
         url=pg_url(schema, server_dsn),
         driver="psycopg",
+        schema=schema,
     )
 
     def drop(name: str = schema) -> None:
