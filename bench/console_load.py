@@ -15,9 +15,9 @@ target is a p99 under 50 ms (``--target-ms``): a run that misses it exits 1. Eac
 checked (status 200 and the expected shape); a wrong answer exits non-zero.
 The schema on the server named by ``PUPSOURCING_BENCH_PG`` is dropped at the
 end. ``--quick`` loads 20,000 events and makes 20 requests per endpoint
-(tests/test_bench.py): a smoke run, which reports the target without
-failing on it (its 20 requests say little of a p99, and a loaded machine
-would fail it).
+(unless ``--events`` or ``--requests`` say otherwise; tests/test_bench.py):
+a smoke run, which reports the target without failing on it (its 20
+requests say little of a p99, and a loaded machine would fail it).
 """
 
 from __future__ import annotations
@@ -261,12 +261,12 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--events", type=int, help="default 1,000,000 (--quick: 20,000)")
+    parser.add_argument("--requests", type=int, help="default 300 (--quick: 20)")
     parser.add_argument("--target-ms", type=float, default=TARGET_MS, help="the p99 target")
     args = parser.parse_args()
-    events = 20_000 if args.quick else args.events
-    requests = 20 if args.quick else args.requests
+    events = args.events or (20_000 if args.quick else 1_000_000)
+    requests = args.requests or (20 if args.quick else 300)
     try:
         schema = private_schema()
     except Unavailable as exc:

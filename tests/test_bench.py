@@ -290,5 +290,8 @@ def test_console_load_benchmark_fails_when_the_target_is_missed() -> None:
     met = run_script(script, "--events", "2000", "--requests", "5", "--target-ms", "100000")
     assert met.returncode == 0, met.stderr
     assert "target p99 < 100000 ms met" in met.stdout
-    quick = run_quick(script, "--target-ms", "0.001")
+    # --quick exits 0 all the same; on the small load of the runs above, as
+    # the size is not what this checks (test_console_load_benchmark_runs_in_quick_mode
+    # runs --quick's own).
+    quick = run_quick(script, "--events", "2000", "--requests", "5", "--target-ms", "0.001")
     assert "target p99 < 0.001 ms NOT met" in quick

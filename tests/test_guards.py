@@ -153,9 +153,11 @@ def test_no_test_module_skips_on_its_own_for_a_missing_module() -> None:
 # -- parallel workers ----------------------------------------------------------
 
 
-def test_auto_runs_two_workers_per_cpu_and_at_most_eight(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_runs_three_workers_per_cpu_and_at_most_eight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
-    for cpus, workers in ((1, 2), (2, 4), (4, 8), (16, 8)):
+    for cpus, workers in ((1, 3), (2, 6), (3, 8), (4, 8), (16, 8)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
         assert conftest.pytest_xdist_auto_num_workers(None) == workers  # type: ignore[arg-type]
     monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "3")

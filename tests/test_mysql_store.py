@@ -978,8 +978,12 @@ def test_first_checkpoints_of_two_projections_do_not_lock_each_other(db: Backend
 
 
 def transaction_of(conn: Any, thread_id: int) -> int | None:
-    """The active InnoDB transaction of connection ``thread_id``, from the status."""
-    status = execute(conn, "SHOW ENGINE INNODB STATUS")[0][2]
+    """The active InnoDB transaction of connection ``thread_id``, from the status.
+    Read as bytes: the status quotes every session's SQL on the server, and
+    another worker's test may be running one that is not UTF-8 (see
+    test_horizon_probe_reads_a_status_quoting_undecodable_sql)."""
+    execute(conn, "SET character_set_results = binary")
+    status = bytes(execute(conn, "SHOW ENGINE INNODB STATUS")[0][2]).decode("latin-1")
     for block in status.split("---TRANSACTION ")[1:]:
         first_line = block.split("\n")[0]
         if f"thread id {thread_id}," in block and ", ACTIVE" in first_line:

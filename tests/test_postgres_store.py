@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PG_DSN, require, unavailable
+from conftest import PG_DSN, Backend, close_backend, postgres_backend, require, unavailable
 from helpers import event, events
 from pupsourcing import (
     Event,
@@ -42,6 +42,7 @@ from pupsourcing.adapters.postgres import (  # noqa: E402
     VALUES_LIMIT,
     PostgresStore,
 )
+from pupsourcing.store.config import StoreConfig  # noqa: E402
 
 pytestmark = pytest.mark.postgres
 
@@ -77,23 +78,31 @@ def make_pg() -> Iterator[Callable[..., PG]]:
         admin = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         unavailable("PostgreSQL", exc)
-    made: list[PG] = []
+    made: list[tuple[PG, Backend | None]] = []
 
     def make(create: bool = True) -> PG:
-        schema = f"pgt_{uuid.uuid4().hex[:12]}"
-        admin.execute(f"CREATE SCHEMA {schema}")
-        pg = PG(schema, f"{PG_DSN} options='-c search_path={schema}'", PostgresStore(), admin)
-        made.append(pg)
+        backend = None
         if create:
-            with psycopg.connect(pg.dsn) as conn:
-                pg.store.create_schema(conn)
+            # The store's tables in a schema of conftest's: a fresh one, or
+            # one a test of this worker emptied (``db_reuse``); given back
+            # (or dropped) afterwards, as for any backend.
+            backend = postgres_backend(StoreConfig())
+            schema = backend.schema
+        else:
+            schema = f"pgt_{uuid.uuid4().hex[:12]}"
+            admin.execute(f"CREATE SCHEMA {schema}")
+        pg = PG(schema, f"{PG_DSN} options='-c search_path={schema}'", PostgresStore(), admin)
+        made.append((pg, backend))
         return pg
 
     yield make
-    for pg in made:
+    for pg, backend in made:
         for conn in pg.opened:
             conn.close()
-        admin.execute(f"DROP SCHEMA {pg.schema} CASCADE")
+        if backend is None:
+            admin.execute(f"DROP SCHEMA {pg.schema} CASCADE")
+        else:
+            close_backend(backend)
     admin.close()
 
 

@@ -295,12 +295,19 @@ class MySQLDialect(Dialect):
         }
         key_columns.add((config.checkpoints_table, "projection_name"))
         self._key_columns = frozenset(key_columns)
+        # One row with the server's figures whatever the tables, then a row
+        # per column. The schema filter stands in the WHERE of a plain SELECT
+        # on information_schema.COLUMNS: as the ON of a LEFT JOIN MariaDB
+        # read the columns of every database on the server ("Scanned all
+        # databases"), some 20 ms of its CPU with 300 tables.
         self.server_info_sql = (
-            "SELECT VERSION(), @@max_allowed_packet, c.TABLE_NAME, c.COLUMN_NAME, "
-            "c.DATA_TYPE, c.CHARACTER_OCTET_LENGTH, c.COLLATION_NAME "
-            "FROM (SELECT 1) AS one LEFT JOIN information_schema.COLUMNS AS c "
-            "ON c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME IN (%s, %s, %s) "
-            "AND c.COLUMN_NAME IN ('payload', 'metadata', 'bounded_context', "
+            "SELECT VERSION(), @@max_allowed_packet, NULL, NULL, NULL, NULL, NULL "
+            "UNION ALL "
+            "SELECT VERSION(), @@max_allowed_packet, TABLE_NAME, COLUMN_NAME, "
+            "DATA_TYPE, CHARACTER_OCTET_LENGTH, COLLATION_NAME "
+            "FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN (%s, %s, %s) "
+            "AND COLUMN_NAME IN ('payload', 'metadata', 'bounded_context', "
             "'aggregate_type', 'aggregate_id', 'projection_name')"
         )
         self.server_info_params = (
