@@ -355,34 +355,44 @@ def test_a_statement_quoting_status_lines_hides_no_open_writer(
         writer_store = MySQLStore()
         admin = mysql_admin()
         backend.cleanups.append(admin.close)
-        # B's session writes first, so the status lists it after A (newest first).
-        writer_b, writer_a, other = connect(), connect(), connect()
-        low = writer_store.append(writer_b, ExpectedVersion.any(), [event("B")])
-        mid = writer_store.append(writer_a, ExpectedVersion.any(), [event("A")])
-        high = writer_store.append(other, ExpectedVersion.any(), [event("C")])
-        other.commit()
-        positions = [r.global_positions[0] for r in (low, mid, high)]
-        assert positions == sorted(positions)
-
         failures: list[BaseException] = []
 
-        def run_fake() -> None:
+        def run_fake(writer: Any) -> None:
             try:
-                writer_a.cursor().execute(FAKE_SQL)
+                writer.cursor().execute(FAKE_SQL)
             except pymysql.err.OperationalError as exc:
                 if exc.args[0] != 1317:  # interrupted by KILL QUERY below
                     failures.append(exc)
 
-        running = threading.Thread(target=run_fake)
-        running.start()
-        try:
+        # InnoDB lists transactions in the order of its pooled transaction
+        # objects, which other sessions on the server reorder: B writes
+        # first, which usually lists it after A, and new sessions try again.
+        for _ in range(5):
+            writer_b, writer_a = connect(), connect()
+            low = writer_store.append(writer_b, ExpectedVersion.any(), [event("B")])
+            mid = writer_store.append(writer_a, ExpectedVersion.any(), [event("A")])
+            running = threading.Thread(target=run_fake, args=(writer_a,))
+            running.start()
             deadline = time.monotonic() + 10
             while MARK not in (text := innodb_status(admin)):
                 assert time.monotonic() < deadline, "A's statement never showed"
                 time.sleep(0.02)
             # the scenario: A's statement is quoted before B's transaction
-            assert text.index(f"thread id {writer_a.thread_id()},") < text.index(MARK)
-            assert text.index(MARK) < text.index(f"thread id {writer_b.thread_id()},")
+            a_line = text.index(f"thread id {writer_a.thread_id()},")
+            if a_line < text.index(MARK) < text.index(f"thread id {writer_b.thread_id()},"):
+                break
+            admin.cursor().execute(f"KILL QUERY {writer_a.thread_id()}")
+            running.join(10)
+            writer_a.rollback()
+            writer_b.rollback()
+        else:
+            pytest.fail("the status never listed B after A's statement")
+        try:
+            other = connect()
+            high = writer_store.append(other, ExpectedVersion.any(), [event("C")])
+            other.commit()
+            positions = [r.global_positions[0] for r in (low, mid, high)]
+            assert positions == sorted(positions)
             projection = Recorder()
             processor = backend.Processor(
                 backend.connect, backend.store, ProcessorConfig(poll_interval=0.01)
