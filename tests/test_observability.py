@@ -123,6 +123,41 @@ def test_without_the_extras_nothing_is_imported_or_hooked(tmp_path: Path, extras
     assert result.stdout.strip() == "[]"
 
 
+BLOCKING = textwrap.dedent(
+    """
+    import sys
+    import pupsourcing.cli
+    from pupsourcing.adapters import mysql
+    from pupsourcing.runner import Runner
+    from pupsourcing.urls import database
+
+    db = database("sqlite:///:memory:", create=True)
+    conn = db.connect()
+    db.store.create_schema(conn)
+
+    class P:
+        name = "p"
+        def handle(self, event, tx):
+            pass
+
+    from pupsourcing.projection import Processor
+    with Processor(conn, db.store) as processor:
+        processor.catch_up(P())
+    print(sorted(m for m in sys.modules if m.split(".")[0] == "asyncio"))
+    """
+)
+
+
+def test_a_blocking_program_does_not_import_asyncio() -> None:
+    """The CLI and a blocking processor start faster without it (about
+    40 ms of CPU per process)."""
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKING], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_the_extras_name_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}

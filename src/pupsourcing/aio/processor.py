@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
+from pupsourcing.aio._waiter import AsyncWaiter
 from pupsourcing.core.errors import ProjectionError
-from pupsourcing.projection._waiter import AsyncWaiter
 from pupsourcing.projection.batch import Handle, Subscription
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.core import (

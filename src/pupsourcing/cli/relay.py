@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import signal
 import sys
@@ -78,6 +77,8 @@ def run_nats(args: argparse.Namespace) -> int:
         import nats  # noqa: F401
     except ImportError:
         raise ImportError("relay nats needs nats-py: pip install 'pupsourcing[nats]'") from None
+    import asyncio
+
     from pupsourcing.aio import database
     from pupsourcing.relay import NatsRelay
 
@@ -119,6 +120,8 @@ def _redacted(url: str) -> str:
 
 
 async def _run(relay: Any) -> None:
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

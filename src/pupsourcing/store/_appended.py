@@ -11,10 +11,12 @@ wait again.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import weakref
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # a blocking program need not import asyncio
+    import asyncio
 
 
 class Signal:

@@ -1,0 +1,96 @@
+"""Push wake-up for the asyncio processor: :class:`AsyncWaiter` waits as
+:class:`pupsourcing.projection._waiter.Waiter` does, on the same
+:class:`~pupsourcing.projection._waiter._Wakes` (kept apart so a blocking
+program never imports asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from pupsourcing.projection._waiter import _Wakes
+from pupsourcing.projection.batch import Logger
+from pupsourcing.store._appended import AsyncListener
+
+
+class AsyncWaiter:
+    """Waits for :class:`~pupsourcing.aio.AsyncProcessor` (and so the relay)."""
+
+    def __init__(
+        self,
+        events_table: str,
+        listener: AsyncListener | None,
+        logger: Logger,
+        *,
+        push: bool = True,
+    ) -> None:
+        self._wakes = _Wakes(events_table, listener, logger)
+        self._listener = listener
+        self._push = push
+        self._event: asyncio.Event | None = None
+
+    async def wait(self, conn: Any, seconds: float, stop: asyncio.Event) -> bool:
+        """Wait up to ``seconds``, less when woken; whether ``stop`` is set."""
+        if not self._push:
+            await _first([stop.wait()], seconds)
+            return stop.is_set()
+        wakes = self._wakes
+        if wakes.should_listen(conn):
+            assert self._listener is not None
+            try:
+                await self._listener.listen(conn)
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
+                wakes.listened(conn, exc)
+            else:
+                wakes.listened(conn, None)
+                return stop.is_set()
+        listening = wakes.is_listening(conn)
+        deadline = wakes.deadline(seconds, listening)
+        if not listening:
+            event = self._appends_event()
+            event.clear()
+        while not stop.is_set():
+            if wakes.woken(listening):
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if not listening:
+                await _first([stop.wait(), event.wait()], remaining)
+                event.clear()
+                continue
+            assert self._listener is not None
+            try:
+                await _first([stop.wait(), self._listener.wait(conn, remaining)], None)
+            except Exception as exc:
+                wakes.lost(exc)
+                return stop.is_set()
+        return True
+
+    def _appends_event(self) -> asyncio.Event:
+        """The event in-process appends set (from any thread)."""
+        if self._event is None:
+            self._event = asyncio.Event()
+            self._wakes.signal.register(self._event, asyncio.get_running_loop())
+        return self._event
+
+
+async def _first(waits: list[Awaitable[Any]], timeout: float | None) -> None:
+    """Wait until the first of ``waits`` is done or ``timeout`` passed; cancel
+    the rest. Raises what the first raised."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
