@@ -4,8 +4,11 @@
     P1   end-to-end latency: COUNT single-event appends (each committed on
          the appender's own connection, after a random pause of up to one
          ``poll_interval`` so commits fall anywhere in the poll cycle), each
-         timed from its commit returning to ``handle`` being called by a
-         running Processor (default ``ProcessorConfig``, poll_interval 0.1 s);
+         timed from the appender calling ``commit`` (the earliest the
+         event can be seen; from the call's return, a processor woken by
+         the commit's notification could come first) to ``handle`` being
+         called by a running Processor (default ``ProcessorConfig``,
+         poll_interval 0.1 s);
          p50, p99 and max, with push and with push turned off (the processor
          only polls). Target on PostgreSQL: p99 <= 10 ms with push.
     P2   idle cost: statements an idle processor sends per second (libpq
@@ -91,7 +94,7 @@ def running(
 
 def append_paced(target: Target, count: int, pause: float) -> list[tuple[int, float]]:
     """Append ``count`` single-event transactions, each after a random pause
-    of up to ``pause``; each position with when its commit returned."""
+    of up to ``pause``; each position with when its commit was called."""
     appender = target.connect(False)
     rng = random.Random(7)
     committed: list[tuple[int, float]] = []
@@ -100,8 +103,9 @@ def append_paced(target: Target, count: int, pause: float) -> list[tuple[int, fl
             time.sleep(rng.uniform(0.002, pause))
             event = Event("Bench", "Account", f"acc-{n % 50}", "Deposited", b"{}")
             result = target.store.append(appender, ExpectedVersion.any(), [event])
+            committing = time.monotonic()
             appender.commit()
-            committed.append((result.global_positions[0], time.monotonic()))
+            committed.append((result.global_positions[0], committing))
     finally:
         appender.close()
     return committed
