@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -55,10 +54,8 @@ class AsyncWaiter:
             event = self._appends_event()
             event.clear()
         while not stop.is_set():
-            if wakes.woken(listening):
-                return False
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            remaining = wakes.time_left(deadline, listening)
+            if remaining is None:
                 return False
             if not listening:
                 await _first([stop.wait(), event.wait()], remaining)

@@ -96,6 +96,14 @@ class _Wakes:
             return True
         return False
 
+    def time_left(self, deadline: float, listening: bool) -> float | None:
+        """Seconds left to wait before ``deadline``; ``None`` when the wait
+        is over (woken, or the deadline passed)."""
+        if self.woken(listening):
+            return None
+        remaining = deadline - time.monotonic()
+        return remaining if remaining > 0 else None
+
     def deadline(self, seconds: float, listening: bool) -> float:
         if self.retries and not listening:
             seconds = min(seconds, self.retries.pop(0))
@@ -132,10 +140,8 @@ class Waiter:
         listening = wakes.is_listening(conn)
         deadline = wakes.deadline(seconds, listening)
         while not stop.is_set():
-            if wakes.woken(listening):
-                return False
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            remaining = wakes.time_left(deadline, listening)
+            if remaining is None:
                 return False
             timeout = min(remaining, STOP_CHECK)
             if not listening:
