@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
 from cli_helpers import cli_argv, cli_env
-from conftest import Backend
+from conftest import Backend, close_backend, make_backend
 from helpers import event
 from pupsourcing import Event, ExpectedVersion, PersistedEvent
 from pupsourcing.projection import ProcessorConfig
@@ -207,3 +210,32 @@ def seed(backend: Backend) -> None:
         conn.commit()
     finally:
         conn.close()
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Stoppable)
+
+
+@contextlib.contextmanager
+def serving(
+    name: str,
+    directory: Path,
+    start: Callable[[Backend], S],
+    prepare: Callable[[Backend], None] | None = None,
+) -> Iterator[tuple[Backend, S]]:
+    """A ``name`` store in ``directory``, filled by ``prepare``, and the
+    console ``start`` serves it; both gone afterwards."""
+    backend = make_backend(name, directory)
+    try:
+        if prepare is not None:
+            prepare(backend)
+        running = start(backend)
+        try:
+            yield backend, running
+        finally:
+            running.stop()
+    finally:
+        close_backend(backend)

@@ -28,6 +28,7 @@ from console_helpers import (
     ThreadServer,
     seed,
     serve_mounted,
+    serving,
     start_server,
 )
 from helpers import event, query
@@ -485,15 +486,8 @@ def test_the_api_leaves_the_database_as_it_was(shown: Backend, console: Server) 
 
 @pytest.fixture(params=DATABASES)
 def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backend, Server]]:
-    backend = make_backend(request.param, tmp_path)
-    try:
-        running = start_server(backend.url)
-        try:
-            yield backend, running
-        finally:
-            running.stop()
-    finally:
-        close_backend(backend)
+    with serving(request.param, tmp_path, lambda b: start_server(b.url)) as pair:
+        yield pair
 
 
 class Feed:
@@ -624,15 +618,12 @@ def test_live_feed_waits_for_a_slower_transaction(fresh: tuple[Backend, Server])
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    backend = make_backend("sqlite", tmp_path_factory.mktemp("guarded"))
-    try:
-        running = start_server(backend.url, token="s3cret-token")
-        try:
-            yield running
-        finally:
-            running.stop()
-    finally:
-        close_backend(backend)
+    directory = tmp_path_factory.mktemp("guarded")
+    with serving("sqlite", directory, lambda b: start_server(b.url, token="s3cret-token")) as (
+        _,
+        running,
+    ):
+        yield running
 
 
 def test_a_token_is_required(guarded: Server) -> None:
@@ -786,8 +777,8 @@ def mounted(
     """The console with a token under ``/console``, mounted in another
     Starlette application or served with uvicorn's root path, on a store
     holding the seeded events and one keyed with slashes (position 16)."""
-    backend = make_backend("sqlite", tmp_path_factory.mktemp("mounted"))
-    try:
+
+    def prepare(backend: Backend) -> None:
         seed(backend)
         conn = backend.connect()
         try:
@@ -796,13 +787,12 @@ def mounted(
             conn.commit()
         finally:
             conn.close()
-        running = serve_mounted(backend, request.param, token=MOUNTED_TOKEN)
-        try:
-            yield running
-        finally:
-            running.stop()
-    finally:
-        close_backend(backend)
+
+    def start(backend: Backend) -> ThreadServer:
+        return serve_mounted(backend, request.param, token=MOUNTED_TOKEN)
+
+    with serving("sqlite", tmp_path_factory.mktemp("mounted"), start, prepare) as (_, running):
+        yield running
 
 
 def under(server: ThreadServer, path: str, **kwargs: Any) -> httpx.Response:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Backend, close_backend, make_backend, missing, require
-from console_helpers import XSS, Server, ThreadServer, seed, serve_mounted, start_server
+from conftest import Backend, missing, require
+from console_helpers import XSS, Server, ThreadServer, seed, serve_mounted, serving, start_server
 from helpers import event
 from pupsourcing import ExpectedVersion
 
@@ -39,31 +39,17 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def shown(tmp_path: Path) -> Iterator[tuple[Backend, Server]]:
-    backend = make_backend("sqlite", tmp_path)
-    try:
-        seed(backend)
-        running = start_server(backend.url, token=TOKEN)
-        try:
-            yield backend, running
-        finally:
-            running.stop()
-    finally:
-        close_backend(backend)
+    with serving("sqlite", tmp_path, lambda b: start_server(b.url, token=TOKEN), seed) as pair:
+        yield pair
 
 
 @pytest.fixture
 def mounted(tmp_path: Path) -> Iterator[tuple[Backend, ThreadServer]]:
     """The console mounted at ``/console`` in another Starlette application."""
-    backend = make_backend("sqlite", tmp_path)
-    try:
-        seed(backend)
-        running = serve_mounted(backend, "mount", token=TOKEN)
-        try:
-            yield backend, running
-        finally:
-            running.stop()
-    finally:
-        close_backend(backend)
+    with serving(
+        "sqlite", tmp_path, lambda b: serve_mounted(b, "mount", token=TOKEN), seed
+    ) as pair:
+        yield pair
 
 
 def append(backend: Backend, aggregate_id: str, event_type: str, data: Any, **key: str) -> int:
