@@ -5,9 +5,10 @@ and W4 (full stream read) on both, through ``bench/common.py``, and prints
 events/s or reads/s and the ratio store/raw. Uses a temporary database file
 in WAL mode (the store's ``connect``), removed at the end.
 
-The baseline sends what the store sends minus the savepoint: the head upsert
-and one multi-row ``INSERT ... RETURNING``; reads run the same SELECT and keep
-the rows as tuples.
+The baseline sends what the store sends: the head upsert and one multi-row
+``INSERT ... RETURNING`` (the store adds a savepoint only inside a
+transaction the caller opened); reads run the same SELECT and keep the rows
+as tuples.
 
     python bench/sqlite_store.py [--quick] [--rounds N] [--only W1,W4]
 """
@@ -113,7 +114,7 @@ def build() -> Target:
         close=lambda: shutil.rmtree(directory, ignore_errors=True),
         notes=[
             "raw append: BEGIN IMMEDIATE, head upsert RETURNING, one multi-row INSERT "
-            "RETURNING (the store adds a savepoint and validation)",
+            "RETURNING (the store adds validation)",
             "raw read: the same SELECT, rows kept as tuples",
             "SQLite has one writer: W2c measures lock hand-over, not parallelism",
         ],

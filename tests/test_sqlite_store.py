@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta, timezone
@@ -168,6 +169,30 @@ def test_failed_append_keeps_the_callers_earlier_writes(db_path: Path) -> None:
         conn.execute("SELECT count(*) FROM aggregate_heads WHERE aggregate_id = 'b'").fetchone()[0]
         == 0
     )
+
+
+def test_a_failed_append_that_opened_the_transaction_rolls_it_back(db_path: Path) -> None:
+    """The transaction held nothing else: it ends, with the write lock, and
+    nothing of the append stays (the head claimed before the failing insert
+    included)."""
+    store = SQLiteStore()
+    conn = connect(db_path)
+    stored = store.append(conn, ExpectedVersion.no_stream(), events(1, "a"))
+    conn.commit()
+    with pytest.raises(OptimisticConcurrencyError):
+        store.append(conn, ExpectedVersion.no_stream(), events(1, "a"))
+    assert not conn.in_transaction
+    dup = dataclasses.replace(events(1, "b")[0], event_id=stored.events[0].event_id)
+    with pytest.raises(OptimisticConcurrencyError):
+        store.append(conn, ExpectedVersion.any(), [dup])  # the head of b moved first
+    assert not conn.in_transaction
+    other = connect(db_path, timeout=0.1)  # the write lock is free
+    store.append(other, ExpectedVersion.exact(1), events(1, "a"))
+    other.commit()
+    assert store.read_aggregate_stream(conn, "Shop", "Order", "a").version == 2
+    assert store.read_aggregate_stream(conn, "Shop", "Order", "b").is_empty
+    heads = conn.execute("SELECT count(*) FROM aggregate_heads WHERE aggregate_id = 'b'")
+    assert heads.fetchone()[0] == 0
 
 
 def test_lock_timeout_surfaces_as_the_drivers_error(db_path: Path) -> None:

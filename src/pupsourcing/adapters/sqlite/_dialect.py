@@ -17,7 +17,7 @@ from pupsourcing.store import columns
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect, build_result
 from pupsourcing.store.horizon import Probe
-from pupsourcing.store.plan import COMMIT, Plan, Row, Statement
+from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
 
 if TYPE_CHECKING:
@@ -258,8 +258,12 @@ class SQLiteDialect(Dialect):
         batch = self.check_append(events)
         first = batch[0]
         key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
-        yield Statement("BEGIN IMMEDIATE", begin=True)
-        yield Statement(f"SAVEPOINT {_SAVEPOINT}")
+        # A transaction the append opens holds nothing else: a failure rolls
+        # it back whole. Inside the caller's, a savepoint keeps their writes
+        # (it costs some 20 us, a tenth of a single-event append).
+        began = bool((yield Statement("BEGIN IMMEDIATE", begin=True)))
+        if not began:
+            yield Statement(f"SAVEPOINT {_SAVEPOINT}")
         try:
             rows = yield self.claim_statement(expected, key, len(batch))
             if not rows:
@@ -271,13 +275,17 @@ class SQLiteDialect(Dialect):
                 chunk = batch[offset : offset + _INSERT_CHUNK]
                 stored += yield self.insert_statement(chunk, start + offset)
         except Exception as exc:
-            yield Statement(f"ROLLBACK TO {_SAVEPOINT}")
-            yield Statement(f"RELEASE {_SAVEPOINT}")
+            if began:
+                yield ROLLBACK
+            else:
+                yield Statement(f"ROLLBACK TO {_SAVEPOINT}")
+                yield Statement(f"RELEASE {_SAVEPOINT}")
             mapped = self.as_conflict(exc, batch, expected)
             if mapped is exc:
                 raise
             raise mapped from exc
-        yield Statement(f"RELEASE {_SAVEPOINT}")
+        if not began:
+            yield Statement(f"RELEASE {_SAVEPOINT}")
         stored.sort(key=lambda row: row[1])
         return build_result(
             batch, range(start, start + len(batch)), [int(row[0]) for row in stored]
