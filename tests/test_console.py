@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cli_helpers import cli_process
+from cli_helpers import cli, cli_process
 from conftest import Backend, close_backend, make_backend
 from console_helpers import (
     PREFIX,
@@ -701,6 +701,28 @@ def test_a_token_beyond_ascii(tmp_path: Path) -> None:
             server.stop()
     finally:
         close_backend(backend)
+
+
+def test_ui_serves_under_a_root_path_behind_a_proxy(tmp_path: Path) -> None:
+    """``pupsourcing ui --root-path /console``: requests arrive with the prefix
+    taken off (as the proxy forwards them), pages link under it."""
+    with serving("sqlite", tmp_path, lambda b: start_server(b.url, "--root-path", "/console/")) as (
+        _,
+        server,
+    ):
+        page = get(server, "/log")
+        assert page.status_code == 200
+        assert 'data-root="/console"' in page.text
+        assert 'href="/console/static/console.css"' in page.text
+        assert get(server, "/api/head").json() == {"head": 0}
+
+
+@pytest.mark.parametrize("bad", ["console", "/a//b", "/a?b", "/a b"])
+def test_ui_refuses_a_root_path_that_is_not_a_path(tmp_path: Path, bad: str) -> None:
+    result = cli("ui", "--db", f"sqlite:///{tmp_path / 'x.db'}", "--root-path", bad)
+    assert result.returncode == 2
+    assert "--root-path" in result.stderr
+    assert "must be a path such as /console" in result.stderr
 
 
 def test_a_public_address_needs_a_token(tmp_path: Path) -> None:

@@ -42,6 +42,14 @@ def register(commands: Any) -> None:
         f"default ${TOKEN_VAR}; required on an address other than loopback",
     )
     parser.add_argument(
+        "--root-path",
+        type=_root_path,
+        default="",
+        metavar="PATH",
+        help="the path a reverse proxy serves the console under, e.g. /console, "
+        "when it forwards requests with that prefix taken off (default: none)",
+    )
+    parser.add_argument(
         "--poll-interval",
         type=interval,
         default=0.5,
@@ -88,11 +96,14 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot read {db.url}: {db.url.scrub(one_line(exc))}") from None
     app, console = build(db, token=token, poll_interval=args.poll_interval)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"pupsourcing console on http://{host}:{args.port}/ ({db.url})", file=sys.stderr)
+    served = f"http://{host}:{args.port}/"
+    where = f" for {args.root_path}/ behind a proxy" if args.root_path else ""
+    print(f"pupsourcing console on {served}{where} ({db.url})", file=sys.stderr)
     config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
+        root_path=args.root_path,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=2,
@@ -108,3 +119,16 @@ def run(args: argparse.Namespace) -> int:
 
     Server(config).run()
     return 0
+
+
+def _root_path(value: str) -> str:
+    """``--root-path``: a path of one or more segments (``/console``), or
+    ``/`` or empty for none; kept without its trailing ``/``."""
+    path = value.rstrip("/")
+    if path and (
+        not path.startswith("/") or "//" in path or any(c.isspace() or c in "?#\\" for c in path)
+    ):
+        raise argparse.ArgumentTypeError(
+            f"must be a path such as /console (no query, fragment or spaces), got {value!r}"
+        )
+    return path
