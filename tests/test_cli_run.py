@@ -8,6 +8,7 @@ fails its batch and a skipped event is a missing row.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -45,7 +46,8 @@ class Running:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=cli_env(**env),
+            # A fatal signal makes faulthandler print every thread's stack.
+            env=cli_env(**{"PYTHONFAULTHANDLER": "1", **env}),
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -72,7 +74,17 @@ class Running:
         self.process.send_signal(signum)
 
     def wait(self, timeout: float = 30) -> int:
-        code = self.process.wait(timeout=timeout)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Hung: SIGABRT has faulthandler print where every thread is.
+            self.process.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
+            self._reader.join(timeout=5)
+            raise AssertionError(
+                f"pupsourcing did not exit within {timeout} s; its stacks:\n{self.stderr}"
+            ) from None
         self._reader.join(timeout=5)
         return code
 
