@@ -250,6 +250,41 @@ def test_cancelling_the_runner_stops_every_projection(db: Backend) -> None:
     assert db.store.get_checkpoint(db.connection(), "stuck") == 0
 
 
+def test_a_connection_still_opening_when_cancelled_is_closed(tmp_path: Path) -> None:
+    """Cancelled while its connection opens, the processor returns at once;
+    the connection, when it arrives, is closed rather than left open."""
+    path = tmp_path / "opening.db"
+    with connect(path) as conn:
+        SQLiteStore().create_schema(conn)
+    arrived: list[Any] = []
+
+    async def slow_open() -> Any:
+        conn = await connect_async(path)
+        arrived.append(conn)
+        await asyncio.sleep(0.3)  # the rest of a slow connect (a TLS handshake, say)
+        return conn
+
+    class Nothing:
+        name = "nothing"
+
+        async def handle(self, event: PersistedEvent, tx: Any) -> None:
+            pass
+
+    async def scenario() -> None:
+        processor = AsyncProcessor(slow_open, AsyncSQLiteStore())
+        running = asyncio.ensure_future(processor.catch_up(Nothing()))
+        while not arrived:
+            await asyncio.sleep(0.01)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(running, 0.2)  # at once, not after the connect
+        await asyncio.sleep(0.6)
+        with pytest.raises(ValueError, match="no active connection"):
+            await arrived[0].execute("SELECT 1")
+
+    asyncio.run(scenario())
+
+
 def test_waiting_for_a_lock_does_not_block_the_event_loop(db: Backend) -> None:
     holder = db.connection()
     db.store.append(holder, ExpectedVersion.any(), events(1, "a"))  # holds the lock, uncommitted

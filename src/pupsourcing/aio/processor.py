@@ -97,7 +97,7 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
             assert self._factory is not None
             opened = self._factory()
             if inspect.isawaitable(opened):
-                opened = await opened
+                opened = await _opening(opened)
             self._conn = opened
         conn: ConnT = self._conn
         return conn
@@ -223,3 +223,31 @@ async def _pause(seconds: float, stop: asyncio.Event | None) -> bool:
             async with asyncio.timeout(seconds):
                 await stop.wait()
     return stop.is_set()
+
+
+_closing_late: set[asyncio.Task[Any]] = set()
+"""Closes of connections that arrived after their opener was cancelled
+(held here until done: the event loop keeps only weak references)."""
+
+
+async def _opening(opened: Awaitable[T]) -> T:
+    """The connection ``opened`` gives. Cancelled meanwhile, the caller
+    returns at once, and the connection is closed when it arrives: the
+    driver may go on opening it (aiosqlite's thread does), and nothing
+    else would ever close it."""
+    task = asyncio.ensure_future(opened)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_close_late)
+        raise
+
+
+def _close_late(task: asyncio.Future[Any]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    closed = task.result().close()
+    if inspect.isawaitable(closed):
+        closing = asyncio.ensure_future(closed)
+        _closing_late.add(closing)
+        closing.add_done_callback(_closing_late.discard)
