@@ -250,6 +250,63 @@ def test_cancelling_the_runner_stops_every_projection(db: Backend) -> None:
     assert db.store.get_checkpoint(db.connection(), "stuck") == 0
 
 
+def test_a_cancelled_runner_lets_each_processor_close_its_connection(tmp_path: Path) -> None:
+    """Cancelling the runner cancels each projection's task once: a second
+    cancel would cut its clean-up short, leaving its connection open (and
+    aiosqlite's thread answering a closed event loop)."""
+    path = tmp_path / "cancel.db"
+    with connect(path) as conn:
+        SQLiteStore().create_schema(conn)
+        SQLiteStore().append(conn, ExpectedVersion.any(), events(2, "a"))
+        conn.commit()
+    closed: list[str] = []
+
+    async def slow_to_close() -> Any:
+        conn = await connect_async(path)
+        close = conn.close
+
+        async def closing() -> None:
+            await asyncio.sleep(0.05)  # a close that takes a round trip
+            await close()
+            closed.append("closed")
+
+        conn.close = closing  # type: ignore[method-assign]
+        return conn
+
+    async def scenario() -> None:
+        started = asyncio.Event()
+
+        class Stuck:
+            name = "stuck"
+
+            async def handle(self, event: PersistedEvent, tx: Any) -> None:
+                started.set()
+                await asyncio.Event().wait()
+
+        class Idle:
+            name = "idle"
+
+            async def handle(self, event: PersistedEvent, tx: Any) -> None:
+                pass
+
+        store = AsyncSQLiteStore()
+        runner = asyncio.ensure_future(
+            AsyncRunner().run(
+                [
+                    ProjectionRunner(Stuck(), AsyncProcessor(slow_to_close, store)),
+                    ProjectionRunner(Idle(), AsyncProcessor(slow_to_close, store)),
+                ]
+            )
+        )
+        await asyncio.wait_for(started.wait(), 10)
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        assert closed == ["closed", "closed"]
+
+    asyncio.run(scenario())
+
+
 def test_a_connection_still_opening_when_cancelled_is_closed(tmp_path: Path) -> None:
     """Cancelled while its connection opens, the processor returns at once;
     the connection, when it arrives, is closed rather than left open."""

@@ -67,9 +67,12 @@ class AsyncRunner:
             await asyncio.gather(*tasks)
         except BaseException:
             # Cancelled (or interrupted): stop every projection, and return
-            # only once each has rolled back what it was doing.
+            # only once each has rolled back what it was doing. A task that
+            # gather already cancelled is not cancelled again: that would cut
+            # its clean-up short (closing its connection).
             for task in tasks:
-                task.cancel()
+                if not task.done() and not task.cancelling():
+                    task.cancel()
             await asyncio.wait(tasks)
             raise
         finally:
