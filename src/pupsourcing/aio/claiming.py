@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from pupsourcing.aio.processor import AsyncProcessor
+from pupsourcing.aio.processor import AsyncProcessor, close_quietly
 from pupsourcing.projection.claiming import check_runner_args, chosen_projections, share
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.protocols import AsyncProjection
@@ -100,7 +100,7 @@ class AsyncClaimingRunner:
                     last_ok = time.monotonic()
                 except Exception as exc:
                     self._log.warning("partition leases: %s; retrying", exc)
-                    await _close(conn)
+                    await close_quietly(conn)
                     conn = None
                     if time.monotonic() - last_ok > self.lease_ttl * 0.8:
                         for part in self._running.values():
@@ -125,7 +125,7 @@ class AsyncClaimingRunner:
                     await self._drive(conn, self._plans.leave(p.name, self.owner))
             except Exception as exc:
                 self._log.warning("partition leases not released (they expire): %s", exc)
-            await _close(conn)
+            await close_quietly(conn)
         if error is not None:
             raise error
 
@@ -184,11 +184,3 @@ class AsyncClaimingRunner:
                 self._running[(name, key)] = _Partition(processor, projection)
                 self._log.info("%s partition %d of %d: claimed by %s", name, key, total, me)
                 more -= 1
-
-
-async def _close(conn: Any) -> None:
-    if conn is not None:
-        try:
-            await _maybe_await(conn.close())
-        except Exception as exc:  # a connection that already failed
-            del exc

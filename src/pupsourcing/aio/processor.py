@@ -246,8 +246,17 @@ async def _opening(opened: Awaitable[T]) -> T:
 def _close_late(task: asyncio.Future[Any]) -> None:
     if task.cancelled() or task.exception() is not None:
         return
-    closed = task.result().close()
-    if inspect.isawaitable(closed):
-        closing = asyncio.ensure_future(closed)
-        _closing_late.add(closing)
-        closing.add_done_callback(_closing_late.discard)
+    closing = asyncio.ensure_future(close_quietly(task.result()))
+    _closing_late.add(closing)
+    closing.add_done_callback(_closing_late.discard)
+
+
+async def close_quietly(conn: Any) -> None:
+    """Close ``conn`` if any (its driver's ``close`` may be a coroutine or
+    not); a connection that already failed may fail to close: ignored."""
+    if conn is None:
+        return
+    with contextlib.suppress(Exception):
+        closed = conn.close()
+        if inspect.isawaitable(closed):
+            await closed
