@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pickle
 import uuid
@@ -33,6 +34,7 @@ from pupsourcing.core._fast import (
     uuid_from_bytes,
     uuid_from_text,
 )
+from pupsourcing.core.events import LATER
 from pupsourcing.store.columns import NAMES as STORED_FIELDS
 
 
@@ -323,16 +325,18 @@ def test_event_decoder_reads_any_row_layout() -> None:
         one.payload = b"x"  # type: ignore[misc]
 
 
+@pytest.mark.parametrize("later", [(), LATER], ids=["now", "later"])
 @pytest.mark.parametrize("compile_", [event_decoder, event_row_decoder])
-def test_inline_conversions_equal_the_plain_ones(compile_: Any) -> None:
+def test_inline_conversions_equal_the_plain_ones(compile_: Any, later: tuple[str, ...]) -> None:
     # Statements instead of an expression: the UUID and the UTC timestamp,
-    # canonical text and the forms that take the slow path.
+    # canonical text and the forms that take the slow path, converted as
+    # the row is decoded or when the field is first read.
     values = stored_values()
     convert = {
         "event_id": [line.format("event_id") for line in UUID_FROM_TEXT],
         "created_at": [line.format("created_at") for line in TIMESTAMP_FROM_UTC_TEXT],
     }
-    decoder = compile_(STORED_FIELDS, convert=convert)
+    decoder = compile_(STORED_FIELDS, convert=convert, later=later)
     decode = decoder if compile_ is event_decoder else lambda rows: [decoder()(r) for r in rows]
     ids = [uuid.uuid4(), uuid.UUID(int=(1 << 128) - 1)]
     cases = [
@@ -371,7 +375,59 @@ def test_inline_conversions_equal_the_plain_ones(compile_: Any) -> None:
         assert decode([row])[0].event_id == uuid.UUID(odd)
     bad = tuple("not-a-uuid" if c == "event_id" else values[c] for c in STORED_FIELDS)
     with pytest.raises(ValueError, match="badly formed"):
-        decode([bad])
+        decode([bad])[0].event_id  # noqa: B018 (decoding is what is tested)
+
+
+@pytest.mark.parametrize("compile_", [event_decoder, event_row_decoder])
+def test_later_fields_are_converted_once_when_first_read(compile_: Any) -> None:
+    values = stored_values()
+    expected = PersistedEvent(**values)  # type: ignore[arg-type]
+    conversions: list[str] = []
+
+    def convert_id(text: str) -> uuid.UUID:
+        conversions.append("event_id")
+        return uuid.UUID(text)
+
+    def convert_at(text: str) -> datetime:
+        conversions.append("created_at")
+        return datetime.fromisoformat(text)
+
+    decoder = compile_(
+        STORED_FIELDS,
+        convert={"event_id": "convert_id(event_id)", "created_at": "convert_at(created_at)"},
+        names={"convert_id": convert_id, "convert_at": convert_at},
+        later=LATER,
+    )
+    decode = decoder if compile_ is event_decoder else lambda rows: [decoder()(r) for r in rows]
+    row = tuple(
+        str(values[c])
+        if c == "event_id"
+        else values[c].isoformat()
+        if c == "created_at"
+        else values[c]  # type: ignore[attr-defined]
+        for c in STORED_FIELDS
+    )
+    first, second, third, fourth = decode([row] * 4)
+    assert conversions == []  # nothing converted until read
+    assert first.created_at == expected.created_at
+    assert first.created_at is first.created_at  # converted once, then kept
+    assert conversions == ["created_at"]
+    assert first.event_id == expected.event_id
+    assert conversions == ["created_at", "event_id"]
+    # Unread, it is the same value as an event decoded at once: equal,
+    # same hash and text, copied, pickled and replaced as one.
+    assert type(second) is PersistedEvent
+    assert second == expected
+    assert hash(third) == hash(expected)
+    assert repr(fourth) == repr(expected)
+    assert pickle.loads(pickle.dumps(decode([row])[0])) == expected
+    assert copy.copy(decode([row])[0]) == expected
+    assert dataclasses.replace(decode([row])[0], payload=b"q").created_at == expected.created_at
+    assert dataclasses.asdict(decode([row])[0]) == dataclasses.asdict(expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decode([row])[0].created_at = expected.created_at  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="'PersistedEvent' object has no attribute 'nope'"):
+        decode([row])[0].nope  # type: ignore[attr-defined]  # noqa: B018
 
 
 @pytest.mark.parametrize("compile_", [event_decoder, event_row_decoder])
@@ -384,6 +440,8 @@ def test_event_decoder_needs_every_field_exactly_once(compile_: Any) -> None:
         compile_(STORED_FIELDS, convert={"created": "x"})
     with pytest.raises(ValueError, match="field names"):
         compile_([*STORED_FIELDS[:-1], "created_at)"])
+    with pytest.raises(ValueError, match="later"):
+        compile_(STORED_FIELDS, later=["payload"])
 
 
 def test_tuple_encoder_equals_the_attributes() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from conftest import Backend, backends_and_apis
 from helpers import event, events
 from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
+from pupsourcing.core.errors import StoredValueError
 from pupsourcing.core.hashing import fnv1a_32
 from pupsourcing.projection import HashPartitionStrategy, ProcessorConfig
 from pupsourcing.projection.batch import DECODE_CHUNK, Handle
@@ -188,22 +190,30 @@ def test_a_batch_is_decoded_a_few_rows_at_a_time() -> None:
 
 @pytest.mark.parametrize("backend", backends_and_apis(["sqlite"]), indirect=True)
 def test_a_row_that_cannot_be_decoded_is_not_blamed_on_the_handler(backend: Backend) -> None:
-    # Events are decoded while the batch is handled; a corrupt row must still
-    # surface as the decoding error it is, with the batch rolled back.
+    # The event id is decoded when the handler first reads it; a corrupt one
+    # must still surface as the decoding error it is (not a ProjectionError,
+    # which a dead-letter policy would skip), with the batch rolled back.
     positions = append_many(backend, aggregates=1, per_aggregate=3)
     conn = backend.connection()
     conn.cursor().execute(
         "UPDATE events SET event_id = 'not-a-uuid' WHERE global_position = ?", (positions[1],)
     )
     conn.commit()
-    projection = Recorder("corrupt")
+    projection = IdRecorder("corrupt")
     with (
         backend.Processor(backend.connect, backend.store) as processor,
         pytest.raises(ValueError, match="UUID") as caught,
     ):
         processor.catch_up(projection)
+    assert isinstance(caught.value, StoredValueError)
+    assert f"global position {positions[1]}: stored event_id 'not-a-uuid'" in str(caught.value)
     assert not isinstance(caught.value, ProjectionError)
     assert backend.store.get_checkpoint(backend.connection(), "corrupt") == 0
+    # A projection that never reads the event id handles every event.
+    reader = Recorder("no_ids")
+    with backend.Processor(backend.connect, backend.store) as processor:
+        assert processor.catch_up(reader) == 3
+    assert [e.global_position for e in reader.seen] == positions
 
 
 class SessionReadModel(ReadModel):
@@ -285,6 +295,14 @@ class Recorder:
 
     def handle(self, event: PersistedEvent, tx: Any) -> None:
         self.seen.append(event)
+
+
+class IdRecorder(Recorder):
+    """Reads each event's id, which a store decodes when it is first read."""
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        assert isinstance(event.event_id, uuid.UUID)
+        super().handle(event, tx)
 
 
 class FetchCounter(logging.Handler):

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from pupsourcing.aio._waiter import AsyncWaiter
-from pupsourcing.core.errors import ProjectionError
+from pupsourcing.core.errors import ProjectionError, StoredValueError
 from pupsourcing.projection.batch import Handle, Subscription
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.core import (
@@ -198,6 +198,8 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
                 result = handle(event, conn)
                 if result is not None and inspect.isawaitable(result):
                     await result
+            except StoredValueError:
+                raise  # a field the handler read cannot be decoded: no handler failure
             except Exception as exc:
                 raise ProjectionError(projection.name, event.global_position) from exc
 

@@ -85,6 +85,14 @@ class InvalidEventError(PupsourcingError, ValueError):
         super().__init__(f"{where}{field}: {problem}")
 
 
+class StoredValueError(PupsourcingError, ValueError):
+    """A field of a stored event cannot be decoded (the row was written by
+    something else, or damaged). Raised when the field is first read: a
+    store converts the event id and the timestamp only then. The processors
+    raise it as it is, not as a :class:`ProjectionError`: it is no handler
+    failure."""
+
+
 class ProjectionError(PupsourcingError):
     """A projection's handler raised; the original exception is ``__cause__``."""
 

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from pupsourcing.core.errors import InvalidEventError
 
@@ -115,14 +115,42 @@ class Event:
         )
 
 
-@dataclass(frozen=True, slots=True)
+LATER = ("event_id", "created_at")
+"""The fields a store may leave to decode until they are first read."""
+
+
+@dataclass(frozen=True)
 class PersistedEvent(Event):
     """An event as stored: the fields of :class:`Event` plus the positions the
     store assigned (keyword arguments)."""
 
+    # The fields' slots, and room for the stored form of the fields in LATER
+    # (see pupsourcing.core._fast): many projections never read them, and
+    # decoding them costs more than the rest of the event together.
+    __slots__ = (
+        "_decode_later",
+        "_stored_created_at",
+        "_stored_event_id",
+        "aggregate_version",
+        "global_position",
+    )
+
     _: KW_ONLY
     global_position: int
     aggregate_version: int
+
+    if not TYPE_CHECKING:  # (to a type checker, no attribute is made up)
+
+        def __getattr__(self, name: str) -> object:
+            # Reached only for an empty slot: a field in LATER not read yet.
+            if name in LATER:
+                try:
+                    decode = self._decode_later
+                except AttributeError:
+                    pass
+                else:
+                    return decode(self, name)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)

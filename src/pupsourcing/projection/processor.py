@@ -10,7 +10,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from pupsourcing.core.errors import ProjectionError
+from pupsourcing.core.errors import ProjectionError, StoredValueError
 from pupsourcing.projection._waiter import Waiter
 from pupsourcing.projection.batch import Handle, Subscription
 from pupsourcing.projection.config import ProcessorConfig
@@ -168,6 +168,8 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
                 for event in instruction:  # a row that fails to decode is no handler failure
                     try:
                         handle(event, conn)
+                    except StoredValueError:
+                        raise  # a field the handler read cannot be decoded: no handler failure
                     except Exception as exc:
                         raise ProjectionError(projection.name, event.global_position) from exc
                 return None

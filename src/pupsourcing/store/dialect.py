@@ -27,7 +27,7 @@ from pupsourcing.core._fast import (
     tuple_encoder,
 )
 from pupsourcing.core.errors import OptimisticConcurrencyError, SchemaError
-from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
+from pupsourcing.core.events import LATER, AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import MAX_VERSION, ExpectedVersion
 from pupsourcing.core.validation import check_append
 from pupsourcing.store import columns
@@ -188,7 +188,10 @@ class Dialect(abc.ABC):
             else [line.format(name) for line in template]
             for name, template in columns.by_type(columns.EVENTS, cls.decoders).items()
         }
-        spec: dict[str, Any] = {"convert": convert, "names": cls.codec_names}
+        # The event id and the timestamp cost most to convert, and most
+        # projections never read them: they are converted when first read.
+        later = [f for f in LATER if f in convert]
+        spec: dict[str, Any] = {"convert": convert, "names": cls.codec_names, "later": later}
         every = columns.NAMES
         key = columns.names(columns.KEY)
         rest = [name for name in every if name not in key]
