@@ -392,10 +392,18 @@ def test_later_fields_are_converted_once_when_first_read(compile_: Any) -> None:
         conversions.append("created_at")
         return datetime.fromisoformat(text)
 
+    def convert_meta(text: str | None) -> bytes | None:
+        conversions.append("metadata")
+        return None if text is None else text.encode()
+
     decoder = compile_(
         STORED_FIELDS,
-        convert={"event_id": "convert_id(event_id)", "created_at": "convert_at(created_at)"},
-        names={"convert_id": convert_id, "convert_at": convert_at},
+        convert={
+            "event_id": "convert_id(event_id)",
+            "metadata": "convert_meta(metadata)",
+            "created_at": "convert_at(created_at)",
+        },
+        names={"convert_id": convert_id, "convert_at": convert_at, "convert_meta": convert_meta},
         later=LATER,
     )
     decode = decoder if compile_ is event_decoder else lambda rows: [decoder()(r) for r in rows]
@@ -413,7 +421,8 @@ def test_later_fields_are_converted_once_when_first_read(compile_: Any) -> None:
     assert first.created_at is first.created_at  # converted once, then kept
     assert conversions == ["created_at"]
     assert first.event_id == expected.event_id
-    assert conversions == ["created_at", "event_id"]
+    assert first.metadata is None  # (stored NULL)
+    assert conversions == ["created_at", "event_id", "metadata"]
     # Unread, it is the same value as an event decoded at once: equal,
     # same hash and text, copied, pickled and replaced as one.
     assert type(second) is PersistedEvent

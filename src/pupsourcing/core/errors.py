@@ -88,7 +88,7 @@ class InvalidEventError(PupsourcingError, ValueError):
 class StoredValueError(PupsourcingError, ValueError):
     """A field of a stored event cannot be decoded (the row was written by
     something else, or damaged). Raised when the field is first read: a
-    store converts the event id and the timestamp only then. The processors
+    store converts the event id, metadata and timestamp only then. The processors
     raise it as it is, not as a :class:`ProjectionError`: it is no handler
     failure."""
 

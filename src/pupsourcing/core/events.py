@@ -115,7 +115,7 @@ class Event:
         )
 
 
-LATER = ("event_id", "created_at")
+LATER = ("event_id", "metadata", "created_at")
 """The fields a store may leave to decode until they are first read."""
 
 
@@ -131,6 +131,7 @@ class PersistedEvent(Event):
         "_decode_later",
         "_stored_created_at",
         "_stored_event_id",
+        "_stored_metadata",
         "aggregate_version",
         "global_position",
     )

@@ -188,7 +188,7 @@ class Dialect(abc.ABC):
             else [line.format(name) for line in template]
             for name, template in columns.by_type(columns.EVENTS, cls.decoders).items()
         }
-        # The event id and the timestamp cost most to convert, and most
+        # The event id, metadata and timestamp cost most to convert, and most
         # projections never read them: they are converted when first read.
         later = [f for f in LATER if f in convert]
         spec: dict[str, Any] = {"convert": convert, "names": cls.codec_names, "later": later}
