@@ -4,7 +4,9 @@ builders and encoders, and fast UUIDs.
 The whole interface:
 
 - :func:`event_decoder` and :func:`event_row_decoder` turn rows into
-  :class:`~pupsourcing.core.events.PersistedEvent` objects;
+  :class:`~pupsourcing.core.events.PersistedEvent` objects, leaving the
+  fields in :data:`~pupsourcing.core.events.LATER` to convert when first
+  read (the event keeps them as read: once converted, both stay);
 - :func:`event_builder` makes one from an appended :class:`Event` and the
   positions the store assigned;
 - :func:`tuple_encoder` turns an :class:`Event` into a row of parameters;
