@@ -193,15 +193,17 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
         NATS relay overrides this to publish the batch at once.)"""
         conn = self._conn
         handle = projection.handle
-        for event in events:  # a row that fails to decode is no handler failure
-            try:
-                result = handle(event, conn)
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except StoredValueError:
-                raise  # a field the handler read cannot be decoded: no handler failure
-            except Exception as exc:
-                raise ProjectionError(projection.name, event.global_position) from exc
+        # A row that fails to decode is no handler failure.
+        for chunk in events.chunks():
+            for event in chunk:
+                try:
+                    result = handle(event, conn)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
+                except StoredValueError:
+                    raise  # a field the handler read cannot be decoded: idem
+                except Exception as exc:
+                    raise ProjectionError(projection.name, event.global_position) from exc
 
     async def _abandon_transaction(self) -> None:
         """After an interruption: a connection the processor opened is closed

@@ -53,9 +53,15 @@ class Handle:
         return len(self.rows)
 
     def __iter__(self) -> Iterator[PersistedEvent]:
+        for events in self.chunks():
+            yield from events
+
+    def chunks(self) -> Iterator[list[PersistedEvent]]:
+        """The events, a few at a time (the processors' loop: one generator
+        step per chunk rather than per event)."""
         rows, decode = self.rows, self.decode
         for start in range(0, len(rows), DECODE_CHUNK):
-            yield from decode(rows[start : start + DECODE_CHUNK])
+            yield decode(rows[start : start + DECODE_CHUNK])
 
 
 MAX_SPAN = 1_000_000

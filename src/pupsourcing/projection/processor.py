@@ -165,13 +165,15 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
                 return execute(self._conn, instruction)
             if type(instruction) is Handle:
                 conn = self._conn
-                for event in instruction:  # a row that fails to decode is no handler failure
-                    try:
-                        handle(event, conn)
-                    except StoredValueError:
-                        raise  # a field the handler read cannot be decoded: no handler failure
-                    except Exception as exc:
-                        raise ProjectionError(projection.name, event.global_position) from exc
+                # A row that fails to decode is no handler failure.
+                for events in instruction.chunks():
+                    for event in events:
+                        try:
+                            handle(event, conn)
+                        except StoredValueError:
+                            raise  # a field the handler read cannot be decoded: idem
+                        except Exception as exc:
+                            raise ProjectionError(projection.name, event.global_position) from exc
                 return None
             if type(instruction) is Pause:
                 if instruction.wake and stop is not None:
