@@ -265,6 +265,32 @@ def test_pymysql_preferred_with_tls_options_still_connects_to_a_plain_server(
         conn.close()
 
 
+def test_asyncmy_preferred_with_tls_options_still_connects_to_a_plain_server(
+    mysql_base: str,
+) -> None:
+    """asyncmy given a CA insists on TLS; ``PREFERRED`` must still connect in
+    plain text to a server without it (as PyMySQL does), and ``REQUIRED``
+    with the same CA must not."""
+    require("asyncmy")
+    ca = ssl.get_default_verify_paths().cafile
+    assert ca is not None
+
+    async def main() -> None:
+        url = f"mysql+asyncmy://{mysql_base}?ssl_ca={ca}&ssl_mode="
+        conn = await async_database(url + "PREFERRED").connect()
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+                assert (await cursor.fetchone())[1] == ""  # plain text
+        finally:
+            conn.close()
+        with pytest.raises(Exception, match=r"SSL|TLS") as refused:
+            await async_database(url + "REQUIRED").connect()
+        assert type(refused.value).__module__.startswith("asyncmy")
+
+    asyncio.run(main())
+
+
 def test_asyncmy_and_postgres_tls_required_is_refused(pg_base: str, mysql_base: str) -> None:
     psycopg = require("psycopg")
     require("asyncmy")

@@ -145,6 +145,16 @@ def connect_url(url: DatabaseURL, create: bool, driver: Driver) -> Callable[[], 
     return connect_tls
 
 
+def _tls_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` (a driver's connection error) came from the TLS handshake."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _pymysql_connection(context: ssl.SSLContext | None = None) -> Callable[..., Any]:
     """PyMySQL's ``Connection`` whose "preferred" mode (TLS only if the
     server offers it: the default) uses ``context``; without one, the first
@@ -179,9 +189,22 @@ def connect_url_async(
 ) -> Callable[[], Awaitable[Any]]:
     module = import_driver(driver, "MySQL")
     kwargs, require_tls = _kwargs(url, driver)
+    # asyncmy given a TLS context insists on TLS. "Preferred" means TLS if
+    # it can be established, else plain text (as MySQL's own clients and
+    # PyMySQL do): on a server without TLS, connect again without it.
+    plain = (
+        {k: v for k, v in kwargs.items() if k != "ssl"}
+        if "ssl" in kwargs and _mode(url.params) == "PREFERRED"
+        else None
+    )
 
     async def open_async() -> Any:
-        conn = await module.connect(**kwargs)
+        try:
+            conn = await module.connect(**kwargs)
+        except Exception as exc:
+            if plain is None or not _tls_failed(exc):
+                raise
+            conn = await module.connect(**plain)
         if require_tls:
             try:
                 async with conn.cursor() as cursor:
