@@ -463,7 +463,9 @@ about 0.3 µs instead of 1.3 µs, for a projection that never reads them. The re
 `BEGIN IMMEDIATE`, the checkpoint's compare-and-set, the commit) is what
 keeps W3/100 at half the bare paging, which commits nothing. mysqlclient's
 W3 is the same story: its C row loading is so fast that decoding in Python
-dominates.
+dominates. `python bench/instructions.py` counts the instructions per event
+of SQLite's W3 and W4 under callgrind, for both sides: figures that do not
+move with the machine's load (they leave out the kernel's file writes).
 
 **Where the machine sets the limit.** W2c and W5 set our concurrent runs
 against our own single one, so they measure the machine as much as the

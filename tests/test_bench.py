@@ -61,8 +61,19 @@ def test_every_benchmark_is_tested() -> None:
         "push_latency.py",
         "observability.py",
         "console_load.py",
+        "instructions.py",
     }
     assert {p.name for p in SCRIPTS} == {p.name for p in STORE_SCRIPTS} | others
+
+
+def test_instruction_counts_compare_the_store_with_the_bare_driver() -> None:
+    out = run_quick(BENCH / "instructions.py")
+    row = re.search(r"^W3/1000\s+([\d,]+)\s+([\d,]+)\s+(\d+\.\d+)x$", out, re.M)
+    assert row, out
+    store, bare = (int(row[i].replace(",", "")) for i in (1, 2))
+    # Thousands of instructions an event on each side, and the ratio is theirs.
+    assert 1_000 < bare < store < 100_000, out
+    assert float(row[3]) == pytest.approx(bare / store, abs=0.006)
 
 
 def test_async_vs_sync_benchmark_runs_in_quick_mode() -> None:
