@@ -26,9 +26,11 @@ per row layout.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from types import CodeType
 from typing import Any
 
 from pupsourcing.core.errors import StoredValueError
@@ -74,6 +76,13 @@ class _EventBuilder(Event):
     __init__ = object.__init__
 
 
+@functools.lru_cache(maxsize=256)
+def _code(source: str, name: str) -> CodeType:
+    """``source`` compiled: a dialect's decoders share their source (the same
+    ``decode_later`` five times, say), and compiling is what costs."""
+    return compile(source, f"<pupsourcing {name}>", "exec")
+
+
 def _compile(lines: list[str], name: str, names: Mapping[str, object] | None = None) -> Any:
     """Define the function ``name`` from source ``lines``, with ``names`` as
     its globals."""
@@ -88,7 +97,7 @@ def _compile(lines: list[str], name: str, names: Mapping[str, object] | None = N
         "_fromisoformat": datetime.fromisoformat,
         "_parse_timestamp": _parse_utc_text,
     }
-    exec(compile("\n".join(lines), f"<pupsourcing {name}>", "exec"), namespace)
+    exec(_code("\n".join(lines), name), namespace)
     return namespace[name]
 
 
