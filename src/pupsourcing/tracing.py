@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from pupsourcing.store.plan import Plan
 
 __all__ = ["instrument", "uninstrument"]
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 MAX_LINKS = 128
 """Distinct event traces a batch span links to at most, by default
@@ -101,8 +104,7 @@ class _TracingObserver(_observe.Observer):
             found = {"db.system.name": key[0], "db.collection.name": key[1]}
             if operation:
                 found["db.operation.name"] = operation
-            if len(self._constants) < 256:  # tables are few; never grow without bound
-                self._constants[key] = found
+            _keep(self._constants, key, found, 256)  # tables are few
         return found
 
     def _subscription(self, dialect: Dialect, sub: Subscription) -> dict[str, Any]:
@@ -126,9 +128,7 @@ class _TracingObserver(_observe.Observer):
             found["pupsourcing.partition"] = sub.partition_key
             if sub.total_partitions != 1:
                 found["pupsourcing.total_partitions"] = sub.total_partitions
-            if len(self._subscriptions) >= 256:  # processors are few; never grow without bound
-                self._subscriptions.clear()
-            self._subscriptions[key] = found
+            _keep(self._subscriptions, key, found, 256)  # processors are few
         return found
 
     def _link_context(self, trace_id: str) -> trace.SpanContext:
@@ -139,9 +139,7 @@ class _TracingObserver(_observe.Observer):
             # An event stores its trace id only (span id 0, an invalid
             # context): OpenTelemetry keeps such a link for its attributes.
             found = trace.SpanContext(int(trace_id, 16), 0, is_remote=True)
-            if len(self._contexts) >= 1024:
-                self._contexts.clear()
-            self._contexts[trace_id] = found
+            _keep(self._contexts, trace_id, found, 1024)
         return found
 
     def ids(self) -> _observe.Ids | None:
@@ -258,6 +256,14 @@ class _TracingObserver(_observe.Observer):
                     )
                 otel_context.detach(token)  # type: ignore[arg-type]
                 span.end()
+
+
+def _keep(cache: dict[_K, _V], key: _K, value: _V, most: int) -> None:
+    """Keep ``value`` in ``cache`` under ``key``; a cache holding ``most``
+    entries starts again empty, so it never grows without bound."""
+    if len(cache) >= most:
+        cache.clear()
+    cache[key] = value
 
 
 def _collecting(
