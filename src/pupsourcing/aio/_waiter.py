@@ -34,8 +34,7 @@ class AsyncWaiter:
     async def wait(self, conn: Any, seconds: float, stop: asyncio.Event) -> bool:
         """Wait up to ``seconds``, less when woken; whether ``stop`` is set."""
         if not self._push:
-            await _first([stop.wait()], seconds)
-            return stop.is_set()
+            return await pause(seconds, stop)
         wakes = self._wakes
         if wakes.should_listen(conn):
             assert self._listener is not None
@@ -75,6 +74,18 @@ class AsyncWaiter:
             self._event = asyncio.Event()
             self._wakes.signal.register(self._event, asyncio.get_running_loop())
         return self._event
+
+
+async def pause(seconds: float, stop: asyncio.Event | None) -> bool:
+    """Wait ``seconds`` or until ``stop`` is set; whether it is."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return False
+    if seconds > 0 and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await stop.wait()
+    return stop.is_set()
 
 
 async def _first(waits: list[Awaitable[Any]], timeout: float | None) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from pupsourcing.aio._waiter import AsyncWaiter
+from pupsourcing.aio._waiter import AsyncWaiter, pause
 from pupsourcing.core.errors import ProjectionError, StoredValueError
 from pupsourcing.projection.batch import Handle, Subscription
 from pupsourcing.projection.config import ProcessorConfig
@@ -168,7 +168,7 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
             if type(instruction) is Pause:
                 if instruction.wake and stop is not None:
                     return await self._waiter.wait(self._conn, instruction.seconds, stop)
-                return await _pause(instruction.seconds, stop)
+                return await pause(instruction.seconds, stop)
             if type(instruction) is Connect:
                 return await self.connection()
             if type(instruction) is Disconnect:
@@ -215,18 +215,6 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
             return
         with contextlib.suppress(Exception):
             await self._conn.rollback()
-
-
-async def _pause(seconds: float, stop: asyncio.Event | None) -> bool:
-    """Wait ``seconds`` or until ``stop`` is set; whether it is."""
-    if stop is None:
-        await asyncio.sleep(seconds)
-        return False
-    if seconds > 0 and not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await stop.wait()
-    return stop.is_set()
 
 
 _closing_late: set[asyncio.Task[Any]] = set()

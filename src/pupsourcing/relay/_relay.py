@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+from pupsourcing.aio._waiter import pause
 from pupsourcing.aio.processor import AsyncProcessor
 from pupsourcing.core.events import PersistedEvent
 from pupsourcing.projection.batch import Handle
@@ -185,7 +186,7 @@ class NatsRelay:
                 )
                 self._synced = False
                 await self._link.close()
-                if await _pause(delay, stop):
+                if await pause(delay, stop):
                     return None
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
 
@@ -232,14 +233,3 @@ class NatsRelay:
             raise
         processor._core.subscription(self._projection).checkpoint = None  # reload it
         self._synced = True
-
-
-async def _pause(seconds: float, stop: asyncio.Event | None) -> bool:
-    """Wait ``seconds`` or until ``stop`` is set; whether it is."""
-    if stop is None:
-        await asyncio.sleep(seconds)
-        return False
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    return stop.is_set()
