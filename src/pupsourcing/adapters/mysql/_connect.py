@@ -66,8 +66,11 @@ def _tls_context(params: Mapping[str, str], mode: str) -> ssl.SSLContext:
     return ctx
 
 
-def _kwargs(url: DatabaseURL, driver: Driver) -> tuple[dict[str, Any], bool]:
-    """The driver's keyword arguments, and whether TLS must be checked."""
+def _kwargs(url: DatabaseURL, driver: Driver) -> tuple[dict[str, Any], bool, ssl.SSLContext | None]:
+    """The driver's keyword arguments, whether TLS must be checked, and the
+    pure-Python drivers' TLS context for "preferred" mode: TLS if it can be
+    established, else plain text, which each driver needs told its own way
+    (given a context, both would insist on TLS)."""
     unsupported = _UNSUPPORTED.get(driver.name, set()) & set(url.params)
     if unsupported:
         raise DatabaseURLError(
@@ -94,6 +97,7 @@ def _kwargs(url: DatabaseURL, driver: Driver) -> tuple[dict[str, Any], bool]:
         if name not in tls:
             kwargs[name] = URL_PARAMS[name](value)
     mode = _mode(url.params)
+    preferred = None
     if mysqlclient:
         files = {k[4:]: v for k, v in url.params.items() if k in ("ssl_ca", "ssl_cert", "ssl_key")}
         if mode is not None:
@@ -103,9 +107,12 @@ def _kwargs(url: DatabaseURL, driver: Driver) -> tuple[dict[str, Any], bool]:
     elif mode == "DISABLED":
         if driver.name == "pymysql":
             kwargs["ssl_disabled"] = True
-    elif mode is not None and (mode != "PREFERRED" or "ssl_ca" in url.params):
+    elif mode == "PREFERRED":
+        if "ssl_ca" in url.params:
+            preferred = _tls_context(url.params, mode)
+    elif mode is not None:
         kwargs["ssl"] = _tls_context(url.params, mode)
-    return kwargs, mode in ("REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")
+    return kwargs, mode in ("REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY"), preferred
 
 
 _NO_TLS = "ssl_mode requires TLS, but the connection is not encrypted"
@@ -116,12 +123,11 @@ _CIPHER = "SHOW SESSION STATUS LIKE 'Ssl_cipher'"
 
 def connect_url(url: DatabaseURL, create: bool, driver: Driver) -> Callable[[], Any]:
     module = import_driver(driver, "MySQL")
-    kwargs, require_tls = _kwargs(url, driver)
+    kwargs, require_tls, preferred = _kwargs(url, driver)
     connect = module.connect
     if driver.name == "pymysql":
-        # A context of the URL's own in "preferred" mode: PyMySQL would take
-        # it as TLS required; it has to come where its preferred mode looks.
-        preferred = kwargs.pop("ssl", None) if _mode(url.params) == "PREFERRED" else None
+        # PyMySQL takes a context given as ``ssl`` as TLS required: a
+        # preferred one goes where its own preferred mode looks.
         connect = _pymysql_connection(preferred) if preferred else _shared_preferred()
     opener = functools.partial(connect, **kwargs)
     if not require_tls:
@@ -188,23 +194,20 @@ def connect_url_async(
     url: DatabaseURL, create: bool, driver: Driver
 ) -> Callable[[], Awaitable[Any]]:
     module = import_driver(driver, "MySQL")
-    kwargs, require_tls = _kwargs(url, driver)
-    # asyncmy given a TLS context insists on TLS. "Preferred" means TLS if
-    # it can be established, else plain text (as MySQL's own clients and
-    # PyMySQL do): on a server without TLS, connect again without it.
-    plain = (
-        {k: v for k, v in kwargs.items() if k != "ssl"}
-        if "ssl" in kwargs and _mode(url.params) == "PREFERRED"
-        else None
-    )
+    kwargs, require_tls, preferred = _kwargs(url, driver)
 
     async def open_async() -> Any:
-        try:
+        if preferred is None:
             conn = await module.connect(**kwargs)
-        except Exception as exc:
-            if plain is None or not _tls_failed(exc):
-                raise
-            conn = await module.connect(**plain)
+        else:
+            # asyncmy given a context insists on TLS: on a server without
+            # it, connect again in plain text (as MySQL's clients do).
+            try:
+                conn = await module.connect(**kwargs, ssl=preferred)
+            except Exception as exc:
+                if not _tls_failed(exc):
+                    raise
+                conn = await module.connect(**kwargs)
         if require_tls:
             try:
                 async with conn.cursor() as cursor:
