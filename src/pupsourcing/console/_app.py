@@ -279,21 +279,19 @@ class Console:
     # -- pages ------------------------------------------------------------------------
 
     async def overview_page(self, request: Request) -> Response:
-        return HTMLResponse(_pages.page("Overview", "overview", root=url_root(request.scope)))
+        return HTMLResponse(_page(request, "Overview", "overview"))
 
     async def streams_page(self, request: Request) -> Response:
-        return HTMLResponse(
-            _pages.page("Streams", "streams", _pages.STREAM_SEARCH, root=url_root(request.scope))
-        )
+        return HTMLResponse(_page(request, "Streams", "streams", _pages.STREAM_SEARCH))
 
     async def stream_page(self, request: Request) -> Response:
         bc, kind, aid = _key(request)
         return HTMLResponse(
-            _pages.page(
+            _page(
+                request,
                 f"{kind} {aid}",
                 "stream",
                 _pages.STREAM_RANGE,
-                root=url_root(request.scope),
                 bounded_context=bc,
                 aggregate_type=kind,
                 aggregate_id=aid,
@@ -301,12 +299,10 @@ class Console:
         )
 
     async def log_page(self, request: Request) -> Response:
-        return HTMLResponse(_pages.page("Global log", "log", root=url_root(request.scope)))
+        return HTMLResponse(_page(request, "Global log", "log"))
 
     async def dead_letters_page(self, request: Request) -> Response:
-        return HTMLResponse(
-            _pages.page("Dead letters", "dead-letters", root=url_root(request.scope))
-        )
+        return HTMLResponse(_page(request, "Dead letters", "dead-letters"))
 
     async def static_file(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -389,12 +385,16 @@ def _is_api(path: str) -> bool:
     return path == "/api" or path.startswith("/api/")
 
 
+def _page(request: Request, title: str, view: str, body: str = "", **data: str) -> str:
+    """:func:`_pages.page`, its URLs under the console's root path."""
+    return _pages.page(title, view, body, root=url_root(request.scope), **data)
+
+
 async def _error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if _is_api(route_path(request.scope)) or exc.status_code != 404:
         return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
-    page = _pages.page("Not found", "none", root=url_root(request.scope))
-    return HTMLResponse(page, 404, headers=exc.headers)
+    return HTMLResponse(_page(request, "Not found", "none"), 404, headers=exc.headers)
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
