@@ -37,6 +37,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from common import UNAVAILABLE_EXIT_CODE, make_events
+from projections import Noop, page_through
+
 from pupsourcing import ExpectedVersion
 from pupsourcing.adapters.sqlite import SQLiteStore, connect
 from pupsourcing.projection import Processor, ProcessorConfig
@@ -46,18 +49,8 @@ STREAM_READS = 5
 WORKLOADS = ("W3/100", "W3/1000", "W4")
 
 
-class Noop:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def handle(self, event: object, tx: object) -> None:
-        pass
-
-
 def make_database(path: Path, events: int) -> None:
     """``events`` events of 10-event aggregates, then one 1,000-event stream."""
-    from common import make_events  # (not in the child, which callgrind runs)
-
     store = SQLiteStore()
     conn = connect(path)
     store.create_schema(conn)
@@ -92,13 +85,8 @@ def _raw_side(workload: str, conn: sqlite3.Connection) -> int:
             read = len(rows.fetchall())
             assert read == STREAM, read
         return STREAM_READS * STREAM
-    batch = int(workload.split("/")[1])
     sql = dialect.fetch_statement(0, None, 0, (), (), None).sql
-    cursor, handled, position = conn.cursor(), 0, 0
-    while page := cursor.execute(sql, (position, batch)).fetchall():
-        handled += len(page)
-        position = page[-1][0]
-    return handled
+    return page_through(conn, sql, int(workload.split("/")[1]))
 
 
 def child(workloads: Sequence[str], path: str) -> None:
@@ -168,8 +156,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         child(args.child[0].split(","), args.child[1])
         return 0
-    from common import UNAVAILABLE_EXIT_CODE
-
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return UNAVAILABLE_EXIT_CODE
