@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import pickle
+import types
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -437,6 +439,22 @@ def test_later_fields_are_converted_once_when_first_read(compile_: Any) -> None:
         decode([row])[0].created_at = expected.created_at  # type: ignore[misc]
     with pytest.raises(AttributeError, match="'PersistedEvent' object has no attribute 'nope'"):
         decode([row])[0].nope  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_persisted_event_fields_outside_later_are_plain_slots() -> None:
+    """A ``__getattr__`` on the class, or a descriptor on any other field,
+    would make every field read of every handler take the interpreter's
+    slow attribute path (about five times the instructions)."""
+    assert "__getattr__" not in vars(PersistedEvent)
+    for f in dataclasses.fields(PersistedEvent):
+        found = inspect.getattr_static(PersistedEvent, f.name)
+        if f.name in LATER:
+            assert not isinstance(found, types.MemberDescriptorType), f.name
+        else:
+            assert isinstance(found, types.MemberDescriptorType), f.name
+    empty = object.__new__(PersistedEvent)  # no stored form, no decoder
+    with pytest.raises(AttributeError, match="'PersistedEvent' object has no attribute 'event_id'"):
+        empty.event_id  # noqa: B018
 
 
 @pytest.mark.parametrize("compile_", [event_decoder, event_row_decoder])

@@ -66,6 +66,12 @@ class _StoredEventBuilder(PersistedEvent):
     __init__ = object.__init__
 
 
+# The builder stores the deferred fields straight into their slots, past
+# PersistedEvent's descriptors for them.
+for _name in LATER:
+    setattr(_StoredEventBuilder, _name, vars(Event)[_name])
+
+
 class _EventBuilder(Event):
     """The unfrozen twin of :class:`Event`, as :class:`_StoredEventBuilder`
     is :class:`PersistedEvent`'s."""

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pupsourcing.core.errors import InvalidEventError
 
@@ -119,6 +119,41 @@ LATER = ("event_id", "metadata", "created_at")
 """The fields a store may leave to decode until they are first read."""
 
 
+class _Later:
+    """A field of :class:`PersistedEvent` that a store may keep in its stored
+    form (slot ``_stored_<name>``) until it is first read: a data descriptor
+    over the field's slot. Unlike ``__getattr__`` on the class, it leaves
+    reading the other fields a plain slot read that the interpreter can
+    specialise."""
+
+    __slots__ = ("_name", "_slot")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._slot = vars(Event)[name]  # the slot's member descriptor
+
+    def __get__(self, event: PersistedEvent | None, owner: type | None = None) -> Any:
+        if event is None:
+            return self
+        try:
+            return self._slot.__get__(event, owner)
+        except AttributeError:
+            pass
+        try:
+            decode = event._decode_later  # type: ignore[attr-defined]
+        except AttributeError:
+            raise AttributeError(
+                f"{type(event).__name__!r} object has no attribute {self._name!r}"
+            ) from None
+        return decode(event, self._name)
+
+    def __set__(self, event: PersistedEvent, value: object) -> None:
+        self._slot.__set__(event, value)
+
+    def __delete__(self, event: PersistedEvent) -> None:
+        self._slot.__delete__(event)
+
+
 @dataclass(frozen=True)
 class PersistedEvent(Event):
     """An event as stored: the fields of :class:`Event` plus the positions the
@@ -140,18 +175,10 @@ class PersistedEvent(Event):
     global_position: int
     aggregate_version: int
 
-    if not TYPE_CHECKING:  # (to a type checker, no attribute is made up)
-
-        def __getattr__(self, name: str) -> object:
-            # Reached only for an empty slot: a field in LATER not read yet.
-            if name in LATER:
-                try:
-                    decode = self._decode_later
-                except AttributeError:
-                    pass
-                else:
-                    return decode(self, name)
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    if not TYPE_CHECKING:  # (to a type checker, they are the fields they stand for)
+        event_id = _Later("event_id")
+        metadata = _Later("metadata")
+        created_at = _Later("created_at")
 
 
 @dataclass(frozen=True, slots=True)
