@@ -303,3 +303,31 @@ def test_partitioned_batch_spans_name_their_partition(sqlite_db: Backend, spans:
 def test_max_links_must_be_a_count(bad: Any) -> None:
     with pytest.raises(ValueError, match="max_links"):
         tracing.instrument(max_links=bad)
+
+
+def test_links_note_each_valid_trace_once_at_its_first_event() -> None:
+    """Across a batch's chunks: the first event of each trace, in order;
+    ids that are no OpenTelemetry trace id and repeats are passed over."""
+    from pupsourcing.core.events import PersistedEvent
+    from pupsourcing.tracing import _collecting
+
+    a, b, c = (format(i, "032x") for i in (1, 2, 3))
+    ids = [None, a, "not-a-trace", a, "0" * 32, b, "not-a-trace", c]
+    events = [
+        PersistedEvent(
+            "Shop",
+            "Order",
+            "o",
+            "Placed",
+            b"{}",
+            trace_id=t,
+            global_position=p,
+            aggregate_version=1,
+        )
+        for p, t in enumerate(ids, start=10)
+    ]
+    for most, expected in [(8, {a: 11, b: 15, c: 17}), (2, {a: 11, b: 15})]:
+        traces: dict[str, int] = {}
+        collect = _collecting(lambda rows: list(rows), traces, most)
+        assert collect(events[:4]) + collect(events[4:]) == events
+        assert traces == expected

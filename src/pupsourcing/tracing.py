@@ -273,22 +273,22 @@ def _collecting(
 ) -> Callable[[Sequence[Any]], list[PersistedEvent]]:
     """``decode``, noting each new trace id among the events (with the
     position of its first event), ``most`` at most."""
+    malformed: set[str] = set()
 
     def decode_and_collect(rows: Sequence[Any]) -> list[PersistedEvent]:
         events = decode(rows)
         if len(traces) >= most:  # no more links: no more work per event
             return events
-        new = {e.trace_id for e in events}
-        new.difference_update(traces)
-        new.discard(None)
-        if not new:  # the usual case: the batch's traces are known already
-            return events
-        for e in events:
+        for e in events:  # one plain loop: cheaper than building sets
             trace_id = e.trace_id
-            if trace_id is not None and trace_id in new and len(traces) < most:
-                new.discard(trace_id)
-                if _is_trace_id(trace_id):
-                    traces[trace_id] = e.global_position
+            if trace_id is None or trace_id in traces or trace_id in malformed:
+                continue
+            if not _is_trace_id(trace_id):
+                malformed.add(trace_id)
+                continue
+            traces[trace_id] = e.global_position
+            if len(traces) >= most:
+                break
         return events
 
     return decode_and_collect
