@@ -23,8 +23,9 @@ work included), shown as a share of this run's W2 time per append and
 W3/100 time per batch. W3's events come from one traced request, so its
 batch spans have one link each; the line "tracing, 1 trace per event" times
 the batch hook with every event from a trace of its own (100 links, as a
-projection of single-event requests sees). The last line is the verdict:
-those shares on PostgreSQL against the 5% target.
+projection of single-event requests sees): it is reported, not judged, as
+it is not W3 (see docs/observability.md on bounding links). The last line is
+the verdict: the W2 and W3 shares on PostgreSQL against the 5% target.
 
     python bench/observability.py [--quick] [--db postgres,sqlite] [--rounds N]
 """
@@ -192,13 +193,19 @@ link each), as a projection of single-event web requests sees; its append
 is the ``tracing`` mode's."""
 
 
+HOOK_SAMPLES = 15
+"""Timed runs of each hook; its cost is the fastest (the one least disturbed)."""
+
+
 def hook_costs(target: Target, repeat: int) -> dict[str, tuple[float, float]]:
     """By mode: seconds the mode adds per append and per batch of
-    ``HOOK_BATCH`` events, its hooks driven with plans that do nothing
-    (best of 5 runs of ``repeat`` each, less the same without hooks); and
-    the :data:`SPREAD` entry. The hooks do no I/O, so what they take is
-    this process's CPU time (the SDK's export thread included), which other
-    processes on a busy machine do not inflate as they do the clock."""
+    ``HOOK_BATCH`` events, its hooks driven with plans that do nothing (the
+    fastest of :data:`HOOK_SAMPLES` runs of ``repeat / 5`` each, less the
+    same without hooks); and the :data:`SPREAD` entry. Every mode is timed
+    once per round, so a burst of load elsewhere on the machine slows one
+    run of each rather than all the runs of one. The hooks do no I/O, so
+    what they take is this process's CPU time (the SDK's export thread
+    included), which other processes do not inflate as they do the clock."""
     conn = target.connect(False)
     try:
         batch = make_events("hooks", 1)
@@ -212,35 +219,48 @@ def hook_costs(target: Target, repeat: int) -> dict[str, tuple[float, float]]:
     sub = Subscription.of(Noop("hooks"), ProcessorConfig(batch_size=HOOK_BATCH))
     sub.checkpoint = events[-1].global_position
     horizon = Horizon()
-
-    def timed(run: Callable[[], Any]) -> float:
-        best = float("inf")
-        for _ in range(5):
-            start = time.process_time()
-            for _ in range(repeat):
-                _drive(run())
-            best = min(best, (time.process_time() - start) / repeat)
-        return best
-
-    bare_append = timed(lambda: _append_plan(result))
-    bare_batch = timed(lambda: _batch_plan(events))
     spread = [dataclasses.replace(e, trace_id=f"{i + 1:032x}") for i, e in enumerate(events)]
-    costs: Costs = {}
-    for mode in MODES[1:]:
-        with instrumented(mode) as tracer, tracer.start_as_current_span("request"):
-            observer = _observe.observer
-            assert observer is not None
-            append = timed(
-                functools.partial(_drive_hooked_append, observer, dialect, batch, result)
-            )
-            step = timed(functools.partial(_hooked_batch, observer, dialect, sub, horizon, events))
-            costs[mode] = (max(append - bare_append, 0.0), max(step - bare_batch, 0.0))
-            if mode == "tracing":
-                step = timed(
-                    functools.partial(_hooked_batch, observer, dialect, sub, horizon, spread)
+    runs = max(repeat // 5, 1)
+    best: dict[tuple[str, str], float] = {}
+
+    def timed(mode: str, kind: str, run: Callable[[], Any]) -> None:
+        start = time.process_time()
+        for _ in range(runs):
+            _drive(run())
+        took = (time.process_time() - start) / runs
+        best[mode, kind] = min(best.get((mode, kind), took), took)
+
+    for _ in range(HOOK_SAMPLES):
+        timed("off", "append", lambda: _append_plan(result))
+        timed("off", "batch", lambda: _batch_plan(events))
+        for mode in MODES[1:]:
+            with instrumented(mode) as tracer, tracer.start_as_current_span("request"):
+                observer = _observe.observer
+                assert observer is not None
+                timed(
+                    mode,
+                    "append",
+                    functools.partial(_drive_hooked_append, observer, dialect, batch, result),
                 )
-                costs[SPREAD] = (costs[mode][0], max(step - bare_batch, 0.0))
-    return costs
+                timed(
+                    mode,
+                    "batch",
+                    functools.partial(_hooked_batch, observer, dialect, sub, horizon, events),
+                )
+                if mode == "tracing":
+                    timed(
+                        SPREAD,
+                        "batch",
+                        functools.partial(_hooked_batch, observer, dialect, sub, horizon, spread),
+                    )
+    best[SPREAD, "append"] = best["tracing", "append"]
+    return {
+        mode: (
+            max(best[mode, "append"] - best["off", "append"], 0.0),
+            max(best[mode, "batch"] - best["off", "batch"], 0.0),
+        )
+        for mode in (*MODES[1:], SPREAD)
+    }
 
 
 def _hooked_batch(
@@ -352,16 +372,23 @@ def report(database: str, rates: Rates, costs: Costs) -> list[str]:
         lines.append(
             f"  {mode:26} append {added_append * 1e6:7.1f} us ({append:6.1%})   "
             f"batch {added_batch * 1e6:7.1f} us ({batch:6.1%})   "
-            + ("ok" if max(append, batch) <= TARGET - 1 else "over 5%")
+            + (
+                "(not W3: not judged)"
+                if mode == SPREAD
+                else "ok"
+                if max(append, batch) <= TARGET - 1
+                else "over 5%"
+            )
         )
     return lines
 
 
 def verdict(rates: Rates, costs: Costs) -> str:
-    """The PostgreSQL hook shares against the target, in one line."""
+    """The PostgreSQL hook shares of W2 and W3 against the target, in one line."""
     over = [
         f"{mode} {kind} {share:.1%}"
         for mode, pair in shares(rates, costs).items()
+        if mode != SPREAD
         for kind, share in zip(("append", "batch"), pair, strict=True)
         if share > TARGET - 1
     ]

@@ -121,6 +121,8 @@ def test_observability_benchmark_runs_in_quick_mode() -> None:
         r"^  tracing, 1 trace per event\s+append .*batch\s+(\d+\.\d) us", out, re.M
     )
     assert float(spread) > float(next(b for m, _, b in hooks if m == "tracing")), out
+    # It is not W3 (whose events come from one request), so it is not judged.
+    assert re.search(r"^  tracing, 1 trace per event .*\(not W3: not judged\)$", out, re.M), out
 
 
 def test_push_latency_runs_in_quick_mode() -> None:

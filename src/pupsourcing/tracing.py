@@ -279,9 +279,15 @@ def _collecting(
         events = decode(rows)
         if len(traces) >= most:  # no more links: no more work per event
             return events
+        previous = ""
         for e in events:  # one plain loop: cheaper than building sets
             trace_id = e.trace_id
-            if trace_id is None or trace_id in traces or trace_id in malformed:
+            # (A request's events are usually together: comparing with the
+            # last is cheaper than hashing.)
+            if trace_id is None or trace_id == previous:
+                continue
+            previous = trace_id
+            if trace_id in traces or trace_id in malformed:
                 continue
             if not _is_trace_id(trace_id):
                 malformed.add(trace_id)
