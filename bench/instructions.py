@@ -11,6 +11,10 @@ client/server database's would not, hence SQLite only.
     W3/100   catch-up of N events by a no-op projection, batch 100,
              against the bare driver's ordered paging with pages of 100
     W3/1000  the same at batch 1000
+    W3r/1000 the same with a projection that reads five fields of each event
+             (what a read model's handler does), against the paging reading
+             the same five columns of each row: a no-op projection would not
+             show what reading a field costs
     W4       5 reads of one 1,000-event stream, against the same SELECT
 
 One process under callgrind runs every phase, store then bare driver, with
@@ -20,7 +24,7 @@ boundary. Each figure is a phase's instructions over the events it handled
 package).
 
     python bench/instructions.py            # 5,000 events, about a minute
-    python bench/instructions.py --quick    # W3/1000 on 500 events
+    python bench/instructions.py --quick    # W3/1000 and W3r/1000 on 500 events
 """
 
 from __future__ import annotations
@@ -36,17 +40,60 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from common import UNAVAILABLE_EXIT_CODE, make_events
 from projections import Noop, page_through
 
-from pupsourcing import ExpectedVersion
+from pupsourcing import ExpectedVersion, PersistedEvent
 from pupsourcing.adapters.sqlite import SQLiteStore, connect
 from pupsourcing.projection import Processor, ProcessorConfig
 
 STREAM = 1000
 STREAM_READS = 5
-WORKLOADS = ("W3/100", "W3/1000", "W4")
+WORKLOADS = ("W3/100", "W3/1000", "W3r/1000", "W4")
+READ = (3, 4, 6, 8, 0)
+"""The columns W3r's bare side reads: aggregate_id, aggregate_version,
+event_type, payload, global_position (its projection reads those fields)."""
+
+
+class Reading:
+    """A projection whose handler reads what a read model's typically does."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.size = 0
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        self.size += (
+            len(event.aggregate_id)
+            + event.aggregate_version
+            + len(event.event_type)
+            + len(event.payload)
+            + event.global_position
+        )
+
+
+def page_reading(conn: sqlite3.Connection, sql: str, batch: int) -> int:
+    """:func:`page_through`, reading :data:`READ` of each row as ``Reading`` does."""
+    aggregate_id, version, event_type, payload, position = READ
+    cursor = conn.cursor()
+    rows = size = last = 0
+    while True:
+        cursor.execute(sql, (last, batch))
+        page = cursor.fetchall()
+        if not page:
+            return rows
+        for row in page:
+            size += (
+                len(row[aggregate_id])
+                + row[version]
+                + len(row[event_type])
+                + len(row[payload])
+                + row[position]
+            )
+        rows += len(page)
+        last = page[-1][0]
 
 
 def make_database(path: Path, events: int) -> None:
@@ -73,8 +120,11 @@ def _store_side(workload: str, conn: sqlite3.Connection) -> int:
         return STREAM_READS * STREAM
     batch = int(workload.split("/")[1])
     config = ProcessorConfig(batch_size=batch, logger=logging.getLogger("instructions"))
+    projection = (
+        Reading(f"reading_{batch}") if workload.startswith("W3r") else Noop(f"noop_{batch}")
+    )
     with Processor(conn, store, config) as processor:
-        return processor.catch_up(Noop(f"noop_{batch}"))
+        return processor.catch_up(projection)
 
 
 def _raw_side(workload: str, conn: sqlite3.Connection) -> int:
@@ -86,7 +136,8 @@ def _raw_side(workload: str, conn: sqlite3.Connection) -> int:
             assert read == STREAM, read
         return STREAM_READS * STREAM
     sql = dialect.fetch_statement(0, None, 0, (), (), None).sql
-    return page_through(conn, sql, int(workload.split("/")[1]))
+    page = page_reading if workload.startswith("W3r") else page_through
+    return page(conn, sql, int(workload.split("/")[1]))
 
 
 def child(workloads: Sequence[str], path: str) -> None:
@@ -149,7 +200,7 @@ def _total(dump: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="W3/1000 on 500 events")
+    parser.add_argument("--quick", action="store_true", help="W3/1000 and W3r/1000 on 500 events")
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -159,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return UNAVAILABLE_EXIT_CODE
-    workloads, events = (("W3/1000",), 500) if args.quick else (WORKLOADS, args.events)
+    workloads, events = (("W3/1000", "W3r/1000"), 500) if args.quick else (WORKLOADS, args.events)
     print(f"SQLite {sqlite3.sqlite_version}, instructions per event (callgrind), {events:,} events")
     print(f"{'workload':<9} {'store':>9} {'bare':>9}  ratio (bare / store)")
     for workload, store, raw in measure(workloads, events):
