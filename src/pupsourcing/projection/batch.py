@@ -375,6 +375,7 @@ def _handle_and_advance(
             )
         if advanced and then is not None:
             yield from then()
+        wrote = (yield from dialect.batch_wrote(opened)) if advanced else None
     except ProjectionError as failure:
         yield ROLLBACK
         yield from _end_failed_batch(dialect, opened)
@@ -392,8 +393,8 @@ def _handle_and_advance(
             yield ROLLBACK
         yield from _end_failed_batch(dialect, opened)
         raise
-    wrote = yield from dialect.end_batch(opened, advanced)
-    if advanced:
+    yield from dialect.end_batch(opened, wrote)
+    if wrote is not None:
         sub.lazy_commit = not wrote
     return advanced, ahead if advanced else None
 
@@ -402,7 +403,7 @@ def _end_failed_batch(dialect: Dialect, opened: object) -> Generator[Statement, 
     """:meth:`Dialect.end_batch` after a failure: the failure is what the
     caller raises, even if this fails too (on a lost connection, say)."""
     with contextlib.suppress(Exception):  # the batch's own failure is raised next
-        yield from dialect.end_batch(opened, False)
+        yield from dialect.end_batch(opened, None)
 
 
 def _after_failed_handler(

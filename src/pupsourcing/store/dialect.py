@@ -666,17 +666,22 @@ class Dialect(abc.ABC):
         """Open the transaction of a projection batch. ``lazy``: the last
         batch wrote nothing through ``tx``, so this one likely writes only
         its checkpoint; a dialect may then commit it without waiting for the
-        disk (see :meth:`end_batch`). Answers what :meth:`end_batch` needs."""
+        disk (see :meth:`end_batch`). Answers what the other two need."""
         yield Statement(self.begin_sql, begin=True)
         return None
 
-    def end_batch(self, opened: object, committed: bool) -> Plan[bool]:
-        """After a batch's COMMIT (``committed``) or ROLLBACK: put back what
-        :meth:`begin_batch` changed, and for a committed batch answer whether
-        it wrote more than its checkpoint (here: unknown, so ``True``). A
-        write committed lazily must be made durable here."""
+    def batch_wrote(self, opened: object) -> Plan[bool]:
+        """In the batch's transaction, once its checkpoint moved and before
+        COMMIT: whether it wrote more than its checkpoint (here: unknown,
+        so ``True``)."""
         yield from ()
         return True
+
+    def end_batch(self, opened: object, wrote: bool | None) -> Plan[None]:
+        """After the batch's COMMIT (``wrote``: what :meth:`batch_wrote`
+        answered) or ROLLBACK (``None``): put back what :meth:`begin_batch`
+        changed. A write committed lazily must be made durable here."""
+        yield from ()
 
     def load_checkpoint(self, projection_name: str) -> Plan[int]:
         """A processor's checkpoint, creating its row (at 0) if missing, so that

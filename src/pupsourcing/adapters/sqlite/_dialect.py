@@ -184,27 +184,30 @@ class SQLiteDialect(Dialect):
         yield Statement(self.begin_sql, begin=True)
         return _Opened(lowered, int(changes), int(schema))
 
-    def end_batch(self, opened: object, committed: bool) -> Plan[bool]:
-        """Puts the connection's level back. A batch committed lazily that
-        wrote after all is made durable at once: a commit at the
-        connection's own level syncs the write-ahead log up to it."""
+    def batch_wrote(self, opened: object) -> Plan[bool]:
+        """Read in the batch's own transaction, which holds the locks the
+        read needs already."""
         assert isinstance(opened, _Opened)
-        if opened.level is not None:
-            yield Statement(f"PRAGMA synchronous = {opened.level}")
-        if not committed:
-            return False
         rows = yield Statement(_CHANGES_SQL, fetch=True)
         changes, schema = rows[0]
         # The checkpoint's compare-and-set is one change; a schema change
         # counts no row.
-        wrote = int(changes) - opened.changes > 1 or int(schema) != opened.schema
-        if wrote and opened.level is not None:
+        return int(changes) - opened.changes > 1 or int(schema) != opened.schema
+
+    def end_batch(self, opened: object, wrote: bool | None) -> Plan[None]:
+        """Puts the connection's level back. A batch committed lazily that
+        wrote after all is made durable at once: a commit at the
+        connection's own level syncs the write-ahead log up to it."""
+        assert isinstance(opened, _Opened)
+        if opened.level is None:
+            return
+        yield Statement(f"PRAGMA synchronous = {opened.level}")
+        if wrote:
             yield Statement(self.begin_sql, begin=True)
             rows = yield Statement("PRAGMA user_version", fetch=True)
             # Rewriting the same value writes a page, so the commit syncs.
             yield Statement(f"PRAGMA user_version = {int(rows[0][0])}")
             yield COMMIT
-        return wrote
 
     def existing_event_columns(self) -> Plan[set[str]]:
         rows = yield Statement(f"PRAGMA table_info({self.events_table})", fetch=True)
