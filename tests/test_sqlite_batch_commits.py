@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from pupsourcing.aio import AsyncProcessor
 from pupsourcing.projection import Processor, ProcessorConfig
 
 LOWER = "PRAGMA synchronous = 1"
+RESTORE = "PRAGMA synchronous = 2"
 SYNC = "PRAGMA user_version = 0"
 
 
@@ -80,14 +82,80 @@ def test_a_batch_after_one_that_wrote_nothing_commits_lazily(tmp_path: Path) -> 
     statements = traced(conn)
     with Processor(conn, store, ProcessorConfig(batch_size=2)) as processor:
         assert processor.catch_up(Writes(positions=set())) == 5
-    found = batches(statements)
-    assert len(found) == 3
-    assert LOWER not in found[0]  # nothing known yet: the connection's level
-    for batch in found[1:]:
-        assert batch.index(LOWER) < batch.index("BEGIN IMMEDIATE")
-        assert batch.index("COMMIT") < batch.index("PRAGMA synchronous = 2")
+    begins = [i for i, s in enumerate(statements) if s == "BEGIN IMMEDIATE"]
+    assert len(begins) == 3
+    # Nothing known before the first batch: the connection's level. The
+    # second is lazy, and the level stays lowered while batches write
+    # nothing but their checkpoints: the third reads no settings and sets
+    # no level. It goes back once no batch follows (here: caught up).
+    assert statements.count(LOWER) == 1
+    assert statements.count(RESTORE) == 1
+    lowered, restored = statements.index(LOWER), statements.index(RESTORE)
+    assert begins[0] < lowered < begins[1] < begins[2] < restored
+    assert "COMMIT" in statements[begins[2] : restored]
+    assert len(batches(statements)) == 2
     assert SYNC not in statements
     assert synchronous(conn) == 2
+
+
+def test_the_level_goes_back_when_a_run_stops(tmp_path: Path) -> None:
+    store, conn = store_with(tmp_path / "s.db", 6)
+    stop = threading.Event()
+
+    class StopsAt(Writes):
+        def handle(self, e: PersistedEvent, tx: Any) -> None:
+            if e.global_position == 4:
+                stop.set()
+
+    statements = traced(conn)
+    with Processor(conn, store, ProcessorConfig(batch_size=1)) as processor:
+        processor.run(StopsAt(positions=set()), stop=stop)
+    assert statements.count(LOWER) == 1
+    assert statements[-1] == RESTORE
+    assert store.get_checkpoint(conn, "writes") == 4
+    assert synchronous(conn) == 2
+
+
+class Halt(BaseException):
+    """An interruption past the plan, as KeyboardInterrupt is."""
+
+
+def test_an_interrupted_lazy_batch_gives_the_callers_connection_its_level(
+    tmp_path: Path,
+) -> None:
+    store, conn = store_with(tmp_path / "s.db", 6)
+
+    class HaltsAt(Writes):
+        def handle(self, e: PersistedEvent, tx: Any) -> None:
+            if e.global_position == 4:
+                raise Halt
+
+    statements = traced(conn)
+    with Processor(conn, store, ProcessorConfig(batch_size=1)) as processor, pytest.raises(Halt):
+        processor.catch_up(HaltsAt(positions=set()))
+    assert statements.count(LOWER) == 1  # batches 2 and 3 were lazy, so was the 4th
+    assert synchronous(conn) == 2
+    assert not conn.in_transaction
+    assert store.get_checkpoint(conn, "writes") == 3
+
+
+def test_a_lazy_batch_that_cannot_begin_puts_the_level_back(tmp_path: Path) -> None:
+    """BEGIN IMMEDIATE fails while another connection writes (busy): no
+    batch runs, and the level lowered for it goes back."""
+    store, setup = store_with(tmp_path / "s.db", 1)
+    setup.close()
+    writer = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    busy = sqlite3.connect(tmp_path / "s.db", isolation_level=None, timeout=0)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store._run(busy, store.dialect.begin_batch(True))
+        assert synchronous(busy) == 2
+        assert not busy.in_transaction
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        busy.close()
 
 
 def test_a_projection_that_writes_keeps_the_connections_level(tmp_path: Path) -> None:
@@ -167,8 +235,49 @@ def test_the_asyncio_processor_commits_the_same_way(tmp_path: Path) -> None:
             await conn.close()
 
     statements, level = asyncio.run(scenario())
-    assert statements.count(LOWER) == 3
+    assert statements.count(LOWER) == 1  # kept lowered over batches 2 to 4
+    assert statements.count(RESTORE) == 1
     assert level == 2
+
+
+def test_a_cancelled_asyncio_processor_gives_the_callers_connection_its_level(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    _, setup = store_with(path, 6)
+    setup.close()
+
+    class WaitsAt:
+        name = "waits"
+
+        def __init__(self) -> None:
+            self.waiting = asyncio.Event()
+
+        async def handle(self, e: PersistedEvent, tx: Any) -> None:
+            if e.global_position == 4:
+                self.waiting.set()
+                await asyncio.sleep(60)
+
+    async def scenario() -> tuple[int, bool, int]:
+        conn = await connect_async(path)
+        store = AsyncSQLiteStore()
+        try:
+            async with AsyncProcessor(conn, store, ProcessorConfig(batch_size=1)) as p:
+                projection = WaitsAt()
+                task = asyncio.create_task(p.catch_up(projection))
+                await projection.waiting.wait()  # in the 4th batch, a lazy one
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            async with conn.execute("PRAGMA synchronous") as cursor:
+                row = await cursor.fetchone()
+            assert row is not None
+            checkpoint = await store.get_checkpoint(conn, "waits")
+            return int(row[0]), conn.in_transaction, checkpoint
+        finally:
+            await conn.close()
+
+    assert asyncio.run(scenario()) == (2, False, 3)
 
 
 class Orphan:

@@ -184,7 +184,8 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
             # plan: the batch's transaction may still be open, and the next
             # batch on this connection would commit its partial writes.
             sub.checkpoint = None  # a commit may have been cut short
-            await self._abandon_transaction()
+            kept, sub.kept = sub.kept, None
+            await self._abandon_transaction(kept)
             raise
 
     async def _handle_events(self, projection: AsyncProjection, events: Handle) -> None:
@@ -205,9 +206,10 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
                 except Exception as exc:
                     raise ProjectionError(projection.name, event.global_position) from exc
 
-    async def _abandon_transaction(self) -> None:
+    async def _abandon_transaction(self, kept: object) -> None:
         """After an interruption: a connection the processor opened is closed
-        (its driver may be midway through a reply), the caller's is rolled back."""
+        (its driver may be midway through a reply), the caller's is rolled back
+        and given back what the batches had set on it (``kept``)."""
         if self._conn is None:
             return
         if self._factory is not None:
@@ -215,6 +217,9 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
             return
         with contextlib.suppress(Exception):
             await self._conn.rollback()
+        if kept is not None:
+            with contextlib.suppress(Exception):
+                await self.store._run(self._conn, self.store.dialect.release_batch(kept))
 
 
 _closing_late: set[asyncio.Task[Any]] = set()

@@ -160,6 +160,10 @@ class Subscription:
     lazy_commit: bool = False
     """Whether the last batch wrote nothing but its checkpoint (see
     :meth:`Dialect.begin_batch <pupsourcing.store.dialect.Dialect.begin_batch>`)."""
+    kept: object = None
+    """What the last batch left set on the connection for the next one
+    (see :meth:`Dialect.end_batch <pupsourcing.store.dialect.Dialect.end_batch>`);
+    :func:`release` puts it back."""
 
     def __post_init__(self) -> None:
         self.in_sql = type(self.strategy) is HashPartitionStrategy
@@ -236,6 +240,7 @@ def step(
     if ahead is None or ahead.after != checkpoint:
         upto = yield from _safe_upto(dialect, horizon, checkpoint)
         if upto is None:
+            yield from release(dialect, sub)  # no batch follows at once
             return StepOutcome(0, idle=True, waiting=horizon.visible > checkpoint)
         statement, high = _next_read(dialect, sub, checkpoint, upto)
         ahead = ReadAhead(checkpoint, high, upto, (yield statement))
@@ -261,6 +266,14 @@ def step(
     if following is not None and read_ahead is not None:
         sub.ahead = ReadAhead(position, following[1], upto, read_ahead)
     return _record(sub, len(events), fetched, position, logger)
+
+
+def release(dialect: Dialect, sub: Subscription) -> Generator[Statement, Any, None]:
+    """Put back what the last batch kept set on the connection (see
+    :attr:`Subscription.kept`): the processor is idle, stops or fails."""
+    kept, sub.kept = sub.kept, None
+    if kept is not None:
+        yield from dialect.release_batch(kept)
 
 
 def _ensure_checkpoint(dialect: Dialect, sub: Subscription) -> Generator[Statement, Any, int]:
@@ -360,7 +373,9 @@ def _handle_and_advance(
     ``following``, the read of the next batch, when the database read them
     with the compare-and-set (see
     :meth:`~pupsourcing.store.dialect.Dialect.advance_and_read`)."""
-    opened = yield from dialect.begin_batch(sub.lazy_commit)
+    kept, sub.kept = sub.kept, None
+    opened = yield from dialect.begin_batch(sub.lazy_commit, kept)
+    sub.kept = opened  # what is set on the connection now, should the driver stop
     ahead = None
     try:
         if events:
@@ -378,30 +393,33 @@ def _handle_and_advance(
         wrote = (yield from dialect.batch_wrote(opened)) if advanced else None
     except ProjectionError as failure:
         yield ROLLBACK
-        yield from _end_failed_batch(dialect, opened)
+        yield from _end_failed_batch(dialect, sub, opened)
         if (yield from _after_failed_handler(dialect, sub, failure, checkpoint, logger)):
             return False, None
         raise
     except Exception:
         yield ROLLBACK
-        yield from _end_failed_batch(dialect, opened)
+        yield from _end_failed_batch(dialect, sub, opened)
         raise
     try:
         yield COMMIT if advanced else ROLLBACK
     except Exception:
         with contextlib.suppress(Exception):  # what a failed COMMIT left open
             yield ROLLBACK
-        yield from _end_failed_batch(dialect, opened)
+        yield from _end_failed_batch(dialect, sub, opened)
         raise
-    yield from dialect.end_batch(opened, wrote)
+    sub.kept = yield from dialect.end_batch(opened, wrote)
     if wrote is not None:
         sub.lazy_commit = not wrote
     return advanced, ahead if advanced else None
 
 
-def _end_failed_batch(dialect: Dialect, opened: object) -> Generator[Statement, Any, None]:
+def _end_failed_batch(
+    dialect: Dialect, sub: Subscription, opened: object
+) -> Generator[Statement, Any, None]:
     """:meth:`Dialect.end_batch` after a failure: the failure is what the
     caller raises, even if this fails too (on a lost connection, say)."""
+    sub.kept = None
     with contextlib.suppress(Exception):  # the batch's own failure is raised next
         yield from dialect.end_batch(opened, None)
 

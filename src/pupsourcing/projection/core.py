@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pupsourcing import _observe
 from pupsourcing.core.errors import PartitionLayoutError, ProjectionError
-from pupsourcing.projection.batch import Handle, StepOutcome, Subscription, step
+from pupsourcing.projection.batch import Handle, StepOutcome, Subscription, release, step
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.failures import Failing, dead_letter_step, replay
 from pupsourcing.projection.partition import HashPartitionStrategy
@@ -148,6 +148,9 @@ class ProcessorCore:
 
     def run(self, sub: Subscription) -> ProcessorPlan[None]:
         """Process batches until asked to stop, pausing ``poll_interval`` when idle."""
+        return self._releasing(sub, self._run(sub))
+
+    def _run(self, sub: Subscription) -> ProcessorPlan[None]:
         try:
             while not (yield Pause(0)):
                 outcome = yield from self.attempt(sub)
@@ -178,6 +181,22 @@ class ProcessorCore:
         """Process until no committed event is left; return how many were
         handled. Waits for transactions holding earlier positions to finish
         rather than skip their events."""
+        return self._releasing(sub, self._catch_up(sub))
+
+    def _releasing(self, sub: Subscription, plan: ProcessorPlan[T]) -> ProcessorPlan[T]:
+        """``plan``, then what its last batch kept set on the connection put
+        back (see :func:`~pupsourcing.projection.batch.release`), also when
+        it fails: the connection may be the caller's."""
+        try:
+            result = yield from plan
+        except Exception:
+            with contextlib.suppress(Exception):  # the plan's failure is raised next
+                yield from release(self.dialect, sub)
+            raise
+        yield from release(self.dialect, sub)
+        return result
+
+    def _catch_up(self, sub: Subscription) -> ProcessorPlan[int]:
         handled = 0
         while True:
             outcome = yield from self.attempt(sub)
@@ -275,6 +294,7 @@ class ProcessorCore:
                 return None
             if not self.reconnects or not self.dialect.is_connection_error(exc):
                 raise
+            sub.kept = None  # set on the connection that is closed now
             yield from self.reconnect(exc)
             return None
         self.transient_failures = 0

@@ -197,12 +197,14 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
             # went past the plan: the batch's transaction may still be open, and
             # the next batch on this connection would commit its partial writes.
             sub.checkpoint = None  # a commit may have been cut short
-            self._abandon_transaction()
+            kept, sub.kept = sub.kept, None
+            self._abandon_transaction(kept)
             raise
 
-    def _abandon_transaction(self) -> None:
+    def _abandon_transaction(self, kept: object) -> None:
         """After an interruption: a connection the processor opened is closed
-        (its driver may be midway through a reply), the caller's is rolled back."""
+        (its driver may be midway through a reply), the caller's is rolled back
+        and given back what the batches had set on it (``kept``)."""
         if self._conn is None:
             return
         if self._factory is not None:
@@ -210,3 +212,6 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
             return
         with contextlib.suppress(Exception):
             self._conn.rollback()
+        if kept is not None:
+            with contextlib.suppress(Exception):
+                self.store._run(self._conn, self.store.dialect.release_batch(kept))

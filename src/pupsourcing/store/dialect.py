@@ -662,11 +662,13 @@ class Dialect(abc.ABC):
         params.append(limit)
         return Statement(" ".join(sql), params, fetch=True, chunked=True)
 
-    def begin_batch(self, lazy: bool) -> Plan[object]:
+    def begin_batch(self, lazy: bool, kept: object = None) -> Plan[object]:
         """Open the transaction of a projection batch. ``lazy``: the last
         batch wrote nothing through ``tx``, so this one likely writes only
         its checkpoint; a dialect may then commit it without waiting for the
-        disk (see :meth:`end_batch`). Answers what the other two need."""
+        disk (see :meth:`end_batch`). ``kept``: what the last batch's
+        :meth:`end_batch` left set on the connection. Answers what the other
+        two need."""
         yield Statement(self.begin_sql, begin=True)
         return None
 
@@ -677,10 +679,19 @@ class Dialect(abc.ABC):
         yield from ()
         return True
 
-    def end_batch(self, opened: object, wrote: bool | None) -> Plan[None]:
+    def end_batch(self, opened: object, wrote: bool | None) -> Plan[object]:
         """After the batch's COMMIT (``wrote``: what :meth:`batch_wrote`
         answered) or ROLLBACK (``None``): put back what :meth:`begin_batch`
-        changed. A write committed lazily must be made durable here."""
+        changed, or keep it for the next batch, which is then likely lazy
+        too: answers what it kept (``None``: nothing), for the next
+        :meth:`begin_batch` or for :meth:`release_batch`. A write committed
+        lazily must be made durable here."""
+        yield from ()
+        return None
+
+    def release_batch(self, kept: object) -> Plan[None]:
+        """Put back what :meth:`end_batch` kept, when no batch follows on
+        the connection (the processor is idle or stops)."""
         yield from ()
 
     def load_checkpoint(self, projection_name: str) -> Plan[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,16 +43,18 @@ _SETTINGS_SQL = (
 _CHANGES_SQL = "SELECT total_changes(), schema_version FROM pragma_schema_version()"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Opened:
-    """A projection batch's transaction, as :meth:`SQLiteDialect.begin_batch` opened it."""
+    """A projection batch's transaction, as :meth:`SQLiteDialect.begin_batch`
+    opened it; kept for the next batch while the level stays lowered."""
 
     level: int | None
     """The connection's ``synchronous`` level, lowered for the batch; ``None``: not lowered."""
     changes: int
-    """``total_changes()`` before the batch."""
+    """``total_changes()`` before the batch (after it once
+    :meth:`SQLiteDialect.batch_wrote` read it: where the next batch starts)."""
     schema: int
-    """The schema version before the batch."""
+    """The schema version before the batch (idem)."""
 
 
 def _timestamp(value: datetime) -> str:
@@ -167,47 +170,73 @@ class SQLiteDialect(Dialect):
         )
         return Probe(int(rows[0][0]), frozenset())
 
-    def begin_batch(self, lazy: bool) -> Plan[object]:
+    def begin_batch(self, lazy: bool, kept: object = None) -> Plan[object]:
         """A batch after one that wrote nothing but its checkpoint commits
         with ``synchronous=NORMAL`` (WAL mode only; the level must be set
         outside a transaction): it still commits atomically, but without
         waiting for the disk, which dominates a batch that only moves its
         checkpoint. A power loss may undo the last such batches, and the
-        processor then handles their events again."""
-        rows = yield Statement(_SETTINGS_SQL, fetch=True)
-        level, mode, changes, schema = rows[0]
-        lowered = None
-        if lazy and str(mode).lower() == "wal" and int(level) > _NORMAL:
-            ran = yield Statement(f"PRAGMA synchronous = {_NORMAL}", begin=True)
-            if ran:  # (not inside a transaction the caller left open)
-                lowered = int(level)
-        yield Statement(self.begin_sql, begin=True)
-        return _Opened(lowered, int(changes), int(schema))
+        processor then handles their events again. While batches keep
+        writing nothing but their checkpoints, the level stays lowered from
+        one to the next (``kept``), so that they run no statement besides
+        their own."""
+        if kept is not None and not lazy:  # (the last batch kept it lowered)
+            yield from self.release_batch(kept)
+            kept = None
+        if isinstance(kept, _Opened):
+            opened = kept
+        else:
+            rows = yield Statement(_SETTINGS_SQL, fetch=True)
+            level, mode, changes, schema = rows[0]
+            lowered = None
+            if lazy and str(mode).lower() == "wal" and int(level) > _NORMAL:
+                ran = yield Statement(f"PRAGMA synchronous = {_NORMAL}", begin=True)
+                if ran:  # (not inside a transaction the caller left open)
+                    lowered = int(level)
+            opened = _Opened(lowered, int(changes), int(schema))
+        try:
+            yield Statement(self.begin_sql, begin=True)
+        except Exception:  # busy, say: no batch runs, so the level goes back
+            with contextlib.suppress(Exception):
+                yield from self.release_batch(opened)
+            raise
+        return opened
 
     def batch_wrote(self, opened: object) -> Plan[bool]:
         """Read in the batch's own transaction, which holds the locks the
         read needs already."""
         assert isinstance(opened, _Opened)
         rows = yield Statement(_CHANGES_SQL, fetch=True)
-        changes, schema = rows[0]
+        changes, schema = (int(v) for v in rows[0])
         # The checkpoint's compare-and-set is one change; a schema change
         # counts no row.
-        return int(changes) - opened.changes > 1 or int(schema) != opened.schema
+        wrote = changes - opened.changes > 1 or schema != opened.schema
+        opened.changes, opened.schema = changes, schema  # the next batch starts here
+        return wrote
 
-    def end_batch(self, opened: object, wrote: bool | None) -> Plan[None]:
-        """Puts the connection's level back. A batch committed lazily that
-        wrote after all is made durable at once: a commit at the
+    def end_batch(self, opened: object, wrote: bool | None) -> Plan[object]:
+        """Keeps the level lowered after a lazy batch that wrote nothing
+        else; otherwise puts the connection's level back. A batch committed
+        lazily that wrote after all is made durable at once: a commit at the
         connection's own level syncs the write-ahead log up to it."""
         assert isinstance(opened, _Opened)
         if opened.level is None:
-            return
-        yield Statement(f"PRAGMA synchronous = {opened.level}")
+            return None
+        if wrote is False:
+            return opened
+        yield from self.release_batch(opened)
         if wrote:
             yield Statement(self.begin_sql, begin=True)
             rows = yield Statement("PRAGMA user_version", fetch=True)
             # Rewriting the same value writes a page, so the commit syncs.
             yield Statement(f"PRAGMA user_version = {int(rows[0][0])}")
             yield COMMIT
+        return None
+
+    def release_batch(self, kept: object) -> Plan[None]:
+        assert isinstance(kept, _Opened)
+        if kept.level is not None:
+            yield Statement(f"PRAGMA synchronous = {kept.level}")
 
     def existing_event_columns(self) -> Plan[set[str]]:
         rows = yield Statement(f"PRAGMA table_info({self.events_table})", fetch=True)
