@@ -19,6 +19,7 @@ from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
 from pupsourcing.adapters.sqlite import AsyncSQLiteStore, SQLiteStore, connect, connect_async
 from pupsourcing.aio import AsyncProcessor
 from pupsourcing.projection import Processor, ProcessorConfig
+from pupsourcing.store.plan import Statement
 
 LOWER = "PRAGMA synchronous = 1"
 RESTORE = "PRAGMA synchronous = 2"
@@ -314,3 +315,43 @@ def test_a_failed_lazy_commit_puts_the_level_back(tmp_path: Path) -> None:
     assert not conn.in_transaction
     assert store.get_checkpoint(conn, "orphan") == 2
     assert conn.execute("SELECT count(*) FROM child").fetchone()[0] == 0
+
+
+def test_a_busy_database_between_lazy_batches_gets_the_level_back_while_waiting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The read after the third batch meets a database another connection
+    holds exclusively (busy: a transient failure): the processor rolls
+    back, puts the level back for its wait, and lowers it again for the
+    next lazy batch."""
+    path = tmp_path / "s.db"
+    _, conn = store_with(path, 6, timeout=0)
+
+    class BusyOnce(SQLiteStore):
+        armed = True
+
+        def _execute(self, tx: sqlite3.Connection, statement: Statement) -> list[Any]:
+            read = statement.sql.startswith("SELECT global_position")
+            if self.armed and read and statement.params[0] == 3:
+                self.armed = False
+                holder = sqlite3.connect(path, isolation_level=None)
+                holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+                holder.execute("BEGIN EXCLUSIVE")
+                try:
+                    return super()._execute(tx, statement)
+                finally:
+                    holder.close()
+            return super()._execute(tx, statement)
+
+    store = BusyOnce()
+    statements = traced(conn)
+    with Processor(conn, store, ProcessorConfig(batch_size=1)) as processor:
+        assert processor.catch_up(Writes(positions=set())) == 6
+    assert not store.armed
+    lowered = [i for i, s in enumerate(statements) if s == LOWER]
+    restored = [i for i, s in enumerate(statements) if s == RESTORE]
+    assert len(lowered) == 2, statements
+    assert len(restored) == 2
+    assert lowered[0] < restored[0] < lowered[1] < restored[1]
+    assert "could not run (database is locked)" in caplog.text
+    assert synchronous(conn) == 2

@@ -290,7 +290,7 @@ class ProcessorCore:
         except Exception as exc:
             sub.checkpoint = None  # the last commit may or may not have happened
             if self.dialect.is_transient(exc):
-                yield from self.back_off(exc)
+                yield from self.back_off(exc, sub)
                 return None
             if not self.reconnects or not self.dialect.is_connection_error(exc):
                 raise
@@ -367,9 +367,10 @@ class ProcessorCore:
         yield CONNECT
         return (yield from replay(self.dialect, sub.checkpoint_name, self.logger))
 
-    def back_off(self, cause: BaseException) -> ProcessorPlan[None]:
-        """A lock wait, deadlock or busy database: roll back, wait, retry;
-        the wait doubles (up to ``RECONNECT_MAX_DELAY``) while it keeps failing."""
+    def back_off(self, cause: BaseException, sub: Subscription) -> ProcessorPlan[None]:
+        """A lock wait, deadlock or busy database: roll back (and put back
+        what the last batch kept set on the connection), wait, retry; the
+        wait doubles (up to ``RECONNECT_MAX_DELAY``) while it keeps failing."""
         self.transient_failures += 1
         delay = min(
             RECONNECT_INITIAL_DELAY * 2 ** (self.transient_failures - 1), RECONNECT_MAX_DELAY
@@ -377,6 +378,7 @@ class ProcessorCore:
         self.logger.warning("projection batch could not run (%s); retrying in %.1fs", cause, delay)
         try:
             yield ROLLBACK
+            yield from release(self.dialect, sub)
         except Exception:  # the retry will tell whether the connection is still usable
             self.logger.debug("rollback after a transient failure failed", exc_info=True)
         yield Pause(delay)
