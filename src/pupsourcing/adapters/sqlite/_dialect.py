@@ -183,9 +183,7 @@ class SQLiteDialect(Dialect):
         if kept is not None and not lazy:  # (the last batch kept it lowered)
             yield from self.release_batch(kept)
             kept = None
-        if isinstance(kept, _Opened):
-            opened = kept
-        else:
+        if kept is None:
             rows = yield Statement(_SETTINGS_SQL, fetch=True)
             level, mode, changes, schema = rows[0]
             lowered = None
@@ -194,6 +192,9 @@ class SQLiteDialect(Dialect):
                 if ran:  # (not inside a transaction the caller left open)
                     lowered = int(level)
             opened = _Opened(lowered, int(changes), int(schema))
+        else:
+            assert isinstance(kept, _Opened)
+            opened = kept
         try:
             yield Statement(self.begin_sql, begin=True)
         except Exception:  # busy, say: no batch runs, so the level goes back
