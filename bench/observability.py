@@ -372,15 +372,23 @@ def report(database: str, rates: Rates, costs: Costs) -> list[str]:
         lines.append(
             f"  {mode:26} append {added_append * 1e6:7.1f} us ({append:6.1%})   "
             f"batch {added_batch * 1e6:7.1f} us ({batch:6.1%})   "
-            + (
-                "(not W3: not judged)"
-                if mode == SPREAD
-                else "ok"
-                if max(append, batch) <= TARGET - 1
-                else "over 5%"
-            )
+            + _judgement(_over(mode, (append, batch)))
         )
     return lines
+
+
+def _over(mode: str, pair: tuple[float, float]) -> list[str] | None:
+    """Which of a mode's append and batch shares are over the target;
+    ``None`` for the :data:`SPREAD` line, which is not W3 and not judged."""
+    if mode == SPREAD:
+        return None
+    return [k for k, share in zip(("append", "batch"), pair, strict=True) if share > TARGET - 1]
+
+
+def _judgement(over: list[str] | None) -> str:
+    if over is None:
+        return "(not W3: not judged)"
+    return "over 5%" if over else "ok"
 
 
 def verdict(rates: Rates, costs: Costs) -> str:
@@ -388,9 +396,8 @@ def verdict(rates: Rates, costs: Costs) -> str:
     over = [
         f"{mode} {kind} {share:.1%}"
         for mode, pair in shares(rates, costs).items()
-        if mode != SPREAD
         for kind, share in zip(("append", "batch"), pair, strict=True)
-        if share > TARGET - 1
+        if kind in (_over(mode, pair) or ())
     ]
     limit = f"within {TARGET - 1:.0%}"
     if not over:
