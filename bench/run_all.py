@@ -367,7 +367,9 @@ no figure from another machine or library is shown beside them.
 Every database is judged: the targets are PostgreSQL's, and MySQL/MariaDB and
 SQLite are also held to 0.8x on W2 and W3/1000. CPU rows are the CPU time per
 event of 8 writers (W2c) or 4 partitions (W5) against one, which the machine's
-speed and core count affect far less than the rates.
+speed and core count affect far less than the rates; W5's one is a worker
+process started as the partitions' are (forked, same imports, same heap)
+that catches up every event, so that both sides pay the same start.
 Each figure is the best of three rounds on PostgreSQL and of two on the others
 (sides or store sizes alternating), the least disturbed on a shared machine.
 
