@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode, TraceState
 
 from pupsourcing import _observe
 from pupsourcing.core.events import Event, PersistedEvent
@@ -47,6 +47,12 @@ _V = TypeVar("_V")
 MAX_LINKS = 128
 """Distinct event traces a batch span links to at most, by default
 (OpenTelemetry's default limit of links per span)."""
+
+EVENT_TRACE = TraceState([("pupsourcing", "event")])
+"""The trace state of a link to an event's trace. An event stores its trace
+id only, so the link's span context has span id 0 (not valid), and
+OpenTelemetry keeps such a link only if it has attributes or a trace state;
+an attribute would cost the SDK about as much again as the link itself."""
 
 
 def instrument(
@@ -136,9 +142,7 @@ class _TracingObserver(_observe.Observer):
         (kept for the next batches: a trace's events usually span several)."""
         found = self._contexts.get(trace_id)
         if found is None:
-            # An event stores its trace id only (span id 0, an invalid
-            # context): OpenTelemetry keeps such a link for its attributes.
-            found = trace.SpanContext(int(trace_id, 16), 0, is_remote=True)
+            found = trace.SpanContext(int(trace_id, 16), 0, is_remote=True, trace_state=EVENT_TRACE)
             _keep(self._contexts, trace_id, found, 1024)
         return found
 
@@ -218,7 +222,7 @@ class _TracingObserver(_observe.Observer):
         started = time.time_ns()
         span: trace.Span | None = None
         token: object = None
-        traces: dict[str, int] = {}
+        traces: dict[str, None] = {}  # an ordered set
         try:
             instruction = next(plan)
             while True:
@@ -250,10 +254,8 @@ class _TracingObserver(_observe.Observer):
         finally:
             plan.close()
             if span is not None:
-                for trace_id, position in traces.items():
-                    span.add_link(
-                        self._link_context(trace_id), {"pupsourcing.global_position": position}
-                    )
+                for trace_id in traces:
+                    span.add_link(self._link_context(trace_id))
                 otel_context.detach(token)  # type: ignore[arg-type]
                 span.end()
 
@@ -268,11 +270,11 @@ def _keep(cache: dict[_K, _V], key: _K, value: _V, most: int) -> None:
 
 def _collecting(
     decode: Callable[[Sequence[Any]], list[PersistedEvent]],
-    traces: dict[str, int],
+    traces: dict[str, None],
     most: int,
 ) -> Callable[[Sequence[Any]], list[PersistedEvent]]:
-    """``decode``, noting each new trace id among the events (with the
-    position of its first event), ``most`` at most."""
+    """``decode``, noting each new trace id among the events in the order
+    they first appear, ``most`` at most."""
     malformed: set[str] = set()
 
     def decode_and_collect(rows: Sequence[Any]) -> list[PersistedEvent]:
@@ -292,7 +294,7 @@ def _collecting(
             if not _is_trace_id(trace_id):
                 malformed.add(trace_id)
                 continue
-            traces[trace_id] = e.global_position
+            traces[trace_id] = None
             if len(traces) >= most:
                 break
         return events
