@@ -32,6 +32,7 @@ from pupsourcing.core._fast import (
     event_decoder,
     event_row_decoder,
     event_with_ids,
+    frozen_constructor,
     tuple_encoder,
     uuid_from_bytes,
     uuid_from_text,
@@ -536,3 +537,83 @@ def test_event_with_ids_is_dataclasses_replace() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             made.trace_id = "x"  # type: ignore[misc]
     assert original.causation_id == "c-0"  # the original is left alone
+
+
+@frozen_constructor
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Quick:
+    a: str
+    b: tuple[int, ...] = ()
+    c: bool = False
+    d: object = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plain:
+    a: str
+    b: tuple[int, ...] = ()
+    c: bool = False
+    d: object = None
+
+
+def test_frozen_constructor_builds_what_the_dataclass_init_builds() -> None:
+    """Same arguments, defaults, errors and result; still frozen; pickling,
+    copies and ``dataclasses.replace`` go through it; a subclass constructs
+    as before."""
+    cases: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        (("x",), {}),
+        (("x", (1,)), {"d": 4}),
+        ((), {"a": "y", "c": True}),
+    ]
+    for args, kwargs in cases:
+        quick, plain = _Quick(*args, **kwargs), _Plain(*args, **kwargs)
+        assert type(quick) is _Quick
+        assert dataclasses.astuple(quick) == dataclasses.astuple(plain)
+        assert repr(quick).removeprefix("_Quick") == repr(plain).removeprefix("_Plain")
+        assert quick == _Quick(*args, **kwargs)
+        assert hash(quick) == hash(_Quick(*args, **kwargs))
+        for copied in (pickle.loads(pickle.dumps(quick)), copy.copy(quick), copy.deepcopy(quick)):
+            assert copied == quick
+            assert type(copied) is _Quick
+    quick = _Quick("x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        quick.a = "z"  # type: ignore[misc]
+    assert dataclasses.replace(quick, c=True) == _Quick("x", c=True)
+    bad: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((), {}),
+        (("x",), {"e": 1}),
+        (("x", (), False, None, 5), {}),
+    ]
+    for bad_args, bad_kwargs in bad:
+        with pytest.raises(TypeError):
+            _Plain(*bad_args, **bad_kwargs)
+        with pytest.raises(TypeError):
+            _Quick(*bad_args, **bad_kwargs)
+
+    class Sub(_Quick):
+        __slots__ = ("extra",)
+
+    sub = Sub("s", c=True)
+    assert type(sub) is Sub
+    assert (sub.a, sub.b, sub.c, sub.d) == ("s", (), True, None)
+
+
+def test_frozen_constructor_refuses_what_it_cannot_build() -> None:
+    @dataclasses.dataclass(slots=True)
+    class Mutable:
+        a: int
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Factory:
+        a: list[int] = dataclasses.field(default_factory=list)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Post:
+        a: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    for cls in (Mutable, Factory, Post):
+        with pytest.raises(TypeError, match=cls.__name__):
+            frozen_constructor(cls)

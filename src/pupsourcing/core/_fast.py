@@ -14,7 +14,9 @@ The whole interface:
   causation and trace ids;
 - :func:`uuid_from_text` and :func:`uuid_from_bytes` make event ids;
   :data:`UUID_FROM_TEXT` and :data:`TIMESTAMP_FROM_UTC_TEXT` are the inline
-  forms of conversions a decoder runs per row.
+  forms of conversions a decoder runs per row;
+- :func:`frozen_constructor` gives a frozen, slotted dataclass a faster
+  constructor (the store engine's statements, a few per batch).
 
 Each is equal to the plain Python it replaces (``PersistedEvent(**fields)``,
 a tuple of attributes, ``uuid.UUID(...)``; the tests compare them), only
@@ -31,10 +33,12 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import CodeType
-from typing import Any
+from typing import Any, TypeVar
 
 from pupsourcing.core.errors import StoredValueError
 from pupsourcing.core.events import LATER, Event, PersistedEvent
+
+_T = TypeVar("_T")
 
 FIELDS = tuple(f.name for f in dataclasses.fields(PersistedEvent))
 _EVENT_FIELDS = frozenset(f.name for f in dataclasses.fields(Event))
@@ -429,3 +433,65 @@ event_with_ids: Callable[[Event, str | None, str | None, str | None], Event] = _
 trace_id=...)`` for an :class:`Event` (not a subclass), about three times
 faster: the copy's payload and metadata are the checked ones, so
 ``__post_init__`` is not run again (the append validates every field)."""
+
+
+def frozen_constructor(cls: type[_T]) -> type[_T]:
+    """Give the frozen, slotted dataclass ``cls`` a ``__new__`` that fills its
+    slots through an unfrozen twin, as the event decoders do: the same
+    arguments, defaults and result as the dataclass's ``__init__``, about
+    three times faster (that one stores each field with
+    ``object.__setattr__``). Subclasses construct as before; pickling and
+    :func:`copy.copy` go through the constructor."""
+    params = getattr(cls, "__dataclass_params__", None)
+    if params is None or not params.frozen or "__slots__" not in vars(cls):
+        raise TypeError(f"{cls.__name__} is not a frozen, slotted dataclass")
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} has a __post_init__")
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    if any(not f.init or f.kw_only or f.default_factory is not dataclasses.MISSING for f in fields):
+        raise TypeError(f"{cls.__name__} has a field this constructor does not make")
+    names = [f.name for f in fields]
+    builder = type(
+        f"_{cls.__name__}Builder",
+        (cls,),
+        {
+            "__slots__": (),
+            "__setattr__": object.__setattr__,  # both, as in _StoredEventBuilder
+            "__delattr__": object.__delattr__,
+            "__new__": object.__new__,
+            "__init__": object.__init__,
+        },
+    )
+    arguments = ", ".join(
+        n if f.default is dataclasses.MISSING else f"{n}=_default_{n}"
+        for n, f in zip(names, fields, strict=True)
+    )
+    passed = ", ".join(names)
+    lines = [
+        f"def __new__(cls, {arguments}):",
+        "    if cls is not _cls:  # a subclass: its own layout, the dataclass's __init__",
+        "        self = _object_new(cls)",
+        f"        _init(self, {passed})",
+        "        return self",
+        "    self = _Builder()",
+        *(f"    self.{n} = {n}" for n in names),
+        "    self.__class__ = _cls",
+        "    return self",
+    ]
+    defaults = {f"_default_{f.name}": f.default for f in fields}
+    new = _compile(
+        lines,
+        "__new__",
+        {**defaults, "_cls": cls, "_object_new": object.__new__, "_init": cls.__init__},
+    )
+    new.__qualname__ = f"{cls.__qualname__}.__new__"
+    # _compile's own _Builder is the event builder: this one's is passed last.
+    new.__globals__["_Builder"] = builder
+
+    def __reduce__(self: Any) -> tuple[type, tuple[Any, ...]]:
+        return type(self), tuple(getattr(self, n) for n in names)
+
+    cls.__new__ = new  # type: ignore[method-assign]
+    cls.__init__ = object.__init__  # type: ignore[method-assign]
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign]
+    return cls

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from pupsourcing._text import plural
+from pupsourcing.core._fast import frozen_constructor
 from pupsourcing.core.errors import ProjectionError
 from pupsourcing.core.events import PersistedEvent
 from pupsourcing.projection.config import ProcessorConfig
@@ -32,6 +33,7 @@ DECODE_CHUNK = 64
 """Rows decoded into events at a time while a batch is handled."""
 
 
+@frozen_constructor  # one per batch
 @dataclass(frozen=True, slots=True)
 class Handle:
     """Instruction to the driver: call the projection's ``handle`` for each
@@ -71,6 +73,7 @@ StepPlan = Generator[Statement | Handle, Any, "StepOutcome"]
 Logger: TypeAlias = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
+@frozen_constructor  # one per batch
 @dataclass(frozen=True, slots=True)
 class StepOutcome:
     handled: int
@@ -107,6 +110,7 @@ def projection_name(projection: object) -> str:
     return name
 
 
+@frozen_constructor  # one per batch
 @dataclass(frozen=True, slots=True)
 class ReadAhead:
     """The next batch's rows, read in the transaction that committed the

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, S
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from pupsourcing.core._fast import frozen_constructor
+
 Row = tuple[Any, ...]
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741 - an instruction a plan yields
@@ -33,6 +35,7 @@ class RowDecoder:
     many: Callable[[Iterable[Row]], list[Any]]
 
 
+@frozen_constructor  # a few per batch and per append
 @dataclass(frozen=True, slots=True)
 class Statement:
     """One SQL statement for a driver to execute.
