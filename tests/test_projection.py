@@ -681,3 +681,44 @@ def test_checkpoint_compare_and_set(backend: Backend) -> None:
     conn.commit()
     assert store.get_checkpoint(backend.connection(), "p") == 9
     assert store.get_checkpoint(backend.connection(), "gone") == 0
+
+
+def _dialects() -> list[Any]:
+    from pupsourcing.adapters.mysql import MySQLStore
+    from pupsourcing.adapters.postgres import PostgresStore
+    from pupsourcing.adapters.sqlite import SQLiteStore
+
+    return [PostgresStore().dialect, MySQLStore().dialect, SQLiteStore().dialect]
+
+
+@pytest.mark.parametrize("dialect", _dialects(), ids=lambda d: d.name)
+def test_a_dialect_says_it_reads_with_the_advance_exactly_when_it_does(dialect: Any) -> None:
+    """The processor builds the next batch's read for the compare-and-set
+    only where the dialect's ``advance_and_read`` runs it: an override that
+    forgot the flag would never read ahead."""
+    from pupsourcing.store.dialect import Dialect
+
+    overrides = type(dialect).advance_and_read is not Dialect.advance_and_read
+    assert dialect.reads_with_advance is overrides
+
+
+@pytest.mark.parametrize("dialect", _dialects(), ids=lambda d: d.name)
+def test_fetch_statements_of_one_shape_share_their_sql(dialect: Any) -> None:
+    """The SQL is built once per shape of the arguments; the parameters are
+    each call's own, and another shape gets SQL of its own."""
+    first = dialect.fetch_statement(5, 10, 100, ("A", "B"), ("C",), (1, 4), with_hash=True)
+    second = dialect.fetch_statement(7, 20, 50, ("X", "Y"), ("Z",), (1, 4), with_hash=True)
+    assert first.sql == second.sql
+    assert list(first.params) == [5, 10, "A", "B", "C", 100]
+    assert list(second.params) == [7, 20, "X", "Y", "Z", 50]
+    assert first.sql.count(dialect.placeholder) == 6
+    assert (first.fetch, first.chunked) == (True, True)
+    other = dialect.fetch_statement(5, None, 100, (), (), (2, 4))
+    assert list(other.params) == [5, 100]
+    assert other.sql.count(dialect.placeholder) == 2
+    assert "partition_hash % 4 = 2" in other.sql.replace("%%", "%")
+    assert "partition_hash % 4 = 1" in first.sql.replace("%%", "%")
+    assert ", partition_hash FROM" not in other.sql
+    plain = dialect.fetch_statement(0, None, 10, (), (), None)
+    assert "partition_hash" not in plain.sql
+    assert "global_position <=" not in plain.sql

@@ -254,7 +254,11 @@ def step(
     # batch's transaction where the database can do it in the same round
     # trip as the checkpoint's compare-and-set.
     upto = horizon.safe
-    following = _next_read(dialect, sub, position, upto) if upto > position else None
+    following = (
+        _next_read(dialect, sub, position, upto)
+        if upto > position and dialect.reads_with_advance
+        else None
+    )
     advanced, read_ahead = yield from _handle_and_advance(
         dialect,
         sub,

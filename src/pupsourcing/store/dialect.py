@@ -132,6 +132,10 @@ class Dialect(abc.ABC):
     begin_sql: ClassVar[str] = "BEGIN"
     """Starts the transaction of a projection batch."""
 
+    reads_with_advance: ClassVar[bool] = False
+    """Whether :meth:`advance_and_read` reads the next batch with the
+    compare-and-set (else the processor builds no such read for it)."""
+
     on_duplicate_checkpoint: ClassVar[str] = "ON CONFLICT (projection_name) DO NOTHING"
     """Makes inserting an existing checkpoint row a no-op."""
 
@@ -260,6 +264,7 @@ class Dialect(abc.ABC):
             f"FROM {self.events_table} WHERE global_position > {p}"
             for hashed in (False, True)
         }
+        self._fetch_sql: dict[tuple[bool, int, int, tuple[int, int] | None, bool], str] = {}
 
     # -- what each database provides ---------------------------------------
 
@@ -643,24 +648,49 @@ class Dialect(abc.ABC):
         only that partition's aggregates (and rows without a hash, which the
         caller filters). Rows are :meth:`select_columns`, followed by
         ``partition_hash`` when ``with_hash``."""
-        p = self.placeholder
-        sql = [self.fetch_sql_prefix[with_hash]]
+        shape = (
+            upto is not None,
+            len(aggregate_types),
+            len(bounded_contexts),
+            partition,
+            with_hash,
+        )
+        sql = self._fetch_sql.get(shape)
+        if sql is None:
+            if len(self._fetch_sql) >= 256:  # shapes are few; never grow without bound
+                self._fetch_sql.clear()
+            sql = self._fetch_sql[shape] = self._fetch_sql_of(*shape)
         params: list[object] = [after]
         if upto is not None:
-            sql.append(f"AND global_position <= {p}")
             params.append(upto)
+        params += aggregate_types
+        params += bounded_contexts
+        params.append(limit)
+        return Statement(sql, params, fetch=True, chunked=True)
+
+    def _fetch_sql_of(
+        self,
+        bounded: bool,
+        aggregate_types: int,
+        bounded_contexts: int,
+        partition: tuple[int, int] | None,
+        with_hash: bool,
+    ) -> str:
+        """The SQL of :meth:`fetch_statement` for one shape of its arguments
+        (a processor reads with the same shape batch after batch)."""
+        p = self.placeholder
+        sql = [self.fetch_sql_prefix[with_hash]]
+        if bounded:
+            sql.append(f"AND global_position <= {p}")
         if aggregate_types:
-            sql.append(f"AND aggregate_type IN ({', '.join([p] * len(aggregate_types))})")
-            params += aggregate_types
+            sql.append(f"AND aggregate_type IN ({', '.join([p] * aggregate_types)})")
         if bounded_contexts:
-            sql.append(f"AND bounded_context IN ({', '.join([p] * len(bounded_contexts))})")
-            params += bounded_contexts
+            sql.append(f"AND bounded_context IN ({', '.join([p] * bounded_contexts)})")
         if partition is not None:
             modulo = "%%" if p == "%s" else "%"  # a literal % must be doubled for pyformat
             sql.append(f"AND {partition_predicate(partition[1], partition[0], modulo)}")
         sql.append(f"ORDER BY global_position LIMIT {p}")
-        params.append(limit)
-        return Statement(" ".join(sql), params, fetch=True, chunked=True)
+        return " ".join(sql)
 
     def begin_batch(self, lazy: bool, kept: object = None) -> Plan[object]:
         """Open the transaction of a projection batch. ``lazy``: the last

@@ -247,6 +247,7 @@ two datetime operations (``replace(tzinfo=...)`` is slower still)."""
 class PostgresDialect(Dialect):
     name = "postgres"
     placeholder = "%s"
+    reads_with_advance: ClassVar[bool] = True
     # Metadata comes back as the appended bytes; created_at as the interval
     # since _EPOCH, which no session TimeZone affects (nor shifts out of
     # Python's datetime range, year 1 to 9999).
