@@ -133,6 +133,14 @@ def test_observability_benchmark_runs_in_quick_mode() -> None:
     assert float(spread) > float(next(b for m, _, b in hooks if m == "tracing")), out
     # It is not W3 (whose events come from one request), so it is not judged.
     assert re.search(r"^  tracing, 1 trace per event .*\(not W3: not judged\)$", out, re.M), out
+    # The SDK's own calls, made by hand, are a reference beside the modes.
+    [sdk] = re.findall(
+        r"^  tracing, the SDK's calls alone\s+append .*batch\s+(\d+\.\d) us .*"
+        r"\(reference: not judged\)$",
+        out,
+        re.M,
+    )
+    assert float(sdk) > 0, out
 
 
 def test_push_latency_runs_in_quick_mode() -> None:
