@@ -451,7 +451,7 @@ def frozen_constructor(cls: type[_T]) -> type[_T]:
     if any(not f.init or f.kw_only or f.default_factory is not dataclasses.MISSING for f in fields):
         raise TypeError(f"{cls.__name__} has a field this constructor does not make")
     names = [f.name for f in fields]
-    builder = type(
+    twin = type(
         f"_{cls.__name__}Builder",
         (cls,),
         {
@@ -473,7 +473,7 @@ def frozen_constructor(cls: type[_T]) -> type[_T]:
         "        self = _object_new(cls)",
         f"        _init(self, {passed})",
         "        return self",
-        "    self = _Builder()",
+        "    self = _Twin()",
         *(f"    self.{n} = {n}" for n in names),
         "    self.__class__ = _cls",
         "    return self",
@@ -482,11 +482,15 @@ def frozen_constructor(cls: type[_T]) -> type[_T]:
     new = _compile(
         lines,
         "__new__",
-        {**defaults, "_cls": cls, "_object_new": object.__new__, "_init": cls.__init__},
+        {
+            **defaults,
+            "_cls": cls,
+            "_Twin": twin,
+            "_object_new": object.__new__,
+            "_init": cls.__init__,
+        },
     )
     new.__qualname__ = f"{cls.__qualname__}.__new__"
-    # _compile's own _Builder is the event builder: this one's is passed last.
-    new.__globals__["_Builder"] = builder
 
     def __reduce__(self: Any) -> tuple[type, tuple[Any, ...]]:
         return type(self), tuple(getattr(self, n) for n in names)
