@@ -18,7 +18,7 @@
          catches up every event at batch 1,000, started as theirs are: what
          partitioning costs whatever the machine lets run in parallel.
 
-Each figure is the best of ``--rounds`` runs (default 2; W5 at least 3). Every run is
+Each figure is the best of ``--rounds`` runs (default 4). Every run is
 checked: each event handled exactly once. Databases: ``--db
 postgres,mysql,sqlite`` (default: all three), each in a private schema,
 database or file that is dropped at the end.
@@ -48,10 +48,11 @@ from pupsourcing.store.plan import Statement
 PARTITIONS = 4
 EVENTS_PER_AGGREGATE = 10
 APPEND_BATCH = 100
-W5_ROUNDS = 3
-"""W5 and its CPU figures take the best of at least this many rounds: each is
-a few seconds, and CPU time on a shared machine moves by a quarter between runs."""
 """Events are loaded 100 at a time (10 aggregates x 10 events) per transaction."""
+ROUNDS = 4
+"""Runs per figure by default (the best is kept): each takes seconds, and on
+a shared machine one burst of load elsewhere can slow both runs of a
+figure measured twice."""
 
 
 def builders() -> dict[str, Callable[[], Target]]:
@@ -403,7 +404,7 @@ class CatchUpResult:
 
 
 def measure(
-    database: str, build: Callable[[], Target], events: int, rounds: int = 2
+    database: str, build: Callable[[], Target], events: int, rounds: int = ROUNDS
 ) -> CatchUpResult:
     """W3 and W5 on ``events`` events; each figure is the best of ``rounds``
     runs (the least disturbed on a shared machine), sides alternating."""
@@ -427,8 +428,7 @@ def measure(
             rates[batch] = (ours, raw)
         partitioned, raw_partitioned, ratios = 0.0, 0.0, list[float]()
         location = location_of(database, target)
-        # A smoke test's single round stays single.
-        for r in range(rounds if rounds == 1 else max(rounds, W5_ROUNDS)):
+        for r in range(rounds):
             # The CPU of one process reading everything, measured in a worker
             # like the partitions' (same start, same heap), not in this one.
             raw_rows, _, _, raw_cpu = partitions(database, location, "", raw=True, total=1)
@@ -492,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2,000 events (smoke test)")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--db", default="postgres,mysql,sqlite", help="also mysqlclient")
-    parser.add_argument("--rounds", type=int, default=2, help="runs per figure (best kept)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="runs per figure (best kept)")
     args = parser.parse_args(argv)
     events = 2000 if args.quick else args.events
     events -= events % APPEND_BATCH
