@@ -490,7 +490,12 @@ partitions in 4 processes can only add what is left of the machine's cores;
 every partition's read also visits every heap page. The bare driver paging
 through the 4 partitions in 4 processes shows that ceiling, and the W3/1000
 line shows our single catch-up against one bare process: the faster one
-process already is, the less 4 can add.
+process already is, the less 4 can add. On SQLite each process has a page
+cache of its own and every partition's rows lie on every page, so 4
+partitions read the whole file 4 times (the bare driver's CPU per row rises
+as much as ours); and SQLite has one writer: a batch holds the write lock
+from its `BEGIN IMMEDIATE` through the handler to `COMMIT`, so the
+partitions' batches, decoding included, take turns.
 
 **Reproduce.** Start PostgreSQL and MariaDB on their default local ports (see
 the README), install with `pip install -e . --group dev`, then run
