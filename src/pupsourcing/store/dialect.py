@@ -264,7 +264,8 @@ class Dialect(abc.ABC):
             f"FROM {self.events_table} WHERE global_position > {p}"
             for hashed in (False, True)
         }
-        self._fetch_sql: dict[tuple[bool, int, int, tuple[int, int] | None, bool], str] = {}
+        # A processor reads with the same shape of arguments batch after batch.
+        self._fetch_sql = functools.lru_cache(maxsize=256)(self._fetch_sql_of)
 
     # -- what each database provides ---------------------------------------
 
@@ -648,18 +649,9 @@ class Dialect(abc.ABC):
         only that partition's aggregates (and rows without a hash, which the
         caller filters). Rows are :meth:`select_columns`, followed by
         ``partition_hash`` when ``with_hash``."""
-        shape = (
-            upto is not None,
-            len(aggregate_types),
-            len(bounded_contexts),
-            partition,
-            with_hash,
+        sql = self._fetch_sql(
+            upto is not None, len(aggregate_types), len(bounded_contexts), partition, with_hash
         )
-        sql = self._fetch_sql.get(shape)
-        if sql is None:
-            if len(self._fetch_sql) >= 256:  # shapes are few; never grow without bound
-                self._fetch_sql.clear()
-            sql = self._fetch_sql[shape] = self._fetch_sql_of(*shape)
         params: list[object] = [after]
         if upto is not None:
             params.append(upto)
@@ -676,8 +668,7 @@ class Dialect(abc.ABC):
         partition: tuple[int, int] | None,
         with_hash: bool,
     ) -> str:
-        """The SQL of :meth:`fetch_statement` for one shape of its arguments
-        (a processor reads with the same shape batch after batch)."""
+        """The SQL of :meth:`fetch_statement` for one shape of its arguments."""
         p = self.placeholder
         sql = [self.fetch_sql_prefix[with_hash]]
         if bounded:
