@@ -488,7 +488,9 @@ def _record(
 ) -> StepOutcome:
     """Keep the committed checkpoint and log the batch."""
     sub.checkpoint = position
-    if handled and logger.isEnabledFor(logging.INFO):  # (else no message to build)
+    if not handled:
+        logger.debug("projection %s: checkpoint %d (no events in scope)", sub.name, position)
+    elif logger.isEnabledFor(logging.INFO):  # (else no message to build)
         logger.info(
             "projection %s handled %s, checkpoint %d",
             sub.name,
@@ -502,6 +504,4 @@ def _record(
                 "fetched": fetched,
             },
         )
-    elif not handled:
-        logger.debug("projection %s: checkpoint %d (no events in scope)", sub.name, position)
     return StepOutcome(handled, idle=False)
