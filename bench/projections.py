@@ -164,36 +164,31 @@ def page_through(conn: Any, sql: str, batch: int) -> int:
         position = page[-1][0]
 
 
-def raw_paging(target: Target, batch: int) -> tuple[int, float, float]:
-    """Rows read, seconds, and CPU seconds (client and server, see bench/cpu.py)."""
+def raw_paging(target: Target, batch: int) -> tuple[int, float]:
+    """Rows read and seconds."""
     conn = target.connect(True)
     try:
-        clock = CpuClock([conn])
-        clock.start()
         start = time.perf_counter()
         rows = page_through(conn, raw_paging_sql(target), batch)
-        return rows, time.perf_counter() - start, clock.stop()
+        return rows, time.perf_counter() - start
     finally:
         conn.close()
 
 
-def catch_up(target: Target, name: str, config: ProcessorConfig) -> tuple[int, float, float]:
-    """Events handled, seconds, and CPU seconds (client and server, see bench/cpu.py)."""
+def catch_up(target: Target, name: str, config: ProcessorConfig) -> tuple[int, float]:
+    """Events handled and seconds."""
     projection = Noop(name)
     conn = target.connect(False)  # a long-lived worker's connection: not timed
     try:
-        clock = CpuClock([conn])
         with Processor(conn, target.store, config) as processor:
-            clock.start()
             start = time.perf_counter()
             handled = processor.catch_up(projection)
             elapsed = time.perf_counter() - start
-            cpu = clock.stop()
     finally:
         conn.close()
     if handled != projection.handled:
         raise AssertionError("catch_up miscounted")
-    return handled, elapsed, cpu
+    return handled, elapsed
 
 
 PRELOAD = [
@@ -435,8 +430,8 @@ def measure(
         for batch in (100, 1000):
             ours = raw = 0.0
             for r in range(rounds):
-                raw_rows, raw_seconds, raw_cpu = raw_paging(target, batch)
-                handled, seconds, cpu = catch_up(
+                raw_rows, raw_seconds = raw_paging(target, batch)
+                handled, seconds = catch_up(
                     target, f"w3_{batch}_{r}", ProcessorConfig(batch_size=batch)
                 )
                 if handled != events or raw_rows != events:
