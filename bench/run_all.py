@@ -520,13 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Three rounds of everything on every database, four of the catch-ups
     # (projections.ROUNDS): the whole run stays within its 10 minutes.
-    def rounds(database: str) -> int:
-        return 1 if args.quick else 3
-
-    def store_scale(database: str) -> common.Scale:
-        if args.quick:
-            return common.QUICK
-        return replace(common.FULL, rounds=rounds(database))
+    rounds = 1 if args.quick else 3
+    store_scale = common.QUICK if args.quick else replace(common.FULL, rounds=rounds)
 
     events = 2_000 if args.quick else 100_000
     small, large = (2_000, 6_000) if args.quick else (scale.SMALL, scale.LARGE)
@@ -535,13 +530,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     for database in databases:
         parts: dict[str, Callable[[str], list[Row]]] = {
-            "stores": lambda db: store_rows(db, store_scale(db), versions),
+            "stores": lambda db: store_rows(db, store_scale, versions),
             "projections": lambda db: projection_rows(
                 db, events, 1 if args.quick else projections.ROUNDS
             ),
         }
         if database != "mysqlclient":  # store growth is the server's, whatever the driver
-            parts["scale"] = lambda db: scale_rows(db, small, large, args.quick, rounds(db))
+            parts["scale"] = lambda db: scale_rows(db, small, large, args.quick, rounds)
         spent = []
         try:
             for part, measure in parts.items():
