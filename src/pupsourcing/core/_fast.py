@@ -51,39 +51,34 @@ name): an expression, or statements that leave the field in that variable
 (inlined in the loop, no call per row)."""
 
 
-class _StoredEventBuilder(PersistedEvent):
-    """An unfrozen twin of :class:`PersistedEvent`, for building instances fast.
+def _twin(cls: type[_T], name: str) -> type[_T]:
+    """An unfrozen twin of the frozen, slotted class ``cls``, for building
+    instances fast.
 
     A subclass that adds no slots has the same memory layout, so an instance
-    may become a ``PersistedEvent`` by assigning ``__class__``. Until then
-    plain attribute stores fill the slots, several times faster than the
-    frozen dataclass's ``__setattr__`` (or ``object.__setattr__``). Never
-    seen outside the functions this module compiles.
+    may become a ``cls`` by assigning ``__class__``. Until then plain
+    attribute stores fill the slots, several times faster than the frozen
+    class's ``__setattr__`` (or ``object.__setattr__``). ``twin()`` runs no
+    Python code and passes no argument tuple around: about twice as fast as
+    ``object.__new__(twin)``. Never seen outside this module's functions.
     """
+    namespace = {
+        "__slots__": (),
+        # Both: a class that overrides only one keeps the slow attribute path.
+        "__setattr__": object.__setattr__,
+        "__delattr__": object.__delattr__,
+        "__new__": object.__new__,
+        "__init__": object.__init__,
+    }
+    return type(name, (cls,), namespace)
 
-    __slots__ = ()
-    # Both: a class that overrides only one keeps the slow attribute path.
-    __setattr__ = object.__setattr__
-    __delattr__ = object.__delattr__
-    # ``_Builder()`` then runs no Python code and passes no argument tuple
-    # around: about twice as fast as ``object.__new__(_Builder)``.
-    __init__ = object.__init__
 
-
-# The builder stores the deferred fields straight into their slots, past
+_StoredEventBuilder = _twin(PersistedEvent, "_StoredEventBuilder")
+# It stores the deferred fields straight into their slots, past
 # PersistedEvent's descriptors for them.
 for _name in LATER:
     setattr(_StoredEventBuilder, _name, vars(Event)[_name])
-
-
-class _EventBuilder(Event):
-    """The unfrozen twin of :class:`Event`, as :class:`_StoredEventBuilder`
-    is :class:`PersistedEvent`'s."""
-
-    __slots__ = ()
-    __setattr__ = object.__setattr__
-    __delattr__ = object.__delattr__
-    __init__ = object.__init__
+_EventBuilder = _twin(Event, "_EventBuilder")
 
 
 @functools.lru_cache(maxsize=256)
@@ -326,16 +321,7 @@ _UNKNOWN_SAFETY = uuid.SafeUUID.unknown
 _UUID = uuid.UUID
 
 
-class _UUIDBuilder(uuid.UUID):
-    """An unfrozen twin of :class:`uuid.UUID`, as :class:`_StoredEventBuilder`
-    is of :class:`PersistedEvent`: allocated without running ``__init__`` and
-    filled with plain attribute stores, then switched to ``uuid.UUID``. About
-    twice as fast as ``object.__new__`` and two ``object.__setattr__`` calls."""
-
-    __slots__ = ()
-    __setattr__ = object.__setattr__  # type: ignore[assignment]
-    __delattr__ = object.__delattr__
-    __init__ = object.__init__
+_UUIDBuilder = _twin(uuid.UUID, "_UUIDBuilder")
 
 
 def _uuid(value: int) -> uuid.UUID:
@@ -451,17 +437,7 @@ def frozen_constructor(cls: type[_T]) -> type[_T]:
     if any(not f.init or f.kw_only or f.default_factory is not dataclasses.MISSING for f in fields):
         raise TypeError(f"{cls.__name__} has a field this constructor does not make")
     names = [f.name for f in fields]
-    twin = type(
-        f"_{cls.__name__}Builder",
-        (cls,),
-        {
-            "__slots__": (),
-            "__setattr__": object.__setattr__,  # both, as in _StoredEventBuilder
-            "__delattr__": object.__delattr__,
-            "__new__": object.__new__,
-            "__init__": object.__init__,
-        },
-    )
+    twin = _twin(cls, f"_{cls.__name__}Builder")
     arguments = ", ".join(
         n if f.default is dataclasses.MISSING else f"{n}=_default_{n}"
         for n, f in zip(names, fields, strict=True)
