@@ -7,6 +7,7 @@ made durable at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from pathlib import Path
@@ -24,6 +25,8 @@ from pupsourcing.store.plan import Statement
 LOWER = "PRAGMA synchronous = 1"
 RESTORE = "PRAGMA synchronous = 2"
 SYNC = "PRAGMA user_version = 0"
+BATCH_BEGINS = ("BEGIN IMMEDIATE", "BEGIN DEFERRED")
+"""How a batch opens (sqlite3's own implicit ``BEGIN`` before other writes aside)."""
 
 
 class Writes:
@@ -83,8 +86,9 @@ def test_a_batch_after_one_that_wrote_nothing_commits_lazily(tmp_path: Path) -> 
     statements = traced(conn)
     with Processor(conn, store, ProcessorConfig(batch_size=2)) as processor:
         assert processor.catch_up(Writes(positions=set())) == 5
-    begins = [i for i, s in enumerate(statements) if s == "BEGIN IMMEDIATE"]
-    assert len(begins) == 3
+    begins = [i for i, s in enumerate(statements) if s in BATCH_BEGINS]
+    # The lazy batches take the write lock at their first write.
+    assert [statements[i] for i in begins] == ["BEGIN IMMEDIATE", *["BEGIN DEFERRED"] * 2]
     # Nothing known before the first batch: the connection's level. The
     # second is lazy, and the level stays lowered while batches write
     # nothing but their checkpoints: the third reads no settings and sets
@@ -236,6 +240,7 @@ def test_the_asyncio_processor_commits_the_same_way(tmp_path: Path) -> None:
             await conn.close()
 
     statements, level = asyncio.run(scenario())
+    assert statements.count("BEGIN DEFERRED") == 3  # batches 2 to 4 lock at their write
     assert statements.count(LOWER) == 1  # kept lowered over batches 2 to 4
     assert statements.count(RESTORE) == 1
     assert level == 2
@@ -355,3 +360,101 @@ def test_a_busy_database_between_lazy_batches_gets_the_level_back_while_waiting(
     assert lowered[0] < restored[0] < lowered[1] < restored[1]
     assert "could not run (database is locked)" in caplog.text
     assert synchronous(conn) == 2
+
+
+def other_writer(path: Path) -> sqlite3.Connection:
+    """Another connection that gives up at once when the write lock is held."""
+    return sqlite3.connect(path, timeout=0, isolation_level=None)
+
+
+def test_a_lazy_batch_leaves_the_write_lock_free_while_its_handler_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relay or a projection writing elsewhere does not keep the
+    application's writers waiting for its handler, once its batches are lazy."""
+    path = tmp_path / "s.db"
+    store, conn = store_with(path, 3)
+    writer = other_writer(path)
+    appended: dict[int, str] = {}
+
+    class AppendsElsewhere:
+        name = "elsewhere"
+
+        def handle(self, e: PersistedEvent, tx: Any) -> None:
+            if e.global_position > 3:
+                return  # (the events appended below)
+            try:
+                writer.execute("BEGIN IMMEDIATE")
+                store.append(writer, ExpectedVersion.no_stream(), [event(f"w-{e.global_position}")])
+                writer.execute("COMMIT")
+                appended[e.global_position] = "appended"
+            except sqlite3.OperationalError as exc:
+                if writer.in_transaction:
+                    writer.execute("ROLLBACK")
+                appended[e.global_position] = exc.sqlite_errorname
+
+    statements = traced(conn)
+    with Processor(conn, store, ProcessorConfig(batch_size=1)) as processor:
+        assert processor.catch_up(AppendsElsewhere()) == 5
+    # The first batch took the lock at its start; the next ones at their
+    # checkpoint's write, after the handler.
+    assert appended == {1: "SQLITE_BUSY", 2: "appended", 3: "appended"}
+    assert store.get_checkpoint(conn, "elsewhere") == 5
+    assert statements.count("BEGIN IMMEDIATE") == 1
+    assert statements.count("BEGIN DEFERRED") == 4
+    assert "could not run" not in caplog.text
+    writer.close()
+
+
+class ReadsThenWrites:
+    """At position 2, reads through ``tx``, lets another connection commit
+    (the first time only), then writes through ``tx`` unless ``reads_only``."""
+
+    name = "reads_then_writes"
+
+    def __init__(self, path: Path, reads_only: bool) -> None:
+        self.path = path
+        self.reads_only = reads_only
+        self.calls: list[int] = []
+
+    def handle(self, e: PersistedEvent, tx: Any) -> None:
+        self.calls.append(e.global_position)
+        if e.global_position != 2:
+            return
+        tx.execute("SELECT count(*) FROM seen").fetchone()
+        if self.calls.count(2) == 1:
+            with contextlib.closing(other_writer(self.path)) as other:
+                other.execute("INSERT INTO other (n) VALUES (1)")
+        if not self.reads_only:
+            tx.execute("INSERT INTO seen (position) VALUES (?)", (e.global_position,))
+
+
+@pytest.mark.parametrize("reads_only", [False, True])
+def test_a_lazy_batch_that_read_and_lost_the_write_lock_runs_again_taking_it_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, reads_only: bool
+) -> None:
+    """The handler's write (or, if it writes nothing, the checkpoint's) after
+    another connection committed is refused at once (SQLITE_BUSY_SNAPSHOT):
+    the batch is rolled back and handled again with the lock taken at its
+    start, with no error, no back-off and no dead letter, and the processor
+    defers the lock no more."""
+    path = tmp_path / "s.db"
+    store, conn = store_with(path, 4)
+    conn.execute("CREATE TABLE other (n INTEGER)")
+    conn.commit()
+    statements = traced(conn)
+    projection = ReadsThenWrites(path, reads_only)
+    config = ProcessorConfig(batch_size=1, on_failure="dead_letter")
+    with caplog.at_level("DEBUG", logger="pupsourcing"), Processor(conn, store, config) as p:
+        assert p.catch_up(projection) == 4
+    assert projection.calls == [1, 2, 2, 3, 4]
+    begins = [s for s in statements if s in BATCH_BEGINS]
+    assert begins[:3] == ["BEGIN IMMEDIATE", "BEGIN DEFERRED", "BEGIN IMMEDIATE"]
+    assert "BEGIN DEFERRED" not in begins[2:]  # batch 4 is lazy, and takes the lock first
+    seen = [r[0] for r in conn.execute("SELECT position FROM seen")]
+    assert seen == ([] if reads_only else [2])
+    assert conn.execute("SELECT count(*) FROM other").fetchone()[0] == 1
+    assert store.get_checkpoint(conn, "reads_then_writes") == 4
+    assert store.list_dead_letters(conn) == []
+    assert "could not run" not in caplog.text
+    assert "could not take it (database is locked)" in caplog.text

@@ -164,6 +164,10 @@ class Subscription:
     lazy_commit: bool = False
     """Whether the last batch wrote nothing but its checkpoint (see
     :meth:`Dialect.begin_batch <pupsourcing.store.dialect.Dialect.begin_batch>`)."""
+    defers: bool = True
+    """Whether a lazy batch may take the write lock at its first write where
+    the database can (see :func:`_lost_write_lock`); cleared for good once
+    one could not."""
     kept: object = None
     """What the last batch left set on the connection for the next one
     (see :meth:`Dialect.end_batch <pupsourcing.store.dialect.Dialect.end_batch>`);
@@ -380,35 +384,44 @@ def _handle_and_advance(
     On any other failure rolls back and raises. Also answers the rows of
     ``following``, the read of the next batch, when the database read them
     with the compare-and-set (see
-    :meth:`~pupsourcing.store.dialect.Dialect.advance_and_read`)."""
-    kept, sub.kept = sub.kept, None
-    opened = yield from dialect.begin_batch(sub.lazy_commit, kept)
-    sub.kept = opened  # what is set on the connection now, should the driver stop
-    ahead = None
-    try:
-        if events:
-            yield events
-        if following is None:
-            advanced = yield from dialect.advance_checkpoint(
-                sub.checkpoint_name, checkpoint, position
-            )
-        else:
-            advanced, ahead = yield from dialect.advance_and_read(
-                sub.checkpoint_name, checkpoint, position, following
-            )
-        if advanced and then is not None:
-            yield from then()
-        wrote = (yield from dialect.batch_wrote(opened)) if advanced else None
-    except ProjectionError as failure:
-        yield ROLLBACK
-        yield from _end_failed_batch(dialect, sub, opened)
-        if (yield from _after_failed_handler(dialect, sub, failure, checkpoint, logger)):
-            return False, None
-        raise
-    except Exception:
-        yield ROLLBACK
-        yield from _end_failed_batch(dialect, sub, opened)
-        raise
+    :meth:`~pupsourcing.store.dialect.Dialect.advance_and_read`). A lazy
+    batch that deferred taking the write lock and could not take it runs
+    again (see :func:`_lost_write_lock`)."""
+    while True:
+        defer = sub.lazy_commit and sub.defers and dialect.defers_write_lock
+        kept, sub.kept = sub.kept, None
+        opened = yield from dialect.begin_batch(sub.lazy_commit, kept, defer=defer)
+        sub.kept = opened  # what is set on the connection now, should the driver stop
+        ahead = None
+        try:
+            if events:
+                yield events
+            if following is None:
+                advanced = yield from dialect.advance_checkpoint(
+                    sub.checkpoint_name, checkpoint, position
+                )
+            else:
+                advanced, ahead = yield from dialect.advance_and_read(
+                    sub.checkpoint_name, checkpoint, position, following
+                )
+            if advanced and then is not None:
+                yield from then()
+            wrote = (yield from dialect.batch_wrote(opened)) if advanced else None
+            break
+        except ProjectionError as failure:
+            yield ROLLBACK
+            yield from _end_failed_batch(dialect, sub, opened)
+            if defer and _lost_write_lock(dialect, sub, failure.__cause__, logger):
+                continue
+            if (yield from _after_failed_handler(dialect, sub, failure, checkpoint, logger)):
+                return False, None
+            raise
+        except Exception as exc:
+            yield ROLLBACK
+            yield from _end_failed_batch(dialect, sub, opened)
+            if defer and _lost_write_lock(dialect, sub, exc, logger):
+                continue
+            raise
     try:
         yield COMMIT if advanced else ROLLBACK
     except Exception:
@@ -420,6 +433,26 @@ def _handle_and_advance(
     if wrote is not None:
         sub.lazy_commit = not wrote
     return advanced, ahead if advanced else None
+
+
+def _lost_write_lock(
+    dialect: Dialect, sub: Subscription, exc: BaseException | None, logger: Logger
+) -> bool:
+    """Whether a batch that deferred taking the write lock failed for want of
+    it (``exc`` is transient: the handler read through ``tx`` and another
+    connection then held the lock or committed). It was rolled back; it runs
+    again at once taking the lock at its start, as every later batch of
+    ``sub`` will, so a handler that reads before it writes meets this once."""
+    if exc is None or not dialect.is_transient(exc):
+        return False
+    sub.defers = False
+    logger.debug(
+        "projection %s: a batch that deferred the write lock could not take it (%s); "
+        "running it again with the lock taken first",
+        sub.name,
+        exc,
+    )
+    return True
 
 
 def _end_failed_batch(

@@ -132,6 +132,10 @@ class Dialect(abc.ABC):
     begin_sql: ClassVar[str] = "BEGIN"
     """Starts the transaction of a projection batch."""
 
+    defers_write_lock: ClassVar[bool] = False
+    """Whether :meth:`begin_batch` can open a batch that takes the database's
+    write lock at its first write instead of at its start (``defer``)."""
+
     reads_with_advance: ClassVar[bool] = False
     """Whether :meth:`advance_and_read` reads the next batch with the
     compare-and-set (else the processor builds no such read for it)."""
@@ -683,12 +687,16 @@ class Dialect(abc.ABC):
         sql.append(f"ORDER BY global_position LIMIT {p}")
         return " ".join(sql)
 
-    def begin_batch(self, lazy: bool, kept: object = None) -> Plan[object]:
+    def begin_batch(self, lazy: bool, kept: object = None, *, defer: bool = False) -> Plan[object]:
         """Open the transaction of a projection batch. ``lazy``: the last
         batch wrote nothing through ``tx``, so this one likely writes only
         its checkpoint; a dialect may then commit it without waiting for the
         disk (see :meth:`end_batch`). ``kept``: what the last batch's
-        :meth:`end_batch` left set on the connection. Answers what the other
+        :meth:`end_batch` left set on the connection. ``defer`` (only where
+        :attr:`defers_write_lock`): take the write lock at the first write,
+        so that other writers need not wait while the handler runs; the
+        batch then fails with a transient error when the lock cannot be
+        taken after the handler read through ``tx``. Answers what the other
         two need."""
         yield Statement(self.begin_sql, begin=True)
         return None

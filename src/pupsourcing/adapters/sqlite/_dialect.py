@@ -88,6 +88,7 @@ class SQLiteDialect(Dialect):
     epoch_now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
     lease_seconds_type = "REAL"
     begin_sql = "BEGIN IMMEDIATE"
+    defers_write_lock = True
     schema_dialect = SchemaDialect(
         global_position="INTEGER PRIMARY KEY AUTOINCREMENT",
         key_text="TEXT",
@@ -170,7 +171,7 @@ class SQLiteDialect(Dialect):
         )
         return Probe(int(rows[0][0]), frozenset())
 
-    def begin_batch(self, lazy: bool, kept: object = None) -> Plan[object]:
+    def begin_batch(self, lazy: bool, kept: object = None, *, defer: bool = False) -> Plan[object]:
         """A batch after one that wrote nothing but its checkpoint commits
         with ``synchronous=NORMAL`` (WAL mode only; the level must be set
         outside a transaction): it still commits atomically, but without
@@ -179,7 +180,15 @@ class SQLiteDialect(Dialect):
         processor then handles their events again. While batches keep
         writing nothing but their checkpoints, the level stays lowered from
         one to the next (``kept``), so that they run no statement besides
-        their own."""
+        their own.
+
+        ``BEGIN IMMEDIATE`` takes the write lock at once; with ``defer``,
+        ``BEGIN DEFERRED`` takes it at the batch's first write (the
+        checkpoint's, for a handler that writes nothing), waiting for it as
+        long as the busy timeout allows if the batch has read nothing yet.
+        A batch that has read through ``tx`` cannot wait: SQLite answers
+        ``SQLITE_BUSY`` (or ``SQLITE_BUSY_SNAPSHOT`` when another connection
+        committed since the read) at once."""
         if kept is not None and not lazy:  # (the last batch kept it lowered)
             yield from self.release_batch(kept)
             kept = None
@@ -196,7 +205,7 @@ class SQLiteDialect(Dialect):
             assert isinstance(kept, _Opened)
             opened = kept
         try:
-            yield Statement(self.begin_sql, begin=True)
+            yield Statement("BEGIN DEFERRED" if defer else self.begin_sql, begin=True)
         except Exception:  # busy, say: no batch runs, so the level goes back
             with contextlib.suppress(Exception):
                 yield from self.release_batch(opened)
