@@ -463,7 +463,7 @@ the rest of the event together, so the decoders keep them as read and
 `PersistedEvent` converts them when first read: a decoded row costs about
 0.3 µs instead of 1.3 µs, for a projection that never reads them. The rest
 of a batch of 100 (4 statements around the handler while batches stay lazy:
-`BEGIN IMMEDIATE`, the checkpoint's compare-and-set, the read of what the
+`BEGIN DEFERRED`, the checkpoint's compare-and-set, the read of what the
 batch wrote and the commit, which writes two pages to the log: the
 checkpoint's row and its `updated_at` index) is what keeps W3/100 well below
 the bare paging, which commits nothing. mysqlclient's W3 is the same story:
@@ -493,9 +493,12 @@ line shows our single catch-up against one bare process: the faster one
 process already is, the less 4 can add. On SQLite each process has a page
 cache of its own and every partition's rows lie on every page, so 4
 partitions read the whole file 4 times (the bare driver's CPU per row rises
-as much as ours); and SQLite has one writer: a batch holds the write lock
-from its `BEGIN IMMEDIATE` through the handler to `COMMIT`, so the
-partitions' batches, decoding included, take turns.
+as much as ours). SQLite has one writer, but a batch of a projection that
+writes nothing through `tx` (W5's no-op, a relay) takes the write lock only
+for its checkpoint's compare-and-set and commit (`BEGIN DEFERRED`), so the
+partitions decode and handle side by side; a handler that writes through
+`tx` holds the lock from `BEGIN IMMEDIATE` to `COMMIT`, and its partitions
+take turns.
 
 **Reproduce.** Start PostgreSQL and MariaDB on their default local ports (see
 the README), install with `pip install -e . --group dev`, then run
