@@ -2,7 +2,7 @@
 figure the machine's speed and its other load affect far less than a rate.
 
 The client's share is the process CPU time (every thread); the server's is
-read from ``/proc/<pid>/stat`` of the processes or threads serving the
+read from ``/proc/<pid>/schedstat`` of the processes or threads serving the
 workload's connections: PostgreSQL's backends (``pg_backend_pid()``, the
 ``pg_stat_activity.pid`` of the connection) and MariaDB's connection threads
 (``performance_schema.threads.THREAD_OS_ID``, when the server shares this
@@ -22,8 +22,16 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def proc_cpu(pid: int) -> float | None:
-    """User plus system CPU seconds of a process or thread so far, or ``None``
-    when it cannot be read (another machine, ended)."""
+    """CPU seconds of a process or thread so far, or ``None`` when it cannot
+    be read (another machine, ended). From ``/proc/<pid>/schedstat`` (the
+    scheduler's run time, in nanoseconds) where the kernel has it: ``stat``
+    counts user and system time in clock ticks (10 ms), as coarse as a
+    partition worker's whole share of a W5 run is long."""
+    try:
+        with open(f"/proc/{pid}/schedstat", encoding="ascii") as schedstat:
+            return int(schedstat.read().split()[0]) / 1e9
+    except (OSError, IndexError, ValueError):
+        pass
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()

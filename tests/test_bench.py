@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -326,3 +327,23 @@ def test_console_load_benchmark_fails_when_the_target_is_missed() -> None:
     # runs --quick's own).
     quick = run_quick(script, "--events", "2000", "--requests", "5", "--target-ms", "0.001")
     assert "target p99 < 0.001 ms NOT met" in quick
+
+
+def test_cpu_clock_reads_a_process_finer_than_clock_ticks() -> None:
+    """W5's CPU figures add up worker and server shares of tens of
+    milliseconds each: ``proc_cpu`` must not round them to 10 ms ticks."""
+    spec = importlib.util.spec_from_file_location("bench_cpu", BENCH / "cpu.py")
+    assert spec is not None
+    assert spec.loader is not None
+    cpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cpu)
+    assert cpu.proc_cpu(2**22 + 1) is None  # above any pid_max: no such process
+    before = cpu.proc_cpu(os.getpid())
+    started = time.process_time()
+    while time.process_time() - started < 0.025:
+        pass
+    spent = cpu.proc_cpu(os.getpid()) - before
+    assert 0.02 <= spent < 0.5
+    # Not a whole number of 10 ms ticks, as /proc/<pid>/stat would give
+    # (the odds that nanoseconds land on one are nil).
+    assert round(spent * 1e9) % 10_000_000 != 0
