@@ -458,3 +458,56 @@ def test_a_lazy_batch_that_read_and_lost_the_write_lock_runs_again_taking_it_fir
     assert store.list_dead_letters(conn) == []
     assert "could not run" not in caplog.text
     assert "could not take it (database is locked)" in caplog.text
+
+
+class AsyncReadsThenWrites(ReadsThenWrites):
+    """:class:`ReadsThenWrites` for the asyncio processor (``tx`` is aiosqlite's)."""
+
+    async def handle(self, e: PersistedEvent, tx: Any) -> None:  # type: ignore[override]
+        self.calls.append(e.global_position)
+        if e.global_position != 2:
+            return
+        async with tx.execute("SELECT count(*) FROM seen") as cursor:
+            await cursor.fetchone()
+        if self.calls.count(2) == 1:
+            with contextlib.closing(other_writer(self.path)) as other:
+                other.execute("INSERT INTO other (n) VALUES (1)")
+        if not self.reads_only:
+            await tx.execute("INSERT INTO seen (position) VALUES (?)", (e.global_position,))
+
+
+def test_the_asyncio_processor_runs_a_batch_that_lost_the_write_lock_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same retry as the blocking processor's: once, at once, no dead letter."""
+    path = tmp_path / "s.db"
+    store, setup = store_with(path, 4)
+    setup.execute("CREATE TABLE other (n INTEGER)")
+    setup.commit()
+    projection = AsyncReadsThenWrites(path, reads_only=False)
+
+    async def scenario() -> list[str]:
+        conn = await connect_async(path)
+        statements: list[str] = []
+        await conn.set_trace_callback(statements.append)
+        try:
+            config = ProcessorConfig(batch_size=1, on_failure="dead_letter")
+            async with AsyncProcessor(conn, AsyncSQLiteStore(), config) as p:
+                assert await p.catch_up(projection) == 4
+            return statements
+        finally:
+            await conn.close()
+
+    with caplog.at_level("DEBUG", logger="pupsourcing"):
+        statements = asyncio.run(scenario())
+    assert projection.calls == [1, 2, 2, 3, 4]
+    begins = [s for s in statements if s in BATCH_BEGINS]
+    assert begins[:3] == ["BEGIN IMMEDIATE", "BEGIN DEFERRED", "BEGIN IMMEDIATE"]
+    assert "BEGIN DEFERRED" not in begins[2:]
+    assert [r[0] for r in setup.execute("SELECT position FROM seen")] == [2]
+    assert setup.execute("SELECT count(*) FROM other").fetchone()[0] == 1
+    assert store.get_checkpoint(setup, "reads_then_writes") == 4
+    assert store.list_dead_letters(setup) == []
+    assert "could not run" not in caplog.text
+    assert "could not take it" in caplog.text
+    setup.close()
