@@ -180,6 +180,12 @@ def handled(backend: Backend, conn: Any) -> int:
     return int(rows[0][0])
 
 
+def checkpoint_names(backend: Backend, conn: Any) -> set[str]:
+    names = {c.name for c in backend.store.list_checkpoints(conn)}
+    conn.commit()
+    return names
+
+
 @pytest.fixture
 def workers() -> Iterator[list[Running]]:
     started: list[Running] = []
@@ -295,6 +301,9 @@ def test_status_shows_owner_and_lease_expiry(
         ),
         what="both partitions claimed",
     )
+    # A worker claims its partition, then its processor makes the
+    # checkpoint row that status lists the lease beside.
+    wait_for(lambda: checkpoint_names(backend, conn) >= {"claimed_p0", "claimed_p1"}, what="rows")
     result = cli("projections", "status", PUPSOURCING_DB=backend.url)
     assert result.returncode == 0, result.stderr
     assert "OWNER" in result.stdout
