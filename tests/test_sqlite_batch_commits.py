@@ -422,11 +422,15 @@ class ReadsThenWrites:
         if e.global_position != 2:
             return
         tx.execute("SELECT count(*) FROM seen").fetchone()
+        self.commit_elsewhere_once()
+        if not self.reads_only:
+            tx.execute("INSERT INTO seen (position) VALUES (?)", (e.global_position,))
+
+    def commit_elsewhere_once(self) -> None:
+        """Another connection commits, the first time position 2 is handled."""
         if self.calls.count(2) == 1:
             with contextlib.closing(other_writer(self.path)) as other:
                 other.execute("INSERT INTO other (n) VALUES (1)")
-        if not self.reads_only:
-            tx.execute("INSERT INTO seen (position) VALUES (?)", (e.global_position,))
 
 
 @pytest.mark.parametrize("reads_only", [False, True])
@@ -469,9 +473,7 @@ class AsyncReadsThenWrites(ReadsThenWrites):
             return
         async with tx.execute("SELECT count(*) FROM seen") as cursor:
             await cursor.fetchone()
-        if self.calls.count(2) == 1:
-            with contextlib.closing(other_writer(self.path)) as other:
-                other.execute("INSERT INTO other (n) VALUES (1)")
+        self.commit_elsewhere_once()
         if not self.reads_only:
             await tx.execute("INSERT INTO seen (position) VALUES (?)", (e.global_position,))
 
