@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections import Counter
@@ -311,6 +312,44 @@ def test_status_shows_owner_and_lease_expiry(
     assert result.stdout.count("expires in") == 2
     run.signal(signal.SIGTERM)
     assert run.wait() == 0, run.stderr
+
+
+@pytest.mark.parametrize("name", DATABASES)
+def test_status_lists_a_claimed_partition_before_its_checkpoint_row(
+    name: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    # A worker claims its partition, then makes the checkpoint row at its
+    # first batch: in between (or if it never gets there) the claim shows.
+    backend = make_store_backend(name)
+    conn = backend.connection()
+    for aggregate in ("agg-1", "agg-2"):
+        backend.store.append(conn, ExpectedVersion.any(), [event(aggregate)])
+    conn.commit()
+    plans = backend.store.dialect.leases
+    drive(backend, conn, plans.ensure("claimed", 2))
+    assert drive(backend, conn, plans.acquire("claimed", 1, "worker-b", 30.0)) is True
+    before = checkpoint_names(backend, conn)
+
+    result = cli("projections", "status", "--json", PUPSOURCING_DB=backend.url)
+    assert result.returncode == 0, result.stderr
+    [group] = json.loads(result.stdout)["projections"]
+    assert group["name"] == "claimed"
+    assert group["position"] == 0
+    assert group["lag"] == 2
+    [row] = group["checkpoints"]
+    assert row["checkpoint"] == "claimed_p1"
+    assert row["partition_key"] == 1
+    assert row["position"] == 0
+    assert row["updated_at"] is None
+    assert row["lease"]["owner"] == "worker-b"
+    assert 25 < row["lease"]["expires_in_seconds"] <= 30.5
+
+    table = cli("projections", "status", PUPSOURCING_DB=backend.url)
+    assert table.returncode == 0, table.stderr
+    [line] = [line for line in table.stdout.splitlines() if "claimed_p1" in line]
+    assert "never" in line
+    assert "worker-b" in line
+    assert checkpoint_names(backend, conn) == before  # status wrote nothing
 
 
 def test_claim_needs_total_partitions(make_store_backend: Callable[..., Backend]) -> None:

@@ -16,7 +16,11 @@ from pupsourcing.cli._text import clean, duration
 from pupsourcing.cli.console import LOG_FORMATS
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import ProcessorConfig
-from pupsourcing.projection.config import ON_FAILURE, split_checkpoint_name
+from pupsourcing.projection.config import (
+    ON_FAILURE,
+    partition_checkpoint_name,
+    split_checkpoint_name,
+)
 from pupsourcing.store import Checkpoint
 from pupsourcing.store.layout import clear_layout, missing_table
 from pupsourcing.store.leases import Lease
@@ -269,6 +273,20 @@ def lease_rows(db: Any, conn: Any) -> Leases:
     }
 
 
+def projection_groups(db: Any, conn: Any) -> tuple[list[Group], Leases]:
+    """Every projection's checkpoints, and the held partition leases. A
+    partition a worker has claimed but not yet made its checkpoint row for
+    (it does at its first batch) is listed at position 0, never updated."""
+    checkpoints = db.store.list_checkpoints(conn)
+    leases = lease_rows(db, conn)
+    names = {c.name for c in checkpoints}
+    for name, key in sorted(leases):
+        row = partition_checkpoint_name(name, key)
+        if row not in names:
+            checkpoints.append(Checkpoint(row, 0, None, None))
+    return group_checkpoints(checkpoints), leases
+
+
 def _lease_of(c: Checkpoint, leases: Leases) -> Lease | None:
     name, key = split_checkpoint_name(c.name)
     return None if key is None else leases.get((name, key))
@@ -307,9 +325,8 @@ def run_status(args: argparse.Namespace) -> int:
     db = open_database(args)
     with connection(db) as conn:
         head = db.store.head_position(conn)
-        groups = group_checkpoints(db.store.list_checkpoints(conn))
+        groups, leases = projection_groups(db, conn)
         dead = dead_letters.dead_letter_counts(db, conn)
-        leases = lease_rows(db, conn)
         conn.rollback()
     if args.json:
         report = {

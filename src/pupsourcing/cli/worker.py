@@ -23,6 +23,7 @@ from pupsourcing.cli.loading import load_projections
 from pupsourcing.cli.progress import ProgressMonitor
 from pupsourcing.cli.signals import stop_on_signals
 from pupsourcing.projection import ClaimingRunner, Processor, ProcessorConfig, Projection
+from pupsourcing.projection.config import partition_checkpoint_name
 from pupsourcing.runner import ProjectionRunner, Runner
 from pupsourcing.urls import Database
 
@@ -143,7 +144,9 @@ def _run_claiming(
     if args.progress and not args.supervised:
         tracked = {
             p.name: [
-                config.checkpoint_name(p.name) if config.total_partitions == 1 else f"{p.name}_p{k}"
+                config.checkpoint_name(p.name)
+                if config.total_partitions == 1
+                else partition_checkpoint_name(p.name, k)
                 for k in range(config.total_partitions)
             ]
             for p in projections

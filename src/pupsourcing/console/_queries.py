@@ -12,7 +12,7 @@ from typing import Any
 
 from pupsourcing import PersistedEvent
 from pupsourcing.cli.dead_letters import dead_letter_counts, dead_letter_json
-from pupsourcing.cli.projections import group_checkpoints, lease_rows
+from pupsourcing.cli.projections import projection_groups
 from pupsourcing.projection.config import split_checkpoint_name
 from pupsourcing.store.layout import missing_table
 from pupsourcing.store.plan import Plan, Statement
@@ -58,9 +58,8 @@ def head(db: Database, conn: Any) -> int:
 def _checkpoint_rows(db: Database, conn: Any) -> tuple[int, list[JSON]]:
     """The head and one row per checkpoint, partitions under their projection."""
     store_head = db.store.head_position(conn)
-    groups = group_checkpoints(db.store.list_checkpoints(conn))
+    groups, leases = projection_groups(db, conn)
     dead = dead_letter_counts(db, conn)
-    leases = lease_rows(db, conn)
     rows: list[JSON] = []
     for group in groups:
         keys = [split_checkpoint_name(c.name)[1] for c in group.checkpoints]

@@ -85,7 +85,7 @@ class ProcessorConfig:
     def checkpoint_name(self, projection_name: str) -> str:
         """The checkpoint key of ``projection_name`` under this config."""
         if self.total_partitions > 1:
-            return f"{projection_name}_p{self.partition_key}"
+            return partition_checkpoint_name(projection_name, self.partition_key)
         return projection_name
 
     def get_logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -93,6 +93,11 @@ class ProcessorConfig:
 
 
 _PARTITION_SUFFIX = re.compile(r"(?P<name>.+)_p(?P<key>0|[1-9][0-9]*)\Z")
+
+
+def partition_checkpoint_name(projection_name: str, partition_key: int) -> str:
+    """``"orders_p2"``: the checkpoint key of partition 2 of ``"orders"``."""
+    return f"{projection_name}_p{partition_key}"
 
 
 def split_checkpoint_name(checkpoint: str) -> tuple[str, int | None]:
