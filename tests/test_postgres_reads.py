@@ -21,7 +21,7 @@ import pytest
 
 from conftest import require
 from helpers import event
-from pupsourcing import ExpectedVersion, PersistedEvent
+from pupsourcing import ExpectedVersion, PersistedEvent, ProjectionError
 
 psycopg = require("psycopg")
 
@@ -391,24 +391,33 @@ def test_only_a_batch_that_wrote_nothing_skips_the_wal_flush(pg: PG) -> None:
     conn.commit()
     read = dialect.fetch_statement(3, None, 5, (), (), None)
 
-    def last_statement() -> str:
-        rows = pg.connect().execute(
-            "SELECT query FROM pg_stat_activity WHERE pid = %s", (conn.info.backend_pid,)
-        )
-        return str(rows.fetchone()[0])
+    def level() -> str:
+        return str(conn.execute("SHOW synchronous_commit").fetchone()[0])
 
+    # In a transaction of its own (a batch that handed no events) ...
     assert store._run(conn, dialect.advance_and_read("p", 0, 3, read))[0] is True
-    assert "set_config('synchronous_commit', 'off', true)" in last_statement()
-    assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+    assert conn.info.transaction_status == TransactionStatus.IDLE
+    # ... and in the batch's, opened before the handler ran, either statement.
+    for advance in (
+        lambda: dialect.advance_and_read("p", 3, 8, read),
+        lambda: dialect.advance_checkpoint("p", 8, 9),
+    ):
+        store._run(conn, dialect.begin_batch(False))
+        assert conn.info.transaction_status == TransactionStatus.INTRANS
+        assert level() == "on"
+        assert store._run(conn, advance()) not in (False, (False, None))
+        assert level() == "off"  # for this transaction alone
+        conn.commit()
+        assert level() == "on"
+    # A write before the compare-and-set (a savepoint's too): durable.
     conn.execute("CREATE TEMP TABLE model (n int)")
-    conn.execute("INSERT INTO model VALUES (1)")
-    assert store._run(conn, dialect.advance_and_read("p", 3, 8, read))[0] is True
-    assert "synchronous_commit" not in last_statement()
-    assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
     conn.commit()
-    assert store._run(conn, dialect.advance_checkpoint("p", 8, 9)) is True
-    assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
-    conn.commit()
+    for write in ("INSERT INTO model VALUES (1)", "SAVEPOINT s; INSERT INTO model VALUES (2)"):
+        store._run(conn, dialect.begin_batch(False))
+        conn.execute(write)
+        assert store._run(conn, dialect.advance_checkpoint("p", 9, 10)) is True
+        assert level() == "on"
+        conn.rollback()
     assert pg.store.get_checkpoint(conn, "p") == 9
 
 
@@ -438,3 +447,67 @@ def test_the_next_batch_is_read_with_the_compare_and_set(pg: PG) -> None:
     assert pg.scalar("SELECT last_global_position FROM projection_checkpoints") == 3
     assert store._run(conn, dialect.advance_and_read("p", 0, 9, read)) == (False, None)
     conn.rollback()
+
+
+class AtomicBlocks:
+    """Writes each event's row inside ``with tx.transaction():`` (psycopg's
+    atomic block: a savepoint inside an open transaction, a transaction of
+    its own on an idle connection) and fails at ``fail_at``."""
+
+    name = "atomic"
+
+    def __init__(self, fail_at: int | None) -> None:
+        self.fail_at = fail_at
+        self.statuses: set[TransactionStatus] = set()
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        self.statuses.add(tx.info.transaction_status)
+        with tx.transaction():
+            tx.execute("INSERT INTO model VALUES (%s)", (event.global_position,))
+        if event.global_position == self.fail_at:
+            raise RuntimeError("boom")
+
+
+class AsyncAtomicBlocks(AtomicBlocks):
+    async def handle(self, event: PersistedEvent, tx: Any) -> None:  # type: ignore[override]
+        self.statuses.add(tx.info.transaction_status)
+        async with tx.transaction():
+            await tx.execute("INSERT INTO model VALUES (%s)", (event.global_position,))
+        if event.global_position == self.fail_at:
+            raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_batch_read_ahead_hands_its_events_inside_its_transaction(pg: PG, api: str) -> None:
+    """The batches after the first come with the previous compare-and-set;
+    their handler must still run in the batch's transaction, so that its
+    atomic blocks are savepoints that a failing batch rolls back with it."""
+    with pg.connect() as conn:
+        conn.execute("CREATE TABLE model (position bigint)")
+        pg.store.append(conn, ExpectedVersion.any(), [event("a", f"E{i}") for i in range(6)])
+    config = ProcessorConfig(batch_size=2)
+
+    def catch_up(projection: AtomicBlocks) -> None:
+        if api == "blocking":
+            with Processor(pg.connect(), pg.store, config) as processor:
+                processor.catch_up(projection)
+            return
+
+        async def scenario() -> None:
+            conn = await psycopg.AsyncConnection.connect(pg.dsn)
+            try:
+                await AsyncProcessor(conn, AsyncPostgresStore(), config).catch_up(projection)
+            finally:
+                await conn.close()
+
+        asyncio.run(scenario())
+
+    kind = AtomicBlocks if api == "blocking" else AsyncAtomicBlocks
+    failing = kind(fail_at=6)  # the third batch, read with the second's compare-and-set
+    with pytest.raises(ProjectionError):
+        catch_up(failing)
+    assert failing.statuses == {TransactionStatus.INTRANS}
+    assert pg.scalar("SELECT count(*) FROM model") == 4  # the third batch left nothing
+    catch_up(kind(fail_at=None))
+    rows = pg.connect().execute("SELECT position FROM model ORDER BY position").fetchall()
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]

@@ -390,7 +390,9 @@ def _handle_and_advance(
     while True:
         defer = sub.lazy_commit and sub.defers and dialect.defers_write_lock
         kept, sub.kept = sub.kept, None
-        opened = yield from dialect.begin_batch(sub.lazy_commit, kept, defer=defer)
+        opened = yield from dialect.begin_batch(
+            sub.lazy_commit, kept, defer=defer, handles=bool(events)
+        )
         sub.kept = opened  # what is set on the connection now, should the driver stop
         ahead = None
         try:

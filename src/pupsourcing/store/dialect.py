@@ -687,8 +687,13 @@ class Dialect(abc.ABC):
         sql.append(f"ORDER BY global_position LIMIT {p}")
         return " ".join(sql)
 
-    def begin_batch(self, lazy: bool, kept: object = None, *, defer: bool = False) -> Plan[object]:
-        """Open the transaction of a projection batch. ``lazy``: the last
+    def begin_batch(
+        self, lazy: bool, kept: object = None, *, defer: bool = False, handles: bool = True
+    ) -> Plan[object]:
+        """Open the transaction of a projection batch. ``handles``: the batch
+        hands events to the projection, which must find the transaction
+        open; a batch that hands none may leave it to its first statement
+        (see :attr:`Statement.alone`). ``lazy``: the last
         batch wrote nothing through ``tx``, so this one likely writes only
         its checkpoint; a dialect may then commit it without waiting for the
         disk (see :meth:`end_batch`). ``kept``: what the last batch's
@@ -698,7 +703,7 @@ class Dialect(abc.ABC):
         batch then fails with a transient error when the lock cannot be
         taken after the handler read through ``tx``. Answers what the other
         two need."""
-        yield Statement(self.begin_sql, begin=True)
+        yield Statement(self.begin_sql, begin=True, eager=handles)
         return None
 
     def batch_wrote(self, opened: object) -> Plan[bool]:

@@ -44,7 +44,7 @@ class Statement:
     ``decode`` when given); a single row ``(rowcount,)`` when ``rowcount``;
     otherwise an empty list. A ``begin`` statement is executed only when the
     connection has no transaction open, and answers ``[(True,)]`` when it
-    started one, ``[]`` when it did not. A ``control`` statement is not SQL:
+    started one, ``[]`` when it did not (see :attr:`eager`). A ``control`` statement is not SQL:
     the driver commits or rolls back the connection's transaction (``sql``
     is then only a label). A ``chunked`` read may be loaded as it arrives.
     """
@@ -54,6 +54,12 @@ class Statement:
     fetch: bool = False
     rowcount: bool = False
     begin: bool = False
+    eager: bool = False
+    """With :attr:`begin`: open the transaction now even where the connection
+    would open one itself with its next statement (psycopg not in autocommit
+    mode), as code of the application that uses the connection runs next: a
+    projection's ``handle``, whose ``with tx.transaction():`` must be a
+    savepoint of the batch's transaction, not a transaction of its own."""
     control: Literal["commit", "rollback"] | None = None
     decode: RowDecoder | None = None
     chunked: bool = False

@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.postgres._dialect import NotifyOption, PostgresDialect
-from pupsourcing.adapters.postgres._driver import execute_async, in_transaction
+from pupsourcing.adapters.postgres._driver import (
+    begin_now_async,
+    execute_async,
+    in_transaction,
+    opens_later,
+)
 from pupsourcing.adapters.postgres._listen import AsyncPsycopgListener
 from pupsourcing.store.async_base import AsyncSQLStore
 from pupsourcing.store.plan import Row, Statement
@@ -35,6 +40,12 @@ class AsyncPostgresStore(NotifyOption, AsyncSQLStore["psycopg.AsyncConnection[An
 
     async def _in_transaction(self, tx: psycopg.AsyncConnection[Any]) -> bool:
         return in_transaction(tx)
+
+    async def _execute(self, tx: psycopg.AsyncConnection[Any], statement: Statement) -> list[Row]:
+        if statement.begin and statement.eager and opens_later(tx):
+            await begin_now_async(tx)
+            return [(True,)]
+        return await super()._execute(tx, statement)
 
     def _push_listener(self) -> AsyncPsycopgListener:
         dialect = self.dialect

@@ -323,16 +323,26 @@ class PostgresDialect(Dialect):
             "AND l.mode = 'RowExclusiveLock' AND l.pid IS DISTINCT FROM pg_backend_pid() "
             "AND visible.position IS NOT NULL) FROM visible"
         )
-        # The compare-and-set of a projection batch may read the next batch
-        # (advance_and_read): at least one row, the count first, then the
-        # read's columns (NULL when it found nothing). Run as a transaction
-        # of its own, it also skips the wait for the WAL flush.
-        moved = f"WITH moved AS ({self.advance_checkpoint_sql} RETURNING 1) "
-        self.advance_checkpoint_sql = f"{moved}SELECT count(*) AS advanced FROM moved"
-        advanced = "SELECT count(*) AS advanced{} FROM moved"
-        self._advance_and_read_sql = tuple(
-            f"{moved}SELECT m.advanced, e.* FROM ({advanced.format(lazy)}) AS m LEFT JOIN LATERAL ("
-            for lazy in ("", ", set_config('synchronous_commit', 'off', true)")
+        # The compare-and-set of a projection batch. When the transaction
+        # had written nothing before it (the handler wrote nothing through
+        # tx), its commit skips the wait for the WAL flush. "clean" is
+        # learnt before the update writes: the update's condition needs it.
+        clean = (
+            "WITH clean AS MATERIALIZED (SELECT txid_current_if_assigned() IS NULL AS nothing), "
+        )
+        moved = (
+            f"{clean}moved AS ({self.advance_checkpoint_sql} "
+            "AND (SELECT nothing FROM clean) IS NOT NULL RETURNING 1) "
+        )
+        advanced = (
+            "SELECT count(*) AS advanced, CASE WHEN (SELECT nothing FROM clean) "
+            "THEN set_config('synchronous_commit', 'off', true) END AS lazy FROM moved"
+        )
+        self.advance_checkpoint_sql = f"{moved}{advanced}"
+        # It may read the next batch (advance_and_read): at least one row,
+        # the count first, then the read's columns (NULL when it found nothing).
+        self._advance_and_read_sql = (
+            f"{moved}SELECT m.advanced, e.* FROM ({advanced}) AS m LEFT JOIN LATERAL ("
         )
         self.sequence_cache_sql = (
             "SELECT s.seqcache FROM pg_sequence s "
@@ -423,7 +433,14 @@ class PostgresDialect(Dialect):
         return Probe(int(visible), frozenset(writers))
 
     def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
-        """The batch's compare-and-set."""
+        """The batch's compare-and-set. A transaction that wrote nothing
+        before it (the handler wrote nothing through ``tx``) then commits
+        without waiting for its WAL record to reach the disk
+        (``synchronous_commit = off`` for that transaction alone): a server
+        crash may lose the last such checkpoint moves, never a write (the
+        WAL is replayed in order), and the processor then handles those
+        events again, still with nothing to write. A batch that wrote
+        commits as the session's setting says."""
         rows = yield Statement(
             self.advance_checkpoint_sql, (position, projection_name, expected), fetch=True
         )
@@ -433,24 +450,15 @@ class PostgresDialect(Dialect):
         self, projection_name: str, expected: int, position: int, read: Statement
     ) -> Plan[tuple[bool, list[Row] | None]]:
         """The compare-and-set (as :meth:`advance_checkpoint`) and the next
-        batch's read in one statement, so one round trip.
-
-        When the handler wrote nothing through ``tx`` this statement is the
-        whole transaction, and it commits without waiting for its WAL record
-        to reach the disk (``synchronous_commit = off`` for it alone): a
-        server crash may lose the last such checkpoint moves, never a write
-        (the WAL is replayed in order), and the processor then handles those
-        events again, still with nothing to write. A batch that wrote
-        commits as the session's setting says."""
-        prefix, lazy_prefix = self._advance_and_read_sql
-        suffix = ") AS e ON true ORDER BY e.global_position"
+        batch's read in one statement, so one round trip. A batch that
+        handed no events runs it as a transaction of its own (see
+        :attr:`~pupsourcing.store.plan.Statement.alone`)."""
         rows = yield Statement(
-            f"{prefix}{read.sql}{suffix}",
+            f"{self._advance_and_read_sql}{read.sql}) AS e ON true ORDER BY e.global_position",
             (position, projection_name, expected, *read.params),
             fetch=True,
             chunked=True,
-            alone=True,  # a handler that wrote nothing leaves it the whole batch
-            sql_alone=f"{lazy_prefix}{read.sql}{suffix}",
+            alone=True,
         )
         if not rows[0][0]:
             return False, None

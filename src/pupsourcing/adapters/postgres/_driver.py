@@ -24,13 +24,49 @@ def in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any])
     return not conn.autocommit or conn.info.transaction_status != 0  # 0: IDLE
 
 
+def opens_later(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether ``conn`` has no transaction open and will open one itself
+    with its next statement (not in autocommit mode)."""
+    return not conn.autocommit and conn.info.transaction_status == 0  # IDLE
+
+
+def begin_now(conn: psycopg.Connection[Any]) -> None:
+    """Open the transaction on ``conn`` (see :func:`opens_later`) as its next
+    statement would: the BEGIN psycopg sends, with the connection's own
+    isolation level and modes, and nothing else."""
+    if _begins_alone():
+        conn.wait(conn._start_query())
+    else:  # psycopg sends its BEGIN first
+        conn.execute("SELECT")
+
+
+async def begin_now_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """:func:`begin_now` on an asyncio connection."""
+    if _begins_alone():
+        await conn.wait(conn._start_query())
+    else:
+        await conn.execute("SELECT")
+
+
+@lru_cache(maxsize=1)
+def _begins_alone() -> bool:
+    """Whether psycopg's connections have the (private) step that sends
+    their BEGIN, as every release from 3.0 to 3.3 has."""
+    import psycopg
+
+    return all(
+        hasattr(cls, name)
+        for cls in (psycopg.Connection, psycopg.AsyncConnection)
+        for name in ("_start_query", "wait")
+    )
+
+
 def may_run_alone(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Whether a :attr:`Statement.alone` may run as its own transaction on
     ``conn``: no transaction is open, and psycopg's BEGIN would be a plain
     one (no isolation level, read-only or deferrable mode of its own)."""
     return (
-        not conn.autocommit
-        and conn.info.transaction_status == 0  # IDLE
+        opens_later(conn)
         and conn.isolation_level is None
         and conn.read_only is None
         and conn.deferrable is None

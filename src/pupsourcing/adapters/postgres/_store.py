@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 from pupsourcing.adapters.postgres._dialect import NotifyOption, PostgresDialect
 from pupsourcing.adapters.postgres._driver import (
     _psycopg,
+    begin_now,
     in_transaction,
     may_run_alone,
+    opens_later,
     read_rows,
     run_alone,
 )
@@ -46,6 +48,12 @@ class PostgresStore(NotifyOption, SQLStore["psycopg.Connection[Any]"]):
 
     def _in_transaction(self, tx: psycopg.Connection[Any]) -> bool:
         return in_transaction(tx)
+
+    def _execute(self, tx: psycopg.Connection[Any], statement: Statement) -> list[Any]:
+        if statement.begin and statement.eager and opens_later(tx):
+            begin_now(tx)
+            return [(True,)]
+        return super()._execute(tx, statement)
 
     def _push_listener(self) -> PsycopgListener:
         dialect = self.dialect

@@ -171,7 +171,9 @@ class SQLiteDialect(Dialect):
         )
         return Probe(int(rows[0][0]), frozenset())
 
-    def begin_batch(self, lazy: bool, kept: object = None, *, defer: bool = False) -> Plan[object]:
+    def begin_batch(
+        self, lazy: bool, kept: object = None, *, defer: bool = False, handles: bool = True
+    ) -> Plan[object]:
         """A batch after one that wrote nothing but its checkpoint commits
         with ``synchronous=NORMAL`` (WAL mode only; the level must be set
         outside a transaction): it still commits atomically, but without
