@@ -5,12 +5,13 @@ goes on. Every database, both APIs."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
 import pytest
 
-from conftest import Backend
+from conftest import BACKENDS, Backend, backends_and_apis
 from helpers import LogRecords, event, query
 from pupsourcing import ExpectedVersion, ProjectionError
 from pupsourcing.projection import DeadLetter, HashPartitionStrategy, ProcessorConfig
@@ -173,6 +174,51 @@ def test_replay_after_fixing_the_handler(backend: Backend) -> None:
     assert dead_letters(backend) == []
     assert read_model(backend) == positions
     assert backend.checkpoints() == {"poisoned": positions[-1]}
+
+
+class SlowToReplay(Poisoned):
+    """Holds the replay of its first fixed event until ``go`` is set."""
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(backend)
+        self.inside = threading.Event()
+        self.go = threading.Event()
+
+    def handle(self, e: Any, tx: Any) -> None:
+        super().handle(e, tx)
+        if self.fixed and not self.inside.is_set():
+            self.inside.set()
+            self.go.wait(10)
+
+
+@pytest.mark.parametrize("backend", backends_and_apis(BACKENDS, ["sync"]), indirect=True)
+def test_replays_at_the_same_time_handle_a_dead_letter_once(backend: Backend) -> None:
+    # Two operators replaying one projection at once: the second waits for
+    # the first's transaction, then finds the record gone.
+    positions = setup(backend, ["Ok", "Poison"])
+    projection = SlowToReplay(backend)
+    config = ProcessorConfig(on_failure="dead_letter")
+    with backend.Processor(backend.connect, backend.store, config) as processor:
+        assert processor.catch_up(projection) == 1
+    projection.fixed = True
+    replayed: dict[str, int] = {}
+
+    def replay(who: str) -> None:
+        with backend.Processor(backend.connect, backend.store, config) as processor:
+            replayed[who] = processor.replay_dead_letters(projection)
+
+    first = threading.Thread(target=replay, args=("first",))
+    first.start()
+    assert projection.inside.wait(10)
+    second = threading.Thread(target=replay, args=("second",))
+    second.start()
+    second.join(0.5)  # it lists the record, then waits on the first's lock
+    projection.go.set()
+    first.join(10)
+    second.join(10)
+    assert replayed == {"first": 1, "second": 0}
+    assert read_model(backend) == positions
+    assert dead_letters(backend) == []
 
 
 def test_list_filters_by_projection_and_partitions(backend: Backend) -> None:

@@ -406,15 +406,21 @@ def test_a_lazy_batch_leaves_the_write_lock_free_while_its_handler_runs(
     writer.close()
 
 
+class ReadModelError(Exception):
+    """What a handler may raise from its write's driver error."""
+
+
 class ReadsThenWrites:
     """At position 2, reads through ``tx``, lets another connection commit
-    (the first time only), then writes through ``tx`` unless ``reads_only``."""
+    (the first time only), then writes through ``tx`` unless ``reads_only``
+    (raising a driver error as a :class:`ReadModelError` when ``wraps``)."""
 
     name = "reads_then_writes"
 
-    def __init__(self, path: Path, reads_only: bool) -> None:
+    def __init__(self, path: Path, reads_only: bool, wraps: bool = False) -> None:
         self.path = path
         self.reads_only = reads_only
+        self.wraps = wraps
         self.calls: list[int] = []
 
     def handle(self, e: PersistedEvent, tx: Any) -> None:
@@ -423,8 +429,14 @@ class ReadsThenWrites:
             return
         tx.execute("SELECT count(*) FROM seen").fetchone()
         self.commit_elsewhere_once()
-        if not self.reads_only:
+        if self.reads_only:
+            return
+        try:
             tx.execute("INSERT INTO seen (position) VALUES (?)", (e.global_position,))
+        except sqlite3.OperationalError as exc:
+            if self.wraps:
+                raise ReadModelError("could not record the event") from exc
+            raise
 
     def commit_elsewhere_once(self) -> None:
         """Another connection commits, the first time position 2 is handled."""
@@ -433,21 +445,22 @@ class ReadsThenWrites:
                 other.execute("INSERT INTO other (n) VALUES (1)")
 
 
-@pytest.mark.parametrize("reads_only", [False, True])
+@pytest.mark.parametrize(("reads_only", "wraps"), [(False, False), (True, False), (False, True)])
 def test_a_lazy_batch_that_read_and_lost_the_write_lock_runs_again_taking_it_first(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, reads_only: bool
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, reads_only: bool, wraps: bool
 ) -> None:
     """The handler's write (or, if it writes nothing, the checkpoint's) after
     another connection committed is refused at once (SQLITE_BUSY_SNAPSHOT):
     the batch is rolled back and handled again with the lock taken at its
     start, with no error, no back-off and no dead letter, and the processor
-    defers the lock no more."""
+    defers the lock no more; also when the handler raises the driver's
+    error as one of its own."""
     path = tmp_path / "s.db"
     store, conn = store_with(path, 4)
     conn.execute("CREATE TABLE other (n INTEGER)")
     conn.commit()
     statements = traced(conn)
-    projection = ReadsThenWrites(path, reads_only)
+    projection = ReadsThenWrites(path, reads_only, wraps)
     config = ProcessorConfig(batch_size=1, on_failure="dead_letter")
     with caplog.at_level("DEBUG", logger="pupsourcing"), Processor(conn, store, config) as p:
         assert p.catch_up(projection) == 4

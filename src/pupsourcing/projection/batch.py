@@ -425,16 +425,39 @@ def _handle_and_advance(
                 continue
             raise
     try:
-        yield COMMIT if advanced else ROLLBACK
+        yield from finish(commit=advanced)
     except Exception:
-        with contextlib.suppress(Exception):  # what a failed COMMIT left open
-            yield ROLLBACK
         yield from _end_failed_batch(dialect, sub, opened)
         raise
     sub.kept = yield from dialect.end_batch(opened, wrote)
     if wrote is not None:
         sub.lazy_commit = not wrote
     return advanced, ahead if advanced else None
+
+
+def finish(*, commit: bool) -> Generator[Statement, Any, None]:
+    """COMMIT (or ROLLBACK) the transaction; should that fail, roll back
+    what it left open before raising, so the connection holds no locks."""
+    try:
+        yield COMMIT if commit else ROLLBACK
+    except Exception:
+        with contextlib.suppress(Exception):
+            yield ROLLBACK
+        raise
+
+
+def database_failure(dialect: Dialect, exc: BaseException | None) -> BaseException | None:
+    """The driver error that says the database failed, not the projection
+    (a lost connection, a lock time-out, a deadlock, SQLite busy): ``exc``
+    itself, or one in the chain it was raised from or while handling (a
+    handler may wrap the error of its write in its own). ``None`` if none."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if dialect.is_connection_error(exc) or dialect.is_transient(exc):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _lost_write_lock(
@@ -445,6 +468,7 @@ def _lost_write_lock(
     connection then held the lock or committed). It was rolled back; it runs
     again at once taking the lock at its start, as every later batch of
     ``sub`` will, so a handler that reads before it writes meets this once."""
+    exc = database_failure(dialect, exc)
     if exc is None or not dialect.is_transient(exc):
         return False
     sub.defers = False
@@ -484,12 +508,13 @@ def _after_failed_handler(
     contended. Otherwise logs the failure and answers ``False``: the caller
     raises ``failure``."""
     cause = failure.__cause__
-    if cause is not None and (dialect.is_connection_error(cause) or dialect.is_transient(cause)):
+    failed = database_failure(dialect, cause)
+    if failed is not None:
         # The handler's own write through ``tx`` met a lost connection, a
         # lock time-out or a deadlock: the database failed, not the
         # projection. The driver error goes to the processor, which
         # reconnects or retries as for its own statements.
-        raise cause from None
+        raise failed from None
     current = yield from dialect.get_checkpoint(sub.checkpoint_name)
     yield ROLLBACK  # end the read's transaction
     if current != checkpoint:

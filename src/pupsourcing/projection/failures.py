@@ -27,9 +27,11 @@ from pupsourcing.projection.batch import (
     _fetch_statement,
     _handle_and_advance,
     _record,
+    database_failure,
+    finish,
 )
 from pupsourcing.store.dialect import Dialect
-from pupsourcing.store.plan import COMMIT, ROLLBACK, Statement
+from pupsourcing.store.plan import ROLLBACK, Statement
 
 RETRY_INITIAL_DELAY = 0.1
 """Seconds before the second attempt of a failed batch; doubles per attempt."""
@@ -105,7 +107,11 @@ def replay(dialect: Dialect, checkpoint_name: str, logger: Logger) -> Generator[
     """Hand each dead letter of ``checkpoint_name`` to the projection again,
     one transaction each, deleting the record in it when the handler
     succeeds; a failure counts one more attempt on the record instead.
-    Returns how many succeeded."""
+    Returns how many succeeded.
+
+    The record is deleted first: that locks it, so a replay running at the
+    same time waits, then finds it gone and skips it, instead of handling
+    the event a second time."""
     letters = yield from dialect.list_dead_letters(checkpoint_name, exact=True)
     yield ROLLBACK  # end the read's transaction
     replayed = 0
@@ -113,17 +119,18 @@ def replay(dialect: Dialect, checkpoint_name: str, logger: Logger) -> Generator[
         position = letter.global_position
         yield Statement(dialect.begin_sql, begin=True)
         try:
-            rows = yield dialect.dead_letter_event(position)
+            [(claimed,)] = yield dialect.delete_dead_letter(checkpoint_name, position)
+            rows = (yield dialect.dead_letter_event(position)) if claimed else []
             if rows:
                 yield Handle(rows, dialect.decode_events)
-                yield dialect.delete_dead_letter(checkpoint_name, position)
         except ProjectionError as failure:
             cause = failure.__cause__ or failure
             yield ROLLBACK
-            if dialect.is_connection_error(cause) or dialect.is_transient(cause):
-                raise cause from None  # the database failed, not the projection
+            failed = database_failure(dialect, cause)
+            if failed is not None:
+                raise failed from None  # the database failed, not the projection
             yield dialect.dead_letter_failed_again(checkpoint_name, position, cause)
-            yield COMMIT
+            yield from finish(commit=True)
             logger.warning(
                 "projection %s: the dead letter at global position %d failed again (%s: %s); kept",
                 checkpoint_name,
@@ -137,13 +144,14 @@ def replay(dialect: Dialect, checkpoint_name: str, logger: Logger) -> Generator[
             raise
         if not rows:
             yield ROLLBACK
-            logger.warning(
-                "projection %s: the dead letter at global position %d has no event; kept",
-                checkpoint_name,
-                position,
-            )
-            continue
-        yield COMMIT
+            if claimed:
+                logger.warning(
+                    "projection %s: the dead letter at global position %d has no event; kept",
+                    checkpoint_name,
+                    position,
+                )
+            continue  # (else another replay took it)
+        yield from finish(commit=True)
         replayed += 1
         logger.info(
             "projection %s: the dead letter at global position %d was handled and deleted",

@@ -828,7 +828,10 @@ class Dialect(abc.ABC):
         return Statement(self._dead_letters.event, (global_position,), fetch=True)
 
     def delete_dead_letter(self, projection_name: str, global_position: int) -> Statement:
-        return Statement(self._dead_letters.delete, (projection_name, global_position))
+        """Delete a dead letter; answers ``[(rows deleted,)]``."""
+        return Statement(
+            self._dead_letters.delete, (projection_name, global_position), rowcount=True
+        )
 
     def dead_letter_failed_again(
         self, projection_name: str, global_position: int, error: BaseException
