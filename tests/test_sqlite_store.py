@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
+import sys
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from helpers import events
 from pupsourcing import ExpectedVersion, OptimisticConcurrencyError
 from pupsourcing.adapters.sqlite import SQLiteStore, connect
+from pupsourcing.aio import AsyncProcessor, AsyncSQLiteStore
+from pupsourcing.projection import Processor, ProcessorConfig
 
 
 @pytest.fixture
@@ -128,6 +133,59 @@ def test_autocommit_connection_gets_a_transaction_the_caller_commits(db_path: Pa
     store.append(conn, ExpectedVersion.any(), events(2, "a"))
     conn.commit()
     assert store.read_aggregate_stream(conn, "Shop", "Order", "a").version == 2
+
+
+class Records:
+    name = "records"
+
+    def handle(self, e: Any, tx: Any) -> None:
+        tx.execute("INSERT INTO rm (position) VALUES (?)", (e.global_position,))
+
+
+class AsyncRecords(Records):
+    async def handle(self, e: Any, tx: Any) -> None:  # type: ignore[override]
+        await tx.execute("INSERT INTO rm (position) VALUES (?)", (e.global_position,))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sqlite3's autocommit is Python 3.12+")
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_processor_ends_its_transactions_on_an_autocommit_true_connection(
+    db_path: Path, api: str
+) -> None:
+    # With autocommit=True, sqlite3's commit() and rollback() do nothing: the
+    # processor's batches (BEGIN IMMEDIATE ... COMMIT) must end all the same.
+    setup = connect(db_path)
+    SQLiteStore().create_schema(setup)
+    setup.execute("CREATE TABLE rm (position INTEGER PRIMARY KEY)")
+    for aggregate in ("a", "b", "c"):
+        SQLiteStore().append(setup, ExpectedVersion.any(), events(2, aggregate))
+    setup.commit()
+    config = ProcessorConfig(batch_size=2)
+    if api == "blocking":
+        conn = sqlite3.connect(db_path, autocommit=True)
+        with Processor(conn, SQLiteStore(), config) as processor:
+            assert processor.catch_up(Records()) == 6
+        assert not conn.in_transaction
+        conn.close()
+    else:
+
+        async def scenario() -> bool:
+            import aiosqlite
+
+            conn = await aiosqlite.connect(db_path, autocommit=True)
+            try:
+                async with AsyncProcessor(conn, AsyncSQLiteStore(), config) as processor:
+                    assert await processor.catch_up(AsyncRecords()) == 6
+                return conn.in_transaction
+            finally:
+                await conn.close()
+
+        assert asyncio.run(scenario()) is False
+    other = sqlite3.connect(db_path, timeout=0)
+    other.execute("BEGIN IMMEDIATE")  # the write lock is free
+    other.rollback()
+    assert [r[0] for r in setup.execute("SELECT position FROM rm")] == [1, 2, 3, 4, 5, 6]
+    assert SQLiteStore().get_checkpoint(setup, "records") == 6
 
 
 def test_append_joins_an_open_transaction(db_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -33,11 +32,6 @@ class _Partition:
             await self.processor.run(projection, stop=self.stop)
         finally:
             await self.processor.close()
-
-
-async def _maybe_await(value: Any) -> None:
-    if inspect.isawaitable(value):
-        await value
 
 
 class AsyncClaimingRunner:
@@ -103,8 +97,7 @@ class AsyncClaimingRunner:
                     await close_quietly(conn)
                     conn = None
                     if time.monotonic() - last_ok > self.lease_ttl * 0.8:
-                        for part in self._running.values():
-                            part.stop.set()
+                        self._stop_all("its leases could not be renewed")
                 deadline = time.monotonic() + self.lease_ttl / 3
                 while time.monotonic() < deadline and not stop.is_set():
                     error = self._reap(pending)
@@ -113,8 +106,7 @@ class AsyncClaimingRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.05)
         finally:
-            for part in self._running.values():
-                part.stop.set()
+            self._stop_all(None)
             await asyncio.gather(*(p.task for p in self._running.values()), return_exceptions=True)
             error = error or self._reap(pending)
             try:
@@ -129,13 +121,20 @@ class AsyncClaimingRunner:
         if error is not None:
             raise error
 
+    def _stop_all(self, reason: str | None) -> None:
+        if reason is not None and self._running:
+            self._log.warning("stopping every partition: %s", reason)
+        for part in self._running.values():
+            part.stop.set()
+            part.releasing = True
+
     async def _drive(self, conn: Any, plan: Plan[Any]) -> Any:
         try:
             result = await self._store._run(conn, plan)
         except BaseException:
-            await _maybe_await(conn.rollback())
+            await self._store._end_transaction(conn, commit=False)
             raise
-        await _maybe_await(conn.commit())
+        await self._store._end_transaction(conn, commit=True)
         return result
 
     def _reap(self, pending: list[tuple[str, int]]) -> BaseException | None:

@@ -216,7 +216,7 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
             await self.close()
             return
         with contextlib.suppress(Exception):
-            await self._conn.rollback()
+            await self.store._end_transaction(self._conn, commit=False)
         if kept is not None:
             with contextlib.suppress(Exception):
                 await self.store._run(self._conn, self.store.dialect.release_batch(kept))

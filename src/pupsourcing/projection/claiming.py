@@ -193,9 +193,9 @@ class ClaimingRunner:
         try:
             result = self._store._run(conn, plan)
         except BaseException:
-            conn.rollback()
+            self._store._end_transaction(conn, commit=False)
             raise
-        conn.commit()
+        self._store._end_transaction(conn, commit=True)
         return result
 
     def _balance(self, conn: Any, projection: Projection) -> None:

@@ -211,7 +211,7 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
             self.close()
             return
         with contextlib.suppress(Exception):
-            self._conn.rollback()
+            self.store._end_transaction(self._conn, commit=False)
         if kept is not None:
             with contextlib.suppress(Exception):
                 self.store._run(self._conn, self.store.dialect.release_batch(kept))

@@ -223,13 +223,13 @@ class NatsRelay:
                     published,
                     checkpoint,
                 )
-            await conn.commit()
+            await store._end_transaction(conn, commit=True)
         except BaseException:
             if processor._factory is not None:
                 await processor.close()
             else:
                 with contextlib.suppress(Exception):
-                    await conn.rollback()
+                    await store._end_transaction(conn, commit=False)
             raise
         processor._core.subscription(self._projection).checkpoint = None  # reload it
         self._synced = True

@@ -49,11 +49,15 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         """As :meth:`pupsourcing.store.base.SQLStore._push_listener`, for asyncio."""
         return None
 
+    async def _end_transaction(self, tx: ConnT, *, commit: bool) -> None:
+        """COMMIT or ROLLBACK the transaction open on ``tx``."""
+        conn: Any = tx
+        await (conn.commit() if commit else conn.rollback())
+
     async def _execute(self, tx: ConnT, statement: Statement) -> list[Row]:
         """Execute one statement of a plan; see :class:`Statement` for the answer."""
         if statement.control is not None:
-            conn: Any = tx
-            await (conn.commit() if statement.control == "commit" else conn.rollback())
+            await self._end_transaction(tx, commit=statement.control == "commit")
             return []
         if statement.begin and await self._in_transaction(tx):
             return []

@@ -133,13 +133,15 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         appends wake processors then)."""
         return None
 
+    def _end_transaction(self, tx: ConnT, *, commit: bool) -> None:
+        """COMMIT or ROLLBACK the transaction open on ``tx``."""
+        conn: Any = tx
+        conn.commit() if commit else conn.rollback()
+
     def _execute(self, tx: ConnT, statement: Statement) -> list[Any]:
         """Execute one statement of a plan; see :class:`Statement` for the answer."""
         if statement.control is not None:
-            if statement.control == "commit":
-                tx.commit()
-            else:
-                tx.rollback()
+            self._end_transaction(tx, commit=statement.control == "commit")
             return []
         if statement.begin and self._in_transaction(tx):
             return []

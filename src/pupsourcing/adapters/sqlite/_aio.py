@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.sqlite._dialect import SQLiteDialect
+from pupsourcing.adapters.sqlite._store import end_transaction
 from pupsourcing.store.async_base import AsyncSQLStore
 from pupsourcing.store.plan import Row, Statement
 
 if TYPE_CHECKING:
     import aiosqlite
+
+
+@lru_cache(maxsize=1)
+def _runs_on_its_thread() -> bool:
+    """Whether aiosqlite's connections run a function on their thread as
+    their own methods do (its private ``_execute``; every release so far)."""
+    import aiosqlite
+
+    return hasattr(aiosqlite.Connection, "_execute") and hasattr(aiosqlite.Connection, "_conn")
 
 
 class AsyncSQLiteStore(AsyncSQLStore["aiosqlite.Connection"]):
@@ -28,6 +39,15 @@ class AsyncSQLiteStore(AsyncSQLStore["aiosqlite.Connection"]):
         # One trip to the connection's thread: execute and fetch there.
         rows = await tx.execute_fetchall(statement.sql, statement.params)
         return statement.answer(rows, -1)
+
+    async def _end_transaction(self, tx: aiosqlite.Connection, *, commit: bool) -> None:
+        # On the connection's thread, as aiosqlite's commit() runs (sqlite3
+        # answers whether it is in autocommit mode only there).
+        if _runs_on_its_thread():
+            run: Any = tx._execute  # (untyped)
+            await run(end_transaction, tx._conn, commit)
+        else:
+            await (tx.commit() if commit else tx.rollback())
 
     async def _in_transaction(self, tx: aiosqlite.Connection) -> bool:
         # aiosqlite reads the flag of its sqlite3 connection, which sqlite3

@@ -41,6 +41,19 @@ class _DecodingCursor:
         self._cursor.close()
 
 
+def end_transaction(conn: sqlite3.Connection, commit: bool) -> None:
+    """COMMIT or ROLLBACK, also on a connection opened with
+    ``autocommit=True`` (Python 3.12+), whose ``commit()`` and ``rollback()``
+    do nothing, though our ``BEGIN IMMEDIATE`` opened a transaction."""
+    if getattr(conn, "autocommit", None) is True:
+        if conn.in_transaction:
+            conn.execute("COMMIT" if commit else "ROLLBACK")
+    elif commit:
+        conn.commit()
+    else:
+        conn.rollback()
+
+
 class SQLiteStore(SQLStore[sqlite3.Connection]):
     """Event store on a :class:`sqlite3.Connection` passed to each call;
     :class:`~pupsourcing.aio.AsyncSQLiteStore` is its asyncio twin."""
@@ -53,6 +66,9 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
         if statement.decode is None:
             return cursor
         return _DecodingCursor(cursor, statement.decode.many)
+
+    def _end_transaction(self, tx: sqlite3.Connection, *, commit: bool) -> None:
+        end_transaction(tx, commit)
 
     def _in_transaction(self, tx: sqlite3.Connection) -> bool:
         # sqlite3 opens implicit transactions only before DML, never before
