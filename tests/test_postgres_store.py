@@ -1135,3 +1135,25 @@ def test_a_deadlock_with_a_go_writer_is_a_conflict(pg: PG, api: str) -> None:
     # Retried at the version it now reads, the append goes through.
     assert pg.store.append(ours, ExpectedVersion.exact(2), events(1, "a")).to_version == 3
     ours.commit()
+
+
+class Interrupted(BaseException):
+    """Stands for a KeyboardInterrupt landing while a statement runs."""
+
+
+def test_an_interruption_mid_statement_run_alone_is_what_the_caller_sees(pg: PG) -> None:
+    # A statement that runs as a transaction of its own switches autocommit
+    # on and back; with a reply still coming the switch back is refused, and
+    # that refusal must not hide the interruption from the processor.
+    class InterruptedAlone(PostgresStore):
+        def _cursor(self, tx: Any, statement: Any) -> Any:
+            if tx.autocommit:  # the statement, run alone
+                tx.pgconn.send_query(b"SELECT pg_sleep(0.2)")
+                raise Interrupted
+            return super()._cursor(tx, statement)
+
+    store = InterruptedAlone()
+    conn = pg.connect()
+    with pytest.raises(Interrupted):
+        store._run(conn, store.dialect.horizon_probe())
+    conn.close()

@@ -3,6 +3,7 @@ binding, binary results, and event rows decoded as psycopg reads them."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import lru_cache
@@ -130,9 +131,13 @@ async def execute_async(
     if statement.alone and may_run_alone(conn):
         await conn.set_autocommit(True)
         try:
-            return await execute_async(conn, run_alone(statement))
-        finally:
-            await conn.set_autocommit(False)
+            alone = await execute_async(conn, run_alone(statement))
+        except BaseException:  # (as PostgresStore._cursor)
+            with contextlib.suppress(Exception):
+                await conn.set_autocommit(False)
+            raise
+        await conn.set_autocommit(False)
+        return alone
     driver = _psycopg()
     cursor: psycopg.AsyncCursor[Any]
     run: Awaitable[psycopg.AsyncCursor[Any]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.postgres._dialect import NotifyOption, PostgresDialect
@@ -34,9 +35,15 @@ class PostgresStore(NotifyOption, SQLStore["psycopg.Connection[Any]"]):
             # Without psycopg's BEGIN, and so without a COMMIT to wait for.
             tx.autocommit = True
             try:
-                return self._cursor(tx, run_alone(statement))
-            finally:
-                tx.autocommit = False
+                cursor = self._cursor(tx, run_alone(statement))
+            except BaseException:
+                # Not possible while an interrupted reply is still coming:
+                # the interruption, not that, is what the caller must see.
+                with contextlib.suppress(Exception):
+                    tx.autocommit = False
+                raise
+            tx.autocommit = False
+            return cursor
         # execute_async (used by pupsourcing.aio.AsyncPostgresStore) runs
         # statements the same way on an AsyncConnection: keep the two in step.
         driver = _psycopg()
