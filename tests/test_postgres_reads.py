@@ -10,10 +10,13 @@ cache coherent.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -511,3 +514,62 @@ def test_a_batch_read_ahead_hands_its_events_inside_its_transaction(pg: PG, api:
     catch_up(kind(fail_at=None))
     rows = pg.connect().execute("SELECT position FROM model ORDER BY position").fetchall()
     assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_catch_up_batch_is_two_round_trips(pg: PG) -> None:
+    """While events are read ahead, a batch whose handler writes nothing is
+    its compare-and-set (with the next read) and one COMMIT that opens the
+    next batch's transaction."""
+    with pg.connect() as conn:
+        for a in range(6):
+            pg.store.append(conn, ExpectedVersion.any(), [event(f"a{a}", "E") for _ in range(10)])
+    conn = pg.connect()
+    lines: list[str] = []
+    with tempfile.TemporaryFile("w+") as sink:
+        conn.pgconn.trace(sink.fileno())
+        conn.pgconn.set_trace_flags(
+            psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE
+        )
+        with Processor(conn, pg.store, ProcessorConfig(batch_size=10)) as processor:
+            assert processor.catch_up(Collect()) == 60
+        conn.pgconn.untrace()
+        sink.seek(0)
+        lines = sink.read().splitlines()
+    # One entry per exchange that waited for the server: what the client sent.
+    exchanges: list[str] = []
+    sent: list[str] = []
+    for line in lines:
+        direction, _, *fields = [*line.split("\t"), ""]
+        message = " ".join(" ".join(fields).split())
+        if direction == "F" and message.split(" ")[0] in ("Query", "Execute"):
+            sent.append(message)
+        elif direction == "B" and message.startswith("ReadyForQuery"):
+            exchanges.append(" + ".join(sent))
+            sent = []
+    chained = [i for i, e in enumerate(exchanges) if e == 'Query "COMMIT; BEGIN"']
+    assert len(chained) == 5, exchanges  # batches 1 to 5 read their successor
+    assert [b - a for a, b in itertools.pairwise(chained)] == [2, 2, 2, 2], exchanges
+    assert exchanges[chained[-1] + 2] == 'Query "COMMIT"', exchanges  # batch 6 read nothing
+    assert conn.info.transaction_status == TransactionStatus.IDLE
+
+
+def test_a_run_stopped_between_batches_leaves_no_transaction_open(pg: PG) -> None:
+    """The COMMIT that opened the next batch's transaction is undone when
+    the processor stops before that batch."""
+    with pg.connect() as conn:
+        pg.store.append(conn, ExpectedVersion.any(), [event("a", f"E{i}") for i in range(6)])
+    stop = threading.Event()
+
+    class StopsAfterTwo(Collect):
+        def handle(self, event: PersistedEvent, tx: Any) -> None:
+            super().handle(event, tx)
+            if event.global_position == 2:
+                stop.set()
+
+    conn = pg.connect()
+    projection = StopsAfterTwo()
+    with Processor(conn, pg.store, ProcessorConfig(batch_size=2)) as processor:
+        processor.run(projection, stop=stop)
+        assert [e.global_position for e in projection.seen] == [1, 2]
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+    assert pg.store.get_checkpoint(conn, "collect") == 2

@@ -27,7 +27,7 @@ from pupsourcing.projection.protocols import PartitionStrategy
 from pupsourcing.store.dialect import Dialect
 from pupsourcing.store.horizon import Horizon
 from pupsourcing.store.layout import check_layout
-from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, Statement
+from pupsourcing.store.plan import COMMIT, COMMIT_AND_BEGIN, ROLLBACK, Plan, Row, Statement
 
 DECODE_CHUNK = 64
 """Rows decoded into events at a time while a batch is handled."""
@@ -172,6 +172,10 @@ class Subscription:
     """What the last batch left set on the connection for the next one
     (see :meth:`Dialect.end_batch <pupsourcing.store.dialect.Dialect.end_batch>`);
     :func:`release` puts it back."""
+    began_next: bool = False
+    """Whether the last batch's COMMIT may have opened the next batch's
+    transaction (:data:`~pupsourcing.store.plan.COMMIT_AND_BEGIN`), still
+    empty: :func:`release` rolls it back when no batch follows."""
 
     def __post_init__(self) -> None:
         self.in_sql = type(self.strategy) is HashPartitionStrategy
@@ -283,6 +287,9 @@ def step(
 def release(dialect: Dialect, sub: Subscription) -> Generator[Statement, Any, None]:
     """Put back what the last batch kept set on the connection (see
     :attr:`Subscription.kept`): the processor is idle, stops or fails."""
+    if sub.began_next:
+        sub.began_next = False
+        yield ROLLBACK
     kept, sub.kept = sub.kept, None
     if kept is not None:
         yield from dialect.release_batch(kept)
@@ -387,6 +394,7 @@ def _handle_and_advance(
     :meth:`~pupsourcing.store.dialect.Dialect.advance_and_read`). A lazy
     batch that deferred taking the write lock and could not take it runs
     again (see :func:`_lost_write_lock`)."""
+    sub.began_next = False  # the transaction is this batch's now
     while True:
         defer = sub.lazy_commit and sub.defers and dialect.defers_write_lock
         kept, sub.kept = sub.kept, None
@@ -424,22 +432,28 @@ def _handle_and_advance(
             if defer and _lost_write_lock(dialect, sub, exc, logger):
                 continue
             raise
+    # The next batch hands the events read ahead over at once: its
+    # transaction may open with this one's COMMIT.
+    chain = advanced and bool(ahead)
     try:
-        yield from finish(commit=advanced)
+        yield from finish(commit=advanced, then_begin=chain)
     except Exception:
         yield from _end_failed_batch(dialect, sub, opened)
         raise
+    sub.began_next = chain
     sub.kept = yield from dialect.end_batch(opened, wrote)
     if wrote is not None:
         sub.lazy_commit = not wrote
     return advanced, ahead if advanced else None
 
 
-def finish(*, commit: bool) -> Generator[Statement, Any, None]:
-    """COMMIT (or ROLLBACK) the transaction; should that fail, roll back
-    what it left open before raising, so the connection holds no locks."""
+def finish(*, commit: bool, then_begin: bool = False) -> Generator[Statement, Any, None]:
+    """COMMIT (or ROLLBACK) the transaction, and with ``then_begin`` maybe
+    open the next (:data:`~pupsourcing.store.plan.COMMIT_AND_BEGIN`);
+    should that fail, roll back what it left open before raising, so the
+    connection holds no locks."""
     try:
-        yield COMMIT if commit else ROLLBACK
+        yield (COMMIT_AND_BEGIN if then_begin else COMMIT) if commit else ROLLBACK
     except Exception:
         with contextlib.suppress(Exception):
             yield ROLLBACK

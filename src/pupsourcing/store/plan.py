@@ -59,7 +59,9 @@ class Statement:
     would open one itself with its next statement (psycopg not in autocommit
     mode), as code of the application that uses the connection runs next: a
     projection's ``handle``, whose ``with tx.transaction():`` must be a
-    savepoint of the batch's transaction, not a transaction of its own."""
+    savepoint of the batch's transaction, not a transaction of its own.
+    With ``control="commit"``: open the next transaction in the same round
+    trip, where the driver can (see :data:`COMMIT_AND_BEGIN`)."""
     control: Literal["commit", "rollback"] | None = None
     decode: RowDecoder | None = None
     chunked: bool = False
@@ -91,6 +93,10 @@ class Statement:
 
 COMMIT = Statement("COMMIT", control="commit")
 ROLLBACK = Statement("ROLLBACK", control="rollback")
+COMMIT_AND_BEGIN = Statement("COMMIT", control="commit", eager=True)
+"""COMMIT, and where the driver can do it in the same round trip (psycopg),
+open the next transaction: a projection batch whose successor's events are
+read already (see :attr:`Statement.eager`)."""
 
 
 Plan = Generator[Statement, list[Any], T]

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 from pupsourcing.adapters.postgres._dialect import NotifyOption, PostgresDialect
 from pupsourcing.adapters.postgres._driver import (
     begin_now_async,
+    commit_and_begin_async,
     execute_async,
     in_transaction,
+    may_commit_and_begin,
     opens_later,
 )
 from pupsourcing.adapters.postgres._listen import AsyncPsycopgListener
@@ -42,9 +44,13 @@ class AsyncPostgresStore(NotifyOption, AsyncSQLStore["psycopg.AsyncConnection[An
         return in_transaction(tx)
 
     async def _execute(self, tx: psycopg.AsyncConnection[Any], statement: Statement) -> list[Row]:
-        if statement.begin and statement.eager and opens_later(tx):
-            await begin_now_async(tx)
-            return [(True,)]
+        if statement.eager:
+            if statement.begin and opens_later(tx):
+                await begin_now_async(tx)
+                return [(True,)]
+            if statement.control == "commit" and may_commit_and_begin(tx):
+                await commit_and_begin_async(tx)
+                return []
         return await super()._execute(tx, statement)
 
     def _push_listener(self) -> AsyncPsycopgListener:

@@ -62,16 +62,41 @@ def _begins_alone() -> bool:
     )
 
 
+def _plain_begin(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether psycopg's BEGIN on ``conn`` is a plain one (no isolation
+    level, read-only or deferrable mode of its own)."""
+    return conn.isolation_level is None and conn.read_only is None and conn.deferrable is None
+
+
 def may_run_alone(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Whether a :attr:`Statement.alone` may run as its own transaction on
-    ``conn``: no transaction is open, and psycopg's BEGIN would be a plain
-    one (no isolation level, read-only or deferrable mode of its own)."""
+    ``conn``: no transaction is open, and psycopg's BEGIN would be a plain one."""
+    return opens_later(conn) and _plain_begin(conn)
+
+
+def may_commit_and_begin(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether :func:`commit_and_begin` may end the transaction open on
+    ``conn`` (not in autocommit mode, where psycopg sends no BEGIN) and
+    open the next as psycopg would."""
     return (
-        opens_later(conn)
-        and conn.isolation_level is None
-        and conn.read_only is None
-        and conn.deferrable is None
-    )
+        not conn.autocommit and conn.info.transaction_status == 2 and _plain_begin(conn)
+    )  # INTRANS
+
+
+_COMMIT_AND_BEGIN = "COMMIT; BEGIN"
+
+
+def commit_and_begin(conn: psycopg.Connection[Any]) -> None:
+    """COMMIT and BEGIN in one round trip: a query without parameters (and
+    never prepared) goes as a simple query, which may hold several."""
+    _psycopg().Cursor(conn).execute(_COMMIT_AND_BEGIN, prepare=False).close()
+
+
+async def commit_and_begin_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """:func:`commit_and_begin` on an asyncio connection."""
+    cursor = _psycopg().AsyncCursor(conn)
+    await cursor.execute(_COMMIT_AND_BEGIN, prepare=False)
+    await cursor.close()
 
 
 def run_alone(statement: Statement) -> Statement:

@@ -9,7 +9,9 @@ from pupsourcing.adapters.postgres._dialect import NotifyOption, PostgresDialect
 from pupsourcing.adapters.postgres._driver import (
     _psycopg,
     begin_now,
+    commit_and_begin,
     in_transaction,
+    may_commit_and_begin,
     may_run_alone,
     opens_later,
     read_rows,
@@ -57,9 +59,13 @@ class PostgresStore(NotifyOption, SQLStore["psycopg.Connection[Any]"]):
         return in_transaction(tx)
 
     def _execute(self, tx: psycopg.Connection[Any], statement: Statement) -> list[Any]:
-        if statement.begin and statement.eager and opens_later(tx):
-            begin_now(tx)
-            return [(True,)]
+        if statement.eager:
+            if statement.begin and opens_later(tx):
+                begin_now(tx)
+                return [(True,)]
+            if statement.control == "commit" and may_commit_and_begin(tx):
+                commit_and_begin(tx)
+                return []
         return super()._execute(tx, statement)
 
     def _push_listener(self) -> PsycopgListener:
