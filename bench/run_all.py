@@ -452,6 +452,14 @@ PostgreSQL sort the whole tail. W5 runs with the partition indexes of
 PostgreSQL and SQLite): without them each partition's query steps over the
 other partitions' rows.
 
+**PostgreSQL catch-up.** A batch is two round trips: its checkpoint's
+compare-and-set with the next batch's read in one statement, and its COMMIT,
+which opens the next batch's transaction in the same message. The handler
+must find its batch's transaction open (psycopg's `with tx.transaction():`
+in a handler is then a savepoint the batch rolls back with it), which the
+bare paging, committing nothing, does not pay for: most of what separates
+W3/100 from it.
+
 **SQLite catch-up.** At `synchronous=FULL` each batch's commit syncs the
 write-ahead log (about 1 to 2 ms here), most of a no-op batch of 100; a
 batch after one that wrote nothing but its checkpoint commits at `NORMAL`
