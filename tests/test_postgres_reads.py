@@ -573,3 +573,27 @@ def test_a_run_stopped_between_batches_leaves_no_transaction_open(pg: PG) -> Non
         assert [e.global_position for e in projection.seen] == [1, 2]
         assert conn.info.transaction_status == TransactionStatus.IDLE
     assert pg.store.get_checkpoint(conn, "collect") == 2
+
+
+def test_a_connection_with_its_own_isolation_level_keeps_it_in_every_batch(pg: PG) -> None:
+    """Where psycopg's BEGIN is not the plain one, a batch's COMMIT does not
+    open the next transaction itself: psycopg opens each, at its level."""
+    with pg.connect() as conn:
+        conn.execute("CREATE TABLE model (position bigint)")
+        pg.store.append(conn, ExpectedVersion.any(), [event("a", f"E{i}") for i in range(6)])
+    levels: list[str] = []
+
+    class RecordsLevel(AtomicBlocks):
+        def handle(self, event: PersistedEvent, tx: Any) -> None:
+            super().handle(event, tx)
+            levels.append(str(tx.execute("SHOW transaction_isolation").fetchone()[0]))
+
+    conn = pg.connect()
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    projection = RecordsLevel(fail_at=None)
+    with Processor(conn, pg.store, ProcessorConfig(batch_size=2)) as processor:
+        assert processor.catch_up(projection) == 6
+    assert levels == ["repeatable read"] * 6
+    assert projection.statuses == {TransactionStatus.INTRANS}
+    assert pg.scalar("SELECT count(*) FROM model") == 6
+    assert conn.info.transaction_status == TransactionStatus.IDLE
