@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ from psycopg.pq import TransactionStatus  # noqa: E402 - after the require
 
 from pupsourcing.adapters.postgres import _reads as postgres_reads  # noqa: E402
 from pupsourcing.aio import AsyncPostgresStore, AsyncProcessor  # noqa: E402
-from pupsourcing.projection import Processor, ProcessorConfig  # noqa: E402
+from pupsourcing.projection import Processor, ProcessorConfig, batch  # noqa: E402
 from test_postgres_store import PG, make_pg  # noqa: E402, F401 - make_pg: a fixture
 
 pytestmark = pytest.mark.postgres
@@ -597,3 +598,40 @@ def test_a_connection_with_its_own_isolation_level_keeps_it_in_every_batch(pg: P
     assert projection.statuses == {TransactionStatus.INTRANS}
     assert pg.scalar("SELECT count(*) FROM model") == 6
     assert conn.info.transaction_status == TransactionStatus.IDLE
+
+
+def test_batches_commit_alone_at_least_once_a_chain_period(
+    pg: PG, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL hands a listening session its notifications only while it
+    is idle outside a transaction, and the server's notification queue
+    cannot be cleaned past it: a processor that keeps opening the next
+    batch's transaction with its COMMIT stops doing so for one batch at
+    least every CHAIN_SECONDS."""
+    monkeypatch.setattr(batch, "CHAIN_SECONDS", 0.25)
+    with pg.connect() as conn:
+        pg.store.append(conn, ExpectedVersion.any(), [event("a", f"E{i}") for i in range(16)])
+
+    class Slow(Collect):
+        def handle(self, event: PersistedEvent, tx: Any) -> None:
+            super().handle(event, tx)
+            time.sleep(0.05)  # 0.1 s a batch of 2
+
+    conn = pg.connect()
+    commits: list[str] = []
+    with tempfile.TemporaryFile("w+") as sink:
+        conn.pgconn.trace(sink.fileno())
+        conn.pgconn.set_trace_flags(psycopg.pq.Trace.REGRESS_MODE)
+        with Processor(conn, pg.store, ProcessorConfig(batch_size=2)) as processor:
+            assert processor.catch_up(Slow()) == 16
+        conn.pgconn.untrace()
+        sink.seek(0)
+        for line in sink.read().splitlines():
+            if "\tQuery\t" in line and "COMMIT" in line:
+                commits.append("chained" if "BEGIN" in line else "alone")
+    # 8 batches: the first 7 read their successor. Each run of chained
+    # commits lasts under 0.25 s (at most 3 batches), then one commits alone.
+    runs = "".join("c" if c == "chained" else "a" for c in commits[-8:])
+    assert "cccc" not in runs, commits
+    assert runs.count("c") >= 4, commits
+    assert "a" in runs[:-1], commits

@@ -184,7 +184,7 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
             # plan: the batch's transaction may still be open, and the next
             # batch on this connection would commit its partial writes.
             sub.checkpoint = None  # a commit may have been cut short
-            kept, sub.kept = sub.kept, None
+            kept, sub.kept, sub.began_next = sub.kept, None, False
             await self._abandon_transaction(kept)
             raise
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -65,6 +66,14 @@ class Handle:
         for start in range(0, len(rows), DECODE_CHUNK):
             yield decode(rows[start : start + DECODE_CHUNK])
 
+
+CHAIN_SECONDS = 1.0
+"""How long batches may go on opening their successor's transaction with
+their COMMIT (:data:`~pupsourcing.store.plan.COMMIT_AND_BEGIN`) before one
+commits alone: PostgreSQL hands a listening session its notifications only
+while it is idle outside a transaction, and its notification queue, shared
+by the whole server, cannot be cleaned past a listener that has not read
+them (it fills up, then appends fail)."""
 
 MAX_SPAN = 1_000_000
 """The widest window of positions one filtered read scans."""
@@ -176,6 +185,9 @@ class Subscription:
     """Whether the last batch's COMMIT may have opened the next batch's
     transaction (:data:`~pupsourcing.store.plan.COMMIT_AND_BEGIN`), still
     empty: :func:`release` rolls it back when no batch follows."""
+    chain_started: float = 0.0
+    """When (``time.monotonic()``) the batches began opening their
+    successors' transactions, for :data:`CHAIN_SECONDS`."""
 
     def __post_init__(self) -> None:
         self.in_sql = type(self.strategy) is HashPartitionStrategy
@@ -394,7 +406,7 @@ def _handle_and_advance(
     :meth:`~pupsourcing.store.dialect.Dialect.advance_and_read`). A lazy
     batch that deferred taking the write lock and could not take it runs
     again (see :func:`_lost_write_lock`)."""
-    sub.began_next = False  # the transaction is this batch's now
+    chained, sub.began_next = sub.began_next, False  # the transaction is this batch's now
     while True:
         defer = sub.lazy_commit and sub.defers and dialect.defers_write_lock
         kept, sub.kept = sub.kept, None
@@ -433,8 +445,9 @@ def _handle_and_advance(
                 continue
             raise
     # The next batch hands the events read ahead over at once: its
-    # transaction may open with this one's COMMIT.
-    chain = advanced and bool(ahead)
+    # transaction may open with this one's COMMIT (for a while, see
+    # CHAIN_SECONDS).
+    chain = advanced and bool(ahead) and _may_chain(sub, chained)
     try:
         yield from finish(commit=advanced, then_begin=chain)
     except Exception:
@@ -445,6 +458,15 @@ def _handle_and_advance(
     if wrote is not None:
         sub.lazy_commit = not wrote
     return advanced, ahead if advanced else None
+
+
+def _may_chain(sub: Subscription, chained: bool) -> bool:
+    """Whether a batch may open its successor's transaction; ``chained``:
+    its own was opened by its predecessor's COMMIT."""
+    now = time.monotonic()
+    if not chained:
+        sub.chain_started = now
+    return now - sub.chain_started < CHAIN_SECONDS
 
 
 def finish(*, commit: bool, then_begin: bool = False) -> Generator[Statement, Any, None]:

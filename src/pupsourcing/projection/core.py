@@ -294,7 +294,7 @@ class ProcessorCore:
                 return None
             if not self.reconnects or not self.dialect.is_connection_error(exc):
                 raise
-            sub.kept = None  # set on the connection that is closed now
+            sub.kept, sub.began_next = None, False  # of the connection closed now
             yield from self.reconnect(exc)
             return None
         self.transient_failures = 0

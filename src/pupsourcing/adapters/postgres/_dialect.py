@@ -437,9 +437,10 @@ class PostgresDialect(Dialect):
         before it (the handler wrote nothing through ``tx``) then commits
         without waiting for its WAL record to reach the disk
         (``synchronous_commit = off`` for that transaction alone): a server
-        crash may lose the last such checkpoint moves, never a write (the
-        WAL is replayed in order), and the processor then handles those
-        events again, still with nothing to write. A batch that wrote
+        crash may lose the last such checkpoint moves (with a dead letter
+        recorded by one), never a handler's write (the WAL is replayed in
+        order), and the processor then handles those events again, still
+        with nothing to write. A batch that wrote
         commits as the session's setting says."""
         rows = yield Statement(
             self.advance_checkpoint_sql, (position, projection_name, expected), fetch=True
