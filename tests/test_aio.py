@@ -260,9 +260,11 @@ def test_a_cancelled_runner_lets_each_processor_close_its_connection(tmp_path: P
         SQLiteStore().append(conn, ExpectedVersion.any(), events(2, "a"))
         conn.commit()
     closed: list[str] = []
+    opened: list[str] = []
 
     async def slow_to_close() -> Any:
         conn = await connect_async(path)
+        opened.append("opened")
         close = conn.close
 
         async def closing() -> None:
@@ -298,7 +300,14 @@ def test_a_cancelled_runner_lets_each_processor_close_its_connection(tmp_path: P
                 ]
             )
         )
+        # Both connections open (one still opening when cancelled is closed
+        # later, when it arrives: see test_a_connection_still_opening_...).
         await asyncio.wait_for(started.wait(), 10)
+        for _ in range(1000):
+            if len(opened) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(opened) == 2
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await runner
