@@ -71,9 +71,6 @@ class Statement:
     """When no transaction is open yet, the statement may run as a
     transaction of its own (the plan's COMMIT or ROLLBACK that follows
     then finds nothing to do): nothing else would have been in it."""
-    sql_alone: str | None = None
-    """What to run instead of :attr:`sql` when the statement does run as a
-    transaction of its own (see :attr:`alone`)."""
 
     def answer(self, rows: Iterable[Any] | None, rowcount: int, decoded: bool = False) -> list[Any]:
         """What the plan receives once the driver ran this statement: ``rows``

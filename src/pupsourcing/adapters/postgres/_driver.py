@@ -101,7 +101,7 @@ async def commit_and_begin_async(conn: psycopg.AsyncConnection[Any]) -> None:
 
 def run_alone(statement: Statement) -> Statement:
     """``statement`` as it runs when :func:`may_run_alone` allowed it."""
-    return replace(statement, sql=statement.sql_alone or statement.sql, alone=False)
+    return replace(statement, alone=False)
 
 
 def _decoding_rows(decode: RowDecoder) -> Callable[[Any], RowMaker[Any]]:
