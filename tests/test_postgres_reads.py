@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from psycopg.pq import TransactionStatus  # noqa: E402 - after the require
 from pupsourcing.adapters.postgres import _reads as postgres_reads  # noqa: E402
 from pupsourcing.aio import AsyncPostgresStore, AsyncProcessor  # noqa: E402
 from pupsourcing.projection import Processor, ProcessorConfig, batch  # noqa: E402
-from test_postgres_store import PG, make_pg  # noqa: E402, F401 - make_pg: a fixture
+from test_postgres_store import PG, libpq_trace, make_pg  # noqa: E402, F401 - make_pg: a fixture
 
 pytestmark = pytest.mark.postgres
 
@@ -525,23 +524,15 @@ def test_a_catch_up_batch_is_two_round_trips(pg: PG) -> None:
         for a in range(6):
             pg.store.append(conn, ExpectedVersion.any(), [event(f"a{a}", "E") for _ in range(10)])
     conn = pg.connect()
-    lines: list[str] = []
-    with tempfile.TemporaryFile("w+") as sink:
-        conn.pgconn.trace(sink.fileno())
-        conn.pgconn.set_trace_flags(
-            psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE
-        )
-        with Processor(conn, pg.store, ProcessorConfig(batch_size=10)) as processor:
-            assert processor.catch_up(Collect()) == 60
-        conn.pgconn.untrace()
-        sink.seek(0)
-        lines = sink.read().splitlines()
+    with (
+        libpq_trace(conn) as messages,
+        Processor(conn, pg.store, ProcessorConfig(batch_size=10)) as processor,
+    ):
+        assert processor.catch_up(Collect()) == 60
     # One entry per exchange that waited for the server: what the client sent.
     exchanges: list[str] = []
     sent: list[str] = []
-    for line in lines:
-        direction, _, *fields = [*line.split("\t"), ""]
-        message = " ".join(" ".join(fields).split())
+    for direction, message in messages:
         if direction == "F" and message.split(" ")[0] in ("Query", "Execute"):
             sent.append(message)
         elif direction == "B" and message.startswith("ReadyForQuery"):
@@ -618,17 +609,16 @@ def test_batches_commit_alone_at_least_once_a_chain_period(
             time.sleep(0.05)  # 0.1 s a batch of 2
 
     conn = pg.connect()
-    commits: list[str] = []
-    with tempfile.TemporaryFile("w+") as sink:
-        conn.pgconn.trace(sink.fileno())
-        conn.pgconn.set_trace_flags(psycopg.pq.Trace.REGRESS_MODE)
-        with Processor(conn, pg.store, ProcessorConfig(batch_size=2)) as processor:
-            assert processor.catch_up(Slow()) == 16
-        conn.pgconn.untrace()
-        sink.seek(0)
-        for line in sink.read().splitlines():
-            if "\tQuery\t" in line and "COMMIT" in line:
-                commits.append("chained" if "BEGIN" in line else "alone")
+    with (
+        libpq_trace(conn) as messages,
+        Processor(conn, pg.store, ProcessorConfig(batch_size=2)) as processor,
+    ):
+        assert processor.catch_up(Slow()) == 16
+    commits = [
+        "chained" if "BEGIN" in message else "alone"
+        for direction, message in messages
+        if direction == "F" and message.startswith("Query") and "COMMIT" in message
+    ]
     # 8 batches: the first 7 read their successor. Each run of chained
     # commits lasts under 0.25 s (at most 3 batches), then one commits alone.
     runs = "".join("c" if c == "chained" else "a" for c in commits[-8:])

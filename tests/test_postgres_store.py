@@ -368,9 +368,10 @@ def test_go_created_store_is_upgraded_and_shared(make_pg: Callable[..., PG]) -> 
 
 
 @contextmanager
-def protocol_trace(conn: Any) -> Iterator[list[tuple[str, str]]]:
+def libpq_trace(conn: Any) -> Iterator[list[tuple[str, str]]]:
     """Record the protocol messages libpq exchanges on ``conn`` as
-    ``(direction, message type)``: ``F`` from the client, ``B`` from the server."""
+    ``(direction, message)``: ``F`` from the client, ``B`` from the server;
+    the message is its type and fields (``Query "COMMIT"``)."""
     messages: list[tuple[str, str]] = []
     with tempfile.TemporaryFile("w+") as sink:
         conn.pgconn.trace(sink.fileno())
@@ -385,7 +386,16 @@ def protocol_trace(conn: Any) -> Iterator[list[tuple[str, str]]]:
             for line in sink.read().splitlines():
                 parts = line.split("\t")
                 if len(parts) >= 3:
-                    messages.append((parts[0], parts[2].split(" ")[0]))
+                    messages.append((parts[0], " ".join(" ".join(parts[2:]).split())))
+
+
+@contextmanager
+def protocol_trace(conn: Any) -> Iterator[list[tuple[str, str]]]:
+    """:func:`libpq_trace` as ``(direction, message type)``."""
+    kinds: list[tuple[str, str]] = []
+    with libpq_trace(conn) as messages:
+        yield kinds
+    kinds.extend((direction, message.split(" ")[0]) for direction, message in messages)
 
 
 def round_trips(messages: list[tuple[str, str]]) -> int:
