@@ -462,7 +462,8 @@ def _handle_and_advance(
 
 def _may_chain(sub: Subscription, chained: bool) -> bool:
     """Whether a batch may open its successor's transaction; ``chained``:
-    its own was opened by its predecessor's COMMIT."""
+    its own was opened by its predecessor's COMMIT (else a chain would
+    start with it, and its start is noted)."""
     now = time.monotonic()
     if not chained:
         sub.chain_started = now

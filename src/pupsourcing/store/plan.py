@@ -44,9 +44,10 @@ class Statement:
     ``decode`` when given); a single row ``(rowcount,)`` when ``rowcount``;
     otherwise an empty list. A ``begin`` statement is executed only when the
     connection has no transaction open, and answers ``[(True,)]`` when it
-    started one, ``[]`` when it did not (see :attr:`eager`). A ``control`` statement is not SQL:
-    the driver commits or rolls back the connection's transaction (``sql``
-    is then only a label). A ``chunked`` read may be loaded as it arrives.
+    started one, ``[]`` when it did not (see :attr:`eager`). A ``control``
+    statement is not SQL: the driver commits or rolls back the connection's
+    transaction (``sql`` is then only a label). A ``chunked`` read may be
+    loaded as it arrives.
     """
 
     sql: str

@@ -440,8 +440,8 @@ class PostgresDialect(Dialect):
         crash may lose the last such checkpoint moves (with a dead letter
         recorded by one), never a handler's write (the WAL is replayed in
         order), and the processor then handles those events again, still
-        with nothing to write. A batch that wrote
-        commits as the session's setting says."""
+        with nothing to write. A batch that wrote commits as the session's
+        setting says."""
         rows = yield Statement(
             self.advance_checkpoint_sql, (position, projection_name, expected), fetch=True
         )

@@ -78,9 +78,8 @@ def may_commit_and_begin(conn: psycopg.Connection[Any] | psycopg.AsyncConnection
     """Whether :func:`commit_and_begin` may end the transaction open on
     ``conn`` (not in autocommit mode, where psycopg sends no BEGIN) and
     open the next as psycopg would."""
-    return (
-        not conn.autocommit and conn.info.transaction_status == 2 and _plain_begin(conn)
-    )  # INTRANS
+    in_transaction = conn.info.transaction_status == 2  # INTRANS
+    return not conn.autocommit and in_transaction and _plain_begin(conn)
 
 
 _COMMIT_AND_BEGIN = "COMMIT; BEGIN"
