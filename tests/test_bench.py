@@ -63,6 +63,7 @@ def test_every_benchmark_is_tested() -> None:
         "observability.py",
         "console_load.py",
         "instructions.py",
+        "catchup_floor.py",
     }
     assert {p.name for p in SCRIPTS} == {p.name for p in STORE_SCRIPTS} | others
 
@@ -85,6 +86,16 @@ def test_instruction_counts_compare_the_store_with_the_bare_driver() -> None:
     assert bare_r > bare, out
     assert store_r > store, out
     assert store_r - store < 1.25 * (bare_r - bare), out
+
+
+def test_catchup_floor_breaks_a_postgres_batch_down_against_the_bare_paging() -> None:
+    out = run_quick(BENCH / "catchup_floor.py")
+    rows = re.findall(r"^(\S+)\s+([\d,]+) events/s\s+(\d+\.\d+)x bare$", out, re.M)
+    assert [name for name, _, _ in rows] == ["bare", "+tx", "+cas", "+cas+tx", "processor"], out
+    rate = {name: float(figure.replace(",", "")) for name, figure, _ in rows}
+    assert all(value > 0 for value in rate.values()), out
+    for name, _, ratio in rows:
+        assert float(ratio) == pytest.approx(rate[name] / rate["bare"], abs=0.006), out
 
 
 def test_async_vs_sync_benchmark_runs_in_quick_mode() -> None:
