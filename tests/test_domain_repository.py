@@ -27,6 +27,7 @@ from domain_model import (
 )
 from helpers import query
 from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError
+from pupsourcing.adapters.sqlite import AsyncSQLiteStore
 from pupsourcing.aio import AsyncRepository
 from pupsourcing.domain import Aggregate, AggregateNotFoundError, CodecError, Repository
 
@@ -288,3 +289,10 @@ def test_a_stored_event_the_codec_cannot_read_names_where_it_is(backend: Backend
     conn.commit()
     with pytest.raises(CodecError, match=r"Sales/Order/order-8 version 2 .*Refunded v3: unknown"):
         repository(backend).load(conn, "order-8")
+
+
+def test_a_blocking_repository_refuses_an_asyncio_store() -> None:
+    async_store = AsyncSQLiteStore()
+    with pytest.raises(TypeError, match=r"asyncio store: use pupsourcing.aio.AsyncRepository"):
+        Repository(async_store, Order, codec())
+    AsyncRepository(async_store, Order, codec())  # the twin that awaits it

@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pupsourcing.core.events import AppendResult, Event, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
@@ -55,6 +56,9 @@ def _metadata_bytes(metadata: Mapping[str, object] | bytes | None) -> bytes | No
 class _RepositoryPlans(Generic[A]):
     """What both repositories share: validation, and ``save``/``load`` as plans."""
 
+    awaits_store: ClassVar[bool]
+    """Whether the store's methods are awaited (an asyncio store)."""
+
     def __init__(
         self,
         store: Any,
@@ -79,6 +83,11 @@ class _RepositoryPlans(Generic[A]):
         missing = [name for name in needed if not callable(getattr(store, name, None))]
         if missing:
             raise TypeError(f"store has no {', '.join(missing)} method(s)")
+        if not self.awaits_store and inspect.iscoroutinefunction(store.append):
+            raise TypeError(
+                f"{type(store).__name__} is an asyncio store: use "
+                "pupsourcing.aio.AsyncRepository (Repository would not await its calls)"
+            )
         self.store = store
         self.aggregate_class = aggregate_class
         self.codec = codec
@@ -212,6 +221,8 @@ class Repository(_RepositoryPlans[A]):
     asyncio twin is :class:`~pupsourcing.aio.AsyncRepository`.
     """
 
+    awaits_store = False
+
     def save(
         self,
         tx: Any,
@@ -249,6 +260,8 @@ class AsyncRepository(_RepositoryPlans[A]):
     starts from the newest one (of the class's ``snapshot_schema``). The
     twin of :class:`~pupsourcing.domain.Repository`, awaited.
     """
+
+    awaits_store = True
 
     async def save(
         self,
