@@ -30,6 +30,7 @@ from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError
 from pupsourcing.adapters.sqlite import AsyncSQLiteStore
 from pupsourcing.aio import AsyncRepository
 from pupsourcing.domain import Aggregate, AggregateNotFoundError, CodecError, Repository
+from pupsourcing.store.snapshots import Snapshot
 
 pytestmark = pytest.mark.both_apis
 
@@ -296,3 +297,32 @@ def test_a_blocking_repository_refuses_an_asyncio_store() -> None:
     with pytest.raises(TypeError, match=r"asyncio store: use pupsourcing.aio.AsyncRepository"):
         Repository(async_store, Order, codec())
     AsyncRepository(async_store, Order, codec())  # the twin that awaits it
+
+
+TRAPPED: list[dict[str, Any]] = []
+
+
+def trap(**kwargs: Any) -> str:
+    """Not a class: a snapshot that names it must not get it called."""
+    TRAPPED.append(kwargs)
+    return "trapped"
+
+
+def test_a_snapshot_naming_a_function_is_ignored_not_called(backend: Backend) -> None:
+    repo = repository(backend, snapshot_every=10)
+    conn = backend.connection()
+    order = Order("order-9")
+    order.place("ada")
+    repo.save(conn, order)
+    for tag, inner in [
+        ("$dataclass", {"fields": {"x": 1}}),
+        ("$enum", {"value": 1}),
+        ("$model", {"data": {}}),
+    ]:
+        state = {"$state": {"customer": {tag: f"{__name__}:trap", **inner}}}
+        backend.store.save_snapshot(
+            conn, Snapshot("Sales", "Order", "order-9", 1, 1, json.dumps(state).encode())
+        )
+        loaded = repo.load(conn, "order-9")
+        assert (loaded.customer, loaded._applied) == ("ada", 1), "rebuilt from the events"
+    assert TRAPPED == []

@@ -76,7 +76,9 @@ def _class_ref(cls: type, path: str) -> str:
     return ref
 
 
-def _resolve(ref: str, path: str) -> Any:
+def _resolve(ref: str, path: str, kind: str = "a class") -> Any:
+    """The class ``ref`` names; a :class:`ValueProblem` unless it is of
+    ``kind`` (a stored snapshot must not make us call any other callable)."""
     module_name, _, qualname = ref.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
@@ -84,7 +86,19 @@ def _resolve(ref: str, path: str) -> Any:
             obj = getattr(obj, part)
     except (ImportError, AttributeError):
         raise ValueProblem(f"class {ref} no longer exists", path) from None
+    if not _KINDS[kind](obj):
+        raise ValueProblem(f"{ref} is not {kind}", path)
     return obj
+
+
+_KINDS: dict[str, Callable[[Any], bool]] = {
+    "a class": lambda obj: isinstance(obj, type),
+    "an Enum": lambda obj: isinstance(obj, type) and issubclass(obj, enum.Enum),
+    "a dataclass": lambda obj: isinstance(obj, type) and dataclasses.is_dataclass(obj),
+    "a pydantic model or msgspec Struct": lambda obj: (
+        is_pydantic_class(obj) or is_msgspec_class(obj)
+    ),
+}
 
 
 def _tagged(value: object, path: str) -> Any:
@@ -146,10 +160,11 @@ def _untagged(value: Any, path: str) -> Any:
     if "$dict" in value:
         return {_untagged(k, path): _untagged(v, path) for k, v in value["$dict"]}
     if "$enum" in value:
-        return _resolve(value["$enum"], path)(_untagged(value["value"], path))
+        return _resolve(value["$enum"], path, "an Enum")(_untagged(value["value"], path))
     if "$dataclass" in value:
-        cls = _resolve(value["$dataclass"], path)
+        cls = _resolve(value["$dataclass"], path, "a dataclass")
         return cls(**{k: _untagged(v, f"{path}.{k}") for k, v in value["fields"].items()})
     if "$model" in value:
-        return from_json(_resolve(value["$model"], path), value["data"], path)
+        model = _resolve(value["$model"], path, "a pydantic model or msgspec Struct")
+        return from_json(model, value["data"], path)
     raise ValueProblem(f"unknown tag in {sorted(value)}", path)
