@@ -18,6 +18,11 @@ class Channel(enum.Enum):
     PHONE = "phone"
 
 
+class Status(enum.StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
 @dataclass(frozen=True)
 class Address:
     street: str

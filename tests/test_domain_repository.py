@@ -22,6 +22,7 @@ from domain_model import (
     OrderShipped,
     OrderV2Snapshots,
     RichState,
+    Status,
     Unstorable,
     codec,
 )
@@ -275,6 +276,21 @@ def test_snapshot_state_round_trips_rich_values(backend: Backend) -> None:
     assert loaded.notes == extra
     assert type(loaded.notes["rich"].ids) is frozenset
     assert loaded.notes["rich"].when.tzinfo is not None
+
+
+def test_snapshot_state_keeps_str_enums(backend: Backend) -> None:
+    repo = repository(backend, snapshot_every=1)
+    conn = backend.connection()
+    order = Order("order-10")
+    order.place("ada")
+    order.status = Status.OPEN  # type: ignore[attr-defined]
+    order.by_status = {Status.CLOSED: [Status.OPEN]}  # type: ignore[attr-defined]
+    repo.save(conn, order)
+    loaded = repo.load(conn, "order-10")
+    assert loaded._applied == 0, "state came from the snapshot"
+    assert loaded.status is Status.OPEN
+    assert loaded.by_status == {Status.CLOSED: [Status.OPEN]}
+    assert [type(k) for k in loaded.by_status] == [Status]
 
 
 def test_a_stored_event_the_codec_cannot_read_names_where_it_is(backend: Backend) -> None:

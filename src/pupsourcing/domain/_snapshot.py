@@ -102,11 +102,11 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
 
 
 def _tagged(value: object, path: str) -> Any:
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, enum.Enum):
+    if isinstance(value, enum.Enum):  # before str: a StrEnum is a str too
         ref = _class_ref(type(value), path)
         return {"$enum": ref, "value": _tagged(value.value, path)}
+    if value is None or isinstance(value, bool | str):
+        return value
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -125,7 +125,7 @@ def _tagged(value: object, path: str) -> Any:
         items.sort(key=lambda item: json.dumps(item, sort_keys=True))
         return {"$set" if isinstance(value, set) else "$frozenset": items}
     if isinstance(value, dict):
-        if all(isinstance(k, str) and not k.startswith("$") for k in value):
+        if all(type(k) is str and not k.startswith("$") for k in value):
             return {k: _tagged(v, f"{path}.{k}") for k, v in value.items()}
         return {"$dict": [[_tagged(k, path), _tagged(v, f"{path}.{k}")] for k, v in value.items()]}
     cls = type(value)
