@@ -342,3 +342,25 @@ def test_a_snapshot_naming_a_function_is_ignored_not_called(backend: Backend) ->
         loaded = repo.load(conn, "order-9")
         assert (loaded.customer, loaded._applied) == ("ada", 1), "rebuilt from the events"
     assert TRAPPED == []
+
+
+def test_a_snapshot_beyond_the_stored_events_is_ignored(backend: Backend) -> None:
+    repo = repository(backend, snapshot_every=2)
+    conn = backend.connection()
+    order = Order("order-11")
+    order.place("ada")
+    order.add("tea", "1.00")
+    repo.save(conn, order)  # a snapshot at 2
+    conn.commit()
+    bogus = b'{"$state":{"customer":"eve","lines":{},"shipped":null}}'
+    for aggregate_id in ("order-11", "order-12"):  # beyond its events; without any
+        backend.store.save_snapshot(conn, Snapshot("Sales", "Order", aggregate_id, 5, 1, bogus))
+    conn.commit()
+
+    loaded = repo.load(conn, "order-11")
+    assert (loaded.version, loaded.customer, loaded._applied) == (2, "ada", 2), "from events"
+    loaded.add("cake", "2.00")
+    repo.save(conn, loaded)  # expects version 2, as stored
+    assert repo.load(conn, "order-11", at_version=2)._applied == 0, "the good snapshot is used"
+    with pytest.raises(AggregateNotFoundError):
+        repo.load(conn, "order-12")

@@ -15,7 +15,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pupsourcing.core.events import AppendResult, Event, Stream
+from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.domain._aggregate import Aggregate, check_aggregate_class
 from pupsourcing.domain._codec import Codec
@@ -167,17 +167,33 @@ class _RepositoryPlans(Generic[A]):
             raise ValueError(f"at_version must be None or an int >= 0, got {at_version!r}")
         key = (cls.bounded_context, cls.aggregate_type, aggregate_id)
         aggregate: A | None = None
+        events: tuple[PersistedEvent, ...] = ()
         if self.snapshot_every is not None:
             snapshot: Snapshot | None = yield _Call(
                 "read_snapshot", (*key, cls.snapshot_schema, at_version)
             )
             if snapshot is not None:
                 aggregate = self._restore(snapshot)
+        if aggregate is not None:
+            # From the snapshot's own version: the events are the truth, so a
+            # snapshot whose event is not stored (any more) is not used.
+            stream: Stream = yield _Call(
+                "read_aggregate_stream", (*key, aggregate.version, at_version)
+            )
+            if stream.events and stream.events[0].aggregate_version == aggregate.version:
+                events = stream.events[1:]
+            else:
+                logger.warning(
+                    "ignoring the snapshot of %s at version %d: that event is not stored",
+                    "/".join(key),
+                    aggregate.version,
+                )
+                aggregate = None
         if aggregate is None:
             aggregate = cls(aggregate_id)
-        from_version = aggregate.version + 1 if aggregate.version else None
-        stream: Stream = yield _Call("read_aggregate_stream", (*key, from_version, at_version))
-        for persisted in stream:
+            stream = yield _Call("read_aggregate_stream", (*key, None, at_version))
+            events = stream.events
+        for persisted in events:
             try:
                 event = self.codec.decode(
                     persisted.event_type, persisted.event_version, persisted.payload
