@@ -264,3 +264,25 @@ def test_aggregate_records_applies_and_queues() -> None:
     assert repr(order) == "<Order 'o-1' v1, 1 pending>"
     with pytest.raises(ValueError, match="aggregate_id"):
         Order("")
+
+
+class Pack(enum.Enum):
+    SMALL = (1, 2)
+    PRICEY = Decimal("9.90")
+    DATED = date(2024, 1, 1)
+
+
+@dataclass(frozen=True)
+class Packed:
+    pack: Pack
+
+
+def test_enums_whose_values_json_changes_round_trip() -> None:
+    codec = JsonCodec()
+    codec.register(Packed)
+    for pack in Pack:
+        value = Packed(pack)
+        event_type, version, payload = codec.encode(value)
+        assert codec.decode(event_type, version, payload) == value
+    with pytest.raises(CodecError, match=r"field 'pack': '9.9' is not a Pack"):
+        codec.decode("Packed", 1, b'{"pack":"9.9"}')

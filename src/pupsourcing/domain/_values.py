@@ -201,10 +201,7 @@ def from_json(tp: Any, value: object, path: str = "") -> Any:
     if not isinstance(tp, type):
         raise ValueProblem(f"cannot decode the type {tp!r}", path)
     if issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            raise ValueProblem(f"{value!r} is not a {tp.__qualname__}", path) from None
+        return _enum(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
             raise _problem("a bool", value, path)
@@ -238,6 +235,25 @@ def from_json(tp: Any, value: object, path: str = "") -> Any:
     if tp in (list, tuple, set, frozenset, dict):
         return _container(tp, (), value, path)
     raise ValueProblem(f"cannot decode the type {tp.__qualname__}", path)
+
+
+def _encodes_to(decoded: object, value: object) -> bool:
+    """Whether :func:`to_json` gives ``value`` back for ``decoded`` (``3`` is
+    not ``3.0``, nor ``"2024-01-01"`` ``"2024-01-01T00:00:00"``)."""
+    try:
+        return dumps(to_json(decoded)) == dumps(value)
+    except ValueProblem:
+        return False
+
+
+def _enum(tp: type[enum.Enum], value: object, path: str) -> enum.Enum:
+    try:
+        return tp(value)
+    except (ValueError, TypeError):  # a value JSON changed: a Decimal, a tuple, ...
+        for member in tp:
+            if _encodes_to(member, value):
+                return member
+    raise ValueProblem(f"{value!r} is not a {tp.__qualname__}", path)
 
 
 def _union(arms: tuple[Any, ...], value: object, path: str) -> Any:
