@@ -257,16 +257,23 @@ def _enum(tp: type[enum.Enum], value: object, path: str) -> enum.Enum:
 
 
 def _union(arms: tuple[Any, ...], value: object, path: str) -> Any:
+    """The first arm whose value encodes back to ``value`` exactly, else the
+    first that decodes it at all (``float | int`` keeps an int an int)."""
     if value is None and type(None) in arms:
         return None
-    problems = []
+    arms = tuple(arm for arm in arms if arm is not type(None))
+    problems, fits = [], []
     for arm in arms:
-        if arm is type(None):
-            continue
         try:
-            return from_json(arm, value, path)
+            decoded = from_json(arm, value, path)
         except ValueProblem as exc:
             problems.append(exc.reason)
+            continue
+        if len(arms) == 1 or _encodes_to(decoded, value):
+            return decoded
+        fits.append(decoded)
+    if fits:
+        return fits[0]
     raise ValueProblem("; ".join(problems) or "no type fits", path)
 
 
