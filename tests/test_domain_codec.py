@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
 import msgspec
@@ -318,3 +318,27 @@ def test_union_fields_come_back_as_the_arm_they_went_in_as() -> None:
     assert codec.decode(
         "Either", 1, b'{"when":"2024-01-01T00:00","number":2,"place":{"street":"a","city":"b"}}'
     ) == Either(datetime(2024, 1, 1), 2, Address("a", "b"))
+
+
+class Point(NamedTuple):
+    x: Decimal
+    y: Decimal
+
+
+@dataclass(frozen=True)
+class Moved:
+    to: Point
+    path: list[Point]
+
+
+def test_named_tuples_round_trip() -> None:
+    codec = JsonCodec()
+    codec.register(Moved)
+    value = Moved(Point(Decimal("1.5"), Decimal("2")), [Point(Decimal(0), Decimal("0.10"))])
+    event_type, version, payload = codec.encode(value)
+    assert payload == b'{"path":[["0","0.10"]],"to":["1.5","2"]}'
+    decoded = codec.decode(event_type, version, payload)
+    assert decoded == value
+    assert type(decoded.to) is Point
+    with pytest.raises(CodecError, match=r"field 'to': expected 2 items, got 1"):
+        codec.decode(event_type, version, b'{"path":[],"to":["1"]}')

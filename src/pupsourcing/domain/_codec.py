@@ -44,7 +44,7 @@ class JsonCodec:
     Register each event class with its ``event_type`` (default: the class
     name) and ``version`` (default 1). Nested dataclasses, timezone-aware
     ``datetime``, ``date``, ``time``, ``UUID``, ``Decimal``, ``Enum``,
-    ``bytes``, ``tuple``, ``list``, ``set`` and ``dict`` fields round-trip
+    ``bytes``, ``tuple`` (NamedTuples too), ``list``, ``set`` and ``dict`` fields round-trip
     exactly (decoding follows the field annotations). ``decode`` runs the
     upcasters (:meth:`upcast`) from the stored version up to the newest
     registered version of the type.

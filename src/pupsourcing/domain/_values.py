@@ -232,6 +232,8 @@ def from_json(tp: Any, value: object, path: str = "") -> Any:
             return msgspec.convert(value, tp)
         except msgspec.ValidationError as exc:
             raise ValueProblem(f"does not fit {tp.__qualname__}: {exc}", path) from None
+    if issubclass(tp, tuple) and hasattr(tp, "_fields"):
+        return _named_tuple(tp, value, path)
     if tp in (list, tuple, set, frozenset, dict):
         return _container(tp, (), value, path)
     raise ValueProblem(f"cannot decode the type {tp.__qualname__}", path)
@@ -304,6 +306,18 @@ def _container(origin: Any, args: tuple[Any, ...], value: object, path: str) -> 
     if origin in (list, typing.Sequence) or origin.__module__ == "collections.abc":
         return items
     raise ValueProblem(f"cannot decode the container type {origin!r}", path)
+
+
+def _named_tuple(cls: Any, value: object, path: str) -> Any:
+    """A NamedTuple (or namedtuple), which :func:`to_json` wrote as an array."""
+    names: tuple[str, ...] = cls._fields
+    if not isinstance(value, list):
+        raise _problem("an array", value, path)
+    if len(value) != len(names):
+        raise ValueProblem(f"expected {len(names)} items, got {len(value)}", path)
+    hints = typing.get_type_hints(cls)
+    items = zip(names, value, strict=True)
+    return cls(*(from_json(hints.get(n, Any), v, _join(path, n)) for n, v in items))
 
 
 def _key_from_json(tp: Any, key: str, path: str) -> Any:
