@@ -135,6 +135,12 @@ def test_pydantic_models_and_msgspec_structs() -> None:
     ):
         event_type, version, payload = codec.encode(value)
         assert codec.decode(event_type, version, payload) == value
+    with pytest.raises(CodecError, match=r"Line v1: cannot encode Line: .*serialize unknown type"):
+        codec.encode(Line.model_construct(sku="tea", price=object(), at=at))
+    with pytest.raises(CodecError, match=r"Wrapped v1: field 'line': cannot encode Line"):
+        codec.encode(Wrapped(Line.model_construct(sku="x", price=object(), at=at)))
+    with pytest.raises(CodecError, match=r"Shipped v1: cannot encode Shipped: .*unsupported"):
+        codec.encode(Shipped(object(), at))  # type: ignore[arg-type]
     with pytest.raises(CodecError, match=r"Line v1: .*does not fit Line"):
         codec.decode("Line", 1, b'{"sku":"tea"}')
     with pytest.raises(CodecError, match=r"Shipped v1: .*does not fit Shipped"):

@@ -104,10 +104,8 @@ def to_json(value: object, path: str = "") -> Any:
             for f in dataclasses.fields(cls)
             if f.init
         }
-    if is_pydantic_class(cls):
-        return typing.cast(Any, value).model_dump(mode="json")
-    if is_msgspec_class(cls):
-        return sys.modules["msgspec"].to_builtins(value)
+    if is_pydantic_class(cls) or is_msgspec_class(cls):
+        return _model_to_json(value, path)
     if isinstance(value, list | tuple):
         return [to_json(item, _join(path, index)) for index, item in enumerate(value)]
     if isinstance(value, set | frozenset):
@@ -116,6 +114,16 @@ def to_json(value: object, path: str = "") -> Any:
     if isinstance(value, Mapping):
         return {_key_to_json(k, path): to_json(v, _join(path, str(k))) for k, v in value.items()}
     raise ValueProblem(f"cannot encode a value of type {cls.__qualname__}", path)
+
+
+def _model_to_json(value: Any, path: str) -> Any:
+    """A pydantic model or msgspec Struct, encoded by its own library."""
+    try:
+        if is_pydantic_class(type(value)):
+            return value.model_dump(mode="json")
+        return sys.modules["msgspec"].to_builtins(value)
+    except (TypeError, ValueError) as exc:  # the libraries' serialization errors
+        raise ValueProblem(f"cannot encode {type(value).__qualname__}: {exc}", path) from None
 
 
 def _key_to_json(key: object, path: str) -> str:
