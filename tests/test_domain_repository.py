@@ -5,6 +5,7 @@ nothing."""
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -342,6 +343,26 @@ def test_a_snapshot_naming_a_function_is_ignored_not_called(backend: Backend) ->
         loaded = repo.load(conn, "order-9")
         assert (loaded.customer, loaded._applied) == ("ada", 1), "rebuilt from the events"
     assert TRAPPED == []
+
+
+def test_a_snapshot_naming_a_module_not_imported_is_ignored_not_imported(
+    backend: Backend,
+) -> None:
+    """Importing a module runs its code: ``this`` prints, ``antigravity``
+    opens a browser."""
+    assert "this" not in sys.modules
+    repo = repository(backend, snapshot_every=10)
+    conn = backend.connection()
+    order = Order("order-10")
+    order.place("ada")
+    repo.save(conn, order)
+    state = {"$state": {"customer": {"$enum": "this:Zen", "value": 1}}}
+    backend.store.save_snapshot(
+        conn, Snapshot("Sales", "Order", "order-10", 1, 1, json.dumps(state).encode())
+    )
+    loaded = repo.load(conn, "order-10")
+    assert (loaded.customer, loaded._applied) == ("ada", 1), "rebuilt from the events"
+    assert "this" not in sys.modules
 
 
 def test_a_snapshot_beyond_the_stored_events_is_ignored(backend: Backend) -> None:

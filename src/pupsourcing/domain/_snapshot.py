@@ -13,9 +13,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import enum
-import importlib
 import json
 import math
+import sys
 from collections.abc import Callable
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -78,13 +78,17 @@ def _class_ref(cls: type, path: str) -> str:
 
 def _resolve(ref: str, path: str, kind: str = "a class") -> Any:
     """The class ``ref`` names; a :class:`ValueProblem` unless it is of
-    ``kind`` (a stored snapshot must not make us call any other callable)."""
+    ``kind`` (a stored snapshot must not make us call any other callable)
+    and in a module the program has imported (nor import one: importing
+    runs its code)."""
     module_name, _, qualname = ref.partition(":")
+    obj: Any = sys.modules.get(module_name)
+    if obj is None:
+        raise ValueProblem(f"class {ref}: module {module_name} is not imported", path)
     try:
-        obj: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError):
+    except AttributeError:
         raise ValueProblem(f"class {ref} no longer exists", path) from None
     if not _KINDS[kind](obj):
         raise ValueProblem(f"{ref} is not {kind}", path)
