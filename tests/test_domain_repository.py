@@ -385,3 +385,26 @@ def test_a_snapshot_beyond_the_stored_events_is_ignored(backend: Backend) -> Non
     assert repo.load(conn, "order-11", at_version=2)._applied == 0, "the good snapshot is used"
     with pytest.raises(AggregateNotFoundError):
         repo.load(conn, "order-12")
+
+
+class StrictOrder(Order):
+    """Restores only a state of the shape it expects (a renamed field made
+    without a new ``snapshot_schema``, say, raises here)."""
+
+    def restore_snapshot(self, state: dict[str, Any]) -> None:
+        self.customer = state["customer_name"]
+
+
+def test_a_snapshot_restore_snapshot_refuses_is_ignored(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = repository(backend, StrictOrder, snapshot_every=2)
+    conn = backend.connection()
+    order = StrictOrder("order-13")
+    order.place("ada")
+    order.add("tea", "1.00")
+    repo.save(conn, order)  # a snapshot at 2, of the default state's shape
+    loaded = repo.load(conn, "order-13")
+    assert (loaded.version, loaded.customer, loaded._applied) == (2, "ada", 2), "from events"
+    assert loaded.lines == {"tea": (Decimal("1.00"), 1)}
+    assert "ignoring the snapshot of Sales/Order/order-13 at version 2: KeyError" in caplog.text

@@ -209,11 +209,16 @@ class _RepositoryPlans(Generic[A]):
         return aggregate
 
     def _restore(self, snapshot: Snapshot) -> A | None:
+        """The aggregate as ``snapshot`` holds it; ``None`` (logged) when its
+        state cannot be decoded or ``restore_snapshot`` refuses it (say, the
+        state's shape changed without a new ``snapshot_schema``): a snapshot
+        is a cache, and the events rebuild the state."""
+        aggregate = self.aggregate_class(snapshot.aggregate_id)
         try:
-            state = decode_state(snapshot.state)
-        except CodecError as exc:
+            aggregate.restore_snapshot(decode_state(snapshot.state))
+        except Exception as exc:
             logger.warning(
-                "ignoring the snapshot of %s/%s/%s at version %d: %s",
+                "ignoring the snapshot of %s/%s/%s at version %d: %r",
                 snapshot.bounded_context,
                 snapshot.aggregate_type,
                 snapshot.aggregate_id,
@@ -221,8 +226,6 @@ class _RepositoryPlans(Generic[A]):
                 exc,
             )
             return None
-        aggregate = self.aggregate_class(snapshot.aggregate_id)
-        aggregate.restore_snapshot(state)
         aggregate._version = snapshot.aggregate_version
         return aggregate
 
