@@ -32,7 +32,7 @@ from console_helpers import (
     start_server,
 )
 from helpers import event, query
-from pupsourcing import ExpectedVersion
+from pupsourcing import Event, ExpectedVersion
 from pupsourcing.console._readonly import open_read_only
 from pupsourcing.urls import database
 
@@ -430,6 +430,44 @@ def test_an_unexpected_error_is_a_json_500_without_details(
         # The error still reaches the server, which logs it with its traceback.
         with pytest.raises(RuntimeError, match="secret internals"):
             in_process(db, "/api/projections", raise_errors=True)
+    finally:
+        close_backend(backend)
+
+
+ODD_PAYLOADS = [
+    b'{"x": NaN}',
+    b"[Infinity]",
+    b"1e400",  # a float beyond the double range: infinity
+    b'{"a": "\\ud800"}',  # a lone surrogate: no UTF-8 for it
+    b"[" * 600 + b"]" * 600,  # below the recursion limit, above the nesting bound
+    b"[" * 100_000 + b"]" * 100_000,  # beyond the recursion limit
+]
+
+
+def test_payloads_the_api_cannot_send_as_json_are_base64(tmp_path: Path) -> None:
+    """JSON that Python reads but a strict JSON response cannot carry (NaN,
+    infinities, lone surrogates, very deep nesting) is shown as base64, as
+    any payload that is not JSON: one such event no longer makes every page
+    of the log holding it a 500."""
+    import base64
+
+    backend = make_backend("sqlite", tmp_path)
+    try:
+        conn = backend.connect()
+        for i, payload in enumerate(ODD_PAYLOADS):
+            odd = Event("Shop", "Order", f"odd-{i}", "Odd", payload, metadata=None)
+            backend.store.append(conn, ExpectedVersion.any(), [odd])
+        backend.store.append(conn, ExpectedVersion.any(), [event("fine", data={"deep": [[[1]]]})])
+        conn.commit()
+        conn.close()
+        db = database(backend.url, backend.store.config, create=False)
+        for path in ("/api/events?limit=100", "/api/log", "/api/streams/Shop/Order/odd-0"):
+            response = in_process(db, path, raise_errors=False)
+            assert response.status_code == 200, (path, response.text[:200])
+        found = in_process(db, "/api/events?limit=100", raise_errors=False).json()
+        for e, payload in zip(found, ODD_PAYLOADS, strict=False):
+            assert e["payload"] == {"base64": base64.b64encode(payload).decode()}, payload[:20]
+        assert found[-1]["payload"] == {"deep": [[[1]]]}
     finally:
         close_backend(backend)
 

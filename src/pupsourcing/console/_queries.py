@@ -21,15 +21,38 @@ from pupsourcing.urls import Database
 JSON = dict[str, Any]
 
 
+MAX_NESTING = 500
+"""Payloads whose arrays and objects nest deeper are shown as base64: a
+response holding them must stay well within the recursion limit, wherever
+in the server's stack it is encoded."""
+
+
+def _deeper_than(value: Any, bound: int) -> bool:
+    """Whether ``value``'s arrays and objects nest more than ``bound`` deep."""
+    level = [value]
+    for _ in range(bound + 1):
+        level = [v for v in level if isinstance(v, list | dict)]  # one level deeper each time
+        if not level:
+            return False
+        level = [child for v in level for child in (v.values() if isinstance(v, dict) else v)]
+    return True
+
+
 def decoded(data: bytes | None) -> Any:
     """The JSON value ``data`` holds, or ``{"base64": ...}`` when it is not
-    UTF-8 JSON; ``None`` stays ``None``."""
+    UTF-8 JSON a response can carry (``NaN``, infinities and lone surrogates
+    are not; nor is nesting beyond :data:`MAX_NESTING`); ``None`` stays ``None``."""
     if data is None:
         return None
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        value = json.loads(data.decode("utf-8"))
+        brackets = data.count(b"[") + data.count(b"{")  # no deeper than this many
+        if brackets > MAX_NESTING and _deeper_than(value, MAX_NESTING):
+            raise ValueError("nested too deeply")
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")  # as sent
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError
         return {"base64": base64.b64encode(data).decode("ascii")}
+    return value
 
 
 def event_json(e: PersistedEvent) -> JSON:
