@@ -716,6 +716,54 @@ def test_signing_in_leads_back_to_the_page_as_it_was_asked_for(guarded: Server) 
         assert signed_in.headers["location"] == asked
 
 
+def test_signing_in_reads_no_more_than_a_form(tmp_path: Path) -> None:
+    """The login form is open to anyone: a huge body is refused (413) after
+    its first few kilobytes, not read into memory whole first."""
+    from pupsourcing.console import create_app
+
+    backend = make_backend("sqlite", tmp_path)
+    try:
+        app = create_app(database(backend.url, backend.store.config, create=False), token="t")
+        chunks = 1000  # of 8 KiB
+        read = 0
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal read
+            read += 1
+            return {"type": "http.request", "body": b"x" * 8192, "more_body": read < chunks}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/login",
+            "raw_path": b"/login",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"text/plain")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+        }
+        asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+        assert sent[0]["status"] == 413
+        assert read == 1, f"read {read} chunks of a body refused"
+        # A Content-Length too large is refused before any of the body is read.
+        read = 0
+        sent.clear()
+        headers = [*scope["headers"], (b"content-length", str(chunks * 8192).encode())]
+        asyncio.run(app({**scope, "headers": headers}, receive, send))  # type: ignore[arg-type]
+        assert sent[0]["status"] == 413
+        assert read == 0
+    finally:
+        close_backend(backend)
+
+
 def test_a_token_beyond_ascii(tmp_path: Path) -> None:
     """Header bytes are compared with the token's UTF-8 bytes."""
     token = "tök3n-✓"

@@ -42,6 +42,7 @@ _KEEPALIVE = 15.0
 _KINDS_TTL = 30.0
 _FEED_BATCH = 200
 _LOGIN_PAUSE = 0.5
+_MAX_FORM = 4096
 
 
 MAX_POSITION = 2**63 - 1
@@ -323,10 +324,7 @@ class Console:
         return HTMLResponse(_pages.login(next_path=next_path, root=url_root(request.scope)))
 
     async def login(self, request: Request) -> Response:
-        body = await request.body()
-        if len(body) > 4096:
-            raise HTTPException(413, "request too large")
-        form = parse_qs(body.decode("utf-8", "replace"))
+        form = await _form(request)
         given = (form.get("token") or [""])[0]
         next_path = _safe_next((form.get("next") or ["/"])[0])
         root = url_root(request.scope)
@@ -363,6 +361,19 @@ class Console:
             login = _pages.login(next_path=_safe_next(_came_for(scope)), root=url_root(scope))
             response = HTMLResponse(login, 401)
         await response(scope, receive, send)
+
+
+async def _form(request: Request) -> dict[str, list[str]]:
+    """The form posted to the login page, read no further than
+    :data:`_MAX_FORM` bytes (a 413 beyond): anyone may post to it."""
+    if _integer(request.headers.get("content-length", "0"), 0, _MAX_FORM) is None:
+        raise HTTPException(413, "request too large")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM:
+            raise HTTPException(413, "request too large")
+    return parse_qs(body.decode("utf-8", "replace"))
 
 
 def _came_for(scope: Scope) -> str:
