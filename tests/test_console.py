@@ -703,6 +703,23 @@ def test_the_login_page_sets_a_cookie(guarded: Server) -> None:
         assert elsewhere.headers["location"] == "/"
 
 
+def test_the_login_cookie_is_found_among_other_sites_cookies(guarded: Server) -> None:
+    """Cookies do not keep to a port: the browser sends the console's beside
+    those of every other site on the same host, however odd their values
+    (JSON, spaces, non-ASCII), and perhaps a stale one of the same name
+    (another path): none of them hides the login cookie."""
+    from pupsourcing.console._security import COOKIE, cookie_value
+
+    ours = f"{COOKIE}={cookie_value('s3cret-token')}"
+    for others in ('prefs={"theme":"dark"}', "a b=c", "name=Zoë", 'q="x', f"{COOKIE}=stale"):
+        for header in (f"{others}; {ours}", f"{ours}; {others}"):
+            headers = {"Cookie": header.encode()}
+            response = httpx.get(guarded.base + "/api/head", headers=headers, timeout=10)
+            assert response.status_code == 200, header
+    wrong = {"Cookie": f'prefs={{"a":1}}; {COOKIE}=stale'}
+    assert httpx.get(guarded.base + "/api/head", headers=wrong, timeout=10).status_code == 401
+
+
 def test_signing_in_leads_back_to_the_page_as_it_was_asked_for(guarded: Server) -> None:
     """The login form comes back to the refused page with its ``%2F`` kept
     (decoded, it names another aggregate) and its query."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from http.cookies import SimpleCookie
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -71,15 +70,22 @@ def authorized(scope: Scope, token: str) -> bool:
     scheme, _, given = _header(scope, b"authorization").partition(b" ")
     if scheme.lower() == b"bearer" and token_matches(given.strip(), token):
         return True
-    cookies: SimpleCookie = SimpleCookie()
-    try:
-        cookies.load(_header(scope, b"cookie").decode("latin-1"))
-    except Exception:
-        return False
-    morsel = cookies.get(COOKIE)
-    return morsel is not None and hmac.compare_digest(
-        morsel.value.encode(), cookie_value(token).encode()
+    expected = cookie_value(token).encode()
+    return any(hmac.compare_digest(value, expected) for value in _login_cookies(scope))
+
+
+def _login_cookies(scope: Scope) -> list[bytes]:
+    """The values of every login cookie the request carries, its ``Cookie``
+    headers split as browsers join them: the cookies of other sites on the
+    same host (ports do not separate cookies), however odd, hide none."""
+    name = COOKIE.encode()
+    pairs = (
+        pair.partition(b"=")
+        for header, value in scope.get("headers", ())
+        if header == b"cookie"
+        for pair in bytes(value).split(b";")
     )
+    return [value.strip() for key, equals, value in pairs if equals and key.strip() == name]
 
 
 def _host_is_loopback(scope: Scope) -> bool:
