@@ -733,6 +733,50 @@ def test_signing_in_leads_back_to_the_page_as_it_was_asked_for(guarded: Server) 
         assert signed_in.headers["location"] == asked
 
 
+def test_a_websocket_without_the_token_is_refused(tmp_path: Path) -> None:
+    """No route takes a WebSocket today; the guard refuses one without the
+    token all the same, so a route added later is not left open."""
+    from pupsourcing.console import create_app
+
+    backend = make_backend("sqlite", tmp_path)
+    try:
+        app = create_app(database(backend.url, backend.store.config, create=False), token="t")
+
+        def first_reply(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+            sent: list[Any] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "websocket.connect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "websocket",
+                "asgi": {"version": "3.0"},
+                "scheme": "ws",
+                "path": "/api/head",
+                "raw_path": b"/api/head",
+                "root_path": "",
+                "query_string": b"",
+                "headers": [(b"host", b"127.0.0.1"), *headers],
+                "client": ("127.0.0.1", 50000),
+                "server": ("127.0.0.1", 8000),
+                "subprotocols": [],
+            }
+            asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+            return sent[0]  # type: ignore[no-any-return]
+
+        refused = first_reply([])
+        assert (refused["type"], refused["code"]) == ("websocket.close", 1008)
+        # With the token it reaches the routes, which have none for it.
+        routed = first_reply([(b"authorization", b"Bearer t")])
+        assert routed["type"] == "websocket.close"
+        assert routed.get("code", 1000) != 1008
+    finally:
+        close_backend(backend)
+
+
 def test_signing_in_reads_no_more_than_a_form(tmp_path: Path) -> None:
     """The login form is open to anyone: a huge body is refused (413) after
     its first few kilobytes, not read into memory whole first."""

@@ -110,10 +110,17 @@ class Guard:
         self.unauthorized = unauthorized
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):  # lifespan
             await self.app(scope, receive, send)
             return
         scope = {**scope, ROOT: scope.get("root_path", "").rstrip("/")}
+        if scope["type"] == "websocket":
+            # No route takes one today; one added later is guarded all the same.
+            if self._allows(scope):
+                await self.app(scope, receive, send)
+            else:  # closed before it is accepted: the server answers 403
+                await send({"type": "websocket.close", "code": 1008})
+            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -123,9 +130,13 @@ class Guard:
                 message = {**message, "headers": headers}
             await send(message)
 
-        if self.token is None:
-            allowed = _host_is_loopback(scope)
-        else:
-            allowed = route_path(scope) in _OPEN_PATHS or authorized(scope, self.token)
-        target = self.app if allowed else self.unauthorized
+        target = self.app if self._allows(scope) else self.unauthorized
         await target(scope, receive, send_with_headers)
+
+    def _allows(self, scope: Scope) -> bool:
+        """Whether the request may reach the routes: with a token, when it
+        carries it (or asks for the login page); without, when it came for
+        a loopback host."""
+        if self.token is None:
+            return _host_is_loopback(scope)
+        return route_path(scope) in _OPEN_PATHS or authorized(scope, self.token)
