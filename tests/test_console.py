@@ -349,6 +349,11 @@ def test_dead_letters(console: Server) -> None:
     assert letter["global_position"] == 15
     assert "cannot bill poison" in letter["traceback"]
     assert get(console, "/api/dead-letters?projection=search").json() == []
+    assert get(console, "/api/dead-letters?limit=1").json() == [letter]
+    for limit in ("0", "1001", "x"):
+        refused = get(console, f"/api/dead-letters?limit={limit}")
+        assert refused.status_code == 400
+        assert "limit must be an integer from 1 to 1000" in refused.json()["error"]
 
 
 def test_pages_and_security_headers(console: Server) -> None:

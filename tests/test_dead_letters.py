@@ -265,6 +265,42 @@ def test_list_filters_by_projection_and_partitions(backend: Backend) -> None:
     assert [d.projection_name for d in dead_letters(backend, "parts")] == ["parts_p0"]
 
 
+@pytest.mark.parametrize("backend", backends_and_apis(BACKENDS, ["sync"]), indirect=True)
+def test_list_the_first_dead_letters(backend: Backend) -> None:
+    """A limited list is the first of the full one, also when names that
+    only look like a partition's ("orders_p0x") come between its pages."""
+    conn = backend.connection()
+    store = backend.store
+    positions = backend.store.append(
+        conn, ExpectedVersion.any(), [event("a", "Poison") for _ in range(6)]
+    ).global_positions
+    for name, index in [
+        ("orders", 0),
+        ("orders_p0", 1),
+        ("orders_p0x", 2),
+        ("orders_p0x", 3),
+        ("orders_p0x", 4),
+        ("orders_p1", 5),
+    ]:
+        error = RuntimeError(f"failed at {index}")
+        store._run(conn, store.dialect.record_dead_letter(name, positions[index], error, 1))
+    conn.commit()
+
+    def listed(name: str | None, limit: int | None) -> list[tuple[str, int]]:
+        found = store.list_dead_letters(conn, name, limit=limit)
+        return [(d.projection_name, d.global_position) for d in found]
+
+    for name in (None, "orders", "orders_p0x"):
+        every = listed(name, None)
+        assert every, name
+        for limit in range(1, len(every) + 2):
+            assert listed(name, limit) == every[:limit], (name, limit)
+    assert [n for n, _ in listed("orders", 3)] == ["orders", "orders_p0", "orders_p1"]
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="limit"):
+            store.list_dead_letters(conn, "orders", limit=bad)
+
+
 def test_bad_projection_name_is_refused(backend: Backend) -> None:
     conn = backend.connection()
     with pytest.raises(ValueError, match="projection_name"):

@@ -237,7 +237,8 @@ class Console:
 
     async def api_dead_letters(self, request: Request) -> Response:
         name = _query_text(request, "projection")
-        found = await self.read(lambda c: _queries.dead_letters(self.db, c, name))
+        limit = _int(request, "limit", MAX_LIMIT, 1, MAX_LIMIT) or MAX_LIMIT
+        found = await self.read(lambda c: _queries.dead_letters(self.db, c, name, limit))
         return JSONResponse([] if found is None else found)
 
     async def api_live(self, request: Request) -> Response:

@@ -300,10 +300,10 @@ def aggregates(
     return found
 
 
-def dead_letters(db: Database, conn: Any, projection: str | None) -> list[JSON] | None:
-    """The dead letters (of ``projection``); ``None`` without the table."""
+def dead_letters(db: Database, conn: Any, projection: str | None, limit: int) -> list[JSON] | None:
+    """The first ``limit`` dead letters (of ``projection``); ``None`` without the table."""
     try:
-        letters = db.store.list_dead_letters(conn, projection)
+        letters = db.store.list_dead_letters(conn, projection, limit=limit)
     except Exception as exc:
         if not missing_table(exc):
             raise

@@ -156,12 +156,13 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         )
 
     async def list_dead_letters(
-        self, tx: ConnT, projection_name: str | None = None
+        self, tx: ConnT, projection_name: str | None = None, *, limit: int | None = None
     ) -> list[DeadLetter]:
         """The events projections set aside (``on_failure="dead_letter"``), by
         checkpoint name and position: every one, or ``projection_name``'s
-        (its own and its partitions', ``"<name>_p<k>"``)."""
-        return await self._run(tx, self.dialect.list_dead_letters(projection_name))
+        (its own and its partitions', ``"<name>_p<k>"``); the first
+        ``limit`` when given."""
+        return await self._run(tx, self.dialect.list_dead_letters(projection_name, limit=limit))
 
     async def count_dead_letters(self, tx: ConnT) -> dict[str, int]:
         """How many dead letters each projection checkpoint has, by checkpoint

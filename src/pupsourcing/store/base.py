@@ -244,11 +244,14 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
             ),
         )
 
-    def list_dead_letters(self, tx: ConnT, projection_name: str | None = None) -> list[DeadLetter]:
+    def list_dead_letters(
+        self, tx: ConnT, projection_name: str | None = None, *, limit: int | None = None
+    ) -> list[DeadLetter]:
         """The events projections set aside (``on_failure="dead_letter"``), by
         checkpoint name and position: every one, or ``projection_name``'s
-        (its own and its partitions', ``"<name>_p<k>"``)."""
-        return self._run(tx, self.dialect.list_dead_letters(projection_name))
+        (its own and its partitions', ``"<name>_p<k>"``); the first
+        ``limit`` when given."""
+        return self._run(tx, self.dialect.list_dead_letters(projection_name, limit=limit))
 
     def count_dead_letters(self, tx: ConnT) -> dict[str, int]:
         """How many dead letters each projection checkpoint has, by checkpoint

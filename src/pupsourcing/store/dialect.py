@@ -768,31 +768,54 @@ class Dialect(abc.ABC):
         return {str(name): int(count) for name, count in rows}
 
     def list_dead_letters(
-        self, projection_name: str | None = None, *, exact: bool = False
+        self, projection_name: str | None = None, *, exact: bool = False, limit: int | None = None
     ) -> Plan[list[DeadLetter]]:
         """Dead letters by checkpoint name and position: all of them, or
-        ``projection_name``'s (with its partitions' unless ``exact``)."""
-        sql = self._dead_letters
-        if projection_name is None:
+        ``projection_name``'s (with its partitions' unless ``exact``); the
+        first ``limit`` of them when given."""
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise ValueError(f"limit must be None or an int >= 1, got {limit!r}")
+        sql, p = self._dead_letters, self.placeholder
+        where: list[str] = []
+        params: list[object] = []
+        if projection_name is not None:
+            check_name("projection_name", projection_name, MAX_PROJECTION_NAME_LENGTH)
+            if exact:
+                where.append(f"projection_name = {p}")
+                params.append(projection_name)
+            else:  # and names that only look like a partition's, dropped below
+                prefix = f"{projection_name}_p"
+                where.append(
+                    f"(projection_name = {p} OR substr(projection_name, 1, {len(prefix)}) = {p})"
+                )
+                params += [projection_name, prefix]
+        letters: list[DeadLetter] = []
+        after: DeadLetter | None = None
+        while True:
+            page_where, page_params = list(where), list(params)
+            if after is not None:  # the next page of a limited read
+                page_where.append(
+                    f"(projection_name > {p} OR (projection_name = {p} AND global_position > {p}))"
+                )
+                page_params += [after.projection_name, after.projection_name, after.global_position]
             rows = yield Statement(
-                f"{sql.select} ORDER BY projection_name, global_position", fetch=True
+                f"{sql.select}{' WHERE ' + ' AND '.join(page_where) if page_where else ''} "
+                f"ORDER BY projection_name, global_position"
+                f"{'' if limit is None else f' LIMIT {p}'}",
+                page_params if limit is None else [*page_params, limit],
+                fetch=True,
             )
-            return [self._dead_letter(row) for row in rows]
-        check_name("projection_name", projection_name, MAX_PROJECTION_NAME_LENGTH)
-        p = self.placeholder
-        if exact:
-            where, params = f"projection_name = {p}", [projection_name]
-        else:
-            prefix = f"{projection_name}_p"
-            where = f"(projection_name = {p} OR substr(projection_name, 1, {len(prefix)}) = {p})"
-            params = [projection_name, prefix]
-        rows = yield Statement(
-            f"{sql.select} WHERE {where} ORDER BY projection_name, global_position",
-            params,
-            fetch=True,
-        )
-        letters = [self._dead_letter(row) for row in rows]
-        return [d for d in letters if belongs_to(d.projection_name, projection_name)]
+            page = [self._dead_letter(row) for row in rows]
+            letters += (
+                page
+                if projection_name is None
+                else [d for d in page if belongs_to(d.projection_name, projection_name)]
+            )
+            if limit is None or len(page) < limit or len(letters) >= limit:
+                return letters[:limit]
+            after = page[-1]
 
     def _dead_letter(self, row: Row) -> DeadLetter:
         name, position, event_id, error_type, message, trace, attempts, failed_at = row

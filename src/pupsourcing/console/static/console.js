@@ -323,11 +323,16 @@ async function log() {
 
 // -- dead letters -----------------------------------------------------------------------
 
+const DEAD_LETTERS_SHOWN = 1000; // the API's most
+
 async function deadLetters() {
   const projection = new URLSearchParams(location.search).get("projection");
   try {
-    const letters = await api("/api/dead-letters" + (projection ? "?projection=" + encodeURIComponent(projection) : ""));
-    say(letters.length ? `${letters.length} dead letter${letters.length === 1 ? "" : "s"}` + (projection ? ` of ${projection}` : "") : "No dead letters.");
+    const letters = await api(`/api/dead-letters?limit=${DEAD_LETTERS_SHOWN}` + (projection ? "&projection=" + encodeURIComponent(projection) : ""));
+    const of = projection ? ` of ${projection}` : "";
+    say(letters.length === DEAD_LETTERS_SHOWN
+      ? `The first ${num(letters.length)} dead letters${of}; \`pupsourcing projections dead-letters\` lists every one.`
+      : letters.length ? `${letters.length} dead letter${letters.length === 1 ? "" : "s"}${of}` : "No dead letters.");
     const table = el("table", {}, el("thead", {}, el("tr", {},
       ...["Checkpoint", "Position", "Attempts", "Failed", "Error"].map((h, i) => el("th", { scope: "col", class: [1, 2].includes(i) ? "num" : null, text: h })))));
     const tbody = el("tbody");
