@@ -484,3 +484,31 @@ def test_the_command_needs_a_stream_and_reports_a_bad_database(tmp_path: Path) -
     result = cli("relay", "nats", "--db", f"sqlite:///{tmp_path}/none.db")
     assert result.returncode == 2
     assert "--stream" in result.stderr
+
+
+def test_a_batch_acknowledged_before_a_database_outage_is_not_published_again(
+    js: JetStream, tmp_path: Path
+) -> None:
+    """JetStream acknowledged a batch, then the database connection died
+    before the checkpoint committed and the database stayed away past the
+    duplicate window: the relay reconnects without publishing it again."""
+    stream, prefix = js.new_stream(duplicate_window=1.0)
+    with made_backend("postgres", tmp_path) as db:
+        append(db, [Event("Shop", "Order", "o1", "Placed", b"{}") for _ in range(3)])
+        r = relay(db, js, stream, prefix, name="outage")
+        publish = r._link.publish
+        outages = []
+
+        async def publish_then_lose_the_database(events: Any) -> int:
+            duplicates = await publish(events)
+            if not outages:
+                outages.append(r._processor._conn.info.backend_pid)  # type: ignore[union-attr]
+                await asyncio.to_thread(db.kill_session, outages[0])
+                await asyncio.sleep(1.5)  # past the duplicate window
+            return duplicates
+
+        r._link.publish = publish_then_lose_the_database  # type: ignore[method-assign]
+        catch_up(r)
+        assert outages
+        assert_exactly_once_in_order(js.messages(stream), db)
+        assert db.checkpoints()["relay_outage"] == stored_positions(db)[-1]

@@ -86,6 +86,9 @@ class Link:
         self._published = 0
         self.batches = 0
         """Batches published and acknowledged on this link since it was made."""
+        self.held = 0
+        """The global position up to which the stream holds every event: what
+        :meth:`last_position` found, then the last event acknowledged."""
 
     @property
     def is_open(self) -> bool:
@@ -162,7 +165,11 @@ class Link:
 
     async def last_position(self) -> int:
         """The global position of the last event the stream holds under the
-        prefix (0 when none)."""
+        prefix (0 when none); :attr:`held` from now on."""
+        self.held = await self._last_position()
+        return self.held
+
+    async def _last_position(self) -> int:
         from nats.js.errors import NotFoundError
 
         assert self.js is not None
@@ -187,18 +194,24 @@ class Link:
 
     async def publish(self, events: Iterable[PersistedEvent]) -> int:
         """Publish ``events`` in order without waiting in between, then wait
-        for every acknowledgement; return how many JetStream reported as
-        duplicates. Raises on a lost connection, a time-out or an error from
-        JetStream."""
+        for every acknowledgement; return how many the stream held already:
+        those at or below :attr:`held` (not published again: a batch whose
+        checkpoint failed to commit comes back, maybe after the duplicate
+        window) and those JetStream reported as duplicates. Raises on a lost
+        connection, a time-out or an error from JetStream."""
         client = self.client
         if client is None or not self.is_open:
             raise ConnectionLost("not connected to NATS")
         self._published += 1
         batch = self._batch = _Batch(f"{self._inbox}.{self._published}.")
-        reply, prefix, send = batch.reply, self.prefix, client.publish
+        reply, prefix, send, held = batch.reply, self.prefix, client.publish, self.held
+        skipped = index = last = 0
         try:
-            index = 0
             for event in events:
+                last = event.global_position
+                if last <= held:
+                    skipped += 1
+                    continue
                 await send(subject(event, prefix), event.payload, f"{reply}{index}", headers(event))
                 index += 1
             async with asyncio.timeout(self.ack_timeout):
@@ -206,8 +219,9 @@ class Link:
         finally:
             batch.settle()
             self._batch = None
+        self.held = max(held, last)
         self.batches += 1
-        return duplicates
+        return skipped + duplicates
 
     async def _on_ack(self, msg: Msg) -> None:
         """Count one acknowledgement (or failure) of the batch in flight;

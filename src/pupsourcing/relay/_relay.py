@@ -74,7 +74,10 @@ class NatsRelay:
     only once JetStream acknowledged every message of it. Messages carry
     ``Nats-Msg-Id`` (the event id) and on every (re)connect the relay resumes
     after the later of its checkpoint and the last event the stream holds, so
-    a relay killed at any moment and restarted stores every event once.
+    a relay killed at any moment and restarted stores every event once; nor
+    does it publish again a batch JetStream acknowledged whose checkpoint
+    failed to commit (a lost database connection), however long it takes to
+    commit it.
 
     A lost NATS connection is dropped and opened again with back-off
     (``RECONNECT_INITIAL_DELAY`` doubling up to ``RECONNECT_MAX_DELAY``); so
