@@ -512,3 +512,30 @@ def test_a_batch_acknowledged_before_a_database_outage_is_not_published_again(
         assert outages
         assert_exactly_once_in_order(js.messages(stream), db)
         assert db.checkpoints()["relay_outage"] == stored_positions(db)[-1]
+
+
+def test_an_event_too_large_with_its_headers_is_raised(tmp_path: Path, js: JetStream) -> None:
+    """The payload fits the server's max_payload but not with the headers:
+    the server would close the connection on it, again after every
+    reconnect; the relay raises instead, the checkpoint before it."""
+
+    async def max_payload() -> int:
+        async with connected(js.url) as nc:
+            return int(nc.max_payload)
+
+    limit = asyncio.run(max_payload())
+    stream, prefix = js.new_stream()
+    with made_backend("sqlite", tmp_path) as db:
+        append(db, [Event("Shop", "Order", "o1", "Placed", b"{}")])
+        metadata = b'{"note": "' + b"m" * 500 + b'"}'
+        append(db, [Event("Shop", "Order", "o1", "Big", b"x" * (limit - 300), metadata=metadata)])
+
+        async def go() -> int:
+            async with relay(db, js, stream, prefix, name="large") as r:
+                return await asyncio.wait_for(r.catch_up(), 20)
+
+        with pytest.raises(Exception, match=r"global position 2 .* max_payload") as raised:
+            asyncio.run(go())
+        assert not isinstance(raised.value, TimeoutError)
+        assert db.checkpoints().get("relay_large", 0) == 0
+    assert [m.position for m in js.messages(stream)] == [1]

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing.core.events import PersistedEvent
-from pupsourcing.relay._message import GLOBAL_POSITION, headers
+from pupsourcing.relay._message import GLOBAL_POSITION, headers, size
 from pupsourcing.relay._subject import subject
 
 if TYPE_CHECKING:
@@ -39,6 +39,11 @@ CONNECT_TIMEOUT = 5
 
 class ConnectionLost(Exception):
     """The NATS connection closed while acknowledgements were awaited."""
+
+
+class MessageTooLarge(Exception):
+    """An event's message (payload and headers) exceeds the server's
+    ``max_payload``: the server would close the connection on it."""
 
 
 def covers(pattern: str, prefix: str) -> bool:
@@ -198,13 +203,15 @@ class Link:
         those at or below :attr:`held` (not published again: a batch whose
         checkpoint failed to commit comes back, maybe after the duplicate
         window) and those JetStream reported as duplicates. Raises on a lost
-        connection, a time-out or an error from JetStream."""
+        connection, a time-out or an error from JetStream, and
+        :class:`MessageTooLarge` before an event the server would refuse."""
         client = self.client
         if client is None or not self.is_open:
             raise ConnectionLost("not connected to NATS")
         self._published += 1
         batch = self._batch = _Batch(f"{self._inbox}.{self._published}.")
         reply, prefix, send, held = batch.reply, self.prefix, client.publish, self.held
+        limit = client.max_payload
         skipped = index = last = 0
         try:
             for event in events:
@@ -212,7 +219,14 @@ class Link:
                 if last <= held:
                     skipped += 1
                     continue
-                await send(subject(event, prefix), event.payload, f"{reply}{index}", headers(event))
+                values = headers(event)
+                length = size(event.payload, values)
+                if length > limit:
+                    raise MessageTooLarge(
+                        f"the event at global position {last} takes {length} bytes with its "
+                        f"headers, more than the NATS server's max_payload ({limit})"
+                    )
+                await send(subject(event, prefix), event.payload, f"{reply}{index}", values)
                 index += 1
             async with asyncio.timeout(self.ack_timeout):
                 duplicates = await batch.sent(index)

@@ -8,6 +8,8 @@ MSG_ID = "Nats-Msg-Id"
 GLOBAL_POSITION = "Pupsourcing-Global-Position"
 
 _LINE_BREAKS = str.maketrans({"\r": " ", "\n": " "})
+_HEADER_BLOCK = len(b"NATS/1.0\r\n\r\n")
+"""The bytes of a header block besides its lines (``Name: value\\r\\n``)."""
 
 
 def headers(event: PersistedEvent) -> dict[str, str]:
@@ -37,3 +39,11 @@ def headers(event: PersistedEvent) -> dict[str, str]:
     if event.trace_id is not None:
         result["Pupsourcing-Trace-Id"] = event.trace_id
     return result
+
+
+def size(payload: bytes, values: dict[str, str]) -> int:
+    """The bytes of a message with ``payload`` and the headers ``values``,
+    as the server counts them against its ``max_payload`` (at most that:
+    nats-py strips white space around header values)."""
+    lines = sum(len(name) + len(value.encode()) + 4 for name, value in values.items())
+    return len(payload) + _HEADER_BLOCK + lines

@@ -82,7 +82,9 @@ class NatsRelay:
     A lost NATS connection is dropped and opened again with back-off
     (``RECONNECT_INITIAL_DELAY`` doubling up to ``RECONNECT_MAX_DELAY``); so
     is a lost database connection when ``db`` is a factory. Errors JetStream
-    returns for a message (other than "unavailable") are raised.
+    returns for a message (other than "unavailable") are raised, and so is
+    an event whose message (payload and headers) exceeds the server's
+    ``max_payload``.
     """
 
     def __init__(
