@@ -243,19 +243,62 @@ def test_events_the_stream_already_holds_are_reported_as_duplicates(
 
 
 def test_a_message_jetstream_refuses_fails_the_batch(tmp_path: Path, js: JetStream) -> None:
-    """An error JetStream answers for one message is raised, and the
-    checkpoint stays before the batch although others of it were stored."""
+    """An error JetStream answers for a message (here: the stream was sealed)
+    is raised, and the checkpoint stays before the batch."""
     import nats.js.errors
+    from nats.js.api import StreamConfig
+
+    stream, prefix = make_stream(js)
+    with made_backend("sqlite", tmp_path) as db:
+        append(db, [Event("Shop", "Order", "o1", "Placed", b"{}")])
+        assert catch_up(relay(db, js, stream, prefix, name="sealed")) == 1
+
+        async def seal() -> None:
+            async with connected(js.url) as nc:
+                subjects = [f"{prefix}.>", f"{prefix}-other.>"]
+                await nc.jetstream().update_stream(
+                    StreamConfig(name=stream, subjects=subjects, sealed=True)
+                )
+
+        asyncio.run(seal())
+        append(db, [Event("Shop", "Order", "o1", "Paid", b"{}")])
+        append(db, [Event("Shop", "Order", "o1", "Shipped", b"{}")])
+        with pytest.raises(nats.js.errors.APIError, match="sealed"):
+            catch_up(relay(db, js, stream, prefix, name="sealed", batch_size=10))
+        assert db.checkpoints()["relay_sealed"] == 1
+    assert [m.position for m in js.messages(stream)] == [1]
+
+
+def test_an_event_too_large_for_the_stream_stops_the_relay_before_it(
+    tmp_path: Path, js: JetStream
+) -> None:
+    """JetStream would refuse the message of an event larger than the
+    stream's max_msg_size yet store the ones published after it, and a
+    restarted relay would resume after those: the event would be lost. The
+    relay raises before publishing it; once the stream takes it, a restarted
+    relay publishes it and the rest, once each, in order."""
+    from nats.js.api import StreamConfig
 
     stream, prefix = make_stream(js, max_msg_size=1000)
     with made_backend("sqlite", tmp_path) as db:
         append(db, [Event("Shop", "Order", "o1", "Placed", b"{}")])
         append(db, [Event("Shop", "Order", "o1", "Big", b'"' + b"x" * 2000 + b'"')])
         append(db, [Event("Shop", "Order", "o1", "Shipped", b"{}")])
-        with pytest.raises(nats.js.errors.APIError, match="exceeds maximum"):
+        with pytest.raises(Exception, match=r"global position 2 .* max_msg_size \(1000\)"):
             catch_up(relay(db, js, stream, prefix, name="big", batch_size=10))
         assert db.checkpoints().get("relay_big", 0) == 0
-    assert [m.position for m in js.messages(stream)] == [1, 3]
+        assert [m.position for m in js.messages(stream)] == [1]
+
+        async def allow_larger_messages() -> None:
+            async with connected(js.url) as nc:
+                subjects = [f"{prefix}.>", f"{prefix}-other.>"]
+                await nc.jetstream().update_stream(
+                    StreamConfig(name=stream, subjects=subjects, max_msg_size=10_000)
+                )
+
+        asyncio.run(allow_larger_messages())
+        catch_up(relay(db, js, stream, prefix, name="big", batch_size=10))
+        assert_exactly_once_in_order(js.messages(stream), db)
 
 
 def test_database_connection_failures_are_retried(js: JetStream, tmp_path: Path) -> None:

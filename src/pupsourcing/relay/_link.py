@@ -43,7 +43,9 @@ class ConnectionLost(Exception):
 
 class MessageTooLarge(Exception):
     """An event's message (payload and headers) exceeds the server's
-    ``max_payload``: the server would close the connection on it."""
+    ``max_payload`` (the server would close the connection on it) or the
+    stream's ``max_msg_size`` (JetStream would refuse it, but store the
+    messages after it)."""
 
 
 def covers(pattern: str, prefix: str) -> bool:
@@ -91,6 +93,8 @@ class Link:
         self._published = 0
         self.batches = 0
         """Batches published and acknowledged on this link since it was made."""
+        self.limit = (0, "")
+        """The largest message the server and the stream take, and what sets it."""
         self.held = 0
         """The global position up to which the stream holds every event: what
         :meth:`last_position` found, then the last event acknowledged."""
@@ -128,7 +132,7 @@ class Link:
         try:
             self._inbox = client.new_inbox()
             await client.subscribe(f"{self._inbox}.*.*", cb=self._on_ack)
-            await self._ensure_stream()
+            self.limit = _limit(client.max_payload, await self._ensure_stream())
         except BaseException:
             await self.close()
             raise
@@ -143,7 +147,8 @@ class Link:
             except Exception:  # closing a broken connection: it is gone either way
                 self.logger.debug("closing the NATS connection failed", exc_info=True)
 
-    async def _ensure_stream(self) -> None:
+    async def _ensure_stream(self) -> int | None:
+        """Create the stream if missing, check its subjects; its ``max_msg_size``."""
         from nats.js.api import StorageType, StreamConfig
         from nats.js.errors import BadRequestError, NotFoundError
 
@@ -157,7 +162,7 @@ class Link:
                     StreamConfig(name=self.stream, subjects=[wanted], storage=StorageType.FILE)
                 )
                 self.logger.info("created JetStream stream %s for %s", self.stream, wanted)
-                return
+                return None
             except BadRequestError:  # created by someone else meanwhile
                 info = await self.js.stream_info(self.stream)
         subjects = list(info.config.subjects or ())
@@ -167,6 +172,7 @@ class Link:
                 f"(its subjects: {', '.join(subjects) or 'none'}); add them to the stream "
                 "or choose another --stream or --subject-prefix"
             )
+        return info.config.max_msg_size
 
     async def last_position(self) -> int:
         """The global position of the last event the stream holds under the
@@ -211,7 +217,7 @@ class Link:
         self._published += 1
         batch = self._batch = _Batch(f"{self._inbox}.{self._published}.")
         reply, prefix, send, held = batch.reply, self.prefix, client.publish, self.held
-        limit = client.max_payload
+        limit, limited_by = self.limit
         skipped = index = last = 0
         try:
             for event in events:
@@ -224,7 +230,7 @@ class Link:
                 if length > limit:
                     raise MessageTooLarge(
                         f"the event at global position {last} takes {length} bytes with its "
-                        f"headers, more than the NATS server's max_payload ({limit})"
+                        f"headers, more than the {limited_by} ({limit})"
                     )
                 await send(subject(event, prefix), event.payload, f"{reply}{index}", values)
                 index += 1
@@ -300,6 +306,14 @@ class _Batch:
             done.cancel()
         elif not done.cancelled():
             done.exception()
+
+
+def _limit(max_payload: int, max_msg_size: int | None) -> tuple[int, str]:
+    """The largest message (payload and headers) that both the server and the
+    stream take, and what sets it (a ``max_msg_size`` of 0 or less: none)."""
+    if max_msg_size is not None and 0 < max_msg_size < max_payload:
+        return max_msg_size, "stream's max_msg_size"
+    return max_payload, "NATS server's max_payload"
 
 
 def _decoded(data: bytes) -> dict[str, Any]:

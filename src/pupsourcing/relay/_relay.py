@@ -84,7 +84,7 @@ class NatsRelay:
     is a lost database connection when ``db`` is a factory. Errors JetStream
     returns for a message (other than "unavailable") are raised, and so is
     an event whose message (payload and headers) exceeds the server's
-    ``max_payload``.
+    ``max_payload`` or the stream's ``max_msg_size``, before it is sent.
     """
 
     def __init__(
