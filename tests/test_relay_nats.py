@@ -582,3 +582,23 @@ def test_an_event_too_large_with_its_headers_is_raised(tmp_path: Path, js: JetSt
         assert not isinstance(raised.value, TimeoutError)
         assert db.checkpoints().get("relay_large", 0) == 0
     assert [m.position for m in js.messages(stream)] == [1]
+
+
+def test_an_event_whose_subject_is_too_long_is_raised(tmp_path: Path, js: JetStream) -> None:
+    """An aggregate id whose escaped form makes the subject longer than a
+    NATS protocol line: the server would close the connection on it, again
+    after every reconnect; the relay raises instead."""
+    stream, prefix = js.new_stream()
+    with made_backend("sqlite", tmp_path) as db:
+        append(db, [Event("Shop", "Order", "o1", "Placed", b"{}")])
+        append(db, [Event("Shop", "Order", "é" * 700, "Placed", b"{}")])  # %C3%A9 each
+
+        async def go() -> int:
+            async with relay(db, js, stream, prefix, name="long") as r:
+                return await asyncio.wait_for(r.catch_up(), 20)
+
+        with pytest.raises(Exception, match=r"global position 2 has a subject of") as raised:
+            asyncio.run(go())
+        assert not isinstance(raised.value, TimeoutError)
+        assert db.checkpoints().get("relay_long", 0) == 0
+    assert [m.position for m in js.messages(stream)] == [1]

@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT = 5
 """Seconds to wait for the NATS server when connecting."""
+MAX_CONTROL_LINE = 4096
+"""The longest protocol line (``HPUB``, subject, reply subject and sizes) a
+NATS server takes by default (``max_control_line``); it closes the
+connection on a longer one."""
+_LINE_OVERHEAD = 40
+"""The bytes of an ``HPUB`` line besides its subject and reply prefix, at most."""
 
 
 class ConnectionLost(Exception):
@@ -43,9 +49,10 @@ class ConnectionLost(Exception):
 
 class MessageTooLarge(Exception):
     """An event's message (payload and headers) exceeds the server's
-    ``max_payload`` (the server would close the connection on it) or the
-    stream's ``max_msg_size`` (JetStream would refuse it, but store the
-    messages after it)."""
+    ``max_payload`` or its subject :data:`MAX_CONTROL_LINE` (the server
+    would close the connection on it), or it exceeds the stream's
+    ``max_msg_size`` (JetStream would refuse it, but store the messages
+    after it)."""
 
 
 def covers(pattern: str, prefix: str) -> bool:
@@ -217,7 +224,7 @@ class Link:
         self._published += 1
         batch = self._batch = _Batch(f"{self._inbox}.{self._published}.")
         reply, prefix, send, held = batch.reply, self.prefix, client.publish, self.held
-        limit, limited_by = self.limit
+        room = MAX_CONTROL_LINE - _LINE_OVERHEAD - len(reply) - len(prefix.encode()) + len(prefix)
         skipped = index = last = 0
         try:
             for event in events:
@@ -225,14 +232,9 @@ class Link:
                 if last <= held:
                     skipped += 1
                     continue
-                values = headers(event)
-                length = size(event.payload, values)
-                if length > limit:
-                    raise MessageTooLarge(
-                        f"the event at global position {last} takes {length} bytes with its "
-                        f"headers, more than the {limited_by} ({limit})"
-                    )
-                await send(subject(event, prefix), event.payload, f"{reply}{index}", values)
+                topic, values = subject(event, prefix), headers(event)
+                self._check_size(event, topic, values, room)
+                await send(topic, event.payload, f"{reply}{index}", values)
                 index += 1
             async with asyncio.timeout(self.ack_timeout):
                 duplicates = await batch.sent(index)
@@ -242,6 +244,27 @@ class Link:
         self.held = max(held, last)
         self.batches += 1
         return skipped + duplicates
+
+    def _check_size(
+        self, event: PersistedEvent, topic: str, values: dict[str, str], room: int
+    ) -> None:
+        """Raise :class:`MessageTooLarge` unless the server and the stream
+        take ``event``'s message: its size with ``values`` as headers, and its
+        subject ``topic`` (at most ``room`` characters, see
+        :data:`MAX_CONTROL_LINE`)."""
+        limit, limited_by = self.limit
+        length = size(event.payload, values)
+        if length > limit:
+            raise MessageTooLarge(
+                f"the event at global position {event.global_position} takes {length} bytes "
+                f"with its headers, more than the {limited_by} ({limit})"
+            )
+        if len(topic) > room:
+            raise MessageTooLarge(
+                f"the event at global position {event.global_position} has a subject of "
+                f"{len(topic)} characters, too long for a NATS protocol line "
+                f"({MAX_CONTROL_LINE} bytes, the server's default max_control_line)"
+            )
 
     async def _on_ack(self, msg: Msg) -> None:
         """Count one acknowledgement (or failure) of the batch in flight;
