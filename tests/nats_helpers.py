@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from conftest import require, unavailable
@@ -138,6 +141,49 @@ async def count_stream(url: str, stream: str) -> int:
         except NotFoundError:
             return 0
         return int(info.state.messages)
+
+
+class PrivateServer:
+    """A JetStream server of a test's own, on a free loopback port with its
+    storage in ``store_dir``: one it may stop and start again."""
+
+    def __init__(self, store_dir: Path) -> None:
+        from private_servers import free_port
+
+        port = free_port()
+        self.url = f"nats://127.0.0.1:{port}"
+        self.argv = [
+            "nats-server",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-js",
+            "-sd",
+            str(store_dir),
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it and wait until it answers."""
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                asyncio.run(read_stream(self.url, "none"))
+                return
+            except Exception:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the private nats-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
 
 
 def nats_reachable() -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from cli_helpers import cli, cli_argv, cli_env
 from conftest import Backend, made_backend
-from nats_helpers import JetStream, Message, connected, jetstream
+from nats_helpers import JetStream, Message, PrivateServer, connected, jetstream, read_stream
 from pupsourcing import Event, ExpectedVersion
 from pupsourcing.relay import NatsRelay, subject_for
 
@@ -330,28 +330,10 @@ def test_a_restarted_nats_server_is_reconnected(tmp_path: Path) -> None:
     """A private JetStream server goes away while the relay runs and events
     are appended, and comes back on the same storage: the relay reconnects
     and every event ends up in the stream once."""
-    from nats_helpers import read_stream
-    from private_servers import free_port
-
-    port = free_port()
-    url = f"nats://127.0.0.1:{port}"
-    store_dir = tmp_path / "js"
-    argv = ["nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
-
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                asyncio.run(read_stream(url, "none"))
-                return proc
-            except Exception:
-                time.sleep(0.1)
-        proc.kill()
-        pytest.fail("the private nats-server did not start")
-
+    server = PrivateServer(tmp_path / "js")
+    url = server.url
     with made_backend("sqlite", tmp_path) as backend:
-        server = start()
+        server.start()
         try:
             r = NatsRelay(
                 backend.open_async,
@@ -363,7 +345,6 @@ def test_a_restarted_nats_server_is_reconnected(tmp_path: Path) -> None:
             )
 
             async def scenario() -> list[Message]:
-                nonlocal server
                 stop = asyncio.Event()
                 task = asyncio.create_task(r.run(stop=stop))
                 for i in range(30):
@@ -372,10 +353,9 @@ def test_a_restarted_nats_server_is_reconnected(tmp_path: Path) -> None:
                     )
                     if i == 10:
                         await asyncio.sleep(0.3)
-                        server.terminate()
-                        server.wait()
+                        server.stop()
                     if i == 20:
-                        server = await asyncio.to_thread(start)
+                        await asyncio.to_thread(server.start)
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:
                     messages = await read_stream(url, "restarted")
@@ -392,8 +372,7 @@ def test_a_restarted_nats_server_is_reconnected(tmp_path: Path) -> None:
             assert len(messages) == 30
             assert backend.checkpoints()["relay_relay"] == 30
         finally:
-            server.terminate()
-            server.wait()
+            server.stop()
 
 
 # -- the command --------------------------------------------------------------------
@@ -602,3 +581,25 @@ def test_an_event_whose_subject_is_too_long_is_raised(tmp_path: Path, js: JetStr
         assert not isinstance(raised.value, TimeoutError)
         assert db.checkpoints().get("relay_long", 0) == 0
     assert [m.position for m in js.messages(stream)] == [1]
+
+
+def test_a_stream_named_error_is_acknowledged(tmp_path: Path) -> None:
+    """JetStream's acknowledgement names the stream: ``{"stream":"error",
+    "seq":1}`` is no error reply (a private server: the name is not unique)."""
+    server = PrivateServer(tmp_path / "js")
+    server.start()
+    try:
+        with made_backend("sqlite", tmp_path) as db:
+            append(db, [Event("Shop", "Order", "o1", "Placed", b"{}") for _ in range(3)])
+            r = NatsRelay(
+                db.open_async, db.async_store(), stream="error", servers=server.url, name="e"
+            )
+
+            async def go() -> int:
+                async with r:
+                    return await asyncio.wait_for(r.catch_up(), 20)
+
+            assert asyncio.run(go()) == 3
+            assert_exactly_once_in_order(asyncio.run(read_stream(server.url, "error")), db)
+    finally:
+        server.stop()

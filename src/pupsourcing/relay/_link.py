@@ -304,8 +304,9 @@ class _Batch:
         data = msg.data
         # JetStream's acknowledgement is {"stream":...,"seq":...} plus
         # "duplicate": true when it held the Nats-Msg-Id already; anything
-        # else (an "error" object, or no data: "no responders") fails.
-        if data.startswith(b'{"stream":') and b'"error"' not in data:
+        # else (an "error": object, or no data: "no responders") fails. The
+        # colon: a stream may be named "error".
+        if data.startswith(b'{"stream":') and b'"error":' not in data:
             self.seen.add(token)
             if b'"duplicate"' in data and _decoded(data).get("duplicate") is True:
                 self.duplicates += 1
