@@ -738,6 +738,26 @@ def test_signing_in_leads_back_to_the_page_as_it_was_asked_for(guarded: Server) 
         assert signed_in.headers["location"] == asked
 
 
+def asgi_scope(
+    kind: str, path: str, headers: list[tuple[bytes, bytes]], **more: Any
+) -> dict[str, Any]:
+    """The scope of a request for ``path`` on 127.0.0.1 (``kind``: "http" or
+    "websocket"), as a server passes it to the console's app."""
+    return {
+        "type": kind,
+        "asgi": {"version": "3.0"},
+        "scheme": "http" if kind == "http" else "ws",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        **more,
+    }
+
+
 def test_a_websocket_without_the_token_is_refused(tmp_path: Path) -> None:
     """No route takes a WebSocket today; the guard refuses one without the
     token all the same, so a route added later is not left open."""
@@ -756,19 +776,7 @@ def test_a_websocket_without_the_token_is_refused(tmp_path: Path) -> None:
             async def send(message: dict[str, Any]) -> None:
                 sent.append(message)
 
-            scope = {
-                "type": "websocket",
-                "asgi": {"version": "3.0"},
-                "scheme": "ws",
-                "path": "/api/head",
-                "raw_path": b"/api/head",
-                "root_path": "",
-                "query_string": b"",
-                "headers": [(b"host", b"127.0.0.1"), *headers],
-                "client": ("127.0.0.1", 50000),
-                "server": ("127.0.0.1", 8000),
-                "subprotocols": [],
-            }
+            scope = asgi_scope("websocket", "/api/head", headers, subprotocols=[])
             asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
             return sent[0]  # type: ignore[no-any-return]
 
@@ -802,20 +810,13 @@ def test_signing_in_reads_no_more_than_a_form(tmp_path: Path) -> None:
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/login",
-            "raw_path": b"/login",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"text/plain")],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000),
-        }
+        scope = asgi_scope(
+            "http",
+            "/login",
+            [(b"content-type", b"text/plain")],
+            http_version="1.1",
+            method="POST",
+        )
         asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
         assert sent[0]["status"] == 413
         assert read == 1, f"read {read} chunks of a body refused"
