@@ -188,6 +188,16 @@ def test_a_stream_without_the_subjects_is_refused(db: Backend, js: JetStream) ->
     assert db.checkpoints().get("relay_relay", 0) == 0
 
 
+def test_a_stream_jetstream_refuses_to_create_says_why(db: Backend, js: JetStream) -> None:
+    taken, prefix = js.new_stream(duplicate_window=60)  # takes prefix.>
+    stream, _ = js.new_stream()
+    append(db, [Event("Shop", "Order", "o1", "Placed", b"{}")])
+    with pytest.raises(ValueError, match=rf"refused to create stream '{stream}'.*overlap"):
+        catch_up(relay(db, js, stream, prefix))
+    assert db.checkpoints().get("relay_relay", 0) == 0
+    assert len(js.messages(taken)) == 0
+
+
 def test_bad_arguments_name_the_field() -> None:
     from pupsourcing.adapters.sqlite import AsyncSQLiteStore
 

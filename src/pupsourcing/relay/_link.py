@@ -170,8 +170,14 @@ class Link:
                 )
                 self.logger.info("created JetStream stream %s for %s", self.stream, wanted)
                 return None
-            except BadRequestError:  # created by someone else meanwhile
-                info = await self.js.stream_info(self.stream)
+            except BadRequestError as refused:  # created by someone else meanwhile?
+                try:
+                    info = await self.js.stream_info(self.stream)
+                except NotFoundError:  # no: refused for what it is (say, subjects another takes)
+                    raise ValueError(
+                        f"JetStream refused to create stream {self.stream!r} for {wanted!r}: "
+                        f"{refused.description or refused}"
+                    ) from refused
         subjects = list(info.config.subjects or ())
         if not any(covers(pattern, self.prefix) for pattern in subjects):
             raise ValueError(
