@@ -139,7 +139,8 @@ class NatsRelay:
 
     async def catch_up(self) -> int:
         """Relay until no committed event is left; return how many events
-        were published (including any re-published after a failure)."""
+        were published, counted from the last (re)connect when a failure
+        was retried."""
         projection = self._projection
         result = await self._retrying(lambda: self._processor.catch_up(projection), None)
         return result or 0
