@@ -361,3 +361,20 @@ def test_created_at_is_stored_as_utc_text(db_path: Path, created_at: datetime) -
     utc = created_at.astimezone(UTC)
     assert text == utc.replace(tzinfo=None).isoformat(" ", "microseconds")
     assert event.created_at == utc
+
+
+@pytest.mark.parametrize("count", [1, 63, 64, 65, 128, 130])
+def test_reads_decode_every_row_whatever_the_count(db_path: Path, count: int) -> None:
+    """The blocking store fetches and decodes rows 64 at a time."""
+    store = SQLiteStore()
+    conn = connect(db_path)
+    store.create_schema(conn)
+    store.append(conn, ExpectedVersion.any(), events(count, "a"))
+    store.append(conn, ExpectedVersion.any(), events(3, "b"))
+    conn.commit()
+    stream = store.read_aggregate_stream(conn, "Shop", "Order", "a")
+    assert [e.aggregate_version for e in stream.events] == list(range(1, count + 1))
+    read = store.read_events(conn, 0, count + 10)
+    assert [e.global_position for e in read] == list(range(1, count + 4))
+    assert [e.aggregate_id for e in read] == ["a"] * count + ["b"] * 3
+    conn.close()
