@@ -20,6 +20,7 @@ from domain_model import (
     NotAnEvent,
     OddState,
     Order,
+    OrderPlaced,
     OrderShipped,
     OrderV2Snapshots,
     RichState,
@@ -181,6 +182,11 @@ def test_an_event_the_codec_does_not_know_writes_nothing(backend: Backend) -> No
     order.record(NotAnEvent())
     with pytest.raises(CodecError, match=r"pending event 1 \(NotAnEvent\).*not a registered"):
         repo.save(conn, order)
+    order2 = Order("order-4c")
+    order2.record(OrderPlaced(customer=object()))  # type: ignore[arg-type]
+    with pytest.raises(CodecError, match=r"OrderPlaced v1") as raised:
+        repo.save(conn, order2)
+    assert (raised.value.event_type, raised.value.event_version) == ("OrderPlaced", 1)
     order2 = Order("order-4b")
     order2.record(Unstorable("x"))
     with pytest.raises(CodecError, match="Unstorable"):
@@ -305,8 +311,11 @@ def test_a_stored_event_the_codec_cannot_read_names_where_it_is(backend: Backend
         ],
     )
     conn.commit()
-    with pytest.raises(CodecError, match=r"Sales/Order/order-8 version 2 .*Refunded v3: unknown"):
+    with pytest.raises(
+        CodecError, match=r"Sales/Order/order-8 version 2 .*Refunded v3: unknown"
+    ) as raised:
         repository(backend).load(conn, "order-8")
+    assert (raised.value.event_type, raised.value.event_version) == ("Refunded", 3)
 
 
 def test_a_blocking_repository_refuses_an_asyncio_store() -> None:

@@ -53,6 +53,13 @@ def _metadata_bytes(metadata: Mapping[str, object] | bytes | None) -> bytes | No
     return text.encode("utf-8")
 
 
+def _naming(error: CodecError, event_type: str | None, event_version: int | None) -> CodecError:
+    """``error`` with the event's type and version as attributes (its message,
+    quoting the codec's, names them already)."""
+    error.event_type, error.event_version = event_type, event_version
+    return error
+
+
 class _RepositoryPlans(Generic[A]):
     """What both repositories share: validation, and ``save``/``load`` as plans."""
 
@@ -120,9 +127,13 @@ class _RepositoryPlans(Generic[A]):
             try:
                 event_type, event_version, payload = self.codec.encode(event)
             except (CodecError, TypeError, ValueError, LookupError) as exc:
-                raise CodecError(
-                    f"pending event {index} ({type(event).__qualname__}) of "
-                    f"{cls.__qualname__} {aggregate.id!r} cannot be encoded: {exc}"
+                raise _naming(
+                    CodecError(
+                        f"pending event {index} ({type(event).__qualname__}) of "
+                        f"{cls.__qualname__} {aggregate.id!r} cannot be encoded: {exc}"
+                    ),
+                    getattr(exc, "event_type", None),
+                    getattr(exc, "event_version", None),
                 ) from exc
             events.append(
                 Event(
@@ -199,9 +210,13 @@ class _RepositoryPlans(Generic[A]):
                     persisted.event_type, persisted.event_version, persisted.payload
                 )
             except (CodecError, ValueError, LookupError) as exc:  # any codec's errors
-                raise CodecError(
-                    f"{'/'.join(key)} version {persisted.aggregate_version} "
-                    f"(global position {persisted.global_position}): {exc}",
+                raise _naming(
+                    CodecError(
+                        f"{'/'.join(key)} version {persisted.aggregate_version} "
+                        f"(global position {persisted.global_position}): {exc}",
+                    ),
+                    persisted.event_type,
+                    persisted.event_version,
                 ) from exc
             aggregate._replay(event, persisted.aggregate_version)
         if aggregate.version == 0:
