@@ -279,6 +279,28 @@ def test_a_message_jetstream_refuses_fails_the_batch(tmp_path: Path, js: JetStre
     assert [m.position for m in js.messages(stream)] == [1]
 
 
+def test_an_event_jetstream_refuses_before_others_it_stores_stops_the_relay(
+    tmp_path: Path, js: JetStream
+) -> None:
+    """A stream full with discard: new refuses a large message (503, which
+    the relay retries) yet stores a smaller one sent after it. Resuming
+    after that one would lose the refused event for good: the relay stops,
+    saying so, and its checkpoint stays before the batch."""
+    from nats.js.api import DiscardPolicy
+
+    from pupsourcing.relay._link import StreamGap
+
+    stream, prefix = make_stream(js, max_bytes=1500, discard=DiscardPolicy.NEW)
+    with made_backend("sqlite", tmp_path) as db:
+        append(db, [Event("Shop", "Order", "o1", "Placed", b"{}")])
+        append(db, [Event("Shop", "Order", "o1", "Big", b'"' + b"x" * 3000 + b'"')])
+        append(db, [Event("Shop", "Order", "o1", "Shipped", b"{}")])
+        with pytest.raises(StreamGap, match=r"refused the event at global position 2 .*up to 3"):
+            catch_up(relay(db, js, stream, prefix, name="gap", batch_size=10))
+        assert db.checkpoints().get("relay_gap", 0) == 0
+    assert [m.position for m in js.messages(stream)] == [1, 3]
+
+
 def test_an_event_too_large_for_the_stream_stops_the_relay_before_it(
     tmp_path: Path, js: JetStream
 ) -> None:

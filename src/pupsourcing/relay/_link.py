@@ -47,6 +47,13 @@ class ConnectionLost(Exception):
     """The NATS connection closed while acknowledgements were awaited."""
 
 
+class StreamGap(Exception):
+    """JetStream refused an event's message but stored later ones (say, a
+    stream full with ``discard: new`` that still had room for smaller
+    messages): the stream no longer holds every event in order, and
+    publishing the refused one now would put it after later events."""
+
+
 class MessageTooLarge(Exception):
     """An event's message (payload and headers) exceeds the server's
     ``max_payload`` or its subject :data:`MAX_CONTROL_LINE` (the server
@@ -105,6 +112,9 @@ class Link:
         self.held = 0
         """The global position up to which the stream holds every event: what
         :meth:`last_position` found, then the last event acknowledged."""
+        self.refused: int | None = None
+        """The global position of an event whose message JetStream refused,
+        until the stream is found not to hold any later one."""
 
     @property
     def is_open(self) -> bool:
@@ -189,9 +199,20 @@ class Link:
 
     async def last_position(self) -> int:
         """The global position of the last event the stream holds under the
-        prefix (0 when none); :attr:`held` from now on."""
-        self.held = await self._last_position()
-        return self.held
+        prefix (0 when none); :attr:`held` from now on. Raises
+        :class:`StreamGap` when that is past an event JetStream refused."""
+        last = await self._last_position()
+        refused = self.refused
+        if refused is not None and last >= refused:
+            raise StreamGap(
+                f"JetStream refused the event at global position {refused} but stored "
+                f"later ones (up to {last}) in stream {self.stream!r}: it no longer holds "
+                "every event in order (a limit with discard: new?). Not resuming; fix the "
+                "stream's limits, then publish to a new stream (see the relay's docs)"
+            )
+        self.refused = None
+        self.held = last
+        return last
 
     async def _last_position(self) -> int:
         from nats.js.errors import NotFoundError
@@ -240,6 +261,7 @@ class Link:
                     continue
                 topic, values = subject(event, prefix), headers(event)
                 self._check_size(event, topic, values, room)
+                batch.positions.append(last)
                 await send(topic, event.payload, f"{reply}{index}", values)
                 index += 1
             async with asyncio.timeout(self.ack_timeout):
@@ -247,6 +269,8 @@ class Link:
         finally:
             batch.settle()
             self._batch = None
+            if batch.refused is not None and self.refused is None:
+                self.refused = batch.refused
         self.held = max(held, last)
         self.batches += 1
         return skipped + duplicates
@@ -292,6 +316,10 @@ class _Batch:
         self.reply = reply
         """The reply subjects' prefix; message ``i`` has ``<reply><i>``."""
         self.seen: set[str] = set()
+        self.positions: list[int] = []
+        """The global position of message ``i``'s event."""
+        self.refused: int | None = None
+        """The global position of the first event whose message JetStream refused."""
         self.duplicates = 0
         self.expected: int | None = None
         self.failure: BaseException | None = None
@@ -318,6 +346,9 @@ class _Batch:
                 self.duplicates += 1
             self._check()
         else:
+            if token.isdigit() and int(token) < len(self.positions):
+                position = self.positions[int(token)]
+                self.refused = min(position, self.refused or position)
             self.fail(_ack_error(msg))
 
     def fail(self, failure: BaseException) -> None:
