@@ -469,6 +469,46 @@ def test_internal_function_names_cannot_clash(workspace: Workspace) -> None:
         generate_mapping(pkg)
 
 
+@pytest.mark.parametrize("name", ["_Codec", "_ENCODERS", "_payload", "to_es_event", "CODEC"])
+def test_class_names_cannot_shadow_the_modules_own_names(workspace: Workspace, name: str) -> None:
+    pkg = workspace.package(
+        {
+            "common.py": HEAD + f"@dataclass\nclass {name}:  # noqa: N801\n    x: int\n",
+            "v1/events.py": HEAD + f"from ..common import {name}\n\n\n"
+            f"@dataclass\nclass Happened:\n    inner: {name}\n",
+        }
+    )
+    with pytest.raises(GenerationError, match=f"would be imported as {name}, a name the mapping"):
+        generate_mapping(pkg)
+
+
+def test_value_type_codecs_cannot_shadow_the_modules_own_functions(workspace: Workspace) -> None:
+    """``Object`` would get a decoder named ``_object_from_json``, a function of the plumbing."""
+    pkg = workspace.package(
+        {
+            "common.py": HEAD + "@dataclass\nclass Object:\n    x: int\n",
+            "v1/events.py": HEAD + "from ..common import Object\n\n\n"
+            "@dataclass\nclass Happened:\n    inner: Object\n",
+        }
+    )
+    with pytest.raises(GenerationError, match=r"common\.py:3: class Object would get a function "):
+        generate_mapping(pkg)
+
+
+def test_event_and_value_type_functions_cannot_clash(workspace: Workspace) -> None:
+    """Event ``HttpCall`` v1 and value type ``HTTPCall`` v1 both snake to ``http_call_v1``."""
+    pkg = workspace.package(
+        {
+            "v1/events.py": HEAD + "@dataclass\nclass HTTPCall:\n    x: int\n\n\n"
+            "@dataclass\nclass HttpCall:\n    y: int\n\n\n"
+            "@dataclass\nclass Made:\n    call: HTTPCall\n",
+        }
+    )
+    clash = r"would both get a function named _http_call_v1_to_json"
+    with pytest.raises(GenerationError, match=clash):
+        generate_mapping(pkg)
+
+
 @pytest.mark.parametrize(
     ("files", "pattern"),
     [

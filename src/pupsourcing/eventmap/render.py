@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from pupsourcing.eventmap.errors import GenerationError
 from pupsourcing.eventmap.layout import WIDTH, Group, Node, call, exploded, lay_out
@@ -68,6 +68,26 @@ _RESERVED = frozenset(
         "datetime",
         "json",
         "math",
+        # its own top-level names: the API and the plumbing
+        "event_type_of",
+        "event_version_of",
+        "from_es_event",
+        "from_es_events",
+        "to_es_event",
+        "to_es_events",
+        "_Codec",
+        "_DECODERS",
+        "_Decoding",
+        "_ENCODERS",
+        "_Encoder",
+        "_VERSIONS",
+        "_encoder_of",
+        "_names",
+        "_object_from_json",
+        "_payload",
+        "_to_es_event",
+        "_type_error",
+        "_unknown_event",
         # builtins the module uses
         "BaseException",
         "OverflowError",
@@ -281,17 +301,35 @@ class Renderer:
         return {t.kind for t in self.types.values() if isinstance(t, Scalar)}
 
     def _check_names(self) -> None:
-        seen: dict[str, str] = {}
+        """Refuse classes whose functions would clash with another top-level name."""
+        owners = {alias: f"class {ref.name}" for ref, alias in self.aliases.items()}
+        for name, owner, where in self._functions():
+            if name in _RESERVED:
+                raise GenerationError(
+                    f"{where}{owner} would get a function named {name}, a name the mapping "
+                    "module uses itself; rename the class"
+                )
+            if owners.setdefault(name, owner) != owner:
+                raise GenerationError(
+                    f"{where}{owner} and {owners[name]} would both get a function named "
+                    f"{name}; rename one of the classes"
+                )
+
+    def _functions(self) -> Iterator[tuple[str, str, str]]:
+        """(name, owner, "file:line: " or "") of every function generated per class or type."""
         for event in self.model.events:
             base = f"{snake(event.event_type)}_v{event.version}"
-            for name in (f"to_{base}", f"from_{base}"):
-                label = f"{event.event_type} v{event.version}"
-                if name in seen:
-                    raise GenerationError(
-                        f"{self._where(event.ref)}: {label} and {seen[name]} would both get a "
-                        f"function named {name}; rename one of the classes"
-                    )
-                seen[name] = label
+            where = f"{self._where(event.ref)}: "
+            for name in (f"to_{base}", f"from_{base}", f"_{base}_to_json"):
+                yield name, f"{event.event_type} v{event.version}", where
+        for token in sorted(self.types):
+            t = self.types[token]
+            if isinstance(t, EnumType | DataType):
+                owner, where = f"class {t.ref.name}", f"{self._where(t.ref)}: "
+            else:
+                owner, where = f"the field type {self.pytype(t)}", ""
+            for name in dict.fromkeys((self.encoder(t), self.decoder(t))):
+                yield name, owner, where
 
     # --- the module ------------------------------------------------------------------------
 
