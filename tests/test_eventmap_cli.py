@@ -71,6 +71,39 @@ def test_cli_does_not_overwrite_a_file_it_did_not_write(tmp_path: Path) -> None:
     assert "is not an importable module file name" in bad
 
 
+FAILING_WRITE = """
+import resource, signal, sys
+from pupsourcing.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_a_failed_write_leaves_the_previous_module_whole(tmp_path: Path) -> None:
+    """The module is replaced all at once: a write that fails midway changes nothing."""
+    write_files(
+        tmp_path / "small",
+        {
+            "__init__.py": "",
+            "v1/a.py": "from dataclasses import dataclass\n\n\n"
+            "@dataclass\nclass Happened:\n    x: int\n",
+        },
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "event_mapping.py").write_text(generate_mapping(tmp_path / "small"))
+    (out / "event_mapping.py").chmod(0o640)
+    args = ["eventmap-gen", "--input", str(KITCHEN_SINK), "--output", str(out)]
+    result = run([sys.executable, "-c", FAILING_WRITE, *args])
+    assert "File too large" in one_line_error(result)
+    assert (out / "event_mapping.py").read_text() == generate_mapping(tmp_path / "small")
+    assert [p.name for p in out.iterdir()] == ["event_mapping.py"], "no temporary file is left"
+    assert run_cli(*args).returncode == 0
+    assert (out / "event_mapping.py").read_text() == generate_mapping(KITCHEN_SINK)
+    assert (out / "event_mapping.py").stat().st_mode & 0o777 == 0o640, "the mode is kept"
+
+
 def test_cli_package_option_for_inputs_without_init_files(tmp_path: Path) -> None:
     write_files(
         tmp_path / "src" / "shop" / "events",
