@@ -195,6 +195,39 @@ def test_generated_code_passes_ruff(kitchen_sink_module: Path, which: str) -> No
         assert result.returncode == 0, f"ruff {' '.join(args)}:\n{result.stdout}{result.stderr}"
 
 
+def test_long_optional_field_types_pass_ruff(tmp_path: Path) -> None:
+    """An optional container of a long-named class gets a codec too long for one line."""
+    write_files(
+        tmp_path / "shop",
+        {
+            "__init__.py": "",
+            "v3/orders.py": """
+                from dataclasses import dataclass
+
+
+                @dataclass(frozen=True)
+                class LoyaltyProgramMembership:
+                    program: str
+
+
+                @dataclass(frozen=True)
+                class CustomerRegistered:
+                    memberships: list[LoyaltyProgramMembership] | None
+                    addresses: dict[str, list[LoyaltyProgramMembership | None]] | None
+            """,
+        },
+    )
+    path = tmp_path / "event_mapping.py"
+    path.write_text(generate_mapping(tmp_path / "shop"))
+    config = str(REPO / "pyproject.toml")
+    for args in (["check", "--isolated"], ["format", "--check", "--isolated"]):
+        result = ruff(*args, str(path))
+        assert result.returncode == 0, f"ruff {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    result = ruff("format", "--check", "--config", config, str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    mypy([str(path)], cwd=tmp_path, mypy_path=[REPO / "src"])
+
+
 def mypy(paths: list[str], cwd: Path, mypy_path: list[Path]) -> None:
     result = run(
         [

@@ -767,8 +767,7 @@ class Renderer:
             return self.decoder(sub) if direction == "from" else self.encoder(sub)
 
         if isinstance(t, OptionalType):
-            lines.append(f"    return None if value is None else {inner(t.inner)}(value, key)")
-            return lines
+            return lines + self._optional(inner(t.inner))
         if isinstance(t, DictType):
             lines += [
                 "    if not isinstance(value, dict):",
@@ -802,6 +801,21 @@ class Renderer:
             "    return tuple(result)" if returns.startswith("tuple") else "    return result",
         ]
         return lines
+
+    @staticmethod
+    def _optional(codec: str) -> list[str]:
+        """The body of an optional's codec: one line, or an ``if`` when that is too long.
+
+        (``ruff format`` would wrap a long conditional expression in parentheses.)
+        """
+        line = f"    return None if value is None else {codec}(value, key)"
+        if len(line) <= WIDTH:
+            return [line]
+        return [
+            "    if value is None:",
+            "        return None",
+            *lay_out(call(codec, "value", "key"), 1, "return "),
+        ]
 
     def _scalar_codecs(self) -> list[list[str]]:
         scalars = self._scalars()
