@@ -195,36 +195,48 @@ def test_generated_code_passes_ruff(kitchen_sink_module: Path, which: str) -> No
         assert result.returncode == 0, f"ruff {' '.join(args)}:\n{result.stdout}{result.stderr}"
 
 
-def test_long_optional_field_types_pass_ruff(tmp_path: Path) -> None:
-    """An optional container of a long-named class gets a codec too long for one line."""
-    write_files(
-        tmp_path / "shop",
-        {
-            "__init__.py": "",
-            "v3/orders.py": """
-                from dataclasses import dataclass
+LONG_EVENT = "SubscriptionPaymentMethodUpdatedByCustomer"
 
 
-                @dataclass(frozen=True)
-                class LoyaltyProgramMembership:
-                    program: str
+def long_names(version: int) -> str:
+    return f"""
+        from dataclasses import dataclass
 
 
-                @dataclass(frozen=True)
-                class CustomerRegistered:
-                    memberships: list[LoyaltyProgramMembership] | None
-                    addresses: dict[str, list[LoyaltyProgramMembership | None]] | None
-            """,
-        },
-    )
+        @dataclass(frozen=True)
+        class LoyaltyProgramMembership:
+            program: str
+
+
+        @dataclass(frozen=True)
+        class {LONG_EVENT}:
+            memberships: list[LoyaltyProgramMembership] | None
+            addresses: dict[str, list[LoyaltyProgramMembership | None]] | None
+    """
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        pytest.param({"v3/orders.py": long_names(3)}, id="one event"),
+        pytest.param({f"v{v}/orders.py": long_names(v) for v in range(1, 13)}, id="12 versions"),
+    ],
+)
+def test_long_names_pass_ruff_and_mypy(tmp_path: Path, files: dict[str, str]) -> None:
+    """Long (but ordinary) class names give lines ruff format must not have to rewrap."""
+    write_files(tmp_path / "shop", {"__init__.py": "", **files})
     path = tmp_path / "event_mapping.py"
     path.write_text(generate_mapping(tmp_path / "shop"))
     config = str(REPO / "pyproject.toml")
-    for args in (["check", "--isolated"], ["format", "--check", "--isolated"]):
+    checks = [
+        ["check", "--isolated"],
+        ["format", "--check", "--isolated"],
+        ["format", "--check", "--config", config],
+        ["format", "--check", "--isolated", "--line-length", "120"],
+    ]
+    for args in checks:
         result = ruff(*args, str(path))
         assert result.returncode == 0, f"ruff {' '.join(args)}:\n{result.stdout}{result.stderr}"
-    result = ruff("format", "--check", "--config", config, str(path))
-    assert result.returncode == 0, result.stdout + result.stderr
     mypy([str(path)], cwd=tmp_path, mypy_path=[REPO / "src"])
 
 

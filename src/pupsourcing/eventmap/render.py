@@ -444,7 +444,10 @@ class Renderer:
         lines: list[str] = []
         if len(events) == 1:
             (event,) = events
-            lines.append(f"DomainEvent = {self.aliases[event.ref]}  # {self._label(event)}")
+            line = f"DomainEvent = {self.aliases[event.ref]}  # {self._label(event)}"
+            if len(line) > WIDTH:  # ruff format would parenthesize it at some widths only
+                line = f"# {self._label(event)}\nDomainEvent = {self.aliases[event.ref]}"
+            lines.extend(line.split("\n"))
         else:
             lines.append("DomainEvent = (")
             for index, event in enumerate(events):
@@ -621,7 +624,7 @@ class Renderer:
         alias = self.aliases[event.ref]
         info = self.model.dataclasses[event.ref]
         lines = [
-            f"def from_{base}(event: Event) -> {alias}:",
+            *self._def(f"from_{base}", ["event: Event"], alias),
             f'    """Decode a stored ``{event.event_type}`` v{event.version} event."""',
         ]
         names = self._field_names(info)
@@ -847,7 +850,14 @@ class Renderer:
         decoders = exploded(
             "_DECODERS: dict[tuple[str, int], Callable[[Event], DomainEvent]] = {",
             [
-                (f"({q(e.event_type)}, {e.version}): ", f"from_{snake(e.event_type)}_v{e.version}")
+                (
+                    "",
+                    Group(
+                        "(",
+                        (("", q(e.event_type)), ("", str(e.version))),
+                        f"): from_{snake(e.event_type)}_v{e.version}",
+                    ),
+                )
                 for e in self.model.events
             ],
             "}",
@@ -867,11 +877,11 @@ class Renderer:
         return [lay_out(encoders, 0), lay_out(decoders, 0), lay_out(version_table, 0), codec]
 
 
-def _tuple_literal(values: Iterable[int]) -> str:
+def _tuple_literal(values: Iterable[int]) -> Node:
     values = list(values)
     if len(values) == 1:
         return f"({values[0]},)"
-    return "(" + ", ".join(str(v) for v in values) + ")"
+    return Group("(", tuple(("", str(v)) for v in values), ")")
 
 
 def _block(text: str) -> list[str]:
