@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 import sys
@@ -507,6 +508,22 @@ def test_event_and_value_type_functions_cannot_clash(workspace: Workspace) -> No
     clash = r"would both get a function named _http_call_v1_to_json"
     with pytest.raises(GenerationError, match=clash):
         generate_mapping(pkg)
+
+
+def test_private_field_names_are_mangled_like_python_does(workspace: Workspace) -> None:
+    """``__pin`` in class ``_Card`` is the dataclass field ``_Card__pin``, also in subclasses."""
+    pkg = workspace.package(
+        {
+            "v1/events.py": HEAD + "@dataclass(frozen=True)\nclass _Card:\n    __pin: int\n\n\n"
+            "@dataclass(frozen=True)\nclass CardIssued(_Card):\n    holder: str\n",
+        }
+    )
+    mapping = workspace.mapping(pkg)
+    events = importlib.import_module(f"{pkg.name}.v1.events")
+    issued = events.CardIssued(1234, "ada")
+    stored = mapping.to_es_event("Bank", "Card", "card-1", issued)
+    assert stored.payload == b'{"_Card__pin":1234,"holder":"ada"}'
+    assert mapping.from_es_event(stored) == issued
 
 
 @pytest.mark.parametrize(

@@ -497,7 +497,7 @@ class Scanner:
         for stmt in sym.node.body:
             if not isinstance(stmt, ast.AnnAssign) or not isinstance(stmt.target, ast.Name):
                 continue
-            name = stmt.target.id
+            name = _mangle(sym.node.name, stmt.target.id)
             ctx = _Context(sym.module, sym.node.name, name, stmt.lineno)
             if self._is_special(sym.module, stmt.annotation, "ClassVar", "typing"):
                 continue
@@ -749,6 +749,13 @@ def _flatten_union(expr: ast.expr) -> list[ast.expr]:
     if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.BitOr):
         return _flatten_union(expr.left) + _flatten_union(expr.right)
     return [expr]
+
+
+def _mangle(cls: str, name: str) -> str:
+    """The name Python gives ``__name`` in the body of class ``cls`` (``_Cls__name``)."""
+    if not name.startswith("__") or name.endswith("__") or not cls.strip("_"):
+        return name
+    return f"_{cls.lstrip('_')}{name}"
 
 
 def _parse_annotation(text: str) -> ast.expr:
