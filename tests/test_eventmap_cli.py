@@ -165,6 +165,21 @@ def test_cli_missing_input_and_help(tmp_path: Path) -> None:
         assert option in usage.stdout
 
 
+def test_cli_input_or_output_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello\n")
+    args = ["eventmap-gen", "--input", "notes.txt", "--output", "out"]
+    assert one_line_error(run_cli(*args, cwd=tmp_path)) == (
+        "pupsourcing eventmap-gen: error: notes.txt: the input is a file, not a directory"
+    )
+    for mode in ([], ["--check"]):
+        args = ["eventmap-gen", "--input", str(KITCHEN_SINK), "--output", "notes.txt", *mode]
+        assert one_line_error(run_cli(*args, cwd=tmp_path)) == (
+            "pupsourcing eventmap-gen: error: notes.txt: the output is a file, not a directory"
+        )
+    assert (tmp_path / "notes.txt").read_text() == "hello\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 # --- the generated code passes ruff and mypy --strict ----------------------------------------
 
 

@@ -87,6 +87,8 @@ def generate_mapping(input_dir: str | Path, *, package: str | None = None) -> st
 def _target(output_dir: str | Path, filename: str) -> Path:
     if not filename.endswith(".py") or not filename[:-3].isidentifier():
         raise GenerationError(f"--filename {filename!r} is not an importable module file name")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise NotADirectoryError(f"{output_dir}: the output is a file, not a directory")
     return Path(output_dir) / filename
 
 

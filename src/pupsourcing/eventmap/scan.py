@@ -764,6 +764,8 @@ def _parse_annotation(text: str) -> ast.expr:
 
 def scan(input_dir: Path, package: str | None = None) -> Model:
     """Read ``input_dir`` (version folders ``v1/``, ``v2/``, ...) and return its model."""
+    if input_dir.exists() and not input_dir.is_dir():
+        raise GenerationError(f"{input_dir}: the input is a file, not a directory")
     if not input_dir.is_dir():
         raise GenerationError(f"{input_dir}: the input directory does not exist")
     if package is None:
