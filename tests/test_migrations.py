@@ -6,8 +6,11 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import threading
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -406,3 +409,68 @@ def test_create_schema_upgrades_a_go_sqlite_store(tmp_path: Path) -> None:
         conn.execute("SELECT partition_hash FROM events WHERE aggregate_id = 'o-2'").fetchone()[0]
         is not None
     )
+
+
+def test_concurrent_create_schema_on_postgres_waits_for_the_first(tmp_path: Path) -> None:
+    """Two migrations at once (two deploys): the second waits for the first
+    to commit instead of failing on PostgreSQL's catalog (duplicate key in
+    pg_type or pg_class for the table being created)."""
+    from conftest import made_backend
+    from pupsourcing.adapters.postgres import PostgresStore
+
+    with made_backend("postgres", tmp_path) as b:
+        store = PostgresStore(StoreConfig("race_events", "race_checkpoints", "race_heads"))
+        first, second = b.connection(), b.connection()
+        store.create_schema(first)  # not committed yet
+        failures: list[BaseException] = []
+
+        def migrate_too() -> None:
+            try:
+                store.create_schema(second)
+                second.commit()
+            except Exception as exc:
+                failures.append(exc)
+
+        other = threading.Thread(target=migrate_too)
+        other.start()
+        time.sleep(0.5)  # the second one is waiting by now
+        first.commit()
+        other.join(30)
+        assert not other.is_alive()
+        assert failures == []
+
+
+@pytest.mark.filterwarnings("ignore::pupsourcing.adapters.mysql.CollationWarning")  # Go's tables
+@pytest.mark.parametrize("name", ["sqlite", "mysql"])
+def test_create_schema_accepts_a_column_another_migration_just_added(
+    name: str, tmp_path: Path
+) -> None:
+    """Where columns cannot be added with IF NOT EXISTS, create_schema checks
+    first; another migration that adds the column between the check and the
+    ALTER TABLE must not make this one fail."""
+    from conftest import made_backend
+    from helpers import query
+    from pupsourcing.store.plan import drive
+    from test_go_schema import go_schema
+
+    with made_backend(name, tmp_path) as b:
+        conn = b.connection()
+        for table in ("events", "aggregate_heads", "projection_checkpoints"):
+            query(conn, f"DROP TABLE {table}")
+        for sql in go_schema(name):
+            query(conn, sql)
+        conn.commit()
+        store, other = b.store, b.connection()
+        added: list[str] = []
+
+        def execute(statement: Any) -> Any:
+            if statement.sql.startswith("ALTER TABLE"):
+                query(other, statement.sql)  # the other migration was quicker
+                other.commit()
+                added.append(statement.sql)
+            return store._execute(conn, statement)
+
+        drive(store.dialect.create_schema(), execute)
+        conn.commit()
+        assert added
+        assert query(conn, "SELECT partition_hash FROM events") == []

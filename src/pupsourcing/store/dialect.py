@@ -47,6 +47,7 @@ from pupsourcing.store.leases import LeasePlans, lease_statements
 from pupsourcing.store.plan import Plan, Row, RowDecoder, Statement
 from pupsourcing.store.schema import (
     MAX_PARTITION_INDEXES,
+    AddedColumn,
     SchemaDialect,
     add_column_sql,
     added_columns,
@@ -151,6 +152,10 @@ class Dialect(abc.ABC):
 
     on_duplicate_lease: ClassVar[str] = "ON CONFLICT DO NOTHING"
     """Makes inserting an existing lease row a no-op."""
+
+    schema_lock_sql: ClassVar[str | None] = None
+    """Makes a concurrent :meth:`create_schema` wait until this transaction
+    ends, where creating the same table at once fails instead of waiting."""
 
     # How each type key of :mod:`pupsourcing.store.columns` is read, decoded
     # and encoded where the driver's value is not already the field: each an
@@ -336,6 +341,11 @@ class Dialect(abc.ABC):
     def is_undefined_column(self, exc: BaseException) -> bool:
         """Whether ``exc`` is the driver's error for a column the table lacks."""
 
+    def is_duplicate_column(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the driver's error for adding a column the table
+        has already (only needed where columns cannot be added idempotently)."""
+        return False
+
     def schema_error(self, exc: BaseException) -> SchemaError | None:
         """The :class:`~pupsourcing.SchemaError` for a failed statement's
         ``exc`` when it names a column pupsourcing adds to the Go library's
@@ -510,6 +520,8 @@ class Dialect(abc.ABC):
         yield  # pragma: no cover - makes this a generator
 
     def create_schema(self) -> Plan[None]:
+        if self.schema_lock_sql is not None:
+            yield Statement(self.schema_lock_sql, fetch=True)
         for _, sql in self.schema(self.config):
             yield Statement(sql)
         d = self.schema_dialect
@@ -517,7 +529,16 @@ class Dialect(abc.ABC):
             existing = yield from self.existing_event_columns()
             for column in added_columns(d):
                 if column.name not in existing:
-                    yield Statement(add_column_sql(self.config, self.quote, d, column))
+                    yield from self._add_column(column)
+
+    def _add_column(self, column: AddedColumn) -> Plan[None]:
+        """Add ``column`` to the events table; one that another migration
+        added since :meth:`existing_event_columns` looked is fine."""
+        try:
+            yield Statement(add_column_sql(self.config, self.quote, self.schema_dialect, column))
+        except Exception as exc:
+            if not self.is_duplicate_column(exc):
+                raise
 
     def conflict(
         self,

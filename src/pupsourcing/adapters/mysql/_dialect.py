@@ -40,6 +40,7 @@ KEY_COLLATION = "utf8mb4_bin"
 ER_DUP_ENTRY = 1062
 ER_LOCK_DEADLOCK = 1213
 ER_BAD_FIELD_ERROR = 1054  # unknown column
+ER_DUP_FIELDNAME = 1060  # duplicate column name
 ER_LOCK_WAIT_TIMEOUT = 1205
 ER_DATA_TOO_LONG = 1406
 ER_SP_DOES_NOT_EXIST = 1305  # also "SAVEPOINT ... does not exist"
@@ -756,6 +757,9 @@ class MySQLDialect(Dialect):
 
     def is_undefined_column(self, exc: BaseException) -> bool:
         return errno(exc) == ER_BAD_FIELD_ERROR
+
+    def is_duplicate_column(self, exc: BaseException) -> bool:
+        return errno(exc) == ER_DUP_FIELDNAME
 
     def conflict_reason(self, exc: BaseException) -> str | None:
         if errno(exc) == ER_LOCK_DEADLOCK:

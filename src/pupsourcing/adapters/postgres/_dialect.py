@@ -41,6 +41,7 @@ _UNIQUE_VIOLATION = "23505"
 _SERIALIZATION_FAILURE = "40001"
 _DEADLOCK_DETECTED = "40P01"
 _UNDEFINED_COLUMN = "42703"
+_SCHEMA_LOCK_KEY = 0x7075705F736368  # "pup_sch": the advisory lock of create_schema
 
 # -- what JSONB refuses that Python's json module accepts --------------------
 
@@ -273,6 +274,9 @@ class PostgresDialect(Dialect):
         updated_timestamp="TIMESTAMPTZ NOT NULL DEFAULT NOW()",
         metadata_raw=True,
     )
+    # Creating a table another transaction is creating fails on the catalog's
+    # unique index once that one commits; the lock makes the second wait.
+    schema_lock_sql = f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})"
 
     def __init__(self, config: StoreConfig | None = None, *, notify: bool = True) -> None:
         super().__init__(config)

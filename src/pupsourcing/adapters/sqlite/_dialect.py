@@ -163,6 +163,11 @@ class SQLiteDialect(Dialect):
             "no such column" in str(exc) or "has no column named" in str(exc)
         )
 
+    def is_duplicate_column(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlite_errorname", None) == "SQLITE_ERROR" and (
+            "duplicate column name" in str(exc)
+        )
+
     def horizon_probe(self) -> Plan[Probe]:
         # One writer at a time: a transaction holding positions holds the write
         # lock, so every committed position is below every uncommitted one.
