@@ -345,6 +345,20 @@ def test_cli_migrate_gen_with_partition_indexes(tmp_path: Path) -> None:
     assert too_few.returncode == 2
     assert not (tmp_path / "y").exists()
 
+    for count in ("1", "257"):  # one partition needs no index; beyond 256 none are made
+        out_of_range = run_cli(
+            "migrate-gen",
+            "--adapter",
+            "sqlite",
+            "--output",
+            str(tmp_path / "z"),
+            "--partition-indexes",
+            count,
+        )
+        assert out_of_range.returncode == 2, out_of_range.stderr
+        assert "--partition-indexes" in out_of_range.stderr
+        assert not (tmp_path / "z").exists()
+
 
 @pytest.mark.skipif(
     shutil.which("pupsourcing") is None and not IN_CI, reason="package not installed"

@@ -249,3 +249,23 @@ def test_create_indexes_needs_partitions() -> None:
     assert "--create-indexes needs --partitions N or --total-partitions N above 1" in (
         result.stderr
     )
+
+
+def test_create_indexes_refuses_more_partitions_than_it_indexes() -> None:
+    """Beyond 256 partitions there are no partition indexes to create: the
+    command must say so instead of logging that they are there already."""
+    result = cli(
+        "projections",
+        "run",
+        "cli_projections:Recorder",
+        "--db",
+        "sqlite:///absent.db",
+        "--total-partitions",
+        "300",
+        "--partition-key",
+        "0",
+        "--create-indexes",
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--create-indexes" in result.stderr
+    assert "256" in result.stderr

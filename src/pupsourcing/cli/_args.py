@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import argparse
 
+from pupsourcing.store.schema import MAX_PARTITION_INDEXES
+
 
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def partition_index_count(text: str) -> int:
+    """A partition count there are partition indexes for (2 to 256)."""
+    value = int(text)
+    if not 2 <= value <= MAX_PARTITION_INDEXES:
+        raise argparse.ArgumentTypeError(f"must be from 2 to {MAX_PARTITION_INDEXES}, got {value}")
     return value
 
 

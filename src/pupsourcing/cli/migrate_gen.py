@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pupsourcing.cli._args import positive_int
+from pupsourcing.cli._args import partition_index_count
 from pupsourcing.cli._db import add_table_options, store_config
 from pupsourcing.migrations import ADAPTERS, write_migration
 
@@ -23,7 +23,7 @@ def register(commands: Any) -> None:
     add_table_options(parser)
     parser.add_argument(
         "--partition-indexes",
-        type=positive_int,
+        type=partition_index_count,
         metavar="N",
         help="also create one partial index per partition for processors run with "
         "total_partitions=N (postgres and sqlite)",

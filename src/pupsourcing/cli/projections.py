@@ -24,6 +24,7 @@ from pupsourcing.projection.config import (
 from pupsourcing.store import Checkpoint
 from pupsourcing.store.layout import clear_layout, missing_table
 from pupsourcing.store.leases import Lease
+from pupsourcing.store.schema import MAX_PARTITION_INDEXES
 
 
 def register(commands: Any) -> None:
@@ -188,8 +189,15 @@ def run_projections(args: argparse.Namespace) -> int:
         args.partition_key is not None or args.total_partitions is not None
     ):
         parser.error("--partitions starts every partition; do not combine it with --partition-key")
-    if args.create_indexes and (args.partitions or args.total_partitions or 1) < 2:
-        parser.error("--create-indexes needs --partitions N or --total-partitions N above 1")
+    if args.create_indexes:
+        count = args.partitions or args.total_partitions or 1
+        if count < 2:
+            parser.error("--create-indexes needs --partitions N or --total-partitions N above 1")
+        if count > MAX_PARTITION_INDEXES:
+            parser.error(
+                f"--create-indexes makes partition indexes for at most "
+                f"{MAX_PARTITION_INDEXES} partitions, got {count}"
+            )
     if args.claim:
         if args.total_partitions is None or args.partition_key is not None:
             parser.error("--claim needs --total-partitions N and no --partition-key")
