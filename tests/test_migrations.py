@@ -305,6 +305,25 @@ def test_cli_migrate_gen_errors(tmp_path: Path) -> None:
     missing = run_cli("migrate-gen", "--adapter", "sqlite")
     assert missing.returncode == 2
 
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    into_a_file = run_cli("migrate-gen", "--adapter", "sqlite", "--output", str(a_file))
+    assert into_a_file.returncode == 1
+    assert f"{a_file} is not a directory" in into_a_file.stderr
+    assert a_file.read_text() == "mine"
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "init.sql").write_text("-- someone else's")
+    args = ("migrate-gen", "--adapter", "sqlite", "--output", str(taken), "--filename", "init.sql")
+    kept = run_cli(*args)
+    assert kept.returncode == 1
+    assert "already exists" in kept.stderr
+    assert "--force" in kept.stderr
+    assert (taken / "init.sql").read_text() == "-- someone else's"
+    assert run_cli(*args, "--force").returncode == 0
+    assert (taken / "init.sql").read_text() == generate_sql("sqlite")
+
 
 def test_cli_migrate_gen_with_partition_indexes(tmp_path: Path) -> None:
     result = run_cli(

@@ -7,6 +7,7 @@ from typing import Any
 
 from pupsourcing.cli._args import partition_index_count
 from pupsourcing.cli._db import add_table_options, store_config
+from pupsourcing.cli.errors import CommandError
 from pupsourcing.migrations import ADAPTERS, write_migration
 
 
@@ -35,13 +36,16 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = write_migration(
-        args.adapter,
-        args.output,
-        filename=args.filename,
-        config=store_config(args),
-        overwrite=args.force,
-        partition_indexes=args.partition_indexes,
-    )
+    try:
+        path = write_migration(
+            args.adapter,
+            args.output,
+            filename=args.filename,
+            config=store_config(args),
+            overwrite=args.force,
+            partition_indexes=args.partition_indexes,
+        )
+    except FileExistsError as exc:
+        raise CommandError(f"{exc}; --force replaces it") from None
     print(f"wrote {path}")
     return 0

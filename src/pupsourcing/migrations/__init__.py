@@ -69,7 +69,8 @@ def write_migration(
     appended when given.
 
     Refuses to replace an existing file with different content unless
-    ``overwrite`` is set.
+    ``overwrite`` is set (:class:`FileExistsError`), and an ``output_dir``
+    that is a file (:class:`NotADirectoryError`).
     """
     sql = generate_sql(adapter, config)
     if partition_indexes is not None:
@@ -78,6 +79,8 @@ def write_migration(
     if not name or Path(name).name != name or name in (".", ".."):
         raise ValueError(f"filename: {name!r} must be a plain file name, not a path")
     directory = Path(output_dir)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"output_dir: {directory} is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     if target.exists() and not overwrite and target.read_text(encoding="utf-8") != sql:
