@@ -296,6 +296,7 @@ def test_one_partition_of_several(backend: Backend, running: list[Running]) -> N
     ("flags", "message"),
     [
         (["--partitions", "2", "--partition-key", "0"], "do not combine"),
+        (["--partitions", "2", "--total-partitions", "3"], "combine it with --total-partitions"),
         (["--partition-key", "0"], "go together"),
         (["--total-partitions", "2"], "go together"),
         (["--partition-key", "2", "--total-partitions", "2"], "must be below"),

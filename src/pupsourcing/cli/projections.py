@@ -188,7 +188,8 @@ def run_projections(args: argparse.Namespace) -> int:
     if args.partitions is not None and (
         args.partition_key is not None or args.total_partitions is not None
     ):
-        parser.error("--partitions starts every partition; do not combine it with --partition-key")
+        given = "--partition-key" if args.partition_key is not None else "--total-partitions"
+        parser.error(f"--partitions starts every partition; do not combine it with {given}")
     if args.create_indexes:
         count = args.partitions or args.total_partitions or 1
         if count < 2:
