@@ -9,11 +9,12 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.store import StoreConfig
+from pupsourcing.store.config import validate_identifier
 from pupsourcing.store.layout import check_layout, missing_table
 from pupsourcing.urls import (
     ENV_VAR,
@@ -35,17 +36,26 @@ NO_DATABASE = (
 
 
 def add_table_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--events-table`` and friends, as ``migrate-gen`` spells them."""
+    """``--events-table`` and friends, as ``migrate-gen`` spells them: a name
+    that is no valid table name is a usage error (exit 2) naming the flag."""
     defaults = StoreConfig()
-    parser.add_argument("--events-table", default=defaults.events_table, metavar="T")
-    parser.add_argument("--checkpoints-table", default=defaults.checkpoints_table, metavar="T")
-    parser.add_argument(
-        "--aggregate-heads-table", default=defaults.aggregate_heads_table, metavar="T"
-    )
-    parser.add_argument("--snapshots-table", default=defaults.snapshots_table, metavar="T")
-    parser.add_argument("--dead-letters-table", default=defaults.dead_letters_table, metavar="T")
-    parser.add_argument("--layouts-table", default=defaults.layouts_table, metavar="T")
-    parser.add_argument("--leases-table", default=defaults.leases_table, metavar="T")
+    for field in dataclasses.fields(StoreConfig):
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            default=getattr(defaults, field.name),
+            type=_table_name(field.name),
+            metavar="T",
+        )
+
+
+def _table_name(field: str) -> Callable[[str], str]:
+    def table_name(text: str) -> str:
+        try:
+            return validate_identifier(field, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return table_name
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
