@@ -54,6 +54,8 @@ class EventLoopThread:
     ) -> T:
         """Run ``start(event)``, setting ``event`` on the loop once ``stop`` is set."""
         event = asyncio.Event()
+        if stop is not None and stop.is_set():
+            event.set()  # no waiter yet: safe from this thread
         future = asyncio.run_coroutine_threadsafe(start(event), self.loop)
         while stop is not None and not future.done():
             if stop.wait(0.005):

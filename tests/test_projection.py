@@ -580,6 +580,22 @@ def test_runner_stops_everything_on_the_first_failure(backend: Backend) -> None:
         processor.close()
 
 
+def test_runner_with_stop_already_set_handles_nothing(backend: Backend) -> None:
+    """As ``Processor.run`` does: ``stop`` set before the run ends it at once."""
+    append_many(backend, aggregates=2, per_aggregate=3)
+    recorders = [Recorder("first"), Recorder("second")]
+    processors = [backend.Processor(backend.connect, backend.store) for _ in recorders]
+    stop = threading.Event()
+    stop.set()
+    backend.Runner().run(
+        [ProjectionRunner(r, p) for r, p in zip(recorders, processors, strict=True)], stop=stop
+    )
+    assert [r.seen for r in recorders] == [[], []]
+    assert backend.checkpoints() == {}
+    for processor in processors:
+        processor.close()
+
+
 def test_runner_needs_projections_and_distinct_processors(backend: Backend) -> None:
     with pytest.raises(NoProjectionsError):
         backend.Runner().run([])

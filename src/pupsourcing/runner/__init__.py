@@ -87,6 +87,8 @@ class Runner:
         """
         runners = check_runners(runners, Processor, "Runner")
         halt = threading.Event()
+        if stop is not None and stop.is_set():
+            halt.set()  # before the threads start: none begins a batch
         finished: queue.Queue[tuple[ProjectionRunner, BaseException | None]] = queue.Queue()
 
         def work(runner: ProjectionRunner) -> None:
