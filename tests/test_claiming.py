@@ -120,6 +120,70 @@ def test_both_claiming_runners_need_projections_of_distinct_names(
             asyncio.run(twin.run(bad))  # type: ignore[arg-type]
 
 
+class FailsOnStop:
+    """Fails the batch it is in once ``stop`` is set."""
+
+    name = "fails_on_stop"
+
+    def __init__(self, entered: Any, stop: Any) -> None:
+        self.entered, self.stop = entered, stop
+
+    def handle(self, e: Any, tx: Any) -> None:
+        self.entered.set()
+        assert self.stop.wait(10)
+        raise RuntimeError("failed while stopping")
+
+
+class AsyncFailsOnStop(FailsOnStop):
+    async def handle(self, e: Any, tx: Any) -> None:  # type: ignore[override]
+        self.entered.set()
+        await self.stop.wait()
+        raise RuntimeError("failed while stopping")
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_partition_failing_while_the_runner_stops_is_raised(
+    api: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """A batch that fails after ``stop`` was set (the runner is stopping) is
+    still a failure: ``run`` raises it, as Runner.run does."""
+    import asyncio
+    import threading
+
+    from pupsourcing import ProjectionError
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = make_store_backend("sqlite")
+    conn = backend.connection()
+    backend.store.append(conn, ExpectedVersion.any(), [event("agg-0")])
+    conn.commit()
+    config = ProcessorConfig(poll_interval=0.01)
+
+    def blocking() -> None:
+        projection = FailsOnStop(threading.Event(), threading.Event())
+
+        def stop_once_entered() -> None:
+            if projection.entered.wait(10):
+                projection.stop.set()
+
+        threading.Thread(target=stop_once_entered, daemon=True).start()
+        runner = ClaimingRunner(backend.connect, backend.store, config, lease_ttl=1)
+        runner.run(projection, stop=projection.stop)
+
+    async def asyncio_() -> None:
+        projection = AsyncFailsOnStop(asyncio.Event(), asyncio.Event())
+        store = backend.async_store()
+        runner = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=1)
+        run = asyncio.create_task(runner.run(projection, stop=projection.stop))
+        await asyncio.wait_for(projection.entered.wait(), 10)
+        projection.stop.set()
+        await run
+
+    with pytest.raises(ProjectionError) as caught:
+        blocking() if api == "blocking" else asyncio.run(asyncio_())
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
 def test_two_runners_in_one_process_share_partitions(
     make_store_backend: Callable[..., Backend],
 ) -> None:

@@ -184,10 +184,10 @@ class ClaimingRunner:
         finally:
             self._stop_all(None)
             self._join_all()
+            first_error = first_error or self._reap()  # a batch that failed while stopping
             self._release_all(conn, chosen)
-        error = first_error or self._reap()
-        if error is not None:
-            raise error
+        if first_error is not None:
+            raise first_error
 
     def _drive(self, conn: Any, plan: Plan[Any]) -> Any:
         try:
@@ -277,8 +277,8 @@ class ClaimingRunner:
             part.thread.join()
 
     def _release_all(self, conn: Any, projections: list[Projection]) -> None:
-        """Give back every lease (best effort: unreleased ones expire)."""
-        self._reap()
+        """Give back every lease (best effort: unreleased ones expire); the
+        stopped partitions were reaped."""
         try:
             if conn is None:
                 conn = self._db()
