@@ -57,6 +57,11 @@ class AsyncClaimingRunner:
         self._running: dict[tuple[str, int], _Partition] = {}
         self._log = self.config.get_logger()
 
+    @property
+    def total_partitions(self) -> int:
+        """How many partitions the processes share (``config.total_partitions``)."""
+        return self.config.total_partitions
+
     def held(self) -> dict[str, list[int]]:
         """The partitions this process runs now, by projection name."""
         held: dict[str, list[int]] = {}
@@ -70,15 +75,19 @@ class AsyncClaimingRunner:
         *,
         stop: asyncio.Event | None = None,
     ) -> None:
-        """Claim, run and balance partitions until ``stop`` is set; see
-        :meth:`pupsourcing.projection.ClaimingRunner.run`."""
+        """Claim, run and balance partitions until ``stop`` is set, then stop
+        every partition after its batch and release the leases.
+
+        A partition's processor that raises stops the others, and the error
+        is raised here (as :meth:`pupsourcing.runner.Runner.run` does).
+        """
         chosen = chosen_projections(projections, "AsyncClaimingRunner")
         stop = stop or asyncio.Event()
         conn: Any = None
         last_ok = time.monotonic()
         error: BaseException | None = None
         pending: list[tuple[str, int]] = []
-        total = self.config.total_partitions
+        total = self.total_partitions
         try:
             while not stop.is_set() and error is None:
                 try:
@@ -150,12 +159,7 @@ class AsyncClaimingRunner:
         return error
 
     async def _balance(self, conn: Any, projection: AsyncProjection) -> None:
-        name, total, me, ttl = (
-            projection.name,
-            self.config.total_partitions,
-            self.owner,
-            self.lease_ttl,
-        )
+        name, total, me, ttl = projection.name, self.total_partitions, self.owner, self.lease_ttl
         mine = {k: part for (n, k), part in self._running.items() if n == name}
         for key, part in sorted(mine.items()):
             if part.lost:

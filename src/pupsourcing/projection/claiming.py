@@ -105,6 +105,8 @@ class ClaimingRunner:
 
     One projection object serves all of its claimed partitions: ``handle``
     is called from several threads at once (one per partition).
+
+    For asyncio, :class:`pupsourcing.aio.AsyncClaimingRunner` does the same.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class ClaimingRunner:
 
     @property
     def total_partitions(self) -> int:
+        """How many partitions the processes share (``config.total_partitions``)."""
         return self.config.total_partitions
 
     def held(self) -> dict[str, list[int]]:
