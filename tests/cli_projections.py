@@ -86,6 +86,15 @@ class NeedsArguments:
 not_a_projection = 42
 
 
+class AsyncHandle:
+    """An asyncio projection: ``projections run`` runs blocking ones."""
+
+    name = "async_handle"
+
+    async def handle(self, event: PersistedEvent, tx: Any) -> None:
+        pass
+
+
 class Fixable:
     """Fails on the event whose aggregate id is ``poison`` until
     ``$POISON_FIXED`` is set; records the events it handles like

@@ -319,6 +319,7 @@ def test_bad_partition_flags_are_usage_errors(flags: list[str], message: str) ->
         ("cli_projections:Missing", "cli_projections has no attribute 'Missing'"),
         ("cli_projections:not_a_projection", "is not a projection"),
         ("cli_projections:NeedsArguments", "cannot create the projection without arguments"),
+        ("cli_projections:AsyncHandle", "cli_projections:AsyncHandle: its handle() is async"),
     ],
 )
 def test_projections_that_cannot_be_loaded(spec: str, message: str, tmp_path: Path) -> None:

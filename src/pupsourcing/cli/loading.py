@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -52,6 +53,11 @@ def load_projection(spec: str) -> Projection:
             f"{spec} is not a projection (it needs a name and handle(event, tx)): {exc}"
         ) from None
     assert isinstance(obj, Projection)
+    if inspect.iscoroutinefunction(obj.handle):
+        raise CommandError(
+            f"{spec}: its handle() is async; `projections run` runs blocking projections "
+            "(run asyncio ones with pupsourcing.aio.AsyncRunner)"
+        )
     return obj
 
 
