@@ -303,6 +303,7 @@ def test_one_partition_of_several(backend: Backend, running: list[Running]) -> N
         (["--partitions", "0"], "at least 1"),
         (["--batch-size", "0"], "at least 1"),
         (["--poll-interval", "-1"], "non-negative"),
+        (["--progress-interval", "0"], "--progress-interval: must be a positive number"),
     ],
 )
 def test_bad_partition_flags_are_usage_errors(flags: list[str], message: str) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pupsourcing.cli import _metrics, dead_letters
-from pupsourcing.cli._args import non_negative_int, positive_int, seconds
+from pupsourcing.cli._args import interval, non_negative_int, positive_int, seconds
 from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._output import Table, plural
 from pupsourcing.cli._text import clean, duration
@@ -129,7 +129,7 @@ def register(commands: Any) -> None:
     )
     run.add_argument(
         "--progress-interval",
-        type=seconds,
+        type=interval,
         default=10.0,
         metavar="SECONDS",
         help="seconds between progress log lines when not on a terminal (default 10)",
