@@ -452,6 +452,30 @@ def test_runners_refuse_the_other_apis_processors() -> None:
         asyncio.run(AsyncRunner().run([ProjectionRunner(AsyncRecorder(), blocking)]))
 
 
+def test_runners_refuse_two_processors_on_one_connection() -> None:
+    """A processor's connection is its own (its batches are transactions on
+    it): two projections cannot share one, on either runner."""
+
+    class Connection:
+        def cursor(self) -> None: ...
+        def commit(self) -> None: ...
+
+    class Named:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def handle(self, event: PersistedEvent, tx: Any) -> None: ...
+
+    conn = Connection()
+    blocking = [Processor(conn, SQLiteStore()) for _ in "ab"]
+    with pytest.raises(ValueError, match="own connection"):
+        Runner().run([ProjectionRunner(Named(n), p) for n, p in zip("ab", blocking, strict=True)])
+    twins = [AsyncProcessor(conn, AsyncSQLiteStore()) for _ in "ab"]
+    runners = [ProjectionRunner(Named(n), p) for n, p in zip("ab", twins, strict=True)]
+    with pytest.raises(ValueError, match="own connection"):
+        asyncio.run(AsyncRunner().run(runners))
+
+
 # -- typing: what mypy --strict accepts and refuses -----------------------------
 
 REPO = Path(__file__).parent.parent

@@ -31,7 +31,8 @@ class AsyncRunner:
         each commits or rolls back the batch it is in, and then the first
         exception is raised. An empty ``runners`` raises
         :class:`~pupsourcing.runner.NoProjectionsError`; a processor of the
-        other API, or one given to two projections, raises :class:`TypeError`.
+        other API raises :class:`TypeError`, and one given to two projections,
+        or two processors given one connection, :class:`ValueError`.
 
         Cancelled (or a projection's task cancelled), it cancels every
         projection's task (each rolls back the batch it is in), waits until

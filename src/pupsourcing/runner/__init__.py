@@ -52,6 +52,12 @@ def check_runners(
     processors = [id(r.processor) for r in runners]
     if len(set(processors)) != len(processors):
         raise ValueError("each projection needs its own Processor (they are not shared)")
+    given = [id(r.processor._conn) for r in runners if r.processor._factory is None]
+    if len(set(given)) != len(given):
+        raise ValueError(
+            "each projection's Processor needs its own connection (a batch is a "
+            "transaction on it): pass each a connection, or a connection factory"
+        )
     return runners
 
 
@@ -79,7 +85,8 @@ class Runner:
         each commits or rolls back the batch it is in, and then the first
         exception is raised. An empty ``runners`` raises
         :class:`~pupsourcing.runner.NoProjectionsError`; a processor of the
-        other API, or one given to two projections, raises :class:`TypeError`.
+        other API raises :class:`TypeError`, and one given to two projections,
+        or two processors given one connection, :class:`ValueError`.
 
         Interrupted (``KeyboardInterrupt`` in the calling thread), it asks every
         projection to stop, waits until each has finished the batch it is in
