@@ -580,6 +580,14 @@ def test_runner_stops_everything_on_the_first_failure(backend: Backend) -> None:
         processor.close()
 
 
+@pytest.mark.parametrize("interval", [0, -1, float("nan"), float("inf"), "0.1"])
+def test_runner_refuses_a_bad_poll_interval(interval: Any) -> None:
+    from pupsourcing.runner import Runner
+
+    with pytest.raises(ValueError, match="poll_interval"):
+        Runner(poll_interval=interval)
+
+
 def test_runner_with_stop_already_set_handles_nothing(backend: Backend) -> None:
     """As ``Processor.run`` does: ``stop`` set before the run ends it at once."""
     append_many(backend, aggregates=2, per_aggregate=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Sequence
@@ -71,6 +72,10 @@ class Runner:
     """
 
     def __init__(self, *, poll_interval: float = 0.05) -> None:
+        if isinstance(poll_interval, bool) or not isinstance(poll_interval, int | float):
+            raise ValueError(f"poll_interval must be a number of seconds, got {poll_interval!r}")
+        if not 0 < poll_interval < math.inf:
+            raise ValueError(f"poll_interval must be above 0 and finite, got {poll_interval!r}")
         self.poll_interval = poll_interval
 
     def run(
