@@ -118,6 +118,11 @@ def test_both_claiming_runners_need_projections_of_distinct_names(
             runner.run(bad)
         with pytest.raises(ValueError, match=message):
             asyncio.run(twin.run(bad))  # type: ignore[arg-type]
+        # Any iterable of projections, as Runner takes: a generator is no projection.
+        with pytest.raises(ValueError, match=message):
+            runner.run(p for p in bad)
+        with pytest.raises(ValueError, match=message):
+            asyncio.run(twin.run(p for p in bad))  # type: ignore[misc]
 
 
 class FailsOnStop:

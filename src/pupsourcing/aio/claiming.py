@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from pupsourcing.aio.processor import AsyncProcessor, close_quietly
@@ -71,7 +71,7 @@ class AsyncClaimingRunner:
 
     async def run(
         self,
-        projections: AsyncProjection | Sequence[AsyncProjection],
+        projections: AsyncProjection | Iterable[AsyncProjection],
         *,
         stop: asyncio.Event | None = None,
     ) -> None:

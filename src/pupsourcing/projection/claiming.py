@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from pupsourcing.projection.batch import projection_name
@@ -48,10 +48,15 @@ def check_runner_args(db: object, lease_ttl: object, owner: object) -> tuple[flo
     return float(lease_ttl), owner
 
 
-def chosen_projections(projections: P | Sequence[P], runner: str) -> list[P]:
-    """The projections a claiming runner's ``run`` was given, as a list:
-    at least one, with distinct names (they key its partitions)."""
-    chosen = [projections] if not isinstance(projections, Sequence) else list(projections)
+def chosen_projections(projections: P | Iterable[P], runner: str) -> list[P]:
+    """The projections a claiming runner's ``run`` was given (one, or any
+    iterable of them), as a list: at least one, with distinct names (they
+    key its partitions)."""
+    chosen: list[P]
+    if isinstance(projections, Iterable) and not hasattr(projections, "handle"):
+        chosen = list(projections)
+    else:
+        chosen = [projections]  # type: ignore[list-item]
     if not chosen:
         raise ValueError(f"projections: {runner} needs at least one projection")
     names = [projection_name(p) for p in chosen]
@@ -146,7 +151,7 @@ class ClaimingRunner:
 
     def run(
         self,
-        projections: Projection | Sequence[Projection],
+        projections: Projection | Iterable[Projection],
         *,
         stop: threading.Event | None = None,
     ) -> None:
