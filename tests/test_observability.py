@@ -231,3 +231,31 @@ def test_json_log_lines_carry_extras_and_the_traceback() -> None:
     assert (entry["projection"], entry["checkpoint"]) == ("orders", 6)
     assert entry["exception"].endswith("ValueError: boom")
     assert entry["time"].endswith("Z")
+
+
+@pytest.mark.parametrize("password", ["Xk7\u00e4pw", 'Xk7"pw', "Xk7\\pw", "Xk7\npw"])
+def test_json_log_lines_hide_secrets_that_json_escapes(password: str) -> None:
+    """JSON writes a quote, a backslash, a newline or a non-ASCII character
+    escaped: the secret must be taken out before encoding, not after."""
+    import io
+    import json
+    import logging
+    from urllib.parse import quote
+
+    from pupsourcing.cli.console import Console, setup_logging
+    from pupsourcing.urls import parse_url
+
+    url = parse_url(f"postgresql://app:{quote(password, safe='')}@db/shop")
+    stream = io.StringIO()
+    log = logging.getLogger("pupsourcing")
+    saved = (log.handlers[:], log.propagate, log.level)
+    try:
+        setup_logging(Console(stream), 0, "", url.scrub, "json")
+        log.warning("connect failed: %s", f"password '{password}' refused", extra={"pw": password})
+    finally:
+        log.handlers[:], log.propagate, log.level = saved
+    [line] = stream.getvalue().splitlines()
+    entry = json.loads(line)
+    assert entry["message"] == "connect failed: password '***' refused"
+    assert entry["pw"] == "***"
+    assert "Xk7" not in line

@@ -104,11 +104,15 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger,
     message, ``tag`` (which worker) when given, the exception's traceback,
     and every field the record was given as ``extra`` (the batch records'
-    projection, handled, checkpoint, fetched)."""
+    projection, handled, checkpoint, fetched). ``scrub`` filters each text
+    value before it is encoded: JSON escapes quotes, backslashes and
+    non-ASCII characters, so a secret holding one would no longer be found in
+    the encoded line."""
 
-    def __init__(self, tag: str = "") -> None:
+    def __init__(self, tag: str = "", scrub: Callable[[str], str] | None = None) -> None:
         super().__init__()
         self.tag = tag
+        self.scrub = scrub
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -124,7 +128,14 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        if self.scrub is not None:
+            entry = {k: self._text(v) if isinstance(v, str) else v for k, v in entry.items()}
+        return json.dumps(entry, default=self._text)
+
+    def _text(self, value: object) -> str:
+        """``value`` as text (JSON has no type for it), scrubbed."""
+        text = str(value)
+        return text if self.scrub is None else self.scrub(text)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         moment = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
@@ -142,13 +153,15 @@ def setup_logging(
     progress lines, and with ``-v`` every batch (``-vv``: debug), as text
     lines or (``log_format="json"``) JSON lines. ``scrub`` filters each
     line: driver errors may quote the URL's secrets."""
-    handler = ConsoleHandler(console, scrub)
     label = f" [{tag}]" if tag else ""
-    handler.setFormatter(
-        JsonFormatter(tag)
-        if log_format == "json"
-        else logging.Formatter(f"%(asctime)s %(levelname)s{label} %(name)s: %(message)s")
-    )
+    if log_format == "json":  # scrubbed before encoding, see JsonFormatter
+        handler = ConsoleHandler(console)
+        handler.setFormatter(JsonFormatter(tag, scrub))
+    else:
+        handler = ConsoleHandler(console, scrub)
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s{label} %(name)s: %(message)s")
+        )
     root = logging.getLogger("pupsourcing")
     root.handlers[:] = [handler]
     root.propagate = False
