@@ -330,3 +330,20 @@ def test_a_metrics_port_in_use_is_one_line(sqlite_db: Backend) -> None:
             "--metrics-port", port, "--metrics-host", "127.0.0.1",
         )  # fmt: skip
     assert_one_line_error(result, f"--metrics-port: cannot listen on 127.0.0.1:{port}")
+
+
+def test_an_append_of_a_set_is_counted_not_failed(sqlite_db: Backend, registry: Any) -> None:
+    """The store takes any collection of events; the metrics must not fail
+    an append that has already been made."""
+    conn = sqlite_db.connection()
+    result = sqlite_db.store.append(conn, ExpectedVersion.no_stream(), {event("o-1")})
+    conn.commit()
+    assert result.global_positions == (1,)
+    found = scrape_registry(registry)
+    assert value(found, "pupsourcing_store_head_position") == 1
+    shop = {"bounded_context": "Shop", "aggregate_type": "Order"}
+    assert value(found, "pupsourcing_events_appended_total", **shop) == 1
+    with pytest.raises(OptimisticConcurrencyError):
+        sqlite_db.store.append(conn, ExpectedVersion.no_stream(), {event("o-1")})
+    conn.rollback()
+    assert value(scrape_registry(registry), "pupsourcing_append_conflicts_total", **shop) == 1

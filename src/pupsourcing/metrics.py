@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from pupsourcing import _observe
 from pupsourcing.core.errors import OptimisticConcurrencyError, ProjectionError
-from pupsourcing.core.events import AppendResult, Event
+from pupsourcing.core.events import AppendResult, Event, PersistedEvent
 from pupsourcing.projection.config import split_checkpoint_name
 from pupsourcing.store.layout import missing_table
 
@@ -207,10 +207,8 @@ class _MetricsObserver(_observe.Observer):
                     if not self._in_process:
                         self.metrics.store_head_position.set(position)
 
-    def _aggregate(self, events: Sequence[Event]) -> tuple[Any, Any, Any] | None:
-        first = events[0] if events and isinstance(events[0], Event) else None
-        if first is None:
-            return None
+    def _aggregate(self, first: Event | PersistedEvent) -> tuple[Any, Any, Any]:
+        """The children of the append metrics for ``first``'s aggregate type."""
         key = (first.bounded_context, first.aggregate_type)
         children = self._aggregates.get(key)
         if children is None:
@@ -230,12 +228,13 @@ class _MetricsObserver(_observe.Observer):
         try:
             result = yield from plan
         except OptimisticConcurrencyError:
-            children = self._aggregate(events)
-            if children is not None:
-                children[2].inc()
+            # Any collection of events gets here (a set too): not indexed.
+            first = next(iter(events), None)
+            if isinstance(first, Event):
+                self._aggregate(first)[2].inc()
             raise
-        children = self._aggregate(events)
-        if children is not None and result.events:
+        if result.events:
+            children = self._aggregate(result.events[0])
             children[0].observe(time.perf_counter() - started)
             children[1].inc(len(result.events))
             self._see_head(result.global_positions[-1])
