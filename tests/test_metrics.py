@@ -347,3 +347,24 @@ def test_an_append_of_a_set_is_counted_not_failed(sqlite_db: Backend, registry: 
         sqlite_db.store.append(conn, ExpectedVersion.no_stream(), {event("o-1")})
     conn.rollback()
     assert value(scrape_registry(registry), "pupsourcing_append_conflicts_total", **shop) == 1
+
+
+def test_a_partition_layout_error_is_no_handler_failure(sqlite_db: Backend, registry: Any) -> None:
+    """failures_total counts batches whose handle raised; the layout guard
+    refuses before any batch (no handler ran)."""
+    from pupsourcing import PartitionLayoutError
+
+    conn = sqlite_db.connection()
+    sqlite_db.store.append(conn, ExpectedVersion.any(), [event("o-1")])
+    conn.commit()
+    config = ProcessorConfig(partition_key=0, total_partitions=2)
+    with Processor(sqlite_db.connect, sqlite_db.store, config) as processor:
+        processor.catch_up(Counting())
+    with (
+        Processor(sqlite_db.connect, sqlite_db.store) as processor,
+        pytest.raises(PartitionLayoutError),
+    ):
+        processor.catch_up(Counting())
+    found = scrape_registry(registry)
+    labels = {"projection": "counting", "partition": "0"}
+    assert value(found, "pupsourcing_projection_failures_total", **labels) == 0

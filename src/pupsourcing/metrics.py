@@ -23,7 +23,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from pupsourcing import _observe
-from pupsourcing.core.errors import OptimisticConcurrencyError, ProjectionError
+from pupsourcing.core.errors import (
+    OptimisticConcurrencyError,
+    PartitionLayoutError,
+    ProjectionError,
+)
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent
 from pupsourcing.projection.config import split_checkpoint_name
 from pupsourcing.store.layout import missing_table
@@ -261,6 +265,8 @@ class _MetricsObserver(_observe.Observer):
         started = time.perf_counter()
         try:
             outcome = yield from plan
+        except PartitionLayoutError:
+            raise  # refused before any batch: no handler failed
         except ProjectionError:
             self._partition(sub).failures.inc()
             raise
