@@ -259,3 +259,26 @@ def test_json_log_lines_hide_secrets_that_json_escapes(password: str) -> None:
     assert entry["message"] == "connect failed: password '***' refused"
     assert entry["pw"] == "***"
     assert "Xk7" not in line
+
+
+def test_json_log_lines_are_json_whatever_the_extras() -> None:
+    """NaN is no JSON, nor a dict keyed by UUIDs: such fields are written as text."""
+    import json
+    import logging
+    import uuid
+
+    from pupsourcing.cli.console import JsonFormatter
+
+    def not_json(name: str) -> None:
+        raise AssertionError(f"{name} is no JSON")
+
+    key = uuid.uuid4()
+    for extra in ({"rate": float("nan")}, {"by": {key: 1}}):
+        record = logging.getLogger("pupsourcing").makeRecord(
+            "pupsourcing", logging.INFO, __file__, 1, "m\u00e9\nx", (), None, extra=extra
+        )
+        line = JsonFormatter().format(record)
+        assert "\n" not in line
+        entry = json.loads(line, parse_constant=not_json)
+        assert entry["message"] == "m\u00e9\nx"
+        assert entry == {**entry, **{k: str(v) for k, v in extra.items()}}

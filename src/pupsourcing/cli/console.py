@@ -130,7 +130,12 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if self.scrub is not None:
             entry = {k: self._text(v) if isinstance(v, str) else v for k, v in entry.items()}
-        return json.dumps(entry, default=self._text)
+        try:
+            return json.dumps(entry, default=self._text, allow_nan=False)
+        except (TypeError, ValueError):  # NaN (not JSON), a key JSON has no type for
+            return json.dumps(
+                {k: v if isinstance(v, str) else self._text(v) for k, v in entry.items()}
+            )
 
     def _text(self, value: object) -> str:
         """``value`` as text (JSON has no type for it), scrubbed."""
