@@ -368,3 +368,33 @@ def test_a_partition_layout_error_is_no_handler_failure(sqlite_db: Backend, regi
     found = scrape_registry(registry)
     labels = {"projection": "counting", "partition": "0"}
     assert value(found, "pupsourcing_projection_failures_total", **labels) == 0
+
+
+def test_a_command_reports_the_dead_letters_of_its_own_projections(sqlite_db: Backend) -> None:
+    """Two commands scraped, running a projection each: a sum over them
+    counts each dead letter once."""
+    import argparse
+    import socket
+
+    from pupsourcing.cli import _metrics
+    from pupsourcing.urls import database
+
+    class Other(Counting):
+        name = "other"
+
+    conn = sqlite_db.connection()
+    sqlite_db.store.append(conn, ExpectedVersion.any(), [event("o-1"), event("o-1")])
+    conn.commit()
+    config = ProcessorConfig(on_failure="dead_letter")
+    for projection in (Counting(fail_at=1), Other(fail_at=2)):
+        with Processor(sqlite_db.connect, sqlite_db.store, config) as processor:
+            processor.catch_up(projection)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    args = argparse.Namespace(metrics_port=port, metrics_host="127.0.0.1", metrics_child=False)
+    with _metrics.serving(args, database(sqlite_db.url), ["counting"]):
+        found = scrape(port)
+    dead = "pupsourcing_projection_dead_letters"
+    assert value(found, dead, projection="counting", partition="0") == 1
+    assert value(found, dead, projection="other", partition="0") is None

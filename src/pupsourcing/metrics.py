@@ -297,14 +297,23 @@ class DeadLettersCollector(Collector):
     ``partition``): the events set aside per projection partition, counted
     in the database at each scrape. ``connect`` returns a new blocking
     connection (closed after the count); register it with
-    ``registry.register(DeadLettersCollector(connect, store))``."""
+    ``registry.register(DeadLettersCollector(connect, store))``. Given
+    ``projections`` (names), only theirs are reported: a program reports the
+    projections it runs, so that a sum over the programs scraped counts each
+    dead letter once."""
 
     NAME = "pupsourcing_projection_dead_letters"
     HELP = "Events recorded as dead letters (on_failure='dead_letter'), not yet replayed."
 
-    def __init__(self, connect: Callable[[], Any], store: SQLStore[Any]) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        store: SQLStore[Any],
+        projections: Iterable[str] | None = None,
+    ) -> None:
         self._connect = connect
         self._store = store
+        self._projections = None if projections is None else frozenset(projections)
 
     def describe(self) -> Iterable[Metric]:
         return [GaugeMetricFamily(self.NAME, self.HELP, labels=PROJECTION_LABELS)]
@@ -335,5 +344,6 @@ class DeadLettersCollector(Collector):
         counts: dict[tuple[str, str], int] = {}
         for checkpoint, count in by_checkpoint.items():
             name, key = split_checkpoint_name(checkpoint)
-            counts[(name, str(key or 0))] = count
+            if self._projections is None or name in self._projections:
+                counts[(name, str(key or 0))] = count
         return counts

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pupsourcing.cli.errors import CommandError
@@ -71,9 +71,10 @@ def check_available(args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def serving(args: argparse.Namespace, db: Database) -> Iterator[None]:
+def serving(args: argparse.Namespace, db: Database, names: Sequence[str]) -> Iterator[None]:
     """In one process: the metrics of this process's stores and processors,
-    served on ``--metrics-port`` (written only, with ``--metrics-child``)."""
+    served on ``--metrics-port`` (written only, with ``--metrics-child``),
+    and the dead letters of the projections ``names``."""
     if args.metrics_port is None and not args.metrics_child:
         yield
         return
@@ -89,7 +90,7 @@ def serving(args: argparse.Namespace, db: Database) -> Iterator[None]:
 
     registry = CollectorRegistry()
     metrics.enable(registry)
-    registry.register(metrics.DeadLettersCollector(db.connect, db.store))
+    registry.register(metrics.DeadLettersCollector(db.connect, db.store, names))
     try:
         with _http(args, registry):
             yield
@@ -98,10 +99,13 @@ def serving(args: argparse.Namespace, db: Database) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def supervising(args: argparse.Namespace, db: Database, env: dict[str, str]) -> Iterator[Any]:
+def supervising(
+    args: argparse.Namespace, db: Database, env: dict[str, str], names: Sequence[str]
+) -> Iterator[Any]:
     """For ``--partitions``: a multiprocess directory for the workers (set in
-    ``env``), served on ``--metrics-port``. Yields what to call with a
-    worker's pid when it exits (``None`` without metrics)."""
+    ``env``), served on ``--metrics-port`` with the dead letters of the
+    projections ``names``. Yields what to call with a worker's pid when it
+    exits (``None`` without metrics)."""
     if args.metrics_port is None:
         yield None
         return
@@ -112,7 +116,7 @@ def supervising(args: argparse.Namespace, db: Database, env: dict[str, str]) -> 
     env[MULTIPROC_ENV] = directory
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-    registry.register(metrics.DeadLettersCollector(db.connect, db.store))
+    registry.register(metrics.DeadLettersCollector(db.connect, db.store, names))
 
     def exited(pid: int) -> None:
         multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     failures: list[str] = []
     with (
         stop_on_signals(stop, "stopping the workers after their current batch", forced.append),
-        _metrics.supervising(args, db, env) as exited,
+        _metrics.supervising(args, db, env, [p.name for p in projections]) as exited,
     ):
         if monitor is not None:
             monitor.start()

@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(console, args.verbose, tag, db.url.scrub, args.log_format)
     if created is not None:
         report_created_indexes(logger, db, created)
-    with _metrics.serving(args, db):  # before anything runs: a port in use stops here
+    with _metrics.serving(
+        args, db, [p.name for p in projections]
+    ):  # before anything runs: a port in use stops here
         return _run(args, db, projections, config, console, head)
 
 
