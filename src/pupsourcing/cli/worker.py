@@ -71,9 +71,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(console, args.verbose, tag, db.url.scrub, args.log_format)
     if created is not None:
         report_created_indexes(logger, db, created)
-    with _metrics.serving(
-        args, db, [p.name for p in projections]
-    ):  # before anything runs: a port in use stops here
+    names = [p.name for p in projections]
+    with _metrics.serving(args, db, names):  # before anything runs: a port in use stops here
         return _run(args, db, projections, config, console, head)
 
 
