@@ -369,6 +369,65 @@ def test_woken_postgres_processor_sends_one_batch(api: str, pg_table: StoreConfi
     assert 1 <= sent <= 12, sent
 
 
+@pytest.fixture
+def high_fds() -> Any:
+    """Descriptors 0 to 1100 taken: the next connection's socket is past
+    ``select``'s FD_SETSIZE (1024), as in a process with many sockets open."""
+    resource = pytest.importorskip("resource")
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
+        pytest.skip("the soft limit of open files is below 1200")
+    taken = [os.open(os.devnull, os.O_RDONLY)]
+    try:
+        while taken[-1] < 1100:
+            taken.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_postgres_processor_on_a_high_descriptor_waits_quietly(
+    api: str, pg_table: StoreConfig, high_fds: None
+) -> None:
+    """A socket numbered past 1023 must not break the wait (``select``
+    refuses it): it went back to LISTEN and poll at once, over and over."""
+    appended: list[tuple[int, float]] = []
+
+    def append() -> None:
+        time.sleep(0.5)
+        started = time.monotonic()
+        appended.append((_append_elsewhere(pg_table), started))
+
+    projection, sent = _run_idle(api, pg_table, 1.0, append)
+    ((position, started),) = appended
+    handled = projection.handled.get(position)
+    assert handled is not None, "the event was never handled"
+    assert handled - started < PROMPT, f"handled after {handled - started:.2f}s"
+    assert sent <= 12, f"an idle processor sent {sent} statements in 1.5 s"
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_postgres_wait_failing_on_a_live_connection_falls_back_to_polling(
+    api: str, pg_table: StoreConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting fails though the connection works: the processor polls
+    (every ``poll_interval``), not LISTEN and poll again in a loop."""
+    from pupsourcing.adapters.postgres import _listen
+
+    def broken(*args: Any) -> None:
+        raise OSError("cannot wait")
+
+    async def broken_async(*args: Any) -> None:
+        broken()
+
+    monkeypatch.setattr(_listen.PsycopgListener, "wait", broken)
+    monkeypatch.setattr(_listen.AsyncPsycopgListener, "wait", broken_async)
+    projection, sent = _run_idle(api, pg_table, 1.0, lambda: None)
+    assert projection.handled == {}
+    assert sent <= 12, f"an idle processor sent {sent} statements in 1 s"
+
+
 def _notifications(config: StoreConfig, store: Any, transactions: list[list[str]]) -> int:
     """Notifications a listener on the events table's channel receives while
     ``store`` makes ``transactions`` (each a list of aggregate ids, one

@@ -64,7 +64,7 @@ class AsyncWaiter:
             try:
                 await _first([stop.wait(), self._listener.wait(conn, remaining)], None)
             except Exception as exc:
-                wakes.lost(exc)
+                wakes.lost(conn, exc)
                 return stop.is_set()
         return True
 

@@ -76,10 +76,13 @@ class _Wakes:
             error,
         )
 
-    def lost(self, error: Exception) -> None:
-        """Waiting on the connection failed: the next poll will tell why."""
+    def lost(self, conn: Any, error: Exception) -> None:
+        """Waiting on ``conn`` failed: the next poll will tell why. A lost
+        connection is replaced; one that still works only polls from now
+        on (listening again would fail again, at once, in a loop)."""
         self.logger.debug("waiting for append notifications failed", exc_info=error)
         self.listening = None
+        self.refused = weakref.ref(conn)
 
     def woken(self, listening: bool) -> bool:
         """Whether to poll now, and take note that it will."""
@@ -151,6 +154,6 @@ class Waiter:
             try:
                 self._listener.wait(conn, timeout)
             except Exception as exc:
-                wakes.lost(exc)
+                wakes.lost(conn, exc)
                 return stop.is_set()
         return True

@@ -63,9 +63,19 @@ class PsycopgListener(_Counting):
             conn.commit()
 
     def wait(self, conn: psycopg.Connection[Any], timeout: float) -> None:
-        readable, _, _ = select.select([conn.fileno()], [], [], max(timeout, 0.0))
-        if readable:
+        if _readable(conn.fileno(), max(timeout, 0.0)):
             self._drain(conn)
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` has input within ``timeout`` seconds. ``poll`` where
+    there is one: ``select`` refuses descriptors past 1023, which a process
+    with many files or sockets open hands out."""
+    if not hasattr(select, "poll"):  # Windows: no such limit on sockets
+        return bool(select.select([fd], [], [], timeout)[0])
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 class AsyncPsycopgListener(_Counting):
