@@ -161,6 +161,43 @@ def test_events_that_notify_nothing_are_found_by_polling(backend: Backend) -> No
         running.close()
 
 
+def test_async_processor_run_again_in_another_event_loop(tmp_path: Any) -> None:
+    """An asyncio processor closed and run again under a new event loop
+    (another ``asyncio.run``) is woken there as before: its wait failed
+    with "bound to a different event loop"."""
+    from pupsourcing.adapters.sqlite import SQLiteStore, connect, connect_async
+    from pupsourcing.aio import AsyncProcessor, AsyncSQLiteStore
+
+    path = str(tmp_path / "events.db")
+    with connect(path) as conn:
+        SQLiteStore().create_schema(conn)
+    processor = AsyncProcessor(lambda: connect_async(path), AsyncSQLiteStore(), SLOW_POLL)
+    projection = Timed()
+
+    async def session(aggregate_id: str) -> float | None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(processor.run(projection, stop=stop))
+        await asyncio.sleep(0.3)
+        conn = await connect_async(path)
+        started = time.monotonic()
+        result = await AsyncSQLiteStore().append(conn, ExpectedVersion.any(), [event(aggregate_id)])
+        await conn.commit()
+        await conn.close()
+        position = result.global_positions[0]
+        while position not in projection.handled and time.monotonic() - started < 2:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await processor.close()
+        handled = projection.handled.get(position)
+        return None if handled is None else handled - started
+
+    for aggregate_id in ("first-loop", "second-loop"):
+        latency = asyncio.run(session(aggregate_id))
+        assert latency is not None, f"{aggregate_id}: the event was never handled"
+        assert latency < PROMPT, f"{aggregate_id}: handled after {latency:.2f}s"
+
+
 # -- PostgreSQL: notifications from any connection ---------------------------
 
 

@@ -30,6 +30,7 @@ class AsyncWaiter:
         self._listener = listener
         self._push = push
         self._event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def wait(self, conn: Any, seconds: float, stop: asyncio.Event) -> bool:
         """Wait up to ``seconds``, less when woken; whether ``stop`` is set."""
@@ -69,10 +70,14 @@ class AsyncWaiter:
         return True
 
     def _appends_event(self) -> asyncio.Event:
-        """The event in-process appends set (from any thread)."""
-        if self._event is None:
-            self._event = asyncio.Event()
-            self._wakes.signal.register(self._event, asyncio.get_running_loop())
+        """The event in-process appends set (from any thread), one per event
+        loop: the processor may run again under another one."""
+        loop = asyncio.get_running_loop()
+        if self._event is None or self._loop is not loop:
+            if self._event is not None:
+                self._wakes.signal.forget(self._event)
+            self._event, self._loop = asyncio.Event(), loop
+            self._wakes.signal.register(self._event, loop)
         return self._event
 
 
