@@ -465,6 +465,73 @@ def test_postgres_wait_failing_on_a_live_connection_falls_back_to_polling(
     assert sent <= 12, f"an idle processor sent {sent} statements in 1 s"
 
 
+def _ran_on(api: str, config: StoreConfig, runs: int) -> list[str]:
+    """Run ``runs`` processors one after another on one caller's connection
+    (each until idle, then stopped); then, on that connection, LISTEN on a
+    channel of the caller's own while an append notifies and the caller's
+    channel is notified: the channels of what the caller receives."""
+    import warnings
+
+    import psycopg
+
+    from pupsourcing.aio import AsyncProcessor
+    from pupsourcing.projection import Processor
+
+    store = _pg_store(api, config)
+
+    def notify_both() -> None:
+        _append_elsewhere(config)
+        with psycopg.connect(PG_DSN, autocommit=True) as other:
+            other.execute("NOTIFY callers_own")
+
+    if api == "sync":
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            for _ in range(runs):
+                stop = threading.Event()
+                processor = Processor(conn, store, SLOW_POLL)
+                thread = threading.Thread(
+                    target=processor.run, args=(Timed(),), kwargs={"stop": stop}
+                )
+                thread.start()
+                time.sleep(0.3)
+                stop.set()
+                thread.join(10)
+            conn.execute("LISTEN callers_own")
+            notify_both()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # notifies() with handlers left: a warning
+                return [n.channel for n in conn.notifies(timeout=0.5)]
+
+    async def main() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(PG_DSN, autocommit=True) as conn:
+            for _ in range(runs):
+                stop = asyncio.Event()
+                task = asyncio.create_task(
+                    AsyncProcessor(conn, store, SLOW_POLL).run(Timed(), stop=stop)
+                )
+                await asyncio.sleep(0.3)
+                stop.set()
+                await asyncio.wait_for(task, 10)
+            await conn.execute("LISTEN callers_own")
+            await asyncio.to_thread(notify_both)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                return [n.channel async for n in conn.notifies(timeout=0.5)]
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_postgres_processor_gives_the_callers_connection_back_unsubscribed(
+    api: str, pg_table: StoreConfig
+) -> None:
+    """A processor that stopped leaves no LISTEN on the caller's connection
+    (the caller would receive its notifications; a listening session that
+    is not read holds the server's notification queue back) and no notify
+    handler (there was one more for each processor that had run on it)."""
+    assert _ran_on(api, pg_table, runs=2) == ["callers_own"]
+
+
 def _notifications(config: StoreConfig, store: Any, transactions: list[list[str]]) -> int:
     """Notifications a listener on the events table's channel receives while
     ``store`` makes ``transactions`` (each a list of aggregate ids, one

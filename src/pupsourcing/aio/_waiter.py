@@ -32,6 +32,17 @@ class AsyncWaiter:
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    async def release(self, conn: Any) -> None:
+        """``UNLISTEN`` on ``conn`` if it listens (the processor stops)."""
+        if not self._wakes.stops_listening(conn):
+            return
+        assert self._listener is not None
+        try:
+            await self._listener.unlisten(conn)
+        except Exception:  # a lost connection: nothing to undo
+            with contextlib.suppress(Exception):
+                await conn.rollback()
+
     async def wait(self, conn: Any, seconds: float, stop: asyncio.Event) -> bool:
         """Wait up to ``seconds``, less when woken; whether ``stop`` is set."""
         if not self._push:

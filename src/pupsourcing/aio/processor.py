@@ -133,7 +133,10 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
         statements or the handler's writes through ``tx``."""
         stop = stop or asyncio.Event()
         sub = self._core.subscription(projection)
-        await self._drive(projection, sub, self._core.run(sub), stop)
+        try:
+            await self._drive(projection, sub, self._core.run(sub), stop)
+        finally:
+            await self._waiter.release(self._conn)
 
     async def catch_up(self, projection: AsyncProjection) -> int:
         """Process until no committed event is left for the projection; return

@@ -76,6 +76,14 @@ class _Wakes:
             error,
         )
 
+    def stops_listening(self, conn: Any) -> bool:
+        """Whether ``conn`` listens, to be unsubscribed now (the processor
+        stops: the connection may be the caller's, or stay open unread)."""
+        if not self.is_listening(conn):
+            return False
+        self.listening = None
+        return True
+
     def lost(self, conn: Any, error: Exception) -> None:
         """Waiting on ``conn`` failed: the next poll will tell why. A lost
         connection is replaced; one that still works only polls from now
@@ -123,6 +131,17 @@ class Waiter:
         self._wakes = _Wakes(events_table, listener, logger)
         self._listener = listener
         self._push = push
+
+    def release(self, conn: Any) -> None:
+        """``UNLISTEN`` on ``conn`` if it listens (the processor stops)."""
+        if not self._wakes.stops_listening(conn):
+            return
+        assert self._listener is not None
+        try:
+            self._listener.unlisten(conn)
+        except Exception:  # a lost connection: nothing to undo
+            with contextlib.suppress(Exception):
+                conn.rollback()
 
     def wait(self, conn: Any, seconds: float, stop: threading.Event) -> bool:
         """Wait up to ``seconds``, less when woken; whether ``stop`` is set."""

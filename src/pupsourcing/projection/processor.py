@@ -123,7 +123,10 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
         statements or the handler's writes through ``tx``."""
         stop = stop or threading.Event()
         sub = self._subscription(projection)
-        self._drive(projection, sub, self._core.run(sub), stop)
+        try:
+            self._drive(projection, sub, self._core.run(sub), stop)
+        finally:
+            self._waiter.release(self._conn)
 
     def catch_up(self, projection: Projection) -> int:
         """Process until no committed event is left for the projection; return

@@ -88,6 +88,9 @@ class Listener(Protocol):
     def listen(self, conn: Any) -> None:
         """Subscribe ``conn`` (outside a transaction; leaves it outside one)."""
 
+    def unlisten(self, conn: Any) -> None:
+        """Undo :meth:`listen` (outside a transaction; leaves it outside one)."""
+
     def wait(self, conn: Any, timeout: float) -> None:
         """Wait until a notification arrives (counted in :attr:`received`)
         or ``timeout`` seconds passed; raise if the connection broke."""
@@ -99,5 +102,7 @@ class AsyncListener(Protocol):
     received: int
 
     async def listen(self, conn: Any) -> None: ...
+
+    async def unlisten(self, conn: Any) -> None: ...
 
     async def wait(self, conn: Any, timeout: float) -> None: ...

@@ -6,7 +6,8 @@ Every append notifies the channel of its events table
 append statement itself; the server delivers the notification when the
 append commits. A processor's connection ``LISTEN``\\ s once (committed) and
 waits between batches, outside any transaction, for its socket to have
-input. A notify handler counts what arrives while batches run, which also
+input; ``UNLISTEN`` when the processor stops gives the connection back as
+it was. A notify handler counts what arrives while batches run, which also
 keeps psycopg from queueing every notification of a long busy spell.
 
 Same-named events tables in other schemas of the database notify the same
@@ -32,6 +33,7 @@ class _Counting:
     def __init__(self, channel: str, events_table: str) -> None:
         self.received = 0
         self._sql = f'LISTEN "{channel}"'
+        self._unlisten_sql = f'UNLISTEN "{channel}"'
         self._table = events_table
         self._payloads: set[str] | None = None
         """The payloads counted; ``None``: all (the table was not found)."""
@@ -62,6 +64,12 @@ class PsycopgListener(_Counting):
         if not conn.autocommit:
             conn.commit()
 
+    def unlisten(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(self._unlisten_sql)
+        if not conn.autocommit:
+            conn.commit()
+        conn.remove_notify_handler(self._count)  # last: it takes what came meanwhile
+
     def wait(self, conn: psycopg.Connection[Any], timeout: float) -> None:
         if _readable(conn.fileno(), max(timeout, 0.0)):
             self._drain(conn)
@@ -87,6 +95,12 @@ class AsyncPsycopgListener(_Counting):
         await conn.execute(self._sql)
         if not conn.autocommit:
             await conn.commit()
+
+    async def unlisten(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(self._unlisten_sql)
+        if not conn.autocommit:
+            await conn.commit()
+        conn.remove_notify_handler(self._count)  # last: it takes what came meanwhile
 
     async def wait(self, conn: psycopg.AsyncConnection[Any], timeout: float) -> None:
         loop = asyncio.get_running_loop()
