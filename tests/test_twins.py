@@ -61,7 +61,7 @@ ANNOTATIONS = {
     "Projection": "AsyncProjection",
     "Processor[ConnT]": "AsyncProcessor[ConnT]",
     "Callable[[], Any]": "Callable[[], Awaitable[Any]]",
-    "Projection | Sequence[Projection]": "AsyncProjection | Sequence[AsyncProjection]",
+    "Projection | Iterable[Projection]": "AsyncProjection | Iterable[AsyncProjection]",
 }
 """Blocking annotation to the asyncio one it stands for (compared as text:
 the modules use ``from __future__ import annotations``)."""
