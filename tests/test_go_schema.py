@@ -54,6 +54,15 @@ GO_SQLITE = [  # the Go library's SQLite migration, tables as it creates them
 ]
 
 
+def replace_with_go_schema(conn: Any, name: str) -> None:
+    """Drop the store's three Go tables on ``conn`` and create them as the
+    Go library's migration does (uncommitted)."""
+    for table in ("events", "aggregate_heads", "projection_checkpoints"):
+        query(conn, f"DROP TABLE {table}")
+    for sql in go_schema(name):
+        query(conn, sql)
+
+
 def go_schema(name: str) -> list[str]:
     if name == "postgres":
         from test_postgres_store import GO_DDL
@@ -84,10 +93,7 @@ def test_a_go_created_store_asks_for_create_schema_once(
 ) -> None:
     with made_backend(name, tmp_path) as b:
         conn = b.connection()
-        for table in ("events", "aggregate_heads", "projection_checkpoints"):
-            query(conn, f"DROP TABLE {table}")
-        for sql in go_schema(name):
-            query(conn, sql)
+        replace_with_go_schema(conn, name)
         go_id = uuid.uuid4()
         mark = "?" if name == "sqlite" else "%s"
         query(

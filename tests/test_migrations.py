@@ -486,14 +486,11 @@ def test_create_schema_accepts_a_column_another_migration_just_added(
     from conftest import made_backend
     from helpers import query
     from pupsourcing.store.plan import drive
-    from test_go_schema import go_schema
+    from test_go_schema import replace_with_go_schema
 
     with made_backend(name, tmp_path) as b:
         conn = b.connection()
-        for table in ("events", "aggregate_heads", "projection_checkpoints"):
-            query(conn, f"DROP TABLE {table}")
-        for sql in go_schema(name):
-            query(conn, sql)
+        replace_with_go_schema(conn, name)
         conn.commit()
         store, other = b.store, b.connection()
         added: list[str] = []

@@ -309,22 +309,30 @@ def _run_idle(api: str, config: StoreConfig, seconds: float, during: Any) -> tup
         os.unlink(trace.name)
 
 
-@pytest.mark.parametrize("api", ["sync", "async"])
-def test_postgres_commit_by_another_connection_wakes_the_processor(
-    api: str, pg_table: StoreConfig
-) -> None:
+def _woken_by_one_append(api: str, pg_table: StoreConfig, delay: float) -> int:
+    """An idle processor, and one event committed by another connection
+    after ``delay`` s: it is handled within PROMPT. The statements the
+    processor sent."""
     appended: list[tuple[int, float]] = []
 
     def append() -> None:
-        time.sleep(0.2)
+        time.sleep(delay)
         started = time.monotonic()
         appended.append((_append_elsewhere(pg_table), started))
 
-    projection, _ = _run_idle(api, pg_table, 1.0, append)
+    projection, sent = _run_idle(api, pg_table, 1.0, append)
     ((position, started),) = appended
     handled = projection.handled.get(position)
     assert handled is not None, "the event was never handled"
     assert handled - started < PROMPT, f"handled after {handled - started:.2f}s"
+    return sent
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_postgres_commit_by_another_connection_wakes_the_processor(
+    api: str, pg_table: StoreConfig
+) -> None:
+    _woken_by_one_append(api, pg_table, 0.2)
 
 
 @pytest.mark.parametrize("api", ["sync", "async"])
@@ -432,18 +440,7 @@ def test_postgres_processor_on_a_high_descriptor_waits_quietly(
 ) -> None:
     """A socket numbered past 1023 must not break the wait (``select``
     refuses it): it went back to LISTEN and poll at once, over and over."""
-    appended: list[tuple[int, float]] = []
-
-    def append() -> None:
-        time.sleep(0.5)
-        started = time.monotonic()
-        appended.append((_append_elsewhere(pg_table), started))
-
-    projection, sent = _run_idle(api, pg_table, 1.0, append)
-    ((position, started),) = appended
-    handled = projection.handled.get(position)
-    assert handled is not None, "the event was never handled"
-    assert handled - started < PROMPT, f"handled after {handled - started:.2f}s"
+    sent = _woken_by_one_append(api, pg_table, 0.5)
     assert sent <= 12, f"an idle processor sent {sent} statements in 1.5 s"
 
 

@@ -578,40 +578,39 @@ def test_an_event_too_large_with_its_headers_is_raised(tmp_path: Path, js: JetSt
             return int(nc.max_payload)
 
     limit = asyncio.run(max_payload())
-    stream, prefix = js.new_stream()
-    with made_backend("sqlite", tmp_path) as db:
-        append(db, [Event("Shop", "Order", "o1", "Placed", b"{}")])
-        metadata = b'{"note": "' + b"m" * 500 + b'"}'
-        append(db, [Event("Shop", "Order", "o1", "Big", b"x" * (limit - 300), metadata=metadata)])
-
-        async def go() -> int:
-            async with relay(db, js, stream, prefix, name="large") as r:
-                return await asyncio.wait_for(r.catch_up(), 20)
-
-        with pytest.raises(Exception, match=r"global position 2 .* max_payload") as raised:
-            asyncio.run(go())
-        assert not isinstance(raised.value, TimeoutError)
-        assert db.checkpoints().get("relay_large", 0) == 0
-    assert [m.position for m in js.messages(stream)] == [1]
+    metadata = b'{"note": "' + b"m" * 500 + b'"}'
+    big = Event("Shop", "Order", "o1", "Big", b"x" * (limit - 300), metadata=metadata)
+    assert_raised_before_the_second(tmp_path, js, big, r"global position 2 .* max_payload")
 
 
 def test_an_event_whose_subject_is_too_long_is_raised(tmp_path: Path, js: JetStream) -> None:
     """An aggregate id whose escaped form makes the subject longer than a
     NATS protocol line: the server would close the connection on it, again
     after every reconnect; the relay raises instead."""
+    long = Event("Shop", "Order", "é" * 700, "Placed", b"{}")  # %C3%A9 each
+    assert_raised_before_the_second(tmp_path, js, long, r"global position 2 has a subject of")
+
+
+def assert_raised_before_the_second(
+    tmp_path: Path, js: JetStream, second: Event, message: str
+) -> None:
+    """A relay of two events, ``second`` one the server would close the
+    connection on: it raises ``message`` (no time-out: it does not reconnect
+    and resend forever), publishing the first only, its checkpoint before
+    the second."""
     stream, prefix = js.new_stream()
     with made_backend("sqlite", tmp_path) as db:
         append(db, [Event("Shop", "Order", "o1", "Placed", b"{}")])
-        append(db, [Event("Shop", "Order", "é" * 700, "Placed", b"{}")])  # %C3%A9 each
+        append(db, [second])
 
         async def go() -> int:
-            async with relay(db, js, stream, prefix, name="long") as r:
+            async with relay(db, js, stream, prefix, name="refused") as r:
                 return await asyncio.wait_for(r.catch_up(), 20)
 
-        with pytest.raises(Exception, match=r"global position 2 has a subject of") as raised:
+        with pytest.raises(Exception, match=message) as raised:
             asyncio.run(go())
         assert not isinstance(raised.value, TimeoutError)
-        assert db.checkpoints().get("relay_long", 0) == 0
+        assert db.checkpoints().get("relay_refused", 0) == 0
     assert [m.position for m in js.messages(stream)] == [1]
 
 
