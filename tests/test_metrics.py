@@ -398,3 +398,45 @@ def test_a_command_reports_the_dead_letters_of_its_own_projections(sqlite_db: Ba
     dead = "pupsourcing_projection_dead_letters"
     assert value(found, dead, projection="counting", partition="0") == 1
     assert value(found, dead, projection="other", partition="0") is None
+
+
+def test_a_partition_reports_the_dead_letters_of_its_own_partition(sqlite_db: Backend) -> None:
+    """A command running one partition (or a claiming process, the ones it
+    holds at each scrape) reports those only: one per partition scraped,
+    a sum counts each dead letter once."""
+    from pupsourcing.cli.worker import _reported
+    from pupsourcing.metrics import DeadLettersCollector
+    from pupsourcing.projection import ClaimingRunner, HashPartitionStrategy
+
+    strategy = HashPartitionStrategy()
+    ids = [f"agg-{i}" for i in range(40)]
+    in_p0 = next(i for i in ids if strategy.should_process(i, 0, 2))
+    in_p1 = next(i for i in ids if strategy.should_process(i, 1, 2))
+    conn = sqlite_db.connection()
+    sqlite_db.store.append(conn, ExpectedVersion.any(), [event(in_p0)])
+    sqlite_db.store.append(conn, ExpectedVersion.any(), [event(in_p1), event(in_p1)])
+    conn.commit()
+    for key in (0, 1):
+        config = ProcessorConfig(partition_key=key, total_partitions=2, on_failure="dead_letter")
+        with Processor(sqlite_db.connect, sqlite_db.store, config) as processor:
+            processor.catch_up(Counting(fail_at=1 + key))  # positions 1 (p0) and 2 (p1)
+    dead = "pupsourcing_projection_dead_letters"
+
+    def reported(names: Any) -> dict[str, float | None]:
+        registry = prometheus_client.CollectorRegistry()
+        registry.register(DeadLettersCollector(sqlite_db.connect, sqlite_db.store, names))
+        found = scrape_registry(registry)
+        return {k: value(found, dead, projection="counting", partition=k) for k in "01"}
+
+    assert reported(None) == {"0": 1, "1": 1}
+    assert reported(["counting"]) == {"0": 1, "1": 1}
+    one = ProcessorConfig(partition_key=1, total_partitions=2)
+    assert reported(_reported([Counting()], one, None)) == {"0": None, "1": 1}
+    held: list[str] = []
+    assert reported(lambda: held) == {"0": None, "1": None}
+    held.append("counting_p0")
+    assert reported(lambda: held) == {"0": 1, "1": None}
+    runner = ClaimingRunner(sqlite_db.connect, sqlite_db.store, ProcessorConfig(total_partitions=2))
+    claimed = _reported([Counting()], ProcessorConfig(total_partitions=2), runner)
+    assert callable(claimed)
+    assert claimed() == []  # it holds nothing yet

@@ -298,9 +298,11 @@ class DeadLettersCollector(Collector):
     in the database at each scrape. ``connect`` returns a new blocking
     connection (closed after the count); register it with
     ``registry.register(DeadLettersCollector(connect, store))``. Given
-    ``projections`` (names), only theirs are reported: a program reports the
-    projections it runs, so that a sum over the programs scraped counts each
-    dead letter once."""
+    ``projections``, only theirs are reported: names of projections (every
+    partition) or of checkpoints (``"orders_p1"``: that partition), or a
+    callable answering them at each scrape (the partitions a claiming
+    process holds now). A program reports what it runs, so that a sum over
+    the programs scraped counts each dead letter once."""
 
     NAME = "pupsourcing_projection_dead_letters"
     HELP = "Events recorded as dead letters (on_failure='dead_letter'), not yet replayed."
@@ -309,11 +311,15 @@ class DeadLettersCollector(Collector):
         self,
         connect: Callable[[], Any],
         store: SQLStore[Any],
-        projections: Iterable[str] | None = None,
+        projections: Iterable[str] | Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self._connect = connect
         self._store = store
-        self._projections = None if projections is None else frozenset(projections)
+        self._projections = (
+            projections
+            if callable(projections) or projections is None
+            else (frozenset(projections))
+        )
 
     def describe(self) -> Iterable[Metric]:
         return [GaugeMetricFamily(self.NAME, self.HELP, labels=PROJECTION_LABELS)]
@@ -341,9 +347,11 @@ class DeadLettersCollector(Collector):
             conn.rollback()
         finally:
             conn.close()
+        chosen = self._projections
+        reported = frozenset(chosen()) if callable(chosen) else chosen
         counts: dict[tuple[str, str], int] = {}
         for checkpoint, count in by_checkpoint.items():
             name, key = split_checkpoint_name(checkpoint)
-            if self._projections is None or name in self._projections:
+            if reported is None or name in reported or checkpoint in reported:
                 counts[(name, str(key or 0))] = count
         return counts

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from pupsourcing.cli.errors import CommandError
@@ -71,10 +71,13 @@ def check_available(args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def serving(args: argparse.Namespace, db: Database, names: Sequence[str]) -> Iterator[None]:
+def serving(
+    args: argparse.Namespace, db: Database, names: Iterable[str] | Callable[[], Iterable[str]]
+) -> Iterator[None]:
     """In one process: the metrics of this process's stores and processors,
     served on ``--metrics-port`` (written only, with ``--metrics-child``),
-    and the dead letters of the projections ``names``."""
+    and the dead letters of ``names``, projections or checkpoints (see
+    :class:`~pupsourcing.metrics.DeadLettersCollector`)."""
     if args.metrics_port is None and not args.metrics_child:
         yield
         return

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 
 from pupsourcing.cli import _metrics
 from pupsourcing.cli._db import (
@@ -71,9 +72,28 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(console, args.verbose, tag, db.url.scrub, args.log_format)
     if created is not None:
         report_created_indexes(logger, db, created)
-    names = [p.name for p in projections]
-    with _metrics.serving(args, db, names):  # before anything runs: a port in use stops here
-        return _run(args, db, projections, config, console, head)
+    runner = (
+        ClaimingRunner(db.connect, db.store, config, lease_ttl=args.lease_ttl)
+        if args.claim
+        else None
+    )
+    with _metrics.serving(args, db, _reported(projections, config, runner)):
+        # (before anything runs: a port in use stops here)
+        return _run(args, db, projections, config, console, head, runner)
+
+
+def _reported(
+    projections: list[Projection], config: ProcessorConfig, runner: ClaimingRunner | None
+) -> list[str] | Callable[[], list[str]]:
+    """What this process reports the dead letters of: its projections, the
+    partition it runs, or (``--claim``, ``runner``) the partitions it holds now."""
+    if runner is not None:
+        return lambda: [
+            partition_checkpoint_name(name, key)
+            for name, keys in runner.held().items()
+            for key in keys
+        ]
+    return [config.checkpoint_name(p.name) for p in projections]
 
 
 def _run(
@@ -83,6 +103,7 @@ def _run(
     config: ProcessorConfig,
     console: Console,
     head: int,
+    runner: ClaimingRunner | None,
 ) -> int:
     partitioned = config.total_partitions > 1 and not args.claim
     names = ", ".join(p.name for p in projections)
@@ -93,8 +114,8 @@ def _run(
         f" (partition {config.partition_key} of {config.total_partitions})" if partitioned else "",
         head,
     )
-    if args.claim:
-        return _run_claiming(args, db, projections, config, console)
+    if runner is not None:
+        return _run_claiming(args, runner, projections, config, console, db)
     processors = [Processor(db.connect, db.store, config) for _ in projections]
     monitor = None
     if args.progress and not args.supervised:
@@ -125,14 +146,14 @@ def _run(
 
 def _run_claiming(
     args: argparse.Namespace,
-    db: Database,
+    runner: ClaimingRunner,
     projections: list[Projection],
     config: ProcessorConfig,
     console: Console,
+    db: Database,
 ) -> int:
-    """``--claim``: the partitions this process gets a lease on, balanced
+    """``--claim``: the partitions ``runner`` gets a lease on, balanced
     with the other processes, until a signal."""
-    runner = ClaimingRunner(db.connect, db.store, config, lease_ttl=args.lease_ttl)
     names = ", ".join(p.name for p in projections)
     logger.info(
         "claiming partitions of %s (%d in all) as %s, lease %ss",
