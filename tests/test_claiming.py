@@ -483,3 +483,74 @@ def test_async_claiming_runners_share_and_hand_over(
     assert len(counts) == 30
     assert set(counts.values()) == {1}
     assert {owner for owner, _ in leases(backend, conn, "async_claimed").values()} == {""}
+
+
+def hold_as_dead_process(backend: Backend, name: str, total: int, ttl: float) -> float:
+    """Lease ``name``'s partitions to an owner that then dies (never renews
+    them); ``time.monotonic()`` at its last renewal."""
+    plans, conn = backend.store.dialect.leases, backend.connection()
+    drive(backend, conn, plans.ensure(name, total))
+    for key in range(total):
+        assert drive(backend, conn, plans.acquire(name, key, "dead", ttl)) is True
+    drive(backend, conn, plans.announce(name, "dead", ttl))
+    return time.monotonic()
+
+
+class Idle:
+    name = "idle_claimed"
+
+    def handle(self, event: Any, tx: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_dead_process_s_partitions_are_taken_over_within_the_lease_ttl(
+    api: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """Contract: "the partitions of a process that died are taken over within
+    --lease-ttl seconds", whatever the phase of the survivor's renewals: here
+    it starts half a renewal period after the dead one's last renewal, so
+    none of its renewals falls just after the leases expire."""
+    import asyncio
+    import threading
+
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = make_store_backend("sqlite")
+    ttl, total = 3.0, 2
+    config = ProcessorConfig(total_partitions=total, poll_interval=0.05)
+    died = hold_as_dead_process(backend, Idle.name, total, ttl)
+    time.sleep(ttl / 6)
+
+    def taken_over(held: Callable[[], dict[str, list[int]]]) -> float:
+        while held().get(Idle.name) != list(range(total)):
+            assert time.monotonic() < died + 2 * ttl, held()
+            time.sleep(0.02)
+        return time.monotonic() - died
+
+    if api == "sync":
+        runner = ClaimingRunner(backend.connect, backend.store, config, lease_ttl=ttl)
+        stop = threading.Event()
+        thread = threading.Thread(target=runner.run, args=(Idle(),), kwargs={"stop": stop})
+        thread.start()
+        try:
+            took = taken_over(runner.held)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+    else:
+        arunner = AsyncClaimingRunner(
+            backend.open_async, backend.async_store(), config, lease_ttl=ttl
+        )
+
+        async def scenario() -> float:
+            astop = asyncio.Event()
+            task = asyncio.create_task(arunner.run(Idle(), stop=astop))
+            try:
+                return await asyncio.to_thread(taken_over, arunner.held)
+            finally:
+                astop.set()
+                await task
+
+        took = asyncio.run(scenario())
+    assert took < ttl + 0.4, f"taken over {took:.2f} s after the last renewal (lease_ttl {ttl})"

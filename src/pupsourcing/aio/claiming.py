@@ -10,7 +10,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from pupsourcing.aio.processor import AsyncProcessor, close_quietly
-from pupsourcing.projection.claiming import check_runner_args, chosen_projections, share
+from pupsourcing.projection.claiming import (
+    check_runner_args,
+    chosen_projections,
+    next_look,
+    share,
+)
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.protocols import AsyncProjection
 from pupsourcing.store.leases import Lease, LeasePlans
@@ -90,6 +95,7 @@ class AsyncClaimingRunner:
         total = self.total_partitions
         try:
             while not stop.is_set() and error is None:
+                pause = self.lease_ttl / 3
                 try:
                     if conn is None:
                         conn = await self._db()
@@ -99,7 +105,7 @@ class AsyncClaimingRunner:
                         await self._drive(conn, self._plans.release(*pending[0], self.owner))
                         pending.pop(0)
                     for p in chosen:
-                        await self._balance(conn, p)
+                        pause = min(pause, await self._balance(conn, p))
                     last_ok = time.monotonic()
                 except Exception as exc:
                     self._log.warning("partition leases: %s; retrying", exc)
@@ -107,7 +113,7 @@ class AsyncClaimingRunner:
                     conn = None
                     if time.monotonic() - last_ok > self.lease_ttl * 0.8:
                         self._stop_all("its leases could not be renewed")
-                deadline = time.monotonic() + self.lease_ttl / 3
+                deadline = time.monotonic() + pause
                 while time.monotonic() < deadline and not stop.is_set():
                     error = self._reap(pending)
                     if error is not None:
@@ -158,7 +164,7 @@ class AsyncClaimingRunner:
                 pending.append(key)
         return error
 
-    async def _balance(self, conn: Any, projection: AsyncProjection) -> None:
+    async def _balance(self, conn: Any, projection: AsyncProjection) -> float:
         name, total, me, ttl = projection.name, self.total_partitions, self.owner, self.lease_ttl
         mine = {k: part for (n, k), part in self._running.items() if n == name}
         for key, part in sorted(mine.items()):
@@ -187,3 +193,4 @@ class AsyncClaimingRunner:
                 self._running[(name, key)] = _Partition(processor, projection)
                 self._log.info("%s partition %d of %d: claimed by %s", name, key, total, me)
                 more -= 1
+        return next_look(ttl, me, leases)

@@ -26,6 +26,9 @@ __all__ = ["ClaimingRunner"]
 
 _WAIT = 0.05
 """How often, in seconds, the lease loop looks at ``stop`` and failures."""
+EXPIRY_MARGIN = 0.05
+"""Seconds after another process's leases run out that the lease loop looks
+again, to take its partitions over."""
 
 
 def default_owner() -> str:
@@ -168,6 +171,7 @@ class ClaimingRunner:
         first_error: BaseException | None = None
         try:
             while not stop.is_set() and first_error is None:
+                pause = self.lease_ttl / 3
                 try:
                     if conn is None:
                         conn = self._db()
@@ -175,7 +179,7 @@ class ClaimingRunner:
                             self._drive(conn, self._plans.ensure(p.name, self.total_partitions))
                     self._release_pending(conn)
                     for p in chosen:
-                        self._balance(conn, p)
+                        pause = min(pause, self._balance(conn, p))
                     last_ok = time.monotonic()
                 except Exception as exc:
                     self._log.warning("partition leases: %s; retrying", exc)
@@ -183,7 +187,7 @@ class ClaimingRunner:
                     conn = None
                     if time.monotonic() - last_ok > self.lease_ttl * 0.8:
                         self._stop_all("its leases could not be renewed")
-                deadline = time.monotonic() + self.lease_ttl / 3
+                deadline = time.monotonic() + pause
                 while time.monotonic() < deadline and not stop.is_set():
                     first_error = self._reap()
                     if first_error is not None:
@@ -206,7 +210,9 @@ class ClaimingRunner:
         self._store._end_transaction(conn, commit=True)
         return result
 
-    def _balance(self, conn: Any, projection: Projection) -> None:
+    def _balance(self, conn: Any, projection: Projection) -> float:
+        """Renew, release and claim ``projection``'s partitions; the seconds
+        until the lease loop should look again (see :func:`next_look`)."""
         name, total, me, ttl = projection.name, self.total_partitions, self.owner, self.lease_ttl
         with self._lock:
             mine = {k: part for (n, k), part in self._running.items() if n == name}
@@ -231,6 +237,7 @@ class ClaimingRunner:
             if key not in mine and self._drive(conn, self._plans.acquire(name, key, me, ttl)):
                 self._start(projection, key)
                 more -= 1
+        return next_look(ttl, me, leases)
 
     def _start(self, projection: Projection, key: int) -> None:
         config = dataclasses.replace(self.config, partition_key=key)
@@ -330,6 +337,18 @@ def share(
     want = floor if needy else ceil
     free = [lease.partition_key for lease in partitions if not lease.live]
     return extra, want - (len(active) - len(extra)), free
+
+
+def next_look(ttl: float, me: str, leases: Iterable[Lease]) -> float:
+    """Seconds until a lease loop looks again: a third of ``ttl`` (to renew),
+    or just after every lease of another process has run out if that is
+    sooner. A process that died stops renewing: looking then, not up to a
+    third of ``ttl`` later, takes its partitions over within ``ttl``."""
+    last: dict[str, float] = {}
+    for lease in leases:
+        if lease.live and lease.owner != me:
+            last[lease.owner] = max(last.get(lease.owner, 0.0), lease.expires_in)
+    return min([ttl / 3, *(expires + EXPIRY_MARGIN for expires in last.values())])
 
 
 def _richest(counts: dict[str, int]) -> str:
