@@ -631,6 +631,9 @@ def test_metadata_bytes_are_kept_exactly(any_path: Backend) -> None:
         (b'["\\udc00 and more"]', "surrogate"),
         (b"[" * 32 + b"]" * 32, "31 levels"),
         (b'{"a":' * 40 + b"1" + b"}" * 40, "31 levels"),
+        # Deeper than a recursive walk goes, shallower than the JSON parser's limit.
+        (b"[" * 600 + b"]" * 600, "31 levels"),
+        (b'{"a":' * 600 + b'"\\u00e9"' + b"}" * 600, "31 levels"),
     ],
 )
 def test_metadata_mariadb_would_refuse_is_rejected_up_front(

@@ -90,11 +90,13 @@ def errno(exc: BaseException) -> int | None:
 
 
 def _json_depth(value: object) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_json_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_json_depth(v) for v in value), default=0)
-    return 0
+    """How deeply arrays and objects nest in ``value`` (0 for a scalar), level
+    by level: no recursion, so any depth the JSON parser returned is fine."""
+    depth, level = 0, [value]
+    while containers := [v for v in level if isinstance(v, dict | list)]:
+        depth += 1
+        level = [c for v in containers for c in (v.values() if isinstance(v, dict) else v)]
+    return depth
 
 
 def _metadata_problem(metadata: bytes) -> str | None:
@@ -103,14 +105,18 @@ def _metadata_problem(metadata: bytes) -> str | None:
     nested = metadata.count(b"[") + metadata.count(b"{") > MARIADB_MAX_JSON_DEPTH
     if not (escapes or nested):
         return None
-    parsed = json.loads(metadata.decode("utf-8"))
+    too_deep = f"is nested deeper than {MARIADB_MAX_JSON_DEPTH} levels, which MariaDB rejects"
+    try:
+        parsed = json.loads(metadata.decode("utf-8"))
+    except RecursionError:  # the core check parsed it, on a shallower stack
+        return too_deep
+    if nested and _json_depth(parsed) > MARIADB_MAX_JSON_DEPTH:
+        return too_deep  # (and checked first: json.dumps recurses too)
     if escapes:
         try:
             json.dumps(parsed, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             return "contains an unpaired surrogate escape (\\ud800-\\udfff), which MySQL rejects"
-    if nested and _json_depth(parsed) > MARIADB_MAX_JSON_DEPTH:
-        return f"is nested deeper than {MARIADB_MAX_JSON_DEPTH} levels, which MariaDB rejects"
     return None
 
 
