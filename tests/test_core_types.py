@@ -20,9 +20,11 @@ from pupsourcing import (
     InvalidEventError,
     NoEventsError,
     OptimisticConcurrencyError,
+    PartitionLayoutError,
     PersistedEvent,
     ProjectionError,
     PupsourcingError,
+    SchemaError,
     Stream,
 )
 from pupsourcing.core._fast import (
@@ -218,6 +220,17 @@ def test_expected_version() -> None:
         five._value = 3  # type: ignore[misc]
 
 
+@pytest.mark.parametrize(
+    "copy_",
+    [copy.copy, copy.deepcopy, lambda v: pickle.loads(pickle.dumps(v))],
+    ids=["copy", "deepcopy", "pickle"],
+)
+def test_expected_versions_copy_and_pickle_as_values(copy_: Any) -> None:
+    for version in (ExpectedVersion.any(), ExpectedVersion.no_stream(), ExpectedVersion.exact(7)):
+        copied = copy_(version)
+        assert (copied, str(copied), hash(copied)) == (version, str(version), hash(version))
+
+
 def test_error_hierarchy() -> None:
     for error in (OptimisticConcurrencyError, NoEventsError, InvalidEventError, ProjectionError):
         assert issubclass(error, PupsourcingError)
@@ -245,6 +258,29 @@ def test_projection_error_fields() -> None:
     assert (e.projection, e.global_position) == ("read_model", 42)
     assert "read_model" in str(e)
     assert "42" in str(e)
+
+
+@pytest.mark.parametrize(
+    "copy_",
+    [copy.copy, copy.deepcopy, lambda v: pickle.loads(pickle.dumps(v))],
+    ids=["copy", "deepcopy", "pickle"],
+)
+def test_errors_copy_and_pickle_with_their_attributes(copy_: Any) -> None:
+    """As Python's own exceptions do: e.g. to cross a process boundary."""
+    errors: list[PupsourcingError] = [
+        OptimisticConcurrencyError(
+            aggregate_type="Order", aggregate_id="o-1", expected=ExpectedVersion.exact(2), actual=3
+        ),
+        NoEventsError(),
+        InvalidEventError(1, "metadata", "is not valid JSON"),
+        ProjectionError("read_model", 42),
+        PartitionLayoutError("read_model", 2, 4),
+        SchemaError("events", "partition_hash"),
+    ]
+    for error in errors:
+        copied = copy_(error)
+        assert type(copied) is type(error)
+        assert (str(copied), copied.args, vars(copied)) == (str(error), error.args, vars(error))
 
 
 def stored_values() -> dict[str, object]:

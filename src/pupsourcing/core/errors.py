@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pupsourcing.core.expected_version import ExpectedVersion
@@ -10,6 +10,21 @@ if TYPE_CHECKING:
 
 class PupsourcingError(Exception):
     """Base class of every error raised by pupsourcing."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default calls ``type(self)(*self.args)``, which fails for the
+        # errors whose constructor takes other arguments than their message.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(
+    cls: type[PupsourcingError], args: tuple[Any, ...], state: dict[str, Any]
+) -> PupsourcingError:
+    """An error with ``args`` and attributes ``state``, without its ``__init__``
+    (how errors are copied and unpickled)."""
+    error = cls.__new__(cls, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class OptimisticConcurrencyError(PupsourcingError):

@@ -87,6 +87,10 @@ class ExpectedVersion:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("ExpectedVersion is immutable")
 
+    def __reduce__(self) -> tuple[type[ExpectedVersion], tuple[int]]:
+        # Copied and pickled through the constructor: the default sets the slot.
+        return ExpectedVersion, (self._value,)
+
     def __str__(self) -> str:
         if self._value == _ANY:
             return "Any"
