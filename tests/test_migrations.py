@@ -278,14 +278,6 @@ def test_cli_migrate_gen(tmp_path: Path) -> None:
     )
 
 
-def assert_refused(result: subprocess.CompletedProcess[str], reason: str, output: Path) -> None:
-    """migrate-gen failed with a one-line error saying ``reason`` and wrote nothing."""
-    assert result.returncode == 1
-    assert reason in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert not output.exists()
-
-
 def test_cli_migrate_gen_errors(tmp_path: Path) -> None:
     bad_table = run_cli(
         "migrate-gen",
@@ -352,7 +344,9 @@ def test_cli_migrate_gen_with_partition_indexes(tmp_path: Path) -> None:
         "--partition-indexes",
         "4",
     )
-    assert_refused(refused, "partial indexes", tmp_path / "x")
+    assert refused.returncode == 2  # a usage error, naming the flag
+    assert "--partition-indexes: MySQL has no partial indexes" in refused.stderr
+    assert not (tmp_path / "x").exists()
 
     too_few = run_cli(
         "migrate-gen",

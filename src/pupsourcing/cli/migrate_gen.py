@@ -32,10 +32,13 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--force", action="store_true", help="replace an existing file of the same name"
     )
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, parser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.partition_indexes is not None and args.adapter == "mysql":
+        parser: argparse.ArgumentParser = args.parser
+        parser.error("--partition-indexes: MySQL has no partial indexes (postgres and sqlite)")
     try:
         path = write_migration(
             args.adapter,
