@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,76 @@ def test_long_code_lines_wrap() -> None:
     assert "white-space: pre-wrap" in (DOCS / css).read_text(encoding="utf-8")
     assert f"repo_url: {ROOT_URL}\n" in config
     assert "edit_uri: edit/main/docs/\n" in config
+
+
+# -- links between pages ------------------------------------------------------------
+
+LINKED_PAGES = [ROOT / "README.md", ROOT / "examples" / "README.md", *PAGES]
+"""The pages whose links must resolve. MkDocs checks the site's own pages only
+when it is installed; the README (PyPI's page) and the examples' index are not
+part of the site at all."""
+
+LINK = re.compile(r"\]\(([^)\s]+)\)|^\[[^\]]+\]:\s*(\S+)", re.MULTILINE)
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
+HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
+
+
+def slug(heading: str) -> str:
+    """The id Python-Markdown's ``toc`` extension gives a heading (its default
+    ``slugify``, after the inline markup is rendered to text)."""
+    text = re.sub(r"\[([^\]]*)\](?:\([^)]*\)|\[[^\]]*\])", r"\1", heading)
+    text = re.sub(r"`([^`]*)`", r"\1", text)
+    text = re.sub(r"<[^>]+>", "", text)
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def anchors(page: Path) -> set[str]:
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    found: set[str] = set(re.findall(r'\bid="([^"]+)"', text))
+    counts: dict[str, int] = {}
+    for match in HEADING.finditer(text):
+        heading = match.group(1)
+        explicit = re.search(r"\{[^}]*#([\w-]+)[^}]*\}\s*$", heading)
+        if explicit:
+            found.add(explicit.group(1))
+            continue
+        base = slug(heading)
+        counts[base] = counts.get(base, -1) + 1
+        found.add(base if counts[base] == 0 else f"{base}_{counts[base]}")
+    return found
+
+
+def links(page: Path) -> list[str]:
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    text = re.sub(r"`[^`\n]*`", "", text)  # code spans hold no links
+    return [a or b for a, b in LINK.findall(text)]
+
+
+def test_slug_is_python_markdowns() -> None:
+    assert slug("Failure policy: retries and dead letters") == (
+        "failure-policy-retries-and-dead-letters"
+    )
+    assert slug("Handling `OptimisticConcurrencyError`") == "handling-optimisticconcurrencyerror"
+    assert slug("Gap safety: the safe horizon") == "gap-safety-the-safe-horizon"
+
+
+@pytest.mark.parametrize("page", LINKED_PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
+def test_links_resolve(page: Path) -> None:
+    """Every link to a file of the repository (relative, or to its ``blob/main``
+    on GitHub, as the README writes them for PyPI) names a file that exists,
+    and every ``#anchor`` in it a heading of that page."""
+    broken = []
+    for url in links(page):
+        if url.startswith(f"{ROOT_URL}/blob/main/"):
+            url = str(ROOT / url.removeprefix(f"{ROOT_URL}/blob/main/"))
+        elif re.match(r"[a-z][a-z0-9+.-]*:", url):
+            continue  # another site, mailto:, ...
+        path, _, anchor = url.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists():
+            broken.append(f"{url}: no such file")
+        elif anchor and target.suffix == ".md" and anchor not in anchors(target):
+            broken.append(f"{url}: no heading #{anchor} in {target.relative_to(ROOT)}")
+    assert broken == [], page.relative_to(ROOT).as_posix()
