@@ -46,7 +46,7 @@ def check_runners(
     for runner in runners:
         if not isinstance(runner.processor, processor_type):
             raise TypeError(
-                f"{runner_type} runs projections on {processor_type.__name__}s, got a "
+                f"{runner_type} runs projections on {processor_type.__name__}s, got "
                 f"{type(runner.processor).__name__} (Runner takes Processor, "
                 "pupsourcing.aio.AsyncRunner takes AsyncProcessor)"
             )
