@@ -506,6 +506,44 @@ def test_events_tail_follow_waits_for_earlier_open_transactions(
     assert [json.loads(line)["aggregate_id"] for line in lines] == ["first", "slow", "fast"]
 
 
+@pytest.mark.parametrize("server", SERVERS)
+def test_events_tail_follow_misses_no_event_committed_during_its_first_read(
+    server: str, make_store_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lower position commits right after --follow read the latest events
+    and before it looked at the horizon: it must still be printed."""
+    from pupsourcing.store.base import SQLStore
+
+    backend = make_store_backend(server)
+    append(backend, events(1, "first"))
+    slow = backend.connect()
+    backend.store.append(slow, ExpectedVersion.any(), [event("slow")])  # position 2, open
+    append(backend, [event("fast")])  # position 3, committed
+    read_latest, probe = SQLStore.read_latest_events, SQLStore.probe_horizon
+    probes = []
+
+    def read_then_commit(self: Any, tx: Any, limit: int) -> Any:
+        found = read_latest(self, tx, limit)
+        slow.commit()
+        return found
+
+    def probe_a_few_times(self: Any, tx: Any) -> Any:
+        probes.append(None)
+        if len(probes) > 8:
+            raise KeyboardInterrupt  # as Ctrl-C: the command stops with 130
+        return probe(self, tx)
+
+    monkeypatch.setattr(SQLStore, "read_latest_events", read_then_commit)
+    monkeypatch.setattr(SQLStore, "probe_horizon", probe_a_few_times)
+    try:
+        result = cli("events", "tail", "-f", "--json", "--interval", "0.05", "--db", backend.url)
+    finally:
+        slow.close()
+    assert result.returncode == 130, result.stderr
+    ids = [json.loads(line)["aggregate_id"] for line in result.stdout.splitlines()]
+    assert ids == ["first", "slow", "fast"]
+
+
 # -- naming a database wrongly ---------------------------------------------------------------
 
 COMMANDS = [

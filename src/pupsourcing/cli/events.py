@@ -341,7 +341,14 @@ def run_tail(args: argparse.Namespace) -> int:
         return store.read_events(conn, after, count)
 
     latest: list[PersistedEvent]
+    horizon = Horizon()
     with connection(db) as conn:
+        if args.follow:
+            # Look at the horizon before reading: every event at or below it
+            # has committed by then, so the reads below see it. (Looking after
+            # would miss a lower position that commits in between.)
+            horizon.observe(store.probe_horizon(conn))
+            conn.rollback()
         if limit == 0:
             latest, floor, upto = [], 0, 0
         elif wanted.narrows:
@@ -358,11 +365,8 @@ def run_tail(args: argparse.Namespace) -> int:
             return 0
         # Follow only up to the safe horizon: an event that commits later at a
         # lower position than one already printed would otherwise be missed.
-        horizon = Horizon()
         stop = threading.Event()
         with stop_on_signals(stop, "stopping"):
-            horizon.observe(store.probe_horizon(conn))
-            conn.rollback()
             shown = [e for e in latest if e.global_position <= horizon.safe]
             _print_events(shown, style)
             if shown:
