@@ -382,6 +382,32 @@ def test_events_tail_follow_with_a_filter(backend: Backend) -> None:
     assert [json.loads(line)["global_position"] for line in lines] == [5, 7]
 
 
+@pytest.mark.parametrize("filters", [(), ("--type", "Placed")], ids=["all", "filtered"])
+def test_events_tail_follow_with_no_latest_events_prints_only_new_ones(
+    backend: Backend, filters: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-n 0 -f``: none of the events already stored, filtered or not."""
+    from pupsourcing.store.base import SQLStore
+
+    _filter_events(backend)
+    probe = SQLStore.probe_horizon
+    probes = []
+
+    def probe_then_append(self: Any, tx: Any) -> Any:
+        probes.append(None)
+        if len(probes) == 2:
+            append(backend, [Event("Shop", "Order", "o-3", "Placed", b"{}")])  # 6
+        if len(probes) > 4:
+            raise KeyboardInterrupt  # as Ctrl-C: the command stops with 130
+        return probe(self, tx)
+
+    monkeypatch.setattr(SQLStore, "probe_horizon", probe_then_append)
+    result = cli("events", "tail", "-n", "0", "-f", "--json", "--interval", "0.01",
+                 *filters, "--db", backend.url)  # fmt: skip
+    assert result.returncode == 130, result.stderr
+    assert [json.loads(line)["global_position"] for line in result.stdout.splitlines()] == [6]
+
+
 def test_events_tail_refuses_a_bad_since(backend: Backend) -> None:
     result = cli("events", "tail", "--since", "yesterday", "--db", backend.url)
     assert result.returncode == 2

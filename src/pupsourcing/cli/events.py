@@ -349,14 +349,14 @@ def run_tail(args: argparse.Namespace) -> int:
             # would miss a lower position that commits in between.)
             horizon.observe(store.probe_horizon(conn))
             conn.rollback()
-        if limit == 0:
-            latest, floor, upto = [], 0, 0
+        if limit == 0:  # none of the stored events: -f starts after them
+            latest, floor, upto = [], horizon.visible, horizon.visible
         elif wanted.narrows:
             upto = store.head_position(conn)
             latest, floor = latest_matching(read, upto, wanted, limit)
         else:
             latest = store.read_latest_events(conn, limit) if limit else []
-            upto, floor = 0, 0
+            upto, floor = horizon.safe, 0
         conn.rollback()
         if not args.follow:
             if not latest and not args.json:
@@ -373,10 +373,8 @@ def run_tail(args: argparse.Namespace) -> int:
                 last = shown[-1].global_position
             elif latest:
                 last = latest[0].global_position - 1
-            elif wanted.narrows:
-                last = max(floor, min(upto, horizon.safe))
             else:
-                last = horizon.safe
+                last = max(floor, min(upto, horizon.safe))
             while not stop.is_set():
                 if horizon.safe > last:
                     batch = [
