@@ -255,6 +255,29 @@ def test_events_tail_json_lines(backend: Backend) -> None:
     assert "payload" not in scanned
 
 
+def _strict_json(text: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_stays_json_with_nan_and_infinity_payloads(backend: Backend) -> None:
+    """Python's json reads NaN and Infinity, which are not JSON: such a
+    payload is not JSON, so it is given as base64."""
+    append(backend, [Event("Shop", "Order", "nan", "Odd", b'{"x": NaN}')])
+    tail = cli("events", "tail", "--json", "--db", backend.url)
+    assert tail.returncode == 0, tail.stderr
+    [line] = tail.stdout.splitlines()
+    document = _strict_json(line)
+    assert document["payload_base64"] == "eyJ4IjogTmFOfQ=="
+    show = cli("stream", "show", "Shop", "Order", "nan", "--json", "--db", backend.url)
+    assert show.returncode == 0, show.stderr
+    _strict_json(show.stdout)
+    full = cli("events", "tail", "--format", "full", "--db", backend.url)
+    assert '  payload (text): {"x": NaN}' in full.stdout
+
+
 @pytest.mark.parametrize("form", ["line", "full"])
 def test_events_are_escaped_for_the_terminal(backend: Backend, form: str) -> None:
     append(backend, [event("evil\x1b]0;pwned\x07", "Red\x1b[31m", data={"x": "\x1b[2J"})])

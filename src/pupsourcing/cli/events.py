@@ -205,14 +205,19 @@ def latest_matching(
 # -- rendering -----------------------------------------------------------------------
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def decode(data: bytes) -> tuple[str, Any]:
-    """``("json", value)``, ``("text", str)`` or ``("binary", bytes)``."""
+    """``("json", value)``, ``("text", str)`` or ``("binary", bytes)``; NaN
+    and Infinity, which Python's json reads, are not JSON."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return "binary", data
     try:
-        return "json", json.loads(text)
+        return "json", json.loads(text, parse_constant=_not_json)
     except ValueError:
         pass
     if all(ch.isprintable() or ch in "\n\r\t" for ch in text):
