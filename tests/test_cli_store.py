@@ -3,6 +3,7 @@ reset, events tail, stream show, and every way of naming a database wrongly."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -276,6 +277,17 @@ def test_json_output_stays_json_with_nan_and_infinity_payloads(backend: Backend)
     _strict_json(show.stdout)
     full = cli("events", "tail", "--format", "full", "--db", backend.url)
     assert '  payload (text): {"x": NaN}' in full.stdout
+
+
+def test_a_payload_nested_too_deeply_for_python_is_shown_as_text(backend: Backend) -> None:
+    deep = b"[" * 30_000 + b"]" * 30_000  # deeper than the recursion limit
+    append(backend, [Event("Shop", "Order", "deep", "Deep", deep)])
+    full = cli("events", "tail", "--format", "full", "--db", backend.url)
+    assert full.returncode == 0, full.stderr
+    assert "  payload (text): [[[" in full.stdout
+    tail = cli("events", "tail", "--json", "--db", backend.url)
+    assert tail.returncode == 0, tail.stderr
+    assert base64.b64decode(json.loads(tail.stdout)["payload_base64"]) == deep
 
 
 @pytest.mark.parametrize("form", ["line", "full"])

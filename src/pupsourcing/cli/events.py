@@ -211,14 +211,15 @@ def _not_json(constant: str) -> Any:
 
 def decode(data: bytes) -> tuple[str, Any]:
     """``("json", value)``, ``("text", str)`` or ``("binary", bytes)``; NaN
-    and Infinity, which Python's json reads, are not JSON."""
+    and Infinity, which Python's json reads, are not JSON, and JSON nested
+    too deeply for Python's parser is text."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return "binary", data
     try:
         return "json", json.loads(text, parse_constant=_not_json)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     if all(ch.isprintable() or ch in "\n\r\t" for ch in text):
         return "text", text
