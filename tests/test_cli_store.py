@@ -291,6 +291,32 @@ def test_a_payload_nested_too_deeply_for_python_is_shown_as_text(backend: Backen
 
 
 @pytest.mark.parametrize("form", ["line", "full"])
+def test_line_breaks_in_stored_names_cannot_fake_lines(backend: Backend, form: str) -> None:
+    append(backend, [event("o-1\n#99  1999-01-01 00:00:00+00:00  Shop/Order/x", "Paid\r\nX",
+                           correlation_id="c\nfake")])  # fmt: skip
+    result = cli("events", "tail", "--format", form, "--db", backend.url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert not any(line.startswith("#99") for line in lines), result.stdout
+    assert "Shop/Order/o-1\\n#99  1999-01-01" in lines[0]
+    assert "Paid\\r\\nX" in lines[0]
+    if form == "full":
+        assert "correlation_id c\\nfake" in lines[1]
+    else:
+        assert len(lines) == 1
+
+
+def test_status_rows_stay_one_per_checkpoint(backend: Backend) -> None:
+    append(backend, events(2))
+    set_checkpoints(backend, **{"evil\nfake  9  0  never": 1})
+    result = cli("projections", "status", "--db", backend.url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4, result.stdout
+    assert lines[3].startswith("evil\\nfake  9  0  never"), lines
+
+
+@pytest.mark.parametrize("form", ["line", "full"])
 def test_events_are_escaped_for_the_terminal(backend: Backend, form: str) -> None:
     append(backend, [event("evil\x1b]0;pwned\x07", "Red\x1b[31m", data={"x": "\x1b[2J"})])
     result = cli("events", "tail", "--format", form, "--db", backend.url)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 
-def clean(text: str) -> str:
+def clean(text: str, *, lines: bool = True) -> str:
     """``text`` with control and other non-printable characters escaped
-    (line breaks kept), so data from the database cannot drive the terminal."""
+    (line breaks kept unless ``lines`` is false), so data from the database
+    cannot drive the terminal, nor fake lines of output where one is expected."""
     if text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() or ch == "\n" else repr(ch)[1:-1] for ch in text)
+    kept = "\n" if lines else ""
+    return "".join(ch if ch.isprintable() or ch == kept else repr(ch)[1:-1] for ch in text)
+
+
+def clean_line(text: str) -> str:
+    """:func:`clean`, line breaks escaped too: for text that must stay on one line."""
+    return clean(text, lines=False)
 
 
 def duration(seconds: float) -> str:

@@ -23,7 +23,7 @@ from pupsourcing import PersistedEvent
 from pupsourcing.cli._args import interval, non_negative_int
 from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._output import plural, rich_for, styled
-from pupsourcing.cli._text import clean
+from pupsourcing.cli._text import clean, clean_line
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.cli.signals import stop_on_signals
 from pupsourcing.store import Horizon
@@ -254,7 +254,7 @@ def describe(label: str, data: bytes | None) -> str:
 def render(event: PersistedEvent) -> str:
     key = f"{event.bounded_context}/{event.aggregate_type}/{event.aggregate_id}"
     lines = [
-        clean(
+        clean_line(
             f"#{event.global_position}  {key}  v{event.aggregate_version}  "
             f"{event.event_type} (event version {event.event_version})  "
             f"{event.created_at.isoformat(' ')}"
@@ -269,7 +269,7 @@ def render(event: PersistedEvent) -> str:
         )
         if value is not None
     ]
-    lines.append(clean("  " + "  ".join(ids)))
+    lines.append(clean_line("  " + "  ".join(ids)))
     lines.append(describe("payload", event.payload))
     if event.metadata not in (None, b"{}"):
         lines.append(describe("metadata", event.metadata))
@@ -279,13 +279,13 @@ def render(event: PersistedEvent) -> str:
 def one_line(event: PersistedEvent, renderer: Renderer | None = None) -> str:
     """``#42  2024-05-01 10:00:00+00:00  Sales/Order/o-7  v3  ItemAdded``;
     coloured through ``renderer`` (see :func:`~pupsourcing.cli._output.rich_for`)."""
-    key = clean(f"{event.bounded_context}/{event.aggregate_type}/{event.aggregate_id}")
+    key = clean_line(f"{event.bounded_context}/{event.aggregate_type}/{event.aggregate_id}")
     parts = (
         styled(f"#{event.global_position}", "cyan", renderer),
         styled(event.created_at.isoformat(" ", "seconds"), "dim", renderer),
         key,
         styled(f"v{event.aggregate_version}", "magenta", renderer),
-        styled(clean(event.event_type), "bold", renderer),
+        styled(clean_line(event.event_type), "bold", renderer),
     )
     return "  ".join(parts)
 
@@ -423,9 +423,10 @@ def run_show(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
     elif not stream.is_empty:
         first = stream.events[0].aggregate_version
-        print(clean(f"{key}: {plural(len(stream), 'event')}, versions {first}..{stream.version}"))
+        count = plural(len(stream), "event")
+        print(clean_line(f"{key}: {count}, versions {first}..{stream.version}"))
         for event in stream:
             print(render(event))
     if stream.is_empty:
-        raise CommandError(clean(f"no events in stream {key}"))
+        raise CommandError(clean_line(f"no events in stream {key}"))
     return 0

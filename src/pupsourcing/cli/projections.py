@@ -12,7 +12,7 @@ from pupsourcing.cli import _metrics, dead_letters
 from pupsourcing.cli._args import interval, non_negative_int, positive_int, seconds
 from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._output import Table, plural
-from pupsourcing.cli._text import clean, duration
+from pupsourcing.cli._text import clean, clean_line, duration
 from pupsourcing.cli.console import LOG_FORMATS
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import ProcessorConfig
@@ -305,8 +305,8 @@ def _lease_text(lease: Lease | None) -> tuple[str, str]:
     if lease is None:
         return "", ""
     if lease.expires_in <= 0:
-        return clean(lease.owner), f"expired {duration(-lease.expires_in)} ago"
-    return clean(lease.owner), f"expires in {duration(lease.expires_in)}"
+        return clean_line(lease.owner), f"expired {duration(-lease.expires_in)} ago"
+    return clean_line(lease.owner), f"expires in {duration(lease.expires_in)}"
 
 
 def _lease_json(lease: Lease | None) -> dict[str, Any] | None:
@@ -380,7 +380,7 @@ def run_status(args: argparse.Namespace) -> int:
     for g in groups:
         if g.partitioned or len(g.checkpoints) > 1:
             table.add(
-                clean(f"{g.name} ({plural(len(g.checkpoints), 'checkpoint')})"),
+                clean_line(f"{g.name} ({plural(len(g.checkpoints), 'checkpoint')})"),
                 f"{g.position:,}",
                 f"{max(head - g.position, 0):,}",
                 _age(g.age),
@@ -389,7 +389,7 @@ def run_status(args: argparse.Namespace) -> int:
             )
             for c in g.checkpoints:
                 table.add(
-                    clean(f"  {c.name}"),
+                    clean_line(f"  {c.name}"),
                     f"{c.position:,}",
                     f"{max(head - c.position, 0):,}",
                     _age(c.age),
@@ -399,7 +399,7 @@ def run_status(args: argparse.Namespace) -> int:
         else:
             [c] = g.checkpoints
             table.add(
-                clean(c.name),
+                clean_line(c.name),
                 f"{c.position:,}",
                 f"{max(head - c.position, 0):,}",
                 _age(c.age),
