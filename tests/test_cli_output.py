@@ -17,9 +17,9 @@ import time
 import pytest
 
 import pupsourcing.cli
-from cli_helpers import cli, cli_argv, cli_env
+from cli_helpers import cli, cli_argv, cli_env, cli_process
 from conftest import Backend, require
-from helpers import events
+from helpers import event, events
 from pupsourcing import ExpectedVersion
 from pupsourcing._text import plural
 from pupsourcing.cli import _output
@@ -217,3 +217,26 @@ def test_events_tail_in_colour(sqlite_db: Backend) -> None:
     # --json is for machines: never coloured
     json_out = cli("events", "tail", "--json", "--db", sqlite_db.url, FORCE_COLOR="1")
     assert ESC not in json_out.stdout
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"PYTHONIOENCODING": "ascii"}, {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}],
+    ids=["ascii", "c-locale"],
+)
+def test_non_ascii_data_on_an_ascii_output(sqlite_db: Backend, env: dict[str, str]) -> None:
+    """An output whose encoding lacks a character gets it escaped, not an error."""
+    conn = sqlite_db.connect()
+    sqlite_db.store.append(conn, ExpectedVersion.any(), [event(data={"größe": "✓"})])
+    sqlite_db.store.update_checkpoint(conn, "café", 1)
+    conn.commit()
+    conn.close()
+    for command in (
+        ("events", "tail", "--format", "full"),
+        ("stream", "show", "Shop", "Order", "agg-1"),
+        ("projections", "status"),
+    ):
+        result = cli_process(*command, "--db", sqlite_db.url, NO_COLOR="1", **env)
+        assert result.returncode == 0, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert "caf\\xe9" in result.stdout  # the status table

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from pupsourcing import ProjectionError, SchemaError, __version__
 from pupsourcing.cli import (
@@ -47,10 +49,18 @@ def _error_line(exc: BaseException) -> str | None:
     return driver_error_message(exc)
 
 
+def _escape_unencodable(stream: TextIO) -> None:
+    """Characters the output's encoding lacks (an ASCII locale, say) are
+    written as escapes instead of failing the command."""
+    if isinstance(stream, io.TextIOWrapper):
+        stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _escape_unencodable(sys.stdout)
     try:
         status: int = args.handler(args)
     except KeyboardInterrupt:
