@@ -74,3 +74,27 @@ def test_demo_db_option(tmp_path: Path) -> None:
     result = demo(tmp_path, "--db", str(tmp_path / "elsewhere.db"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "elsewhere.db").exists()
+
+
+def test_demo_leaves_a_database_it_did_not_make_alone(tmp_path: Path) -> None:
+    """Pointed at an application's store by mistake, the demo neither
+    appends its orders to it nor (``--fresh``) drops its tables."""
+    from pupsourcing import Event, ExpectedVersion
+    from pupsourcing.adapters.sqlite import SQLiteStore, connect
+
+    shop = tmp_path / "shop.db"
+    store, conn = SQLiteStore(), connect(shop)
+    store.create_schema(conn)
+    store.append(conn, ExpectedVersion.any(), [Event("Shop", "Cart", "c-1", "Opened", b"{}")])
+    conn.commit()
+    tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    conn.close()
+    for args in ((), ("--fresh",)):
+        result = demo(tmp_path, "--db", str(shop), *args)
+        assert result.returncode == 1, result.stdout
+        assert "Traceback" not in result.stderr
+        assert "not the demo's" in result.stderr, result.stderr
+    conn = sqlite3.connect(shop)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == tables
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+    conn.close()

@@ -100,6 +100,18 @@ def _apply(tx: sqlite3.Connection, event: PersistedEvent) -> None:
         )
 
 
+def _check_demo_database(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse a database with tables but not the demo's read model: the demo
+    would append its orders to another application's store, and ``--fresh``
+    would drop its tables."""
+    tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    if tables and (READ_MODEL,) not in tables:
+        raise CommandError(
+            f"{path} holds tables and is not the demo's (it has no {READ_MODEL} table); "
+            "the demo leaves it alone: pass --db with a new file"
+        )
+
+
 def _drop_demo_tables(db: sqlite3.Connection, store: SQLiteStore) -> None:
     config = store.config
     for table in (READ_MODEL, *table_names(config)):
@@ -120,14 +132,17 @@ def run(path: Path, *, fresh: bool = False, out: TextIO | None = None) -> int:
     db = connect(path)
     rival = connect(path)
     try:
+        _check_demo_database(db, path)
         if fresh:
             _drop_demo_tables(db, store)
-        store.create_schema(db)
+        # The read model first: it marks the file as the demo's.
         db.execute(
             f"CREATE TABLE IF NOT EXISTS {READ_MODEL} (order_id TEXT PRIMARY KEY, "
             "customer TEXT NOT NULL, status TEXT NOT NULL, items INTEGER NOT NULL, "
             "total_cents INTEGER NOT NULL)"
         )
+        db.commit()
+        store.create_schema(db)
         db.commit()
         run_no = (
             1
