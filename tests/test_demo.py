@@ -98,3 +98,20 @@ def test_demo_leaves_a_database_it_did_not_make_alone(tmp_path: Path) -> None:
     assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == tables
     assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
     conn.close()
+
+
+def test_demo_continues_after_an_interrupted_run(tmp_path: Path) -> None:
+    """Each order is committed on its own: a run stopped after its first order
+    leaves it behind, and the next run must not append it again."""
+    from pupsourcing import Event, ExpectedVersion
+    from pupsourcing.adapters.sqlite import SQLiteStore, connect
+
+    assert demo(tmp_path).returncode == 0
+    conn = connect(tmp_path / "pupsourcing-demo.db")
+    placed = Event("Sales", "Order", "order-2-a", "OrderPlaced", b'{"customer":"ada"}')
+    SQLiteStore().append(conn, ExpectedVersion.no_stream(), [placed])
+    conn.commit()
+    conn.close()
+    result = demo(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "run 3" in result.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -112,6 +113,18 @@ def _check_demo_database(db: sqlite3.Connection, path: Path) -> None:
         )
 
 
+def _next_run(db: sqlite3.Connection, store: SQLiteStore) -> int:
+    """One more than the highest run whose orders (``order-<run>-<x>``) are
+    stored: a run stopped between its orders is not repeated."""
+    ids = db.execute(
+        f"SELECT DISTINCT aggregate_id FROM {store.config.events_table} "
+        "WHERE bounded_context = ? AND aggregate_type = 'Order'",
+        (CONTEXT,),
+    ).fetchall()
+    runs = [int(m[1]) for (i,) in ids if (m := re.fullmatch(r"order-(\d+)-[abc]", i))]
+    return max(runs, default=0) + 1
+
+
 def _drop_demo_tables(db: sqlite3.Connection, store: SQLiteStore) -> None:
     config = store.config
     for table in (READ_MODEL, *table_names(config)):
@@ -144,13 +157,7 @@ def run(path: Path, *, fresh: bool = False, out: TextIO | None = None) -> int:
         db.commit()
         store.create_schema(db)
         db.commit()
-        run_no = (
-            1
-            + db.execute(
-                f"SELECT count(DISTINCT aggregate_id) FROM {store.config.events_table}"
-            ).fetchone()[0]
-            // 3
-        )
+        run_no = _next_run(db, store)
         say(f"pupsourcing demo, run {run_no}: event store in {path} (SQLite)")
         if run_no > 1:
             say("  (continuing the previous runs; `pupsourcing demo --fresh` starts over)")
