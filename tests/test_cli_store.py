@@ -316,6 +316,14 @@ def test_status_rows_stay_one_per_checkpoint(backend: Backend) -> None:
     assert lines[3].startswith("evil\\nfake  9  0  never"), lines
 
 
+def test_error_lines_escape_stored_names(backend: Backend) -> None:
+    append(backend, events(1))
+    set_checkpoints(backend, **{"red\x1b[31m\nfake": 1})
+    result = cli("projections", "reset", "nope", "--yes", "--db", backend.url)
+    line = assert_one_line_error(result, "known projections: red\\x1b[31m\\nfake")
+    assert "\x1b" not in line
+
+
 @pytest.mark.parametrize("form", ["line", "full"])
 def test_events_are_escaped_for_the_terminal(backend: Backend, form: str) -> None:
     append(backend, [event("evil\x1b]0;pwned\x07", "Red\x1b[31m", data={"x": "\x1b[2J"})])

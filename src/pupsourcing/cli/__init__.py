@@ -21,6 +21,7 @@ from pupsourcing.cli import (
     ui,
 )
 from pupsourcing.cli._db import driver_error_message, one_line, scrub_secrets
+from pupsourcing.cli._text import clean_line
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.urls import DriverNotInstalledError
 
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if line is None:
             raise
         command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
-        print(f"pupsourcing {command}: error: {scrub_secrets(line, args)}", file=sys.stderr)
+        line = clean_line(scrub_secrets(line, args))  # it may quote stored names
+        print(f"pupsourcing {command}: error: {line}", file=sys.stderr)
         return 1
     return status
