@@ -459,18 +459,27 @@ def test_events_tail_follow_with_no_latest_events_prints_only_new_ones(
     from pupsourcing.store.base import SQLStore
 
     _filter_events(backend)
-    probe = SQLStore.probe_horizon
+    probe, read = SQLStore.probe_horizon, SQLStore.read_events
     probes = []
+    read_up_to = [0]
 
     def probe_then_append(self: Any, tx: Any) -> Any:
         probes.append(None)
         if len(probes) == 2:
             append(backend, [Event("Shop", "Order", "o-3", "Placed", b"{}")])  # 6
-        if len(probes) > 4:
-            raise KeyboardInterrupt  # as Ctrl-C: the command stops with 130
+        # Once the new event was read (and so printed), or after a long while:
+        # as Ctrl-C, the command stops with 130.
+        if read_up_to[0] >= 6 or len(probes) > 2000:
+            raise KeyboardInterrupt
         return probe(self, tx)
 
+    def reading(self: Any, tx: Any, after: int, limit: int) -> Any:
+        events = read(self, tx, after, limit)
+        read_up_to[0] = max([read_up_to[0], *(e.global_position for e in events)])
+        return events
+
     monkeypatch.setattr(SQLStore, "probe_horizon", probe_then_append)
+    monkeypatch.setattr(SQLStore, "read_events", reading)
     result = cli("events", "tail", "-n", "0", "-f", "--json", "--interval", "0.01",
                  *filters, "--db", backend.url)  # fmt: skip
     assert result.returncode == 130, result.stderr
