@@ -24,6 +24,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pupsourcing.core.errors import PupsourcingError
 from pupsourcing.core.events import PersistedEvent
 from pupsourcing.relay._message import GLOBAL_POSITION, headers, size
 from pupsourcing.relay._subject import subject
@@ -47,14 +48,14 @@ class ConnectionLost(Exception):
     """The NATS connection closed while acknowledgements were awaited."""
 
 
-class StreamGap(Exception):
+class StreamGap(PupsourcingError):
     """JetStream refused an event's message but stored later ones (say, a
     stream full with ``discard: new`` that still had room for smaller
     messages): the stream no longer holds every event in order, and
     publishing the refused one now would put it after later events."""
 
 
-class MessageTooLarge(Exception):
+class MessageTooLarge(PupsourcingError):
     """An event's message (payload and headers) exceeds the server's
     ``max_payload`` or its subject :data:`MAX_CONTROL_LINE` (the server
     would close the connection on it), or it exceeds the stream's
