@@ -13,6 +13,7 @@ from typing import Any
 from pupsourcing import PersistedEvent
 from pupsourcing.cli.dead_letters import dead_letter_counts, dead_letter_json
 from pupsourcing.cli.projections import projection_groups
+from pupsourcing.core.validation import nested_deeper_than
 from pupsourcing.projection.config import split_checkpoint_name
 from pupsourcing.store.layout import missing_table
 from pupsourcing.store.plan import Plan, Statement
@@ -27,17 +28,6 @@ response holding them must stay well within the recursion limit, wherever
 in the server's stack it is encoded."""
 
 
-def _deeper_than(value: Any, bound: int) -> bool:
-    """Whether ``value``'s arrays and objects nest more than ``bound`` deep."""
-    level = [value]
-    for _ in range(bound + 1):
-        level = [v for v in level if isinstance(v, list | dict)]  # one level deeper each time
-        if not level:
-            return False
-        level = [child for v in level for child in (v.values() if isinstance(v, dict) else v)]
-    return True
-
-
 def decoded(data: bytes | None) -> Any:
     """The JSON value ``data`` holds, or ``{"base64": ...}`` when it is not
     UTF-8 JSON a response can carry (``NaN``, infinities and lone surrogates
@@ -47,7 +37,7 @@ def decoded(data: bytes | None) -> Any:
     try:
         value = json.loads(data.decode("utf-8"))
         brackets = data.count(b"[") + data.count(b"{")  # no deeper than this many
-        if brackets > MAX_NESTING and _deeper_than(value, MAX_NESTING):
+        if brackets > MAX_NESTING and nested_deeper_than(value, MAX_NESTING):
             raise ValueError("nested too deeply")
         json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")  # as sent
     except (ValueError, RecursionError):  # UnicodeError is a ValueError

@@ -55,6 +55,19 @@ def _number_text(literal: str) -> str:
     return literal
 
 
+def nested_deeper_than(value: object, bound: int) -> bool:
+    """Whether the arrays and objects of a parsed JSON ``value`` nest more
+    than ``bound`` deep, looked at level by level: no recursion, so any
+    value the parser returned can be measured."""
+    level = [value]
+    for _ in range(bound + 1):
+        containers = [v for v in level if isinstance(v, dict | list)]
+        if not containers:
+            return False
+        level = [c for v in containers for c in (v.values() if isinstance(v, dict) else v)]
+    return True
+
+
 def check_metadata(index: int, value: object) -> None:
     """Metadata is ``None`` or UTF-8 JSON text as bytes."""
     problem = metadata_problem(value)

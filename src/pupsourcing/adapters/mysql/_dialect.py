@@ -18,6 +18,7 @@ from pupsourcing.core.errors import InvalidEventError
 from pupsourcing.core.events import AppendResult, Event, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
+from pupsourcing.core.validation import nested_deeper_than
 from pupsourcing.store import columns
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect, build_result
@@ -89,16 +90,6 @@ def errno(exc: BaseException) -> int | None:
     return number if isinstance(number, int) else None
 
 
-def _json_depth(value: object) -> int:
-    """How deeply arrays and objects nest in ``value`` (0 for a scalar), level
-    by level: no recursion, so any depth the JSON parser returned is fine."""
-    depth, level = 0, [value]
-    while containers := [v for v in level if isinstance(v, dict | list)]:
-        depth += 1
-        level = [c for v in containers for c in (v.values() if isinstance(v, dict) else v)]
-    return depth
-
-
 def _metadata_problem(metadata: bytes) -> str | None:
     """Why MariaDB's JSON column would refuse metadata the core checks accepted."""
     escapes = b"\\u" in metadata
@@ -110,7 +101,7 @@ def _metadata_problem(metadata: bytes) -> str | None:
         parsed = json.loads(metadata.decode("utf-8"))
     except RecursionError:  # the core check parsed it, on a shallower stack
         return too_deep
-    if nested and _json_depth(parsed) > MARIADB_MAX_JSON_DEPTH:
+    if nested and nested_deeper_than(parsed, MARIADB_MAX_JSON_DEPTH):
         return too_deep  # (and checked first: json.dumps recurses too)
     if escapes:
         try:
