@@ -315,11 +315,7 @@ class DeadLettersCollector(Collector):
     ) -> None:
         self._connect = connect
         self._store = store
-        self._projections = (
-            projections
-            if callable(projections) or projections is None
-            else (frozenset(projections))
-        )
+        self._reported = _reported(projections)
 
     def describe(self) -> Iterable[Metric]:
         return [GaugeMetricFamily(self.NAME, self.HELP, labels=PROJECTION_LABELS)]
@@ -347,11 +343,22 @@ class DeadLettersCollector(Collector):
             conn.rollback()
         finally:
             conn.close()
-        chosen = self._projections
-        reported = frozenset(chosen()) if callable(chosen) else chosen
+        reported = self._reported()
         counts: dict[tuple[str, str], int] = {}
         for checkpoint, count in by_checkpoint.items():
             name, key = split_checkpoint_name(checkpoint)
             if reported is None or name in reported or checkpoint in reported:
                 counts[(name, str(key or 0))] = count
         return counts
+
+
+def _reported(
+    projections: Iterable[str] | Callable[[], Iterable[str]] | None,
+) -> Callable[[], frozenset[str] | None]:
+    """What a :class:`DeadLettersCollector` given ``projections`` reports,
+    answered at each scrape (``None``: everything)."""
+    if callable(projections):
+        answer = projections
+        return lambda: frozenset(answer())
+    fixed = None if projections is None else frozenset(projections)
+    return lambda: fixed

@@ -347,9 +347,8 @@ class _Batch:
                 self.duplicates += 1
             self._check()
         else:
-            if token.isdigit() and int(token) < len(self.positions):
-                position = self.positions[int(token)]
-                self.refused = min(position, self.refused or position)
+            if token.isdigit() and int(token) < len(self.positions):  # the first refusal
+                self.refused = self.positions[int(token)]
             self.fail(_ack_error(msg))
 
     def fail(self, failure: BaseException) -> None:
