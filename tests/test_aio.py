@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +256,7 @@ def test_a_cancelled_runner_lets_each_processor_close_its_connection(tmp_path: P
     cancel would cut its clean-up short, leaving its connection open (and
     aiosqlite's thread answering a closed event loop)."""
     path = tmp_path / "cancel.db"
-    with connect(path) as conn:
+    with closing(connect(path)) as conn:
         SQLiteStore().create_schema(conn)
         SQLiteStore().append(conn, ExpectedVersion.any(), events(2, "a"))
         conn.commit()
@@ -320,7 +321,7 @@ def test_a_connection_still_opening_when_cancelled_is_closed(tmp_path: Path) -> 
     """Cancelled while its connection opens, the processor returns at once;
     the connection, when it arrives, is closed rather than left open."""
     path = tmp_path / "opening.db"
-    with connect(path) as conn:
+    with closing(connect(path)) as conn:
         SQLiteStore().create_schema(conn)
     arrived: list[Any] = []
 

@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -169,7 +170,7 @@ def test_async_processor_run_again_in_another_event_loop(tmp_path: Any) -> None:
     from pupsourcing.aio import AsyncProcessor, AsyncSQLiteStore
 
     path = str(tmp_path / "events.db")
-    with connect(path) as conn:
+    with closing(connect(path)) as conn:
         SQLiteStore().create_schema(conn)
     processor = AsyncProcessor(lambda: connect_async(path), AsyncSQLiteStore(), SLOW_POLL)
     projection = Timed()

@@ -7,6 +7,7 @@ import dataclasses
 import sqlite3
 import sys
 import threading
+from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from pupsourcing.projection import Processor, ProcessorConfig
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     path = tmp_path / "race.db"
-    with connect(path) as conn:
+    with closing(connect(path)) as conn:
         SQLiteStore().create_schema(conn)
     return path
 
@@ -319,7 +320,7 @@ def test_created_at_text_reads_back_as_utc(db_path: Path, stored: str, expected:
     # What we write has no offset and is UTC; text written by other tools may
     # carry one. Either way the event's created_at is the same instant, in UTC.
     store = SQLiteStore()
-    with connect(db_path) as conn:
+    with closing(connect(db_path)) as conn:
         store.append(conn, ExpectedVersion.any(), events(1, "t"))
         conn.execute("UPDATE events SET created_at = ?", (stored,))
         [event] = store.read_events(conn, 0, 10)
@@ -331,7 +332,7 @@ def test_event_ids_and_payloads_written_by_other_tools_read_back(db_path: Path) 
     # Another writer may store the id in another form uuid.UUID accepts, or
     # the payload as TEXT: the events read back are the same.
     store = SQLiteStore()
-    with connect(db_path) as conn:
+    with closing(connect(db_path)) as conn:
         [appended] = store.append(conn, ExpectedVersion.any(), events(1, "t")).events
         conn.execute(
             "UPDATE events SET event_id = ?, payload = CAST(payload AS TEXT)",
@@ -354,7 +355,7 @@ def test_event_ids_and_payloads_written_by_other_tools_read_back(db_path: Path) 
 )
 def test_created_at_is_stored_as_utc_text(db_path: Path, created_at: datetime) -> None:
     store = SQLiteStore()
-    with connect(db_path) as conn:
+    with closing(connect(db_path)) as conn:
         store.append(conn, ExpectedVersion.any(), events(1, "t", created_at=created_at))
         [(text,)] = conn.execute("SELECT created_at FROM events").fetchall()
         [event] = store.read_events(conn, 0, 10)
