@@ -293,29 +293,6 @@ def test_one_scrape_sees_every_partition(
     assert run.wait() == 0, run.stderr
 
 
-def test_metrics_port_without_prometheus_client_is_one_line(tmp_path: Path) -> None:
-    from cli_helpers import assert_one_line_error, cli_process
-
-    blocker = tmp_path / "sitecustomize.py"
-    blocker.write_text(
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'prometheus_client':\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-    )
-    import os
-    import sys
-
-    result = cli_process(  # a fresh process, its sitecustomize blocking the import
-        "projections", "run", "cli_projections:Recorder", "--db",
-        f"sqlite:///{tmp_path / 'db.sqlite'}", "--metrics-port", "0",
-        PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]),
-    )  # fmt: skip
-    assert_one_line_error(result, "--metrics-port needs prometheus-client", "[metrics]")
-
-
 def test_a_metrics_port_in_use_is_one_line(sqlite_db: Backend) -> None:
     import socket
 

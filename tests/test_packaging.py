@@ -10,6 +10,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import pupsourcing
 
 PACKAGE = Path(pupsourcing.__file__).parent
@@ -177,3 +179,80 @@ def test_readme_links_work_on_pypi() -> None:
         if target.startswith(f"{REPO}/blob/main/"):
             path = ROOT / target.removeprefix(f"{REPO}/blob/main/").split("#")[0]
             assert path.exists(), target
+
+
+def _without(module: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a fresh interpreter in which ``module`` (and its
+    submodules) cannot be imported, as if its package were not installed."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] == {module!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    return {"PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+
+
+@pytest.mark.parametrize(
+    ("module", "feature", "extra", "use"),
+    [
+        ("prometheus_client", "pupsourcing.metrics", "metrics", "import pupsourcing.metrics"),
+        ("opentelemetry", "pupsourcing.tracing", "otel", "import pupsourcing.tracing"),
+        ("starlette", "pupsourcing.console", "ui", "import pupsourcing.console"),
+        (  # the relay module imports; a relay needs nats-py
+            "nats",
+            "pupsourcing.relay.NatsRelay",
+            "nats",
+            "import pupsourcing.relay as r, pupsourcing.aio as a; "
+            "r.NatsRelay(None, a.AsyncSQLiteStore(), stream='S')",
+        ),
+    ],
+)
+def test_a_module_whose_extra_is_missing_names_the_extra(
+    module: str, feature: str, extra: str, use: str, tmp_path: Path
+) -> None:
+    code = f"""
+try:
+    {use}
+except ModuleNotFoundError as exc:
+    print(exc.name)
+    print(exc)
+"""
+    env = {**os.environ, **_without(module, tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    name, message = result.stdout.splitlines()
+    assert name == module  # still the missing module's name, as Python gives it
+    assert message.startswith(f"{feature} needs the {extra} extra ({module}"), message
+    assert message.endswith(f"pip install 'pupsourcing[{extra}]'"), message
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "fragments"),
+    [
+        (
+            "prometheus_client",
+            ("projections", "run", "cli_projections:Recorder", "--metrics-port", "0"),
+            ("--metrics-port needs prometheus-client", "[metrics]"),
+        ),
+        ("starlette", ("ui",), ("the console needs the ui extra (starlette", "[ui]")),
+        ("uvicorn", ("ui",), ("the console needs the ui extra (uvicorn", "[ui]")),
+        (
+            "nats",
+            ("relay", "nats", "--nats", "nats://127.0.0.1:4222", "--stream", "S"),
+            ("relay nats needs nats-py", "[nats]"),
+        ),
+    ],
+)
+def test_a_command_whose_extra_is_missing_says_so_in_one_line(
+    module: str, args: tuple[str, ...], fragments: tuple[str, ...], tmp_path: Path
+) -> None:
+    from cli_helpers import assert_one_line_error, cli_process
+
+    db = tmp_path / "db.sqlite"
+    result = cli_process(*args, "--db", f"sqlite:///{db}", **_without(module, tmp_path))
+    assert_one_line_error(result, *fragments)
+    assert not db.exists()  # it stopped before opening the database

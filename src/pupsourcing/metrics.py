@@ -17,12 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
-
 from pupsourcing import _observe
+from pupsourcing._extras import needs_extra
 from pupsourcing.core.errors import (
     OptimisticConcurrencyError,
     PartitionLayoutError,
@@ -31,6 +27,12 @@ from pupsourcing.core.errors import (
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent
 from pupsourcing.projection.config import split_checkpoint_name
 from pupsourcing.store.layout import missing_table
+
+with needs_extra("metrics", "pupsourcing.metrics"):
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from pupsourcing.projection.batch import Subscription

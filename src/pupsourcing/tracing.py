@@ -24,13 +24,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, TraceState
-
 from pupsourcing import _observe
+from pupsourcing._extras import needs_extra
 from pupsourcing.core.events import Event, PersistedEvent
 from pupsourcing.projection.batch import Handle
+
+with needs_extra("otel", "pupsourcing.tracing"):
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode, TraceState
 
 if TYPE_CHECKING:
     from pupsourcing.core.events import AppendResult, Stream

@@ -11,6 +11,7 @@ from typing import Any
 from pupsourcing.cli._args import positive_int, seconds
 from pupsourcing.cli._db import add_database_options, check_store, open_database, store_config
 from pupsourcing.cli.console import LOG_FORMATS, Console, setup_logging
+from pupsourcing.cli.errors import CommandError
 from pupsourcing.cli.signals import SIGNALS, exit_now
 
 logger = logging.getLogger("pupsourcing.cli")
@@ -76,7 +77,7 @@ def run_nats(args: argparse.Namespace) -> int:
     try:
         import nats  # noqa: F401
     except ImportError:
-        raise ImportError("relay nats needs nats-py: pip install 'pupsourcing[nats]'") from None
+        raise CommandError("relay nats needs nats-py: pip install 'pupsourcing[nats]'") from None
     import asyncio
 
     from pupsourcing.aio import database

@@ -62,8 +62,16 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
     token = args.token or os.environ.get(TOKEN_VAR) or None
-    from pupsourcing.console._security import is_loopback
+    try:
+        import uvicorn
 
+        from pupsourcing.console._app import build
+        from pupsourcing.console._readonly import open_read_only
+        from pupsourcing.console._security import is_loopback
+    except ModuleNotFoundError as exc:
+        raise CommandError(
+            f"the console needs the ui extra ({exc.name} is missing): pip install 'pupsourcing[ui]'"
+        ) from None
     if token is None and not is_loopback(args.host):
         parser.error(
             f"--host {args.host} is not a loopback address: anyone who can reach it could "
@@ -72,15 +80,6 @@ def run(args: argparse.Namespace) -> int:
         )
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be from 0 to 65535, got {args.port}")
-    try:
-        import uvicorn
-
-        from pupsourcing.console._app import build
-        from pupsourcing.console._readonly import open_read_only
-    except ImportError as exc:
-        raise CommandError(
-            f"the console needs the ui extra ({exc.name} is missing): pip install 'pupsourcing[ui]'"
-        ) from None
     db = open_database(args)
     try:
         conn = open_read_only(db)

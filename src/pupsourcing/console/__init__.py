@@ -11,6 +11,9 @@ Needs the ``ui`` extra (Starlette and uvicorn)::
 server; it opens only read-only transactions and has no write endpoint.
 """
 
-from pupsourcing.console._app import create_app
+from pupsourcing._extras import needs_extra
+
+with needs_extra("ui", "pupsourcing.console"):
+    from pupsourcing.console._app import create_app
 
 __all__ = ["create_app"]

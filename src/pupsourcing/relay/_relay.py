@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+from pupsourcing._extras import needs_extra
 from pupsourcing.aio._waiter import pause
 from pupsourcing.aio.processor import AsyncProcessor
 from pupsourcing.core.events import PersistedEvent
@@ -102,6 +103,9 @@ class NatsRelay:
         connect_options: Mapping[str, Any] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        with needs_extra("nats", "pupsourcing.relay.NatsRelay"):
+            import nats  # noqa: F401
+
         if not isinstance(stream, str) or not stream or any(c in stream for c in ".*> \t"):
             raise ValueError(f"stream must be a JetStream stream name, got {stream!r}")
         if not isinstance(name, str) or not name:
