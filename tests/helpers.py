@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,18 @@ load; 35-90 ms on an idle machine)."""
 def horizon_bound(backend_name: str, seconds: float) -> float:
     """``seconds`` for a wait on the safe horizon, or the MySQL slack."""
     return max(seconds, MYSQL_HORIZON_SLACK) if backend_name == "mysql" else seconds
+
+
+def without_modules(tmp_path: Path, *modules: str) -> dict[str, str]:
+    """Environment for a fresh interpreter in which ``modules`` (and their
+    submodules) cannot be imported, as if not installed: a ``sitecustomize``
+    in ``tmp_path`` refuses them."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {modules!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    return {"PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}

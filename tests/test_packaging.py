@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import pupsourcing
+from helpers import without_modules
 
 PACKAGE = Path(pupsourcing.__file__).parent
 
@@ -181,20 +182,6 @@ def test_readme_links_work_on_pypi() -> None:
             assert path.exists(), target
 
 
-def _without(module: str, tmp_path: Path) -> dict[str, str]:
-    """The environment of a fresh interpreter in which ``module`` (and its
-    submodules) cannot be imported, as if its package were not installed."""
-    (tmp_path / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        f"        if name.split('.')[0] == {module!r}:\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-    )
-    return {"PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-
-
 @pytest.mark.parametrize(
     ("module", "feature", "extra", "use"),
     [
@@ -220,7 +207,7 @@ except ModuleNotFoundError as exc:
     print(exc.name)
     print(exc)
 """
-    env = {**os.environ, **_without(module, tmp_path)}
+    env = {**os.environ, **without_modules(tmp_path, module)}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
@@ -253,6 +240,6 @@ def test_a_command_whose_extra_is_missing_says_so_in_one_line(
     from cli_helpers import assert_one_line_error, cli_process
 
     db = tmp_path / "db.sqlite"
-    result = cli_process(*args, "--db", f"sqlite:///{db}", **_without(module, tmp_path))
+    result = cli_process(*args, "--db", f"sqlite:///{db}", **without_modules(tmp_path, module))
     assert_one_line_error(result, *fragments)
     assert not db.exists()  # it stopped before opening the database
