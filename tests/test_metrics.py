@@ -170,6 +170,31 @@ def test_disable_takes_the_metrics_off_the_registry() -> None:
     metrics.disable()
 
 
+def test_enabling_on_a_registry_holding_one_of_the_names_registers_none() -> None:
+    """All or nothing: a clash leaves the registry as it was (and the metrics
+    enabled before, if any, in place), with an error naming the metric."""
+    registry = prometheus_client.CollectorRegistry()
+    prometheus_client.Counter("pupsourcing_append_conflicts", "theirs", registry=registry)
+    before = prometheus_client.generate_latest(registry)
+    for _ in range(2):  # the second try fails the same way
+        with pytest.raises(ValueError, match="pupsourcing_append_conflicts is already registered"):
+            metrics.enable(registry)
+        assert prometheus_client.generate_latest(registry) == before
+    elsewhere = prometheus_client.CollectorRegistry()
+    enabled = metrics.enable(elsewhere)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            metrics.enable(registry)
+        assert metrics.enable(elsewhere) is enabled  # still enabled there
+        assert (
+            "pupsourcing_projection_checkpoint"
+            in prometheus_client.generate_latest(elsewhere).decode()
+        )
+        assert prometheus_client.generate_latest(registry) == before
+    finally:
+        metrics.disable()
+
+
 # -- projections run --metrics-port ------------------------------------------------
 
 SERVING = re.compile(r"serving metrics on http://[^:]+:(\d+)/metrics")

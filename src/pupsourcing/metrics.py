@@ -53,17 +53,20 @@ BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 
 class Metrics:
     """The metrics, registered on ``registry`` (none when ``None``: how
-    worker processes of prometheus-client's multiprocess mode make them).
-    Gauges declare how multiprocess mode combines processes (the live ones'
-    maximum); outside that mode it is ignored."""
+    worker processes of prometheus-client's multiprocess mode make them),
+    all or none: a ``ValueError`` naming the metric when the registry holds
+    one of their names already. Gauges declare how multiprocess mode
+    combines processes (the live ones' maximum); outside that mode it is
+    ignored."""
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
         self.registry = registry
+        # Made unregistered, then registered together by _register.
         self.projection_checkpoint = Gauge(
             "pupsourcing_projection_checkpoint",
             "Global position up to which the projection partition has handled events.",
             PROJECTION_LABELS,
-            registry=registry,
+            registry=None,
             multiprocess_mode="livemax",
         )
         self.projection_lag_events = Gauge(
@@ -71,39 +74,39 @@ class Metrics:
             "Events between the partition's checkpoint and the newest position its "
             "processor has seen.",
             PROJECTION_LABELS,
-            registry=registry,
+            registry=None,
             multiprocess_mode="livemax",
         )
         self.projection_events_handled = Counter(
             "pupsourcing_projection_events_handled",
             "Events handed to the projection's handle and committed.",
             PROJECTION_LABELS,
-            registry=registry,
+            registry=None,
         )
         self.projection_failures = Counter(
             "pupsourcing_projection_failures",
             "Batches rolled back because the projection's handle raised.",
             PROJECTION_LABELS,
-            registry=registry,
+            registry=None,
         )
         self.projection_batch_seconds = Histogram(
             "pupsourcing_projection_batch_seconds",
             "Time of a batch that handled events, from its read to its commit.",
             PROJECTION_LABELS,
-            registry=registry,
+            registry=None,
             buckets=BATCH_BUCKETS,
         )
         self.store_head_position = Gauge(
             "pupsourcing_store_head_position",
             "Highest global position this process has appended or seen committed.",
-            registry=registry,
+            registry=None,
             multiprocess_mode="max",
         )
         self.append_seconds = Histogram(
             "pupsourcing_append_seconds",
             "Time of a successful append (inside the caller's transaction, commit excluded).",
             APPEND_LABELS,
-            registry=registry,
+            registry=None,
             buckets=APPEND_BUCKETS,
         )
         self.events_appended = Counter(
@@ -111,14 +114,16 @@ class Metrics:
             "Events appended (counted when append returns; a transaction rolled back "
             "afterwards is still counted).",
             APPEND_LABELS,
-            registry=registry,
+            registry=None,
         )
         self.append_conflicts = Counter(
             "pupsourcing_append_conflicts",
             "Appends refused by the expected version (OptimisticConcurrencyError).",
             APPEND_LABELS,
-            registry=registry,
+            registry=None,
         )
+        if registry is not None:
+            _register(_collectors(self), registry)
 
 
 _lock = threading.Lock()
@@ -133,9 +138,9 @@ def enable(registry: CollectorRegistry | None = REGISTRY) -> Metrics:
         current = _observe.installed(_MetricsObserver)
         if isinstance(current, _MetricsObserver) and current.metrics.registry is registry:
             return current.metrics
-        if isinstance(current, _MetricsObserver) and current.metrics.registry is not None:
+        metrics = Metrics(registry)  # a clash raises here, the current metrics kept
+        if isinstance(current, _MetricsObserver):
             _unregister(current.metrics)
-        metrics = Metrics(registry)
         _observe.install(_MetricsObserver(metrics))
         return metrics
 
@@ -149,12 +154,33 @@ def disable() -> None:
             _unregister(current.metrics)
 
 
+def _collectors(metrics: Metrics) -> list[Counter | Gauge | Histogram]:
+    return [v for v in vars(metrics).values() if isinstance(v, Counter | Gauge | Histogram)]
+
+
+def _register(collectors: list[Counter | Gauge | Histogram], registry: CollectorRegistry) -> None:
+    """Register every one of ``collectors`` on ``registry``, or (a name
+    taken) none: those registered already are taken off again."""
+    done: list[Counter | Gauge | Histogram] = []
+    for collector in collectors:
+        try:
+            registry.register(collector)
+        except ValueError as exc:  # prometheus-client's DuplicateTimeseries
+            for registered in done:
+                registry.unregister(registered)
+            name = next(iter(collector.describe())).name
+            raise ValueError(
+                f"{name} is already registered on this registry: pupsourcing.metrics.disable() "
+                "takes off the metrics enabled before; otherwise pass another registry"
+            ) from exc
+        done.append(collector)
+
+
 def _unregister(metrics: Metrics) -> None:
     if metrics.registry is None:
         return
-    for value in vars(metrics).values():
-        if isinstance(value, Counter | Gauge | Histogram):
-            metrics.registry.unregister(value)
+    for collector in _collectors(metrics):
+        metrics.registry.unregister(collector)
 
 
 def _in_process() -> bool:
