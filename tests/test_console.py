@@ -713,9 +713,11 @@ def test_the_login_cookie_is_found_among_other_sites_cookies(guarded: Server) ->
     those of every other site on the same host, however odd their values
     (JSON, spaces, non-ASCII), and perhaps a stale one of the same name
     (another path): none of them hides the login cookie."""
+    import time
+
     from pupsourcing.console._security import COOKIE, cookie_value
 
-    ours = f"{COOKIE}={cookie_value('s3cret-token')}"
+    ours = f"{COOKIE}={cookie_value('s3cret-token', int(time.time()) + 60)}"
     for others in ('prefs={"theme":"dark"}', "a b=c", "name=Zoë", 'q="x', f"{COOKIE}=stale"):
         for header in (f"{others}; {ours}", f"{ours}; {others}"):
             headers = {"Cookie": header.encode()}
@@ -723,6 +725,77 @@ def test_the_login_cookie_is_found_among_other_sites_cookies(guarded: Server) ->
             assert response.status_code == 200, header
     wrong = {"Cookie": f'prefs={{"a":1}}; {COOKIE}=stale'}
     assert httpx.get(guarded.base + "/api/head", headers=wrong, timeout=10).status_code == 401
+
+
+def test_the_login_cookie_expires(guarded: Server) -> None:
+    """A stolen cookie does not work forever: it carries its expiry, signed
+    with the token, and the server refuses it once past (or altered)."""
+    import time
+
+    from pupsourcing.console._security import COOKIE, SESSION_SECONDS, cookie_value
+
+    with httpx.Client(base_url=guarded.base, timeout=10, verify=TLS) as client:
+        signed_in = client.post("/login", data={"token": "s3cret-token", "next": "/"})
+        assert f"max-age={SESSION_SECONDS}" in signed_in.headers["set-cookie"].lower()
+        assert client.get("/api/head").status_code == 200
+    now = int(time.time())
+
+    def answer(value: str) -> int:
+        headers = {"Cookie": f"{COOKIE}={value}"}
+        return httpx.get(guarded.base + "/api/head", headers=headers, timeout=10).status_code
+
+    assert answer(cookie_value("s3cret-token", now + 60)) == 200
+    assert answer(cookie_value("s3cret-token", now - 1)) == 401
+    mac = cookie_value("s3cret-token", now - 1).partition(".")[2]
+    assert answer(f"{now + 60}.{mac}") == 401  # a later expiry, not signed
+    assert answer(cookie_value("another-token", now + 60)) == 401
+    assert answer(mac) == 401
+
+
+def test_tokens_are_compared_at_a_fixed_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hmac.compare_digest`` reveals the lengths it is given by its time:
+    it is given digests of the token and of what was sent, never them."""
+    import hmac
+
+    from pupsourcing.console import _security
+
+    lengths: list[tuple[int, int]] = []
+    original = hmac.compare_digest
+
+    def compare(a: bytes, b: bytes) -> bool:
+        lengths.append((len(a), len(b)))
+        return original(a, b)
+
+    monkeypatch.setattr(_security.hmac, "compare_digest", compare)
+    assert _security.token_matches(b"s3cret-token", "s3cret-token")
+    assert not _security.token_matches(b"s3", "s3cret-token")
+    assert not _security.token_matches(b"s3cret-token-and-more", "s3cret-token")
+    assert lengths
+    assert len(set(lengths)) == 1
+
+
+@pytest.mark.parametrize("token", [" t0ken", "t0ken ", "t0ken\n", "t0\x01ken"])
+def test_a_token_no_header_can_carry_is_refused(tmp_path: Path, token: str) -> None:
+    """HTTP drops the spaces around a header's value (and cannot carry
+    control characters): such a token could never be sent as a bearer
+    token, so ``ui`` refuses it, from ``--token`` or the environment, before
+    it reads the store, as ``create_app`` does."""
+    from pupsourcing.console import create_app
+
+    missing = f"sqlite:///{tmp_path / 'gone.db'}"
+    for result in (
+        cli("ui", "--db", missing, "--host", "0.0.0.0", "--token", token),
+        cli("ui", "--db", missing, PUPSOURCING_UI_TOKEN=token),
+    ):
+        assert result.returncode == 2, result.stderr
+        assert "--token" in result.stderr
+        assert "whitespace" in result.stderr or "control characters" in result.stderr
+    backend = make_backend("sqlite", tmp_path)
+    try:
+        with pytest.raises(ValueError, match="token must not"):
+            create_app(database(backend.url, backend.store.config, create=False), token=token)
+    finally:
+        close_backend(backend)
 
 
 def test_signing_in_leads_back_to_the_page_as_it_was_asked_for(guarded: Server) -> None:
@@ -901,6 +974,28 @@ def test_a_public_address_needs_a_token(tmp_path: Path) -> None:
         assert "cannot open" in gone.stderr
     finally:
         close_backend(backend)
+
+
+def test_ui_without_the_extra_is_one_line(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    from cli_helpers import assert_one_line_error
+
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('starlette', 'uvicorn'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    result = cli_process(  # a fresh process, its sitecustomize blocking the import
+        "ui", "--db", f"sqlite:///{tmp_path / 'db.sqlite'}", "--port", "1",
+        PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]),
+    )  # fmt: skip
+    assert_one_line_error(result, "the console needs the ui extra", "pupsourcing[ui]")
 
 
 def test_a_missing_store_is_one_line(tmp_path: Path) -> None:

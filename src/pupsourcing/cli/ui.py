@@ -61,17 +61,21 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
-    token = args.token or os.environ.get(TOKEN_VAR) or None
     try:
         import uvicorn
 
         from pupsourcing.console._app import build
         from pupsourcing.console._readonly import open_read_only
-        from pupsourcing.console._security import is_loopback
+        from pupsourcing.console._security import is_loopback, token_problem
     except ModuleNotFoundError as exc:
         raise CommandError(
             f"the console needs the ui extra ({exc.name} is missing): pip install 'pupsourcing[ui]'"
         ) from None
+    token = args.token or os.environ.get(TOKEN_VAR) or None
+    problem = None if token is None else token_problem(token)
+    if problem is not None:
+        given = "--token" if args.token else f"--token (here ${TOKEN_VAR})"
+        parser.error(f"{given} {problem}")
     if token is None and not is_loopback(args.host):
         parser.error(
             f"--host {args.host} is not a loopback address: anyone who can reach it could "

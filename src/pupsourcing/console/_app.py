@@ -30,7 +30,14 @@ from pupsourcing.cli._db import driver_error_message, is_driver_error
 from pupsourcing.console import _pages, _queries
 from pupsourcing.console._paths import below, route_path, url_root
 from pupsourcing.console._readonly import Reader
-from pupsourcing.console._security import COOKIE, Guard, cookie_value, token_matches
+from pupsourcing.console._security import (
+    COOKIE,
+    SESSION_SECONDS,
+    Guard,
+    new_cookie,
+    token_matches,
+    token_problem,
+)
 from pupsourcing.console._watch import HeadWatcher
 from pupsourcing.urls import Database
 
@@ -337,7 +344,8 @@ class Console:
         response = RedirectResponse(root + next_path, 303)
         response.set_cookie(
             COOKIE,
-            cookie_value(self.token),
+            new_cookie(self.token),
+            max_age=SESSION_SECONDS,
             path=root or "/",  # only the console's paths: not a whole site it is mounted in
             httponly=True,
             samesite="strict",
@@ -428,7 +436,8 @@ def create_app(db: Database, *, token: str | None = None, poll_interval: float =
     headers are served. ``poll_interval`` is how often the store head is
     read for the live views. It can be mounted under a path (Starlette's
     ``Mount``, or a server's ``root_path``): every URL it serves and links
-    to stays under that path."""
+    to stays under that path. A token no HTTP header can carry (spaces
+    around it, control characters) is a ``ValueError``."""
     return build(db, token=token, poll_interval=poll_interval)[0]
 
 
@@ -437,6 +446,9 @@ def build(
 ) -> tuple[ASGIApp, Console]:
     """:func:`create_app`, and the routes' shared state (for ``pupsourcing
     ui``, which ends the live feeds when it shuts down)."""
+    problem = None if token is None else token_problem(token)
+    if problem is not None:
+        raise ValueError(f"token {problem}")
     console = Console(db, token, poll_interval)
     stream = "{bounded_context}/{aggregate_type}/{aggregate_id:path}"
     api = [

@@ -2,8 +2,9 @@
 
 Without a token the console trusts its loopback address (and accepts only
 loopback ``Host`` headers, against DNS rebinding). With one, every request
-needs ``Authorization: Bearer <token>`` or the cookie the login page sets;
-both are compared in constant time.
+needs ``Authorization: Bearer <token>`` or the cookie the login page sets
+(which expires); both are compared in constant time, as SHA-256 digests,
+so that the time taken reveals neither value's length.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,6 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pupsourcing.console._paths import ROOT, route_path
 
 COOKIE = "pupsourcing_console"
+SESSION_SECONDS = 12 * 60 * 60
+"""How long the login cookie lets its holder in."""
 
 HEADERS = [
     (b"x-frame-options", b"DENY"),
@@ -47,14 +51,51 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def cookie_value(token: str) -> str:
-    """What the login cookie holds: a MAC of the token, not the token."""
-    return hmac.new(token.encode(), b"pupsourcing console session", hashlib.sha256).hexdigest()
+def token_problem(token: str) -> str | None:
+    """Why ``token`` could never be sent as a bearer token (``None``: it
+    can): HTTP drops the spaces around a header's value, and a header
+    cannot carry control characters."""
+    if token != token.strip():
+        return "must not begin or end with whitespace (HTTP drops it from the header)"
+    if any(c < " " or c == "\x7f" for c in token):
+        return "must not contain control characters (HTTP headers cannot carry them)"
+    return None
+
+
+def cookie_value(token: str, expires: int) -> str:
+    """What the login cookie holds: when it expires (Unix time) and a MAC
+    of that made with the token; not the token."""
+    return f"{expires}.{_session_mac(token, expires)}"
+
+
+def new_cookie(token: str) -> str:
+    """:func:`cookie_value` for a session starting now."""
+    return cookie_value(token, int(time.time()) + SESSION_SECONDS)
+
+
+def _session_mac(token: str, expires: int) -> str:
+    message = f"pupsourcing console session until {expires}".encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+
+def cookie_matches(value: bytes, token: str) -> bool:
+    """Whether ``value`` is a login cookie made with ``token``, not yet expired."""
+    expires, dot, mac = value.partition(b".")
+    if not (dot and expires.isdigit() and len(expires) <= 12):
+        return False
+    seconds = int(expires)
+    return _same(mac, _session_mac(token, seconds).encode()) and time.time() < seconds
 
 
 def token_matches(given: bytes, token: str) -> bool:
     """Whether ``given`` is the token's UTF-8 bytes, in constant time."""
-    return hmac.compare_digest(given, token.encode("utf-8"))
+    return _same(given, token.encode("utf-8"))
+
+
+def _same(given: bytes, expected: bytes) -> bool:
+    """``given == expected`` in a time that depends on neither: their
+    SHA-256 digests compared (``compare_digest`` shows lengths)."""
+    return hmac.compare_digest(hashlib.sha256(given).digest(), hashlib.sha256(expected).digest())
 
 
 def _header(scope: Scope, name: bytes) -> bytes:
@@ -70,8 +111,7 @@ def authorized(scope: Scope, token: str) -> bool:
     scheme, _, given = _header(scope, b"authorization").partition(b" ")
     if scheme.lower() == b"bearer" and token_matches(given.strip(), token):
         return True
-    expected = cookie_value(token).encode()
-    return any(hmac.compare_digest(value, expected) for value in _login_cookies(scope))
+    return any(cookie_matches(value, token) for value in _login_cookies(scope))
 
 
 def _login_cookies(scope: Scope) -> list[bytes]:
