@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -515,6 +516,115 @@ def test_connections_are_read_only(name: str, tmp_path: Path) -> None:
         assert backend.checkpoints() == {}
     finally:
         close_backend(backend)
+
+
+@contextlib.contextmanager
+def select_only(name: str, *, process: bool = True) -> Iterator[str]:
+    """The URL of a new store on ``name`` (postgres or mysql) with events and
+    a checkpoint, for a user given exactly the grants docs/console.md lists
+    (on MySQL without ``PROCESS`` unless ``process``); one of the tables is
+    made after the grants, as a later migration would."""
+    import uuid
+
+    from conftest import MYSQL_HOST, PG_DSN, mysql_admin, require
+
+    tag = uuid.uuid4().hex[:12]
+    user, password = f"console_{tag}", "pw"
+    if name == "postgres":
+        psycopg = require("psycopg")
+        admin = psycopg.connect(PG_DSN, autocommit=True)
+        schema = f"t_{tag}"
+        options = f"-c search_path={schema}"
+        grants = [
+            f"CREATE ROLE {user} LOGIN PASSWORD '{password}'",
+            f"GRANT USAGE ON SCHEMA {schema} TO {user}",
+            f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {user}",
+            f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {user}",
+        ]
+        info = psycopg.conninfo.conninfo_to_dict(PG_DSN)
+        url = (
+            f"postgresql://{user}:{password}@{info.get('host', '127.0.0.1')}:"
+            f"{info.get('port', 5432)}/{info['dbname']}?options={quote(options)}"
+        )
+        admin.execute(f"CREATE SCHEMA {schema}")
+        owner = psycopg.connect(PG_DSN, options=options)
+        drops = [
+            f"DROP SCHEMA {schema} CASCADE",
+            f"DROP OWNED BY {user}",
+            f"DROP ROLE {user}",
+        ]
+    else:
+        pymysql = require("pymysql")
+        admin = mysql_admin()
+        schema = f"t_{tag}"
+        grants = [
+            f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'",
+            f"GRANT SELECT ON {schema}.* TO '{user}'@'%'",
+            *([f"GRANT PROCESS ON *.* TO '{user}'@'%'"] if process else []),
+        ]
+        url = f"mysql://{user}:{password}@{MYSQL_HOST}:3306/{schema}"
+        admin.cursor().execute(f"CREATE DATABASE {schema} CHARACTER SET utf8mb4")
+        owner = pymysql.connect(host=MYSQL_HOST, user="root", password="", database=schema)
+        drops = [f"DROP DATABASE {schema}", f"DROP USER '{user}'@'%'"]
+    try:
+        store = database(url, create=False).store
+        store.create_schema(owner)
+        store.append(owner, ExpectedVersion.no_stream(), [event("a-1"), event("a-1")])
+        store.update_checkpoint(owner, "orders", 1)
+        query(owner, f"DROP TABLE {store.config.dead_letters_table}")
+        owner.commit()
+        for grant in grants:
+            admin.cursor().execute(grant)
+        store.create_schema(owner)  # the dead letters table, made after the grants
+        owner.commit()
+        yield url
+    finally:
+        owner.close()
+        for drop in drops:
+            with contextlib.suppress(Exception):
+                admin.cursor().execute(drop)
+        admin.close()
+
+
+@pytest.mark.parametrize("name", ["postgres", "mysql"])
+def test_a_user_that_may_only_select_is_enough(name: str) -> None:
+    """The grants docs/console.md gives for a read-only user serve every
+    page's data, tables made after the grants included."""
+    with select_only(name) as url:
+        server = start_server(url)
+        try:
+            for path in (
+                "/api/head",
+                "/api/projections",
+                "/api/overview",
+                "/api/events",
+                "/api/log",
+                "/api/streams/Shop/Order/a-1",
+                "/api/aggregates?prefix=a",
+                "/api/dead-letters",
+            ):
+                response = get(server, path)
+                assert response.status_code == 200, (path, response.text)
+            assert get(server, "/api/head").json() == {"head": 2}
+        finally:
+            errors = server.stop()
+        # Nothing said but where it serves (no "cannot probe the safe horizon").
+        assert [line for line in errors.splitlines() if "console on" not in line] == []
+
+
+def test_ui_says_when_it_cannot_follow_the_safe_horizon() -> None:
+    """On MySQL without ``PROCESS`` the live views follow the head, and
+    ``ui`` says so on stderr (its warnings were dropped: nothing handled
+    the library's log records)."""
+    with select_only("mysql", process=False) as url:
+        server = start_server(url)
+        try:
+            assert get(server, "/api/head").json() == {"head": 2}
+        finally:
+            errors = server.stop()
+    assert "cannot probe the safe horizon" in errors
+    assert "PROCESS" in errors
+    assert "pw@" not in errors  # the URL's password, if quoted, is hidden
 
 
 def test_the_api_leaves_the_database_as_it_was(shown: Backend, console: Server) -> None:

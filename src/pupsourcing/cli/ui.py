@@ -16,6 +16,7 @@ from pupsourcing.cli._db import (
     one_line,
     open_database,
 )
+from pupsourcing.cli.console import Console, setup_logging
 from pupsourcing.cli.errors import CommandError
 
 TOKEN_VAR = "PUPSOURCING_UI_TOKEN"
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         raise CommandError(f"cannot read {db.url}: {db.url.scrub(one_line(exc))}") from None
     app, console = build(db, token=token, poll_interval=args.poll_interval)
+    setup_logging(Console(sys.stderr), 0, "", db.url.scrub)  # the console's warnings
     host = f"[{args.host}]" if ":" in args.host else args.host
     served = f"http://{host}:{args.port}/"
     where = f" for {args.root_path}/ behind a proxy" if args.root_path else ""
