@@ -95,14 +95,16 @@ def _as_a_process(env: dict[str, str], cwd: Path | None, stdin: io.StringIO) -> 
     """Run the body as a fresh process would see it, and put back everything
     a command may change: the environment, the current directory, the
     standard streams, the import path and modules, the ``pupsourcing``
-    loggers and the signal handlers."""
+    loggers, the root logger (``--log-format json`` adds its handler when
+    there is none), whether warnings are logged, and the signal handlers."""
     saved_env = dict(os.environ)
     saved_cwd = os.getcwd()
     saved_streams = sys.stdin, sys.stdout, sys.stderr
     saved_path = list(sys.path)
     saved_modules = set(sys.modules)
-    loggers = [logging.getLogger(n) for n in ("pupsourcing", "pupsourcing.cli")]
+    loggers = [logging.getLogger(n) for n in ("pupsourcing", "pupsourcing.cli", "")]
     saved_loggers = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
+    warnings_logged = getattr(logging, "_warnings_showwarning", None) is not None
     saved_signals = {s: signal.getsignal(s) for s in _SIGNALS}
     os.environ.clear()
     os.environ.update(env)
@@ -125,6 +127,7 @@ def _as_a_process(env: dict[str, str], cwd: Path | None, stdin: io.StringIO) -> 
             lg.handlers[:] = handlers
             lg.propagate = propagate
             lg.setLevel(level)
+        logging.captureWarnings(warnings_logged)
         for signum, handler in saved_signals.items():
             if handler is not None:
                 signal.signal(signum, handler)

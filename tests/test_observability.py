@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,9 @@ from conftest import Backend
 from helpers import event, without_modules
 from pupsourcing import ExpectedVersion
 from pupsourcing.correlation import correlation, current
+from test_cli_run import Running, running
+
+__all__ = ["running"]  # the fixture, imported for the tests below
 
 
 def test_appends_inside_a_block_carry_its_ids(backend: Backend) -> None:
@@ -256,3 +260,67 @@ def test_json_log_lines_are_json_whatever_the_extras() -> None:
         entry = json.loads(line, parse_constant=not_json)
         assert entry["message"] == "m\u00e9\nx"
         assert entry == {**entry, **{k: str(v) for k, v in extra.items()}}
+
+
+def test_json_log_lines_keep_their_own_fields_beside_extras_of_the_same_name() -> None:
+    """An ``extra`` named like a field of the line (``time``, ``level``,
+    ``logger``, ``tag``, ``exception``) does not replace it: it is kept
+    under ``extra_<name>``."""
+    import json
+    import logging
+
+    from pupsourcing.cli.console import JsonFormatter
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        extra = {"time": "theirs", "level": 5, "logger": "x", "tag": "t", "exception": "e"}
+        record = logging.getLogger("pupsourcing").makeRecord(
+            "pupsourcing", logging.ERROR, __file__, 1, "failed", (), sys.exc_info(),
+            extra={**extra, "extra_level": 6},
+        )  # fmt: skip
+    entry = json.loads(JsonFormatter("p1/2").format(record))
+    assert entry["time"].endswith("Z")
+    assert (entry["level"], entry["logger"], entry["tag"]) == ("ERROR", "pupsourcing", "p1/2")
+    assert entry["exception"].endswith("ValueError: boom")
+    assert {k: entry[f"extra_{k}"] for k in extra} == extra
+    assert entry["extra_extra_level"] == 6  # prefixed again: "extra_level" was taken
+
+
+def test_json_logs_hold_the_applications_records_and_warnings_too(
+    sqlite_db: Backend, tmp_path: Path, running: list[Running]
+) -> None:
+    """With ``--log-format json`` every line on stderr is JSON: the records
+    of the application's own loggers and ``warnings.warn`` too (unless the
+    application configured logging itself)."""
+    import json
+
+    (tmp_path / "noisy_projection.py").write_text(
+        "import logging\n"
+        "import warnings\n"
+        "log = logging.getLogger('shop.search')\n"
+        "class Noisy:\n"
+        "    name = 'noisy'\n"
+        "    def handle(self, event, tx):\n"
+        "        log.warning('odd event at %d', event.global_position)\n"
+        "        warnings.warn('old field used', UserWarning, stacklevel=1)\n"
+    )
+    conn = sqlite_db.connect()
+    sqlite_db.store.append(conn, ExpectedVersion.any(), [event("a")])
+    conn.commit()
+    conn.close()
+    run = Running(
+        "projections", "run", "noisy_projection:Noisy", "--db", sqlite_db.url,
+        "--log-format", "json",
+        PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]),
+    )  # fmt: skip
+    running.append(run)
+    run.wait_for_line("old field used")
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0, run.stderr
+    entries = [json.loads(line) for line in run.lines]  # every line is JSON
+    mine = [e for e in entries if e["logger"] == "shop.search"]
+    assert [(e["level"], e["message"]) for e in mine] == [("WARNING", "odd event at 1")]
+    warned = [e for e in entries if e["logger"] == "py.warnings"]
+    assert len(warned) == 1
+    assert "UserWarning: old field used" in warned[0]["message"]

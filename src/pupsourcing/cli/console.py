@@ -104,10 +104,11 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger,
     message, ``tag`` (which worker) when given, the exception's traceback,
     and every field the record was given as ``extra`` (the batch records'
-    projection, handled, checkpoint, fetched). ``scrub`` filters each text
-    value before it is encoded: JSON escapes quotes, backslashes and
-    non-ASCII characters, so a secret holding one would no longer be found in
-    the encoded line."""
+    projection, handled, checkpoint, fetched); an extra named like one of
+    the line's own fields goes under ``extra_<name>``. ``scrub`` filters
+    each text value before it is encoded: JSON escapes quotes, backslashes
+    and non-ASCII characters, so a secret holding one would no longer be
+    found in the encoded line."""
 
     def __init__(self, tag: str = "", scrub: Callable[[str], str] | None = None) -> None:
         super().__init__()
@@ -123,11 +124,13 @@ class JsonFormatter(logging.Formatter):
         }
         if self.tag:
             entry["tag"] = self.tag
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                while key in entry:  # the line's own field: theirs beside it
+                    key = f"extra_{key}"
+                entry[key] = value
         if self.scrub is not None:
             entry = {k: self._text(v) if isinstance(v, str) else v for k, v in entry.items()}
         try:
@@ -174,3 +177,15 @@ def setup_logging(
         logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     )
     logging.getLogger("pupsourcing.cli").setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    if log_format == "json":
+        _log_the_rest(handler)
+
+
+def _log_the_rest(handler: logging.Handler) -> None:
+    """Records of every other logger (the projections' own, say) and
+    ``warnings.warn`` through ``handler`` too, so that every line on stderr
+    is JSON; unless the application configured logging itself."""
+    top = logging.getLogger()
+    if not top.handlers:
+        top.addHandler(handler)
+        logging.captureWarnings(True)
