@@ -402,6 +402,37 @@ def test_a_command_reports_the_dead_letters_of_its_own_projections(sqlite_db: Ba
     assert value(found, dead, projection="other", partition="0") is None
 
 
+def test_a_workers_empty_metrics_file_does_not_fail_the_scrape(sqlite_db: Backend) -> None:
+    """prometheus-client makes a worker's file before it sizes it: a scrape
+    in between (or ever after, if the worker was killed then) found it
+    empty and failed whole (HTTP 500). An empty file has no samples yet:
+    the others are still added up."""
+    import argparse
+    import os
+    import socket
+
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    from pupsourcing.cli import _metrics
+    from pupsourcing.urls import database
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    args = argparse.Namespace(metrics_port=port, metrics_host="127.0.0.1", metrics_child=False)
+    env: dict[str, str] = {}
+    with _metrics.supervising(args, database(sqlite_db.url), env, ["counting"]):
+        directory = env[_metrics.MULTIPROC_ENV]
+        name = "pupsourcing_projection_events_handled"
+        written = MmapedDict(os.path.join(directory, "counter_101.db"))
+        labels = ["projection", "partition"]
+        written.write_value(mmap_key(name, f"{name}_total", labels, ["counting", "0"], "h"), 7, 0)
+        written.close()
+        open(os.path.join(directory, "counter_102.db"), "wb").close()  # made, not yet sized
+        found = scrape(port)
+    assert value(found, f"{name}_total", projection="counting", partition="0") == 7
+
+
 def test_a_partition_reports_the_dead_letters_of_its_own_partition(sqlite_db: Backend) -> None:
     """A command running one partition (or a claiming process, the ones it
     holds at each scrape) reports those only: one per partition scraped,

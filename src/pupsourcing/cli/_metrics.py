@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -118,7 +120,7 @@ def supervising(
     directory = tempfile.mkdtemp(prefix="pupsourcing-metrics-")
     env[MULTIPROC_ENV] = directory
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry.register(_WorkerFiles(directory))
     registry.register(metrics.DeadLettersCollector(db.connect, db.store, names))
 
     def exited(pid: int) -> None:
@@ -129,6 +131,31 @@ def supervising(
             yield exited
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+class _WorkerFiles:
+    """The workers' metric files added up, as prometheus-client's
+    ``MultiProcessCollector`` does, but for the files still empty: a worker
+    makes its file before it sizes it, and a scrape in between (or ever
+    after, if the worker was killed then) failed whole on one
+    (prometheus/client_python#1199). An empty file holds no samples yet."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client import multiprocess
+
+        files = [f for f in glob.glob(os.path.join(self.directory, "*.db")) if _sized(f)]
+        merged: Iterable[Any] = multiprocess.MultiProcessCollector.merge(files)  # type: ignore[no-untyped-call]
+        return merged
+
+
+def _sized(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:  # a dead worker's live gauges, just removed
+        return False
 
 
 @contextlib.contextmanager
