@@ -1086,28 +1086,6 @@ def test_a_public_address_needs_a_token(tmp_path: Path) -> None:
         close_backend(backend)
 
 
-def test_ui_without_the_extra_is_one_line(tmp_path: Path) -> None:
-    import os
-    import sys
-
-    from cli_helpers import assert_one_line_error
-
-    blocker = tmp_path / "sitecustomize.py"
-    blocker.write_text(
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('starlette', 'uvicorn'):\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-    )
-    result = cli_process(  # a fresh process, its sitecustomize blocking the import
-        "ui", "--db", f"sqlite:///{tmp_path / 'db.sqlite'}", "--port", "1",
-        PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]),
-    )  # fmt: skip
-    assert_one_line_error(result, "the console needs the ui extra", "pupsourcing[ui]")
-
-
 def test_a_missing_store_is_one_line(tmp_path: Path) -> None:
     result = cli_process("ui", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--port", "1")
     assert result.returncode == 1
