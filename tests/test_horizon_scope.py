@@ -20,7 +20,6 @@ from helpers import Count, event
 from pupsourcing import ExpectedVersion
 from pupsourcing.projection import Processor
 
-
 HELD_BACK = 1.5
 """How long a catch_up held back by ``blocker`` is watched still waiting."""
 NOT_HELD_BACK = 30.0
