@@ -348,3 +348,38 @@ def test_named_tuples_round_trip() -> None:
     assert type(decoded.to) is Point
     with pytest.raises(CodecError, match=r"field 'to': expected 2 items, got 1"):
         codec.decode(event_type, version, b'{"path":[],"to":["1"]}')
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Checks its own fields, with whatever exception its author chose."""
+
+    quantity: int
+
+    def __post_init__(self) -> None:
+        assert self.quantity != 0, "zero"
+        if self.quantity < 0:
+            raise KeyError("negative")
+
+
+class CheckedStruct(msgspec.Struct):
+    quantity: int
+
+    def __post_init__(self) -> None:
+        if self.quantity < 0:
+            raise LookupError("negative")
+
+
+def test_a_class_refusing_the_payload_raises_codec_error_with_the_cause() -> None:
+    codec = JsonCodec()
+    codec.register(Checked)
+    codec.register(CheckedStruct)
+    cases = [
+        ("Checked", b'{"quantity":0}', AssertionError, r"Checked rejected the value: .*zero"),
+        ("Checked", b'{"quantity":-1}', KeyError, r"Checked rejected the value: .*negative"),
+        ("CheckedStruct", b'{"quantity":-1}', LookupError, r"CheckedStruct rejected .*negative"),
+    ]
+    for event_type, payload, cause, message in cases:
+        with pytest.raises(CodecError, match=rf"^{event_type} v1: .*{message}") as caught:
+            codec.decode(event_type, 1, payload)
+        assert type(caught.value.__cause__) is cause

@@ -140,7 +140,7 @@ class JsonCodec:
                 + f": {exc}",
                 event_type=event_type,
                 event_version=event_version,
-            ) from None
+            ) from exc.__cause__  # the class's own exception, if it raised one
 
 
 def _check_annotations(cls: type) -> None:

@@ -229,17 +229,8 @@ def from_json(tp: Any, value: object, path: str = "") -> Any:
         return scalar(value, path)
     if dataclasses.is_dataclass(tp):
         return _dataclass(tp, value, path)
-    if is_pydantic_class(tp):
-        try:
-            return typing.cast(Any, tp).model_validate(value)
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise ValueProblem(f"does not fit {tp.__qualname__}: {exc}", path) from None
-    if is_msgspec_class(tp):
-        msgspec = sys.modules["msgspec"]
-        try:
-            return msgspec.convert(value, tp)
-        except msgspec.ValidationError as exc:
-            raise ValueProblem(f"does not fit {tp.__qualname__}: {exc}", path) from None
+    if is_pydantic_class(tp) or is_msgspec_class(tp):
+        return _built(tp, path, lambda: _model(tp, value, path))
     if issubclass(tp, tuple) and hasattr(tp, "_fields"):
         return _named_tuple(tp, value, path)
     if tp in (list, tuple, set, frozenset, dict):
@@ -325,7 +316,8 @@ def _named_tuple(cls: Any, value: object, path: str) -> Any:
         raise ValueProblem(f"expected {len(names)} items, got {len(value)}", path)
     hints = typing.get_type_hints(cls)
     items = zip(names, value, strict=True)
-    return cls(*(from_json(hints.get(n, Any), v, _join(path, n)) for n, v in items))
+    args = [from_json(hints.get(n, Any), v, _join(path, n)) for n, v in items]
+    return _built(cls, path, lambda: cls(*args))
 
 
 def _key_from_json(tp: Any, key: str, path: str) -> Any:
@@ -355,7 +347,31 @@ def _dataclass(cls: type, value: object, path: str) -> Any:
     kwargs = {
         name: from_json(fields[name][0], item, _join(path, name)) for name, item in value.items()
     }
+    return _built(cls, path, lambda: cls(**kwargs))
+
+
+def _model(cls: Any, value: object, path: str) -> Any:
+    """A pydantic model or msgspec Struct, validated by its own library."""
+    if is_pydantic_class(cls):
+        try:
+            return cls.model_validate(value)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise ValueProblem(f"does not fit {cls.__qualname__}: {exc}", path) from None
+    msgspec = sys.modules["msgspec"]
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ValueProblem(f"{cls.__qualname__} rejected the value: {exc}", path) from exc
+        return msgspec.convert(value, cls)
+    except msgspec.ValidationError as exc:
+        raise ValueProblem(f"does not fit {cls.__qualname__}: {exc}", path) from None
+
+
+def _built(cls: type, path: str, make: Callable[[], Any]) -> Any:
+    """``make()``, an instance of ``cls``: what its own checks raise (a
+    ``__post_init__``'s ``AssertionError``, say) becomes a :class:`ValueProblem`
+    naming ``cls``, caused by that exception."""
+    try:
+        return make()
+    except ValueProblem:
+        raise
+    except Exception as exc:
+        reason = f"{cls.__qualname__} rejected the value: {type(exc).__name__}: {exc}"
+        raise ValueProblem(reason, path) from exc
