@@ -383,3 +383,42 @@ def test_a_class_refusing_the_payload_raises_codec_error_with_the_cause() -> Non
         with pytest.raises(CodecError, match=rf"^{event_type} v1: .*{message}") as caught:
             codec.decode(event_type, 1, payload)
         assert type(caught.value.__cause__) is cause
+
+
+class Measured(pydantic.BaseModel):
+    ratio: float
+
+
+class MeasuredStruct(msgspec.Struct):
+    ratios: list[float]
+
+
+@dataclass(frozen=True)
+class Ratio:
+    ratio: float
+    extra: Any = None
+
+
+def test_non_finite_floats_are_refused_both_ways() -> None:
+    """NaN and Infinity are not JSON: jsonb, the relay's consumers and other
+    languages cannot read them, so nothing writes or reads them."""
+    codec = JsonCodec()
+    codec.register(Measured)
+    codec.register(MeasuredStruct)
+    codec.register(Ratio)
+    with pytest.raises(CodecError, match=r"^Measured v1: field 'ratio': nan is not a finite"):
+        codec.encode(Measured(ratio=float("nan")))
+    with pytest.raises(CodecError, match=r"^MeasuredStruct v1: field 'ratios\[1\]': inf is not"):
+        codec.encode(MeasuredStruct([1.0, float("inf")]))
+    with pytest.raises(CodecError, match=r"^Ratio v1: field 'ratio': -inf is not a finite"):
+        codec.encode(Ratio(float("-inf")))
+    for payload in (
+        b'{"ratio":NaN}',
+        b'{"ratio":Infinity}',
+        b'{"ratio":-Infinity}',
+        b'{"ratio":1e400}',
+        b'{"ratio":1,"extra":[-1e999]}',
+    ):
+        with pytest.raises(CodecError, match=r"^Ratio v1: the payload is not standard JSON: "):
+            codec.decode("Ratio", 1, payload)
+    assert codec.decode("Ratio", 1, b'{"ratio":1e300}') == Ratio(1e300)

@@ -374,6 +374,20 @@ def test_a_snapshot_naming_a_module_not_imported_is_ignored_not_imported(
     assert "this" not in sys.modules
 
 
+def test_a_snapshot_that_is_not_standard_json_is_ignored(backend: Backend) -> None:
+    """The repository never writes NaN or Infinity (nor reads them back)."""
+    repo = repository(backend, snapshot_every=10)
+    conn = backend.connection()
+    order = Order("order-14")
+    order.place("ada")
+    repo.save(conn, order)
+    for number in (b"NaN", b"-Infinity", b"1e999"):
+        state = b'{"$state":{"customer":"eve","lines":{},"shipped":null,"n":%s}}' % number
+        backend.store.save_snapshot(conn, Snapshot("Sales", "Order", "order-14", 1, 1, state))
+        loaded = repo.load(conn, "order-14")
+        assert (loaded.customer, loaded._applied) == ("ada", 1), "rebuilt from the events"
+
+
 def test_a_snapshot_beyond_the_stored_events_is_ignored(backend: Backend) -> None:
     repo = repository(backend, snapshot_every=2)
     conn = backend.connection()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import typing
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -13,6 +12,7 @@ from pupsourcing.domain._values import (
     dumps,
     from_json,
     is_record_class,
+    loads,
     record_fields,
     to_json,
 )
@@ -115,7 +115,13 @@ class JsonCodec:
                 event_version=event_version,
             )
         try:
-            data = json.loads(payload)
+            data = loads(payload)
+        except ValueProblem as exc:
+            raise CodecError(
+                f"the payload is not standard JSON: {exc}",
+                event_type=event_type,
+                event_version=event_version,
+            ) from None
         except (ValueError, TypeError) as exc:
             raise CodecError(
                 f"the payload is not UTF-8 JSON: {exc}",

@@ -29,6 +29,7 @@ from pupsourcing.domain._values import (
     from_json,
     is_msgspec_class,
     is_pydantic_class,
+    loads,
     to_json,
 )
 
@@ -56,7 +57,7 @@ def encode_state(state: object, owner: str) -> bytes:
 def decode_state(data: bytes) -> dict[str, Any]:
     """The state dict :func:`encode_state` wrote."""
     try:
-        wrapper = json.loads(data)
+        wrapper = loads(data)
         state = wrapper["$state"]
         return {name: _untagged(value, name) for name, value in state.items()}
     except ValueProblem as exc:

@@ -48,10 +48,32 @@ def _join(path: str, key: str | int) -> str:
 def dumps(value: object) -> bytes:
     """Compact, deterministic JSON (sorted keys, UTF-8) of plain JSON values."""
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+        text = json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, sort_keys=True, allow_nan=False
+        )
         return text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueProblem("text with a lone surrogate cannot be encoded as UTF-8") from None
+    except ValueError as exc:  # a NaN that :func:`to_json` did not see
+        raise ValueProblem(f"not standard JSON: {exc}") from None
+
+
+def loads(data: bytes) -> Any:
+    """Standard JSON only: a :class:`ValueProblem` for ``NaN``, ``Infinity``
+    and numbers too large for a float, which :func:`dumps` never writes.
+    ``ValueError`` when ``data`` is not UTF-8 JSON at all."""
+    return json.loads(data, parse_constant=_non_finite, parse_float=_finite_float)
+
+
+def _non_finite(text: str) -> float:
+    raise ValueProblem(f"{text} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueProblem(f"{text} is not a finite number")
+    return number
 
 
 # -- pydantic and msgspec, only when the application imported them ------------
@@ -120,10 +142,12 @@ def _model_to_json(value: Any, path: str) -> Any:
     """A pydantic model or msgspec Struct, encoded by its own library."""
     try:
         if is_pydantic_class(type(value)):
-            return value.model_dump(mode="json")
-        return sys.modules["msgspec"].to_builtins(value)
+            data = value.model_dump(mode="json")
+        else:
+            data = sys.modules["msgspec"].to_builtins(value)
     except (TypeError, ValueError) as exc:  # the libraries' serialization errors
         raise ValueProblem(f"cannot encode {type(value).__qualname__}: {exc}", path) from None
+    return to_json(data, path)  # plain values already: this checks their floats
 
 
 def _key_to_json(key: object, path: str) -> str:
