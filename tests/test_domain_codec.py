@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import enum
 import json
+from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, NewType
 from uuid import UUID
 
 import msgspec
@@ -422,3 +423,159 @@ def test_non_finite_floats_are_refused_both_ways() -> None:
         with pytest.raises(CodecError, match=r"^Ratio v1: the payload is not standard JSON: "):
             codec.decode("Ratio", 1, payload)
     assert codec.decode("Ratio", 1, b'{"ratio":1e300}') == Ratio(1e300)
+
+
+UserId = NewType("UserId", int)
+
+
+class Mixed(enum.Enum):
+    RED = "red"
+    TWO = 2
+
+
+@dataclass(frozen=True)
+class Keyed:
+    by_user: dict[UserId, str]
+    by_rank: dict[Literal[1, 2], str]
+    by_mixed: dict[Mixed, int]
+    by_day: dict[date, Annotated[int, "count"]]
+    counts: Counter[str]
+    tree: Tree | None = None
+
+
+@dataclass(frozen=True)
+class Tree:
+    name: str
+    children: list[Tree] = field(default_factory=list)
+
+
+def test_dict_keys_and_counters_come_back_as_declared() -> None:
+    codec = JsonCodec()
+    codec.register(Keyed)
+    value = Keyed(
+        {UserId(7): "ada"},
+        {2: "second"},
+        {Mixed.RED: 1, Mixed.TWO: 2},
+        {date(2024, 1, 1): 3},
+        Counter("abb"),
+        Tree("root", [Tree("leaf")]),
+    )
+    event_type, version, payload = codec.encode(value)
+    decoded = codec.decode(event_type, version, payload)
+    assert decoded == value
+    assert type(decoded.counts) is Counter
+    assert [type(k) for k in decoded.by_user] == [int]
+    assert set(decoded.by_mixed) == {Mixed.RED, Mixed.TWO}
+    with pytest.raises(CodecError, match=r"field 'by_user': object key 'x': not an int"):
+        codec.decode(event_type, version, payload.replace(b'"7"', b'"x"'))
+
+
+@dataclass
+class FloatKeys:
+    by_ratio: dict[float, str]
+
+
+@dataclass
+class PairKeys:
+    by_pair: list[dict[tuple[int, int], str]]
+
+
+@dataclass
+class Defaults:
+    counts: defaultdict[str, int]
+
+
+@dataclass
+class Ordered:
+    seen: OrderedDict[str, int] | None
+
+
+@dataclass
+class Queued:
+    jobs: deque[int]
+
+
+def test_types_that_would_not_come_back_are_refused_at_registration() -> None:
+    """Refused before anything is written, naming the field."""
+    codec = JsonCodec()
+    cases = [
+        (FloatKeys, r"field 'by_ratio': a float cannot be an object key"),
+        (PairKeys, r"field 'by_pair': a tuple\[int, int\] cannot be an object key"),
+        (Defaults, r"field 'counts': a defaultdict's default_factory is not stored"),
+        (Ordered, r"field 'seen': an OrderedDict's order does not come back"),
+        (Queued, r"field 'jobs': cannot decode the container type .*deque"),
+    ]
+    for cls, message in cases:
+        with pytest.raises(TypeError, match=rf"^{cls.__qualname__}: {message}"):
+            codec.register(cls)
+        with pytest.raises(CodecError, match="unknown event type"):
+            codec.decode(cls.__qualname__, 1, b"{}")
+
+
+@dataclass
+class Amount:
+    value: str | Decimal
+
+
+@dataclass
+class Ids:
+    ids: list[UUID | str]
+
+
+@dataclass
+class Stamp:
+    at: datetime | str | None
+
+
+@dataclass
+class Blob:
+    data: bytes | str
+
+
+@dataclass
+class Chan:
+    channel: str | Channel
+
+
+@dataclass
+class Leveled:
+    level: int | Level
+
+
+@dataclass(frozen=True)
+class Unambiguous:
+    a: int | str
+    b: Literal["auto"] | str
+    c: datetime | date | UUID | Decimal
+    d: float | int | bool | None
+    e: Channel | Level | Address | list[int]
+
+
+def test_unions_json_cannot_tell_apart_are_refused_at_registration() -> None:
+    """``str | Decimal``: a Decimal is written as a string, and any string
+    reads back as a str, so either arm would come back as the other."""
+    codec = JsonCodec()
+    cases = [
+        (Amount, "value", "str and Decimal", "string"),
+        (Ids, "ids", "str and UUID", "string"),
+        (Stamp, "at", "str and datetime", "string"),
+        (Blob, "data", "bytes and str", "string"),
+        (Chan, "channel", "str and Channel", "string"),
+        (Leveled, "level", "int and Level", "int"),
+    ]
+    for cls, name, arms, kind in cases:
+        message = rf"^{cls.__qualname__}: field '{name}': a union of {arms} cannot be told apart"
+        with pytest.raises(TypeError, match=message + rf".* any {kind} reads as"):
+            codec.register(cls)
+    codec.register(Unambiguous)
+    for value in (
+        Unambiguous(1, "auto", datetime(2024, 1, 1), 1.0, Channel.WEB),
+        Unambiguous("1", "manual", UUID(int=3), True, Level.LOW),
+        Unambiguous(2, "x", Decimal("1.5"), None, Address("a", "b")),
+        Unambiguous(3, "y", date(2024, 1, 1), 2, [1]),
+    ):
+        decoded = codec.decode(*codec.encode(value))
+        assert decoded == value
+        assert [type(getattr(decoded, f)) for f in "abcde"] == [
+            type(getattr(value, f)) for f in "abcde"
+        ]

@@ -9,6 +9,7 @@ from pupsourcing.domain._errors import CodecError
 from pupsourcing.domain._upcast import Upcaster, Upcasters
 from pupsourcing.domain._values import (
     ValueProblem,
+    decoder,
     dumps,
     from_json,
     is_record_class,
@@ -45,7 +46,9 @@ class JsonCodec:
     name) and ``version`` (default 1). Nested dataclasses, timezone-aware
     ``datetime``, ``date``, ``time``, ``UUID``, ``Decimal``, ``Enum``,
     ``bytes``, ``tuple`` (NamedTuples too), ``list``, ``set`` and ``dict`` fields round-trip
-    exactly (decoding follows the field annotations). ``decode`` runs the
+    exactly (decoding follows the field annotations); ``register`` refuses a
+    type that would not, such as a union JSON cannot tell apart
+    (``str | UUID``). ``decode`` runs the
     upcasters (:meth:`upcast`) from the stored version up to the newest
     registered version of the type.
     """
@@ -150,7 +153,8 @@ class JsonCodec:
 
 
 def _check_annotations(cls: type) -> None:
-    """Decoding follows the field annotations: they must resolve now."""
+    """Decoding follows the field annotations: they must resolve now, and
+    name types that come back as they went in."""
     try:
         if hasattr(cls, "__dataclass_fields__"):
             record_fields(cls)
@@ -161,3 +165,7 @@ def _check_annotations(cls: type) -> None:
             f"{cls.__qualname__}: its field annotations cannot be resolved ({exc}); "
             "define the types they name at module level"
         ) from None
+    try:
+        decoder(cls)
+    except ValueProblem as exc:
+        raise TypeError(f"{cls.__qualname__}: {exc}") from None

@@ -4,7 +4,9 @@ Encoding looks at the value; decoding at the declared type, so a value comes
 back as the same type it went in as: datetimes (with their UTC offset), dates
 and times are ISO 8601 strings, UUIDs and Decimals strings, bytes base64,
 enums their values, dataclasses objects, tuples, lists and sets arrays,
-dicts objects (keys as strings). pydantic models and msgspec Structs are
+dicts objects (keys as strings, ints as their digits). Each type's decoder
+is built once (:func:`decoder`), which refuses a type that would not come
+back as it went in. pydantic models and msgspec Structs are
 supported when those packages are installed (they encode and validate
 themselves).
 """
@@ -12,12 +14,14 @@ themselves).
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import enum
 import functools
 import json
 import math
 import sys
+import threading
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -199,7 +203,32 @@ def _bytes(text: str) -> bytes:
     return base64.b64decode(text, validate=True)
 
 
-_SCALARS: dict[type, Callable[[object, str], Any]] = {
+def _bool(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _problem("a bool", value, path)
+    return value
+
+
+def _int(value: object, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _problem("an int", value, path)
+    return value
+
+
+def _float(value: object, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _problem("a number", value, path)
+    return float(value)
+
+
+Decode = Callable[[object, str], Any]
+"""Decodes one JSON value (found at a path) as the type it was built for."""
+
+_SCALARS: dict[type, Decode] = {
+    bool: _bool,
+    int: _int,
+    float: _float,
+    str: lambda v, p: _text(v, "a string", p),
     datetime: lambda v, p: _parsed(datetime.fromisoformat, v, "an ISO 8601 datetime", p),
     date: lambda v, p: _parsed(date.fromisoformat, v, "an ISO 8601 date", p),
     time: lambda v, p: _parsed(time.fromisoformat, v, "an ISO 8601 time", p),
@@ -208,58 +237,95 @@ _SCALARS: dict[type, Callable[[object, str], Any]] = {
     bytes: lambda v, p: _parsed(_bytes, v, "base64", p),
 }
 
+_OPEN = {str: "string", bytes: "string", int: "int", float: "float", bool: "bool"}
+"""Scalars that decode every JSON value of a kind exactly (any string is a
+str, and nearly any is base64), so no other type of that kind can share a
+union with them."""
+
+_decoders: dict[Any, Decode] = {}
+_staged: dict[Any, Decode | None] = {}  # being built (``None`` until done), under the lock
+_building = threading.RLock()
+
 
 def from_json(tp: Any, value: object, path: str = "") -> Any:
     """The value of type ``tp`` that :func:`to_json` encoded as ``value``."""
+    return decoder(tp, path)(value, path)
+
+
+def decoder(tp: Any, path: str = "") -> Decode:
+    """The decoder of ``tp``, built once. A :class:`ValueProblem` naming the
+    field (under ``path``) when ``tp`` holds a type that cannot come back
+    as it went in: ``JsonCodec.register`` builds it, so nothing is written."""
+    try:
+        return _decoders[tp]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable (Annotated metadata may be): not kept
+        return _build(tp, path)
+    with _building:
+        if tp in _decoders:
+            return _decoders[tp]
+        if tp in _staged:  # a dataclass that holds itself: look it up when decoding
+            return _staged[tp] or (lambda value, at: _decoders[tp](value, at))
+        outermost = not _staged
+        _staged[tp] = None
+        try:
+            _staged[tp] = built = _build(tp, path)
+            if outermost:  # every type it holds was built too: publish them
+                _decoders.update(typing.cast(dict[Any, Decode], _staged))
+            return built
+        finally:
+            if outermost:
+                _staged.clear()
+
+
+def _build(tp: Any, path: str) -> Decode:
     if tp is Any or tp is object:
-        return value
+        return lambda value, _: value
     if isinstance(tp, typing.NewType):
-        return from_json(tp.__supertype__, value, path)
+        return decoder(tp.__supertype__, path)
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
-        return from_json(typing.get_args(tp)[0], value, path)
+        return decoder(typing.get_args(tp)[0], path)
     if origin is typing.Union or origin is types.UnionType:
-        return _union(typing.get_args(tp), value, path)
+        return _union_decoder(typing.get_args(tp), path)
     if origin is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise ValueProblem(f"{value!r} is not one of {typing.get_args(tp)}", path)
-        return value
+        return functools.partial(_literal, typing.get_args(tp))
     if tp is None or tp is type(None):
-        if value is not None:
-            raise _problem("null", value, path)
-        return None
+        return _null
     if origin is not None:
-        return _container(origin, typing.get_args(tp), value, path)
+        return _container_decoder(origin, typing.get_args(tp), path)
     if not isinstance(tp, type):
         raise ValueProblem(f"cannot decode the type {tp!r}", path)
     if issubclass(tp, enum.Enum):
-        return _enum(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _problem("a bool", value, path)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _problem("an int", value, path)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _problem("a number", value, path)
-        return float(value)
-    if tp is str:
-        return _text(value, "a string", path)
+        return functools.partial(_enum, tp)
     scalar = _SCALARS.get(tp)
     if scalar is not None:
-        return scalar(value, path)
+        return scalar
     if dataclasses.is_dataclass(tp):
-        return _dataclass(tp, value, path)
+        fields = {
+            name: (decoder(field_type, _join(path, name)), required)
+            for name, (field_type, required) in record_fields(tp).items()
+        }
+        return functools.partial(_dataclass, tp, fields)
     if is_pydantic_class(tp) or is_msgspec_class(tp):
-        return _built(tp, path, lambda: _model(tp, value, path))
+        return lambda value, at: _built(tp, at, lambda: _model(tp, value, at))
     if issubclass(tp, tuple) and hasattr(tp, "_fields"):
-        return _named_tuple(tp, value, path)
-    if tp in (list, tuple, set, frozenset, dict):
-        return _container(tp, (), value, path)
+        return _named_tuple_decoder(tp, path)
+    if tp in (list, tuple, set, frozenset) or issubclass(tp, dict):
+        return _container_decoder(tp, (), path)
     raise ValueProblem(f"cannot decode the type {tp.__qualname__}", path)
+
+
+def _null(value: object, path: str) -> None:
+    if value is not None:
+        raise _problem("null", value, path)
+
+
+def _literal(allowed: tuple[Any, ...], value: object, path: str) -> Any:
+    if value not in allowed:
+        raise ValueProblem(f"{value!r} is not one of {allowed}", path)
+    return value
 
 
 def _encodes_to(decoded: object, value: object) -> bool:
@@ -281,16 +347,102 @@ def _enum(tp: type[enum.Enum], value: object, path: str) -> enum.Enum:
     raise ValueProblem(f"{value!r} is not a {tp.__qualname__}", path)
 
 
-def _union(arms: tuple[Any, ...], value: object, path: str) -> Any:
+# -- what JSON a type is written as, for unions and object keys ---------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    kinds: frozenset[str]
+    """The kinds of JSON value (``"string"``, ``"int"``, ...) it is written as."""
+    whole: frozenset[str] = frozenset()
+    """The kinds of which it decodes every value exactly."""
+    types: frozenset[Any] = frozenset()
+    """The Python types it decodes to."""
+
+
+def _kind(value: object) -> str:
+    """The kind of a plain JSON value."""
+    if value is None:
+        return "null"
+    return {bool: "bool", int: "int", float: "float", str: "string", list: "array"}.get(
+        type(value), "object"
+    )
+
+
+def _shape(tp: Any) -> _Shape | None:
+    """How values of ``tp`` are written; ``None`` for ``Any`` (anything)."""
+    if tp is Any or tp is object:
+        return None
+    if isinstance(tp, typing.NewType):
+        return _shape(tp.__supertype__)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _shape(args[0])
+    if origin is typing.Union or origin is types.UnionType:
+        shapes = [_shape(arm) for arm in args]
+        if any(shape is None for shape in shapes):
+            return None
+        kinds, whole, types_ = zip(
+            *((s.kinds, s.whole, s.types) for s in shapes if s is not None), strict=True
+        )
+        return _Shape(
+            frozenset().union(*kinds), frozenset().union(*whole), frozenset().union(*types_)
+        )
+    if origin is typing.Literal:
+        return _Shape(frozenset(_kind(to_json(v)) for v in args), types=frozenset(map(type, args)))
+    if tp is None or tp is type(None):
+        return _Shape(frozenset({"null"}), frozenset({"null"}), frozenset({type(None)}))
+    cls = tp if origin is None else origin
+    if not isinstance(cls, type):
+        return None
+    if issubclass(cls, enum.Enum):
+        return _Shape(frozenset(_kind(to_json(m)) for m in cls), types=frozenset({cls}))
+    if cls in _OPEN:
+        kind = frozenset({_OPEN[cls]})
+        return _Shape(kind, kind, frozenset({cls}))
+    if cls in _SCALARS:
+        return _Shape(frozenset({"string"}), types=frozenset({cls}))
+    record = is_record_class(cls) or issubclass(cls, Mapping)
+    return _Shape(frozenset({"object" if record else "array"}), types=frozenset({cls}))
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__qualname__ if isinstance(tp, type) else repr(tp).replace("typing.", "")
+
+
+def _union_decoder(arms: tuple[Any, ...], path: str) -> Decode:
+    """Decodes to the arm a value went in as, so no two arms may be written as
+    the same JSON where one of them takes every such value (``str | UUID``:
+    a UUID is a string, and any string is a str)."""
+    nullable = type(None) in arms
+    arms = tuple(arm for arm in arms if arm is not type(None))
+    shapes = [_shape(arm) for arm in arms]
+    for arm, shape in zip(arms, shapes, strict=True):
+        for other, other_shape in zip(arms, shapes, strict=True):
+            if shape is None or other_shape is None or other is arm:
+                continue
+            clash = shape.whole & other_shape.kinds
+            if clash and not other_shape.types <= shape.types:
+                raise ValueProblem(
+                    f"a union of {_type_name(arm)} and {_type_name(other)} cannot be told "
+                    f"apart in JSON: a {_type_name(other)} is written as a {min(clash)}, and "
+                    f"any {min(clash)} reads as a {_type_name(arm)}; use one type (or a "
+                    "dataclass per case)",
+                    path,
+                )
+    decoders = tuple(decoder(arm, path) for arm in arms)
+    return functools.partial(_union, nullable, decoders)
+
+
+def _union(nullable: bool, arms: tuple[Decode, ...], value: object, path: str) -> Any:
     """The first arm whose value encodes back to ``value`` exactly, else the
     first that decodes it at all (``float | int`` keeps an int an int)."""
-    if value is None and type(None) in arms:
+    if value is None and nullable:
         return None
-    arms = tuple(arm for arm in arms if arm is not type(None))
     problems, fits = [], []
     for arm in arms:
         try:
-            decoded = from_json(arm, value, path)
+            decoded = arm(value, path)
         except ValueProblem as exc:
             problems.append(exc.reason)
             continue
@@ -302,75 +454,126 @@ def _union(arms: tuple[Any, ...], value: object, path: str) -> Any:
     raise ValueProblem("; ".join(problems) or "no type fits", path)
 
 
-def _container(origin: Any, args: tuple[Any, ...], value: object, path: str) -> Any:
-    if origin in (dict, Mapping) or (isinstance(origin, type) and issubclass(origin, Mapping)):
-        if not isinstance(value, dict):
-            raise _problem("an object", value, path)
-        key_type, value_type = args if len(args) == 2 else (Any, Any)
-        return {
-            _key_from_json(key_type, k, path): from_json(value_type, v, _join(path, k))
-            for k, v in value.items()
-        }
-    if not isinstance(value, list):
-        raise _problem("an array", value, path)
+# -- containers ---------------------------------------------------------------
+
+
+def _container_decoder(origin: Any, args: tuple[Any, ...], path: str) -> Decode:
+    if isinstance(origin, type) and issubclass(origin, Mapping):
+        return _mapping_decoder(origin, args, path)
     if origin is tuple and args and args[-1] is not Ellipsis:
-        if len(args) != len(value):
-            raise ValueProblem(f"expected {len(args)} items, got {len(value)}", path)
-        return tuple(
-            from_json(t, v, _join(path, i))
-            for i, (t, v) in enumerate(zip(args, value, strict=True))
-        )
-    item_type = args[0] if args else Any
-    items = [from_json(item_type, v, _join(path, i)) for i, v in enumerate(value)]
-    if origin is tuple:
-        return tuple(items)
-    if origin in (set, frozenset):
-        return origin(items)
-    if origin in (list, typing.Sequence) or origin.__module__ == "collections.abc":
-        return items
+        items = tuple(decoder(t, _join(path, i)) for i, t in enumerate(args))
+        return functools.partial(_fixed_tuple, items)
+    if origin in (list, tuple, set, frozenset) or origin.__module__ == "collections.abc":
+        make = origin if origin in (tuple, set, frozenset) else list
+        return functools.partial(_items, make, decoder(args[0] if args else Any, path))
     raise ValueProblem(f"cannot decode the container type {origin!r}", path)
 
 
-def _named_tuple(cls: Any, value: object, path: str) -> Any:
-    """A NamedTuple (or namedtuple), which :func:`to_json` wrote as an array."""
-    names: tuple[str, ...] = cls._fields
+_UNORDERED = {
+    collections.OrderedDict: "an OrderedDict's order does not come back (JSON objects are "
+    "written with sorted keys): use a list of pairs",
+    collections.defaultdict: "a defaultdict's default_factory is not stored, so it does not "
+    "come back: use a dict",
+}
+
+
+def _mapping_decoder(origin: type, args: tuple[Any, ...], path: str) -> Decode:
+    """``dict``s, abstract mappings (as ``dict``) and other ``dict`` subclasses
+    (``Counter``), whose keys are JSON strings: strings, or ints as digits."""
+    for cls, reason in _UNORDERED.items():
+        if issubclass(origin, cls):
+            raise ValueProblem(reason, path)
+    if origin.__module__ != "collections.abc" and not issubclass(origin, dict):
+        raise ValueProblem(f"cannot decode the container type {origin!r}", path)
+    key_type = args[0] if args else Any
+    shape = _shape(key_type)
+    kinds = frozenset({"string"}) if shape is None else shape.kinds
+    if not kinds <= {"string", "int"}:
+        raise ValueProblem(
+            f"a {_type_name(key_type)} cannot be an object key (JSON keys are strings)", path
+        )
+    keys = decoder(key_type, path)
+    values = decoder(args[1] if len(args) == 2 else Any, path)
+    make = dict if origin.__module__ == "collections.abc" else origin
+    return functools.partial(_mapping, make, keys, kinds, values)
+
+
+def _mapping(
+    make: Callable[[dict[Any, Any]], Any],
+    keys: Decode,
+    kinds: frozenset[str],
+    values: Decode,
+    value: object,
+    path: str,
+) -> Any:
+    if not isinstance(value, dict):
+        raise _problem("an object", value, path)
+    return make({_key(keys, kinds, k, path): values(v, _join(path, k)) for k, v in value.items()})
+
+
+def _key(keys: Decode, kinds: frozenset[str], key: str, path: str) -> Any:
+    """An object key: the string itself, or the int its digits write."""
+    problem = None
+    if "string" in kinds:
+        try:
+            return keys(key, path)
+        except ValueProblem as exc:
+            problem = exc
+    if "int" in kinds:
+        try:
+            return keys(int(key), path)
+        except ValueError:
+            pass
+        except ValueProblem as exc:
+            problem = problem or exc
+    raise ValueProblem(f"object key {key!r}: {problem.reason if problem else 'not an int'}", path)
+
+
+def _fixed_tuple(items: tuple[Decode, ...], value: object, path: str) -> tuple[Any, ...]:
     if not isinstance(value, list):
         raise _problem("an array", value, path)
-    if len(value) != len(names):
-        raise ValueProblem(f"expected {len(names)} items, got {len(value)}", path)
+    if len(items) != len(value):
+        raise ValueProblem(f"expected {len(items)} items, got {len(value)}", path)
+    return tuple(
+        item(v, _join(path, i)) for i, (item, v) in enumerate(zip(items, value, strict=True))
+    )
+
+
+def _items(make: Callable[[list[Any]], Any], item: Decode, value: object, path: str) -> Any:
+    if not isinstance(value, list):
+        raise _problem("an array", value, path)
+    return make([item(v, _join(path, i)) for i, v in enumerate(value)])
+
+
+def _named_tuple_decoder(cls: Any, path: str) -> Decode:
+    """A NamedTuple (or namedtuple), which :func:`to_json` wrote as an array."""
     hints = typing.get_type_hints(cls)
-    items = zip(names, value, strict=True)
-    args = [from_json(hints.get(n, Any), v, _join(path, n)) for n, v in items]
+    items = tuple((n, decoder(hints.get(n, Any), _join(path, n))) for n in cls._fields)
+    return functools.partial(_named_tuple, cls, items)
+
+
+def _named_tuple(cls: Any, items: tuple[tuple[str, Decode], ...], value: object, path: str) -> Any:
+    if not isinstance(value, list):
+        raise _problem("an array", value, path)
+    if len(value) != len(items):
+        raise ValueProblem(f"expected {len(items)} items, got {len(value)}", path)
+    args = [item(v, _join(path, n)) for (n, item), v in zip(items, value, strict=True)]
     return _built(cls, path, lambda: cls(*args))
 
 
-def _key_from_json(tp: Any, key: str, path: str) -> Any:
-    if tp is int:
-        try:
-            return int(key)
-        except ValueError:
-            raise ValueProblem(f"object key {key!r} is not an int", path) from None
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        for member in tp:
-            if _key_to_json(member, path) == key:
-                return member
-        raise ValueProblem(f"object key {key!r} is not a {tp.__qualname__}", path)
-    return from_json(tp, key, path)
+# -- records ------------------------------------------------------------------
 
 
-def _dataclass(cls: type, value: object, path: str) -> Any:
+def _dataclass(cls: type, fields: dict[str, tuple[Decode, bool]], value: object, path: str) -> Any:
     if not isinstance(value, dict):
         raise _problem(f"an object for {cls.__qualname__}", value, path)
-    fields = record_fields(cls)
     extra = sorted(set(value) - set(fields))
     if extra:
         raise ValueProblem(f"unexpected field(s) {', '.join(map(repr, extra))}", path)
     missing = [name for name, (_, required) in fields.items() if required and name not in value]
     if missing:
         raise ValueProblem(f"missing field(s) {', '.join(map(repr, missing))}", path)
-    kwargs = {
-        name: from_json(fields[name][0], item, _join(path, name)) for name, item in value.items()
-    }
+    kwargs = {name: fields[name][0](item, _join(path, name)) for name, item in value.items()}
     return _built(cls, path, lambda: cls(**kwargs))
 
 
