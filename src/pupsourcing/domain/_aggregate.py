@@ -85,7 +85,17 @@ class Aggregate:
 
     def restore_snapshot(self, state: dict[str, Any]) -> None:
         """Set the state from :meth:`snapshot_state`'s dict; by default sets
-        each entry as an attribute."""
+        each entry as an attribute. Called on a new instance, it refuses
+        (``ValueError``) a state without a key that instance's
+        :meth:`snapshot_state` has: a snapshot from before that attribute
+        existed would leave it at its initial value. Keys the new instance
+        lacks are set (``apply`` may add attributes)."""
+        missing = sorted(set(self.snapshot_state()) - set(state))
+        if missing:
+            raise ValueError(
+                f"the snapshot has no {', '.join(map(repr, missing))} (older than the "
+                f"class: bump {type(self).__qualname__}.snapshot_schema when the state changes)"
+            )
         for name, value in state.items():
             setattr(self, name, value)
 
