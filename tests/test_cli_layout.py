@@ -8,7 +8,8 @@ from pathlib import Path
 
 from cli_helpers import assert_one_line_error, cli
 from conftest import Backend
-from helpers import query
+from helpers import events, query
+from pupsourcing import ExpectedVersion
 from pupsourcing.projection import ProcessorConfig
 
 
@@ -26,11 +27,19 @@ def layouts(backend: Backend) -> dict[str, int]:
     return {name: int(total) for name, total in rows}
 
 
-def start(backend: Backend, total: int) -> None:
+class Named:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def handle(self, event: object, tx: object) -> None:
+        pass
+
+
+def start(backend: Backend, total: int, projection: object = None) -> None:
     for key in range(total):
         config = ProcessorConfig(partition_key=key, total_partitions=total)
         with backend.Processor(backend.connect, backend.store, config) as processor:
-            processor.catch_up(Counter())
+            processor.catch_up(projection or Counter())
 
 
 def test_run_refuses_another_layout_and_reset_clears_it(backend: Backend) -> None:
@@ -58,6 +67,34 @@ def test_run_refuses_another_layout_and_reset_clears_it(backend: Backend) -> Non
     assert layouts(backend) == {}
     start(backend, 4)
     assert layouts(backend) == {"counter": 4}
+
+
+def test_reset_leaves_a_projection_named_like_a_partition_alone(backend: Backend) -> None:
+    # "counter_p0" is a projection of its own (its layout says so), not
+    # partition 0 of "counter".
+    conn = backend.connect()
+    backend.store.append(conn, ExpectedVersion.any(), events(3))
+    conn.commit()
+    conn.close()
+    start(backend, 1, Named("counter_p0"))
+    start(backend, 1)
+    assert layouts(backend) == {"counter": 1, "counter_p0": 1}
+
+    reset = cli("projections", "reset", "counter", "--yes", "--db", backend.url)
+    assert reset.returncode == 0, reset.stderr
+    assert reset.stdout.strip() == "reset counter to position 0"
+    assert backend.checkpoints() == {"counter": 0, "counter_p0": 3}
+    assert layouts(backend) == {"counter_p0": 1}
+
+
+def test_reset_works_on_a_store_without_the_layouts_table(backend: Backend) -> None:
+    start(backend, 2)
+    conn = backend.connection()
+    query(conn, "DROP TABLE projection_layouts")
+    conn.commit()
+    reset = cli("projections", "reset", "counter", "--yes", "--db", backend.url)
+    assert reset.returncode == 0, reset.stderr
+    assert reset.stdout.strip() == "reset counter_p0, counter_p1 to position 0"
 
 
 def test_migrate_creates_the_layouts_table_by_its_given_name(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ from pupsourcing.projection.config import (
     split_checkpoint_name,
 )
 from pupsourcing.store import Checkpoint
-from pupsourcing.store.layout import clear_layout, missing_table
+from pupsourcing.store.dead_letter import belongs_to
+from pupsourcing.store.layout import clear_layout, missing_table, own_layouts
 from pupsourcing.store.leases import Lease
 from pupsourcing.store.schema import MAX_PARTITION_INDEXES
 
@@ -428,9 +429,12 @@ def run_reset(args: argparse.Namespace) -> int:
     with connection(db) as conn:
         head = db.store.head_position(conn)
         checkpoints = db.store.list_checkpoints(conn)
+        others = db.store._run(conn, own_layouts(db.store.dialect, name)) - {name}
         conn.rollback()
         chosen = [
-            c for c in checkpoints if c.name == name or split_checkpoint_name(c.name)[0] == name
+            c
+            for c in checkpoints
+            if c.name == name or (belongs_to(c.name, name) and c.name not in others)
         ]
         if not chosen:
             known = sorted({split_checkpoint_name(c.name)[0] for c in checkpoints})

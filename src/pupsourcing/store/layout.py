@@ -127,6 +127,20 @@ def check_layout(dialect: Dialect, name: str, total: int) -> LayoutPlan:
     return True
 
 
+def own_layouts(dialect: Dialect, name: str) -> Generator[Statement, Any, set[str]]:
+    """Which of ``name`` and ``<name>_p...`` have a layout record: projections
+    of their own (an unpartitioned projection may be called ``orders_p1``),
+    not partitions of ``name``. Empty when the store has no layouts table."""
+    try:
+        rows = yield _prefixed(dialect, _table(dialect), "projection_name", name)
+    except Exception as exc:
+        if not missing_table(exc):
+            raise
+        yield ROLLBACK
+        return set()
+    return {row[0] for row in rows}
+
+
 def clear_layout(dialect: Dialect, name: str) -> LayoutPlan:
     """Forget ``name``'s recorded layout, in a transaction of its own; ``False``
     when the store has no layouts table."""
