@@ -329,6 +329,95 @@ def test_projections_that_cannot_be_loaded(spec: str, message: str, tmp_path: Pa
     assert not (tmp_path / "never.db").exists()
 
 
+BROKEN_MODULE = """\
+class Fine:
+    name = "fine"
+    def handle(self, event, tx): pass
+
+def make_failing():
+    raise ValueError("no ORDERS_DSN set")
+
+def make_typo():
+    return undefined_name
+
+def needs_one(x):
+    return Fine()
+
+def make_type_error():
+    return len(3)
+
+if IMPORT_FAILS:
+    raise RuntimeError("cannot reach the read model")
+"""
+
+
+@pytest.mark.parametrize(
+    ("prefix", "attribute", "fragments"),
+    [
+        (
+            "IMPORT_FAILS = True\n",
+            "Fine",
+            (
+                "broken_mod:Fine: importing broken_mod raised RuntimeError: cannot reach the "
+                "read model (",
+                "broken_mod.py, line 19)",
+            ),
+        ),
+        ("", "Fine", ("broken_mod:Fine: importing broken_mod raised NameError: name 'IMPORT_",)),
+        (
+            "IMPORT_FAILS = (\n",
+            "Fine",
+            ("broken_mod:Fine: importing broken_mod raised SyntaxError",),
+        ),
+        (
+            "IMPORT_FAILS = False\n",
+            "make_failing",
+            (
+                "broken_mod:make_failing: creating the projection raised ValueError: "
+                "no ORDERS_DSN set (",
+                "broken_mod.py, line 7)",
+            ),
+        ),
+        (
+            "IMPORT_FAILS = False\n",
+            "make_typo",
+            (
+                "broken_mod:make_typo: creating the projection raised NameError: "
+                "name 'undefined_name' is not defined (",
+                "broken_mod.py, line 10)",
+            ),
+        ),
+        (
+            "IMPORT_FAILS = False\n",
+            "make_type_error",
+            ("broken_mod:make_type_error: creating the projection raised TypeError",),
+        ),
+        (
+            "IMPORT_FAILS = False\n",
+            "needs_one",
+            ("broken_mod:needs_one: cannot create the projection without arguments",),
+        ),
+    ],
+    ids=[
+        "import-raises",
+        "import-name-error",
+        "syntax-error",
+        "factory-value-error",
+        "factory-name-error",
+        "factory-type-error",
+        "needs-arguments",
+    ],
+)
+def test_a_module_or_factory_that_raises_is_one_line_naming_it(
+    prefix: str, attribute: str, fragments: tuple[str, ...], tmp_path: Path
+) -> None:
+    (tmp_path / "broken_mod.py").write_text(prefix + BROKEN_MODULE)
+    spec = f"broken_mod:{attribute}"
+    result = cli("projections", "run", spec, "--db", "sqlite:///never.db", cwd=tmp_path)
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "never.db").exists()
+
+
 def test_loading_instances_classes_factories_and_the_current_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

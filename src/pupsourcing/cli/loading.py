@@ -6,8 +6,10 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 
+from pupsourcing.cli._db import one_line
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import Projection
 from pupsourcing.projection.batch import projection_name
@@ -15,6 +17,26 @@ from pupsourcing.projection.batch import projection_name
 
 def _looks_like_projection(obj: object) -> bool:
     return not isinstance(obj, type) and callable(getattr(obj, "handle", None))
+
+
+def _raised(exc: Exception) -> str:
+    """``raised ValueError: message (file, line n)``: what and where."""
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames and not isinstance(exc, SyntaxError):  # a SyntaxError says where
+        where = f" ({frames[-1].filename}, line {frames[-1].lineno})"
+    return f"raised {type(exc).__name__}: {one_line(exc)}{where}"
+
+
+def _arguments_missing(factory: Callable[..., object]) -> str | None:
+    """Why ``factory()`` cannot be called, or ``None`` when it can."""
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as exc:
+        return str(exc)
+    except ValueError:  # no signature to look at: try the call
+        pass
+    return None
 
 
 def load_projection(spec: str) -> Projection:
@@ -34,18 +56,21 @@ def load_projection(spec: str) -> Projection:
         obj: object = importlib.import_module(module_name)
     except ImportError as exc:
         raise CommandError(f"{spec}: cannot import {module_name}: {exc}") from None
+    except Exception as exc:  # the module's own code failed
+        raise CommandError(f"{spec}: importing {module_name} {_raised(exc)}") from None
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise CommandError(f"{spec}: {module_name} has no attribute {attribute!r}") from None
     if not _looks_like_projection(obj) and callable(obj):
+        missing = _arguments_missing(obj)
+        if missing is not None:
+            raise CommandError(f"{spec}: cannot create the projection without arguments: {missing}")
         try:
             obj = obj()
-        except TypeError as exc:
-            raise CommandError(
-                f"{spec}: cannot create the projection without arguments: {exc}"
-            ) from None
+        except Exception as exc:
+            raise CommandError(f"{spec}: creating the projection {_raised(exc)}") from None
     try:
         projection_name(obj)
     except TypeError as exc:
