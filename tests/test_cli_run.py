@@ -304,6 +304,8 @@ def test_one_partition_of_several(backend: Backend, running: list[Running]) -> N
         (["--batch-size", "0"], "at least 1"),
         (["--poll-interval", "-1"], "non-negative"),
         (["--progress-interval", "0"], "--progress-interval: must be a positive number"),
+        (["--lease-ttl", "5"], "--lease-ttl needs --claim"),
+        (["--partitions", "2", "--lease-ttl", "5"], "--lease-ttl needs --claim"),
     ],
 )
 def test_bad_partition_flags_are_usage_errors(flags: list[str], message: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from pupsourcing.aio.processor import AsyncProcessor, close_quietly
 from pupsourcing.projection.claiming import (
+    DEFAULT_LEASE_TTL,
     check_runner_args,
     chosen_projections,
     next_look,
@@ -51,7 +52,7 @@ class AsyncClaimingRunner:
         store: Any,
         config: ProcessorConfig | None = None,
         *,
-        lease_ttl: float = 10.0,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
         owner: str | None = None,
     ) -> None:
         self.lease_ttl, self.owner = check_runner_args(db, lease_ttl, owner)

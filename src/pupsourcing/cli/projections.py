@@ -16,6 +16,7 @@ from pupsourcing.cli._text import clean, clean_line, duration
 from pupsourcing.cli.console import LOG_FORMATS
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import ProcessorConfig
+from pupsourcing.projection.claiming import DEFAULT_LEASE_TTL
 from pupsourcing.projection.config import (
     ON_FAILURE,
     partition_checkpoint_name,
@@ -88,9 +89,9 @@ def register(commands: Any) -> None:
     scaling.add_argument(
         "--lease-ttl",
         type=seconds,
-        default=10.0,
         metavar="SECONDS",
-        help="with --claim: a dead process's partitions are taken over after this (default 10)",
+        help="with --claim: a dead process's partitions are taken over after this "
+        f"(default {DEFAULT_LEASE_TTL:g})",
     )
     defaults = ProcessorConfig()
     run.add_argument(
@@ -205,9 +206,13 @@ def run_projections(args: argparse.Namespace) -> int:
             parser.error("--claim needs --total-partitions N and no --partition-key")
         if args.partitions is not None:
             parser.error("--claim and --partitions do not go together")
+        if args.lease_ttl is None:
+            args.lease_ttl = DEFAULT_LEASE_TTL
         if not 0.3 <= args.lease_ttl <= 3600:
             parser.error(f"--lease-ttl must be from 0.3 to 3600 seconds, got {args.lease_ttl}")
         return worker.run(args)
+    if args.lease_ttl is not None:
+        parser.error("--lease-ttl needs --claim (only claimed partitions have leases)")
     if (args.partition_key is None) != (args.total_partitions is None):
         parser.error("--partition-key and --total-partitions go together")
     if args.partition_key is not None and args.partition_key >= args.total_partitions:

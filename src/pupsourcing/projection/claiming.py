@@ -24,6 +24,8 @@ P = TypeVar("P")
 
 __all__ = ["ClaimingRunner"]
 
+DEFAULT_LEASE_TTL = 10.0
+"""Seconds a lease lasts without renewal, unless a runner is given another."""
 _WAIT = 0.05
 """How often, in seconds, the lease loop looks at ``stop`` and failures."""
 EXPIRY_MARGIN = 0.05
@@ -123,7 +125,7 @@ class ClaimingRunner:
         store: Any,
         config: ProcessorConfig | None = None,
         *,
-        lease_ttl: float = 10.0,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
         owner: str | None = None,
     ) -> None:
         self.lease_ttl, self.owner = check_runner_args(db, lease_ttl, owner)
