@@ -499,6 +499,14 @@ def test_events_tail_of_an_empty_store(backend: Backend) -> None:
     assert "no events yet" in result.stderr
 
 
+def test_events_tail_n_0_prints_nothing(backend: Backend) -> None:
+    """No events were asked for: none is not news (as ``tail -n 0``)."""
+    append(backend, events(2))
+    for filters in ((), ("--type", "Nothing")):
+        result = cli("events", "tail", "-n", "0", *filters, "--db", backend.url)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
 def test_stream_show(backend: Backend) -> None:
     append(backend, events(3, "agg-1"))
     append(backend, events(2, "agg-2"))

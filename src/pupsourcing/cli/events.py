@@ -365,7 +365,7 @@ def run_tail(args: argparse.Namespace) -> int:
             upto, floor = horizon.safe, 0
         conn.rollback()
         if not args.follow:
-            if not latest and not args.json:
+            if not latest and not args.json and limit != 0:  # -n 0 asked for none
                 print("no matching events" if wanted.narrows else "no events yet", file=sys.stderr)
             _print_events(latest, style)
             return 0
