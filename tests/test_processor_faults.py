@@ -10,6 +10,7 @@ exactly as for its own statements, instead of stopping with
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -192,6 +193,60 @@ def test_an_interrupted_batch_is_rolled_back_and_redone_once(
     if conn is not None:
         assert query(conn, "SELECT 1") == [(1,)]  # rolled back, still usable
         conn.close()
+
+
+def test_a_processor_closed_from_another_thread_mid_batch_closes_after_it(
+    backend: Backend,
+) -> None:
+    """What a caller's clean-up does when a second Ctrl-C cut ``Runner.run``'s
+    wait short: it closes the processors while their threads finish their
+    batches. The batch commits, and the connection is closed when the run
+    ends (it was closed under the batch, which then reconnected and left
+    the new connection open; on SQLite the process could crash)."""
+    positions = setup(backend, 10)
+    entered, leave = threading.Event(), threading.Event()
+
+    class Blocking(Counting):
+        def handle(self, event: PersistedEvent, tx: Any) -> None:
+            super().handle(event, tx)
+            entered.set()
+            leave.wait(10)
+
+    processor = Processor(backend.connect, backend.store, ProcessorConfig(batch_size=10))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            processor.run(Blocking(backend), stop=stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert entered.wait(10)
+    conn = processor._conn
+    processor.close()  # the batch is in its handler
+    stop.set()
+    leave.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert errors == []
+    assert read_model(backend) == (positions, 10)
+    assert backend.checkpoints() == {"counting": positions[-1]}
+    assert processor._conn is None  # closed, not reopened
+    assert closed(conn)
+
+
+def closed(conn: Any) -> bool:
+    """Whether a DB-API connection of any of the drivers is closed."""
+    if isinstance(conn, sqlite3.Connection):
+        try:
+            conn.total_changes  # noqa: B018 (raises on a closed connection)
+        except sqlite3.ProgrammingError:
+            return True
+        return False
+    return bool(conn.closed) if hasattr(conn, "broken") else not conn.open
 
 
 def test_two_processors_on_one_projection_back_off_and_warn_once(backend: Backend) -> None:

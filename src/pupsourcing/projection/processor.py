@@ -6,7 +6,7 @@ import contextlib
 import inspect
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -82,6 +82,9 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
     ) -> None:
         super().__init__(db, store, config)
         self._waiter = Waiter(store.config.events_table, store._push_listener(), self._logger)
+        self._use = threading.Lock()
+        self._user: int | None = None  # the thread running, catching up or replaying
+        self._close_after_use = False
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -95,7 +98,16 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
         return conn
 
     def close(self) -> None:
-        """Close the connection if the processor opened it; never the caller's."""
+        """Close the connection if the processor opened it; never the caller's.
+
+        Called from another thread while the processor runs (a caller whose
+        :meth:`Runner.run <pupsourcing.runner.Runner.run>` a second interrupt
+        cut short), it closes the connection when that run ends, not under
+        the batch in progress."""
+        with self._use:
+            if self._user not in (None, threading.get_ident()):
+                self._close_after_use = True
+                return
         conn = self._release()
         if conn is not None:
             with self._closing():
@@ -123,17 +135,19 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
         statements or the handler's writes through ``tx``."""
         stop = stop or threading.Event()
         sub = self._subscription(projection)
-        try:
-            self._drive(projection, sub, self._core.run(sub), stop)
-        finally:
-            self._waiter.release(self._conn)
+        with self._in_use():
+            try:
+                self._drive(projection, sub, self._core.run(sub), stop)
+            finally:
+                self._waiter.release(self._conn)
 
     def catch_up(self, projection: Projection) -> int:
         """Process until no committed event is left for the projection; return
         how many events were handed to ``handle``. Waits for transactions
         that hold earlier positions to finish rather than skip their events."""
         sub = self._subscription(projection)
-        return self._drive(projection, sub, self._core.catch_up(sub), None)
+        with self._in_use():
+            return self._drive(projection, sub, self._core.catch_up(sub), None)
 
     def replay_dead_letters(self, projection: Projection) -> int:
         """Hand each event recorded as this processor's dead letter of
@@ -142,7 +156,23 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
         succeed; a record that fails again stays, its attempts counted.
         Returns how many succeeded."""
         sub = self._subscription(projection)
-        return self._drive(projection, sub, self._core.replay_dead_letters(sub), None)
+        with self._in_use():
+            return self._drive(projection, sub, self._core.replay_dead_letters(sub), None)
+
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
+        """Mark the connection in use by this thread; a :meth:`close` from
+        another thread meanwhile takes effect on the way out."""
+        with self._use:
+            self._user = threading.get_ident()
+        try:
+            yield
+        finally:
+            with self._use:
+                self._user = None
+                close, self._close_after_use = self._close_after_use, False
+            if close:
+                self.close()
 
     def _subscription(self, projection: Projection) -> Subscription:
         sub = self._core.subscription(projection)
