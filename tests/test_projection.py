@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -602,6 +607,107 @@ def test_runner_with_stop_already_set_handles_nothing(backend: Backend) -> None:
     assert backend.checkpoints() == {}
     for processor in processors:
         processor.close()
+
+
+INTERRUPTED_TWICE = """\
+import os, signal, sqlite3, sys, threading, time
+from pupsourcing import Event, ExpectedVersion
+from pupsourcing.adapters.sqlite import SQLiteStore
+from pupsourcing.projection import Processor
+from pupsourcing.runner import ProjectionRunner, Runner
+
+path, store = sys.argv[1], SQLiteStore()
+conn = sqlite3.connect(path)
+store.create_schema(conn)
+store.append(conn, ExpectedVersion.any(), [Event("c", "T", "a", "E", b"{}")])
+conn.commit()
+conn.close()
+entered = threading.Event()
+
+class Slow:
+    name = "slow"
+
+    def handle(self, event, tx):
+        entered.set()
+        time.sleep(1.5)
+
+def ctrl_c_twice():
+    entered.wait()
+    for _ in range(2):  # the second while the runner waits for the batch
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+
+threading.Thread(target=ctrl_c_twice, daemon=True).start()
+connect = lambda: sqlite3.connect(path, check_same_thread=False)
+with Processor(connect, store) as processor:
+    try:
+        Runner().run([ProjectionRunner(Slow(), processor)])
+    except KeyboardInterrupt:
+        alive = [t.is_alive() for t in threading.enumerate() if t.name == "pupsourcing-slow"]
+        print("interrupted; the projection's thread alive:", alive, flush=True)
+"""
+
+
+def test_runner_interrupted_twice_raises_and_the_batch_still_commits(tmp_path: Path) -> None:
+    """A second Ctrl-C while the runner waits for the batch in progress
+    propagates at once; the batch goes on in its thread, which the program's
+    exit waits for, as for any thread. (``Thread.join`` interrupted marks the
+    thread ended on Python < 3.13, and the exit killed the batch.)"""
+    db = tmp_path / "store.db"
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_TWICE, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "interrupted; the projection's thread alive: [True]\n"
+    conn = sqlite3.connect(db)
+    assert conn.execute(
+        "SELECT projection_name, last_global_position FROM projection_checkpoints"
+    ).fetchall() == [("slow", 1)]
+    conn.close()
+
+
+def test_runner_interrupted_while_starting_stops_what_it_started(
+    sqlite_db: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the runner starts its threads: the ones already started
+    are stopped and waited for (they ran on, and the program could not exit)."""
+    from pupsourcing.projection import Processor
+    from pupsourcing.runner import Runner
+
+    class Ends(Recorder):
+        def handle(self, event: PersistedEvent, tx: Any) -> None:
+            raise RuntimeError("an event ends the projection")
+
+    start, starts = threading.Thread.start, []
+
+    def interrupted_start(thread: threading.Thread) -> None:
+        starts.append(thread)
+        if len(starts) == 2:
+            raise KeyboardInterrupt
+        start(thread)
+
+    config = ProcessorConfig(poll_interval=0.01)
+    runners = [
+        ProjectionRunner(Ends(name), Processor(sqlite_db.connect, sqlite_db.store, config))
+        for name in ("first", "second")
+    ]
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Runner().run(runners)
+    finally:
+        monkeypatch.undo()
+        left = [t for t in threading.enumerate() if t.name == "pupsourcing-first"]
+        append_many(sqlite_db, aggregates=1, per_aggregate=1)  # ends a thread left running
+        for thread in left:
+            thread.join(10)
+        for runner in runners:
+            runner.processor.close()
+    assert left == []
 
 
 def test_runner_needs_projections_and_distinct_processors(backend: Backend) -> None:

@@ -95,15 +95,18 @@ class Runner:
 
         Interrupted (``KeyboardInterrupt`` in the calling thread), it asks every
         projection to stop, waits until each has finished the batch it is in
-        (a thread cannot be cut short) and raises the interruption.
+        (a thread cannot be cut short) and raises the interruption. A second
+        interruption while it waits is raised at once; the batches still end
+        in their threads, which the program's exit waits for.
         """
         runners = check_runners(runners, Processor, "Runner")
         halt = threading.Event()
         if stop is not None and stop.is_set():
             halt.set()  # before the threads start: none begins a batch
         finished: queue.Queue[tuple[ProjectionRunner, BaseException | None]] = queue.Queue()
+        ended = [threading.Event() for _ in runners]
 
-        def work(runner: ProjectionRunner) -> None:
+        def work(runner: ProjectionRunner, end: threading.Event) -> None:
             error: BaseException | None = None
             processor = runner.processor
             assert isinstance(processor, Processor)  # check_runners made sure
@@ -114,18 +117,22 @@ class Runner:
             finally:
                 halt.set()
                 finished.put((runner, error))
+                end.set()
 
         threads = [
             threading.Thread(
-                target=work, args=(r,), name=f"pupsourcing-{getattr(r.projection, 'name', '?')}"
+                target=work,
+                args=(r, end),
+                name=f"pupsourcing-{getattr(r.projection, 'name', '?')}",
             )
-            for r in runners
+            for r, end in zip(runners, ended, strict=True)
         ]
-        for thread in threads:
-            thread.start()
         first_error: BaseException | None = None
-        done = 0
+        done = started = 0
         try:
+            for thread in threads:
+                thread.start()
+                started += 1
             while done < len(threads):
                 if stop is not None and stop.is_set():
                     halt.set()
@@ -141,7 +148,10 @@ class Runner:
             raise
         finally:
             halt.set()
-            for thread in threads:
+            for thread, end in zip(threads[:started], ended, strict=False):
+                # Not an interruptible join: on Python < 3.13 a join cut short
+                # marks the thread ended while it runs (the exit would not wait).
+                end.wait()
                 thread.join()
         if first_error is not None:
             raise first_error
