@@ -469,6 +469,46 @@ def test_concurrent_create_schema_on_postgres_waits_for_the_first(tmp_path: Path
         assert failures == []
 
 
+def test_create_schema_on_autocommit_postgres_connections_holds_its_lock(
+    tmp_path: Path,
+) -> None:
+    """On autocommit connections too, a second migration waits until the
+    first has created everything: the transaction-scoped lock was released
+    with the statement that took it, and two at once failed on the catalog
+    (duplicate key in pg_type)."""
+    from conftest import made_backend
+    from pupsourcing.adapters.postgres import PostgresStore
+    from pupsourcing.store.plan import drive
+
+    with made_backend("postgres", tmp_path) as b:
+        store = PostgresStore(StoreConfig("race_events", "race_checkpoints", "race_heads"))
+        first, second = b.connect(), b.connect()
+        first.autocommit = second.autocommit = True
+        done: list[str] = []
+
+        def migrate_too() -> None:
+            store.create_schema(second)
+            done.append("second")
+
+        other = threading.Thread(target=migrate_too)
+
+        def execute(statement: Any) -> Any:
+            answer = store._execute(first, statement)
+            if statement.sql.startswith("CREATE TABLE") and other.ident is None:
+                other.start()  # while the first migration is midway
+                time.sleep(0.5)
+                done.append("first midway")
+            return answer
+
+        drive(store.dialect.create_schema(), execute)
+        done.append("first")
+        other.join(30)
+        assert done == ["first midway", "first", "second"]
+        assert (first.info.transaction_status, second.info.transaction_status) == (0, 0)  # IDLE
+        first.close()
+        second.close()
+
+
 @pytest.mark.filterwarnings("ignore::pupsourcing.adapters.mysql.CollationWarning")  # Go's tables
 @pytest.mark.parametrize("name", ["sqlite", "mysql"])
 def test_create_schema_accepts_a_column_another_migration_just_added(

@@ -10,6 +10,7 @@ value conversions, error classification and its ``append``.
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 import re
 import traceback
@@ -44,7 +45,7 @@ from pupsourcing.store.dead_letter import (
 )
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.leases import LeasePlans, lease_statements
-from pupsourcing.store.plan import Plan, Row, RowDecoder, Statement
+from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, RowDecoder, Statement
 from pupsourcing.store.schema import (
     MAX_PARTITION_INDEXES,
     AddedColumn,
@@ -520,8 +521,24 @@ class Dialect(abc.ABC):
         yield  # pragma: no cover - makes this a generator
 
     def create_schema(self) -> Plan[None]:
-        if self.schema_lock_sql is not None:
+        if self.schema_lock_sql is None:
+            yield from self._create_schema()
+            return
+        # The lock lasts until the transaction ends: on a connection with none
+        # open (autocommit), open one for the schema and commit it here.
+        began = bool((yield Statement(self.begin_sql, begin=True)))
+        try:
             yield Statement(self.schema_lock_sql, fetch=True)
+            yield from self._create_schema()
+        except Exception:
+            if began:
+                with contextlib.suppress(Exception):
+                    yield ROLLBACK
+            raise
+        if began:
+            yield COMMIT
+
+    def _create_schema(self) -> Plan[None]:
         for _, sql in self.schema(self.config):
             yield Statement(sql)
         d = self.schema_dialect
