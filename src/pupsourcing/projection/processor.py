@@ -98,12 +98,10 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
         return conn
 
     def close(self) -> None:
-        """Close the connection if the processor opened it; never the caller's.
-
-        Called from another thread while the processor runs (a caller whose
-        :meth:`Runner.run <pupsourcing.runner.Runner.run>` a second interrupt
-        cut short), it closes the connection when that run ends, not under
-        the batch in progress."""
+        """Close the connection if the processor opened it; never the caller's."""
+        # Called from another thread while the processor runs (the clean-up
+        # after a second interrupt cut Runner.run's wait short), it closes the
+        # connection when that run ends, not under the batch in progress.
         with self._use:
             if self._user not in (None, threading.get_ident()):
                 self._close_after_use = True
