@@ -105,18 +105,21 @@ def test_overview_stream_and_live_events(browser: Any, shown: tuple[Backend, Ser
     assert page.evaluate("window.__pwned") is None
 
     # A new event of this aggregate shows up while the page is open.
-    append(backend, "order-1", "Delivered", {"to": "Ada"})
+    # Integers beyond a JS number's 53 bits show exactly as stored.
+    append(backend, "order-1", "Delivered", {"to": "Ada", "ref": 2**64 + 1})
     expect(events).to_have_count(6, timeout=10_000)
     expect(events.nth(5)).to_contain_text("Delivered")
     expect(events.nth(5).locator("pre.payload")).to_contain_text('"to": "Ada"')
+    expect(events.nth(5).locator("pre.payload")).to_contain_text(f'"ref": {2**64 + 1}')
 
     # The global log follows new events live (server-sent events).
     page.get_by_role("link", name="Global log").click()
     log = page.get_by_role("list", name="events, newest first").locator(":scope > li")
     expect(log.first).to_contain_text("Delivered")
-    position = append(backend, "order-0", "Refunded", {"n": 2})
+    position = append(backend, "order-0", "Refunded", {"n": -(2**60) - 3})
     expect(log.first).to_contain_text("Refunded", timeout=10_000)
     expect(log.first).to_contain_text(f"#{position}")
+    expect(log.first.locator("pre.payload")).to_contain_text(f'"n": {-(2**60) - 3}')
 
     # A bounded context holding a "/": the search's link opens its stream.
     append(backend, "eu-1", "Placed", {"n": 3}, bounded_context="Sales/EU")

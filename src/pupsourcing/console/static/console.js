@@ -49,10 +49,23 @@ function here() {
   return path.startsWith(root + "/") ? path.slice(root.length) + location.search : "/";
 }
 
+// JSON.parse, but an integer a JS number cannot hold exactly (a payload's
+// 64-bit id, say) is kept as its source text, which JSON.stringify writes
+// back as it was (where the browser has JSON.rawJSON; others round it).
+const exactly = typeof JSON.rawJSON === "function"
+  ? (key, value, context) =>
+    typeof value === "number" && !Number.isSafeInteger(value) && context && /^-?\d+$/.test(context.source)
+      ? JSON.rawJSON(context.source) : value
+  : undefined;
+
+function parse(text) {
+  return JSON.parse(text, exactly);
+}
+
 async function api(path) {
   const response = await fetch(root + path, { headers: { Accept: "application/json" } });
   if (response.status === 401) { window.location.assign(root + "/login?next=" + encodeURIComponent(here())); }
-  const data = await response.json().catch(() => ({ error: response.statusText }));
+  const data = await response.text().then(parse).catch(() => ({ error: response.statusText }));
   if (!response.ok) { const e = new Error(data.error || response.statusText); e.status = response.status; throw e; }
   return data;
 }
@@ -306,7 +319,7 @@ async function log() {
     function connect() {
       source = new EventSource(`${root}/api/events/live?after=${newest}`);
       source.addEventListener("event", (message) => {
-        const e = JSON.parse(message.data);
+        const e = parse(message.data);
         const item = eventItem(e, true); item.classList.add("new");
         list.prepend(item);
         while (list.children.length > 500) list.lastElementChild.remove();
