@@ -23,7 +23,9 @@ from helpers import event, events
 from pupsourcing import ExpectedVersion
 from pupsourcing._text import plural
 from pupsourcing.cli import _output
-from pupsourcing.cli.progress import Snapshot
+from pupsourcing.cli.console import Console
+from pupsourcing.cli.progress import ProgressMonitor, Snapshot
+from pupsourcing.urls import database
 
 ESC = "\x1b["
 
@@ -139,6 +141,38 @@ def _store_with_a_checkpoint(backend: Backend) -> None:
         conn.commit()
     finally:
         conn.close()
+
+
+def test_progress_lines_say_caught_up_at_each_new_position(
+    sqlite_db: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Off a terminal, "caught up" is logged once per position: also when
+    the new events were handled between two samples, none of which saw the
+    projection behind (it stayed silent at the old position)."""
+    monitor = ProgressMonitor(
+        database(sqlite_db.url), {"orders": ["orders"]}, Console(io.StringIO())
+    )
+    conn = sqlite_db.connect()
+
+    def handled_up_to(position: int, appended: int) -> None:
+        sqlite_db.store.append(conn, ExpectedVersion.any(), events(appended, f"agg-{position}"))
+        sqlite_db.store.update_checkpoint(conn, "orders", position)
+        conn.commit()
+
+    try:
+        with caplog.at_level("INFO", logger="pupsourcing.cli.progress"):
+            handled_up_to(3, 3)
+            monitor.tick()
+            monitor.tick()
+            handled_up_to(5, 2)
+            monitor.tick()
+    finally:
+        monitor.close()
+        conn.close()
+    assert caplog.messages == [
+        "orders: caught up at position 3",
+        "orders: caught up at position 5",
+    ]
 
 
 def _on_a_terminal(argv: list[str], **env: str) -> str:

@@ -36,7 +36,8 @@ class _Tracked:
     name: str
     checkpoints: tuple[str, ...]
     samples: deque[tuple[float, int]] = field(default_factory=deque)
-    logged_caught_up: bool = False
+    logged_caught_up_at: int | None = None
+    """The position last logged as caught up; ``None`` while behind."""
 
     def record(self, now: float, position: int) -> None:
         self.samples.append((now, position))
@@ -193,10 +194,8 @@ class ProgressMonitor:
                 self.console.show([s.bar(self._name_width) for s in snapshots])
             return
         for snapshot, tracked in zip(snapshots, self._tracked, strict=True):
-            if snapshot.caught_up:
-                if not tracked.logged_caught_up:
-                    logger.info(snapshot.log_line())
-                    tracked.logged_caught_up = True
-            else:
+            # Caught up at a new position is news even when no sample saw the
+            # projection behind (new events handled between two samples).
+            if not snapshot.caught_up or tracked.logged_caught_up_at != snapshot.position:
                 logger.info(snapshot.log_line())
-                tracked.logged_caught_up = False
+            tracked.logged_caught_up_at = snapshot.position if snapshot.caught_up else None
