@@ -431,6 +431,32 @@ def test_what_the_class_itself_rejects_becomes_a_payload_error(m: ModuleType) ->
     assert isinstance(caught.value.__cause__, ValueError)
 
 
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [
+        (AssertionError("code is unlucky"), "AssertionError('code is unlucky')"),
+        (KeyError("code"), "KeyError('code')"),
+        (ZeroDivisionError("division by zero"), "ZeroDivisionError('division by zero')"),
+    ],
+)
+def test_any_exception_of_the_class_itself_becomes_a_payload_error(
+    m: ModuleType, monkeypatch: pytest.MonkeyPatch, raised: Exception, message: str
+) -> None:
+    """Like JsonCodec: whatever a __post_init__ raises, the reader gets a
+    PayloadError naming the event, caused by the original."""
+
+    def refuse(self: object) -> None:
+        raise raised
+
+    event = m.to_es_event("S", "O", "o", o2.Rejected(ORDER, 5))
+    monkeypatch.setattr(o2.Rejected, "__post_init__", refuse)
+    for decode in (m.from_es_event, lambda e: m.CODEC.decode("Rejected", 2, e.payload)):
+        with pytest.raises(PayloadError) as caught:
+            decode(event)
+        assert str(caught.value) == f"Rejected v2: the class rejected the payload: {message}"
+        assert caught.value.__cause__ is raised
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
@@ -564,6 +590,24 @@ def test_codec_errors_name_the_event(m: ModuleType) -> None:
         m.CODEC.encode(object())
     with pytest.raises(UnknownEventVersionError, match=r"version 9 of event type .OrderPlaced."):
         m.CODEC.decode("OrderPlaced", 9, b"{}")
+
+
+def test_codec_errors_are_codec_errors_naming_type_and_version(m: ModuleType) -> None:
+    """The Codec protocol's contract: CodecError, as JsonCodec raises."""
+    with pytest.raises(CodecError, match="is not an event class"):
+        m.CODEC.encode(object())
+    with pytest.raises(CodecError, match="'ratio': inf is not a finite number") as caught:
+        m.CODEC.encode(dataclasses.replace(sample_everything(), ratio=float("inf")))
+    assert (caught.value.event_type, caught.value.event_version) == ("Everything", 1)
+    with pytest.raises(CodecError, match="unknown event type 'Teleported'"):
+        m.CODEC.decode("Teleported", 1, b"{}")
+    with pytest.raises(CodecError, match="unknown version 9 of event type 'OrderPlaced'"):
+        m.CODEC.decode("OrderPlaced", 9, b"{}")
+    payload = json.loads(m.CODEC.encode(sample_everything())[2])
+    for bad in (b"{}", b"[]", json.dumps({**payload, "ratio": float("nan")}).encode()):
+        with pytest.raises(CodecError, match=r"^Everything v1: ") as caught:
+            m.CODEC.decode("Everything", 1, bad)
+        assert (caught.value.event_type, caught.value.event_version) == ("Everything", 1)
 
 
 def test_codec_plugs_into_a_repository(m: ModuleType, backend: Backend) -> None:

@@ -7,6 +7,7 @@ arguments and attributes are part of the public contract.
 from __future__ import annotations
 
 from pupsourcing.core.errors import PupsourcingError
+from pupsourcing.domain import CodecError
 
 
 class GenerationError(PupsourcingError, ValueError):
@@ -17,8 +18,11 @@ class GenerationError(PupsourcingError, ValueError):
     """
 
 
-class EventMappingError(PupsourcingError, ValueError):
+class EventMappingError(CodecError):
     """A domain event or a stored event cannot be mapped.
+
+    A :class:`~pupsourcing.domain.CodecError` (so a ``ValueError``), as the
+    codec protocol asks of the generated module's ``CODEC``.
 
     ``event_type`` and ``event_version`` name the event when they are known;
     ``index`` (the event's place in the sequence being mapped) and

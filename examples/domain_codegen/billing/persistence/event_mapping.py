@@ -523,9 +523,10 @@ class _Decoding:
             exc.set_event(self.event_type, self.event_version)
         elif isinstance(exc, EventMappingError):
             return
-        elif isinstance(exc, TypeError | ValueError):
+        elif isinstance(exc, Exception):  # an assert, a KeyError, ...: named
+            said = str(exc) if isinstance(exc, TypeError | ValueError) else repr(exc)
             raise PayloadError(
-                f"the class rejected the payload: {exc}",
+                f"the class rejected the payload: {said}",
                 event_type=self.event_type,
                 event_version=self.event_version,
             ) from exc
