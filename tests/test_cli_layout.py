@@ -4,6 +4,7 @@ worker starts; ``reset`` clears the recorded layout."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from cli_helpers import assert_one_line_error, cli
@@ -85,6 +86,44 @@ def test_reset_leaves_a_projection_named_like_a_partition_alone(backend: Backend
     assert reset.stdout.strip() == "reset counter to position 0"
     assert backend.checkpoints() == {"counter": 0, "counter_p0": 3}
     assert layouts(backend) == {"counter_p0": 1}
+
+
+def test_status_and_console_list_a_projection_named_like_a_partition_on_its_own(
+    backend: Backend,
+) -> None:
+    """As reset: "counter_p0" has a layout record of its own, so it is a
+    projection, not partition 0 of "counter"."""
+    from pupsourcing.console import _queries
+    from pupsourcing.urls import database
+
+    conn = backend.connect()
+    backend.store.append(conn, ExpectedVersion.any(), events(3))
+    conn.commit()
+    conn.close()
+    start(backend, 1, Named("counter_p0"))
+    start(backend, 1)
+    status = cli("projections", "status", "--json", "--db", backend.url)
+    assert status.returncode == 0, status.stderr
+    listed = json.loads(status.stdout)["projections"]
+    assert [(p["name"], p["partitioned"]) for p in listed] == [
+        ("counter", False),
+        ("counter_p0", False),
+    ]
+    assert [[c["checkpoint"] for c in p["checkpoints"]] for p in listed] == [
+        ["counter"],
+        ["counter_p0"],
+    ]
+    assert listed[1]["checkpoints"][0]["partition_key"] is None
+    table = cli("projections", "status", "--db", backend.url)
+    assert "2 checkpoints" not in table.stdout
+    db = database(backend.url)
+    conn = backend.connection()
+    rows = _queries.projections(db, conn)
+    conn.rollback()
+    assert [(r["name"], r["partition"], r["total_partitions"]) for r in rows] == [
+        ("counter", None, 1),
+        ("counter_p0", None, 1),
+    ]
 
 
 def test_reset_works_on_a_store_without_the_layouts_table(backend: Backend) -> None:

@@ -473,3 +473,29 @@ def test_a_partition_reports_the_dead_letters_of_its_own_partition(sqlite_db: Ba
     claimed = _reported([Counting()], ProcessorConfig(total_partitions=2), runner)
     assert callable(claimed)
     assert claimed() == []  # it holds nothing yet
+
+
+def test_dead_letters_of_a_projection_named_like_a_partition_are_its_own(
+    sqlite_db: Backend,
+) -> None:
+    """A projection named "counting_p0" has a layout record of its own: its
+    dead letters are labelled projection "counting_p0", not partition 0 of
+    "counting" (as `projections status` lists them)."""
+    from pupsourcing.metrics import DeadLettersCollector
+
+    class Named(Counting):
+        name = "counting_p0"
+
+    conn = sqlite_db.connection()
+    sqlite_db.store.append(conn, ExpectedVersion.any(), [event("a"), event("a")])
+    conn.commit()
+    config = ProcessorConfig(on_failure="dead_letter")
+    with Processor(sqlite_db.connect, sqlite_db.store, config) as processor:
+        processor.catch_up(Named(fail_at=1))
+        processor.catch_up(Counting(fail_at=2))
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(DeadLettersCollector(sqlite_db.connect, sqlite_db.store))
+    found = scrape_registry(registry)
+    dead = "pupsourcing_projection_dead_letters"
+    assert value(found, dead, projection="counting_p0", partition="0") == 1
+    assert value(found, dead, projection="counting", partition="0") == 1

@@ -25,8 +25,8 @@ from pupsourcing.core.errors import (
     ProjectionError,
 )
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent
-from pupsourcing.projection.config import split_checkpoint_name
-from pupsourcing.store.layout import missing_table
+from pupsourcing.projection.config import projection_of
+from pupsourcing.store.layout import layout_names, missing_table
 
 with needs_extra("metrics", "pupsourcing.metrics"):
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -368,13 +368,15 @@ class DeadLettersCollector(Collector):
                 if not missing_table(exc):
                     raise
                 by_checkpoint = {}  # a store without the table (the Go library's) has none
+                conn.rollback()
+            own = self._store._run(conn, layout_names(self._store.dialect))
             conn.rollback()
         finally:
             conn.close()
         reported = self._reported()
         counts: dict[tuple[str, str], int] = {}
         for checkpoint, count in by_checkpoint.items():
-            name, key = split_checkpoint_name(checkpoint)
+            name, key = projection_of(checkpoint, own)
             if reported is None or name in reported or checkpoint in reported:
                 counts[(name, str(key or 0))] = count
         return counts

@@ -20,11 +20,10 @@ from pupsourcing.projection.claiming import DEFAULT_LEASE_TTL
 from pupsourcing.projection.config import (
     ON_FAILURE,
     partition_checkpoint_name,
-    split_checkpoint_name,
+    projection_of,
 )
 from pupsourcing.store import Checkpoint
-from pupsourcing.store.dead_letter import belongs_to
-from pupsourcing.store.layout import clear_layout, missing_table, own_layouts
+from pupsourcing.store.layout import clear_layout, layout_names, missing_table
 from pupsourcing.store.leases import Lease
 from pupsourcing.store.schema import MAX_PARTITION_INDEXES
 
@@ -230,10 +229,12 @@ def run_projections(args: argparse.Namespace) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Group:
-    """A projection and its checkpoints (one, or one per partition)."""
+    """A projection and its checkpoints (one, or one per partition), with
+    each checkpoint's partition key (``None``: unpartitioned)."""
 
     name: str
     checkpoints: list[Checkpoint]
+    keys: list[int | None]
 
     @property
     def position(self) -> int:
@@ -246,22 +247,23 @@ class Group:
 
     @property
     def partitioned(self) -> bool:
-        return any(split_checkpoint_name(c.name)[1] is not None for c in self.checkpoints)
+        return any(key is not None for key in self.keys)
 
 
-def group_checkpoints(checkpoints: list[Checkpoint]) -> list[Group]:
-    groups: dict[str, list[Checkpoint]] = {}
-    for checkpoint in checkpoints:
-        groups.setdefault(split_checkpoint_name(checkpoint.name)[0], []).append(checkpoint)
-    return [
-        Group(name, sorted(members, key=lambda c: _partition_order(c.name)))
-        for name, members in sorted(groups.items())
-    ]
+Member = tuple[str, int | None, Checkpoint]
 
 
-def _partition_order(name: str) -> tuple[int, int]:
-    key = split_checkpoint_name(name)[1]
-    return (0, 0) if key is None else (1, key)
+def group_checkpoints(members: list[Member]) -> list[Group]:
+    """Groups of ``(projection, partition key, checkpoint)``, by projection
+    name, each with its unpartitioned checkpoint first, then by key."""
+    groups: dict[str, list[Member]] = {}
+    for member in members:
+        groups.setdefault(member[0], []).append(member)
+    result = []
+    for name, found in sorted(groups.items()):
+        found.sort(key=lambda m: (0, 0) if m[1] is None else (1, m[1]))
+        result.append(Group(name, [m[2] for m in found], [m[1] for m in found]))
+    return result
 
 
 def _age(seconds: float | None) -> str:
@@ -290,20 +292,21 @@ def lease_rows(db: Any, conn: Any) -> Leases:
 
 def projection_groups(db: Any, conn: Any) -> tuple[list[Group], Leases]:
     """Every projection's checkpoints, and the held partition leases. A
-    partition a worker has claimed but not yet made its checkpoint row for
-    (it does at its first batch) is listed at position 0, never updated."""
+    checkpoint named like a partition (``orders_p1``) is a projection of its
+    own when its layout record says so. A partition a worker has claimed but
+    not yet made its checkpoint row for (it does at its first batch) is
+    listed at position 0, never updated."""
     checkpoints = db.store.list_checkpoints(conn)
+    own = db.store._run(conn, layout_names(db.store.dialect))
     leases = lease_rows(db, conn)
-    names = {c.name for c in checkpoints}
-    for name, key in sorted(leases):
-        row = partition_checkpoint_name(name, key)
-        if row not in names:
-            checkpoints.append(Checkpoint(row, 0, None, None))
-    return group_checkpoints(checkpoints), leases
+    members = [(*projection_of(c.name, own), c) for c in checkpoints]
+    seen = {(name, key) for name, key, _ in members}
+    for name, key in sorted(leases.keys() - seen):
+        members.append((name, key, Checkpoint(partition_checkpoint_name(name, key), 0, None, None)))
+    return group_checkpoints(members), leases
 
 
-def _lease_of(c: Checkpoint, leases: Leases) -> Lease | None:
-    name, key = split_checkpoint_name(c.name)
+def _lease_of(name: str, key: int | None, leases: Leases) -> Lease | None:
     return None if key is None else leases.get((name, key))
 
 
@@ -322,13 +325,13 @@ def _lease_json(lease: Lease | None) -> dict[str, Any] | None:
 
 
 def _checkpoint_json(
-    c: Checkpoint, head: int, leases: Leases, dead: dict[str, int] | None
+    g: Group, c: Checkpoint, key: int | None, head: int, leases: Leases, dead: dict[str, int] | None
 ) -> dict[str, Any]:
     return {
-        "lease": _lease_json(_lease_of(c, leases)),
+        "lease": _lease_json(_lease_of(g.name, key, leases)),
         "dead_letters": None if dead is None else dead.get(c.name, 0),
         "checkpoint": c.name,
-        "partition_key": split_checkpoint_name(c.name)[1],
+        "partition_key": key,
         "position": c.position,
         "lag": max(head - c.position, 0),
         "updated_at": None if c.updated_at is None else c.updated_at.isoformat(),
@@ -354,7 +357,10 @@ def run_status(args: argparse.Namespace) -> int:
                     "lag": max(head - g.position, 0),
                     "age_seconds": None if g.age is None else round(max(g.age, 0.0), 3),
                     "partitioned": g.partitioned,
-                    "checkpoints": [_checkpoint_json(c, head, leases, dead) for c in g.checkpoints],
+                    "checkpoints": [
+                        _checkpoint_json(g, c, key, head, leases, dead)
+                        for c, key in zip(g.checkpoints, g.keys, strict=True)
+                    ],
                     "dead_letters": None
                     if dead is None
                     else sum(dead.get(c.name, 0) for c in g.checkpoints),
@@ -393,13 +399,13 @@ def run_status(args: argparse.Namespace) -> int:
                 *extra,
                 *dead_text(g.checkpoints),
             )
-            for c in g.checkpoints:
+            for c, key in zip(g.checkpoints, g.keys, strict=True):
                 table.add(
                     clean_line(f"  {c.name}"),
                     f"{c.position:,}",
                     f"{max(head - c.position, 0):,}",
                     _age(c.age),
-                    *(_lease_text(_lease_of(c, leases)) if leases else ()),
+                    *(_lease_text(_lease_of(g.name, key, leases)) if leases else ()),
                     *dead_text([c]),
                 )
         else:
@@ -434,15 +440,12 @@ def run_reset(args: argparse.Namespace) -> int:
     with connection(db) as conn:
         head = db.store.head_position(conn)
         checkpoints = db.store.list_checkpoints(conn)
-        others = db.store._run(conn, own_layouts(db.store.dialect, name)) - {name}
+        own = db.store._run(conn, layout_names(db.store.dialect))
         conn.rollback()
-        chosen = [
-            c
-            for c in checkpoints
-            if c.name == name or (belongs_to(c.name, name) and c.name not in others)
-        ]
+        projections = [projection_of(c.name, own)[0] for c in checkpoints]
+        chosen = [c for c, of in zip(checkpoints, projections, strict=True) if name in (c.name, of)]
         if not chosen:
-            known = sorted({split_checkpoint_name(c.name)[0] for c in checkpoints})
+            known = sorted(set(projections))
             raise CommandError(
                 f"no checkpoint for projection {name!r}"
                 + (f"; known projections: {', '.join(known)}" if known else "")

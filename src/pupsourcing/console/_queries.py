@@ -14,7 +14,6 @@ from pupsourcing import PersistedEvent
 from pupsourcing.cli.dead_letters import dead_letter_counts, dead_letter_json
 from pupsourcing.cli.projections import projection_groups
 from pupsourcing.core.validation import nested_deeper_than
-from pupsourcing.projection.config import split_checkpoint_name
 from pupsourcing.store.layout import missing_table
 from pupsourcing.store.plan import Plan, Statement
 from pupsourcing.urls import Database
@@ -75,9 +74,8 @@ def _checkpoint_rows(db: Database, conn: Any) -> tuple[int, list[JSON]]:
     dead = dead_letter_counts(db, conn)
     rows: list[JSON] = []
     for group in groups:
-        keys = [split_checkpoint_name(c.name)[1] for c in group.checkpoints]
-        total = max((k for k in keys if k is not None), default=0) + 1
-        for c, key in zip(group.checkpoints, keys, strict=True):
+        total = max((k for k in group.keys if k is not None), default=0) + 1
+        for c, key in zip(group.checkpoints, group.keys, strict=True):
             lease = None if key is None else leases.get((group.name, key))
             rows.append(
                 {

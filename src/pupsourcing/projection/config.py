@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -108,3 +109,13 @@ def split_checkpoint_name(checkpoint: str) -> tuple[str, int | None]:
     if match is None:
         return checkpoint, None
     return match["name"], int(match["key"])
+
+
+def projection_of(checkpoint: str, own: Container[str]) -> tuple[str, int | None]:
+    """:func:`split_checkpoint_name`, except that a checkpoint in ``own`` (the
+    projections with a layout record, :func:`~pupsourcing.store.layout.layout_names`)
+    is an unpartitioned projection: ``orders_p1`` may be one, not partition 1
+    of ``orders``."""
+    if checkpoint in own:
+        return checkpoint, None
+    return split_checkpoint_name(checkpoint)

@@ -127,12 +127,11 @@ def check_layout(dialect: Dialect, name: str, total: int) -> LayoutPlan:
     return True
 
 
-def own_layouts(dialect: Dialect, name: str) -> Generator[Statement, Any, set[str]]:
-    """Which of ``name`` and ``<name>_p...`` have a layout record: projections
-    of their own (an unpartitioned projection may be called ``orders_p1``),
-    not partitions of ``name``. Empty when the store has no layouts table."""
+def layout_names(dialect: Dialect) -> Generator[Statement, Any, set[str]]:
+    """Every projection with a layout record; empty when the store has no
+    layouts table."""
     try:
-        rows = yield _prefixed(dialect, _table(dialect), "projection_name", name)
+        rows = yield Statement(f"SELECT projection_name FROM {_table(dialect)}", (), fetch=True)
     except Exception as exc:
         if not missing_table(exc):
             raise
