@@ -610,6 +610,70 @@ def test_postgres_processor_gives_the_callers_connection_back_unsubscribed(
     assert _ran_on(api, pg_table, runs=2) == ["callers_own"]
 
 
+def _seen_by_callers_handler(api: str, config: StoreConfig) -> tuple[list[str], Timed]:
+    """A processor idle on a caller's connection that LISTENs on a channel
+    of its own, with a notify handler of its own; that channel is notified
+    and an append commits: the channels the caller's handler saw, and the
+    projection."""
+    import psycopg
+
+    from pupsourcing.aio import AsyncProcessor
+    from pupsourcing.projection import Processor
+
+    store = _pg_store(api, config)
+    projection, seen = Timed(), []
+
+    def notify_both() -> None:
+        with psycopg.connect(PG_DSN, autocommit=True) as other:
+            other.execute("NOTIFY callers_own, 'hello'")
+        _append_elsewhere(config)
+
+    if api == "sync":
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.add_notify_handler(lambda n: seen.append(n.channel))
+            conn.execute("LISTEN callers_own")
+            stop = threading.Event()
+            processor = Processor(conn, store, SLOW_POLL)
+            thread = threading.Thread(
+                target=processor.run, args=(projection,), kwargs={"stop": stop}
+            )
+            thread.start()
+            time.sleep(0.3)
+            notify_both()
+            time.sleep(0.5)
+            stop.set()
+            thread.join(10)
+        return seen, projection
+
+    async def main() -> None:
+        async with await psycopg.AsyncConnection.connect(PG_DSN, autocommit=True) as conn:
+            conn.add_notify_handler(lambda n: seen.append(n.channel))
+            await conn.execute("LISTEN callers_own")
+            stop = asyncio.Event()
+            run = AsyncProcessor(conn, store, SLOW_POLL).run(projection, stop=stop)
+            task = asyncio.create_task(run)
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(notify_both)
+            await asyncio.sleep(0.5)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+    return seen, projection
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_postgres_processor_leaves_the_callers_notify_handlers_their_notifications(
+    api: str, pg_table: StoreConfig
+) -> None:
+    """An idle processor reads its wake-ups on the caller's connection: the
+    notifications it reads go through psycopg's dispatch, so the caller's
+    own handlers still get theirs (they were read and dropped)."""
+    seen, projection = _seen_by_callers_handler(api, pg_table)
+    assert "callers_own" in seen
+    assert len(projection.handled) == 1  # and the append woke the processor
+
+
 def _notifications(config: StoreConfig, store: Any, transactions: list[list[str]]) -> int:
     """Notifications a listener on the events table's channel receives while
     ``store`` makes ``transactions`` (each a list of aggregate ids, one

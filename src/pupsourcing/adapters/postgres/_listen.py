@@ -46,12 +46,15 @@ class _Counting:
             self.received += 1
 
     def _drain(self, conn: Any) -> None:
-        """Read what the socket has and count the notifications in it."""
+        """Read what the socket has and hand each notification in it to
+        psycopg's dispatch, as psycopg does after a query: every notify
+        handler of the connection gets it, :meth:`_count` and the caller's own
+        (the connection may be the caller's, listening on channels of its own)."""
         pgconn = conn.pgconn
         pgconn.consume_input()  # raises when the connection broke
         while (notify := pgconn.notifies()) is not None:
-            if self._payloads is None or notify.extra.decode("utf-8", "replace") in self._payloads:
-                self.received += 1
+            if pgconn.notify_handler is not None:
+                pgconn.notify_handler(notify)
 
 
 class PsycopgListener(_Counting):
