@@ -70,15 +70,19 @@ def test_run_refuses_another_layout_and_reset_clears_it(backend: Backend) -> Non
     assert layouts(backend) == {"counter": 4}
 
 
-def test_reset_leaves_a_projection_named_like_a_partition_alone(backend: Backend) -> None:
-    # "counter_p0" is a projection of its own (its layout says so), not
-    # partition 0 of "counter".
+def two_projections_named_alike(backend: Backend) -> None:
+    """Three events handled by "counter" and by "counter_p0", a projection of
+    its own (its layout says so), not partition 0 of "counter"."""
     conn = backend.connect()
     backend.store.append(conn, ExpectedVersion.any(), events(3))
     conn.commit()
     conn.close()
     start(backend, 1, Named("counter_p0"))
     start(backend, 1)
+
+
+def test_reset_leaves_a_projection_named_like_a_partition_alone(backend: Backend) -> None:
+    two_projections_named_alike(backend)
     assert layouts(backend) == {"counter": 1, "counter_p0": 1}
 
     reset = cli("projections", "reset", "counter", "--yes", "--db", backend.url)
@@ -96,12 +100,7 @@ def test_status_and_console_list_a_projection_named_like_a_partition_on_its_own(
     from pupsourcing.console import _queries
     from pupsourcing.urls import database
 
-    conn = backend.connect()
-    backend.store.append(conn, ExpectedVersion.any(), events(3))
-    conn.commit()
-    conn.close()
-    start(backend, 1, Named("counter_p0"))
-    start(backend, 1)
+    two_projections_named_alike(backend)
     status = cli("projections", "status", "--json", "--db", backend.url)
     assert status.returncode == 0, status.stderr
     listed = json.loads(status.stdout)["projections"]
