@@ -550,9 +550,10 @@ def test_a_second_signal_stops_everything_at_once(
     supervisor.wait_for_line("SIGINT: stopping the workers after their current batch")
     supervisor.signal(signal.SIGINT)
     assert supervisor.wait() == 128 + signal.SIGINT
-    assert time.monotonic() - began < 5, "did not wait for the batches"
+    # The batches would end about 9.5 s after the first signal: well before.
+    assert time.monotonic() - began < 8, "did not wait for the batches"
     assert "SIGINT again: stopping now" in supervisor.stderr
-    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=5, what="workers gone")
+    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=10, what="workers gone")
     assert count(sqlite_db) == 0, "the interrupted batches rolled back"
     assert_exactly_once_up_to_checkpoints(sqlite_db, total=2)
 
