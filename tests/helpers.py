@@ -84,12 +84,14 @@ class Count:
         self.seen += 1
 
 
-MYSQL_HORIZON_SLACK = 2.5
-"""Seconds a wait on MySQL's safe horizon may take in the parallel suite:
-it waits for every writer transaction open on the server, in any database
+MYSQL_HORIZON_SLACK = 30.0
+"""Seconds a wait on MySQL's safe horizon may take in the parallel suite.
+It waits for every writer transaction open on the server, in any database
 (SHOW ENGINE INNODB STATUS does not say which table a transaction writes),
-so other workers' transactions hold it back too (0.5-1.2 s seen under
-load; 35-90 ms on an idle machine)."""
+so other workers' transactions hold it back too: 0.5-1.2 s seen under load,
+more when a test holds a transaction open on purpose; 35-90 ms on an idle
+machine. A bound this wide still tells a wait that ends from one that never
+does (a stalled horizon), which is what tests using it assert on MySQL."""
 
 
 def horizon_bound(backend_name: str, seconds: float) -> float:
