@@ -31,7 +31,7 @@ from domain_model import (
 )
 from helpers import query
 from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError
-from pupsourcing.adapters.sqlite import AsyncSQLiteStore
+from pupsourcing.adapters.sqlite import AsyncSQLiteStore, SQLiteStore
 from pupsourcing.aio import AsyncRepository
 from pupsourcing.domain import Aggregate, AggregateNotFoundError, CodecError, Repository
 from pupsourcing.store.snapshots import Snapshot
@@ -324,6 +324,14 @@ def test_a_blocking_repository_refuses_an_asyncio_store() -> None:
     with pytest.raises(TypeError, match=r"asyncio store: use pupsourcing.aio.AsyncRepository"):
         Repository(async_store, Order, codec())
     AsyncRepository(async_store, Order, codec())  # the twin that awaits it
+
+
+def test_an_asyncio_repository_refuses_a_blocking_store() -> None:
+    """Else its save runs the blocking append, then fails to await the
+    result: the events sit in the caller's transaction, still pending."""
+    with pytest.raises(TypeError, match=r"blocking store: use pupsourcing.domain.Repository"):
+        AsyncRepository(SQLiteStore(), Order, codec())
+    Repository(SQLiteStore(), Order, codec())
 
 
 TRAPPED: list[dict[str, Any]] = []

@@ -90,10 +90,14 @@ class _RepositoryPlans(Generic[A]):
         missing = [name for name in needed if not callable(getattr(store, name, None))]
         if missing:
             raise TypeError(f"store has no {', '.join(missing)} method(s)")
-        if not self.awaits_store and inspect.iscoroutinefunction(store.append):
+        if self.awaits_store != inspect.iscoroutinefunction(store.append):
             raise TypeError(
                 f"{type(store).__name__} is an asyncio store: use "
                 "pupsourcing.aio.AsyncRepository (Repository would not await its calls)"
+                if not self.awaits_store
+                else f"{type(store).__name__} is a blocking store: use "
+                "pupsourcing.domain.Repository (AsyncRepository would run its append, "
+                "then fail to await the result)"
             )
         self.store = store
         self.aggregate_class = aggregate_class
