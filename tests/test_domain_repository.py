@@ -474,3 +474,70 @@ def test_a_snapshot_without_an_attribute_the_class_now_has_is_ignored(
     repository(backend, snapshot_every=2).save(conn, order)  # a snapshot at 4, with gift
     loaded = repository(backend, snapshot_every=2).load(conn, "order-15")
     assert (loaded.gift, loaded._applied) == (True, 0), "restored from the snapshot"
+
+
+class CountingReads:
+    """The store, recording how many events each stream read returned."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.reads: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def read_aggregate_stream(self, tx: Any, *args: Any) -> Any:
+        read = self.store.read_aggregate_stream(tx, *args)
+        if hasattr(read, "__await__"):
+
+            async def counted() -> Any:
+                stream = await read
+                self.reads.append(len(stream))
+                return stream
+
+            return counted()
+        self.reads.append(len(read))
+        return read
+
+
+def counting_repository(backend: Backend, snapshot_every: int | None) -> tuple[Any, CountingReads]:
+    counting = CountingReads(backend.store.raw if backend.api == "async" else backend.store)
+    if backend.api == "async":
+        repo = AsyncRepository(counting, Order, codec(), snapshot_every=snapshot_every)
+        return Blocking(backend, repo), counting
+    return Repository(counting, Order, codec(), snapshot_every=snapshot_every), counting
+
+
+def test_a_long_stream_is_loaded_a_page_at_a_time(backend: Backend) -> None:
+    """Loading holds 1000 stored events at a time, not the whole stream."""
+    conn = backend.connection()
+    events = [Event("Sales", "Order", "long", "OrderPlaced", b'{"customer":"ada"}')]
+    events += [
+        Event("Sales", "Order", "long", "ItemAdded", b'{"price":"1","sku":"s%d"}' % i)
+        for i in range(2600)
+    ]
+    backend.store.append(conn, ExpectedVersion.no_stream(), events)
+    conn.commit()
+    for every in (None, 1000):
+        repo, counting = counting_repository(backend, every)
+        order = repo.load(conn, "long")
+        assert (order.version, len(order.lines), order._applied) == (2601, 2600, 2601)
+        assert counting.reads == [1000, 1000, 601]
+        counting.reads.clear()
+        past = repo.load(conn, "long", at_version=2000)
+        assert (past.version, len(past.lines), counting.reads) == (2000, 1999, [1000, 1000])
+        counting.reads.clear()
+        assert repo.load(conn, "long", at_version=1500).version == 1500
+        assert counting.reads == [1000, 500]
+
+    # With a snapshot, from the snapshot's version on (its event is read again).
+    repo, counting = counting_repository(backend, 1301)
+    order = repo.load(conn, "long")
+    order.add("last", "1.00")
+    repo.save(conn, order)  # 2601 -> 2602 crosses 2 * 1301: a snapshot at 2602
+    order.add("after", "1.00")
+    repo.save(conn, order)
+    conn.commit()
+    counting.reads.clear()
+    order = repo.load(conn, "long")
+    assert (order.version, order._applied, counting.reads) == (2603, 1, [2])

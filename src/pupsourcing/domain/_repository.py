@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -28,6 +28,9 @@ A = TypeVar("A", bound=Aggregate)
 T = TypeVar("T")
 
 logger = logging.getLogger("pupsourcing.domain")
+
+_PAGE = 1000
+"""How many stored events ``load`` reads at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,32 +185,61 @@ class _RepositoryPlans(Generic[A]):
             raise ValueError(f"at_version must be None or an int >= 0, got {at_version!r}")
         key = (cls.bounded_context, cls.aggregate_type, aggregate_id)
         aggregate: A | None = None
-        events: tuple[PersistedEvent, ...] = ()
         if self.snapshot_every is not None:
             snapshot: Snapshot | None = yield _Call(
                 "read_snapshot", (*key, cls.snapshot_schema, at_version)
             )
             if snapshot is not None:
                 aggregate = self._restore(snapshot)
+        events: Sequence[PersistedEvent] = ()
         if aggregate is not None:
             # From the snapshot's own version: the events are the truth, so a
             # snapshot whose event is not stored (any more) is not used.
-            stream: Stream = yield _Call(
-                "read_aggregate_stream", (*key, aggregate.version, at_version)
-            )
-            if stream.events and stream.events[0].aggregate_version == aggregate.version:
-                events = stream.events[1:]
+            low = aggregate.version
+            events = yield from self._page(key, low, at_version)
+            if events and events[0].aggregate_version == low:
+                events = events[1:]
             else:
                 logger.warning(
                     "ignoring the snapshot of %s at version %d: that event is not stored",
                     "/".join(key),
-                    aggregate.version,
+                    low,
                 )
                 aggregate = None
         if aggregate is None:
             aggregate = cls(aggregate_id)
-            stream = yield _Call("read_aggregate_stream", (*key, None, at_version))
-            events = stream.events
+            low = 1
+            events = yield from self._page(key, low, at_version)
+        # One page of stored events at a time, so a long stream is never
+        # held in memory whole; versions are consecutive, so a page that
+        # ends below its upper bound is the stream's last.
+        while True:
+            self._apply(aggregate, key, events)
+            high = low + _PAGE - 1
+            if not events or events[-1].aggregate_version < high:
+                break
+            low = high + 1
+            events = yield from self._page(key, low, at_version)
+        if aggregate.version == 0:
+            raise AggregateNotFoundError(*key)
+        return aggregate
+
+    def _page(
+        self, key: tuple[str, str, str], low: int, at_version: int | None
+    ) -> _Plan[tuple[PersistedEvent, ...]]:
+        """The stored events from version ``low``, at most :data:`_PAGE` of
+        them, none above ``at_version``."""
+        high = low + _PAGE - 1
+        if at_version is not None:
+            high = min(high, at_version)
+        if high < low:
+            return ()
+        stream: Stream = yield _Call("read_aggregate_stream", (*key, low, high))
+        return stream.events
+
+    def _apply(
+        self, aggregate: A, key: tuple[str, str, str], events: Sequence[PersistedEvent]
+    ) -> None:
         for persisted in events:
             try:
                 event = self.codec.decode(
@@ -223,9 +255,6 @@ class _RepositoryPlans(Generic[A]):
                     persisted.event_version,
                 ) from exc
             aggregate._replay(event, persisted.aggregate_version)
-        if aggregate.version == 0:
-            raise AggregateNotFoundError(*key)
-        return aggregate
 
     def _restore(self, snapshot: Snapshot) -> A | None:
         """The aggregate as ``snapshot`` holds it; ``None`` (logged) when its
