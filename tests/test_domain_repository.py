@@ -160,6 +160,51 @@ def test_a_lost_race_raises_and_keeps_the_losers_pending_events(backend: Backend
     assert repo.load(first, "order-2").lines.keys() == {"tea", "cake"}
 
 
+def test_an_aggregate_whose_save_was_rolled_back_cannot_save_over_another_writer(
+    backend: Backend,
+) -> None:
+    """After its save's transaction rolled back, the aggregate holds an event
+    the store does not; another writer's event at that version must not let
+    its next save through (nor its snapshot of a state that never was)."""
+    repo = repository(backend, snapshot_every=3)
+    conn = backend.connection()
+    order = Order("order-16")
+    order.place("ada")
+    repo.save(conn, order)
+    conn.commit()
+    cached = repo.load(conn, "order-16")
+    cached.add("tea", "1.00")
+    repo.save(conn, cached)
+    conn.rollback()  # the save is undone; `cached` still holds tea at version 2
+
+    other = repo.load(conn, "order-16")
+    other.add("cake", "2.00")
+    repo.save(conn, other)
+    conn.commit()
+
+    cached.add("jam", "3.00")  # version 3: a snapshot would be due
+    with pytest.raises(OptimisticConcurrencyError, match="rolled back") as caught:
+        repo.save(conn, cached)
+    conn.rollback()
+    assert caught.value.aggregate_id == "order-16"
+    assert len(cached.pending_events) == 1
+    assert backend.count_events() == 2
+    assert snapshot_versions(backend, "order-16") == []
+    assert set(repo.load(conn, "order-16").lines) == {"cake"}
+
+    # An aggregate saved (and committed) before saves again as usual.
+    again = repo.load(conn, "order-16")
+    again.add("jam", "3.00")
+    repo.save(conn, again)
+    conn.commit()
+    again.add("scone", "1.00")
+    repo.save(conn, again)  # also in the same transaction as its last save
+    again.add("pie", "1.00")
+    repo.save(conn, again)
+    conn.commit()
+    assert set(repo.load(conn, "order-16").lines) == {"cake", "jam", "scone", "pie"}
+
+
 def test_two_new_aggregates_with_one_id_conflict(backend: Backend) -> None:
     repo = repository(backend)
     conn = backend.connection()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, ClassVar
+from uuid import UUID
 
 
 def check_aggregate_class(cls: object) -> None:
@@ -48,6 +49,9 @@ class Aggregate:
         self._id = aggregate_id
         self._version = 0
         self._pending: list[object] = []
+        # The id of the event this object's last save appended (at version
+        # - len(pending)): the next save checks it is still stored there.
+        self._saved_id: UUID | None = None
 
     @property
     def id(self) -> str:
@@ -103,8 +107,9 @@ class Aggregate:
         self.apply(event)
         self._version = version
 
-    def _saved(self) -> None:
+    def _saved(self, last_event_id: UUID) -> None:
         self._pending.clear()
+        self._saved_id = last_event_id
 
     def __repr__(self) -> str:
         pending = f", {len(self._pending)} pending" if self._pending else ""

@@ -15,6 +15,7 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
+from pupsourcing.core.errors import OptimisticConcurrencyError
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.domain._aggregate import Aggregate, check_aggregate_class
@@ -169,10 +170,25 @@ class _RepositoryPlans(Generic[A]):
                 state,
             )
         expected = ExpectedVersion.exact(base) if base else ExpectedVersion.no_stream()
+        key = (cls.bounded_context, cls.aggregate_type, aggregate.id)
+        if aggregate._saved_id is not None:
+            # Saved by this object before: if that save's transaction rolled
+            # back, its event is not stored, and another writer's at that
+            # version would let `expected` pass on a state that never was.
+            head: Stream = yield _Call("read_aggregate_stream", (*key, base, base))
+            if not head.events or head.events[0].event_id != aggregate._saved_id:
+                raise OptimisticConcurrencyError(
+                    f"{'/'.join(key)}: the event this aggregate saved at version {base} "
+                    "is not stored (was that transaction rolled back?); load it again",
+                    bounded_context=key[0],
+                    aggregate_type=key[1],
+                    aggregate_id=key[2],
+                    expected=expected,
+                )
         result: AppendResult = yield _Call("append", (expected, events))
         if snapshot is not None:
             yield _Call("save_snapshot", (snapshot,))
-        aggregate._saved()
+        aggregate._saved(result.events[-1].event_id)
         return result
 
     def _load_plan(self, aggregate_id: str, at_version: int | None) -> _Plan[A]:
@@ -304,7 +320,8 @@ class Repository(_RepositoryPlans[A]):
         nothing was pending. The expected version is the version the
         aggregate was loaded at (``no_stream`` for a new one), so a lost race
         raises :class:`~pupsourcing.OptimisticConcurrencyError` and leaves the
-        pending events. Raises :class:`CodecError` before anything is written
+        pending events; so does saving again an aggregate whose last save's
+        transaction rolled back. Raises :class:`CodecError` before anything is written
         when an event or the snapshot state cannot be encoded. Never commits.
         """
         plan = self._save_plan(aggregate, metadata, causation_id, correlation_id)
@@ -344,7 +361,8 @@ class AsyncRepository(_RepositoryPlans[A]):
         nothing was pending. The expected version is the version the
         aggregate was loaded at (``no_stream`` for a new one), so a lost race
         raises :class:`~pupsourcing.OptimisticConcurrencyError` and leaves the
-        pending events. Raises :class:`CodecError` before anything is written
+        pending events; so does saving again an aggregate whose last save's
+        transaction rolled back. Raises :class:`CodecError` before anything is written
         when an event or the snapshot state cannot be encoded. Never commits.
         """
         plan = self._save_plan(aggregate, metadata, causation_id, correlation_id)
