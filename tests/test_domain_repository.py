@@ -364,6 +364,36 @@ def test_a_stored_event_the_codec_cannot_read_names_where_it_is(backend: Backend
     assert (raised.value.event_type, raised.value.event_version) == ("Refunded", 3)
 
 
+class FussyOrder(Order):
+    """Its apply fails for an event that was stored (it must not)."""
+
+    def apply(self, event: object) -> None:
+        if isinstance(event, ItemAdded) and event.sku == "bad":
+            raise KeyError(event.sku)
+        super().apply(event)
+
+
+def test_an_apply_failing_on_a_stored_event_says_which(backend: Backend) -> None:
+    repo = repository(backend)
+    conn = backend.connection()
+    order = Order("order-17")
+    order.place("ada")
+    order.add("bad", "1.00")
+    repo.save(conn, order)
+    conn.commit()
+    position = (
+        backend.store.read_aggregate_stream(conn, "Sales", "Order", "order-17")
+        .events[1]
+        .global_position
+    )
+    with pytest.raises(KeyError) as caught:  # the exception apply raised, as it was
+        repository(backend, FussyOrder).load(conn, "order-17")
+    assert caught.value.args == ("bad",)
+    assert caught.value.__notes__ == [
+        f"while applying Sales/Order/order-17 version 2 (ItemAdded v1, global position {position})"
+    ]
+
+
 def test_a_blocking_repository_refuses_an_asyncio_store() -> None:
     async_store = AsyncSQLiteStore()
     with pytest.raises(TypeError, match=r"asyncio store: use pupsourcing.aio.AsyncRepository"):

@@ -270,7 +270,15 @@ class _RepositoryPlans(Generic[A]):
                     persisted.event_type,
                     persisted.event_version,
                 ) from exc
-            aggregate._replay(event, persisted.aggregate_version)
+            try:
+                aggregate._replay(event, persisted.aggregate_version)
+            except Exception as exc:  # apply's own: re-raised as it is, with where
+                exc.add_note(
+                    f"while applying {'/'.join(key)} version {persisted.aggregate_version} "
+                    f"({persisted.event_type} v{persisted.event_version}, global position "
+                    f"{persisted.global_position})"
+                )
+                raise
 
     def _restore(self, snapshot: Snapshot) -> A | None:
         """The aggregate as ``snapshot`` holds it; ``None`` (logged) when its
