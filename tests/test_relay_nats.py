@@ -301,6 +301,138 @@ def test_an_event_jetstream_refuses_before_others_it_stores_stops_the_relay(
     assert [m.position for m in js.messages(stream)] == [1, 3]
 
 
+def test_a_restarted_relay_does_not_resume_past_an_event_jetstream_refused(
+    tmp_path: Path, js: JetStream
+) -> None:
+    """The relay that saw JetStream refuse an event and store a later one
+    stops; a relay started again afterwards (a process manager restarting
+    the command, or the first one killed before it noticed) knows nothing
+    of the refusal, yet must not resume after the later event: it checks
+    that the stream holds every event between its checkpoint and the
+    stream's last one, and stops naming the missing event."""
+    from nats.js.api import DiscardPolicy
+
+    from pupsourcing.relay import StreamGap
+
+    stream, prefix = make_stream(js, max_bytes=1500, discard=DiscardPolicy.NEW)
+    with made_backend("sqlite", tmp_path) as db:
+        append(db, [Event("Shop", "Order", "o1", "Placed", b"{}")])
+        append(db, [Event("Shop", "Order", "o1", "Big", b'"' + b"x" * 3000 + b'"')])
+        append(db, [Event("Shop", "Order", "o1", "Shipped", b"{}")])
+        with pytest.raises(StreamGap):
+            catch_up(relay(db, js, stream, prefix, name="gap", batch_size=10))
+        append(db, [Event("Shop", "Order", "o1", "Paid", b"{}")])
+        for _ in range(2):  # restarted, twice: it stays stopped
+            with pytest.raises(StreamGap, match=r"does not hold the event at global position 2\b"):
+                catch_up(relay(db, js, stream, prefix, name="gap", batch_size=10))
+        assert db.checkpoints().get("relay_gap", 0) == 0
+    assert [m.position for m in js.messages(stream)] == [1, 3]
+
+
+async def publish_as_the_relay(url: str, stream: str, prefix: str, events: list[Any]) -> None:
+    """Publish each of ``events`` as the relay would; ``None`` in between
+    publishes a message on another subject of the stream."""
+    from pupsourcing.relay._message import headers
+
+    async with connected(url) as nc:
+        jsc = nc.jetstream()
+        for event in events:
+            if event is None:
+                await jsc.publish(f"{prefix}-other.x", b"other", stream=stream)
+            else:
+                await jsc.publish(
+                    subject_for(event, prefix), event.payload, stream=stream, headers=headers(event)
+                )
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_a_gap_between_messages_of_other_subjects_is_found_at_start(
+    tmp_path: Path, js: JetStream, held: bool
+) -> None:
+    """The stream holds messages on other subjects between the relay's: a
+    missing event (one never stored, as JetStream refused it) is found all
+    the same, and when none is missing the relay resumes after the last."""
+    from pupsourcing.relay import StreamGap
+
+    stream, prefix = make_stream(js)
+    with made_backend("sqlite", tmp_path) as db:
+        for type_ in ("Placed", "Paid", "Shipped"):
+            append(db, [Event("Shop", "Order", "o1", type_, b"{}")])
+        conn = db.connect()
+        one, two, three = db.store.read_events(conn, 0, 10)
+        conn.close()
+        published = (
+            [None, one, None, None, two, None, three, None]
+            if held
+            else [None, one, None, None, None, three, None]
+        )
+        asyncio.run(publish_as_the_relay(js.url, stream, prefix, published))
+        append(db, [Event("Shop", "Order", "o1", "Closed", b"{}")])
+        if held:
+            assert catch_up(relay(db, js, stream, prefix, name="mixed")) == 1
+            assert db.checkpoints()["relay_mixed"] == 4
+        else:
+            with pytest.raises(StreamGap, match=r"global position 2\b"):
+                catch_up(relay(db, js, stream, prefix, name="mixed"))
+            assert db.checkpoints().get("relay_mixed", 0) == 0
+    relayed = [m.position for m in js.messages(stream) if m.subject.startswith(f"{prefix}.")]
+    assert relayed == ([1, 2, 3, 4] if held else [1, 3])
+
+
+@pytest.mark.parametrize("removal", ["max_msgs", "deleted"])
+def test_events_the_stream_removed_are_not_taken_for_a_gap(
+    tmp_path: Path, js: JetStream, removal: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The relay published a batch and died before its checkpoint moved;
+    meanwhile the stream removed some of the batch's messages (its
+    ``max_msgs`` with ``discard: old``, or someone deleted one). Their
+    sequence numbers show they were stored: the relay says so and resumes
+    after the last, publishing nothing again."""
+    config: dict[str, Any] = {"max_msgs": 2} if removal == "max_msgs" else {}
+    stream, prefix = make_stream(js, **config)
+    with made_backend("sqlite", tmp_path) as db:
+        append(db, [Event("Shop", "Order", "o1", "Placed", b"{}") for _ in range(3)])
+        assert catch_up(relay(db, js, stream, prefix, name="rm")) == 3
+        if removal == "deleted":
+
+            async def delete_second() -> None:
+                async with connected(js.url) as nc:
+                    await nc.jetstream().delete_msg(stream, 2)
+
+            asyncio.run(delete_second())
+        conn = db.connect()
+        db.store.update_checkpoint(conn, "relay_rm", 0)  # as if the batch never committed
+        conn.commit()
+        conn.close()
+        append(db, [Event("Shop", "Order", "o1", "Paid", b"{}")])
+        with caplog.at_level("WARNING", logger="pupsourcing"):
+            assert catch_up(relay(db, js, stream, prefix, name="rm")) == 1
+        assert db.checkpoints()["relay_rm"] == 4
+    missing = "1" if removal == "max_msgs" else "2"
+    assert f"no longer holds the event at global position {missing}" in caplog.text
+    assert [m.position for m in js.messages(stream)] == (
+        [3, 4] if removal == "max_msgs" else [1, 3, 4]
+    )
+
+
+def test_a_recreated_store_is_not_relayed_into_the_old_stream(
+    tmp_path: Path, js: JetStream
+) -> None:
+    """A new database (its positions from 1 again, its checkpoint 0) relayed
+    into the stream of the old one: the stream's messages are not its
+    events; the relay says so instead of resuming after the old ones."""
+    stream, prefix = js.new_stream()
+    with made_backend("sqlite", tmp_path / "old") as old:
+        append(old, [Event("Shop", "Order", "o1", "Placed", b"{}") for _ in range(3)])
+        assert catch_up(relay(old, js, stream, prefix)) == 3
+    with made_backend("sqlite", tmp_path / "new") as new:
+        append(new, [Event("Shop", "Order", "o2", "Placed", b"{}") for _ in range(5)])
+        with pytest.raises(ValueError, match=r"not this store's events"):
+            catch_up(relay(new, js, stream, prefix))
+        assert new.checkpoints().get("relay_relay", 0) == 0
+    assert len(js.messages(stream)) == 3
+
+
 def test_an_event_too_large_for_the_stream_stops_the_relay_before_it(
     tmp_path: Path, js: JetStream
 ) -> None:

@@ -6,7 +6,8 @@
 JetStream stream, once; :func:`subject_for` gives an event's subject. It
 stops with :class:`MessageTooLarge` before an event the server or the
 stream would refuse, and with :class:`StreamGap` when JetStream refused one
-but stored later ones. The
+but stored later ones (also when a relay started afterwards finds it
+missing). The
 command ``pupsourcing relay nats`` runs a relay. Importing this package
 imports no NATS client; the relay imports nats-py when it connects.
 """

@@ -19,14 +19,15 @@ stream actually holds (see :mod:`pupsourcing.relay._relay`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing.core.errors import PupsourcingError
 from pupsourcing.core.events import PersistedEvent
-from pupsourcing.relay._message import GLOBAL_POSITION, headers, size
+from pupsourcing.relay._message import GLOBAL_POSITION, MSG_ID, headers, size
 from pupsourcing.relay._subject import subject
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ NATS server takes by default (``max_control_line``); it closes the
 connection on a longer one."""
 _LINE_OVERHEAD = 40
 """The bytes of an ``HPUB`` line besides its subject and reply prefix, at most."""
+_CHECK_BATCH = 500
+"""Messages (headers only) and events read per round trip when checking
+what the stream holds."""
 
 
 class ConnectionLost(Exception):
@@ -52,7 +56,11 @@ class StreamGap(PupsourcingError):
     """JetStream refused an event's message but stored later ones (say, a
     stream full with ``discard: new`` that still had room for smaller
     messages): the stream no longer holds every event in order, and
-    publishing the refused one now would put it after later events."""
+    publishing the refused one now would put it after later events. Raised
+    when the relay sees the refusal, and when a relay (re)starting finds an
+    event between its checkpoint and the stream's last message that the
+    stream lacks without the trace (a sequence number it no longer holds)
+    that an event stored, then removed, leaves."""
 
 
 class MessageTooLarge(PupsourcingError):
@@ -113,6 +121,8 @@ class Link:
         self.held = 0
         """The global position up to which the stream holds every event: what
         :meth:`last_position` found, then the last event acknowledged."""
+        self._held_seq = 0
+        """The stream sequence of the message :meth:`last_position` found."""
         self.refused: int | None = None
         """The global position of an event whose message JetStream refused,
         until the stream is found not to hold any later one."""
@@ -219,15 +229,15 @@ class Link:
         from nats.js.errors import NotFoundError
 
         assert self.js is not None
+        self._held_seq = 0
         try:
             message = await self.js.get_last_msg(self.stream, f"{self.prefix}.>")
         except NotFoundError:
             return 0
-        value = (message.headers or {}).get(GLOBAL_POSITION)
-        try:
-            return int(value) if value is not None else 0
-        except ValueError:
-            value = None
+        position = _position(message.headers)
+        if position is not None:
+            self._held_seq = message.seq or 0
+            return position
         self.logger.warning(
             "the last message on %s.> in stream %s (sequence %s) has no %s header; "
             "resuming from the checkpoint alone",
@@ -237,6 +247,204 @@ class Link:
             GLOBAL_POSITION,
         )
         return 0
+
+    async def check_held(
+        self, after: int, read: Callable[[int, int], Awaitable[list[PersistedEvent]]]
+    ) -> None:
+        """Make sure the stream holds, in order, every event that ``read``
+        (the store's ``read_events``) gives after ``after`` (the checkpoint) up
+        to :attr:`held` (what :meth:`last_position` found): they were
+        published by a relay that stopped before its checkpoint moved, and
+        JetStream may have refused one of them yet stored later ones. Reads
+        the stream's messages under the prefix from the first one past
+        ``after`` (headers only, one consumer) and the store's events
+        alongside. An event the stream lacks is taken as stored, then removed
+        (by the stream's limits, or deleted; logged) only when as many of the
+        sequence numbers between the messages around it are no longer held;
+        otherwise :class:`StreamGap`. :class:`ValueError` when the stream
+        holds, for a position, a message that is not the store's event."""
+        last, last_seq = self.held, self._held_seq
+        if last <= after or not last_seq:
+            return
+        start, previous = await self._first_after(after, last_seq)
+        gaps: list[tuple[list[int], int, int]] = []
+        """Events the stream lacks: their positions, and the sequences of the
+        messages under the prefix before and after them."""
+        events: list[PersistedEvent] = []
+        read_to = after
+        index = 0
+
+        async def next_event() -> PersistedEvent | None:
+            nonlocal events, index, read_to
+            if index == len(events):
+                if read_to >= last:
+                    return None
+                events, index = await read(read_to, _CHECK_BATCH), 0
+                events = [e for e in events if e.global_position <= last]
+                if not events:
+                    read_to = last
+                    return None
+                read_to = events[-1].global_position
+            index += 1
+            return events[index - 1]
+
+        async with contextlib.aclosing(self._messages(start, last_seq)) as messages:
+            async for seq, values in messages:
+                position = _position(values)
+                if position is None or position <= after:
+                    previous = seq
+                    continue
+                missing: list[int] = []
+                while True:
+                    event = await next_event()
+                    if event is None or event.global_position > position:
+                        raise ValueError(
+                            f"JetStream stream {self.stream!r} holds a message for global "
+                            f"position {position} (sequence {seq}) that is not an event of this "
+                            "store, or not in order (a store recreated, or another relay on the "
+                            "same subjects?): not resuming"
+                        )
+                    if event.global_position == position:
+                        break
+                    missing.append(event.global_position)
+                if values.get(MSG_ID) != str(event.event_id):
+                    raise ValueError(
+                        f"JetStream stream {self.stream!r} holds at sequence {seq} a message "
+                        f"for global position {position} whose {MSG_ID} is not the store's "
+                        f"event id there ({event.event_id}): not this store's events (a store "
+                        "recreated?); not resuming"
+                    )
+                if missing:
+                    gaps.append((missing, previous, seq))
+                previous = seq
+        trailing: list[int] = []
+        while (event := await next_event()) is not None:
+            trailing.append(event.global_position)
+        if trailing:  # the last message went meanwhile
+            gaps.append((trailing, previous, last_seq + 1))
+        if gaps:
+            await self._judge(gaps)
+
+    async def _first_after(self, after: int, last_seq: int) -> tuple[int, int]:
+        """A stream sequence at or before that of the first message under
+        the prefix past global position ``after`` (binary search: positions
+        grow with sequences), and the sequence of the message under the
+        prefix before it (0 when none)."""
+        from nats.js.errors import NotFoundError
+
+        assert self.js is not None
+        low, high, previous = 1, last_seq, 0
+        topic = f"{self.prefix}.>"
+        while low < high:
+            middle = (low + high) // 2
+            try:
+                message = await self.js.get_msg(self.stream, seq=middle, subject=topic, next=True)
+            except NotFoundError:  # removed meanwhile: start from what is left
+                return low, previous
+            position = _position(message.headers)
+            seq = message.seq or middle
+            if position is not None and position <= after and seq < high:
+                low, previous = seq + 1, seq
+            else:  # past it, or not the relay's message: look before
+                high = middle
+        return low, previous
+
+    async def _messages(
+        self, start: int, last_seq: int
+    ) -> AsyncGenerator[tuple[int, Mapping[str, str]], None]:
+        """``(sequence, headers)`` of each message under the prefix from
+        sequence ``start`` up to ``last_seq``, read by one consumer (headers
+        only, deleted afterwards)."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        assert self.js is not None
+        js = self.js
+        info = await js.add_consumer(
+            self.stream,
+            ConsumerConfig(
+                filter_subject=f"{self.prefix}.>",
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start,
+                ack_policy=AckPolicy.NONE,
+                headers_only=True,
+                mem_storage=True,
+                inactive_threshold=60.0,
+            ),
+        )
+        left = info.num_pending or 0
+        try:
+            sub = await js.pull_subscribe_bind(info.name, self.stream)
+            try:
+                while left > 0:
+                    messages = await sub.fetch(min(left, _CHECK_BATCH), timeout=self.ack_timeout)
+                    for message in messages:
+                        left -= 1
+                        seq = message.metadata.sequence.stream
+                        if seq > last_seq:
+                            return
+                        yield seq, message.headers or {}
+                        if seq == last_seq:
+                            return
+            finally:
+                await sub.unsubscribe()
+        finally:
+            try:
+                await js.delete_consumer(self.stream, info.name)
+            except Exception:  # it goes after its inactive threshold anyway
+                self.logger.debug("deleting the consumer %s failed", info.name, exc_info=True)
+
+    async def _judge(self, gaps: list[tuple[list[int], int, int]]) -> None:
+        """Raise :class:`StreamGap` for the first gap with more events missing
+        than sequence numbers the stream no longer holds between its two
+        messages (those before its first sequence, or deleted); log the
+        others (read after the messages, the stream's state counts every
+        removal that made the consumer skip one)."""
+        info = await self._stream_state()
+        first, deleted = info.state.first_seq, info.state.deleted or []
+        for positions, before, after in gaps:
+            removed = max(0, min(first, after) - before - 1)
+            removed += sum(1 for seq in deleted if before < seq < after and seq >= first)
+            shown = (
+                f"the event at global position {positions[0]}"
+                if len(positions) == 1
+                else f"the events at global positions {positions[0]} to {positions[-1]} "
+                f"({len(positions)})"
+            )
+            if len(positions) > removed:
+                raise StreamGap(
+                    f"JetStream stream {self.stream!r} does not hold {shown}, yet holds later "
+                    f"ones (up to {self.held}); no sequence number shows "
+                    f"{'it' if len(positions) == 1 else 'them all'} stored and removed since, "
+                    "so JetStream refused it (a limit with discard: new?). Not resuming; fix "
+                    "the stream's limits, then publish to a new stream (see the relay's docs)"
+                )
+            self.logger.warning(
+                "JetStream stream %s no longer holds %s (stored, then removed by its limits "
+                "or deleted); not publishing %s again",
+                self.stream,
+                shown,
+                "it" if len(positions) == 1 else "them",
+            )
+
+    async def _stream_state(self) -> Any:
+        """The stream's info with the sequences deleted inside it (nats-py's
+        ``stream_info`` does not ask for those; only when there are some)."""
+        from nats.js.api import StreamInfo
+
+        assert self.js is not None
+        assert self.client is not None
+        info = await self.js.stream_info(self.stream)
+        if not info.state.num_deleted:
+            return info
+        reply = await self.client.request(
+            f"$JS.API.STREAM.INFO.{self.stream}",
+            json.dumps({"deleted_details": True}).encode(),
+            timeout=self.ack_timeout,
+        )
+        data = _decoded(reply.data)
+        if "error" in data:
+            raise _ack_error(reply)
+        return StreamInfo.from_response(data)
 
     async def publish(self, events: Iterable[PersistedEvent]) -> int:
         """Publish ``events`` in order without waiting in between, then wait
@@ -367,6 +575,15 @@ class _Batch:
             done.cancel()
         elif not done.cancelled():
             done.exception()
+
+
+def _position(values: Mapping[str, str] | None) -> int | None:
+    """A message's ``Pupsourcing-Global-Position``; ``None`` when it has none."""
+    value = (values or {}).get(GLOBAL_POSITION)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _limit(max_payload: int, max_msg_size: int | None) -> tuple[int, str]:

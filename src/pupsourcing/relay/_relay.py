@@ -74,7 +74,9 @@ class NatsRelay:
     batch is published without waiting in between and its checkpoint moves
     only once JetStream acknowledged every message of it. Messages carry
     ``Nats-Msg-Id`` (the event id) and on every (re)connect the relay resumes
-    after the later of its checkpoint and the last event the stream holds, so
+    after the later of its checkpoint and the last event the stream holds
+    (when that is later, once the stream is found to hold every event in
+    between: :class:`~pupsourcing.relay.StreamGap` otherwise), so
     a relay killed at any moment and restarted stores every event once; nor
     does it publish again a batch JetStream acknowledged whose checkpoint
     failed to commit (a lost database connection), however long it takes to
@@ -216,15 +218,22 @@ class NatsRelay:
 
     async def _resume(self) -> None:
         """Move the checkpoint up to the last event the stream holds, when
-        that is further: a relay killed after JetStream stored a batch but
-        before its checkpoint committed then publishes none of it again,
-        however long it stayed down."""
+        that is further and the stream holds every event in between: a relay
+        killed after JetStream stored a batch but before its checkpoint
+        committed then publishes none of it again, however long it stayed
+        down, and one killed after JetStream refused an event of it (but
+        stored later ones) does not skip that event."""
         published = await self._link.last_position()
         processor, store, name = self._processor, self._processor.store, self.checkpoint_name
         conn = await processor.connection()
         try:
             checkpoint = await store.get_checkpoint(conn, name)
             if published > checkpoint:
+                # Published by a relay that stopped before its checkpoint
+                # moved: JetStream may have refused one of them.
+                await self._link.check_held(
+                    checkpoint, lambda after, limit: store.read_events(conn, after, limit)
+                )
                 await store.update_checkpoint(conn, name, published)
                 self.logger.info(
                     "relay %s: the stream already holds events up to position %d; "
