@@ -465,6 +465,45 @@ def test_an_event_too_large_for_the_stream_stops_the_relay_before_it(
         assert_exactly_once_in_order(js.messages(stream), db)
 
 
+def test_a_relay_run_again_after_an_error_resumes_from_the_stream(
+    tmp_path: Path, js: JetStream
+) -> None:
+    """The same ``NatsRelay`` run again after an error it raised (here: an
+    event too large for the stream, after the batch's first event was
+    stored) resumes from what the stream holds, as a new one would: once the
+    stream takes the event, past the duplicate window, nothing is stored
+    twice."""
+    from nats.js.api import StreamConfig
+
+    stream, prefix = make_stream(js, max_msg_size=1000, duplicate_window=1.0)
+    with made_backend("sqlite", tmp_path) as db:
+        append(db, [Event("Shop", "Order", "o1", "Placed", b"{}")])
+        append(db, [Event("Shop", "Order", "o1", "Big", b'"' + b"x" * 2000 + b'"')])
+        append(db, [Event("Shop", "Order", "o1", "Shipped", b"{}")])
+        r = relay(db, js, stream, prefix, name="again", batch_size=10)
+
+        async def scenario() -> int:
+            async with r:
+                with pytest.raises(MessageTooLarge):
+                    await r.catch_up()
+                async with connected(js.url) as nc:
+                    subjects = [f"{prefix}.>", f"{prefix}-other.>"]
+                    await nc.jetstream().update_stream(
+                        StreamConfig(
+                            name=stream,
+                            subjects=subjects,
+                            max_msg_size=10_000,
+                            duplicate_window=1.0,
+                        )
+                    )
+                await asyncio.sleep(1.5)  # past the duplicate window
+                return await r.catch_up()
+
+        asyncio.run(scenario())
+        assert_exactly_once_in_order(js.messages(stream), db)
+        assert db.checkpoints()["relay_again"] == 3
+
+
 def test_database_connection_failures_are_retried(js: JetStream, tmp_path: Path) -> None:
     """Opening the database fails twice (a real refused connection); the relay
     backs off and carries on."""

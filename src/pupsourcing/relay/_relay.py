@@ -88,6 +88,9 @@ class NatsRelay:
     returns for a message (other than "unavailable") are raised, and so is
     an event whose message (payload and headers) exceeds the server's
     ``max_payload`` or the stream's ``max_msg_size``, before it is sent.
+    Called again after an error (or a cancellation), :meth:`run` and
+    :meth:`catch_up` start as a new relay would: connect, read the stream's
+    limits and resume from what the stream holds.
     """
 
     def __init__(
@@ -185,7 +188,13 @@ class NatsRelay:
                     await self._resume()
                 return await work()
             except Exception as exc:
+                self._synced = False
                 if not self._retryable(exc):
+                    # Run again, the relay starts as a new one would: it
+                    # connects (reading the stream's limits again) and resumes
+                    # from what the stream holds, which its failed batch may
+                    # have reached (or passed, past a refused event).
+                    await self._link.close()
                     raise
                 if self._link.batches != batches:
                     delay = RECONNECT_INITIAL_DELAY  # it worked for a while
@@ -196,11 +205,13 @@ class NatsRelay:
                     exc,
                     delay,
                 )
-                self._synced = False
                 await self._link.close()
                 if await pause(delay, stop):
                     return None
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
+            except BaseException:
+                self._synced = False  # cancelled, maybe mid-batch: resume from the stream
+                raise
 
     def _retryable(self, exc: Exception) -> bool:
         import nats.errors
