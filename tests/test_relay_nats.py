@@ -329,9 +329,12 @@ def test_a_restarted_relay_does_not_resume_past_an_event_jetstream_refused(
     assert [m.position for m in js.messages(stream)] == [1, 3]
 
 
-async def publish_as_the_relay(url: str, stream: str, prefix: str, events: list[Any]) -> None:
+async def publish_as_the_relay(
+    url: str, stream: str, prefix: str, events: list[Any], *, again: bool = False
+) -> None:
     """Publish each of ``events`` as the relay would; ``None`` in between
-    publishes a message on another subject of the stream."""
+    publishes a message on another subject of the stream. ``again``: without
+    ``Nats-Msg-Id``, as if past the duplicate window."""
     from pupsourcing.relay._message import headers
 
     async with connected(url) as nc:
@@ -340,8 +343,11 @@ async def publish_as_the_relay(url: str, stream: str, prefix: str, events: list[
             if event is None:
                 await jsc.publish(f"{prefix}-other.x", b"other", stream=stream)
             else:
+                values = headers(event)
+                if again:
+                    del values["Nats-Msg-Id"]
                 await jsc.publish(
-                    subject_for(event, prefix), event.payload, stream=stream, headers=headers(event)
+                    subject_for(event, prefix), event.payload, stream=stream, headers=values
                 )
 
 
@@ -377,6 +383,27 @@ def test_a_gap_between_messages_of_other_subjects_is_found_at_start(
             assert db.checkpoints().get("relay_mixed", 0) == 0
     relayed = [m.position for m in js.messages(stream) if m.subject.startswith(f"{prefix}.")]
     assert relayed == ([1, 2, 3, 4] if held else [1, 3])
+
+
+def test_messages_an_older_relay_stored_twice_do_not_stop_the_check(
+    tmp_path: Path, js: JetStream
+) -> None:
+    """A stream that holds some events twice (an older relay that published
+    a batch again past the duplicate window) but none missing: the relay
+    resumes after the last."""
+    stream, prefix = make_stream(js)
+    with made_backend("sqlite", tmp_path) as db:
+        for type_ in ("Placed", "Paid", "Shipped"):
+            append(db, [Event("Shop", "Order", "o1", type_, b"{}")])
+        conn = db.connect()
+        one, two, three = db.store.read_events(conn, 0, 10)
+        conn.close()
+        asyncio.run(publish_as_the_relay(js.url, stream, prefix, [one, two, three]))
+        asyncio.run(publish_as_the_relay(js.url, stream, prefix, [two, three], again=True))
+        append(db, [Event("Shop", "Order", "o1", "Closed", b"{}")])
+        assert catch_up(relay(db, js, stream, prefix, name="twice")) == 1
+        assert db.checkpoints()["relay_twice"] == 4
+    assert [m.position for m in js.messages(stream)] == [1, 2, 3, 2, 3, 4]
 
 
 @pytest.mark.parametrize("removal", ["max_msgs", "deleted"])

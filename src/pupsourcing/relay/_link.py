@@ -271,7 +271,7 @@ class Link:
         """Events the stream lacks: their positions, and the sequences of the
         messages under the prefix before and after them."""
         events: list[PersistedEvent] = []
-        read_to = after
+        read_to = matched = after
         index = 0
 
         async def next_event() -> PersistedEvent | None:
@@ -291,8 +291,11 @@ class Link:
         async with contextlib.aclosing(self._messages(start, last_seq)) as messages:
             async for seq, values in messages:
                 position = _position(values)
-                if position is None or position <= after:
-                    previous = seq
+                if position is None or position <= matched:
+                    if matched == after:  # before the first one past the checkpoint
+                        previous = seq
+                    # else a message stored again (an old relay past the
+                    # duplicate window), not one the events need
                     continue
                 missing: list[int] = []
                 while True:
@@ -316,7 +319,7 @@ class Link:
                     )
                 if missing:
                     gaps.append((missing, previous, seq))
-                previous = seq
+                previous, matched = seq, position
         trailing: list[int] = []
         while (event := await next_event()) is not None:
             trailing.append(event.global_position)
