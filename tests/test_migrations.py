@@ -540,3 +540,50 @@ def test_create_schema_accepts_a_column_another_migration_just_added(
         conn.commit()
         assert added
         assert query(conn, "SELECT partition_hash FROM events") == []
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_create_schema_on_an_up_to_date_postgres_store_locks_out_no_writer(
+    api: str, tmp_path: Path
+) -> None:
+    """Every service start may run create_schema (or `pupsourcing migrate`)
+    on a store that has everything already: that must take no lock that
+    stops appends and reads. ALTER TABLE ... ADD COLUMN IF NOT EXISTS takes
+    an ACCESS EXCLUSIVE lock on the events table even when the column is
+    there, and CREATE INDEX IF NOT EXISTS a SHARE lock even when the index
+    is there, each until the migration's transaction ends: behind a long
+    read, every append and read of the events table queued up."""
+    from conftest import made_backend
+    from helpers import event, query
+    from pupsourcing import ExpectedVersion
+
+    with made_backend("postgres", tmp_path) as b:
+        store, writer = b.store, b.connect()
+        if api == "async":
+            b.use_async()
+        migrating = b.connection()
+        b.store.create_schema(migrating)  # the transaction stays open
+        try:
+            query(writer, "SET lock_timeout = '1s'")
+            store.append(writer, ExpectedVersion.any(), [event("a")])
+            assert [e.aggregate_id for e in store.read_events(writer, 0, 10)] == ["a"]
+            store.update_checkpoint(writer, "p", 1)
+            writer.commit()
+        finally:
+            writer.close()
+        migrating.commit()
+        # What is missing is still added, and only that.
+        admin = b.connect()
+        for sql in (
+            "DROP INDEX idx_events_correlation",
+            "DROP TABLE projection_leases",
+            "ALTER TABLE events DROP COLUMN metadata_raw",
+        ):
+            query(admin, sql)
+        admin.commit()
+        b.store.create_schema(migrating)
+        migrating.commit()
+        assert query(admin, "SELECT to_regclass('idx_events_correlation') IS NOT NULL") == [(True,)]
+        assert query(admin, "SELECT count(*), max(metadata_raw) FROM events") == [(1, None)]
+        assert query(admin, "SELECT count(*) FROM projection_leases") == [(0,)]
+        admin.close()

@@ -43,6 +43,20 @@ _DEADLOCK_DETECTED = "40P01"
 _UNDEFINED_COLUMN = "42703"
 _SCHEMA_LOCK_KEY = 0x7075705F736368  # "pup_sch": the advisory lock of create_schema
 
+# The statements of pupsourcing.store.schema, as PostgresDialect.quote writes them.
+_CREATES = re.compile(r'CREATE (?:TABLE|INDEX) IF NOT EXISTS "([a-z0-9_]+)"')
+_ADDS = re.compile(r'ALTER TABLE "[a-z0-9_]+" ADD COLUMN IF NOT EXISTS ([a-z0-9_]+) ')
+_SCHEMA_OBJECTS_SQL = (
+    # "r": the tables and indexes of these names, "c": the events table's
+    # columns, both in the schema CREATE TABLE creates in (none without one).
+    "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) "
+    "SELECT 'r', c.relname FROM pg_class c JOIN ns ON c.relnamespace = ns.oid "
+    "WHERE c.relname = ANY(%s::text[]) "
+    "UNION ALL SELECT 'c', a.attname FROM pg_attribute a "
+    "JOIN pg_class c ON c.oid = a.attrelid JOIN ns ON c.relnamespace = ns.oid "
+    "WHERE c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped"
+)
+
 # -- what JSONB refuses that Python's json module accepts --------------------
 
 NUMERIC_MAX_SCALE = 16383
@@ -470,6 +484,30 @@ class PostgresDialect(Dialect):
         if rows[0][1] is None:  # the read found nothing
             return True, []
         return True, [row[1:] for row in rows]
+
+    def _create_schema(self) -> Plan[None]:
+        """Only what the schema lacks: on tables that exist, ``ALTER TABLE ...
+        ADD COLUMN IF NOT EXISTS`` takes an ACCESS EXCLUSIVE lock and ``CREATE
+        INDEX IF NOT EXISTS`` a SHARE lock even when there is nothing to add,
+        until the transaction ends, and every append (and, behind the first,
+        every read) would wait for them. One catalog query first; the
+        advisory lock of :meth:`create_schema` keeps other migrations from
+        changing the schema in between. Like ``IF NOT EXISTS``, it looks in
+        the schema the tables are created in (the first of ``search_path``)."""
+        statements = self.schema(self.config)
+        names = [m[1] for _, sql in statements if (m := _CREATES.match(sql))]
+        rows = yield Statement(_SCHEMA_OBJECTS_SQL, (names, self.config.events_table), fetch=True)
+        relations = {str(name) for kind, name in rows if kind == "r"}
+        columns = {str(name) for kind, name in rows if kind == "c"}
+        events_existed = self.config.events_table in relations
+        for _, sql in statements:
+            created = _CREATES.match(sql)
+            if created is not None and created[1] in relations:
+                continue
+            added = _ADDS.match(sql)
+            if added is not None and (not events_existed or added[1] in columns):
+                continue  # (a table created just now has every column)
+            yield Statement(sql)
 
     def index_names(self) -> Plan[set[str]]:
         rows = yield Statement(
