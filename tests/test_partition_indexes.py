@@ -158,7 +158,11 @@ def test_processors_warn_once_when_partition_indexes_are_missing(
     names = [f"idx_{table}_part{PARTITIONS}_{key}" for key in range(PARTITIONS)]
     assert missing_indexes(backend) == names
     assert len(warnings) == 1, warnings
-    assert warnings[0].endswith(partition_indexes_sql(backend.name, PARTITIONS))
+    script = partition_indexes_sql(backend.name, PARTITIONS)
+    if backend.name == "postgres":  # built on the live store without locking out appends
+        script = script.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY")
+        assert "on its own, outside a transaction" in warnings[0]
+    assert warnings[0].endswith(script)
     assert f"total_partitions={PARTITIONS}" in warnings[0]
     assert "--create-indexes" in warnings[0]
     assert all(name in warnings[0] for name in names)
@@ -269,3 +273,63 @@ def test_create_indexes_refuses_more_partitions_than_it_indexes() -> None:
     assert result.returncode == 2, result.stderr
     assert "--create-indexes" in result.stderr
     assert "256" in result.stderr
+
+
+def test_create_indexes_on_postgres_lets_appends_through(tmp_path: Path) -> None:
+    """`--create-indexes` runs on a live store: on PostgreSQL it builds the
+    indexes with CREATE INDEX CONCURRENTLY, one at a time. A plain CREATE
+    INDEX takes a SHARE lock on the events table: it waits for the appends
+    in progress, every append queues behind it, and the lock is held until
+    every index is built."""
+    import threading
+
+    from pupsourcing.cli._db import create_partition_indexes
+    from pupsourcing.urls import database
+
+    with made_backend("postgres", tmp_path) as backend:
+        fill(backend, aggregates=20, per_aggregate=2)
+        store = backend.store
+        in_progress, other = backend.connection(), backend.connection()
+        store.append(in_progress, ExpectedVersion.any(), [event("slow")])  # not committed
+        db = database(backend.url, store.config)
+        created: list[list[str]] = []
+        creating = threading.Thread(target=lambda: created.append(create_partition_indexes(db, 2)))
+        creating.start()
+        try:
+            creating.join(0.5)  # waiting for the append in progress by now
+            other.cursor().execute("SET lock_timeout = '1s'")
+            store.append(other, ExpectedVersion.any(), [event("quick")])
+            other.commit()
+        finally:
+            in_progress.commit()
+            creating.join(30)
+        assert not creating.is_alive()
+        table = store.config.events_table
+        assert created == [[f"idx_{table}_part2_0", f"idx_{table}_part2_1"]]
+        assert missing_indexes(backend, 2) == []
+
+
+def test_create_indexes_on_postgres_replaces_an_invalid_leftover(tmp_path: Path) -> None:
+    """A concurrent build that failed or was interrupted leaves an invalid
+    index of the name behind, which IF NOT EXISTS would keep: it is built
+    again, and then valid."""
+    from pupsourcing.cli._db import create_partition_indexes
+    from pupsourcing.urls import database
+
+    with made_backend("postgres", tmp_path) as backend:
+        fill(backend, aggregates=4, per_aggregate=2)
+        table = backend.store.config.events_table
+        leftover = f"idx_{table}_part2_1"
+        admin = backend.connect()
+        admin.autocommit = True
+        with pytest.raises(Exception, match="could not create unique index"):
+            admin.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {leftover} ON {table} (event_type)")
+        assert missing_indexes(backend, 2) == [f"idx_{table}_part2_0", leftover]
+        db = database(backend.url, backend.store.config)
+        assert create_partition_indexes(db, 2) == [f"idx_{table}_part2_0", leftover]
+        assert missing_indexes(backend, 2) == []
+        [(definition,)] = admin.execute(
+            "SELECT pg_get_indexdef(%s::regclass)", (leftover,)
+        ).fetchall()
+        assert "partition_hash" in definition
+        admin.close()

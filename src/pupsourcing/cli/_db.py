@@ -172,14 +172,19 @@ def check_layouts(db: Database, names: list[str], total_partitions: int) -> None
 def create_partition_indexes(db: Database, total_partitions: int) -> list[str]:
     """``--create-indexes``: create the partition indexes for
     ``total_partitions`` that are missing, before any worker starts; returns
-    their names (none on MySQL, which has no partial indexes)."""
+    their names (none on MySQL, which has no partial indexes). The store
+    is live: on PostgreSQL they are built without locking out appends
+    (``CREATE INDEX CONCURRENTLY``, which needs autocommit)."""
     dialect = db.store.dialect
+    online = dialect.builds_indexes_online
     with connection(db) as conn:
+        if online:
+            conn.autocommit = True
         missing: list[str] = db.store._run(
             conn, dialect.missing_partition_indexes(total_partitions)
         )
         if missing:
-            db.store._run(conn, dialect.create_partition_indexes(total_partitions))
+            db.store._run(conn, dialect.create_partition_indexes(total_partitions, online=online))
         conn.commit()
     return missing
 

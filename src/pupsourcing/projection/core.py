@@ -316,18 +316,21 @@ class ProcessorCore:
             return
         missing = yield from self.dialect.missing_partition_indexes(total)
         if missing:
+            # The store is live: statements that let appends go on meanwhile.
+            online = self.dialect.builds_indexes_online
             self.logger.warning(
                 "total_partitions=%d: the events table %s lacks %d of its %d partition "
                 "indexes (%s), so each partitioned processor reads past every other "
                 "partition's rows. Create them once (`pupsourcing projections run "
-                "--partitions %d --create-indexes` does), or run:\n%s",
+                "--partitions %d --create-indexes` does), or run%s:\n%s",
                 total,
                 self.dialect.config.events_table,
                 len(missing),
                 total,
                 ", ".join(missing),
                 total,
-                self.dialect.render_partition_indexes(self.dialect.config, total),
+                " (each statement on its own, outside a transaction)" if online else "",
+                self.dialect.render_partition_indexes(self.dialect.config, total, online=online),
             )
 
     def handler_failed(self, sub: Subscription, failure: ProjectionError) -> ProcessorPlan[None]:

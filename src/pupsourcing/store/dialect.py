@@ -154,6 +154,11 @@ class Dialect(abc.ABC):
     on_duplicate_lease: ClassVar[str] = "ON CONFLICT DO NOTHING"
     """Makes inserting an existing lease row a no-op."""
 
+    builds_indexes_online: ClassVar[bool] = False
+    """Whether :meth:`create_partition_indexes` with ``online`` builds them
+    without locking out writers (PostgreSQL's ``CREATE INDEX CONCURRENTLY``,
+    which runs only on a connection in autocommit mode)."""
+
     schema_lock_sql: ClassVar[str | None] = None
     """Makes a concurrent :meth:`create_schema` wait until this transaction
     ends, where creating the same table at once fails instead of waiting."""
@@ -478,11 +483,28 @@ class Dialect(abc.ABC):
         return f"{header}\n{_script(cls.schema(config))}"
 
     @classmethod
-    def render_partition_indexes(cls, config: StoreConfig, total_partitions: int) -> str:
-        """The partition indexes for ``total_partitions`` as one SQL script."""
-        return _script(
-            partition_index_statements(config, cls.quote, cls.schema_dialect, total_partitions)
+    def partition_index_statements(
+        cls, config: StoreConfig, total_partitions: int, *, online: bool = False
+    ) -> list[tuple[str, str]]:
+        """The partition indexes as ``(comment, statement)`` pairs; with
+        ``online`` where :attr:`builds_indexes_online`, built concurrently
+        (each statement then runs on its own, outside a transaction)."""
+        statements = partition_index_statements(
+            config, cls.quote, cls.schema_dialect, total_partitions
         )
+        if online and cls.builds_indexes_online:
+            return [
+                (why, sql.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1))
+                for why, sql in statements
+            ]
+        return statements
+
+    @classmethod
+    def render_partition_indexes(
+        cls, config: StoreConfig, total_partitions: int, *, online: bool = False
+    ) -> str:
+        """The partition indexes for ``total_partitions`` as one SQL script."""
+        return _script(cls.partition_index_statements(config, total_partitions, online=online))
 
     def schema_sql(self) -> str:
         return self.render_schema(self.config)
@@ -506,11 +528,12 @@ class Dialect(abc.ABC):
         wanted = (partition_index_name(table, total_partitions, k) for k in range(total_partitions))
         return [name for name in wanted if name not in present]
 
-    def create_partition_indexes(self, total_partitions: int) -> Plan[None]:
-        """Create the partition indexes for ``total_partitions`` (idempotent)."""
-        for _, sql in partition_index_statements(
-            self.config, self.quote, self.schema_dialect, total_partitions
-        ):
+    def create_partition_indexes(
+        self, total_partitions: int, *, online: bool = False
+    ) -> Plan[None]:
+        """Create the partition indexes for ``total_partitions`` (idempotent).
+        ``online`` matters only where :attr:`builds_indexes_online`."""
+        for _, sql in self.partition_index_statements(self.config, total_partitions):
             # a literal % must be doubled where it marks placeholders
             yield Statement(sql.replace("%", "%%") if self.placeholder == "%s" else sql)
 

@@ -17,7 +17,7 @@ from pupsourcing.store.config import StoreConfig, validate_identifier
 from pupsourcing.store.dialect import Dialect, build_result
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement
-from pupsourcing.store.schema import SchemaDialect
+from pupsourcing.store.schema import SchemaDialect, partition_index_name
 
 if TYPE_CHECKING:
     pass
@@ -291,6 +291,7 @@ class PostgresDialect(Dialect):
     # Creating a table another transaction is creating fails on the catalog's
     # unique index once that one commits; the lock makes the second wait.
     schema_lock_sql = f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})"
+    builds_indexes_online = True
 
     def __init__(self, config: StoreConfig | None = None, *, notify: bool = True) -> None:
         super().__init__(config)
@@ -508,6 +509,35 @@ class PostgresDialect(Dialect):
             if added is not None and (not events_existed or added[1] in columns):
                 continue  # (a table created just now has every column)
             yield Statement(sql)
+
+    def create_partition_indexes(
+        self, total_partitions: int, *, online: bool = False
+    ) -> Plan[None]:
+        """With ``online`` (on a connection in autocommit mode), ``CREATE INDEX
+        CONCURRENTLY``: appends go on while each index is built, where a
+        plain ``CREATE INDEX`` holds a SHARE lock on the events table, which
+        waits for the appends in progress and makes every other one wait.
+        An index a build interrupted before left invalid (``IF NOT EXISTS``
+        would keep it) is dropped and built again."""
+        if not online:
+            yield from super().create_partition_indexes(total_partitions)
+            return
+        statements = self.partition_index_statements(self.config, total_partitions, online=True)
+        rows = yield Statement(
+            "SELECT c.relname, i.indexrelid::regclass::text FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = %s::regclass AND NOT i.indisvalid",
+            (self.events_table,),
+            fetch=True,
+        )
+        invalid = {str(name): str(qualified) for name, qualified in rows}
+        for key, (_, sql) in enumerate(statements):
+            left = invalid.get(
+                partition_index_name(self.config.events_table, total_partitions, key)
+            )
+            if left is not None:
+                yield Statement(f"DROP INDEX CONCURRENTLY IF EXISTS {left}")
+            yield Statement(sql.replace("%", "%%"))
 
     def index_names(self) -> Plan[set[str]]:
         rows = yield Statement(
