@@ -333,3 +333,34 @@ def test_create_indexes_on_postgres_replaces_an_invalid_leftover(tmp_path: Path)
         ).fetchall()
         assert "partition_hash" in definition
         admin.close()
+
+
+def test_create_indexes_at_once_from_several_processes_on_postgres(tmp_path: Path) -> None:
+    """Workers started together (`--total-partitions N --partition-key K
+    --create-indexes` on every machine) each create the missing indexes:
+    one builds them while the others wait, instead of failing on the
+    catalog (duplicate key in pg_class) or in a deadlock of two concurrent
+    builds on one table."""
+    import threading
+
+    from pupsourcing.cli._db import create_partition_indexes
+    from pupsourcing.urls import database
+
+    with made_backend("postgres", tmp_path) as backend:
+        fill(backend, aggregates=200, per_aggregate=2)
+        failures: list[BaseException] = []
+
+        def create() -> None:
+            try:
+                create_partition_indexes(database(backend.url, backend.store.config), 4)
+            except BaseException as exc:
+                failures.append(exc)
+
+        workers = [threading.Thread(target=create) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert not any(worker.is_alive() for worker in workers)
+        assert failures == []
+        assert missing_indexes(backend, 4) == []

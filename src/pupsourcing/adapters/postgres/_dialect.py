@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,11 @@ _SERIALIZATION_FAILURE = "40001"
 _DEADLOCK_DETECTED = "40P01"
 _UNDEFINED_COLUMN = "42703"
 _SCHEMA_LOCK_KEY = 0x7075705F736368  # "pup_sch": the advisory lock of create_schema
+
+_INDEX_LOCK_KEY = 0x7075705F696478  # "pup_idx": one process builds partition indexes
+_TRY_INDEX_LOCK_SQL = f"SELECT pg_try_advisory_lock({_INDEX_LOCK_KEY})"
+_INDEX_LOCK_PAUSE_SQL = "SELECT pg_sleep(0.2)"
+_INDEX_UNLOCK_SQL = f"SELECT pg_advisory_unlock({_INDEX_LOCK_KEY})"
 
 # The statements of pupsourcing.store.schema, as PostgresDialect.quote writes them.
 _CREATES = re.compile(r'CREATE (?:TABLE|INDEX) IF NOT EXISTS "([a-z0-9_]+)"')
@@ -517,27 +523,43 @@ class PostgresDialect(Dialect):
         CONCURRENTLY``: appends go on while each index is built, where a
         plain ``CREATE INDEX`` holds a SHARE lock on the events table, which
         waits for the appends in progress and makes every other one wait.
-        An index a build interrupted before left invalid (``IF NOT EXISTS``
-        would keep it) is dropped and built again."""
+
+        One process builds at a time (a session advisory lock): two
+        concurrent builds on one table deadlock, and two that create the
+        same index at once fail on the catalog. The lock is tried, not
+        waited for, as a build waits for every statement older than its
+        own to end, the waiting one included. Under it, an index that a
+        build interrupted before left invalid (``IF NOT EXISTS`` would keep
+        it) is dropped and built again."""
         if not online:
             yield from super().create_partition_indexes(total_partitions)
             return
-        statements = self.partition_index_statements(self.config, total_partitions, online=True)
-        rows = yield Statement(
-            "SELECT c.relname, i.indexrelid::regclass::text FROM pg_index i "
-            "JOIN pg_class c ON c.oid = i.indexrelid "
-            "WHERE i.indrelid = %s::regclass AND NOT i.indisvalid",
-            (self.events_table,),
-            fetch=True,
-        )
-        invalid = {str(name): str(qualified) for name, qualified in rows}
-        for key, (_, sql) in enumerate(statements):
-            left = invalid.get(
-                partition_index_name(self.config.events_table, total_partitions, key)
+        while not (yield Statement(_TRY_INDEX_LOCK_SQL, fetch=True))[0][0]:
+            yield Statement(_INDEX_LOCK_PAUSE_SQL, fetch=True)
+        try:
+            rows = yield Statement(
+                "SELECT c.relname, i.indisvalid, i.indexrelid::regclass::text FROM pg_index i "
+                "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass",
+                (self.events_table,),
+                fetch=True,
             )
-            if left is not None:
-                yield Statement(f"DROP INDEX CONCURRENTLY IF EXISTS {left}")
-            yield Statement(sql.replace("%", "%%"))
+            valid = {str(name) for name, is_valid, _ in rows if is_valid}
+            invalid = {
+                str(name): str(qualified) for name, is_valid, qualified in rows if not is_valid
+            }
+            statements = self.partition_index_statements(self.config, total_partitions, online=True)
+            for key, (_, sql) in enumerate(statements):
+                name = partition_index_name(self.config.events_table, total_partitions, key)
+                if name in valid:  # (another process built it meanwhile)
+                    continue
+                if name in invalid:
+                    yield Statement(f"DROP INDEX CONCURRENTLY IF EXISTS {invalid[name]}")
+                yield Statement(sql.replace("%", "%%"))
+        except Exception:
+            with contextlib.suppress(Exception):
+                yield Statement(_INDEX_UNLOCK_SQL, fetch=True)
+            raise
+        yield Statement(_INDEX_UNLOCK_SQL, fetch=True)
 
     def index_names(self) -> Plan[set[str]]:
         rows = yield Statement(
