@@ -587,3 +587,26 @@ def test_create_schema_on_an_up_to_date_postgres_store_locks_out_no_writer(
         assert query(admin, "SELECT count(*), max(metadata_raw) FROM events") == [(1, None)]
         assert query(admin, "SELECT count(*) FROM projection_leases") == [(0,)]
         admin.close()
+
+
+def test_the_generated_sqlite_migration_leaves_go_tables_to_its_header(tmp_path: Path) -> None:
+    """docs/go.md: on SQLite (and MySQL) the generated migration cannot add
+    the columns to the Go library's tables; the ALTER TABLE its header lists
+    does, and the partition indexes need it first."""
+    from test_go_schema import GO_SQLITE
+
+    conn = sqlite3.connect(tmp_path / "go.db")
+    for sql in GO_SQLITE:
+        conn.execute(sql)
+    conn.executescript(generate_sql("sqlite"))
+    assert "partition_hash" not in sqlite_columns(conn, "events")
+    with pytest.raises(sqlite3.OperationalError, match="partition_hash"):
+        conn.executescript(partition_indexes_sql("sqlite", 2))
+    [alter] = [
+        line.removeprefix("--").strip()
+        for line in generate_sql("sqlite").splitlines()
+        if line.startswith("--") and "ALTER TABLE" in line
+    ]
+    conn.executescript(alter)
+    conn.executescript(partition_indexes_sql("sqlite", 2))
+    assert "partition_hash" in sqlite_columns(conn, "events")
