@@ -51,7 +51,7 @@ _INDEX_UNLOCK_SQL = f"SELECT pg_advisory_unlock({_INDEX_LOCK_KEY})"
 
 # The statements of pupsourcing.store.schema, as PostgresDialect.quote writes them.
 _CREATES = re.compile(r'CREATE (?:TABLE|INDEX) IF NOT EXISTS "([a-z0-9_]+)"')
-_ADDS = re.compile(r'ALTER TABLE "[a-z0-9_]+" ADD COLUMN IF NOT EXISTS ([a-z0-9_]+) ')
+_ADDS = re.compile(r'ALTER TABLE "([a-z0-9_]+)" ADD COLUMN IF NOT EXISTS ([a-z0-9_]+) ')
 _SCHEMA_OBJECTS_SQL = (
     # "r": the tables and indexes of these names, "c": the events table's
     # columns, both in the schema CREATE TABLE creates in (none without one).
@@ -512,7 +512,11 @@ class PostgresDialect(Dialect):
             if created is not None and created[1] in relations:
                 continue
             added = _ADDS.match(sql)
-            if added is not None and (not events_existed or added[1] in columns):
+            if (
+                added is not None
+                and added[1] == self.config.events_table
+                and (not events_existed or added[2] in columns)
+            ):
                 continue  # (a table created just now has every column)
             yield Statement(sql)
 
