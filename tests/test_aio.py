@@ -352,6 +352,55 @@ def test_a_connection_still_opening_when_cancelled_is_closed(tmp_path: Path) -> 
     asyncio.run(scenario())
 
 
+def slow_after_the_head_claim(store: Any, seconds: float) -> Any:
+    """``store``, but its append waits ``seconds`` once the aggregate head
+    is claimed (a slow network, say), before the statements that follow."""
+    base = type(store)
+
+    class Slow(base):  # type: ignore[valid-type, misc]
+        async def _query(self, tx: Any, statement: Any) -> Any:
+            rows = await super()._query(tx, statement)
+            claim = statement.sql.lstrip().upper().startswith(("UPDATE", "INSERT", "WITH"))
+            if claim and store.config.aggregate_heads_table in statement.sql:
+                await asyncio.sleep(seconds)
+            return rows
+
+    return Slow(store.config)
+
+
+def test_an_append_cut_short_by_a_timeout_leaves_none_of_it(db: Backend) -> None:
+    """A caller that bounds an append with ``asyncio.timeout`` and goes on
+    with its transaction (commits its other writes) must not commit half an
+    append: the aggregate's head moved past events that were never stored
+    would refuse every later append at the right version."""
+    first = db.connection()
+    db.store.append(first, ExpectedVersion.any(), events(1, "a"))
+    first.commit()
+
+    async def scenario() -> None:
+        store = db.async_store()
+        async with connections(db) as connect:
+            conn = await connect()
+            await store.append(conn, ExpectedVersion.any(), events(1, "other"))  # its own write
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await slow_after_the_head_claim(store, 5).append(
+                        conn, ExpectedVersion.exact(1), events(3, "a")
+                    )
+            await conn.commit()
+            # The append is all or nothing: here nothing (or, on PostgreSQL,
+            # whose append is one statement, all of it).
+            stream = await store.read_aggregate_stream(conn, "Shop", "Order", "a")
+            await conn.rollback()
+            assert [e.aggregate_version for e in stream] in ([1], [1, 2, 3, 4])
+            result = await store.append(conn, ExpectedVersion.exact(stream.version), events(1, "a"))
+            await conn.commit()
+            assert result.to_version == stream.version + 1
+
+    asyncio.run(scenario())
+    assert db.count_events() in (3, 6)
+
+
 def test_waiting_for_a_lock_does_not_block_the_event_loop(db: Backend) -> None:
     holder = db.connection()
     db.store.append(holder, ExpectedVersion.any(), events(1, "a"))  # holds the lock, uncommitted

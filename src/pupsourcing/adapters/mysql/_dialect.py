@@ -23,7 +23,15 @@ from pupsourcing.store import columns
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect, build_result
 from pupsourcing.store.horizon import Probe
-from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, RowDecoder, Statement
+from pupsourcing.store.plan import (
+    COMMIT,
+    ROLLBACK,
+    Plan,
+    Row,
+    RowDecoder,
+    Statement,
+    interrupted,
+)
 from pupsourcing.store.schema import SchemaDialect
 
 MAX_TEXT_CHARS = 255
@@ -687,13 +695,20 @@ class MySQLDialect(Dialect):
             if not returning:
                 stored = yield Statement(self.stored_sql, (count, *key), fetch=True)
             yield from self.check_stored(batch, stored)
-        except Exception as exc:
+        except BaseException as exc:
             # If the undo fails the transaction is already gone; exc says why.
+            # Also when the caller is interrupted between two statements (a
+            # cancelled task, an asyncio.timeout): it may go on with its
+            # transaction, or the connection, in autocommit mode, would stay
+            # in the one begun here. (asyncmy closes a connection cancelled
+            # midway through a reply: the undo fails, the server rolls back.)
             with contextlib.suppress(Exception):
                 if began:
                     yield ROLLBACK
                 elif errno(exc) != ER_LOCK_DEADLOCK:  # a deadlock ended the transaction
                     yield Statement(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            if interrupted(exc):
+                raise
             mapped = yield from self.map_error(exc, batch, expected)
             if mapped is exc:
                 raise

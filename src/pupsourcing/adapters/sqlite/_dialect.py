@@ -18,7 +18,7 @@ from pupsourcing.store import columns
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect, build_result
 from pupsourcing.store.horizon import Probe
-from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, Statement
+from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, Statement, interrupted
 from pupsourcing.store.schema import SchemaDialect
 
 if TYPE_CHECKING:
@@ -323,12 +323,21 @@ class SQLiteDialect(Dialect):
             for offset in range(0, len(batch), _INSERT_CHUNK):
                 chunk = batch[offset : offset + _INSERT_CHUNK]
                 stored += yield self.insert_statement(chunk, start + offset)
-        except Exception as exc:
-            if began:
-                yield ROLLBACK
-            else:
-                yield Statement(f"ROLLBACK TO {_SAVEPOINT}")
-                yield Statement(f"RELEASE {_SAVEPOINT}")
+        except BaseException as exc:
+            # Also when the caller is interrupted (a cancelled task, an
+            # asyncio.timeout): aiosqlite runs the statement it was awaiting
+            # regardless, and the caller may go on to commit its transaction.
+            try:
+                if began:
+                    yield ROLLBACK
+                else:
+                    yield Statement(f"ROLLBACK TO {_SAVEPOINT}")
+                    yield Statement(f"RELEASE {_SAVEPOINT}")
+            except Exception:
+                if not interrupted(exc):
+                    raise
+            if interrupted(exc):
+                raise
             mapped = self.as_conflict(exc, batch, expected)
             if mapped is exc:
                 raise
