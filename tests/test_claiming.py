@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -493,6 +494,71 @@ def test_async_claiming_runners_share_and_hand_over(
     assert len(counts) == 30
     assert set(counts.values()) == {1}
     assert {owner for owner, _ in leases(backend, conn, "async_claimed").values()} == {""}
+
+
+@pytest.mark.parametrize("name", DATABASES)
+def test_cancelling_an_async_claiming_runner_mid_statement_ends_it(
+    name: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """A cancellation (``task.cancel()``, an ``asyncio.timeout``) that
+    arrives while a lease statement waits for the database ends ``run`` with
+    :class:`asyncio.CancelledError`. (asyncmy closes a connection cancelled
+    midway through a reply, so rolling it back fails: that error is no reason
+    to go on renewing leases.)"""
+    import asyncio
+
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = make_store_backend(name)
+    base = type(backend.async_store())
+    leases_table = backend.store.config.leases_table
+    running: list[asyncio.Task[None]] = []
+
+    class CancelledMidLease(base):  # type: ignore[valid-type, misc]
+        async def _query(self, tx: Any, statement: Any) -> Any:
+            if running and leases_table in statement.sql and asyncio.current_task() is running[0]:
+                asyncio.get_running_loop().call_soon(running.pop().cancel)
+            return await super()._query(tx, statement)
+
+    async def scenario() -> None:
+        store = CancelledMidLease(backend.store.config)
+        config = ProcessorConfig(total_partitions=2, poll_interval=0.05)
+        runner = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=1)
+        run = asyncio.create_task(runner.run(Idle()))
+        running.append(run)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(run), 10)
+        assert run.cancelled()
+
+    asyncio.run(scenario())
+
+
+def test_an_interrupted_claiming_runner_whose_rollback_fails_raises_the_interrupt(
+    make_store_backend: Callable[..., Backend],
+) -> None:
+    """The blocking twin: a ``KeyboardInterrupt`` during a lease statement
+    is raised even when rolling back the connection fails as well (it was
+    lost, or left midway through a reply), not retried as a lease error."""
+    backend = make_store_backend("sqlite")
+    base = type(backend.store)
+    leases_table = backend.store.config.leases_table
+
+    class InterruptedMidLease(base):  # type: ignore[valid-type, misc]
+        def _execute(self, tx: Any, statement: Any) -> Any:
+            if leases_table in statement.sql:
+                tx.close()  # its rollback fails
+                raise KeyboardInterrupt
+            return super()._execute(tx, statement)
+
+    store = InterruptedMidLease(backend.store.config)
+    config = ProcessorConfig(total_partitions=2, poll_interval=0.05)
+    runner = ClaimingRunner(backend.connect, store, config, lease_ttl=1)
+    stop = threading.Event()
+    threading.Timer(10, stop.set).start()  # (fails rather than hangs)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(Idle(), stop=stop)
+    assert not stop.is_set()
+    stop.set()
 
 
 def hold_as_dead_process(backend: Backend, name: str, total: int, ttl: float) -> float:

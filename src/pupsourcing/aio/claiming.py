@@ -148,7 +148,12 @@ class AsyncClaimingRunner:
         try:
             result = await self._store._run(conn, plan)
         except BaseException:
-            await self._store._end_transaction(conn, commit=False)
+            # The rollback of a connection that failed, or that asyncmy closed
+            # when a cancellation cut its reply short, fails too: its error
+            # must not take the place of the one raised (a cancellation
+            # would become a lease error, retried).
+            with contextlib.suppress(Exception):
+                await self._store._end_transaction(conn, commit=False)
             raise
         await self._store._end_transaction(conn, commit=True)
         return result

@@ -207,7 +207,12 @@ class ClaimingRunner:
         try:
             result = self._store._run(conn, plan)
         except BaseException:
-            self._store._end_transaction(conn, commit=False)
+            # The rollback of a connection that failed (or that an interrupt
+            # left midway through a reply) may fail too: its error must not
+            # take the place of the one raised (a KeyboardInterrupt would
+            # become a lease error, retried).
+            with contextlib.suppress(Exception):
+                self._store._end_transaction(conn, commit=False)
             raise
         self._store._end_transaction(conn, commit=True)
         return result
