@@ -533,6 +533,64 @@ def test_cancelling_an_async_claiming_runner_mid_statement_ends_it(
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("at", ["renewal", "claim's commit"])
+@pytest.mark.parametrize("name", DATABASES)
+def test_a_cancelled_async_claiming_runner_releases_its_leases(
+    name: str, at: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """Cancelled while a lease statement or its COMMIT waits for the
+    database, the runner still gives back every partition it holds and its
+    member row, not leaving them to expire: on a new connection when the
+    cancellation closed its own (asyncmy), and also the partition whose
+    claim committed just as the cancellation arrived."""
+    import asyncio
+
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = make_store_backend(name)
+    plans = backend.store.dialect.leases
+    armed: list[asyncio.Task[None]] = []
+    claimed: list[bool] = []
+
+    class CancelledThere(type(backend.async_store())):  # type: ignore[misc]
+        def _cancel_if_armed(self) -> None:
+            if armed and asyncio.current_task() is armed[0]:
+                asyncio.get_running_loop().call_soon(armed.pop().cancel)
+
+        async def _query(self, tx: Any, statement: Any) -> Any:
+            if at == "renewal" and statement.sql == plans.renew_sql:
+                self._cancel_if_armed()
+            if statement.sql == plans.acquire_sql and statement.params[3] >= 0:
+                claimed.append(True)  # a partition's claim, not the member row's
+            return await super()._query(tx, statement)
+
+        async def _end_transaction(self, tx: Any, *, commit: bool) -> None:
+            if at == "claim's commit" and claimed:
+                claimed.clear()
+                self._cancel_if_armed()
+            await super()._end_transaction(tx, commit=commit)
+
+    async def scenario() -> str:
+        store = CancelledThere(backend.store.config)
+        config = ProcessorConfig(total_partitions=2, poll_interval=0.05)
+        runner = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=1)
+        run = asyncio.create_task(runner.run(Idle()))
+        if at == "renewal":  # once it holds both partitions
+            deadline = time.monotonic() + 10
+            while runner.held() != {"idle_claimed": [0, 1]}:
+                assert time.monotonic() < deadline, runner.held()
+                await asyncio.sleep(0.01)
+        armed.append(run)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(run), 10)
+        return runner.owner
+
+    owner = asyncio.run(scenario())
+    conn = backend.connection()
+    held = {key: o for key, (o, _) in leases(backend, conn, "idle_claimed").items() if o}
+    assert held == {}, f"{owner} still holds {held}"
+
+
 def test_an_interrupted_claiming_runner_whose_rollback_fails_raises_the_interrupt(
     make_store_backend: Callable[..., Backend],
 ) -> None:

@@ -125,17 +125,27 @@ class AsyncClaimingRunner:
             self._stop_all(None)
             await asyncio.gather(*(p.task for p in self._running.values()), return_exceptions=True)
             error = error or self._reap(pending)
-            try:
-                conn = conn or await self._db()
-                for name, key in pending:
-                    await self._drive(conn, self._plans.release(name, key, self.owner))
-                for p in chosen:
-                    await self._drive(conn, self._plans.leave(p.name, self.owner))
-            except Exception as exc:
-                self._log.warning("partition leases not released (they expire): %s", exc)
-            await close_quietly(conn)
+            await self._release_all(conn, chosen)
         if error is not None:
             raise error
+
+    async def _release_all(self, conn: Any, projections: list[AsyncProjection]) -> None:
+        """Give back every partition this process holds and its member rows
+        (best effort: unreleased ones expire), on ``conn`` or, should that
+        fail (a cancellation may have closed it), on a new connection."""
+        for last in (False, True):
+            try:
+                conn = conn or await self._db()
+                for p in projections:
+                    await self._drive(conn, self._plans.release_all(p.name, self.owner))
+                    await self._drive(conn, self._plans.leave(p.name, self.owner))
+                break
+            except Exception as exc:
+                await close_quietly(conn)
+                conn = None
+                if last:
+                    self._log.warning("partition leases not released (they expire): %s", exc)
+        await close_quietly(conn)
 
     def _stop_all(self, reason: str | None) -> None:
         if reason is not None and self._running:

@@ -299,18 +299,26 @@ class ClaimingRunner:
             part.thread.join()
 
     def _release_all(self, conn: Any, projections: list[Projection]) -> None:
-        """Give back every lease (best effort: unreleased ones expire); the
-        stopped partitions were reaped."""
+        """Give back every partition this process holds and its member rows
+        (best effort: unreleased ones expire), on ``conn`` or, should that
+        fail (an interrupt may have left it midway through a reply), on a
+        new connection. The stopped partitions were reaped."""
+        self._pending_release.clear()  # (released with the rest)
         try:
-            if conn is None:
-                conn = self._db()
-            self._release_pending(conn)
-            for p in projections:
-                self._drive(conn, self._plans.leave(p.name, self.owner))
-        except Exception as exc:
-            self._log.warning("partition leases not released (they expire): %s", exc)
+            for last in (False, True):
+                try:
+                    if conn is None:
+                        conn = self._db()
+                    for p in projections:
+                        self._drive(conn, self._plans.release_all(p.name, self.owner))
+                        self._drive(conn, self._plans.leave(p.name, self.owner))
+                    break
+                except Exception as exc:
+                    _close(conn)
+                    conn = None
+                    if last:
+                        self._log.warning("partition leases not released (they expire): %s", exc)
         finally:
-            self._pending_release.clear()
             _close(conn)
 
 

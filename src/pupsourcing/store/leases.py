@@ -104,6 +104,10 @@ class LeasePlans:
             f"UPDATE {table} SET owner = '', expires_at = 0, heartbeat = {now} "
             f"WHERE {key} AND owner = {p}"
         )
+        self.release_all_sql = (
+            f"UPDATE {table} SET owner = '', expires_at = 0, heartbeat = {now} "
+            f"WHERE projection_name = {p} AND partition_key >= 0 AND owner = {p}"
+        )
         self.delete_sql = f"DELETE FROM {table} WHERE {key} AND owner = {p}"
         self.prune_sql = (
             f"DELETE FROM {table} WHERE projection_name = {p} AND partition_key < 0 "
@@ -151,6 +155,13 @@ class LeasePlans:
         """Free partition ``key`` if ``owner`` holds it."""
         rows = yield Statement(self.release_sql, (projection_name, key, owner), rowcount=True)
         return int(rows[0][0]) == 1
+
+    def release_all(self, projection_name: str, owner: str) -> Plan[int]:
+        """Free every partition of ``projection_name`` that ``owner`` holds
+        (it stops: also one whose claim committed as it was interrupted,
+        which it never ran); how many."""
+        rows = yield Statement(self.release_all_sql, (projection_name, owner), rowcount=True)
+        return int(rows[0][0])
 
     def announce(self, projection_name: str, owner: str, ttl: float) -> Plan[None]:
         """Keep ``owner``'s member row alive for ``ttl`` seconds (and drop
