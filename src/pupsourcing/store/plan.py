@@ -126,7 +126,7 @@ async def drive_async(plan: Generator[I, A, T], execute: Callable[[I], Awaitable
 
     A cancellation (or any ``BaseException``) at an await is thrown into the
     plan too, which may undo what it wrote before it is raised (an append
-    inside the caller's transaction: see :func:`interrupted`). The blocking
+    inside the caller's transaction). The blocking
     :func:`drive` does not: a blocking driver interrupted midway through a
     reply cannot be trusted to run anything more."""
     try:
@@ -143,10 +143,3 @@ async def drive_async(plan: Generator[I, A, T], execute: Callable[[I], Awaitable
         return result
     finally:
         plan.close()
-
-
-def interrupted(exc: BaseException) -> bool:
-    """Whether ``exc``, thrown into a plan, is no error of its statement but
-    an interruption of the caller's (a cancelled task, an ``asyncio.timeout``
-    or ``KeyboardInterrupt``; see :func:`drive_async`)."""
-    return not isinstance(exc, Exception)

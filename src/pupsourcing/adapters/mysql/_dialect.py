@@ -30,7 +30,6 @@ from pupsourcing.store.plan import (
     Row,
     RowDecoder,
     Statement,
-    interrupted,
 )
 from pupsourcing.store.schema import SchemaDialect
 
@@ -707,8 +706,8 @@ class MySQLDialect(Dialect):
                     yield ROLLBACK
                 elif errno(exc) != ER_LOCK_DEADLOCK:  # a deadlock ended the transaction
                     yield Statement(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-            if interrupted(exc):
-                raise
+            if not isinstance(exc, Exception):
+                raise  # an interruption (see drive_async), no error of the append
             mapped = yield from self.map_error(exc, batch, expected)
             if mapped is exc:
                 raise

@@ -18,7 +18,7 @@ from pupsourcing.store import columns
 from pupsourcing.store.config import StoreConfig
 from pupsourcing.store.dialect import Dialect, build_result
 from pupsourcing.store.horizon import Probe
-from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, Statement, interrupted
+from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
 
 if TYPE_CHECKING:
@@ -334,10 +334,10 @@ class SQLiteDialect(Dialect):
                     yield Statement(f"ROLLBACK TO {_SAVEPOINT}")
                     yield Statement(f"RELEASE {_SAVEPOINT}")
             except Exception:
-                if not interrupted(exc):
+                if isinstance(exc, Exception):
                     raise
-            if interrupted(exc):
-                raise
+            if not isinstance(exc, Exception):
+                raise  # an interruption (see drive_async), no error of the append
             mapped = self.as_conflict(exc, batch, expected)
             if mapped is exc:
                 raise
