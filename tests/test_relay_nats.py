@@ -20,7 +20,7 @@ import pytest
 from cli_helpers import cli, cli_argv, cli_env
 from conftest import Backend, made_backend
 from nats_helpers import JetStream, Message, PrivateServer, connected, jetstream, read_stream
-from pupsourcing import Event, ExpectedVersion
+from pupsourcing import Event, ExpectedVersion, PersistedEvent
 from pupsourcing.relay import MessageTooLarge, NatsRelay, subject_for
 
 DATABASES = ["sqlite", "postgres", "mysql"]
@@ -351,6 +351,18 @@ async def publish_as_the_relay(
                 )
 
 
+def order_placed_paid_shipped(db: Backend) -> list[PersistedEvent]:
+    """Append three events of one order, one transaction each; the stored ones."""
+    for type_ in ("Placed", "Paid", "Shipped"):
+        append(db, [Event("Shop", "Order", "o1", type_, b"{}")])
+    conn = db.connect()
+    try:
+        events: list[PersistedEvent] = db.store.read_events(conn, 0, 10)
+        return events
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("held", [False, True])
 def test_a_gap_between_messages_of_other_subjects_is_found_at_start(
     tmp_path: Path, js: JetStream, held: bool
@@ -362,11 +374,7 @@ def test_a_gap_between_messages_of_other_subjects_is_found_at_start(
 
     stream, prefix = make_stream(js)
     with made_backend("sqlite", tmp_path) as db:
-        for type_ in ("Placed", "Paid", "Shipped"):
-            append(db, [Event("Shop", "Order", "o1", type_, b"{}")])
-        conn = db.connect()
-        one, two, three = db.store.read_events(conn, 0, 10)
-        conn.close()
+        one, two, three = order_placed_paid_shipped(db)
         published = (
             [None, one, None, None, two, None, three, None]
             if held
@@ -393,11 +401,7 @@ def test_messages_an_older_relay_stored_twice_do_not_stop_the_check(
     resumes after the last."""
     stream, prefix = make_stream(js)
     with made_backend("sqlite", tmp_path) as db:
-        for type_ in ("Placed", "Paid", "Shipped"):
-            append(db, [Event("Shop", "Order", "o1", type_, b"{}")])
-        conn = db.connect()
-        one, two, three = db.store.read_events(conn, 0, 10)
-        conn.close()
+        one, two, three = order_placed_paid_shipped(db)
         asyncio.run(publish_as_the_relay(js.url, stream, prefix, [one, two, three]))
         asyncio.run(publish_as_the_relay(js.url, stream, prefix, [two, three], again=True))
         append(db, [Event("Shop", "Order", "o1", "Closed", b"{}")])
