@@ -392,6 +392,35 @@ def test_events_tail_filters(backend: Backend) -> None:
     assert "no matching events" in none.stderr
 
 
+def test_events_tail_since_position_0_is_every_event(backend: Backend) -> None:
+    """``--since 0`` (a checkpoint that has handled nothing yet): every event,
+    printed, and with ``-f`` before the new ones."""
+    _filter_events(backend)
+    result = cli("events", "tail", "--json", "--since", "0", "--db", backend.url)
+    assert _positions(result) == [1, 2, 3, 4, 5]
+    assert result.stderr == ""
+    process = subprocess.Popen(
+        cli_argv("events", "tail", "-f", "--json", "--since", "0", "--interval", "0.05"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(PUPSOURCING_DB=backend.url),
+    )
+    lines: list[str] = []
+    reader = _read_lines(process, lines)
+    try:
+        wait_for(lambda: len(lines) >= 5, what="the stored events")
+        append(backend, [Event("Shop", "Order", "o-3", "Placed", b"{}")])  # 6
+        wait_for(lambda: len(lines) == 6, what="the new event")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    reader.join(timeout=5)
+    assert [json.loads(line)["global_position"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
 def test_events_tail_filters_read_back_past_a_page(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -357,7 +357,7 @@ def run_tail(args: argparse.Namespace) -> int:
             conn.rollback()
         if limit == 0:  # none of the stored events: -f starts after them
             latest, floor, upto = [], horizon.visible, horizon.visible
-        elif wanted.narrows:
+        elif wanted.narrows or limit is None:  # --since 0 narrows nothing: all of them
             upto = store.head_position(conn)
             latest, floor = latest_matching(read, upto, wanted, limit)
         else:
