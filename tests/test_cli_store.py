@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -419,6 +420,29 @@ def test_events_tail_since_position_0_is_every_event(backend: Backend) -> None:
             process.kill()
     reader.join(timeout=5)
     assert [json.loads(line)["global_position"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_events_tail_since_time_finds_events_stored_out_of_time_order(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``created_at`` is the writer's: history imported with its own times
+    lands at higher positions than newer events. A whole page older than
+    ``--since`` says nothing about the pages below it."""
+    from pupsourcing.cli import events as events_cli
+
+    recent = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+    old = datetime(2020, 1, 1, tzinfo=UTC)
+    append(backend, [event("o-1", "Placed", created_at=recent)])  # 1
+    append(backend, [event("legacy", f"Imported{i}", created_at=old) for i in range(5)])  # 2-6
+    monkeypatch.setattr(events_cli, "SCAN_PAGE", 2)
+
+    def tail(*args: str) -> list[int]:
+        return _positions(cli("events", "tail", "--json", *args, "--db", backend.url))
+
+    assert tail("--since", "2024-01-01") == [1]
+    assert tail("--since", "2024-06-01T14:00+02:00") == [1]
+    assert tail("--since", "2024-06-01T12:00:00.000001Z") == []
+    assert tail("--since", "2019-12-31", "-n", "2") == [5, 6]
 
 
 def test_events_tail_filters_read_back_past_a_page(

@@ -182,7 +182,9 @@ def latest_matching(
     """The last ``limit`` events (all with ``None``) at or below position
     ``upto`` that pass ``wanted``, ascending, read page by page backwards
     through ``read(after, limit)``; and the position below which it did not
-    look. A ``--since`` time stops it at the first page older than that."""
+    look. A ``--since`` time does not stop it early: ``created_at`` is the
+    writer's, not in position order (history imported with its own times
+    lands above newer events), so no page tells that none below it is newer."""
     found: list[PersistedEvent] = []
     high = upto
     while high > wanted.after and (limit is None or len(found) < limit):
@@ -190,12 +192,6 @@ def latest_matching(
         page = [e for e in read(low, high - low) if e.global_position <= high]
         found[:0] = [e for e in page if wanted(e)]
         high = low
-        if (
-            wanted.since_time is not None
-            and page
-            and max(_aware(e.created_at) for e in page) < wanted.since_time
-        ):
-            break
     if limit is not None and len(found) > limit:
         found = found[-limit:]
         high = found[0].global_position - 1
