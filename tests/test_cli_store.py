@@ -280,6 +280,42 @@ def test_json_output_stays_json_with_nan_and_infinity_payloads(backend: Backend)
     assert '  payload (text): {"x": NaN}' in full.stdout
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"x": 1e400}', b"[-1e999]", b'{"a": 1, "a": 2}', b'{"amount": 12345678901234567.89}'],
+    ids=["overflow", "negative-overflow", "duplicate-key", "more-digits-than-a-float"],
+)
+def test_json_python_cannot_give_back_as_stored_is_not_reshaped(
+    backend: Backend, payload: bytes
+) -> None:
+    """Python reads these as something else (Infinity, which is not JSON; the
+    last of two values; a rounded number): printed from what Python read,
+    the output would be invalid JSON or show a value that is not stored.
+    They are shown as stored: as text, and in --json as base64."""
+    append(backend, [Event("Shop", "Order", "odd", "Odd", payload, metadata=payload)])
+    tail = cli("events", "tail", "--json", "--db", backend.url)
+    assert tail.returncode == 0, tail.stderr
+    [line] = tail.stdout.splitlines()
+    document = _strict_json(line)
+    assert base64.b64decode(document["payload_base64"]) == payload
+    assert base64.b64decode(document["metadata_base64"]) == payload
+    show = cli("stream", "show", "Shop", "Order", "odd", "--json", "--db", backend.url)
+    assert show.returncode == 0, show.stderr
+    _strict_json(show.stdout)
+    full = cli("events", "tail", "--format", "full", "--db", backend.url)
+    assert f"  payload (text): {payload.decode()}" in full.stdout
+
+
+def test_json_numbers_python_reads_exactly_stay_json(backend: Backend) -> None:
+    big = 123456789012345678901234567890
+    payload = b'{"p": 0.1, "q": 2.50, "r": 1E3, "big": %d}' % big
+    append(backend, [Event("Shop", "Order", "n", "Priced", payload)])
+    tail = cli("events", "tail", "--json", "--db", backend.url)
+    assert tail.returncode == 0, tail.stderr
+    document = _strict_json(tail.stdout)
+    assert document["payload"] == {"p": 0.1, "q": 2.5, "r": 1000.0, "big": big}
+
+
 def test_a_payload_nested_too_deeply_for_python_is_shown_as_text(backend: Backend) -> None:
     deep = b"[" * 30_000 + b"]" * 30_000  # deeper than the recursion limit
     append(backend, [Event("Shop", "Order", "deep", "Deep", deep)])
