@@ -274,3 +274,25 @@ def test_non_ascii_data_on_an_ascii_output(sqlite_db: Backend, env: dict[str, st
         assert result.returncode == 0, (command, result.stderr)
         assert "Traceback" not in result.stderr
     assert "caf\\xe9" in result.stdout  # the status table
+
+
+def test_non_ascii_names_typed_in_an_ascii_locale(sqlite_db: Backend) -> None:
+    """A terminal sends the names as UTF-8 whatever the locale says; Python
+    in an ASCII locale reads those bytes as surrogate escapes. The names
+    given to ``stream show`` and the filters are the UTF-8 text typed."""
+    conn = sqlite_db.connect()
+    sqlite_db.store.append(
+        conn,
+        ExpectedVersion.any(),
+        [event("ö-1", "Plaçed", bounded_context="Sälës", aggregate_type="Ördér")],
+    )
+    conn.commit()
+    conn.close()
+    env = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "", "NO_COLOR": "1"}
+    show = cli_process("stream", "show", "Sälës", "Ördér", "ö-1", "--db", sqlite_db.url, **env)
+    assert show.returncode == 0, show.stderr
+    assert "Pla\\xe7ed" in show.stdout
+    filters = ("--type", "Plaçed", "--aggregate-type", "Ördér", "--context", "Sälës")
+    tail = cli_process("events", "tail", "--json", *filters, "--db", sqlite_db.url, **env)
+    assert tail.returncode == 0, tail.stderr
+    assert len(tail.stdout.splitlines()) == 1, tail.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from pupsourcing.store.schema import MAX_PARTITION_INDEXES
 
@@ -43,3 +44,14 @@ def interval(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
+
+
+def typed_text(text: str) -> str:
+    """A name as typed: terminals send UTF-8 whatever the locale, and Python
+    in an ASCII locale reads the bytes beyond ASCII as surrogate escapes
+    (``\\udcc3``) that match no stored name. Those become the UTF-8 text
+    they were; anything else is kept as it is."""
+    try:
+        return os.fsencode(text).decode("utf-8")
+    except UnicodeError:
+        return text

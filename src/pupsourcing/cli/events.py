@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing import PersistedEvent
-from pupsourcing.cli._args import interval, non_negative_int
+from pupsourcing.cli._args import interval, non_negative_int, typed_text
 from pupsourcing.cli._db import add_database_options, connection, open_database
 from pupsourcing.cli._output import plural, rich_for, styled
 from pupsourcing.cli._text import clean, clean_line
@@ -75,12 +75,22 @@ def register(commands: Any) -> None:
         help="line: one line per event (default); full: ids, payload and metadata too",
     )
     filters = tail.add_argument_group("filters (repeat an option to match any of its values)")
-    filters.add_argument("--type", action="append", metavar="EVENT_TYPE", help="event type")
     filters.add_argument(
-        "--aggregate-type", action="append", metavar="AGGREGATE_TYPE", help="aggregate type"
+        "--type", action="append", type=typed_text, metavar="EVENT_TYPE", help="event type"
     )
     filters.add_argument(
-        "--context", action="append", metavar="BOUNDED_CONTEXT", help="bounded context"
+        "--aggregate-type",
+        action="append",
+        type=typed_text,
+        metavar="AGGREGATE_TYPE",
+        help="aggregate type",
+    )
+    filters.add_argument(
+        "--context",
+        action="append",
+        type=typed_text,
+        metavar="BOUNDED_CONTEXT",
+        help="bounded context",
     )
     filters.add_argument(
         "--since",
@@ -104,9 +114,9 @@ def register(commands: Any) -> None:
         description="Print the events of one aggregate in version order. Exits 1 when "
         "the stream has no events (in the given version range).",
     )
-    show.add_argument("bounded_context", metavar="BOUNDED_CONTEXT")
-    show.add_argument("aggregate_type", metavar="AGGREGATE_TYPE")
-    show.add_argument("aggregate_id", metavar="AGGREGATE_ID")
+    show.add_argument("bounded_context", type=typed_text, metavar="BOUNDED_CONTEXT")
+    show.add_argument("aggregate_type", type=typed_text, metavar="AGGREGATE_TYPE")
+    show.add_argument("aggregate_id", type=typed_text, metavar="AGGREGATE_ID")
     show.add_argument("--from-version", type=non_negative_int, metavar="N", help="first version")
     show.add_argument("--to-version", type=non_negative_int, metavar="N", help="last version")
     show.add_argument("--json", action="store_true", help="print the stream as JSON")
