@@ -626,6 +626,21 @@ def test_stream_show(backend: Backend) -> None:
     assert missing.stdout == ""
 
 
+def test_counts_and_versions_beyond_a_bigint_mean_all(backend: Backend) -> None:
+    """As ``tail -n`` with a huge number: every event, not a database error."""
+    append(backend, events(3, "agg-1"))
+    huge = str(2**70)
+    tail = cli("events", "tail", "--json", "-n", huge, "--db", backend.url)
+    assert _positions(tail) == [1, 2, 3]
+    upto = cli("stream", "show", "Shop", "Order", "agg-1", "--json", "--to-version", huge,
+               "--db", backend.url)  # fmt: skip
+    assert upto.returncode == 0, upto.stderr
+    assert len(json.loads(upto.stdout)["events"]) == 3
+    beyond = cli("stream", "show", "Shop", "Order", "agg-1", "--from-version", huge,
+                 "--db", backend.url)  # fmt: skip
+    assert_one_line_error(beyond, "no events in stream Shop/Order/agg-1")
+
+
 def _read_lines(process: subprocess.Popen[str], into: list[str]) -> threading.Thread:
     def pump() -> None:
         assert process.stdout is not None

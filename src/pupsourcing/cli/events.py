@@ -29,6 +29,7 @@ from pupsourcing.cli._text import clean, clean_line
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.cli.signals import stop_on_signals
 from pupsourcing.store import Horizon
+from pupsourcing.store.dialect import MAX_BIGINT
 
 if TYPE_CHECKING:
     from pupsourcing.cli._rich import Renderer
@@ -55,7 +56,7 @@ def register(commands: Any) -> None:
     tail.add_argument(
         "-n",
         "--limit",
-        type=non_negative_int,
+        type=count,
         metavar="N",
         help="how many of the latest (matching) events (default 10; all of them with --since)",
     )
@@ -117,11 +118,17 @@ def register(commands: Any) -> None:
     show.add_argument("bounded_context", type=typed_text, metavar="BOUNDED_CONTEXT")
     show.add_argument("aggregate_type", type=typed_text, metavar="AGGREGATE_TYPE")
     show.add_argument("aggregate_id", type=typed_text, metavar="AGGREGATE_ID")
-    show.add_argument("--from-version", type=non_negative_int, metavar="N", help="first version")
-    show.add_argument("--to-version", type=non_negative_int, metavar="N", help="last version")
+    show.add_argument("--from-version", type=count, metavar="N", help="first version")
+    show.add_argument("--to-version", type=count, metavar="N", help="last version")
     show.add_argument("--json", action="store_true", help="print the stream as JSON")
     add_database_options(show)
     show.set_defaults(handler=run_show)
+
+
+def count(text: str) -> int:
+    """``-n`` and the versions: a non-negative number; one beyond what the
+    database counts in (a BIGINT) means all of them, as with ``tail -n``."""
+    return min(non_negative_int(text), MAX_BIGINT)
 
 
 # -- filters -------------------------------------------------------------------------
