@@ -876,3 +876,72 @@ def test_demo_accepts_a_sqlite_url_and_refuses_servers(tmp_path: Path) -> None:
     assert "demo_orders" in status.stdout
     server = cli("demo", "--db", "postgresql://postgres@127.0.0.1/test", cwd=tmp_path)
     assert_one_line_error(server, "SQLite")
+
+
+# -- events tail -f across a database restart ------------------------------------------
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_events_tail_follow_rides_out_a_database_restart(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    """The database restarts while -f runs: it says it lost the connection,
+    keeps trying with back-off and goes on after the last event it printed,
+    every event once and in order: those committed before the outage but not
+    yet printed, those committed while it still waits to reconnect, and the
+    later ones. (SQLite has no connection to lose.)"""
+    from conftest import close_backend, private_backend
+
+    private = request.getfixturevalue(
+        "private_postgres" if server == "postgres" else "private_mariadb"
+    )
+    backend = private_backend(private)
+    process = subprocess.Popen(
+        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(PUPSOURCING_DB=backend.url),
+    )
+    lines: list[str] = []
+    errors: list[str] = []
+    reader = _read_lines(process, lines)
+    assert process.stderr is not None
+    error_reader = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
+    try:
+        append(backend, events(3, "before"))
+        wait_for(lambda: len(lines) == 3, what="the first events")
+        append(backend, events(2, "unprinted"))  # perhaps not printed before the outage
+        error_reader.start()
+        private.stop()
+        wait_for(
+            lambda: "reconnecting" in "".join(errors) or process.poll() is not None,
+            what="a reconnect line",
+        )
+        time.sleep(1.6)  # it keeps trying, further and further apart
+        assert process.poll() is None, errors
+        private.start()
+        append(backend, events(2, "while-reconnecting"))
+        wait_for(lambda: len(lines) == 7, timeout=60, what="the events after the restart")
+        append(backend, events(3, "after"))
+        wait_for(lambda: len(lines) == 10, what="the later events")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0, errors
+    finally:
+        private.ensure_started()
+        if process.poll() is None:
+            process.kill()
+        close_backend(backend)
+    reader.join(timeout=5)
+    error_reader.join(timeout=5)
+    printed = [json.loads(line) for line in lines]
+    assert [e["global_position"] for e in printed] == list(range(1, 11))
+    assert [e["aggregate_id"] for e in printed] == (
+        ["before"] * 3 + ["unprinted"] * 2 + ["while-reconnecting"] * 2 + ["after"] * 3
+    )
+    text = "".join(errors)
+    assert "events tail lost its connection" in text
+    delays = [float(d) for d in re.findall(r"reconnecting in ([\d.]+)s", text)]
+    assert delays[:4] == [0.1, 0.2, 0.4, 0.8], text  # the processors' back-off
+    assert "events tail reconnected" in text
+    assert "Traceback" not in text

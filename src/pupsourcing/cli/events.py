@@ -23,13 +23,24 @@ from typing import TYPE_CHECKING, Any
 
 from pupsourcing import PersistedEvent
 from pupsourcing.cli._args import interval, non_negative_int, typed_text
-from pupsourcing.cli._db import add_database_options, connection, open_database
+from pupsourcing.cli._db import (
+    add_database_options,
+    close_quietly,
+    connection,
+    is_driver_error,
+    open_database,
+)
+from pupsourcing.cli._db import one_line as error_line
 from pupsourcing.cli._output import plural, rich_for, styled
 from pupsourcing.cli._text import clean, clean_line
+from pupsourcing.cli.console import Console, setup_logging
 from pupsourcing.cli.errors import CommandError
-from pupsourcing.cli.signals import stop_on_signals
+from pupsourcing.cli.signals import logger, stop_on_signals
+from pupsourcing.projection.core import Connect, Disconnect, Instruction, Pause, reconnect
 from pupsourcing.store import Horizon
 from pupsourcing.store.dialect import MAX_BIGINT
+from pupsourcing.store.plan import drive
+from pupsourcing.urls import Database
 
 if TYPE_CHECKING:
     from pupsourcing.cli._rich import Renderer
@@ -50,8 +61,9 @@ def register(commands: Any) -> None:
         "tail",
         help="the latest events; --follow for new ones",
         description="Print the latest events in global-position order. With --follow, "
-        "keep printing new events until SIGINT/SIGTERM; an event is printed once no "
-        "earlier event can still be committed, so none is ever skipped.",
+        "keep printing new events until SIGINT/SIGTERM, reconnecting with back-off when "
+        "the connection is lost; an event is printed once no earlier event can still be "
+        "committed, so none is ever skipped or printed twice.",
     )
     tail.add_argument(
         "-n",
@@ -412,6 +424,8 @@ def run_tail(args: argparse.Namespace) -> int:
             return 0
         # Follow only up to the safe horizon: an event that commits later at a
         # lower position than one already printed would otherwise be missed.
+        # Log lines (a lost connection, a signal) go to stderr, with times.
+        setup_logging(Console(sys.stderr), 0, scrub=db.url.scrub)
         stop = threading.Event()
         with stop_on_signals(stop, "stopping"):
             shown = [e for e in latest if e.global_position <= horizon.safe]
@@ -422,23 +436,91 @@ def run_tail(args: argparse.Namespace) -> int:
                 last = latest[0].global_position - 1
             else:
                 last = max(floor, min(upto, horizon.safe))
-            while not stop.is_set():
-                if horizon.safe > last:
-                    batch = [
-                        e
-                        for e in store.read_events(conn, last, FOLLOW_BATCH)
-                        if e.global_position <= horizon.safe
-                    ]
-                    conn.rollback()
-                    _print_events(filter(wanted, batch), style)
-                    last = batch[-1].global_position if batch else horizon.safe
-                    if len(batch) == FOLLOW_BATCH:
-                        continue
-                if stop.wait(args.interval):
-                    break
-                horizon.observe(store.probe_horizon(conn))
-                conn.rollback()
+            follow = Follow(db, conn, horizon, last, wanted, style, args.interval, stop)
+            try:
+                follow.run()
+            finally:
+                if follow.conn is not conn:  # (the first one closes on the way out)
+                    follow.close()
     return 0
+
+
+@dataclass(slots=True)
+class Follow:
+    """``events tail -f`` after the latest events: print each new event once
+    it is at or below the safe horizon, in position order, until ``stop``.
+    A lost connection is opened again with the projection processors'
+    back-off (:func:`~pupsourcing.projection.core.reconnect`), and printing
+    goes on after ``last``, the last position printed (or passed over):
+    nothing is skipped or printed twice."""
+
+    db: Database
+    conn: Any
+    horizon: Horizon
+    last: int
+    wanted: Filter
+    style: str
+    interval: float
+    stop: threading.Event
+
+    def run(self) -> None:
+        dialect = self.db.store.dialect
+        while not self.stop.is_set():
+            try:
+                self.poll()
+            except Exception as exc:
+                if not (is_driver_error(exc) and dialect.is_connection_error(exc)):
+                    raise
+                self.reconnect(exc)
+
+    def poll(self) -> None:
+        """Print what is safe to print, wait ``interval``, look at the horizon."""
+        store, horizon = self.db.store, self.horizon
+        while horizon.safe > self.last and not self.stop.is_set():
+            batch = [
+                e
+                for e in store.read_events(self.conn, self.last, FOLLOW_BATCH)
+                if e.global_position <= horizon.safe
+            ]
+            self.conn.rollback()
+            _print_events(filter(self.wanted, batch), self.style)
+            self.last = batch[-1].global_position if batch else horizon.safe
+            if len(batch) < FOLLOW_BATCH:
+                break
+        if self.stop.wait(self.interval):
+            return
+        horizon.observe(store.probe_horizon(self.conn))
+        self.conn.rollback()
+
+    def reconnect(self, cause: BaseException) -> None:
+        """Log, close, wait and open again, waiting longer each time, until
+        the database answers or ``stop`` is set. A failure to connect that is
+        no lost connection (a refused password) ends the command."""
+
+        def perform(instruction: Instruction) -> Any:
+            if type(instruction) is Pause:
+                return self.stop.wait(instruction.seconds)
+            if type(instruction) is Disconnect:
+                return self.close()
+            if type(instruction) is Connect:
+                if self.conn is None:
+                    self.conn = self.db.connect()
+                return self.conn
+            raise TypeError(f"unknown instruction {instruction!r}")
+
+        plan = reconnect(self.db.store.dialect, logger, cause, "events tail")
+        try:
+            drive(plan, perform)
+        except Exception as exc:
+            if not is_driver_error(exc):
+                raise
+            url = self.db.url
+            raise CommandError(f"cannot reconnect to {url}: {url.scrub(error_line(exc))}") from None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            close_quietly(self.conn)
+            self.conn = None
 
 
 def run_show(args: argparse.Namespace) -> int:

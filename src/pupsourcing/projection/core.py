@@ -23,7 +23,14 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pupsourcing import _observe
 from pupsourcing.core.errors import PartitionLayoutError, ProjectionError
-from pupsourcing.projection.batch import Handle, StepOutcome, Subscription, release, step
+from pupsourcing.projection.batch import (
+    Handle,
+    Logger,
+    StepOutcome,
+    Subscription,
+    release,
+    step,
+)
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.failures import Failing, dead_letter_step, replay
 from pupsourcing.projection.partition import HashPartitionStrategy
@@ -387,29 +394,36 @@ class ProcessorCore:
         yield Pause(delay)
 
     def reconnect(self, cause: BaseException) -> ProcessorPlan[None]:
-        """Close, wait, open again; double the wait (up to
-        ``RECONNECT_MAX_DELAY``) while the database stays unreachable."""
-        delay = RECONNECT_INITIAL_DELAY
-        error = cause
-        while True:
-            self.logger.error(
-                "projection processor lost its connection (%s); reconnecting in %.1fs",
-                error,
-                delay,
-            )
-            yield DISCONNECT
-            if (yield Pause(delay)):
-                return
-            try:
-                yield CONNECT
-            except Exception as exc:
-                if not self.dialect.is_connection_error(exc):
-                    raise
-                error = exc
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
-                continue
-            self.logger.info("projection processor reconnected")
+        """Close, wait, open again (see :func:`reconnect`)."""
+        yield from reconnect(self.dialect, self.logger, cause)
+
+
+def reconnect(
+    dialect: Dialect, logger: Logger, cause: BaseException, who: str = "projection processor"
+) -> ProcessorPlan[None]:
+    """``who`` lost its connection (``cause``): close, wait, open again; double
+    the wait (up to ``RECONNECT_MAX_DELAY``) while the database stays
+    unreachable. Returns early when a :class:`Pause` is answered with a stop;
+    an error opening the connection that is not a lost connection (a
+    refused password, say) is raised. Each attempt is logged as an error,
+    the reconnect as info. Shared by the processors and ``events tail -f``."""
+    delay = RECONNECT_INITIAL_DELAY
+    error = cause
+    while True:
+        logger.error("%s lost its connection (%s); reconnecting in %.1fs", who, error, delay)
+        yield DISCONNECT
+        if (yield Pause(delay)):
             return
+        try:
+            yield CONNECT
+        except Exception as exc:
+            if not dialect.is_connection_error(exc):
+                raise
+            error = exc
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+            continue
+        logger.info("%s reconnected", who)
+        return
 
 
 class ProcessorBase(Generic[ConnT, StoreT]):
