@@ -945,3 +945,156 @@ def test_events_tail_follow_rides_out_a_database_restart(
     assert delays[:4] == [0.1, 0.2, 0.4, 0.8], text  # the processors' back-off
     assert "events tail reconnected" in text
     assert "Traceback" not in text
+
+
+def test_events_tail_follow_stops_at_once_on_a_signal_while_reconnecting(
+    private_postgres: Any,
+) -> None:
+    """SIGINT while -f waits to reconnect stops it at once, as while it
+    waits for new events, however long the wait it is in."""
+    from conftest import close_backend, private_backend
+
+    backend = private_backend(private_postgres)
+    append(backend, events(1, "first"))
+    process = subprocess.Popen(
+        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(PUPSOURCING_DB=backend.url),
+    )
+    lines: list[str] = []
+    _read_lines(process, lines)
+    errors: list[str] = []
+    assert process.stderr is not None
+    stream = process.stderr
+    threading.Thread(target=lambda: errors.extend(stream), daemon=True).start()
+    try:
+        wait_for(lambda: len(lines) == 1, what="the first event")
+        private_postgres.stop()
+        wait_for(
+            lambda: "reconnecting in 1.6s" in "".join(errors) or process.poll() is not None,
+            what="a long wait to reconnect",
+        )
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0, errors
+        assert time.monotonic() - started < 1.0
+    finally:
+        private_postgres.ensure_started()
+        if process.poll() is None:
+            process.kill()
+        close_backend(backend)
+    assert "Traceback" not in "".join(errors)
+
+
+def test_events_tail_follow_ends_with_one_line_when_reconnecting_is_refused(
+    make_store_backend: Any,
+) -> None:
+    """A lost connection is retried; a refused login on reconnecting is no
+    lost connection: the command ends with one line, without the password."""
+    import uuid
+
+    from conftest import MYSQL_HOST, mysql_admin
+
+    backend = make_store_backend("mysql")
+    append(backend, events(1, "first"))
+    database = backend.scalar("SELECT DATABASE()")
+    user = f"tail_{uuid.uuid4().hex[:12]}"
+    admin = mysql_admin()
+    cursor = admin.cursor()
+    cursor.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'sEcr3t-pw'")
+    try:
+        cursor.execute(f"GRANT SELECT ON `{database}`.* TO '{user}'@'%'")
+        cursor.execute(f"GRANT PROCESS ON *.* TO '{user}'@'%'")
+        url = f"mysql://{user}:sEcr3t-pw@{MYSQL_HOST}:3306/{database}"
+        process = subprocess.Popen(
+            cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(PUPSOURCING_DB=url),
+        )
+        lines: list[str] = []
+        _read_lines(process, lines)
+        try:
+            wait_for(lambda: len(lines) == 1, what="the first event")
+            cursor.execute(f"DROP USER '{user}'@'%'")
+            cursor.execute("SELECT id FROM information_schema.processlist WHERE user = %s", (user,))
+            for (session,) in cursor.fetchall():
+                cursor.execute(f"KILL CONNECTION {int(session)}")
+            status = process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.stderr is not None
+        stderr = process.stderr.read()
+    finally:
+        cursor.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+        admin.close()
+    assert status == 1, stderr
+    assert "Traceback" not in stderr
+    assert "sEcr3t-pw" not in stderr
+    reported = stderr.strip().splitlines()
+    assert "events tail lost its connection" in reported[0]
+    last = reported[-1]
+    assert last.startswith("pupsourcing events tail: error: cannot reconnect to mysql://"), last
+    assert "Access denied" in last
+
+
+@pytest.mark.parametrize("server", ["sqlite", *SERVERS])
+def test_events_tail_follow_ends_with_one_line_when_the_table_is_dropped(
+    server: str, make_store_backend: Any
+) -> None:
+    """An error that is no lost connection is not retried: one line, exit 1."""
+    backend = make_store_backend(server)
+    append(backend, events(1, "first"))
+    process = subprocess.Popen(
+        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(PUPSOURCING_DB=backend.url),
+    )
+    lines: list[str] = []
+    _read_lines(process, lines)
+    try:
+        wait_for(lambda: len(lines) == 1, what="the first event")
+        conn = backend.connect()
+        try:
+            execute(conn, "DROP TABLE events")
+            conn.commit()
+        finally:
+            conn.close()
+        status = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.stderr is not None
+    result = subprocess.CompletedProcess(process.args, status, "", process.stderr.read())
+    assert_one_line_error(result, "pupsourcing events tail: error: database error:")
+
+
+def test_events_tail_follow_into_a_closed_pipe_ends_quietly(make_store_backend: Any) -> None:
+    """``events tail -f | head -n 1``: once head is gone, the next event
+    printed ends the command quietly (141), as Unix tools do."""
+    backend = make_store_backend("sqlite")
+    append(backend, events(1, "first"))
+    process = subprocess.Popen(
+        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(PUPSOURCING_DB=backend.url),
+    )
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["aggregate_id"] == "first"
+        process.stdout.close()
+        append(backend, events(2, "next"))
+        status = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.stderr is not None
+    assert (status, process.stderr.read()) == (141, "")
