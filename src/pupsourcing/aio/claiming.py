@@ -100,6 +100,7 @@ class AsyncClaimingRunner:
                 try:
                     if conn is None:
                         conn = await self._db()
+                        await self._drive(conn, self._plans.prepare())
                         for p in chosen:
                             await self._drive(conn, self._plans.ensure(p.name, total))
                     while pending:
@@ -135,7 +136,9 @@ class AsyncClaimingRunner:
         fail (a cancellation may have closed it), on a new connection."""
         for last in (False, True):
             try:
-                conn = conn or await self._db()
+                if conn is None:
+                    conn = await self._db()
+                    await self._drive(conn, self._plans.prepare())
                 for p in projections:
                     await self._drive(conn, self._plans.release_all(p.name, self.owner))
                     await self._drive(conn, self._plans.leave(p.name, self.owner))

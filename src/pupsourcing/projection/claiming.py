@@ -177,6 +177,7 @@ class ClaimingRunner:
                 try:
                     if conn is None:
                         conn = self._db()
+                        self._drive(conn, self._plans.prepare())
                         for p in chosen:
                             self._drive(conn, self._plans.ensure(p.name, self.total_partitions))
                     self._release_pending(conn)
@@ -309,6 +310,7 @@ class ClaimingRunner:
                 try:
                     if conn is None:
                         conn = self._db()
+                        self._drive(conn, self._plans.prepare())
                     for p in projections:
                         self._drive(conn, self._plans.release_all(p.name, self.owner))
                         self._drive(conn, self._plans.leave(p.name, self.owner))

@@ -154,6 +154,15 @@ class Dialect(abc.ABC):
     on_duplicate_lease: ClassVar[str] = "ON CONFLICT DO NOTHING"
     """Makes inserting an existing lease row a no-op."""
 
+    read_committed_sql: ClassVar[str | None] = (
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED"
+    )
+    """Makes the session's later transactions READ COMMITTED, whatever the
+    server's, database's or role's default (``None``: the database has no
+    such levels). The lease loop's compare-and-set updates need it: under
+    REPEATABLE READ or SERIALIZABLE a row another process changed while the
+    update waited for it is a serialization failure, not a row read again."""
+
     builds_indexes_online: ClassVar[bool] = False
     """Whether :meth:`create_partition_indexes` with ``online`` builds them
     without locking out writers (PostgreSQL's ``CREATE INDEX CONCURRENTLY``,

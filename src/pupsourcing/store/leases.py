@@ -85,6 +85,7 @@ class LeasePlans:
 
     def __init__(self, dialect: Dialect) -> None:
         p, now = dialect.placeholder, dialect.epoch_now_sql
+        self.read_committed_sql = dialect.read_committed_sql
         table = dialect.quote(dialect.config.leases_table)
         key = f"projection_name = {p} AND partition_key = {p}"
         self.placeholder = p
@@ -113,6 +114,15 @@ class LeasePlans:
             f"DELETE FROM {table} WHERE projection_name = {p} AND partition_key < 0 "
             f"AND expires_at < {now} - {p}"
         )
+
+    def prepare(self) -> Plan[None]:
+        """Make a new lease connection's transactions READ COMMITTED (see
+        :attr:`Dialect.read_committed_sql
+        <pupsourcing.store.dialect.Dialect.read_committed_sql>`): each
+        compare-and-set then judges the row as last committed, also when
+        the database, role or server defaults to a stricter level."""
+        if self.read_committed_sql is not None:
+            yield Statement(self.read_committed_sql)
 
     def ensure(self, projection_name: str, total_partitions: int) -> Plan[None]:
         """Create the free rows of partitions ``0..total_partitions-1`` that are missing."""

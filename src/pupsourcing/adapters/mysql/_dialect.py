@@ -236,6 +236,7 @@ class MySQLDialect(Dialect):
     epoch_now_sql = "UNIX_TIMESTAMP(CURRENT_TIMESTAMP(6))"
     lease_seconds_type = "DOUBLE"
     on_duplicate_lease = "ON DUPLICATE KEY UPDATE owner = owner"
+    read_committed_sql = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
     on_duplicate_checkpoint = "ON DUPLICATE KEY UPDATE projection_name = projection_name"
     snapshot_on_conflict = (
         "ON DUPLICATE KEY UPDATE schema_version = VALUES(schema_version), state = VALUES(state)"

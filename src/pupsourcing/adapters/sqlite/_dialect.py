@@ -87,6 +87,7 @@ class SQLiteDialect(Dialect):
     now_sql = _NOW
     epoch_now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
     lease_seconds_type = "REAL"
+    read_committed_sql = None
     begin_sql = "BEGIN IMMEDIATE"
     defers_write_lock = True
     schema_dialect = SchemaDialect(
