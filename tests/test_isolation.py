@@ -130,3 +130,63 @@ def test_a_claim_that_waited_on_a_lease_row_is_no_lost_connection(
         stop.set()
         thread.join(timeout=10)
     assert records.messages(logging.WARNING) == []
+
+
+@pytest.mark.parametrize("name", ["postgres", "mysql"])
+def test_a_lease_lock_time_out_keeps_the_connection(
+    name: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """A lock wait time-out in the lease loop is retried on the same
+    connection, not taken for a lost one (closed and opened again)."""
+    from helpers import LogRecords
+    from pupsourcing.projection import ClaimingRunner, ProcessorConfig
+
+    backend = make_store_backend(name)
+    plain = backend.connect
+    lease_thread: list[threading.Thread] = []
+    opened = [0]
+
+    def connect() -> Any:
+        conn = plain()
+        cursor = conn.cursor()
+        if name == "postgres":
+            cursor.execute("SET lock_timeout = '200ms'")
+        else:
+            cursor.execute("SET SESSION innodb_lock_wait_timeout = 1")
+        cursor.close()
+        conn.commit()
+        if threading.current_thread() in lease_thread:
+            opened[0] += 1
+        return conn
+
+    store = backend.store
+    setup = backend.connection()
+    store._run(setup, store.dialect.leases.ensure("iso", 1))
+    setup.commit()
+    holder = backend.connection()
+    cursor = holder.cursor()
+    cursor.execute(
+        "UPDATE projection_leases SET heartbeat = heartbeat + 1 "
+        "WHERE projection_name = 'iso' AND partition_key = 0"
+    )
+    cursor.close()
+    records = LogRecords(f"iso-timeout-{name}")
+    config = ProcessorConfig(total_partitions=1, poll_interval=0.05, logger=records.logger)
+    runner = ClaimingRunner(connect, store, config, lease_ttl=1.5, owner="a")
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(_Idle(),), kwargs={"stop": stop})
+    lease_thread.append(thread)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not records.messages(logging.WARNING) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        holder.commit()
+        while runner.held() != {"iso": [0]} and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert runner.held() == {"iso": [0]}
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert opened[0] == 1
+    assert records.messages(logging.WARNING)  # the time-out is still told

@@ -111,8 +111,9 @@ class AsyncClaimingRunner:
                     last_ok = time.monotonic()
                 except Exception as exc:
                     self._log.warning("partition leases: %s; retrying", exc)
-                    await close_quietly(conn)
-                    conn = None
+                    if not self._store.dialect.is_transient(exc):  # else rolled back, usable
+                        await close_quietly(conn)
+                        conn = None
                     if time.monotonic() - last_ok > self.lease_ttl * 0.8:
                         self._stop_all("its leases could not be renewed")
                 deadline = time.monotonic() + pause

@@ -186,8 +186,9 @@ class ClaimingRunner:
                     last_ok = time.monotonic()
                 except Exception as exc:
                     self._log.warning("partition leases: %s; retrying", exc)
-                    _close(conn)
-                    conn = None
+                    if not self._store.dialect.is_transient(exc):  # else rolled back, usable
+                        _close(conn)
+                        conn = None
                     if time.monotonic() - last_ok > self.lease_ttl * 0.8:
                         self._stop_all("its leases could not be renewed")
                 deadline = time.monotonic() + pause
