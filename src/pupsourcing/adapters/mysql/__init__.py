@@ -29,9 +29,11 @@ savepoint and rolls back to it, so the caller's earlier writes survive an
 :class:`~pupsourcing.OptimisticConcurrencyError`. On an autocommit connection
 with no transaction open the append begins one itself and commits it (or rolls
 it back) before returning, so it is atomic there too. A duplicate key (errno
-1062) and a deadlock (errno 1213) are optimistic concurrency conflicts; after a
-deadlock the server has rolled back the caller's whole transaction, as it
-always does, and the error says so.
+1062), a deadlock (errno 1213) and MariaDB's "Record has changed since last
+read" (errno 1020, under ``innodb_snapshot_isolation``, the default from 11.6)
+are optimistic concurrency conflicts; after the last two the server has
+rolled back the caller's whole transaction, as it always does, and the error
+says so.
 
 Limits
 ------

@@ -47,6 +47,10 @@ KEY_COLLATION = "utf8mb4_bin"
 
 ER_DUP_ENTRY = 1062
 ER_LOCK_DEADLOCK = 1213
+ER_CHECKREAD = 1020
+"""MariaDB's "Record has changed since last read" (``innodb_snapshot_isolation``,
+on by default from 11.6): like a deadlock, it rolls back the whole transaction."""
+_ROLLED_BACK = (ER_LOCK_DEADLOCK, ER_CHECKREAD)
 ER_BAD_FIELD_ERROR = 1054  # unknown column
 ER_DUP_FIELDNAME = 1060  # duplicate column name
 ER_LOCK_WAIT_TIMEOUT = 1205
@@ -455,7 +459,7 @@ class MySQLDialect(Dialect):
             raise
 
     def is_transient(self, exc: BaseException) -> bool:
-        return errno(exc) in (ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK)
+        return errno(exc) in (ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK, ER_CHECKREAD)
 
     def is_connection_error(self, exc: BaseException) -> bool:
         number = errno(exc)
@@ -705,7 +709,7 @@ class MySQLDialect(Dialect):
             with contextlib.suppress(Exception):
                 if began:
                     yield ROLLBACK
-                elif errno(exc) != ER_LOCK_DEADLOCK:  # a deadlock ended the transaction
+                elif errno(exc) not in _ROLLED_BACK:  # these ended the transaction
                     yield Statement(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
             if not isinstance(exc, Exception):
                 raise  # an interruption (see drive_async), no error of the append
@@ -778,5 +782,10 @@ class MySQLDialect(Dialect):
             return (
                 "a concurrent transaction locked this aggregate first and the server "
                 f"rolled back this whole transaction to resolve the deadlock ({exc})"
+            )
+        if errno(exc) == ER_CHECKREAD:
+            return (
+                "a concurrent transaction changed this aggregate after this transaction "
+                f"began reading, and the server rolled back this whole transaction ({exc})"
             )
         return super().conflict_reason(exc)
