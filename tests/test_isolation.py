@@ -272,3 +272,46 @@ def test_an_append_after_a_read_loses_a_race_as_a_conflict(
     theirs.commit()
     store.append(mine, ExpectedVersion.exact(3), [event("a")])
     mine.commit()
+
+
+def test_a_projection_batch_holds_no_append_back_under_mariadb_serializable(
+    make_store_backend: Callable[..., Backend],
+) -> None:
+    """MariaDB's SERIALIZABLE makes plain reads locking: the batch's read of
+    the newest events locked the end of the events table until the batch
+    committed, so every append waited for the projection's handler."""
+    from pupsourcing.projection import ProcessorConfig
+
+    backend = isolated(make_store_backend("mysql"), "SERIALIZABLE")
+    store = backend.store
+    conn, other = backend.connection(), backend.connection()
+    for i in range(3):
+        store.append(conn, ExpectedVersion.any(), [event(f"agg-{i}")])
+    conn.commit()
+    entered = threading.Event()
+    took: list[float] = []
+
+    class Slow:
+        name = "slow"
+
+        def handle(self, e: Any, tx: Any) -> None:
+            if e.global_position == 3:
+                entered.set()
+                time.sleep(1)
+
+    def append() -> None:
+        entered.wait(10)
+        started = time.monotonic()
+        store.append(other, ExpectedVersion.any(), [event("late")])
+        other.commit()
+        took.append(time.monotonic() - started)
+
+    appender = threading.Thread(target=append)
+    appender.start()
+    processor = backend.Processor(backend.connect, store, ProcessorConfig(poll_interval=0.01))
+    try:
+        processor.catch_up(Slow())
+    finally:
+        processor.close()
+        appender.join()
+    assert took[0] < 0.5

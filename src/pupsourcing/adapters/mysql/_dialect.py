@@ -445,8 +445,20 @@ class MySQLDialect(Dialect):
         return "mariadb" if self.server is not None and self.server.mariadb else "mysql"
 
     def prepare_processor(self) -> Plan[None]:
-        yield from self.server_info()  # which server: MySQL or MariaDB
-        rows = yield Statement("SELECT @@character_set_results", fetch=True)
+        """Also: a session that is SERIALIZABLE becomes REPEATABLE READ (the
+        server's default). SERIALIZABLE makes every plain read of a
+        transaction a locking read, and a batch's read of the newest events
+        would lock the end of the events table, holding every append back
+        until the batch (its handler's work included) commits."""
+        info = yield from self.server_info()  # which server: MySQL or MariaDB
+        # MariaDB before 11.1 knows only tx_isolation, MySQL 8 only transaction_isolation.
+        level = "tx_isolation" if info.mariadb else "transaction_isolation"
+        rows = yield Statement(f"SELECT @@character_set_results, @@SESSION.{level}", fetch=True)
+        isolation = rows[0][1]
+        if isinstance(isolation, bytes | bytearray):
+            isolation = isolation.decode("ascii", "replace")
+        if str(isolation).upper() == "SERIALIZABLE":
+            yield Statement("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         try:
             yield from innodb_status(rows[0][0])
         except Exception as exc:
