@@ -5,6 +5,7 @@ goes on. Every database, both APIs."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from typing import Any
@@ -334,3 +335,68 @@ def test_create_schema_is_idempotent_with_the_dead_letters_table(backend: Backen
     assert backend.store.list_dead_letters(conn) == []
     assert backend.store.count_dead_letters(conn) == {}
     conn.rollback()
+
+
+def _failure_lines(logs: LogRecords, position: int) -> list[logging.LogRecord]:
+    return [r for r in logs.records if f"global position {position}" in r.getMessage()]
+
+
+def test_a_retried_attempt_is_a_warning_and_the_outcome_one_error(backend: Backend) -> None:
+    """One poisoned event, two attempts, then a dead letter: a line per
+    attempt (WARNING, naming the attempt), and one ERROR for the outcome with
+    the handler's traceback; no traceback on the attempts that were retried."""
+    positions = setup(backend, ["Ok", "Poison", "Ok"])
+    poison = positions[1]
+    logs = LogRecords(f"test.dead_letters.{uuid.uuid4().hex}")
+    config = ProcessorConfig(max_attempts=2, on_failure="dead_letter", logger=logs.logger)
+    with backend.Processor(backend.connect, backend.store, config) as processor:
+        assert processor.catch_up(Poisoned(backend)) == 2
+    lines = _failure_lines(logs, poison)
+    errors = [r for r in lines if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    [error] = errors
+    assert "dead letter" in error.getMessage()
+    assert error.exc_info is not None
+    assert isinstance(error.exc_info[1], ValueError)
+    warnings = [r for r in lines if r.levelno == logging.WARNING]
+    assert ["attempt 1 of 2" in r.getMessage() for r in warnings] == [True, False]
+    assert "attempt 2 of 2" in warnings[1].getMessage()
+    assert all(r.exc_info is None for r in warnings)
+    for record in lines:
+        assert "poisoned" in record.getMessage()
+        assert record.__dict__["projection"] == "poisoned"
+        assert record.__dict__["global_position"] == poison
+        assert record.__dict__["max_attempts"] == 2
+
+
+def test_the_stop_policy_logs_one_error_for_its_last_attempt(backend: Backend) -> None:
+    positions = setup(backend, ["Ok", "Poison", "Ok"])
+    poison = positions[1]
+    logs = LogRecords(f"test.dead_letters.{uuid.uuid4().hex}")
+    config = ProcessorConfig(
+        max_attempts=2, total_partitions=2, partition_key=_partition_of("a"), logger=logs.logger
+    )
+    with (
+        backend.Processor(backend.connect, backend.store, config) as processor,
+        pytest.raises(ProjectionError),
+    ):
+        processor.catch_up(Poisoned(backend))
+    lines = _failure_lines(logs, poison)
+    [warning] = [r for r in lines if r.levelno == logging.WARNING]
+    assert "attempt 1 of 2" in warning.getMessage()
+    assert warning.exc_info is None
+    [error] = [r for r in lines if r.levelno >= logging.ERROR]
+    message = error.getMessage()
+    assert "attempt 2 of 2" in message
+    assert "checkpoint stays at 0" in message  # the batch began with the first event
+    assert error.exc_info is not None
+    assert isinstance(error.exc_info[1], ValueError)
+    for record in lines:  # which partition failed
+        assert f"poisoned (partition {config.partition_key} of 2)" in record.getMessage()
+        assert record.__dict__["checkpoint_name"] == f"poisoned_p{config.partition_key}"
+        assert record.__dict__["partition"] == config.partition_key
+
+
+def _partition_of(aggregate_id: str) -> int:
+    strategy = HashPartitionStrategy()
+    return next(k for k in range(2) if strategy.should_process(aggregate_id, k, 2))

@@ -207,6 +207,25 @@ class Subscription:
             batch_size=config.batch_size,
         )
 
+    @property
+    def label(self) -> str:
+        """How log lines name it: ``orders``, or ``orders (partition 1 of 4)``."""
+        if self.total_partitions <= 1:
+            return self.name
+        return f"{self.name} (partition {self.partition_key} of {self.total_partitions})"
+
+    def log_fields(self, **more: object) -> dict[str, object]:
+        """The ``extra`` of its log records: which projection and partition."""
+        fields: dict[str, object] = {
+            "projection": self.name,
+            "checkpoint_name": self.checkpoint_name,
+        }
+        if self.total_partitions > 1:
+            fields["partition"] = self.partition_key
+            fields["total_partitions"] = self.total_partitions
+        fields.update(more)
+        return fields
+
     def select(self, rows: Sequence[Row]) -> Sequence[Row]:
         """The fetched rows of this partition's events. Rows of a partitioned
         read end with ``partition_hash`` (see :meth:`decoder`)."""
@@ -542,8 +561,8 @@ def _after_failed_handler(
     processor handled the batch (two claiming workers overlap briefly while
     a lease changes hands), and the failure was most likely their writes
     clashing (a unique key of the read model), so the batch is dropped as
-    contended. Otherwise logs the failure and answers ``False``: the caller
-    raises ``failure``."""
+    contended. Otherwise answers ``False``: the caller raises ``failure``
+    (the processor logs it, knowing whether it tries the batch again)."""
     cause = failure.__cause__
     failed = database_failure(dialect, cause)
     if failed is not None:
@@ -558,21 +577,15 @@ def _after_failed_handler(
         logger.warning(
             "projection %s failed at global position %d while another processor moved its "
             "checkpoint from %d to %d; batch dropped, the other processor handled it (%s: %s)",
-            sub.name,
+            sub.label,
             failure.global_position,
             checkpoint,
             current,
             type(cause).__name__,
             cause,
+            extra=sub.log_fields(global_position=failure.global_position),
         )
         return True
-    logger.error(
-        "projection %s failed at global position %d; batch rolled back, checkpoint stays at %d",
-        sub.name,
-        failure.global_position,
-        checkpoint,
-        exc_info=failure.__cause__,
-    )
     return False
 
 

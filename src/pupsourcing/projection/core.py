@@ -354,22 +354,50 @@ class ProcessorCore:
             failing.attempts += 1
             failing.error = error
         limit = self.config.max_attempts
+        # A line per attempt, with the attempt's number: a WARNING while the
+        # batch is tried again, an ERROR with the traceback for the outcome
+        # (the dead letter's own line, or stopping here).
+        fields = sub.log_fields(
+            global_position=failing.position,
+            checkpoint=sub.checkpoint,
+            attempt=failing.attempts,
+            max_attempts=limit,
+        )
         if failing.attempts < limit:
             delay = failing.retry_delay()
-            self.logger.warning(
-                "projection %s failed at global position %d (attempt %d of %d); retrying in %.1fs",
-                sub.name,
-                failing.position,
-                failing.attempts,
-                limit,
-                delay,
-            )
-            yield Pause(delay)
+            next_step = f"retrying in {delay:.1f}s"
         elif self.config.on_failure == "dead_letter":
             failing.due = True
+            next_step = "recording the event as a dead letter"
         else:
             del self._failing[sub.checkpoint_name]
+            self.logger.error(
+                "projection %s failed at global position %d; batch rolled back, checkpoint "
+                "stays at %s (attempt %d of %d; stopping)",
+                sub.label,
+                failing.position,
+                sub.checkpoint,
+                failing.attempts,
+                limit,
+                exc_info=error,
+                extra=fields,
+            )
             raise failure
+        self.logger.warning(
+            "projection %s failed at global position %d; batch rolled back, checkpoint stays "
+            "at %s (attempt %d of %d: %s: %s; %s)",
+            sub.label,
+            failing.position,
+            sub.checkpoint,
+            failing.attempts,
+            limit,
+            type(error).__name__,
+            " ".join(str(error).split()),  # one line per attempt
+            next_step,
+            extra=fields,
+        )
+        if not failing.due:
+            yield Pause(delay)
 
     def replay_dead_letters(self, sub: Subscription) -> ProcessorPlan[int]:
         """Hand the subscription's dead letters to the projection again (see

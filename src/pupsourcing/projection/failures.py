@@ -87,18 +87,18 @@ def dead_letter_step(
     logger.error(
         "projection %s: the event at global position %d failed %d time%s (%s); recorded in "
         "%s as a dead letter, checkpoint moved past it",
-        sub.name,
+        sub.label,
         position,
         failing.attempts,
         "" if failing.attempts == 1 else "s",
         type(failing.error).__name__,
         dialect.config.dead_letters_table,
-        extra={
-            "projection": sub.name,
-            "checkpoint_name": sub.checkpoint_name,
-            "global_position": position,
-            "attempts": failing.attempts,
-        },
+        exc_info=failing.error,  # the attempts' lines had no traceback
+        extra=sub.log_fields(
+            global_position=position,
+            attempts=failing.attempts,
+            max_attempts=failing.attempts,
+        ),
     )
     return _record(sub, len(events), len(rows), position, logger)
 
