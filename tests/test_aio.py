@@ -621,3 +621,33 @@ def test_mypy_strict_refuses_mixing_the_apis(tmp_path: Path) -> None:
     assert 'Argument 1 to "catch_up" of "Processor" has incompatible type "Balances"' in (
         result.stdout
     )
+
+
+@pytest.mark.mysql
+def test_asyncmy_logs_no_note_for_a_schema_that_exists(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncmy logs each note of a statement as a WARNING: ``create_schema`` on
+    an existing store said "Table 'events' already exists" once per table,
+    each time a service started. The notes are off while the schema is
+    created, and back on for the caller's statements after it."""
+    require("asyncmy")
+    with made_backend("mysql", tmp_path) as db:
+        store = db.async_store()
+
+        async def main() -> None:
+            async with connections(db) as connect:
+                conn = await connect()
+                with caplog.at_level(logging.WARNING, logger="asyncmy"):
+                    await store.create_schema(conn)
+                    await store.create_schema(conn)
+                    await conn.commit()
+                    async with AsyncProcessor(connect, store) as processor:
+                        await processor.catch_up(AsyncReadModel(db))
+                    assert [r.getMessage() for r in caplog.records] == []
+                    await execute(conn, "DROP TABLE IF EXISTS no_such_table")
+                assert [r.getMessage() for r in caplog.records] == [
+                    "Unknown table 'test.no_such_table'".replace("test", db.database)
+                ]
+
+        asyncio.run(main())

@@ -411,6 +411,23 @@ class MySQLDialect(Dialect):
     def update_checkpoint_statement(self, projection_name: str, position: int) -> Statement:
         return Statement(self.update_checkpoint_sql, (projection_name, position, position))
 
+    def create_schema(self) -> Plan[None]:
+        # Each CREATE TABLE IF NOT EXISTS (and index, column) that finds its
+        # object leaves a note, which asyncmy logs as a WARNING ("Table
+        # 'events' already exists", per table, at every start). Notes are
+        # turned off for these statements only; warnings still count, and
+        # the session's setting is put back, also when a statement fails.
+        [(notes,)] = yield Statement("SELECT @@SESSION.sql_notes", fetch=True)
+        restore = Statement(f"SET SESSION sql_notes = {int(notes)}")
+        yield Statement("SET SESSION sql_notes = 0")
+        try:
+            yield from super().create_schema()
+        except Exception:
+            with contextlib.suppress(Exception):  # the statement's failure is raised next
+                yield restore
+            raise
+        yield restore
+
     def existing_event_columns(self) -> Plan[set[str]]:
         rows = yield Statement(
             "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
