@@ -294,6 +294,16 @@ def test_create_schema_is_idempotent(backend: Backend) -> None:
     assert backend.count_events() == 1
 
 
+def test_create_schema_in_an_open_transaction(backend: Backend) -> None:
+    """What docs/adapters/mysql.md and the docstring say: MySQL's DDL commits
+    the caller's pending writes; PostgreSQL and SQLite leave them to it."""
+    store, conn = backend.store, backend.connection()
+    store.append(conn, ExpectedVersion.any(), events(1))
+    store.create_schema(conn)
+    conn.rollback()
+    assert backend.count_events() == (1 if backend.name == "mysql" else 0)
+
+
 def test_schema_sql_matches_migrations(backend: Backend) -> None:
     from pupsourcing.migrations import generate_sql
 

@@ -265,5 +265,12 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         return self._run(tx, self.dialect.leases.list(projection_name))
 
     def create_schema(self, tx: ConnT) -> None:
-        """Create the tables and indexes if they do not exist."""
+        """Create the tables and indexes if they do not exist.
+
+        On MySQL and MariaDB each ``CREATE``/``ALTER`` statement commits
+        implicitly: a transaction open on ``tx`` is committed, with whatever
+        it wrote, before the first one (the server cannot roll DDL back).
+        Run it on a connection with no pending writes, as
+        ``pupsourcing migrate`` does. PostgreSQL and SQLite create the schema
+        inside ``tx``'s transaction."""
         self._run(tx, self.dialect.create_schema())
