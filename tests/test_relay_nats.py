@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import signal
 import subprocess
@@ -607,6 +608,47 @@ def test_a_restarted_nats_server_is_reconnected(tmp_path: Path) -> None:
             assert backend.checkpoints()["relay_relay"] == 30
         finally:
             server.stop()
+
+
+def test_an_unreachable_nats_server_is_reported_and_stop_is_heard(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nats-py's first connect retried a refused server 60 times, 2 s apart,
+    inside one attempt of the relay: for two minutes the relay logged nothing
+    (its errors at DEBUG) and did not stop when asked. Each attempt of the
+    relay now gives up soon, says so and backs off as for any other failure."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with made_backend("sqlite", tmp_path) as backend:
+        r = NatsRelay(
+            backend.open_async,
+            backend.async_store(),
+            stream="nowhere",
+            servers=f"nats://user:s3cretpw@127.0.0.1:{port}",
+            subject_prefix="ev",
+        )
+
+        async def scenario() -> float:
+            stop = asyncio.Event()
+            task = asyncio.create_task(r.run(stop=stop))
+            deadline = time.monotonic() + 15
+            while "retrying" not in caplog.text and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            stop.set()
+            asked = time.monotonic()
+            await asyncio.wait_for(task, 30)
+            await r.close()
+            return time.monotonic() - asked
+
+        with caplog.at_level(logging.WARNING, logger="pupsourcing"):
+            stopped_in = asyncio.run(scenario())
+    assert "relay relay_relay: NoServersError" in caplog.text
+    assert "retrying in" in caplog.text
+    assert stopped_in < 10
+    assert "s3cretpw" not in caplog.text
 
 
 # -- the command --------------------------------------------------------------------

@@ -149,6 +149,10 @@ class Link:
             "name": "pupsourcing relay",
             **self.options,
             "allow_reconnect": False,
+            # The relay reconnects itself, with back-off and listening for
+            # stop; nats-py's connect would otherwise try a refused server 60
+            # times, 2 s apart, before failing (two minutes of silence).
+            "max_reconnect_attempts": 1,
             "skip_subject_validation": True,  # subject_for's subjects are valid by construction
             "error_cb": on_error,
             "closed_cb": on_closed,
