@@ -940,10 +940,11 @@ def test_events_tail_follow_rides_out_a_database_restart(
         ["before"] * 3 + ["unprinted"] * 2 + ["while-reconnecting"] * 2 + ["after"] * 3
     )
     text = "".join(errors)
+    # The processors' reconnect: the loss an ERROR, attempts that fail again
+    # DEBUG (a WARNING each minute), the reconnect INFO.
     assert "events tail lost its connection" in text
-    delays = [float(d) for d in re.findall(r"reconnecting in ([\d.]+)s", text)]
-    assert delays[:4] == [0.1, 0.2, 0.4, 0.8], text  # the processors' back-off
-    assert "events tail reconnected" in text
+    assert "reconnecting in 0.1s" in text
+    assert "events tail reconnected after" in text
     assert "Traceback" not in text
 
 
@@ -973,9 +974,13 @@ def test_events_tail_follow_stops_at_once_on_a_signal_while_reconnecting(
         wait_for(lambda: len(lines) == 1, what="the first event")
         private_postgres.stop()
         wait_for(
-            lambda: "reconnecting in 1.6s" in "".join(errors) or process.poll() is not None,
-            what="a long wait to reconnect",
+            lambda: "reconnecting" in "".join(errors) or process.poll() is not None,
+            what="a reconnect line",
         )
+        # Waits of 0.1, 0.2, 0.4, 0.8 and 1.6 s (a stopped local server
+        # refuses at once): by now it is in the 1.6 s or the 3.2 s one.
+        time.sleep(2.5)
+        assert process.poll() is None, errors
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0, errors

@@ -155,10 +155,13 @@ def assert_read_model_exact(backend: Backend, every: list[PersistedEvent]) -> No
 
 
 def reconnect_delays(records: LogRecords) -> list[float]:
+    """The waits of the reconnect attempts: the loss is an ERROR, the
+    attempts that fail again are DEBUG (a WARNING now and then)."""
+    pattern = r"(?:lost its connection|still no connection) .* reconnecting in ([\d.]+)s"
     return [
         float(m.group(1))
-        for message in records.messages(logging.ERROR)
-        if (m := re.search(r"lost its connection .* reconnecting in ([\d.]+)s", message, re.S))
+        for record in records.records
+        if (m := re.search(pattern, record.getMessage(), re.S))
     ]
 
 
@@ -222,13 +225,14 @@ def test_processor_rides_out_a_database_restart(private: tuple[Any, Backend]) ->
     assert_read_model_exact(backend, every)
 
     delays = reconnect_delays(records)
-    assert len(delays) >= 3, records.messages(logging.ERROR)  # ~1.6 s of outage: 0.1+0.2+0.4+0.8
+    # ~1.6 s of outage: 0.1+0.2+0.4+0.8
+    assert len(delays) >= 3, [r.getMessage() for r in records.records]
     assert max(delays) <= RECONNECT_MAX_DELAY
     for previous, delay in itertools.pairwise(delays):
         # each attempt doubles the wait, up to the bound; a new outage starts over
         assert delay in (min(previous * 2, RECONNECT_MAX_DELAY), RECONNECT_INITIAL_DELAY)
     assert delays[0] == RECONNECT_INITIAL_DELAY
     assert any(d >= 0.8 for d in delays), delays
-    assert "projection processor reconnected" in records.messages(logging.INFO)
+    assert any("processor reconnected" in m for m in records.messages(logging.INFO))
     # The outage is a reconnect, not a projection failure.
     assert not [m for m in records.messages(logging.ERROR) if "failed at global position" in m]

@@ -258,6 +258,43 @@ def test_processor_reconnects_when_its_connection_is_lost(
     assert read_model_positions(server) == positions + more
 
 
+@pytest.mark.parametrize("server", backends_and_apis(["postgres"], ["sync"]), indirect=True)
+def test_a_long_outage_logs_one_error_naming_the_projection(
+    server: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection is lost, and the database refuses the next attempts:
+    one ERROR says so (which projection, why), the attempts that fail again
+    are not each an ERROR, and the reconnection names the projection too."""
+    import psycopg
+
+    create_read_model(server)
+    append_many(server, aggregates=1, per_aggregate=2)
+    projection = SessionReadModel(server)
+    refusals = 0
+
+    def connect() -> Any:
+        nonlocal refusals
+        if projection.sessions and refusals < 4:  # the database is down a while
+            refusals += 1
+            return psycopg.connect("host=127.0.0.1 port=1 connect_timeout=2")
+        return server.connect()
+
+    config = ProcessorConfig(poll_interval=0.01)
+    with server.Processor(connect, server.store, config) as processor:
+        assert processor.catch_up(projection) == 2
+        server.kill_session(projection.sessions[-1])
+        append_many(server, aggregates=1, per_aggregate=1)
+        with caplog.at_level(logging.INFO, logger="pupsourcing"):
+            assert processor.catch_up(projection) == 1
+    assert refusals == 4
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "read_model" in errors[0]
+    assert "lost its connection" in errors[0]
+    [back] = [r.getMessage() for r in caplog.records if "reconnected" in r.getMessage()]
+    assert "read_model" in back
+
+
 def test_processor_on_the_callers_connection_leaves_it_open(backend: Backend) -> None:
     create_read_model(backend)
     append_many(backend, aggregates=1, per_aggregate=2)

@@ -14,6 +14,7 @@ them out, blocking or awaiting.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import weakref
@@ -61,6 +62,9 @@ HELD_BACK_MAX = 1.0
 ``poll_interval`` if shorter): a writer left open costs one poll a second,
 not a polling loop, and a writer that rolls back holds the events behind it
 up for no more than about this long."""
+RECONNECT_WARNING = 60.0
+"""Seconds between two warnings that a lost connection still cannot be opened
+again (the attempts in between are logged at DEBUG)."""
 CONFLICT_WARNING = 30.0
 """Seconds between two warnings that another processor moved a projection's
 checkpoint (each says how many batches it cost since the last)."""
@@ -302,7 +306,7 @@ class ProcessorCore:
             if not self.reconnects or not self.dialect.is_connection_error(exc):
                 raise
             sub.kept, sub.began_next = None, False  # of the connection closed now
-            yield from self.reconnect(exc)
+            yield from self.reconnect(exc, sub)
             return None
         self.transient_failures = 0
         if not outcome.contended:
@@ -392,7 +396,7 @@ class ProcessorCore:
             failing.attempts,
             limit,
             type(error).__name__,
-            " ".join(str(error).split()),  # one line per attempt
+            one_line(error),
             next_step,
             extra=fields,
         )
@@ -413,7 +417,13 @@ class ProcessorCore:
         delay = min(
             RECONNECT_INITIAL_DELAY * 2 ** (self.transient_failures - 1), RECONNECT_MAX_DELAY
         )
-        self.logger.warning("projection batch could not run (%s); retrying in %.1fs", cause, delay)
+        self.logger.warning(
+            "projection %s: batch could not run (%s); retrying in %.1fs",
+            sub.label,
+            one_line(cause),
+            delay,
+            extra=sub.log_fields(),
+        )
         try:
             yield ROLLBACK
             yield from release(self.dialect, sub)
@@ -421,37 +431,77 @@ class ProcessorCore:
             self.logger.debug("rollback after a transient failure failed", exc_info=True)
         yield Pause(delay)
 
-    def reconnect(self, cause: BaseException) -> ProcessorPlan[None]:
+    def reconnect(self, cause: BaseException, sub: Subscription) -> ProcessorPlan[None]:
         """Close, wait, open again (see :func:`reconnect`)."""
-        yield from reconnect(self.dialect, self.logger, cause)
+        yield from reconnect(
+            self.dialect,
+            self.logger,
+            cause,
+            f"projection {sub.label}: processor",
+            sub.log_fields(),
+        )
 
 
 def reconnect(
-    dialect: Dialect, logger: Logger, cause: BaseException, who: str = "projection processor"
+    dialect: Dialect,
+    logger: Logger,
+    cause: BaseException,
+    who: str,
+    extra: dict[str, Any] | None = None,
 ) -> ProcessorPlan[None]:
     """``who`` lost its connection (``cause``): close, wait, open again; double
     the wait (up to ``RECONNECT_MAX_DELAY``) while the database stays
     unreachable. Returns early when a :class:`Pause` is answered with a stop;
     an error opening the connection that is not a lost connection (a
-    refused password, say) is raised. Each attempt is logged as an error,
-    the reconnect as info. Shared by the processors and ``events tail -f``."""
+    refused password, say) is raised. The loss is an ERROR; attempts that
+    fail again are DEBUG, with a WARNING every :data:`RECONNECT_WARNING`
+    seconds while they go on; the reconnect is INFO. ``extra``: the log
+    records' fields. Shared by the processors and ``events tail -f``."""
     delay = RECONNECT_INITIAL_DELAY
-    error = cause
+    logger.error(
+        "%s lost its connection (%s); reconnecting in %.1fs",
+        who,
+        one_line(cause),
+        delay,
+        extra=extra,
+    )
+    lost = warned = time.monotonic()
+    attempts = 0
     while True:
-        logger.error("%s lost its connection (%s); reconnecting in %.1fs", who, error, delay)
         yield DISCONNECT
         if (yield Pause(delay)):
             return
+        attempts += 1
         try:
             yield CONNECT
         except Exception as exc:
             if not dialect.is_connection_error(exc):
                 raise
-            error = exc
             delay = min(delay * 2, RECONNECT_MAX_DELAY)
+            now = time.monotonic()
+            still = now - warned >= RECONNECT_WARNING
+            logger.log(
+                logging.WARNING if still else logging.DEBUG,
+                "%s still has no connection after %d attempt%s in %.0f s (%s); "
+                "reconnecting in %.1fs",
+                who,
+                attempts,
+                "" if attempts == 1 else "s",
+                now - lost,
+                one_line(exc),
+                delay,
+                extra=extra,
+            )
+            if still:
+                warned = now
             continue
-        logger.info("%s reconnected", who)
+        logger.info("%s reconnected after %.1f s", who, time.monotonic() - lost, extra=extra)
         return
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver's message (often several lines: a hint, the SQL) on one log line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class ProcessorBase(Generic[ConnT, StoreT]):
