@@ -1256,3 +1256,54 @@ def test_mounted_sign_in(mounted: ThreadServer) -> None:
                 mounted.url("/login"), data={"token": MOUNTED_TOKEN, "next": elsewhere}
             )
             assert again.headers["location"] == f"{PREFIX}/", elsewhere
+
+
+def test_an_unreadable_store_head_is_one_warning_not_one_per_poll(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the store cannot be read (here its events table is gone), the
+    watcher polling the head every few milliseconds warns once, not at every
+    poll; it says when it can read the head again, and warns again if it
+    fails again after that."""
+    import logging
+    import sqlite3
+    import time
+
+    from pupsourcing.console._readonly import Reader
+    from pupsourcing.console._watch import HeadWatcher
+
+    path = tmp_path / "store.db"
+    db = database(f"sqlite:///{path}")
+    conn = db.connect()
+    db.store.create_schema(conn)
+    conn.commit()
+    conn.close()
+
+    def alter(sql: str) -> None:
+        with contextlib.closing(sqlite3.connect(path)) as admin:
+            admin.execute(sql)
+            admin.commit()
+
+    async def scenario() -> None:
+        reader = Reader(db)
+        watcher = HeadWatcher(reader, interval=0.01)
+        await watcher.start()
+        try:
+            for _ in range(2):
+                await asyncio.to_thread(alter, "ALTER TABLE events RENAME TO gone")
+                await asyncio.sleep(0.3)  # some 30 polls fail
+                await asyncio.to_thread(alter, "ALTER TABLE gone RENAME TO events")
+                await asyncio.sleep(0.2)
+        finally:
+            await watcher.stop()
+            reader.close()
+
+    with caplog.at_level(logging.INFO, logger="pupsourcing.console"):
+        started = time.monotonic()
+        asyncio.run(scenario())
+        assert time.monotonic() - started < 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert all("cannot read the store head" in w and "events" in w for w in warnings)
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len([m for m in infos if "store head" in m]) == 2, infos

@@ -36,6 +36,8 @@ class HeadWatcher:
         """The highest committed position seen."""
         self.horizon = Horizon()
         self._probing = True
+        self._failing = False
+        """Whether the last sample failed (its warning was given)."""
         self._notified = 0
         self._samples: deque[tuple[float, int]] = deque()
         self._changed = asyncio.Condition()
@@ -80,20 +82,34 @@ class HeadWatcher:
             except Exception as exc:
                 if store.dialect.is_connection_error(exc):
                     raise
+                # Only a probe the head can do without (MySQL without the
+                # PROCESS privilege) is given up for good: when the store
+                # cannot be read at all, this raises and it is probed again.
+                head = store.head_position(conn)
                 self._probing = False
                 logger.warning(
                     "cannot probe the safe horizon (%s); the live views follow the store "
                     "head and may miss an event committed late at a lower position",
                     exc,
                 )
+                return Probe(head, frozenset())
         return Probe(store.head_position(conn), frozenset())
 
     async def _sample(self) -> None:
         try:
             probe = await self.reader.run(self._probe)
         except Exception as exc:
-            logger.warning("cannot read the store head: %s", exc)
+            # Once per outage, not at every poll (twice a second).
+            failing, self._failing = self._failing, True
+            logger.log(
+                logging.DEBUG if failing else logging.WARNING,
+                "cannot read the store head (%s); the live views wait until it can be read",
+                " ".join(str(exc).split()) or type(exc).__name__,
+            )
             return
+        if self._failing:
+            self._failing = False
+            logger.info("the store head can be read again")
         self.horizon.observe(probe)
         head = probe.visible
         now = time.monotonic()
