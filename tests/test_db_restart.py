@@ -157,7 +157,7 @@ def assert_read_model_exact(backend: Backend, every: list[PersistedEvent]) -> No
 def reconnect_delays(records: LogRecords) -> list[float]:
     """The waits of the reconnect attempts: the loss is an ERROR, the
     attempts that fail again are DEBUG (a WARNING now and then)."""
-    pattern = r"(?:lost its connection|still no connection) .* reconnecting in ([\d.]+)s"
+    pattern = r"(?:lost its connection|still has no connection) .* reconnecting in ([\d.]+)s"
     return [
         float(m.group(1))
         for record in records.records
