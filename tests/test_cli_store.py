@@ -641,6 +641,18 @@ def test_counts_and_versions_beyond_a_bigint_mean_all(backend: Backend) -> None:
     assert_one_line_error(beyond, "no events in stream Shop/Order/agg-1")
 
 
+def _follow(url: str) -> subprocess.Popen[str]:
+    """``events tail -f --json`` on ``url``, polling every 0.05 s; its
+    stdout and stderr are pipes."""
+    return subprocess.Popen(
+        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(PUPSOURCING_DB=url),
+    )
+
+
 def _read_lines(process: subprocess.Popen[str], into: list[str]) -> threading.Thread:
     def pump() -> None:
         assert process.stdout is not None
@@ -694,13 +706,7 @@ def test_events_tail_follow_waits_for_earlier_open_transactions(
     has one writer at a time, so its positions always commit in order.)"""
     backend = make_store_backend(server)
     append(backend, events(1, "first"))
-    process = subprocess.Popen(
-        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(PUPSOURCING_DB=backend.url),
-    )
+    process = _follow(backend.url)
     lines: list[str] = []
     reader = _read_lines(process, lines)
     slow = backend.connect()
@@ -896,13 +902,7 @@ def test_events_tail_follow_rides_out_a_database_restart(
         "private_postgres" if server == "postgres" else "private_mariadb"
     )
     backend = private_backend(private)
-    process = subprocess.Popen(
-        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(PUPSOURCING_DB=backend.url),
-    )
+    process = _follow(backend.url)
     lines: list[str] = []
     errors: list[str] = []
     reader = _read_lines(process, lines)
@@ -957,13 +957,7 @@ def test_events_tail_follow_stops_at_once_on_a_signal_while_reconnecting(
 
     backend = private_backend(private_postgres)
     append(backend, events(1, "first"))
-    process = subprocess.Popen(
-        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(PUPSOURCING_DB=backend.url),
-    )
+    process = _follow(backend.url)
     lines: list[str] = []
     _read_lines(process, lines)
     errors: list[str] = []
@@ -1013,13 +1007,7 @@ def test_events_tail_follow_ends_with_one_line_when_reconnecting_is_refused(
         cursor.execute(f"GRANT SELECT ON `{database}`.* TO '{user}'@'%'")
         cursor.execute(f"GRANT PROCESS ON *.* TO '{user}'@'%'")
         url = f"mysql://{user}:sEcr3t-pw@{MYSQL_HOST}:3306/{database}"
-        process = subprocess.Popen(
-            cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(PUPSOURCING_DB=url),
-        )
+        process = _follow(url)
         lines: list[str] = []
         _read_lines(process, lines)
         try:
@@ -1054,13 +1042,7 @@ def test_events_tail_follow_ends_with_one_line_when_the_table_is_dropped(
     """An error that is no lost connection is not retried: one line, exit 1."""
     backend = make_store_backend(server)
     append(backend, events(1, "first"))
-    process = subprocess.Popen(
-        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(PUPSOURCING_DB=backend.url),
-    )
+    process = _follow(backend.url)
     lines: list[str] = []
     _read_lines(process, lines)
     try:
@@ -1085,13 +1067,7 @@ def test_events_tail_follow_into_a_closed_pipe_ends_quietly(make_store_backend: 
     printed ends the command quietly (141), as Unix tools do."""
     backend = make_store_backend("sqlite")
     append(backend, events(1, "first"))
-    process = subprocess.Popen(
-        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(PUPSOURCING_DB=backend.url),
-    )
+    process = _follow(backend.url)
     try:
         assert process.stdout is not None
         assert json.loads(process.stdout.readline())["aggregate_id"] == "first"
