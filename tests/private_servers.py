@@ -261,3 +261,104 @@ class PrivateMariaDB:
             self.process.wait()
             self.process = None
         shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+PGBOUNCER = os.environ.get("PUPSOURCING_TEST_PGBOUNCER", "/usr/sbin/pgbouncer")
+
+
+class PrivatePgBouncer:
+    """A PgBouncer of our own in transaction pooling mode (the common
+    deployment), on a free loopback port, in front of a PostgreSQL server.
+
+    ``databases`` maps each alias clients connect to (``dbname=alias``) to
+    the settings of its ``[databases]`` line (``dbname``, ``connect_query``,
+    ``pool_size``...). Trust authentication; as root it runs as ``postgres``
+    (PgBouncer refuses to run as root)."""
+
+    kind = "pgbouncer"
+
+    @_cleaned_up_on_failure
+    def __init__(
+        self,
+        databases: dict[str, dict[str, str]],
+        server_host: str = "127.0.0.1",
+        server_port: int = 5432,
+    ) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = free_port()
+        self.datadir = Path(tempfile.mkdtemp(prefix="pupsourcing-pgbouncer-"))
+        if not os.access(PGBOUNCER, os.X_OK):
+            raise ServerUnavailable(f"no PgBouncer at {PGBOUNCER} (apt-get install pgbouncer)")
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            self._as = ["-u", "postgres"]
+            self.datadir.chmod(0o755)
+
+        def quoted(value: str) -> str:
+            return "'" + value.replace("'", "''") + "'"
+
+        lines = []
+        for alias, settings in databases.items():
+            fields = {"host": server_host, "port": str(server_port), "user": "postgres"}
+            fields.update(settings)
+            lines.append(f"{alias} = " + " ".join(f"{k}={quoted(v)}" for k, v in fields.items()))
+        (self.datadir / "users.txt").write_text('"postgres" ""\n')
+        self.ini = self.datadir / "pgbouncer.ini"
+        self.ini.write_text(
+            "[databases]\n" + "\n".join(lines) + "\n[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.datadir / 'users.txt'}\n"
+            "pool_mode = transaction\nadmin_users = postgres\n"
+            "default_pool_size = 4\nmax_client_conn = 200\n"
+            "server_login_retry = 1\nquery_wait_timeout = 30\n"
+        )
+        self.start()
+
+    def dsn(self, alias: str) -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={alias}"
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            log = (self.datadir / "pgbouncer.log").read_text(errors="replace")[-2000:]
+            raise ServerUnavailable(f"pgbouncer exited with {self.process.returncode}: {log}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        try:
+            with open(self.datadir / "pgbouncer.log", "ab") as log:
+                self.process = subprocess.Popen(
+                    [PGBOUNCER, *self._as, str(self.ini)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                )
+        except OSError as exc:
+            raise ServerUnavailable(f"pgbouncer: {exc}") from exc
+        _wait_until(self._answers, "pgbouncer", timeout=15)
+
+    def admin(self, command: str) -> list[tuple[Any, ...]]:
+        """Run ``command`` on PgBouncer's admin console (``SHOW POOLS``...)."""
+        import psycopg
+
+        with psycopg.connect(
+            self.dsn("pgbouncer"), autocommit=True, prepare_threshold=None
+        ) as conn:
+            cursor = conn.cursor()
+            cursor.execute(command, prepare=False)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def destroy(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+        shutil.rmtree(self.datadir, ignore_errors=True)

@@ -160,7 +160,7 @@ class AsyncClaimingRunner:
 
     async def _drive(self, conn: Any, plan: Plan[Any]) -> Any:
         try:
-            result = await self._store._run(conn, plan)
+            result = await self._store._run(conn, self._plans.transaction(plan))
         except BaseException:
             # The rollback of a connection that failed, or that asyncmy closed
             # when a cancellation cut its reply short, fails too: its error

@@ -207,7 +207,7 @@ class ClaimingRunner:
 
     def _drive(self, conn: Any, plan: Plan[Any]) -> Any:
         try:
-            result = self._store._run(conn, plan)
+            result = self._store._run(conn, self._plans.transaction(plan))
         except BaseException:
             # The rollback of a connection that failed (or that an interrupt
             # left midway through a reply) may fail too: its error must not

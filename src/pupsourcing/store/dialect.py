@@ -154,14 +154,21 @@ class Dialect(abc.ABC):
     on_duplicate_lease: ClassVar[str] = "ON CONFLICT DO NOTHING"
     """Makes inserting an existing lease row a no-op."""
 
-    read_committed_sql: ClassVar[str | None] = (
-        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED"
-    )
+    read_committed_sql: ClassVar[str | None] = None
     """Makes the session's later transactions READ COMMITTED, whatever the
-    server's, database's or role's default (``None``: the database has no
-    such levels). The lease loop's compare-and-set updates need it: under
-    REPEATABLE READ or SERIALIZABLE a row another process changed while the
-    update waited for it is a serialization failure, not a row read again."""
+    server's or user's default (``None``: no session-wide statement; see
+    :attr:`lease_isolation_sql`). The lease loop's compare-and-set updates
+    need READ COMMITTED: under a stricter level a row another process
+    changed while the update waited for it may be an error, not a row read
+    again."""
+
+    lease_isolation_sql: ClassVar[str | None] = None
+    """Makes the transaction it opens READ COMMITTED: the first statement of
+    each lease transaction (on an autocommit connection, after a BEGIN), for
+    databases where a session setting cannot be relied on. PostgreSQL's
+    connections may come from a pooler in transaction mode (PgBouncer): a
+    ``SET SESSION`` there lands on whichever server connection served it,
+    changes other clients' transactions and misses the runner's next ones."""
 
     builds_indexes_online: ClassVar[bool] = False
     """Whether :meth:`create_partition_indexes` with ``online`` builds them

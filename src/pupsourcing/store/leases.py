@@ -17,7 +17,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pupsourcing.store.plan import Plan, Statement
 from pupsourcing.store.schema import SchemaDialect
@@ -25,6 +25,8 @@ from pupsourcing.store.schema import SchemaDialect
 if TYPE_CHECKING:
     from pupsourcing.store.config import StoreConfig
     from pupsourcing.store.dialect import Dialect
+
+T = TypeVar("T")
 
 MAX_OWNER_LENGTH = 200
 """Characters of an owner name."""
@@ -80,12 +82,14 @@ def lease_statements(
 
 
 class LeasePlans:
-    """The statements on a dialect's leases table, as plans; each is one
-    statement, meant for an autocommit connection or committed at once."""
+    """The statements on a dialect's leases table, as plans, each committed
+    at once; the claiming runners run each as :meth:`transaction`."""
 
     def __init__(self, dialect: Dialect) -> None:
         p, now = dialect.placeholder, dialect.epoch_now_sql
         self.read_committed_sql = dialect.read_committed_sql
+        self.isolation_sql = dialect.lease_isolation_sql
+        self.begin_sql = dialect.begin_sql
         table = dialect.quote(dialect.config.leases_table)
         key = f"projection_name = {p} AND partition_key = {p}"
         self.placeholder = p
@@ -123,6 +127,18 @@ class LeasePlans:
         the database, role or server defaults to a stricter level."""
         if self.read_committed_sql is not None:
             yield Statement(self.read_committed_sql)
+
+    def transaction(self, plan: Plan[T]) -> Plan[T]:
+        """``plan`` as one READ COMMITTED lease transaction, for the caller
+        to commit: where the dialect sets the level per transaction (see
+        :attr:`Dialect.lease_isolation_sql
+        <pupsourcing.store.dialect.Dialect.lease_isolation_sql>`), its
+        statement comes first, after a BEGIN on an autocommit connection
+        (where it would set nothing)."""
+        if self.isolation_sql is not None:
+            yield Statement(self.begin_sql, begin=True)
+            yield Statement(self.isolation_sql)
+        return (yield from plan)
 
     def ensure(self, projection_name: str, total_partitions: int) -> Plan[None]:
         """Create the free rows of partitions ``0..total_partitions-1`` that are missing."""

@@ -298,6 +298,8 @@ class PostgresDialect(Dialect):
     # unique index once that one commits; the lock makes the second wait.
     schema_lock_sql = f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})"
     builds_indexes_online = True
+    # Per transaction, not per session: see Dialect.lease_isolation_sql.
+    lease_isolation_sql = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 
     def __init__(self, config: StoreConfig | None = None, *, notify: bool = True) -> None:
         super().__init__(config)

@@ -1,0 +1,170 @@
+"""PostgreSQL behind PgBouncer in transaction pooling mode, a common
+deployment: each transaction of a client may run on a different server
+connection, so nothing may rely on session state (``SET SESSION``,
+``LISTEN``, session advisory locks, prepared statements).
+
+A private PgBouncer (``private_servers.PrivatePgBouncer``) per test, in front
+of the shared server; the store's schema is the search path of its server
+connections (PgBouncer refuses the ``options`` startup parameter).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from conftest import PG_DATABASE, Backend, close_backend, postgres_backend, require, unavailable
+from helpers import LogRecords
+from pupsourcing.store.config import StoreConfig
+
+psycopg = require("psycopg")
+
+
+@dataclass
+class Bounced:
+    """A store's schema on the shared server, reached through PgBouncer."""
+
+    direct: Backend
+    """The same schema, connected to directly."""
+    bouncer: Any
+    dsn: str
+    store: Any
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def connect(self, **kwargs: Any) -> Any:
+        """A connection through PgBouncer, without prepared statements (which
+        PgBouncer 1.18 cannot keep in transaction mode)."""
+        return psycopg.connect(self.dsn, prepare_threshold=None, **kwargs)
+
+    async def connect_async(self, **kwargs: Any) -> Any:
+        return await psycopg.AsyncConnection.connect(self.dsn, prepare_threshold=None, **kwargs)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.bouncer.port}/pgb"
+
+
+@pytest.fixture
+def bounced() -> Iterator[Callable[..., Bounced]]:
+    """Makes a store behind a PgBouncer of its own: ``pool_size`` server
+    connections, each with ``default_transaction_isolation`` (as a role-wide
+    setting would make it) when given."""
+    from private_servers import PrivatePgBouncer, ServerUnavailable
+
+    made: list[Bounced] = []
+
+    def make(
+        pool_size: int = 4, isolation: str | None = None, config: StoreConfig | None = None
+    ) -> Bounced:
+        direct = postgres_backend(config or StoreConfig())
+        query = f"SET search_path TO {direct.schema}"
+        if isolation is not None:
+            query += f"; SET default_transaction_isolation = '{isolation}'"
+        settings = {"dbname": PG_DATABASE, "pool_size": str(pool_size), "connect_query": query}
+        try:
+            bouncer = PrivatePgBouncer({"pgb": settings})
+        except ServerUnavailable as exc:
+            close_backend(direct)
+            unavailable("a private PgBouncer", exc)
+            raise
+        b = Bounced(direct, bouncer, bouncer.dsn("pgb"), direct.store)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        for cleanup in reversed(b.cleanups):
+            cleanup()
+        b.bouncer.destroy()
+        close_backend(b.direct)
+
+
+class _Idle:
+    name = "iso"
+
+    def handle(self, event: Any, tx: Any) -> None:
+        pass
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_claiming_runner_leaks_no_isolation_level_to_other_clients(
+    bounced: Callable[..., Bounced],
+) -> None:
+    """The lease loop's READ COMMITTED is its transactions' own: on the one
+    server connection PgBouncer has, another client's transactions keep the
+    role's REPEATABLE READ (a SET SESSION would have changed them too)."""
+    from pupsourcing.projection import ClaimingRunner, ProcessorConfig
+
+    b = bounced(pool_size=1, isolation="repeatable read")
+    records = LogRecords("pgb-leak")
+    config = ProcessorConfig(total_partitions=1, poll_interval=0.05, logger=records.logger)
+    runner = ClaimingRunner(b.connect, b.store, config, lease_ttl=3, owner="a")
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(_Idle(),), kwargs={"stop": stop})
+    thread.start()
+    try:
+        assert _wait(lambda: runner.held() == {"iso": [0]})
+        other = b.connect(autocommit=True)
+        try:
+            for _ in range(5):
+                level = other.execute("SHOW transaction_isolation").fetchone()
+                assert level == ("repeatable read",)
+                time.sleep(0.05)
+        finally:
+            other.close()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert records.messages(logging.WARNING) == []
+
+
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_every_lease_transaction_is_read_committed(
+    bounced: Callable[..., Bounced], autocommit: bool
+) -> None:
+    """The server connection the runner set its level on is replaced (as
+    PgBouncer does after server_lifetime): a renewal that waited for its
+    lease row, which another process changed, still reads the row again
+    instead of failing with a serialization error (taken for a lost
+    connection). Also on autocommit connections."""
+    from pupsourcing.projection import ClaimingRunner, ProcessorConfig
+
+    b = bounced(pool_size=1, isolation="repeatable read")
+    records = LogRecords(f"pgb-rc-{autocommit}")
+    config = ProcessorConfig(total_partitions=1, poll_interval=0.05, logger=records.logger)
+    runner = ClaimingRunner(
+        lambda: b.connect(autocommit=autocommit), b.store, config, lease_ttl=1.5, owner="a"
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(_Idle(),), kwargs={"stop": stop})
+    thread.start()
+    holder = b.direct.connection()
+    try:
+        assert _wait(lambda: runner.held() == {"iso": [0]})
+        b.bouncer.admin("RECONNECT pgb")  # new server connections, at the role's level
+        cursor = holder.cursor()
+        cursor.execute(  # locks partition 0's row: the next renewal waits for it
+            "UPDATE projection_leases SET heartbeat = heartbeat + 1 "
+            "WHERE projection_name = 'iso' AND partition_key = 0"
+        )
+        cursor.close()
+        time.sleep(1.0)  # (a renewal every lease_ttl / 3)
+        holder.commit()
+        time.sleep(0.6)
+        assert runner.held() == {"iso": [0]}
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert records.messages(logging.WARNING) == []
