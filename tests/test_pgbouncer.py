@@ -168,3 +168,33 @@ def test_every_lease_transaction_is_read_committed(
         stop.set()
         thread.join(timeout=10)
     assert records.messages(logging.WARNING) == []
+
+
+def test_create_indexes_refuses_a_pooled_connection(
+    bounced: Callable[..., Bounced], tmp_path: Any
+) -> None:
+    """``--create-indexes`` builds under a session advisory lock, which
+    transaction pooling would take on one server connection and release
+    (or leave held forever) on another: refused, with what to do instead,
+    and no lock left behind."""
+    import os
+    import subprocess
+    import sys
+
+    from cli_helpers import cli_env
+
+    b = bounced(pool_size=2)
+    (tmp_path / "pgb_projection.py").write_text(
+        "class P:\n    name = 'p'\n\n    def handle(self, event, tx):\n        pass\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pupsourcing", "projections", "run", "--db", b.url,
+         "--partitions", "2", "--create-indexes", "--no-progress", "pgb_projection:P"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env=cli_env(PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path])),
+    )  # fmt: skip
+    assert result.returncode != 0, result.stderr
+    assert "pooler" in result.stderr, result.stderr
+    assert "direct connection" in result.stderr
+    built = "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'idx_events_part2_%'"
+    assert b.direct.scalar(built) == 0

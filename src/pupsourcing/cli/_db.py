@@ -180,6 +180,7 @@ def create_partition_indexes(db: Database, total_partitions: int) -> list[str]:
     with connection(db) as conn:
         if online:
             conn.autocommit = True
+            _refuse_pooled_session(conn)
         missing: list[str] = db.store._run(
             conn, dialect.missing_partition_indexes(total_partitions)
         )
@@ -187,6 +188,23 @@ def create_partition_indexes(db: Database, total_partitions: int) -> list[str]:
             db.store._run(conn, dialect.create_partition_indexes(total_partitions, online=online))
         conn.commit()
     return missing
+
+
+def _refuse_pooled_session(conn: Any) -> None:
+    """The online build holds a session advisory lock across transactions,
+    which a pooler in transaction mode (PgBouncer) would take on one server
+    connection and release (or not) on another: the lock would stay held
+    and every later build wait for it forever. A pooler shows in the
+    backend id it gives the client, which is not the server's."""
+    told = getattr(getattr(conn, "info", None), "backend_pid", None)
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    if told is not None and row is not None and int(row[0]) != int(told):
+        raise CommandError(
+            "--create-indexes holds a session advisory lock while it builds, which "
+            "needs a session of its own: this connection goes through a connection "
+            "pooler (PgBouncer?); run it on a direct connection to PostgreSQL (or "
+            "through session pooling), then run the workers through the pooler"
+        )
 
 
 def report_created_indexes(logger: logging.Logger, db: Database, created: list[str]) -> None:
