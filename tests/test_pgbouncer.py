@@ -198,3 +198,65 @@ def test_create_indexes_refuses_a_pooled_connection(
     assert "direct connection" in result.stderr
     built = "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'idx_events_part2_%'"
     assert b.direct.scalar(built) == 0
+
+
+def test_appends_reads_and_processors_work_through_transaction_pooling(
+    bounced: Callable[..., Bounced],
+) -> None:
+    """Blocking and asyncio appends and reads, a processor's catch_up and
+    run: every event is handled once, and run finds appends (at its polls:
+    LISTEN cannot work here) without hanging."""
+    import asyncio
+
+    from helpers import event
+    from pupsourcing import ExpectedVersion
+    from pupsourcing.aio import AsyncPostgresStore
+    from pupsourcing.projection import Processor, ProcessorConfig
+
+    b = bounced(pool_size=2)
+    conn = b.connect()
+    for i in range(10):
+        b.store.append(conn, ExpectedVersion.any(), [event(f"agg-{i}")])
+        conn.commit()
+    auto = b.connect(autocommit=True)
+    b.store.append(auto, ExpectedVersion.any(), [event("auto")])
+    auto.close()
+
+    async def async_append() -> int:
+        store = AsyncPostgresStore(b.store.config)
+        aconn = await b.connect_async()
+        try:
+            await store.append(aconn, ExpectedVersion.any(), [event("async")])
+            await aconn.commit()
+            return len(await store.read_events(aconn, 0, 100))
+        finally:
+            await aconn.close()
+
+    assert asyncio.run(async_append()) == 12
+    seen: list[int] = []
+
+    class Seen:
+        name = "seen"
+
+        def handle(self, e: Any, tx: Any) -> None:
+            seen.append(e.global_position)
+
+    processor = Processor(b.connect, b.store, ProcessorConfig(poll_interval=0.2))
+    try:
+        assert processor.catch_up(Seen()) == 12
+        stop = threading.Event()
+        thread = threading.Thread(target=processor.run, args=(Seen(),), kwargs={"stop": stop})
+        thread.start()
+        try:
+            for i in range(5):
+                b.store.append(conn, ExpectedVersion.any(), [event(f"late-{i}")])
+                conn.commit()
+            assert _wait(lambda: len(seen) == 17)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+        assert not thread.is_alive()
+    finally:
+        processor.close()
+        conn.close()
+    assert seen == list(range(1, 18))
