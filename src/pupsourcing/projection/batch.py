@@ -462,6 +462,8 @@ def _handle_and_advance(
             yield from _end_failed_batch(dialect, sub, opened)
             if defer and _lost_write_lock(dialect, sub, exc, logger):
                 continue
+            if (yield from _moved_meanwhile(dialect, sub, exc, checkpoint)):
+                return False, None
             raise
     # The next batch hands the events read ahead over at once: its
     # transaction may open with this one's COMMIT (for a while, see
@@ -469,8 +471,10 @@ def _handle_and_advance(
     chain = advanced and bool(ahead) and _may_chain(sub, chained)
     try:
         yield from finish(commit=advanced, then_begin=chain)
-    except Exception:
+    except Exception as exc:
         yield from _end_failed_batch(dialect, sub, opened)
+        if advanced and (yield from _moved_meanwhile(dialect, sub, exc, checkpoint)):
+            return False, None
         raise
     sub.began_next = chain
     sub.kept = yield from dialect.end_batch(opened, wrote)
@@ -535,6 +539,31 @@ def _lost_write_lock(
         exc,
     )
     return True
+
+
+def _moved_meanwhile(
+    dialect: Dialect, sub: Subscription, exc: BaseException, checkpoint: int
+) -> Generator[Statement, Any, bool]:
+    """After the batch's own statements (its compare-and-set, its COMMIT)
+    failed with ``exc`` and it was rolled back: whether ``exc`` is the
+    checkpoint race, as READ COMMITTED answers it with a compare-and-set
+    that moves nothing. Under REPEATABLE READ or SERIALIZABLE (and MariaDB's
+    snapshot isolation) the update of a checkpoint row another processor
+    changed since the batch's snapshot is a serialization failure instead:
+    it is the race when the checkpoint has moved away from ``checkpoint``
+    (the other processor handled the batch). Any other transient failure,
+    or one with the checkpoint still there, is raised as before (a lost
+    connection: without reading)."""
+    if dialect.is_connection_error(exc) or not dialect.is_transient(exc):
+        return False
+    try:
+        current = yield from dialect.get_checkpoint(sub.checkpoint_name)
+        yield ROLLBACK  # end the read's transaction
+    except Exception:
+        with contextlib.suppress(Exception):
+            yield ROLLBACK
+        return False  # the batch's own failure is raised; the processor retries
+    return current != checkpoint
 
 
 def _end_failed_batch(
