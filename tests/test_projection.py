@@ -519,6 +519,36 @@ def test_run_follows_new_events_and_stops_promptly(backend: Backend) -> None:
     processor.close()
 
 
+def test_the_batch_lines_of_a_partition_name_it(backend: Backend) -> None:
+    """One process may run several partitions of a projection (a
+    ClaimingRunner): each batch's line says which, in its message and its
+    fields, as the processor's other lines do."""
+    from helpers import LogRecords
+
+    create_read_model(backend)
+    append_many(backend, aggregates=4, per_aggregate=1)
+    records = LogRecords(f"partition-lines-{backend.name}-{uuid.uuid4().hex[:6]}")
+    for key in range(2):
+        config = ProcessorConfig(
+            partition_key=key, total_partitions=2, batch_size=2, logger=records.logger
+        )
+        with backend.Processor(backend.connect, backend.store, config) as processor:
+            processor.catch_up(ReadModel(backend, name="parts"))
+    batches = [r for r in records.records if r.levelno == logging.INFO]
+    assert batches
+    for record in batches:
+        key = record.partition  # type: ignore[attr-defined]
+        assert record.getMessage().startswith(f"projection parts (partition {key} of 2) handled ")
+        assert record.total_partitions == 2  # type: ignore[attr-defined]
+        assert record.projection == "parts"  # type: ignore[attr-defined]
+        assert record.checkpoint_name == f"parts_p{key}"  # type: ignore[attr-defined]
+        assert {"handled", "checkpoint", "fetched"} <= vars(record).keys()
+    assert {r.partition for r in batches} == {0, 1}  # type: ignore[attr-defined]
+    for record in records.records:
+        if record.levelno == logging.DEBUG and "checkpoint" in record.getMessage():
+            assert "(partition " in record.getMessage(), record.getMessage()
+
+
 def test_logging(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
     create_read_model(backend)
     positions = append_many(backend, aggregates=1, per_aggregate=3)

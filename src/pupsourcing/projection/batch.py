@@ -274,8 +274,9 @@ def step(
             logger.warning(
                 "projection %s: the store has no %s table, so its partition layout is not "
                 "checked; run `pupsourcing migrate` (or store.create_schema) to add it",
-                sub.name,
+                sub.label,
                 dialect.config.layouts_table,
+                extra=sub.log_fields(),
             )
         sub.layout_checked = True
     checkpoint = yield from _ensure_checkpoint(dialect, sub)
@@ -535,8 +536,9 @@ def _lost_write_lock(
     logger.debug(
         "projection %s: a batch that deferred the write lock could not take it (%s); "
         "running it again with the lock taken first",
-        sub.name,
+        sub.label,
         exc,
+        extra=sub.log_fields(),
     )
     return True
 
@@ -628,19 +630,19 @@ def _record(
     """Keep the committed checkpoint and log the batch."""
     sub.checkpoint = position
     if not handled:
-        logger.debug("projection %s: checkpoint %d (no events in scope)", sub.name, position)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "projection %s: checkpoint %d (no events in scope)",
+                sub.label,
+                position,
+                extra=sub.log_fields(checkpoint=position, fetched=fetched),
+            )
     elif logger.isEnabledFor(logging.INFO):  # (else no message to build)
         logger.info(
             "projection %s handled %s, checkpoint %d",
-            sub.name,
+            sub.label,
             plural(handled, "event"),
             position,
-            extra={
-                "projection": sub.name,
-                "checkpoint_name": sub.checkpoint_name,
-                "handled": handled,
-                "checkpoint": position,
-                "fetched": fetched,
-            },
+            extra=sub.log_fields(handled=handled, checkpoint=position, fetched=fetched),
         )
     return StepOutcome(handled, idle=False)

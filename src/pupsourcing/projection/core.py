@@ -240,10 +240,11 @@ class ProcessorCore:
                 "projection %s has waited %.0f s at checkpoint %s: committed events up to "
                 "position %d wait behind write transactions that may still commit lower "
                 "positions; a transaction left open after appending holds back every projection",
-                sub.name,
+                sub.label,
                 now - sub.held_since,
                 sub.checkpoint,
                 self.horizon.visible,
+                extra=sub.log_fields(checkpoint=sub.checkpoint),
             )
 
     def yield_to_other_processor(self, sub: Subscription) -> ProcessorPlan[None]:
@@ -265,11 +266,12 @@ class ProcessorCore:
                 "projection %s: checkpoint %s was moved by another processor %d time%s%s "
                 "(is the projection running twice?); each time the batch was rolled back "
                 "and the checkpoint reloaded",
-                sub.name,
+                sub.label,
                 sub.checkpoint_name,
                 sub.unreported_conflicts,
                 "" if sub.unreported_conflicts == 1 else "s",
                 since,
+                extra=sub.log_fields(conflicts=sub.unreported_conflicts),
             )
             sub.conflict_warned_at = now
             sub.unreported_conflicts = 0
