@@ -688,3 +688,65 @@ def test_a_dead_process_s_partitions_are_taken_over_within_the_lease_ttl(
 
         took = asyncio.run(scenario())
     assert took < ttl + 0.4, f"taken over {took:.2f} s after the last renewal (lease_ttl {ttl})"
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_runner_s_lease_lines_name_the_partition(
+    api: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """A runner runs several partitions in one process: its lines about
+    their leases name them as the partitions' processors do, with the same
+    fields (for JSON logs)."""
+    import asyncio
+    import logging
+
+    from helpers import LogRecords
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = make_store_backend("postgres")
+    records = LogRecords(f"claim-lines-{api}")
+    config = ProcessorConfig(total_partitions=2, poll_interval=0.05, logger=records.logger)
+
+    class Idle:
+        name = "lines"
+
+        def handle(self, e: Any, tx: Any) -> None:
+            pass
+
+    class AsyncIdle:
+        name = "lines"
+
+        async def handle(self, e: Any, tx: Any) -> None:
+            pass
+
+    if api == "sync":
+        runner = ClaimingRunner(backend.connect, backend.store, config, lease_ttl=3, owner="a")
+        stop = threading.Event()
+        thread = threading.Thread(target=runner.run, args=(Idle(),), kwargs={"stop": stop})
+        thread.start()
+        try:
+            wait_for(lambda: runner.held() == {"lines": [0, 1]}, what="both partitions")
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+    else:
+
+        async def scenario() -> None:
+            store = backend.async_store()
+            runner = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=3, owner="a")
+            stop = asyncio.Event()
+            task = asyncio.create_task(runner.run(AsyncIdle(), stop=stop))
+            deadline = time.monotonic() + 10
+            while runner.held() != {"lines": [0, 1]}:
+                assert time.monotonic() < deadline, runner.held()
+                await asyncio.sleep(0.05)
+            stop.set()
+            await task
+
+        asyncio.run(scenario())
+    lines = {r.getMessage(): r for r in records.records if r.levelno == logging.INFO}
+    for key in (0, 1):
+        record = lines[f"projection lines (partition {key} of 2): claimed by a"]
+        fields: dict[str, object] = {"projection": "lines", "checkpoint_name": f"lines_p{key}"}
+        fields.update(partition=key, total_partitions=2)
+        assert {f: getattr(record, f, None) for f in fields} == fields

@@ -15,6 +15,7 @@ from pupsourcing.projection.claiming import (
     check_runner_args,
     chosen_projections,
     next_look,
+    partition_log,
     share,
 )
 from pupsourcing.projection.config import ProcessorConfig
@@ -191,7 +192,10 @@ class AsyncClaimingRunner:
             if part.lost:
                 continue
             if not await self._drive(conn, self._plans.renew(name, key, me, ttl)):
-                self._log.warning("%s partition %d: lease taken over; stopping it", name, key)
+                label, fields = partition_log(self.config, name, key)
+                self._log.warning(
+                    "projection %s: lease taken over; stopping it", label, extra=fields
+                )
                 part.stop.set()
                 part.releasing = part.lost = True
         await self._drive(conn, self._plans.announce(name, me, ttl))
@@ -199,7 +203,8 @@ class AsyncClaimingRunner:
         active = sorted(k for k, part in mine.items() if not part.releasing)
         extra, more, free = share(total, me, active, leases)
         for key in extra:
-            self._log.info("%s partition %d: releasing it to balance", name, key)
+            label, fields = partition_log(self.config, name, key)
+            self._log.info("projection %s: releasing it to balance", label, extra=fields)
             mine[key].stop.set()
             mine[key].releasing = True
         for key in free:
@@ -211,6 +216,7 @@ class AsyncClaimingRunner:
                 config = dataclasses.replace(self.config, partition_key=key)
                 processor = AsyncProcessor(self._db, self._store, config)
                 self._running[(name, key)] = _Partition(processor, projection)
-                self._log.info("%s partition %d of %d: claimed by %s", name, key, total, me)
+                label, fields = partition_log(self.config, name, key)
+                self._log.info("projection %s: claimed by %s", label, me, extra=fields)
                 more -= 1
         return next_look(ttl, me, leases)

@@ -134,6 +134,26 @@ class ReadAhead:
     rows: Sequence[Row]
 
 
+def partition_label(name: str, partition_key: int, total_partitions: int) -> str:
+    """How log lines name a projection's partition: ``orders``, or
+    ``orders (partition 1 of 4)``."""
+    if total_partitions <= 1:
+        return name
+    return f"{name} (partition {partition_key} of {total_partitions})"
+
+
+def partition_fields(
+    name: str, checkpoint_name: str, partition_key: int, total_partitions: int, **more: object
+) -> dict[str, object]:
+    """The ``extra`` of a log record about a projection's partition."""
+    fields: dict[str, object] = {"projection": name, "checkpoint_name": checkpoint_name}
+    if total_partitions > 1:
+        fields["partition"] = partition_key
+        fields["total_partitions"] = total_partitions
+    fields.update(more)
+    return fields
+
+
 @dataclass(slots=True)
 class Subscription:
     """A projection resolved against a processor config: what to read, where
@@ -210,21 +230,13 @@ class Subscription:
     @property
     def label(self) -> str:
         """How log lines name it: ``orders``, or ``orders (partition 1 of 4)``."""
-        if self.total_partitions <= 1:
-            return self.name
-        return f"{self.name} (partition {self.partition_key} of {self.total_partitions})"
+        return partition_label(self.name, self.partition_key, self.total_partitions)
 
     def log_fields(self, **more: object) -> dict[str, object]:
         """The ``extra`` of its log records: which projection and partition."""
-        fields: dict[str, object] = {
-            "projection": self.name,
-            "checkpoint_name": self.checkpoint_name,
-        }
-        if self.total_partitions > 1:
-            fields["partition"] = self.partition_key
-            fields["total_partitions"] = self.total_partitions
-        fields.update(more)
-        return fields
+        return partition_fields(
+            self.name, self.checkpoint_name, self.partition_key, self.total_partitions, **more
+        )
 
     def select(self, rows: Sequence[Row]) -> Sequence[Row]:
         """The fetched rows of this partition's events. Rows of a partitioned

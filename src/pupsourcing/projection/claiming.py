@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from pupsourcing.projection.batch import projection_name
+from pupsourcing.projection.batch import partition_fields, partition_label, projection_name
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.processor import Processor
 from pupsourcing.projection.protocols import Projection
@@ -229,7 +229,10 @@ class ClaimingRunner:
             if part.lost:
                 continue
             if not self._drive(conn, self._plans.renew(name, key, me, ttl)):
-                self._log.warning("%s partition %d: lease taken over; stopping it", name, key)
+                label, fields = partition_log(self.config, name, key)
+                self._log.warning(
+                    "projection %s: lease taken over; stopping it", label, extra=fields
+                )
                 part.stop.set()
                 part.releasing = part.lost = True
         self._drive(conn, self._plans.announce(name, me, ttl))
@@ -237,7 +240,8 @@ class ClaimingRunner:
         active = sorted(k for k, part in mine.items() if not part.releasing)
         extra, more, free = share(total, me, active, leases)
         for key in extra:
-            self._log.info("%s partition %d: releasing it to balance", name, key)
+            label, fields = partition_log(self.config, name, key)
+            self._log.info("projection %s: releasing it to balance", label, extra=fields)
             mine[key].stop.set()
             mine[key].releasing = True
         for key in free:
@@ -253,13 +257,8 @@ class ClaimingRunner:
         part = _Partition(Processor(self._db, self._store, config), projection)
         with self._lock:
             self._running[(projection.name, key)] = part
-        self._log.info(
-            "%s partition %d of %d: claimed by %s",
-            projection.name,
-            key,
-            self.total_partitions,
-            self.owner,
-        )
+        label, fields = partition_log(self.config, projection.name, key)
+        self._log.info("projection %s: claimed by %s", label, self.owner, extra=fields)
         part.thread.start()
 
     def _reap(self) -> BaseException | None:
@@ -283,7 +282,8 @@ class ClaimingRunner:
             name, key = self._pending_release[0]
             self._drive(conn, self._plans.release(name, key, self.owner))
             self._pending_release.pop(0)
-            self._log.info("%s partition %d: released", name, key)
+            label, fields = partition_log(self.config, name, key)
+            self._log.info("projection %s: released", label, extra=fields)
 
     def _stop_all(self, reason: str | None) -> None:
         with self._lock:
@@ -323,6 +323,15 @@ class ClaimingRunner:
                         self._log.warning("partition leases not released (they expire): %s", exc)
         finally:
             _close(conn)
+
+
+def partition_log(config: ProcessorConfig, name: str, key: int) -> tuple[str, dict[str, object]]:
+    """How a runner's log lines about partition ``key`` of projection
+    ``name`` name it, and their fields: as the partition's processor does
+    (see :attr:`~pupsourcing.projection.batch.Subscription.label`)."""
+    total = config.total_partitions
+    checkpoint = dataclasses.replace(config, partition_key=key).checkpoint_name(name)
+    return partition_label(name, key, total), partition_fields(name, checkpoint, key, total)
 
 
 def share(
