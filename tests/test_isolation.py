@@ -93,6 +93,23 @@ class _Idle:
         pass
 
 
+def _holding_the_lease_row(backend: Backend) -> Any:
+    """A connection whose open transaction has locked the lease row of
+    projection ``iso``'s partition 0 (made if missing) until it ends."""
+    store = backend.store
+    setup = backend.connection()
+    store._run(setup, store.dialect.leases.ensure("iso", 1))
+    setup.commit()
+    holder = backend.connection()
+    cursor = holder.cursor()
+    cursor.execute(
+        "UPDATE projection_leases SET heartbeat = heartbeat + 1 "
+        "WHERE projection_name = 'iso' AND partition_key = 0"
+    )
+    cursor.close()
+    return holder
+
+
 @pytest.mark.parametrize(("name", "level"), LEVELS)
 def test_a_claim_that_waited_on_a_lease_row_is_no_lost_connection(
     name: str, level: str, make_store_backend: Callable[..., Backend]
@@ -106,16 +123,7 @@ def test_a_claim_that_waited_on_a_lease_row_is_no_lost_connection(
 
     backend = isolated(make_store_backend(name), level)
     store = backend.store
-    setup = backend.connection()
-    store._run(setup, store.dialect.leases.ensure("iso", 1))
-    setup.commit()
-    holder = backend.connection()
-    cursor = holder.cursor()
-    cursor.execute(  # locks partition 0's row until the commit below
-        "UPDATE projection_leases SET heartbeat = heartbeat + 1 "
-        "WHERE projection_name = 'iso' AND partition_key = 0"
-    )
-    cursor.close()
+    holder = _holding_the_lease_row(backend)  # until its commit below
     records = LogRecords(f"iso-claim-{name}-{level}")
     config = ProcessorConfig(total_partitions=1, poll_interval=0.05, logger=records.logger)
     runner = ClaimingRunner(backend.connect, store, config, lease_ttl=3, owner="a")
@@ -163,16 +171,7 @@ def test_a_lease_lock_time_out_keeps_the_connection(
         return conn
 
     store = backend.store
-    setup = backend.connection()
-    store._run(setup, store.dialect.leases.ensure("iso", 1))
-    setup.commit()
-    holder = backend.connection()
-    cursor = holder.cursor()
-    cursor.execute(
-        "UPDATE projection_leases SET heartbeat = heartbeat + 1 "
-        "WHERE projection_name = 'iso' AND partition_key = 0"
-    )
-    cursor.close()
+    holder = _holding_the_lease_row(backend)
     records = LogRecords(f"iso-timeout-{name}")
     config = ProcessorConfig(total_partitions=1, poll_interval=0.05, logger=records.logger)
     runner = ClaimingRunner(connect, store, config, lease_ttl=1.5, owner="a")
