@@ -436,13 +436,7 @@ def test_events_tail_since_position_0_is_every_event(backend: Backend) -> None:
     result = cli("events", "tail", "--json", "--since", "0", "--db", backend.url)
     assert _positions(result) == [1, 2, 3, 4, 5]
     assert result.stderr == ""
-    process = subprocess.Popen(
-        cli_argv("events", "tail", "-f", "--json", "--since", "0", "--interval", "0.05"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(PUPSOURCING_DB=backend.url),
-    )
+    process = _follow(backend.url, "--since", "0")
     lines: list[str] = []
     reader = _read_lines(process, lines)
     try:
@@ -516,14 +510,7 @@ def test_events_tail_filters_read_back_past_a_page(
 
 def test_events_tail_follow_with_a_filter(backend: Backend) -> None:
     _filter_events(backend)
-    process = subprocess.Popen(
-        cli_argv("events", "tail", "-f", "--json", "--type", "Placed", "-n", "1",
-                 "--interval", "0.05"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(PUPSOURCING_DB=backend.url),
-    )  # fmt: skip
+    process = _follow(backend.url, "--type", "Placed", "-n", "1")
     lines: list[str] = []
     reader = _read_lines(process, lines)
     try:
@@ -641,11 +628,11 @@ def test_counts_and_versions_beyond_a_bigint_mean_all(backend: Backend) -> None:
     assert_one_line_error(beyond, "no events in stream Shop/Order/agg-1")
 
 
-def _follow(url: str) -> subprocess.Popen[str]:
-    """``events tail -f --json`` on ``url``, polling every 0.05 s; its
-    stdout and stderr are pipes."""
+def _follow(url: str, *options: str) -> subprocess.Popen[str]:
+    """``events tail -f --json`` with ``options`` on ``url``, polling every
+    0.05 s; its stdout and stderr are pipes."""
     return subprocess.Popen(
-        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05"),
+        cli_argv("events", "tail", "-f", "--json", "--interval", "0.05", *options),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -674,13 +661,7 @@ def wait_for(condition: Any, timeout: float = 20.0, what: str = "condition") -> 
 
 def test_events_tail_follow_prints_new_events_until_a_signal(backend: Backend) -> None:
     append(backend, events(2, "old"))
-    process = subprocess.Popen(
-        cli_argv("events", "tail", "-n", "1", "-f", "--json", "--interval", "0.05"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(PUPSOURCING_DB=backend.url),
-    )
+    process = _follow(backend.url, "-n", "1")
     lines: list[str] = []
     reader = _read_lines(process, lines)
     try:

@@ -93,6 +93,14 @@ class _Idle:
         pass
 
 
+def _claims_partition_0(runner: Any, deadline: float) -> bool:
+    """Whether ``runner`` holds partition 0 of ``iso`` (and nothing else)
+    by the monotonic ``deadline``."""
+    while runner.held() != {"iso": [0]} and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(runner.held() == {"iso": [0]})
+
+
 def _holding_the_lease_row(backend: Backend) -> Any:
     """A connection whose open transaction has locked the lease row of
     projection ``iso``'s partition 0 (made if missing) until it ends."""
@@ -133,10 +141,7 @@ def test_a_claim_that_waited_on_a_lease_row_is_no_lost_connection(
     try:
         time.sleep(0.5)  # the runner's claim waits for the row
         holder.commit()
-        deadline = time.monotonic() + 5
-        while runner.held() != {"iso": [0]} and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert runner.held() == {"iso": [0]}
+        assert _claims_partition_0(runner, time.monotonic() + 5)
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -184,9 +189,7 @@ def test_a_lease_lock_time_out_keeps_the_connection(
         while not records.messages(logging.WARNING) and time.monotonic() < deadline:
             time.sleep(0.02)
         holder.commit()
-        while runner.held() != {"iso": [0]} and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert runner.held() == {"iso": [0]}
+        assert _claims_partition_0(runner, deadline)
     finally:
         stop.set()
         thread.join(timeout=10)
