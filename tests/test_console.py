@@ -478,6 +478,43 @@ def test_payloads_the_api_cannot_send_as_json_are_base64(tmp_path: Path) -> None
         close_backend(backend)
 
 
+RESHAPED_PAYLOADS = [
+    b'{"amount": 12345678901234567.89}',  # more digits than a double holds
+    b"[0.30000000000000001]",  # a double reads it as 0.3
+    b"[-1e999]",
+    b'{"a": 1, "a": 2}',  # Python keeps the last
+    b'{"base64": "aGk="}',  # the API's own wrapper: it would read as the bytes "hi"
+]
+
+
+def test_payloads_python_would_reshape_are_base64_as_stored(tmp_path: Path) -> None:
+    """JSON that Python reads as other values (a rounded number, the last of
+    two keys) is sent as base64 of the stored bytes, as the CLI's ``--json``
+    does, not as the values Python made of it; and so is a payload that is
+    itself ``{"base64": ...}``, so that this shape always means stored bytes."""
+    import base64
+
+    backend = make_backend("sqlite", tmp_path)
+    try:
+        conn = backend.connect()
+        for i, payload in enumerate(RESHAPED_PAYLOADS):
+            odd = Event("Shop", "Order", f"odd-{i}", "Odd", payload, metadata=payload)
+            backend.store.append(conn, ExpectedVersion.any(), [odd])
+        exact = b'{"p": 0.1, "q": 2.50, "big": 123456789012345678901234567890}'
+        backend.store.append(conn, ExpectedVersion.any(), [Event("Shop", "Order", "n", "N", exact)])
+        conn.commit()
+        conn.close()
+        db = database(backend.url, backend.store.config, create=False)
+        found = in_process(db, "/api/events?limit=100", raise_errors=False).json()
+        for e, payload in zip(found, RESHAPED_PAYLOADS, strict=False):
+            wrapped = {"base64": base64.b64encode(payload).decode()}
+            assert e["payload"] == wrapped, payload
+            assert e["metadata"] == wrapped, payload
+        assert found[-1]["payload"] == {"p": 0.1, "q": 2.5, "big": 123456789012345678901234567890}
+    finally:
+        close_backend(backend)
+
+
 def allowed(response: httpx.Response) -> set[str]:
     return {method.strip() for method in response.headers["allow"].split(",")}
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import math
 import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing import PersistedEvent
@@ -31,6 +29,7 @@ from pupsourcing.cli._db import (
     open_database,
 )
 from pupsourcing.cli._db import one_line as error_line
+from pupsourcing.cli._json import exact_json
 from pupsourcing.cli._output import plural, rich_for, styled
 from pupsourcing.cli._text import clean, clean_line
 from pupsourcing.cli.console import Console, setup_logging
@@ -232,27 +231,6 @@ def latest_matching(
 # -- rendering -----------------------------------------------------------------------
 
 
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
-
-
-def _exact_float(text: str) -> float:
-    """A JSON number with a fraction or exponent, if a float holds it: one
-    that would print differently (``1e400`` as Infinity, ``0.30000000000000001``
-    as 0.3) is not read."""
-    value = float(text)
-    if not math.isfinite(value) or Decimal(repr(value)) != Decimal(text):
-        raise ValueError(f"{text} does not fit a float")
-    return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    value = dict(pairs)
-    if len(value) != len(pairs):
-        raise ValueError("an object has a key twice")
-    return value
-
-
 def decode(data: bytes) -> tuple[str, Any]:
     """``("json", value)``, ``("text", str)`` or ``("binary", bytes)``.
     ``"json"`` only when printing ``value`` gives back the stored JSON's
@@ -265,13 +243,7 @@ def decode(data: bytes) -> tuple[str, Any]:
     except UnicodeDecodeError:
         return "binary", data
     try:
-        value = json.loads(
-            text,
-            parse_constant=_not_json,
-            parse_float=_exact_float,
-            object_pairs_hook=_unique_keys,
-        )
-        return "json", value
+        return "json", exact_json(text)
     except (ValueError, RecursionError):
         pass
     if all(ch.isprintable() or ch in "\n\r\t" for ch in text):

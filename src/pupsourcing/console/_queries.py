@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from pupsourcing import PersistedEvent
+from pupsourcing.cli._json import exact_json
 from pupsourcing.cli.dead_letters import dead_letter_counts, dead_letter_json
 from pupsourcing.cli.projections import projection_groups
 from pupsourcing.core.validation import nested_deeper_than
@@ -27,14 +28,25 @@ response holding them must stay well within the recursion limit, wherever
 in the server's stack it is encoded."""
 
 
+def _looks_wrapped(value: Any) -> bool:
+    return (
+        isinstance(value, dict) and list(value) == ["base64"] and isinstance(value["base64"], str)
+    )
+
+
 def decoded(data: bytes | None) -> Any:
     """The JSON value ``data`` holds, or ``{"base64": ...}`` when it is not
-    UTF-8 JSON a response can carry (``NaN``, infinities and lone surrogates
-    are not; nor is nesting beyond :data:`MAX_NESTING`); ``None`` stays ``None``."""
+    UTF-8 JSON a response can carry as stored (``NaN``, infinities and lone
+    surrogates are not; nor is nesting beyond :data:`MAX_NESTING`; nor JSON
+    that Python reads as other values, see :func:`exact_json`); ``None``
+    stays ``None``. A payload that is itself ``{"base64": "..."}`` is sent
+    as base64 too: in a response that shape always means stored bytes."""
     if data is None:
         return None
     try:
-        value = json.loads(data.decode("utf-8"))
+        value = exact_json(data.decode("utf-8"))
+        if _looks_wrapped(value):
+            raise ValueError("the shape of bytes that are not JSON")
         brackets = data.count(b"[") + data.count(b"{")  # no deeper than this many
         if brackets > MAX_NESTING and nested_deeper_than(value, MAX_NESTING):
             raise ValueError("nested too deeply")
