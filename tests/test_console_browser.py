@@ -184,3 +184,47 @@ def test_mounted_under_a_path(browser: Any, mounted: tuple[Backend, ThreadServer
     expect(page.get_by_role("list", name="events").locator(":scope > li")).to_have_count(5)
 
     assert problems == []
+
+
+def test_payloads_json_cannot_carry_as_stored_show_as_stored(
+    browser: Any, shown: tuple[Backend, Server]
+) -> None:
+    """Payloads and metadata the API sends as base64 (JSON a reader would
+    take for other values, text that is not JSON, bytes) are shown as the
+    stored text, or as bytes, not as ``{"base64": ...}``; a payload that is
+    itself ``{"base64": "..."}`` shows as that JSON."""
+    from playwright.sync_api import expect
+
+    from pupsourcing import Event
+
+    backend, server = shown
+    stored = [
+        (b'{"amount": 12345678901234567.89}', b'{"a": 1, "a": 2}'),
+        (b'{"x": NaN}', b'{"base64": "aGk="}'),
+        (b"\xff\x00\x01", None),
+    ]
+    conn = backend.connect()
+    try:
+        for payload, metadata in stored:
+            odd = Event("Shop", "Odd", "odd-1", "Odd", payload, metadata=metadata)
+            backend.store.append(conn, ExpectedVersion.any(), [odd])
+        conn.commit()
+    finally:
+        conn.close()
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(server.base + "/streams/Shop/Odd/odd-1")
+    page.get_by_label("Access token").fill(TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    events = page.get_by_role("list", name="events").locator(":scope > li")
+    expect(events).to_have_count(3)
+    expect(events.nth(0).locator("pre.payload")).to_have_text('{"amount": 12345678901234567.89}')
+    expect(events.nth(0).locator("pre.metadata")).to_have_text('{"a": 1, "a": 2}')
+    expect(events.nth(0)).to_contain_text("payload (stored text)")
+    expect(events.nth(1).locator("pre.payload")).to_have_text('{"x": NaN}')
+    expect(events.nth(1).locator("pre.metadata")).to_have_text('{"base64": "aGk="}')
+    expect(events.nth(2)).to_contain_text("payload (binary, 3 bytes)")
+    expect(events.nth(2).locator("pre.payload")).to_have_text("ff 00 01")
+    expect(events.nth(2).locator("pre.metadata")).to_have_text("null")
+    assert problems == []

@@ -84,6 +84,27 @@ function pretty(value) {
   return value === null || value === undefined ? "null" : JSON.stringify(value, null, 2);
 }
 
+const HEX_SHOWN = 1024; // bytes of a binary payload shown; the API has them all
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+// A payload or metadata as the API sends it: the JSON value, or
+// {"base64": ...} of the stored bytes when JSON would not carry them as
+// stored (not JSON, JSON a reader takes for other values): those are shown
+// as the stored text, or as bytes in hex. Returns [label, text].
+function shown(label, value) {
+  const wrapped = value !== null && typeof value === "object" && !Array.isArray(value) &&
+    Object.keys(value).length === 1 && typeof value.base64 === "string";
+  if (!wrapped) return [label, pretty(value)];
+  const bytes = Uint8Array.from(atob(value.base64), (c) => c.charCodeAt(0));
+  try {
+    const text = utf8.decode(bytes);
+    if (!/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/.test(text)) return [`${label} (stored text)`, text];
+  } catch (e) { /* not UTF-8: bytes */ }
+  const hex = Array.from(bytes.subarray(0, HEX_SHOWN), (b) => b.toString(16).padStart(2, "0")).join(" ");
+  const more = bytes.length > HEX_SHOWN ? ` … (${num(bytes.length - HEX_SHOWN)} more bytes)` : "";
+  return [`${label} (binary, ${num(bytes.length)} byte${bytes.length === 1 ? "" : "s"})`, hex + more];
+}
+
 // One event: a summary line, its fields, its payload and metadata as JSON text.
 function eventItem(e, withAggregate) {
   const when = new Date(e.created_at);
@@ -100,11 +121,13 @@ function eventItem(e, withAggregate) {
   if (withAggregate) {
     fields.append(el("dt", { text: "stream" }), el("dd", {}, el("a", { href: streamPath(e), text: "open the aggregate's stream" })));
   }
+  const [payloadLabel, payload] = shown("payload", e.payload);
+  const [metadataLabel, metadata] = shown("metadata", e.metadata);
   const details = el("details", { open: !withAggregate }, summary, fields,
-    el("p", { class: "hint label", text: "payload" }),
-    el("pre", { class: "payload", text: pretty(e.payload) }),
-    el("p", { class: "hint label", text: "metadata" }),
-    el("pre", { class: "metadata", text: pretty(e.metadata) }));
+    el("p", { class: "hint label", text: payloadLabel }),
+    el("pre", { class: "payload", text: payload }),
+    el("p", { class: "hint label", text: metadataLabel }),
+    el("pre", { class: "metadata", text: metadata }));
   return el("li", { "data-position": e.global_position }, details);
 }
 
