@@ -14,9 +14,19 @@ from typing import Any
 import pytest
 
 from conftest import Backend, missing, require
-from console_helpers import XSS, Server, ThreadServer, seed, serve_mounted, serving, start_server
+from console_helpers import (
+    XSS,
+    Poisoned,
+    Server,
+    ThreadServer,
+    seed,
+    serve_mounted,
+    serving,
+    start_server,
+)
 from helpers import event
 from pupsourcing import ExpectedVersion
+from pupsourcing.projection import ProcessorConfig
 
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "browser-token"
@@ -227,4 +237,65 @@ def test_payloads_json_cannot_carry_as_stored_show_as_stored(
     expect(events.nth(2)).to_contain_text("payload (binary, 3 bytes)")
     expect(events.nth(2).locator("pre.payload")).to_have_text("ff 00 01")
     expect(events.nth(2).locator("pre.metadata")).to_have_text("null")
+    assert problems == []
+
+
+BIG = 2**53 + 10
+"""A global position a JS number cannot hold: the API keeps it exact (the
+page reads such integers as their source text)."""
+
+
+def far_along(backend: Backend) -> None:
+    """A store whose positions start just past :data:`BIG` (events beyond a
+    JS number's integers), with a dead letter among them."""
+    conn = backend.connect()
+    try:
+        table = backend.store.config.events_table
+        conn.execute(f"INSERT INTO sqlite_sequence (name, seq) VALUES ('{table}', {BIG})")
+        for i in range(14):
+            backend.store.append(conn, ExpectedVersion.any(), [event(f"order-{i % 3}")])
+        backend.store.append(conn, ExpectedVersion.any(), [event("poison", "Placed")])
+        conn.commit()
+    finally:
+        conn.close()
+    config = ProcessorConfig(max_attempts=1, on_failure="dead_letter")
+    with backend.Processor(backend.connect, backend.store, config) as processor:
+        processor.catch_up(Poisoned())  # (a partitioned one would walk 2**53 positions)
+
+
+@pytest.fixture
+def far(tmp_path: Path) -> Iterator[tuple[Backend, Server]]:
+    with serving("sqlite", tmp_path, lambda b: start_server(b.url, token=TOKEN), far_along) as pair:
+        yield pair
+
+
+def test_positions_beyond_a_js_number_show_exactly(
+    browser: Any, far: tuple[Backend, Server]
+) -> None:
+    from playwright.sync_api import expect
+
+    backend, server = far
+    first = BIG + 1
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(server.base + "/")
+    page.get_by_label("Access token").fill(TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    head = page.locator(".card").filter(has_text="store head")
+    expect(head).to_contain_text(f"{first + 14:,}")
+
+    page.goto(server.base + "/log")
+    log = page.get_by_role("list", name="events, newest first").locator(":scope > li")
+    expect(log).to_have_count(15)
+    expect(log.first).to_contain_text(f"#{first + 14:,}")
+    expect(log.last).to_contain_text(f"#{first:,}")
+    position = append(backend, "order-0", "Refunded", {"n": 2})
+    assert position == first + 15
+    expect(log.first).to_contain_text("Refunded", timeout=10_000)  # live, after the page's newest
+    expect(log).to_have_count(16)
+
+    page.goto(server.base + "/dead-letters")
+    link = page.get_by_role("table").get_by_role("link")
+    expect(link).to_have_attribute("href", re.compile(rf"/log\?before={first + 15}$"))
     assert problems == []

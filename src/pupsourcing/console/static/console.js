@@ -23,8 +23,16 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// An integer from the API: a number, or (beyond a JS number's 53 bits, see
+// parse below) the JSON.rawJSON of its digits, which arithmetic, templates
+// and String() refuse. raw() gives something String() writes exactly;
+// big() a BigInt for arithmetic.
+const raw = (n) => (n !== null && typeof n === "object" ? n.rawJSON : n);
+const big = (n) => BigInt(raw(n));
+
 const fmt = new Intl.NumberFormat();
-const num = (n) => (n === null || n === undefined ? "–" : fmt.format(n));
+const num = (n) => (n === null || n === undefined ? "–"
+  : fmt.format(n !== null && typeof n === "object" ? big(n) : n));
 
 function span(seconds) {
   const s = Math.max(0, seconds);
@@ -109,9 +117,9 @@ function shown(label, value) {
 function eventItem(e, withAggregate) {
   const when = new Date(e.created_at);
   const summary = el("summary", {},
-    el("span", { class: "meta", text: withAggregate ? `#${num(e.global_position)}` : `v${e.aggregate_version}` }),
+    el("span", { class: "meta", text: withAggregate ? `#${num(e.global_position)}` : `v${raw(e.aggregate_version)}` }),
     el("span", { class: "type", text: `${e.event_type} v${e.event_version}` }),
-    withAggregate ? el("span", { text: `${e.bounded_context} / ${e.aggregate_type} / ${e.aggregate_id} v${e.aggregate_version}` }) : null,
+    withAggregate ? el("span", { text: `${e.bounded_context} / ${e.aggregate_type} / ${e.aggregate_id} v${raw(e.aggregate_version)}` }) : null,
     el("span", { class: "meta", text: withAggregate ? "" : `#${num(e.global_position)}` }),
     el("time", { class: "meta", datetime: e.created_at, text: when.toLocaleString() }));
   const fields = el("dl", { class: "fields" });
@@ -128,7 +136,7 @@ function eventItem(e, withAggregate) {
     el("pre", { class: "payload", text: payload }),
     el("p", { class: "hint label", text: metadataLabel }),
     el("pre", { class: "metadata", text: metadata }));
-  return el("li", { "data-position": e.global_position }, details);
+  return el("li", { "data-position": raw(e.global_position) }, details);
 }
 
 // -- overview ---------------------------------------------------------------------
@@ -160,7 +168,7 @@ function rateCard(label, rate, window, watched, extra) {
 }
 
 function lagCell(lag) {
-  return el("td", { class: "num " + (lag > 0 ? "lagging" : "caught-up"), text: num(lag) });
+  return el("td", { class: "num " + (big(lag) > 0n ? "lagging" : "caught-up"), text: num(lag) });
 }
 
 function renderOverview(data) {
@@ -184,12 +192,12 @@ function renderOverview(data) {
   for (const [name, rows] of groups) {
     const partitioned = rows.some((r) => r.partition !== null);
     if (partitioned) {
-      const low = Math.min(...rows.map((r) => r.checkpoint));
+      const low = rows.map((r) => big(r.checkpoint)).reduce((a, b) => (a < b ? a : b));
       const dead = rows.reduce((n, r) => n + (r.dead_letters || 0), 0);
       const ages = rows.map((r) => r.age_seconds).filter((a) => a !== null);
       tbody.append(el("tr", { class: "group" },
         el("th", { scope: "row", text: name }), el("td", { text: `${rows.length} of ${rows[0].total_partitions}` }),
-        el("td", { class: "num", text: num(low) }), lagCell(data.head - low),
+        el("td", { class: "num", text: num(low) }), lagCell(big(data.head) - low),
         el("td", { text: ages.length ? ago(Math.min(...ages)) : "never" }),
         el("td", { class: "num" }, dead ? el("a", { href: root + "/dead-letters?projection=" + encodeURIComponent(name), text: num(dead) }) : "0"),
         el("td"), el("td")));
@@ -333,9 +341,9 @@ async function log() {
   try {
     const page = await api(`/api/log?limit=${pageSize}` + (before ? `&before=${encodeURIComponent(before)}` : ""));
     for (const e of page) list.append(eventItem(e, true));
-    const newest = page.length ? page[0].global_position : Number(before || 1) - 1;
+    const newest = page.length ? big(page[0].global_position) : before ? BigInt(before) - 1n : 0n;
     if (page.length === pageSize) {
-      pager.append(el("a", { href: `${root}/log?before=${page[page.length - 1].global_position}`, text: "Older events →" }));
+      pager.append(el("a", { href: `${root}/log?before=${raw(page[page.length - 1].global_position)}`, text: "Older events →" }));
     }
     if (before) pager.prepend(el("a", { href: root + "/log", text: "← Newest" }));
     say(page.length ? `Events ${num(page[page.length - 1].global_position)} to ${num(newest)}` : "The store has no events yet.");
@@ -375,7 +383,7 @@ async function deadLetters() {
     for (const d of letters) {
       tbody.append(el("tr", {},
         el("td", { text: d.projection_name }),
-        el("td", { class: "num" }, el("a", { href: `${root}/log?before=${d.global_position + 1}`, text: num(d.global_position) })),
+        el("td", { class: "num" }, el("a", { href: `${root}/log?before=${big(d.global_position) + 1n}`, text: num(d.global_position) })),
         el("td", { class: "num", text: d.attempts }),
         el("td", {}, d.failed_at ? el("time", { datetime: d.failed_at, text: new Date(d.failed_at).toLocaleString() }) : "?"),
         el("td", {}, el("details", {}, el("summary", { text: `${d.error_type}: ${d.message.split("\n")[0]}` }), el("pre", { text: d.traceback })))));
