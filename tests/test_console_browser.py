@@ -212,6 +212,7 @@ def test_payloads_json_cannot_carry_as_stored_show_as_stored(
         (b'{"amount": 12345678901234567.89}', b'{"a": 1, "a": 2}'),
         (b'{"x": NaN}', b'{"base64": "aGk="}'),
         (b"\xff\x00\x01", None),
+        (b'{"z": -0.0, "big": 18446744073709551617}', None),
     ]
     conn = backend.connect()
     try:
@@ -228,7 +229,7 @@ def test_payloads_json_cannot_carry_as_stored_show_as_stored(
     page.get_by_label("Access token").fill(TOKEN)
     page.get_by_role("button", name="Sign in").click()
     events = page.get_by_role("list", name="events").locator(":scope > li")
-    expect(events).to_have_count(3)
+    expect(events).to_have_count(4)
     expect(events.nth(0).locator("pre.payload")).to_have_text('{"amount": 12345678901234567.89}')
     expect(events.nth(0).locator("pre.metadata")).to_have_text('{"a": 1, "a": 2}')
     expect(events.nth(0)).to_contain_text("payload (stored text)")
@@ -237,6 +238,10 @@ def test_payloads_json_cannot_carry_as_stored_show_as_stored(
     expect(events.nth(2)).to_contain_text("payload (binary, 3 bytes)")
     expect(events.nth(2).locator("pre.payload")).to_have_text("ff 00 01")
     expect(events.nth(2).locator("pre.metadata")).to_have_text("null")
+    # JSON the API sends as stored keeps a float's sign of zero on the page.
+    expect(events.nth(3).locator("pre.payload")).to_have_text(
+        json.dumps({"z": -0.0, "big": 2**64 + 1}, indent=2)
+    )
     assert problems == []
 
 

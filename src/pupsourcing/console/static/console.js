@@ -88,8 +88,13 @@ function streamPath(e) {
     .map((part, i) => (i < 2 ? part : encodeURIComponent(part))).join("/");
 }
 
+// JSON.stringify writes a negative zero as 0: the API's -0.0 (a float's
+// sign of zero, which Python keeps) is written as such.
+const signedZero = typeof JSON.rawJSON === "function"
+  ? (key, value) => (Object.is(value, -0) ? JSON.rawJSON("-0.0") : value) : undefined;
+
 function pretty(value) {
-  return value === null || value === undefined ? "null" : JSON.stringify(value, null, 2);
+  return value === null || value === undefined ? "null" : JSON.stringify(value, signedZero, 2);
 }
 
 const HEX_SHOWN = 1024; // bytes of a binary payload shown; the API has them all
