@@ -74,6 +74,18 @@ def append(backend: Backend, aggregate_id: str, event_type: str, data: Any, **ke
         conn.close()
 
 
+def _signed_in(browser: Any, url: str) -> tuple[Any, list[str]]:
+    """A new page of ``browser`` at ``url``, signed in with the token, and
+    the script errors it reports."""
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(url)
+    page.get_by_label("Access token").fill(TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    return page, problems
+
+
 def test_overview_stream_and_live_events(browser: Any, shown: tuple[Backend, Server]) -> None:
     from playwright.sync_api import expect
 
@@ -222,12 +234,7 @@ def test_payloads_json_cannot_carry_as_stored_show_as_stored(
         conn.commit()
     finally:
         conn.close()
-    page = browser.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    page.goto(server.base + "/streams/Shop/Odd/odd-1")
-    page.get_by_label("Access token").fill(TOKEN)
-    page.get_by_role("button", name="Sign in").click()
+    page, problems = _signed_in(browser, server.base + "/streams/Shop/Odd/odd-1")
     events = page.get_by_role("list", name="events").locator(":scope > li")
     expect(events).to_have_count(4)
     expect(events.nth(0).locator("pre.payload")).to_have_text('{"amount": 12345678901234567.89}')
@@ -281,12 +288,7 @@ def test_positions_beyond_a_js_number_show_exactly(
 
     backend, server = far
     first = BIG + 1
-    page = browser.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    page.goto(server.base + "/")
-    page.get_by_label("Access token").fill(TOKEN)
-    page.get_by_role("button", name="Sign in").click()
+    page, problems = _signed_in(browser, server.base + "/")
     head = page.locator(".card").filter(has_text="store head")
     expect(head).to_contain_text(f"{first + 14:,}")
 
