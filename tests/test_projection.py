@@ -485,6 +485,44 @@ def test_rows_written_without_partition_hash_are_partitioned_in_python(backend: 
     assert set(seen.values()) == {1}
 
 
+def _jump_positions(backend: Backend, to: int) -> None:
+    """Make the events table's next global position ``to`` (a sequence
+    jump, as after a restore or an import)."""
+    conn = backend.connection()
+    cursor = conn.cursor()
+    if backend.name == "sqlite":
+        cursor.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (to - 1,))
+    elif backend.name == "mysql":
+        cursor.execute(f"ALTER TABLE events AUTO_INCREMENT = {to}")
+    else:
+        cursor.execute(
+            "SELECT setval(pg_get_serial_sequence('events', 'global_position'), %s, false)",
+            (to,),
+        )
+    cursor.close()
+    conn.commit()
+
+
+def test_a_filtered_catch_up_crosses_a_huge_gap_in_positions(backend: Backend) -> None:
+    """Filtered and partitioned reads scan windows of positions; a store
+    whose positions jump by 10^12 must not take 10^6 empty windows (one
+    query and checkpoint move each) to cross it."""
+    before = append_many(backend, aggregates=3, per_aggregate=1)
+    _jump_positions(backend, 10**12)
+    after = append_many(backend, aggregates=3, per_aggregate=1)
+    assert after[0] == 10**12
+    seen: list[int] = []
+    started = time.monotonic()
+    for key in range(2):
+        projection = Recorder("gap", aggregate_types=["Order"])
+        config = ProcessorConfig(partition_key=key, total_partitions=2, batch_size=10)
+        with backend.Processor(backend.connect, backend.store, config) as processor:
+            processor.catch_up(projection)
+        seen += [e.global_position for e in projection.seen]
+    assert sorted(seen) == before + after
+    assert time.monotonic() - started < 10
+
+
 # -- running, stopping, logging -----------------------------------------------------
 
 

@@ -301,6 +301,13 @@ def step(
         statement, high = _next_read(dialect, sub, checkpoint, upto)
         ahead = ReadAhead(checkpoint, high, upto, (yield statement))
     fetched, within, position = _fit(sub, ahead)
+    if not fetched and ahead.high is not None and sub.span >= MAX_SPAN and position < ahead.upto:
+        # A filtered read found nothing in its widest window: past a jump
+        # in positions (a restored sequence, say), go to the next event of
+        # any kind at once rather than one window at a time. Positions up
+        # to ``upto`` are final, so none can appear in between.
+        following_event = yield from dialect.next_position(position)
+        position = ahead.upto if following_event is None else min(following_event - 1, ahead.upto)
     events = Handle(sub.select(within), sub.decoder(dialect), position)
     # While the horizon is past the batch, the next batch is read in this
     # batch's transaction where the database can do it in the same round

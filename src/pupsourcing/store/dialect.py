@@ -285,6 +285,9 @@ class Dialect(abc.ABC):
         self.head_position_sql = (
             f"SELECT COALESCE(max(global_position), 0) FROM {self.events_table}"
         )
+        self.next_position_sql = (
+            f"SELECT min(global_position) FROM {self.events_table} WHERE global_position > {p}"
+        )
         self.list_checkpoints_sql = (
             f"SELECT projection_name, last_global_position, {self.timestamp_sql('updated_at')}, "
             f"{self.age_sql('updated_at')} FROM {self.checkpoints_table} ORDER BY projection_name"
@@ -690,6 +693,12 @@ class Dialect(abc.ABC):
     def head_position(self) -> Plan[int]:
         rows = yield Statement(self.head_position_sql, fetch=True)
         return int(rows[0][0])
+
+    def next_position(self, after: int) -> Plan[int | None]:
+        """The lowest global position above ``after`` that holds an event
+        (``None``: none); a seek on the primary key."""
+        rows = yield Statement(self.next_position_sql, (after,), fetch=True)
+        return None if rows[0][0] is None else int(rows[0][0])
 
     def list_checkpoints(self) -> Plan[list[Checkpoint]]:
         rows = yield Statement(self.list_checkpoints_sql, fetch=True)
