@@ -260,3 +260,29 @@ def test_appends_reads_and_processors_work_through_transaction_pooling(
         processor.close()
         conn.close()
     assert seen == list(range(1, 18))
+
+
+def test_a_url_turns_prepared_statements_off_for_the_cli(
+    bounced: Callable[..., Bounced],
+) -> None:
+    """``?prepare_threshold=none`` in a ``postgresql://`` URL (what the CLI
+    and ``pupsourcing.urls.database`` take) reaches psycopg: statements run
+    many times through transaction pooling are never prepared."""
+    from helpers import event
+    from pupsourcing import ExpectedVersion
+    from pupsourcing.urls import database
+
+    b = bounced(pool_size=2)
+    db = database(f"{b.url}?prepare_threshold=none", b.store.config)
+    conn = db.connect()
+    try:
+        assert conn.prepare_threshold is None
+        for i in range(12):  # past psycopg's default threshold of 5
+            db.store.append(conn, ExpectedVersion.any(), [event(f"agg-{i}")])
+            conn.commit()
+            assert len(db.store.read_events(conn, 0, 100)) == i + 1
+            conn.commit()
+        prepared = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+        assert prepared == (0,)
+    finally:
+        conn.close()

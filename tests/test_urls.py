@@ -333,3 +333,36 @@ def test_run_logs_hide_the_urls_secrets() -> None:
     assert "lost its connection" in stream.getvalue()
     for secret in ("Xk7", "Qv8"):
         assert secret not in stream.getvalue()
+
+
+# -- psycopg options in a postgresql:// URL ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("none", None), ("None", None), ("", None), ("0", 0), ("3", 3)]
+)
+def test_prepare_threshold_in_a_postgres_url_reaches_psycopg(
+    value: str, expected: int | None
+) -> None:
+    """``prepare_threshold`` is psycopg's, not libpq's (which refuses an
+    unknown parameter): taken out of the URI and given to psycopg, so that
+    commands (``projections run``) can run behind PgBouncer in transaction
+    mode with ``?prepare_threshold=none``; other parameters stay."""
+    from conftest import pg_url
+
+    url = pg_url("public")
+    separator = "&" if "?" in url else "?"
+    db = database(f"{url}{separator}prepare_threshold={value}&application_name=pup-threshold")
+    conn = db.connect()
+    try:
+        assert conn.prepare_threshold == expected
+        row = conn.execute("SELECT current_setting('application_name')").fetchone()
+        assert row == ("pup-threshold",)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "1.5"])
+def test_a_bad_prepare_threshold_is_a_url_error(value: str) -> None:
+    with pytest.raises(DatabaseURLError, match="prepare_threshold"):
+        database(f"postgresql://nobody@127.0.0.1:1/none?prepare_threshold={value}")

@@ -3,7 +3,8 @@
 ==================================================  =====================================
 ``postgresql://user:password@host:5432/dbname``     PostgreSQL on psycopg 3 (also
                                                     ``postgres://``); any libpq URI, query
-                                                    parameters included
+                                                    parameters included, and psycopg's
+                                                    ``prepare_threshold`` (``none`` or int)
 ``mysql://user:password@host:3306/dbname``          MySQL or MariaDB on PyMySQL (also
                                                     ``mariadb://``)
 ``sqlite:///relative/path.db``                      SQLite (standard library); four
