@@ -100,8 +100,7 @@ class AsyncClaimingRunner:
                 pause = self.lease_ttl / 3
                 try:
                     if conn is None:
-                        conn = await self._db()
-                        await self._drive(conn, self._plans.prepare())
+                        conn = await self._lease_connection()
                         for p in chosen:
                             await self._drive(conn, self._plans.ensure(p.name, total))
                     while pending:
@@ -139,8 +138,7 @@ class AsyncClaimingRunner:
         for last in (False, True):
             try:
                 if conn is None:
-                    conn = await self._db()
-                    await self._drive(conn, self._plans.prepare())
+                    conn = await self._lease_connection()
                 for p in projections:
                     await self._drive(conn, self._plans.release_all(p.name, self.owner))
                     await self._drive(conn, self._plans.leave(p.name, self.owner))
@@ -158,6 +156,18 @@ class AsyncClaimingRunner:
         for part in self._running.values():
             part.stop.set()
             part.releasing = True
+
+    async def _lease_connection(self) -> Any:
+        """A new connection for the lease statements, its session prepared
+        for them (see :meth:`LeasePlans.prepare
+        <pupsourcing.store.leases.LeasePlans.prepare>`); closed if that fails."""
+        conn = await self._db()
+        try:
+            await self._drive(conn, self._plans.prepare())
+        except BaseException:
+            await close_quietly(conn)
+            raise
+        return conn
 
     async def _drive(self, conn: Any, plan: Plan[Any]) -> Any:
         try:

@@ -176,8 +176,7 @@ class ClaimingRunner:
                 pause = self.lease_ttl / 3
                 try:
                     if conn is None:
-                        conn = self._db()
-                        self._drive(conn, self._plans.prepare())
+                        conn = self._lease_connection()
                         for p in chosen:
                             self._drive(conn, self._plans.ensure(p.name, self.total_partitions))
                     self._release_pending(conn)
@@ -204,6 +203,18 @@ class ClaimingRunner:
             self._release_all(conn, chosen)
         if first_error is not None:
             raise first_error
+
+    def _lease_connection(self) -> Any:
+        """A new connection for the lease statements, its session prepared
+        for them (see :meth:`LeasePlans.prepare
+        <pupsourcing.store.leases.LeasePlans.prepare>`); closed if that fails."""
+        conn = self._db()
+        try:
+            self._drive(conn, self._plans.prepare())
+        except BaseException:
+            _close(conn)
+            raise
+        return conn
 
     def _drive(self, conn: Any, plan: Plan[Any]) -> Any:
         try:
@@ -310,8 +321,7 @@ class ClaimingRunner:
             for last in (False, True):
                 try:
                     if conn is None:
-                        conn = self._db()
-                        self._drive(conn, self._plans.prepare())
+                        conn = self._lease_connection()
                     for p in projections:
                         self._drive(conn, self._plans.release_all(p.name, self.owner))
                         self._drive(conn, self._plans.leave(p.name, self.owner))
