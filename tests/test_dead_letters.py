@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import BACKENDS, Backend, backends_and_apis
+from conftest import BACKENDS, SERVERS, Backend, backends_and_apis
 from helpers import LogRecords, event, query
 from pupsourcing import ExpectedVersion, ProjectionError
 from pupsourcing.projection import DeadLetter, HashPartitionStrategy, ProcessorConfig
@@ -400,3 +400,38 @@ def test_the_stop_policy_logs_one_error_for_its_last_attempt(backend: Backend) -
 def _partition_of(aggregate_id: str) -> int:
     strategy = HashPartitionStrategy()
     return next(k for k in range(2) if strategy.should_process(aggregate_id, k, 2))
+
+
+class BadSQL:
+    """A handler whose SQL the database refuses: a driver error quoting it."""
+
+    name = "bad_sql"
+
+    def handle(self, e: Any, tx: Any) -> None:
+        cursor = tx.cursor()
+        try:
+            cursor.execute("SELEC 1")
+        finally:
+            cursor.close()
+
+
+@pytest.mark.parametrize("backend", backends_and_apis(SERVERS), indirect=True)
+def test_a_driver_error_of_the_handler_is_logged_as_the_cli_reports_it(backend: Backend) -> None:
+    """The attempt's line gives the driver's message as the CLI does: without
+    PostgreSQL's quoted SQL (``LINE 1:`` and its ``^`` marker), MySQL's error
+    number after the message."""
+    setup(backend, ["Ok"])
+    logs = LogRecords(f"test.dead_letters.{uuid.uuid4().hex}")
+    config = ProcessorConfig(max_attempts=2, on_failure="dead_letter", logger=logs.logger)
+    with backend.Processor(backend.connect, backend.store, config) as processor:
+        processor.catch_up(BadSQL())
+    [first, _] = [m for m in logs.messages(logging.WARNING) if "attempt" in m]
+    assert "attempt 1 of 2" in first
+    assert "LINE 1" not in first
+    assert "^" not in first
+    assert "SELEC" in first
+    if backend.name == "postgres":
+        assert 'syntax error at or near "SELEC";' in first, first
+    else:
+        assert "You have an error in your SQL syntax" in first
+        assert "(MySQL error 1064);" in first, first

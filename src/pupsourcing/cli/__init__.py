@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from pupsourcing import ProjectionError, SchemaError, __version__
+from pupsourcing._text import one_line
 from pupsourcing.cli import (
     demo,
     eventmap_gen,
@@ -20,7 +21,7 @@ from pupsourcing.cli import (
     relay,
     ui,
 )
-from pupsourcing.cli._db import driver_error_message, one_line, scrub_secrets
+from pupsourcing.cli._db import driver_error_message, scrub_secrets
 from pupsourcing.cli._text import clean_line
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.urls import DriverNotInstalledError

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pupsourcing._text import one_line
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.store import StoreConfig
 from pupsourcing.store.config import validate_identifier
@@ -235,17 +236,6 @@ def scrub_secrets(text: str, args: argparse.Namespace) -> str:
 def is_driver_error(exc: BaseException) -> bool:
     """Whether ``exc`` comes from a database driver (a DB-API error)."""
     return type(exc).__module__.partition(".")[0] in _DRIVER_MODULES
-
-
-def one_line(exc: BaseException) -> str:
-    """A driver's message on one line, without PostgreSQL's quoted SQL
-    (``LINE 1: ...`` and its ``^`` marker)."""
-    args = exc.args
-    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
-        return f"{args[1]} (MySQL error {args[0]})"  # PyMySQL: (errno, message)
-    lines = [line.strip() for line in str(exc).splitlines()]
-    kept = [line for line in lines if line and not line.startswith("LINE ") and set(line) != {"^"}]
-    return " ".join(kept) or type(exc).__name__
 
 
 def driver_error_message(exc: BaseException) -> str | None:

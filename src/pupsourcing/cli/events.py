@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing import PersistedEvent
+from pupsourcing._text import one_line as error_line
 from pupsourcing.cli._args import interval, non_negative_int, typed_text
 from pupsourcing.cli._db import (
     add_database_options,
@@ -28,7 +29,6 @@ from pupsourcing.cli._db import (
     is_driver_error,
     open_database,
 )
-from pupsourcing.cli._db import one_line as error_line
 from pupsourcing.cli._json import exact_json
 from pupsourcing.cli._output import plural, rich_for, styled
 from pupsourcing.cli._text import clean, clean_line

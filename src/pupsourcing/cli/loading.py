@@ -9,7 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from pupsourcing.cli._db import one_line
+from pupsourcing._text import one_line
 from pupsourcing.cli.errors import CommandError
 from pupsourcing.projection import Projection
 from pupsourcing.projection.batch import projection_name

@@ -8,12 +8,12 @@ import socket
 import sys
 from typing import Any
 
+from pupsourcing._text import one_line
 from pupsourcing.cli._args import interval
 from pupsourcing.cli._db import (
     MIGRATE_HINT,
     add_database_options,
     is_driver_error,
-    one_line,
     open_database,
 )
 from pupsourcing.cli.console import Console, setup_logging

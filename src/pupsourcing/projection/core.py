@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pupsourcing import _observe
+from pupsourcing._text import one_line
 from pupsourcing.core.errors import PartitionLayoutError, ProjectionError
 from pupsourcing.projection.batch import (
     Handle,
@@ -499,11 +500,6 @@ def reconnect(
             continue
         logger.info("%s reconnected after %.1f s", who, time.monotonic() - lost, extra=extra)
         return
-
-
-def one_line(exc: BaseException) -> str:
-    """A driver's message (often several lines: a hint, the SQL) on one log line."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class ProcessorBase(Generic[ConnT, StoreT]):
