@@ -435,3 +435,24 @@ def test_a_driver_error_of_the_handler_is_logged_as_the_cli_reports_it(backend: 
     else:
         assert "You have an error in your SQL syntax" in first
         assert "(MySQL error 1064);" in first, first
+
+
+@pytest.mark.parametrize("backend", backends_and_apis(BACKENDS, ["sync"]), indirect=True)
+def test_the_dead_letter_line_gives_the_configured_max_attempts(backend: Backend) -> None:
+    """``max_attempts`` on the dead letter's line is the configuration's, not
+    the count of attempts. (The two are equal on every path the processor
+    takes; the failing event's state is set here so that they differ.)"""
+    from pupsourcing.projection.failures import Failing
+
+    positions = setup(backend, ["Ok", "Poison", "Ok"])
+    poison = positions[1]
+    logs = LogRecords(f"test.dead_letters.{uuid.uuid4().hex}")
+    config = ProcessorConfig(max_attempts=3, on_failure="dead_letter", logger=logs.logger)
+    with backend.Processor(backend.connect, backend.store, config) as processor:
+        failing = Failing(poison, ValueError("set aside early"), attempts=1, due=True)
+        processor._core._failing["poisoned"] = failing
+        assert processor.catch_up(Poisoned(backend)) == 2
+    [error] = [r for r in _failure_lines(logs, poison) if r.levelno == logging.ERROR]
+    assert "failed 1 time" in error.getMessage()
+    assert error.__dict__["attempts"] == 1
+    assert error.__dict__["max_attempts"] == 3

@@ -289,7 +289,8 @@ class ProcessorCore:
                 self.prepared = True
             failing = self._failing.get(sub.checkpoint_name)
             if failing is not None and failing.due:
-                plan = dead_letter_step(self.dialect, sub, failing, self.logger)
+                limit = self.config.max_attempts
+                plan = dead_letter_step(self.dialect, sub, failing, limit, self.logger)
             else:
                 plan = step(self.dialect, self.horizon, sub, self.logger)
             observer = _observe.observer

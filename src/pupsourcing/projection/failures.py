@@ -54,11 +54,12 @@ class Failing:
 
 
 def dead_letter_step(
-    dialect: Dialect, sub: Subscription, failing: Failing, logger: Logger
+    dialect: Dialect, sub: Subscription, failing: Failing, max_attempts: int, logger: Logger
 ) -> StepPlan:
     """Handle the events before ``failing`` (in scope, after the checkpoint),
     record ``failing`` as a dead letter and move the checkpoint to it, in one
-    transaction. Nothing to do when the checkpoint is already there."""
+    transaction. Nothing to do when the checkpoint is already there.
+    ``max_attempts``: the configured attempts, for the log line."""
     checkpoint = yield from _ensure_checkpoint(dialect, sub)
     position = failing.position
     if checkpoint >= position:
@@ -97,7 +98,7 @@ def dead_letter_step(
         extra=sub.log_fields(
             global_position=position,
             attempts=failing.attempts,
-            max_attempts=failing.attempts,
+            max_attempts=max_attempts,
         ),
     )
     return _record(sub, len(events), len(rows), position, logger)
