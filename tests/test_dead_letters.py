@@ -456,3 +456,33 @@ def test_the_dead_letter_line_gives_the_configured_max_attempts(backend: Backend
     assert "failed 1 time" in error.getMessage()
     assert error.__dict__["attempts"] == 1
     assert error.__dict__["max_attempts"] == 3
+
+
+def test_replay_lines_name_the_partition(backend: Backend) -> None:
+    """Replaying a partition's dead letters, each line names the partition
+    and carries its fields, as the processor's other lines do."""
+    positions = setup(backend, ["Poison", "Poison"])
+    key = _partition_of("a")
+    logs = LogRecords(f"test.dead_letters.{uuid.uuid4().hex}")
+    config = ProcessorConfig(
+        on_failure="dead_letter", total_partitions=2, partition_key=key, logger=logs.logger
+    )
+    projection = Poisoned(backend)
+    with backend.Processor(backend.connect, backend.store, config) as processor:
+        assert processor.catch_up(projection) == 0
+        logs.records.clear()
+        assert processor.replay_dead_letters(projection) == 0  # still failing: kept
+        projection.fixed = True
+        assert processor.replay_dead_letters(projection) == 2
+    lines = [r for r in logs.records if "dead letter at global position" in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.WARNING] * 2 + [logging.INFO] * 2
+    for record, position in zip(lines, positions * 2, strict=True):
+        assert record.getMessage().startswith(f"projection poisoned (partition {key} of 2): ")
+        fields = {
+            "projection": "poisoned",
+            "checkpoint_name": f"poisoned_p{key}",
+            "partition": key,
+            "total_partitions": 2,
+            "global_position": position,
+        }
+        assert {f: record.__dict__.get(f) for f in fields} == fields

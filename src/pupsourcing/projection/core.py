@@ -411,7 +411,7 @@ class ProcessorCore:
         """Hand the subscription's dead letters to the projection again (see
         :func:`~pupsourcing.projection.failures.replay`)."""
         yield CONNECT
-        return (yield from replay(self.dialect, sub.checkpoint_name, self.logger))
+        return (yield from replay(self.dialect, sub, self.logger))
 
     def back_off(self, cause: BaseException, sub: Subscription) -> ProcessorPlan[None]:
         """A lock wait, deadlock or busy database: roll back (and put back

@@ -16,6 +16,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
+from pupsourcing._text import one_line
 from pupsourcing.core.errors import ProjectionError
 from pupsourcing.projection.batch import (
     Handle,
@@ -104,8 +105,8 @@ def dead_letter_step(
     return _record(sub, len(events), len(rows), position, logger)
 
 
-def replay(dialect: Dialect, checkpoint_name: str, logger: Logger) -> Generator[Any, Any, int]:
-    """Hand each dead letter of ``checkpoint_name`` to the projection again,
+def replay(dialect: Dialect, sub: Subscription, logger: Logger) -> Generator[Any, Any, int]:
+    """Hand each dead letter of ``sub``'s checkpoint to the projection again,
     one transaction each, deleting the record in it when the handler
     succeeds; a failure counts one more attempt on the record instead.
     Returns how many succeeded.
@@ -113,6 +114,7 @@ def replay(dialect: Dialect, checkpoint_name: str, logger: Logger) -> Generator[
     The record is deleted first: that locks it, so a replay running at the
     same time waits, then finds it gone and skips it, instead of handling
     the event a second time."""
+    checkpoint_name = sub.checkpoint_name
     letters = yield from dialect.list_dead_letters(checkpoint_name, exact=True)
     yield ROLLBACK  # end the read's transaction
     replayed = 0
@@ -134,10 +136,11 @@ def replay(dialect: Dialect, checkpoint_name: str, logger: Logger) -> Generator[
             yield from finish(commit=True)
             logger.warning(
                 "projection %s: the dead letter at global position %d failed again (%s: %s); kept",
-                checkpoint_name,
+                sub.label,
                 position,
                 type(cause).__name__,
-                cause,
+                one_line(cause),
+                extra=sub.log_fields(global_position=position),
             )
             continue
         except Exception:
@@ -148,15 +151,17 @@ def replay(dialect: Dialect, checkpoint_name: str, logger: Logger) -> Generator[
             if claimed:
                 logger.warning(
                     "projection %s: the dead letter at global position %d has no event; kept",
-                    checkpoint_name,
+                    sub.label,
                     position,
+                    extra=sub.log_fields(global_position=position),
                 )
             continue  # (else another replay took it)
         yield from finish(commit=True)
         replayed += 1
         logger.info(
             "projection %s: the dead letter at global position %d was handled and deleted",
-            checkpoint_name,
+            sub.label,
             position,
+            extra=sub.log_fields(global_position=position),
         )
     return replayed
