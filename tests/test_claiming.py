@@ -750,3 +750,91 @@ def test_a_runner_s_lease_lines_name_the_partition(
         fields: dict[str, object] = {"projection": "lines", "checkpoint_name": f"lines_p{key}"}
         fields.update(partition=key, total_partitions=2)
         assert {f: getattr(record, f, None) for f in fields} == fields
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_runner_logs_the_release_of_a_partition_it_hands_over(
+    api: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """A runner that gives a partition to a process that joined says it is
+    releasing it, then that it released it, both runners alike, with the
+    partition's fields."""
+    import asyncio
+    import logging
+
+    from helpers import LogRecords
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = make_store_backend("postgres")
+    records = LogRecords(f"claim-release-{api}")
+    config = ProcessorConfig(total_partitions=2, poll_interval=0.05, logger=records.logger)
+    other = ProcessorConfig(total_partitions=2, poll_interval=0.05)
+
+    def released() -> list[str]:
+        return [m for m in records.messages(logging.INFO) if m.endswith(": released")]
+
+    class Idle:
+        name = "handed"
+
+        def handle(self, e: Any, tx: Any) -> None:
+            pass
+
+    class AsyncIdle:
+        name = "handed"
+
+        async def handle(self, e: Any, tx: Any) -> None:
+            pass
+
+    if api == "sync":
+        a = ClaimingRunner(backend.connect, backend.store, config, lease_ttl=0.6, owner="a")
+        b = ClaimingRunner(backend.connect, backend.store, other, lease_ttl=0.6, owner="b")
+        stops = [threading.Event(), threading.Event()]
+        threads = [
+            threading.Thread(target=r.run, args=(Idle(),), kwargs={"stop": s})
+            for r, s in zip((a, b), stops, strict=True)
+        ]
+        threads[0].start()
+        try:
+            wait_for(lambda: a.held() == {"handed": [0, 1]}, what="both partitions")
+            threads[1].start()
+            wait_for(lambda: len(b.held().get("handed", [])) == 1, what="b's share")
+            wait_for(lambda: bool(released()), what="a released line")
+        finally:
+            for stop in stops:
+                stop.set()
+            for thread in threads:
+                if thread.ident is not None:  # started
+                    thread.join(timeout=10)
+    else:
+
+        async def scenario() -> None:
+            store = backend.async_store()
+            a = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=0.6, owner="a")
+            b = AsyncClaimingRunner(backend.open_async, store, other, lease_ttl=0.6, owner="b")
+            stops = [asyncio.Event(), asyncio.Event()]
+            tasks = [asyncio.create_task(a.run(AsyncIdle(), stop=stops[0]))]
+            deadline = time.monotonic() + 20
+            try:
+                while a.held() != {"handed": [0, 1]}:
+                    assert time.monotonic() < deadline, a.held()
+                    await asyncio.sleep(0.05)
+                tasks.append(asyncio.create_task(b.run(AsyncIdle(), stop=stops[1])))
+                while len(b.held().get("handed", [])) != 1 or not released():
+                    assert time.monotonic() < deadline, (b.held(), records.messages(logging.INFO))
+                    await asyncio.sleep(0.05)
+            finally:
+                for stop in stops:
+                    stop.set()
+                await asyncio.gather(*tasks)
+
+        asyncio.run(scenario())
+    infos = records.messages(logging.INFO)
+    [line] = released()
+    key = int(line.split("(partition ")[1][0])
+    label = f"projection handed (partition {key} of 2)"
+    releasing = infos.index(f"{label}: releasing it to balance")
+    assert infos.index(f"{label}: released") > releasing
+    [record] = [r for r in records.records if r.getMessage() == f"{label}: released"]
+    fields = {"projection": "handed", "checkpoint_name": f"handed_p{key}", "partition": key}
+    fields["total_partitions"] = 2
+    assert {f: getattr(record, f, None) for f in fields} == fields

@@ -103,9 +103,7 @@ class AsyncClaimingRunner:
                         conn = await self._lease_connection()
                         for p in chosen:
                             await self._drive(conn, self._plans.ensure(p.name, total))
-                    while pending:
-                        await self._drive(conn, self._plans.release(*pending[0], self.owner))
-                        pending.pop(0)
+                    await self._release_pending(conn, pending)
                     for p in chosen:
                         pause = min(pause, await self._balance(conn, p))
                     last_ok = time.monotonic()
@@ -130,6 +128,15 @@ class AsyncClaimingRunner:
             await self._release_all(conn, chosen)
         if error is not None:
             raise error
+
+    async def _release_pending(self, conn: Any, pending: list[tuple[str, int]]) -> None:
+        """Free the leases of partitions whose processor has stopped."""
+        while pending:
+            name, key = pending[0]
+            await self._drive(conn, self._plans.release(name, key, self.owner))
+            pending.pop(0)
+            label, fields = partition_log(self.config, name, key)
+            self._log.info("projection %s: released", label, extra=fields)
 
     async def _release_all(self, conn: Any, projections: list[AsyncProjection]) -> None:
         """Give back every partition this process holds and its member rows
