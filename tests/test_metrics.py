@@ -499,3 +499,37 @@ def test_dead_letters_of_a_projection_named_like_a_partition_are_its_own(
     dead = "pupsourcing_projection_dead_letters"
     assert value(found, dead, projection="counting_p0", partition="0") == 1
     assert value(found, dead, projection="counting", partition="0") == 1
+
+
+def test_dead_letters_uncountable_is_one_warning_per_outage(
+    private_postgres: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the database is down every scrape fails to count the dead
+    letters: one WARNING for the outage (the repeats DEBUG), an INFO once
+    they can be counted again, and a WARNING again for the next outage."""
+    import logging
+
+    from conftest import close_backend, private_backend
+    from pupsourcing.metrics import DeadLettersCollector
+
+    backend = private_backend(private_postgres)
+    collector = DeadLettersCollector(backend.connect, backend.store)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="pupsourcing.metrics"):
+            assert len(list(collector.collect())) == 1
+            for _ in range(2):
+                private_postgres.stop()
+                try:
+                    for _ in range(3):
+                        assert list(collector.collect()) == []  # the scrape goes on
+                finally:
+                    private_postgres.start()
+                assert len(list(collector.collect())) == 1
+    finally:
+        private_postgres.ensure_started()
+        close_backend(backend)
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "pupsourcing.metrics"]
+    outage = [logging.WARNING, logging.DEBUG, logging.DEBUG, logging.INFO]
+    assert [level for level, _ in lines] == outage * 2, lines
+    assert all("dead letters" in message for _, message in lines)
+    assert "\n" not in "".join(message for _, message in lines)

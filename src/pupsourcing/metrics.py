@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pupsourcing import _observe
 from pupsourcing._extras import needs_extra
+from pupsourcing._text import one_line
 from pupsourcing.core.errors import (
     OptimisticConcurrencyError,
     PartitionLayoutError,
@@ -344,6 +345,9 @@ class DeadLettersCollector(Collector):
         self._connect = connect
         self._store = store
         self._reported = _reported(projections)
+        self._failing = False
+        """Whether the last count failed (its warning was given)."""
+        self._failing_lock = threading.Lock()  # scrapes may run at once
 
     def describe(self) -> Iterable[Metric]:
         return [GaugeMetricFamily(self.NAME, self.HELP, labels=PROJECTION_LABELS)]
@@ -353,8 +357,21 @@ class DeadLettersCollector(Collector):
         try:
             counts = self._count()
         except Exception as exc:  # a scrape must not fail because the database did
-            logger.warning("counting dead letters failed: %s", exc)
+            # Once per outage, not at every scrape.
+            with self._failing_lock:
+                failing, self._failing = self._failing, True
+            logger.log(
+                logging.DEBUG if failing else logging.WARNING,
+                "counting dead letters failed (%s); %s is left out of the scrapes until "
+                "they can be counted again",
+                one_line(exc),
+                self.NAME,
+            )
             return []
+        with self._failing_lock:
+            recovered, self._failing = self._failing, False
+        if recovered:
+            logger.info("dead letters can be counted again")
         for (projection, partition), count in sorted(counts.items()):
             family.add_metric([projection, partition], count)
         return [family]
