@@ -568,6 +568,33 @@ def test_events_tail_refuses_a_bad_since(backend: Backend) -> None:
     assert "--since: must be a global position or an ISO 8601 time" in result.stderr
 
 
+def test_events_tail_since_takes_the_times_people_type(backend: Backend) -> None:
+    """``--since`` takes what a user would type or paste: nanoseconds (cut to
+    microseconds), a lowercase ``t`` or ``z``, ``+00``, a date alone. What it
+    cannot read is a usage error naming the option and the forms it takes."""
+    first = datetime(2024, 6, 1, 12, 0, 0, 500000, tzinfo=UTC)
+    append(backend, [event("o-1", "Placed", created_at=first)])  # 1
+    append(backend, [event("o-2", "Placed", created_at=first.replace(second=1))])  # 2
+
+    def tail(since: str) -> list[int]:
+        return _positions(cli("events", "tail", "--json", "--since", since, "--db", backend.url))
+
+    assert tail("2024-06-01T12:00:00.500000999Z") == [1, 2]
+    assert tail("2024-06-01T12:00:00.500000999z") == [1, 2]
+    assert tail("2024-06-01T12:00:00.500001z") == [2]
+    assert tail("2024-06-01t12:00:00.5+00") == [1, 2]
+    assert tail("2024-06-01t14:00:01+02") == [2]
+    assert tail("2024-06-01") == [1, 2]
+    assert tail("2024-06-02") == []
+    for bad in ("yesterday", "²", "2024-06-01T12:00:00 UTC", "2024-06-01T25:00Z", "2024-13-01"):
+        result = cli("events", "tail", "--since", bad, "--db", backend.url)
+        assert result.returncode == 2, (bad, result.stderr)
+        assert "Traceback" not in result.stderr
+        [line] = [x for x in result.stderr.splitlines() if "error" in x]
+        assert "argument --since: must be a global position or an ISO 8601 time" in line, line
+        assert repr(bad) in line, line
+
+
 def test_events_tail_of_an_empty_store(backend: Backend) -> None:
     result = cli("events", "tail", "--db", backend.url)
     assert result.returncode == 0

@@ -146,16 +146,19 @@ def count(text: str) -> int:
 
 
 def since(text: str) -> int | datetime:
-    """``--since``: a global position (digits) or an ISO 8601 time; a time
-    without an offset is UTC."""
+    """``--since``: a global position (ASCII digits) or an ISO 8601 time; a
+    time without an offset is UTC. A lowercase ``z`` is UTC as ``Z`` is, and
+    digits of a second beyond the microseconds are cut off (nanoseconds
+    pasted from another system's log)."""
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     try:
-        moment = datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(text[:-1] + "Z" if text.endswith("z") else text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"must be a global position or an ISO 8601 time such as 2024-05-01T10:00, got {text!r}"
+            "must be a global position or an ISO 8601 time such as 2024-05-01, "
+            f"2024-05-01T10:00 or 2024-05-01T10:00:00.5+02:00, got {text!r}"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
