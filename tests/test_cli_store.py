@@ -4,6 +4,7 @@ reset, events tail, stream show, and every way of naming a database wrongly."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import signal
@@ -1087,3 +1088,55 @@ def test_events_tail_follow_into_a_closed_pipe_ends_quietly(make_store_backend: 
             process.kill()
     assert process.stderr is not None
     assert (status, process.stderr.read()) == (141, "")
+
+
+# -- a lost connection while a command reads ------------------------------------------
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("command", [("events", "tail"), ("stream", "show", "Shop", "Order", "a")])
+def test_a_connection_lost_during_the_first_read_is_one_line(
+    server: str, command: tuple[str, ...], request: pytest.FixtureRequest
+) -> None:
+    """The server goes away while a command (without -f) waits for its first
+    read (held back by a lock): the command ends with exit status 1 and one
+    line giving the driver's reason, no traceback (not retried: only -f
+    reconnects)."""
+    from conftest import close_backend, private_backend
+
+    private = request.getfixturevalue(
+        "private_postgres" if server == "postgres" else "private_mariadb"
+    )
+    backend = private_backend(private)
+    append(backend, [Event("Shop", "Order", "a", "Placed", b"{}")])
+    locker = backend.connect()
+    try:
+        if server == "postgres":
+            execute(locker, "LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        else:
+            execute(locker, "LOCK TABLES events WRITE")
+        process = subprocess.Popen(
+            cli_argv(*command),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(PUPSOURCING_DB=backend.url),
+        )
+        try:
+            time.sleep(1.5)  # connected, waiting for the lock
+            assert process.poll() is None, process.communicate()
+            private.stop()
+            stdout, stderr = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    finally:
+        private.ensure_started()
+        with contextlib.suppress(Exception):
+            locker.close()
+        close_backend(backend)
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    name = " ".join(command[:2])
+    lost = "terminating connection" if server == "postgres" else "Lost connection to MySQL"
+    assert_one_line_error(result, f"pupsourcing {name}: error: database error: ", lost)
+    assert stdout == ""
