@@ -205,6 +205,43 @@ def test_an_aggregate_whose_save_was_rolled_back_cannot_save_over_another_writer
     assert set(repo.load(conn, "order-16").lines) == {"cake", "jam", "scone", "pie"}
 
 
+def test_saving_again_after_a_rolled_back_save_does_not_lose_its_events(
+    backend: Backend,
+) -> None:
+    """A retry that saves the same object again after its transaction rolled
+    back has nothing pending (the first save cleared it): it must not be
+    told that all is saved while the store holds none of those events."""
+    repo = repository(backend)
+    conn = backend.connection()
+    fresh = Order("order-18")
+    fresh.place("ada")
+    repo.save(conn, fresh)
+    conn.rollback()  # e.g. a later statement of the request failed
+    with pytest.raises(OptimisticConcurrencyError, match=r"did not commit.*load it again"):
+        repo.save(conn, fresh)  # the retry
+    conn.rollback()
+    assert backend.count_events() == 0
+
+    order = Order("order-19")
+    order.place("ada")
+    repo.save(conn, order)
+    conn.commit()
+    assert repo.save(conn, order) is None  # committed: nothing to do
+    order.add("tea", "1.00")
+    repo.save(conn, order)
+    assert repo.save(conn, order) is None  # saved in this open transaction
+    conn.rollback()
+    with pytest.raises(OptimisticConcurrencyError, match=r"version 2.*did not commit") as caught:
+        repo.save(conn, order)
+    conn.rollback()
+    assert (caught.value.aggregate_id, caught.value.expected) == (
+        "order-19",
+        ExpectedVersion.exact(2),
+    )
+    assert backend.count_events() == 1
+    assert repo.load(conn, "order-19").lines == {}
+
+
 def test_two_new_aggregates_with_one_id_conflict(backend: Backend) -> None:
     repo = repository(backend)
     conn = backend.connection()

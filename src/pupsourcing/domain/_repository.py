@@ -127,7 +127,13 @@ class _RepositoryPlans(Generic[A]):
                 f"aggregate must be a {cls.__qualname__}, got {type(aggregate).__qualname__}"
             )
         pending = aggregate.pending_events
+        base = aggregate.version - len(pending)
+        expected = ExpectedVersion.exact(base) if base else ExpectedVersion.no_stream()
+        key = (cls.bounded_context, cls.aggregate_type, aggregate.id)
         if not pending:
+            # Nothing new; but if this object's last save rolled back, its
+            # events are lost unless the caller hears of it.
+            yield from self._check_last_save(aggregate, key, base, expected)
             return None
         meta = _metadata_bytes(metadata)
         events = []
@@ -156,7 +162,6 @@ class _RepositoryPlans(Generic[A]):
                     correlation_id=correlation_id,
                 )
             )
-        base = aggregate.version - len(pending)
         snapshot = None
         every = self.snapshot_every
         if every is not None and aggregate.version // every > base // every:
@@ -169,27 +174,35 @@ class _RepositoryPlans(Generic[A]):
                 cls.snapshot_schema,
                 state,
             )
-        expected = ExpectedVersion.exact(base) if base else ExpectedVersion.no_stream()
-        key = (cls.bounded_context, cls.aggregate_type, aggregate.id)
-        if aggregate._saved_id is not None:
-            # Saved by this object before: if that save's transaction rolled
-            # back, its event is not stored, and another writer's at that
-            # version would let `expected` pass on a state that never was.
-            head: Stream = yield _Call("read_aggregate_stream", (*key, base, base))
-            if not head.events or head.events[0].event_id != aggregate._saved_id:
-                raise OptimisticConcurrencyError(
-                    f"{'/'.join(key)}: the event this aggregate saved at version {base} "
-                    "is not stored (was that transaction rolled back?); load it again",
-                    bounded_context=key[0],
-                    aggregate_type=key[1],
-                    aggregate_id=key[2],
-                    expected=expected,
-                )
+        # Saved by this object before: if that save's transaction rolled
+        # back, its event is not stored, and another writer's at that
+        # version would let `expected` pass on a state that never was.
+        yield from self._check_last_save(aggregate, key, base, expected)
         result: AppendResult = yield _Call("append", (expected, events))
         if snapshot is not None:
             yield _Call("save_snapshot", (snapshot,))
         aggregate._saved(result.events[-1].event_id)
         return result
+
+    def _check_last_save(
+        self, aggregate: A, key: tuple[str, str, str], base: int, expected: ExpectedVersion
+    ) -> _Plan[None]:
+        """For an object saved before (one read): raise
+        :class:`OptimisticConcurrencyError` unless the event its last save
+        appended, at version ``base``, is stored (committed, or in ``tx``)."""
+        if aggregate._saved_id is None:
+            return
+        head: Stream = yield _Call("read_aggregate_stream", (*key, base, base))
+        if not head.events or head.events[0].event_id != aggregate._saved_id:
+            raise OptimisticConcurrencyError(
+                f"{'/'.join(key)}: the event this aggregate saved at version {base} is not "
+                "stored, so that save's transaction did not commit (rolled back?); its "
+                "events are lost: load it again and run the command again",
+                bounded_context=key[0],
+                aggregate_type=key[1],
+                aggregate_id=key[2],
+                expected=expected,
+            )
 
     def _load_plan(self, aggregate_id: str, at_version: int | None) -> _Plan[A]:
         cls = self.aggregate_class
@@ -328,8 +341,9 @@ class Repository(_RepositoryPlans[A]):
         nothing was pending. The expected version is the version the
         aggregate was loaded at (``no_stream`` for a new one), so a lost race
         raises :class:`~pupsourcing.OptimisticConcurrencyError` and leaves the
-        pending events; so does saving again an aggregate whose last save's
-        transaction rolled back. Raises :class:`CodecError` before anything is written
+        pending events; so does saving again (with or without new events) an
+        aggregate whose last save's transaction rolled back, which costs one
+        read for an object saved before. Raises :class:`CodecError` before anything is written
         when an event or the snapshot state cannot be encoded. Never commits.
         """
         plan = self._save_plan(aggregate, metadata, causation_id, correlation_id)
@@ -369,8 +383,9 @@ class AsyncRepository(_RepositoryPlans[A]):
         nothing was pending. The expected version is the version the
         aggregate was loaded at (``no_stream`` for a new one), so a lost race
         raises :class:`~pupsourcing.OptimisticConcurrencyError` and leaves the
-        pending events; so does saving again an aggregate whose last save's
-        transaction rolled back. Raises :class:`CodecError` before anything is written
+        pending events; so does saving again (with or without new events) an
+        aggregate whose last save's transaction rolled back, which costs one
+        read for an object saved before. Raises :class:`CodecError` before anything is written
         when an event or the snapshot state cannot be encoded. Never commits.
         """
         plan = self._save_plan(aggregate, metadata, causation_id, correlation_id)
