@@ -30,7 +30,7 @@ from domain_model import (
     codec,
 )
 from helpers import query
-from pupsourcing import Event, ExpectedVersion, OptimisticConcurrencyError
+from pupsourcing import Event, ExpectedVersion, InvalidEventError, OptimisticConcurrencyError
 from pupsourcing.adapters.sqlite import AsyncSQLiteStore, SQLiteStore
 from pupsourcing.aio import AsyncRepository
 from pupsourcing.domain import Aggregate, AggregateNotFoundError, CodecError, Repository
@@ -73,14 +73,19 @@ def snapshot_versions(backend: Backend, aggregate_id: str) -> list[tuple[int, in
         conn.close()
 
 
+def shipped_fields(**changes: Any) -> tuple[Any, ...]:
+    fields = {
+        "at": datetime(2024, 5, 1, 9, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2))),
+        "tracking": uuid.UUID("00000000-0000-4000-8000-000000000042"),
+        "address": Address("1 Main St", "Springfield"),
+        "channel": Channel.PHONE,
+        "tags": ("fragile", "gift"),
+    }
+    return tuple({**fields, **changes}.values())
+
+
 def shipped() -> OrderShipped:
-    return OrderShipped(
-        datetime(2024, 5, 1, 9, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2))),
-        uuid.UUID("00000000-0000-4000-8000-000000000042"),
-        Address("1 Main St", "Springfield"),
-        Channel.PHONE,
-        ("fragile", "gift"),
-    )
+    return OrderShipped(*shipped_fields())
 
 
 def test_save_then_load_round_trips_state_and_versions(backend: Backend) -> None:
@@ -277,6 +282,130 @@ def test_an_event_the_codec_does_not_know_writes_nothing(backend: Backend) -> No
     conn.commit()
     assert backend.count_events() == 0
     assert len(order.pending_events) == 2
+
+
+def nested(depth: int) -> list[Any]:
+    outer: list[Any] = []
+    inner = outer
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+def holding_itself() -> list[Any]:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    return cycle
+
+
+@pytest.mark.parametrize(
+    ("metadata", "problem"),
+    [
+        ({"user": "\ud800"}, r"'user': .*lone surrogate"),
+        ({"tags": ["ok", "x\udfff"]}, r"'tags\[1\]': .*lone surrogate"),
+        ({"\udc00": "key"}, r"text with a lone surrogate"),
+        ({"x": object()}, r"is not JSON-encodable.*object"),
+        ({"n": float("nan")}, r"is not JSON-encodable.*Out of range float"),
+        ({(1, 2): "tuple key"}, r"is not JSON-encodable.*keys must be"),
+        ({"deep": nested(100_000)}, r"is nested too deeply"),
+        ({"self": holding_itself()}, r"is not JSON-encodable.*Circular"),
+        (["not", "a", "mapping"], r"must be a mapping, bytes or None, got list"),
+        ("{}", r"must be a mapping, bytes or None, got str"),
+        (b"\xff", r"is not valid UTF-8"),
+        (b"{nope", r"is not valid JSON"),
+    ],
+)
+def test_metadata_that_cannot_be_stored_raises_invalid_event_error_and_writes_nothing(
+    backend: Backend, metadata: Any, problem: str
+) -> None:
+    repo = repository(backend, snapshot_every=1)
+    conn = backend.connection()
+    order = Order("order-20")
+    order.place("ada")
+    with pytest.raises(InvalidEventError, match=r"^event 0: metadata: " + problem) as caught:
+        repo.save(conn, order, metadata=metadata)
+    conn.commit()
+    assert (caught.value.index, caught.value.field) == (0, "metadata")
+    assert backend.count_events() == 0
+    assert snapshot_versions(backend, "order-20") == []
+    assert len(order.pending_events) == 1
+
+
+@pytest.mark.parametrize(
+    ("ids", "field", "problem"),
+    [
+        ({"causation_id": "\ud800"}, "causation_id", "not valid UTF-8"),
+        ({"correlation_id": "a\x00b"}, "correlation_id", "NUL"),
+        ({"causation_id": uuid.UUID(int=7)}, "causation_id", "must be str or None, got UUID"),
+        ({"correlation_id": 42}, "correlation_id", "must be str or None, got int"),
+    ],
+)
+def test_causation_and_correlation_ids_that_cannot_be_stored_write_nothing(
+    backend: Backend, ids: dict[str, Any], field: str, problem: str
+) -> None:
+    repo = repository(backend, snapshot_every=1)
+    conn = backend.connection()
+    order = Order("order-21")
+    order.place("ada")
+    order.add("tea", "1.00")
+    with pytest.raises(InvalidEventError, match=problem) as caught:
+        repo.save(conn, order, **ids)
+    conn.commit()
+    assert (caught.value.index, caught.value.field) == (0, field)
+    assert backend.count_events() == 0
+    assert snapshot_versions(backend, "order-21") == []
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        (OrderPlaced("\ud800"), r"field 'customer': .*lone surrogate"),
+        (OrderShipped(*shipped_fields(tags=("ok", "\udfff"))), r"field 'tags\[1\]': .*surrogate"),
+        (
+            OrderShipped(*shipped_fields(address=Address("\ud83d", "x"))),
+            r"field 'address.street': .*surrogate",
+        ),
+        (OrderPlaced(nested(100_000)), r"nested too deeply"),  # type: ignore[arg-type]
+        (OrderPlaced(holding_itself()), r"nested too deeply"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_payload_the_codec_cannot_encode_names_the_field_and_writes_nothing(
+    backend: Backend, event: object, problem: str
+) -> None:
+    repo = repository(backend, snapshot_every=1)
+    conn = backend.connection()
+    order = Order("order-22")
+    order.place("ada")
+    order.record(event)
+    with pytest.raises(CodecError, match=r"pending event 1 .*" + problem):
+        repo.save(conn, order)
+    conn.commit()
+    assert backend.count_events() == 0
+    assert snapshot_versions(backend, "order-22") == []
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("\ud800", r"'note': .*lone surrogate"),
+        ({"k": ["x", "\udfff"]}, r"'note.k\[1\]': .*lone surrogate"),
+        (holding_itself(), r"'note'.*nested too deeply"),
+    ],
+)
+def test_a_snapshot_state_the_codec_cannot_encode_names_the_attribute(
+    backend: Backend, value: object, problem: str
+) -> None:
+    repo = repository(backend, snapshot_every=1)
+    conn = backend.connection()
+    order = Order("order-23")
+    order.place("ada")
+    order.note = value  # type: ignore[attr-defined]
+    with pytest.raises(CodecError, match=r"Order.snapshot_state\(\): cannot store .*" + problem):
+        repo.save(conn, order)
+    conn.commit()
+    assert backend.count_events() == 0
+    assert snapshot_versions(backend, "order-23") == []
 
 
 def test_a_snapshot_state_that_is_not_json_writes_nothing(backend: Backend) -> None:

@@ -102,6 +102,12 @@ class JsonCodec:
             return event_type, version, dumps(to_json(event))
         except ValueProblem as exc:
             raise CodecError(str(exc), event_type=event_type, event_version=version) from None
+        except RecursionError:
+            raise CodecError(
+                "the event is nested too deeply, or holds itself",
+                event_type=event_type,
+                event_version=version,
+            ) from None
 
     def decode(self, event_type: str, event_version: int, payload: bytes) -> object:
         """The event a stored payload holds, upcast to the newest registered version."""

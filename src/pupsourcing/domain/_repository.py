@@ -15,13 +15,14 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pupsourcing.core.errors import OptimisticConcurrencyError
+from pupsourcing.core.errors import InvalidEventError, OptimisticConcurrencyError
 from pupsourcing.core.events import AppendResult, Event, PersistedEvent, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.domain._aggregate import Aggregate, check_aggregate_class
 from pupsourcing.domain._codec import Codec
 from pupsourcing.domain._errors import AggregateNotFoundError, CodecError
 from pupsourcing.domain._snapshot import decode_state, encode_state
+from pupsourcing.domain._values import ValueProblem, utf8_text
 from pupsourcing.store.plan import drive, drive_async
 from pupsourcing.store.snapshots import Snapshot
 
@@ -46,15 +47,45 @@ _Plan = Generator[_Call, Any, T]
 
 
 def _metadata_bytes(metadata: Mapping[str, object] | bytes | None) -> bytes | None:
+    """``metadata`` as the JSON bytes every event is stored with; the store
+    checks bytes given as they are. :class:`InvalidEventError` (event 0, the
+    first it is set on) when it cannot be stored, so nothing is written."""
     if metadata is None or isinstance(metadata, bytes):
         return metadata
     if not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a mapping or bytes, got {type(metadata).__name__}")
+        problem = f"must be a mapping, bytes or None, got {type(metadata).__name__}"
+        raise InvalidEventError(0, "metadata", problem)
+    data = dict(metadata)
     try:
-        text = json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        problem = _surrogate_problem(data)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata is not JSON-encodable: {exc}") from None
-    return text.encode("utf-8")
+        problem = f"is not JSON-encodable: {exc}"
+    except RecursionError:
+        problem = "is nested too deeply, or holds itself"
+    raise InvalidEventError(0, "metadata", problem)
+
+
+def _surrogate_problem(data: dict[Any, Any]) -> str:
+    """Where in metadata ``data`` (plain JSON values) a text holds a lone
+    surrogate, and what it is."""
+    todo: list[tuple[object, str]] = [(data, "")]
+    while todo:
+        value, path = todo.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                at = f"{path}.{key}" if path else str(key)
+                todo += [(key, path), (item, at)]
+        elif isinstance(value, list | tuple):
+            todo += [(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        elif isinstance(value, str):
+            try:
+                utf8_text(value, path)
+            except ValueProblem as exc:
+                return f"{exc.path!r}: {exc.reason}" if exc.path else exc.reason
+    return "text with a lone surrogate cannot be encoded as UTF-8"
 
 
 def _naming(error: CodecError, event_type: str | None, event_version: int | None) -> CodecError:
@@ -140,7 +171,7 @@ class _RepositoryPlans(Generic[A]):
         for index, event in enumerate(pending):
             try:
                 event_type, event_version, payload = self.codec.encode(event)
-            except (CodecError, TypeError, ValueError, LookupError) as exc:
+            except (CodecError, TypeError, ValueError, LookupError, RecursionError) as exc:
                 raise _naming(
                     CodecError(
                         f"pending event {index} ({type(event).__qualname__}) of "

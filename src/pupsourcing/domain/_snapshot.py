@@ -31,6 +31,7 @@ from pupsourcing.domain._values import (
     is_pydantic_class,
     loads,
     to_json,
+    utf8_text,
 )
 
 _SCALARS: dict[str, tuple[type, Callable[[str], Any]]] = {
@@ -49,9 +50,16 @@ def encode_state(state: object, owner: str) -> bytes:
     if not isinstance(state, dict):
         raise CodecError(f"{owner}.snapshot_state() must return a dict, got {type(state).__name__}")
     try:
-        return dumps({"$state": {str(k): _tagged(v, str(k)) for k, v in state.items()}})
+        return dumps({"$state": {str(k): _attribute(v, str(k)) for k, v in state.items()}})
     except ValueProblem as exc:
         raise CodecError(f"{owner}.snapshot_state(): cannot store {exc}") from None
+
+
+def _attribute(value: object, name: str) -> Any:
+    try:
+        return _tagged(value, name)
+    except RecursionError:
+        raise ValueProblem("it is nested too deeply, or holds itself", name) from None
 
 
 def decode_state(data: bytes) -> dict[str, Any]:
@@ -110,8 +118,10 @@ def _tagged(value: object, path: str) -> Any:
     if isinstance(value, enum.Enum):  # before str: a StrEnum is a str too
         ref = _class_ref(type(value), path)
         return {"$enum": ref, "value": _tagged(value.value, path)}
-    if value is None or isinstance(value, bool | str):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return utf8_text(value, path)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):

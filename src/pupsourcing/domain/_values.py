@@ -105,10 +105,26 @@ def is_record_class(cls: object) -> bool:
 # -- encoding -----------------------------------------------------------------
 
 
+def utf8_text(value: str, path: str) -> str:
+    """``value``, unless it holds a lone surrogate (which UTF-8 cannot hold)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueProblem(
+                f"text with a lone surrogate ({value[exc.start]!r} at {exc.start}) cannot be "
+                "encoded as UTF-8",
+                path,
+            ) from None
+    return value
+
+
 def to_json(value: object, path: str = "") -> Any:
     """``value`` as plain JSON values (dicts, lists, str, int, float, bool, None)."""
-    if value is None or isinstance(value, bool | str):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return utf8_text(value, path)
     if isinstance(value, enum.Enum):
         return to_json(value.value, path)
     if isinstance(value, int):
