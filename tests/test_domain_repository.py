@@ -530,6 +530,36 @@ def test_a_stored_event_the_codec_cannot_read_names_where_it_is(backend: Backend
     assert (raised.value.event_type, raised.value.event_version) == ("Refunded", 3)
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 20_000 + b"]" * 20_000,  # MySQL's payload column holds 64 KiB
+        b'{"customer":' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+        b'{"customer":"ada","x":' + b'{"a":' * 10_000 + b"1" + b"}" * 10_001,
+    ],
+    ids=["array", "field", "object"],
+)
+def test_a_stored_payload_nested_too_deeply_is_a_codec_error(
+    backend: Backend, payload: bytes
+) -> None:
+    """Another writer's payload (the store takes any bytes) must not stop a
+    load with a bare RecursionError."""
+    conn = backend.connection()
+    backend.store.append(
+        conn,
+        ExpectedVersion.no_stream(),
+        [
+            Event("Sales", "Order", "order-24", "OrderPlaced", b'{"customer":"ada"}'),
+            Event("Sales", "Order", "order-24", "OrderPlaced", payload),
+        ],
+    )
+    conn.commit()
+    with pytest.raises(
+        CodecError, match=r"Sales/Order/order-24 version 2 .*OrderPlaced v1: .*nested too deeply"
+    ):
+        repository(backend).load(conn, "order-24")
+
+
 class FussyOrder(Order):
     """Its apply fails for an event that was stored (it must not)."""
 

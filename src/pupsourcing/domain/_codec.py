@@ -137,6 +137,12 @@ class JsonCodec:
                 event_type=event_type,
                 event_version=event_version,
             ) from None
+        except RecursionError:
+            raise CodecError(
+                "the payload is nested too deeply to decode",
+                event_type=event_type,
+                event_version=event_version,
+            ) from None
         version, data = self._upcasters.run(event_type, event_version, newest, data)
         cls = versions.get(version)
         if cls is None:
@@ -148,6 +154,12 @@ class JsonCodec:
             )
         try:
             return from_json(cls, data)
+        except RecursionError:
+            raise CodecError(
+                "the payload is nested too deeply to decode",
+                event_type=event_type,
+                event_version=event_version,
+            ) from None
         except ValueProblem as exc:
             raise CodecError(
                 f"the payload does not fit {cls.__qualname__}"

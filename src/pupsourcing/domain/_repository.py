@@ -305,7 +305,7 @@ class _RepositoryPlans(Generic[A]):
                 event = self.codec.decode(
                     persisted.event_type, persisted.event_version, persisted.payload
                 )
-            except (CodecError, ValueError, LookupError) as exc:  # any codec's errors
+            except (CodecError, ValueError, LookupError, RecursionError) as exc:  # any codec's
                 raise _naming(
                     CodecError(
                         f"{'/'.join(key)} version {persisted.aggregate_version} "
