@@ -233,27 +233,43 @@ class NatsRelay:
         killed after JetStream stored a batch but before its checkpoint
         committed then publishes none of it again, however long it stayed
         down, and one killed after JetStream refused an event of it (but
-        stored later ones) does not skip that event."""
+        stored later ones) does not skip that event. The move is a
+        compare-and-set: should another copy of the relay (same name) move
+        the checkpoint meanwhile, it is read again, never set back."""
         published = await self._link.last_position()
         processor, store, name = self._processor, self._processor.store, self.checkpoint_name
+        dialect = store.dialect
         conn = await processor.connection()
         try:
-            checkpoint = await store.get_checkpoint(conn, name)
-            if published > checkpoint:
+            while True:
+                checkpoint = await store._run(conn, dialect.load_checkpoint(name))
+                await store._end_transaction(conn, commit=True)
+                if published <= checkpoint:
+                    break
                 # Published by a relay that stopped before its checkpoint
                 # moved: JetStream may have refused one of them.
                 await self._link.check_held(
                     checkpoint, lambda after, limit: store.read_events(conn, after, limit)
                 )
-                await store.update_checkpoint(conn, name, published)
-                self.logger.info(
-                    "relay %s: the stream already holds events up to position %d; "
-                    "checkpoint moved from %d",
-                    name,
-                    published,
-                    checkpoint,
+                await store._end_transaction(conn, commit=True)
+                moved = await store._run(
+                    conn, dialect.advance_checkpoint(name, checkpoint, published)
                 )
-            await store._end_transaction(conn, commit=True)
+                await store._end_transaction(conn, commit=True)
+                if moved:
+                    self.logger.info(
+                        "relay %s: the stream already holds events up to position %d; "
+                        "checkpoint moved from %d",
+                        name,
+                        published,
+                        checkpoint,
+                    )
+                    break
+                self.logger.info(
+                    "relay %s: checkpoint moved meanwhile (another copy running?); reading it "
+                    "again",
+                    name,
+                )
         except BaseException:
             if processor._factory is not None:
                 await processor.close()
