@@ -1,11 +1,13 @@
 """Two copies of one ``NatsRelay`` (one name) at once, as in a rolling
 deploy, against the real NATS JetStream server and the databases: each event
 in the stream once (past a short duplicate window), the checkpoint never
-moving back."""
+moving back, one copy publishing while the other waits."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from test_relay_nats import (
     assert_exactly_once_in_order,
     publish_as_the_relay,
     relay,
+    stored_positions,
 )
 
 WINDOW = 0.3
@@ -127,3 +130,149 @@ def test_a_copy_resuming_while_the_other_moves_on_never_moves_the_checkpoint_bac
 async def _catch_up(r: NatsRelay) -> int:
     async with r:
         return await r.catch_up()
+
+
+class Sent:
+    """Records, for each copy, the positions it sent to JetStream."""
+
+    def __init__(self) -> None:
+        self.by: dict[str, list[int]] = {}
+
+    def watch(self, r: NatsRelay, label: str) -> None:
+        link, publish = r._link, r._link.publish
+        sent = self.by.setdefault(label, [])
+
+        async def recording(events: Any) -> int:
+            events = list(events)
+            sent.extend(e.global_position for e in events if e.global_position > link.held)
+            return await publish(events)
+
+        link.publish = recording  # type: ignore[method-assign]
+
+    def twice(self) -> list[int]:
+        seen: dict[int, int] = {}
+        for positions in self.by.values():
+            for p in positions:
+                seen[p] = seen.get(p, 0) + 1
+        return sorted(p for p, n in seen.items() if n > 1)
+
+
+def test_a_rolling_deploy_publishes_each_event_once_from_one_copy(
+    db: Backend, js: JetStream
+) -> None:
+    """Copies of one relay start and stop overlapping (each new one starts
+    before the previous one stops) while events are appended: the stream
+    holds each once, the checkpoint never moves back, and no event is sent
+    by two copies (one publishes, the others wait)."""
+    stream, prefix = js.new_stream(duplicate_window=WINDOW)
+    sent = Sent()
+    appended = threading.Event()
+
+    def appender() -> None:
+        for i in range(40):
+            append(db, [Event("Shop", "Order", f"o{i % 5}", "Placed", b"{}") for _ in range(5)])
+            time.sleep(0.03)
+        appended.set()
+
+    async def copy(label: str, start: asyncio.Event, stop: asyncio.Event) -> None:
+        r = relay(db, js, stream, prefix, name="roll", batch_size=3, poll_interval=0.02)
+        sent.watch(r, label)
+        await start.wait()
+        async with r:
+            await r.run(stop=stop)
+
+    async def deploy() -> None:
+        generations = 5
+        starts = [asyncio.Event() for _ in range(generations)]
+        stops = [asyncio.Event() for _ in range(generations)]
+        tasks = [
+            asyncio.create_task(copy(f"g{i}", starts[i], stops[i])) for i in range(generations)
+        ]
+        starts[0].set()
+        for i in range(1, generations):
+            await asyncio.sleep(0.4)
+            starts[i].set()  # the new copy starts ...
+            await asyncio.sleep(0.3)
+            stops[i - 1].set()  # ... and the old one stops a while later
+        await asyncio.to_thread(appended.wait)
+        head = stored_positions(db)[-1]
+        deadline = time.monotonic() + 30
+        while db.checkpoints().get("relay_roll") != head and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(WINDOW * 2)
+        stops[-1].set()
+        await asyncio.gather(*tasks)
+
+    thread = threading.Thread(target=appender)
+    with CheckpointWatch(db, "relay_roll") as watch:
+        thread.start()
+        try:
+            asyncio.run(deploy())
+        finally:
+            thread.join()
+    watch.assert_never_back()
+    assert db.checkpoints()["relay_roll"] == stored_positions(db)[-1]
+    assert_exactly_once_in_order(js.messages(stream), db)
+    assert sent.twice() == []
+
+
+def test_a_standby_copy_takes_over_when_the_active_one_dies(
+    db: Backend, js: JetStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The active copy dies without giving the lease up: the standby copy,
+    which published nothing meanwhile, takes over once the lease ran out
+    (1 s here) and publishes the rest, each event once."""
+    stream, prefix = js.new_stream(duplicate_window=WINDOW)
+    sent = Sent()
+    first, second = (
+        relay(db, js, stream, prefix, name="ha", poll_interval=0.02, lease_ttl=1.0) for _ in "ab"
+    )
+    sent.watch(first, "first")
+    sent.watch(second, "second")
+
+    def order(aggregate_id: str) -> list[Event]:
+        return [Event("Shop", "Order", aggregate_id, "Placed", b"{}") for _ in range(5)]
+
+    async def relayed() -> None:
+        head = (await asyncio.to_thread(stored_positions, db))[-1]
+        deadline = time.monotonic() + 10
+        while (await asyncio.to_thread(db.checkpoints)).get("relay_ha") != head:
+            assert time.monotonic() < deadline, "not relayed"
+            await asyncio.sleep(0.02)
+
+    async def scenario() -> float:
+        stop = asyncio.Event()
+        active = asyncio.create_task(first.run(stop=stop))
+        await asyncio.to_thread(append, db, order("o1"))
+        await relayed()
+        standby = asyncio.create_task(second.run(stop=stop))
+        await asyncio.to_thread(append, db, order("o2"))
+        await relayed()
+        await asyncio.sleep(0.5)
+
+        async def dead() -> None:
+            pass
+
+        first._lease.release = dead  # type: ignore[method-assign,union-attr]
+        active.cancel()  # dies: its lease is neither renewed nor released
+        with contextlib.suppress(asyncio.CancelledError):
+            await active
+        died = time.monotonic()
+        await asyncio.to_thread(append, db, order("o3"))
+        await relayed()
+        took = time.monotonic() - died
+        stop.set()
+        await standby
+        await first.close()
+        await second.close()
+        return took
+
+    with caplog.at_level(logging.INFO, logger="pupsourcing.relay"):
+        took = asyncio.run(scenario())
+    assert took < 3.0
+    assert sent.by["first"] == list(range(1, 11))
+    assert sent.by["second"] == list(range(11, 16))
+    assert_exactly_once_in_order(js.messages(stream), db)
+    lines = [r.getMessage() for r in caplog.records if "relay_ha:" in r.getMessage()]
+    assert any("another copy is active; standing by" in line for line in lines), lines
+    assert sum("active (owner" in line for line in lines) == 2, lines

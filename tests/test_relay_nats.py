@@ -209,6 +209,16 @@ def test_bad_arguments_name_the_field() -> None:
         NatsRelay(lambda: None, store, stream="s", subject_prefix="a.>")
     with pytest.raises(ValueError, match="batch_size"):
         NatsRelay(lambda: None, store, stream="s", batch_size=0)
+    for ttl in (0.1, 4000, True, "5"):
+        with pytest.raises(ValueError, match="lease_ttl"):
+            NatsRelay(lambda: None, store, stream="s", lease_ttl=ttl)  # type: ignore[arg-type]
+
+
+def test_the_command_s_default_lease_ttl_is_the_relay_s() -> None:
+    from pupsourcing.cli import relay as command
+    from pupsourcing.relay import _lease
+
+    assert command.LEASE_TTL == _lease.LEASE_TTL
 
 
 # -- failures ---------------------------------------------------------------------
@@ -674,6 +684,9 @@ def start_relay(backend: Backend, js: JetStream, stream: str, prefix: str, log: 
                 "20",
                 "--poll-interval",
                 "0.02",
+                # A copy killed holds the lease this long: the next waits for it.
+                "--lease-ttl",
+                "1",
             ),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -17,6 +17,8 @@ from pupsourcing.cli.signals import SIGNALS, exit_now
 logger = logging.getLogger("pupsourcing.cli")
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
+LEASE_TTL = 10.0
+"""``pupsourcing.relay._lease.LEASE_TTL``, without importing the relay."""
 
 
 def register(commands: Any) -> None:
@@ -62,6 +64,14 @@ def register(commands: Any) -> None:
         help="pause when there is nothing to publish (default 0.1)",
     )
     nats.add_argument(
+        "--lease-ttl",
+        type=seconds,
+        default=LEASE_TTL,
+        metavar="SECONDS",
+        help="copies of one relay running at once: one publishes, the others take over "
+        f"this long after it died (default {LEASE_TTL:g})",
+    )
+    nats.add_argument(
         "-v", "--verbose", action="count", default=0, help="log every batch (-vv: debug)"
     )
     nats.add_argument(
@@ -83,6 +93,9 @@ def run_nats(args: argparse.Namespace) -> int:
     from pupsourcing.aio import database
     from pupsourcing.relay import NatsRelay
 
+    if not 0.3 <= args.lease_ttl <= 3600:
+        raise CommandError(f"--lease-ttl must be from 0.3 to 3600 seconds, got {args.lease_ttl}")
+
     db = open_database(args)
     target = database(db.url, store_config(args), create=False)
     head = check_store(db)
@@ -98,6 +111,7 @@ def run_nats(args: argparse.Namespace) -> int:
         name=args.name,
         batch_size=args.batch_size,
         poll_interval=args.poll_interval,
+        lease_ttl=args.lease_ttl,
     )
     logger.info(
         "relaying %s (head %d) to JetStream stream %s on %s as %s.>; checkpoint %s",

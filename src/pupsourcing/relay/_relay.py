@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from pupsourcing.projection.batch import Handle
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.core import RECONNECT_INITIAL_DELAY, RECONNECT_MAX_DELAY
 from pupsourcing.projection.protocols import AsyncProjection
+from pupsourcing.relay._lease import LEASE_TTL, STANDBY_LOOK, RelayLease
 from pupsourcing.relay._link import ConnectionLost, Link
 from pupsourcing.relay._subject import check_prefix
 from pupsourcing.store.async_base import AsyncSQLStore
@@ -91,6 +93,16 @@ class NatsRelay:
     Called again after an error (or a cancellation), :meth:`run` and
     :meth:`catch_up` start as a new relay would: connect, read the stream's
     limits and resume from what the stream holds.
+
+    Copies of one relay (one ``name``) may run at once, as in a rolling
+    deploy: when ``db`` is a factory, only the copy holding the lease
+    ``relay_<name>`` in the store's leases table publishes (it renews it
+    every ``lease_ttl / 3`` seconds on a connection of its own); the others
+    wait as standby (:meth:`run` and :meth:`catch_up` alike) and one takes
+    over within about ``lease_ttl`` seconds after the active copy stopped
+    (at once when it stopped cleanly). Becoming active or standby is logged
+    at INFO. In any case the checkpoint only moves forward, by
+    compare-and-set.
     """
 
     def __init__(
@@ -107,6 +119,7 @@ class NatsRelay:
         ack_timeout: float = 10.0,
         connect_options: Mapping[str, Any] | None = None,
         logger: logging.Logger | None = None,
+        lease_ttl: float = LEASE_TTL,
     ) -> None:
         with needs_extra("nats", "pupsourcing.relay.NatsRelay"):
             import nats  # noqa: F401
@@ -117,6 +130,10 @@ class NatsRelay:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         if not ack_timeout > 0:
             raise ValueError(f"ack_timeout must be positive, got {ack_timeout!r}")
+        if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, int | float):
+            raise ValueError(f"lease_ttl must be a number of seconds, got {lease_ttl!r}")
+        if not 0.3 <= lease_ttl <= 3600:
+            raise ValueError(f"lease_ttl must be from 0.3 to 3600 seconds, got {lease_ttl!r}")
         self.stream = stream
         self.subject_prefix = check_prefix(subject_prefix)
         self.name = name
@@ -133,6 +150,14 @@ class NatsRelay:
         )
         self._projection = _Relayed(self.checkpoint_name)
         self._synced = False
+        factory = self._processor._factory
+        self._lease = (
+            None
+            if factory is None
+            else RelayLease(
+                factory, self._processor.store, self.checkpoint_name, self.logger, float(lease_ttl)
+            )
+        )
 
     @property
     def checkpoint_name(self) -> str:
@@ -144,21 +169,33 @@ class NatsRelay:
         """Relay until ``stop`` is set (checked between batches)."""
         stop = stop or asyncio.Event()
         projection = self._projection
-        await self._retrying(lambda: self._processor.run(projection, stop=stop), stop)
+
+        async def work(halt: asyncio.Event) -> None:
+            await self._retrying(lambda: self._processor.run(projection, stop=halt), halt)
+
+        await self._leading(work, stop)
 
     async def catch_up(self) -> int:
         """Relay until no committed event is left; return how many events
         were published, counted from the last (re)connect when a failure
         was retried."""
         projection = self._projection
-        result = await self._retrying(lambda: self._processor.catch_up(projection), None)
+
+        async def work(halt: asyncio.Event) -> int | None:
+            return await _unless(
+                halt, self._retrying(lambda: self._processor.catch_up(projection), None)
+            )
+
+        result = await self._leading(work, None)
         return result or 0
 
     async def close(self) -> None:
-        """Close the NATS connection, and the database connection if the
-        relay opened it."""
+        """Close the NATS connection, and the database connections if the
+        relay opened them."""
         await self._link.close()
         await self._processor.close()
+        if self._lease is not None:
+            await self._lease.close()
 
     async def __aenter__(self) -> NatsRelay:
         return self
@@ -170,6 +207,105 @@ class NatsRelay:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    # -- one copy at a time -----------------------------------------------------
+
+    async def _leading(
+        self, work: Callable[[asyncio.Event], Awaitable[T]], stop: asyncio.Event | None
+    ) -> T | None:
+        """Run ``work`` while this copy holds the relay's lease (see
+        :mod:`pupsourcing.relay._lease`), waiting as standby while another
+        copy does; ``work`` is to stop when the event it is given is set
+        (``stop`` was, or the lease was lost: then wait again). Without a
+        lease (``db`` a connection), ``work`` runs at once. ``None`` when
+        stopped while waiting."""
+        lease = self._lease
+        if lease is None:
+            return await work(stop or asyncio.Event())
+        while True:
+            if not await self._take_lease(lease, stop):
+                return None
+            halt, lost = asyncio.Event(), asyncio.Event()
+            keeper = asyncio.ensure_future(self._keep_lease(lease, stop, halt, lost))
+            try:
+                result = await work(halt)
+            except BaseException:
+                await _cancelled(keeper)
+                if not lost.is_set():
+                    await lease.release()
+                raise
+            await _cancelled(keeper)
+            if not lost.is_set():
+                await lease.release()
+                return result
+            self._synced = False  # the next holder published meanwhile
+            if stop is not None and stop.is_set():
+                return None
+
+    async def _take_lease(self, lease: RelayLease, stop: asyncio.Event | None) -> bool:
+        """Wait until this copy holds the lease; ``False`` when stopped first."""
+        standby = False
+        delay = RECONNECT_INITIAL_DELAY
+        while True:
+            try:
+                if await lease.acquire():
+                    if standby or not lease.absent:
+                        self.logger.info(
+                            "relay %s: active (owner %s)", self.checkpoint_name, lease.owner
+                        )
+                    return True
+                wait = lease.ttl * STANDBY_LOOK
+                if not standby:
+                    self.logger.info(
+                        "relay %s: another copy is active; standing by (owner %s)",
+                        self.checkpoint_name,
+                        lease.owner,
+                    )
+                    standby = True
+                delay = RECONNECT_INITIAL_DELAY
+            except Exception as exc:
+                self.logger.warning(
+                    "relay %s: lease: %s: %s; retrying in %.1fs",
+                    self.checkpoint_name,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                wait, delay = delay, min(delay * 2, RECONNECT_MAX_DELAY)
+            if await pause(wait, stop):
+                return False
+
+    async def _keep_lease(
+        self,
+        lease: RelayLease,
+        stop: asyncio.Event | None,
+        halt: asyncio.Event,
+        lost: asyncio.Event,
+    ) -> None:
+        """Renew the lease every third of its TTL until ``stop`` is set, then
+        set ``halt``; set ``lost`` and ``halt`` when another copy took it or
+        it could not be renewed for most of its TTL (before it runs out:
+        then none may be active for a while, never two)."""
+        renewed = time.monotonic()
+        while not await pause(lease.ttl / 3, stop):
+            try:
+                if await lease.renew():
+                    renewed = time.monotonic()
+                    continue
+                reason = "another copy took the lease over"
+            except Exception as exc:
+                if time.monotonic() - renewed < lease.ttl * 0.6:
+                    self.logger.warning(
+                        "relay %s: lease not renewed: %s; retrying", self.checkpoint_name, exc
+                    )
+                    continue
+                reason = f"the lease could not be renewed ({exc})"
+            self.logger.warning(
+                "relay %s: %s; standing by after this batch", self.checkpoint_name, reason
+            )
+            lost.set()
+            break
+        halt.set()
 
     # -- failures --------------------------------------------------------------
 
@@ -279,3 +415,24 @@ class NatsRelay:
             raise
         processor._core.subscription(self._projection).checkpoint = None  # reload it
         self._synced = True
+
+
+async def _unless(halt: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or ``None`` when ``halt`` is set first (``work``
+    is cancelled then)."""
+    task = asyncio.ensure_future(work)
+    halted = asyncio.ensure_future(halt.wait())
+    try:
+        await asyncio.wait({task, halted}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        halted.cancel()
+        if not task.done():
+            await _cancelled(task)
+    return None if task.cancelled() else task.result()
+
+
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it ended (its failure ignored)."""
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task

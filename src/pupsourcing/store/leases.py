@@ -7,6 +7,9 @@ since the epoch by the database's clock, so the processes' clocks never
 matter). Every change is a compare-and-set ``UPDATE``: a partition is taken
 only from its owner or once its lease has expired.
 
+A relay (:class:`~pupsourcing.relay.NatsRelay`) holds partition 0 of
+``relay_<name>``, so that one of its copies publishes at a time.
+
 Rows with a negative ``partition_key`` are members, not partitions: each
 running process keeps one up to date so the others count it (and make room
 for it) before it holds any partition.
