@@ -771,6 +771,17 @@ def test_sigterm_stops_cleanly_and_status_shows_the_relay(js: JetStream, tmp_pat
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and backend.checkpoints().get("relay_cli") != 4:
             time.sleep(0.1)
+        # Running, it holds the lease relay_cli: status shows its owner on
+        # the relay's own row (not as a partition relay_cli_p0 at position 0).
+        running = json.loads(cli("projections", "status", "--db", backend.url, "--json").stdout)
+        [row] = [r for r in running["projections"] if r["name"] == "relay_cli"]
+        assert (row["position"], row["partitioned"]) == (4, False), row
+        [checkpoint] = row["checkpoints"]
+        assert checkpoint["checkpoint"] == "relay_cli"
+        assert f":{proc.pid}:" in checkpoint["lease"]["owner"]
+        table = cli("projections", "status", "--db", backend.url).stdout
+        assert checkpoint["lease"]["owner"] in table
+        assert "relay_cli_p0" not in table
         append(backend, [Event("Shop", "Order", "o2", "Placed", b"{}")])  # lag 1 once stopped
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0

@@ -300,14 +300,21 @@ def projection_groups(db: Any, conn: Any) -> tuple[list[Group], Leases]:
     own = db.store._run(conn, layout_names(db.store.dialect))
     leases = lease_rows(db, conn)
     members = [(*projection_of(c.name, own), c) for c in checkpoints]
-    seen = {(name, key) for name, key, _ in members}
+    seen = {(name, _lease_key(key)) for name, key, _ in members}
     for name, key in sorted(leases.keys() - seen):
         members.append((name, key, Checkpoint(partition_checkpoint_name(name, key), 0, None, None)))
     return group_checkpoints(members), leases
 
 
-def _lease_of(name: str, key: int | None, leases: Leases) -> Lease | None:
-    return None if key is None else leases.get((name, key))
+def _lease_key(key: int | None) -> int:
+    """The lease partition of a checkpoint: 0 for an unpartitioned one (a
+    relay's lease, or a claimed projection with one partition)."""
+    return 0 if key is None else key
+
+
+def lease_of(name: str, key: int | None, leases: Leases) -> Lease | None:
+    """The held lease of checkpoint ``key`` (``None``: unpartitioned) of ``name``."""
+    return leases.get((name, _lease_key(key)))
 
 
 def _lease_text(lease: Lease | None) -> tuple[str, str]:
@@ -328,7 +335,7 @@ def _checkpoint_json(
     g: Group, c: Checkpoint, key: int | None, head: int, leases: Leases, dead: dict[str, int] | None
 ) -> dict[str, Any]:
     return {
-        "lease": _lease_json(_lease_of(g.name, key, leases)),
+        "lease": _lease_json(lease_of(g.name, key, leases)),
         "dead_letters": None if dead is None else dead.get(c.name, 0),
         "checkpoint": c.name,
         "partition_key": key,
@@ -405,17 +412,17 @@ def run_status(args: argparse.Namespace) -> int:
                     f"{c.position:,}",
                     f"{max(head - c.position, 0):,}",
                     _age(c.age),
-                    *(_lease_text(_lease_of(g.name, key, leases)) if leases else ()),
+                    *(_lease_text(lease_of(g.name, key, leases)) if leases else ()),
                     *dead_text([c]),
                 )
         else:
-            [c] = g.checkpoints
+            [c], [key] = g.checkpoints, g.keys
             table.add(
                 clean_line(c.name),
                 f"{c.position:,}",
                 f"{max(head - c.position, 0):,}",
                 _age(c.age),
-                *extra,
+                *(_lease_text(lease_of(g.name, key, leases)) if leases else ()),
                 *dead_text([c]),
             )
     print()

@@ -13,7 +13,7 @@ from typing import Any
 from pupsourcing import PersistedEvent
 from pupsourcing.cli._json import exact_json
 from pupsourcing.cli.dead_letters import dead_letter_counts, dead_letter_json
-from pupsourcing.cli.projections import projection_groups
+from pupsourcing.cli.projections import lease_of, projection_groups
 from pupsourcing.core.validation import nested_deeper_than
 from pupsourcing.store.layout import missing_table
 from pupsourcing.store.plan import Plan, Statement
@@ -88,7 +88,7 @@ def _checkpoint_rows(db: Database, conn: Any) -> tuple[int, list[JSON]]:
     for group in groups:
         total = max((k for k in group.keys if k is not None), default=0) + 1
         for c, key in zip(group.checkpoints, group.keys, strict=True):
-            lease = None if key is None else leases.get((group.name, key))
+            lease = lease_of(group.name, key, leases)
             rows.append(
                 {
                     "name": group.name,
