@@ -286,3 +286,80 @@ def test_a_url_turns_prepared_statements_off_for_the_cli(
         assert prepared == (0,)
     finally:
         conn.close()
+
+
+@pytest.fixture
+def js() -> Iterator[Any]:
+    from nats_helpers import jetstream
+
+    yield from jetstream()
+
+
+def test_a_relay_publishes_each_event_once_through_transaction_pooling(
+    bounced: Callable[..., Bounced], js: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``NatsRelay`` behind PgBouncer: catch_up, then run while events are
+    appended (found at its polls), with a second copy standing by; every
+    event is in the stream once, in order, and the checkpoint at the head."""
+    import asyncio
+
+    from pupsourcing import Event, ExpectedVersion
+    from pupsourcing.aio import AsyncPostgresStore
+    from pupsourcing.relay import NatsRelay
+
+    stream, prefix = js.new_stream(duplicate_window=0.5)
+    b = bounced(pool_size=2)
+    conn = b.connect()
+
+    def append(count: int, tag: str) -> None:
+        for i in range(count):
+            events = [Event("Shop", "Order", f"{tag}-{i % 7}", "Placed", b"{}")]
+            b.store.append(conn, ExpectedVersion.any(), events)
+            conn.commit()
+
+    def head() -> int:
+        value = b.store.head_position(conn)
+        conn.commit()
+        return int(value)
+
+    def relay() -> NatsRelay:
+        return NatsRelay(
+            b.connect_async,
+            AsyncPostgresStore(b.store.config),
+            stream=stream,
+            servers=js.url,
+            subject_prefix=prefix,
+            name="pgb",
+            batch_size=50,
+            poll_interval=0.05,
+            lease_ttl=2.0,
+        )
+
+    async def scenario() -> int:
+        async with relay() as first:
+            relayed = await first.catch_up()
+        stop = asyncio.Event()
+        async with relay() as active, relay() as standby:
+            running = asyncio.create_task(active.run(stop=stop))
+            await asyncio.sleep(0.3)
+            waiting = asyncio.create_task(standby.run(stop=stop))
+            await asyncio.to_thread(append, 100, "late")
+            target = await asyncio.to_thread(head)
+            deadline = time.monotonic() + 30
+            while b.direct.checkpoints().get("relay_pgb") != target:
+                assert time.monotonic() < deadline, "not relayed"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.6)  # past the duplicate window
+            stop.set()
+            await asyncio.gather(running, waiting)
+        return relayed
+
+    append(300, "early")
+    with caplog.at_level(logging.INFO, logger="pupsourcing.relay"):
+        assert asyncio.run(scenario()) == 300
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any("standing by" in r.getMessage() for r in caplog.records)
+    positions = [m.position for m in js.messages(stream)]
+    assert positions == list(range(1, 401))
+    assert b.direct.checkpoints()["relay_pgb"] == 400
+    conn.close()
