@@ -432,7 +432,9 @@ async def _unless(halt: asyncio.Event, work: Awaitable[T]) -> T | None:
 
 
 async def _cancelled(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` and wait until it ended (its failure ignored)."""
+    """Cancel ``task`` and wait until it ended, its failure ignored (a
+    cancellation of the caller meanwhile is not)."""
     task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: not reported as never retrieved
