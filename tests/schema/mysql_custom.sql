@@ -7,7 +7,8 @@
 --   ALTER TABLE `shop_events` ADD COLUMN partition_hash BIGINT;
 -- The table aggregate_snapshots (aggregate snapshots) is pupsourcing's
 -- own; the Go library ignores it.
--- So is projection_leases (partition leases of `projections run --claim`).
+-- So is projection_leases (leases of `projections run --claim` partitions
+-- and of the relay copy that publishes).
 -- Key columns use utf8mb4_bin: the Go library's utf8mb4_unicode_ci treats
 -- distinct ids as equal (case, accents, all emoji), so two aggregates would
 -- share one version sequence. The Go library works unchanged with it. To fix
@@ -94,7 +95,7 @@ CREATE TABLE IF NOT EXISTS `aggregate_snapshots` (
     PRIMARY KEY (bounded_context, aggregate_type, aggregate_id, aggregate_version)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
--- Projection partition leases (pupsourcing only; the Go library ignores this table): which process runs which partition under `projections run --claim`, until expires_at (epoch seconds, database clock).
+-- Projection partition leases (pupsourcing only; the Go library ignores this table): which process runs which partition under `projections run --claim`, and which copy of a relay publishes, until expires_at (epoch seconds, database clock).
 CREATE TABLE IF NOT EXISTS `projection_leases` (
     projection_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     partition_key BIGINT NOT NULL,

@@ -7,7 +7,8 @@
 --   ALTER TABLE "events" ADD COLUMN partition_hash INTEGER;
 -- The table aggregate_snapshots (aggregate snapshots) is pupsourcing's
 -- own; the Go library ignores it.
--- So is projection_leases (partition leases of `projections run --claim`).
+-- So is projection_leases (leases of `projections run --claim` partitions
+-- and of the relay copy that publishes).
 
 -- Events: the append-only log. global_position orders all events; the unique key allows one event per aggregate version (optimistic concurrency).
 CREATE TABLE IF NOT EXISTS "events" (
@@ -98,7 +99,7 @@ CREATE TABLE IF NOT EXISTS "aggregate_snapshots" (
     PRIMARY KEY (bounded_context, aggregate_type, aggregate_id, aggregate_version)
 );
 
--- Projection partition leases (pupsourcing only; the Go library ignores this table): which process runs which partition under `projections run --claim`, until expires_at (epoch seconds, database clock).
+-- Projection partition leases (pupsourcing only; the Go library ignores this table): which process runs which partition under `projections run --claim`, and which copy of a relay publishes, until expires_at (epoch seconds, database clock).
 CREATE TABLE IF NOT EXISTS "projection_leases" (
     projection_name TEXT NOT NULL,
     partition_key INTEGER NOT NULL,

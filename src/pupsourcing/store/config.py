@@ -46,7 +46,8 @@ class StoreConfig:
     table the Go library does not have and never touches)."""
     leases_table: str = "projection_leases"
     """Partition leases of ``projections run --claim`` and
-    :class:`pupsourcing.projection.ClaimingRunner` (pupsourcing only)."""
+    :class:`pupsourcing.projection.ClaimingRunner`, and the lease of the
+    relay copy that publishes (pupsourcing only)."""
 
     def __post_init__(self) -> None:
         names = [validate_identifier(f.name, getattr(self, f.name)) for f in fields(self)]

@@ -497,7 +497,8 @@ class Dialect(abc.ABC):
         header += (
             f"-- The table {config.snapshots_table} (aggregate snapshots) is pupsourcing's\n"
             "-- own; the Go library ignores it.\n"
-            f"-- So is {config.leases_table} (partition leases of `projections run --claim`).\n"
+            f"-- So is {config.leases_table} (leases of `projections run --claim` partitions\n"
+            "-- and of the relay copy that publishes).\n"
         )
         return f"{header}\n{_script(cls.schema(config))}"
 

@@ -77,7 +77,8 @@ def lease_statements(
         (
             "Projection partition leases (pupsourcing only; the Go library ignores this "
             "table): which process runs which partition under `projections run --claim`, "
-            "until expires_at (epoch seconds, database clock).",
+            "and which copy of a relay publishes, until expires_at (epoch seconds, "
+            "database clock).",
             f"CREATE TABLE IF NOT EXISTS {quote(config.leases_table)} (\n{body}\n)"
             + d.table_options,
         )
