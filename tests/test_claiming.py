@@ -838,3 +838,145 @@ def test_a_runner_logs_the_release_of_a_partition_it_hands_over(
     fields = {"projection": "handed", "checkpoint_name": f"handed_p{key}", "partition": key}
     fields["total_partitions"] = 2
     assert {f: getattr(record, f, None) for f in fields} == fields
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_lease_outage_is_one_warning_then_a_line_when_it_ends(
+    api: str, private_postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the database is down the lease loop fails every ``lease_ttl /
+    3`` seconds: as a processor's reconnect, it says so once (a WARNING, the
+    driver's message on one line), logs the attempts that fail again at
+    DEBUG with a WARNING every ``RECONNECT_WARNING`` seconds (shortened
+    here), and says at INFO when the leases are renewed again; the runner
+    then claims its partitions again."""
+    import asyncio
+    import itertools
+    import logging
+
+    from conftest import close_backend, private_backend
+    from helpers import LogRecords
+    from pupsourcing.aio import AsyncClaimingRunner
+    from pupsourcing.projection import claiming
+
+    every = 1.0
+    monkeypatch.setattr(claiming, "RECONNECT_WARNING", every)
+    backend = private_backend(private_postgres)
+    records = LogRecords(f"claim-outage-{api}")
+    config = ProcessorConfig(total_partitions=2, poll_interval=0.05, logger=records.logger)
+
+    class AsyncIdle:
+        name = "idle_claimed"
+
+        async def handle(self, e: Any, tx: Any) -> None:
+            pass
+
+    def outage(held: Callable[[], dict[str, list[int]]]) -> None:
+        wait_for(lambda: held() == {"idle_claimed": [0, 1]}, what="both partitions")
+        private_postgres.stop()
+        try:
+            time.sleep(2.6)
+        finally:
+            private_postgres.start()
+        wait_for(lambda: held() == {"idle_claimed": [0, 1]}, what="both partitions again")
+
+    try:
+        if api == "sync":
+            runner = ClaimingRunner(backend.connect, backend.store, config, lease_ttl=0.6)
+            stop = threading.Event()
+            thread = threading.Thread(target=runner.run, args=(Idle(),), kwargs={"stop": stop})
+            thread.start()
+            try:
+                outage(runner.held)
+            finally:
+                stop.set()
+                thread.join(timeout=10)
+        else:
+
+            async def scenario() -> None:
+                store = backend.async_store()
+                runner = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=0.6)
+                stop = asyncio.Event()
+                task = asyncio.create_task(runner.run(AsyncIdle(), stop=stop))
+                try:
+                    await asyncio.to_thread(outage, runner.held)
+                finally:
+                    stop.set()
+                    await task
+
+            asyncio.run(scenario())
+    finally:
+        private_postgres.ensure_started()
+        close_backend(backend)
+    lines = [r for r in records.records if r.getMessage().startswith("partition leases")]
+    levels = [r.levelno for r in lines]
+    assert levels[0] == logging.WARNING, levels
+    assert levels[-1] == logging.INFO, levels
+    assert levels.count(logging.INFO) == 1, levels
+    assert "again after" in lines[-1].getMessage()
+    assert levels.count(logging.DEBUG) >= 3, levels
+    warned = [r.created for r in lines if r.levelno == logging.WARNING]
+    assert 2 <= len(warned) <= 4, levels  # the start, then one each `every` seconds
+    assert all(b - a >= every for a, b in itertools.pairwise(warned)), warned
+    assert all("\n" not in r.getMessage() for r in lines), [r.getMessage() for r in lines]
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_leases_not_released_for_a_database_down_is_one_line(
+    api: str, private_postgres: Any
+) -> None:
+    """A runner stopped while the database is down cannot give its leases
+    back (they expire): it says so on one line, with the driver's message
+    without its hint lines."""
+    import asyncio
+    import logging
+
+    from conftest import close_backend, private_backend
+    from helpers import LogRecords
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = private_backend(private_postgres)
+    records = LogRecords(f"claim-unreleased-{api}")
+    config = ProcessorConfig(total_partitions=2, poll_interval=0.05, logger=records.logger)
+
+    class AsyncIdle:
+        name = "idle_claimed"
+
+        async def handle(self, e: Any, tx: Any) -> None:
+            pass
+
+    try:
+        if api == "sync":
+            runner = ClaimingRunner(backend.connect, backend.store, config, lease_ttl=3)
+            stop = threading.Event()
+            thread = threading.Thread(target=runner.run, args=(Idle(),), kwargs={"stop": stop})
+            thread.start()
+            try:
+                wait_for(lambda: runner.held() == {"idle_claimed": [0, 1]}, what="partitions")
+                private_postgres.stop()
+            finally:
+                stop.set()
+                thread.join(timeout=10)
+        else:
+
+            async def scenario() -> None:
+                store = backend.async_store()
+                runner = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=3)
+                stop = asyncio.Event()
+                task = asyncio.create_task(runner.run(AsyncIdle(), stop=stop))
+                try:
+                    while runner.held() != {"idle_claimed": [0, 1]}:
+                        await asyncio.sleep(0.05)
+                    await asyncio.to_thread(private_postgres.stop)
+                finally:
+                    stop.set()
+                    await asyncio.wait_for(task, 10)
+
+            asyncio.run(scenario())
+    finally:
+        private_postgres.ensure_started()
+        close_backend(backend)
+    lines = [m for m in records.messages(logging.WARNING) if "not released" in m]
+    assert len(lines) == 1, records.messages(logging.WARNING)
+    assert lines[0].startswith("partition leases not released (they expire): ")
+    assert "\n" not in lines[0], lines[0]

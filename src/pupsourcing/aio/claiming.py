@@ -9,9 +9,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from pupsourcing._text import one_line
 from pupsourcing.aio.processor import AsyncProcessor, close_quietly
 from pupsourcing.projection.claiming import (
     DEFAULT_LEASE_TTL,
+    LeaseOutage,
     check_runner_args,
     chosen_projections,
     next_look,
@@ -92,6 +94,7 @@ class AsyncClaimingRunner:
         stop = stop or asyncio.Event()
         conn: Any = None
         last_ok = time.monotonic()
+        outage = LeaseOutage(self._log)
         error: BaseException | None = None
         pending: list[tuple[str, int]] = []
         total = self.total_partitions
@@ -107,8 +110,9 @@ class AsyncClaimingRunner:
                     for p in chosen:
                         pause = min(pause, await self._balance(conn, p))
                     last_ok = time.monotonic()
+                    outage.ended()
                 except Exception as exc:
-                    self._log.warning("partition leases: %s; retrying", exc)
+                    outage.failed(exc, pause)
                     if not self._store.dialect.is_transient(exc):  # else rolled back, usable
                         await close_quietly(conn)
                         conn = None
@@ -154,7 +158,9 @@ class AsyncClaimingRunner:
                 await close_quietly(conn)
                 conn = None
                 if last:
-                    self._log.warning("partition leases not released (they expire): %s", exc)
+                    self._log.warning(
+                        "partition leases not released (they expire): %s", one_line(exc)
+                    )
         await close_quietly(conn)
 
     def _stop_all(self, reason: str | None) -> None:

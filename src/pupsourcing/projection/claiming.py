@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import socket
 import threading
@@ -13,8 +14,15 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from pupsourcing.projection.batch import partition_fields, partition_label, projection_name
+from pupsourcing._text import one_line
+from pupsourcing.projection.batch import (
+    Logger,
+    partition_fields,
+    partition_label,
+    projection_name,
+)
 from pupsourcing.projection.config import ProcessorConfig
+from pupsourcing.projection.core import RECONNECT_WARNING
 from pupsourcing.projection.processor import Processor
 from pupsourcing.projection.protocols import Projection
 from pupsourcing.store.leases import MAX_OWNER_LENGTH, Lease, LeasePlans
@@ -170,6 +178,7 @@ class ClaimingRunner:
         stop = stop or threading.Event()
         conn: Any = None
         last_ok = time.monotonic()
+        outage = LeaseOutage(self._log)
         first_error: BaseException | None = None
         try:
             while not stop.is_set() and first_error is None:
@@ -183,8 +192,9 @@ class ClaimingRunner:
                     for p in chosen:
                         pause = min(pause, self._balance(conn, p))
                     last_ok = time.monotonic()
+                    outage.ended()
                 except Exception as exc:
-                    self._log.warning("partition leases: %s; retrying", exc)
+                    outage.failed(exc, pause)
                     if not self._store.dialect.is_transient(exc):  # else rolled back, usable
                         _close(conn)
                         conn = None
@@ -330,9 +340,54 @@ class ClaimingRunner:
                     _close(conn)
                     conn = None
                     if last:
-                        self._log.warning("partition leases not released (they expire): %s", exc)
+                        self._log.warning(
+                            "partition leases not released (they expire): %s", one_line(exc)
+                        )
         finally:
             _close(conn)
+
+
+class LeaseOutage:
+    """A lease loop's lines while its statements fail (the database is
+    down, say), as a processor's :func:`~pupsourcing.projection.core.reconnect`
+    logs an outage: a WARNING when the failures start, DEBUG for each one
+    after it with a WARNING every :data:`RECONNECT_WARNING` seconds while
+    they go on, and INFO once the leases are renewed again. The driver's
+    message is on one line."""
+
+    def __init__(self, log: Logger) -> None:
+        self._log = log
+        self._since: float | None = None
+        self._warned = 0.0
+        self._failures = 0
+
+    def failed(self, exc: Exception, retry_in: float) -> None:
+        """A pass of the lease loop failed with ``exc``; the next in ``retry_in`` s."""
+        now = time.monotonic()
+        self._failures += 1
+        if self._since is None:
+            self._since = self._warned = now
+            self._log.warning("partition leases: %s; retrying in %.1fs", one_line(exc), retry_in)
+            return
+        still = now - self._warned >= RECONNECT_WARNING
+        if still:
+            self._warned = now
+        self._log.log(
+            logging.WARNING if still else logging.DEBUG,
+            "partition leases still fail after %d attempts in %.0f s (%s); retrying in %.1fs",
+            self._failures,
+            now - self._since,
+            one_line(exc),
+            retry_in,
+        )
+
+    def ended(self) -> None:
+        """A pass of the lease loop succeeded."""
+        if self._since is not None:
+            self._log.info(
+                "partition leases renewed again after %.1f s", time.monotonic() - self._since
+            )
+            self._since, self._failures = None, 0
 
 
 def partition_log(config: ProcessorConfig, name: str, key: int) -> tuple[str, dict[str, object]]:
