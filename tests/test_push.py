@@ -707,3 +707,182 @@ def test_postgres_notify_false_appends_without_notifying(pg_table: StoreConfig) 
     assert all("pg_notify" not in sql for sql in quiet.dialect._append_sql.values())
     with pytest.raises(ValueError, match="notify"):
         PostgresStore(pg_table, notify="no")  # type: ignore[arg-type]
+
+
+def _listen_interrupted(api: str, config: StoreConfig, autocommit: bool) -> list[str]:
+    """Run a processor on a caller's connection that is interrupted (a
+    ``KeyboardInterrupt``; for asyncio a cancellation of its task) just
+    after its LISTEN took effect: the statement in autocommit mode, else its
+    COMMIT. Then, as :func:`_ran_on`, the channels of what the caller
+    receives on that connection."""
+    import warnings
+
+    import psycopg
+
+    from pupsourcing.aio import AsyncProcessor
+    from pupsourcing.projection import Processor
+
+    store = _pg_store(api, config)
+
+    def notify_both() -> None:
+        _append_elsewhere(config)
+        with psycopg.connect(PG_DSN, autocommit=True) as other:
+            other.execute("NOTIFY callers_own")
+
+    armed = [True]  # the processor's LISTEN only, not the caller's
+
+    def is_listen(query: Any) -> bool:
+        if armed and isinstance(query, str) and query.startswith("LISTEN "):
+            armed.clear()
+            return True
+        return False
+
+    if api == "sync":
+
+        class Interrupted(psycopg.Connection[Any]):
+            listened = False
+
+            def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+                cursor = super().execute(query, *args, **kwargs)
+                if is_listen(query):
+                    if self.autocommit:
+                        raise KeyboardInterrupt
+                    self.listened = True
+                return cursor
+
+            def commit(self) -> None:
+                super().commit()
+                if self.listened:
+                    self.listened = False
+                    raise KeyboardInterrupt
+
+        with Interrupted.connect(PG_DSN, autocommit=autocommit) as conn:
+            with pytest.raises(KeyboardInterrupt):
+                Processor(conn, store, SLOW_POLL).run(Timed(), stop=threading.Event())
+            conn.execute("LISTEN callers_own")
+            if not autocommit:
+                conn.commit()
+            notify_both()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # notifies() with handlers left: a warning
+                return [n.channel for n in conn.notifies(timeout=0.5)]
+
+    async def cancelled() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(0)
+
+    class AsyncInterrupted(psycopg.AsyncConnection[Any]):
+        listened = False
+
+        async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            cursor = await super().execute(query, *args, **kwargs)
+            if is_listen(query):
+                if self.autocommit:
+                    await cancelled()
+                else:
+                    self.listened = True
+            return cursor
+
+        async def commit(self) -> None:
+            await super().commit()
+            if self.listened:
+                self.listened = False
+                await cancelled()
+
+    async def main() -> list[str]:
+        async with await AsyncInterrupted.connect(PG_DSN, autocommit=autocommit) as conn:
+            task = asyncio.create_task(
+                AsyncProcessor(conn, store, SLOW_POLL).run(Timed(), stop=asyncio.Event())
+            )
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
+            await conn.execute("LISTEN callers_own")
+            if not autocommit:
+                await conn.commit()
+            await asyncio.to_thread(notify_both)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                return [n.channel async for n in conn.notifies(timeout=0.5)]
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "transactions"])
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_postgres_processor_interrupted_as_its_listen_took_effect_leaves_no_listen(
+    api: str, autocommit: bool, pg_table: StoreConfig
+) -> None:
+    """A cancellation (or ``KeyboardInterrupt``) that arrives after the
+    processor's LISTEN took effect but before the listener returned gives
+    the caller's connection back as it was: no LISTEN (the caller would get
+    the processor's notifications, or have them pile up unread) and no
+    notify handler of the processor's (one more per interrupted run)."""
+    assert _listen_interrupted(api, pg_table, autocommit) == ["callers_own"]
+
+
+@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "transactions"])
+def test_postgres_async_processor_cancelled_anywhere_leaves_no_listen(
+    autocommit: bool, pg_table: StoreConfig
+) -> None:
+    """Cancelled as each of its connection's ``execute`` and ``commit``
+    calls returns in turn (every point of its start-up, LISTEN, and of
+    UNLISTEN as it stops), a processor on a caller's connection gives it
+    back with no LISTEN and no notify handler."""
+    import psycopg
+
+    from pupsourcing.aio import AsyncProcessor
+
+    store = _pg_store("async", pg_table)
+    left: list[tuple[int, list[Any], int]] = []
+    calls = [0, 0]  # made, the one to cancel after
+
+    async def counted() -> None:
+        calls[0] += 1
+        if calls[0] == calls[1]:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(0)
+
+    class Counted(psycopg.AsyncConnection[Any]):
+        async def execute(self, *args: Any, **kwargs: Any) -> Any:
+            cursor = await super().execute(*args, **kwargs)
+            await counted()
+            return cursor
+
+        async def commit(self) -> None:
+            await super().commit()
+            await counted()
+
+    async def main() -> int:
+        async with await Counted.connect(PG_DSN, autocommit=autocommit) as conn:
+            for cancel_after in range(1, 40):
+                calls[:] = [0, cancel_after]
+                stop = asyncio.Event()
+                run = AsyncProcessor(conn, store, SLOW_POLL).run(Timed(), stop=stop)
+                task = asyncio.create_task(run)
+                done, _ = await asyncio.wait([task], timeout=1.0)
+                if not done:  # idle before its `cancel_after`th call: stopping makes more
+                    stop.set()
+                    await asyncio.wait([task])
+                calls[1] = 0
+                if not task.cancelled():
+                    return cancel_after  # it stopped before its `cancel_after`th call
+                cursor = await conn.execute("SELECT pg_listening_channels()")
+                channels = await cursor.fetchall()
+                if not autocommit:
+                    await conn.rollback()
+                handlers = len(conn._notify_handlers)  # psycopg's own list
+                if channels or handlers:
+                    left.append((cancel_after, channels, handlers))
+                    conn._notify_handlers.clear()
+                    await conn.execute("UNLISTEN *")
+                    if not autocommit:
+                        await conn.commit()
+        raise AssertionError("the processor was cancelled at 40 calls and more")
+
+    idle_after = asyncio.run(main())
+    assert idle_after > 4  # its LISTEN and UNLISTEN were among the calls
+    assert left == []

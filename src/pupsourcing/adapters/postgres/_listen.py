@@ -63,19 +63,51 @@ class PsycopgListener(_Counting):
     def listen(self, conn: psycopg.Connection[Any]) -> None:
         self._heard(conn.execute(_OID_SQL, (self._table,)).fetchone())
         conn.add_notify_handler(self._count)
-        conn.execute(self._sql)
-        if not conn.autocommit:
-            conn.commit()
+        try:
+            conn.execute(self._sql)
+            if not conn.autocommit:
+                conn.commit()
+        except BaseException:  # a KeyboardInterrupt too
+            self._undo(conn)
+            raise
 
     def unlisten(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(self._unlisten_sql)
-        if not conn.autocommit:
-            conn.commit()
+        try:
+            conn.execute(self._unlisten_sql)
+            if not conn.autocommit:
+                conn.commit()
+        except BaseException:
+            self._undo(conn)
+            raise
         conn.remove_notify_handler(self._count)  # last: it takes what came meanwhile
+
+    def _undo(self, conn: psycopg.Connection[Any]) -> None:
+        """``listen`` or ``unlisten`` was interrupted (a KeyboardInterrupt, a
+        cancellation) or failed, maybe once its statement took effect: roll
+        back what is uncommitted, UNLISTEN (a no-op if no LISTEN took
+        effect) and remove the notify handler, so that the connection (maybe
+        the caller's) is left as it was, as far as it still works."""
+        try:
+            if _in_transaction(conn):
+                conn.rollback()
+            conn.execute(self._unlisten_sql)
+            if not conn.autocommit:
+                conn.commit()
+        except Exception:  # a lost connection listens no more
+            pass
+        finally:
+            conn.remove_notify_handler(self._count)
 
     def wait(self, conn: psycopg.Connection[Any], timeout: float) -> None:
         if _readable(conn.fileno(), max(timeout, 0.0)):
             self._drain(conn)
+
+
+def _in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether ``conn`` is inside a transaction (maybe a failed one)."""
+    from psycopg import pq
+
+    return conn.info.transaction_status != pq.TransactionStatus.IDLE
 
 
 def _readable(fd: int, timeout: float) -> bool:
@@ -95,15 +127,36 @@ class AsyncPsycopgListener(_Counting):
     async def listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._heard(await (await conn.execute(_OID_SQL, (self._table,))).fetchone())
         conn.add_notify_handler(self._count)
-        await conn.execute(self._sql)
-        if not conn.autocommit:
-            await conn.commit()
+        try:
+            await conn.execute(self._sql)
+            if not conn.autocommit:
+                await conn.commit()
+        except BaseException:  # a cancellation too
+            await self._undo(conn)
+            raise
 
     async def unlisten(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        await conn.execute(self._unlisten_sql)
-        if not conn.autocommit:
-            await conn.commit()
+        try:
+            await conn.execute(self._unlisten_sql)
+            if not conn.autocommit:
+                await conn.commit()
+        except BaseException:
+            await self._undo(conn)
+            raise
         conn.remove_notify_handler(self._count)  # last: it takes what came meanwhile
+
+    async def _undo(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """As :meth:`PsycopgListener._undo`."""
+        try:
+            if _in_transaction(conn):
+                await conn.rollback()
+            await conn.execute(self._unlisten_sql)
+            if not conn.autocommit:
+                await conn.commit()
+        except Exception:  # a lost connection listens no more
+            pass
+        finally:
+            conn.remove_notify_handler(self._count)
 
     async def wait(self, conn: psycopg.AsyncConnection[Any], timeout: float) -> None:
         loop = asyncio.get_running_loop()
