@@ -751,6 +751,59 @@ def test_keys_holding_a_slash(fresh: tuple[Backend, Server]) -> None:
     assert get(server, "/api/streams/Sales%2FEU/Order/o-9").status_code == 404
 
 
+def test_keys_in_the_query_string(fresh: tuple[Backend, Server]) -> None:
+    """``/api/stream`` and ``/stream`` take the key in the query string
+    (the pages link there for a key a browser cannot keep in a path, a
+    ``.`` or ``..`` segment), as ``/api/streams/...`` and ``/streams/...``
+    take it in the path."""
+    backend, server = fresh
+    keys = [(".", "..", "."), ("Shop", "Order", ".."), ("Shop", "Order", "a/../b")]
+    conn = backend.connect()
+    try:
+        for bc, kind, aid in keys:
+            key = {"bounded_context": bc, "aggregate_type": kind}
+            backend.store.append(conn, ExpectedVersion.any(), [event(aid, **key)])
+        conn.commit()
+    finally:
+        conn.close()
+    for bc, kind, aid in keys:
+        key = {"bounded_context": bc, "aggregate_type": kind, "aggregate_id": aid}
+        found = get(server, "/api/stream", params=key)
+        assert found.status_code == 200, (key, found.text)
+        [e] = found.json()["events"]
+        assert (e["bounded_context"], e["aggregate_type"], e["aggregate_id"]) == (bc, kind, aid)
+        later = get(server, "/api/stream", params={**key, "from_version": "2"})
+        assert later.json() == {"version": 1, "events": []}
+        page = get(server, "/stream", params=key)
+        assert page.status_code == 200
+        assert f'data-aggregate-id="{aid}"' in page.text
+        assert f'data-bounded-context="{bc}"' in page.text
+    nobody = {"bounded_context": "Shop", "aggregate_type": "Order", "aggregate_id": "nobody"}
+    assert get(server, "/api/stream", params=nobody).status_code == 404
+    for path in ("/api/stream", "/stream"):
+        missing = get(server, path, params={"bounded_context": "Shop", "aggregate_id": "x"})
+        assert missing.status_code == 400
+        assert missing.json() == {"error": "aggregate_type is required"}
+
+
+def test_a_10_kb_aggregate_id_is_a_page_and_a_404(fresh: tuple[Backend, Server]) -> None:
+    """An id of 10 kB (longer than any store keeps, beyond MySQL's
+    column) is a page saying so and a 404 from the API, in the path or
+    the query string: no server error, no dropped connection."""
+    _, server = fresh
+    aid = "z" * 10_000
+    key = {"bounded_context": "Shop", "aggregate_type": "Order", "aggregate_id": aid}
+    for found in (
+        get(server, f"/api/streams/Shop/Order/{aid}"),
+        get(server, "/api/stream", params=key),
+    ):
+        assert found.status_code == 404, found.text[:200]
+        assert found.json() == {"error": "no events for this aggregate"}
+    for page in (get(server, f"/streams/Shop/Order/{aid}"), get(server, "/stream", params=key)):
+        assert page.status_code == 200
+        assert f'data-aggregate-id="{aid}"' in page.text
+
+
 def test_live_feed_sends_new_events(fresh: tuple[Backend, Server]) -> None:
     backend, server = fresh
     feed = Feed(f"{server.base}/api/events/live?after=0")

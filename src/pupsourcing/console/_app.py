@@ -141,9 +141,20 @@ def _query_text(request: Request, name: str) -> str | None:
 
 
 def _key(request: Request) -> tuple[str, str, str]:
-    p = request.path_params
-    bc, kind, aid = (_text(name, p[name]) for name in _KEY)
-    return bc, kind, aid
+    """The aggregate of a stream's page or API path: from the path, or (on
+    ``/stream`` and ``/api/stream``) from the query string, where a key
+    that is ``.`` or ``..`` can go (a browser drops such a path segment)."""
+    if "aggregate_id" in request.path_params:
+        p = request.path_params
+        bc, kind, aid = (_text(name, p[name]) for name in _KEY)
+        return bc, kind, aid
+    key = []
+    for name in _KEY:
+        value = _query_text(request, name)
+        if value is None:
+            raise HTTPException(400, f"{name} is required")
+        key.append(value)
+    return key[0], key[1], key[2]
 
 
 class Console:
@@ -456,6 +467,7 @@ def build(
         Route("/projections", console.api_projections),
         Route("/overview", console.api_overview),
         _KeyRoute(f"/streams/{stream}", console.api_stream),
+        Route("/stream", console.api_stream),  # the key in the query string
         Route("/events", console.api_events),
         Route("/events/live", console.api_live),
         Route("/log", console.api_log),
@@ -466,6 +478,7 @@ def build(
         Route("/", console.overview_page),
         Route("/streams", console.streams_page),
         _KeyRoute(f"/streams/{stream}", console.stream_page),
+        Route("/stream", console.stream_page),  # the key in the query string
         Route("/log", console.log_page),
         Route("/dead-letters", console.dead_letters_page),
         Route("/login", console.login_page, methods=["GET", "POST"]),

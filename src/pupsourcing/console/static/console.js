@@ -84,8 +84,24 @@ function say(text, isError) {
 }
 
 function streamPath(e) {
-  return [root, "streams", e.bounded_context, e.aggregate_type, e.aggregate_id]
-    .map((part, i) => (i < 2 ? part : encodeURIComponent(part))).join("/");
+  return streamUrl([e.bounded_context, e.aggregate_type, e.aggregate_id], false);
+}
+
+// The page (with `api`, the API path) of the stream with key `parts`, with
+// query `extra`: /streams/BC/TYPE/ID, each part percent-encoded; or, when a
+// part is "." or "..", which a browser drops from a path (as a dot
+// segment, encoded or not), /stream?bounded_context=BC&aggregate_type=...
+function streamUrl(parts, api, extra) {
+  const prefix = api ? "/api/stream" : root + "/stream";
+  const query = new URLSearchParams(extra || "");
+  if (parts.some((part) => part === "." || part === "..")) {
+    const [bounded_context, aggregate_type, aggregate_id] = parts;
+    const key = new URLSearchParams({ bounded_context, aggregate_type, aggregate_id });
+    for (const [name, value] of query) key.append(name, value);
+    return prefix + "?" + key.toString();
+  }
+  const path = prefix + "s/" + parts.map(encodeURIComponent).join("/");
+  return query.toString() ? path + "?" + query.toString() : path;
 }
 
 // JSON.stringify writes a negative zero as 0: the API's -0.0 (a float's
@@ -280,8 +296,7 @@ async function streams() {
 // -- one stream -----------------------------------------------------------------------
 
 async function stream() {
-  const base = "/api/streams/" + [body.dataset.boundedContext, body.dataset.aggregateType, body.dataset.aggregateId]
-    .map(encodeURIComponent).join("/");
+  const key = [body.dataset.boundedContext, body.dataset.aggregateType, body.dataset.aggregateId];
   const form = document.getElementById("range");
   const params = new URLSearchParams(location.search);
   form.elements.from_version.value = params.get("from_version") || "";
@@ -301,7 +316,7 @@ async function stream() {
     if (from) q.set("from_version", from);
     if (to()) q.set("to_version", to());
     try {
-      const data = await api(base + (q.toString() ? "?" + q.toString() : ""));
+      const data = await api(streamUrl(key, true, q));
       version = data.version;
       if (fresh) list.replaceChildren();
       for (const e of data.events) {
@@ -323,7 +338,7 @@ async function stream() {
     const q = new URLSearchParams();
     if (form.elements.from_version.value) q.set("from_version", form.elements.from_version.value);
     if (to()) q.set("to_version", to());
-    history.replaceState(null, "", location.pathname + (q.toString() ? "?" + q.toString() : ""));
+    history.replaceState(null, "", streamUrl(key, false, q));
     last = Math.max(0, Number(form.elements.from_version.value || 1) - 1);
     load(true);
   });
