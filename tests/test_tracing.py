@@ -337,3 +337,31 @@ def test_links_note_each_valid_trace_once_in_the_order_seen() -> None:
         collect = _collecting(lambda rows: list(rows), traces, most)
         assert collect(events[:4]) + collect(events[4:]) == events
         assert list(traces) == expected
+
+
+def test_stored_trace_ids_that_only_parse_as_hex_make_no_link(backend: Backend, spans: Any) -> None:
+    """A stored ``trace_id`` is any text: one of 32 characters that Python's
+    ``int(..., 16)`` reads but that is no trace id (a sign, a ``0x`` prefix,
+    an underscore, blanks) makes no link. It linked to some other trace, or
+    with a sign to a negative trace id, which exporters cannot encode (OTLP
+    fails the whole export on it)."""
+    tracer, exporter = spans
+    valid = format(7, "032x")
+    malformed = [
+        "-" + "1" * 31,
+        "+" + "1" * 31,
+        "0x" + "1" * 30,
+        "1_" + "1" * 30,
+        " " + "1" * 30 + " ",
+        "0" * 32,
+    ]
+    conn = backend.connection()
+    for i, trace_id in enumerate([*malformed, valid]):
+        backend.store.append(
+            conn, ExpectedVersion.no_stream(), [event(f"o-{i}", trace_id=trace_id)]
+        )
+    conn.commit()
+    with Processor(backend.connect, backend.store) as processor:
+        assert processor.catch_up(Recording(tracer)) == 7
+    [batch] = named(exporter, "pupsourcing.projection.batch")
+    assert [link.context.trace_id for link in batch.links] == [7]

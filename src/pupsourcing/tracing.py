@@ -305,10 +305,11 @@ def _collecting(
 
 
 def _is_trace_id(value: str) -> bool:
-    """Whether ``value`` is an OpenTelemetry trace id (32 hex digits, not all zero)."""
-    if len(value) != 32:
-        return False
-    try:
-        return int(value, 16) != 0
-    except ValueError:
-        return False
+    """Whether ``value`` is an OpenTelemetry trace id (32 hex digits, not all
+    zero). Checked digit by digit: ``int(value, 16)`` also reads a sign, a
+    ``0x`` prefix, underscores and blanks."""
+    return len(value) == 32 and _HEX_DIGITS.issuperset(value) and value != _ZERO_TRACE
+
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_ZERO_TRACE = "0" * 32
