@@ -285,3 +285,57 @@ def test_two_processors_on_one_projection_back_off_and_warn_once(backend: Backen
     assert len(warnings) <= 2, warnings  # one per processor that lost, per 30 s
     if backend.name != "sqlite":  # there the loser waits for the write lock instead
         assert warnings, "the two processors never raced"
+
+
+def test_a_refused_login_stops_the_runner_instead_of_reconnecting(server: Backend) -> None:
+    """A connection factory whose login the server refuses (no such role,
+    a wrong password) is no lost connection: the processor raises it, and
+    the runner stops the other projections and raises it, as for any
+    failure. (On PostgreSQL it was retried for ever, the runner never
+    ending, while MySQL raised it.)"""
+    from pupsourcing.runner import ProjectionRunner, Runner
+    from pupsourcing.urls import database
+
+    setup(server, 10)
+    if server.name == "postgres":
+        refused_url = server.url.replace("://postgres@", "://no_such_role_7@", 1)
+        says = 'role "no_such_role_7" does not exist'
+    else:
+        scheme = "mysql+mysqldb://" if server.driver == "MySQLdb" else "mysql://"
+        refused_url = server.url.replace("mysql://root@", f"{scheme}root:wrong-pw@", 1)
+        says = "Access denied"
+    assert refused_url != server.url
+    refused = database(refused_url, server.store.config)
+    config = ProcessorConfig(poll_interval=0.01)
+    processors = [
+        Processor(server.connect, server.store, config),
+        Processor(refused.connect, refused.store, config),
+    ]
+
+    class Other(Counting):
+        name = "other"
+
+    stop = threading.Event()
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            Runner().run(
+                [
+                    ProjectionRunner(Counting(server), processors[0]),
+                    ProjectionRunner(Other(server), processors[1]),
+                ],
+                stop=stop,
+            )
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(15)
+    stop.set()
+    thread.join(15)
+    for p in processors:
+        p.close()
+    assert len(raised) == 1, "the runner did not end with the refused login"
+    assert says in str(raised[0])

@@ -78,6 +78,13 @@ _JSONB_SUSPECT = re.compile(rb"\\u|[0-9][eE]")
 :data:`NUMERIC_MAX_SCALE` bytes can hold none of what JSONB refuses."""
 _NUMBER = re.compile(r"-?([0-9]+)(?:\.([0-9]+))?(?:[eE]([+-]?)([0-9]+))?\Z")
 _TEXT_REFUSED = re.compile("[\x00\ud800-\udfff]")
+_REFUSED_LOGIN = re.compile(
+    r"FATAL:\s+(?:\w+ authentication failed|role \".*\" (?:does not exist|is not permitted)"
+    r"|database \".*\" does not exist|no pg_hba\.conf entry|pg_hba\.conf rejects"
+    r"|permission denied for database)|fe_sendauth: no password supplied"
+)
+"""The server's (English) refusals of a login, in a failed connect's message:
+retrying cannot help. Messages in another language are retried."""
 
 
 def _numeric_problem(literal: str) -> str | None:
@@ -590,7 +597,12 @@ class PostgresDialect(Dialect):
         if sqlstate is not None:
             # class 08: connection exception; 57P01..57P03: server shutting down
             return bool(sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03"})
-        return type(exc).__name__ in {"OperationalError", "InterfaceError"}
+        if type(exc).__name__ == "InterfaceError":
+            return True
+        # A failed connect has no SQLSTATE (libpq gives none): a server that
+        # refused the login is no lost connection, one that is unreachable or
+        # starting up is.
+        return type(exc).__name__ == "OperationalError" and not _REFUSED_LOGIN.search(str(exc))
 
     def append_statement(self, expected: ExpectedVersion, batch: Sequence[Event]) -> Statement:
         """The one statement of an append: returns (global_position,
