@@ -255,6 +255,65 @@ def test_long_names_pass_ruff_and_mypy(tmp_path: Path, files: dict[str, str]) ->
     mypy([str(path)], cwd=tmp_path, mypy_path=[REPO / "src"])
 
 
+# One event per field type that is written as a JSON string, with no str field
+# beside it: the module must still define the string reader those types use.
+ALONE = {
+    "bytes": ("bytes", "b'\\x00\\xff'"),
+    "datetime": ("datetime", "datetime(2024, 5, 1, 10, tzinfo=UTC)"),
+    "date": ("date", "date(2024, 2, 29)"),
+    "uuid": ("UUID", "UUID(int=7)"),
+    "decimal": ("Decimal", "Decimal('1.10')"),
+    "enum": ("Colour", "Colour.RED"),
+    "list": ("list[UUID]", "[UUID(int=1)]"),
+}
+
+
+def test_a_field_type_alone_gets_every_codec_it_needs(tmp_path: Path) -> None:
+    """A module whose only fields are datetimes (say) once called an undefined ``_str``."""
+    paths = []
+    for kind, (annotation, _) in ALONE.items():
+        write_files(
+            tmp_path / f"alone_{kind}",
+            {
+                "__init__.py": "",
+                "v1/events.py": f"""
+                    from dataclasses import dataclass
+                    from datetime import date, datetime
+                    from decimal import Decimal
+                    from enum import Enum
+                    from uuid import UUID
+
+
+                    class Colour(Enum):
+                        RED = "red"
+
+
+                    @dataclass(frozen=True)
+                    class Happened:
+                        value: {annotation}
+                """,
+            },
+        )
+        path = tmp_path / f"alone_{kind}_mapping.py"
+        path.write_text(generate_mapping(tmp_path / f"alone_{kind}"))
+        paths.append(str(path))
+    result = ruff("check", "--isolated", *paths)
+    assert result.returncode == 0, result.stdout + result.stderr
+    mypy(paths, cwd=tmp_path, mypy_path=[REPO / "src"])
+    for kind, (_, value) in ALONE.items():
+        script = (
+            "from datetime import UTC, date, datetime\n"
+            "from decimal import Decimal\n"
+            "from uuid import UUID\n"
+            f"from alone_{kind}.v1.events import Colour, Happened\n"
+            f"from alone_{kind}_mapping import CODEC\n"
+            f"event = Happened({value})\n"
+            "assert CODEC.decode(*CODEC.encode(event)) == event\n"
+        )
+        done = run([sys.executable, "-c", script], cwd=tmp_path)
+        assert done.returncode == 0, f"{kind}: {done.stderr}"
+
+
 def mypy(paths: list[str], cwd: Path, mypy_path: list[Path]) -> None:
     result = run(
         [

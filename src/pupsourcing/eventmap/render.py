@@ -296,6 +296,9 @@ class Renderer:
             self._use(t.inner)
         elif isinstance(t, EnumType):
             self._use(Scalar(self.model.enums[t.ref].value_kind))
+        elif isinstance(t, Scalar) and t.kind not in _SYMMETRIC_SCALARS:
+            # written as a string, and read with _str first
+            self._use(Scalar("str"))
 
     def _scalars(self) -> set[str]:
         return {t.kind for t in self.types.values() if isinstance(t, Scalar)}
@@ -396,6 +399,8 @@ class Renderer:
             std.append("import math")
         std.append("from collections.abc import Callable, Iterable")
         dt = [n for n in ("date", "datetime") if n in scalars]
+        if dt == ["date"]:  # _date_to_json refuses datetimes, a subclass of date
+            dt.append("datetime")
         if dt:
             std.append(f"from datetime import {', '.join(dt)}")
         if "decimal" in scalars:
