@@ -526,7 +526,26 @@ BAD_EVENTS: list[tuple[Any, str]] = [
     (placed_v2(total=Decimal(1)), "field 'total': expected Money, got Decimal"),
     (dataclasses.replace(sample_everything(), ratio=float("inf")), "'ratio': inf is not a fin"),
     (dataclasses.replace(sample_everything(), blob="x"), "field 'blob': expected bytes, got str"),
-    (dataclasses.replace(sample_everything(), text="\ud800"), "lone surrogate"),
+    (
+        dataclasses.replace(sample_everything(), text="ok \ud800"),
+        "field 'text': text with a lone surrogate ('\\ud800' at 3) cannot be encoded as UTF-8",
+    ),
+    (
+        dataclasses.replace(sample_everything(), nested=[[], ["a", "\udc00"]]),
+        "field 'nested[1][1]': text with a lone surrogate ('\\udc00' at 0)",
+    ),
+    (
+        dataclasses.replace(sample_everything(), wallet={"\ud800": EUR}),
+        "field 'wallet': text with a lone surrogate ('\\ud800' at 0)",
+    ),
+    (
+        placed_v2(lines=[o1.Line("a", 1, EUR, note="\udfff")]),
+        "field 'lines[0].note': text with a lone surrogate ('\\udfff' at 0)",
+    ),
+    (
+        placed_v2(customer=o2.Customer("\ud800", None, common.Currency.USD)),
+        "field 'customer.name': text with a lone surrogate",
+    ),
 ]
 
 
@@ -538,6 +557,16 @@ def test_values_that_would_not_read_back_are_refused_when_writing(
         m.to_es_events("S", "O", "o", [cancelled_v2(), event])
     assert str(caught.value).startswith(f"event 1: {type(event).__name__} v")
     assert message in str(caught.value)
+
+
+def test_a_lone_surrogate_another_writer_escaped_still_reads(m: ModuleType) -> None:
+    """Writing refuses it (naming the field); reading takes it, as JsonCodec does, so a
+    stream another program wrote (json.dumps escapes it as \\ud800) stays readable."""
+    event = m.to_es_event("S", "O", "o", cancelled_v2())
+    data = json.loads(event.payload)
+    escaped = json.dumps({**data, "reason": "late \ud800"}).encode()
+    assert b"\\ud800" in escaped
+    assert m.from_es_event(with_payload(event, escaped)).reason == "late \ud800"
 
 
 def test_a_subclass_of_a_value_type_is_not_silently_truncated(m: ModuleType) -> None:

@@ -10,7 +10,22 @@ from __future__ import annotations
 # directions; the others have a ``_to_json`` / ``_from_json`` pair. In output order.
 SCALAR_CODECS: dict[str, str] = {
     "str": """
-        def _str(value: object, key: str) -> str:
+        def _str_to_json(value: object, key: str) -> str:
+            if not isinstance(value, str):
+                raise _type_error(key, "str", value)
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    where = f"{value[exc.start]!r} at {exc.start}"
+                    raise PayloadError(
+                        f"text with a lone surrogate ({where}) cannot be encoded as UTF-8",
+                        field=key,
+                    ) from None
+            return value
+
+
+        def _str_from_json(value: object, key: str) -> str:
             if not isinstance(value, str):
                 raise _type_error(key, "str", value)
             return value
@@ -47,7 +62,7 @@ SCALAR_CODECS: dict[str, str] = {
 
 
         def _bytes_from_json(value: object, key: str) -> bytes:
-            text = _str(value, key)
+            text = _str_from_json(value, key)
             try:
                 return base64.b64decode(text, validate=True)
             except ValueError:
@@ -67,7 +82,7 @@ SCALAR_CODECS: dict[str, str] = {
 
 
         def _datetime_from_json(value: object, key: str) -> datetime:
-            text = _str(value, key)
+            text = _str_from_json(value, key)
             try:
                 result = datetime.fromisoformat(text)
             except ValueError:
@@ -84,7 +99,7 @@ SCALAR_CODECS: dict[str, str] = {
 
 
         def _date_from_json(value: object, key: str) -> date:
-            text = _str(value, key)
+            text = _str_from_json(value, key)
             try:
                 return date.fromisoformat(text)
             except ValueError:
@@ -98,7 +113,7 @@ SCALAR_CODECS: dict[str, str] = {
 
 
         def _uuid_from_json(value: object, key: str) -> UUID:
-            text = _str(value, key)
+            text = _str_from_json(value, key)
             try:
                 return UUID(text)
             except ValueError:
@@ -112,7 +127,7 @@ SCALAR_CODECS: dict[str, str] = {
 
 
         def _decimal_from_json(value: object, key: str) -> Decimal:
-            text = _str(value, key)
+            text = _str_from_json(value, key)
             try:
                 return Decimal(text)
             except InvalidOperation:
@@ -142,12 +157,6 @@ PLUMBING: tuple[str, ...] = (
             except PayloadError as exc:
                 exc.set_event(event_type, event_version)
                 raise
-            except UnicodeEncodeError:
-                raise PayloadError(
-                    "text with a lone surrogate cannot be encoded as UTF-8",
-                    event_type=event_type,
-                    event_version=event_version,
-                ) from None
     """,
     """
         def _to_es_event(

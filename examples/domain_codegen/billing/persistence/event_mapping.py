@@ -190,7 +190,7 @@ def from_invoice_opened_v1(event: Event) -> InvoiceOpenedV1:
     ) as data:
         return InvoiceOpenedV1(
             invoice_id=_uuid_from_json(data["invoice_id"], "invoice_id"),
-            customer=_str(data["customer"], "customer"),
+            customer=_str_from_json(data["customer"], "customer"),
             opened_at=_datetime_from_json(data["opened_at"], "opened_at"),
         )
 
@@ -257,7 +257,7 @@ def from_line_added_v1(event: Event) -> LineAddedV1:
     """Decode a stored ``LineAdded`` v1 event."""
     with _Decoding(event, "LineAdded", 1, ("description", "amount")) as data:
         return LineAddedV1(
-            description=_str(data["description"], "description"),
+            description=_str_from_json(data["description"], "description"),
             amount=_decimal_from_json(data["amount"], "amount"),
         )
 
@@ -296,7 +296,7 @@ def from_line_added_v2(event: Event) -> LineAddedV2:
         ("description", "unit_price", "quantity"),
     ) as data:
         return LineAddedV2(
-            description=_str(data["description"], "description"),
+            description=_str_from_json(data["description"], "description"),
             unit_price=_decimal_from_json(data["unit_price"], "unit_price"),
             quantity=_int(data["quantity"], "quantity"),
         )
@@ -313,7 +313,7 @@ def _invoice_opened_v1_to_json(value: object) -> dict[str, object]:
         )
     return {
         "invoice_id": _uuid_to_json(value.invoice_id, "invoice_id"),
-        "customer": _str(value.customer, "customer"),
+        "customer": _str_to_json(value.customer, "customer"),
         "opened_at": _datetime_to_json(value.opened_at, "opened_at"),
     }
 
@@ -336,7 +336,7 @@ def _line_added_v1_to_json(value: object) -> dict[str, object]:
             "billing.events.v1.invoice_events.LineAdded",
         )
     return {
-        "description": _str(value.description, "description"),
+        "description": _str_to_json(value.description, "description"),
         "amount": _decimal_to_json(value.amount, "amount"),
     }
 
@@ -348,7 +348,7 @@ def _line_added_v2_to_json(value: object) -> dict[str, object]:
             "billing.events.v2.invoice_events.LineAdded",
         )
     return {
-        "description": _str(value.description, "description"),
+        "description": _str_to_json(value.description, "description"),
         "unit_price": _decimal_to_json(value.unit_price, "unit_price"),
         "quantity": _int(value.quantity, "quantity"),
     }
@@ -357,7 +357,22 @@ def _line_added_v2_to_json(value: object) -> dict[str, object]:
 # --- Scalars ---
 
 
-def _str(value: object, key: str) -> str:
+def _str_to_json(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise _type_error(key, "str", value)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            where = f"{value[exc.start]!r} at {exc.start}"
+            raise PayloadError(
+                f"text with a lone surrogate ({where}) cannot be encoded as UTF-8",
+                field=key,
+            ) from None
+    return value
+
+
+def _str_from_json(value: object, key: str) -> str:
     if not isinstance(value, str):
         raise _type_error(key, "str", value)
     return value
@@ -382,7 +397,7 @@ def _datetime_to_json(value: object, key: str) -> str:
 
 
 def _datetime_from_json(value: object, key: str) -> datetime:
-    text = _str(value, key)
+    text = _str_from_json(value, key)
     try:
         result = datetime.fromisoformat(text)
     except ValueError:
@@ -399,7 +414,7 @@ def _uuid_to_json(value: object, key: str) -> str:
 
 
 def _uuid_from_json(value: object, key: str) -> UUID:
-    text = _str(value, key)
+    text = _str_from_json(value, key)
     try:
         return UUID(text)
     except ValueError:
@@ -413,7 +428,7 @@ def _decimal_to_json(value: object, key: str) -> str:
 
 
 def _decimal_from_json(value: object, key: str) -> Decimal:
-    text = _str(value, key)
+    text = _str_from_json(value, key)
     try:
         return Decimal(text)
     except InvalidOperation:
@@ -443,12 +458,6 @@ def _payload(event: object, encoder: _Encoder) -> bytes:
     except PayloadError as exc:
         exc.set_event(event_type, event_version)
         raise
-    except UnicodeEncodeError:
-        raise PayloadError(
-            "text with a lone surrogate cannot be encoded as UTF-8",
-            event_type=event_type,
-            event_version=event_version,
-        ) from None
 
 
 def _to_es_event(

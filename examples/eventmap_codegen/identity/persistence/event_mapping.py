@@ -187,7 +187,7 @@ def from_user_deleted_v1(event: Event) -> UserDeletedV1:
     with _Decoding(event, "UserDeleted", 1, ("user_id", "reason")) as data:
         return UserDeletedV1(
             user_id=_uuid_from_json(data["user_id"], "user_id"),
-            reason=_optional_str(data["reason"], "reason"),
+            reason=_optional_str_from_json(data["reason"], "reason"),
         )
 
 
@@ -226,8 +226,8 @@ def from_user_email_changed_v1(event: Event) -> UserEmailChangedV1:
     ) as data:
         return UserEmailChangedV1(
             user_id=_uuid_from_json(data["user_id"], "user_id"),
-            old_email=_str(data["old_email"], "old_email"),
-            new_email=_str(data["new_email"], "new_email"),
+            old_email=_str_from_json(data["old_email"], "old_email"),
+            new_email=_str_from_json(data["new_email"], "new_email"),
         )
 
 
@@ -266,8 +266,8 @@ def from_user_registered_v1(event: Event) -> UserRegisteredV1:
     ) as data:
         return UserRegisteredV1(
             user_id=_uuid_from_json(data["user_id"], "user_id"),
-            email=_str(data["email"], "email"),
-            name=_str(data["name"], "name"),
+            email=_str_from_json(data["email"], "email"),
+            name=_str_from_json(data["name"], "name"),
             registered_at=_datetime_from_json(data["registered_at"], "registered_at"),
         )
 
@@ -318,8 +318,8 @@ def from_user_registered_v2(event: Event) -> UserRegisteredV2:
     ) as data:
         return UserRegisteredV2(
             user_id=_uuid_from_json(data["user_id"], "user_id"),
-            email=_str(data["email"], "email"),
-            display_name=_str(data["display_name"], "display_name"),
+            email=_str_from_json(data["email"], "email"),
+            display_name=_str_from_json(data["display_name"], "display_name"),
             registered_at=_datetime_from_json(data["registered_at"], "registered_at"),
             plan=_plan_v2_from_json(data["plan"], "plan"),
             monthly_fee=_decimal_from_json(data["monthly_fee"], "monthly_fee"),
@@ -347,7 +347,7 @@ def _user_deleted_v1_to_json(value: object) -> dict[str, object]:
         )
     return {
         "user_id": _uuid_to_json(value.user_id, "user_id"),
-        "reason": _optional_str(value.reason, "reason"),
+        "reason": _optional_str_to_json(value.reason, "reason"),
     }
 
 
@@ -359,8 +359,8 @@ def _user_email_changed_v1_to_json(value: object) -> dict[str, object]:
         )
     return {
         "user_id": _uuid_to_json(value.user_id, "user_id"),
-        "old_email": _str(value.old_email, "old_email"),
-        "new_email": _str(value.new_email, "new_email"),
+        "old_email": _str_to_json(value.old_email, "old_email"),
+        "new_email": _str_to_json(value.new_email, "new_email"),
     }
 
 
@@ -372,8 +372,8 @@ def _user_registered_v1_to_json(value: object) -> dict[str, object]:
         )
     return {
         "user_id": _uuid_to_json(value.user_id, "user_id"),
-        "email": _str(value.email, "email"),
-        "name": _str(value.name, "name"),
+        "email": _str_to_json(value.email, "email"),
+        "name": _str_to_json(value.name, "name"),
         "registered_at": _datetime_to_json(value.registered_at, "registered_at"),
     }
 
@@ -386,8 +386,8 @@ def _user_registered_v2_to_json(value: object) -> dict[str, object]:
         )
     return {
         "user_id": _uuid_to_json(value.user_id, "user_id"),
-        "email": _str(value.email, "email"),
-        "display_name": _str(value.display_name, "display_name"),
+        "email": _str_to_json(value.email, "email"),
+        "display_name": _str_to_json(value.display_name, "display_name"),
         "registered_at": _datetime_to_json(value.registered_at, "registered_at"),
         "plan": _plan_v2_to_json(value.plan, "plan"),
         "monthly_fee": _decimal_to_json(value.monthly_fee, "monthly_fee"),
@@ -410,11 +410,11 @@ def _user_registered_v2_to_json(value: object) -> dict[str, object]:
 def _plan_v2_to_json(value: object, key: str) -> str:
     if not isinstance(value, PlanV2):
         raise _type_error(key, "Plan", value)
-    return _str(value.value, key)
+    return _str_to_json(value.value, key)
 
 
 def _plan_v2_from_json(value: object, key: str) -> PlanV2:
-    raw = _str(value, key)
+    raw = _str_from_json(value, key)
     try:
         return PlanV2(raw)
     except ValueError:
@@ -426,10 +426,10 @@ def _address_v2_to_json(value: object, key: str) -> dict[str, object]:
         raise _type_error(key, "Address", value)
     try:
         return {
-            "street": _str(value.street, "street"),
-            "city": _str(value.city, "city"),
-            "postal_code": _str(value.postal_code, "postal_code"),
-            "country": _str(value.country, "country"),
+            "street": _str_to_json(value.street, "street"),
+            "city": _str_to_json(value.city, "city"),
+            "postal_code": _str_to_json(value.postal_code, "postal_code"),
+            "country": _str_to_json(value.country, "country"),
         }
     except PayloadError as exc:
         exc.prefix_field(key)
@@ -440,10 +440,10 @@ def _address_v2_from_json(value: object, key: str) -> AddressV2:
     data = _object_from_json(value, key, ("street", "city", "postal_code", "country"))
     try:
         return AddressV2(
-            street=_str(data["street"], "street"),
-            city=_str(data["city"], "city"),
-            postal_code=_str(data["postal_code"], "postal_code"),
-            country=_str(data["country"], "country"),
+            street=_str_from_json(data["street"], "street"),
+            city=_str_from_json(data["city"], "city"),
+            postal_code=_str_from_json(data["postal_code"], "postal_code"),
+            country=_str_from_json(data["country"], "country"),
         )
     except PayloadError as exc:
         exc.prefix_field(key)
@@ -495,8 +495,12 @@ def _optional_date_from_json(value: object, key: str) -> date | None:
     return None if value is None else _date_from_json(value, key)
 
 
-def _optional_str(value: object, key: str) -> str | None:
-    return None if value is None else _str(value, key)
+def _optional_str_to_json(value: object, key: str) -> str | None:
+    return None if value is None else _str_to_json(value, key)
+
+
+def _optional_str_from_json(value: object, key: str) -> str | None:
+    return None if value is None else _str_from_json(value, key)
 
 
 def _tuple_of_str_to_json(value: object, key: str) -> list[object]:
@@ -505,7 +509,7 @@ def _tuple_of_str_to_json(value: object, key: str) -> list[object]:
     result: list[object] = []
     for index, item in enumerate(value):
         try:
-            result.append(_str(item, ""))
+            result.append(_str_to_json(item, ""))
         except PayloadError as exc:
             exc.prefix_field(key, f"[{index}]")
             raise
@@ -518,7 +522,7 @@ def _tuple_of_str_from_json(value: object, key: str) -> tuple[str, ...]:
     result: list[str] = []
     for index, item in enumerate(value):
         try:
-            result.append(_str(item, ""))
+            result.append(_str_from_json(item, ""))
         except PayloadError as exc:
             exc.prefix_field(key, f"[{index}]")
             raise
@@ -528,7 +532,22 @@ def _tuple_of_str_from_json(value: object, key: str) -> tuple[str, ...]:
 # --- Scalars ---
 
 
-def _str(value: object, key: str) -> str:
+def _str_to_json(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise _type_error(key, "str", value)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            where = f"{value[exc.start]!r} at {exc.start}"
+            raise PayloadError(
+                f"text with a lone surrogate ({where}) cannot be encoded as UTF-8",
+                field=key,
+            ) from None
+    return value
+
+
+def _str_from_json(value: object, key: str) -> str:
     if not isinstance(value, str):
         raise _type_error(key, "str", value)
     return value
@@ -547,7 +566,7 @@ def _datetime_to_json(value: object, key: str) -> str:
 
 
 def _datetime_from_json(value: object, key: str) -> datetime:
-    text = _str(value, key)
+    text = _str_from_json(value, key)
     try:
         result = datetime.fromisoformat(text)
     except ValueError:
@@ -564,7 +583,7 @@ def _date_to_json(value: object, key: str) -> str:
 
 
 def _date_from_json(value: object, key: str) -> date:
-    text = _str(value, key)
+    text = _str_from_json(value, key)
     try:
         return date.fromisoformat(text)
     except ValueError:
@@ -578,7 +597,7 @@ def _uuid_to_json(value: object, key: str) -> str:
 
 
 def _uuid_from_json(value: object, key: str) -> UUID:
-    text = _str(value, key)
+    text = _str_from_json(value, key)
     try:
         return UUID(text)
     except ValueError:
@@ -592,7 +611,7 @@ def _decimal_to_json(value: object, key: str) -> str:
 
 
 def _decimal_from_json(value: object, key: str) -> Decimal:
-    text = _str(value, key)
+    text = _str_from_json(value, key)
     try:
         return Decimal(text)
     except InvalidOperation:
@@ -622,12 +641,6 @@ def _payload(event: object, encoder: _Encoder) -> bytes:
     except PayloadError as exc:
         exc.set_event(event_type, event_version)
         raise
-    except UnicodeEncodeError:
-        raise PayloadError(
-            "text with a lone surrogate cannot be encoded as UTF-8",
-            event_type=event_type,
-            event_version=event_version,
-        ) from None
 
 
 def _to_es_event(
