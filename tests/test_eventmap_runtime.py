@@ -399,6 +399,53 @@ def test_payloads_that_are_not_a_json_object(m: ModuleType, payload: bytes, mess
         m.from_es_event(event)
 
 
+def test_payloads_the_go_library_writes_for_the_same_events(m: ModuleType) -> None:
+    """Go's encoding/json writes a nil slice or map (the zero value) as null, and
+    time.Time with nanoseconds (RFC 3339): they read as empty and to the microsecond."""
+    placed = m.to_es_event("S", "O", "o", placed_v2())
+    go = {
+        **placed_v2_json(m),
+        "placed_at": "2024-05-01T10:00:00.123456789+02:00",
+        "lines": None,
+        "notes": None,
+    }
+    decoded = m.from_es_event(with_payload(placed, go))
+    assert_same(decoded.lines, [])
+    assert_same(decoded.notes, {})
+    assert_same(
+        decoded.placed_at,
+        datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2))),
+    )
+    everything = m.to_everything_v1("L", "T", "t", sample_everything())
+    go = {
+        **json.loads(everything.payload),
+        "blob": None,
+        "ints": None,
+        "nested": [None, ["a"]],
+        "frozen": None,
+        "wallet": None,
+        "tags": None,
+        "days": None,
+        "optional_lists": [{"k": None}],
+        "at": "2024-05-01T08:00:00.5Z",
+    }
+    decoded = m.from_es_event(with_payload(everything, go))
+    assert_same(decoded.blob, b"")
+    assert_same(decoded.ints, [])
+    assert_same(decoded.nested, [[], ["a"]])
+    assert_same(decoded.frozen, ())
+    assert_same(decoded.wallet, {})
+    assert_same(decoded.tags, [])
+    assert_same(decoded.days, ())
+    assert_same(decoded.optional_lists, [{"k": []}])
+    assert_same(decoded.at, datetime(2024, 5, 1, 8, 0, 0, 500000, tzinfo=UTC))
+    # An optional container keeps null as None.
+    assert (
+        m.from_es_event(with_payload(everything, {**go, "optional_lists": None})).optional_lists
+        is None
+    )
+
+
 def test_special_float_and_bytes_values_are_refused(m: ModuleType) -> None:
     everything = m.to_everything_v1("L", "T", "t", sample_everything())
     data = json.loads(everything.payload)
@@ -526,6 +573,11 @@ BAD_EVENTS: list[tuple[Any, str]] = [
     (placed_v2(total=Decimal(1)), "field 'total': expected Money, got Decimal"),
     (dataclasses.replace(sample_everything(), ratio=float("inf")), "'ratio': inf is not a fin"),
     (dataclasses.replace(sample_everything(), blob="x"), "field 'blob': expected bytes, got str"),
+    (dataclasses.replace(sample_everything(), blob=None), "field 'blob': expected bytes, got None"),
+    (dataclasses.replace(sample_everything(), ints=None), "field 'ints': expected list, got None"),
+    (dataclasses.replace(sample_everything(), wallet=None), "'wallet': expected dict, got None"),
+    (dataclasses.replace(sample_everything(), frozen=None), "'frozen': expected tuple, got None"),
+    (placed_v2(notes=None), "field 'notes': expected dict, got None"),
     (
         dataclasses.replace(sample_everything(), text="ok \ud800"),
         "field 'text': text with a lone surrogate ('\\ud800' at 3) cannot be encoded as UTF-8",

@@ -32,8 +32,10 @@ field explicitly (no reflection at run time) as UTF-8 JSON, and round-trips
 exactly: datetimes (which must be timezone-aware) as ISO 8601 with their UTC
 offset, Decimals and UUIDs as strings, bytes as base64, enums by value. The
 payload must match the class exactly (a field with a default must be present
-too: change a shape by adding a version folder). Its errors are the classes
-defined here, all :class:`EventMappingError` (a ``ValueError``).
+too: change a shape by adding a version folder); reading takes ``null`` for an
+empty list, tuple, dict or bytes, as Go's ``encoding/json`` writes a nil slice.
+Its errors are the classes defined here, all :class:`EventMappingError` (a
+``ValueError``).
 """
 
 from __future__ import annotations

@@ -240,11 +240,9 @@ class Renderer:
         """One function serves both directions: the JSON value is the Python value."""
         if isinstance(t, Scalar):
             return t.kind in _SYMMETRIC_SCALARS
-        if isinstance(t, ListType):
-            return self.symmetric(t.item)
         if isinstance(t, OptionalType):
             return self.symmetric(t.inner)
-        return False  # a dict's keys are str
+        return False  # containers: reading takes null (Go's empty slice), writing does not
 
     def encoder(self, t: FieldType) -> str:
         suffix = "" if self.symmetric(t) else "_to_json"
@@ -777,6 +775,12 @@ class Renderer:
 
         if isinstance(t, OptionalType):
             return lines + self._optional(inner(t.inner))
+        if direction == "from":
+            empty = "()" if isinstance(t, TupleType) else "{}" if isinstance(t, DictType) else "[]"
+            lines += [
+                "    if value is None:  # Go's encoding/json writes a nil slice or map as null",
+                f"        return {empty}",
+            ]
         if isinstance(t, DictType):
             lines += [
                 "    if not isinstance(value, dict):",

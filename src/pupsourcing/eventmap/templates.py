@@ -62,6 +62,8 @@ SCALAR_CODECS: dict[str, str] = {
 
 
         def _bytes_from_json(value: object, key: str) -> bytes:
+            if value is None:  # Go's encoding/json writes a nil []byte as null
+                return b""
             text = _str_from_json(value, key)
             try:
                 return base64.b64decode(text, validate=True)

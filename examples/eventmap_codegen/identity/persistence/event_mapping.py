@@ -467,6 +467,8 @@ def _list_of_address_v2_to_json(value: object, key: str) -> list[object]:
 
 
 def _list_of_address_v2_from_json(value: object, key: str) -> list[AddressV2]:
+    if value is None:  # Go's encoding/json writes a nil slice or map as null
+        return []
     if not isinstance(value, list):
         raise _type_error(key, "list", value)
     result: list[AddressV2] = []
@@ -517,6 +519,8 @@ def _tuple_of_str_to_json(value: object, key: str) -> list[object]:
 
 
 def _tuple_of_str_from_json(value: object, key: str) -> tuple[str, ...]:
+    if value is None:  # Go's encoding/json writes a nil slice or map as null
+        return ()
     if not isinstance(value, list):
         raise _type_error(key, "list", value)
     result: list[str] = []
