@@ -281,6 +281,9 @@ UNSUPPORTED_FIELDS = [
     ("thing: Thing", "from somewhere.other import Thing\n", "somewhere.other.Thing is outside"),
     ("amount: Money", "from decimal import Decimal\nMoney = Decimal\n", "type aliases are not"),
     ("thing: Missing", "", "'Missing' is not defined or imported"),
+    # a typo in an import of the input package: not "outside the input directory"
+    ("thing: Money", "from .nothere import Money\n", "there is no module evpkg_"),
+    ("thing: Money", "from ..commons import Money\n", ".commons in the input directory"),
     ("nothing: None", "", "a field cannot be just None"),
     ("broken: 'list[int'", "", "cannot parse the annotation"),
     ("values: InitVar[int]", "from dataclasses import InitVar\n", "InitVar fields are not"),

@@ -342,6 +342,8 @@ class Scanner:
                 return self.lookup(module, attr, seen | {key})
             if base.name in self.packages:
                 return _UnknownSym(f"{base.name}.{attr} is not a module of the input directory")
+            if base.name.startswith(f"{self.package}."):  # a typo in an import, say
+                return _UnknownSym(f"there is no module {base.name} in the input directory")
             return _ExternalSym(base.name, attr)
         if isinstance(base, _ExternalSym):
             return _ExternalSym(f"{base.module}.{base.name}" if base.name else base.module, attr)
