@@ -579,3 +579,40 @@ def test_unions_json_cannot_tell_apart_are_refused_at_registration() -> None:
         assert [type(getattr(decoded, f)) for f in "abcde"] == [
             type(getattr(value, f)) for f in "abcde"
         ]
+
+
+@dataclass(frozen=True)
+class GoShaped:
+    """An event a Go service also writes: its nil slices, maps and []byte
+    marshal as ``null``."""
+
+    tags: list[str]
+    pair: tuple[int, ...]
+    seen: frozenset[str]
+    counts: dict[str, int]
+    blob: bytes
+    note: list[str] | None = None
+
+
+def test_go_nulls_read_as_empty_containers_and_are_never_written() -> None:
+    codec = JsonCodec()
+    codec.register(GoShaped)
+    payload = json.dumps(
+        {"tags": None, "pair": None, "seen": None, "counts": None, "blob": None, "note": None}
+    ).encode()
+    assert codec.decode("GoShaped", 1, payload) == GoShaped([], (), frozenset(), {}, b"", None)
+    # An optional container keeps null as None; an empty container is
+    # written as one, never as null.
+    written = codec.encode(GoShaped([], (), frozenset(), {}, b""))[2]
+    assert json.loads(written) == {
+        "tags": [],
+        "pair": [],
+        "seen": [],
+        "counts": {},
+        "blob": "",
+        "note": None,
+    }
+    # A scalar field still refuses null.
+    codec.register(OrderPlaced)
+    with pytest.raises(CodecError, match="customer"):
+        codec.decode("OrderPlaced", 1, b'{"customer": null}')

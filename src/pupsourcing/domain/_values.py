@@ -250,7 +250,7 @@ _SCALARS: dict[type, Decode] = {
     time: lambda v, p: _parsed(time.fromisoformat, v, "an ISO 8601 time", p),
     UUID: lambda v, p: _parsed(UUID, v, "a UUID", p),
     Decimal: lambda v, p: _parsed(Decimal, v, "a decimal number", p),
-    bytes: lambda v, p: _parsed(_bytes, v, "base64", p),
+    bytes: lambda v, p: b"" if v is None else _parsed(_bytes, v, "base64", p),
 }
 
 _OPEN = {str: "string", bytes: "string", int: "int", float: "float", bool: "bool"}
@@ -522,6 +522,8 @@ def _mapping(
     value: object,
     path: str,
 ) -> Any:
+    if value is None:  # Go's encoding/json writes a nil map as null
+        return make({})
     if not isinstance(value, dict):
         raise _problem("an object", value, path)
     return make({_key(keys, kinds, k, path): values(v, _join(path, k)) for k, v in value.items()})
@@ -556,6 +558,8 @@ def _fixed_tuple(items: tuple[Decode, ...], value: object, path: str) -> tuple[A
 
 
 def _items(make: Callable[[list[Any]], Any], item: Decode, value: object, path: str) -> Any:
+    if value is None:  # Go's encoding/json writes a nil slice as null
+        return make([])
     if not isinstance(value, list):
         raise _problem("an array", value, path)
     return make([item(v, _join(path, i)) for i, v in enumerate(value)])
