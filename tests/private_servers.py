@@ -268,7 +268,9 @@ PGBOUNCER = os.environ.get("PUPSOURCING_TEST_PGBOUNCER", "/usr/sbin/pgbouncer")
 
 class PrivatePgBouncer:
     """A PgBouncer of our own in transaction pooling mode (the common
-    deployment), on a free loopback port, in front of a PostgreSQL server.
+    deployment; ``pool_mode="session"`` for session pooling, without a
+    reset query: a server connection keeps what ``connect_query`` set), on
+    a free loopback port, in front of a PostgreSQL server.
 
     ``databases`` maps each alias clients connect to (``dbname=alias``) to
     the settings of its ``[databases]`` line (``dbname``, ``connect_query``,
@@ -283,6 +285,7 @@ class PrivatePgBouncer:
         databases: dict[str, dict[str, str]],
         server_host: str = "127.0.0.1",
         server_port: int = 5432,
+        pool_mode: str = "transaction",
     ) -> None:
         self.process: subprocess.Popen[bytes] | None = None
         self.port = free_port()
@@ -308,9 +311,9 @@ class PrivatePgBouncer:
             "[databases]\n" + "\n".join(lines) + "\n[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {self.datadir / 'users.txt'}\n"
-            "pool_mode = transaction\nadmin_users = postgres\n"
+            f"pool_mode = {pool_mode}\nadmin_users = postgres\n"
             "default_pool_size = 4\nmax_client_conn = 200\n"
-            "server_login_retry = 1\nquery_wait_timeout = 30\n"
+            "server_login_retry = 1\nquery_wait_timeout = 30\nserver_reset_query =\n"
         )
         self.start()
 

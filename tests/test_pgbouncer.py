@@ -52,15 +52,19 @@ class Bounced:
 
 @pytest.fixture
 def bounced() -> Iterator[Callable[..., Bounced]]:
-    """Makes a store behind a PgBouncer of its own: ``pool_size`` server
-    connections, each with ``default_transaction_isolation`` (as a role-wide
-    setting would make it) when given."""
+    """Makes a store behind a PgBouncer of its own (transaction pooling
+    unless ``pool_mode`` says otherwise): ``pool_size`` server connections,
+    each with ``default_transaction_isolation`` (as a role-wide setting
+    would make it) when given."""
     from private_servers import PrivatePgBouncer, ServerUnavailable
 
     made: list[Bounced] = []
 
     def make(
-        pool_size: int = 4, isolation: str | None = None, config: StoreConfig | None = None
+        pool_size: int = 4,
+        isolation: str | None = None,
+        config: StoreConfig | None = None,
+        pool_mode: str = "transaction",
     ) -> Bounced:
         direct = postgres_backend(config or StoreConfig())
         query = f"SET search_path TO {direct.schema}"
@@ -68,7 +72,7 @@ def bounced() -> Iterator[Callable[..., Bounced]]:
             query += f"; SET default_transaction_isolation = '{isolation}'"
         settings = {"dbname": PG_DATABASE, "pool_size": str(pool_size), "connect_query": query}
         try:
-            bouncer = PrivatePgBouncer({"pgb": settings})
+            bouncer = PrivatePgBouncer({"pgb": settings}, pool_mode=pool_mode)
         except ServerUnavailable as exc:
             close_backend(direct)
             unavailable("a private PgBouncer", exc)
@@ -97,6 +101,21 @@ def _wait(condition: Callable[[], bool], timeout: float = 10) -> bool:
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.02)
     return condition()
+
+
+def _append(b: Bounced, aggregate_id: str) -> tuple[int, float]:
+    """One event appended and committed through PgBouncer: its position and
+    when the commit returned."""
+    from helpers import event
+    from pupsourcing import ExpectedVersion
+
+    conn = b.connect()
+    try:
+        result = b.store.append(conn, ExpectedVersion.any(), [event(aggregate_id)])
+        conn.commit()
+        return int(result.global_positions[0]), time.monotonic()
+    finally:
+        conn.close()
 
 
 def test_a_claiming_runner_leaks_no_isolation_level_to_other_clients(
@@ -363,3 +382,145 @@ def test_a_relay_publishes_each_event_once_through_transaction_pooling(
     assert positions == list(range(1, 401))
     assert b.direct.checkpoints()["relay_pgb"] == 400
     conn.close()
+
+
+# -- runners through transaction pooling ---------------------------------------
+
+
+class _Recorded:
+    """Writes each event it handles to ``pgb_seen`` through ``tx``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def handle(self, e: Any, tx: Any) -> None:
+        tx.execute("INSERT INTO pgb_seen VALUES (%s, %s)", (self.name, e.global_position))
+
+
+class _AsyncRecorded(_Recorded):
+    async def handle(self, e: Any, tx: Any) -> None:  # type: ignore[override]
+        await tx.execute("INSERT INTO pgb_seen VALUES (%s, %s)", (self.name, e.global_position))
+
+
+RUNNERS = ["Runner", "AsyncRunner", "ClaimingRunner", "AsyncClaimingRunner"]
+
+
+def _run_runner(b: Bounced, kind: str, names: list[str], during: Callable[[], None]) -> Any:
+    """Run projections ``names`` with a runner of ``kind`` through ``b`` while
+    ``during()`` runs (in a thread); the claiming runner, if it is one."""
+    import asyncio
+
+    from pupsourcing.aio import AsyncClaimingRunner, AsyncPostgresStore, AsyncProcessor, AsyncRunner
+    from pupsourcing.projection import ClaimingRunner, Processor, ProcessorConfig
+    from pupsourcing.runner import ProjectionRunner, Runner
+
+    config = ProcessorConfig(poll_interval=0.05)
+    claiming = ProcessorConfig(total_partitions=2, poll_interval=0.05)
+    astore = AsyncPostgresStore(b.store.config)
+    if kind in ("Runner", "ClaimingRunner"):
+        stop = threading.Event()
+        runner: Any
+        if kind == "Runner":
+            processors = [Processor(b.connect, b.store, config) for _ in names]
+            pairs = [
+                ProjectionRunner(_Recorded(n), p) for n, p in zip(names, processors, strict=True)
+            ]
+            target: Any = lambda: Runner().run(pairs, stop=stop)  # noqa: E731
+        else:
+            runner = ClaimingRunner(b.connect, b.store, claiming, lease_ttl=3, owner="pgb")
+            target = lambda: runner.run([_Recorded(n) for n in names], stop=stop)  # noqa: E731
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                target()
+            except BaseException as exc:
+                failures.append(exc)
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        try:
+            during()
+        finally:
+            stop.set()
+            thread.join(timeout=20)
+            if kind == "Runner":
+                for p in processors:
+                    p.close()
+        assert not thread.is_alive(), "the runner did not stop"
+        assert failures == []
+        return runner if kind == "ClaimingRunner" else None
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        if kind == "AsyncRunner":
+            aprocessors = [AsyncProcessor(b.connect_async, astore, config) for _ in names]
+            pairs = [
+                ProjectionRunner(_AsyncRecorded(n), p)
+                for n, p in zip(names, aprocessors, strict=True)
+            ]
+            run = AsyncRunner().run(pairs, stop=stop)  # type: ignore[arg-type]
+            arunner = None
+        else:
+            arunner = AsyncClaimingRunner(
+                b.connect_async, astore, claiming, lease_ttl=3, owner="pgb"
+            )
+            run = arunner.run([_AsyncRecorded(n) for n in names], stop=stop)
+        task = asyncio.create_task(run)
+        try:
+            await asyncio.to_thread(during)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+            if kind == "AsyncRunner":
+                for p in aprocessors:
+                    await p.close()
+        return arunner
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_runners_run_projections_through_transaction_pooling(
+    bounced: Callable[..., Bounced], kind: str
+) -> None:
+    """Runner, AsyncRunner and both claiming runners through PgBouncer in
+    transaction pooling: every event, appended before and while they run,
+    is handled once by each projection; the checkpoints end at the last
+    event; the claiming runners release their leases when they stop."""
+    b = bounced(pool_size=4)
+    setup = b.direct.connection()
+    setup.execute("CREATE TABLE pgb_seen (projection TEXT NOT NULL, position BIGINT NOT NULL)")
+    setup.commit()
+    for i in range(20):
+        _append(b, f"before-{i}")
+    names = ["one", "two"]
+
+    def seen() -> int:
+        count = setup.execute("SELECT count(DISTINCT (projection, position)) FROM pgb_seen")
+        (n,) = count.fetchone()
+        setup.commit()
+        return int(n)
+
+    def during() -> None:
+        for i in range(10):
+            _append(b, f"during-{i}")
+            time.sleep(0.05)
+        assert _wait(lambda: seen() == 60, timeout=30), seen()
+
+    runner = _run_runner(b, kind, names, during)
+    rows = setup.execute("SELECT projection, position, count(*) FROM pgb_seen GROUP BY 1, 2")
+    counts = {(name, position): n for name, position, n in rows.fetchall()}
+    setup.commit()
+    assert set(counts) == {(n, p) for n in names for p in range(1, 31)}
+    assert set(counts.values()) == {1}, "an event was handled twice"
+    checkpoints = b.direct.checkpoints()
+    if runner is None:
+        assert checkpoints == dict.fromkeys(names, 30)
+    else:
+        assert checkpoints == {f"{n}_p{k}": 30 for n in names for k in (0, 1)}
+        for name in names:
+            held = b.direct.store.list_leases(setup, name)
+            setup.commit()
+            assert [lease.owner for lease in held] == ["", ""], held
+        assert runner.held() == {}
