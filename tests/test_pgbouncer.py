@@ -384,6 +384,132 @@ def test_a_relay_publishes_each_event_once_through_transaction_pooling(
     conn.close()
 
 
+# -- push wake-ups through a pooler --------------------------------------------
+
+
+class _Timed:
+    """Records when each event was handled, by position."""
+
+    name = "timed"
+
+    def __init__(self) -> None:
+        self.handled: dict[int, float] = {}
+
+    def handle(self, e: Any, tx: Any) -> None:
+        self.handled[e.global_position] = time.monotonic()
+
+
+class _AsyncTimed(_Timed):
+    async def handle(self, e: Any, tx: Any) -> None:  # type: ignore[override]
+        self.handled[e.global_position] = time.monotonic()
+
+
+def _run_processor(
+    b: Bounced,
+    projection: _Timed,
+    records: LogRecords,
+    poll_interval: float,
+    during: Callable[[], None],
+) -> None:
+    """Run a processor of ``projection`` (an ``_AsyncTimed``: the asyncio
+    one) through ``b`` (a connection factory), with ``poll_interval`` and
+    ``records``' logger, calling ``during()`` (in a thread) while it runs."""
+    import asyncio
+
+    from pupsourcing.aio import AsyncPostgresStore, AsyncProcessor
+    from pupsourcing.projection import Processor, ProcessorConfig
+
+    config = ProcessorConfig(poll_interval=poll_interval, logger=records.logger)
+    if not isinstance(projection, _AsyncTimed):
+        processor = Processor(b.connect, b.store, config)
+        stop = threading.Event()
+        thread = threading.Thread(target=processor.run, args=(projection,), kwargs={"stop": stop})
+        thread.start()
+        try:
+            during()
+        finally:
+            stop.set()
+            thread.join(timeout=15)
+            processor.close()
+        assert not thread.is_alive()
+        return
+
+    async def main() -> None:
+        processor = AsyncProcessor(b.connect_async, AsyncPostgresStore(b.store.config), config)
+        stop = asyncio.Event()
+        task = asyncio.create_task(processor.run(projection, stop=stop))
+        try:
+            await asyncio.to_thread(during)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+            await processor.close()
+
+    asyncio.run(main())
+
+
+def _push_warnings(records: LogRecords) -> list[str]:
+    return [m for m in records.messages(logging.WARNING) if "push" in m]
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_processor_behind_transaction_pooling_warns_once_that_push_is_not_delivered(
+    bounced: Callable[..., Bounced], api: str
+) -> None:
+    """LISTEN through transaction pooling succeeds, but no notification
+    reaches the processor's connection: it says so once, naming the
+    projection and its poll interval, without holding back its first batch;
+    then appends made in its own process wake it, as on MySQL."""
+    b = bounced(pool_size=4)
+    records = LogRecords(f"pgb-push-{api}")
+    first, _ = _append(b, "first")
+    projection = _AsyncTimed() if api == "async" else _Timed()
+    started = time.monotonic()
+
+    after: list[tuple[int, float]] = []
+
+    def during() -> None:
+        assert _wait(lambda: first in projection.handled, timeout=10)
+        assert _wait(lambda: bool(_push_warnings(records)), timeout=10)
+        after.append(_append(b, "after"))  # through a store of this process
+        time.sleep(1.5)  # (no second warning)
+
+    _run_processor(b, projection, records, 5.0, during)
+    assert projection.handled[first] - started < 2.0, "the first batch waited"
+    ((position, committed),) = after  # woken as on MySQL, not found by the 5 s poll
+    assert position in projection.handled, "an append of this process was not handled"
+    assert projection.handled[position] - committed < 1.0
+    (warning,) = _push_warnings(records)
+    assert "projection timed" in warning, warning
+    assert "not delivered" in warning, warning
+    assert "every 5.0 s (poll_interval)" in warning, warning
+    assert "transaction" in warning, warning
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_processor_through_session_pooling_is_woken_without_a_warning(
+    bounced: Callable[..., Bounced], api: str
+) -> None:
+    """Session pooling keeps the processor's server connection its own:
+    notifications arrive (an append by another client wakes the idle
+    processor at once), and nothing is said about push."""
+    b = bounced(pool_size=4, pool_mode="session")
+    records = LogRecords(f"pgb-session-{api}")
+    projection = _AsyncTimed() if api == "async" else _Timed()
+    appended: list[tuple[int, float]] = []
+
+    def during() -> None:
+        time.sleep(3.0)  # idle, and past the probe's bound
+        appended.append(_append(b, "later"))
+        time.sleep(1.0)
+
+    _run_processor(b, projection, records, 5.0, during)
+    ((position, committed),) = appended
+    assert position in projection.handled, "the append was not handled"
+    assert projection.handled[position] - committed < 0.5
+    assert _push_warnings(records) == []
+
+
 # -- runners through transaction pooling ---------------------------------------
 
 
@@ -524,3 +650,55 @@ def test_runners_run_projections_through_transaction_pooling(
             setup.commit()
             assert [lease.owner for lease in held] == ["", ""], held
         assert runner.held() == {}
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_processor_that_reconnects_behind_transaction_pooling_warns_once(
+    bounced: Callable[..., Bounced], api: str
+) -> None:
+    """The connection is lost after the warning (PgBouncer's KILL): the new
+    one listens and probes again, and says nothing more (a warning per
+    reconnection would repeat in a log for as long as the pooler drops
+    connections)."""
+    from pupsourcing.projection._waiter import PROBE_WAIT
+
+    b = bounced(pool_size=4)
+    records = LogRecords(f"pgb-again-{api}")
+    projection = _AsyncTimed() if api == "async" else _Timed()
+    after: list[int] = []
+
+    def during() -> None:
+        assert _wait(lambda: bool(_push_warnings(records)), timeout=10)
+        b.bouncer.admin("KILL pgb")
+        b.bouncer.admin("RESUME pgb")
+        after.append(_append(b, "after")[0])
+        assert _wait(lambda: after[0] in projection.handled, timeout=20)
+        time.sleep(PROBE_WAIT + 1.5)  # past the new probe's bound
+
+    _run_processor(b, projection, records, 0.5, during)
+    assert len(_push_warnings(records)) == 1, _push_warnings(records)
+    probes = [r for r in records.records if "not delivered" in r.getMessage()]
+    assert len(probes) == 2, "the new connection was not probed"
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+@pytest.mark.parametrize("run", range(3))
+def test_a_busy_processor_behind_transaction_pooling_still_warns(
+    bounced: Callable[..., Bounced], api: str, run: int
+) -> None:
+    """A processor polling often is often in a transaction on the listening
+    server connection, and the probe then arrives with a query's reply, as
+    transaction pooling delivers by chance: that is no delivery to an idle
+    processor. It probes again, and warns."""
+    b = bounced(pool_size=2)
+    records = LogRecords(f"pgb-busy-{api}-{run}")
+    projection = _AsyncTimed() if api == "async" else _Timed()
+
+    def during() -> None:
+        for i in range(40):  # a steady stream of batches
+            _append(b, f"busy-{i}")
+            time.sleep(0.05)
+        _wait(lambda: bool(_push_warnings(records)), timeout=8)
+
+    _run_processor(b, projection, records, 0.01, during)
+    assert len(_push_warnings(records)) == 1, records.messages(logging.DEBUG)

@@ -315,16 +315,27 @@ class Idle:
         self.event.clear()  # for the next processor
 
 
-def _run_idle(api: str, config: StoreConfig, seconds: float, during: Any) -> tuple[Timed, int]:
+def _run_idle(
+    api: str,
+    config: StoreConfig,
+    seconds: float,
+    during: Any,
+    processor_config: ProcessorConfig = SLOW_POLL,
+) -> tuple[Timed, int]:
     """Run a processor on a traced connection for ``seconds`` after it went
     idle, calling ``during()`` then; the projection and how many queries
     the processor sent meanwhile."""
     with pytest.MonkeyPatch.context() as patch:
-        return _run_idle_traced(api, config, seconds, during, Idle(patch))
+        return _run_idle_traced(api, config, seconds, during, Idle(patch), processor_config)
 
 
 def _run_idle_traced(
-    api: str, config: StoreConfig, seconds: float, during: Any, idle: Idle
+    api: str,
+    config: StoreConfig,
+    seconds: float,
+    during: Any,
+    idle: Idle,
+    processor_config: ProcessorConfig,
 ) -> tuple[Timed, int]:
     import psycopg
 
@@ -344,7 +355,7 @@ def _run_idle_traced(
     try:
         if api == "sync":
             conn = psycopg.connect(PG_DSN)
-            processor = Processor(conn, store, SLOW_POLL)
+            processor = Processor(conn, store, processor_config)
             stop = threading.Event()
             thread = threading.Thread(
                 target=processor.run, args=(projection,), kwargs={"stop": stop}
@@ -363,7 +374,7 @@ def _run_idle_traced(
 
             async def main() -> None:
                 conn = await psycopg.AsyncConnection.connect(PG_DSN)
-                processor = AsyncProcessor(conn, store, SLOW_POLL)
+                processor = AsyncProcessor(conn, store, processor_config)
                 stop = asyncio.Event()
                 task = asyncio.create_task(processor.run(projection, stop=stop))
                 await asyncio.to_thread(idle.wait)
@@ -536,6 +547,64 @@ def test_postgres_wait_failing_on_a_live_connection_falls_back_to_polling(
     projection, sent = _run_idle(api, pg_table, 1.0, lambda: None)
     assert projection.handled == {}
     assert sent <= 12, f"an idle processor sent {sent} statements in 1 s"
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_postgres_processor_on_a_direct_connection_probes_nothing_and_warns_nothing(
+    api: str, pg_table: StoreConfig
+) -> None:
+    """A direct connection's backend is the server's: no probe connection,
+    and no warning about push once the probe would have been given up
+    (PROBE_WAIT); an append still wakes the processor at once."""
+    import logging
+
+    from helpers import LogRecords
+    from pupsourcing.projection._waiter import PROBE_WAIT
+
+    records = LogRecords(f"push-direct-{api}")
+    quick = ProcessorConfig(poll_interval=5.0, logger=records.logger)
+    appended: list[tuple[int, float]] = []
+
+    def later() -> None:
+        time.sleep(PROBE_WAIT + 0.5)
+        appended.append((_append_elsewhere(pg_table), time.monotonic()))
+
+    with pytest.MonkeyPatch.context() as patch:
+        sent_probes: list[object] = []
+        from pupsourcing.adapters.postgres import _listen
+
+        patch.setattr(_listen._Counting, "_start_probing", lambda *a: sent_probes.append(a))
+        projection, _ = _run_idle_traced(api, pg_table, 1.0, later, Idle(patch), quick)
+    ((position, committed),) = appended
+    assert position in projection.handled
+    assert projection.handled[position] - committed < PROMPT
+    assert sent_probes == []
+    assert records.messages(logging.WARNING) == []
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_postgres_probe_notifications_wake_no_processor(api: str, pg_table: StoreConfig) -> None:
+    """Another processor's probe (behind a pooler, on the same channel) is
+    no append: it wakes nobody, even with the table's OID unknown (every
+    payload counted then)."""
+    import psycopg
+
+    from pupsourcing.adapters.postgres import _listen
+
+    channel = _pg_store(api, pg_table).dialect.notify_channel
+
+    def probe() -> None:
+        with psycopg.connect(PG_DSN, autocommit=True) as other:
+            other.execute("SELECT pg_notify(%s, %s)", (channel, f"{_listen.PROBE} 0123abcd"))
+
+    projection, sent = _run_idle(api, pg_table, 1.0, probe)
+    assert sent == 0, f"a probe cost {sent} statements"
+    with pytest.MonkeyPatch.context() as patch:
+        missing = "SELECT (SELECT NULL::text WHERE %s::text IS NOT NULL), pg_backend_pid()"
+        patch.setattr(_listen, "_OID_SQL", missing)
+        projection, sent = _run_idle_traced(api, pg_table, 1.0, probe, Idle(patch), SLOW_POLL)
+    assert sent == 0, f"a probe cost {sent} statements with every payload counted"
+    assert projection.handled == {}
 
 
 def _ran_on(api: str, config: StoreConfig, runs: int) -> list[str]:

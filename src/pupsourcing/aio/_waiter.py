@@ -25,8 +25,9 @@ class AsyncWaiter:
         logger: Logger,
         *,
         push: bool = True,
+        poll_interval: float | None = None,
     ) -> None:
-        self._wakes = _Wakes(events_table, listener, logger)
+        self._wakes = _Wakes(events_table, listener, logger, poll_interval)
         self._listener = listener
         self._push = push
         self._event: asyncio.Event | None = None
@@ -43,8 +44,9 @@ class AsyncWaiter:
             with contextlib.suppress(Exception):
                 await conn.rollback()
 
-    async def wait(self, conn: Any, seconds: float, stop: asyncio.Event) -> bool:
-        """Wait up to ``seconds``, less when woken; whether ``stop`` is set."""
+    async def wait(self, conn: Any, seconds: float, stop: asyncio.Event, label: str = "") -> bool:
+        """Wait up to ``seconds``, less when woken; whether ``stop`` is set.
+        ``label`` names the projection in what is logged."""
         if not self._push:
             return await pause(seconds, stop)
         wakes = self._wakes
@@ -65,6 +67,11 @@ class AsyncWaiter:
             event = self._appends_event()
             event.clear()
         while not stop.is_set():
+            if listening and wakes.unheard(conn, label):
+                await self.release(conn)
+                listening = False
+                event = self._appends_event()
+                event.clear()
             remaining = wakes.time_left(deadline, listening)
             if remaining is None:
                 return False

@@ -87,7 +87,12 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
         self, db: Any, store: AsyncSQLStore[Any], config: ProcessorConfig | None = None
     ) -> None:
         super().__init__(db, store, config)
-        self._waiter = AsyncWaiter(store.config.events_table, store._push_listener(), self._logger)
+        self._waiter = AsyncWaiter(
+            store.config.events_table,
+            store._push_listener(),
+            self._logger,
+            poll_interval=self.config.poll_interval,
+        )
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -170,7 +175,8 @@ class AsyncProcessor(ProcessorBase[ConnT, "AsyncSQLStore[Any]"]):
                 return await self._handle_events(projection, instruction)
             if type(instruction) is Pause:
                 if instruction.wake and stop is not None:
-                    return await self._waiter.wait(self._conn, instruction.seconds, stop)
+                    wait = self._waiter.wait(self._conn, instruction.seconds, stop, sub.label)
+                    return await wait
                 return await pause(instruction.seconds, stop)
             if type(instruction) is Connect:
                 return await self.connection()

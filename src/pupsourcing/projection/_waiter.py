@@ -13,6 +13,14 @@ something to do:
   These fire before the appender commits, so after such a wake a poll that
   finds nothing is retried after the short pauses of :data:`QUICK_RETRIES`.
 
+A connection whose ``LISTEN`` succeeds may still never receive a
+notification: through a pooler in transaction mode (PgBouncer) it listens
+on a server connection that is not its own between transactions. The
+listener probes such a connection once (see
+:mod:`pupsourcing.adapters.postgres._listen`); a probe that has not arrived
+within :data:`PROBE_WAIT` logs one warning, and the processor waits as
+where it cannot ``LISTEN``.
+
 Appends that notify nothing (the Go library's) are found by the poll every
 ``poll_interval``, as without push. :class:`Waiter` serves the blocking
 processor, :class:`pupsourcing.aio._waiter.AsyncWaiter` the asyncio one;
@@ -37,13 +45,24 @@ append, while they find nothing: the appender may not have committed yet
 (a busy machine may take a while; five quick polls cost little)."""
 STOP_CHECK = 0.05
 """The longest a blocking processor waits before it looks at ``stop`` again."""
+PROBE_WAIT = 2.0
+"""Seconds a listening processor gives its probe notification to arrive
+once sent (milliseconds where notifications are delivered)."""
+PROBE_CHECK = 0.25
+"""How often a listening processor looks whether its probe was sent."""
 
 
 class _Wakes:
     """Whether anything happened since the processor last polled, and which
     connection listens."""
 
-    def __init__(self, events_table: str, listener: object | None, logger: Logger) -> None:
+    def __init__(
+        self,
+        events_table: str,
+        listener: object | None,
+        logger: Logger,
+        poll_interval: float | None = None,
+    ) -> None:
         self.signal = signal(events_table)
         self.seen_appends = self.signal.generation
         self.listener = listener
@@ -52,6 +71,10 @@ class _Wakes:
         self.refused: weakref.ref[Any] | None = None
         self.retries: list[float] = []
         self.logger = logger
+        self.poll_interval = poll_interval
+        self.probing = False
+        """Whether the listener's probe has neither arrived nor failed yet."""
+        self.unheard_before = False
 
     def is_listening(self, conn: Any) -> bool:
         return self.listening is not None and self.listening() is conn
@@ -67,6 +90,7 @@ class _Wakes:
         if error is None:
             self.listening = weakref.ref(conn)
             self.received = getattr(self.listener, "received", 0)
+            self.probing = getattr(self.listener, "probe", None) is not None
             return
         self.listening = None
         self.refused = weakref.ref(conn)
@@ -75,6 +99,45 @@ class _Wakes:
             "on appends made in this process only",
             error,
         )
+
+    def unheard(self, conn: Any, label: str) -> bool:
+        """Whether the listener's probe failed to arrive in time on ``conn``:
+        then the warning is logged and ``conn`` waits as one that cannot
+        ``LISTEN`` (the caller unsubscribes it)."""
+        if not self.probing:
+            return False
+        listener = self.listener
+        error = getattr(listener, "unprobed", None)
+        if error is not None or getattr(listener, "probe", None) is None:
+            self.probing = False  # it arrived, or could not be sent
+            if error is not None:
+                self.logger.warning(
+                    "projection %s connects through a connection pooler: push wake-ups "
+                    "reach it only if the pooler keeps its session on one server "
+                    "connection (session pooling), and checking failed (%s); else it "
+                    "finds other processes' appends at its polls, every %s s (poll_interval)",
+                    label,
+                    error,
+                    self.poll_interval,
+                )
+            return False
+        sent = getattr(listener, "probe_sent", None)
+        if sent is None or time.monotonic() < sent + PROBE_WAIT:
+            return False
+        self.probing = False
+        self.refused = weakref.ref(conn)
+        log = self.logger.debug if self.unheard_before else self.logger.warning
+        self.unheard_before = True  # one warning, not one per reconnection
+        log(
+            "projection %s: push wake-ups are not delivered on this connection (LISTEN "
+            "succeeded, but a test notification did not arrive within %.0f s: a connection "
+            "pooler in transaction mode, such as PgBouncer's pool_mode = transaction?); it "
+            "finds other processes' appends at its polls, every %s s (poll_interval)",
+            label,
+            PROBE_WAIT,
+            self.poll_interval,
+        )
+        return True
 
     def stops_listening(self, conn: Any) -> bool:
         """Whether ``conn`` listens, to be unsubscribed now (the processor
@@ -112,8 +175,15 @@ class _Wakes:
         is over (woken, or the deadline passed)."""
         if self.woken(listening):
             return None
-        remaining = deadline - time.monotonic()
-        return remaining if remaining > 0 else None
+        now = time.monotonic()
+        remaining = deadline - now
+        if remaining <= 0:
+            return None
+        if listening and self.probing:  # wake to check on the probe
+            sent = getattr(self.listener, "probe_sent", None)
+            check = PROBE_CHECK if sent is None else sent + PROBE_WAIT - now
+            remaining = min(remaining, max(check, 0.0))
+        return remaining
 
     def deadline(self, seconds: float, listening: bool) -> float:
         if self.retries and not listening:
@@ -126,9 +196,15 @@ class Waiter:
     ``push=False`` waits the whole ``poll_interval`` (as without push)."""
 
     def __init__(
-        self, events_table: str, listener: Listener | None, logger: Logger, *, push: bool = True
+        self,
+        events_table: str,
+        listener: Listener | None,
+        logger: Logger,
+        *,
+        push: bool = True,
+        poll_interval: float | None = None,
     ) -> None:
-        self._wakes = _Wakes(events_table, listener, logger)
+        self._wakes = _Wakes(events_table, listener, logger, poll_interval)
         self._listener = listener
         self._push = push
 
@@ -143,8 +219,9 @@ class Waiter:
             with contextlib.suppress(Exception):
                 conn.rollback()
 
-    def wait(self, conn: Any, seconds: float, stop: threading.Event) -> bool:
-        """Wait up to ``seconds``, less when woken; whether ``stop`` is set."""
+    def wait(self, conn: Any, seconds: float, stop: threading.Event, label: str = "") -> bool:
+        """Wait up to ``seconds``, less when woken; whether ``stop`` is set.
+        ``label`` names the projection in what is logged."""
         if not self._push:
             return stop.wait(seconds)
         wakes = self._wakes
@@ -162,6 +239,9 @@ class Waiter:
         listening = wakes.is_listening(conn)
         deadline = wakes.deadline(seconds, listening)
         while not stop.is_set():
+            if listening and wakes.unheard(conn, label):
+                self.release(conn)
+                listening = False
             remaining = wakes.time_left(deadline, listening)
             if remaining is None:
                 return False

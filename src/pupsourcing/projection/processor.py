@@ -81,7 +81,12 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
         self, db: Any, store: SQLStore[Any], config: ProcessorConfig | None = None
     ) -> None:
         super().__init__(db, store, config)
-        self._waiter = Waiter(store.config.events_table, store._push_listener(), self._logger)
+        self._waiter = Waiter(
+            store.config.events_table,
+            store._push_listener(),
+            self._logger,
+            poll_interval=self.config.poll_interval,
+        )
         self._use = threading.Lock()
         self._user: int | None = None  # the thread running, catching up or replaying
         self._close_after_use = False
@@ -208,7 +213,7 @@ class Processor(ProcessorBase[ConnT, "SQLStore[Any]"]):
                 return None
             if type(instruction) is Pause:
                 if instruction.wake and stop is not None:
-                    return self._waiter.wait(self._conn, instruction.seconds, stop)
+                    return self._waiter.wait(self._conn, instruction.seconds, stop, sub.label)
                 if stop is not None:
                     return stop.wait(instruction.seconds) if instruction.seconds else stop.is_set()
                 time.sleep(instruction.seconds)

@@ -14,34 +14,110 @@ Same-named events tables in other schemas of the database notify the same
 channel; the payload, the table's OID (looked up when listening), tells
 them apart, so their appends wake no processor of this table (an empty
 payload, as older versions sent, counts).
+
+Behind a connection pooler in transaction mode (PgBouncer) ``LISTEN``
+succeeds but holds for the server connection that ran it, which goes back
+to the pool when the transaction ends: no notification reaches the
+processor. A pooler shows in the backend id it gave the client, which is
+not the server's (``pg_backend_pid()``, read with the table's OID). Then
+the listener checks, once, with a probe: another connection of its own (the
+same connection parameters) notifies the channel with a payload of
+:data:`PROBE` and a token, which appends never send and no processor counts.
+:attr:`_Counting.probe` holds the token until the probe arrives while the
+processor waits (see :data:`PROBE_TRIES`); the waiter
+tells the user when it does not (see
+:mod:`pupsourcing.projection._waiter`). A probe sent on the processor's
+connection itself would prove nothing: PostgreSQL hands a session its own
+notifications at its commit, and PgBouncer gives the next transaction the
+listening server connection again when the pool is quiet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import select
+import threading
+import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import psycopg
 
 
-_OID_SQL = "SELECT to_regclass(%s)::oid::text"
+_OID_SQL = "SELECT to_regclass(%s)::oid::text, pg_backend_pid()"
+_NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
+PROBE = "pupsourcing-probe"
+"""How a probe's payload begins."""
+PROBE_TRIES = 5
+"""Probes sent at most: one that arrives with the reply to a query of the
+processor's (not while it waits) is sent again, as transaction pooling
+delivers a notification then when it happens to give the processor the
+listening server connection."""
 
 
 class _Counting:
     def __init__(self, channel: str, events_table: str) -> None:
         self.received = 0
+        self.probe: str | None = None
+        """The payload of the probe sent (or being sent) and not arrived yet."""
+        self.probe_sent: float | None = None
+        """When the probe was committed (``time.monotonic()``)."""
+        self.unprobed: Exception | None = None
+        """Why the probe could not be sent."""
+        self._channel = channel
         self._sql = f'LISTEN "{channel}"'
         self._unlisten_sql = f'UNLISTEN "{channel}"'
         self._table = events_table
         self._payloads: set[str] | None = None
         """The payloads counted; ``None``: all (the table was not found)."""
+        self._conninfo = ""
+        self._tries = 0
+        self._waiting = False
+        """Whether :meth:`_drain` runs (the processor waits, in no query)."""
 
-    def _heard(self, row: Any) -> None:
+    def _heard(self, row: Any, conn: Any) -> bool:
+        """Take the OID of :data:`_OID_SQL`'s ``row``; whether it shows a
+        pooler (the server's backend is not the one ``conn`` was told)."""
         self._payloads = None if row is None or row[0] is None else {"", row[0]}
+        self.probe = self.probe_sent = self.unprobed = None
+        told = getattr(getattr(conn, "info", None), "backend_pid", None)
+        return row is not None and told is not None and int(row[1]) != int(told)
+
+    def _start_probing(self, conn: Any) -> None:
+        """Send the first probe, on a connection with ``conn``'s parameters."""
+        from psycopg.conninfo import make_conninfo
+
+        params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val}
+        self._conninfo, self._tries = make_conninfo("", **params), 0
+        self._probe_again()
+
+    def _probe_again(self) -> None:
+        self._tries += 1
+        self.probe, self.probe_sent = f"{PROBE} {uuid.uuid4().hex}", None
+        self._spawn(self._conninfo, (self._channel, self.probe))
+
+    def _spawn(self, conninfo: str, args: tuple[str, str]) -> None:
+        """Send a probe (``pg_notify`` ``args``) without waiting for it."""
+        raise NotImplementedError
+
+    def _sent(self, payload: str, error: Exception | None) -> None:
+        if payload != self.probe:  # an earlier connection's probe, or arrived
+            return
+        if error is None:
+            self.probe_sent = time.monotonic()
+        else:
+            self.probe, self.unprobed = None, error
 
     def _count(self, notify: Any) -> None:
+        if notify.payload.startswith(PROBE):  # never an append
+            if notify.payload != self.probe:
+                return
+            if self._waiting or self._tries >= PROBE_TRIES:
+                self.probe = None  # arrived
+            else:
+                self._probe_again()
+            return
         if self._payloads is None or notify.payload in self._payloads:
             self.received += 1
 
@@ -52,16 +128,20 @@ class _Counting:
         (the connection may be the caller's, listening on channels of its own)."""
         pgconn = conn.pgconn
         pgconn.consume_input()  # raises when the connection broke
-        while (notify := pgconn.notifies()) is not None:
-            if pgconn.notify_handler is not None:
-                pgconn.notify_handler(notify)
+        self._waiting = True
+        try:
+            while (notify := pgconn.notifies()) is not None:
+                if pgconn.notify_handler is not None:
+                    pgconn.notify_handler(notify)
+        finally:
+            self._waiting = False
 
 
 class PsycopgListener(_Counting):
     """:class:`~pupsourcing.store._appended.Listener` on a blocking psycopg connection."""
 
     def listen(self, conn: psycopg.Connection[Any]) -> None:
-        self._heard(conn.execute(_OID_SQL, (self._table,)).fetchone())
+        pooled = self._heard(conn.execute(_OID_SQL, (self._table,)).fetchone(), conn)
         conn.add_notify_handler(self._count)
         try:
             conn.execute(self._sql)
@@ -70,6 +150,26 @@ class PsycopgListener(_Counting):
         except BaseException:  # a KeyboardInterrupt too
             self._undo(conn)
             raise
+        if pooled:
+            self._start_probing(conn)
+
+    def _spawn(self, conninfo: str, args: tuple[str, str]) -> None:
+        # From a thread: a full pool must not hold the processor up.
+        name = "pupsourcing-push-probe"
+        threading.Thread(target=self._send, args=(conninfo, args), name=name, daemon=True).start()
+
+    def _send(self, conninfo: str, args: tuple[str, str]) -> None:
+        import psycopg
+
+        try:
+            with psycopg.Connection.connect(
+                conninfo, autocommit=True, prepare_threshold=None
+            ) as other:
+                other.execute(_NOTIFY_SQL, args)
+        except Exception as exc:
+            self._sent(args[1], exc)
+        else:
+            self._sent(args[1], None)
 
     def unlisten(self, conn: psycopg.Connection[Any]) -> None:
         try:
@@ -125,7 +225,8 @@ class AsyncPsycopgListener(_Counting):
     """:class:`~pupsourcing.store._appended.AsyncListener` on a psycopg ``AsyncConnection``."""
 
     async def listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._heard(await (await conn.execute(_OID_SQL, (self._table,))).fetchone())
+        row = await (await conn.execute(_OID_SQL, (self._table,))).fetchone()
+        pooled = self._heard(row, conn)
         conn.add_notify_handler(self._count)
         try:
             await conn.execute(self._sql)
@@ -134,8 +235,33 @@ class AsyncPsycopgListener(_Counting):
         except BaseException:  # a cancellation too
             await self._undo(conn)
             raise
+        if pooled:
+            self._start_probing(conn)
+
+    def _spawn(self, conninfo: str, args: tuple[str, str]) -> None:
+        # In a task: a full pool must not hold the processor up.
+        self._probing = asyncio.get_running_loop().create_task(self._send(conninfo, args))
+
+    async def _send(self, conninfo: str, args: tuple[str, str]) -> None:
+        import psycopg
+
+        try:
+            other = await psycopg.AsyncConnection.connect(
+                conninfo, autocommit=True, prepare_threshold=None
+            )
+            async with other:
+                await other.execute(_NOTIFY_SQL, args)
+        except Exception as exc:
+            self._sent(args[1], exc)
+        else:
+            self._sent(args[1], None)
+
+    _probing: asyncio.Task[None] | None = None
 
     async def unlisten(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+            self._probing = None
         try:
             await conn.execute(self._unlisten_sql)
             if not conn.autocommit:
