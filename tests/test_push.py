@@ -955,3 +955,72 @@ def test_postgres_async_processor_cancelled_anywhere_leaves_no_listen(
     idle_after = asyncio.run(main())
     assert idle_after > 4  # its LISTEN and UNLISTEN were among the calls
     assert left == []
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_refused_listen_is_one_warning_line_naming_the_projection(
+    api: str, pg_table: StoreConfig, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The server refuses the LISTEN (a real error, with PostgreSQL's quoted
+    SQL on lines of its own): one warning, on one line, that names the
+    projection; the processor polls and handles what is appended."""
+    import psycopg
+
+    from pupsourcing.adapters.postgres import _listen
+    from pupsourcing.aio import AsyncProcessor
+    from pupsourcing.projection import Processor
+
+    counting_init = _listen._Counting.__init__
+
+    def refused(self: Any, channel: str, events_table: str) -> None:
+        counting_init(self, channel, events_table)
+        self._sql = f'LISTEN "{channel}" refused'  # a syntax error
+
+    monkeypatch.setattr(_listen._Counting, "__init__", refused)
+    projection = Timed()
+    store = _pg_store(api, pg_table)
+    config = ProcessorConfig(poll_interval=0.05)
+    caplog.set_level("WARNING", logger="pupsourcing")
+    if api == "sync":
+        with closing(psycopg.connect(PG_DSN)) as conn:
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=Processor(conn, store, config).run, args=(projection,), kwargs={"stop": stop}
+            )
+            thread.start()
+            try:
+                refused_then_polls(projection, caplog, pg_table)
+            finally:
+                stop.set()
+                thread.join(10)
+    else:
+
+        async def main() -> None:
+            conn = await psycopg.AsyncConnection.connect(PG_DSN)
+            stop = asyncio.Event()
+            task = asyncio.create_task(
+                AsyncProcessor(conn, store, config).run(projection, stop=stop)
+            )
+            try:
+                await asyncio.to_thread(refused_then_polls, projection, caplog, pg_table)
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 10)
+                await conn.close()
+
+        asyncio.run(main())
+    refusals = [r.getMessage() for r in caplog.records if "cannot LISTEN" in r.getMessage()]
+    assert len(refusals) == 1, refusals
+    assert refusals[0].startswith("projection timed cannot LISTEN for appends (syntax error")
+    assert "\n" not in refusals[0], refusals[0]
+    assert "^" not in refusals[0], refusals[0]
+
+
+def refused_then_polls(projection: Timed, caplog: Any, config: StoreConfig) -> None:
+    """Wait for the processor's LISTEN to be refused, then for an append by
+    another connection to be handled (found by polling)."""
+    deadline = time.monotonic() + 10
+    while not any("cannot LISTEN" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the LISTEN was never refused"
+        time.sleep(0.02)
+    assert projection.wait_for(_append_elsewhere(config), 10.0) is not None

@@ -57,7 +57,7 @@ class AsyncWaiter:
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     await conn.rollback()
-                wakes.listened(conn, exc)
+                wakes.listened(conn, exc, label)
             else:
                 wakes.listened(conn, None)
                 return stop.is_set()

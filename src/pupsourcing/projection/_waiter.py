@@ -36,6 +36,7 @@ import time
 import weakref
 from typing import Any
 
+from pupsourcing._text import one_line
 from pupsourcing.projection.batch import Logger
 from pupsourcing.store._appended import Listener, signal
 
@@ -86,7 +87,9 @@ class _Wakes:
             return False
         return self.refused is None or self.refused() is not conn
 
-    def listened(self, conn: Any, error: Exception | None) -> None:
+    def listened(self, conn: Any, error: Exception | None, label: str = "") -> None:
+        """``conn`` listens now, or could not (``error``); ``label`` names the
+        projection in the warning."""
         if error is None:
             self.listening = weakref.ref(conn)
             self.received = getattr(self.listener, "received", 0)
@@ -95,9 +98,10 @@ class _Wakes:
         self.listening = None
         self.refused = weakref.ref(conn)
         self.logger.warning(
-            "projection processor cannot LISTEN for appends (%s); it polls and wakes "
+            "projection %s cannot LISTEN for appends (%s); it polls and wakes "
             "on appends made in this process only",
-            error,
+            label or "processor",
+            one_line(error),
         )
 
     def unheard(self, conn: Any, label: str) -> bool:
@@ -232,7 +236,7 @@ class Waiter:
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     conn.rollback()
-                wakes.listened(conn, exc)
+                wakes.listened(conn, exc, label)
             else:
                 wakes.listened(conn, None)
                 return stop.is_set()  # poll once more: an append may have come before LISTEN
