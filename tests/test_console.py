@@ -1397,3 +1397,13 @@ def test_an_unreadable_store_head_is_one_warning_not_one_per_poll(
     assert all("cannot read the store head" in w and "events" in w for w in warnings)
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len([m for m in infos if "store head" in m]) == 2, infos
+
+
+def test_a_stream_path_with_an_empty_part_is_not_found(fresh: tuple[Backend, Server]) -> None:
+    """``/streams/Shop/Order/`` names no aggregate (no store keeps an empty
+    id): a 404 page, as the API's 404, not the page of an aggregate ``""``."""
+    _, server = fresh
+    for path in ("/streams/Shop/Order/", "/api/streams/Shop/Order/"):
+        response = get(server, path)
+        assert response.status_code == 404, (path, response.text[:200])
+        assert "data-aggregate-id" not in response.text

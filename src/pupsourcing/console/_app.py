@@ -147,6 +147,8 @@ def _key(request: Request) -> tuple[str, str, str]:
     if "aggregate_id" in request.path_params:
         p = request.path_params
         bc, kind, aid = (_text(name, p[name]) for name in _KEY)
+        if not aid:  # (``/streams/BC/TYPE/``: no store keeps an empty id)
+            raise HTTPException(404)
         return bc, kind, aid
     key = []
     for name in _KEY:
