@@ -157,6 +157,9 @@ _installed: tuple[Observer, ...] = ()
 _auto_tracing = True
 """Whether a store made while OpenTelemetry is imported turns
 tracing on (until :func:`pupsourcing.tracing.uninstrument`)."""
+_auto_pending = True
+"""Whether :func:`current` still looks for OpenTelemetry: auto tracing is
+allowed and has not turned tracing on yet."""
 
 
 _lock = threading.Lock()
@@ -190,19 +193,31 @@ def _set(observers: tuple[Observer, ...]) -> None:
         observer = _Chain(observers)
 
 
+def current() -> Observer | None:
+    """:data:`observer`, once tracing is on if the application has imported
+    OpenTelemetry's API since a store was made (a tracer provider configured
+    after the stores still gets their spans); one check otherwise."""
+    if _auto_pending and "opentelemetry.trace" in sys.modules:
+        auto_tracing()
+    return observer
+
+
 def auto_tracing() -> None:
     """Turn tracing on when the application imported OpenTelemetry's API
-    (called when a store is made; imports nothing otherwise)."""
+    (called when a store is made, and by :func:`current` until then;
+    imports nothing otherwise)."""
+    global _auto_pending
     if _auto_tracing and "opentelemetry.trace" in sys.modules:
         from pupsourcing import tracing
 
         if installed(tracing._TracingObserver) is None:
             tracing.instrument()
+        _auto_pending = False
 
 
 def no_auto_tracing() -> None:
-    global _auto_tracing
-    _auto_tracing = False
+    global _auto_tracing, _auto_pending
+    _auto_tracing = _auto_pending = False
 
 
 def allow_auto_tracing() -> None:

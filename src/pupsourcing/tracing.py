@@ -2,9 +2,9 @@
 (extra ``otel``: the OpenTelemetry API only; the application configures the
 SDK and its exporters).
 
-Tracing turns itself on when a store is made in a program that has imported
-``opentelemetry.trace``; :func:`instrument` turns it on explicitly (with a
-tracer provider of your choice), :func:`uninstrument` off. Spans:
+Tracing turns itself on once the program has imported ``opentelemetry.trace``
+(before or after making its stores); :func:`instrument` turns it on
+explicitly (with a tracer provider of your choice), :func:`uninstrument` off. Spans:
 
 - ``pupsourcing.append``: one per ``append`` (none inside a span that was
   sampled out). An event whose ``trace_id`` is

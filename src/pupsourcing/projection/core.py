@@ -293,7 +293,7 @@ class ProcessorCore:
                 plan = dead_letter_step(self.dialect, sub, failing, limit, self.logger)
             else:
                 plan = step(self.dialect, self.horizon, sub, self.logger)
-            observer = _observe.observer
+            observer = _observe.current()
             if observer is not None:
                 plan = observer.batch(self.dialect, sub, self.horizon, plan)
             outcome = yield from plan

@@ -76,7 +76,7 @@ class StoreBase:
                 f"expected_version must be an ExpectedVersion, "
                 f"got {type(expected_version).__name__}"
             )
-        observer = _observe.observer
+        observer = _observe.current()
         if observer is None:
             return self.dialect.append(expected_version, events)
         return _observe.observed_append(
@@ -94,7 +94,7 @@ class StoreBase:
         plan = self.dialect.read_stream(
             bounded_context, aggregate_type, aggregate_id, from_version, to_version
         )
-        observer = _observe.observer
+        observer = _observe.current()
         if observer is None:
             return plan
         aggregate = (bounded_context, aggregate_type, aggregate_id)
