@@ -76,14 +76,19 @@ class _Wakes:
         self.probing = False
         """Whether the listener's probe has neither arrived nor failed yet."""
         self.unheard_before = False
+        """Whether a probe went unheard: no later connection listens."""
 
     def is_listening(self, conn: Any) -> bool:
         return self.listening is not None and self.listening() is conn
 
     def should_listen(self, conn: Any) -> bool:
         """Whether to ``LISTEN`` on ``conn`` now (a new connection that has
-        not refused)."""
+        not refused). Never again once a probe went unheard: the processor's
+        connections go through the same pooler, where each ``LISTEN`` stays
+        on a pooled server connection, delivering to whichever client gets it."""
         if self.listener is None or conn is None or self.is_listening(conn):
+            return False
+        if self.unheard_before:
             return False
         return self.refused is None or self.refused() is not conn
 
@@ -130,9 +135,8 @@ class _Wakes:
             return False
         self.probing = False
         self.refused = weakref.ref(conn)
-        log = self.logger.debug if self.unheard_before else self.logger.warning
-        self.unheard_before = True  # one warning, not one per reconnection
-        log(
+        self.unheard_before = True  # (no LISTEN on later connections: one warning)
+        self.logger.warning(
             "projection %s: push wake-ups are not delivered on this connection (LISTEN "
             "succeeded, but a test notification did not arrive within %.0f s: a connection "
             "pooler in transaction mode, such as PgBouncer's pool_mode = transaction?); it "
