@@ -379,3 +379,53 @@ def test_reads_decode_every_row_whatever_the_count(db_path: Path, count: int) ->
     assert [e.global_position for e in read] == list(range(1, count + 4))
     assert [e.aggregate_id for e in read] == ["a"] * count + ["b"] * 3
     conn.close()
+
+
+@pytest.mark.parametrize("interrupt", ["timeout", "cancel"])
+def test_an_append_interrupted_while_waiting_for_the_lock_does_not_take_it_later(
+    db_path: Path, interrupt: str
+) -> None:
+    """aiosqlite runs the ``BEGIN IMMEDIATE`` it was sent even after the
+    awaiting task gave up: once the other writer lets go, the interrupted
+    append must not be left holding the write lock on the caller's
+    connection (every other connection would then be locked out)."""
+    from pupsourcing.adapters.sqlite import connect_async
+
+    async def scenario() -> tuple[bool, str]:
+        conn = await connect_async(db_path, timeout=1.0)
+        holder = connect(db_path)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            append = AsyncSQLiteStore().append(conn, ExpectedVersion.any(), events(1, "a"))
+            if interrupt == "timeout":
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.2):
+                        await append
+            else:
+                task = asyncio.ensure_future(append)
+                await asyncio.sleep(0.2)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            holder.rollback()  # the BEGIN IMMEDIATE sent for the append now succeeds
+            await asyncio.sleep(0.3)
+            await conn.execute("SELECT 1")  # (after whatever the append left queued)
+            other = connect(db_path, timeout=0.2)
+            try:
+                SQLiteStore().append(other, ExpectedVersion.any(), events(1, "b"))
+                other.commit()
+                outcome = "appended"
+            except sqlite3.OperationalError as exc:
+                outcome = str(exc)
+            finally:
+                other.close()
+            return conn.in_transaction, outcome
+        finally:
+            holder.close()
+            await conn.close()
+
+    in_transaction, outcome = asyncio.run(scenario())
+    assert outcome == "appended"
+    assert not in_transaction
+    with closing(sqlite3.connect(db_path)) as check:
+        assert check.execute("SELECT aggregate_id FROM events").fetchall() == [("b",)]

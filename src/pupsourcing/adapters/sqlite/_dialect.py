@@ -311,7 +311,18 @@ class SQLiteDialect(Dialect):
         # A transaction the append opens holds nothing else: a failure rolls
         # it back whole. Inside the caller's, a savepoint keeps their writes
         # (it costs some 20 us, a tenth of a single-event append).
-        began = bool((yield Statement("BEGIN IMMEDIATE", begin=True)))
+        try:
+            began = bool((yield Statement("BEGIN IMMEDIATE", begin=True)))
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                raise
+            # Interrupted while waiting for the write lock (see drive_async):
+            # no transaction was open, and aiosqlite runs the BEGIN anyway
+            # once the lock is free. Roll it back then, or the connection
+            # keeps the lock from every other one.
+            with contextlib.suppress(Exception):
+                yield ROLLBACK
+            raise
         if not began:
             yield Statement(f"SAVEPOINT {_SAVEPOINT}")
         try:
