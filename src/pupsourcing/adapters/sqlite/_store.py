@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import aiosqlite
 
 
+_WAL_SQL = "PRAGMA journal_mode=WAL"
 _CHUNK_ROWS = 64
 """Rows :class:`_DecodingCursor` fetches and decodes at a time."""
 
@@ -94,7 +95,9 @@ def connect(
     """Open a SQLite database the way the store works best with it.
 
     WAL journal mode (readers never block the writer) and a busy timeout of
-    ``timeout`` seconds for the write lock. Transactions are the caller's:
+    ``timeout`` seconds for the write lock (a file the process may only
+    read keeps its journal mode: reads work, writes fail with SQLite's
+    ``attempt to write a readonly database``). Transactions are the caller's:
     commit or roll back as usual. With ``create=False`` a missing database
     file raises :class:`FileNotFoundError` instead of being created.
     """
@@ -107,8 +110,19 @@ def connect(
         uri = f"file:{quote(str(file))}?mode=rw"
         connection = sqlite3.connect(uri, timeout=timeout, uri=True)
     if wal:
-        connection.execute("PRAGMA journal_mode=WAL")
+        try:
+            connection.execute(_WAL_SQL)
+        except sqlite3.OperationalError as exc:
+            _read_only(exc)
     return connection
+
+
+def _read_only(exc: sqlite3.OperationalError) -> None:
+    """Re-raise ``exc`` unless it says that the file may only be read: such a
+    file keeps its journal mode (switching writes to it), reads work, and
+    writes fail with SQLite's own error."""
+    if not (getattr(exc, "sqlite_errorname", None) or "").startswith("SQLITE_READONLY"):
+        raise exc
 
 
 async def connect_async(
@@ -125,5 +139,8 @@ async def connect_async(
 
     connection = await aiosqlite.connect(os.fspath(path), timeout=timeout, check_same_thread=False)
     if wal:
-        await connection.execute("PRAGMA journal_mode=WAL")
+        try:
+            await connection.execute(_WAL_SQL)
+        except sqlite3.OperationalError as exc:
+            _read_only(exc)
     return connection

@@ -1,0 +1,122 @@
+"""SQLite files as other users and other programs see them: a file the
+reader may only read, opened by the library and by the command line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import cli_argv, cli_env
+from helpers import events
+from pupsourcing import ExpectedVersion
+from pupsourcing.adapters.sqlite import SQLiteStore, connect
+
+NOBODY = 65534
+
+
+def _as_reader(argv: list[str]) -> list[str]:
+    """``argv`` run by a user who may not write the file: root may write any
+    file whatever its mode, so as root the command runs as nobody."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv to drop to another user")
+    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+
+
+@pytest.fixture
+def read_only_db() -> Iterator[Path]:
+    """A store file with two events, in rollback-journal mode (as a copy, a
+    backup or another program leaves it), that its reader may not write: the
+    file and its directory are read-only to it."""
+    folder = Path(tempfile.mkdtemp(prefix="pupsourcing-ro-"))
+    path = folder / "store.db"
+    try:
+        with closing(connect(path, wal=False)) as conn:
+            store = SQLiteStore()
+            store.create_schema(conn)
+            store.append(conn, ExpectedVersion.no_stream(), events(2, "a"))
+            conn.commit()
+        path.chmod(0o444)
+        folder.chmod(0o555)
+        yield path
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+
+
+def _run_as_reader(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _as_reader(argv), capture_output=True, text=True, timeout=60, env=cli_env(), cwd="/"
+    )
+
+
+_READ_THEN_WRITE = """
+import sqlite3, sys
+from pupsourcing import Event, ExpectedVersion
+from pupsourcing.adapters.sqlite import SQLiteStore, connect
+store = SQLiteStore()
+conn = connect(sys.argv[1], create=sys.argv[2] == "create")
+stream = store.read_aggregate_stream(conn, "Shop", "Order", "a")
+print(store.head_position(conn), len(stream.events))
+try:
+    store.append(conn, ExpectedVersion.exact(2), [Event("Shop", "Order", "a", "E", b"{}")])
+except sqlite3.OperationalError as exc:
+    print("append:", exc)
+
+import asyncio
+from pupsourcing.adapters.sqlite import connect_async
+from pupsourcing.aio import AsyncSQLiteStore
+async def read_async():
+    conn = await connect_async(sys.argv[1])
+    try:
+        print(await AsyncSQLiteStore().head_position(conn))
+    finally:
+        await conn.close()
+asyncio.run(read_async())
+"""
+
+
+@pytest.mark.parametrize("create", ["create", "existing"])
+def test_connect_reads_a_file_it_may_not_write(read_only_db: Path, create: str) -> None:
+    """``connect`` (and ``connect_async``) switch a file to WAL mode, which writes to it; on a
+    file the process may only read, reads still work and writes fail with
+    SQLite's own error."""
+    done = _run_as_reader([sys.executable, "-c", _READ_THEN_WRITE, str(read_only_db), create])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "2 2",
+        "append: attempt to write a readonly database",
+        "2",  # connect_async too
+    ]
+    with closing(sqlite3.connect(read_only_db)) as check:
+        assert check.execute("SELECT count(*) FROM events").fetchone() == (2,)
+        assert check.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        (["projections", "status"], "store head: 2 in "),
+        (["events", "tail", "-n", "5"], "#1  "),
+        (["stream", "show", "Shop", "Order", "a"], "Shop/Order/a: 2 events, versions 1..2"),
+    ],
+    ids=["status", "events-tail", "stream-show"],
+)
+def test_the_command_line_reads_a_file_it_may_not_write(
+    read_only_db: Path, command: list[str], shown: str
+) -> None:
+    done = _run_as_reader(cli_argv(*command, "--db", f"sqlite:///{read_only_db}"))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.startswith(shown), done.stdout
