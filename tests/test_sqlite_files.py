@@ -120,3 +120,44 @@ def test_the_command_line_reads_a_file_it_may_not_write(
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout.startswith(shown), done.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["projections", "reset", "counter", "--yes"],
+        [
+            *["projections", "run", "--total-partitions", "2", "--partition-key", "0"],
+            *["--create-indexes", "cli_projections:Counter"],
+        ],
+    ],
+    ids=["reset", "create-indexes"],
+)
+def test_a_command_kept_from_the_write_lock_says_what_to_do(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Another connection holding SQLite's write lock past the busy timeout
+    is a one-line error that names the wait and how to lengthen it, not
+    only the driver's ``database is locked``."""
+    from cli_helpers import cli
+
+    path = tmp_path / "store.db"
+    with closing(connect(path)) as conn:
+        store = SQLiteStore()
+        store.create_schema(conn)
+        store.update_checkpoint(conn, "counter", 0)
+        conn.commit()
+    holder = connect(path)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        done = cli(*command, "--db", f"sqlite:///{path}?timeout=0.2")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.endswith(
+        "database error: database is locked; another connection held SQLite's "
+        "write lock for longer than the busy timeout (set with ?timeout=SECONDS "
+        "in the URL; default 5)"
+    ), line

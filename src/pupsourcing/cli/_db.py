@@ -30,6 +30,11 @@ _DRIVER_MODULES = frozenset({"sqlite3", "psycopg", "psycopg2", "pymysql", "MySQL
 
 MIGRATE_HINT = "run `pupsourcing migrate` to create the store's tables"
 
+BUSY_HINT = (
+    "another connection held SQLite's write lock for longer than the busy timeout "
+    "(set with ?timeout=SECONDS in the URL; default 5)"
+)
+
 NO_DATABASE = (
     f"no database named: pass --db URL or set {ENV_VAR} "
     "(e.g. sqlite:///shop.db, postgresql://user:password@host/dbname)"
@@ -246,4 +251,6 @@ def driver_error_message(exc: BaseException) -> str | None:
     message = f"database error: {one_line(exc)}"
     if missing_table(exc):
         message += f"; {MIGRATE_HINT}"
+    elif (getattr(exc, "sqlite_errorname", None) or "").startswith("SQLITE_BUSY"):
+        message += f"; {BUSY_HINT}"
     return message
