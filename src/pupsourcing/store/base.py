@@ -271,6 +271,8 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         implicitly: a transaction open on ``tx`` is committed, with whatever
         it wrote, before the first one (the server cannot roll DDL back).
         Run it on a connection with no pending writes, as
-        ``pupsourcing migrate`` does. PostgreSQL and SQLite create the schema
-        inside ``tx``'s transaction."""
+        ``pupsourcing migrate`` does. PostgreSQL creates the schema inside
+        ``tx``'s transaction; so does SQLite when a transaction is open on
+        ``tx``, else (sqlite3 opens none for DDL) each statement commits on
+        its own."""
         self._run(tx, self.dialect.create_schema())
