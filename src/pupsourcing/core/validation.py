@@ -11,7 +11,7 @@ import json
 import sys
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NoReturn
 
 from pupsourcing.core.errors import InvalidEventError, NoEventsError
@@ -160,7 +160,24 @@ def check_event(index: int, event: object) -> Event:
         )
     if created_at.utcoffset() is None:
         raise InvalidEventError(index, "created_at", "must be timezone-aware")
+    if created_at.year in (1, 9999) and not _holds_in_utc(created_at):
+        raise InvalidEventError(
+            index,
+            "created_at",
+            f"{created_at.isoformat()} is outside the range of a datetime in UTC "
+            "(years 1 to 9999), as it would be read back",
+        )
     return event
+
+
+def _holds_in_utc(value: datetime) -> bool:
+    """Whether an aware ``value`` is a datetime also in UTC (only years 1 and
+    9999 can overflow): stores keep the instant and read it back in UTC."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
 
 
 def check_append(events: Iterable[Event]) -> Sequence[Event]:
