@@ -295,6 +295,36 @@ def test_a_partitioned_processor_keeps_its_checkpoint_under_the_go_key(backend: 
     }
 
 
+@pytest.mark.parametrize(("field", "value"), [("batch_size", 2**63), ("total_partitions", 2**31)])
+def test_processor_config_refuses_sizes_no_store_can_hold(field: str, value: int) -> None:
+    """A batch size is a BIGINT ``LIMIT``, a partition count an ``INT`` column:
+    beyond them the driver failed at the first batch, not the config."""
+    with pytest.raises(ValueError, match=field):
+        ProcessorConfig(**{field: value})
+
+
+def test_the_largest_sizes_a_config_takes_work_on_every_database(backend: Backend) -> None:
+    positions = _mixed_store(backend)
+    wide, many = Named("wide"), Named("many")
+    key, total = 2**31 - 2, 2**31 - 1
+    with backend.Processor(
+        backend.connect, backend.store, ProcessorConfig(batch_size=2**63 - 1)
+    ) as processor:
+        assert processor.catch_up(wide) == len(positions)
+    config = ProcessorConfig(partition_key=key, total_partitions=total)
+    with backend.Processor(backend.connect, backend.store, config) as processor:
+        processor.catch_up(many)
+    mine = [f"{c}-{t}" for c, t in (("Shop", "Order"), ("Shop", "Invoice"), ("Billing", "Order"))]
+    expected = [
+        p
+        for p, aggregate in zip(positions, [a for a in mine for _ in (1, 2)], strict=True)
+        if HashPartitionStrategy().should_process(aggregate, key, total)
+    ]
+    assert many.seen == expected
+    assert backend.checkpoints()["wide"] == positions[-1]
+    assert backend.checkpoints()[f"many_p{key}"] == positions[-1]
+
+
 def _closed(backend: Backend, conn: Any) -> bool:
     try:
         cursor = conn.cursor()
@@ -383,3 +413,74 @@ def test_python_m_pupsourcing_migrate_gen_writes_generate_sql(tmp_path: Path) ->
     (written,) = tmp_path.iterdir()
     assert written.name.endswith("_init_event_sourcing.sql")
     assert written.read_text() == generate_sql("sqlite", StoreConfig("ev", "cp", "hd"))
+
+
+def test_eventmap_gen_maps_folders_to_versions_and_class_names_to_types(
+    tmp_path: Path,
+) -> None:
+    package = tmp_path / "shop_events"
+    for folder, fields in (("v1", "sku: str"), ("v2", "sku: str\n    qty: int"), ("v10", "n: int")):
+        (package / folder).mkdir(parents=True)
+        (package / folder / "__init__.py").write_text("")
+        (package / folder / "orders.py").write_text(
+            f"from dataclasses import dataclass\n\n\n@dataclass\nclass ItemAdded:\n    {fields}\n"
+        )
+    (package / "__init__.py").write_text("")
+    out = tmp_path / "mapping"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pupsourcing",
+            "eventmap-gen",
+            "--input",
+            str(package),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    script = """
+import json, sys
+from pupsourcing import PersistedEvent
+sys.path[:0] = [".", "mapping"]
+import event_mapping as m
+from shop_events.v1.orders import ItemAdded as V1
+from shop_events.v2.orders import ItemAdded as V2
+from shop_events.v10.orders import ItemAdded as V10
+given = [V1("a"), V2("b", 2), V10(7)]
+stored = m.to_es_events("Shop", "Order", "o-1", given, correlation_id="c", metadata=b'{"u":1}')
+print(json.dumps([[e.event_type, e.event_version, e.correlation_id, e.metadata.decode()]
+                  for e in stored]))
+print([m.event_type_of(e) for e in given])
+assert m.from_es_events(stored) == given
+assert m.from_es_event(stored[2]) == V10(7)
+for event_type, version in (("ItemRemoved", 1), ("ItemAdded", 3)):
+    unknown = PersistedEvent("Shop", "Order", "o-1", event_type, b"{}",
+                             event_version=version, global_position=1, aggregate_version=1)
+    try:
+        m.from_es_event(unknown)
+    except Exception as exc:
+        print(event_type in str(exc) and str(version) in str(exc))
+"""
+    checked = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines() == [
+        '[["ItemAdded", 1, "c", "{\\"u\\":1}"], ["ItemAdded", 2, "c", "{\\"u\\":1}"], '
+        '["ItemAdded", 10, "c", "{\\"u\\":1}"]]',
+        "['ItemAdded', 'ItemAdded', 'ItemAdded']",
+        "True",
+        "True",
+    ]

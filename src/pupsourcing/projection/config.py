@@ -17,6 +17,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+MAX_BATCH_SIZE = 2**63 - 1
+"""A batch is read with a ``LIMIT``, a BIGINT on every database."""
+MAX_PARTITIONS = 2**31 - 1
+"""The partition count is recorded in an ``INT`` column (the layouts table);
+the 32-bit FNV-1a hash spreads aggregates over no more partitions anyway."""
+
 ON_FAILURE = ("stop", "dead_letter")
 """What a processor does with a batch that failed ``max_attempts`` times."""
 
@@ -50,11 +56,15 @@ class ProcessorConfig:
     on_failure: Literal["stop", "dead_letter"] = "stop"
 
     def __post_init__(self) -> None:
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if not _is_int(self.total_partitions) or self.total_partitions < 1:
+        if not _is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise ValueError(
-                f"total_partitions must be a positive int, got {self.total_partitions!r}"
+                f"batch_size must be an int in [1, {MAX_BATCH_SIZE}] (a BIGINT LIMIT), "
+                f"got {self.batch_size!r}"
+            )
+        if not _is_int(self.total_partitions) or not 1 <= self.total_partitions <= MAX_PARTITIONS:
+            raise ValueError(
+                f"total_partitions must be an int in [1, {MAX_PARTITIONS}] (an INT column), "
+                f"got {self.total_partitions!r}"
             )
         if not _is_int(self.partition_key) or not 0 <= self.partition_key < self.total_partitions:
             raise ValueError(
