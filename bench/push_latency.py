@@ -148,13 +148,13 @@ def idle_rate(
     settled = threading.Event()
     waiter, wait = processor._waiter, processor._waiter.wait
 
-    def waiting(conn: Any, seconds: float, stop: threading.Event) -> bool:
+    def waiting(conn: Any, seconds: float, stop: threading.Event, label: str = "") -> bool:
         # Idle from the first wait that is not the one that starts to LISTEN
         # (a loaded machine may take more than a fixed pause to get there).
         wakes = waiter._wakes
         if wakes.listener is None or wakes.is_listening(conn):
             settled.set()
-        return wait(conn, seconds, stop)
+        return wait(conn, seconds, stop, label)
 
     waiter.wait = waiting  # type: ignore[method-assign]
     thread = threading.Thread(target=processor.run, args=(projection,), kwargs={"stop": stop})
