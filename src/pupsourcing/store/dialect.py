@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import functools
 import re
 import traceback
@@ -48,10 +49,11 @@ from pupsourcing.store.leases import LeasePlans, lease_statements
 from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, RowDecoder, Statement
 from pupsourcing.store.schema import (
     MAX_PARTITION_INDEXES,
-    AddedColumn,
     SchemaDialect,
-    add_column_sql,
+    SchemaStatement,
+    add_column_statements,
     added_columns,
+    pairs,
     partition_index_name,
     partition_index_statements,
     partition_predicate,
@@ -455,15 +457,20 @@ class Dialect(abc.ABC):
         return batch
 
     @classmethod
-    def schema(cls, config: StoreConfig) -> list[tuple[str, str]]:
-        """The DDL as ``(comment, statement)`` pairs, each idempotent: the Go
-        library's tables, then the snapshots table."""
+    def schema_statements(cls, config: StoreConfig) -> list[SchemaStatement]:
+        """The DDL, each statement idempotent: the Go library's tables, then
+        the snapshots and leases tables."""
         d = cls.schema_dialect
         return (
             schema_statements(config, cls.quote, d)
             + snapshot_statements(config, cls.quote, d, cls.snapshot_state_type or d.payload)
             + lease_statements(config, cls.quote, d, cls.lease_seconds_type)
         )
+
+    @classmethod
+    def schema(cls, config: StoreConfig) -> list[tuple[str, str]]:
+        """:meth:`schema_statements` as ``(comment, statement)`` pairs."""
+        return pairs(cls.schema_statements(config))
 
     @functools.cached_property
     def leases(self) -> LeasePlans:
@@ -490,9 +497,7 @@ class Dialect(abc.ABC):
             header += (
                 "-- Tables created by the Go library lack them; pupsourcing's create_schema()\n"
                 "-- adds them, or run once:\n"
-                + "".join(
-                    f"--   {add_column_sql(config, cls.quote, d, column)};\n" for column in added
-                )
+                + "".join(f"--   {s.sql};\n" for s in add_column_statements(config, cls.quote, d))
             )
         header += (
             f"-- The table {config.snapshots_table} (aggregate snapshots) is pupsourcing's\n"
@@ -500,22 +505,24 @@ class Dialect(abc.ABC):
             f"-- So is {config.leases_table} (leases of `projections run --claim` partitions\n"
             "-- and of the relay copy that publishes).\n"
         )
-        return f"{header}\n{_script(cls.schema(config))}"
+        return f"{header}\n{_script(cls.schema_statements(config))}"
 
     @classmethod
     def partition_index_statements(
         cls, config: StoreConfig, total_partitions: int, *, online: bool = False
-    ) -> list[tuple[str, str]]:
-        """The partition indexes as ``(comment, statement)`` pairs; with
-        ``online`` where :attr:`builds_indexes_online`, built concurrently
-        (each statement then runs on its own, outside a transaction)."""
+    ) -> list[SchemaStatement]:
+        """The partition indexes; with ``online`` where
+        :attr:`builds_indexes_online`, built concurrently (each statement
+        then runs on its own, outside a transaction)."""
         statements = partition_index_statements(
             config, cls.quote, cls.schema_dialect, total_partitions
         )
         if online and cls.builds_indexes_online:
             return [
-                (why, sql.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1))
-                for why, sql in statements
+                dataclasses.replace(
+                    s, sql=s.sql.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1)
+                )
+                for s in statements
             ]
         return statements
 
@@ -553,9 +560,9 @@ class Dialect(abc.ABC):
     ) -> Plan[None]:
         """Create the partition indexes for ``total_partitions`` (idempotent).
         ``online`` matters only where :attr:`builds_indexes_online`."""
-        for _, sql in self.partition_index_statements(self.config, total_partitions):
+        for s in self.partition_index_statements(self.config, total_partitions):
             # a literal % must be doubled where it marks placeholders
-            yield Statement(sql.replace("%", "%%") if self.placeholder == "%s" else sql)
+            yield Statement(s.sql.replace("%", "%%") if self.placeholder == "%s" else s.sql)
 
     def existing_event_columns(self) -> Plan[set[str]]:
         """The events table's column names (only needed where columns cannot be
@@ -582,20 +589,20 @@ class Dialect(abc.ABC):
             yield COMMIT
 
     def _create_schema(self) -> Plan[None]:
-        for _, sql in self.schema(self.config):
-            yield Statement(sql)
+        for s in self.schema_statements(self.config):
+            yield Statement(s.sql)
         d = self.schema_dialect
         if not d.add_column_if_not_exists:
             existing = yield from self.existing_event_columns()
-            for column in added_columns(d):
-                if column.name not in existing:
-                    yield from self._add_column(column)
+            for s in add_column_statements(self.config, self.quote, d):
+                if s.name not in existing:
+                    yield from self._add_column(s)
 
-    def _add_column(self, column: AddedColumn) -> Plan[None]:
-        """Add ``column`` to the events table; one that another migration
+    def _add_column(self, statement: SchemaStatement) -> Plan[None]:
+        """Add a column to the events table; one that another migration
         added since :meth:`existing_event_columns` looked is fine."""
         try:
-            yield Statement(add_column_sql(self.config, self.quote, self.schema_dialect, column))
+            yield Statement(statement.sql)
         except Exception as exc:
             if not self.is_duplicate_column(exc):
                 raise
@@ -1001,7 +1008,6 @@ def _uuid(value: object) -> uuid.UUID:
     return uuid.UUID(str(value))
 
 
-def _script(statements: list[tuple[str, str]]) -> str:
-    """``(comment, statement)`` pairs as one SQL script, each statement under
-    its comment."""
-    return "\n\n".join(f"-- {why}\n{sql};" for why, sql in statements) + "\n"
+def _script(statements: Sequence[SchemaStatement]) -> str:
+    """The statements as one SQL script, each under its comment."""
+    return "\n\n".join(f"-- {s.comment}\n{s.sql};" for s in statements) + "\n"

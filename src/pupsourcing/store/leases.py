@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from pupsourcing.store.plan import Plan, Statement
-from pupsourcing.store.schema import SchemaDialect
+from pupsourcing.store.schema import SchemaDialect, SchemaStatement, create_table
 
 if TYPE_CHECKING:
     from pupsourcing.store.config import StoreConfig
@@ -62,8 +62,8 @@ def member_key(owner: str) -> int:
 
 def lease_statements(
     config: StoreConfig, quote: Callable[[str], str], d: SchemaDialect, seconds_type: str
-) -> list[tuple[str, str]]:
-    """The leases table's DDL as ``(comment, statement)`` pairs (idempotent)."""
+) -> list[SchemaStatement]:
+    """The leases table's DDL (idempotent)."""
     columns = [
         f"projection_name {d.key_text} NOT NULL",
         f"partition_key {d.bigint} NOT NULL",
@@ -72,15 +72,16 @@ def lease_statements(
         f"heartbeat {seconds_type} NOT NULL",
         "PRIMARY KEY (projection_name, partition_key)",
     ]
-    body = ",\n".join(f"    {column}" for column in columns)
     return [
-        (
+        create_table(
+            quote,
+            d,
+            config.leases_table,
             "Projection partition leases (pupsourcing only; the Go library ignores this "
             "table): which process runs which partition under `projections run --claim`, "
             "and which copy of a relay publishes, until expires_at (epoch seconds, "
             "database clock).",
-            f"CREATE TABLE IF NOT EXISTS {quote(config.leases_table)} (\n{body}\n)"
-            + d.table_options,
+            columns,
         )
     ]
 

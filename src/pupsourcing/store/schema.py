@@ -9,8 +9,9 @@ neither reads nor needs to write.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from pupsourcing.store.columns import EVENTS
 from pupsourcing.store.config import StoreConfig
@@ -62,6 +63,40 @@ class SchemaDialect:
 
 
 @dataclass(frozen=True, slots=True)
+class SchemaStatement:
+    """One idempotent DDL statement and what it makes: a ``table``, an
+    ``index`` or a ``column`` called ``name`` on ``table`` (a table's
+    ``name`` is ``table``; both unquoted), so a dialect can tell from its
+    catalog whether the statement is needed without reading the SQL."""
+
+    kind: Literal["table", "index", "column"]
+    table: str
+    name: str
+    comment: str
+    sql: str
+
+
+def pairs(statements: Iterable[SchemaStatement]) -> list[tuple[str, str]]:
+    """The statements as ``(comment, sql)`` pairs."""
+    return [(s.comment, s.sql) for s in statements]
+
+
+def create_table(
+    quote: Callable[[str], str], d: SchemaDialect, name: str, comment: str, columns: list[str]
+) -> SchemaStatement:
+    """``CREATE TABLE IF NOT EXISTS`` of ``name`` with ``columns`` (column
+    definitions and constraints, one a line)."""
+    body = ",\n".join(f"    {column}" for column in columns)
+    return SchemaStatement(
+        "table",
+        name,
+        name,
+        comment,
+        f"CREATE TABLE IF NOT EXISTS {quote(name)} (\n{body}\n){d.table_options}",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class AddedColumn:
     """A nullable column pupsourcing adds to the Go library's events table."""
 
@@ -95,21 +130,34 @@ Index = tuple[str, str, str, str]
 """(name suffix, column list, WHERE clause or "", purpose)."""
 
 
-def add_column_sql(
-    config: StoreConfig, quote: Callable[[str], str], d: SchemaDialect, column: AddedColumn
-) -> str:
+def add_column_statements(
+    config: StoreConfig, quote: Callable[[str], str], d: SchemaDialect
+) -> list[SchemaStatement]:
+    """``ALTER TABLE ... ADD COLUMN`` of each of :func:`added_columns`, for
+    events tables the Go library created; idempotent only where the
+    database has ``ADD COLUMN IF NOT EXISTS``."""
     guard = " IF NOT EXISTS" if d.add_column_if_not_exists else ""
-    return f"ALTER TABLE {quote(config.events_table)} ADD COLUMN{guard} {column.name} {column.type}"
+    table = config.events_table
+    return [
+        SchemaStatement(
+            "column",
+            table,
+            column.name,
+            f"{column.purpose} Added here to tables created by the Go library.",
+            f"ALTER TABLE {quote(table)} ADD COLUMN{guard} {column.name} {column.type}",
+        )
+        for column in added_columns(d)
+    ]
 
 
 def schema_statements(
     config: StoreConfig, quote: Callable[[str], str], d: SchemaDialect
-) -> list[tuple[str, str]]:
-    """The DDL as ``(comment, statement)`` pairs; every statement is idempotent.
+) -> list[SchemaStatement]:
+    """The DDL, every statement idempotent.
 
     Where the database cannot add a column idempotently, the statements that
     upgrade tables created by the Go library are left out (see
-    :func:`add_column_sql`).
+    :func:`add_column_statements`).
     """
     extra = added_columns(d)
     types = d.types
@@ -148,27 +196,25 @@ def schema_statements(
     ]
     updated: list[Index] = [("updated", "updated_at", "", "Finding rows by last change.")]
 
-    statements: list[tuple[str, str]] = []
+    statements: list[SchemaStatement] = []
 
     def table(comment: str, name: str, columns: list[str], indexes: list[Index]) -> None:
-        named = [
-            (quote(f"idx_{name}_{suffix}"), cols, where, why)
-            for suffix, cols, where, why in indexes
-        ]
+        named = [(f"idx_{name}_{suffix}", cols, where, why) for suffix, cols, where, why in indexes]
         if d.inline_indexes:
-            columns = columns + [f"INDEX {index} ({cols})" for index, cols, _, _ in named]
-        body = ",\n".join(f"    {column}" for column in columns)
-        statements.append(
-            (comment, f"CREATE TABLE IF NOT EXISTS {quote(name)} (\n{body}\n){d.table_options}")
-        )
+            columns = columns + [f"INDEX {quote(index)} ({cols})" for index, cols, _, _ in named]
+        statements.append(create_table(quote, d, name, comment, columns))
         if d.inline_indexes:
             return
         for index, cols, where, why in named:
             condition = f" WHERE {where}" if where and d.partial_indexes else ""
             statements.append(
-                (
+                SchemaStatement(
+                    "index",
+                    name,
+                    index,
                     why,
-                    f"CREATE INDEX IF NOT EXISTS {index}\n    ON {quote(name)} ({cols}){condition}",
+                    f"CREATE INDEX IF NOT EXISTS {quote(index)}\n"
+                    f"    ON {quote(name)} ({cols}){condition}",
                 )
             )
 
@@ -180,13 +226,7 @@ def schema_statements(
         events_indexes,
     )
     if d.add_column_if_not_exists:
-        for column in extra:
-            statements.append(
-                (
-                    f"{column.purpose} Added here to tables created by the Go library.",
-                    add_column_sql(config, quote, d, column),
-                )
-            )
+        statements += add_column_statements(config, quote, d)
     table(
         "Aggregate heads: the current version of each aggregate, checked and bumped "
         "by every append.",
@@ -262,7 +302,7 @@ def partition_index_name(events_table: str, total_partitions: int, partition_key
 
 def partition_index_statements(
     config: StoreConfig, quote: Callable[[str], str], d: SchemaDialect, total_partitions: int
-) -> list[tuple[str, str]]:
+) -> list[SchemaStatement]:
     """One partial index on ``global_position`` per partition of
     ``total_partitions``: a partitioned processor then reads only its own
     partition's index entries instead of stepping over every other
@@ -282,14 +322,17 @@ def partition_index_statements(
             f"got {total_partitions!r}"
         )
     table = config.events_table
+    names = (partition_index_name(table, total_partitions, key) for key in range(total_partitions))
     return [
-        (
+        SchemaStatement(
+            "index",
+            table,
+            name,
             f"Partition {key} of {total_partitions}: the processor with partition_key={key}, "
             f"total_partitions={total_partitions} reads its events through this index.",
-            "CREATE INDEX IF NOT EXISTS "
-            f"{quote(partition_index_name(table, total_partitions, key))}"
+            f"CREATE INDEX IF NOT EXISTS {quote(name)}"
             f"\n    ON {quote(table)} (global_position)"
             f" WHERE {partition_predicate(total_partitions, key)}",
         )
-        for key in range(total_partitions)
+        for key, name in enumerate(names)
     ]

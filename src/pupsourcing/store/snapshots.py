@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pupsourcing.store.plan import Plan, Statement
-from pupsourcing.store.schema import SchemaDialect
+from pupsourcing.store.schema import SchemaDialect, SchemaStatement, create_table
 
 if TYPE_CHECKING:
     from pupsourcing.store.config import StoreConfig
@@ -40,8 +40,8 @@ class Snapshot:
 
 def snapshot_statements(
     config: StoreConfig, quote: Callable[[str], str], d: SchemaDialect, state_type: str
-) -> list[tuple[str, str]]:
-    """The snapshots table's DDL as ``(comment, statement)`` pairs (idempotent)."""
+) -> list[SchemaStatement]:
+    """The snapshots table's DDL (idempotent)."""
     columns = [
         f"bounded_context {d.key_text} NOT NULL",
         f"aggregate_type {d.key_text} NOT NULL",
@@ -52,13 +52,14 @@ def snapshot_statements(
         f"created_at {d.timestamp}",
         "PRIMARY KEY (bounded_context, aggregate_type, aggregate_id, aggregate_version)",
     ]
-    body = ",\n".join(f"    {column}" for column in columns)
     return [
-        (
+        create_table(
+            quote,
+            d,
+            config.snapshots_table,
             "Aggregate snapshots (pupsourcing only; the Go library ignores this table): "
             "an aggregate's state at a version, so loading it replays only what came after.",
-            f"CREATE TABLE IF NOT EXISTS {quote(config.snapshots_table)} (\n{body}\n)"
-            f"{d.table_options}",
+            columns,
         )
     ]
 

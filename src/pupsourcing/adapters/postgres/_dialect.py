@@ -18,7 +18,7 @@ from pupsourcing.store.config import StoreConfig, validate_identifier
 from pupsourcing.store.dialect import Dialect, build_result
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement
-from pupsourcing.store.schema import SchemaDialect, partition_index_name
+from pupsourcing.store.schema import SchemaDialect
 
 if TYPE_CHECKING:
     pass
@@ -49,18 +49,16 @@ _TRY_INDEX_LOCK_SQL = f"SELECT pg_try_advisory_lock({_INDEX_LOCK_KEY})"
 _INDEX_LOCK_PAUSE_SQL = "SELECT pg_sleep(0.2)"
 _INDEX_UNLOCK_SQL = f"SELECT pg_advisory_unlock({_INDEX_LOCK_KEY})"
 
-# The statements of pupsourcing.store.schema, as PostgresDialect.quote writes them.
-_CREATES = re.compile(r'CREATE (?:TABLE|INDEX) IF NOT EXISTS "([a-z0-9_]+)"')
-_ADDS = re.compile(r'ALTER TABLE "([a-z0-9_]+)" ADD COLUMN IF NOT EXISTS ([a-z0-9_]+) ')
 _SCHEMA_OBJECTS_SQL = (
-    # "r": the tables and indexes of these names, "c": the events table's
-    # columns, both in the schema CREATE TABLE creates in (none without one).
+    # (relname, NULL): the tables and indexes of these names; (relname,
+    # attname): the columns of those tables, both in the schema CREATE TABLE
+    # creates in (none without one).
     "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) "
-    "SELECT 'r', c.relname FROM pg_class c JOIN ns ON c.relnamespace = ns.oid "
+    "SELECT c.relname, NULL FROM pg_class c JOIN ns ON c.relnamespace = ns.oid "
     "WHERE c.relname = ANY(%s::text[]) "
-    "UNION ALL SELECT 'c', a.attname FROM pg_attribute a "
+    "UNION ALL SELECT c.relname, a.attname FROM pg_attribute a "
     "JOIN pg_class c ON c.oid = a.attrelid JOIN ns ON c.relnamespace = ns.oid "
-    "WHERE c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped"
+    "WHERE c.relname = ANY(%s::text[]) AND a.attnum > 0 AND NOT a.attisdropped"
 )
 
 # -- what JSONB refuses that Python's json module accepts --------------------
@@ -510,24 +508,19 @@ class PostgresDialect(Dialect):
         advisory lock of :meth:`create_schema` keeps other migrations from
         changing the schema in between. Like ``IF NOT EXISTS``, it looks in
         the schema the tables are created in (the first of ``search_path``)."""
-        statements = self.schema(self.config)
-        names = [m[1] for _, sql in statements if (m := _CREATES.match(sql))]
-        rows = yield Statement(_SCHEMA_OBJECTS_SQL, (names, self.config.events_table), fetch=True)
-        relations = {str(name) for kind, name in rows if kind == "r"}
-        columns = {str(name) for kind, name in rows if kind == "c"}
-        events_existed = self.config.events_table in relations
-        for _, sql in statements:
-            created = _CREATES.match(sql)
-            if created is not None and created[1] in relations:
-                continue
-            added = _ADDS.match(sql)
-            if (
-                added is not None
-                and added[1] == self.config.events_table
-                and (not events_existed or added[2] in columns)
-            ):
-                continue  # (a table created just now has every column)
-            yield Statement(sql)
+        statements = self.schema_statements(self.config)
+        names = [s.name for s in statements if s.kind != "column"]
+        altered = sorted({s.table for s in statements if s.kind == "column"})
+        rows = yield Statement(_SCHEMA_OBJECTS_SQL, (names, altered), fetch=True)
+        relations = {str(table) for table, column in rows if column is None}
+        columns = {(str(table), str(column)) for table, column in rows if column is not None}
+        for s in statements:
+            if s.kind != "column":
+                needed = s.name not in relations
+            else:  # (a table created just now has every column)
+                needed = s.table in relations and (s.table, s.name) not in columns
+            if needed:
+                yield Statement(s.sql)
 
     def create_partition_indexes(
         self, total_partitions: int, *, online: bool = False
@@ -560,14 +553,12 @@ class PostgresDialect(Dialect):
             invalid = {
                 str(name): str(qualified) for name, is_valid, qualified in rows if not is_valid
             }
-            statements = self.partition_index_statements(self.config, total_partitions, online=True)
-            for key, (_, sql) in enumerate(statements):
-                name = partition_index_name(self.config.events_table, total_partitions, key)
-                if name in valid:  # (another process built it meanwhile)
+            for s in self.partition_index_statements(self.config, total_partitions, online=True):
+                if s.name in valid:  # (another process built it meanwhile)
                     continue
-                if name in invalid:
-                    yield Statement(f"DROP INDEX CONCURRENTLY IF EXISTS {invalid[name]}")
-                yield Statement(sql.replace("%", "%%"))
+                if s.name in invalid:
+                    yield Statement(f"DROP INDEX CONCURRENTLY IF EXISTS {invalid[s.name]}")
+                yield Statement(s.sql.replace("%", "%%"))
         except Exception:
             with contextlib.suppress(Exception):
                 yield Statement(_INDEX_UNLOCK_SQL, fetch=True)
