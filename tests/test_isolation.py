@@ -375,3 +375,54 @@ def test_a_projection_batch_holds_no_append_back_under_mariadb_serializable(
         processor.close()
         appender.join()
     assert took[0] < 0.5
+
+
+@pytest.mark.parametrize("before", ["new tables", "go tables"])
+@pytest.mark.parametrize("level", ["repeatable read", "serializable"])
+def test_a_migration_that_waited_for_another_locks_out_no_writer(
+    level: str, before: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """Two migrations at once (two deploys) under REPEATABLE READ or
+    SERIALIZABLE: the second one's snapshot is taken as it asks for the
+    schema lock, before the first one commits. What the first one created
+    (tables and indexes; columns added to the Go library's tables) is
+    there all the same: the second must not run its ``CREATE INDEX`` (a
+    SHARE lock) or ``ADD COLUMN`` (ACCESS EXCLUSIVE) again, each holding
+    every append back until it commits."""
+    from helpers import query
+    from pupsourcing.adapters.postgres import PostgresStore
+    from pupsourcing.store import StoreConfig
+    from test_go_schema import replace_with_go_schema
+
+    backend = isolated(make_store_backend("postgres"), level)
+    first, second, writer = backend.connection(), backend.connection(), backend.connection()
+    if before == "go tables":
+        store = backend.store
+        replace_with_go_schema(first, "postgres")
+        first.commit()
+    else:
+        store = PostgresStore(StoreConfig("race_events", "race_checkpoints", "race_heads"))
+    store.create_schema(first)  # holds the schema lock until it commits
+    failures: list[BaseException] = []
+
+    def migrate_too() -> None:
+        try:
+            store.create_schema(second)  # waits; its transaction stays open
+        except Exception as exc:
+            failures.append(exc)
+
+    other = threading.Thread(target=migrate_too)
+    other.start()
+    time.sleep(0.5)  # waiting for the lock by now
+    first.commit()
+    other.join(30)
+    assert not other.is_alive()
+    assert failures == []
+    try:
+        query(writer, "SET lock_timeout = '1s'")
+        store.append(writer, ExpectedVersion.any(), [event("a")])
+        writer.commit()
+    finally:
+        second.commit()
+    assert [e.aggregate_id for e in store.read_events(writer, 0, 10)] == ["a"]
+    writer.commit()

@@ -49,17 +49,17 @@ _TRY_INDEX_LOCK_SQL = f"SELECT pg_try_advisory_lock({_INDEX_LOCK_KEY})"
 _INDEX_LOCK_PAUSE_SQL = "SELECT pg_sleep(0.2)"
 _INDEX_UNLOCK_SQL = f"SELECT pg_advisory_unlock({_INDEX_LOCK_KEY})"
 
+# What of the schema exists, read from the catalog as it is now: a SELECT on
+# pg_class or pg_attribute sees it as the transaction's snapshot did, which
+# under REPEATABLE READ is from before create_schema waited for its lock.
 _SCHEMA_OBJECTS_SQL = (
-    # (relname, NULL): the tables and indexes of these names; (relname,
-    # attname): the columns of those tables, both in the schema CREATE TABLE
-    # creates in (none without one).
-    "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) "
-    "SELECT c.relname, NULL FROM pg_class c JOIN ns ON c.relnamespace = ns.oid "
-    "WHERE c.relname = ANY(%s::text[]) "
-    "UNION ALL SELECT c.relname, a.attname FROM pg_attribute a "
-    "JOIN pg_class c ON c.oid = a.attrelid JOIN ns ON c.relnamespace = ns.oid "
-    "WHERE c.relname = ANY(%s::text[]) AND a.attnum > 0 AND NOT a.attisdropped"
+    # Those of the tables and indexes of these names in the schema CREATE
+    # TABLE creates in (none without one), and that schema, quoted.
+    "SELECT n, quote_ident(current_schema()) FROM unnest(%s::text[]) AS n "
+    "WHERE to_regclass(quote_ident(current_schema()) || '.' || quote_ident(n)) IS NOT NULL"
 )
+_COLUMNS_SQL = "SELECT jsonb_object_keys(to_jsonb(r.*)) FROM (SELECT (NULL::{}).*) AS r"
+"""The column names of a table (its row type's fields)."""
 
 # -- what JSONB refuses that Python's json module accepts --------------------
 
@@ -504,21 +504,30 @@ class PostgresDialect(Dialect):
         ADD COLUMN IF NOT EXISTS`` takes an ACCESS EXCLUSIVE lock and ``CREATE
         INDEX IF NOT EXISTS`` a SHARE lock even when there is nothing to add,
         until the transaction ends, and every append (and, behind the first,
-        every read) would wait for them. One catalog query first; the
-        advisory lock of :meth:`create_schema` keeps other migrations from
-        changing the schema in between. Like ``IF NOT EXISTS``, it looks in
-        the schema the tables are created in (the first of ``search_path``)."""
+        every read) would wait for them. The catalog is read first (once,
+        and once per table that may lack columns), after the advisory lock
+        of :meth:`create_schema`, which keeps other migrations from changing
+        the schema in between, and as it is then, whatever the transaction's
+        isolation. Like ``IF NOT EXISTS``, it looks in the schema the tables
+        are created in (the first of ``search_path``)."""
         statements = self.schema_statements(self.config)
         names = [s.name for s in statements if s.kind != "column"]
-        altered = sorted({s.table for s in statements if s.kind == "column"})
-        rows = yield Statement(_SCHEMA_OBJECTS_SQL, (names, altered), fetch=True)
-        relations = {str(table) for table, column in rows if column is None}
-        columns = {(str(table), str(column)) for table, column in rows if column is not None}
+        rows = yield Statement(_SCHEMA_OBJECTS_SQL, (names,), fetch=True)
+        # (the qualified name goes into SQL text: a % of the schema's doubled)
+        relations = {
+            str(name): f"{schema}.{self.quote(name)}".replace("%", "%%") for name, schema in rows
+        }
+        columns: dict[str, set[str]] = {}
         for s in statements:
             if s.kind != "column":
                 needed = s.name not in relations
-            else:  # (a table created just now has every column)
-                needed = s.table in relations and (s.table, s.name) not in columns
+            elif s.table not in relations:
+                needed = False  # created just now, with every column
+            else:
+                if s.table not in columns:
+                    found = yield Statement(_COLUMNS_SQL.format(relations[s.table]), fetch=True)
+                    columns[s.table] = {str(row[0]) for row in found}
+                needed = s.name not in columns[s.table]
             if needed:
                 yield Statement(s.sql)
 
