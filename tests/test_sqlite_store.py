@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import sqlite3
 import sys
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from helpers import events
+from helpers import LogRecords, events
 from pupsourcing import ExpectedVersion, OptimisticConcurrencyError
 from pupsourcing.adapters.sqlite import SQLiteStore, connect
 from pupsourcing.aio import AsyncProcessor, AsyncSQLiteStore
@@ -187,6 +188,50 @@ def test_a_processor_ends_its_transactions_on_an_autocommit_true_connection(
     other.rollback()
     assert [r[0] for r in setup.execute("SELECT position FROM rm")] == [1, 2, 3, 4, 5, 6]
     assert SQLiteStore().get_checkpoint(setup, "records") == 6
+
+
+class RecordsAll(Records):
+    name = "records_all"
+
+
+class AsyncRecordsAll(AsyncRecords):
+    name = "records_all"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sqlite3's autocommit is Python 3.12+")
+@pytest.mark.parametrize("start", ["first"])
+def test_a_processor_on_an_autocommit_false_connection_waits_for_a_writer(
+    db_path: Path, start: str
+) -> None:
+    """Another connection holds the write lock for a moment while the
+    processor reads (its partition layout at the first start, its events
+    later) in the transaction sqlite3 keeps open: the write that follows
+    (the layout's record, the batch) waits for the lock instead of failing
+    at once with a warning."""
+    store = SQLiteStore()
+    setup = connect(db_path)
+    setup.execute("CREATE TABLE rm (position INTEGER)")
+    store.append(setup, ExpectedVersion.any(), events(3, "a"))
+    setup.commit()
+    log = LogRecords(f"pupsourcing.test.autocommit_false.{start}")
+    conn = sqlite3.connect(db_path, timeout=10, autocommit=False)
+    with Processor(conn, store, ProcessorConfig(logger=log.logger)) as processor:
+        if start == "later":
+            assert processor.catch_up(RecordsAll()) == 3
+            store.append(setup, ExpectedVersion.any(), events(3, "a"))
+            setup.commit()
+        holder = sqlite3.connect(db_path, check_same_thread=False)  # released by a timer thread
+        holder.execute("BEGIN IMMEDIATE")
+        released = threading.Timer(0.3, holder.rollback)
+        released.start()
+        try:
+            assert processor.catch_up(RecordsAll()) == 3
+        finally:
+            released.join()
+    assert log.messages(logging.WARNING) == []
+    assert conn.in_transaction
+    expected = [1, 2, 3] if start == "first" else [1, 2, 3, 4, 5, 6]
+    assert [r[0] for r in setup.execute("SELECT position FROM rm ORDER BY 1")] == expected
 
 
 def test_append_joins_an_open_transaction(db_path: Path) -> None:

@@ -115,9 +115,12 @@ def check_layout(dialect: Dialect, name: str, total: int) -> LayoutPlan:
         inferred = inferred_layout(
             name, total, ((c, int(pos)) for c, pos in checkpoints), (r[0] for r in own)
         )
+        yield COMMIT
         if inferred is not None:
-            yield COMMIT
             raise PartitionLayoutError(name, inferred, total)
+        # The reads' transaction ended first: on SQLite, where sqlite3 keeps
+        # one open (autocommit=False), a transaction that has read cannot
+        # wait for the write lock. The read-back below settles any race.
         yield Statement(
             f"INSERT INTO {table} (projection_name, total_partitions) VALUES ({p}, {p}) "
             + dialect.on_duplicate_checkpoint,
