@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import sys
 import threading
+import time
 from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -30,15 +31,21 @@ def db_path(tmp_path: Path) -> Path:
     return path
 
 
-def race(path: Path, rounds: int, expected: ExpectedVersion | None, wal: bool) -> list[list[str]]:
-    """Two threads, each with its own connection, append to the same aggregates
-    in lockstep. Returns each thread's outcomes."""
+def race(
+    path: Path, rounds: int, expected: ExpectedVersion | None, wal: bool, **options: Any
+) -> list[list[str]]:
+    """Two threads, each with its own connection (``sqlite3.connect`` ``options``
+    when given), append to the same aggregates in lockstep. Returns each
+    thread's outcomes."""
     store = SQLiteStore()
     barrier = threading.Barrier(2)
     outcomes: list[list[str]] = [[], []]
 
     def worker(slot: int) -> None:
-        conn = connect(path, timeout=30, wal=wal)
+        if options:
+            conn = sqlite3.connect(path, timeout=30, **options)
+        else:
+            conn = connect(path, timeout=30, wal=wal)
         try:
             for i in range(rounds):
                 barrier.wait()
@@ -190,6 +197,57 @@ def test_a_processor_ends_its_transactions_on_an_autocommit_true_connection(
     assert SQLiteStore().get_checkpoint(setup, "records") == 6
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sqlite3's autocommit is Python 3.12+")
+def test_appends_on_autocommit_false_connections_wait_for_the_lock_or_conflict(
+    db_path: Path,
+) -> None:
+    # sqlite3 keeps a deferred transaction open on such a connection: the
+    # append joins it, and its first statement, a write, waits for the lock.
+    rounds = 40
+    a, b = race(db_path, rounds, ExpectedVersion.no_stream(), True, autocommit=False)
+    for i in range(rounds):
+        assert sorted([a[i], b[i]]) == ["conflict", "won"], (i, a[i], b[i])
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == rounds * 2
+
+
+class Appender(threading.Thread):
+    """Appends ``appends`` single events on its own ``autocommit=False``
+    connection, holding the write lock ``hold`` seconds each time; keeps
+    the error that stopped it."""
+
+    def __init__(self, path: Path, slot: int, appends: int, hold: float) -> None:
+        super().__init__()
+        self.path, self.slot, self.appends, self.hold = path, slot, appends, hold
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=30, autocommit=False)
+        try:
+            for _ in range(self.appends):
+                SQLiteStore().append(conn, ExpectedVersion.any(), events(1, f"w{self.slot}"))
+                time.sleep(self.hold)
+                conn.commit()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            conn.close()
+
+
+def appending(path: Path, writers: int, appends: int, hold: float) -> list[Appender]:
+    threads = [Appender(path, slot, appends, hold) for slot in range(writers)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def joined(threads: list[Appender]) -> list[str]:
+    """The errors of ``threads``, once they are done."""
+    for t in threads:
+        t.join()
+    return [repr(t.error) for t in threads if t.error is not None]
+
+
 class RecordsAll(Records):
     name = "records_all"
 
@@ -199,7 +257,59 @@ class AsyncRecordsAll(AsyncRecords):
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="sqlite3's autocommit is Python 3.12+")
-@pytest.mark.parametrize("start", ["first"])
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_processor_on_an_autocommit_false_connection_waits_for_the_write_lock(
+    db_path: Path, api: str
+) -> None:
+    """sqlite3 keeps a deferred transaction open on such a connection, in
+    which the processor reads its events: a batch there could not wait for
+    the write lock (SQLite refuses a transaction that has read at once) and
+    was retried with a warning while other connections appended."""
+    setup = connect(db_path)
+    setup.execute("CREATE TABLE rm (position INTEGER)")
+    setup.commit()
+    log = LogRecords(f"pupsourcing.test.autocommit_false.{api}")
+    config = ProcessorConfig(batch_size=5, logger=log.logger)
+    writers = appending(db_path, writers=3, appends=30, hold=0.003)
+    if api == "blocking":
+        conn = sqlite3.connect(db_path, timeout=30, autocommit=False)
+        with Processor(conn, SQLiteStore(), config) as processor:
+            while any(t.is_alive() for t in writers):
+                processor.catch_up(RecordsAll())
+            errors = joined(writers)
+            processor.catch_up(RecordsAll())
+        in_transaction = conn.in_transaction
+        conn.close()
+    else:
+
+        async def scenario() -> tuple[list[str], bool]:
+            import aiosqlite
+
+            conn = await aiosqlite.connect(db_path, timeout=30, autocommit=False)
+            try:
+                async with AsyncProcessor(conn, AsyncSQLiteStore(), config) as processor:
+                    while any(t.is_alive() for t in writers):
+                        await processor.catch_up(AsyncRecordsAll())
+                    errors = joined(writers)
+                    await processor.catch_up(AsyncRecordsAll())
+                return errors, conn.in_transaction
+            finally:
+                await conn.close()
+
+        errors, in_transaction = asyncio.run(scenario())
+    assert errors == []
+    assert log.messages(logging.WARNING) == []
+    assert in_transaction  # as autocommit=False promises
+    other = sqlite3.connect(db_path, timeout=0)
+    other.execute("BEGIN IMMEDIATE")  # the write lock is free
+    other.rollback()
+    positions = [r[0] for r in setup.execute("SELECT position FROM rm ORDER BY position")]
+    assert positions == list(range(1, 91))
+    assert SQLiteStore().get_checkpoint(setup, "records_all") == 90
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sqlite3's autocommit is Python 3.12+")
+@pytest.mark.parametrize("start", ["first", "later"])
 def test_a_processor_on_an_autocommit_false_connection_waits_for_a_writer(
     db_path: Path, start: str
 ) -> None:
@@ -232,6 +342,46 @@ def test_a_processor_on_an_autocommit_false_connection_waits_for_a_writer(
     assert conn.in_transaction
     expected = [1, 2, 3] if start == "first" else [1, 2, 3, 4, 5, 6]
     assert [r[0] for r in setup.execute("SELECT position FROM rm ORDER BY 1")] == expected
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sqlite3's autocommit is Python 3.12+")
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_batch_that_cannot_take_the_lock_keeps_sqlite3s_transaction_open(
+    db_path: Path, api: str
+) -> None:
+    """A batch ends sqlite3's own transaction to take the lock; when it
+    cannot take it within the busy timeout, sqlite3's transaction is open
+    again, as ``autocommit=False`` promises (``rollback()`` would fail on a
+    connection with none, and writes would commit one by one)."""
+    holder = connect(db_path)
+    holder.execute("BEGIN IMMEDIATE")
+    if api == "blocking":
+        conn = sqlite3.connect(db_path, timeout=0.05, autocommit=False)
+        store = SQLiteStore()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store._run(conn, store.dialect.begin_batch(False))
+        in_transaction = conn.in_transaction
+        conn.rollback()
+        conn.close()
+    else:
+
+        async def scenario() -> bool:
+            import aiosqlite
+
+            conn = await aiosqlite.connect(db_path, timeout=0.05, autocommit=False)
+            store = AsyncSQLiteStore()
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    await store._run(conn, store.dialect.begin_batch(False))
+                in_transaction = conn.in_transaction
+                await conn.rollback()
+                return in_transaction
+            finally:
+                await conn.close()
+
+        in_transaction = asyncio.run(scenario())
+    holder.rollback()
+    assert in_transaction
 
 
 def test_append_joins_an_open_transaction(db_path: Path) -> None:

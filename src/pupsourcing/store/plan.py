@@ -60,7 +60,9 @@ class Statement:
     would open one itself with its next statement (psycopg not in autocommit
     mode), as code of the application that uses the connection runs next: a
     projection's ``handle``, whose ``with tx.transaction():`` must be a
-    savepoint of the batch's transaction, not a transaction of its own.
+    savepoint of the batch's transaction, not a transaction of its own; on
+    sqlite3 with ``autocommit=False``, even instead of the transaction the
+    connection keeps open (the plan read in it, and holds the connection).
     With ``control="commit"``: open the next transaction in the same round
     trip, where the driver can (see :data:`COMMIT_AND_BEGIN`)."""
     control: Literal["commit", "rollback"] | None = None

@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.sqlite._dialect import SQLiteDialect
-from pupsourcing.adapters.sqlite._store import end_transaction
+from pupsourcing.adapters.sqlite._store import begin_anew, end_transaction
 from pupsourcing.store.async_base import AsyncSQLStore
 from pupsourcing.store.plan import Row, Statement
 
@@ -48,6 +48,15 @@ class AsyncSQLiteStore(AsyncSQLStore["aiosqlite.Connection"]):
             await run(end_transaction, tx._conn, commit)
         else:
             await (tx.commit() if commit else tx.rollback())
+
+    async def _execute(self, tx: aiosqlite.Connection, statement: Statement) -> list[Row]:
+        # On the connection's thread, in one call: an interruption cannot
+        # leave sqlite3's transaction ended and the BEGIN not run.
+        if statement.eager and statement.begin and _runs_on_its_thread():
+            run: Any = tx._execute  # (untyped)
+            if await run(begin_anew, tx._conn, statement.sql):
+                return statement.answer(None, -1)
+        return await super()._execute(tx, statement)
 
     async def _in_transaction(self, tx: aiosqlite.Connection) -> bool:
         # aiosqlite reads the flag of its sqlite3 connection, which sqlite3

@@ -196,7 +196,10 @@ class SQLiteDialect(Dialect):
         long as the busy timeout allows if the batch has read nothing yet.
         A batch that has read through ``tx`` cannot wait: SQLite answers
         ``SQLITE_BUSY`` (or ``SQLITE_BUSY_SNAPSHOT`` when another connection
-        committed since the read) at once."""
+        committed since the read) at once. The BEGIN is ``eager``: on a
+        connection opened with ``autocommit=False`` it replaces the deferred
+        transaction sqlite3 keeps open, in which the batch's events were
+        read (see :func:`~pupsourcing.adapters.sqlite._store.begin_anew`)."""
         if kept is not None and not lazy:  # (the last batch kept it lowered)
             yield from self.release_batch(kept)
             kept = None
@@ -213,7 +216,7 @@ class SQLiteDialect(Dialect):
             assert isinstance(kept, _Opened)
             opened = kept
         try:
-            yield Statement("BEGIN DEFERRED" if defer else self.begin_sql, begin=True)
+            yield Statement("BEGIN DEFERRED" if defer else self.begin_sql, begin=True, eager=True)
         except Exception:  # busy, say: no batch runs, so the level goes back
             with contextlib.suppress(Exception):
                 yield from self.release_batch(opened)

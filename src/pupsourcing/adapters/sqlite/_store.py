@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -67,6 +68,27 @@ def end_transaction(conn: sqlite3.Connection, commit: bool) -> None:
         conn.rollback()
 
 
+def begin_anew(conn: sqlite3.Connection, sql: str) -> bool:
+    """On a connection opened with ``autocommit=False`` (Python 3.12+), which
+    always has a deferred transaction of sqlite3's own open: end it and run
+    ``sql`` (a BEGIN) instead; answers whether it did (elsewhere it does
+    nothing). Only for a plan that holds the connection and has merely read
+    in that transaction (a projection batch, after reading its events):
+    SQLite refuses the write lock at once to a transaction that has read,
+    where a new one waits for it. Should ``sql`` fail, sqlite3's
+    transaction is opened again, as the mode promises."""
+    if getattr(conn, "autocommit", None) is not False or not conn.in_transaction:
+        return False
+    conn.execute("ROLLBACK")
+    try:
+        conn.execute(sql)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.execute("BEGIN")
+        raise
+    return True
+
+
 class SQLiteStore(SQLStore[sqlite3.Connection]):
     """Event store on a :class:`sqlite3.Connection` passed to each call;
     :class:`~pupsourcing.aio.AsyncSQLiteStore` is its asyncio twin."""
@@ -82,6 +104,11 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
 
     def _end_transaction(self, tx: sqlite3.Connection, *, commit: bool) -> None:
         end_transaction(tx, commit)
+
+    def _execute(self, tx: sqlite3.Connection, statement: Statement) -> list[Any]:
+        if statement.eager and statement.begin and begin_anew(tx, statement.sql):
+            return statement.answer(None, -1)
+        return super()._execute(tx, statement)
 
     def _in_transaction(self, tx: sqlite3.Connection) -> bool:
         # sqlite3 opens implicit transactions only before DML, never before
