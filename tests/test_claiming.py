@@ -631,9 +631,22 @@ def hold_as_dead_process(backend: Backend, name: str, total: int, ttl: float) ->
 
 
 class Idle:
-    name = "idle_claimed"
+    """A projection that handles nothing."""
+
+    def __init__(self, name: str = "idle_claimed") -> None:
+        self.name = name
 
     def handle(self, event: Any, tx: Any) -> None:
+        pass
+
+
+class AsyncIdle:
+    """:class:`Idle` for the asyncio runners."""
+
+    def __init__(self, name: str = "idle_claimed") -> None:
+        self.name = name
+
+    async def handle(self, event: Any, tx: Any) -> None:
         pass
 
 
@@ -653,11 +666,11 @@ def test_a_dead_process_s_partitions_are_taken_over_within_the_lease_ttl(
     backend = make_store_backend("sqlite")
     ttl, total = 3.0, 2
     config = ProcessorConfig(total_partitions=total, poll_interval=0.05)
-    died = hold_as_dead_process(backend, Idle.name, total, ttl)
+    died = hold_as_dead_process(backend, Idle().name, total, ttl)
     time.sleep(ttl / 6)
 
     def taken_over(held: Callable[[], dict[str, list[int]]]) -> float:
-        while held().get(Idle.name) != list(range(total)):
+        while held().get(Idle().name) != list(range(total)):
             assert time.monotonic() < died + 2 * ttl, held()
             time.sleep(0.02)
         return time.monotonic() - died
@@ -707,22 +720,10 @@ def test_a_runner_s_lease_lines_name_the_partition(
     records = LogRecords(f"claim-lines-{api}")
     config = ProcessorConfig(total_partitions=2, poll_interval=0.05, logger=records.logger)
 
-    class Idle:
-        name = "lines"
-
-        def handle(self, e: Any, tx: Any) -> None:
-            pass
-
-    class AsyncIdle:
-        name = "lines"
-
-        async def handle(self, e: Any, tx: Any) -> None:
-            pass
-
     if api == "sync":
         runner = ClaimingRunner(backend.connect, backend.store, config, lease_ttl=3, owner="a")
         stop = threading.Event()
-        thread = threading.Thread(target=runner.run, args=(Idle(),), kwargs={"stop": stop})
+        thread = threading.Thread(target=runner.run, args=(Idle("lines"),), kwargs={"stop": stop})
         thread.start()
         try:
             wait_for(lambda: runner.held() == {"lines": [0, 1]}, what="both partitions")
@@ -735,7 +736,7 @@ def test_a_runner_s_lease_lines_name_the_partition(
             store = backend.async_store()
             runner = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=3, owner="a")
             stop = asyncio.Event()
-            task = asyncio.create_task(runner.run(AsyncIdle(), stop=stop))
+            task = asyncio.create_task(runner.run(AsyncIdle("lines"), stop=stop))
             deadline = time.monotonic() + 10
             while runner.held() != {"lines": [0, 1]}:
                 assert time.monotonic() < deadline, runner.held()
@@ -773,24 +774,12 @@ def test_a_runner_logs_the_release_of_a_partition_it_hands_over(
     def released() -> list[str]:
         return [m for m in records.messages(logging.INFO) if m.endswith(": released")]
 
-    class Idle:
-        name = "handed"
-
-        def handle(self, e: Any, tx: Any) -> None:
-            pass
-
-    class AsyncIdle:
-        name = "handed"
-
-        async def handle(self, e: Any, tx: Any) -> None:
-            pass
-
     if api == "sync":
         a = ClaimingRunner(backend.connect, backend.store, config, lease_ttl=0.6, owner="a")
         b = ClaimingRunner(backend.connect, backend.store, other, lease_ttl=0.6, owner="b")
         stops = [threading.Event(), threading.Event()]
         threads = [
-            threading.Thread(target=r.run, args=(Idle(),), kwargs={"stop": s})
+            threading.Thread(target=r.run, args=(Idle("handed"),), kwargs={"stop": s})
             for r, s in zip((a, b), stops, strict=True)
         ]
         threads[0].start()
@@ -812,13 +801,13 @@ def test_a_runner_logs_the_release_of_a_partition_it_hands_over(
             a = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=0.6, owner="a")
             b = AsyncClaimingRunner(backend.open_async, store, other, lease_ttl=0.6, owner="b")
             stops = [asyncio.Event(), asyncio.Event()]
-            tasks = [asyncio.create_task(a.run(AsyncIdle(), stop=stops[0]))]
+            tasks = [asyncio.create_task(a.run(AsyncIdle("handed"), stop=stops[0]))]
             deadline = time.monotonic() + 20
             try:
                 while a.held() != {"handed": [0, 1]}:
                     assert time.monotonic() < deadline, a.held()
                     await asyncio.sleep(0.05)
-                tasks.append(asyncio.create_task(b.run(AsyncIdle(), stop=stops[1])))
+                tasks.append(asyncio.create_task(b.run(AsyncIdle("handed"), stop=stops[1])))
                 while len(b.held().get("handed", [])) != 1 or not released():
                     assert time.monotonic() < deadline, (b.held(), records.messages(logging.INFO))
                     await asyncio.sleep(0.05)
@@ -864,12 +853,6 @@ def test_a_lease_outage_is_one_warning_then_a_line_when_it_ends(
     backend = private_backend(private_postgres)
     records = LogRecords(f"claim-outage-{api}")
     config = ProcessorConfig(total_partitions=2, poll_interval=0.05, logger=records.logger)
-
-    class AsyncIdle:
-        name = "idle_claimed"
-
-        async def handle(self, e: Any, tx: Any) -> None:
-            pass
 
     def outage(held: Callable[[], dict[str, list[int]]]) -> None:
         wait_for(lambda: held() == {"idle_claimed": [0, 1]}, what="both partitions")
@@ -938,12 +921,6 @@ def test_leases_not_released_for_a_database_down_is_one_line(
     backend = private_backend(private_postgres)
     records = LogRecords(f"claim-unreleased-{api}")
     config = ProcessorConfig(total_partitions=2, poll_interval=0.05, logger=records.logger)
-
-    class AsyncIdle:
-        name = "idle_claimed"
-
-        async def handle(self, e: Any, tx: Any) -> None:
-            pass
 
     try:
         if api == "sync":

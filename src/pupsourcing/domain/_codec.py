@@ -111,6 +111,16 @@ class JsonCodec:
 
     def decode(self, event_type: str, event_version: int, payload: bytes) -> object:
         """The event a stored payload holds, upcast to the newest registered version."""
+        try:
+            return self._decode(event_type, event_version, payload)
+        except RecursionError:
+            raise CodecError(
+                "the payload is nested too deeply to decode",
+                event_type=event_type,
+                event_version=event_version,
+            ) from None
+
+    def _decode(self, event_type: str, event_version: int, payload: bytes) -> object:
         versions = self._by_type.get(event_type)
         if not versions:
             raise CodecError(
@@ -137,12 +147,6 @@ class JsonCodec:
                 event_type=event_type,
                 event_version=event_version,
             ) from None
-        except RecursionError:
-            raise CodecError(
-                "the payload is nested too deeply to decode",
-                event_type=event_type,
-                event_version=event_version,
-            ) from None
         version, data = self._upcasters.run(event_type, event_version, newest, data)
         cls = versions.get(version)
         if cls is None:
@@ -154,12 +158,6 @@ class JsonCodec:
             )
         try:
             return from_json(cls, data)
-        except RecursionError:
-            raise CodecError(
-                "the payload is nested too deeply to decode",
-                event_type=event_type,
-                event_version=event_version,
-            ) from None
         except ValueProblem as exc:
             raise CodecError(
                 f"the payload does not fit {cls.__qualname__}"
