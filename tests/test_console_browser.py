@@ -366,3 +366,49 @@ def test_every_aggregate_opens_from_its_link(browser: Any, shown: tuple[Backend,
     newest.get_by_role("link", name="open the aggregate's stream").click()
     opened("Order", LONG_ID, {"n": "long"})
     assert problems == []
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_the_followed_log_recovers_from_a_database_restart(
+    browser: Any, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The database goes away while the global log follows new events: the
+    page says the feed is interrupted, then that it is live again once the
+    database is back, and every event shows exactly once, in order."""
+    from playwright.sync_api import expect
+
+    from conftest import close_backend, private_backend
+
+    server = request.getfixturevalue(f"private_{kind}")
+    backend = private_backend(server)
+    try:
+        for i in range(3):
+            append(backend, f"before-{i}", "Placed", {"i": i})
+        running = start_server(backend.url)
+        try:
+            page = browser.new_page()
+            page.goto(running.base + "/log")
+            log = page.get_by_role("list", name="events, newest first").locator(":scope > li")
+            expect(log).to_have_count(3)
+            status = page.locator("#status")
+            append(backend, "live-0", "Placed", {})
+            expect(log).to_have_count(4, timeout=10_000)
+            expect(status).to_contain_text("Live")
+            server.stop()
+            try:
+                expect(status).to_contain_text("unreachable", timeout=15_000)
+            finally:
+                server.start()
+            expect(status).to_contain_text("Live", timeout=15_000)
+            expect(status).not_to_contain_text("unreachable")
+            positions = [append(backend, f"after-{i}", "Placed", {"i": i}) for i in range(3)]
+            expect(log).to_have_count(7, timeout=15_000)
+            script = "items => items.map(i => i.dataset.position)"
+            shown = [int(x) for x in log.evaluate_all(script)]
+            assert shown == sorted(set(shown), reverse=True), shown
+            assert shown[:3] == positions[::-1]
+        finally:
+            running.stop()
+    finally:
+        server.ensure_started()
+        close_backend(backend)

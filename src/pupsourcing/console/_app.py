@@ -46,6 +46,8 @@ T = TypeVar("T")
 MAX_LIMIT = 1000
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 _KEEPALIVE = 15.0
+_RETRY = 2.0
+"""Seconds a live feed waits after a read failed before reading again."""
 _KINDS_TTL = 30.0
 _FEED_BATCH = 200
 _LOGIN_PAUSE = 0.5
@@ -279,20 +281,31 @@ class Console:
 
     async def _feed(self, after: int) -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
+        told: str | None = None  # the problem the client was last told of
         while not self.watcher.closing:
+            problem = self.watcher.problem
             safe = self.watcher.safe
-            if safe > after:
+            if problem is None and safe > after:
                 # Only up to the safe horizon: an event that commits later at
                 # a lower position than one already sent would be missed.
-                read = await self.read(functools.partial(self._after, after))
-                batch = [e for e in read if e["global_position"] <= safe]
-                for event in batch:
-                    position, data = event["global_position"], json.dumps(event)
-                    yield f"id: {position}\nevent: event\ndata: {data}\n\n"
-                after = batch[-1]["global_position"] if batch else safe
-                if len(read) == _FEED_BATCH:
-                    continue
-            if not await self.watcher.wait_beyond(after, _KEEPALIVE) and not self.watcher.closing:
+                try:
+                    read = await self.read(functools.partial(self._after, after))
+                except HTTPException as exc:  # the stream stays open, saying why it waits
+                    problem = str(exc.detail)
+                else:
+                    batch = [e for e in read if e["global_position"] <= safe]
+                    for event in batch:
+                        position, data = event["global_position"], json.dumps(event)
+                        yield f"id: {position}\nevent: event\ndata: {data}\n\n"
+                    after = batch[-1]["global_position"] if batch else safe
+                    if len(read) == _FEED_BATCH:
+                        continue
+            if problem != told:
+                told = problem
+                yield f"event: status\ndata: {json.dumps({'error': problem})}\n\n"
+            # With a problem: again after a pause, or once the watcher's changes.
+            position, pause = (MAX_POSITION, _RETRY) if problem else (after, _KEEPALIVE)
+            if not await self.watcher.wait_beyond(position, pause) and not self.watcher.closing:
                 yield ": keep-alive\n\n"
 
     def _after(self, after: int, conn: Any) -> list[_queries.JSON]:

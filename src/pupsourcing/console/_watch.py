@@ -36,8 +36,8 @@ class HeadWatcher:
         """The highest committed position seen."""
         self.horizon = Horizon()
         self._probing = True
-        self._failing = False
-        """Whether the last sample failed (its warning was given)."""
+        self.problem: str | None = None
+        """Why the last sample failed (its warning was given); ``None`` when it did not."""
         self._notified = 0
         self._samples: deque[tuple[float, int]] = deque()
         self._changed = asyncio.Condition()
@@ -100,16 +100,21 @@ class HeadWatcher:
             probe = await self.reader.run(self._probe)
         except Exception as exc:
             # Once per outage, not at every poll (twice a second).
-            failing, self._failing = self._failing, True
+            failing = self.problem is not None
+            self.problem = self.reader.db.url.scrub(" ".join(str(exc).split()))
+            self.problem = self.problem or type(exc).__name__
             logger.log(
                 logging.DEBUG if failing else logging.WARNING,
                 "cannot read the store head (%s); the live views wait until it can be read",
-                " ".join(str(exc).split()) or type(exc).__name__,
+                self.problem,
             )
+            if not failing:  # the live feeds say so
+                await self._notify()
             return
-        if self._failing:
-            self._failing = False
+        if self.problem is not None:
+            self.problem = None
             logger.info("the store head can be read again")
+            await self._notify()
         self.horizon.observe(probe)
         head = probe.visible
         now = time.monotonic()
@@ -119,8 +124,11 @@ class HeadWatcher:
         if head != self.head or self.safe != self._notified:
             self.head = head
             self._notified = self.safe
-            async with self._changed:
-                self._changed.notify_all()
+            await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _loop(self) -> None:
         try:
@@ -133,14 +141,18 @@ class HeadWatcher:
 
     async def wait_beyond(self, position: int, timeout: float) -> bool:
         """Wait until the safe horizon passes ``position`` (at most
-        ``timeout`` seconds, or until :meth:`end_feeds`); whether it did."""
-        if self.safe > position or self.closing:
+        ``timeout`` seconds, until :meth:`end_feeds`, or until
+        :attr:`problem` changes); whether it did."""
+        problem = self.problem
+
+        def done() -> bool:
+            return self.safe > position or self.closing or self.problem != problem
+
+        if done():
             return self.safe > position
         async with self._changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self.safe > position or self.closing), timeout
-                )
+                await asyncio.wait_for(self._changed.wait_for(done), timeout)
         return self.safe > position
 
     def rates(self) -> dict[str, object]:

@@ -376,8 +376,17 @@ async function log() {
         while (list.children.length > 500) list.lastElementChild.remove();
         say(`Live · newest ${num(e.global_position)}`);
       });
-      source.onerror = () => say("Live feed interrupted; reconnecting…", true);
+      // The server says when it cannot read the database, and when it can again.
+      source.addEventListener("status", (message) => {
+        const error = parse(message.data).error;
+        if (error) say(`Database unreachable (${error}); the feed resumes when it can be read…`, true);
+        else say(`Live again · newest ${num(newestShown())}`);
+      });
+      let interrupted = false;
+      source.onopen = () => { if (interrupted) say(`Live again · newest ${num(newestShown())}`); interrupted = false; };
+      source.onerror = () => { interrupted = true; say("Live feed interrupted; reconnecting…", true); };
     }
+    const newestShown = () => (list.firstElementChild ? list.firstElementChild.dataset.position : newest);
     follow.addEventListener("change", () => {
       if (follow.checked) { location.assign(root + "/log"); } else if (source) { source.close(); source = null; say("Not following."); }
     });
