@@ -1183,6 +1183,24 @@ def test_a_missing_store_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("name", DATABASES)
+def test_a_store_without_its_tables_says_to_migrate(name: str, tmp_path: Path) -> None:
+    """A database that is there but holds no events table (never migrated,
+    or another table name): one line that says to run ``migrate``."""
+    backend = make_backend(name, tmp_path)
+    try:
+        result = cli_process(
+            "ui", "--db", backend.url, "--events-table", "never_migrated", "--port", "1"
+        )
+    finally:
+        close_backend(backend)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("pupsourcing ui: error: cannot read"), result.stderr
+    assert "never_migrated" in result.stderr
+    assert "run `pupsourcing migrate`" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [

@@ -18,6 +18,7 @@ from pupsourcing.cli._db import (
 )
 from pupsourcing.cli.console import Console, setup_logging
 from pupsourcing.cli.errors import CommandError
+from pupsourcing.store.layout import missing_table
 
 TOKEN_VAR = "PUPSOURCING_UI_TOKEN"
 
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         if not is_driver_error(exc):
             raise
-        raise CommandError(f"cannot read {db.url}: {db.url.scrub(one_line(exc))}") from None
+        hint = f"; {MIGRATE_HINT}" if missing_table(exc) else ""
+        raise CommandError(f"cannot read {db.url}: {db.url.scrub(one_line(exc))}{hint}") from None
     app, console = build(db, token=token, poll_interval=args.poll_interval)
     setup_logging(Console(sys.stderr), 0, "", db.url.scrub)  # the console's warnings
     host = f"[{args.host}]" if ":" in args.host else args.host
