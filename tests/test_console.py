@@ -100,6 +100,28 @@ def test_head_and_projections(console: Server) -> None:
     assert billing["updated_at"].startswith("20")
 
 
+def test_total_partitions_is_the_recorded_layout(fresh: tuple[Backend, Server]) -> None:
+    """Only partition 0 of 4 has run yet: its projection has 4 partitions
+    (as the layout record says), not as many as there are checkpoints."""
+    from console_helpers import Quiet
+    from pupsourcing.projection import ProcessorConfig
+
+    backend, server = fresh
+    conn = backend.connect()
+    try:
+        append_one(backend, conn, "p-1", "Placed")
+        conn.commit()
+    finally:
+        conn.close()
+    config = ProcessorConfig(partition_key=0, total_partitions=4)
+    with backend.Processor(backend.connect, backend.store, config) as processor:
+        processor.catch_up(Quiet())
+    rows = get(server, "/api/projections").json()
+    assert [(r["name"], r["partition"], r["total_partitions"]) for r in rows] == [("search", 0, 4)]
+    overview = get(server, "/api/overview").json()["projections"]
+    assert [r["total_partitions"] for r in overview] == [4]
+
+
 def test_overview_has_dead_letters_owners_and_rates(console: Server) -> None:
     data = get(console, "/api/overview").json()
     assert data["head"] == 15

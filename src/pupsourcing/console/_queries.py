@@ -15,7 +15,7 @@ from pupsourcing.cli._json import exact_json
 from pupsourcing.cli.dead_letters import dead_letter_counts, dead_letter_json
 from pupsourcing.cli.projections import lease_of, projection_groups
 from pupsourcing.core.validation import nested_deeper_than
-from pupsourcing.store.layout import missing_table
+from pupsourcing.store.layout import missing_table, recorded_layouts
 from pupsourcing.store.plan import Plan, Statement
 from pupsourcing.urls import Database
 
@@ -84,9 +84,14 @@ def _checkpoint_rows(db: Database, conn: Any) -> tuple[int, list[JSON]]:
     store_head = db.store.head_position(conn)
     groups, leases = projection_groups(db, conn)
     dead = dead_letter_counts(db, conn)
+    layouts = db.store._run(conn, recorded_layouts(db.store.dialect))
     rows: list[JSON] = []
     for group in groups:
-        total = max((k for k in group.keys if k is not None), default=0) + 1
+        # The recorded layout; without one (a store older than the record),
+        # as many as the checkpoints show.
+        total = layouts.get(group.name)
+        if total is None:
+            total = max((k for k in group.keys if k is not None), default=0) + 1
         for c, key in zip(group.checkpoints, group.keys, strict=True):
             lease = lease_of(group.name, key, leases)
             rows.append(

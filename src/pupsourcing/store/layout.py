@@ -143,6 +143,21 @@ def layout_names(dialect: Dialect) -> Generator[Statement, Any, set[str]]:
     return {row[0] for row in rows}
 
 
+def recorded_layouts(dialect: Dialect) -> Generator[Statement, Any, dict[str, int]]:
+    """Every recorded layout: projection name to ``total_partitions``;
+    empty when the store has no layouts table."""
+    try:
+        rows = yield Statement(
+            f"SELECT projection_name, total_partitions FROM {_table(dialect)}", (), fetch=True
+        )
+    except Exception as exc:
+        if not missing_table(exc):
+            raise
+        yield ROLLBACK
+        return {}
+    return {str(name): int(total) for name, total in rows}
+
+
 def clear_layout(dialect: Dialect, name: str) -> LayoutPlan:
     """Forget ``name``'s recorded layout, in a transaction of its own; ``False``
     when the store has no layouts table."""
