@@ -930,6 +930,39 @@ def test_the_login_page_sets_a_cookie(guarded: Server) -> None:
         assert elsewhere.headers["location"] == "/"
 
 
+def _secure_cookie(server: Server) -> bool:
+    """Whether signing in through a TLS proxy on this machine (it says
+    ``X-Forwarded-Proto: https``) gets a ``Secure`` cookie."""
+    with httpx.Client(base_url=server.base, timeout=10, verify=TLS) as client:
+        signed_in = client.post(
+            "/login",
+            data={"token": "s3cret-token", "next": "/"},
+            headers={"X-Forwarded-Proto": "https"},
+        )
+        assert signed_in.status_code == 303
+        return "secure" in [p.strip() for p in signed_in.headers["set-cookie"].lower().split(";")]
+
+
+def test_the_proxies_trusted_with_the_scheme_are_the_ones_given(tmp_path: Path) -> None:
+    """A TLS proxy on this machine is trusted to say the request came over
+    HTTPS (the cookie is ``Secure``); with ``--forwarded-allow-ips`` naming
+    only another address (the proxy's, on another host), this machine's
+    word is not taken, and with ``*`` every client's is."""
+    trusted_elsewhere = ("--forwarded-allow-ips", "192.0.2.7")
+    for args, secure in (
+        ((), True),
+        (trusted_elsewhere, False),
+        (("--forwarded-allow-ips", "*"), True),
+    ):
+        with serving(
+            "sqlite", tmp_path, lambda b, a=args: start_server(b.url, *a, token="s3cret-token")
+        ) as (
+            _,
+            running,
+        ):
+            assert _secure_cookie(running) is secure, args
+
+
 def test_the_login_cookie_is_found_among_other_sites_cookies(guarded: Server) -> None:
     """Cookies do not keep to a port: the browser sends the console's beside
     those of every other site on the same host, however odd their values

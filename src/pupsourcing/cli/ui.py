@@ -52,6 +52,14 @@ def register(commands: Any) -> None:
         "when it forwards requests with that prefix taken off (default: none)",
     )
     parser.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="comma-separated addresses of the reverse proxies trusted with the "
+        "X-Forwarded-Proto and X-Forwarded-For headers, or * for any (default: "
+        "$FORWARDED_ALLOW_IPS, else 127.0.0.1): behind a TLS proxy on another host, "
+        "name it, or the login cookie is not marked Secure",
+    )
+    parser.add_argument(
         "--poll-interval",
         type=interval,
         default=0.5,
@@ -111,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         root_path=args.root_path,
+        forwarded_allow_ips=args.forwarded_allow_ips,  # None: uvicorn's default
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=2,
