@@ -20,7 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import MYSQL_HOST, Backend, make_backend, mysql_admin, require
+from conftest import (
+    MYSQL_HOST,
+    Backend,
+    backends_and_apis,
+    make_backend,
+    mysql_admin,
+    require,
+)
 from helpers import event, events
 from pupsourcing import (
     Event,
@@ -37,6 +44,7 @@ from pupsourcing.adapters.mysql import (
 from pupsourcing.adapters.mysql._dialect import MySQLDialect
 from pupsourcing.store import StoreConfig
 from pupsourcing.store.plan import Row, Statement
+from pupsourcing.store.snapshots import Snapshot
 
 pymysql = require("pymysql")
 
@@ -944,6 +952,70 @@ def test_mysqlclient_connections_work(db: Backend) -> None:
         assert db.count_events() == len(INSTANTS) + 2
     finally:
         conn.close()
+
+
+@pytest.fixture(params=backends_and_apis(["mysql", "mysqlclient"]))
+def every_driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The store on each driver: PyMySQL and mysqlclient (blocking), asyncmy."""
+    name, api = request.param
+    b = make_backend(name, tmp_path, api=api)
+    yield b
+    for cleanup in reversed(b.cleanups):
+        cleanup()
+
+
+ESCAPED_BYTES = b"\\'\"\n\r\x00\x1a%s"
+"""Every byte a backslash-escaping driver escapes, and a placeholder."""
+
+
+@pytest.mark.parametrize(
+    "sql_mode",
+    [
+        "NO_BACKSLASH_ESCAPES",
+        "NO_BACKSLASH_ESCAPES,NO_ENGINE_SUBSTITUTION",  # not strict either
+        "ANSI_QUOTES",
+        "PAD_CHAR_TO_FULL_LENGTH",
+        "ANSI",
+    ],
+)
+def test_binary_values_round_trip_whatever_the_sql_mode(
+    every_driver: Backend, sql_mode: str
+) -> None:
+    """Payloads, event ids and snapshot states are stored byte for byte
+    whatever the session's sql_mode: with NO_BACKSLASH_ESCAPES the server
+    takes a backslash literally, so a driver that escapes bytes with
+    backslashes regardless (asyncmy) would store ``\\n`` for a newline, or
+    end the literal early at an escaped quote."""
+    db = every_driver
+    conn = db.connection()
+    execute(conn, f"SET SESSION sql_mode = '{sql_mode}'")
+    event_id = uuid.UUID(bytes=ESCAPED_BYTES[:16].ljust(16, b"\\"))
+    original = Event(
+        "Shop",
+        "Order",
+        "a\\'\"%s",
+        "Placed",
+        ESCAPED_BYTES + bytes(range(256)),
+        event_id=event_id,
+        metadata=b'{"quote": "\\"\\\\", "s": "%s"}',
+        causation_id="c\\'\"\n",
+    )
+    db.store.append(conn, ExpectedVersion.no_stream(), [original])
+    state = ESCAPED_BYTES * 3
+    db.store.save_snapshot(conn, Snapshot("Shop", "Order", original.aggregate_id, 1, 1, state))
+    conn.commit()
+    reader = db.connection()
+    [stored] = db.store.read_aggregate_stream(reader, "Shop", "Order", original.aggregate_id)
+    assert (stored.payload, stored.event_id, stored.metadata, stored.causation_id) == (
+        original.payload,
+        event_id,
+        original.metadata,
+        original.causation_id,
+    )
+    snapshot = db.store.read_snapshot(reader, "Shop", "Order", original.aggregate_id, 1)
+    assert snapshot is not None
+    assert snapshot.state == state
+    reader.rollback()
 
 
 # -- projection hooks ---------------------------------------------------------

@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.mysql._dialect import MySQLDialect
-from pupsourcing.adapters.mysql._driver import known_transaction_state, tuple_rows
+from pupsourcing.adapters.mysql._driver import (
+    known_transaction_state,
+    sql_with_params,
+    tuple_rows,
+)
 from pupsourcing.store.async_base import AsyncSQLStore
 from pupsourcing.store.plan import Row, Statement
 
@@ -31,7 +35,12 @@ class AsyncMySQLStore(AsyncSQLStore[Any]):
         cursor = await tx.cursor()
         try:
             # Like PyMySQL, asyncmy %-formats the SQL only when given parameters.
-            await cursor.execute(statement.sql, statement.params if statement.params else None)
+            params = statement.params
+            written = sql_with_params(tx, statement.sql, params) if params else None
+            if written is not None:
+                await cursor.execute(written, None)
+            else:
+                await cursor.execute(statement.sql, params if params else None)
             rows = tuple_rows(list(await cursor.fetchall())) if statement.fetch else None
             return statement.answer(rows, cursor.rowcount)
         finally:

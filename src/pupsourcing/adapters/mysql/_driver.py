@@ -3,10 +3,13 @@ transaction is open."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pupsourcing.adapters.mysql._dialect import _SERVER_STATUS_IN_TRANS
 from pupsourcing.store.plan import Row
+
+_SERVER_STATUS_NO_BACKSLASH_ESCAPES = 512
 
 
 def tuple_rows(rows: list[Any]) -> list[Row]:
@@ -31,3 +34,24 @@ def known_transaction_state(tx: Any) -> bool | None:
     if isinstance(in_transaction, bool):
         return in_transaction
     return None
+
+
+def _literal(tx: Any, value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return f"_binary X'{value.hex()}'"
+    return str(tx.literal(value))
+
+
+def sql_with_params(tx: Any, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> str | None:
+    """``sql`` with ``params`` written in, for an asyncmy connection in
+    ``NO_BACKSLASH_ESCAPES`` mode; ``None`` in any other mode (the driver's
+    own formatting is right). asyncmy escapes ``bytes`` with backslashes
+    whatever the mode, which the server then takes literally: a newline
+    stored as ``\\n``, a quote ending the literal early. Binary values go
+    as hex instead, as PyMySQL sends them in that mode."""
+    status = getattr(tx, "server_status", 0)
+    if not (isinstance(status, int) and status & _SERVER_STATUS_NO_BACKSLASH_ESCAPES):
+        return None
+    if isinstance(params, Mapping):
+        return sql % {name: _literal(tx, value) for name, value in params.items()}
+    return sql % tuple(_literal(tx, value) for value in params)
