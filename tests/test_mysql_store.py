@@ -462,6 +462,23 @@ def test_a_batch_larger_than_max_allowed_packet_is_split(any_path: Backend) -> N
     assert [e.global_position for e in stream] == list(result.global_positions)
 
 
+def test_an_any_append_with_escaped_keys_is_split_to_fit_max_allowed_packet(db: Backend) -> None:
+    """An ``any()`` append sends the aggregate key twice per row (its version
+    is read from the head in the same statement): keys whose every character
+    is escaped weigh four times their length there, and the split into
+    statements must count them, or the server drops the connection on a
+    packet too large (nothing stored, and no error naming an event)."""
+    store, conn = db.store, db.connection()
+    packet = int(db.scalar("SELECT @@max_allowed_packet"))
+    key = "\\" * 255
+    count = packet // 1700  # about 3 KB each as SQL: more than a packet
+    batch = [Event(key, key, key, "E", b"", metadata=None) for _ in range(count)]
+    result = store.append(conn, ExpectedVersion.any(), batch)
+    conn.commit()
+    assert result.to_version == count
+    assert len(store.read_aggregate_stream(conn, key, key, key)) == count
+
+
 # -- text, keys and collations -----------------------------------------------
 
 

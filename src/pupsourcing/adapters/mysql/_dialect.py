@@ -706,7 +706,14 @@ class MySQLDialect(Dialect):
 
     def append(self, expected: ExpectedVersion, events: Sequence[Event]) -> Plan[AppendResult]:
         batch = self.check_append(events)
-        sizes = [_row_size(event) for event in batch]
+        extra = 0
+        if expected.is_any:  # each row reads its version with the key again
+            first = batch[0]
+            extra = len(self.head_subquery) + sum(
+                _sent_size(value)
+                for value in (first.bounded_context, first.aggregate_type, first.aggregate_id)
+            )
+        sizes = [_row_size(event) + extra for event in batch]
         info = yield from self.check_limits(batch, sizes)
         first = batch[0]
         key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
