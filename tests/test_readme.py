@@ -28,3 +28,17 @@ def test_readme_block_runs(code: str, tmp_path: Path, monkeypatch: pytest.Monkey
     expected = [line.strip() for line in PRINT_WITH_EXPECTATION.findall(code)]
     printed = out.getvalue().splitlines()
     assert printed[: len(expected)] == expected
+
+
+def test_readme_blocks_run_in_order_in_one_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader runs the blocks one after the other in one directory: a later
+    block must not print other numbers because of the files an earlier made."""
+    monkeypatch.chdir(tmp_path)
+    for code in BLOCKS:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
+        expected = [line.strip() for line in PRINT_WITH_EXPECTATION.findall(code)]
+        assert out.getvalue().splitlines()[: len(expected)] == expected
