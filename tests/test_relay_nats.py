@@ -901,3 +901,31 @@ def test_a_stream_named_error_is_acknowledged(tmp_path: Path) -> None:
             assert_exactly_once_in_order(asyncio.run(read_stream(server.url, "error")), db)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("name", ["postgres", "mysql"])
+def test_a_refused_login_is_raised_not_retried(name: str, js: JetStream, tmp_path: Path) -> None:
+    """A factory whose login the server refuses (no such role, a wrong
+    password) is no lost connection: the relay raises it, as processors do,
+    instead of asking for its lease again for ever."""
+    from pupsourcing.aio import database
+
+    with made_backend(name, tmp_path) as backend:
+        if name == "postgres":
+            refused_url = backend.url.replace("://postgres@", "://no_such_role_7@", 1)
+            says = 'role "no_such_role_7" does not exist'
+        else:
+            scheme = "mysql+mysqldb://" if backend.driver == "MySQLdb" else "mysql://"
+            refused_url = backend.url.replace("mysql://root@", f"{scheme}root:wrong-pw@", 1)
+            says = "Access denied"
+        assert refused_url != backend.url
+        refused = database(refused_url, backend.store.config)
+        stream, prefix = js.new_stream()
+        r = NatsRelay(refused.connect, refused.store, stream=stream, subject_prefix=prefix)
+
+        async def go() -> int:
+            async with r:
+                return await asyncio.wait_for(r.catch_up(), 15)
+
+        with pytest.raises(Exception, match=says):
+            asyncio.run(go())

@@ -243,9 +243,12 @@ class NatsRelay:
                 return None
 
     async def _take_lease(self, lease: RelayLease, stop: asyncio.Event | None) -> bool:
-        """Wait until this copy holds the lease; ``False`` when stopped first."""
+        """Wait until this copy holds the lease; ``False`` when stopped first.
+        A lost connection or a transient error is retried with back-off;
+        any other (a refused login, a missing privilege) is raised."""
         standby = False
         delay = RECONNECT_INITIAL_DELAY
+        dialect = self._processor.store.dialect
         while True:
             try:
                 if await lease.acquire():
@@ -264,6 +267,8 @@ class NatsRelay:
                     standby = True
                 delay = RECONNECT_INITIAL_DELAY
             except Exception as exc:
+                if not (dialect.is_connection_error(exc) or dialect.is_transient(exc)):
+                    raise
                 self.logger.warning(
                     "relay %s: lease: %s: %s; retrying in %.1fs",
                     self.checkpoint_name,
