@@ -375,7 +375,9 @@ class Repository(_RepositoryPlans[A]):
         pending events; so does saving again (with or without new events) an
         aggregate whose last save's transaction rolled back, which costs one
         read for an object saved before. Raises :class:`CodecError` before anything is written
-        when an event or the snapshot state cannot be encoded. Never commits.
+        when an event or the snapshot state cannot be encoded, and
+        :class:`~pupsourcing.InvalidEventError` when the metadata (or a
+        causation or correlation id) cannot be stored. Never commits.
         """
         plan = self._save_plan(aggregate, metadata, causation_id, correlation_id)
         return drive(plan, lambda call: getattr(self.store, call.method)(tx, *call.args))
@@ -417,7 +419,9 @@ class AsyncRepository(_RepositoryPlans[A]):
         pending events; so does saving again (with or without new events) an
         aggregate whose last save's transaction rolled back, which costs one
         read for an object saved before. Raises :class:`CodecError` before anything is written
-        when an event or the snapshot state cannot be encoded. Never commits.
+        when an event or the snapshot state cannot be encoded, and
+        :class:`~pupsourcing.InvalidEventError` when the metadata (or a
+        causation or correlation id) cannot be stored. Never commits.
         """
         plan = self._save_plan(aggregate, metadata, causation_id, correlation_id)
         return await drive_async(
