@@ -558,6 +558,31 @@ def test_a_second_signal_stops_everything_at_once(
     assert_exactly_once_up_to_checkpoints(sqlite_db, total=2)
 
 
+def test_a_stop_signalled_to_every_process_at_once_is_one_clean_stop(
+    backend: Backend, running: list[Running]
+) -> None:
+    """``systemctl stop`` (KillMode=control-group) sends SIGTERM to the
+    supervisor and to every worker at once: the SIGTERM the supervisor then
+    forwards is the workers' second, which must not abort their batches."""
+    prepare(backend, aggregates=20, per_aggregate=4)  # 80 events
+    supervisor = Running(
+        "projections", "run", "cli_projections:Recorder", "--partitions", "2",
+        "--db", backend.url, "--batch-size", "10", "--no-progress",
+        RECORDER_DELAY="0.05",  # a batch takes half a second
+    )  # fmt: skip
+    running.append(supervisor)
+    pids = [int(supervisor.wait_for_line(STARTED, n)[2]) for n in (1, 2)]
+    wait_for(lambda: count(backend) >= 10, what="a batch", run=supervisor)
+    for pid in (supervisor.process.pid, *pids):
+        os.kill(pid, signal.SIGTERM)
+    assert supervisor.wait() == 0, supervisor.stderr
+    assert "stopping now" not in supervisor.stderr
+    assert "all workers stopped" in supervisor.stderr
+    assert not any(alive(pid) for pid in pids)
+    assert 10 <= count(backend) < 80
+    assert_exactly_once_up_to_checkpoints(backend, total=2)
+
+
 def test_workers_stop_when_the_supervisor_dies(sqlite_db: Backend, running: list[Running]) -> None:
     prepare(sqlite_db, aggregates=4, per_aggregate=2)
     supervisor = Running(

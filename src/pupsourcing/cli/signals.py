@@ -28,18 +28,22 @@ def exit_now(signum: int) -> None:
 def stop_on_signals(
     stop: threading.Event,
     what: str = "stopping after the current batch",
-    on_second: Callable[[int], None] = exit_now,
+    on_second: Callable[[int], None] | None = exit_now,
 ) -> Iterator[None]:
     """While inside, the first SIGINT/SIGTERM sets ``stop``; the next one
-    calls ``on_second`` with its number."""
+    calls ``on_second`` with its number (``None``: it changes nothing)."""
 
     def handle(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if stop.is_set():
+            if on_second is None:
+                logger.info("%s again: already %s", name, what)
+                return
             logger.warning("%s again: stopping now", name)
             on_second(signum)
             return
-        logger.warning("%s: %s (send it again to stop at once)", name, what)
+        again = "" if on_second is None else " (send it again to stop at once)"
+        logger.warning("%s: %s%s", name, what, again)
         stop.set()
 
     previous = {signum: signal.signal(signum, handle) for signum in SIGNALS}

@@ -49,6 +49,19 @@ def watch_supervisor(stop: threading.Event) -> None:
     threading.Thread(target=wait, name="pupsourcing-supervisor-watch", daemon=True).start()
 
 
+def _stop_on_signals(
+    args: argparse.Namespace, stop: threading.Event
+) -> contextlib.AbstractContextManager[None]:
+    """The first signal stops after the current batch; for a worker on its
+    own, a second one stops at once. A supervised worker ignores the second:
+    the supervisor forwards its own SIGTERM, which is the worker's second
+    when one stop reached every process at once (``systemctl stop``), and
+    kills its workers itself when told twice."""
+    if args.supervised:
+        return stop_on_signals(stop, on_second=None)
+    return stop_on_signals(stop)
+
+
 def run(args: argparse.Namespace) -> int:
     projections = load_projections(args.projections)
     config = ProcessorConfig(
@@ -122,7 +135,7 @@ def _run(
         tracked = {p.name: [config.checkpoint_name(p.name)] for p in projections}
         monitor = ProgressMonitor(db, tracked, console, interval=args.progress_interval)
     stop = threading.Event()
-    with stop_on_signals(stop):
+    with _stop_on_signals(args, stop):
         if args.supervised:
             watch_supervisor(stop)
         if monitor is not None:
@@ -175,7 +188,7 @@ def _run_claiming(
         }
         monitor = ProgressMonitor(db, tracked, console, interval=args.progress_interval)
     stop = threading.Event()
-    with stop_on_signals(stop):
+    with _stop_on_signals(args, stop):
         if args.supervised:
             watch_supervisor(stop)
         if monitor is not None:
