@@ -316,6 +316,8 @@ def test_one_scrape_sees_every_partition(
     assert count(backend) == 60  # 59 handled and the row put there by hand
     run.signal(signal.SIGTERM)
     assert run.wait() == 0, run.stderr
+    # Nothing but log lines: no warning of prometheus-client's as a worker stops.
+    assert "UserWarning" not in run.stderr, run.stderr
 
 
 def test_a_metrics_port_in_use_is_one_line(sqlite_db: Backend) -> None:

@@ -312,8 +312,10 @@ class _MetricsObserver(_observe.Observer):
 
     def stopped(self, sub: Subscription) -> None:
         """The partition's gauges go (under ``--claim`` it may now run in
-        another process, whose gauges are the truth); counts stay."""
-        if self._partitions.pop(sub.checkpoint_name, None) is None:
+        another process, whose gauges are the truth); counts stay. In
+        multiprocess mode, which cannot remove them (prometheus-client warns),
+        they go when the process has exited (``mark_process_dead``)."""
+        if self._partitions.pop(sub.checkpoint_name, None) is None or not _in_process():
             return
         labels = (sub.name, str(sub.partition_key))
         for gauge in (self.metrics.projection_checkpoint, self.metrics.projection_lag_events):
