@@ -957,3 +957,32 @@ def test_leases_not_released_for_a_database_down_is_one_line(
     assert len(lines) == 1, records.messages(logging.WARNING)
     assert lines[0].startswith("partition leases not released (they expire): ")
     assert "\n" not in lines[0], lines[0]
+
+
+def test_claim_stopped_while_the_database_is_down_does_not_say_leases_released(
+    private_postgres: Any,
+) -> None:
+    from conftest import close_backend, private_backend
+
+    backend = private_backend(private_postgres)
+    try:
+        run = Running(
+            "projections", "run", "claim_projections:recorder", "--total-partitions", "2",
+            "--claim", "--lease-ttl", "2", "--no-progress", "-v",
+            PUPSOURCING_DB=backend.url,
+        )  # fmt: skip
+        try:
+            run.wait_for_line(r"partition 1 of 2\): claimed by")
+            run.wait_for_line(r"partition 0 of 2\): claimed by")
+            private_postgres.stop()
+            run.wait_for_line("lost its connection")
+            run.signal(signal.SIGTERM)
+            assert run.wait() == 0, run.stderr
+        finally:
+            run.kill()
+        assert "partition leases not released (they expire)" in run.stderr
+        assert "leases released" not in run.stderr, run.stderr
+        assert "stopped claimed" in run.stderr
+    finally:
+        private_postgres.ensure_started()
+        close_backend(backend)

@@ -198,5 +198,6 @@ def _run_claiming(
         finally:
             if monitor is not None:
                 monitor.close()
-    logger.info("stopped %s; leases released", names)
+    # (the runner has given its leases back, or warned that they expire)
+    logger.info("stopped %s", names)
     return 0
