@@ -746,6 +746,7 @@ def test_a_runner_s_lease_lines_name_the_partition(
 
         asyncio.run(scenario())
     lines = {r.getMessage(): r for r in records.records if r.levelno == logging.INFO}
+    assert "partition leases released" in lines, list(lines)  # the clean stop gave them back
     for key in (0, 1):
         record = lines[f"projection lines (partition {key} of 2): claimed by a"]
         fields: dict[str, object] = {"projection": "lines", "checkpoint_name": f"lines_p{key}"}

@@ -153,6 +153,7 @@ class AsyncClaimingRunner:
                 for p in projections:
                     await self._drive(conn, self._plans.release_all(p.name, self.owner))
                     await self._drive(conn, self._plans.leave(p.name, self.owner))
+                self._log.info("partition leases released")
                 break
             except Exception as exc:
                 await close_quietly(conn)

@@ -335,6 +335,7 @@ class ClaimingRunner:
                     for p in projections:
                         self._drive(conn, self._plans.release_all(p.name, self.owner))
                         self._drive(conn, self._plans.leave(p.name, self.owner))
+                    self._log.info("partition leases released")
                     break
                 except Exception as exc:
                     _close(conn)
