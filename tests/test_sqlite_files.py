@@ -20,18 +20,19 @@ from helpers import events
 from pupsourcing import ExpectedVersion
 from pupsourcing.adapters.sqlite import SQLiteStore, connect
 
-NOBODY = 65534
 
-
-def _as_reader(argv: list[str]) -> list[str]:
-    """``argv`` run by a user who may not write the file: root may write any
-    file whatever its mode, so as root the command runs as nobody."""
+def _as_reader(argv: list[str], folder: Path) -> list[str]:
+    """``argv`` run by a process that may not write in ``folder``: root may
+    write any file whatever its mode, so as root the command runs in a
+    mount namespace of its own where ``folder`` is mounted read-only (a
+    user switch would need the checkout and its venv readable to that
+    user, which a clean clone in a private directory is not)."""
     if os.geteuid() != 0:
         return argv
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv to drop to another user")
-    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+    unshare = shutil.which("unshare")
+    assert unshare is not None, "running as root needs unshare to make a read-only mount"
+    mount = f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder}"
+    return [unshare, "--mount", "sh", "-c", f'{mount} && exec "$@"', "sh", *argv]
 
 
 @pytest.fixture
@@ -55,9 +56,14 @@ def read_only_db() -> Iterator[Path]:
         shutil.rmtree(folder)
 
 
-def _run_as_reader(argv: list[str]) -> subprocess.CompletedProcess[str]:
+def _run_as_reader(argv: list[str], folder: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        _as_reader(argv), capture_output=True, text=True, timeout=60, env=cli_env(), cwd="/"
+        _as_reader(argv, folder),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        cwd="/",
     )
 
 
@@ -92,7 +98,8 @@ def test_connect_reads_a_file_it_may_not_write(read_only_db: Path, create: str) 
     """``connect`` (and ``connect_async``) switch a file to WAL mode, which writes to it; on a
     file the process may only read, reads still work and writes fail with
     SQLite's own error."""
-    done = _run_as_reader([sys.executable, "-c", _READ_THEN_WRITE, str(read_only_db), create])
+    argv = [sys.executable, "-c", _READ_THEN_WRITE, str(read_only_db), create]
+    done = _run_as_reader(argv, read_only_db.parent)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "2 2",
@@ -116,7 +123,8 @@ def test_connect_reads_a_file_it_may_not_write(read_only_db: Path, create: str) 
 def test_the_command_line_reads_a_file_it_may_not_write(
     read_only_db: Path, command: list[str], shown: str
 ) -> None:
-    done = _run_as_reader(cli_argv(*command, "--db", f"sqlite:///{read_only_db}"))
+    argv = cli_argv(*command, "--db", f"sqlite:///{read_only_db}")
+    done = _run_as_reader(argv, read_only_db.parent)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout.startswith(shown), done.stdout
