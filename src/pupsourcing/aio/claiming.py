@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from pupsourcing._text import one_line
 from pupsourcing.aio.processor import AsyncProcessor, close_quietly
@@ -22,10 +22,14 @@ from pupsourcing.projection.claiming import (
 )
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.protocols import AsyncProjection
+from pupsourcing.store.async_base import AsyncSQLStore
 from pupsourcing.store.leases import Lease, LeasePlans
 from pupsourcing.store.plan import Plan
 
 __all__ = ["AsyncClaimingRunner"]
+
+
+T = TypeVar("T")
 
 
 class _Partition:
@@ -172,30 +176,10 @@ class AsyncClaimingRunner:
             part.releasing = True
 
     async def _lease_connection(self) -> Any:
-        """A new connection for the lease statements, its session prepared
-        for them (see :meth:`LeasePlans.prepare
-        <pupsourcing.store.leases.LeasePlans.prepare>`); closed if that fails."""
-        conn = await self._db()
-        try:
-            await self._drive(conn, self._plans.prepare())
-        except BaseException:
-            await close_quietly(conn)
-            raise
-        return conn
+        return await lease_connection(self._db, self._store)
 
     async def _drive(self, conn: Any, plan: Plan[Any]) -> Any:
-        try:
-            result = await self._store._run(conn, self._plans.transaction(plan))
-        except BaseException:
-            # The rollback of a connection that failed, or that asyncmy closed
-            # when a cancellation cut its reply short, fails too: its error
-            # must not take the place of the one raised (a cancellation
-            # would become a lease error, retried).
-            with contextlib.suppress(Exception):
-                await self._store._end_transaction(conn, commit=False)
-            raise
-        await self._store._end_transaction(conn, commit=True)
-        return result
+        return await drive_lease(self._store, conn, plan)
 
     def _reap(self, pending: list[tuple[str, int]]) -> BaseException | None:
         error = None
@@ -244,3 +228,32 @@ class AsyncClaimingRunner:
                 self._log.info("projection %s: claimed by %s", label, me, extra=fields)
                 more -= 1
         return next_look(ttl, me, leases)
+
+
+async def lease_connection(db: Callable[[], Awaitable[Any]], store: AsyncSQLStore[Any]) -> Any:
+    """A new connection from ``db`` for lease statements, its session
+    prepared for them (see :meth:`LeasePlans.prepare
+    <pupsourcing.store.leases.LeasePlans.prepare>`); closed if that fails."""
+    conn = await db()
+    try:
+        await drive_lease(store, conn, store.dialect.leases.prepare())
+    except BaseException:
+        await close_quietly(conn)
+        raise
+    return conn
+
+
+async def drive_lease(store: AsyncSQLStore[Any], conn: Any, plan: Plan[T]) -> T:
+    """``plan`` as one committed lease transaction on ``conn``."""
+    try:
+        result = await store._run(conn, store.dialect.leases.transaction(plan))
+    except BaseException:
+        # The rollback of a connection that failed, or that asyncmy closed
+        # when a cancellation cut its reply short, fails too: its error
+        # must not take the place of the one raised (a cancellation
+        # would become a lease error, retried).
+        with contextlib.suppress(Exception):
+            await store._end_transaction(conn, commit=False)
+        raise
+    await store._end_transaction(conn, commit=True)
+    return result

@@ -12,12 +12,12 @@ batch) when the lease was taken over or could not be renewed for most of it.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from pupsourcing.aio.claiming import drive_lease, lease_connection
 from pupsourcing.aio.processor import close_quietly
 from pupsourcing.projection.claiming import default_owner
 from pupsourcing.store.async_base import AsyncSQLStore
@@ -103,25 +103,15 @@ class RelayLease:
     async def _drive(self, plan: Plan[T]) -> T:
         """``plan`` as one committed lease transaction; the connection is
         dropped after a failure other than a transient one."""
-        store = self.store
         if self._conn is None:
-            opened = self.factory()
-            conn = (await opened) if inspect.isawaitable(opened) else opened
-            try:
-                await store._run(conn, self._plans.prepare())
-                await store._end_transaction(conn, commit=True)
-            except BaseException:
-                await close_quietly(conn)
-                raise
-            self._conn = conn
-        conn = self._conn
+            self._conn = await lease_connection(self._open, self.store)
         try:
-            result = await store._run(conn, self._plans.transaction(plan))
-            await store._end_transaction(conn, commit=True)
+            return await drive_lease(self.store, self._conn, plan)
         except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await store._end_transaction(conn, commit=False)
-            if not (isinstance(exc, Exception) and store.dialect.is_transient(exc)):
+            if not (isinstance(exc, Exception) and self.store.dialect.is_transient(exc)):
                 await self.close()
             raise
-        return result
+
+    async def _open(self) -> Any:
+        opened = self.factory()
+        return (await opened) if inspect.isawaitable(opened) else opened
