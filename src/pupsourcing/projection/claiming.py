@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import socket
 import threading
@@ -14,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from pupsourcing._outage import Outage
 from pupsourcing._text import one_line
 from pupsourcing.projection.batch import (
     Logger,
@@ -358,37 +358,28 @@ class LeaseOutage:
 
     def __init__(self, log: Logger) -> None:
         self._log = log
-        self._since: float | None = None
-        self._warned = 0.0
-        self._failures = 0
+        self._outage = Outage(RECONNECT_WARNING)
 
     def failed(self, exc: Exception, retry_in: float) -> None:
         """A pass of the lease loop failed with ``exc``; the next in ``retry_in`` s."""
-        now = time.monotonic()
-        self._failures += 1
-        if self._since is None:
-            self._since = self._warned = now
+        level = self._outage.failed()
+        if self._outage.failures == 1:
             self._log.warning("partition leases: %s; retrying in %.1fs", one_line(exc), retry_in)
             return
-        still = now - self._warned >= RECONNECT_WARNING
-        if still:
-            self._warned = now
         self._log.log(
-            logging.WARNING if still else logging.DEBUG,
+            level,
             "partition leases still fail after %d attempts in %.0f s (%s); retrying in %.1fs",
-            self._failures,
-            now - self._since,
+            self._outage.failures,
+            self._outage.lasted,
             one_line(exc),
             retry_in,
         )
 
     def ended(self) -> None:
         """A pass of the lease loop succeeded."""
-        if self._since is not None:
-            self._log.info(
-                "partition leases renewed again after %.1f s", time.monotonic() - self._since
-            )
-            self._since, self._failures = None, 0
+        lasted = self._outage.ended()
+        if lasted is not None:
+            self._log.info("partition leases renewed again after %.1f s", lasted)
 
 
 def partition_log(config: ProcessorConfig, name: str, key: int) -> tuple[str, dict[str, object]]:

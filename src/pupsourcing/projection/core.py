@@ -14,7 +14,6 @@ them out, blocking or awaiting.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 import weakref
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pupsourcing import _observe
+from pupsourcing._outage import Outage
 from pupsourcing._text import one_line
 from pupsourcing.core.errors import PartitionLayoutError, ProjectionError
 from pupsourcing.projection.batch import (
@@ -462,6 +462,8 @@ def reconnect(
     seconds while they go on; the reconnect is INFO. ``extra``: the log
     records' fields. Shared by the processors and ``events tail -f``."""
     delay = RECONNECT_INITIAL_DELAY
+    outage = Outage(RECONNECT_WARNING)
+    outage.failed()  # the loss, an ERROR:
     logger.error(
         "%s lost its connection (%s); reconnecting in %.1fs",
         who,
@@ -469,37 +471,32 @@ def reconnect(
         delay,
         extra=extra,
     )
-    lost = warned = time.monotonic()
-    attempts = 0
     while True:
         yield DISCONNECT
         if (yield Pause(delay)):
             return
-        attempts += 1
         try:
             yield CONNECT
         except Exception as exc:
             if not dialect.is_connection_error(exc):
                 raise
             delay = min(delay * 2, RECONNECT_MAX_DELAY)
-            now = time.monotonic()
-            still = now - warned >= RECONNECT_WARNING
+            level = outage.failed()
+            attempts = outage.failures - 1  # the first was the loss
             logger.log(
-                logging.WARNING if still else logging.DEBUG,
+                level,
                 "%s still has no connection after %d attempt%s in %.0f s (%s); "
                 "reconnecting in %.1fs",
                 who,
                 attempts,
                 "" if attempts == 1 else "s",
-                now - lost,
+                outage.lasted,
                 one_line(exc),
                 delay,
                 extra=extra,
             )
-            if still:
-                warned = now
             continue
-        logger.info("%s reconnected after %.1f s", who, time.monotonic() - lost, extra=extra)
+        logger.info("%s reconnected after %.1f s", who, outage.ended(), extra=extra)
         return
 
 
