@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pupsourcing import _observe
 from pupsourcing._extras import needs_extra
+from pupsourcing._outage import Outage
 from pupsourcing._text import one_line
 from pupsourcing.core.errors import (
     OptimisticConcurrencyError,
@@ -347,9 +349,9 @@ class DeadLettersCollector(Collector):
         self._connect = connect
         self._store = store
         self._reported = _reported(projections)
-        self._failing = False
-        """Whether the last count failed (its warning was given)."""
-        self._failing_lock = threading.Lock()  # scrapes may run at once
+        self._outage = Outage(math.inf)
+        """Failed counts: a WARNING once per outage, not at every scrape."""
+        self._outage_lock = threading.Lock()  # scrapes may run at once
 
     def describe(self) -> Iterable[Metric]:
         return [GaugeMetricFamily(self.NAME, self.HELP, labels=PROJECTION_LABELS)]
@@ -359,20 +361,19 @@ class DeadLettersCollector(Collector):
         try:
             counts = self._count()
         except Exception as exc:  # a scrape must not fail because the database did
-            # Once per outage, not at every scrape.
-            with self._failing_lock:
-                failing, self._failing = self._failing, True
+            with self._outage_lock:
+                level = self._outage.failed()
             logger.log(
-                logging.DEBUG if failing else logging.WARNING,
+                level,
                 "counting dead letters failed (%s); %s is left out of the scrapes until "
                 "they can be counted again",
                 one_line(exc),
                 self.NAME,
             )
             return []
-        with self._failing_lock:
-            recovered, self._failing = self._failing, False
-        if recovered:
+        with self._outage_lock:
+            ended = self._outage.ended()
+        if ended is not None:
             logger.info("dead letters can be counted again")
         for (projection, partition), count in sorted(counts.items()):
             family.add_metric([projection, partition], count)
