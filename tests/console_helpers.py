@@ -114,7 +114,6 @@ def serve_mounted(backend: Backend, how: str, token: str | None = None) -> Threa
     ``how`` is ``"mount"`` (a ``Mount`` in another Starlette application,
     which runs no lifespan for it) or ``"root-path"`` (uvicorn's
     ``--root-path``, as behind a proxy that strips the prefix)."""
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Mount, Route
@@ -125,7 +124,6 @@ def serve_mounted(backend: Backend, how: str, token: str | None = None) -> Threa
     console = create_app(
         database(backend.url, backend.store.config, create=False), token=token, poll_interval=0.2
     )
-    root_path = ""
     if how == "mount":
         outer = Starlette(
             routes=[
@@ -133,14 +131,21 @@ def serve_mounted(backend: Backend, how: str, token: str | None = None) -> Threa
                 Mount(PREFIX, app=console),
             ]
         )
-    else:
-        outer, root_path = console, PREFIX
+        return serve_app(outer, root="", client_root=PREFIX)
+    return serve_app(console, root=PREFIX, client_root="")
+
+
+def serve_app(app: Any, root: str = "", client_root: str = "") -> ThreadServer:
+    """uvicorn serving ``app`` on a thread of this process (with ``root``
+    as its root path), on a free port of 127.0.0.1."""
+    import uvicorn
+
     port = free_port()
     config = uvicorn.Config(
-        outer,
+        app,
         host="127.0.0.1",
         port=port,
-        root_path=root_path,
+        root_path=root,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=1,
@@ -154,7 +159,7 @@ def serve_mounted(backend: Backend, how: str, token: str | None = None) -> Threa
             server.should_exit = True
             raise AssertionError("uvicorn did not start")
         time.sleep(0.05)
-    return ThreadServer(server, thread, f"http://127.0.0.1:{port}", "" if root_path else PREFIX)
+    return ThreadServer(server, thread, f"http://127.0.0.1:{port}", client_root)
 
 
 class Poisoned:

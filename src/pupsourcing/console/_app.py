@@ -7,7 +7,7 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote
@@ -52,6 +52,8 @@ _KINDS_TTL = 30.0
 _FEED_BATCH = 200
 _LOGIN_PAUSE = 0.5
 _MAX_FORM = 4096
+_SHARED_MOST = 256
+"""Answers kept for the pages' polls between two samples of the head."""
 
 
 MAX_POSITION = 2**63 - 1
@@ -169,6 +171,8 @@ class Console:
         self.token = token
         self.reader = Reader(db)
         self.watcher = HeadWatcher(self.reader, poll_interval)
+        self._shared: dict[Hashable, asyncio.Future[Any]] = {}
+        self._shared_sample = -1
         package = resources.files("pupsourcing.console") / "static"
         self._known_kinds: tuple[float, list[tuple[str, str]]] | None = None
         self._code_points: bool | None = None
@@ -186,6 +190,24 @@ class Console:
             message = driver_error_message(exc) or str(exc)
             raise HTTPException(503, self.db.url.scrub(message)) from None
 
+    async def shared_read(self, key: Hashable, query: Callable[[Any], T]) -> T:
+        """:meth:`read`, shared by every request asking the same (``key``)
+        until the head watcher's next sample: the overview and stream pages
+        poll, and many open pages cost one read per poll interval, not one
+        each. An answer is at most that interval old."""
+        await self.watcher.start()
+        if self._shared_sample != self.watcher.samples:
+            self._shared_sample, self._shared = self.watcher.samples, {}
+        found = self._shared.get(key)
+        if found is None:
+            found = asyncio.ensure_future(self.read(query))
+            found.add_done_callback(lambda f: f.cancelled() or f.exception())
+            if len(self._shared) < _SHARED_MOST:
+                self._shared[key] = found
+        # Shielded: a client leaving does not cancel the others' answer.
+        result: T = await asyncio.shield(found)
+        return result
+
     # -- the JSON API ---------------------------------------------------------------
 
     async def api_head(self, request: Request) -> Response:
@@ -196,15 +218,16 @@ class Console:
         return JSONResponse(await self.read(lambda c: _queries.projections(self.db, c)))
 
     async def api_overview(self, request: Request) -> Response:
-        await self.watcher.start()
-        found = await self.read(lambda c: _queries.overview(self.db, c))
+        found = await self.shared_read("overview", lambda c: _queries.overview(self.db, c))
         return JSONResponse({**found, "events_per_second": self.watcher.rates()})
 
     async def api_stream(self, request: Request) -> Response:
         key = _key(request)
         low = _int(request, "from_version", None, 1, MAX_POSITION)
         high = _int(request, "to_version", None, 1, MAX_POSITION)
-        found = await self.read(lambda c: _queries.stream(self.db, c, key, low, high))
+        found = await self.shared_read(
+            ("stream", key, low, high), lambda c: _queries.stream(self.db, c, key, low, high)
+        )
         if found is None:
             raise HTTPException(404, "no events for this aggregate")
         return JSONResponse(found)
@@ -273,11 +296,10 @@ class Console:
         else:
             start = _int(request, "after", None, 0, MAX_POSITION)
             after = self.watcher.safe if start is None else start
-        return StreamingResponse(
-            self._feed(after),
-            media_type="text/event-stream",
-            headers={"X-Accel-Buffering": "no"},
-        )
+        headers = {"X-Accel-Buffering": "no"}
+        if request.method == "HEAD":  # the headers only: a feed never ends by itself
+            return Response(media_type="text/event-stream", headers=headers)
+        return StreamingResponse(self._feed(after), media_type="text/event-stream", headers=headers)
 
     async def _feed(self, after: int) -> AsyncIterator[str]:
         yield "retry: 2000\n\n"

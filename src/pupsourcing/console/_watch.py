@@ -43,6 +43,8 @@ class HeadWatcher:
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._sampled = asyncio.Event()
+        self.samples = 0
+        """How many samples were taken (each ends an interval of shared reads)."""
         self.closing = False
         """Set by :meth:`end_feeds`: the live feeds end instead of waiting."""
 
@@ -96,6 +98,7 @@ class HeadWatcher:
         return Probe(store.head_position(conn), frozenset())
 
     async def _sample(self) -> None:
+        self.samples += 1
         try:
             probe = await self.reader.run(self._probe)
         except Exception as exc:
