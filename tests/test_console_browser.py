@@ -160,7 +160,7 @@ def test_overview_stream_and_live_events(browser: Any, shown: tuple[Backend, Ser
 
 def test_mounted_under_a_path(browser: Any, mounted: tuple[Backend, ThreadServer]) -> None:
     """Mounted at /console: signing in, the stylesheet, every page's data
-    and the live log, all fetched under the path."""
+    and the live log, all fetched under the path; signing out."""
     from playwright.sync_api import expect
 
     backend, server = mounted
@@ -204,8 +204,15 @@ def test_mounted_under_a_path(browser: Any, mounted: tuple[Backend, ThreadServer
     page.get_by_role("link", name="Shop / Order / order-1").click()
     expect(page).to_have_url(server.url("/streams/Shop/Order/order-1"))
     expect(page.get_by_role("list", name="events").locator(":scope > li")).to_have_count(5)
-
     assert problems == []
+
+    # Signing out: the browser drops the cookie (cleared for the path it
+    # was set for) and the console asks for the token again.
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(server.url("/login"))
+    assert page.context.cookies() == []
+    page.goto(server.url("/log"))
+    expect(page.get_by_label("Access token")).to_be_visible()
 
 
 def test_payloads_json_cannot_carry_as_stored_show_as_stored(

@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,10 +32,12 @@ from pupsourcing.console._paths import below, route_path, url_root
 from pupsourcing.console._readonly import Reader
 from pupsourcing.console._security import (
     COOKIE,
+    RETRY_AFTER,
     SESSION_SECONDS,
+    SIGNED_IN,
+    Access,
     Guard,
     new_cookie,
-    token_matches,
     token_problem,
 )
 from pupsourcing.console._watch import HeadWatcher
@@ -50,7 +52,6 @@ _RETRY = 2.0
 """Seconds a live feed waits after a read failed before reading again."""
 _KINDS_TTL = 30.0
 _FEED_BATCH = 200
-_LOGIN_PAUSE = 0.5
 _MAX_FORM = 4096
 _SHARED_MOST = 256
 """Answers kept for the pages' polls between two samples of the head."""
@@ -168,7 +169,7 @@ class Console:
 
     def __init__(self, db: Database, token: str | None, poll_interval: float) -> None:
         self.db = db
-        self.token = token
+        self.access = None if token is None else Access(token)
         self.reader = Reader(db)
         self.watcher = HeadWatcher(self.reader, poll_interval)
         self._shared: dict[Hashable, asyncio.Future[Any]] = {}
@@ -380,25 +381,38 @@ class Console:
         return HTMLResponse(_pages.login(next_path=next_path, root=url_root(request.scope)))
 
     async def login(self, request: Request) -> Response:
+        _same_origin(request)
         form = await _form(request)
         given = (form.get("token") or [""])[0]
         next_path = _safe_next((form.get("next") or ["/"])[0])
         root = url_root(request.scope)
-        if self.token is None:
+        if self.access is None:
             return RedirectResponse(root + next_path, 303)
-        if not token_matches(given.encode("utf-8"), self.token):
-            await asyncio.sleep(_LOGIN_PAUSE)  # slows guessing down
+        right = self.access.try_token(request.scope, given.encode("utf-8"))
+        if right is None:
+            wait = request.scope[RETRY_AFTER]
+            error = f"Too many wrong tokens from your address: try again in {wait} s."
+            page = _pages.login(error, next_path, root)
+            return HTMLResponse(page, 429, headers={"Retry-After": str(wait)})
+        if not right:
             return HTMLResponse(_pages.login("That token is not right.", next_path, root), 401)
         response = RedirectResponse(root + next_path, 303)
         response.set_cookie(
-            COOKIE,
-            new_cookie(self.token),
-            max_age=SESSION_SECONDS,
-            path=root or "/",  # only the console's paths: not a whole site it is mounted in
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
+            COOKIE, new_cookie(self.access.token), max_age=SESSION_SECONDS, **_cookie(request)
         )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        """Signing out: the cookie cleared (and revoked), then the login page."""
+        _same_origin(request)
+        root = url_root(request.scope)
+        if self.access is None:
+            return RedirectResponse(root + "/", 303)
+        signed_in = request.scope.get(SIGNED_IN)
+        if signed_in is not None:
+            self.access.revoke(signed_in)
+        response = RedirectResponse(root + "/login", 303)
+        response.delete_cookie(COOKIE, **_cookie(request))
         return response
 
     async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -406,8 +420,12 @@ class Console:
         a ``Host`` that is not loopback)."""
         path = route_path(scope)
         response: Response
-        if self.token is None:
+        wait = scope.get(RETRY_AFTER)
+        if self.access is None:
             response = JSONResponse({"error": "the Host header must name a loopback address"}, 403)
+        elif wait is not None:
+            message = f"too many wrong tokens from this address: try again in {wait} s"
+            response = JSONResponse({"error": message}, 429, headers={"Retry-After": str(wait)})
         elif _is_api(path):
             response = JSONResponse(
                 {"error": "authentication required: send Authorization: Bearer <token>"},
@@ -418,6 +436,32 @@ class Console:
             login = _pages.login(next_path=_safe_next(_came_for(scope)), root=url_root(scope))
             response = HTMLResponse(login, 401)
         await response(scope, receive, send)
+
+
+def _cookie(request: Request) -> dict[str, Any]:
+    """The login cookie's attributes: set and cleared with the same, or a
+    browser keeps the cookie it has."""
+    return {
+        "path": url_root(request.scope) or "/",  # the console's paths, not a whole site
+        "httponly": True,
+        "samesite": "strict",
+        "secure": request.url.scheme == "https",
+    }
+
+
+def _same_origin(request: Request) -> None:
+    """A 403 for a form another site posts (to sign its visitor in or
+    out): by ``Sec-Fetch-Site``, or where a browser does not send it, by
+    ``Origin`` (a request with neither is not a browser's form)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        cross = site not in ("same-origin", "none")
+    else:
+        origin = request.headers.get("origin")
+        host = request.headers.get("host", "").lower()
+        cross = origin is not None and (origin == "null" or urlsplit(origin).netloc.lower() != host)
+    if cross:
+        raise HTTPException(403, "refused: the form was posted from another site")
 
 
 async def _form(request: Request) -> dict[str, list[str]]:
@@ -454,8 +498,10 @@ def _is_api(path: str) -> bool:
 
 
 def _page(request: Request, title: str, view: str, body: str = "", **data: str) -> str:
-    """:func:`_pages.page`, its URLs under the console's root path."""
-    return _pages.page(title, view, body, root=url_root(request.scope), **data)
+    """:func:`_pages.page`, its URLs under the console's root path, with a
+    sign-out button when the login cookie let the request in."""
+    signed_in = SIGNED_IN in request.scope
+    return _pages.page(title, view, body, root=url_root(request.scope), signed_in=signed_in, **data)
 
 
 async def _error(request: Request, exc: Exception) -> Response:
@@ -519,6 +565,7 @@ def build(
         Route("/log", console.log_page),
         Route("/dead-letters", console.dead_letters_page),
         Route("/login", console.login_page, methods=["GET", "POST"]),
+        Route("/logout", console.logout, methods=["POST"]),
         Route("/static/{name}", console.static_file),
         Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/api", _api_not_found),
@@ -538,4 +585,4 @@ def build(
 
     handlers = {HTTPException: _error, Exception: _crash}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
-    return Guard(app, token, console.refuse), console
+    return Guard(app, console.access, console.refuse), console

@@ -19,15 +19,24 @@ _NAV = (
 _CURRENT = ' aria-current="page"'
 
 
-def page(title: str, view: str, body: str = "", *, root: str = "", **data: str) -> str:
+def page(
+    title: str, view: str, body: str = "", *, root: str = "", signed_in: bool = False, **data: str
+) -> str:
     """A console page: the navigation, ``body`` (trusted markup) and the
-    ``data-*`` attributes ``console.js`` reads (escaped here)."""
+    ``data-*`` attributes ``console.js`` reads (escaped here); with
+    ``signed_in`` (by the login cookie), a sign-out button."""
     data = {"root": root, **data}
     attrs = "".join(f' data-{escape(k.replace("_", "-"))}="{escape(v)}"' for k, v in data.items())
     current = "streams" if view == "stream" else view
     links = "".join(
         f'<li><a href="{escape(root + href)}"{_CURRENT if key == current else ""}>{label}</a></li>'
         for href, label, key in _NAV
+    )
+    sign_out = (
+        f'<form method="post" action="{escape(root)}/logout" class="sign-out">'
+        '<button type="submit">Sign out</button></form>'
+        if signed_in
+        else ""
     )
     return f"""<!doctype html>
 <html lang="en">
@@ -41,7 +50,7 @@ def page(title: str, view: str, body: str = "", *, root: str = "", **data: str) 
 <body data-view="{escape(view)}"{attrs}>
 <a class="skip" href="#main">Skip to content</a>
 <header><span class="brand">pupsourcing</span>
-<nav aria-label="Console"><ul>{links}</ul></nav></header>
+<nav aria-label="Console"><ul>{links}</ul></nav>{sign_out}</header>
 <main id="main" tabindex="-1">
 <h1>{escape(title)}</h1>
 {body}

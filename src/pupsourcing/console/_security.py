@@ -3,8 +3,10 @@
 Without a token the console trusts its loopback address (and accepts only
 loopback ``Host`` headers, against DNS rebinding). With one, every request
 needs ``Authorization: Bearer <token>`` or the cookie the login page sets
-(which expires); both are compared in constant time, as SHA-256 digests,
-so that the time taken reveals neither value's length.
+(which expires, and which signing out revokes); both are compared in
+constant time, as SHA-256 digests, so that the time taken reveals neither
+value's length. Wrong tokens are limited per client address
+(:class:`Backoff`); the login cookie, a MAC no one can guess, is not.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
+import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,7 +40,12 @@ HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 
-_OPEN_PATHS = frozenset({"/login", "/static/console.css"})
+SIGNED_IN = "pupsourcing.console.signed_in"
+"""Scope key: the valid login cookie the request came with (its bytes)."""
+RETRY_AFTER = "pupsourcing.console.retry_after"
+"""Scope key: whole seconds before the refused client may try a token again."""
+
+_OPEN_PATHS = frozenset({"/login", "/logout", "/static/console.css"})
 """What is served without the token (paths below the console's root path)."""
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
@@ -62,10 +72,12 @@ def token_problem(token: str) -> str | None:
     return None
 
 
-def cookie_value(token: str, expires: int) -> str:
-    """What the login cookie holds: when it expires (Unix time) and a MAC
-    of that made with the token; not the token."""
-    return f"{expires}.{_session_mac(token, expires)}"
+def cookie_value(token: str, expires: int, session: str | None = None) -> str:
+    """What the login cookie holds: when it expires (Unix time), the
+    session's random id (so that signing out revokes this one only) and a
+    MAC of both made with the token; not the token."""
+    session = secrets.token_hex(8) if session is None else session
+    return f"{expires}.{session}.{_session_mac(token, expires, session)}"
 
 
 def new_cookie(token: str) -> str:
@@ -73,18 +85,20 @@ def new_cookie(token: str) -> str:
     return cookie_value(token, int(time.time()) + SESSION_SECONDS)
 
 
-def _session_mac(token: str, expires: int) -> str:
-    message = f"pupsourcing console session until {expires}".encode()
+def _session_mac(token: str, expires: int, session: str) -> str:
+    message = f"pupsourcing console session {session} until {expires}".encode()
     return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
 
 def cookie_matches(value: bytes, token: str) -> bool:
     """Whether ``value`` is a login cookie made with ``token``, not yet expired."""
-    expires, dot, mac = value.partition(b".")
-    if not (dot and expires.isdigit() and len(expires) <= 12):
+    expires, _, rest = value.partition(b".")
+    session, dot, mac = rest.partition(b".")
+    if not (dot and expires.isdigit() and len(expires) <= 12 and session.isalnum()):
         return False
     seconds = int(expires)
-    return _same(mac, _session_mac(token, seconds).encode()) and time.time() < seconds
+    expected = _session_mac(token, seconds, session.decode("ascii"))
+    return _same(mac, expected.encode()) and time.time() < seconds
 
 
 def token_matches(given: bytes, token: str) -> bool:
@@ -107,11 +121,104 @@ def _header(scope: Scope, name: bytes) -> bytes:
     return b""
 
 
-def authorized(scope: Scope, token: str) -> bool:
+def _bearer(scope: Scope) -> bytes | None:
+    """The bearer token the request carries, if any."""
     scheme, _, given = _header(scope, b"authorization").partition(b" ")
-    if scheme.lower() == b"bearer" and token_matches(given.strip(), token):
-        return True
-    return any(cookie_matches(value, token) for value in _login_cookies(scope))
+    return given.strip() if scheme.lower() == b"bearer" else None
+
+
+def client_key(client: tuple[str, int] | None) -> str:
+    """Whose wrong tokens a request's count with: its address, or for IPv6
+    its /64 (what one host is usually given)."""
+    host = client[0] if client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+class Backoff:
+    """Wrong tokens per client: a bucket of ``free`` tries each, one more
+    every ``every`` seconds. A client with none left is refused (429)
+    without its token being looked at, at once, holding no connection.
+    Past ``most`` clients remembered (those with full buckets forgotten
+    first), the others share one bucket."""
+
+    def __init__(
+        self,
+        free: int = 10,
+        every: float = 1.0,
+        most: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.free = free
+        self.every = every
+        self.most = most
+        self.clock = clock
+        self.buckets: dict[str, tuple[float, float]] = {}
+        """Per client: the tries left and when that was counted."""
+
+    def _left(self, key: str) -> float:
+        tries, at = self.buckets.get(key, (self.free, 0.0))
+        return min(self.free, tries + (self.clock() - at) / self.every)
+
+    def _key(self, client: str) -> str:
+        return client if client in self.buckets or len(self.buckets) < self.most else "*"
+
+    def wait(self, client: str) -> float:
+        """Seconds before ``client`` may try a token (0: now)."""
+        left = self._left(self._key(client))
+        return 0.0 if left >= 1 else (1 - left) * self.every
+
+    def failed(self, client: str) -> None:
+        """``client`` sent a wrong token."""
+        if client not in self.buckets and len(self.buckets) >= self.most:
+            full = [k for k in self.buckets if self._left(k) >= self.free]
+            for k in full:
+                del self.buckets[k]
+        key = self._key(client)
+        self.buckets[key] = (self._left(key) - 1, self.clock())
+
+
+class Access:
+    """The token, and what lets a request in with it: the bearer token
+    (limited by :attr:`failures`) or a login cookie not signed out."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.failures = Backoff()
+        self._revoked: dict[bytes, int] = {}
+        """Signed-out cookies, with when they expire anyway."""
+
+    def try_token(self, scope: Scope, given: bytes) -> bool | None:
+        """Whether ``given`` is the token; ``None``, without comparing,
+        while the client must wait (:data:`RETRY_AFTER` says how long)."""
+        client = client_key(scope.get("client"))
+        wait = self.failures.wait(client)
+        if wait > 0:
+            scope[RETRY_AFTER] = max(1, math.ceil(wait))
+            return None
+        if token_matches(given, self.token):
+            return True
+        self.failures.failed(client)
+        return False
+
+    def cookie(self, scope: Scope) -> bytes | None:
+        """The request's valid login cookie, if it has one."""
+        for value in _login_cookies(scope):
+            if value not in self._revoked and cookie_matches(value, self.token):
+                return value
+        return None
+
+    def revoke(self, value: bytes) -> None:
+        """Signing out: the login cookie ``value`` lets no one in again."""
+        now = time.time()
+        self._revoked = {v: t for v, t in self._revoked.items() if t > now}
+        expires = value.partition(b".")[0]
+        self._revoked[value] = int(expires) if expires.isdigit() else SESSION_SECONDS + int(now)
 
 
 def _login_cookies(scope: Scope) -> list[bytes]:
@@ -144,9 +251,9 @@ class Guard:
     the scope (:data:`~pupsourcing.console._paths.ROOT`) for the layers
     within, whose ``root_path`` can be longer."""
 
-    def __init__(self, app: ASGIApp, token: str | None, unauthorized: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access: Access | None, unauthorized: ASGIApp) -> None:
         self.app = app
-        self.token = token
+        self.access = access
         self.unauthorized = unauthorized
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -175,8 +282,15 @@ class Guard:
 
     def _allows(self, scope: Scope) -> bool:
         """Whether the request may reach the routes: with a token, when it
-        carries it (or asks for the login page); without, when it came for
-        a loopback host."""
-        if self.token is None:
+        carries it (or asks for the login page), noting a login cookie in
+        :data:`SIGNED_IN`; without, when it came for a loopback host."""
+        if self.access is None:
             return _host_is_loopback(scope)
-        return route_path(scope) in _OPEN_PATHS or authorized(scope, self.token)
+        cookie = self.access.cookie(scope)
+        if cookie is not None:
+            scope[SIGNED_IN] = cookie
+            return True
+        if route_path(scope) in _OPEN_PATHS:
+            return True
+        given = _bearer(scope)
+        return given is not None and self.access.try_token(scope, given) is True
