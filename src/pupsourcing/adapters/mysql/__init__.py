@@ -9,7 +9,23 @@ offers the same interface, but cannot send ``bytes`` parameters with PyMySQL
 Supported servers: MariaDB 10.5 or newer (tested on 10.11) and MySQL 8.0.19 or
 newer (not tested here: no MySQL server was available; the MySQL-only code
 paths are marked below). Connections must use the ``utf8mb4`` character set
-(PyMySQL's and mysqlclient's default).
+(PyMySQL's, mysqlclient's and asyncmy's default); see below.
+
+Character set
+-------------
+Through a connection in another character set the server stores, and
+returns, ``?`` for the characters that set lacks, without an error under a
+non-strict ``sql_mode``. The store raises :class:`ConnectionCharsetError`
+instead, before sending anything, when the driver's ``character_set_name()``
+is not ``utf8mb4`` (``utf8`` is ``utf8mb3`` to the server) or it returns text
+as bytes (``use_unicode=False``): read before every statement, with no round
+trip. A ``SET NAMES`` after connecting is invisible to the driver: an append
+reads the session's ``character_set_client`` and ``_connection`` back with
+its stored rows (``RETURNING``, or MySQL's ``SELECT`` back) and rolls back
+if they are not ``utf8mb4``; a strict-mode "Incorrect string value" (1366)
+or "Illegal mix of collations" (1267) error is reported the same way; a
+projection processor's horizon probe checks all three character sets with
+its first statement. Plain reads do not re-check the session.
 
 Append
 ------
@@ -110,6 +126,7 @@ from pupsourcing.adapters.mysql._dialect import (
     MAX_TEXT_CHARS,
     MIN_CREATED_AT,
     CollationWarning,
+    ConnectionCharsetError,
 )
 from pupsourcing.adapters.mysql._store import MySQLStore
 
@@ -119,5 +136,6 @@ __all__ = [
     "MIN_CREATED_AT",
     "AsyncMySQLStore",
     "CollationWarning",
+    "ConnectionCharsetError",
     "MySQLStore",
 ]

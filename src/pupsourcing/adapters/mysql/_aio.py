@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.mysql._dialect import MySQLDialect
 from pupsourcing.adapters.mysql._driver import (
+    check_text_settings,
     known_transaction_state,
     sql_with_params,
     tuple_rows,
@@ -32,6 +33,7 @@ class AsyncMySQLStore(AsyncSQLStore[Any]):
     dialect: MySQLDialect
 
     async def _query(self, tx: Any, statement: Statement) -> list[Row]:
+        check_text_settings(tx)
         cursor = await tx.cursor()
         try:
             # Like PyMySQL, asyncmy %-formats the SQL only when given parameters.

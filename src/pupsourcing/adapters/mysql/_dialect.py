@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from pupsourcing.adapters.mysql._status import active_transactions, innodb_status
 from pupsourcing.core._fast import uuid_from_bytes
-from pupsourcing.core.errors import InvalidEventError
+from pupsourcing.core.errors import InvalidEventError, PupsourcingError
 from pupsourcing.core.events import AppendResult, Event, Stream
 from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
@@ -56,6 +56,9 @@ ER_DUP_FIELDNAME = 1060  # duplicate column name
 ER_LOCK_WAIT_TIMEOUT = 1205
 ER_DATA_TOO_LONG = 1406
 ER_SP_DOES_NOT_EXIST = 1305  # also "SAVEPOINT ... does not exist"
+ER_CANT_AGGREGATE_2COLLATIONS = 1267  # e.g. a utf8mb3 literal against a utf8mb4_bin key
+ER_TRUNCATED_WRONG_VALUE_FOR_FIELD = 1366  # strict mode: text the column cannot hold
+_CHARSET_ERRORS = (ER_CANT_AGGREGATE_2COLLATIONS, ER_TRUNCATED_WRONG_VALUE_FOR_FIELD)
 ER_CONSTRAINT_FAILED = 4025  # MariaDB: JSON_VALID check on the metadata column
 ER_INVALID_JSON_TEXT = 3140  # MySQL: invalid JSON for a JSON column
 
@@ -82,6 +85,19 @@ _STATEMENT_SLACK = 4096
 _ROW_OVERHEAD = 256
 """Generous size of one row's SQL apart from its text and binary values."""
 
+CHARSET = "utf8mb4"
+_SESSION_CHARSETS = ("character_set_client", "character_set_connection", "character_set_results")
+_WRITTEN_CHARSETS = _SESSION_CHARSETS[:2]
+"""The settings the server reads the text it is sent with."""
+_WRITES_UTF8MB4 = "(@@character_set_client, @@character_set_connection) = ('utf8mb4', 'utf8mb4')"
+"""1 when the session reads the text it is sent as utf8mb4 (sent along with
+statements that run anyway: a caller's ``SET NAMES`` after connecting is not
+seen by the driver)."""
+_SESSION_UTF8MB4 = (
+    "(@@character_set_client, @@character_set_connection, @@character_set_results) "
+    "= ('utf8mb4', 'utf8mb4', 'utf8mb4')"
+)
+
 _KEY_FIELDS = tuple(columns.names(columns.KEY))
 _TEXT_FIELDS = tuple(c.name for c in columns.WRITTEN if c.type in ("key_text", "text"))
 """The VARCHAR(255) columns."""
@@ -90,6 +106,32 @@ _TEXT_FIELDS = tuple(c.name for c in columns.WRITTEN if c.type in ("key_text", "
 class CollationWarning(UserWarning):
     """The store's key columns compare distinct ids as equal (a case- or
     accent-insensitive collation, as in schemas created by the Go library)."""
+
+
+class ConnectionCharsetError(PupsourcingError):
+    """A connection does not exchange text with the server as ``utf8mb4``
+    ``str``: through it the server would store, or return, ``?`` for the
+    characters its character set lacks (or the driver would return bytes).
+    Nothing was written. ``setting`` names what is wrong (``charset``,
+    ``character_set_client``, ``character_set_connection``,
+    ``character_set_results`` or ``use_unicode``) and ``value`` is its value."""
+
+    def __init__(self, setting: str, value: object) -> None:
+        self.setting = setting
+        self.value = value
+        if setting == "use_unicode":
+            problem = "returns text as bytes (use_unicode=False)"
+            fix = "connect with use_unicode=True (the default)"
+        elif setting == "charset":
+            problem = f"charset is {value}"
+            fix = "connect with charset='utf8mb4' (PyMySQL's, mysqlclient's and asyncmy's default)"
+        else:
+            problem = f"session's {setting} is {value} (changed by SET NAMES or SET {setting})"
+            fix = "run SET NAMES utf8mb4 on it, or do not change its character set after connecting"
+        super().__init__(
+            f"the MySQL connection's {problem}; pupsourcing needs utf8mb4 text, or characters "
+            f"outside that set would be stored or read as '?' without an error: {fix}"
+        )
 
 
 def errno(exc: BaseException) -> int | None:
@@ -280,9 +322,12 @@ class MySQLDialect(Dialect):
         self._encode_utc = self.event_encoder(
             columns.PER_EVENT, encoders={**self.encoders, "timestamp": "timestamp_text({})"}
         )
-        self.returning_suffix = " RETURNING global_position, aggregate_version, LENGTH(payload)"
+        self.returning_suffix = (
+            f" RETURNING global_position, aggregate_version, LENGTH(payload), {_WRITES_UTF8MB4}"
+        )
         self.stored_sql = (
-            "SELECT e.global_position, e.aggregate_version, LENGTH(e.payload) "
+            "SELECT e.global_position, e.aggregate_version, LENGTH(e.payload), "
+            f"{_WRITES_UTF8MB4} "
             f"FROM {heads} h JOIN {events} e ON e.bounded_context = h.bounded_context "
             "AND e.aggregate_type = h.aggregate_type AND e.aggregate_id = h.aggregate_id "
             "AND e.aggregate_version > h.aggregate_version - %s "
@@ -297,7 +342,7 @@ class MySQLDialect(Dialect):
         )
         self.visible_sql = (
             f"SELECT COALESCE(MAX(global_position), 0), CONNECTION_ID(), "
-            f"@@character_set_results FROM {events}"
+            f"@@character_set_results, {_SESSION_UTF8MB4} FROM {events}"
         )
         config = self.config
         key_columns = {(config.events_table, column) for column in _KEY_FIELDS} | {
@@ -452,9 +497,13 @@ class MySQLDialect(Dialect):
         # whole probe falls into that window. The status quotes client SQL;
         # _status parses it so that quoted text can never hide a writer.
         rows = yield Statement(self.visible_sql, fetch=True)
-        visible, own_thread, results_charset = int(rows[0][0]), int(rows[0][1]), rows[0][2]
+        visible, own_thread, results_charset, utf8mb4 = rows[0]
+        if not utf8mb4:
+            problem = yield from self.session_charset_problem()
+            if problem is not None:
+                raise problem
         status = yield from innodb_status(results_charset)
-        return Probe(visible, active_transactions(status, own_thread))
+        return Probe(int(visible), active_transactions(status, int(own_thread)))
 
     @property
     def system_name(self) -> str:
@@ -486,6 +535,17 @@ class MySQLDialect(Dialect):
                     f"user the PROCESS privilege ({exc})"
                 ) from exc
             raise
+
+    def session_charset_problem(
+        self, settings: Sequence[str] = _SESSION_CHARSETS
+    ) -> Plan[ConnectionCharsetError | None]:
+        """The first of the session's character ``settings`` that is not
+        utf8mb4, as an error (asked for once a statement hinted at one)."""
+        rows = yield Statement(f"SELECT @@{', @@'.join(settings)}", fetch=True)
+        for setting, value in zip(settings, rows[0], strict=True):
+            if value != CHARSET:
+                return ConnectionCharsetError(setting, value)
+        return None
 
     def is_transient(self, exc: BaseException) -> bool:
         return errno(exc) in (ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK, ER_CHECKREAD)
@@ -769,6 +829,10 @@ class MySQLDialect(Dialect):
                 f"append stored {len(stored)} rows with versions {versions[:3]}..., "
                 f"expected {len(batch)} consecutive versions"
             )
+        if not all(row[3] for row in stored):
+            charset = yield from self.session_charset_problem(_WRITTEN_CHARSETS)
+            if charset is not None:
+                raise charset
         for index, (event, row) in enumerate(zip(batch, stored, strict=True)):
             if row[2] is not None and int(row[2]) != len(event.payload):
                 # A non-strict sql_mode truncated the payload: the column is
@@ -786,6 +850,9 @@ class MySQLDialect(Dialect):
     ) -> Plan[Exception]:
         """The exception to raise for ``exc`` caught during an append."""
         number = errno(exc)
+        if number in _CHARSET_ERRORS:
+            problem = yield from self.session_charset_problem(_WRITTEN_CHARSETS)
+            return problem or exc
         if number == ER_DATA_TOO_LONG:
             info = yield from self.server_info(refresh=True)
             return self._limit_problem(info, batch) or exc

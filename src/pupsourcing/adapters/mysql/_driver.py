@@ -6,10 +6,34 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pupsourcing.adapters.mysql._dialect import _SERVER_STATUS_IN_TRANS
+from pupsourcing.adapters.mysql._dialect import (
+    _SERVER_STATUS_IN_TRANS,
+    CHARSET,
+    ConnectionCharsetError,
+)
 from pupsourcing.store.plan import Row
 
 _SERVER_STATUS_NO_BACKSLASH_ESCAPES = 512
+_VAR_STRING = 253  # the field type of VARCHAR results
+
+
+def check_text_settings(tx: Any) -> None:
+    """Raise :class:`ConnectionCharsetError` if the driver says, without a
+    round trip, that ``tx`` does not exchange text as utf8mb4 ``str``: its
+    character set (PyMySQL, mysqlclient and asyncmy all have
+    ``character_set_name()``), or ``use_unicode=False`` (PyMySQL's
+    ``use_unicode``, asyncmy's ``_use_unicode``, mysqlclient's converter
+    returning bytes for VARCHAR)."""
+    name = getattr(tx, "character_set_name", None)
+    charset = name() if callable(name) else CHARSET
+    if charset != CHARSET:
+        raise ConnectionCharsetError("charset", charset)
+    use_unicode = getattr(tx, "use_unicode", getattr(tx, "_use_unicode", None))
+    if use_unicode is None:
+        converter = getattr(tx, "converter", None)
+        use_unicode = not (isinstance(converter, dict) and converter.get(_VAR_STRING) is bytes)
+    if use_unicode is False:
+        raise ConnectionCharsetError("use_unicode", False)
 
 
 def tuple_rows(rows: list[Any]) -> list[Row]:

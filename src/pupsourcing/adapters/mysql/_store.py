@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from pupsourcing.adapters.mysql._dialect import MySQLDialect
-from pupsourcing.adapters.mysql._driver import known_transaction_state, tuple_rows
+from pupsourcing.adapters.mysql._driver import (
+    check_text_settings,
+    known_transaction_state,
+    tuple_rows,
+)
 from pupsourcing.store.base import Cursor, SQLStore
 from pupsourcing.store.plan import Statement
 
@@ -38,6 +42,7 @@ class MySQLStore(SQLStore[Any]):
     dialect: MySQLDialect
 
     def _cursor(self, tx: Any, statement: Statement) -> Cursor:
+        check_text_settings(tx)
         fast = _fast_cursor(type(tx)) if statement.fetch else None
         cursor = tx.cursor() if fast is None else tx.cursor(fast)
         # PyMySQL and mysqlclient only %-format when given parameters.
