@@ -198,6 +198,12 @@ def test_the_driver_must_be_known_and_of_the_api() -> None:
 def test_query_parameters_are_checked() -> None:
     with pytest.raises(DatabaseURLError, match="ssl_mode must be one of DISABLED"):
         parse_url("mysql://db/shop?ssl_mode=sometimes")
+    for other in ("utf8", "utf8mb3", "latin1"):
+        with pytest.raises(
+            DatabaseURLError, match=f"'charset': pupsourcing needs utf8mb4.*'{other}'"
+        ):
+            parse_url(f"mysql://db/shop?charset={other}")
+    assert parse_url("mysql://db/shop?charset=UTF8MB4").params == {"charset": "UTF8MB4"}
     assert parse_url("mysql://db/shop?ssl_mode=verify-ca&ssl_ca=/ca.pem").params == {
         "ssl_mode": "verify-ca",
         "ssl_ca": "/ca.pem",

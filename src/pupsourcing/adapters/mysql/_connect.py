@@ -34,9 +34,20 @@ def ssl_mode(value: str) -> str:
     return mode
 
 
+def charset(value: str) -> str:
+    """A ``charset`` value: only ``utf8mb4``, the one the store accepts (see
+    :class:`~pupsourcing.adapters.mysql.ConnectionCharsetError`)."""
+    if value.lower() != "utf8mb4":
+        raise ValueError(
+            f"pupsourcing needs utf8mb4 (another character set stores characters it "
+            f"lacks as '?'), got {value!r}"
+        )
+    return "utf8mb4"
+
+
 URL_PARAMS: Mapping[str, Callable[[str], Any]] = {
     "unix_socket": str,
-    "charset": str,
+    "charset": charset,
     "connect_timeout": int,
     "read_timeout": int,
     "write_timeout": int,
