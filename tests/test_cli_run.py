@@ -558,6 +558,36 @@ def test_a_second_signal_stops_everything_at_once(
     assert_exactly_once_up_to_checkpoints(sqlite_db, total=2)
 
 
+def test_a_signal_after_giving_up_on_a_crash_loop_is_a_first_signal(
+    sqlite_db: Backend, running: list[Running], tmp_path: Path
+) -> None:
+    """The supervisor stopping the other workers because one kept crashing
+    is not a first signal: the operator's first Ctrl-C then still lets the
+    batches finish, and only a second one stops at once."""
+    prepare(sqlite_db, aggregates=8, per_aggregate=2)
+    gate = tmp_path / "gate"
+    supervisor = Running(
+        "projections", "run", "cli_crash_loop:Gated", "--partitions", "2",
+        "--db", sqlite_db.url, "--batch-size", "100", "--no-progress",
+        GATE=str(gate),
+    )  # fmt: skip
+    running.append(supervisor)
+    supervisor.wait_for_line(r"\[p1/2\] .*running recorder")
+    supervisor.wait_for_line(r"not restarting it: stopping the other workers")
+    supervisor.signal(signal.SIGINT)
+    supervisor.wait_for_line(r"SIGINT: stopping the workers after their current batch")
+    time.sleep(0.3)  # what a supervisor taking it as a second signal would do by then
+    assert supervisor.process.poll() is None, supervisor.stderr
+    gate.touch()  # partition 1's batch ends
+    assert supervisor.wait() == 1, supervisor.stderr
+    assert "stopping now" not in supervisor.stderr
+    last = supervisor.lines[-1]
+    assert "error: worker p0/2 exited with status 3, its 5th crash in a row" in last, last
+    ones = [a for a in (f"a-{i}" for i in range(8)) if partition_of(a) == 1]
+    assert count(sqlite_db) == 2 * len(ones), "partition 1 finished its batch"
+    assert_exactly_once_up_to_checkpoints(sqlite_db, total=2)
+
+
 def test_a_stop_signalled_to_every_process_at_once_is_one_clean_stop(
     backend: Backend, running: list[Running]
 ) -> None:

@@ -31,11 +31,15 @@ def stop_on_signals(
     on_second: Callable[[int], None] | None = exit_now,
 ) -> Iterator[None]:
     """While inside, the first SIGINT/SIGTERM sets ``stop``; the next one
-    calls ``on_second`` with its number (``None``: it changes nothing)."""
+    calls ``on_second`` with its number (``None``: it changes nothing).
+    Only signals count: ``stop`` set otherwise (a supervisor giving up on a
+    crashing worker) leaves the next signal a first one."""
+    received: list[int] = []
 
     def handle(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if stop.is_set():
+        received.append(signum)
+        if len(received) > 1:
             if on_second is None:
                 logger.info("%s again: already %s", name, what)
                 return
