@@ -19,6 +19,7 @@ from pupsourcing.cli import (
     migrate_gen,
     projections,
     relay,
+    signals,
     ui,
 )
 from pupsourcing.cli._db import driver_error_message, scrub_secrets
@@ -64,9 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _escape_unencodable(sys.stdout)
     try:
-        status: int = args.handler(args)
-    except KeyboardInterrupt:
-        return 130
+        with signals.interruptible():
+            status: int = args.handler(args)
+    except KeyboardInterrupt as exc:
+        return signals.interrupted_status(args, exc)
     except BrokenPipeError:
         # The reader went away (``... | head``): stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

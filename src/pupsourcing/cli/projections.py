@@ -151,7 +151,7 @@ def register(commands: Any) -> None:
     )
     _metrics.add_options(run)
     run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
-    run.set_defaults(handler=run_projections, parser=run)
+    run.set_defaults(handler=run_projections, parser=run, long_running=True)
 
     reset = sub.add_parser(
         "reset",

@@ -80,7 +80,7 @@ def register(commands: Any) -> None:
         default="text",
         help="log lines as text or as JSON objects, one a line (default text)",
     )
-    nats.set_defaults(handler=run_nats)
+    nats.set_defaults(handler=run_nats, long_running=True)
 
 
 def run_nats(args: argparse.Namespace) -> int:

@@ -66,7 +66,7 @@ def register(commands: Any) -> None:
         metavar="SECONDS",
         help="how often the store head is read for the live views (default 0.5)",
     )
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, long_running=True)
 
 
 def run(args: argparse.Namespace) -> int:
