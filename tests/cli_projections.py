@@ -46,6 +46,17 @@ class Recorder:
             time.sleep(delay)
 
 
+class Gated(Recorder):
+    """Records an event once the file ``$GATE`` exists (or after 30 s): a
+    batch the test ends."""
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.environ["GATE"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        super().handle(event, tx)
+
+
 def make_recorder() -> Recorder:
     """A zero-argument factory, as ``cli_projections:make_recorder``."""
     return Recorder()

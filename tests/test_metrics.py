@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 import cli_projections
-from cli_helpers import execute
+from cli_helpers import cli, execute
 from conftest import Backend, made_backend, require
 from helpers import event
-from test_cli_run import Running, append_events, count, prepare, running, wait_for
+from test_cli_run import Running, alive, append_events, count, prepare, running, wait_for
 
 prometheus_client = require("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -404,6 +404,59 @@ def test_a_command_reports_the_dead_letters_of_its_own_projections(sqlite_db: Ba
     assert value(found, dead, projection="other", partition="0") is None
 
 
+def test_a_killed_supervisors_metrics_directory_goes_with_the_next_start(
+    sqlite_db: Backend, running: list[Running], tmp_path: Path
+) -> None:
+    """A supervisor killed outright leaves its multiprocess directory: the
+    next start removes it once its workers are gone too, never one still
+    in use, nor one it did not make."""
+    prepare(sqlite_db, aggregates=4, per_aggregate=2)
+    temp = tmp_path / "tmp"
+    foreign = temp / "pupsourcing-metrics-foreign"  # no lock file: not ours
+    foreign.mkdir(parents=True)
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"  # the first supervisor's batches lock the store
+    assert cli("migrate", "--db", other).returncode == 0
+
+    def supervisor(projection: str, db: str = other, **env: str) -> Running:
+        run = Running(
+            "projections", "run", projection, "--partitions", "2", "--db", db,
+            "--no-progress", "--metrics-port", "0", "--metrics-host", "127.0.0.1",
+            TMPDIR=str(temp), **env,
+        )  # fmt: skip
+        running.append(run)
+        run.wait_for_line(SERVING)
+        return run
+
+    def ours() -> set[Path]:
+        return set(temp.glob("pupsourcing-metrics-*")) - {foreign}
+
+    gate = tmp_path / "gate"
+    first = supervisor("cli_projections:Gated", sqlite_db.url, GATE=str(gate))
+    pids = [int(first.wait_for_line(r"worker p\d/2 started \(pid (\d+)\)", n)[1]) for n in (1, 2)]
+    first.wait_for_line(r"\[p0/2\] .*running recorder")
+    first.wait_for_line(r"\[p1/2\] .*running recorder")
+    [left] = ours()
+    first.process.kill()
+    first.wait()
+    second = supervisor("cli_projections:Counter")  # the first one's workers wait at the gate
+    assert left.exists(), "removed while the killed supervisor's workers ran"
+    gate.touch()
+    wait_for(lambda: not any(alive(pid) for pid in pids), what="the orphans to stop", run=second)
+    second.signal(signal.SIGTERM)
+    assert second.wait() == 0, second.stderr
+    assert ours() == {left}, "the second supervisor removed its own"
+
+    third = supervisor("cli_projections:Counter")
+    third.wait_for_line(f"removed {re.escape(str(left))}, left by a supervisor that was killed")
+    assert not left.exists()
+    assert foreign.exists()
+    [current] = ours()
+    third.signal(signal.SIGTERM)
+    assert third.wait() == 0, third.stderr
+    assert not current.exists()
+
+
 def test_a_workers_empty_metrics_file_does_not_fail_the_scrape(sqlite_db: Backend) -> None:
     """prometheus-client makes a worker's file before it sizes it: a scrape
     in between (or ever after, if the worker was killed then) found it
@@ -423,7 +476,7 @@ def test_a_workers_empty_metrics_file_does_not_fail_the_scrape(sqlite_db: Backen
         port = free.getsockname()[1]
     args = argparse.Namespace(metrics_port=port, metrics_host="127.0.0.1", metrics_child=False)
     env: dict[str, str] = {}
-    with _metrics.supervising(args, database(sqlite_db.url), env, ["counting"]):
+    with _metrics.supervising(args, database(sqlite_db.url), env, ["counting"], []):
         directory = env[_metrics.MULTIPROC_ENV]
         name = "pupsourcing_projection_events_handled"
         written = MmapedDict(os.path.join(directory, "counter_101.db"))

@@ -7,16 +7,23 @@ prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a
 directory the supervisor makes and removes), the supervisor adds up their
 files at each scrape and forgets a worker's gauges when it exits. The dead
 letters are counted in the database at each scrape.
+
+A supervisor killed outright (SIGKILL) cannot remove its directory: the next
+one does. The supervisor and its workers hold a lock on the directory's
+``supervisor.lock`` (one open file, inherited) until the last of them exits,
+so a directory of this user's whose lock can be taken has no process left.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import glob
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -27,6 +34,8 @@ from pupsourcing.urls import Database
 logger = logging.getLogger("pupsourcing.cli")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PREFIX = "pupsourcing-metrics-"
+LOCK = "supervisor.lock"
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -105,19 +114,27 @@ def serving(
 
 @contextlib.contextmanager
 def supervising(
-    args: argparse.Namespace, db: Database, env: dict[str, str], names: Sequence[str]
+    args: argparse.Namespace,
+    db: Database,
+    env: dict[str, str],
+    names: Sequence[str],
+    inherited: list[int],
 ) -> Iterator[Any]:
     """For ``--partitions``: a multiprocess directory for the workers (set in
-    ``env``), served on ``--metrics-port`` with the dead letters of the
-    projections ``names``. Yields what to call with a worker's pid when it
-    exits (``None`` without metrics)."""
+    ``env``, its lock's descriptor added to ``inherited``, the descriptors
+    the workers keep open), served on ``--metrics-port`` with the dead
+    letters of the projections ``names``. Yields what to call with a
+    worker's pid when it exits (``None`` without metrics)."""
     if args.metrics_port is None:
         yield None
         return
     metrics = _import()
     from prometheus_client import CollectorRegistry, multiprocess
 
-    directory = tempfile.mkdtemp(prefix="pupsourcing-metrics-")
+    _remove_abandoned()
+    directory = tempfile.mkdtemp(prefix=PREFIX)
+    lock = _lock(directory)
+    inherited.append(lock)
     env[MULTIPROC_ENV] = directory
     registry = CollectorRegistry()
     registry.register(_WorkerFiles(directory))
@@ -131,6 +148,39 @@ def supervising(
             yield exited
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        os.close(lock)
+
+
+def _lock(directory: str) -> int:
+    """``directory``'s lock file, made and locked: a descriptor to keep open."""
+    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another start looks at it
+    os.write(fd, f"{os.getpid()}\n".encode())  # not empty: made whole
+    return fd
+
+
+def _remove_abandoned() -> None:
+    """Remove the directories of this user's supervisors that are gone with
+    all their workers (their lock is free). One without a lock file (not
+    ours), or with an empty one (being made), stays."""
+    for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), PREFIX + "*")):
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                continue
+            fd = os.open(os.path.join(path, LOCK), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_size == 0:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            logger.info("removed %s, left by a supervisor that was killed", path)
+        except OSError:  # locked: in use
+            continue
+        finally:
+            os.close(fd)
 
 
 class _WorkerFiles:

@@ -68,6 +68,8 @@ class Worker:
     total: int
     argv: list[str]
     env: dict[str, str]
+    inherited: list[int]
+    """Descriptors it keeps open (the metrics directory's lock)."""
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restart_at: float | None = 0.0
@@ -88,7 +90,11 @@ class Worker:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            self.argv, stdin=subprocess.PIPE, env=self.env, process_group=0
+            self.argv,
+            stdin=subprocess.PIPE,
+            env=self.env,
+            process_group=0,
+            pass_fds=self.inherited,
         )
         self.started_at = time.monotonic()
         self.restart_at = None
@@ -167,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
     if created is not None:
         report_created_indexes(logger, db, created)
     env = {**os.environ, ENV_VAR: database_url(args)}
-    workers = [Worker(key, total, worker_argv(args, key), env) for key in range(total)]
+    inherited: list[int] = []  # (filled in by _metrics.supervising, as env)
+    workers = [Worker(key, total, worker_argv(args, key), env, inherited) for key in range(total)]
     monitor = None
     if args.progress:
         configs = [ProcessorConfig(partition_key=k, total_partitions=total) for k in range(total)]
@@ -179,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     failures: list[str] = []
     with (
         stop_on_signals(stop, "stopping the workers after their current batch", forced.append),
-        _metrics.supervising(args, db, env, [p.name for p in projections]) as exited,
+        _metrics.supervising(args, db, env, [p.name for p in projections], inherited) as exited,
     ):
         if monitor is not None:
             monitor.start()
