@@ -276,3 +276,59 @@ def test_a_standby_copy_takes_over_when_the_active_one_dies(
     lines = [r.getMessage() for r in caplog.records if "relay_ha:" in r.getMessage()]
     assert any("another copy is active; standing by" in line for line in lines), lines
     assert sum("active (owner" in line for line in lines) == 2, lines
+
+
+def test_a_batch_slower_than_the_lease_keeps_the_lease(db: Backend, js: JetStream) -> None:
+    """The active copy's first batch takes longer than the lease TTL to be
+    acknowledged (a slow NATS): its lease is renewed meanwhile, so the
+    standby copy does not take over while that batch is in flight. On SQLite
+    the first batch held the database's write lock while it was published,
+    so the renewal, on a connection of its own, waited for the batch: the
+    lease ran out and the standby copy published as soon as it could."""
+    stream, prefix = js.new_stream(duplicate_window=WINDOW)
+    append(db, [Event("Shop", "Order", "o1", "Placed", b"{}") for _ in range(5)])
+    sent = Sent()
+    active, standby = (
+        relay(db, js, stream, prefix, name="slow", poll_interval=0.02, lease_ttl=1.0) for _ in "ab"
+    )
+    sent.watch(standby, "standby")
+    publish, renew = active._link.publish, active._lease.renew  # type: ignore[union-attr]
+    publishing: list[float] = []
+    renewed: list[float] = []
+
+    async def slow(events: Any) -> int:
+        if not publishing:
+            publishing.append(time.monotonic())
+            await asyncio.sleep(2.5)  # past the TTL: JetStream slow to acknowledge
+            publishing.append(time.monotonic())
+        return await publish(events)
+
+    async def renewing() -> bool:
+        held = await renew()
+        if held:
+            renewed.append(time.monotonic())
+        return held
+
+    active._link.publish = slow  # type: ignore[method-assign]
+    active._lease.renew = renewing  # type: ignore[method-assign,union-attr]
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        first = asyncio.create_task(active.run(stop=stop))
+        while not publishing:
+            await asyncio.sleep(0.01)
+        second = asyncio.create_task(standby.run(stop=stop))
+        while len(publishing) < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(append, db, [Event("Shop", "Order", "o2", "Placed", b"{}")])
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(first, second)
+        await active.close()
+        await standby.close()
+
+    asyncio.run(scenario())
+    started, ended = publishing
+    assert [t for t in renewed if started < t < ended], "not renewed during the slow batch"
+    assert sent.by["standby"] == []
+    assert_exactly_once_in_order(js.messages(stream), db)

@@ -149,6 +149,11 @@ class NatsRelay:
             logger=self.logger,
         )
         self._projection = _Relayed(self.checkpoint_name)
+        # The relay writes nothing but its checkpoint: every batch, the first
+        # too, may take SQLite's write lock at that write rather than hold
+        # it while JetStream acknowledges (the lease's renewal and the
+        # application's writers would wait for NATS).
+        self._processor._core.subscription(self._projection).lazy_commit = True
         self._synced = False
         factory = self._processor._factory
         self._lease = (
