@@ -332,3 +332,62 @@ def test_a_batch_slower_than_the_lease_keeps_the_lease(db: Backend, js: JetStrea
     assert [t for t in renewed if started < t < ended], "not renewed during the slow batch"
     assert sent.by["standby"] == []
     assert_exactly_once_in_order(js.messages(stream), db)
+
+
+def test_a_lease_outage_is_logged_like_a_database_outage(
+    tmp_path: Path, js: JetStream, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another connection holds SQLite's write lock, so the lease cannot be
+    taken (busy time-out 0.05 s): the first failure is a WARNING, the next
+    ones DEBUG with a WARNING again every RECONNECT_WARNING seconds (0.5
+    here), and the lease working again is INFO, once."""
+    from pupsourcing.adapters.sqlite import AsyncSQLiteStore, connect, connect_async
+    from pupsourcing.relay import _relay as relay_module
+
+    monkeypatch.setattr(relay_module, "RECONNECT_WARNING", 0.5)
+    with made_backend("sqlite", tmp_path):
+        path = tmp_path / "store.db"
+        stream, prefix = js.new_stream()
+        r = NatsRelay(
+            lambda: connect_async(path, timeout=0.05),
+            AsyncSQLiteStore(),
+            stream=stream,
+            servers=js.url,
+            subject_prefix=prefix,
+            poll_interval=0.02,
+        )
+        blocker = connect(path)
+        blocker.execute("BEGIN IMMEDIATE")
+
+        def lines(mark: str) -> list[logging.LogRecord]:
+            return [r for r in caplog.records if mark in r.getMessage()]
+
+        async def scenario() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(r.run(stop=stop))
+            deadline = time.monotonic() + 20
+            while len(lines("retrying in")) < 5:
+                assert time.monotonic() < deadline, caplog.text
+                await asyncio.sleep(0.02)
+            blocker.rollback()
+            while not lines("active (owner"):
+                assert time.monotonic() < deadline, caplog.text
+                await asyncio.sleep(0.02)
+            stop.set()
+            await task
+            await r.close()
+
+        try:
+            with caplog.at_level(logging.DEBUG, logger="pupsourcing.relay"):
+                asyncio.run(scenario())
+        finally:
+            blocker.close()
+    first, *others = lines("retrying in")
+    assert first.levelno == logging.WARNING
+    assert "relay relay_relay: lease: OperationalError: database is locked" in first.getMessage()
+    assert all("lease still fails after" in r.getMessage() for r in others)
+    levels = [r.levelno for r in others]
+    assert logging.DEBUG in levels
+    assert 0 < levels.count(logging.WARNING) < len(levels)
+    again = lines("lease statements work again after")
+    assert [r.levelno for r in again] == [logging.INFO]

@@ -23,6 +23,7 @@ from conftest import Backend, made_backend
 from nats_helpers import JetStream, Message, PrivateServer, connected, jetstream, read_stream
 from pupsourcing import Event, ExpectedVersion, PersistedEvent
 from pupsourcing.relay import MessageTooLarge, NatsRelay, subject_for
+from pupsourcing.relay import _relay as relay_module
 
 DATABASES = ["sqlite", "postgres", "mysql"]
 
@@ -618,6 +619,72 @@ def test_a_restarted_nats_server_is_reconnected(tmp_path: Path) -> None:
             assert backend.checkpoints()["relay_relay"] == 30
         finally:
             server.stop()
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture, mark: str) -> list[logging.LogRecord]:
+    """The relay's records whose message contains ``mark``, in order."""
+    return [r for r in caplog.records if r.name == "pupsourcing.relay" and mark in r.getMessage()]
+
+
+def test_a_nats_outage_is_logged_like_a_database_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The NATS server goes away for a few retries: the first failure is a
+    WARNING, the next ones DEBUG with a WARNING again every
+    RECONNECT_WARNING seconds (0.5 here), and publishing again is INFO,
+    once (it logged a WARNING at every retry, and nothing when it worked
+    again)."""
+    monkeypatch.setattr(relay_module, "RECONNECT_WARNING", 0.5)
+    server = PrivateServer(tmp_path / "js")
+    with made_backend("sqlite", tmp_path) as backend:
+        server.start()
+        try:
+            r = NatsRelay(
+                backend.open_async,
+                backend.async_store(),
+                stream="outage",
+                servers=server.url,
+                subject_prefix="ev",
+                poll_interval=0.02,
+                connect_options={"reconnect_time_wait": 0.01},  # each attempt fails at once
+            )
+
+            async def until(done: Any) -> None:
+                deadline = time.monotonic() + 20
+                while not done():
+                    assert time.monotonic() < deadline, caplog.text
+                    await asyncio.sleep(0.02)
+
+            async def scenario() -> None:
+                stop = asyncio.Event()
+                task = asyncio.create_task(r.run(stop=stop))
+                placed = Event("Shop", "Order", "o1", "Placed", b"{}")
+                await asyncio.to_thread(append, backend, [placed])
+                await until(lambda: backend.checkpoints().get("relay_relay") == 1)
+                await asyncio.to_thread(server.stop)
+                paid = Event("Shop", "Order", "o1", "Paid", b"{}")
+                await asyncio.to_thread(append, backend, [paid])
+                await until(lambda: len(outage_lines(caplog, "retrying in")) >= 5)
+                await asyncio.to_thread(server.start)
+                await until(lambda: backend.checkpoints().get("relay_relay") == 2)
+                stop.set()
+                await asyncio.wait_for(task, 15)
+                await r.close()
+
+            with caplog.at_level(logging.DEBUG, logger="pupsourcing.relay"):
+                asyncio.run(scenario())
+        finally:
+            server.stop()
+    first, *others = outage_lines(caplog, "retrying in")
+    assert first.levelno == logging.WARNING
+    assert "still fails" not in first.getMessage()
+    assert all("still fails after" in r.getMessage() for r in others)
+    levels = [r.levelno for r in others]
+    assert logging.DEBUG in levels
+    assert 0 < levels.count(logging.WARNING) < len(levels)
+    again = outage_lines(caplog, "publishing again after")
+    assert [r.levelno for r in again] == [logging.INFO]
+    assert again[0].created >= others[-1].created
 
 
 def test_an_unreachable_nats_server_is_reported_and_stop_is_heard(

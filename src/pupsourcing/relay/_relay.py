@@ -11,12 +11,18 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from pupsourcing._extras import needs_extra
+from pupsourcing._outage import Outage
+from pupsourcing._text import one_line
 from pupsourcing.aio._waiter import pause
 from pupsourcing.aio.processor import AsyncProcessor
 from pupsourcing.core.events import PersistedEvent
 from pupsourcing.projection.batch import Handle
 from pupsourcing.projection.config import ProcessorConfig
-from pupsourcing.projection.core import RECONNECT_INITIAL_DELAY, RECONNECT_MAX_DELAY
+from pupsourcing.projection.core import (
+    RECONNECT_INITIAL_DELAY,
+    RECONNECT_MAX_DELAY,
+    RECONNECT_WARNING,
+)
 from pupsourcing.projection.protocols import AsyncProjection
 from pupsourcing.relay._lease import LEASE_TTL, STANDBY_LOOK, RelayLease
 from pupsourcing.relay._link import ConnectionLost, Link
@@ -155,6 +161,10 @@ class NatsRelay:
         # application's writers would wait for NATS).
         self._processor._core.subscription(self._projection).lazy_commit = True
         self._synced = False
+        self._outage = Outage(RECONNECT_WARNING)
+        """NATS (or the database outside the processor) failing, see :meth:`_retrying`."""
+        self._lease_outage = Outage(RECONNECT_WARNING)
+        """The lease's statements failing, taking or renewing it."""
         factory = self._processor._factory
         self._lease = (
             None
@@ -256,7 +266,9 @@ class NatsRelay:
         dialect = self._processor.store.dialect
         while True:
             try:
-                if await lease.acquire():
+                held = await lease.acquire()
+                self._lease_works("lease statements work again")
+                if held:
                     if standby or not lease.absent:
                         self.logger.info(
                             "relay %s: active (owner %s)", self.checkpoint_name, lease.owner
@@ -274,13 +286,7 @@ class NatsRelay:
             except Exception as exc:
                 if not (dialect.is_connection_error(exc) or dialect.is_transient(exc)):
                     raise
-                self.logger.warning(
-                    "relay %s: lease: %s: %s; retrying in %.1fs",
-                    self.checkpoint_name,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
+                self._lease_failed(exc, f"lease: {type(exc).__name__}: {one_line(exc)}", delay)
                 wait, delay = delay, min(delay * 2, RECONNECT_MAX_DELAY)
             if await pause(wait, stop):
                 return False
@@ -301,21 +307,47 @@ class NatsRelay:
             try:
                 if await lease.renew():
                     renewed = time.monotonic()
+                    self._lease_works("lease renewed again")
                     continue
                 reason = "another copy took the lease over"
             except Exception as exc:
                 if time.monotonic() - renewed < lease.ttl * 0.6:
-                    self.logger.warning(
-                        "relay %s: lease not renewed: %s; retrying", self.checkpoint_name, exc
-                    )
+                    self._lease_failed(exc, f"lease not renewed: {one_line(exc)}", None)
                     continue
-                reason = f"the lease could not be renewed ({exc})"
+                reason = f"the lease could not be renewed ({one_line(exc)})"
             self.logger.warning(
                 "relay %s: %s; standing by after this batch", self.checkpoint_name, reason
             )
             lost.set()
             break
         halt.set()
+
+    def _lease_failed(self, exc: Exception, first: str, retry_in: float | None) -> None:
+        """A lease statement failed: ``first`` is the outage's first line, a
+        WARNING; the ones after it are DEBUG, with a WARNING every
+        :data:`RECONNECT_WARNING` seconds (see :class:`Outage`)."""
+        outage = self._lease_outage
+        level = outage.failed()
+        retrying = "retrying" if retry_in is None else f"retrying in {retry_in:.1f}s"
+        if outage.failures == 1:
+            self.logger.warning("relay %s: %s; %s", self.checkpoint_name, first, retrying)
+            return
+        self.logger.log(
+            level,
+            "relay %s: lease still fails after %d attempts in %.0f s (%s: %s); %s",
+            self.checkpoint_name,
+            outage.failures,
+            outage.lasted,
+            type(exc).__name__,
+            one_line(exc),
+            retrying,
+        )
+
+    def _lease_works(self, what: str) -> None:
+        """A lease statement worked: ``what`` ends an outage, if any, at INFO."""
+        lasted = self._lease_outage.ended()
+        if lasted is not None:
+            self.logger.info("relay %s: %s after %.1f s", self.checkpoint_name, what, lasted)
 
     # -- failures --------------------------------------------------------------
 
@@ -332,6 +364,11 @@ class NatsRelay:
                 await self._link.open()
                 if not self._synced:
                     await self._resume()
+                lasted = self._outage.ended()
+                if lasted is not None:
+                    self.logger.info(
+                        "relay %s: publishing again after %.1f s", self.checkpoint_name, lasted
+                    )
                 return await work()
             except Exception as exc:
                 self._synced = False
@@ -344,13 +381,7 @@ class NatsRelay:
                     raise
                 if self._link.batches != batches:
                     delay = RECONNECT_INITIAL_DELAY  # it worked for a while
-                self.logger.warning(
-                    "relay %s: %s: %s; retrying in %.1fs",
-                    self.checkpoint_name,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
+                self._failed(exc, delay)
                 await self._link.close()
                 if await pause(delay, stop):
                     return None
@@ -358,6 +389,32 @@ class NatsRelay:
             except BaseException:
                 self._synced = False  # cancelled, maybe mid-batch: resume from the stream
                 raise
+
+    def _failed(self, exc: Exception, retry_in: float) -> None:
+        """Log a failure :meth:`_retrying` retries: WARNING when an outage
+        starts, DEBUG while it goes on with a WARNING every
+        :data:`RECONNECT_WARNING` seconds (see :class:`Outage`)."""
+        outage = self._outage
+        level = outage.failed()
+        if outage.failures == 1:
+            self.logger.warning(
+                "relay %s: %s: %s; retrying in %.1fs",
+                self.checkpoint_name,
+                type(exc).__name__,
+                one_line(exc),
+                retry_in,
+            )
+            return
+        self.logger.log(
+            level,
+            "relay %s: still fails after %d attempts in %.0f s (%s: %s); retrying in %.1fs",
+            self.checkpoint_name,
+            outage.failures,
+            outage.lasted,
+            type(exc).__name__,
+            one_line(exc),
+            retry_in,
+        )
 
     def _retryable(self, exc: Exception) -> bool:
         import nats.errors
