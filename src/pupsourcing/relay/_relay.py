@@ -286,7 +286,8 @@ class NatsRelay:
             except Exception as exc:
                 if not (dialect.is_connection_error(exc) or dialect.is_transient(exc)):
                     raise
-                self._lease_failed(exc, f"lease: {type(exc).__name__}: {one_line(exc)}", delay)
+                first = f"lease: {type(exc).__name__}: {one_line(exc)}"
+                self._failed(self._lease_outage, exc, first, delay, "lease still fails")
                 wait, delay = delay, min(delay * 2, RECONNECT_MAX_DELAY)
             if await pause(wait, stop):
                 return False
@@ -312,7 +313,8 @@ class NatsRelay:
                 reason = "another copy took the lease over"
             except Exception as exc:
                 if time.monotonic() - renewed < lease.ttl * 0.6:
-                    self._lease_failed(exc, f"lease not renewed: {one_line(exc)}", None)
+                    first = f"lease not renewed: {one_line(exc)}"
+                    self._failed(self._lease_outage, exc, first, None, "lease still fails")
                     continue
                 reason = f"the lease could not be renewed ({one_line(exc)})"
             self.logger.warning(
@@ -321,27 +323,6 @@ class NatsRelay:
             lost.set()
             break
         halt.set()
-
-    def _lease_failed(self, exc: Exception, first: str, retry_in: float | None) -> None:
-        """A lease statement failed: ``first`` is the outage's first line, a
-        WARNING; the ones after it are DEBUG, with a WARNING every
-        :data:`RECONNECT_WARNING` seconds (see :class:`Outage`)."""
-        outage = self._lease_outage
-        level = outage.failed()
-        retrying = "retrying" if retry_in is None else f"retrying in {retry_in:.1f}s"
-        if outage.failures == 1:
-            self.logger.warning("relay %s: %s; %s", self.checkpoint_name, first, retrying)
-            return
-        self.logger.log(
-            level,
-            "relay %s: lease still fails after %d attempts in %.0f s (%s: %s); %s",
-            self.checkpoint_name,
-            outage.failures,
-            outage.lasted,
-            type(exc).__name__,
-            one_line(exc),
-            retrying,
-        )
 
     def _lease_works(self, what: str) -> None:
         """A lease statement worked: ``what`` ends an outage, if any, at INFO."""
@@ -381,7 +362,8 @@ class NatsRelay:
                     raise
                 if self._link.batches != batches:
                     delay = RECONNECT_INITIAL_DELAY  # it worked for a while
-                self._failed(exc, delay)
+                first = f"{type(exc).__name__}: {one_line(exc)}"
+                self._failed(self._outage, exc, first, delay)
                 await self._link.close()
                 if await pause(delay, stop):
                     return None
@@ -390,30 +372,32 @@ class NatsRelay:
                 self._synced = False  # cancelled, maybe mid-batch: resume from the stream
                 raise
 
-    def _failed(self, exc: Exception, retry_in: float) -> None:
-        """Log a failure :meth:`_retrying` retries: WARNING when an outage
-        starts, DEBUG while it goes on with a WARNING every
-        :data:`RECONNECT_WARNING` seconds (see :class:`Outage`)."""
-        outage = self._outage
+    def _failed(
+        self,
+        outage: Outage,
+        exc: Exception,
+        first: str,
+        retry_in: float | None,
+        still: str = "still fails",
+    ) -> None:
+        """Log a failure that is retried: ``first`` (a WARNING) when
+        ``outage`` starts, then "``still`` after K attempts" at DEBUG, with a
+        WARNING every :data:`RECONNECT_WARNING` seconds (see :class:`Outage`)."""
         level = outage.failed()
+        retrying = "retrying" if retry_in is None else f"retrying in {retry_in:.1f}s"
         if outage.failures == 1:
-            self.logger.warning(
-                "relay %s: %s: %s; retrying in %.1fs",
-                self.checkpoint_name,
-                type(exc).__name__,
-                one_line(exc),
-                retry_in,
-            )
+            self.logger.warning("relay %s: %s; %s", self.checkpoint_name, first, retrying)
             return
         self.logger.log(
             level,
-            "relay %s: still fails after %d attempts in %.0f s (%s: %s); retrying in %.1fs",
+            "relay %s: %s after %d attempts in %.0f s (%s: %s); %s",
             self.checkpoint_name,
+            still,
             outage.failures,
             outage.lasted,
             type(exc).__name__,
             one_line(exc),
-            retry_in,
+            retrying,
         )
 
     def _retryable(self, exc: Exception) -> bool:
