@@ -121,3 +121,16 @@ class Fixable:
             f"INSERT INTO {TABLE} (global_position, aggregate_id, worker_pid) VALUES (?, ?, ?)",
             (event.global_position, event.aggregate_id, os.getpid()),
         )
+
+
+class GatedFixable(Fixable):
+    """:class:`Fixable` that, on each event, first creates the file
+    ``$ENTERED`` and then waits for ``$GATE`` (or 30 s): a replay the test
+    holds in its first transaction."""
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        open(os.environ["ENTERED"], "a").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.environ["GATE"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        super().handle(event, tx)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,3 +178,37 @@ def test_migrate_gen_writes_the_dead_letters_table(tmp_path: Path) -> None:
         assert f"CREATE TABLE IF NOT EXISTS {quote}dl_custom{quote} (" in text
         assert "PRIMARY KEY (projection_name, global_position)" in text
         assert "projection_dead_letters" not in text
+
+
+def test_two_replays_at_once_share_the_dead_letters(
+    backend: Backend, running: list[Running], tmp_path: Path
+) -> None:
+    """Two operators replaying at once: each record is handled by one of
+    them, and neither reports the other's records as failed again."""
+    conn = backend.connect()
+    try:
+        execute(conn, cli_projections.CREATE_TABLE)
+        for _ in range(3):
+            backend.store.append(conn, ExpectedVersion.any(), [event("poison")])
+        conn.commit()
+    finally:
+        conn.close()
+    config = ProcessorConfig(on_failure="dead_letter")
+    with backend.Processor(backend.connect, backend.store, config) as processor:
+        assert processor.catch_up(cli_projections.Fixable()) == 0
+    gate, entered = tmp_path / "gate", tmp_path / "entered"
+    env = {"POISON_FIXED": "1", "GATE": str(gate), "ENTERED": str(entered)}
+    replay = ("projections", "replay-dead-letters", "cli_projections:GatedFixable")
+    first = Running(*replay, "--db", backend.url, **env)
+    running.append(first)
+    wait_for(entered.exists, what="the first replay's handler", run=first)
+    second = Running(*replay, "--db", backend.url, **env)
+    running.append(second)
+    time.sleep(2)  # the second lists the three records, then waits for the first's lock
+    gate.touch()
+    assert (first.wait(), second.wait()) == (0, 0), (first.stderr, second.stderr)
+    outputs = [run.process.stdout.read() for run in (first, second)]  # type: ignore[union-attr]
+    counts = [int(re.match(r"replayed (\d+) of", out).group(1)) for out in outputs]  # type: ignore[union-attr]
+    assert sum(counts) == 3, outputs
+    assert any("by another replay" in out for out in outputs), outputs
+    assert [r[1] for r in handled(backend)] == ["poison"] * 3

@@ -125,8 +125,20 @@ def run_replay(args: argparse.Namespace) -> int:
         )
         with Processor(db.connect, db.store, config) as processor:
             replayed += processor.replay_dead_letters(projection)
-    left = len(letters) - replayed
-    print(clean(f"replayed {replayed} of {len(letters)} dead letters of {name}"))
+    with connection(db) as conn:
+        remaining = {
+            (d.projection_name, d.global_position) for d in db.store.list_dead_letters(conn, name)
+        }
+        conn.rollback()
+    # Records gone without this command replaying them: another replay took them.
+    left = sum((d.projection_name, d.global_position) in remaining for d in letters)
+    taken = len(letters) - replayed - left
+    print(
+        clean(
+            f"replayed {replayed} of {len(letters)} dead letters of {name}"
+            + (f" ({taken} taken meanwhile by another replay)" if taken else "")
+        )
+    )
     if left:
         raise CommandError(
             f"{left} dead letter{'s' if left != 1 else ''} of {name} failed again and "
