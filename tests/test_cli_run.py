@@ -231,6 +231,51 @@ def test_run_until_sigterm_then_resume(backend: Backend, running: list[Running])
     assert count(backend) == 60
 
 
+def test_reset_refuses_while_the_workers_run(backend: Backend, running: list[Running]) -> None:
+    """An operator who forgets to stop the workers before a rebuild is
+    stopped: the workers would go on writing into the read model."""
+    prepare(backend, aggregates=10, per_aggregate=20)  # 200 events, about 10 s
+    worker = Running(
+        "projections", "run", "cli_projections:Recorder", "--db", backend.url,
+        "--batch-size", "2", RECORDER_DELAY="0.05",
+    )  # fmt: skip
+    running.append(worker)
+    wait_for(lambda: count(backend) >= 4, what="some events", run=worker)
+    refused = cli("projections", "reset", "recorder", "--yes", "--db", backend.url)
+    assert_one_line_error(
+        refused, "projection 'recorder' is running (recorder moved within the last 1 s)",
+        "Stop them first", "--force",
+    )  # fmt: skip
+    worker.signal(signal.SIGINT)
+    assert worker.wait() == 0, worker.stderr
+    stopped_at = backend.checkpoints()["recorder"]
+    assert 4 <= stopped_at < 200
+    assert_exactly_once_up_to_checkpoints(backend)
+    # Stopped as the docs say: the reset goes through at once.
+    reset = cli("projections", "reset", "recorder", "--yes", "--db", backend.url)
+    assert reset.returncode == 0, reset.stderr
+    assert backend.checkpoints()["recorder"] == 0
+
+
+def test_reset_refuses_while_claimed_partitions_are_leased(
+    backend: Backend, running: list[Running]
+) -> None:
+    prepare(backend, aggregates=4, per_aggregate=1)
+    worker = Running(
+        "projections", "run", "cli_projections:Recorder", "--db", backend.url,
+        "--total-partitions", "2", "--claim",
+    )  # fmt: skip
+    running.append(worker)
+    wait_for(lambda: count(backend) == 4, what="every event", run=worker)
+    refused = cli("projections", "reset", "recorder", "--yes", "--db", backend.url)
+    message = assert_one_line_error(refused, "projection 'recorder' is running (leases held by ")
+    assert re.search(r"leases held by [^ ]+:\d+:[0-9a-f]+", message), message
+    assert set(backend.checkpoints().values()) == {4}
+    forced = cli("projections", "reset", "recorder", "--yes", "--force", "--db", backend.url)
+    assert forced.returncode == 0, forced.stderr
+    assert set(backend.checkpoints().values()) == {0}
+
+
 def test_run_several_projections_from_classes_and_factories(
     sqlite_db: Backend, running: list[Running]
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +171,12 @@ def register(commands: Any) -> None:
         help="the global position to continue after (default 0: from the start)",
     )
     reset.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    reset.add_argument(
+        "--force",
+        action="store_true",
+        help="reset even though the projection's workers are seen running (they pick the "
+        "reset up at their next batch)",
+    )
     add_database_options(reset)
     reset.set_defaults(handler=run_reset)
 
@@ -441,6 +448,40 @@ def _confirm(question: str) -> bool:
     return answer.strip().lower() in {"y", "yes"}
 
 
+RUNNING_WINDOW = 60.0
+"""Seconds: a checkpoint that moved more recently than this is watched for
+:data:`RUNNING_WATCH` seconds before a reset, to see whether it still moves."""
+
+RUNNING_WATCH = 1.0
+
+
+def running_signs(db: Any, conn: Any, name: str, chosen: list[Checkpoint]) -> list[str]:
+    """What shows that ``name``'s processors are running: leases held by
+    ``--claim`` workers, or its checkpoints moving while watched for
+    :data:`RUNNING_WATCH` seconds (only when one moved in the last
+    :data:`RUNNING_WINDOW`). An idle processor shows nothing."""
+    signs = []
+    try:
+        leases = [lease for lease in db.store.list_leases(conn, name) if lease.live]
+    except Exception as exc:
+        if not missing_table(exc):
+            raise
+        leases = []
+    conn.rollback()
+    owners = sorted({lease.owner for lease in leases})
+    if owners:
+        signs.append(f"leases held by {', '.join(clean_line(o) for o in owners)}")
+    if any(c.age is not None and c.age < RUNNING_WINDOW for c in chosen):
+        before = {c.name: (c.position, c.updated_at) for c in chosen}
+        time.sleep(RUNNING_WATCH)
+        after = {c.name: (c.position, c.updated_at) for c in db.store.list_checkpoints(conn)}
+        conn.rollback()
+        moved = [n for n in before if after.get(n, before[n]) != before[n]]
+        if moved:
+            signs.append(f"{', '.join(moved)} moved within the last {RUNNING_WATCH:g} s")
+    return signs
+
+
 def run_reset(args: argparse.Namespace) -> int:
     db = open_database(args)
     name, target = args.name, args.to
@@ -461,6 +502,14 @@ def run_reset(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"--to {target} is beyond the store head {head}: events up to there would be "
                 "skipped"
+            )
+        signs = [] if args.force else running_signs(db, conn, name, chosen)
+        if signs:
+            raise CommandError(
+                f"projection {name!r} is running ({'; '.join(signs)}): its workers would go on "
+                "writing into the read model you rebuild. Stop them first (SIGINT or SIGTERM; "
+                "they finish their batch), or pass --force to reset anyway (running workers "
+                "pick the reset up at their next batch)"
             )
         summary = ", ".join(f"{c.name} at {c.position:,}" for c in chosen)
         question = (
