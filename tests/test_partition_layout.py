@@ -134,6 +134,29 @@ def test_cleared_layout_allows_a_new_count(backend: Backend) -> None:
     assert layouts(backend) == {"layout": 4}
 
 
+def test_a_new_count_drops_the_old_layouts_reset_checkpoints(backend: Backend) -> None:
+    """After a reset, the first start with another count forgets the
+    checkpoints the old count left at 0 (``projections status`` would show
+    them lagging by the whole store forever), and keeps the others'."""
+    append(backend, 6)
+    assert run_all(backend, Recorder(), 2) == 6
+    assert catch_up(backend, Recorder("layout_p2"), 1) == 6  # a projection of its own
+    conn = backend.connect()
+    try:
+        for name in ("layout_p0", "layout_p1"):
+            backend.store.update_checkpoint(conn, name, 0)
+        query(
+            conn,
+            f"DELETE FROM {backend.store.config.layouts_table} WHERE projection_name = 'layout'",
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    assert catch_up(backend, Recorder(), 1) == 6
+    assert backend.checkpoints() == {"layout": 6, "layout_p2": 6}
+    assert layouts(backend) == {"layout": 1, "layout_p2": 1}
+
+
 def test_concurrent_first_starts_of_one_layout(backend: Backend) -> None:
     append(backend, 20)
     errors: list[BaseException] = []

@@ -72,6 +72,26 @@ def inferred_layout(
     return None
 
 
+def _other_layouts(
+    name: str, total: int, checkpoints: Iterable[tuple[str, int]], own: Iterable[str]
+) -> list[str]:
+    """``name``'s checkpoints at 0 that processors with ``total`` partitions
+    never use: another count's, left by a reset (deleting them loses
+    nothing, and ``projections status`` would count them lagging)."""
+    skip = set(own) - {name}
+    stale = []
+    for checkpoint, position in checkpoints:
+        if int(position) != 0 or checkpoint in skip or not belongs_to(checkpoint, name):
+            continue
+        if checkpoint == name:
+            fits = total == 1
+        else:
+            fits = total > 1 and int(checkpoint[len(name) + 2 :]) < total
+        if not fits:
+            stale.append(checkpoint)
+    return stale
+
+
 def missing_table(exc: BaseException) -> bool:
     """Whether ``exc`` is the driver's error for a table that does not exist."""
     if getattr(exc, "sqlstate", None) == "42P01":  # PostgreSQL: undefined_table
@@ -112,12 +132,17 @@ def check_layout(dialect: Dialect, name: str, total: int) -> LayoutPlan:
             dialect, dialect.checkpoints_table, "projection_name, last_global_position", name
         )
         own = yield _prefixed(dialect, table, "projection_name", name)
-        inferred = inferred_layout(
-            name, total, ((c, int(pos)) for c, pos in checkpoints), (r[0] for r in own)
-        )
+        owned = [r[0] for r in own]
+        inferred = inferred_layout(name, total, ((c, int(pos)) for c, pos in checkpoints), owned)
         yield COMMIT
         if inferred is not None:
             raise PartitionLayoutError(name, inferred, total)
+        for stale in _other_layouts(name, total, checkpoints, owned):
+            yield Statement(
+                f"DELETE FROM {dialect.checkpoints_table} WHERE projection_name = {p} "
+                "AND last_global_position = 0",
+                (stale,),
+            )
         # The reads' transaction ended first: on SQLite, where sqlite3 keeps
         # one open (autocommit=False), a transaction that has read cannot
         # wait for the write lock. The read-back below settles any race.
