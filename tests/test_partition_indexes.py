@@ -165,6 +165,10 @@ def test_processors_warn_once_when_partition_indexes_are_missing(
     assert warnings[0].endswith(script)
     assert f"total_partitions={PARTITIONS}" in warnings[0]
     assert "--create-indexes" in warnings[0]
+    # Both ways of running partitions are named: --claim workers take
+    # --total-partitions, not --partitions.
+    assert f"--partitions {PARTITIONS}" in warnings[0]
+    assert f"--total-partitions {PARTITIONS} --claim" in warnings[0]
     assert all(name in warnings[0] for name in names)
     # Fewer partitions have indexes of their own, checked on their own.
     caplog.clear()

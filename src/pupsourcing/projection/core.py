@@ -336,13 +336,15 @@ class ProcessorCore:
             self.logger.warning(
                 "total_partitions=%d: the events table %s lacks %d of its %d partition "
                 "indexes (%s), so each partitioned processor reads past every other "
-                "partition's rows. Create them once (`pupsourcing projections run "
-                "--partitions %d --create-indexes` does), or run%s:\n%s",
+                "partition's rows. Create them once (`pupsourcing projections run` does "
+                "with `--create-indexes` and `--partitions %d`, or `--total-partitions %d "
+                "--claim`), or run%s:\n%s",
                 total,
                 self.dialect.config.events_table,
                 len(missing),
                 total,
                 ", ".join(missing),
+                total,
                 total,
                 " (each statement on its own, outside a transaction)" if online else "",
                 self.dialect.render_partition_indexes(self.dialect.config, total, online=online),
