@@ -61,19 +61,25 @@ class OptimisticConcurrencyError(PupsourcingError):
 
 
 class SchemaError(PupsourcingError):
-    """The store's tables lack a column pupsourcing needs: typically tables the
-    Go library created, before ``pupsourcing migrate`` or
-    ``store.create_schema(tx)`` added pupsourcing's columns to them. ``table``
-    and ``column`` name what is missing; the driver's error is ``__cause__``.
+    """The store lacks a column or table pupsourcing needs: typically tables
+    the Go library (or an older pupsourcing) created, before ``pupsourcing
+    migrate`` or ``store.create_schema(tx)`` added what came since. ``table``
+    names the table, ``column`` the missing column (``None`` when the table
+    itself is missing); the driver's error is ``__cause__``.
     """
 
-    def __init__(self, table: str, column: str) -> None:
+    def __init__(self, table: str, column: str | None = None) -> None:
         self.table = table
         self.column = column
+        what = (
+            f"table {table!r} does not exist: pupsourcing adds it beside the Go library's tables"
+            if column is None
+            else f"table {table!r} has no column {column!r}, which pupsourcing adds to the "
+            "Go library's schema"
+        )
         super().__init__(
-            f"table {table!r} has no column {column!r}, which pupsourcing adds to the "
-            "Go library's schema: run `pupsourcing migrate` or store.create_schema(tx) "
-            "once to add it (the Go library keeps working)"
+            f"{what}: run `pupsourcing migrate` or store.create_schema(tx) once to add it "
+            "(the Go library keeps working)"
         )
 
 

@@ -138,6 +138,9 @@ class _RepositoryPlans(Generic[A]):
         self.aggregate_class = aggregate_class
         self.codec = codec
         self.snapshot_every = snapshot_every
+        self._snapshots_found = False
+        """Whether the snapshots table answered a read: a store made before
+        it (by the Go library, say) has none until ``create_schema``."""
 
     def __repr__(self) -> str:
         return (
@@ -209,6 +212,11 @@ class _RepositoryPlans(Generic[A]):
         # back, its event is not stored, and another writer's at that
         # version would let `expected` pass on a state that never was.
         yield from self._check_last_save(aggregate, key, base, expected)
+        if snapshot is not None and not self._snapshots_found:
+            # Before the append: a missing table (SchemaError) must not leave
+            # the events written in the caller's transaction, the snapshot not.
+            yield _Call("read_snapshot", (*key, cls.snapshot_schema, 0))
+            self._snapshots_found = True
         result: AppendResult = yield _Call("append", (expected, events))
         if snapshot is not None:
             yield _Call("save_snapshot", (snapshot,))
@@ -249,6 +257,7 @@ class _RepositoryPlans(Generic[A]):
             snapshot: Snapshot | None = yield _Call(
                 "read_snapshot", (*key, cls.snapshot_schema, at_version)
             )
+            self._snapshots_found = True
             if snapshot is not None:
                 aggregate = self._restore(snapshot)
         events: Sequence[PersistedEvent] = ()

@@ -45,6 +45,7 @@ from pupsourcing.store.dead_letter import (
     error_type_name,
 )
 from pupsourcing.store.horizon import Probe
+from pupsourcing.store.layout import missing_table
 from pupsourcing.store.leases import LeasePlans, lease_statements
 from pupsourcing.store.plan import COMMIT, ROLLBACK, Plan, Row, RowDecoder, Statement
 from pupsourcing.store.schema import (
@@ -376,11 +377,24 @@ class Dialect(abc.ABC):
     def schema_error(self, exc: BaseException) -> SchemaError | None:
         """The :class:`~pupsourcing.SchemaError` for a failed statement's
         ``exc`` when it names a column pupsourcing adds to the Go library's
-        events table (tables the Go library created lack them until
-        ``create_schema``); ``None`` for any other error."""
+        events table, or a table of pupsourcing's own (stores the Go library
+        or an older pupsourcing created lack them until ``create_schema``);
+        ``None`` for any other error."""
+        text = str(exc)
+        if missing_table(exc):
+            config = self.config
+            own = (
+                config.dead_letters_table,
+                config.layouts_table,
+                config.leases_table,
+                config.snapshots_table,
+            )
+            for table in own:
+                if re.search(rf"\b{re.escape(table)}\b", text):
+                    return SchemaError(table)
+            return None
         if not self.is_undefined_column(exc):
             return None
-        text = str(exc)
         for column in added_columns(self.schema_dialect):
             if re.search(rf"\b{column.name}\b", text):
                 return SchemaError(self.config.events_table, column.name)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
-from pupsourcing.core.errors import PartitionLayoutError
+from pupsourcing.core.errors import PartitionLayoutError, SchemaError
 from pupsourcing.store.dead_letter import belongs_to
 from pupsourcing.store.plan import COMMIT, ROLLBACK, Statement
 
@@ -93,7 +93,10 @@ def _other_layouts(
 
 
 def missing_table(exc: BaseException) -> bool:
-    """Whether ``exc`` is the driver's error for a table that does not exist."""
+    """Whether ``exc`` is the driver's error for a table that does not exist,
+    or the store's :class:`~pupsourcing.SchemaError` for one."""
+    if isinstance(exc, SchemaError):
+        return exc.column is None
     if getattr(exc, "sqlstate", None) == "42P01":  # PostgreSQL: undefined_table
         return True
     args = getattr(exc, "args", ())

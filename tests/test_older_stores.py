@@ -1,0 +1,139 @@
+"""A store made before pupsourcing added one of its own tables (dead
+letters, partition layouts, leases, snapshots): by the Go library, or by an
+older release of pupsourcing. Whatever needs such a table either works
+without it or raises one :class:`~pupsourcing.SchemaError` naming the table
+and ``pupsourcing migrate`` / ``create_schema``, having written nothing;
+after ``create_schema`` it works. Each backend and both APIs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conftest import Backend
+from domain_model import Order, codec
+from helpers import event, query
+from pupsourcing import ExpectedVersion, PersistedEvent, SchemaError
+from pupsourcing.aio import AsyncRepository
+from pupsourcing.domain import Repository
+from pupsourcing.projection import ProcessorConfig
+from pupsourcing.store.snapshots import Snapshot
+
+pytestmark = pytest.mark.both_apis
+
+
+def drop(backend: Backend, table: str) -> None:
+    conn = backend.connect()
+    try:
+        query(conn, f"DROP TABLE {table}")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def assert_names(error: SchemaError, table: str) -> None:
+    assert (error.table, error.column) == (table, None)
+    assert table in str(error)
+    assert "pupsourcing migrate" in str(error)
+    assert "create_schema" in str(error)
+    assert error.__cause__ is not None  # the driver's error
+
+
+class FailsAt:
+    """Fails on the event at ``position``; keeps what it handled in ``tx``."""
+
+    name = "fails"
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        if event.global_position == self.position:
+            raise RuntimeError("poison")
+        query(tx, f"INSERT INTO handled (position) VALUES ({event.global_position})")
+
+
+def test_the_dead_letter_policy_without_its_table_stops_and_moves_nothing(
+    backend: Backend,
+) -> None:
+    config = backend.store.config
+    drop(backend, config.dead_letters_table)
+    conn = backend.connection()
+    query(conn, "CREATE TABLE handled (position BIGINT PRIMARY KEY)")
+    backend.store.append(conn, ExpectedVersion.any(), [event(), event(), event()])
+    conn.commit()
+    policy = ProcessorConfig(on_failure="dead_letter")
+    processor = backend.Processor(backend.connect, backend.store, policy)
+    with processor, pytest.raises(SchemaError) as caught:
+        processor.catch_up(FailsAt(2))
+    assert_names(caught.value, config.dead_letters_table)
+    assert backend.checkpoints().get("fails", 0) == 0
+    assert backend.scalar("SELECT count(*) FROM handled") == 0
+
+    backend.store.create_schema(conn)
+    conn.commit()
+    with backend.Processor(backend.connect, backend.store, policy) as processor:
+        processor.catch_up(FailsAt(2))
+    assert backend.checkpoints()["fails"] == 3
+    assert [d.global_position for d in backend.store.list_dead_letters(conn)] == [2]
+    assert backend.scalar("SELECT count(*) FROM handled") == 2
+
+
+def test_store_calls_on_a_missing_table_name_it(backend: Backend) -> None:
+    store, config = backend.store, backend.store.config
+    for table in (config.dead_letters_table, config.leases_table, config.snapshots_table):
+        drop(backend, table)
+    conn = backend.connection()
+    snapshot = Snapshot("Shop", "Order", "o-1", 1, 1, b"{}")
+    calls = [
+        (config.dead_letters_table, lambda: store.list_dead_letters(conn)),
+        (config.dead_letters_table, lambda: store.count_dead_letters(conn)),
+        (config.leases_table, lambda: store.list_leases(conn)),
+        (config.snapshots_table, lambda: store.read_snapshot(conn, "Shop", "Order", "o-1", 1)),
+        (config.snapshots_table, lambda: store.save_snapshot(conn, snapshot)),
+    ]
+    for table, call in calls:
+        with pytest.raises(SchemaError) as caught:
+            call()
+        conn.rollback()
+        assert_names(caught.value, table)
+
+
+def repository(backend: Backend) -> Any:
+    if backend.api == "async":
+        from test_domain_repository import Blocking
+
+        repo = AsyncRepository(backend.store.raw, Order, codec(), snapshot_every=1)
+        return Blocking(backend, repo)
+    return Repository(backend.store, Order, codec(), snapshot_every=1)
+
+
+def test_a_repository_with_snapshots_and_no_table_writes_nothing(backend: Backend) -> None:
+    table = backend.store.config.snapshots_table
+    drop(backend, table)
+    repo, conn = repository(backend), backend.connection()
+    order = Order("order-1")
+    order.place("ada")
+    with pytest.raises(SchemaError) as caught:
+        repo.save(conn, order)
+    assert_names(caught.value, table)
+    conn.commit()  # what a caller that goes on anyway commits: nothing
+    assert backend.count_events() == 0
+    assert order.pending_events  # still to be saved
+
+    # Loading with snapshots reads the table first: the same error.
+    placed = event("order-2", bounded_context="Sales", aggregate_type="Order")
+    backend.store.append(conn, ExpectedVersion.no_stream(), [placed])
+    conn.commit()
+    with pytest.raises(SchemaError) as caught:
+        repo.load(conn, "order-2")
+    conn.rollback()
+    assert_names(caught.value, table)
+
+    backend.store.create_schema(conn)
+    conn.commit()
+    repo.save(conn, order)
+    conn.commit()
+    assert repo.load(conn, "order-1").customer == "ada"
