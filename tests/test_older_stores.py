@@ -8,6 +8,10 @@ after ``create_schema`` it works. Each backend and both APIs.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,7 +22,7 @@ from helpers import event, query
 from pupsourcing import ExpectedVersion, PersistedEvent, SchemaError
 from pupsourcing.aio import AsyncRepository
 from pupsourcing.domain import Repository
-from pupsourcing.projection import ProcessorConfig
+from pupsourcing.projection import ClaimingRunner, ProcessorConfig
 from pupsourcing.store.snapshots import Snapshot
 
 pytestmark = pytest.mark.both_apis
@@ -137,3 +141,57 @@ def test_a_repository_with_snapshots_and_no_table_writes_nothing(backend: Backen
     repo.save(conn, order)
     conn.commit()
     assert repo.load(conn, "order-1").customer == "ada"
+
+
+class Seen:
+    name = "seen"
+
+    def __init__(self) -> None:
+        self.positions: list[int] = []
+
+    def handle(self, event: PersistedEvent, tx: Any) -> None:
+        self.positions.append(event.global_position)
+
+
+class AsyncSeen(Seen):
+    async def handle(self, event: PersistedEvent, tx: Any) -> None:  # type: ignore[override]
+        self.positions.append(event.global_position)
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+@pytest.mark.parametrize("name", ["sqlite", "postgres", "mysql"])
+def test_a_claiming_runner_without_the_leases_table_stops_at_once(
+    name: str, api: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """Not retried as an outage of the database, for ever: the table does
+    not come back by itself."""
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = make_store_backend(name)
+    table = backend.store.config.leases_table
+    drop(backend, table)
+    conn = backend.connection()
+    backend.store.append(conn, ExpectedVersion.any(), [event()])
+    conn.commit()
+    config = ProcessorConfig(total_partitions=2, poll_interval=0.01)
+    seen = Seen() if api == "blocking" else AsyncSeen()
+
+    def blocking() -> None:
+        stop = threading.Event()
+        timer = threading.Timer(10, stop.set)  # what the fault was: runs until stopped
+        timer.start()
+        try:
+            ClaimingRunner(backend.connect, backend.store, config, lease_ttl=1).run(seen, stop=stop)
+        finally:
+            timer.cancel()
+
+    async def asyncio_() -> None:
+        runner = AsyncClaimingRunner(backend.open_async, backend.async_store(), config, lease_ttl=1)
+        await asyncio.wait_for(runner.run(seen), 10)
+
+    started = time.monotonic()
+    with pytest.raises(SchemaError) as caught:
+        blocking() if api == "blocking" else asyncio.run(asyncio_())
+    assert time.monotonic() - started < 5
+    assert_names(caught.value, table)
+    assert seen.positions == []

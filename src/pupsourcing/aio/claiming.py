@@ -11,12 +11,14 @@ from typing import Any, TypeVar
 
 from pupsourcing._text import one_line
 from pupsourcing.aio.processor import AsyncProcessor, close_quietly
+from pupsourcing.core.errors import SchemaError
 from pupsourcing.projection.claiming import (
     DEFAULT_LEASE_TTL,
     LeaseOutage,
     check_runner_args,
     chosen_projections,
     next_look,
+    no_leases_table,
     partition_log,
     share,
 )
@@ -115,6 +117,9 @@ class AsyncClaimingRunner:
                         pause = min(pause, await self._balance(conn, p))
                     last_ok = time.monotonic()
                     outage.ended()
+                except SchemaError as exc:
+                    error = exc  # a table to create, not an outage to wait out
+                    break
                 except Exception as exc:
                     outage.failed(exc, pause)
                     if not self._store.dialect.is_transient(exc):  # else rolled back, usable
@@ -133,7 +138,10 @@ class AsyncClaimingRunner:
             self._stop_all(None)
             await asyncio.gather(*(p.task for p in self._running.values()), return_exceptions=True)
             error = error or self._reap(pending)
-            await self._release_all(conn, chosen)
+            if no_leases_table(self._store, error):
+                await close_quietly(conn)
+            else:
+                await self._release_all(conn, chosen)
         if error is not None:
             raise error
 

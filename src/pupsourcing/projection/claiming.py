@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from pupsourcing._outage import Outage
 from pupsourcing._text import one_line
+from pupsourcing.core.errors import SchemaError
 from pupsourcing.projection.batch import (
     Logger,
     partition_fields,
@@ -44,6 +45,12 @@ again, to take its partitions over."""
 def default_owner() -> str:
     """``host:pid:random``: unique per process, readable in ``projections status``."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def no_leases_table(store: Any, error: BaseException | None) -> bool:
+    """Whether ``error`` says that ``store`` has no leases table (so there
+    are no leases to give back)."""
+    return isinstance(error, SchemaError) and error.table == store.config.leases_table
 
 
 def check_runner_args(db: object, lease_ttl: object, owner: object) -> tuple[float, str]:
@@ -193,6 +200,9 @@ class ClaimingRunner:
                         pause = min(pause, self._balance(conn, p))
                     last_ok = time.monotonic()
                     outage.ended()
+                except SchemaError as exc:
+                    first_error = exc  # a table to create, not an outage to wait out
+                    break
                 except Exception as exc:
                     outage.failed(exc, pause)
                     if not self._store.dialect.is_transient(exc):  # else rolled back, usable
@@ -210,7 +220,10 @@ class ClaimingRunner:
             self._stop_all(None)
             self._join_all()
             first_error = first_error or self._reap()  # a batch that failed while stopping
-            self._release_all(conn, chosen)
+            if no_leases_table(self._store, first_error):
+                _close(conn)
+            else:
+                self._release_all(conn, chosen)
         if first_error is not None:
             raise first_error
 
