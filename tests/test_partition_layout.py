@@ -231,3 +231,19 @@ def test_a_store_without_the_layouts_table_runs_unguarded(
     conn.commit()
     with pytest.raises(PartitionLayoutError):  # read from the checkpoint's name
         catch_up(backend, Recorder(), 2)
+
+
+def test_without_the_layouts_table_a_projection_warns_once(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not once per partition (each has a processor of its own) nor per start."""
+    append(backend, 6)
+    conn = backend.connection()
+    query(conn, f"DROP TABLE {backend.store.config.layouts_table}")
+    conn.commit()
+    with caplog.at_level("WARNING", logger="pupsourcing"):
+        assert run_all(backend, Recorder(), 3) == 6
+        assert run_all(backend, Recorder(), 3) == 0
+        assert catch_up(backend, Recorder("other"), 1) == 6
+    warnings = [r.getMessage() for r in caplog.records if "no projection_layouts" in r.message]
+    assert [w.split(":")[0] for w in warnings] == ["projection layout", "projection other"]

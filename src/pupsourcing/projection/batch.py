@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -271,6 +273,23 @@ def _at_or_below(rows: Sequence[Row], position: int) -> Sequence[Row]:
     return rows[:end]
 
 
+_unguarded: weakref.WeakKeyDictionary[Dialect, set[str]] = weakref.WeakKeyDictionary()
+"""By store dialect: the projections warned about running without a layout guard."""
+_unguarded_lock = threading.Lock()
+
+
+def _first_unguarded(dialect: Dialect, name: str) -> bool:
+    """Whether no processor of this store warned that projection ``name``
+    runs without a layout guard yet (and now one does): its partitions'
+    processors, and every start in this process, warn once between them."""
+    with _unguarded_lock:
+        warned = _unguarded.setdefault(dialect, set())
+        if name in warned:
+            return False
+        warned.add(name)
+        return True
+
+
 def step(
     dialect: Dialect,
     horizon: Horizon,
@@ -282,11 +301,11 @@ def step(
     :class:`~pupsourcing.PartitionLayoutError`)."""
     if not sub.layout_checked:
         guarded = yield from check_layout(dialect, sub.name, max(sub.total_partitions, 1))
-        if not guarded:
+        if not guarded and _first_unguarded(dialect, sub.name):
             logger.warning(
                 "projection %s: the store has no %s table, so its partition layout is not "
                 "checked; run `pupsourcing migrate` (or store.create_schema) to add it",
-                sub.label,
+                sub.name,
                 dialect.config.layouts_table,
                 extra=sub.log_fields(),
             )
