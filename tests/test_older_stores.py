@@ -195,3 +195,75 @@ def test_a_claiming_runner_without_the_leases_table_stops_at_once(
     assert time.monotonic() - started < 5
     assert_names(caught.value, table)
     assert seen.positions == []
+
+
+@pytest.mark.parametrize("name", ["sqlite", "postgres", "mysql"])
+def test_a_relay_without_the_leases_table_publishes_everything_once(
+    name: str, make_store_backend: Callable[..., Backend], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the lease, copies are not kept apart (warned); the relay
+    itself works, its checkpoint in the Go library's table."""
+    from nats_helpers import jetstream
+    from test_relay_nats import assert_exactly_once_in_order, catch_up, relay
+
+    backend = make_store_backend(name)
+    table = backend.store.config.leases_table
+    drop(backend, table)
+    conn = backend.connection()
+    backend.store.append(conn, ExpectedVersion.any(), [event("o-1"), event("o-1")])
+    conn.commit()
+    js = next(jetstream())
+    stream, prefix = js.new_stream()
+    with caplog.at_level("WARNING", logger="pupsourcing"):
+        assert catch_up(relay(backend, js, stream, prefix, name="old")) == 2
+        assert catch_up(relay(backend, js, stream, prefix, name="old")) == 0
+    assert backend.checkpoints()["relay_old"] == 2
+    assert_exactly_once_in_order(js.messages(stream), backend)
+    assert f"no {table} table" in caplog.text
+    assert "pupsourcing migrate" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore::pupsourcing.adapters.mysql.CollationWarning")  # Go's tables
+@pytest.mark.parametrize("name", ["sqlite", "postgres", "mysql"])
+def test_the_console_api_on_a_go_store_answers_or_says_to_migrate(
+    name: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """Each path answers, or (the events' reads on PostgreSQL, which read
+    ``metadata_raw``) a JSON 503 naming the column and ``pupsourcing
+    migrate``: never a 500."""
+    from pupsourcing.urls import database
+    from test_console import in_process
+    from test_go_schema import replace_with_go_schema
+
+    backend = make_store_backend(name)
+    conn = backend.connection()
+    replace_with_go_schema(conn, name)
+    for table in ("dead_letters", "layouts", "leases", "snapshots"):
+        query(conn, f"DROP TABLE {getattr(backend.store.config, table + '_table')}")
+    query(
+        conn,
+        "INSERT INTO aggregate_heads (bounded_context, aggregate_type, aggregate_id, "
+        "aggregate_version) VALUES ('Shop', 'Order', 'go-1', 0)",
+    )
+    query(conn, "INSERT INTO projection_checkpoints (projection_name) VALUES ('orders')")
+    conn.commit()
+    db = database(backend.url, backend.store.config, create=False)
+    paths = [
+        "/api/head",
+        "/api/projections",
+        "/api/overview",
+        "/api/streams/Shop/Order/go-1",
+        "/api/events",
+        "/api/log",
+        "/api/aggregates?prefix=go",
+        "/api/dead-letters",
+        "/streams/Shop/Order/go-1",
+        "/log",
+    ]
+    for path in paths:
+        response = in_process(db, path, raise_errors=False)
+        assert response.status_code in (200, 404, 503), (path, response.text)
+        if response.status_code == 503:
+            assert name == "postgres"
+            assert "metadata_raw" in response.text, path
+            assert "pupsourcing migrate" in response.text, path

@@ -41,6 +41,7 @@ from pupsourcing.console._security import (
     token_problem,
 )
 from pupsourcing.console._watch import HeadWatcher
+from pupsourcing.core.errors import SchemaError
 from pupsourcing.urls import Database
 
 T = TypeVar("T")
@@ -185,6 +186,8 @@ class Console:
             return await self.reader.run(query)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
+        except SchemaError as exc:  # a store the Go library made, before `migrate`
+            raise HTTPException(503, str(exc)) from None
         except Exception as exc:
             if not is_driver_error(exc):
                 raise
