@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Backend
+from conftest import Backend, require
 from domain_model import Order, codec
 from helpers import event, query
 from pupsourcing import ExpectedVersion, PersistedEvent, SchemaError
@@ -83,6 +83,27 @@ def test_the_dead_letter_policy_without_its_table_stops_and_moves_nothing(
     assert backend.checkpoints()["fails"] == 3
     assert [d.global_position for d in backend.store.list_dead_letters(conn)] == [2]
     assert backend.scalar("SELECT count(*) FROM handled") == 2
+
+
+def test_the_dead_letter_policy_without_its_table_stops_before_any_event(
+    backend: Backend,
+) -> None:
+    """At the start, not at the first failure (weeks later, say): nothing
+    is handled that could need it."""
+    drop(backend, backend.store.config.dead_letters_table)
+    conn = backend.connection()
+    query(conn, "CREATE TABLE handled (position BIGINT PRIMARY KEY)")
+    backend.store.append(conn, ExpectedVersion.any(), [event(), event()])
+    conn.commit()
+    policy = ProcessorConfig(on_failure="dead_letter")
+    processor = backend.Processor(backend.connect, backend.store, policy)
+    with processor, pytest.raises(SchemaError) as caught:
+        processor.catch_up(FailsAt(0))
+    assert_names(caught.value, backend.store.config.dead_letters_table)
+    assert backend.checkpoints().get("fails", 0) == 0
+    assert backend.scalar("SELECT count(*) FROM handled") == 0
+    with backend.Processor(backend.connect, backend.store) as processor:  # "stop": no table
+        assert processor.catch_up(FailsAt(0)) == 2
 
 
 def test_store_calls_on_a_missing_table_name_it(backend: Backend) -> None:
@@ -267,3 +288,23 @@ def test_the_console_api_on_a_go_store_answers_or_says_to_migrate(
             assert name == "postgres"
             assert "metadata_raw" in response.text, path
             assert "pupsourcing migrate" in response.text, path
+
+
+@pytest.mark.parametrize("name", ["sqlite", "postgres", "mysql"])
+def test_the_dead_letters_metric_of_a_store_without_the_table_is_empty(
+    name: str, make_store_backend: Callable[..., Backend], caplog: pytest.LogCaptureFixture
+) -> None:
+    """None can have been recorded: an empty gauge, no warning of an outage."""
+    require("prometheus_client")
+    from pupsourcing.metrics import DeadLettersCollector
+
+    backend = make_store_backend(name)
+    config = backend.store.config
+    drop(backend, config.dead_letters_table)
+    drop(backend, config.layouts_table)
+    collector = DeadLettersCollector(backend.connect, backend.store)
+    with caplog.at_level("WARNING", logger="pupsourcing"):
+        [family] = list(collector.collect())
+        [family] = list(collector.collect())  # the connection's session still usable
+    assert family.samples == []
+    assert caplog.records == []

@@ -286,6 +286,9 @@ class ProcessorCore:
             if not self.prepared:
                 yield from self.dialect.prepare_processor()
                 yield from self.check_partition_indexes()
+                if self.config.on_failure == "dead_letter":
+                    # Its table must be there before a handler fails, not then.
+                    yield from self.dialect.probe_dead_letters()
                 self.prepared = True
             failing = self._failing.get(sub.checkpoint_name)
             if failing is not None and failing.due:

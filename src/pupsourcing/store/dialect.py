@@ -870,6 +870,11 @@ class Dialect(abc.ABC):
     def _dead_letters(self) -> _DeadLetterSQL:
         return _DeadLetterSQL(self)
 
+    def probe_dead_letters(self) -> Plan[None]:
+        """Read nothing from the dead-letters table: a store made before it
+        (by the Go library, say) raises :class:`~pupsourcing.SchemaError`."""
+        yield Statement(self._dead_letters.probe, fetch=True)
+
     def count_dead_letters(self) -> Plan[dict[str, int]]:
         """How many dead letters each checkpoint name has (those with some)."""
         rows = yield Statement(self._dead_letters.counts, fetch=True)
@@ -994,6 +999,7 @@ class _DeadLetterSQL:
             f"FROM {dialect.events_table} WHERE global_position = {p}"
         )
         self.counts = f"SELECT projection_name, COUNT(*) FROM {table} GROUP BY projection_name"
+        self.probe = f"SELECT 1 FROM {table} WHERE 1 = 0"
         self.delete = f"DELETE FROM {table} WHERE {key}"
         self.failed_again = (
             f"UPDATE {table} SET error_type = {p}, error_message = {p}, traceback = {p}, "
