@@ -308,3 +308,152 @@ def test_the_dead_letters_metric_of_a_store_without_the_table_is_empty(
         [family] = list(collector.collect())  # the connection's session still usable
     assert family.samples == []
     assert caplog.records == []
+
+
+def catalog(backend: Backend, conn: Any) -> dict[str, set[tuple[Any, ...]]]:
+    """Every table's columns (name, type, nullability, default) and indexes."""
+    if backend.name == "postgres":
+        where = (backend.schema,)
+        columns = query(
+            conn,
+            "SELECT table_name, column_name, data_type, is_nullable, column_default "
+            "FROM information_schema.columns WHERE table_schema = %s",
+            where,
+        )
+        indexes = query(
+            conn,
+            "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = %s",
+            where,
+        )
+    elif backend.name == "mysql":
+        where = (backend.database,)
+        columns = query(
+            conn,
+            "SELECT table_name, column_name, column_type, is_nullable, column_default, "
+            "collation_name, extra FROM information_schema.columns WHERE table_schema = %s",
+            where,
+        )
+        indexes = query(
+            conn,
+            "SELECT table_name, index_name, seq_in_index, column_name, non_unique "
+            "FROM information_schema.statistics WHERE table_schema = %s",
+            where,
+        )
+    else:
+        tables = [r[0] for r in query(conn, "SELECT name FROM sqlite_master WHERE type = 'table'")]
+        columns = [
+            (table, *row[1:5])
+            for table in tables
+            for row in query(conn, f"PRAGMA table_info({table})")
+        ]
+        indexes = query(conn, "SELECT tbl_name, name, sql FROM sqlite_master WHERE type = 'index'")
+    conn.rollback()
+    return {"columns": {tuple(r) for r in columns}, "indexes": {tuple(r) for r in indexes}}
+
+
+def go_append_sql(name: str) -> list[str]:
+    """How the Go library appends (its columns only) and moves its checkpoint."""
+    if name == "postgres":
+        return [
+            "INSERT INTO events (bounded_context, aggregate_type, aggregate_id, aggregate_version, "
+            "event_id, event_type, event_version, payload, metadata) VALUES ('Shop', 'Order', "
+            "'go-1', 2, gen_random_uuid(), 'Paid', 1, '\\x7b7d', '{}')",
+            "INSERT INTO aggregate_heads (bounded_context, aggregate_type, aggregate_id, "
+            "aggregate_version, updated_at) VALUES ('Shop', 'Order', 'go-1', 2, NOW()) "
+            "ON CONFLICT (bounded_context, aggregate_type, aggregate_id) "
+            "DO UPDATE SET aggregate_version = 2, updated_at = NOW()",
+            "INSERT INTO projection_checkpoints (projection_name, last_global_position, "
+            "updated_at) VALUES ('go_projection', 2, NOW()) ON CONFLICT (projection_name) "
+            "DO UPDATE SET last_global_position = 2, updated_at = NOW()",
+        ]
+    if name == "mysql":
+        return [
+            "INSERT INTO events (bounded_context, aggregate_type, aggregate_id, aggregate_version, "
+            "event_id, event_type, event_version, payload, metadata) VALUES ('Shop', 'Order', "
+            "'go-1', 2, UNHEX(REPLACE(UUID(), '-', '')), 'Paid', 1, '{}', '{}')",
+            "INSERT INTO aggregate_heads (bounded_context, aggregate_type, aggregate_id, "
+            "aggregate_version) VALUES ('Shop', 'Order', 'go-1', 2) "
+            "ON DUPLICATE KEY UPDATE aggregate_version = 2",
+            "INSERT INTO projection_checkpoints (projection_name, last_global_position) "
+            "VALUES ('go_projection', 2) ON DUPLICATE KEY UPDATE last_global_position = 2",
+        ]
+    return [
+        "INSERT INTO events (bounded_context, aggregate_type, aggregate_id, aggregate_version, "
+        "event_id, event_type, event_version, payload, metadata) VALUES ('Shop', 'Order', "
+        "'go-1', 2, lower(hex(randomblob(16))), 'Paid', 1, X'7b7d', '{}')",
+        "INSERT INTO aggregate_heads (bounded_context, aggregate_type, aggregate_id, "
+        "aggregate_version) VALUES ('Shop', 'Order', 'go-1', 2) ON CONFLICT "
+        "(bounded_context, aggregate_type, aggregate_id) DO UPDATE SET aggregate_version = 2",
+        "INSERT INTO projection_checkpoints (projection_name, last_global_position) "
+        "VALUES ('go_projection', 2) ON CONFLICT (projection_name) "
+        "DO UPDATE SET last_global_position = 2",
+    ]
+
+
+GO_INDEXES = [  # the Go library's migration for SQLite and MySQL creates them too
+    "CREATE INDEX idx_events_aggregate "
+    "ON events (bounded_context, aggregate_type, aggregate_id, aggregate_version)",
+    "CREATE INDEX idx_events_event_type ON events (event_type, global_position)",
+    "CREATE INDEX idx_events_correlation ON events (correlation_id)",
+    "CREATE INDEX idx_aggregate_heads_updated ON aggregate_heads (updated_at)",
+    "CREATE INDEX idx_projection_checkpoints_updated ON projection_checkpoints (updated_at)",
+]
+
+
+@pytest.mark.filterwarnings("ignore::pupsourcing.adapters.mysql.CollationWarning")  # Go's tables
+@pytest.mark.parametrize("name", ["sqlite", "postgres", "mysql"])
+def test_migrate_adds_exactly_what_a_go_store_lacks(
+    name: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """Nullable columns and pupsourcing's own tables; the Go library's
+    columns, indexes and rows as they were, and its statements still work."""
+    from cli_helpers import cli
+    from test_go_schema import replace_with_go_schema
+
+    backend = make_store_backend(name)
+    config = backend.store.config
+    conn = backend.connection()
+    replace_with_go_schema(conn, name)
+    if name != "postgres":  # (its GO_DDL has them)
+        for sql in GO_INDEXES:
+            if name == "sqlite" and "correlation" in sql:
+                sql += " WHERE correlation_id IS NOT NULL"
+            query(conn, sql)
+    own = [config.dead_letters_table, config.layouts_table]
+    own += [config.leases_table, config.snapshots_table]
+    for table in own:
+        query(conn, f"DROP TABLE {table}")
+    go_sql = go_append_sql(name)
+    query(conn, go_sql[0].replace("2,", "1,", 1).replace("'Paid'", "'Placed'"))
+    query(conn, go_sql[1].replace("2", "1"))
+    query(conn, go_sql[2].replace("2", "1"))
+    conn.commit()
+    before = catalog(backend, conn)
+    rows = {t: query(conn, f"SELECT * FROM {t}") for t in ("events", "aggregate_heads")}
+    conn.rollback()
+
+    for _ in range(2):  # and again: nothing more
+        result = cli("migrate", "--db", backend.url)
+        assert result.returncode == 0, result.stderr
+    after = catalog(backend, conn)
+    assert {c[0] for c in after["columns"]} - {c[0] for c in before["columns"]} == set(own)
+    added = {c[:2] for c in after["columns"] - before["columns"] if c[0] not in own}
+    expected = {("events", "partition_hash")}
+    if name == "postgres":
+        expected.add(("events", "metadata_raw"))
+    assert added == expected
+    assert before["columns"] <= after["columns"]  # same types, nullability, defaults
+    assert {i for i in after["indexes"] if i[0] not in own} == before["indexes"]
+    for table, stored in rows.items():  # the Go library's columns come first
+        assert [r[: len(stored[0])] for r in query(conn, f"SELECT * FROM {table}")] == stored
+    conn.rollback()
+
+    for sql in go_sql:
+        query(conn, sql)
+    conn.commit()
+    stream = backend.store.read_aggregate_stream(conn, "Shop", "Order", "go-1")
+    assert [(e.event_type, e.aggregate_version) for e in stream] == [("Placed", 1), ("Paid", 2)]
+    assert backend.checkpoints()["go_projection"] == 2
+    backend.store.append(conn, ExpectedVersion.exact(2), [event("go-1")])
+    conn.commit()
+    assert backend.store.read_aggregate_stream(conn, "Shop", "Order", "go-1").version == 3
