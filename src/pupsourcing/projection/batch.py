@@ -273,21 +273,26 @@ def _at_or_below(rows: Sequence[Row], position: int) -> Sequence[Row]:
     return rows[:end]
 
 
-_unguarded: weakref.WeakKeyDictionary[Dialect, set[str]] = weakref.WeakKeyDictionary()
-"""By store dialect: the projections warned about running without a layout guard."""
-_unguarded_lock = threading.Lock()
+class OncePerStore:
+    """Says yes once per store dialect and key, for all processors of the
+    process: a warning they would each give, given once between them."""
+
+    def __init__(self) -> None:
+        self._seen: weakref.WeakKeyDictionary[Dialect, set[object]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def first(self, dialect: Dialect, key: object) -> bool:
+        """Whether ``key`` is new for ``dialect`` (it is not any more)."""
+        with self._lock:
+            seen = self._seen.setdefault(dialect, set())
+            if key in seen:
+                return False
+            seen.add(key)
+            return True
 
 
-def _first_unguarded(dialect: Dialect, name: str) -> bool:
-    """Whether no processor of this store warned that projection ``name``
-    runs without a layout guard yet (and now one does): its partitions'
-    processors, and every start in this process, warn once between them."""
-    with _unguarded_lock:
-        warned = _unguarded.setdefault(dialect, set())
-        if name in warned:
-            return False
-        warned.add(name)
-        return True
+_unguarded = OncePerStore()
+"""The projections warned about running without a layout guard."""
 
 
 def step(
@@ -301,7 +306,7 @@ def step(
     :class:`~pupsourcing.PartitionLayoutError`)."""
     if not sub.layout_checked:
         guarded = yield from check_layout(dialect, sub.name, max(sub.total_partitions, 1))
-        if not guarded and _first_unguarded(dialect, sub.name):
+        if not guarded and _unguarded.first(dialect, sub.name):
             logger.warning(
                 "projection %s: the store has no %s table, so its partition layout is not "
                 "checked; run `pupsourcing migrate` (or store.create_schema) to add it",

@@ -14,9 +14,7 @@ them out, blocking or awaiting.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
@@ -28,6 +26,7 @@ from pupsourcing.core.errors import PartitionLayoutError, ProjectionError
 from pupsourcing.projection.batch import (
     Handle,
     Logger,
+    OncePerStore,
     StepOutcome,
     Subscription,
     release,
@@ -92,20 +91,9 @@ class Pause:
     wake: bool = False
 
 
-_index_checks: weakref.WeakKeyDictionary[Dialect, set[int]] = weakref.WeakKeyDictionary()
-"""By store dialect: the partition counts whose indexes a processor checked."""
-_index_checks_lock = threading.Lock()
-
-
-def _first_index_check(dialect: Dialect, total_partitions: int) -> bool:
-    """Whether no processor of this store checked ``total_partitions``' indexes
-    yet (and now one does): processors sharing a store warn once between them."""
-    with _index_checks_lock:
-        checked = _index_checks.setdefault(dialect, set())
-        if total_partitions in checked:
-            return False
-        checked.add(total_partitions)
-        return True
+_index_checks = OncePerStore()
+"""The partition counts whose indexes a processor checked: processors
+sharing a store warn once between them."""
 
 
 CONNECT = Connect()
@@ -329,7 +317,7 @@ class ProcessorCore:
         if (
             total < 2
             or type(self.config.partition_strategy) is not HashPartitionStrategy
-            or not _first_index_check(self.dialect, total)
+            or not _index_checks.first(self.dialect, total)
         ):
             return
         missing = yield from self.dialect.missing_partition_indexes(total)
