@@ -992,3 +992,94 @@ def test_claim_stopped_while_the_database_is_down_does_not_say_leases_released(
     finally:
         private_postgres.ensure_started()
         close_backend(backend)
+
+
+def lock_lease_row(backend: Backend, name: str, key: int) -> tuple[Any, float]:
+    """Another session holding the lease row of partition ``key`` of ``name``
+    locked (an open transaction; on SQLite the write lock): its connection,
+    and ``time.monotonic()`` when that lease runs out."""
+    blocker = backend.connect()
+    table = backend.store.dialect.quote(backend.store.config.leases_table)
+    now = backend.store.dialect.epoch_now_sql
+    select = f"SELECT expires_at - {now} FROM {table} WHERE projection_name = '{name}'"
+    select += f" AND partition_key = {key}"
+    cursor = blocker.cursor()
+    if backend.name == "sqlite":
+        blocker.execute("BEGIN IMMEDIATE")
+        cursor.execute(select)
+    else:
+        cursor.execute(f"{select} FOR UPDATE")
+    expires_in = float(cursor.fetchone()[0])
+    return blocker, time.monotonic() + expires_in
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+@pytest.mark.parametrize("name", DATABASES)
+def test_a_renewal_waiting_on_a_lock_stops_the_partition_before_its_lease_runs_out(
+    name: str, api: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """Another session holds the lease row locked (SQLite: the write lock),
+    so the renewal waits (PostgreSQL has no lock timeout by default, MariaDB
+    waits 50 s, SQLite its busy timeout of 5 s): the runner stops the
+    partition, after its batch, before its lease runs out and another
+    process may take it, and runs it again once the lock is gone."""
+    import asyncio
+
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = make_store_backend(name)
+    ttl, projection = 1.0, "locked"
+    config = ProcessorConfig(total_partitions=1, poll_interval=0.02)
+    seen: dict[str, float] = {}
+
+    def scenario(held: Callable[[], dict[str, list[int]]], running: Callable[[], bool]) -> None:
+        wait_for(lambda: held() == {projection: [0]}, what="the partition")
+        blocker, expires = lock_lease_row(backend, projection, 0)
+        try:
+            while running() and time.monotonic() < expires + 2 * ttl:
+                time.sleep(0.01)
+            seen["stopped"], seen["expires"] = time.monotonic(), expires
+        finally:
+            blocker.rollback()
+            blocker.close()
+        wait_for(lambda: held() == {projection: [0]} and running(), what="the partition again")
+
+    if api == "sync":
+        runner = ClaimingRunner(backend.connect, backend.store, config, lease_ttl=ttl)
+        stop = threading.Event()
+        args = (Idle(projection),)
+        thread = threading.Thread(target=runner.run, args=args, kwargs={"stop": stop})
+        thread.start()
+
+        def alive() -> bool:
+            with runner._lock:
+                part = runner._running.get((projection, 0))
+            return part is not None and part.thread.is_alive()
+
+        try:
+            scenario(runner.held, alive)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+        assert not thread.is_alive()
+    else:
+
+        async def run_async() -> None:
+            store = backend.async_store()
+            arunner = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=ttl)
+            astop = asyncio.Event()
+            task = asyncio.create_task(arunner.run(AsyncIdle(projection), stop=astop))
+
+            def working() -> bool:
+                part = arunner._running.get((projection, 0))
+                return part is not None and not part.task.done()
+
+            try:
+                await asyncio.to_thread(scenario, arunner.held, working)
+            finally:
+                astop.set()
+                await asyncio.wait_for(task, 10)
+
+        asyncio.run(run_async())
+    late = seen["stopped"] - seen["expires"]
+    assert late < 0, f"the partition ran {late:.2f} s past its lease (TTL {ttl})"

@@ -14,6 +14,7 @@ from pupsourcing.aio.processor import AsyncProcessor, close_quietly
 from pupsourcing.core.errors import SchemaError
 from pupsourcing.projection.claiming import (
     DEFAULT_LEASE_TTL,
+    WAIT,
     LeaseOutage,
     check_runner_args,
     chosen_projections,
@@ -21,6 +22,7 @@ from pupsourcing.projection.claiming import (
     no_leases_table,
     partition_log,
     share,
+    stop_overdue,
 )
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.protocols import AsyncProjection
@@ -35,11 +37,15 @@ T = TypeVar("T")
 
 
 class _Partition:
-    def __init__(self, processor: AsyncProcessor[Any], projection: AsyncProjection) -> None:
+    def __init__(
+        self, processor: AsyncProcessor[Any], projection: AsyncProjection, renewed: float
+    ) -> None:
         self.processor = processor
         self.stop = asyncio.Event()
         self.releasing = False
         self.lost = False
+        self.renewed = renewed
+        """``time.monotonic()`` when its last claim or renewal that worked began."""
         self.task = asyncio.ensure_future(self._work(projection))
 
     async def _work(self, projection: AsyncProjection) -> None:
@@ -99,11 +105,11 @@ class AsyncClaimingRunner:
         chosen = chosen_projections(projections, "AsyncClaimingRunner")
         stop = stop or asyncio.Event()
         conn: Any = None
-        last_ok = time.monotonic()
         outage = LeaseOutage(self._log)
         error: BaseException | None = None
         pending: list[tuple[str, int]] = []
         total = self.total_partitions
+        watchdog = asyncio.ensure_future(self._watch())
         try:
             while not stop.is_set() and error is None:
                 pause = self.lease_ttl / 3
@@ -115,7 +121,6 @@ class AsyncClaimingRunner:
                     await self._release_pending(conn, pending)
                     for p in chosen:
                         pause = min(pause, await self._balance(conn, p))
-                    last_ok = time.monotonic()
                     outage.ended()
                 except SchemaError as exc:
                     error = exc  # a table to create, not an outage to wait out
@@ -125,8 +130,6 @@ class AsyncClaimingRunner:
                     if not self._store.dialect.is_transient(exc):  # else rolled back, usable
                         await close_quietly(conn)
                         conn = None
-                    if time.monotonic() - last_ok > self.lease_ttl * 0.8:
-                        self._stop_all("its leases could not be renewed")
                 deadline = time.monotonic() + pause
                 while time.monotonic() < deadline and not stop.is_set():
                     error = self._reap(pending)
@@ -135,7 +138,8 @@ class AsyncClaimingRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.05)
         finally:
-            self._stop_all(None)
+            watchdog.cancel()
+            self._stop_all()
             await asyncio.gather(*(p.task for p in self._running.values()), return_exceptions=True)
             error = error or self._reap(pending)
             if no_leases_table(self._store, error):
@@ -176,9 +180,15 @@ class AsyncClaimingRunner:
                     )
         await close_quietly(conn)
 
-    def _stop_all(self, reason: str | None) -> None:
-        if reason is not None and self._running:
-            self._log.warning("stopping every partition: %s", reason)
+    async def _watch(self) -> None:
+        """Stop every partition whose lease is overdue (see
+        :func:`~pupsourcing.projection.claiming.overdue`), as a task of its
+        own: also while a lease statement waits."""
+        while True:
+            await asyncio.sleep(WAIT)
+            stop_overdue(list(self._running.items()), self.lease_ttl, self.config, self._log)
+
+    def _stop_all(self) -> None:
         for part in self._running.values():
             part.stop.set()
             part.releasing = True
@@ -207,7 +217,10 @@ class AsyncClaimingRunner:
         for key, part in sorted(mine.items()):
             if part.lost:
                 continue
-            if not await self._drive(conn, self._plans.renew(name, key, me, ttl)):
+            began = time.monotonic()
+            if await self._drive(conn, self._plans.renew(name, key, me, ttl)):
+                part.renewed = began
+            else:
                 label, fields = partition_log(self.config, name, key)
                 self._log.warning(
                     "projection %s: lease taken over; stopping it", label, extra=fields
@@ -228,10 +241,11 @@ class AsyncClaimingRunner:
                 break
             if key in mine:
                 continue
+            began = time.monotonic()
             if await self._drive(conn, self._plans.acquire(name, key, me, ttl)):
                 config = dataclasses.replace(self.config, partition_key=key)
                 processor = AsyncProcessor(self._db, self._store, config)
-                self._running[(name, key)] = _Partition(processor, projection)
+                self._running[(name, key)] = _Partition(processor, projection, began)
                 label, fields = partition_log(self.config, name, key)
                 self._log.info("projection %s: claimed by %s", label, me, extra=fields)
                 more -= 1

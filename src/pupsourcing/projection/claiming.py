@@ -35,11 +35,23 @@ __all__ = ["ClaimingRunner"]
 
 DEFAULT_LEASE_TTL = 10.0
 """Seconds a lease lasts without renewal, unless a runner is given another."""
-_WAIT = 0.05
+WAIT = 0.05
 """How often, in seconds, the lease loop looks at ``stop`` and failures."""
 EXPIRY_MARGIN = 0.05
 """Seconds after another process's leases run out that the lease loop looks
 again, to take its partitions over."""
+STOP_AFTER = 0.6
+"""A lease holder stops its work (after the current batch) once this
+fraction of the TTL has passed since its last renewal began without another
+succeeding, whether the renewals failed or one still waits (on a row lock,
+across a network partition): before the lease may run out and another
+process take it."""
+
+
+def overdue(renewed: float, ttl: float) -> bool:
+    """Whether a lease last renewed at ``renewed`` (``time.monotonic()`` when
+    that renewal began) is to be given up: see :data:`STOP_AFTER`."""
+    return time.monotonic() - renewed > ttl * STOP_AFTER
 
 
 def default_owner() -> str:
@@ -88,11 +100,13 @@ def chosen_projections(projections: P | Iterable[P], runner: str) -> list[P]:
 class _Partition:
     """One claimed partition: its processor, running on its own thread."""
 
-    def __init__(self, processor: Processor[Any], projection: Projection) -> None:
+    def __init__(self, processor: Processor[Any], projection: Projection, renewed: float) -> None:
         self.processor = processor
         self.stop = threading.Event()
         self.releasing = False
         self.lost = False
+        self.renewed = renewed
+        """``time.monotonic()`` when its last claim or renewal that worked began."""
         self.error: BaseException | None = None
         self.thread = threading.Thread(
             target=self._work,
@@ -124,7 +138,9 @@ class ClaimingRunner:
     ``ceil(total / processes)`` (stopping each one's processor after its
     batch first) and claims free or expired ones below it. A process that
     died loses its partitions within ``lease_ttl`` seconds. A partition whose
-    lease was taken over is stopped after its current batch; the checkpoint
+    lease was not renewed for ``0.6 * lease_ttl`` seconds (the renewals fail,
+    or one waits on a lock or a lost network) is stopped after its current
+    batch, before its lease runs out, as is one whose lease was taken over; the checkpoint
     compare-and-set rolls back whatever such a batch did, so every event is
     still handled exactly once.
 
@@ -184,9 +200,13 @@ class ClaimingRunner:
         chosen = chosen_projections(projections, "ClaimingRunner")
         stop = stop or threading.Event()
         conn: Any = None
-        last_ok = time.monotonic()
         outage = LeaseOutage(self._log)
         first_error: BaseException | None = None
+        done = threading.Event()
+        watchdog = threading.Thread(
+            target=self._watch, args=(done,), name="pupsourcing-lease-watchdog", daemon=True
+        )
+        watchdog.start()
         try:
             while not stop.is_set() and first_error is None:
                 pause = self.lease_ttl / 3
@@ -198,7 +218,6 @@ class ClaimingRunner:
                     self._release_pending(conn)
                     for p in chosen:
                         pause = min(pause, self._balance(conn, p))
-                    last_ok = time.monotonic()
                     outage.ended()
                 except SchemaError as exc:
                     first_error = exc  # a table to create, not an outage to wait out
@@ -208,16 +227,15 @@ class ClaimingRunner:
                     if not self._store.dialect.is_transient(exc):  # else rolled back, usable
                         _close(conn)
                         conn = None
-                    if time.monotonic() - last_ok > self.lease_ttl * 0.8:
-                        self._stop_all("its leases could not be renewed")
                 deadline = time.monotonic() + pause
                 while time.monotonic() < deadline and not stop.is_set():
                     first_error = self._reap()
                     if first_error is not None:
                         break
-                    stop.wait(_WAIT)
+                    stop.wait(WAIT)
         finally:
-            self._stop_all(None)
+            done.set()
+            self._stop_all()
             self._join_all()
             first_error = first_error or self._reap()  # a batch that failed while stopping
             if no_leases_table(self._store, first_error):
@@ -238,6 +256,15 @@ class ClaimingRunner:
             _close(conn)
             raise
         return conn
+
+    def _watch(self, done: threading.Event) -> None:
+        """Until ``done`` is set, stop every partition whose lease is
+        :func:`overdue`, on a thread of its own: also while a lease
+        statement waits."""
+        while not done.wait(WAIT):
+            with self._lock:
+                running = list(self._running.items())
+            stop_overdue(running, self.lease_ttl, self.config, self._log)
 
     def _drive(self, conn: Any, plan: Plan[Any]) -> Any:
         try:
@@ -262,7 +289,10 @@ class ClaimingRunner:
         for key, part in sorted(mine.items()):
             if part.lost:
                 continue
-            if not self._drive(conn, self._plans.renew(name, key, me, ttl)):
+            began = time.monotonic()
+            if self._drive(conn, self._plans.renew(name, key, me, ttl)):
+                part.renewed = began
+            else:
                 label, fields = partition_log(self.config, name, key)
                 self._log.warning(
                     "projection %s: lease taken over; stopping it", label, extra=fields
@@ -281,14 +311,15 @@ class ClaimingRunner:
         for key in free:
             if more <= 0:
                 break
+            began = time.monotonic()
             if key not in mine and self._drive(conn, self._plans.acquire(name, key, me, ttl)):
-                self._start(projection, key)
+                self._start(projection, key, began)
                 more -= 1
         return next_look(ttl, me, leases)
 
-    def _start(self, projection: Projection, key: int) -> None:
+    def _start(self, projection: Projection, key: int, claimed: float) -> None:
         config = dataclasses.replace(self.config, partition_key=key)
-        part = _Partition(Processor(self._db, self._store, config), projection)
+        part = _Partition(Processor(self._db, self._store, config), projection, claimed)
         with self._lock:
             self._running[(projection.name, key)] = part
         label, fields = partition_log(self.config, projection.name, key)
@@ -319,11 +350,9 @@ class ClaimingRunner:
             label, fields = partition_log(self.config, name, key)
             self._log.info("projection %s: released", label, extra=fields)
 
-    def _stop_all(self, reason: str | None) -> None:
+    def _stop_all(self) -> None:
         with self._lock:
             parts = list(self._running.values())
-        if reason is not None and parts:
-            self._log.warning("stopping every partition: %s", reason)
         for part in parts:
             part.stop.set()
             part.releasing = True
@@ -402,6 +431,28 @@ def partition_log(config: ProcessorConfig, name: str, key: int) -> tuple[str, di
     total = config.total_partitions
     checkpoint = dataclasses.replace(config, partition_key=key).checkpoint_name(name)
     return partition_label(name, key, total), partition_fields(name, checkpoint, key, total)
+
+
+def stop_overdue(
+    running: Iterable[tuple[tuple[str, int], Any]],
+    ttl: float,
+    config: ProcessorConfig,
+    log: Logger,
+) -> None:
+    """Stop (after its batch) each of a runner's ``running`` partitions, by
+    (projection, key), whose lease is :func:`overdue`: its ``stop`` is set
+    and it is ``releasing``."""
+    for (name, key), part in running:
+        if not part.releasing and overdue(part.renewed, ttl):
+            label, fields = partition_log(config, name, key)
+            log.warning(
+                "projection %s: lease not renewed for %.1f s; stopping it",
+                label,
+                ttl * STOP_AFTER,
+                extra=fields,
+            )
+            part.stop.set()
+            part.releasing = True
 
 
 def share(
