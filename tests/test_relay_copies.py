@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -391,3 +392,52 @@ def test_a_lease_outage_is_logged_like_a_database_outage(
     assert 0 < levels.count(logging.WARNING) < len(levels)
     again = lines("lease statements work again after")
     assert [r.levelno for r in again] == [logging.INFO]
+
+
+def test_a_renewal_waiting_on_a_lock_stops_publishing_before_the_lease_runs_out(
+    db: Backend, js: JetStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another session holds the relay's lease row locked (SQLite: the write
+    lock), so the renewal waits (PostgreSQL has no lock timeout by default,
+    MariaDB waits 50 s, SQLite its busy timeout of 5 s): the copy stops
+    publishing and stands by before its lease runs out, then is active
+    again once the lock is gone."""
+    from test_claiming import lock_lease_row
+
+    stream, prefix = js.new_stream()
+    r = relay(db, js, stream, prefix, name="locked", poll_interval=0.02, lease_ttl=1.0)
+
+    def lines(mark: str) -> list[str]:
+        return [rec.getMessage() for rec in caplog.records if mark in rec.getMessage()]
+
+    async def scenario() -> tuple[float, float]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(r.run(stop=stop))
+        deadline = time.monotonic() + 20
+        while not lines("active (owner"):
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(0.02)
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1) as blocking:  # (SQLite: one thread per connection)
+            blocker, expires = await loop.run_in_executor(
+                blocking, lock_lease_row, db, "relay_locked", 0
+            )
+            try:
+                while not lines("standing by after this batch") and time.monotonic() < expires + 2:
+                    await asyncio.sleep(0.01)
+                halted = time.monotonic()
+            finally:
+                await loop.run_in_executor(blocking, blocker.rollback)
+                await loop.run_in_executor(blocking, blocker.close)
+        while halted < expires and len(lines("active (owner")) < 2:
+            assert time.monotonic() < deadline + 10, caplog.text
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+        await r.close()
+        return halted, expires
+
+    with caplog.at_level(logging.INFO, logger="pupsourcing.relay"):
+        halted, expires = asyncio.run(scenario())
+    assert halted < expires, f"published {halted - expires:.2f} s past the lease"
+    assert lines("the lease was not renewed for 0.6 s"), caplog.text

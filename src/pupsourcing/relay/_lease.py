@@ -12,6 +12,7 @@ batch) when the lease was taken over or could not be renewed for most of it.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable
@@ -59,6 +60,10 @@ class RelayLease:
         """Whether the store has no leases table (found at the first acquire)."""
         self._plans: LeasePlans = store.dialect.leases
         self._conn: Any = None
+        self._busy = asyncio.Lock()
+        """Held by each statement until it ended: a renewal given up on
+        (cancelled) is still rolling back while the relay takes the lease
+        again, which must not share the connection meanwhile."""
 
     async def acquire(self) -> bool:
         """Take (or keep) the lease for ``ttl`` seconds; whether this copy holds it."""
@@ -103,14 +108,15 @@ class RelayLease:
     async def _drive(self, plan: Plan[T]) -> T:
         """``plan`` as one committed lease transaction; the connection is
         dropped after a failure other than a transient one."""
-        if self._conn is None:
-            self._conn = await lease_connection(self._open, self.store)
-        try:
-            return await drive_lease(self.store, self._conn, plan)
-        except BaseException as exc:
-            if not (isinstance(exc, Exception) and self.store.dialect.is_transient(exc)):
-                await self.close()
-            raise
+        async with self._busy:
+            if self._conn is None:
+                self._conn = await lease_connection(self._open, self.store)
+            try:
+                return await drive_lease(self.store, self._conn, plan)
+            except BaseException as exc:
+                if not (isinstance(exc, Exception) and self.store.dialect.is_transient(exc)):
+                    await self.close()
+                raise
 
     async def _open(self) -> Any:
         opened = self.factory()

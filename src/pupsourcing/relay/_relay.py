@@ -17,6 +17,7 @@ from pupsourcing.aio._waiter import pause
 from pupsourcing.aio.processor import AsyncProcessor
 from pupsourcing.core.events import PersistedEvent
 from pupsourcing.projection.batch import Handle
+from pupsourcing.projection.claiming import STOP_AFTER
 from pupsourcing.projection.config import ProcessorConfig
 from pupsourcing.projection.core import (
     RECONNECT_INITIAL_DELAY,
@@ -301,28 +302,44 @@ class NatsRelay:
     ) -> None:
         """Renew the lease every third of its TTL until ``stop`` is set, then
         set ``halt``; set ``lost`` and ``halt`` when another copy took it or
-        it could not be renewed for most of its TTL (before it runs out:
-        then none may be active for a while, never two)."""
+        it was not renewed for :data:`STOP_AFTER` of its TTL, the renewals
+        failing or one still waiting (before it runs out: then none may be
+        active for a while, never two)."""
+        limit = lease.ttl * STOP_AFTER
         renewed = time.monotonic()
-        while not await pause(lease.ttl / 3, stop):
-            try:
-                if await lease.renew():
-                    renewed = time.monotonic()
+        failure = "a renewal still waits"
+        renewal: asyncio.Future[bool] | None = None
+        try:
+            while not await pause(min(lease.ttl / 3, renewed + limit - time.monotonic()), stop):
+                began = time.monotonic()
+                renewal = asyncio.ensure_future(lease.renew())
+                await asyncio.wait({renewal}, timeout=renewed + limit - began)
+                if not renewal.done():
+                    reason = f"the lease was not renewed for {limit:.1f} s ({failure})"
+                elif (exc := renewal.exception()) is not None:
+                    if not isinstance(exc, Exception):
+                        raise exc
+                    failure = one_line(exc)
+                    if time.monotonic() - renewed < limit:
+                        first = f"lease not renewed: {failure}"
+                        self._failed(self._lease_outage, exc, first, None, "lease still fails")
+                        continue
+                    reason = f"the lease was not renewed for {limit:.1f} s ({failure})"
+                elif renewal.result():
+                    renewed, failure = began, "a renewal still waits"
                     self._lease_works("lease renewed again")
                     continue
-                reason = "another copy took the lease over"
-            except Exception as exc:
-                if time.monotonic() - renewed < lease.ttl * 0.6:
-                    first = f"lease not renewed: {one_line(exc)}"
-                    self._failed(self._lease_outage, exc, first, None, "lease still fails")
-                    continue
-                reason = f"the lease could not be renewed ({one_line(exc)})"
-            self.logger.warning(
-                "relay %s: %s; standing by after this batch", self.checkpoint_name, reason
-            )
-            lost.set()
-            break
-        halt.set()
+                else:
+                    reason = "another copy took the lease over"
+                self.logger.warning(
+                    "relay %s: %s; standing by after this batch", self.checkpoint_name, reason
+                )
+                lost.set()
+                break
+            halt.set()
+        finally:
+            if renewal is not None and not renewal.done():
+                await _cancelled(renewal)  # (the lease's connection is dropped)
 
     def _lease_works(self, what: str) -> None:
         """A lease statement worked: ``what`` ends an outage, if any, at INFO."""
