@@ -728,6 +728,38 @@ def test_an_unreachable_nats_server_is_reported_and_stop_is_heard(
     assert "s3cretpw" not in caplog.text
 
 
+def test_a_connect_to_a_refused_nats_server_fails_at_once() -> None:
+    """nats-py waited ``reconnect_time_wait`` (2 s) between its two attempts
+    at a refused server, also with ``max_reconnect_attempts=1``: each failed
+    connect of the relay took 2 s on top of the relay's own back-off."""
+    import socket
+
+    import nats.errors
+
+    from pupsourcing.relay._link import Link
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    link = Link(
+        f"nats://127.0.0.1:{port}",
+        "nowhere",
+        "ev",
+        ack_timeout=1.0,
+        options={"reconnect_time_wait": 5},  # the relay's setting wins
+        logger=logging.getLogger("test"),
+    )
+
+    async def attempt() -> float:
+        began = time.monotonic()
+        with pytest.raises(nats.errors.NoServersError):
+            await link.open()
+        return time.monotonic() - began
+
+    took = asyncio.run(attempt())
+    assert took < 0.5, f"a refused connect took {took:.2f} s"
+
+
 # -- the command --------------------------------------------------------------------
 
 

@@ -151,8 +151,11 @@ class Link:
             "allow_reconnect": False,
             # The relay reconnects itself, with back-off and listening for
             # stop; nats-py's connect would otherwise try a refused server 60
-            # times, 2 s apart, before failing (two minutes of silence).
+            # times, 2 s apart, before failing (two minutes of silence). It
+            # still tries each server twice: at once, not reconnect_time_wait
+            # apart.
             "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0,
             "skip_subject_validation": True,  # subject_for's subjects are valid by construction
             "error_cb": on_error,
             "closed_cb": on_closed,
