@@ -5,6 +5,7 @@ anything. Every database, both APIs."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -247,3 +248,160 @@ def test_without_the_layouts_table_a_projection_warns_once(
         assert catch_up(backend, Recorder("other"), 1) == 6
     warnings = [r.getMessage() for r in caplog.records if "no projection_layouts" in r.message]
     assert [w.split(":")[0] for w in warnings] == ["projection layout", "projection other"]
+
+
+# -- a running processor and a changed layout ---------------------------------------
+
+
+class Rows:
+    """Writes one row per event through ``tx``: a duplicate violates the key."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.name = "totals"
+        self.mark = "?" if backend.name == "sqlite" else "%s"
+
+    def handle(self, e: Any, tx: Any) -> None:
+        tx.cursor().execute(f"INSERT INTO rm (position) VALUES ({self.mark})", (e.global_position,))
+
+
+def read_model(backend: Backend) -> list[int]:
+    conn = backend.connect()
+    try:
+        return sorted(int(row[0]) for row in query(conn, "SELECT position FROM rm"))
+    finally:
+        conn.close()
+
+
+def append_to(backend: Backend, *aggregate_ids: str) -> list[int]:
+    conn = backend.connection()
+    positions: list[int] = []
+    for aggregate_id in aggregate_ids:
+        result = backend.store.append(conn, ExpectedVersion.any(), [event(aggregate_id)])
+        positions += result.global_positions
+    conn.commit()
+    return positions
+
+
+def reset(backend: Backend, *, layout: bool = True) -> None:
+    """What `pupsourcing projections reset totals --force` does (the layout
+    first, unless the store has no layouts table), and the operator's
+    clearing of the read model."""
+    conn = backend.connection()
+    if layout:
+        query(conn, f"DELETE FROM {backend.store.config.layouts_table}")
+        conn.commit()
+    for name in backend.checkpoints():
+        backend.store.update_checkpoint(conn, name, 0)
+    query(conn, "DELETE FROM rm")
+    conn.commit()
+
+
+def processors(backend: Backend, stack: contextlib.ExitStack, total: int) -> list[Any]:
+    return [
+        stack.enter_context(
+            backend.Processor(
+                backend.connect,
+                backend.store,
+                ProcessorConfig(partition_key=key, total_partitions=total),
+            )
+        )
+        for key in range(total)
+    ]
+
+
+@pytest.fixture
+def rm(backend: Backend) -> None:
+    conn = backend.connection()
+    query(conn, "CREATE TABLE rm (position BIGINT PRIMARY KEY)")
+    conn.commit()
+
+
+# The new-count processors that handle the new events before the old ones'
+# next batch: none (the old processors' cached checkpoints are those the new
+# ones wrote), some (partition 0's checkpoint is still the cached one, and the
+# old handler meets a row written under the new layout), all (every
+# checkpoint moved on).
+@pytest.mark.parametrize("ahead", [(), (1, 2), (0, 1, 2)], ids=["none", "some", "all"])
+@pytest.mark.usefixtures("rm")
+def test_a_running_processor_stops_once_another_count_is_recorded(
+    backend: Backend, ahead: tuple[int, ...]
+) -> None:
+    """Old-count processors left running (idle at the head) through a reset
+    and a start with another count stop at their next batch with
+    :class:`PartitionLayoutError`, committing nothing."""
+    positions = append_to(backend, *(f"agg-{i}" for i in range(12)))
+    projection = Rows(backend)
+    with contextlib.ExitStack() as stack:
+        old = processors(backend, stack, 2)
+        assert sum(p.catch_up(projection) for p in old) == 12
+        reset(backend)
+        new = processors(backend, stack, 3)
+        assert sum(p.catch_up(projection) for p in new) == 12
+        assert layouts(backend) == {"totals": 3}
+
+        # Of the new events, some are partition 0's of 2 and of 3, some
+        # partition 0's of 2 but 1's or 2's of 3 (fnv1a_32 % 6: 0 and 2, 4).
+        positions += append_to(backend, *(f"new-{i}" for i in range(8)))
+        for key in ahead:
+            new[key].catch_up(projection)
+        before = backend.checkpoints()
+        rows = read_model(backend)
+        for processor in old:
+            with pytest.raises(PartitionLayoutError) as caught:
+                processor.catch_up(projection)
+            assert (caught.value.recorded, caught.value.requested) == (3, 2)
+        assert backend.checkpoints() == before
+        assert read_model(backend) == rows
+        assert layouts(backend) == {"totals": 3}
+
+        assert sum(p.catch_up(projection) for p in new) == 20 - len(rows)
+    assert read_model(backend) == positions
+
+
+@pytest.mark.usefixtures("rm")
+def test_running_processors_pick_a_reset_up_with_the_same_count(backend: Backend) -> None:
+    """A reset with the processors running (``--force``): their next batch
+    finds the layout forgotten, records it again and starts over from the
+    reset checkpoint."""
+    positions = append_to(backend, *(f"agg-{i}" for i in range(12)))
+    projection = Rows(backend)
+    with contextlib.ExitStack() as stack:
+        running = processors(backend, stack, 2)
+        assert sum(p.catch_up(projection) for p in running) == 12
+        reset(backend)
+        positions += append_to(backend, *(f"new-{i}" for i in range(8)))
+        assert sum(p.catch_up(projection) for p in running) == 20
+        assert layouts(backend) == {"totals": 2}
+        # The layout cleared alone (a reset seen between its two commits):
+        # the next batch records it again and goes on where it was.
+        conn = backend.connection()
+        query(conn, f"DELETE FROM {backend.store.config.layouts_table}")
+        conn.commit()
+        positions += append_to(backend, "later-0", "later-1", "later-2")
+        assert sum(p.catch_up(projection) for p in running) == 3
+        assert layouts(backend) == {"totals": 2}
+    assert read_model(backend) == positions
+
+
+@pytest.mark.usefixtures("rm")
+def test_without_the_layouts_table_running_processors_stay_unguarded(backend: Backend) -> None:
+    """A store without the layouts table: batches move their checkpoints as
+    before, a reset is picked up, and another count is not noticed."""
+    conn = backend.connection()
+    query(conn, f"DROP TABLE {backend.store.config.layouts_table}")
+    conn.commit()
+    positions = append_to(backend, *(f"agg-{i}" for i in range(12)))
+    projection = Rows(backend)
+    with contextlib.ExitStack() as stack:
+        running = processors(backend, stack, 2)
+        assert sum(p.catch_up(projection) for p in running) == 12
+        reset(backend, layout=False)
+        positions += append_to(backend, *(f"new-{i}" for i in range(8)))
+        assert sum(p.catch_up(projection) for p in running) == 20
+        assert read_model(backend) == positions
+        # Nothing records another count: a new one runs beside the old.
+        assert processors(backend, stack, 3)[2].catch_up(Recorder("totals")) > 0
+        more = append_to(backend, "later-0")
+        assert sum(p.catch_up(projection) for p in running) == 1
+    assert read_model(backend) == positions + more
+    assert backend.checkpoints() == {"totals_p0": 21, "totals_p1": 21, "totals_p2": 20}

@@ -128,7 +128,9 @@ class ProjectionError(PupsourcingError):
 class PartitionLayoutError(ProjectionError):
     """A processor was started for a projection whose checkpoints were made
     with another partition count (``total_partitions``; unpartitioned counts
-    as 1). Raised before any event is handled; nothing was changed.
+    as 1). Raised before any event is handled, or by a running processor at
+    its first batch after another count was recorded (a reset, then workers
+    started with the new count; the batch is rolled back); nothing was changed.
 
     ``recorded`` is the count the checkpoints were made with, ``requested``
     the processor's."""

@@ -189,6 +189,11 @@ class Subscription:
     """When it last did (``time.monotonic()``)."""
     layout_checked: bool = False
     """Whether the partition layout guard passed (see :mod:`pupsourcing.store.layout`)."""
+    layout: tuple[str, int] | None = None
+    """Once it passed on a store with a layouts table: the projection's name
+    and the partition count each batch's compare-and-set requires the table
+    to record, so that a batch never commits under another layout (see
+    :func:`_check_layout_again`)."""
     ahead: ReadAhead | None = None
     """The next batch, read ahead by the last one; used only from the
     checkpoint it follows."""
@@ -305,7 +310,7 @@ def step(
     checks the partition layout before anything else (raising
     :class:`~pupsourcing.PartitionLayoutError`)."""
     if not sub.layout_checked:
-        guarded = yield from check_layout(dialect, sub.name, max(sub.total_partitions, 1))
+        guarded = yield from _check_layout(dialect, sub)
         if not guarded and _unguarded.first(dialect, sub.name):
             logger.warning(
                 "projection %s: the store has no %s table, so its partition layout is not "
@@ -357,6 +362,27 @@ def step(
     if following is not None and read_ahead is not None:
         sub.ahead = ReadAhead(position, following[1], upto, read_ahead)
     return _record(sub, len(events), fetched, position, logger)
+
+
+def _check_layout(dialect: Dialect, sub: Subscription) -> Generator[Statement, Any, bool]:
+    """:func:`~pupsourcing.store.layout.check_layout` for ``sub``, keeping
+    what its batches' compare-and-set requires."""
+    total = max(sub.total_partitions, 1)
+    guarded = yield from check_layout(dialect, sub.name, total)
+    sub.layout = (sub.name, total) if guarded else None
+    return guarded
+
+
+def _check_layout_again(dialect: Dialect, sub: Subscription) -> Generator[Statement, Any, None]:
+    """A guarded batch's compare-and-set moved nothing (and it was rolled
+    back): another processor moved the checkpoint, or the layout record
+    changed under this one (``pupsourcing projections reset`` cleared it,
+    and maybe processors with another partition count recorded theirs).
+    Raises :class:`~pupsourcing.PartitionLayoutError` when another count is
+    recorded now; records this count when none is (a reset with this
+    processor running: it goes on from the reset checkpoint)."""
+    if sub.layout is not None:
+        yield from _check_layout(dialect, sub)
 
 
 def release(dialect: Dialect, sub: Subscription) -> Generator[Statement, Any, None]:
@@ -468,7 +494,28 @@ def _handle_and_advance(
     with the compare-and-set (see
     :meth:`~pupsourcing.store.dialect.Dialect.advance_and_read`). A lazy
     batch that deferred taking the write lock and could not take it runs
-    again (see :func:`_lost_write_lock`)."""
+    again (see :func:`_lost_write_lock`). A guarded batch (see
+    :attr:`Subscription.layout`) that did not commit checks the partition
+    layout again (see :func:`_check_layout_again`)."""
+    advanced, ahead = yield from _run_batch(
+        dialect, sub, events, checkpoint, position, logger, then, following
+    )
+    if not advanced:
+        yield from _check_layout_again(dialect, sub)
+    return advanced, ahead
+
+
+def _run_batch(
+    dialect: Dialect,
+    sub: Subscription,
+    events: Handle,
+    checkpoint: int,
+    position: int,
+    logger: Logger,
+    then: Callable[[], Plan[None]] | None,
+    following: Statement | None,
+) -> Generator[Statement | Handle, Any, tuple[bool, Sequence[Row] | None]]:
+    """The body of :func:`_handle_and_advance`, short of checking the layout again."""
     chained, sub.began_next = sub.began_next, False  # the transaction is this batch's now
     while True:
         defer = sub.lazy_commit and sub.defers and dialect.defers_write_lock
@@ -483,11 +530,11 @@ def _handle_and_advance(
                 yield events
             if following is None:
                 advanced = yield from dialect.advance_checkpoint(
-                    sub.checkpoint_name, checkpoint, position
+                    sub.checkpoint_name, checkpoint, position, sub.layout
                 )
             else:
                 advanced, ahead = yield from dialect.advance_and_read(
-                    sub.checkpoint_name, checkpoint, position, following
+                    sub.checkpoint_name, checkpoint, position, following, sub.layout
                 )
             if advanced and then is not None:
                 yield from then()
@@ -500,6 +547,8 @@ def _handle_and_advance(
                 continue
             if (yield from _after_failed_handler(dialect, sub, failure, checkpoint, logger)):
                 return False, None
+            # A read model written under another layout fails its handler too.
+            yield from _check_layout_again(dialect, sub)
             raise
         except Exception as exc:
             yield ROLLBACK

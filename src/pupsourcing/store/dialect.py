@@ -284,6 +284,17 @@ class Dialect(abc.ABC):
             f"updated_at = {self.now_sql} WHERE projection_name = {p} "
             f"AND last_global_position = {p}"
         )
+        self.layout_guard_sql = (
+            f" AND EXISTS (SELECT 1 FROM {self.quote(config.layouts_table)} "
+            f"WHERE projection_name = {p} AND total_partitions = {p})"
+        )
+        """Appended to the compare-and-set of a guarded batch (see
+        :meth:`advance_checkpoint`)."""
+        self._advance_sql = (
+            self.advance_checkpoint_sql,
+            self.advance_checkpoint_sql + self.layout_guard_sql,
+        )
+        """The compare-and-set, unguarded and guarded (indexed by ``layout is not None``)."""
         self.latest_events_sql = f"{select} ORDER BY global_position DESC LIMIT {p}"
         self.head_position_sql = (
             f"SELECT COALESCE(max(global_position), 0) FROM {self.events_table}"
@@ -844,24 +855,39 @@ class Dialect(abc.ABC):
         position = yield from self.get_checkpoint(projection_name)
         return position
 
-    def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
+    def advance_checkpoint(
+        self,
+        projection_name: str,
+        expected: int,
+        position: int,
+        layout: tuple[str, int] | None = None,
+    ) -> Plan[bool]:
         """Move a checkpoint from ``expected`` to ``position``; ``False`` (and no
         change) if it is no longer at ``expected``, i.e. another processor
-        moved it or it was reset."""
+        moved it or it was reset. With ``layout`` (a projection's name and
+        partition count), also ``False`` unless the layouts table records
+        that count for it (see :mod:`pupsourcing.store.layout`)."""
         rows = yield Statement(
-            self.advance_checkpoint_sql, (position, projection_name, expected), rowcount=True
+            self._advance_sql[layout is not None],
+            advance_params(projection_name, expected, position, layout),
+            rowcount=True,
         )
         return int(rows[0][0]) == 1
 
     def advance_and_read(
-        self, projection_name: str, expected: int, position: int, read: Statement
+        self,
+        projection_name: str,
+        expected: int,
+        position: int,
+        read: Statement,
+        layout: tuple[str, int] | None = None,
     ) -> Plan[tuple[bool, list[Row] | None]]:
         """:meth:`advance_checkpoint`, and where the database can run it in the
         same round trip, ``read`` (the next batch's, a :meth:`fetch_statement`)
         right after it in the same transaction: answers whether the
         checkpoint moved and the rows read, ``None`` when not read (here:
         never; a dialect that can combine them overrides this)."""
-        advanced = yield from self.advance_checkpoint(projection_name, expected, position)
+        advanced = yield from self.advance_checkpoint(projection_name, expected, position, layout)
         return advanced, None
 
     # -- dead letters ----------------------------------------------------------
@@ -1007,6 +1033,15 @@ class _DeadLetterSQL:
         )
         columns = ", ".join(dialect.select_columns())
         self.event = f"SELECT {columns} FROM {dialect.events_table} WHERE global_position = {p}"
+
+
+def advance_params(
+    projection_name: str, expected: int, position: int, layout: tuple[str, int] | None
+) -> tuple[object, ...]:
+    """The parameters of a compare-and-set (see :meth:`Dialect.advance_checkpoint`)."""
+    if layout is None:
+        return (position, projection_name, expected)
+    return (position, projection_name, expected, *layout)
 
 
 def _error_fields(error: BaseException) -> tuple[str, str, str]:

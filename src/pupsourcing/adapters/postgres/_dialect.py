@@ -15,7 +15,7 @@ from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.core.hashing import partition_hash
 from pupsourcing.store import columns
 from pupsourcing.store.config import StoreConfig, validate_identifier
-from pupsourcing.store.dialect import Dialect, build_result
+from pupsourcing.store.dialect import Dialect, advance_params, build_result
 from pupsourcing.store.horizon import Probe
 from pupsourcing.store.plan import Plan, Row, Statement
 from pupsourcing.store.schema import SchemaDialect
@@ -362,19 +362,20 @@ class PostgresDialect(Dialect):
         clean = (
             "WITH clean AS MATERIALIZED (SELECT txid_current_if_assigned() IS NULL AS nothing), "
         )
-        moved = (
-            f"{clean}moved AS ({self.advance_checkpoint_sql} "
-            "AND (SELECT nothing FROM clean) IS NOT NULL RETURNING 1) "
-        )
+        # Unguarded and guarded (see Dialect.advance_checkpoint).
+        moved = [
+            f"{clean}moved AS ({cas} AND (SELECT nothing FROM clean) IS NOT NULL RETURNING 1) "
+            for cas in self._advance_sql
+        ]
         advanced = (
             "SELECT count(*) AS advanced, CASE WHEN (SELECT nothing FROM clean) "
             "THEN set_config('synchronous_commit', 'off', true) END AS lazy FROM moved"
         )
-        self.advance_checkpoint_sql = f"{moved}{advanced}"
+        self._advance_sql = (f"{moved[0]}{advanced}", f"{moved[1]}{advanced}")
         # It may read the next batch (advance_and_read): at least one row,
         # the count first, then the read's columns (NULL when it found nothing).
-        self._advance_and_read_sql = (
-            f"{moved}SELECT m.advanced, e.* FROM ({advanced}) AS m LEFT JOIN LATERAL ("
+        self._advance_and_read_sql = tuple(
+            f"{m}SELECT m.advanced, e.* FROM ({advanced}) AS m LEFT JOIN LATERAL (" for m in moved
         )
         self.sequence_cache_sql = (
             "SELECT s.seqcache FROM pg_sequence s "
@@ -464,7 +465,13 @@ class PostgresDialect(Dialect):
         visible, writers = rows[0]
         return Probe(int(visible), frozenset(writers))
 
-    def advance_checkpoint(self, projection_name: str, expected: int, position: int) -> Plan[bool]:
+    def advance_checkpoint(
+        self,
+        projection_name: str,
+        expected: int,
+        position: int,
+        layout: tuple[str, int] | None = None,
+    ) -> Plan[bool]:
         """The batch's compare-and-set. A transaction that wrote nothing
         before it (the handler wrote nothing through ``tx``) then commits
         without waiting for its WAL record to reach the disk
@@ -475,20 +482,28 @@ class PostgresDialect(Dialect):
         with nothing to write. A batch that wrote commits as the session's
         setting says."""
         rows = yield Statement(
-            self.advance_checkpoint_sql, (position, projection_name, expected), fetch=True
+            self._advance_sql[layout is not None],
+            advance_params(projection_name, expected, position, layout),
+            fetch=True,
         )
         return int(rows[0][0]) == 1
 
     def advance_and_read(
-        self, projection_name: str, expected: int, position: int, read: Statement
+        self,
+        projection_name: str,
+        expected: int,
+        position: int,
+        read: Statement,
+        layout: tuple[str, int] | None = None,
     ) -> Plan[tuple[bool, list[Row] | None]]:
         """The compare-and-set (as :meth:`advance_checkpoint`) and the next
         batch's read in one statement, so one round trip. A batch that
         handed no events runs it as a transaction of its own (see
         :attr:`~pupsourcing.store.plan.Statement.alone`)."""
         rows = yield Statement(
-            f"{self._advance_and_read_sql}{read.sql}) AS e ON true ORDER BY e.global_position",
-            (position, projection_name, expected, *read.params),
+            f"{self._advance_and_read_sql[layout is not None]}{read.sql}) AS e ON true "
+            "ORDER BY e.global_position",
+            (*advance_params(projection_name, expected, position, layout), *read.params),
             fetch=True,
             chunked=True,
             alone=True,
