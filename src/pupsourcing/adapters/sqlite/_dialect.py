@@ -338,6 +338,10 @@ class SQLiteDialect(Dialect):
             for offset in range(0, len(batch), _INSERT_CHUNK):
                 chunk = batch[offset : offset + _INSERT_CHUNK]
                 stored += yield self.insert_statement(chunk, start + offset)
+            if not began:
+                # Inside the try: interrupted before it is sent, the append
+                # is still undone. (Once aiosqlite ran it, it cannot be.)
+                yield Statement(f"RELEASE {_SAVEPOINT}")
         except BaseException as exc:
             # Also when the caller is interrupted (a cancelled task, an
             # asyncio.timeout): aiosqlite runs the statement it was awaiting
@@ -357,8 +361,6 @@ class SQLiteDialect(Dialect):
             if mapped is exc:
                 raise
             raise mapped from exc
-        if not began:
-            yield Statement(f"RELEASE {_SAVEPOINT}")
         stored.sort(key=lambda row: row[1])
         return build_result(
             batch, range(start, start + len(batch)), [int(row[0]) for row in stored]
