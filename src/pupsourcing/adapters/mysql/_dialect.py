@@ -814,7 +814,17 @@ class MySQLDialect(Dialect):
                 raise
             raise mapped from exc
         if began:
-            yield COMMIT
+            try:
+                yield COMMIT
+            except BaseException as exc:
+                # Interrupted before the COMMIT was sent, the transaction
+                # would stay open on the caller's autocommit connection,
+                # holding the aggregate's lock. (Sent, it has ended: the
+                # ROLLBACK finds nothing to undo.)
+                if not isinstance(exc, Exception):
+                    with contextlib.suppress(Exception):
+                        yield ROLLBACK
+                raise
         versions = [int(row[1]) for row in stored]
         return build_result(batch, versions, [int(row[0]) for row in stored])
 
