@@ -135,8 +135,11 @@ class AsyncClaimingRunner:
                     error = self._reap(pending)
                     if error is not None:
                         break
+                    # Not wait_for: on Python 3.11 it swallows a cancellation
+                    # that arrives as stop is set (the run would return).
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.05)
+                        async with asyncio.timeout(0.05):
+                            await stop.wait()
         finally:
             watchdog.cancel()
             self._stop_all()
