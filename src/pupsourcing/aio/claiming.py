@@ -143,14 +143,32 @@ class AsyncClaimingRunner:
         finally:
             watchdog.cancel()
             self._stop_all()
-            await asyncio.gather(*(p.task for p in self._running.values()), return_exceptions=True)
-            error = error or self._reap(pending)
-            if no_leases_table(self._store, error):
-                await close_quietly(conn)
-            else:
-                await self._release_all(conn, chosen)
+            try:
+                await self._wait_for_partitions()
+            finally:
+                error = error or self._reap(pending)
+                if no_leases_table(self._store, error):
+                    await close_quietly(conn)
+                else:
+                    await self._release_all(conn, chosen)
         if error is not None:
             raise error
+
+    async def _wait_for_partitions(self) -> None:
+        """Wait until every partition has stopped after its batch. Cancelled
+        meanwhile, cancel them and wait until each has rolled back (as
+        :class:`~pupsourcing.aio.AsyncRunner` does), then raise: the leases
+        are released after that, not left to expire."""
+        tasks = [part.task for part in self._running.values()]
+        if not tasks:
+            return
+        try:
+            await asyncio.wait(tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            raise
 
     async def _release_pending(self, conn: Any, pending: list[tuple[str, int]]) -> None:
         """Free the leases of partitions whose processor has stopped."""
