@@ -26,12 +26,17 @@ import pytest
 from aio_facade import maybe_await
 from conftest import ASYNC_DRIVERS, Backend, made_backend, require
 from helpers import events
-from pupsourcing import ExpectedVersion
+from pupsourcing import ExpectedVersion, PersistedEvent
+from pupsourcing.aio import AsyncProcessor
+from pupsourcing.projection import ProcessorConfig
 from pupsourcing.store.plan import Statement
-from test_aio import execute
+from test_aio import execute, insert_sql
+from test_projection import append_many, create_read_model, read_model_positions
 
 MODES = ["before", "sent"]
-MAX_STATEMENTS = 40
+MAX_STATEMENTS = 80
+OPENED: list[Any] = []
+"""The connections :func:`opener` opened (closed after each check)."""
 
 
 @pytest.fixture(params=list(ASYNC_DRIVERS))
@@ -49,6 +54,8 @@ class Sweep:
         self.mode = mode
         self.at = 0
         self.made = 0
+        self.target: asyncio.Task[Any] | None = None
+        """The task to cancel (``"sent"``); the one running the statement when None."""
         original = store._execute
 
         async def execute_cancelled(tx: Any, statement: Statement) -> Any:
@@ -58,7 +65,7 @@ class Sweep:
             if self.made == self.at:
                 if self.mode == "before":
                     raise asyncio.CancelledError
-                task = asyncio.current_task()
+                task = self.target or asyncio.current_task()
                 assert task is not None
                 task.cancel()
             return await original(tx, statement)
@@ -81,7 +88,7 @@ async def opener(db: Backend) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
     """Opens asyncio connections to ``db`` whose lock waits end after a
     second (a lock left behind fails the test instead of hanging it); all
     closed on exit."""
-    opened: list[Any] = []
+    opened = OPENED
 
     async def open_connection() -> Any:
         conn = await db.open_async()
@@ -98,9 +105,13 @@ async def opener(db: Backend) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
     try:
         yield open_connection
     finally:
-        for conn in opened:
-            with contextlib.suppress(Exception):
-                await maybe_await(conn.close())
+        await close_all(opened)
+
+
+async def close_all(opened: list[Any]) -> None:
+    while opened:
+        with contextlib.suppress(Exception):
+            await maybe_await(opened.pop().close())
 
 
 async def set_autocommit(db: Backend, conn: Any) -> None:
@@ -163,14 +174,16 @@ async def in_failed_transaction(db: Backend, conn: Any) -> bool:
     return conn.info.transaction_status == TransactionStatus.INERROR
 
 
-async def appends_from_another_connection(db: Backend, connect: Any, aggregate_id: str) -> None:
-    """An append to ``aggregate_id`` on a fresh connection, committed: it
-    fails (lock time-out) if the cancelled operation left a lock behind."""
+async def appends_from_another_connection(
+    db: Backend, connect: Any, aggregate_id: str, *, commit: bool = True
+) -> None:
+    """An append to ``aggregate_id`` on a fresh connection (committed, or
+    rolled back): it fails (lock time-out) if the cancelled operation left
+    a lock behind."""
     other = await connect()
     store = db.async_store()
     await store.append(other, ExpectedVersion.any(), events(1, aggregate_id))
-    await other.commit()
-    await maybe_await(other.close())
+    await (other.commit() if commit else other.rollback())
 
 
 async def sweep(
@@ -189,6 +202,7 @@ async def sweep(
             return at - 1
         assert task.cancelled(), f"statement {at}: {task.exception()!r} instead of cancelled"
         await check(at)
+        await close_all(OPENED)
     raise AssertionError(f"still cancelled at statement {MAX_STATEMENTS}")
 
 
@@ -363,5 +377,290 @@ def test_create_schema_cancelled_anywhere_can_be_run_again(db: Backend, mode: st
                 return bool(sweeper_store[0].disarm())
 
             assert await sweep(operation, check, reached) >= 1
+
+    asyncio.run(scenario())
+
+
+# -- projections -----------------------------------------------------------------
+
+
+class Recorded:
+    """A projection writing one row per event to the read model ``name``
+    through ``tx``; it sets ``stop`` once it has seen every event in
+    ``until``."""
+
+    def __init__(self, db: Backend, name: str = "swept", until: list[int] | None = None) -> None:
+        self.name = name
+        self.sql = insert_sql(db).replace(" rm ", f" {name} ")
+        self.until = set(until or ())
+        self.stop = asyncio.Event()
+
+    async def handle(self, event: PersistedEvent, tx: Any) -> None:
+        await execute(tx, self.sql, (event.global_position, event.aggregate_id))
+        self.until.discard(event.global_position)
+        if not self.until:
+            self.stop.set()
+
+
+def projected(db: Backend, name: str) -> tuple[list[int], int]:
+    """The read model's positions, and the projection's checkpoint."""
+    return read_model_positions(db, name), db.checkpoints().get(name, 0)
+
+
+@pytest.mark.parametrize("method", ["catch_up", "run"])
+@pytest.mark.parametrize("own_connection", [True, False], ids=["factory", "callers"])
+@pytest.mark.parametrize("mode", MODES)
+def test_processor_cancelled_anywhere(
+    db: Backend, mode: str, own_connection: bool, method: str
+) -> None:
+    """Cancelled at any statement, ``catch_up`` or ``run`` leaves the read model and
+    the checkpoint agreeing (every row written up to the checkpoint, none
+    after it), the caller's connection usable and out of any transaction,
+    and no lock held: an append and a fresh processor then finish the job,
+    each event applied once."""
+    create_read_model(db, "swept")
+    append_many(db, aggregates=2, per_aggregate=2)
+
+    async def scenario() -> None:
+        store = db.async_store()
+        sweeper = Sweep(store, mode)
+        config = ProcessorConfig(batch_size=2, poll_interval=0.05)
+        async with opener(db) as connect:
+            conn: Any = None
+
+            async def operation(at: int) -> None:
+                nonlocal conn
+                conn = None if own_connection else await connect()
+                projection = Recorded(db, until=committed(db))
+                async with AsyncProcessor(conn or connect, store, config) as processor:
+                    sweeper.arm(at)
+                    if method == "run":
+                        await processor.run(projection, stop=projection.stop)
+                    else:
+                        await processor.catch_up(projection)
+
+            async def check(at: int) -> None:
+                rows, checkpoint = projected(db, "swept")
+                assert rows == [p for p in committed(db) if p <= checkpoint], f"statement {at}"
+                if conn is not None and not closed(db, conn):
+                    assert not await _open_transaction(db, conn), f"statement {at}"
+                    assert await execute(conn, "SELECT 1") == [(1,)]
+                    await conn.rollback()
+                await appends_from_another_connection(db, connect, "agg-0", commit=False)
+                async with AsyncProcessor(await connect(), db.async_store(), config) as fresh:
+                    await fresh.catch_up(Recorded(db))  # a row written twice: ProjectionError
+                assert projected(db, "swept") == (committed(db), committed(db)[-1])
+                reset(db, "swept")
+
+            assert await sweep(operation, check, sweeper.disarm) > 4
+
+    asyncio.run(scenario())
+
+
+def committed(db: Backend) -> list[int]:
+    """The positions of the committed events."""
+    sql = f"SELECT global_position FROM {db.store.config.events_table} ORDER BY 1"
+    return [int(row[0]) for row in _rows(db, sql)]
+
+
+def reset(db: Backend, name: str) -> None:
+    """Empty the read model and move the projection back to the start."""
+    conn = db.connect()
+    try:
+        conn.cursor().execute(f"DELETE FROM {name}")
+        db.store.update_checkpoint(conn, name, 0)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+async def _open_transaction(db: Backend, conn: Any) -> bool:
+    """Whether ``conn`` has a transaction open (not merely one its next
+    statement would open)."""
+    if db.name == "postgres":
+        return bool(conn.info.transaction_status != 0)
+    if db.name == "mysql":
+        from pupsourcing.adapters.mysql._driver import _SERVER_STATUS_IN_TRANS
+
+        return bool(conn.server_status & _SERVER_STATUS_IN_TRANS)
+    return bool(conn.in_transaction)
+
+
+def test_async_runner_cancelled_anywhere(db: Backend) -> None:
+    """Cancelled as any statement of either projection is under way,
+    :class:`AsyncRunner` raises :class:`asyncio.CancelledError` once both
+    projections rolled back their batch: each read model agrees with its
+    checkpoint, every connection is closed and no lock is left."""
+    from pupsourcing.aio import AsyncRunner, ProjectionRunner
+
+    names = ["swept_a", "swept_b"]
+    for name in names:
+        create_read_model(db, name)
+    append_many(db, aggregates=2, per_aggregate=2)
+
+    async def scenario() -> None:
+        store = db.async_store()
+        sweeper = Sweep(store, "sent")
+        config = ProcessorConfig(batch_size=2, poll_interval=0.05)
+        async with opener(db) as connect:
+            processors: list[AsyncProcessor[Any]] = []
+
+            async def operation(at: int) -> None:
+                stop = asyncio.Event()
+                projections = [Recorded(db, name, until=committed(db)) for name in names]
+                processors[:] = [AsyncProcessor(connect, store, config) for _ in names]
+                runners = [ProjectionRunner(p, c) for p, c in zip(projections, processors)]
+                sweeper.target = asyncio.current_task()
+                sweeper.arm(at)
+
+                async def all_seen() -> None:
+                    for projection in projections:
+                        await projection.stop.wait()
+                    stop.set()
+
+                watch = asyncio.create_task(all_seen())
+                try:
+                    await AsyncRunner().run(runners, stop=stop)
+                finally:
+                    watch.cancel()
+                    for processor in processors:
+                        await processor.close()
+
+            async def check(at: int) -> None:
+                assert [p._conn for p in processors] == [None, None], f"statement {at}"
+                for name in names:
+                    rows, checkpoint = projected(db, name)
+                    assert rows == [p for p in committed(db) if p <= checkpoint], (at, name)
+                await appends_from_another_connection(db, connect, "agg-0", commit=False)
+                for name in names:
+                    reset(db, name)
+
+            assert await sweep(operation, check, sweeper.disarm) > 4
+
+    asyncio.run(scenario())
+
+
+def test_async_claiming_runner_cancelled_anywhere(db: Backend) -> None:
+    """Cancelled as any of its statements (leases, or a partition's batch)
+    is under way, :class:`AsyncClaimingRunner` raises
+    :class:`asyncio.CancelledError` having released every lease it held,
+    its member row too, and each partition's read model agrees with its
+    checkpoint."""
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    create_read_model(db, "swept")
+    append_many(db, aggregates=4, per_aggregate=1)
+    names = ["swept_p0", "swept_p1"]
+
+    async def scenario() -> None:
+        store = db.async_store()
+        sweeper = Sweep(store, "sent")
+        config = ProcessorConfig(batch_size=2, poll_interval=0.05, total_partitions=2)
+        async with opener(db) as connect:
+
+            async def operation(at: int) -> None:
+                projection = Recorded(db, until=committed(db))
+                runner = AsyncClaimingRunner(connect, store, config, lease_ttl=30, owner="me")
+                sweeper.target = asyncio.current_task()
+                sweeper.arm(at)
+                await runner.run(projection, stop=projection.stop)
+
+            async def check(at: int) -> None:
+                conn = db.connect()
+                try:
+                    held = [lease for lease in db.store.list_leases(conn) if lease.owner]
+                finally:
+                    conn.close()
+                assert held == [], f"statement {at}"
+                rows = read_model_positions(db, "swept")
+                checkpoints = db.checkpoints()
+                assert rows == [  # each partition's events up to its checkpoint
+                    position
+                    for position, aggregate_id in _rows(db, EVENT_KEYS_SQL)
+                    if position <= checkpoints.get(names[partition_of(aggregate_id)], 0)
+                ], f"statement {at}"
+                await appends_from_another_connection(db, connect, "agg-0", commit=False)
+                reset(db, "swept")
+                for name in names:
+                    reset_checkpoint(db, name)
+
+            assert await sweep(operation, check, sweeper.disarm) > 4
+
+    asyncio.run(scenario())
+
+
+EVENT_KEYS_SQL = "SELECT global_position, aggregate_id FROM events ORDER BY 1"
+
+
+def partition_of(aggregate_id: str) -> int:
+    from pupsourcing.projection.partition import partition_hash
+
+    return partition_hash(aggregate_id) % 2
+
+
+def reset_checkpoint(db: Backend, name: str) -> None:
+    conn = db.connect()
+    try:
+        db.store.update_checkpoint(conn, name, 0)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+# -- the domain layer ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_repository_save_and_load_cancelled_anywhere(db: Backend, mode: str) -> None:
+    """A cancelled ``save`` (an append and a snapshot) keeps the aggregate's
+    pending events: once the caller rolls back, saving again stores them
+    once; a cancelled ``load`` leaves the connection usable."""
+    from domain_model import Order, codec
+    from pupsourcing.aio import AsyncRepository
+
+    async def scenario() -> None:
+        store = db.async_store()
+        sweeper = Sweep(store, mode)
+        repository = AsyncRepository(store, Order, codec(), snapshot_every=2)
+        async with opener(db) as connect:
+            conn: Any = None
+            order: Any = None
+
+            async def save(at: int) -> None:
+                nonlocal conn, order
+                conn = await connect()
+                order = Order(f"order-{at}")
+                order.place("ada")
+                order.add("pen", "1.50")
+                sweeper.arm(at)
+                await repository.save(conn, order)
+                await conn.commit()
+
+            async def saved_again(at: int) -> None:
+                if not closed(db, conn):
+                    await conn.rollback()
+                assert len(order.pending_events) == 2, f"statement {at}"
+                again = await connect()
+                await repository.save(again, order)
+                await again.commit()
+                assert (await repository.load(again, f"order-{at}")).version == 2
+                await again.rollback()
+                assert consistent(db)[f"order-{at}"] == 2
+
+            assert await sweep(save, saved_again, sweeper.disarm) >= 2
+
+            async def load(at: int) -> None:
+                nonlocal conn
+                conn = await connect()
+                sweeper.arm(at)
+                assert (await repository.load(conn, "order-1")).version == 2
+
+            async def usable(at: int) -> None:
+                if closed(db, conn):
+                    return
+                await conn.rollback()
+                assert await execute(conn, "SELECT 1") == [(1,)]
+
+            assert await sweep(load, usable, sweeper.disarm) >= 2
 
     asyncio.run(scenario())

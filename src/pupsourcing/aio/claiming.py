@@ -182,7 +182,9 @@ class AsyncClaimingRunner:
     async def _release_all(self, conn: Any, projections: list[AsyncProjection]) -> None:
         """Give back every partition this process holds and its member rows
         (best effort: unreleased ones expire), on ``conn`` or, should that
-        fail (a cancellation may have closed it), on a new connection."""
+        fail (a cancellation may have closed it), on a new connection. A
+        cancellation that cuts the release short is raised once it is done."""
+        interrupted: BaseException | None = None
         for last in (False, True):
             try:
                 if conn is None:
@@ -192,14 +194,20 @@ class AsyncClaimingRunner:
                     await self._drive(conn, self._plans.leave(p.name, self.owner))
                 self._log.info("partition leases released")
                 break
-            except Exception as exc:
+            except BaseException as exc:
                 await close_quietly(conn)
                 conn = None
-                if last:
+                if not isinstance(exc, Exception):
+                    if interrupted is not None:
+                        raise  # interrupted again: they expire
+                    interrupted = exc
+                elif last:
                     self._log.warning(
                         "partition leases not released (they expire): %s", one_line(exc)
                     )
         await close_quietly(conn)
+        if interrupted is not None:
+            raise interrupted
 
     async def _watch(self) -> None:
         """Stop every partition whose lease is overdue (see
