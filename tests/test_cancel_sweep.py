@@ -480,7 +480,7 @@ async def _open_transaction(db: Backend, conn: Any) -> bool:
     if db.name == "postgres":
         return bool(conn.info.transaction_status != 0)
     if db.name == "mysql":
-        from pupsourcing.adapters.mysql._driver import _SERVER_STATUS_IN_TRANS
+        from pupsourcing.adapters.mysql._dialect import _SERVER_STATUS_IN_TRANS
 
         return bool(conn.server_status & _SERVER_STATUS_IN_TRANS)
     return bool(conn.in_transaction)
@@ -509,7 +509,9 @@ def test_async_runner_cancelled_anywhere(db: Backend) -> None:
                 stop = asyncio.Event()
                 projections = [Recorded(db, name, until=committed(db)) for name in names]
                 processors[:] = [AsyncProcessor(connect, store, config) for _ in names]
-                runners = [ProjectionRunner(p, c) for p, c in zip(projections, processors)]
+                runners = [
+                    ProjectionRunner(p, c) for p, c in zip(projections, processors, strict=True)
+                ]
                 sweeper.target = asyncio.current_task()
                 sweeper.arm(at)
 
@@ -593,7 +595,7 @@ EVENT_KEYS_SQL = "SELECT global_position, aggregate_id FROM events ORDER BY 1"
 
 
 def partition_of(aggregate_id: str) -> int:
-    from pupsourcing.projection.partition import partition_hash
+    from pupsourcing.core.hashing import partition_hash
 
     return partition_hash(aggregate_id) % 2
 
