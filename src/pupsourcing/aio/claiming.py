@@ -101,6 +101,9 @@ class AsyncClaimingRunner:
 
         A partition's processor that raises stops the others, and the error
         is raised here (as :meth:`pupsourcing.runner.Runner.run` does).
+        Cancelled, or a partition's task cancelled, it does the same (each
+        partition rolls back its batch, the leases are released) and raises
+        :class:`asyncio.CancelledError`.
         """
         chosen = chosen_projections(projections, "AsyncClaimingRunner")
         stop = stop or asyncio.Event()
@@ -229,12 +232,16 @@ class AsyncClaimingRunner:
         return await drive_lease(self._store, conn, plan)
 
     def _reap(self, pending: list[tuple[str, int]]) -> BaseException | None:
-        error = None
+        error: BaseException | None = None
         for key, part in list(self._running.items()):
             if not part.task.done():
                 continue
             del self._running[key]
-            if not part.task.cancelled() and part.task.exception() is not None:
+            if part.task.cancelled():
+                # Not by the runner, which stops partitions with their event:
+                # the run is cancelled, as AsyncRunner's is.
+                error = error or asyncio.CancelledError()
+            elif part.task.exception() is not None:
                 error = error or part.task.exception()
             if not part.lost:
                 pending.append(key)
