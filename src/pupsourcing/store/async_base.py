@@ -45,6 +45,10 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         """Whether ``tx`` has a transaction open (or will open one implicitly
         for the next statement)."""
 
+    async def _interrupted_append(self, tx: ConnT) -> None:
+        """After an append was cancelled (or interrupted): what its plan could
+        not undo. Nothing here: the plans roll back to their savepoint."""
+
     def _push_listener(self) -> AsyncListener | None:
         """As :meth:`pupsourcing.store.base.SQLStore._push_listener`, for asyncio."""
         return None
@@ -81,7 +85,12 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         :class:`~pupsourcing.InvalidEventError` (nothing is sent) or
         :class:`~pupsourcing.OptimisticConcurrencyError`.
         """
-        result = await self._run(tx, self._append_plan(expected_version, events))
+        try:
+            result = await self._run(tx, self._append_plan(expected_version, events))
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                await self._interrupted_append(tx)
+            raise
         appended(self.dialect.config.events_table)
         return result
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.postgres._dialect import NotifyOption, PostgresDialect
@@ -16,8 +15,6 @@ from pupsourcing.adapters.postgres._driver import (
     opens_later,
 )
 from pupsourcing.adapters.postgres._listen import AsyncPsycopgListener
-from pupsourcing.core.events import AppendResult, Event
-from pupsourcing.core.expected_version import ExpectedVersion
 from pupsourcing.store.async_base import AsyncSQLStore
 from pupsourcing.store.plan import Row, Statement
 
@@ -28,7 +25,13 @@ if TYPE_CHECKING:
 class AsyncPostgresStore(NotifyOption, AsyncSQLStore["psycopg.AsyncConnection[Any]"]):
     """Event store on a psycopg 3 ``AsyncConnection`` passed to each call
     (the ``postgres`` extra); the asyncio twin of
-    :class:`~pupsourcing.adapters.postgres.PostgresStore`."""
+    :class:`~pupsourcing.adapters.postgres.PostgresStore`.
+
+    An ``append`` cancelled inside a transaction leaves the transaction
+    aborted, to be rolled back: whether its statement took effect or not,
+    nothing of the transaction can commit (the MySQL and SQLite stores roll
+    back to a savepoint instead; a PostgreSQL append is one statement).
+    """
 
     dialect_class = PostgresDialect
 
@@ -57,23 +60,13 @@ class AsyncPostgresStore(NotifyOption, AsyncSQLStore["psycopg.AsyncConnection[An
                 return []
         return await super()._execute(tx, statement)
 
-    async def append(
-        self,
-        tx: psycopg.AsyncConnection[Any],
-        expected_version: ExpectedVersion,
-        events: Sequence[Event],
-    ) -> AppendResult:
-        """As :meth:`AsyncSQLStore.append`. Cancelled inside a transaction,
-        it leaves the transaction aborted, to be rolled back: whether its
-        statement took effect or not, nothing of the transaction can commit
-        (MySQL and SQLite roll back to a savepoint instead; a PostgreSQL
-        append is one statement, with none)."""
-        try:
-            return await super().append(tx, expected_version, events)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                await _abort(tx)
-            raise
+    async def _interrupted_append(self, tx: psycopg.AsyncConnection[Any]) -> None:
+        # One statement, without a savepoint to undo it alone: whether it took
+        # effect or not, abort the transaction (any failing statement does)
+        # so that none of it commits.
+        if tx.info.transaction_status == 2:  # INTRANS: idle in a transaction
+            with contextlib.suppress(Exception):
+                await tx.execute(_ABORT_SQL)
 
     def _push_listener(self) -> AsyncPsycopgListener:
         dialect = self.dialect
@@ -85,12 +78,3 @@ _ABORT_SQL = (
     "DO $$ BEGIN RAISE EXCEPTION 'pupsourcing: an append was interrupted in this "
     "transaction; roll it back'; END $$"
 )
-
-
-async def _abort(tx: psycopg.AsyncConnection[Any]) -> None:
-    """Abort the transaction open on ``tx``, if any (an interrupted append may
-    have written to it): any failing statement does."""
-    if tx.info.transaction_status != 2:  # 2: INTRANS, idle in a transaction
-        return
-    with contextlib.suppress(Exception):
-        await tx.execute(_ABORT_SQL)
