@@ -101,9 +101,6 @@ class AsyncClaimingRunner:
 
         A partition's processor that raises stops the others, and the error
         is raised here (as :meth:`pupsourcing.runner.Runner.run` does).
-        Cancelled, or a partition's task cancelled, it does the same (each
-        partition rolls back its batch, the leases are released) and raises
-        :class:`asyncio.CancelledError`.
         """
         chosen = chosen_projections(projections, "AsyncClaimingRunner")
         stop = stop or asyncio.Event()
