@@ -153,9 +153,11 @@ class HeadWatcher:
 
         if done():
             return self.safe > position
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait_for(done), timeout)
+        # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation
+        # that arrives as the condition is met (a closing feed would go on).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(done)
         return self.safe > position
 
     def rates(self) -> dict[str, object]:
