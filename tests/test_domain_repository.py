@@ -332,6 +332,26 @@ def test_metadata_that_cannot_be_stored_raises_invalid_event_error_and_writes_no
     assert len(order.pending_events) == 1
 
 
+def test_equal_metadata_is_stored_as_equal_bytes(backend: Backend) -> None:
+    """Like payloads and ``Event.json``: keys sorted, so bytes compare as the
+    mappings do (a consumer deduplicating by metadata, say)."""
+    repo = repository(backend)
+    conn = backend.connection()
+    for aggregate_id, metadata in [
+        ("order-30", {"user": "u1", "tenant": {"region": "eu", "id": 7}}),
+        ("order-31", {"tenant": {"id": 7, "region": "eu"}, "user": "u1"}),
+    ]:
+        order = Order(aggregate_id)
+        order.place("ada")
+        repo.save(conn, order, metadata=metadata)
+    conn.commit()
+    stored = [
+        backend.store.read_aggregate_stream(conn, "Sales", "Order", i).events[0].metadata
+        for i in ("order-30", "order-31")
+    ]
+    assert stored == [b'{"tenant":{"id":7,"region":"eu"},"user":"u1"}'] * 2
+
+
 @pytest.mark.parametrize(
     ("ids", "field", "problem"),
     [

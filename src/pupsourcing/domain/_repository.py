@@ -47,8 +47,9 @@ _Plan = Generator[_Call, Any, T]
 
 
 def _metadata_bytes(metadata: Mapping[str, object] | bytes | None) -> bytes | None:
-    """``metadata`` as the JSON bytes every event is stored with; the store
-    checks bytes given as they are. :class:`InvalidEventError` (event 0, the
+    """``metadata`` as the compact JSON bytes (keys sorted, so equal mappings
+    give equal bytes) every event is stored with; the store checks bytes
+    given as they are. :class:`InvalidEventError` (event 0, the
     first it is set on) when it cannot be stored, so nothing is written."""
     if metadata is None or isinstance(metadata, bytes):
         return metadata
@@ -57,7 +58,9 @@ def _metadata_bytes(metadata: Mapping[str, object] | bytes | None) -> bytes | No
         raise InvalidEventError(0, "metadata", problem)
     data = dict(metadata)
     try:
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = json.dumps(
+            data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
         return text.encode("utf-8")
     except UnicodeEncodeError:
         problem = _surrogate_problem(data)
