@@ -454,6 +454,41 @@ def test_an_aggregate_class_without_its_names_is_refused(backend: Backend) -> No
     assert backend.count_events() == 0
 
 
+class GiftOrder(Order):
+    """A subclass naming a stream of its own."""
+
+    aggregate_type = "GiftOrder"
+
+
+def test_a_subclass_naming_another_stream_or_snapshot_schema_is_refused(
+    backend: Backend,
+) -> None:
+    """The repository writes under its own class's names and schema: a
+    GiftOrder saved by an Order repository would land in the Order stream,
+    where a GiftOrder repository never finds it, and a snapshot of
+    OrderV2Snapshots's state would be tagged with Order's schema."""
+    conn = backend.connection()
+    for cls, snapshot_every, field in [
+        (GiftOrder, None, "aggregate_type 'GiftOrder', not 'Order'"),
+        (OrderV2Snapshots, 1, "snapshot_schema 2, not 1"),
+    ]:
+        order = cls("order-32")
+        order.place("ada")
+        with pytest.raises(TypeError, match=rf"^{cls.__name__} has {field}: save it with a "):
+            repository(backend, snapshot_every=snapshot_every).save(conn, order)
+        assert len(order.pending_events) == 1
+    conn.commit()
+    assert backend.count_events() == 0
+    assert snapshot_versions(backend, "order-32") == []
+    # A subclass with the same names (and schema) is saved as its class.
+    order = OrderWithTotal("order-32")
+    order.place("ada")
+    repository(backend, snapshot_every=1).save(conn, order)
+    repository(backend).save(conn, OrderV2Snapshots("order-33"))  # nothing pending
+    conn.commit()
+    assert snapshot_versions(backend, "order-32") == [(1, 1)]
+
+
 def test_snapshots_are_taken_every_n_and_loading_starts_from_them(backend: Backend) -> None:
     repo = repository(backend, snapshot_every=2)
     conn = backend.connection()

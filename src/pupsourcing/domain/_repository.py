@@ -163,6 +163,7 @@ class _RepositoryPlans(Generic[A]):
             raise TypeError(
                 f"aggregate must be a {cls.__qualname__}, got {type(aggregate).__qualname__}"
             )
+        self._check_subclass(type(aggregate))
         pending = aggregate.pending_events
         base = aggregate.version - len(pending)
         expected = ExpectedVersion.exact(base) if base else ExpectedVersion.no_stream()
@@ -225,6 +226,22 @@ class _RepositoryPlans(Generic[A]):
             yield _Call("save_snapshot", (snapshot,))
         aggregate._saved(result.events[-1].event_id)
         return result
+
+    def _check_subclass(self, own: type[A]) -> None:
+        """``TypeError`` when ``own``, a subclass of the repository's class,
+        names another stream (or, with snapshots, another ``snapshot_schema``):
+        its events and snapshots would be stored under the repository's."""
+        cls = self.aggregate_class
+        names = ["bounded_context", "aggregate_type"]
+        if self.snapshot_every is not None:
+            names.append("snapshot_schema")
+        for name in names:
+            value, expected = getattr(own, name), getattr(cls, name)
+            if value != expected:
+                raise TypeError(
+                    f"{own.__qualname__} has {name} {value!r}, not {expected!r}: save it "
+                    f"with a repository of its own class, not of {cls.__qualname__}"
+                )
 
     def _check_last_save(
         self, aggregate: A, key: tuple[str, str, str], base: int, expected: ExpectedVersion
@@ -389,7 +406,8 @@ class Repository(_RepositoryPlans[A]):
         read for an object saved before. Raises :class:`CodecError` before anything is written
         when an event or the snapshot state cannot be encoded, and
         :class:`~pupsourcing.InvalidEventError` when the metadata (or a
-        causation or correlation id) cannot be stored. Never commits.
+        causation or correlation id) cannot be stored; ``TypeError`` for a
+        subclass naming another stream or ``snapshot_schema``. Never commits.
         """
         plan = self._save_plan(aggregate, metadata, causation_id, correlation_id)
         return drive(plan, lambda call: getattr(self.store, call.method)(tx, *call.args))
@@ -433,7 +451,8 @@ class AsyncRepository(_RepositoryPlans[A]):
         read for an object saved before. Raises :class:`CodecError` before anything is written
         when an event or the snapshot state cannot be encoded, and
         :class:`~pupsourcing.InvalidEventError` when the metadata (or a
-        causation or correlation id) cannot be stored. Never commits.
+        causation or correlation id) cannot be stored; ``TypeError`` for a
+        subclass naming another stream or ``snapshot_schema``. Never commits.
         """
         plan = self._save_plan(aggregate, metadata, causation_id, correlation_id)
         return await drive_async(
