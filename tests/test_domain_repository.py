@@ -9,7 +9,7 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -583,6 +583,45 @@ def test_a_stored_event_the_codec_cannot_read_names_where_it_is(backend: Backend
     ) as raised:
         repository(backend).load(conn, "order-8")
     assert (raised.value.event_type, raised.value.event_version) == ("Refunded", 3)
+
+
+class HandWrittenCodec:
+    """A codec as users write one: the class's constructor takes the payload."""
+
+    classes: ClassVar[dict[str, type]] = {"OrderPlaced": OrderPlaced, "ItemAdded": ItemAdded}
+
+    def encode(self, event: object) -> tuple[str, int, bytes]:
+        return type(event).__name__, 1, json.dumps(vars(event), default=str).encode()
+
+    def decode(self, event_type: str, event_version: int, payload: bytes) -> object:
+        return self.classes[event_type](**json.loads(payload))
+
+
+def test_a_payload_a_hand_written_codec_cannot_fit_names_where_it_is(backend: Backend) -> None:
+    """A constructor refusing the payload raises TypeError: the load names the
+    event, as for JsonCodec's own errors (and as save does for encode)."""
+    conn = backend.connection()
+    backend.store.append(
+        conn,
+        ExpectedVersion.no_stream(),
+        [
+            Event("Sales", "Order", "order-34", "OrderPlaced", b'{"customer":"ada"}'),
+            Event("Sales", "Order", "order-34", "OrderPlaced", b'{"name":"ada"}'),
+        ],
+    )
+    conn.commit()
+    store = backend.store.raw if backend.api == "async" else backend.store
+    repo: Any = (
+        Blocking(backend, AsyncRepository(store, Order, HandWrittenCodec()))
+        if backend.api == "async"
+        else Repository(store, Order, HandWrittenCodec())
+    )
+    with pytest.raises(
+        CodecError, match=r"^Sales/Order/order-34 version 2 \(global position \d+\): .*'name'"
+    ) as raised:
+        repo.load(conn, "order-34")
+    assert (raised.value.event_type, raised.value.event_version) == ("OrderPlaced", 1)
+    assert isinstance(raised.value.__cause__, TypeError)
 
 
 @pytest.mark.parametrize(

@@ -330,11 +330,11 @@ class _RepositoryPlans(Generic[A]):
         self, aggregate: A, key: tuple[str, str, str], events: Sequence[PersistedEvent]
     ) -> None:
         for persisted in events:
-            try:
+            try:  # what any codec raises for a payload it cannot read
                 event = self.codec.decode(
                     persisted.event_type, persisted.event_version, persisted.payload
                 )
-            except (CodecError, ValueError, LookupError, RecursionError) as exc:  # any codec's
+            except (CodecError, TypeError, ValueError, LookupError, RecursionError) as exc:
                 raise _naming(
                     CodecError(
                         f"{'/'.join(key)} version {persisted.aggregate_version} "
