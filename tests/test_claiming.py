@@ -1083,3 +1083,75 @@ def test_a_renewal_waiting_on_a_lock_stops_the_partition_before_its_lease_runs_o
         asyncio.run(run_async())
     late = seen["stopped"] - seen["expires"]
     assert late < 0, f"the partition ran {late:.2f} s past its lease (TTL {ttl})"
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+@pytest.mark.parametrize("name", DATABASES)
+def test_a_runner_stops_promptly_while_its_lease_statements_wait_on_a_lock(
+    name: str, api: str, make_store_backend: Callable[..., Backend]
+) -> None:
+    """Another session holds the lease row locked (SQLite: the write lock)
+    and the runner is asked to stop: its lease statements give up their
+    lock waits after a fraction of the TTL (PostgreSQL would wait without
+    end, MariaDB 50 s, SQLite the connection's busy timeout of 5 s), so the
+    runner returns, its leases left to run out."""
+    import asyncio
+
+    from pupsourcing.aio import AsyncClaimingRunner
+
+    backend = make_store_backend(name)
+    ttl, projection = 1.6, "stuck"
+    bound = 2.5 * ttl  # (MariaDB waits whole seconds: 1 s per lease statement)
+    config = ProcessorConfig(total_partitions=1, poll_interval=0.02)
+    took: dict[str, float] = {}
+
+    def scenario(held: Callable[[], dict[str, list[int]]], ask_stop: Callable[[], None]) -> None:
+        wait_for(lambda: held() == {projection: [0]}, what="the partition")
+        blocker, _ = lock_lease_row(backend, projection, 0)
+        try:
+            time.sleep(ttl / 3 + 0.2)  # the next renewal waits on the lock
+            took["asked"] = time.monotonic()
+            ask_stop()
+            wait_for(lambda: "returned" in took, timeout=bound, what="the runner to return")
+        finally:
+            blocker.rollback()
+            blocker.close()
+
+    if api == "sync":
+        runner = ClaimingRunner(backend.connect, backend.store, config, lease_ttl=ttl)
+        stop = threading.Event()
+
+        def run() -> None:
+            runner.run(Idle(projection), stop=stop)
+            took["returned"] = time.monotonic()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            scenario(runner.held, stop.set)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+    else:
+
+        async def run_async() -> None:
+            store = backend.async_store()
+            arunner = AsyncClaimingRunner(backend.open_async, store, config, lease_ttl=ttl)
+            astop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+
+            async def run() -> None:
+                await arunner.run(AsyncIdle(projection), stop=astop)
+                took["returned"] = time.monotonic()
+
+            task = asyncio.create_task(run())
+            try:
+                await asyncio.to_thread(
+                    scenario, arunner.held, lambda: loop.call_soon_threadsafe(astop.set)
+                )
+            finally:
+                astop.set()
+                await asyncio.wait_for(task, 10)
+
+        asyncio.run(run_async())
+    assert took["returned"] - took["asked"] < bound

@@ -179,7 +179,12 @@ def test_every_lease_transaction_is_read_committed(
             "WHERE projection_name = 'iso' AND partition_key = 0"
         )
         cursor.close()
-        time.sleep(1.0)  # (a renewal every lease_ttl / 3)
+        blocked = (  # a renewal (every lease_ttl / 3) waits for the row
+            "SELECT count(*) FROM pg_stat_activity "
+            f"WHERE {holder.info.backend_pid} = ANY(pg_blocking_pids(pid))"
+        )
+        # (Committed at once: the wait gives up after 0.2 x lease_ttl.)
+        assert _wait(lambda: int(b.direct.scalar(blocked)) > 0, timeout=2)
         holder.commit()
         time.sleep(0.6)
         assert runner.held() == {"iso": [0]}

@@ -339,7 +339,7 @@ def test_a_lease_outage_is_logged_like_a_database_outage(
     tmp_path: Path, js: JetStream, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another connection holds SQLite's write lock, so the lease cannot be
-    taken (busy time-out 0.05 s): the first failure is a WARNING, the next
+    taken (busy time-out 0.06 s, a fifth of the TTL): the first failure is a WARNING, the next
     ones DEBUG with a WARNING again every RECONNECT_WARNING seconds (0.5
     here), and the lease working again is INFO, once."""
     from pupsourcing.adapters.sqlite import AsyncSQLiteStore, connect, connect_async
@@ -356,6 +356,7 @@ def test_a_lease_outage_is_logged_like_a_database_outage(
             servers=js.url,
             subject_prefix=prefix,
             poll_interval=0.02,
+            lease_ttl=0.3,
         )
         blocker = connect(path)
         blocker.execute("BEGIN IMMEDIATE")
@@ -441,3 +442,47 @@ def test_a_renewal_waiting_on_a_lock_stops_publishing_before_the_lease_runs_out(
         halted, expires = asyncio.run(scenario())
     assert halted < expires, f"published {halted - expires:.2f} s past the lease"
     assert lines("the lease was not renewed for 0.6 s"), caplog.text
+
+
+def test_a_relay_taking_its_lease_stops_promptly_while_the_lease_row_is_locked(
+    db: Backend, js: JetStream
+) -> None:
+    """Another session holds the relay's lease row locked (SQLite: the write
+    lock) as the relay starts, and the relay is asked to stop: its acquire
+    gives up the lock wait after a fraction of the TTL (PostgreSQL would
+    wait without end, MariaDB 50 s, SQLite its busy timeout of 5 s), so it
+    returns."""
+    from test_claiming import lock_lease_row
+
+    ttl = 1.6
+    bound = 2 * ttl  # (MariaDB waits whole seconds: 1 s per lease statement)
+    conn = db.connect()
+    try:
+        db.store._run(conn, db.store.dialect.leases.ensure("relay_stuck", 1))
+        conn.commit()
+    finally:
+        conn.close()
+    stream, prefix = js.new_stream()
+    r = relay(db, js, stream, prefix, name="stuck", poll_interval=0.02, lease_ttl=ttl)
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        with ThreadPoolExecutor(1) as blocking:  # (SQLite: one thread per connection)
+            blocker, _ = await loop.run_in_executor(blocking, lock_lease_row, db, "relay_stuck", 0)
+            try:
+                task = asyncio.create_task(r.run(stop=stop))
+                await asyncio.sleep(0.5)  # its acquire waits on the lock
+                asked = time.monotonic()
+                stop.set()
+                await asyncio.wait({task}, timeout=bound)
+                took = time.monotonic() - asked
+            finally:
+                await loop.run_in_executor(blocking, blocker.rollback)
+                await loop.run_in_executor(blocking, blocker.close)
+        await asyncio.wait_for(task, 10)
+        await r.close()
+        return took
+
+    took = asyncio.run(scenario())
+    assert took < bound, f"the relay took {took:.2f} s to stop (TTL {ttl})"

@@ -182,8 +182,9 @@ class AsyncClaimingRunner:
     async def _release_all(self, conn: Any, projections: list[AsyncProjection]) -> None:
         """Give back every partition this process holds and its member rows
         (best effort: unreleased ones expire), on ``conn`` or, should that
-        fail (a cancellation may have closed it), on a new connection. A
-        cancellation that cuts the release short is raised once it is done."""
+        fail (a cancellation may have closed it), on a new connection; not
+        again after a lock wait that timed out. A cancellation that cuts the
+        release short is raised once it is done."""
         interrupted: BaseException | None = None
         for last in (False, True):
             try:
@@ -201,10 +202,11 @@ class AsyncClaimingRunner:
                     if interrupted is not None:
                         raise  # interrupted again: they expire
                     interrupted = exc
-                elif last:
+                elif last or self._store.dialect.is_transient(exc):  # (a lock: waited already)
                     self._log.warning(
                         "partition leases not released (they expire): %s", one_line(exc)
                     )
+                    break
         await close_quietly(conn)
         if interrupted is not None:
             raise interrupted
@@ -223,10 +225,10 @@ class AsyncClaimingRunner:
             part.releasing = True
 
     async def _lease_connection(self) -> Any:
-        return await lease_connection(self._db, self._store)
+        return await lease_connection(self._db, self._store, self.lease_ttl)
 
     async def _drive(self, conn: Any, plan: Plan[Any]) -> Any:
-        return await drive_lease(self._store, conn, plan)
+        return await drive_lease(self._store, conn, plan, self.lease_ttl)
 
     def _reap(self, pending: list[tuple[str, int]]) -> BaseException | None:
         error: BaseException | None = None
@@ -285,23 +287,27 @@ class AsyncClaimingRunner:
         return next_look(ttl, me, leases)
 
 
-async def lease_connection(db: Callable[[], Awaitable[Any]], store: AsyncSQLStore[Any]) -> Any:
-    """A new connection from ``db`` for lease statements, its session
-    prepared for them (see :meth:`LeasePlans.prepare
+async def lease_connection(
+    db: Callable[[], Awaitable[Any]], store: AsyncSQLStore[Any], ttl: float
+) -> Any:
+    """A new connection from ``db`` for the lease statements of a lease of
+    ``ttl`` seconds, its session prepared for them (see :meth:`LeasePlans.prepare
     <pupsourcing.store.leases.LeasePlans.prepare>`); closed if that fails."""
     conn = await db()
     try:
-        await drive_lease(store, conn, store.dialect.leases.prepare())
+        await drive_lease(store, conn, store.dialect.leases.prepare(), ttl)
     except BaseException:
         await close_quietly(conn)
         raise
     return conn
 
 
-async def drive_lease(store: AsyncSQLStore[Any], conn: Any, plan: Plan[T]) -> T:
-    """``plan`` as one committed lease transaction on ``conn``."""
+async def drive_lease(store: AsyncSQLStore[Any], conn: Any, plan: Plan[T], ttl: float) -> T:
+    """``plan`` as one committed lease transaction on ``conn``, for a lease
+    of ``ttl`` seconds (see :meth:`LeasePlans.transaction
+    <pupsourcing.store.leases.LeasePlans.transaction>`)."""
     try:
-        result = await store._run(conn, store.dialect.leases.transaction(plan))
+        result = await store._run(conn, store.dialect.leases.transaction(plan, ttl))
     except BaseException:
         # The rollback of a connection that failed, or that asyncmy closed
         # when a cancellation cut its reply short, fails too: its error

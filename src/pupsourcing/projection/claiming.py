@@ -268,7 +268,7 @@ class ClaimingRunner:
 
     def _drive(self, conn: Any, plan: Plan[Any]) -> Any:
         try:
-            result = self._store._run(conn, self._plans.transaction(plan))
+            result = self._store._run(conn, self._plans.transaction(plan, self.lease_ttl))
         except BaseException:
             # The rollback of a connection that failed (or that an interrupt
             # left midway through a reply) may fail too: its error must not
@@ -367,7 +367,8 @@ class ClaimingRunner:
         """Give back every partition this process holds and its member rows
         (best effort: unreleased ones expire), on ``conn`` or, should that
         fail (an interrupt may have left it midway through a reply), on a
-        new connection. The stopped partitions were reaped."""
+        new connection; not again after a lock wait that timed out. The
+        stopped partitions were reaped."""
         self._pending_release.clear()  # (released with the rest)
         try:
             for last in (False, True):
@@ -382,10 +383,11 @@ class ClaimingRunner:
                 except Exception as exc:
                     _close(conn)
                     conn = None
-                    if last:
+                    if last or self._store.dialect.is_transient(exc):  # (a lock: waited)
                         self._log.warning(
                             "partition leases not released (they expire): %s", one_line(exc)
                         )
+                        break
         finally:
             _close(conn)
 

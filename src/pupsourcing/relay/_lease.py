@@ -110,9 +110,9 @@ class RelayLease:
         dropped after a failure other than a transient one."""
         async with self._busy:
             if self._conn is None:
-                self._conn = await lease_connection(self._open, self.store)
+                self._conn = await lease_connection(self._open, self.store, self.ttl)
             try:
-                return await drive_lease(self.store, self._conn, plan)
+                return await drive_lease(self.store, self._conn, plan, self.ttl)
             except BaseException as exc:
                 if not (isinstance(exc, Exception) and self.store.dialect.is_transient(exc)):
                     await self.close()

@@ -372,6 +372,14 @@ class Dialect(abc.ABC):
         deadlock, a busy database."""
         return False
 
+    def lock_wait_sql(self, seconds: float) -> str | None:
+        """A statement after which the statements of its transaction wait
+        on a lock for about ``seconds`` at most, then fail with an error
+        :meth:`is_transient` accepts; ``None`` where there is none. It may
+        set the session's wait (not only the transaction's): for
+        connections of the caller's own, such as the lease loop's."""
+        return None
+
     @abc.abstractmethod
     def is_unique_violation(self, exc: BaseException) -> bool:
         """Whether ``exc`` is the driver's unique-constraint violation."""

@@ -33,6 +33,12 @@ T = TypeVar("T")
 
 MAX_OWNER_LENGTH = 200
 """Characters of an owner name."""
+LOCK_WAIT = 0.2
+"""A lease statement waits on a lock (a row another session holds, SQLite's
+write lock) for at most this fraction of the TTL, then fails as transient
+(see :meth:`Dialect.lock_wait_sql
+<pupsourcing.store.dialect.Dialect.lock_wait_sql>`): the lease loop goes on
+(claims, releases, stops) rather than waiting as long as the database lets it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,7 @@ class LeasePlans:
         self.read_committed_sql = dialect.read_committed_sql
         self.isolation_sql = dialect.lease_isolation_sql
         self.begin_sql = dialect.begin_sql
+        self.lock_wait_sql = dialect.lock_wait_sql
         table = dialect.quote(dialect.config.leases_table)
         key = f"projection_name = {p} AND partition_key = {p}"
         self.placeholder = p
@@ -133,16 +140,20 @@ class LeasePlans:
         if self.read_committed_sql is not None:
             yield Statement(self.read_committed_sql)
 
-    def transaction(self, plan: Plan[T]) -> Plan[T]:
-        """``plan`` as one READ COMMITTED lease transaction, for the caller
-        to commit: where the dialect sets the level per transaction (see
-        :attr:`Dialect.lease_isolation_sql
+    def transaction(self, plan: Plan[T], ttl: float) -> Plan[T]:
+        """``plan`` as one READ COMMITTED lease transaction of a lease of
+        ``ttl`` seconds, for the caller to commit: where the dialect sets the
+        level per transaction (see :attr:`Dialect.lease_isolation_sql
         <pupsourcing.store.dialect.Dialect.lease_isolation_sql>`), its
         statement comes first, after a BEGIN on an autocommit connection
-        (where it would set nothing)."""
+        (where it would set nothing); then its lock waits are bounded to
+        :data:`LOCK_WAIT` of ``ttl``."""
         if self.isolation_sql is not None:
             yield Statement(self.begin_sql, begin=True)
             yield Statement(self.isolation_sql)
+        bound = self.lock_wait_sql(ttl * LOCK_WAIT)
+        if bound is not None:
+            yield Statement(bound)
         return (yield from plan)
 
     def ensure(self, projection_name: str, total_partitions: int) -> Plan[None]:

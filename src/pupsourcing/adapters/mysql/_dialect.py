@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -549,6 +550,10 @@ class MySQLDialect(Dialect):
 
     def is_transient(self, exc: BaseException) -> bool:
         return errno(exc) in (ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK, ER_CHECKREAD)
+
+    def lock_wait_sql(self, seconds: float) -> str:
+        # The session's: InnoDB counts whole seconds, at least one (MySQL).
+        return f"SET SESSION innodb_lock_wait_timeout = {max(1, math.ceil(seconds))}"
 
     def is_connection_error(self, exc: BaseException) -> bool:
         number = errno(exc)

@@ -434,6 +434,11 @@ class PostgresDialect(Dialect):
         # serialization failure, deadlock, lock not available (lock_timeout)
         return getattr(exc, "sqlstate", None) in {"40001", "40P01", "55P03"}
 
+    def lock_wait_sql(self, seconds: float) -> str:
+        # Per transaction, so it also holds behind a pooler in transaction
+        # mode (see lease_isolation_sql); 0 would mean no bound.
+        return f"SET LOCAL lock_timeout = '{max(1, round(seconds * 1000))}ms'"
+
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION
 

@@ -155,6 +155,10 @@ class SQLiteDialect(Dialect):
         name = getattr(exc, "sqlite_errorname", None) or ""
         return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
+    def lock_wait_sql(self, seconds: float) -> str:
+        # The connection's busy timeout, in place of the one it was opened with.
+        return f"PRAGMA busy_timeout = {max(1, round(seconds * 1000))}"
+
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlite_errorname", None) in _UNIQUE_ERRORS
 
