@@ -148,3 +148,28 @@ def test_migrate_creates_the_layouts_table_by_its_given_name(tmp_path: Path) -> 
     text = "".join(p.read_text() for p in out.iterdir())
     assert 'CREATE TABLE IF NOT EXISTS "gen_l" (' in text
     assert "projection_layouts" not in text
+
+
+def test_a_reset_that_fails_changes_nothing(sqlite_db: Backend) -> None:
+    """The layout and every checkpoint are reset in one transaction: a
+    reset failing part-way (here a trigger refuses partition 1's
+    checkpoint; on SQLite, more often, the write lock not taken within the
+    busy timeout) leaves the layout and the checkpoints as they were, not
+    the layout gone with checkpoints that still say how far the old
+    partitions got."""
+    conn = sqlite_db.connection()
+    sqlite_db.store.append(conn, ExpectedVersion.any(), events(4))
+    conn.commit()
+    start(sqlite_db, 2)
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON projection_checkpoints "
+        "WHEN OLD.projection_name = 'counter_p1' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    conn.commit()
+    before = sqlite_db.checkpoints()
+    assert before == {"counter_p0": 4, "counter_p1": 4}
+
+    reset = cli("projections", "reset", "counter", "--yes", "--db", sqlite_db.url)
+    assert_one_line_error(reset, "refused")
+    assert sqlite_db.checkpoints() == before
+    assert layouts(sqlite_db) == {"counter": 2}

@@ -24,8 +24,10 @@ from pupsourcing.projection.config import (
     projection_of,
 )
 from pupsourcing.store import Checkpoint
-from pupsourcing.store.layout import clear_layout, layout_names, missing_table
+from pupsourcing.store.dialect import Dialect
+from pupsourcing.store.layout import forget_layout, layout_names, missing_table
 from pupsourcing.store.leases import Lease
+from pupsourcing.store.plan import Plan, Statement
 from pupsourcing.store.schema import MAX_PARTITION_INDEXES
 
 
@@ -482,6 +484,21 @@ def running_signs(db: Any, conn: Any, name: str, chosen: list[Checkpoint]) -> li
     return signs
 
 
+def _reset(
+    dialect: Dialect, name: str, chosen: list[Checkpoint], target: int, recorded: bool
+) -> Plan[None]:
+    """Move the ``chosen`` checkpoints to ``target`` and forget ``name``'s
+    layout if it is ``recorded`` (so the next start may choose another
+    partition count), in one transaction for the caller to commit: all or
+    nothing. It opens as a projection batch's does (SQLite: ``BEGIN
+    IMMEDIATE``, one wait for the write lock before anything is written)."""
+    yield Statement(dialect.begin_sql, begin=True)
+    if recorded:
+        yield forget_layout(dialect, name)
+    for checkpoint in chosen:
+        yield from dialect.update_checkpoint(checkpoint.name, target)
+
+
 def run_reset(args: argparse.Namespace) -> int:
     db = open_database(args)
     name, target = args.name, args.to
@@ -518,10 +535,7 @@ def run_reset(args: argparse.Namespace) -> int:
         )
         if not args.yes and not _confirm(clean(question)):
             raise CommandError("not confirmed; nothing changed (--yes skips the question)")
-        # First, so the next start may choose another partition count.
-        db.store._run(conn, clear_layout(db.store.dialect, name))
-        for checkpoint in chosen:
-            db.store.update_checkpoint(conn, checkpoint.name, target)
+        db.store._run(conn, _reset(db.store.dialect, name, chosen, target, name in own))
         conn.commit()
     print(clean(f"reset {', '.join(c.name for c in chosen)} to position {target:,}"))
     return 0

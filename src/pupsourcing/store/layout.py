@@ -186,14 +186,18 @@ def recorded_layouts(dialect: Dialect) -> Generator[Statement, Any, dict[str, in
     return {str(name): int(total) for name, total in rows}
 
 
+def forget_layout(dialect: Dialect, name: str) -> Statement:
+    """Deletes ``name``'s recorded layout (from a layouts table that exists)."""
+    return Statement(
+        f"DELETE FROM {_table(dialect)} WHERE projection_name = {dialect.placeholder}", (name,)
+    )
+
+
 def clear_layout(dialect: Dialect, name: str) -> LayoutPlan:
     """Forget ``name``'s recorded layout, in a transaction of its own; ``False``
     when the store has no layouts table."""
     try:
-        yield Statement(
-            f"DELETE FROM {_table(dialect)} WHERE projection_name = {dialect.placeholder}",
-            (name,),
-        )
+        yield forget_layout(dialect, name)
     except Exception as exc:
         if not missing_table(exc):
             raise
