@@ -1140,3 +1140,56 @@ def test_a_connection_lost_during_the_first_read_is_one_line(
     lost = "terminating connection" if server == "postgres" else "Lost connection to MySQL"
     assert_one_line_error(result, f"pupsourcing {name}: error: database error: ", lost)
     assert stdout == ""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("projections", "reset", "fixable", "--yes", "--force"),
+        ("projections", "replay-dead-letters", "cli_projections:Fixable"),
+        ("migrate",),
+    ],
+    ids=["reset", "replay-dead-letters", "migrate"],
+)
+def test_sqlite_commands_that_write_wait_for_the_write_lock(
+    command: tuple[str, ...], sqlite_db: Backend
+) -> None:
+    """Another connection holds SQLite's write lock and commits a write
+    1.5 s later, as a worker's batch does: each command that writes (a
+    process of its own) waits for the lock, within the busy timeout of 5 s,
+    and goes through. One that read in the transaction it then writes in
+    would fail at once: SQLite does not let a transaction whose snapshot
+    another connection's commit made stale wait for the lock."""
+    import cli_projections
+    from pupsourcing.projection import ProcessorConfig
+
+    conn = sqlite_db.connection()
+    execute(conn, cli_projections.CREATE_TABLE)
+    for aggregate in ("a-1", "poison"):
+        sqlite_db.store.append(conn, ExpectedVersion.any(), [event(aggregate)])
+    conn.execute(f"DROP TABLE {sqlite_db.store.config.leases_table}")  # for migrate to make
+    conn.commit()
+    config = ProcessorConfig(max_attempts=1, on_failure="dead_letter")
+    with sqlite_db.Processor(sqlite_db.connect, sqlite_db.store, config) as processor:
+        assert processor.catch_up(cli_projections.Fixable()) == 1  # (one dead letter)
+    conn.execute("BEGIN IMMEDIATE")
+    sqlite_db.store.update_checkpoint(conn, "other", 1)
+    process = subprocess.Popen(
+        cli_argv(*command, "--db", sqlite_db.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(POISON_FIXED="1"),
+    )
+    try:
+        time.sleep(1.5)  # (the command started and waits for the lock)
+    finally:
+        conn.commit()
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    if command[0] == "migrate":
+        assert sqlite_db.scalar(f"SELECT count(*) FROM {sqlite_db.store.config.leases_table}") == 0
+    elif command[1] == "reset":
+        assert sqlite_db.checkpoints()["fixable"] == 0
+    else:
+        assert out.strip() == "replayed 1 of 1 dead letters of fixable"
