@@ -215,6 +215,12 @@ class Subscription:
     chain_started: float = 0.0
     """When (``time.monotonic()``) the batches began opening their
     successors' transactions, for :data:`CHAIN_SECONDS`."""
+    lock_held: float = 0.0
+    """Seconds its batches held the write lock since other writers last had
+    a turn, where the dialect has a
+    :attr:`~pupsourcing.store.dialect.Dialect.write_lock_turn`."""
+    lock_freed: float = 0.0
+    """When (``time.monotonic()``) its last batch let go of the write lock."""
 
     def __post_init__(self) -> None:
         self.in_sql = type(self.strategy) is HashPartitionStrategy
@@ -524,10 +530,13 @@ def _run_batch(
             sub.lazy_commit, kept, defer=defer, handles=bool(events)
         )
         sub.kept = opened  # what is set on the connection now, should the driver stop
+        taken = moving = time.monotonic()  # the write lock, unless deferred
         ahead = None
         try:
             if events:
                 yield events
+            if defer:
+                moving = time.monotonic()  # the checkpoint's write takes it
             if following is None:
                 advanced = yield from dialect.advance_checkpoint(
                     sub.checkpoint_name, checkpoint, position, sub.layout
@@ -560,8 +569,8 @@ def _run_batch(
             raise
     # The next batch hands the events read ahead over at once: its
     # transaction may open with this one's COMMIT (for a while, see
-    # CHAIN_SECONDS).
-    chain = advanced and bool(ahead) and _may_chain(sub, chained)
+    # CHAIN_SECONDS), unless other writers must be given turns at the lock.
+    chain = advanced and bool(ahead) and not dialect.write_lock_turn and _may_chain(sub, chained)
     try:
         yield from finish(commit=advanced, then_begin=chain)
     except Exception as exc:
@@ -569,6 +578,9 @@ def _run_batch(
         if advanced and (yield from _moved_meanwhile(dialect, sub, exc, checkpoint)):
             return False, None
         raise
+    if dialect.write_lock_turn:
+        # A deferred batch whose handler wrote took the lock at that write.
+        _held_write_lock(dialect, sub, moving if defer and not wrote else taken)
     sub.began_next = chain
     sub.kept = yield from dialect.end_batch(opened, wrote)
     if wrote is not None:
@@ -584,6 +596,19 @@ def _may_chain(sub: Subscription, chained: bool) -> bool:
     if not chained:
         sub.chain_started = now
     return now - sub.chain_started < CHAIN_SECONDS
+
+
+def _held_write_lock(dialect: Dialect, sub: Subscription, since: float) -> None:
+    """Count the write lock as held by ``sub``'s batch from ``since`` until
+    now (see :attr:`~pupsourcing.store.dialect.Dialect.write_lock_turn`):
+    from zero if it was free for the turn's gap before, as every writer
+    waiting for it has tried to take it then."""
+    assert dialect.write_lock_turn is not None
+    now = time.monotonic()
+    if since - sub.lock_freed >= dialect.write_lock_turn[1]:
+        sub.lock_held = 0.0
+    sub.lock_held += now - since
+    sub.lock_freed = now
 
 
 def finish(*, commit: bool, then_begin: bool = False) -> Generator[Statement, Any, None]:

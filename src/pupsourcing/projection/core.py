@@ -307,7 +307,17 @@ class ProcessorCore:
         if not outcome.contended:
             sub.conflicts = 0
             self._failing.pop(sub.checkpoint_name, None)
+        yield from self.give_turn(sub)
         return outcome
+
+    def give_turn(self, sub: Subscription) -> ProcessorPlan[None]:
+        """Leave the write lock free for a while once the batches have held
+        it long enough, where the database's writers do not queue for it
+        (see :attr:`~pupsourcing.store.dialect.Dialect.write_lock_turn`)."""
+        turn = self.dialect.write_lock_turn
+        if turn is not None and sub.lock_held >= turn[0]:
+            sub.lock_held = 0.0
+            yield Pause(turn[1])
 
     def check_partition_indexes(self) -> ProcessorPlan[None]:
         """Once per store and partition count, at the first connection: warn

@@ -141,6 +141,16 @@ class Dialect(abc.ABC):
     """Whether :meth:`begin_batch` can open a batch that takes the database's
     write lock at its first write instead of at its start (``defer``)."""
 
+    write_lock_turn: ClassVar[tuple[float, float] | None] = None
+    """``(hold, gap)`` where the database's writers do not queue for its
+    write lock: once a processor's batches have held the lock for ``hold``
+    seconds in all since it was last free for ``gap`` seconds, the
+    processor leaves it free (no transaction open) for ``gap`` seconds
+    before its next batch, so that other writers get a turn. Such a
+    processor never opens a batch's transaction with its predecessor's
+    COMMIT (:data:`~pupsourcing.store.plan.COMMIT_AND_BEGIN`). ``None``:
+    the database queues its lock waiters."""
+
     reads_with_advance: ClassVar[bool] = False
     """Whether :meth:`advance_and_read` reads the next batch with the
     compare-and-set (else the processor builds no such read for it)."""

@@ -90,6 +90,11 @@ class SQLiteDialect(Dialect):
     read_committed_sql = None
     begin_sql = "BEGIN IMMEDIATE"
     defers_write_lock = True
+    # A writer waiting for the lock sleeps and tries again (1, 2, 5, ... up to
+    # 100 ms between tries) rather than queue: a processor that takes the
+    # lock again a millisecond after each COMMIT would keep it from every
+    # other writer until their busy timeout runs out.
+    write_lock_turn = (1.0, 0.12)
     schema_dialect = SchemaDialect(
         global_position="INTEGER PRIMARY KEY AUTOINCREMENT",
         key_text="TEXT",
