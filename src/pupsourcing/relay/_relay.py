@@ -54,7 +54,7 @@ class _RelayProcessor(AsyncProcessor[Any]):
     async def _handle_events(self, projection: AsyncProjection, events: Handle) -> None:
         if not events:
             return
-        duplicates = await self.link.publish(events)
+        duplicates = await _nats(self.link.publish(events))
         if duplicates:
             self._logger.info(
                 "relay %s: JetStream already held %d of %d events (not stored twice)",
@@ -239,7 +239,15 @@ class NatsRelay:
         if lease is None:
             return await work(stop or asyncio.Event())
         while True:
-            if not await self._take_lease(lease, stop):
+            try:
+                taken = await self._take_lease(lease, stop)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    # Cancelled as it took the lease: its commit may have
+                    # gone through, and another copy would wait a TTL.
+                    await lease.release()
+                raise
+            if not taken:
                 return None
             halt, lost = asyncio.Event(), asyncio.Event()
             keeper = asyncio.ensure_future(self._keep_lease(lease, stop, halt, lost))
@@ -359,7 +367,7 @@ class NatsRelay:
         while True:
             batches = self._link.batches
             try:
-                await self._link.open()
+                await _nats(self._link.open())
                 if not self._synced:
                     await self._resume()
                 lasted = self._outage.ended()
@@ -440,7 +448,7 @@ class NatsRelay:
         stored later ones) does not skip that event. The move is a
         compare-and-set: should another copy of the relay (same name) move
         the checkpoint meanwhile, it is read again, never set back."""
-        published = await self._link.last_position()
+        published = await _nats(self._link.last_position())
         processor, store, name = self._processor, self._processor.store, self.checkpoint_name
         dialect = store.dialect
         conn = await processor.connection()
@@ -452,8 +460,10 @@ class NatsRelay:
                     break
                 # Published by a relay that stopped before its checkpoint
                 # moved: JetStream may have refused one of them.
-                await self._link.check_held(
-                    checkpoint, lambda after, limit: store.read_events(conn, after, limit)
+                await _nats(
+                    self._link.check_held(
+                        checkpoint, lambda after, limit: store.read_events(conn, after, limit)
+                    )
                 )
                 await store._end_transaction(conn, commit=True)
                 moved = await store._run(
@@ -483,6 +493,19 @@ class NatsRelay:
             raise
         processor._core.subscription(self._projection).checkpoint = None  # reload it
         self._synced = True
+
+
+async def _nats(call: Awaitable[T]) -> T:
+    """``await call``, a call into nats-py, raising a cancellation of the task
+    meanwhile that nats-py dropped: on Python 3.11 its requests'
+    ``asyncio.wait_for`` returns a reply that arrived as the task was
+    cancelled, and the cancellation is lost."""
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    result = await call
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+    return result
 
 
 async def _unless(halt: asyncio.Event, work: Awaitable[T]) -> T | None:
