@@ -187,8 +187,8 @@ async def lease_free(db: Backend, connect: Any, name: str) -> bool:
     store = db.async_store()
     plans = store.dialect.leases
     conn = await connect()
-    await store._run(conn, plans.transaction(plans.ensure(name, 1)))
-    taken = await store._run(conn, plans.transaction(plans.acquire(name, 0, "sweeper", 60)))
+    await store._run(conn, plans.transaction(plans.ensure(name, 1), 60))
+    taken = await store._run(conn, plans.transaction(plans.acquire(name, 0, "sweeper", 60), 60))
     await store._end_transaction(conn, commit=False)
     if not taken:
         (lease,) = await store._run(conn, plans.list(name))
@@ -313,7 +313,13 @@ def test_relay_run_interrupted_anywhere(
 
     made = asyncio.run(scenario())
     assert made > 20
-    kinds = {"acquire", "renew", "release", "statement", "nats open", "nats last_position"}
+    # The lease's first renewal runs in its keeper's task alongside the run's
+    # first JetStream calls, so which of them is the k-th operation varies
+    # from run to run: the sweep may interrupt a renewal at every index where
+    # `_resume` asks for the stream's last position. Every other kind is
+    # reached in every sweep (the nats-py cancellation that call can drop is
+    # covered by test_a_cancellation_nats_py_drops_still_ends_run).
+    kinds = {"acquire", "renew", "release", "statement", "nats open"}
     assert kinds | {"nats check_held", "nats publish"} <= sweeper.hits
 
 
