@@ -46,8 +46,8 @@ class AsyncSQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         for the next statement)."""
 
     async def _interrupted_append(self, tx: ConnT) -> None:
-        """After an append was cancelled (or interrupted): what its plan could
-        not undo. Nothing here: the plans roll back to their savepoint."""
+        """As :meth:`pupsourcing.store.base.SQLStore._interrupted_append`,
+        after an append was cancelled (or interrupted)."""
 
     def _push_listener(self) -> AsyncListener | None:
         """As :meth:`pupsourcing.store.base.SQLStore._push_listener`, for asyncio."""

@@ -127,6 +127,10 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         """Whether ``tx`` has a transaction open (or will open one implicitly
         for the next statement, as non-autocommit DB-API connections do)."""
 
+    def _interrupted_append(self, tx: ConnT) -> None:
+        """After an append was interrupted (``KeyboardInterrupt``): what its
+        plan could not undo. Nothing here: the plans roll back to their savepoint."""
+
     def _push_listener(self) -> Listener | None:
         """A new listener for the database's append notifications, for one
         processor; ``None`` where the database sends none (only in-process
@@ -170,7 +174,12 @@ class SQLStore(StoreBase, abc.ABC, Generic[ConnT]):
         :class:`~pupsourcing.InvalidEventError` (nothing is sent) or
         :class:`~pupsourcing.OptimisticConcurrencyError`.
         """
-        result = self._run(tx, self._append_plan(expected_version, events))
+        try:
+            result = self._run(tx, self._append_plan(expected_version, events))
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                self._interrupted_append(tx)
+            raise
         appended(self.dialect.config.events_table)
         return result
 

@@ -106,13 +106,21 @@ statement's ``decode`` made of them), returns ``T``."""
 
 def drive(plan: Generator[I, A, T], execute: Callable[[I], A]) -> T:
     """Run ``plan`` to completion, answering each instruction with a blocking
-    ``execute`` (and throwing its exceptions into the plan)."""
+    ``execute`` (and throwing its exceptions into the plan).
+
+    An interruption (``KeyboardInterrupt``, or any ``BaseException``) raised
+    by ``execute`` is thrown into the plan too, as :func:`drive_async` throws
+    a cancellation: the plan may undo what it wrote before it is raised (an
+    append inside the caller's transaction, or its own transaction on an
+    autocommit connection). The drivers are in step with the server once
+    the interruption is raised: psycopg cancels the query it waited for,
+    sqlite3 and mysqlclient finish the call they are in."""
     try:
         instruction = next(plan)
         while True:
             try:
                 answer = execute(instruction)
-            except Exception as exc:  # handed to the plan, which maps or re-raises
+            except BaseException as exc:  # handed to the plan, which maps or re-raises
                 instruction = plan.throw(exc)
             else:
                 instruction = plan.send(answer)
@@ -128,9 +136,8 @@ async def drive_async(plan: Generator[I, A, T], execute: Callable[[I], Awaitable
 
     A cancellation (or any ``BaseException``) at an await is thrown into the
     plan too, which may undo what it wrote before it is raised (an append
-    inside the caller's transaction). The blocking
-    :func:`drive` does not: a blocking driver interrupted midway through a
-    reply cannot be trusted to run anything more."""
+    inside the caller's transaction), as :func:`drive` does with an
+    interruption."""
     try:
         instruction = next(plan)
         while True:

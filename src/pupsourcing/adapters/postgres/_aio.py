@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.postgres._dialect import NotifyOption, PostgresDialect
 from pupsourcing.adapters.postgres._driver import (
+    ABORT_SQL,
     begin_now_async,
     commit_and_begin_async,
     execute_async,
+    idle_in_transaction,
     in_transaction,
     may_commit_and_begin,
     opens_later,
@@ -61,20 +63,11 @@ class AsyncPostgresStore(NotifyOption, AsyncSQLStore["psycopg.AsyncConnection[An
         return await super()._execute(tx, statement)
 
     async def _interrupted_append(self, tx: psycopg.AsyncConnection[Any]) -> None:
-        # One statement, without a savepoint to undo it alone: whether it took
-        # effect or not, abort the transaction (any failing statement does)
-        # so that none of it commits.
-        if tx.info.transaction_status == 2:  # INTRANS: idle in a transaction
+        if idle_in_transaction(tx):  # as PostgresStore._interrupted_append
             with contextlib.suppress(Exception):
-                await tx.execute(_ABORT_SQL)
+                await tx.execute(ABORT_SQL)
 
     def _push_listener(self) -> AsyncPsycopgListener:
         dialect = self.dialect
         assert isinstance(dialect, PostgresDialect)
         return AsyncPsycopgListener(dialect.notify_channel, dialect.events_table)
-
-
-_ABORT_SQL = (
-    "DO $$ BEGIN RAISE EXCEPTION 'pupsourcing: an append was interrupted in this "
-    "transaction; roll it back'; END $$"
-)

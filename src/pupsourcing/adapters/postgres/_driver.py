@@ -25,6 +25,21 @@ def in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any])
     return not conn.autocommit or conn.info.transaction_status != 0  # 0: IDLE
 
 
+ABORT_SQL = (
+    "DO $$ BEGIN RAISE EXCEPTION 'pupsourcing: an append was interrupted in this "
+    "transaction; roll it back'; END $$"
+)
+"""Aborts the transaction it runs in: after an interrupted append, which is
+one statement without a savepoint to undo it alone, so that none of the
+transaction commits whether the append took effect or not."""
+
+
+def idle_in_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether ``conn`` is idle inside a transaction (not aborted, not in
+    autocommit mode between statements): one :data:`ABORT_SQL` would abort."""
+    return bool(conn.info.transaction_status == 2)  # INTRANS
+
+
 def opens_later(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Whether ``conn`` has no transaction open and will open one itself
     with its next statement (not in autocommit mode)."""

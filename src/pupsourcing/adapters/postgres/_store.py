@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from pupsourcing.adapters.postgres._dialect import NotifyOption, PostgresDialect
 from pupsourcing.adapters.postgres._driver import (
+    ABORT_SQL,
     _psycopg,
     begin_now,
     commit_and_begin,
+    idle_in_transaction,
     in_transaction,
     may_commit_and_begin,
     may_run_alone,
@@ -27,7 +29,14 @@ if TYPE_CHECKING:
 
 class PostgresStore(NotifyOption, SQLStore["psycopg.Connection[Any]"]):
     """Event store on a psycopg 3 connection passed to each call;
-    :class:`~pupsourcing.aio.AsyncPostgresStore` is its asyncio twin."""
+    :class:`~pupsourcing.aio.AsyncPostgresStore` is its asyncio twin.
+
+    An ``append`` interrupted (``KeyboardInterrupt``) inside a transaction
+    leaves the transaction aborted, to be rolled back: whether its statement
+    took effect or not, nothing of the transaction can commit (the MySQL and
+    SQLite stores roll back to a savepoint instead; a PostgreSQL append is
+    one statement).
+    """
 
     dialect_class = PostgresDialect
     decodes_rows = True
@@ -67,6 +76,13 @@ class PostgresStore(NotifyOption, SQLStore["psycopg.Connection[Any]"]):
                 commit_and_begin(tx)
                 return []
         return super()._execute(tx, statement)
+
+    def _interrupted_append(self, tx: psycopg.Connection[Any]) -> None:
+        # One statement, without a savepoint to undo it alone: whether it took
+        # effect or not, abort the transaction so that none of it commits.
+        if idle_in_transaction(tx):
+            with contextlib.suppress(Exception):
+                tx.execute(ABORT_SQL)
 
     def _push_listener(self) -> PsycopgListener:
         dialect = self.dialect
