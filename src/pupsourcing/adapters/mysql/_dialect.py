@@ -784,7 +784,7 @@ class MySQLDialect(Dialect):
         key = (first.bounded_context, first.aggregate_type, first.aggregate_id)
         count = len(batch)
         returning = info.returning and self.prefer_returning
-        began = bool((yield Statement("START TRANSACTION", begin=True)))
+        began = yield from self.begin_append()
         if not began:
             yield Statement(f"SAVEPOINT {_SAVEPOINT}")
         try:
@@ -832,6 +832,24 @@ class MySQLDialect(Dialect):
                 raise
         versions = [int(row[1]) for row in stored]
         return build_result(batch, versions, [int(row[0]) for row in stored])
+
+    def begin_append(self) -> Plan[bool]:
+        """Open the append's own transaction unless one is open; whether it did.
+
+        Interrupted there (mysqlclient finishes the ``START TRANSACTION`` it
+        is in before a ``KeyboardInterrupt`` is raised), it rolls back a
+        transaction the append may have begun: on a connection in autocommit
+        mode an open one is the append's, and would hold its locks."""
+        try:
+            return bool((yield Statement("START TRANSACTION", begin=True)))
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                raise
+            with contextlib.suppress(Exception):
+                rows = yield Statement("SELECT @@autocommit", fetch=True)
+                if int(rows[0][0]):
+                    yield ROLLBACK
+            raise
 
     def check_stored(self, batch: Sequence[Event], stored: list[Row]) -> Plan[None]:
         """The rows read back are this append's, complete and untruncated."""
