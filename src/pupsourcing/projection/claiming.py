@@ -236,12 +236,18 @@ class ClaimingRunner:
         finally:
             done.set()
             self._stop_all()
-            self._join_all()
-            first_error = first_error or self._reap()  # a batch that failed while stopping
-            if no_leases_table(self._store, first_error):
-                _close(conn)
-            else:
-                self._release_all(conn, chosen)
+            try:
+                self._join_all()
+            finally:
+                # Interrupted while the partitions end their batch, wait for
+                # them still and release the leases before raising it (a
+                # second interruption is raised at once: the leases expire).
+                self._join_all()
+                first_error = first_error or self._reap()  # a batch that failed while stopping
+                if no_leases_table(self._store, first_error):
+                    _close(conn)
+                else:
+                    self._release_all(conn, chosen)
         if first_error is not None:
             raise first_error
 
@@ -368,8 +374,11 @@ class ClaimingRunner:
         (best effort: unreleased ones expire), on ``conn`` or, should that
         fail (an interrupt may have left it midway through a reply), on a
         new connection; not again after a lock wait that timed out. The
-        stopped partitions were reaped."""
+        stopped partitions were reaped. An interruption (``KeyboardInterrupt``)
+        that cuts the release short is raised once it is done; a second one at
+        once."""
         self._pending_release.clear()  # (released with the rest)
+        interrupted: BaseException | None = None
         try:
             for last in (False, True):
                 try:
@@ -380,16 +389,22 @@ class ClaimingRunner:
                         self._drive(conn, self._plans.leave(p.name, self.owner))
                     self._log.info("partition leases released")
                     break
-                except Exception as exc:
+                except BaseException as exc:
                     _close(conn)
                     conn = None
-                    if last or self._store.dialect.is_transient(exc):  # (a lock: waited)
+                    if not isinstance(exc, Exception):
+                        if interrupted is not None:
+                            raise  # interrupted again: they expire
+                        interrupted = exc
+                    elif last or self._store.dialect.is_transient(exc):  # (a lock: waited)
                         self._log.warning(
                             "partition leases not released (they expire): %s", one_line(exc)
                         )
                         break
         finally:
             _close(conn)
+        if interrupted is not None:
+            raise interrupted
 
 
 class LeaseOutage:
