@@ -94,7 +94,7 @@ class SQLiteDialect(Dialect):
     # 100 ms between tries) rather than queue: a processor that takes the
     # lock again a millisecond after each COMMIT would keep it from every
     # other writer until their busy timeout runs out.
-    write_lock_turn = (1.0, 0.12)
+    write_lock_turn: ClassVar[tuple[float, float] | None] = (1.0, 0.12)
     schema_dialect = SchemaDialect(
         global_position="INTEGER PRIMARY KEY AUTOINCREMENT",
         key_text="TEXT",
