@@ -493,6 +493,8 @@ def test_create_schema_on_autocommit_postgres_connections_holds_its_lock(
         other = threading.Thread(target=migrate_too)
 
         def execute(statement: Any) -> Any:
+            if statement.control == "commit":  # its lock goes with it
+                done.append("first")
             answer = store._execute(first, statement)
             if statement.sql.startswith("CREATE TABLE") and other.ident is None:
                 other.start()  # while the first migration is midway
@@ -501,7 +503,6 @@ def test_create_schema_on_autocommit_postgres_connections_holds_its_lock(
             return answer
 
         drive(store.dialect.create_schema(), execute)
-        done.append("first")
         other.join(30)
         assert done == ["first midway", "first", "second"]
         assert (first.info.transaction_status, second.info.transaction_status) == (0, 0)  # IDLE
